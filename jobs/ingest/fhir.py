@@ -1,0 +1,657 @@
+"""FHIR R4 bundles and bulk ndjson: landing files → ``bronze.fhir_resources`` → silver rows.
+
+Reading a landing file yields one raw record per ndjson line or bundle entry (a file that cannot
+be read at all yields one whole-file record at offset 0). :func:`to_bronze` parses those records;
+the ``*_from_bronze`` functions validate bronze rows with ``fhir.resources`` and flatten them into
+the silver tables' schemas, pseudonymized and date-shifted. All of them are pure Arrow functions
+that return a :class:`~medlake.quarantine.Split`, so the embedded and Spark engines run them alike.
+
+Offsets: the 1-based line of an ndjson file, the 1-based entry of a bundle, 0 for a whole file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import ValidationError
+
+from medlake.governance.deid import date_shift_days, shift_date, shift_datetime, zip3
+from medlake.governance.pseudonyms import record_key, source_key
+from medlake.quarantine import Split, quarantine_rows
+from medlake.registry import (
+    BRONZE_FHIR,
+    FHIR_SILVER,
+    SILVER_CONDITIONS,
+    SILVER_ENCOUNTERS,
+    SILVER_MEDICATIONS,
+    SILVER_OBSERVATIONS,
+    SILVER_PATIENTS,
+    TableSpec,
+)
+
+SOURCE_KIND = "fhir"
+SOURCE_SYSTEM = "fhir"
+FILE_SUFFIXES = (".ndjson", ".json")
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+SNOMED = "http://snomed.info/sct"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+
+#: The resource types of FHIR R4 (4.0.1). A resourceType outside this set is not FHIR R4.
+R4_RESOURCE_TYPES = frozenset(
+    """Account ActivityDefinition AdverseEvent AllergyIntolerance Appointment AppointmentResponse
+    AuditEvent Basic Binary BiologicallyDerivedProduct BodyStructure Bundle CapabilityStatement
+    CarePlan CareTeam CatalogEntry ChargeItem ChargeItemDefinition Claim ClaimResponse
+    ClinicalImpression CodeSystem Communication CommunicationRequest CompartmentDefinition
+    Composition ConceptMap Condition Consent Contract Coverage CoverageEligibilityRequest
+    CoverageEligibilityResponse DetectedIssue Device DeviceDefinition DeviceMetric DeviceRequest
+    DeviceUseStatement DiagnosticReport DocumentManifest DocumentReference EffectEvidenceSynthesis
+    Encounter Endpoint EnrollmentRequest EnrollmentResponse EpisodeOfCare EventDefinition Evidence
+    EvidenceVariable ExampleScenario ExplanationOfBenefit FamilyMemberHistory Flag Goal
+    GraphDefinition Group GuidanceResponse HealthcareService ImagingStudy Immunization
+    ImmunizationEvaluation ImmunizationRecommendation ImplementationGuide InsurancePlan Invoice
+    Library Linkage List Location Measure MeasureReport Media Medication MedicationAdministration
+    MedicationDispense MedicationKnowledge MedicationRequest MedicationStatement MedicinalProduct
+    MedicinalProductAuthorization MedicinalProductContraindication MedicinalProductIndication
+    MedicinalProductIngredient MedicinalProductInteraction MedicinalProductManufactured
+    MedicinalProductPackaged MedicinalProductPharmaceutical MedicinalProductUndesirableEffect
+    MessageDefinition MessageHeader MolecularSequence NamingSystem NutritionOrder Observation
+    ObservationDefinition OperationDefinition OperationOutcome Organization OrganizationAffiliation
+    Parameters Patient PaymentNotice PaymentReconciliation Person PlanDefinition Practitioner
+    PractitionerRole Procedure Provenance Questionnaire QuestionnaireResponse RelatedPerson
+    RequestGroup ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject
+    RiskAssessment RiskEvidenceSynthesis Schedule SearchParameter ServiceRequest Slot Specimen
+    SpecimenDefinition StructureDefinition StructureMap Subscription Substance
+    SubstanceNucleicAcid SubstancePolymer SubstanceProtein SubstanceReferenceInformation
+    SubstanceSourceMaterial SubstanceSpecification SupplyDelivery SupplyRequest Task
+    TerminologyCapabilities TestReport TestScript ValueSet VerificationResult VisionPrescription""".split()
+)
+
+#: what a landing file yields before parsing: the record text, or why the file gave none
+RAW_SCHEMA = pa.schema(
+    [
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_offset", pa.int64(), nullable=False),
+        pa.field("text", pa.large_string()),
+        pa.field("error_rule", pa.string()),
+        pa.field("error_reason", pa.string()),
+    ]
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# landing files → raw records
+
+
+def landing_files(fhir_dir: Path) -> list[Path]:
+    """The FHIR files of a landing folder, in a stable order."""
+    if not fhir_dir.is_dir():
+        return []
+    return sorted(p for p in fhir_dir.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
+
+
+def read_file(path: Path, *, name: str) -> Iterator[dict[str, Any]]:
+    """Raw records of one landing file; ``name`` is how the file is named in bronze and quarantine."""
+    data = path.read_bytes()
+    if not data.strip():
+        yield _file_error(name, "parse.empty_file", f"{name}: the file is empty")
+        return
+    if path.suffix.lower() == ".ndjson":
+        yield from _ndjson_records(data, name=name)
+    else:
+        yield from _json_records(data, name=name)
+
+
+def read_files(paths: list[Path], *, root: Path) -> pa.Table:
+    """Raw records of many landing files, named relative to the landing root."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        rows.extend(read_file(path, name=str(path.relative_to(root))))
+    return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+
+
+def _ndjson_records(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as exc:
+            yield {
+                "source_file": name,
+                "source_offset": number,
+                "text": line.decode("utf-8", errors="replace"),
+                "error_rule": "parse.bad_encoding",
+                "error_reason": f"{name} line {number}: not UTF-8 ({exc.reason} at byte {exc.start})",
+            }
+            continue
+        yield {"source_file": name, "source_offset": number, "text": text, "error_rule": None, "error_reason": None}
+
+
+def _json_records(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
+    try:
+        doc = json.loads(data)
+    except UnicodeDecodeError as exc:
+        yield _file_error(name, "parse.bad_encoding", f"{name}: not UTF-8 ({exc.reason} at byte {exc.start})")
+        return
+    except json.JSONDecodeError as exc:
+        yield _file_error(
+            name, "parse.bad_json", f"{name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+            text=data.decode("utf-8", errors="replace"),
+        )
+        return
+    if not isinstance(doc, dict) or "resourceType" not in doc:
+        kind = type(doc).__name__ if not isinstance(doc, dict) else "object without resourceType"
+        yield _file_error(
+            name, "parse.not_a_resource", f"{name}: expected a FHIR Bundle or resource, found a JSON {kind}",
+            text=data.decode("utf-8"),
+        )
+        return
+    if doc["resourceType"] != "Bundle":
+        yield {"source_file": name, "source_offset": 1, "text": data.decode("utf-8"), "error_rule": None, "error_reason": None}
+        return
+    entries = doc.get("entry") or []
+    if not isinstance(entries, list) or not entries:
+        yield _file_error(name, "parse.empty_bundle", f"{name}: Bundle {doc.get('id', '')} has no entries",
+                          text=data.decode("utf-8"))
+        return
+    for position, entry in enumerate(entries, start=1):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            yield {
+                "source_file": name,
+                "source_offset": position,
+                "text": json.dumps(entry, ensure_ascii=False),
+                "error_rule": "parse.bundle_entry_without_resource",
+                "error_reason": f"{name} entry {position}: the Bundle entry holds no resource object",
+            }
+            continue
+        text = json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+        yield {"source_file": name, "source_offset": position, "text": text, "error_rule": None, "error_reason": None}
+
+
+def _file_error(name: str, rule: str, reason: str, *, text: str | None = None) -> dict[str, Any]:
+    return {"source_file": name, "source_offset": 0, "text": text, "error_rule": rule, "error_reason": reason}
+
+
+# ---------------------------------------------------------------------------------------------
+# raw records → bronze
+
+
+def record_hash(resource: dict[str, Any]) -> str:
+    """The content hash of a resource: the same resource in two files has the same hash."""
+    canonical = json.dumps(resource, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def to_bronze(raw: pa.Table, *, run_id: str, ingested_at: datetime) -> Split:
+    """Bronze rows for the records that are FHIR R4 resources; the others quarantined, with why."""
+    good: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    for rec in raw.to_pylist():
+        where = f"{rec['source_file']} {'line' if rec['source_file'].endswith('.ndjson') else 'entry'} {rec['source_offset']}"
+        locate = {"source_file": rec["source_file"], "source_offset": rec["source_offset"], "raw_record": rec["text"]}
+        if rec["error_rule"]:
+            bad.append({**locate, "rule_id": rec["error_rule"], "reason": rec["error_reason"]})
+            continue
+        try:
+            resource = json.loads(rec["text"])
+        except json.JSONDecodeError as exc:
+            bad.append({**locate, "rule_id": "parse.bad_json",
+                        "reason": f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"})
+            continue
+        if not isinstance(resource, dict) or "resourceType" not in resource:
+            found = "object without resourceType" if isinstance(resource, dict) else type(resource).__name__
+            bad.append({**locate, "rule_id": "parse.not_a_resource",
+                        "reason": f"{where}: expected a FHIR resource, found a JSON {found}"})
+            continue
+        rtype = resource["resourceType"]
+        rid = resource.get("id") if isinstance(resource.get("id"), str) else None
+        if not isinstance(rtype, str) or rtype not in R4_RESOURCE_TYPES:
+            bad.append({**locate, "rule_id": "parse.unknown_resource_type", "record_id": rid,
+                        "reason": f"{where}: resourceType {str(rtype)[:40]!r} is not a FHIR R4 resource type"})
+            continue
+        good.append(
+            {
+                "resource_type": rtype,
+                "resource_id": rid,
+                "raw": rec["text"],
+                "_source_file": rec["source_file"],
+                "_source_offset": rec["source_offset"],
+                "_ingested_at": ingested_at,
+                "_record_hash": record_hash(resource),
+                "_run_id": run_id,
+            }
+        )
+    return Split(
+        pa.Table.from_pylist(good, schema=BRONZE_FHIR.schema),
+        quarantine_rows(bad, table_name=BRONZE_FHIR.name, run_id=run_id, now=ingested_at),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# bronze → silver
+
+
+@dataclass(frozen=True)
+class Pseudonymizer:
+    """Turns source ids into keyed pseudonyms and shifts a patient's dates by their offset."""
+
+    key: bytes
+    max_shift_days: int = 365
+    source_system: str = SOURCE_SYSTEM
+
+    def person(self, patient_id: str) -> str:
+        return source_key(self.key, self.source_system, patient_id)
+
+    def record(self, kind: str, local_id: str) -> str:
+        return record_key(self.key, kind, self.source_system, local_id)
+
+    def shift(self, person_key: str) -> int:
+        return _shift_days(self.key, person_key, self.max_shift_days)
+
+
+@cache
+def _shift_days(key: bytes, person_key: str, max_days: int) -> int:
+    return date_shift_days(key, person_key, max_days=max_days)
+
+
+class Reject(Exception):
+    """A resource that validates but cannot be placed in silver (e.g. no patient reference)."""
+
+    def __init__(self, rule_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.rule_id = rule_id
+        self.reason = reason
+
+
+Flatten = Callable[[dict[str, Any], Pseudonymizer], list[dict[str, Any]]]
+
+
+def flatten_split(bronze: pa.Table, *, flatten: Flatten, target: TableSpec, pseudo: Pseudonymizer) -> Split:
+    """Validate each bronze row as FHIR R4 and flatten it into ``target`` rows; quarantine the rest."""
+    good: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    for row in bronze.to_pylist():
+        rtype, rid = row["resource_type"], row["resource_id"]
+        label = f"{row['_source_file']} record {row['_source_offset']} ({rtype}/{rid or '?'})"
+        locate = {
+            "source_file": row["_source_file"],
+            "source_offset": row["_source_offset"],
+            "record_id": rid,
+            "record_hash": row["_record_hash"],
+            "raw_record": row["raw"],
+        }
+        resource = json.loads(row["raw"])
+        problem = validation_problem(resource)
+        if problem:
+            bad.append({**locate, "rule_id": "validate.fhir_r4", "reason": f"{label}: {problem}"})
+            continue
+        try:
+            rows = flatten(resource, pseudo)
+        except Reject as rej:
+            bad.append({**locate, "rule_id": rej.rule_id, "reason": f"{label}: {rej.reason}"})
+            continue
+        lineage = {"_record_hash": row["_record_hash"], "_source_kind": SOURCE_KIND, "_run_id": row["_run_id"]}
+        good.extend({**r, **lineage} for r in rows)
+    return Split(
+        pa.Table.from_pylist(good, schema=target.schema),
+        quarantine_rows(bad, table_name=target.name),
+    )
+
+
+def validation_problem(resource: dict[str, Any]) -> str | None:
+    """Why the resource is not valid FHIR (R4B models, the closest R4 validator), or None.
+
+    The message names the element paths and the rule, never the offending values (they may be PHI).
+    """
+    model = _model_class(resource["resourceType"])
+    if model is None:
+        return None
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        parts = [f"{'.'.join(str(p) for p in err['loc']) or '(resource)'}: {err['msg']}" for err in errors[:5]]
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        return "fails FHIR validation: " + "; ".join(parts) + more
+    except (ValueError, TypeError) as exc:
+        return f"fails FHIR validation: {type(exc).__name__}"
+    return None
+
+
+@cache
+def _model_class(resource_type: str) -> Any:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        return get_fhir_model_class(resource_type)
+    except (ValueError, KeyError):
+        return None  # an R4 type R4B dropped (e.g. MedicinalProduct): checked structurally only
+
+
+# -- small readers of FHIR datatypes ------------------------------------------------------------
+
+
+def reference_id(ref: dict[str, Any] | None) -> str | None:
+    """The local id a Reference points at: ``Patient/1``, ``urn:uuid:1`` and absolute URLs alike."""
+    if not ref or not isinstance(ref.get("reference"), str):
+        return None
+    text = ref["reference"]
+    if text.startswith("urn:uuid:") or text.startswith("urn:oid:"):
+        return text.split(":", 2)[2]
+    parts = [p for p in text.split("/") if p]
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    return parts[-1] if parts else None
+
+
+def parse_datetime(value: str | None) -> datetime | None:
+    """A FHIR date/dateTime/instant as a UTC timestamp; partial dates start at their first day."""
+    if not value:
+        return None
+    if len(value) == 4:
+        value = value + "-01-01"
+    elif len(value) == 7:
+        value = value + "-01"
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def parse_date(value: str | None) -> date | None:
+    stamp = parse_datetime(value)
+    return stamp.date() if stamp else None
+
+
+def codings(concept: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return list((concept or {}).get("coding") or [])
+
+
+def pick_coding(concept: dict[str, Any] | None, system: str | None = None) -> dict[str, Any]:
+    """The coding of that system, else the first coding, else {}."""
+    found = codings(concept)
+    if system:
+        for c in found:
+            if c.get("system") == system:
+                return c
+    return found[0] if found else {}
+
+
+def code_of(concept: dict[str, Any] | None, system: str) -> str | None:
+    for c in codings(concept):
+        if c.get("system") == system:
+            return str(c.get("code")) if c.get("code") is not None else None
+    return None
+
+
+def first_code(concept: dict[str, Any] | None) -> str | None:
+    return pick_coding(concept).get("code")
+
+
+def _subject(resource: dict[str, Any], pseudo: Pseudonymizer) -> tuple[str, int]:
+    patient = reference_id(resource.get("subject") or resource.get("patient"))
+    if not patient:
+        raise Reject("silver.missing_subject", f"{resource['resourceType']} has no subject reference to a Patient")
+    person = pseudo.person(patient)
+    return person, pseudo.shift(person)
+
+
+def _encounter_key(resource: dict[str, Any], pseudo: Pseudonymizer) -> str | None:
+    enc = reference_id(resource.get("encounter") or resource.get("context"))
+    return pseudo.record("Encounter", enc) if enc else None
+
+
+# -- one flatten function per resource type ---------------------------------------------------
+
+
+def flatten_patient(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str, Any]]:
+    """A patient without direct identifiers: no name, telecom, street, exact dates or ids."""
+    if not res.get("id"):
+        raise Reject("silver.missing_id", "Patient has no id, so nothing can refer to it")
+    person = pseudo.person(res["id"])
+    shift = pseudo.shift(person)
+    address = (res.get("address") or [{}])[0]
+    deceased_at = parse_date(res.get("deceasedDateTime"))
+    extensions = {e.get("url"): e for e in res.get("extension") or []}
+    return [
+        {
+            "person_key": person,
+            "source_key": person,
+            "source_system": pseudo.source_system,
+            "gender": res.get("gender"),
+            "birth_date": shift_date(parse_date(res.get("birthDate")), shift),
+            "deceased": bool(res.get("deceasedBoolean")) or deceased_at is not None,
+            "deceased_date": shift_date(deceased_at, shift),
+            "zip3": zip3(address.get("postalCode")),
+            "state": address.get("state"),
+            "country": address.get("country"),
+            "marital_status": first_code(res.get("maritalStatus")),
+            "race": _us_core_text(extensions.get(US_CORE_RACE)),
+            "ethnicity": _us_core_text(extensions.get(US_CORE_ETHNICITY)),
+            "language": first_code(((res.get("communication") or [{}])[0]).get("language")),
+        }
+    ]
+
+
+def _us_core_text(ext: dict[str, Any] | None) -> str | None:
+    if not ext:
+        return None
+    for sub in ext.get("extension") or []:
+        if sub.get("url") == "text":
+            return sub.get("valueString")
+    for sub in ext.get("extension") or []:
+        if sub.get("url") == "ombCategory":
+            return (sub.get("valueCoding") or {}).get("display")
+    return None
+
+
+def flatten_encounter(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str, Any]]:
+    """An encounter with its class, type, site and shifted period."""
+    person, shift = _subject(res, pseudo)
+    period = res.get("period") or {}
+    type_coding = pick_coding((res.get("type") or [{}])[0])
+    return [
+        {
+            "encounter_key": pseudo.record("Encounter", res.get("id") or record_hash(res)),
+            "person_key": person,
+            "status": res.get("status"),
+            "class_code": (res.get("class") or {}).get("code"),
+            "type_system": type_coding.get("system"),
+            "type_code": type_coding.get("code"),
+            "type_display": type_coding.get("display"),
+            "site": (res.get("serviceProvider") or {}).get("display"),
+            "start_at": shift_datetime(parse_datetime(period.get("start")), shift),
+            "end_at": shift_datetime(parse_datetime(period.get("end")), shift),
+        }
+    ]
+
+
+def _value_columns(holder: dict[str, Any]) -> dict[str, Any]:
+    """value_num/unit/code/text from an Observation or component's value[x]; free text is not kept."""
+    cols: dict[str, Any] = {"value_num": None, "value_unit": None, "value_code": None, "value_text": None}
+    if "valueQuantity" in holder:
+        q = holder["valueQuantity"] or {}
+        cols["value_num"] = float(q["value"]) if q.get("value") is not None else None
+        cols["value_unit"] = q.get("code") if q.get("system") == UCUM and q.get("code") else q.get("unit")
+    elif "valueCodeableConcept" in holder:
+        c = pick_coding(holder["valueCodeableConcept"])
+        cols["value_code"] = c.get("code")
+        cols["value_text"] = c.get("display")
+    elif "valueInteger" in holder:
+        cols["value_num"] = float(holder["valueInteger"])
+    elif "valueBoolean" in holder:
+        cols["value_num"] = 1.0 if holder["valueBoolean"] else 0.0
+    return cols
+
+
+def flatten_observation(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str, Any]]:
+    """One row for the observation's value and one per component (blood pressure panels)."""
+    person, shift = _subject(res, pseudo)
+    local_id = res.get("id") or record_hash(res)
+    code = pick_coding(res.get("code"), LOINC)
+    effective = (
+        res.get("effectiveDateTime")
+        or res.get("effectiveInstant")
+        or (res.get("effectivePeriod") or {}).get("start")
+        or res.get("issued")
+    )
+    ref = (res.get("referenceRange") or [{}])[0]
+    common = {
+        "person_key": person,
+        "encounter_key": _encounter_key(res, pseudo),
+        "status": res.get("status"),
+        "category": first_code((res.get("category") or [{}])[0]),
+        "interpretation": first_code((res.get("interpretation") or [{}])[0]),
+        "effective_at": shift_datetime(parse_datetime(effective), shift),
+    }
+    rows: list[dict[str, Any]] = []
+    components = res.get("component") or []
+    has_value = any(k.startswith("value") for k in res) or "dataAbsentReason" in res or not components
+    if has_value:
+        rows.append(
+            {
+                **common,
+                "observation_key": pseudo.record("Observation", local_id),
+                "code_system": code.get("system"),
+                "code": code.get("code"),
+                "code_display": code.get("display"),
+                "panel_code": None,
+                "data_absent_reason": first_code(res.get("dataAbsentReason")),
+                "ref_low": (ref.get("low") or {}).get("value"),
+                "ref_high": (ref.get("high") or {}).get("value"),
+                **_value_columns(res),
+            }
+        )
+    for position, comp in enumerate(components, start=1):
+        comp_code = pick_coding(comp.get("code"), LOINC)
+        comp_ref = (comp.get("referenceRange") or [{}])[0]
+        rows.append(
+            {
+                **common,
+                "observation_key": pseudo.record("Observation", f"{local_id}#{position}"),
+                "code_system": comp_code.get("system"),
+                "code": comp_code.get("code"),
+                "code_display": comp_code.get("display"),
+                "panel_code": code.get("code"),
+                "data_absent_reason": first_code(comp.get("dataAbsentReason")),
+                "ref_low": (comp_ref.get("low") or {}).get("value"),
+                "ref_high": (comp_ref.get("high") or {}).get("value"),
+                **_value_columns(comp),
+            }
+        )
+    return rows
+
+
+def flatten_condition(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str, Any]]:
+    """A diagnosis with its ICD-10-CM and SNOMED CT codes (dotted ICD kept as the source sent it)."""
+    person, shift = _subject(res, pseudo)
+    code = pick_coding(res.get("code"))
+    return [
+        {
+            "condition_key": pseudo.record("Condition", res.get("id") or record_hash(res)),
+            "person_key": person,
+            "encounter_key": _encounter_key(res, pseudo),
+            "clinical_status": first_code(res.get("clinicalStatus")),
+            "verification_status": first_code(res.get("verificationStatus")),
+            "code_system": code.get("system"),
+            "code": code.get("code"),
+            "code_display": code.get("display"),
+            "icd10cm_code": code_of(res.get("code"), ICD10CM),
+            "snomed_code": code_of(res.get("code"), SNOMED),
+            "onset_at": shift_datetime(
+                parse_datetime(res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start")), shift
+            ),
+            "abatement_at": shift_datetime(parse_datetime(res.get("abatementDateTime")), shift),
+            "recorded_date": shift_date(parse_date(res.get("recordedDate")), shift),
+        }
+    ]
+
+
+def flatten_medication_request(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str, Any]]:
+    """A medication order with its RxNorm code when the source sent one."""
+    person, shift = _subject(res, pseudo)
+    concept = res.get("medicationCodeableConcept")
+    code = pick_coding(concept, RXNORM)
+    return [
+        {
+            "medication_key": pseudo.record("MedicationRequest", res.get("id") or record_hash(res)),
+            "person_key": person,
+            "encounter_key": _encounter_key(res, pseudo),
+            "status": res.get("status"),
+            "intent": res.get("intent"),
+            "code_system": code.get("system"),
+            "code": code.get("code"),
+            "code_display": code.get("display"),
+            "rxnorm_code": code_of(concept, RXNORM),
+            "authored_at": shift_datetime(parse_datetime(res.get("authoredOn")), shift),
+            "dosage_text": ((res.get("dosageInstruction") or [{}])[0]).get("text"),
+        }
+    ]
+
+
+FLATTEN: dict[str, Flatten] = {
+    "Patient": flatten_patient,
+    "Encounter": flatten_encounter,
+    "Observation": flatten_observation,
+    "Condition": flatten_condition,
+    "MedicationRequest": flatten_medication_request,
+}
+assert set(FLATTEN) == set(FHIR_SILVER)
+
+
+def _by_type(resource_type: str) -> Callable[..., Split]:
+    def transform(bronze: pa.Table, *, key: bytes, max_shift_days: int = 365) -> Split:
+        rows = bronze.filter(pc.equal(bronze.column("resource_type"), resource_type))
+        pseudo = Pseudonymizer(key=key, max_shift_days=max_shift_days)
+        return flatten_split(rows, flatten=FLATTEN[resource_type], target=FHIR_SILVER[resource_type], pseudo=pseudo)
+
+    transform.__name__ = f"{FHIR_SILVER[resource_type].name.split('.')[1]}_from_bronze"
+    transform.__doc__ = f"``{FHIR_SILVER[resource_type].name}`` rows from the {resource_type} rows of bronze."
+    return transform
+
+
+patients_from_bronze = _by_type("Patient")
+encounters_from_bronze = _by_type("Encounter")
+observations_from_bronze = _by_type("Observation")
+conditions_from_bronze = _by_type("Condition")
+medications_from_bronze = _by_type("MedicationRequest")
+
+
+def bronze_only_from_bronze(bronze: pa.Table) -> Split:
+    """Resources of types with no silver table yet: validated, then kept in bronze only."""
+    rows = bronze.filter(pc.invert(pc.is_in(bronze.column("resource_type"), pa.array(sorted(FHIR_SILVER)))))
+    valid: list[int] = []
+    bad: list[dict[str, Any]] = []
+    for i, row in enumerate(rows.to_pylist()):
+        problem = validation_problem(json.loads(row["raw"]))
+        if problem is None:
+            valid.append(i)
+            continue
+        bad.append(
+            {
+                "rule_id": "validate.fhir_r4",
+                "reason": f"{row['_source_file']} record {row['_source_offset']} "
+                f"({row['resource_type']}/{row['resource_id'] or '?'}): {problem}",
+                "source_file": row["_source_file"],
+                "source_offset": row["_source_offset"],
+                "record_id": row["resource_id"],
+                "record_hash": row["_record_hash"],
+                "raw_record": row["raw"],
+            }
+        )
+    return Split(rows.take(pa.array(valid, pa.int64())), quarantine_rows(bad, table_name=BRONZE_FHIR.name))

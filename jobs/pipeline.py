@@ -1,0 +1,187 @@
+"""The pipeline's stages as functions the Airflow tasks call: each reads Delta tables, applies
+pure transforms and writes Delta tables, records its ledger entries and returns table versions.
+
+ingest  landing/fhir → bronze.fhir_resources            (parse; duplicates merged on _record_hash)
+clean   bronze (this run's rows) → staging.<table>       (validate, flatten, pseudonymize, shift dates)
+gate    staging.<table> → silver.<table> | quarantine    (Great Expectations suites decide promotion)
+gold    silver → gold.* with dbt                         (jobs.gold)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from medlake import ledger
+from medlake.config import Settings
+from medlake.jobs.ingest import fhir
+from medlake.keys import load_or_create_key
+from medlake.lake import Lake
+from medlake.ledger import Entry
+from medlake.quarantine import Split, stamp_run
+from medlake.registry import BRONZE_FHIR, FHIR_SILVER, QUARANTINE, staging_name
+
+log = logging.getLogger(__name__)
+
+#: landing sub-folders, one per source kind; only fhir/ has a parser so far
+SOURCE_KINDS = ("fhir", "hl7v2", "csv", "dicom", "vitals", "vcf")
+SILVER_TABLES = tuple(spec.name for spec in FHIR_SILVER.values())
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage wrote: table name → Delta version, and its ledger entries."""
+
+    versions: dict[str, int | None]
+    entries: list[Entry]
+
+    def as_xcom(self) -> dict[str, object]:
+        """Only names, versions and counts travel between tasks, never data."""
+        return {"versions": self.versions, "ledger": [e.__dict__ for e in self.entries]}
+
+
+def project_key(settings: Settings) -> bytes:
+    """The project's pseudonym key: from the environment, else the key file (created on first use)."""
+    return load_or_create_key(
+        settings.keys.dir / "project.key",
+        env_var=settings.keys.project_key_env,
+        create=settings.env == "local",
+    )
+
+
+def waiting_sources(landing: Path) -> dict[str, int]:
+    """Files in landing folders whose parser has not landed yet: reported, left untouched."""
+    waiting = {}
+    for kind in SOURCE_KINDS[1:]:
+        folder = landing / kind
+        if folder.is_dir():
+            count = sum(1 for p in folder.rglob("*") if p.is_file())
+            if count:
+                waiting[kind] = count
+    return waiting
+
+
+def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = None) -> StageResult:
+    """Landing FHIR files → bronze. Re-ingesting a file adds nothing: its records merge as duplicates."""
+    now = now or datetime.now(UTC)
+    for kind, count in waiting_sources(landing).items():
+        log.warning("landing/%s holds %d file(s) with no parser yet; they stay in landing", kind, count)
+    files = fhir.landing_files(landing / "fhir")
+    raw = fhir.read_files(files, root=landing)
+    split = fhir.to_bronze(raw, run_id=run_id, ingested_at=now)
+    lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
+    lake.insert_new(BRONZE_FHIR.name, split.good)
+    lake.ensure(BRONZE_FHIR.name)
+    written = lake.count(BRONZE_FHIR.name) and int(
+        lake.table(BRONZE_FHIR.name).to_pyarrow_dataset().count_rows(filter=pc.field("_run_id") == run_id)
+    )
+    entry = Entry(
+        stage="ingest",
+        table_name=BRONZE_FHIR.name,
+        records_in=raw.num_rows,
+        records_out=written,
+        quarantined=split.quarantined.num_rows,
+        merged=raw.num_rows - split.quarantined.num_rows - written,
+    )
+    ledger.record(lake, run_id, [entry])
+    log.info("ingest: %d records from %d files, %d new in bronze", raw.num_rows, len(files), written)
+    return StageResult({BRONZE_FHIR.name: lake.version(BRONZE_FHIR.name)}, [entry])
+
+
+def clean(lake: Lake, *, run_id: str, key: bytes, max_shift_days: int, bronze_version: int | None = None) -> StageResult:
+    """This run's bronze rows → validated, pseudonymized, date-shifted rows in staging, awaiting the gate."""
+    bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, filter=pc.field("_run_id") == run_id)
+    transforms: dict[str, Callable[..., Split]] = {
+        "Patient": fhir.patients_from_bronze,
+        "Encounter": fhir.encounters_from_bronze,
+        "Observation": fhir.observations_from_bronze,
+        "Condition": fhir.conditions_from_bronze,
+        "MedicationRequest": fhir.medications_from_bronze,
+    }
+    types = bronze.column("resource_type")
+    entries: list[Entry] = []
+    versions: dict[str, int | None] = {}
+    for resource_type, transform in transforms.items():
+        spec = FHIR_SILVER[resource_type]
+        split = transform(bronze, key=key, max_shift_days=max_shift_days)
+        records_in = int(pc.sum(pc.equal(types, resource_type)).as_py() or 0)
+        produced = len(set(split.good.column("_record_hash").to_pylist()))
+        versions[staging_name(spec.name)] = lake.write(staging_name(spec.name), split.good, mode="overwrite", spec=spec)
+        lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
+        entries.append(
+            Entry(
+                stage="silver",
+                table_name=spec.name,
+                records_in=records_in,
+                records_out=produced,
+                quarantined=split.quarantined.num_rows,
+            )
+        )
+    rest = fhir.bronze_only_from_bronze(bronze)
+    lake.insert_new(QUARANTINE.name, stamp_run(rest.quarantined, run_id))
+    entries.append(
+        Entry(
+            stage="silver",
+            table_name=BRONZE_FHIR.name,
+            records_in=int(pc.sum(pc.invert(pc.is_in(types, pa.array(sorted(transforms))))).as_py() or 0),
+            quarantined=rest.quarantined.num_rows,
+            bronze_only=rest.good.num_rows,
+        )
+    )
+    ledger.record(lake, run_id, entries)
+    return StageResult(versions, entries)
+
+
+def run_id_now() -> str:
+    """A run id for runs outside Airflow (tests, benchmarks)."""
+    return "local__" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+# ---------------------------------------------------------------------------------------------
+# task entry points: what the DAG's tasks call, with plain arguments from the run's params
+
+
+def task_ingest(landing: str, lake: str, *, run_id: str) -> dict[str, object]:
+    return ingest(Path(landing), Lake(Path(lake)), run_id=run_id).as_xcom()
+
+
+def task_clean(lake: str, *, run_id: str, bronze_version: int | None) -> dict[str, object]:
+    settings = Settings()
+    return clean(
+        Lake(Path(lake)),
+        run_id=run_id,
+        key=project_key(settings),
+        max_shift_days=settings.deid.date_shift_max_days,
+        bronze_version=bronze_version,
+    ).as_xcom()
+
+
+def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
+    from medlake.expectations.gate import run_gate
+
+    target = Lake(Path(lake))
+    entries = ledger.record(target, run_id, run_gate(target, run_id=run_id, tables=SILVER_TABLES))
+    return StageResult({name: target.version(name) for name in SILVER_TABLES}, entries).as_xcom()
+
+
+def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
+    from medlake.jobs.gold import build_gold
+
+    result = build_gold(Path(lake), run_id=run_id, project_dir=Settings().dbt.project_dir)
+    return {"versions": {name: t.version for name, t in result.tables.items()}}
+
+
+def task_summary(lake: str, *, run_id: str) -> dict[str, object]:
+    from medlake.summary import summarize, write_summary
+
+    summary = summarize(Lake(Path(lake)), run_id=run_id)
+    path = write_summary(Lake(Path(lake)), summary)
+    log.info("run summary written to %s", path)
+    ledger.check(Entry(**{k: v for k, v in row.items() if k in Entry.__dataclass_fields__}) for row in summary["ledger"])
+    return {"summary": str(path)}

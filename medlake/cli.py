@@ -1,0 +1,244 @@
+"""The medlake command line: thin wrappers over library functions, each with an example."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medlake import ledger as ledger_mod
+from medlake.config import load_settings, settings_table
+from medlake.lake import Lake
+
+app = typer.Typer(
+    name="medlake",
+    help="medlake: a lakehouse for medical data, run by DAGs. Run `medlake COMMAND --help` for examples.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+airflow_app = typer.Typer(help="Local Airflow.", no_args_is_help=True)
+app.add_typer(airflow_app, name="airflow")
+
+console = Console()
+err = Console(stderr=True)
+
+LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _print_rows(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="right" if rows and isinstance(rows[0].get(col), int) else "left")
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    console.print(table)
+
+
+@app.command()
+def sample(
+    out: Annotated[Path, typer.Option(help="Landing folder to write.")],
+    patients: Annotated[int, typer.Option(min=1, help="Number of synthetic patients.")] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 7,
+) -> None:
+    """Generate the sample hospital's landing folder (FHIR bundles and bulk ndjson, with real-world mess).
+
+    Example: medlake sample --patients 50 --seed 7 --out /tmp/landing
+    """
+    from medlake.sample import generate
+
+    manifest = generate(out, patients=patients, seed=seed)
+    console.print(f"wrote {manifest.patients} patients (seed {manifest.seed}) to {out}")
+
+
+@app.command()
+def run(
+    landing: Annotated[Path, typer.Option(help="Landing folder (fhir/, hl7v2/, csv/, dicom/, vitals/, vcf/).")],
+    lake: LakeOpt,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the pipeline DAG through Airflow on a landing folder; exits non-zero if the run failed.
+
+    Example: medlake run --landing /tmp/landing --lake /tmp/lake
+    """
+    from medlake.orchestrator import PipelineFailed, run_pipeline
+    from medlake.summary import summarize
+
+    if not landing.is_dir():
+        err.print(f"[red]landing folder {landing} does not exist[/red]")
+        raise typer.Exit(2)
+    settings = load_settings(lake=lake)
+    try:
+        dag_run = run_pipeline(settings, landing=landing, lake=lake, quiet=as_json)
+    except PipelineFailed as exc:
+        err.print(f"[red]pipeline failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    summary = summarize(Lake(lake.resolve()), run_id=dag_run.run_id)
+    summary["dag_run"] = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "state": dag_run.state}
+    if as_json:
+        _print_json(summary)
+    else:
+        _print_summary(summary)
+    if not summary["ledger_balanced"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's landing/ and lake/.")] = Path(".medlake/demo"),
+    patients: Annotated[int, typer.Option(min=1, help="Number of synthetic patients.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+) -> None:
+    """Generate the sample hospital and run the whole pipeline on it through Airflow.
+
+    Example: medlake demo --out .medlake/demo --patients 200
+    """
+    import shutil
+
+    landing, lake = out / "landing", out / "lake"
+    shutil.rmtree(landing, ignore_errors=True)
+    sample(out=landing, patients=patients, seed=seed)
+    run(landing=landing, lake=lake, as_json=False)
+    console.print(
+        f"\nNext: `medlake tables --lake {lake}`, `medlake quarantine --lake {lake}`, "
+        f"`medlake ledger --lake {lake}`; Airflow UI: `make airflow`."
+    )
+
+
+@app.command()
+def tables(lake: LakeOpt, as_json: JsonOpt = False) -> None:
+    """List the lake's Delta tables with their version and row count.
+
+    Example: medlake tables --lake .medlake/demo/lake --json
+    """
+    from medlake.summary import tables as list_tables
+
+    rows = list_tables(Lake(lake.resolve()))
+    if as_json:
+        _print_json(rows)
+    else:
+        _print_rows(f"tables in {lake}", rows, ["table", "version", "rows"])
+
+
+@app.command()
+def ledger(
+    lake: LakeOpt,
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the ledger of a run: per stage and table, records in = out + quarantined + merged + bronze_only.
+
+    Example: medlake ledger --lake .medlake/demo/lake --run manual__2026-11-24T10:00:00+00:00 --json
+    """
+    target = Lake(lake.resolve())
+    run_id = run_id or (ledger_mod.runs(target) or [None])[-1]
+    rows = ledger_mod.for_run(target, run_id) if run_id else []
+    if as_json:
+        _print_json({"run_id": run_id, "entries": rows, "balanced": all(r["balanced"] for r in rows)})
+        return
+    _print_rows(
+        f"ledger of run {run_id}",
+        rows,
+        ["stage", "table_name", "records_in", "records_out", "quarantined", "merged", "bronze_only", "balanced"],
+    )
+
+
+@app.command()
+def quarantine(
+    lake: LakeOpt,
+    rule: Annotated[str | None, typer.Option(help="Only this rule id, e.g. parse.bad_json.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show in the person-readable listing.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List quarantined records with their rule id and the reason in words.
+
+    Example: medlake quarantine --lake .medlake/demo/lake --rule validate.fhir_r4
+    """
+    from medlake.registry import QUARANTINE
+
+    target = Lake(lake.resolve())
+    columns = ["quarantine_id", "run_id", "stage", "table_name", "rule_id", "reason", "source_file",
+               "source_offset", "record_id", "status", "quarantined_at"]
+    rows = target.read(QUARANTINE.name, columns=columns).to_pylist()
+    rows = [r for r in rows if (rule is None or r["rule_id"] == rule) and (run_id is None or r["run_id"] == run_id)]
+    rows.sort(key=lambda r: (r["stage"], r["rule_id"], r["source_file"] or "", r["source_offset"] or 0))
+    if as_json:
+        _print_json(rows)
+    else:
+        _print_rows(f"{len(rows)} quarantined record(s)", rows[:limit], ["rule_id", "table_name", "reason"])
+
+
+@app.command()
+def summary(lake: LakeOpt, run_id: Annotated[str | None, typer.Option("--run")] = None, as_json: JsonOpt = False) -> None:
+    """Summarize a run: tables, quarantine by reason, the ledger check.
+
+    Example: medlake summary --lake .medlake/demo/lake
+    """
+    from medlake.summary import summarize
+
+    data = summarize(Lake(lake.resolve()), run_id=run_id)
+    _print_json(data) if as_json else _print_summary(data)
+
+
+@app.command()
+def config(as_json: JsonOpt = False) -> None:
+    """List every setting: its environment variable, default and meaning.
+
+    Example: MEDLAKE__LAKE__ROOT=/data/lake medlake config
+    """
+    rows = [{"setting": n, "default": d, "meaning": m} for n, d, m in settings_table()]
+    _print_json(rows) if as_json else _print_rows("settings", rows, ["setting", "default", "meaning"])
+
+
+@airflow_app.command("standalone")
+def airflow_standalone() -> None:
+    """Start Airflow locally (UI, scheduler) with medlake's DAGs.
+
+    Example: medlake airflow standalone   # then open http://localhost:8080
+    """
+    from medlake.orchestrator import standalone
+
+    raise typer.Exit(standalone(load_settings()))
+
+
+@airflow_app.command("runs")
+def airflow_runs(as_json: JsonOpt = False) -> None:
+    """List the pipeline's DAG runs recorded in Airflow's metadata DB.
+
+    Example: medlake airflow runs --json
+    """
+    from medlake.orchestrator import list_runs
+
+    rows = [r.__dict__ for r in list_runs(load_settings())]
+    _print_json(rows) if as_json else _print_rows("DAG runs", rows, ["dag_id", "run_id", "state"])
+
+
+def _print_summary(data: dict[str, Any]) -> None:
+    console.rule(f"medlake run {data['run_id']}")
+    _print_rows("tables", data["tables"], ["table", "version", "rows"])
+    if data["quarantine"]:
+        _print_rows("quarantined this run, by reason", data["quarantine"], ["stage", "table", "rule_id", "count"])
+    else:
+        console.print("nothing quarantined this run")
+    _print_rows(
+        "ledger (in = out + quarantined + merged + bronze_only)",
+        data["ledger"],
+        ["stage", "table_name", "records_in", "records_out", "quarantined", "merged", "bronze_only", "balanced"],
+    )
+    verdict = "[green]adds up[/green]" if data["ledger_balanced"] else "[red]DOES NOT ADD UP[/red]"
+    console.print(f"ledger check: {verdict}")
+    console.print(f"outputs: lake at {data['lake']} (bronze/, silver/, gold/, quarantine/, ledger/)")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,147 @@
+"""medlake settings, in one place.
+
+Order of precedence, highest first:
+  1. arguments (``Settings(lake=...)`` or ``load_settings(lake=...)``),
+  2. ``medlake.toml`` in the working directory (or the file named by ``MEDLAKE_CONFIG``),
+  3. environment variables ``MEDLAKE__SECTION__KEY`` (e.g. ``MEDLAKE__LAKE__ROOT``),
+  4. the defaults below.
+
+``MEDLAKE_ENV=local`` (the default) needs no credentials: keys are generated on first use
+into a git-ignored folder with 0600 permissions. Library functions never read settings or
+secrets themselves: callers pass what they need as arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STATE_DIR = Path(os.environ.get("MEDLAKE_HOME", REPO_ROOT / ".medlake"))
+
+
+class LakeSettings(BaseModel):
+    """Where the Delta tables live."""
+
+    root: Path = Field(default=STATE_DIR / "lake", description="Root of the lake: <root>/<layer>/<table>.")
+    vacuum_retention_hours: int = Field(
+        default=24 * 30, description="Delta versions older than this may be vacuumed; pinned datasets must be younger."
+    )
+
+
+class KeySettings(BaseModel):
+    """Where keys come from. The folder is git-ignored; files are created 0600 on first use."""
+
+    dir: Path = Field(default=STATE_DIR / "keys", description="Folder holding generated key files.")
+    project_key_env: str = Field(
+        default="MEDLAKE_PROJECT_KEY",
+        description="Environment variable that, when set, holds the project key (hex); overrides the key file.",
+    )
+
+
+class DeidSettings(BaseModel):
+    """Structured de-identification (HIPAA Safe Harbor)."""
+
+    date_shift_max_days: int = Field(default=365, description="Dates move by a keyed per-patient offset in ±this.")
+    age_top_code: int = Field(default=89, description="Ages above this are reported as '90+'.")
+
+
+class AirflowSettings(BaseModel):
+    """The local Airflow installation that runs the DAGs."""
+
+    home: Path = Field(default=STATE_DIR / "airflow", description="AIRFLOW_HOME (SQLite metadata DB locally).")
+    dags_folder: Path = Field(default=REPO_ROOT / "dags", description="Folder of the DAG files.")
+    pipeline_dag_id: str = Field(default="medlake_pipeline", description="The DAG `medlake run` triggers.")
+
+
+class DbtSettings(BaseModel):
+    """The dbt project that builds the gold marts."""
+
+    project_dir: Path = Field(default=REPO_ROOT / "dbt", description="dbt project folder.")
+    target: Literal["duckdb", "spark"] = Field(default="duckdb", description="dbt profile target.")
+
+
+class SparkSettings(BaseModel):
+    """The scale-out engine (Spark with delta-spark)."""
+
+    master: str = Field(default="local[2]", description="Spark master URL.")
+    jars_dir: Path = Field(default=REPO_ROOT / ".venv" / "jars", description="delta-spark jars fetched at install.")
+
+
+class MlflowSettings(BaseModel):
+    """Experiment tracking."""
+
+    tracking_uri: str = Field(
+        default=f"sqlite:///{STATE_DIR / 'mlflow.db'}", description="MLflow tracking URI (its own SQLite file)."
+    )
+
+
+class Settings(BaseSettings):
+    """Every medlake setting. See the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MEDLAKE__",
+        env_nested_delimiter="__",
+        toml_file=os.environ.get("MEDLAKE_CONFIG", "medlake.toml"),
+        extra="ignore",
+    )
+
+    env: Literal["local", "production"] = Field(
+        default_factory=lambda: os.environ.get("MEDLAKE_ENV", "local"),  # type: ignore[arg-type,return-value]
+        description="local needs no credentials; production requires keys from the environment.",
+    )
+    source_system: str = Field(default="hospital", description="Name of the source system in pseudonym inputs.")
+    lake: LakeSettings = LakeSettings()
+    keys: KeySettings = KeySettings()
+    deid: DeidSettings = DeidSettings()
+    airflow: AirflowSettings = AirflowSettings()
+    dbt: DbtSettings = DbtSettings()
+    spark: SparkSettings = SparkSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, TomlConfigSettingsSource(settings_cls), env_settings)
+
+
+def load_settings(*, lake: Path | str | None = None) -> Settings:
+    """Settings with the lake root given as an argument, when it is."""
+    settings = Settings()
+    if lake is not None:
+        settings = settings.model_copy(
+            update={"lake": settings.lake.model_copy(update={"root": Path(lake).resolve()})}
+        )
+    return settings
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """Every setting as (environment name, default, meaning), for the README and `medlake config`."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for sub, subfield in annotation.model_fields.items():
+                rows.append(
+                    (f"MEDLAKE__{name.upper()}__{sub.upper()}", str(subfield.default), subfield.description or "")
+                )
+        else:
+            default = "local" if name == "env" else str(field.default)
+            env_name = "MEDLAKE_ENV" if name == "env" else f"MEDLAKE__{name.upper()}"
+            rows.append((env_name, default, field.description or ""))
+    return rows

@@ -1,0 +1,42 @@
+"""Project keys: generated on first use into a git-ignored folder (0600), or from the environment.
+
+Callers load a key here and pass the bytes to library functions; nothing else reads keys.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+KEY_BYTES = 32
+
+
+class KeyError_(RuntimeError):
+    """A key is missing, unreadable or malformed."""
+
+
+def load_or_create_key(path: Path, *, env_var: str | None = None, create: bool = True) -> bytes:
+    """The 32-byte key from ``env_var`` (hex) if set, else from ``path``, created 0600 when missing."""
+    if env_var and os.environ.get(env_var):
+        try:
+            key = bytes.fromhex(os.environ[env_var])
+        except ValueError as exc:
+            raise KeyError_(f"{env_var} is not a hex string") from exc
+        if len(key) != KEY_BYTES:
+            raise KeyError_(f"{env_var} must hold {KEY_BYTES} bytes ({2 * KEY_BYTES} hex characters), not {len(key)}")
+        return key
+    if path.exists():
+        key = bytes.fromhex(path.read_text().strip())
+        if len(key) != KEY_BYTES:
+            raise KeyError_(f"key file {path} must hold {KEY_BYTES} bytes of hex")
+        return key
+    if not create:
+        raise KeyError_(f"no key at {path} and {env_var or 'no environment variable'} is not set")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    key = secrets.token_bytes(KEY_BYTES)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key.hex())
+    return key

@@ -1,0 +1,185 @@
+"""The lake on disk: registered Delta tables read and written with delta-rs (no JVM).
+
+Every write is one Delta transaction; keyed writes are MERGEs, so a task re-run after a crash
+gives the same tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+
+from medlake.registry import TABLES, TableSpec
+
+
+class TableNotFound(LookupError):
+    """A table was read before anything wrote it."""
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A lake root and the registered tables below it."""
+
+    root: Path
+
+    def path(self, name: str) -> Path:
+        """Where ``layer.table`` (or ``quarantine``/``ledger``) lives."""
+        return self.root / name.replace(".", "/")
+
+    def uri(self, name: str) -> str:
+        return str(self.path(name))
+
+    def exists(self, name: str) -> bool:
+        return DeltaTable.is_deltatable(self.uri(name))
+
+    def table(self, name: str, *, version: int | None = None) -> DeltaTable:
+        """The Delta table, at ``version`` when given (time travel)."""
+        if not self.exists(name):
+            raise TableNotFound(f"table {name} does not exist yet under {self.root}")
+        dt = DeltaTable(self.uri(name))
+        if version is not None:
+            # load_as_version, not DeltaTable(uri, version=...): the latter aborts the
+            # interpreter at exit with deltalake 1.6 ("terminate called without an active exception").
+            dt.load_as_version(version)
+        return dt
+
+    def version(self, name: str) -> int | None:
+        """The table's current Delta version, or None when it does not exist."""
+        return DeltaTable(self.uri(name)).version() if self.exists(name) else None
+
+    def read(
+        self,
+        name: str,
+        *,
+        version: int | None = None,
+        columns: Sequence[str] | None = None,
+        filter: Any = None,
+    ) -> pa.Table:
+        """The rows of a table (empty with its registered schema when it does not exist yet)."""
+        if not self.exists(name):
+            spec = TABLES.get(name)
+            if spec is None:
+                raise TableNotFound(f"table {name} does not exist yet under {self.root}")
+            schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
+            return schema.empty_table()
+        dataset = self.table(name, version=version).to_pyarrow_dataset()
+        return dataset.to_table(columns=list(columns) if columns else None, filter=filter)
+
+    def count(self, name: str, *, version: int | None = None) -> int:
+        if not self.exists(name):
+            return 0
+        return int(self.table(name, version=version).to_pyarrow_dataset().count_rows())
+
+    def write(
+        self,
+        name: str,
+        data: pa.Table,
+        *,
+        mode: Literal["append", "overwrite"],
+        spec: TableSpec | None = None,
+    ) -> int:
+        """Append or overwrite; returns the new Delta version."""
+        spec = spec or TABLES.get(name)
+        data = conform(data, spec.schema) if spec else data
+        write_deltalake(
+            self.uri(name),
+            data,
+            mode=mode,
+            partition_by=list(spec.partition_by) if spec and spec.partition_by else None,
+            schema_mode="overwrite" if mode == "overwrite" else None,
+        )
+        return DeltaTable(self.uri(name)).version()
+
+    def insert_new(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None) -> int:
+        """Insert the rows whose key is not in the table yet; returns how many were inserted."""
+        spec = TABLES.get(name)
+        key = list(key or (spec.key if spec else ()))
+        if not key:
+            raise ValueError(f"insert_new into {name} needs a key")
+        data = _dedupe_on(conform(data, spec.schema) if spec else data, key)
+        if not self.exists(name):
+            if data.num_rows == 0:
+                self.ensure(name)
+                return 0
+            self.write(name, data, mode="append", spec=spec)
+            return data.num_rows
+        if data.num_rows == 0:
+            return 0
+        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
+        metrics = (
+            self.table(name)
+            .merge(data, predicate=predicate, source_alias="s", target_alias="t")
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        return int(metrics["num_target_rows_inserted"])
+
+    def upsert(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None) -> tuple[int, int]:
+        """Insert new keys and update existing ones; returns (inserted, updated)."""
+        spec = TABLES.get(name)
+        key = list(key or (spec.key if spec else ()))
+        data = _dedupe_on(conform(data, spec.schema) if spec else data, key)
+        if not self.exists(name):
+            self.write(name, data, mode="append", spec=spec)
+            return data.num_rows, 0
+        if data.num_rows == 0:
+            return 0, 0
+        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
+        metrics = (
+            self.table(name)
+            .merge(data, predicate=predicate, source_alias="s", target_alias="t")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        return int(metrics["num_target_rows_inserted"]), int(metrics["num_target_rows_updated"])
+
+    def delete(self, name: str, predicate: str) -> int:
+        """Delete the rows matching a SQL predicate; returns how many."""
+        if not self.exists(name):
+            return 0
+        metrics = self.table(name).delete(predicate)
+        return int(metrics.get("num_deleted_rows", 0))
+
+    def ensure(self, name: str) -> None:
+        """Create the registered table empty if it does not exist, so readers find it."""
+        if not self.exists(name):
+            spec = TABLES[name]
+            DeltaTable.create(self.uri(name), schema=spec.schema, mode="ignore")
+
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.table(name).history(limit)
+
+    def tables(self) -> list[str]:
+        """Every Delta table below the root, as ``layer.table`` names."""
+        found: list[str] = []
+        if not self.root.exists():
+            return found
+        for log in sorted(self.root.glob("**/_delta_log")):
+            rel = log.parent.relative_to(self.root)
+            found.append(".".join(rel.parts))
+        return found
+
+
+def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The data with exactly the schema's columns, in order, cast to its types."""
+    missing = [f.name for f in schema if f.name not in data.column_names]
+    for name in missing:
+        data = data.append_column(schema.field(name), pa.nulls(data.num_rows, schema.field(name).type))
+    return data.select(schema.names).cast(schema)
+
+
+def _dedupe_on(data: pa.Table, key: Sequence[str]) -> pa.Table:
+    """The first row of each key: a MERGE source may not hold the same key twice."""
+    if data.num_rows == 0:
+        return data
+    import polars as pl
+
+    frame = pl.from_arrow(data)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.unique(subset=list(key), keep="first", maintain_order=True).to_arrow().cast(data.schema)

@@ -1,0 +1,110 @@
+"""Run the pipeline DAG through a real local Airflow (SQLite metadata DB, no scheduler needed).
+
+`medlake run` calls :func:`run_pipeline`, which migrates the metadata DB on first use and runs
+``airflow dags test`` with the landing and lake folders as params: a real DAG run, recorded in
+the metadata DB and listed afterwards by ``airflow dags list-runs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from medlake.config import Settings
+
+
+class PipelineFailed(RuntimeError):
+    """The DAG run did not succeed."""
+
+
+@dataclass(frozen=True)
+class DagRun:
+    """A finished DAG run as the metadata DB records it."""
+
+    dag_id: str
+    run_id: str
+    state: str
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """The environment for the airflow CLI: local home, SQLite DB, our DAGs, no examples."""
+    home = settings.airflow.home.resolve()
+    env = dict(os.environ)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(settings.airflow.dags_folder.resolve()),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "GX_ANALYTICS_ENABLED": "false",
+            "PYSPARK_PYTHON": sys.executable,
+            "NO_PROXY": "*",
+        }
+    )
+    return env
+
+
+def _airflow(settings: Settings, *args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("airflow")
+    return subprocess.run(
+        [str(exe), *args],
+        env=airflow_env(settings),
+        text=True,
+        capture_output=capture,
+        check=False,
+    )
+
+
+def ensure_db(settings: Settings) -> None:
+    """Create or upgrade the Airflow metadata DB (idempotent)."""
+    home = settings.airflow.home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    marker = home / ".migrated"
+    if marker.exists():
+        return
+    done = _airflow(settings, "db", "migrate", capture=True)
+    if done.returncode != 0:
+        raise PipelineFailed(f"airflow db migrate failed:\n{done.stderr[-2000:]}")
+    marker.touch()
+
+
+def list_runs(settings: Settings, dag_id: str | None = None) -> list[DagRun]:
+    """The DAG runs in the metadata DB, newest first."""
+    dag_id = dag_id or settings.airflow.pipeline_dag_id
+    done = _airflow(settings, "dags", "list-runs", dag_id, "-o", "json", capture=True)
+    if done.returncode != 0:
+        raise PipelineFailed(f"airflow dags list-runs failed:\n{done.stderr[-2000:]}")
+    text = done.stdout.strip()
+    start = text.find("[")
+    rows = json.loads(text[start:]) if start >= 0 else []
+    return [DagRun(dag_id=r["dag_id"], run_id=r["run_id"], state=r["state"]) for r in rows]
+
+
+def run_pipeline(settings: Settings, *, landing: Path, lake: Path, quiet: bool = False) -> DagRun:
+    """Run the pipeline DAG once on these folders; raise PipelineFailed unless it succeeded."""
+    ensure_db(settings)
+    before = {r.run_id for r in list_runs(settings)}
+    conf = json.dumps({"landing": str(landing.resolve()), "lake": str(lake.resolve())})
+    done = _airflow(settings, "dags", "test", settings.airflow.pipeline_dag_id, "--conf", conf, capture=quiet)
+    new = [r for r in list_runs(settings) if r.run_id not in before]
+    if not new:
+        tail = (done.stderr or "")[-3000:] if quiet else ""
+        raise PipelineFailed(f"airflow recorded no run of {settings.airflow.pipeline_dag_id} (exit {done.returncode}){tail}")
+    run = new[0]
+    if run.state != "success" or done.returncode != 0:
+        tail = (done.stderr or "")[-3000:] if quiet else ""
+        raise PipelineFailed(f"DAG run {run.run_id} ended {run.state} (exit {done.returncode}); see the task logs above{tail}")
+    return run
+
+
+def standalone(settings: Settings) -> int:
+    """Start Airflow standalone (API server, scheduler, DAG processor) on this machine."""
+    ensure_db(settings)
+    return _airflow(settings, "standalone").returncode

@@ -1,0 +1,261 @@
+"""The table registry: every bronze and silver table, its Arrow schema, key and PHI columns.
+
+A table is named ``<layer>.<table>`` and lives at ``<lake>/<layer>/<table>/`` as a Delta table;
+the quarantine and the ledger live at ``<lake>/quarantine/`` and ``<lake>/ledger/``.
+The same name is the Airflow asset, the Delta location and the OpenLineage dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+
+#: lineage columns every silver row carries back to its bronze record
+SILVER_LINEAGE = [
+    pa.field("_record_hash", pa.string(), nullable=False),
+    pa.field("_source_kind", pa.string(), nullable=False),
+    pa.field("_run_id", pa.string(), nullable=False),
+]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One registered table."""
+
+    name: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+    description: str
+    phi_columns: tuple[str, ...] = ()
+    partition_by: tuple[str, ...] = field(default=())
+
+    @property
+    def layer(self) -> str:
+        return self.name.split(".", 1)[0] if "." in self.name else self.name
+
+    @property
+    def relpath(self) -> str:
+        """Path below the lake root."""
+        return self.name.replace(".", "/")
+
+
+def _schema(*fields: pa.Field, lineage: bool = True) -> pa.Schema:
+    return pa.schema(list(fields) + (SILVER_LINEAGE if lineage else []))
+
+
+def _f(name: str, type_: pa.DataType = pa.string(), nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable)
+
+
+BRONZE_FHIR = TableSpec(
+    name="bronze.fhir_resources",
+    schema=pa.schema(
+        [
+            _f("resource_type", nullable=False),
+            _f("resource_id"),
+            _f("raw", pa.large_string(), nullable=False),
+            _f("_source_file", nullable=False),
+            _f("_source_offset", pa.int64(), nullable=False),
+            _f("_ingested_at", TS, nullable=False),
+            _f("_record_hash", nullable=False),
+            _f("_run_id", nullable=False),
+        ]
+    ),
+    key=("_record_hash",),
+    description="FHIR R4 resources as received: one row per resource, the JSON kept verbatim.",
+    phi_columns=("raw", "_source_file"),
+)
+
+SILVER_PATIENTS = TableSpec(
+    name="silver.patients",
+    schema=_schema(
+        _f("person_key", nullable=False),
+        _f("source_key", nullable=False),
+        _f("source_system", nullable=False),
+        _f("gender"),
+        _f("birth_date", pa.date32()),
+        _f("deceased", pa.bool_()),
+        _f("deceased_date", pa.date32()),
+        _f("zip3"),
+        _f("state"),
+        _f("country"),
+        _f("marital_status"),
+        _f("race"),
+        _f("ethnicity"),
+        _f("language"),
+    ),
+    key=("source_key",),
+    description="One row per patient record per source; direct identifiers removed, dates shifted.",
+)
+
+SILVER_ENCOUNTERS = TableSpec(
+    name="silver.encounters",
+    schema=_schema(
+        _f("encounter_key", nullable=False),
+        _f("person_key", nullable=False),
+        _f("status"),
+        _f("class_code"),
+        _f("type_system"),
+        _f("type_code"),
+        _f("type_display"),
+        _f("site"),
+        _f("start_at", TS),
+        _f("end_at", TS),
+    ),
+    key=("encounter_key",),
+    description="One row per encounter (visit); times shifted by the patient's offset.",
+)
+
+SILVER_OBSERVATIONS = TableSpec(
+    name="silver.observations",
+    schema=_schema(
+        _f("observation_key", nullable=False),
+        _f("person_key", nullable=False),
+        _f("encounter_key"),
+        _f("status"),
+        _f("category"),
+        _f("code_system"),
+        _f("code"),
+        _f("code_display"),
+        _f("panel_code"),
+        _f("value_num", pa.float64()),
+        _f("value_unit"),
+        _f("value_text"),
+        _f("value_code"),
+        _f("data_absent_reason"),
+        _f("interpretation"),
+        _f("ref_low", pa.float64()),
+        _f("ref_high", pa.float64()),
+        _f("effective_at", TS),
+    ),
+    key=("observation_key",),
+    description="One row per measured value: an Observation, or one component of a panel (panel_code set).",
+)
+
+SILVER_CONDITIONS = TableSpec(
+    name="silver.conditions",
+    schema=_schema(
+        _f("condition_key", nullable=False),
+        _f("person_key", nullable=False),
+        _f("encounter_key"),
+        _f("clinical_status"),
+        _f("verification_status"),
+        _f("code_system"),
+        _f("code"),
+        _f("code_display"),
+        _f("icd10cm_code"),
+        _f("snomed_code"),
+        _f("onset_at", TS),
+        _f("abatement_at", TS),
+        _f("recorded_date", pa.date32()),
+    ),
+    key=("condition_key",),
+    description="One row per diagnosis or problem; ICD-10-CM and SNOMED CT codes where the source has them.",
+)
+
+SILVER_MEDICATIONS = TableSpec(
+    name="silver.medications",
+    schema=_schema(
+        _f("medication_key", nullable=False),
+        _f("person_key", nullable=False),
+        _f("encounter_key"),
+        _f("status"),
+        _f("intent"),
+        _f("code_system"),
+        _f("code"),
+        _f("code_display"),
+        _f("rxnorm_code"),
+        _f("authored_at", TS),
+        _f("dosage_text"),
+    ),
+    key=("medication_key",),
+    description="One row per medication order (MedicationRequest, RDE); RxNorm where the source has it.",
+)
+
+QUARANTINE = TableSpec(
+    name="quarantine",
+    schema=pa.schema(
+        [
+            _f("quarantine_id", nullable=False),
+            _f("run_id", nullable=False),
+            _f("stage", nullable=False),
+            _f("table_name", nullable=False),
+            _f("rule_id", nullable=False),
+            _f("reason", nullable=False),
+            _f("source_file"),
+            _f("source_offset", pa.int64()),
+            _f("record_id"),
+            _f("record_hash"),
+            _f("raw_record", pa.large_string()),
+            _f("quarantined_at", TS, nullable=False),
+            _f("status", nullable=False),
+        ]
+    ),
+    key=("quarantine_id",),
+    description="Every record a stage could not accept, with the rule it failed and why, in words.",
+    phi_columns=("raw_record", "source_file"),
+)
+
+LEDGER = TableSpec(
+    name="ledger",
+    schema=pa.schema(
+        [
+            _f("run_id", nullable=False),
+            _f("stage", nullable=False),
+            _f("table_name", nullable=False),
+            _f("records_in", pa.int64(), nullable=False),
+            _f("records_out", pa.int64(), nullable=False),
+            _f("quarantined", pa.int64(), nullable=False),
+            _f("merged", pa.int64(), nullable=False),
+            _f("bronze_only", pa.int64(), nullable=False),
+            _f("balanced", pa.bool_(), nullable=False),
+            _f("recorded_at", TS, nullable=False),
+        ]
+    ),
+    key=("run_id", "stage", "table_name"),
+    description="Per run, stage and table: records in = out + quarantined + merged + bronze_only.",
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        BRONZE_FHIR,
+        SILVER_PATIENTS,
+        SILVER_ENCOUNTERS,
+        SILVER_OBSERVATIONS,
+        SILVER_CONDITIONS,
+        SILVER_MEDICATIONS,
+        QUARANTINE,
+        LEDGER,
+    )
+}
+
+#: silver tables fed by FHIR, by resource type
+FHIR_SILVER = {
+    "Patient": SILVER_PATIENTS,
+    "Encounter": SILVER_ENCOUNTERS,
+    "Observation": SILVER_OBSERVATIONS,
+    "Condition": SILVER_CONDITIONS,
+    "MedicationRequest": SILVER_MEDICATIONS,
+}
+
+
+def spec(name: str) -> TableSpec:
+    """The registered table of that name, or a clear error listing the known ones."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(sorted(TABLES))}") from None
+
+
+def staging_name(silver_name: str) -> str:
+    """Where a silver table's rows wait for the quality gate before promotion."""
+    return "staging." + silver_name.split(".", 1)[1]
+
+
+def empty(spec_: TableSpec) -> pa.Table:
+    """An empty table of the spec's schema."""
+    return spec_.schema.empty_table()

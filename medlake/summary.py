@@ -1,0 +1,67 @@
+"""What a run did, for a person and for scripts: tables and row counts, quarantine by reason,
+the ledger check, and where the outputs are."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from medlake import ledger
+from medlake.lake import Lake
+from medlake.registry import QUARANTINE
+
+
+def tables(lake: Lake) -> list[dict[str, Any]]:
+    """Every Delta table in the lake with its version and row count."""
+    return [
+        {"table": name, "version": lake.version(name), "rows": lake.count(name), "path": str(lake.path(name))}
+        for name in lake.tables()
+    ]
+
+
+def quarantine_by_rule(lake: Lake, *, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Quarantined records per stage and rule (for one run when given), most frequent first."""
+    if not lake.exists(QUARANTINE.name):
+        return []
+    rows = lake.read(QUARANTINE.name, columns=["run_id", "stage", "table_name", "rule_id"])
+    if run_id is not None:
+        rows = rows.filter(pc.equal(rows.column("run_id"), run_id))
+    counts: dict[tuple[str, str, str], int] = {}
+    for r in rows.to_pylist():
+        k = (r["stage"], r["table_name"], r["rule_id"])
+        counts[k] = counts.get(k, 0) + 1
+    return [
+        {"stage": s, "table": t, "rule_id": rule, "count": n}
+        for (s, t, rule), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+
+
+def summarize(lake: Lake, *, run_id: str | None = None) -> dict[str, Any]:
+    """The run summary as a JSON-ready dict."""
+    run_id = run_id or (ledger.runs(lake) or [None])[-1]
+    entries = ledger.for_run(lake, run_id) if run_id else []
+    balanced = all(bool(e["balanced"]) for e in entries)
+    return {
+        "run_id": run_id,
+        "lake": str(lake.root),
+        "tables": tables(lake),
+        "quarantine": quarantine_by_rule(lake, run_id=run_id),
+        "ledger": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in e.items()} for e in entries],
+        "ledger_balanced": balanced,
+    }
+
+
+def summary_path(lake: Lake, run_id: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
+    return lake.root / "_runs" / f"{safe}.json"
+
+
+def write_summary(lake: Lake, summary: dict[str, Any]) -> Path:
+    """Write the summary next to the lake, one JSON file per run."""
+    path = summary_path(lake, str(summary["run_id"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, default=str))
+    return path
