@@ -173,7 +173,8 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
 def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
     from medlake.jobs.gold import build_gold
 
-    result = build_gold(Path(lake), run_id=run_id, project_dir=Settings().dbt.project_dir)
+    settings = Settings()
+    result = build_gold(Path(lake), run_id=run_id, project_dir=settings.dbt.project_dir, target=settings.dbt.target)
     return {"versions": {name: t.version for name, t in result.tables.items()}}
 
 

@@ -33,9 +33,6 @@ class LakeSettings(BaseModel):
     """Where the Delta tables live."""
 
     root: Path = Field(default=STATE_DIR / "lake", description="Root of the lake: <root>/<layer>/<table>.")
-    vacuum_retention_hours: int = Field(
-        default=24 * 30, description="Delta versions older than this may be vacuumed; pinned datasets must be younger."
-    )
 
 
 class KeySettings(BaseModel):
@@ -52,7 +49,6 @@ class DeidSettings(BaseModel):
     """Structured de-identification (HIPAA Safe Harbor)."""
 
     date_shift_max_days: int = Field(default=365, description="Dates move by a keyed per-patient offset in ±this.")
-    age_top_code: int = Field(default=89, description="Ages above this are reported as '90+'.")
 
 
 class AirflowSettings(BaseModel):
@@ -77,14 +73,6 @@ class SparkSettings(BaseModel):
     jars_dir: Path = Field(default=REPO_ROOT / ".venv" / "jars", description="delta-spark jars fetched at install.")
 
 
-class MlflowSettings(BaseModel):
-    """Experiment tracking."""
-
-    tracking_uri: str = Field(
-        default=f"sqlite:///{STATE_DIR / 'mlflow.db'}", description="MLflow tracking URI (its own SQLite file)."
-    )
-
-
 class Settings(BaseSettings):
     """Every medlake setting. See the README's settings table."""
 
@@ -99,14 +87,12 @@ class Settings(BaseSettings):
         default_factory=lambda: os.environ.get("MEDLAKE_ENV", "local"),  # type: ignore[arg-type,return-value]
         description="local needs no credentials; production requires keys from the environment.",
     )
-    source_system: str = Field(default="hospital", description="Name of the source system in pseudonym inputs.")
     lake: LakeSettings = LakeSettings()
     keys: KeySettings = KeySettings()
     deid: DeidSettings = DeidSettings()
     airflow: AirflowSettings = AirflowSettings()
     dbt: DbtSettings = DbtSettings()
     spark: SparkSettings = SparkSettings()
-    mlflow: MlflowSettings = MlflowSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -132,16 +118,18 @@ def load_settings(*, lake: Path | str | None = None) -> Settings:
 
 def settings_table() -> list[tuple[str, str, str]]:
     """Every setting as (environment name, default, meaning), for the README and `medlake config`."""
+
+    def shown(value: object) -> str:
+        return str(value).replace(str(STATE_DIR), "$MEDLAKE_HOME").replace(str(REPO_ROOT), "<repo>")
+
     rows: list[tuple[str, str, str]] = []
     for name, field in Settings.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             for sub, subfield in annotation.model_fields.items():
                 rows.append(
-                    (f"MEDLAKE__{name.upper()}__{sub.upper()}", str(subfield.default), subfield.description or "")
+                    (f"MEDLAKE__{name.upper()}__{sub.upper()}", shown(subfield.default), subfield.description or "")
                 )
         else:
-            default = "local" if name == "env" else str(field.default)
-            env_name = "MEDLAKE_ENV" if name == "env" else f"MEDLAKE__{name.upper()}"
-            rows.append((env_name, default, field.description or ""))
+            rows.append(("MEDLAKE_ENV" if name == "env" else f"MEDLAKE__{name.upper()}", "local", field.description or ""))
     return rows

@@ -209,21 +209,27 @@ class Person:
     mess: frozenset[str]
 
 
-def planted_count(population: int, rate: float) -> int:
-    """How many of `population` records get a defect: rate x N, at least one once N >= 20."""
-    count = round(rate * population)
-    if population >= MIN_POPULATION_FOR_MESS:
+def plants_every_kind(patients: int) -> bool:
+    """Whether a hospital this large carries at least one defect of every kind."""
+    return patients >= MIN_POPULATION_FOR_MESS
+
+
+def planted_count(candidates: int, rate: float, *, at_least_one: bool) -> int:
+    """How many of `candidates` records get a defect: rate x N, or one if that rounds to 0."""
+    count = round(rate * candidates)
+    if at_least_one:
         count = max(1, count)
-    return min(population, count)
+    return min(candidates, count)
 
 
 def plan_mess(
-    candidates: list[int], rates: Mapping[str, float], rng: random.Random
+    candidates: list[int], rates: Mapping[str, float], rng: random.Random, *, at_least_one: bool
 ) -> dict[int, frozenset[str]]:
     """Which candidates carry which defects, each kind on planted_count(...) of them."""
     marks: dict[int, set[str]] = {}
     for kind, rate in rates.items():
-        for index in rng.sample(candidates, planted_count(len(candidates), rate)):
+        count = planted_count(len(candidates), rate, at_least_one=at_least_one)
+        for index in rng.sample(candidates, count):
             marks.setdefault(index, set()).add(kind)
     return {index: frozenset(kinds) for index, kinds in marks.items()}
 
@@ -236,7 +242,12 @@ class Hospital:
             raise ValueError(f"patients must be at least 1, got {patients}")
         self.patients = patients
         self.seed = seed
-        self.plan = plan_mess(list(range(patients)), MESS_RATES, self.rng("mess"))
+        self.plan = plan_mess(
+            list(range(patients)),
+            MESS_RATES,
+            self.rng("mess"),
+            at_least_one=plants_every_kind(patients),
+        )
         self._mrn_offset = self.rng("mrn").randrange(10**7)
 
     def rng(self, *scope: object) -> random.Random:
@@ -305,10 +316,12 @@ def _address(rng: random.Random) -> Address:
     """A street address in a New England city; one in six has an apartment line."""
     city, state, zip3 = rng.choice(CITIES)
     line = f"{rng.randint(1, 9999)} {rng.choice(STREETS)} {rng.choice(STREET_SUFFIXES)}"
-    lines = (line, f"Apt {rng.randint(1, 40)}{rng.choice('ABCD')}") if rng.random() < 1 / 6 else (
-        line,
+    lines = (
+        (line, f"Apt {rng.randint(1, 40)}{rng.choice('ABCD')}") if rng.random() < 1 / 6 else (line,)
     )
-    return Address(lines=lines, city=city, state=state, postal_code=f"{zip3}{rng.randrange(100):02d}")
+    return Address(
+        lines=lines, city=city, state=state, postal_code=f"{zip3}{rng.randrange(100):02d}"
+    )
 
 
 def _marital(rng: random.Random, birth_date: date) -> str:
@@ -335,7 +348,7 @@ def _variant(rng: random.Random, original: Registration, mrn: str) -> Registrati
     for variation in variations:
         if variation in ("typo", "swapped_letters"):
             change = _typo if variation == "typo" else _swap_letters
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 or "nickname" in variations:  # a nickname stays recognizable
                 family = change(rng, family)
             else:
                 given[0] = change(rng, given[0])
@@ -349,8 +362,14 @@ def _variant(rng: random.Random, original: Registration, mrn: str) -> Registrati
     if ssn is None:
         variations.append("ssn_missing")
     return dataclasses.replace(
-        original, id=new_id(rng), mrn=mrn, ssn=ssn, given=tuple(given), family=family,
-        phone=phone, variations=tuple(variations),
+        original,
+        id=new_id(rng),
+        mrn=mrn,
+        ssn=ssn,
+        given=tuple(given),
+        family=family,
+        phone=phone,
+        variations=tuple(variations),
     )
 
 
@@ -425,7 +444,8 @@ def _visits(
     if "note_visit" in mess:
         i = rng.randrange(len(visits))
         visits[i] = dataclasses.replace(
-            visits[i], narrative=_visit_note(rng, registration, visits[i]),
+            visits[i],
+            narrative=_visit_note(rng, registration, visits[i]),
             mess=(*visits[i].mess, "note_visit"),
         )
     return visits
@@ -445,8 +465,13 @@ def _visit(rng: random.Random, home: Site, day: date) -> Visit:
         start = _at(day, rng.randrange(24 * 60))
         length = timedelta(hours=rng.randint(24, 8 * 24))
     return Visit(
-        id=new_id(rng), site=site, visit_class=visit_class, start=start, end=start + length,
-        narrative=None, mess=(),
+        id=new_id(rng),
+        site=site,
+        visit_class=visit_class,
+        start=start,
+        end=start + length,
+        narrative=None,
+        mess=(),
     )
 
 
@@ -459,12 +484,18 @@ def _visit_note(rng: random.Random, registration: Registration, visit: Visit) ->
     """An encounter summary naming the patient, MRN, phone and visit date."""
     day = f"{visit.start:%m/%d/%Y}"
     name = registration.display_name
-    text = rng.choice((
-        f"{name} (MRN {registration.mrn}) seen at {visit.site.name} on {day}. "
-        f"Callback number {registration.phone}.",
-        f"Visit {day}: patient {name}, {registration.mrn}, arrived with family. "
-        f"Reachable at {registration.phone} for follow-up.",
-    ))
+    text = rng.choice(
+        (
+            (
+                f"{name} (MRN {registration.mrn}) seen at {visit.site.name} on {day}. "
+                f"Callback number {registration.phone}."
+            ),
+            (
+                f"Visit {day}: patient {name}, {registration.mrn}, arrived with family. "
+                f"Reachable at {registration.phone} for follow-up."
+            ),
+        )
+    )
     return Note(text=text, phi=(name, registration.mrn, registration.phone, day))
 
 
@@ -504,8 +535,14 @@ def _diagnosis(
         abated = visit.start + timedelta(days=rng.randint(5, 30)) if rng.random() < 0.7 else None
     coded_as: CodedAs = rng.choices(("both", "icd10", "snomed"), (60, 25, 15))[0]
     return Diagnosis(
-        id=new_id(rng), visit_id=visit.id, problem=problem, onset=onset.replace(hour=0, minute=0),
-        abated=abated, coded_as=coded_as, note=None, mess=(),
+        id=new_id(rng),
+        visit_id=visit.id,
+        problem=problem,
+        onset=onset.replace(hour=0, minute=0),
+        abated=abated,
+        coded_as=coded_as,
+        note=None,
+        mess=(),
     )
 
 
@@ -514,12 +551,18 @@ def _diagnosis_note(rng: random.Random, registration: Registration, diagnosis: D
     name = registration.display_name
     born = f"{registration.birth_date:%m/%d/%Y}"
     since = f"{diagnosis.onset:%B %d, %Y}"
-    text = rng.choice((
-        f"{name}, DOB {born}, {registration.mrn}: symptoms since {since}. "
-        f"Best number {registration.phone}.",
-        f"Discussed {diagnosis.problem.snomed_display.lower()} with {name} ({registration.mrn}, "
-        f"born {born}); onset {since}. Will call {registration.phone} with results.",
-    ))
+    text = rng.choice(
+        (
+            (
+                f"{name}, DOB {born}, {registration.mrn}: symptoms since {since}. "
+                f"Best number {registration.phone}."
+            ),
+            (
+                f"Discussed {diagnosis.problem.snomed_display.lower()} with {name} ({registration.mrn}, "
+                f"born {born}); onset {since}. Will call {registration.phone} with results."
+            ),
+        )
+    )
     return Note(text=text, phi=(name, registration.mrn, registration.phone, since, born))
 
 
@@ -539,8 +582,10 @@ def _measurements(
             specs.append((kind or _pick_kind(rng, planted), planted))
     while len(specs) < count:
         specs.append((_pick_kind(rng, None), None))
-    taken = [_measurement(rng, registration, rng.choice(visits), kind, planted, baseline)
-             for kind, planted in specs]
+    taken = [
+        _measurement(rng, registration, rng.choice(visits), kind, planted, baseline)
+        for kind, planted in specs
+    ]
     return sorted(taken, key=lambda m: m.taken_at)
 
 
@@ -615,31 +660,48 @@ def _measurement(
     stay = (visit.end - visit.start) if visit.end else timedelta(hours=2)
     minutes = rng.randrange(max(1, int(stay.total_seconds() // 60)))
     reading = Measurement(
-        id=new_id(rng), visit_id=visit.id, kind=kind, taken_at=visit.start + timedelta(minutes=minutes),
-        value=None, unit=kind.unit, unit_display=kind.unit_display, components=(),
-        canonical_value=None, absent_reason=None, local_code_only=False, note=None,
+        id=new_id(rng),
+        visit_id=visit.id,
+        kind=kind,
+        taken_at=visit.start + timedelta(minutes=minutes),
+        value=None,
+        unit=kind.unit,
+        unit_display=kind.unit_display,
+        components=(),
+        canonical_value=None,
+        absent_reason=None,
+        local_code_only=False,
+        note=None,
         mess=(planted,) if planted else (),
     )
     if key == "blood_pressure":
         systolic, diastolic = baseline.blood_pressure(rng)
-        return dataclasses.replace(reading, components=(("8480-6", systolic), ("8462-4", diastolic)))
+        return dataclasses.replace(
+            reading, components=(("8480-6", systolic), ("8462-4", diastolic))
+        )
     canonical = _rounded(baseline.value(rng, key), kind.decimals)
     if planted == "impossible":
         canonical = -canonical if key == "weight" else IMPOSSIBLE_VALUES[key]
     elif planted == "value_absent":
         return dataclasses.replace(reading, absent_reason=rng.choice(ABSENT_REASONS))
     reading = dataclasses.replace(
-        reading, value=canonical, canonical_value=canonical,
+        reading,
+        value=canonical,
+        canonical_value=canonical,
         local_code_only=planted == "local_code",
     )
     if planted == "unit_mix" and kind.alt_unit is not None:
         alt = kind.alt_unit
         return dataclasses.replace(
-            reading, value=_rounded(canonical * alt.scale + alt.offset, alt.decimals),
-            unit=alt.code, unit_display=alt.display,
+            reading,
+            value=_rounded(canonical * alt.scale + alt.offset, alt.decimals),
+            unit=alt.code,
+            unit_display=alt.display,
         )
     if planted == "note":
-        return dataclasses.replace(reading, note=_measurement_note(rng, registration, reading.taken_at))
+        return dataclasses.replace(
+            reading, note=_measurement_note(rng, registration, reading.taken_at)
+        )
     return reading
 
 
@@ -652,10 +714,12 @@ def _measurement_note(rng: random.Random, registration: Registration, taken_at: 
     """A result-callback note naming the patient, phone, MRN and date."""
     name = registration.display_name
     day = f"{taken_at:%Y-%m-%d}" if rng.random() < 0.5 else f"{taken_at:%m/%d/%Y}"
-    text = rng.choice((
-        f"Result called to {name} at {registration.phone} on {day}; MRN {registration.mrn}.",
-        f"Spoke with {name} ({registration.mrn}) on {day}, callback {registration.phone}.",
-    ))
+    text = rng.choice(
+        (
+            f"Result called to {name} at {registration.phone} on {day}; MRN {registration.mrn}.",
+            f"Spoke with {name} ({registration.mrn}) on {day}, callback {registration.phone}.",
+        )
+    )
     return Note(text=text, phi=(name, registration.phone, registration.mrn, day))
 
 
@@ -688,8 +752,11 @@ def _prescription(
     """An order written near the start of the visit."""
     status: RxStatus = rng.choices(("active", "completed", "stopped"), (60, 30, 10))[0]
     return Prescription(
-        id=new_id(rng), visit_id=visit.id, drug=drug,
-        authored_at=visit.start + timedelta(minutes=rng.randint(5, 60)), status=status,
+        id=new_id(rng),
+        visit_id=visit.id,
+        drug=drug,
+        authored_at=visit.start + timedelta(minutes=rng.randint(5, 60)),
+        status=status,
         reason_id=reason_id,
     )
 

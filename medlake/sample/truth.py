@@ -79,9 +79,15 @@ class Truth:
         self.files: dict[str, dict[str, int]] = {}
         self.resources: dict[str, Counter[str]] = {}
         self.sections: dict[str, list[dict[str, Any]]] = {
-            name: [] for name in (
-                "malformed", "duplicates", "impossible_values", "unit_mix", "local_coded",
-                "missing_values", "free_text",
+            name: []
+            for name in (
+                "malformed",
+                "duplicates",
+                "impossible_values",
+                "unit_mix",
+                "local_coded",
+                "missing_values",
+                "free_text",
             )
         }
         self.phi: dict[str, set[str]] = {kind: set() for kind in PHI_KINDS}
@@ -104,7 +110,9 @@ class Truth:
         """A planted fact of one record, e.g. add("unit_mix", where, observation_id=...)."""
         self.sections[section].append({**where.as_dict(), **fields})
 
-    def duplicate(self, person: int, variations: tuple[str, ...], records: list[dict[str, Any]]) -> None:
+    def duplicate(
+        self, person: int, variations: tuple[str, ...], records: list[dict[str, Any]]
+    ) -> None:
         """A person registered twice, with both patient records."""
         self.sections["duplicates"].append(
             {"person": person, "variations": list(variations), "records": records}

@@ -1,0 +1,522 @@
+"""The quality gate: a silver table's staged rows are validated with its Great Expectations suite;
+the rows that pass are promoted to silver and the ones that fail go to the quarantine.
+
+Suites are data: ``suites/<layer>_<table>.json`` is a GX 1.x ExpectationSuite whose expectations
+each carry a stable rule id in ``meta.rule``. A column-value expectation that must hold for every
+row (``mostly`` = 1) is a *row-level* rule: the rows it flags are quarantined as ``gate.<rule>``.
+Every other expectation (row count, share of non-null values, a column that must exist, ``mostly``
+below 1) is a *table-level* rule: when it fails, nothing of that run is promoted and
+:class:`GateFailed` says why. A table without a suite is promoted whole.
+
+Great Expectations takes several seconds to import, so it is imported on first validation, not
+with this module (DAG files import this module when Airflow parses them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from medlake.lake import Lake, TableNotFound, conform
+from medlake.ledger import Entry
+from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
+from medlake.quarantine import Split, quarantine_id, quarantine_rows, stamp_run
+from medlake.registry import QUARANTINE, TableSpec, staging_name
+from medlake.registry import spec as registered
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+STAGE = "gate"
+SUITES_DIR = Path(__file__).parent / "suites"
+
+#: GX result fields read for row-level rules (present with result_format COMPLETE)
+_RESULT_FORMAT: dict[str, Any] = {
+    "result_format": "COMPLETE",
+    "return_unexpected_index_query": False,
+}
+_MAX_SHOWN = 60  # characters of an observed text value quoted in a reason
+
+
+class GateFailed(RuntimeError):
+    """A table-level rule failed: nothing was promoted."""
+
+    def __init__(self, results: Sequence[GateResult]) -> None:
+        self.results = list(results)
+        lines = [
+            f"{r.table_name}: {f.rule} — {f.message}"
+            for r in self.results
+            for f in r.table_failures
+        ]
+        super().__init__(
+            "quality gate refused to promote; fix the cause upstream and re-run:\n  "
+            + "\n  ".join(lines)
+        )
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """What one expectation found in one table."""
+
+    rule: str
+    expectation: str
+    column: str | None
+    row_level: bool
+    success: bool
+    element_count: int | None
+    unexpected_count: int
+    #: positions (0-based) of the flagged rows in the validated table; empty for table-level rules
+    unexpected_rows: tuple[int, ...]
+    #: the flagged values (row-level) or GX's observed value (table-level), for the report
+    observed: Any
+    #: the expectation in words, e.g. "value_num between 0 and 300 where code == '8867-4' ..."
+    expected: str
+    #: why it failed, in words (empty when it passed)
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The outcome of validating one table: the row split and every rule's result."""
+
+    table_name: str
+    split: Split
+    rules: tuple[RuleResult, ...] = field(default=())
+
+    @property
+    def table_failures(self) -> list[RuleResult]:
+        return [r for r in self.rules if not r.row_level and not r.success]
+
+    @property
+    def promotable(self) -> bool:
+        """True when no table-level rule failed."""
+        return not self.table_failures
+
+    def rule(self, rule: str) -> RuleResult:
+        for r in self.rules:
+            if r.rule == rule:
+                return r
+        raise KeyError(f"{self.table_name} has no rule {rule!r}")
+
+
+def suite_path(table_name: str, *, suites_dir: Path = SUITES_DIR) -> Path:
+    """Where a table's suite lives: ``silver.observations`` → ``suites/silver_observations.json``."""
+    return suites_dir / (table_name.replace(".", "_") + ".json")
+
+
+def load_suite(suite: Mapping[str, Any] | Path) -> dict[str, Any]:
+    """The suite as JSON data, checked: every expectation has a unique ``meta.rule``."""
+    if isinstance(suite, Path):
+        data: dict[str, Any] = json.loads(suite.read_text(encoding="utf-8"))
+        where = str(suite)
+    else:
+        data = json.loads(json.dumps(suite))  # a deep copy GX may not mutate
+        where = f"suite {data.get('name')!r}"
+    seen: set[str] = set()
+    for i, exp in enumerate(data.get("expectations", [])):
+        rule = (exp.get("meta") or {}).get("rule")
+        if not isinstance(rule, str) or not rule:
+            raise ValueError(f"{where}: expectation #{i} ({exp.get('type')}) has no meta.rule id")
+        if rule in seen:
+            raise ValueError(f"{where}: rule id {rule!r} is used twice")
+        seen.add(rule)
+    return data
+
+
+def validate(rows: pa.Table, suite: Mapping[str, Any] | Path, *, table_name: str) -> GateResult:
+    """Run the suite on the rows; rows failing a row-level rule are quarantined once each.
+
+    A quarantined row's rule id is its first failing rule in suite order; its reason lists every
+    rule it failed with the observed value, the expected range or set and the row's key.
+    """
+    suite_data = load_suite(suite)
+    expectations: list[dict[str, Any]] = suite_data.get("expectations", [])
+    order = {exp["meta"]["rule"]: i for i, exp in enumerate(expectations)}
+    raw_results = _run_gx(rows, suite_data)
+
+    rules: list[RuleResult] = []
+    for exp in expectations:
+        rule = exp["meta"]["rule"]
+        if rule not in raw_results:
+            raise RuntimeError(
+                f"{table_name}: Great Expectations returned no result for rule {rule!r}"
+            )
+        rules.append(_rule_result(exp, raw_results[rule]))
+
+    failing: dict[int, list[RuleResult]] = {}
+    for r in sorted(rules, key=lambda r: order[r.rule]):
+        if r.row_level:
+            for i in r.unexpected_rows:
+                failing.setdefault(i, []).append(r)
+
+    key = _key_columns(table_name, rows.schema)
+    good = rows.filter(pa.array([i not in failing for i in range(rows.num_rows)], pa.bool_()))
+    quarantined = _quarantine(rows, failing, table_name=table_name, key=key)
+    if good.num_rows + quarantined.num_rows != rows.num_rows:
+        raise RuntimeError(
+            f"{table_name}: gate lost rows ({rows.num_rows} in, {good.num_rows} good, "
+            f"{quarantined.num_rows} quarantined)"
+        )
+    return GateResult(table_name=table_name, split=Split(good, quarantined), rules=tuple(rules))
+
+
+def run_gate(
+    lake: Lake,
+    *,
+    run_id: str,
+    tables: Sequence[str],
+    suites_dir: Path = SUITES_DIR,
+) -> list[Entry]:
+    """Validate each silver table's staging rows, then promote the good ones and quarantine the rest.
+
+    Every table is validated before anything is promoted: if a table-level rule fails anywhere,
+    :class:`GateFailed` is raised and no table is touched. Promotion is a MERGE on the silver key
+    and an insert of quarantine rows not there yet, so a re-run gives the same tables. The caller
+    records the returned ledger entries (``in = out + quarantined + merged``, where ``merged``
+    counts rows of this run repeating a key already promoted or quarantined in it).
+    """
+    staged: list[tuple[TableSpec, int, Split]] = []
+    refused: list[GateResult] = []
+    for name in tables:
+        spec = registered(name)
+        if spec.layer != "silver":
+            raise ValueError(f"the gate promotes silver tables only, not {name}")
+        rows = _read_staging(lake, name)
+        path = suite_path(name, suites_dir=suites_dir)
+        if path.exists():
+            result = validate(rows, path, table_name=name)
+            if not result.promotable:
+                refused.append(result)
+            split = result.split
+        else:
+            split = Split(rows, QUARANTINE_SCHEMA.empty_table())
+        staged.append((spec, rows.num_rows, split))
+    if refused:
+        raise GateFailed(refused)
+
+    entries: list[Entry] = []
+    for spec, records_in, split in staged:
+        good = _first_per_key(conform(split.good, spec.schema), spec.key)
+        bad = _first_per_key(stamp_run(split.quarantined, run_id), QUARANTINE.key)
+        lake.insert_new(QUARANTINE.name, bad)
+        lake.upsert(spec.name, good)
+        merged = (split.good.num_rows - good.num_rows) + (split.quarantined.num_rows - bad.num_rows)
+        entries.append(
+            Entry(
+                stage=STAGE,
+                table_name=spec.name,
+                records_in=records_in,
+                records_out=good.num_rows,
+                quarantined=bad.num_rows,
+                merged=merged,
+            )
+        )
+    return entries
+
+
+# --- Great Expectations ------------------------------------------------------------------------
+
+
+def _run_gx(rows: pa.Table, suite_data: dict[str, Any]) -> dict[str, Any]:
+    """GX validation results of the suite on the rows, by rule id."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    suite = context.suites.add(gx.ExpectationSuite(**suite_data))
+    batch_definition = (
+        context.data_sources.add_pandas("staging")
+        .add_dataframe_asset("rows")
+        .add_batch_definition_whole_dataframe("all_rows")
+    )
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"gate_{suite.name}", data=batch_definition, suite=suite)
+    )
+    # A fresh RangeIndex: GX reports row-level failures as index labels, i.e. row positions.
+    frame = rows.to_pandas()
+    outcome = definition.run(batch_parameters={"dataframe": frame}, result_format=_RESULT_FORMAT)
+    by_rule: dict[str, Any] = {}
+    for r in outcome.results:
+        config = r.expectation_config
+        if config is not None:
+            by_rule[config.meta["rule"]] = r
+    return by_rule
+
+
+def _rule_result(exp: Mapping[str, Any], gx_result: Any) -> RuleResult:
+    kwargs: dict[str, Any] = exp.get("kwargs", {})
+    result: dict[str, Any] = dict(gx_result.result or {})
+    error = _exception_message(gx_result.exception_info)
+    column = kwargs.get("column")
+    mostly = kwargs.get("mostly", 1)
+    row_level = error is None and "unexpected_index_list" in result and mostly == 1
+    expected = _expected(exp)
+    rows = tuple(int(i) for i in result.get("unexpected_index_list") or ()) if row_level else ()
+    observed = result.get("unexpected_list") if row_level else result.get("observed_value")
+    success = bool(gx_result.success) and error is None
+    message = ""
+    if not success:
+        if error is not None:
+            message = f"could not be evaluated ({error}); expected {expected}"
+        elif row_level:
+            message = f"{len(rows)} rows fail: expected {expected}"
+        else:
+            message = _table_failure(exp, result, expected)
+    return RuleResult(
+        rule=exp["meta"]["rule"],
+        expectation=exp["type"],
+        column=column,
+        row_level=row_level,
+        success=success,
+        element_count=result.get("element_count"),
+        unexpected_count=int(result.get("unexpected_count") or 0),
+        unexpected_rows=rows,
+        observed=_plain(observed),
+        expected=expected,
+        message=message,
+    )
+
+
+def _exception_message(info: Any) -> str | None:
+    """GX's exception info is either one dict or one dict per metric that raised."""
+    if not info:
+        return None
+    if "raised_exception" in info:
+        return str(info.get("exception_message")) if info.get("raised_exception") else None
+    messages = [str(v.get("exception_message")) for v in info.values() if v.get("raised_exception")]
+    return "; ".join(dict.fromkeys(messages)) or None
+
+
+# --- words -------------------------------------------------------------------------------------
+
+
+def _expected(exp: Mapping[str, Any]) -> str:
+    """The expectation as a condition in words (thresholds as written in the suite)."""
+    kind: str = exp["type"]
+    kw: dict[str, Any] = exp.get("kwargs", {})
+    col = kw.get("column", "")
+    if kind == "expect_column_values_to_not_be_null":
+        text = f"{col} not null"
+    elif kind == "expect_column_values_to_be_null":
+        text = f"{col} null"
+    elif kind in ("expect_column_values_to_be_between", "expect_table_row_count_to_be_between"):
+        subject = col if kind.startswith("expect_column") else "row count"
+        text = f"{subject} {_bounds(kw)}"
+    elif kind == "expect_column_proportion_of_non_null_values_to_be_between":
+        text = f"share of non-null {col} {_bounds(kw)}"
+    elif kind == "expect_column_values_to_be_in_set":
+        text = f"{col} one of {_values(kw.get('value_set', []))}"
+    elif kind == "expect_column_values_to_not_be_in_set":
+        text = f"{col} none of {_values(kw.get('value_set', []))}"
+    elif kind == "expect_column_values_to_match_regex":
+        text = f"{col} matching /{kw.get('regex')}/"
+    elif kind == "expect_column_values_to_be_unique":
+        text = f"{col} unique within the run"
+    elif kind == "expect_column_to_exist":
+        text = f"a column {col}"
+    elif kind == "expect_table_row_count_to_equal":
+        text = f"row count {kw.get('value')}"
+    else:
+        shown = {k: v for k, v in kw.items() if k not in ("row_condition", "condition_parser")}
+        text = f"{kind} {json.dumps(shown, default=str)}"
+    if kw.get("mostly", 1) != 1:
+        text += f" for at least {kw['mostly']:.0%} of rows"
+    condition = kw.get("row_condition")
+    if condition:
+        text += f" where {_condition(condition)}"
+    return text
+
+
+def _bounds(kw: Mapping[str, Any]) -> str:
+    lo, hi = kw.get("min_value"), kw.get("max_value")
+    lo_op = ">" if kw.get("strict_min") else "≥"
+    hi_op = "<" if kw.get("strict_max") else "≤"
+    if lo is not None and hi is not None:
+        if not kw.get("strict_min") and not kw.get("strict_max"):
+            return f"between {_num(lo)} and {_num(hi)}"
+        return f"{lo_op} {_num(lo)} and {hi_op} {_num(hi)}"
+    if lo is not None:
+        return f"{lo_op} {_num(lo)}"
+    if hi is not None:
+        return f"{hi_op} {_num(hi)}"
+    return "of any value"
+
+
+def _condition(cond: Any) -> str:
+    """A GX 1.x row condition (JSON form) in words."""
+    if isinstance(cond, str):
+        return cond
+    kind = cond.get("type")
+    if kind in ("and", "or"):
+        return f" {kind} ".join(_condition(c) for c in cond["conditions"])
+    if kind == "comparison":
+        op = {"IN": "in", "NOT_IN": "not in"}.get(cond["operator"], cond["operator"])
+        return f"{cond['column']['name']} {op} {_value(cond['parameter'])}"
+    if kind == "nullity":
+        return f"{cond['column']['name']} is {'null' if cond['is_null'] else 'not null'}"
+    if kind == "pass_through":
+        return str(cond["pass_through_filter"])
+    return json.dumps(cond)
+
+
+def _table_failure(exp: Mapping[str, Any], result: Mapping[str, Any], expected: str) -> str:
+    kind = exp["type"]
+    col = exp.get("kwargs", {}).get("column")
+    if kind == "expect_column_to_exist":
+        return f"column {col} is missing; expected {expected}"
+    if "observed_value" in result:
+        subject = {
+            "expect_table_row_count_to_be_between": "row count",
+            "expect_table_row_count_to_equal": "row count",
+            "expect_column_proportion_of_non_null_values_to_be_between": f"share of non-null {col}",
+        }.get(kind, f"{col or 'table'} ({kind})")
+        return f"{subject} is {_value(_plain(result['observed_value']))}; expected {expected}"
+    if "unexpected_percent" in result:
+        return (
+            f"{_num(result['unexpected_percent'])}% of {col} rows fail "
+            f"({result.get('unexpected_count')} of {result.get('element_count')}); expected {expected}"
+        )
+    return f"failed; expected {expected}"
+
+
+def _row_reason(rule: RuleResult, row: Mapping[str, Any]) -> str:
+    if rule.column is None:
+        return f"{rule.rule}: expected {rule.expected}"
+    return f"{rule.rule}: {rule.column} is {_value(row.get(rule.column))}, expected {rule.expected}"
+
+
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _value(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int | float):
+        return _num(v)
+    text = str(v)
+    if len(text) > _MAX_SHOWN:
+        text = text[: _MAX_SHOWN - 1] + "…"
+    return repr(text)
+
+
+def _values(values: Sequence[Any]) -> str:
+    shown = ", ".join(_value(v) for v in list(values)[:12])
+    return "{" + shown + (", …" if len(values) > 12 else "") + "}"
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars and lists of them as plain Python values."""
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    item = getattr(v, "item", None)
+    return item() if callable(item) and not isinstance(v, str | bytes) else v
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+
+def _key_columns(table_name: str, schema: pa.Schema) -> tuple[str, ...]:
+    try:
+        key = registered(table_name).key
+    except KeyError:
+        key = ()
+    return tuple(k for k in key if k in schema.names)
+
+
+def _quarantine(
+    rows: pa.Table,
+    failing: Mapping[int, Sequence[RuleResult]],
+    *,
+    table_name: str,
+    key: Sequence[str],
+) -> pa.Table:
+    """One quarantine row per failing record: first failing rule as rule id, all of them in the reason."""
+    if not failing:
+        return QUARANTINE_SCHEMA.empty_table()
+    positions = sorted(failing)
+    records = []
+    ids = []
+    for pos, row in zip(
+        positions, rows.take(pa.array(positions, pa.int64())).to_pylist(), strict=True
+    ):
+        broken = failing[pos]
+        record_id = _record_id(row, key)
+        located = f"{', '.join(f'{k} {_value(row.get(k))}' for k in key)}" if key else f"row {pos}"
+        reason = "; ".join(_row_reason(r, row) for r in broken) + f" ({located})"
+        rule_id = f"{STAGE}.{broken[0].rule}"
+        records.append(
+            {
+                "rule_id": rule_id,
+                "reason": reason,
+                "record_id": record_id,
+                "record_hash": row.get("_record_hash"),
+                "raw_record": json.dumps(row, default=_json_default, sort_keys=True),
+            }
+        )
+        ids.append(quarantine_id(STAGE, rule_id, None, None, _identity(table_name, row, key)))
+    table = quarantine_rows(records, table_name=table_name)
+    return table.set_column(
+        table.schema.get_field_index("quarantine_id"), "quarantine_id", pa.array(ids, pa.string())
+    )
+
+
+def _record_id(row: Mapping[str, Any], key: Sequence[str]) -> str | None:
+    values = [row.get(k) for k in key]
+    if not key or any(v is None for v in values):
+        return None
+    return "|".join(str(v) for v in values)
+
+
+def _identity(table_name: str, row: Mapping[str, Any], key: Sequence[str]) -> str:
+    """What makes a quarantined record the same record in a re-run: table, key and bronze record.
+
+    Without a complete key the row's content (less the run stamp) stands in for it.
+    """
+    parts = [table_name, _record_id(row, key) or "", str(row.get("_record_hash") or "")]
+    if _record_id(row, key) is None:
+        content = {k: v for k, v in row.items() if k != "_run_id"}
+        parts.append(
+            hashlib.sha256(
+                json.dumps(content, default=_json_default, sort_keys=True).encode()
+            ).hexdigest()
+        )
+    return "\x1f".join(parts)
+
+
+def _json_default(v: Any) -> str:
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    return str(v)
+
+
+def _first_per_key(table: pa.Table, key: Sequence[str]) -> pa.Table:
+    """The first row of each key, in the original order."""
+    if table.num_rows == 0 or not key:
+        return table
+    index = "__gate_row"
+    numbered = table.append_column(index, pa.array(range(table.num_rows), pa.int64()))
+    firsts = numbered.group_by(list(key), use_threads=False).aggregate([(index, "min")])
+    keep = sorted(firsts.column(f"{index}_min").to_pylist())
+    return table.take(pa.array(keep, pa.int64()))
+
+
+def _read_staging(lake: Lake, silver_name: str) -> pa.Table:
+    name = staging_name(silver_name)
+    if not lake.exists(name):
+        raise TableNotFound(
+            f"no staging table {name} at {lake.path(name)}: the clean stage has not written "
+            f"{silver_name}'s rows for this run"
+        )
+    return lake.read(name)

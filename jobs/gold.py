@@ -1,0 +1,236 @@
+"""Build the gold layer: run the dbt project over the silver Delta tables, then write its marts
+back to the lake as Delta tables (``<lake>/gold/<model>/``).
+
+dbt reads silver through the project's ``medlake_delta`` source plugin (dbt-duckdb's delta
+plugin, pinned to the silver versions current when the build starts) and builds every model
+and test in a DuckDB file under ``<lake>/gold/_dbt/``. Only when every model and error-level
+test passed are the marts (models under ``models/marts/``) copied to Delta, so a failing test
+never publishes a gold table. dbt's ``target/`` and ``logs/`` go to the same folder under the
+lake, so builds of different lakes never share files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from medlake.config import DbtSettings
+from medlake.lake import Lake
+
+log = logging.getLogger(__name__)
+
+Target = Literal["duckdb", "spark"]
+
+#: the silver tables the dbt project declares as sources
+SILVER_SOURCES: tuple[str, ...] = (
+    "silver.patients",
+    "silver.encounters",
+    "silver.observations",
+    "silver.conditions",
+    "silver.medications",
+)
+
+#: dbt's working folder below the lake root: the DuckDB file, target/ and logs/
+DBT_WORKDIR = "gold/_dbt"
+
+# dbt-core keeps process-wide state (flags, the dbt-duckdb connection environment):
+# two builds in one process run one after the other; separate processes run in parallel.
+_DBT_LOCK = threading.Lock()
+
+
+class GoldBuildError(RuntimeError):
+    """dbt could not build the gold layer; names every model or test that failed."""
+
+    def __init__(self, message: str, *, failures: tuple[str, ...] = (), tests_passed: int = 0,
+                 tests_failed: int = 0) -> None:
+        super().__init__(message)
+        self.failures = failures
+        self.tests_passed = tests_passed
+        self.tests_failed = tests_failed
+
+
+@dataclass(frozen=True)
+class GoldTable:
+    """One mart written to the lake."""
+
+    name: str
+    version: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class GoldResult:
+    """What a gold build wrote, what it read, and how dbt's data tests came out."""
+
+    run_id: str
+    tables: tuple[GoldTable, ...]
+    silver_versions: Mapping[str, int]
+    tests_passed: int
+    tests_warned: int
+    tests_failed: int
+    log_path: Path
+
+    @property
+    def versions(self) -> dict[str, int]:
+        """Delta version of each gold table written: what the next task pins (via XCom)."""
+        return {t.name: t.version for t in self.tables}
+
+    def table(self, name: str) -> GoldTable:
+        """The written table ``gold.<model>`` (or just ``<model>``)."""
+        wanted = name if name.startswith("gold.") else f"gold.{name}"
+        for t in self.tables:
+            if t.name == wanted:
+                return t
+        raise KeyError(f"{wanted} was not built; built: {', '.join(t.name for t in self.tables)}")
+
+
+@dataclass(frozen=True)
+class _Mart:
+    name: str
+    relation: str
+
+
+def build_gold(
+    lake_root: Path,
+    *,
+    run_id: str,
+    project_dir: Path | None = None,
+    target: Target = "duckdb",
+) -> GoldResult:
+    """Build the gold marts from silver with dbt and write them to ``<lake>/gold/<model>/`` as Delta.
+
+    Missing silver tables are created empty first (a landing without medications still
+    builds). Raises :class:`GoldBuildError` naming each failing model or test; nothing is
+    written to gold then.
+    """
+    if not run_id:
+        raise ValueError("build_gold needs the pipeline run id")
+    if target != "duckdb":
+        raise GoldBuildError(
+            f"dbt target {target!r} is not available yet: dbt-spark is not installed and "
+            "dbt/profiles.yml only sketches the spark target; use target='duckdb'"
+        )
+    lake = Lake(Path(lake_root).resolve())
+    project = Path(project_dir or DbtSettings().project_dir).resolve()
+    if not (project / "dbt_project.yml").is_file():
+        raise FileNotFoundError(f"no dbt project at {project} (dbt_project.yml missing)")
+
+    silver_versions = _pin_silver(lake)
+    workdir = lake.root / DBT_WORKDIR
+    workdir.mkdir(parents=True, exist_ok=True)
+    duckdb_path = workdir / "dbt.duckdb"
+    dbt_vars = {
+        "lake": str(lake.root),
+        "run_id": run_id,
+        "silver_versions": {name.split(".", 1)[1]: v for name, v in silver_versions.items()},
+        "duckdb_path": str(duckdb_path),
+        "plugins_dir": str(project / "plugins"),
+    }
+    args = [
+        "build",
+        "--project-dir", str(project),
+        "--profiles-dir", str(project),
+        "--target", target,
+        "--vars", json.dumps(dbt_vars),
+        "--target-path", str(workdir / "target"),
+        "--log-path", str(workdir / "logs"),
+    ]
+
+    started = time.monotonic()
+    with _DBT_LOCK:
+        marts, passed, warned = _run_dbt(args, log_path=workdir / "logs" / "dbt.log")
+    log.info("dbt build of %s took %.1f s: %d tests passed, %d warned",
+             lake.root, time.monotonic() - started, passed, warned)
+
+    tables = _write_marts(lake, duckdb_path, marts)
+    for t in tables:
+        log.info("wrote %s version %d (%d rows)", t.name, t.version, t.rows)
+    return GoldResult(
+        run_id=run_id,
+        tables=tables,
+        silver_versions=MappingProxyType(dict(silver_versions)),
+        tests_passed=passed,
+        tests_warned=warned,
+        tests_failed=0,
+        log_path=workdir / "logs" / "dbt.log",
+    )
+
+
+def _pin_silver(lake: Lake) -> dict[str, int]:
+    """Create missing silver tables empty; the version of each, which dbt then reads."""
+    versions: dict[str, int] = {}
+    for name in SILVER_SOURCES:
+        lake.ensure(name)
+        version = lake.version(name)
+        assert version is not None  # ensure() just created it
+        versions[name] = version
+    return versions
+
+
+def _run_dbt(args: list[str], *, log_path: Path) -> tuple[list[_Mart], int, int]:
+    """Run ``dbt build``; the marts it built and the tests passed and warned, or raise."""
+    from dbt.cli.main import dbtRunner
+
+    outcome = dbtRunner().invoke(args)
+    if outcome.exception is not None:
+        raise GoldBuildError(
+            f"dbt build could not run: {outcome.exception} (log: {log_path})"
+        ) from outcome.exception
+    results: list[Any] = list(getattr(outcome.result, "results", None) or [])
+    if not results and not outcome.success:
+        raise GoldBuildError(f"dbt build failed before running any node (log: {log_path})")
+
+    failures: list[str] = []
+    skipped = 0
+    passed = warned = failed = 0
+    marts: list[_Mart] = []
+    for r in results:
+        node = r.node
+        status = str(r.status)
+        kind = str(node.resource_type)
+        if kind == "test":
+            if status == "pass":
+                passed += 1
+            elif status == "warn":
+                warned += 1
+            elif status in ("fail", "error"):
+                failed += 1
+        if status in ("fail", "error"):
+            detail = (r.message or "").strip().splitlines()
+            failures.append(f"{kind} {node.name}: {detail[0] if detail else status}")
+        elif status == "skipped":
+            skipped += 1
+        elif kind == "model" and status == "success" and len(node.fqn) > 1 and node.fqn[1] == "marts":
+            marts.append(_Mart(name=node.name, relation=str(node.relation_name)))
+
+    if failures or not outcome.success:
+        summary = "\n  ".join(failures) or "dbt reported failure without a failing node"
+        raise GoldBuildError(
+            f"dbt build failed; nothing was written to gold:\n  {summary}\n"
+            f"({passed} tests passed, {failed} failed, {skipped} nodes skipped; log: {log_path})",
+            failures=tuple(failures),
+            tests_passed=passed,
+            tests_failed=failed,
+        )
+    return marts, passed, warned
+
+
+def _write_marts(lake: Lake, duckdb_path: Path, marts: list[_Mart]) -> tuple[GoldTable, ...]:
+    """Copy each mart from dbt's DuckDB file to ``gold.<model>`` as a new Delta version."""
+    import duckdb
+
+    written: list[GoldTable] = []
+    with duckdb.connect(str(duckdb_path), read_only=True) as con:
+        for mart in sorted(marts, key=lambda m: m.name):
+            data = con.sql(f"select * from {mart.relation}").to_arrow_table()
+            name = f"gold.{mart.name}"
+            version = lake.write(name, data, mode="overwrite")
+            written.append(GoldTable(name=name, version=version, rows=data.num_rows))
+    return tuple(written)

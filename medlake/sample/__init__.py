@@ -1,0 +1,16 @@
+"""A deterministic sample hospital: synthetic patients as messy landing files, with an answer key.
+
+    from medlake.sample import generate
+    manifest = generate(Path("landing"), patients=1000, seed=7)
+
+writes `landing/{fhir,hl7v2,csv,dicom,vitals,vcf}/` (only `fhir/` is filled for now) and
+`landing/_truth.json`, whose schema is documented in `medlake.sample.truth`.
+
+Modules: `people` (who the patients are and what was recorded, built once per person from
+the seed), `vocab` (names and real clinical codes), one writer per format (`fhir`), `truth`
+(the answer key) and `landing` (the entry point).
+"""
+
+from medlake.sample.landing import SampleManifest, generate
+
+__all__ = ["SampleManifest", "generate"]

@@ -1,0 +1,127 @@
+"""The whole pipeline through a real Airflow DAG run: sample hospital → bronze → silver → gold.
+
+Runs `medlake run` (the CLI → `airflow dags test` on a SQLite metadata DB) twice on the same
+landing folder, and checks the lake against the generator's answer key (`_truth.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from medlake.lake import Lake
+from medlake.registry import FHIR_SILVER
+from medlake.sample import generate
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MEDLAKE = str(Path(sys.executable).with_name("medlake"))
+
+
+def medlake(*args: str) -> dict[str, Any]:
+    done = subprocess.run([MEDLAKE, *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"medlake {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("hospital")
+    landing, lake = root / "landing", root / "lake"
+    generate(landing, patients=50, seed=11)
+    truth = json.loads((landing / "_truth.json").read_text())
+    first = medlake("run", "--landing", str(landing), "--lake", str(lake), "--json")
+    snapshot = {name: Lake(lake).count(name) for name in Lake(lake).tables()}
+    second = medlake("run", "--landing", str(landing), "--lake", str(lake), "--json")
+    return {"landing": landing, "lake": Lake(lake), "truth": truth, "first": first, "second": second,
+            "counts_after_first": snapshot}
+
+
+def test_the_run_is_a_real_airflow_dag_run_recorded_in_the_metadata_db(hospital):
+    runs = medlake("airflow", "runs", "--json")
+    ours = {hospital["first"]["dag_run"]["run_id"], hospital["second"]["dag_run"]["run_id"]}
+    assert ours <= {r["run_id"] for r in runs if r["state"] == "success"}
+
+
+def test_every_record_read_is_accounted_for(hospital):
+    truth, summary = hospital["truth"], hospital["first"]
+    assert summary["ledger_balanced"]
+    ingest = next(e for e in summary["ledger"] if e["stage"] == "ingest")
+    assert ingest["records_in"] == truth["total_records"]
+    stages = {e["stage"] for e in summary["ledger"]}
+    assert stages == {"ingest", "silver", "gate"}
+    for entry in summary["ledger"]:
+        assert entry["records_in"] == (entry["records_out"] + entry["quarantined"] + entry["merged"]
+                                       + entry["bronze_only"]), entry
+
+
+def test_tables_exist_with_the_expected_rows(hospital):
+    lake, truth = hospital["lake"], hospital["truth"]
+    names = set(lake.tables())
+    assert {"bronze.fhir_resources", "quarantine", "ledger", "gold.ml_patient_features"} | set(
+        s.name for s in FHIR_SILVER.values()) <= names
+    bad_patients = sum(1 for m in truth["malformed"] if "Patient" in m.get("reason", "") and m["rule"] == "validate.fhir_r4")
+    assert lake.count("silver.patients") == truth["resources_total"]["Patient"] - bad_patients
+    persons = set(lake.read("silver.patients", columns=["person_key"]).column("person_key").to_pylist())
+    assert lake.count("gold.ml_patient_features") == len(persons)
+
+
+def test_planted_malformed_records_are_quarantined_with_their_rule(hospital):
+    quarantined = hospital["lake"].read("quarantine").to_pylist()
+    found = {(q["source_file"], q["source_offset"], q["rule_id"]) for q in quarantined}
+    for planted in hospital["truth"]["malformed"]:
+        assert (planted["file"], planted["offset"], planted["rule"]) in found, planted
+    for q in quarantined:
+        assert q["reason"] and q["rule_id"].count(".") >= 1
+
+
+def test_impossible_values_are_stopped_by_the_gate(hospital):
+    quarantined = hospital["lake"].read("quarantine").to_pylist()
+    gate_rules = Counter(q["rule_id"] for q in quarantined if q["stage"] == "gate")
+    assert gate_rules, "the gate quarantined nothing"
+    assert sum(gate_rules.values()) >= len(hospital["truth"]["impossible_values"])
+    silver = hospital["lake"].read("silver.observations").to_pylist()
+    assert not [o for o in silver if o["code"] == "8867-4" and o["value_unit"] == "/min" and o["value_num"] > 300]
+
+
+def test_rerunning_the_same_landing_adds_no_rows(hospital):
+    lake = hospital["lake"]
+    after = {name: lake.count(name) for name in hospital["counts_after_first"]}
+    changed = {n: (hospital["counts_after_first"][n], after[n]) for n in after
+               if n != "ledger" and not n.startswith("staging.") and after[n] != hospital["counts_after_first"][n]}
+    assert changed == {}
+    ingest = next(e for e in hospital["second"]["ledger"] if e["stage"] == "ingest")
+    assert ingest["records_out"] == 0 and ingest["merged"] > 0
+
+
+def _strings(table: pa.Table) -> list[str]:
+    values: list[str] = []
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            values.extend(v for v in column.to_pylist() if v)
+    return values
+
+
+def test_no_planted_phi_reaches_silver_or_gold(hospital):
+    lake, phi = hospital["lake"], hospital["truth"]["phi"]
+    tables = [n for n in lake.tables() if n.startswith(("silver.", "gold."))]
+    assert tables
+    words: set[str] = set()
+    text: list[str] = []
+    for name in tables:
+        cells = _strings(lake.read(name))
+        text.extend(cells)
+        for cell in cells:
+            words.update(re.findall(r"[^\W\d_]+", cell))
+    blob = "\n".join(text)
+    leaked_names = [n for n in phi["names"] if n in words]
+    leaked_other = [v for kind in ("phones", "mrns", "ssns", "streets") for v in phi[kind] if v in blob]
+    assert leaked_names == [] and leaked_other == []

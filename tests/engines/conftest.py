@@ -1,0 +1,19 @@
+"""A local Spark session with delta-spark, shared by the Spark tests and stopped at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pyspark.sql import SparkSession
+
+from medlake.config import SparkSettings
+from medlake.engines.spark import spark_session
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkSession]:
+    """Spark local[2] with the delta-spark jars from .venv/jars; starts in a few seconds."""
+    session = spark_session(SparkSettings(master="local[2]"), app_name="medlake-tests")
+    yield session
+    session.stop()

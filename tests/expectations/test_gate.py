@@ -1,0 +1,370 @@
+"""The quality gate: which staged rows reach silver, which are quarantined and why."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from medlake.expectations.gate import (
+    SUITES_DIR,
+    GateFailed,
+    load_suite,
+    run_gate,
+    suite_path,
+    validate,
+)
+
+from medlake.lake import Lake, TableNotFound
+from medlake.ledger import check
+from medlake.registry import SILVER_CONDITIONS, SILVER_OBSERVATIONS, TableSpec, staging_name
+
+OBS = SILVER_OBSERVATIONS.name
+SUITE = suite_path(OBS)
+
+
+def obs(
+    key: str,
+    code: str = "8867-4",
+    value: float | None = 72.0,
+    unit: str | None = "/min",
+    **extra: Any,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "observation_key": key,
+        "person_key": "pk-" + key,
+        "status": "final",
+        "category": "vital-signs",
+        "code_system": "http://loinc.org",
+        "code": code,
+        "value_num": value,
+        "value_unit": unit,
+        "effective_at": datetime(2024, 3, 1, 8, 30, tzinfo=UTC),
+        "_record_hash": "rh-" + key,
+        "_source_kind": "fhir",
+        "_run_id": "run-clean",
+    }
+    row.update(extra)
+    return row
+
+
+def observations(*rows: dict[str, Any]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=SILVER_OBSERVATIONS.schema)
+
+
+#: the staging rows of one run: four kinds of trouble and one clean row
+MIXED = (
+    obs("hr-900", value=900.0),
+    obs("temp-60", code="8310-5", value=60.0, unit="Cel"),
+    obs("no-person", person_key=None),
+    obs("ok"),
+    obs("temp-f", code="8310-5", value=98.6, unit="[degF]"),
+)
+
+
+def nullable(spec: TableSpec) -> TableSpec:
+    """The spec with every column nullable: staging that can hold a row with a missing key."""
+    schema = pa.schema([f.with_nullable(True) for f in spec.schema])
+    return dataclasses.replace(spec, name=staging_name(spec.name), schema=schema)
+
+
+def quarantined_by_record(table: pa.Table) -> dict[str, dict[str, Any]]:
+    return {row["record_id"]: row for row in table.to_pylist()}
+
+
+# --- validate ----------------------------------------------------------------------------------
+
+
+def test_validate_promotes_valid_rows_and_quarantines_impossible_ones() -> None:
+    result = validate(observations(*MIXED), SUITE, table_name=OBS)
+
+    assert result.promotable
+    assert sorted(result.split.good.column("observation_key").to_pylist()) == ["ok", "temp-f"]
+    bad = quarantined_by_record(result.split.quarantined)
+    assert {k: v["rule_id"] for k, v in bad.items()} == {
+        "hr-900": "gate.heart_rate_range",
+        "temp-60": "gate.body_temperature_range",
+        "no-person": "gate.person_key_not_null",
+    }
+    assert "value_num is 900" in bad["hr-900"]["reason"]
+    assert "between 0 and 300" in bad["hr-900"]["reason"]
+    assert "code == '8867-4'" in bad["hr-900"]["reason"]
+    assert "value_num is 60" in bad["temp-60"]["reason"]
+    assert "between 25 and 45" in bad["temp-60"]["reason"]
+    assert "person_key is null" in bad["no-person"]["reason"]
+    assert all(f"observation_key '{k}'" in row["reason"] for k, row in bad.items())
+    assert {row["stage"] for row in bad.values()} == {"gate"}
+    assert bad["hr-900"]["record_hash"] == "rh-hr-900"
+
+
+def test_rule_results_carry_counts_and_observed_values() -> None:
+    result = validate(observations(*MIXED), SUITE, table_name=OBS)
+
+    heart = result.rule("heart_rate_range")
+    assert (heart.success, heart.row_level, heart.unexpected_count) == (False, True, 1)
+    assert heart.observed == [900.0]
+    assert heart.unexpected_rows == (0,)
+    temperature = result.rule("body_temperature_range")
+    assert temperature.observed == [60.0]
+    # the [degF] row is not range-checked until the cleaning stage normalizes units
+    assert temperature.element_count == 1
+    assert result.rule("status_valid").success
+    rows = result.rule("table_not_empty")
+    assert (rows.row_level, rows.success, rows.observed) == (False, True, 5)
+
+
+def test_a_row_failing_two_rules_is_quarantined_once_under_its_first_rule() -> None:
+    result = validate(
+        observations(obs("double", value=900.0, person_key=None, status="bogus"), obs("ok")),
+        SUITE,
+        table_name=OBS,
+    )
+
+    (row,) = result.split.quarantined.to_pylist()
+    assert row["rule_id"] == "gate.person_key_not_null"  # first in suite order
+    assert "status_valid: status is 'bogus'" in row["reason"]
+    assert "heart_rate_range: value_num is 900" in row["reason"]
+    assert result.split.good.column("observation_key").to_pylist() == ["ok"]
+
+
+@pytest.mark.parametrize(
+    ("code", "unit", "inside", "outside"),
+    [
+        ("8867-4", "/min", [0.0, 300.0], [-1.0, 301.0]),
+        ("8310-5", "Cel", [25.0, 45.0], [24.9, 45.1]),
+        ("29463-7", "kg", [0.2, 700.0], [0.1, 701.0]),
+        ("8302-2", "cm", [20.0, 280.0], [19.0, 281.0]),
+        ("59408-5", "%", [0.0, 100.0], [-0.5, 100.5]),
+        ("9279-1", "/min", [0.0, 150.0], [-1.0, 151.0]),
+        ("8480-6", "mm[Hg]", [20.0, 300.0], [19.0, 301.0]),
+        ("8462-4", "mm[Hg]", [10.0, 250.0], [9.0, 251.0]),
+    ],
+)
+def test_physiological_ranges_per_loinc_in_canonical_units(
+    code: str, unit: str, inside: list[float], outside: list[float]
+) -> None:
+    rows = [obs(f"in-{v}", code=code, value=v, unit=unit) for v in inside]
+    rows += [obs(f"out-{v}", code=code, value=v, unit=unit) for v in outside]
+    rows += [obs(f"other-unit-{v}", code=code, value=v, unit="[arb'U]") for v in outside]
+
+    result = validate(observations(*rows), SUITE, table_name=OBS)
+
+    good = set(result.split.good.column("observation_key").to_pylist())
+    assert good == {f"in-{v}" for v in inside} | {f"other-unit-{v}" for v in outside}
+    assert set(result.split.quarantined.column("record_id").to_pylist()) == {
+        f"out-{v}" for v in outside
+    }
+
+
+def test_status_outside_the_fhir_value_set_is_quarantined() -> None:
+    result = validate(
+        observations(obs("s1", status="F"), obs("s2", status="amended")), SUITE, table_name=OBS
+    )
+
+    (row,) = result.split.quarantined.to_pylist()
+    assert (row["record_id"], row["rule_id"]) == ("s1", "gate.status_valid")
+    assert "status is 'F'" in row["reason"] and "'final'" in row["reason"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "failed_rule", "words"),
+    [
+        ([], "table_not_empty", "row count is 0; expected row count ≥ 1"),
+        (
+            [obs("a", person_key=None), obs("b", person_key=None)],
+            "person_key_present",
+            "share of non-null person_key is 0",
+        ),
+    ],
+)
+def test_table_level_failures_make_the_table_unpromotable(
+    rows: list[dict[str, Any]], failed_rule: str, words: str
+) -> None:
+    result = validate(observations(*rows), SUITE, table_name=OBS)
+
+    assert not result.promotable
+    failure = result.rule(failed_rule)
+    assert not failure.success and not failure.row_level
+    assert words in failure.message
+
+
+def test_a_suite_without_rule_ids_is_refused() -> None:
+    suite = {
+        "name": "bad",
+        "expectations": [{"type": "expect_column_to_exist", "kwargs": {"column": "x"}}],
+    }
+    with pytest.raises(ValueError, match="has no meta.rule id"):
+        load_suite(suite)
+
+
+def test_suite_files_are_gx_suites_with_unique_rule_ids() -> None:
+    import great_expectations as gx
+
+    paths = sorted(SUITES_DIR.glob("*.json"))
+    assert SUITE in paths
+    for path in paths:
+        data = load_suite(path)
+        suite = gx.ExpectationSuite(**json.loads(path.read_text()))
+        assert [e.meta["rule"] for e in suite.expectations] == [
+            e["meta"]["rule"] for e in data["expectations"]
+        ]
+
+
+def test_a_missing_column_is_a_table_level_failure() -> None:
+    rows = observations(obs("ok")).drop_columns(["status"])
+
+    result = validate(rows, SUITE, table_name=OBS)
+
+    failure = result.rule("status_valid")
+    assert not failure.success and not failure.row_level
+    assert "status" in failure.message and not result.promotable
+
+
+# --- run_gate ----------------------------------------------------------------------------------
+
+
+def stage(lake: Lake, spec: TableSpec, rows: pa.Table) -> None:
+    lake.write(staging_name(spec.name), rows, mode="overwrite", spec=nullable(spec))
+
+
+def test_run_gate_promotes_quarantines_and_is_idempotent(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    stage(lake, SILVER_OBSERVATIONS, observations(*MIXED))
+
+    first = run_gate(lake, run_id="run-1", tables=[OBS])
+    silver_1 = lake.read(OBS).sort_by("observation_key")
+    quarantine_1 = lake.read("quarantine").sort_by("quarantine_id")
+    second = run_gate(lake, run_id="run-1", tables=[OBS])
+    silver_2 = lake.read(OBS).sort_by("observation_key")
+    quarantine_2 = lake.read("quarantine").sort_by("quarantine_id")
+
+    assert silver_1.column("observation_key").to_pylist() == ["ok", "temp-f"]
+    assert silver_2.equals(silver_1)
+    assert quarantine_2.equals(quarantine_1)
+    assert sorted(quarantine_2.column("record_id").to_pylist()) == [
+        "hr-900",
+        "no-person",
+        "temp-60",
+    ]
+    assert set(quarantine_2.column("run_id").to_pylist()) == {"run-1"}
+    assert set(quarantine_2.column("table_name").to_pylist()) == {OBS}
+    (entry,) = second
+    assert first == second
+    assert (entry.stage, entry.table_name) == ("gate", OBS)
+    assert (entry.records_in, entry.records_out, entry.quarantined, entry.merged) == (5, 2, 3, 0)
+    check(first + second)
+
+
+def test_panel_components_from_one_bronze_record_are_quarantined_separately(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    systolic = obs("bp-sys", code="8480-6", value=400.0, unit="mm[Hg]", _record_hash="rh-bp")
+    diastolic = obs("bp-dia", code="8462-4", value=400.0, unit="mm[Hg]", _record_hash="rh-bp")
+    stage(lake, SILVER_OBSERVATIONS, observations(systolic, diastolic, obs("ok")))
+
+    (entry,) = run_gate(lake, run_id="run-1", tables=[OBS])
+
+    assert sorted(lake.read("quarantine").column("record_id").to_pylist()) == ["bp-dia", "bp-sys"]
+    assert (entry.records_out, entry.quarantined) == (1, 2)
+
+
+def test_duplicate_keys_in_one_run_are_counted_as_merged(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    stage(lake, SILVER_OBSERVATIONS, observations(obs("dup"), obs("dup"), obs("ok")))
+
+    (entry,) = run_gate(lake, run_id="run-1", tables=[OBS])
+
+    assert (entry.records_in, entry.records_out, entry.merged) == (3, 2, 1)
+    assert entry.balanced and lake.count(OBS) == 2
+
+
+def test_a_table_without_a_suite_is_promoted_whole(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    conditions = pa.Table.from_pylist(
+        [
+            {
+                "condition_key": f"c{i}",
+                "person_key": "pk",
+                "code": "I10",
+                "_record_hash": f"h{i}",
+                "_source_kind": "fhir",
+                "_run_id": "run-clean",
+            }
+            for i in range(3)
+        ],
+        schema=SILVER_CONDITIONS.schema,
+    )
+    stage(lake, SILVER_CONDITIONS, conditions)
+    no_suites = tmp_path / "suites"
+    no_suites.mkdir()
+
+    (entry,) = run_gate(lake, run_id="run-1", tables=[SILVER_CONDITIONS.name], suites_dir=no_suites)
+
+    assert (entry.records_in, entry.records_out, entry.quarantined) == (3, 3, 0)
+    assert sorted(lake.read(SILVER_CONDITIONS.name).column("condition_key").to_pylist()) == [
+        "c0",
+        "c1",
+        "c2",
+    ]
+    assert lake.count("quarantine") == 0
+
+
+def test_a_table_level_failure_promotes_nothing(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    stage(lake, SILVER_OBSERVATIONS, observations())
+    conditions = pa.Table.from_pylist(
+        [
+            {
+                "condition_key": "c1",
+                "person_key": "pk",
+                "_record_hash": "h",
+                "_source_kind": "fhir",
+                "_run_id": "r",
+            }
+        ],
+        schema=SILVER_CONDITIONS.schema,
+    )
+    stage(lake, SILVER_CONDITIONS, conditions)
+
+    with pytest.raises(GateFailed, match="silver.observations: table_not_empty — row count is 0"):
+        run_gate(lake, run_id="run-1", tables=[SILVER_CONDITIONS.name, OBS])
+
+    assert not lake.exists(OBS) and not lake.exists(SILVER_CONDITIONS.name)
+    assert lake.count("quarantine") == 0
+
+
+def test_a_table_never_staged_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(TableNotFound, match="no staging table staging.observations"):
+        run_gate(Lake(tmp_path / "lake"), run_id="run-1", tables=[OBS])
+
+
+# --- size --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_validate_100k_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    """Prints how long the gate takes on 100k rows (a figure, not an assertion on time)."""
+    kinds = [
+        obs("ok"),
+        obs("hr", value=900.0),
+        obs("t", code="8310-5", value=37.0, unit="Cel"),
+        obs("w", code="29463-7", value=70.0, unit="kg"),
+    ]
+    rows = [
+        dict(kinds[i % 4], observation_key=f"o{i}", _record_hash=f"h{i}") for i in range(100_000)
+    ]
+    table = observations(*rows)
+
+    started = time.perf_counter()
+    result = validate(table, SUITE, table_name=OBS)
+    elapsed = time.perf_counter() - started
+
+    assert result.split.counts == (75_000, 25_000)
+    with capsys.disabled():
+        print(
+            f"\nvalidate: 100k rows, {len(result.rules)} rules, 25k quarantined in {elapsed:.2f} s"
+        )

@@ -1,0 +1,244 @@
+"""The gold layer: dbt over real silver Delta tables, marts written back to the lake as Delta."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from medlake.jobs.gold import GoldBuildError, GoldResult, build_gold
+from medlake.lake import Lake
+from medlake.registry import spec
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+LOINC = "http://loinc.org"
+
+
+def at(day: str) -> datetime:
+    return datetime.fromisoformat(day).replace(tzinfo=UTC)
+
+
+def write_silver(lake: Lake, table: str, rows: list[dict[str, Any]]) -> None:
+    """Write silver rows in the registered schema, with lineage columns filled in."""
+    name = f"silver.{table}"
+    full = [
+        {"_record_hash": f"{table}-{i}", "_source_kind": "fhir", "_run_id": "silver-run", **row}
+        for i, row in enumerate(rows)
+    ]
+    lake.write(name, pa.Table.from_pylist(full, schema=spec(name).schema), mode="overwrite")
+
+
+def patient(person_key: str, birth: date | None, *, source_key: str | None = None,
+            gender: str | None = "female", source_system: str = "ehr") -> dict[str, Any]:
+    return {"person_key": person_key, "source_key": source_key or f"src-{person_key}",
+            "source_system": source_system, "gender": gender, "birth_date": birth}
+
+
+def encounter(key: str, person_key: str, start: str, end: str | None = None,
+              status: str = "finished") -> dict[str, Any]:
+    return {"encounter_key": key, "person_key": person_key, "status": status,
+            "start_at": at(start), "end_at": at(end) if end else None}
+
+
+def obs(key: str, person_key: str, code: str, value: float, unit: str, when: str,
+        status: str = "final") -> dict[str, Any]:
+    return {"observation_key": key, "person_key": person_key, "status": status,
+            "code_system": LOINC, "code": code, "value_num": value, "value_unit": unit,
+            "effective_at": at(when)}
+
+
+def condition(key: str, person_key: str, *, icd10cm: str | None = None, snomed: str | None = None,
+              verification: str = "confirmed") -> dict[str, Any]:
+    return {"condition_key": key, "person_key": person_key, "verification_status": verification,
+            "icd10cm_code": icd10cm, "snomed_code": snomed}
+
+
+def medication(key: str, person_key: str, rxnorm: str, status: str = "active") -> dict[str, Any]:
+    return {"medication_key": key, "person_key": person_key, "status": status,
+            "rxnorm_code": rxnorm, "code_system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+            "code": rxnorm}
+
+
+def features(lake: Lake) -> dict[str, dict[str, Any]]:
+    rows = lake.read("gold.ml_patient_features").to_pylist()
+    return {row["person_key"]: row for row in rows}
+
+
+@pytest.fixture(scope="module")
+def full_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, GoldResult]:
+    """Four people, every silver table present, built once."""
+    lake = Lake(tmp_path_factory.mktemp("gold_full"))
+    write_silver(lake, "patients", [
+        # two source records of one person: the one with a birth date survives
+        patient("p-old", None, source_key="lab-1", source_system="lab"),
+        patient("p-old", date(1920, 3, 10), source_key="ehr-1"),
+        patient("p-diab", date(1970, 1, 15), gender="male"),
+        # turns 40 the day after the index date
+        patient("p-htn", date(1985, 6, 2)),
+        patient("p-none", date(2001, 7, 7)),
+    ])
+    write_silver(lake, "encounters", [
+        encounter("e1", "p-old", "2024-02-01T09:00:00", "2024-02-03T12:00:00"),
+        encounter("e2", "p-old", "2023-11-20T09:00:00", "2023-11-20T10:00:00"),
+        encounter("e3", "p-old", "2025-01-01T09:00:00", status="cancelled"),
+        encounter("e4", "p-diab", "2023-03-01T08:00:00", "2023-03-01T09:00:00"),
+        encounter("e5", "p-htn", "2025-05-20T08:00:00", "2025-05-20T08:30:00"),
+    ])
+    write_silver(lake, "observations", [
+        obs("o1", "p-diab", "2339-0", 100.0, "mg/dL", "2023-05-01T08:00:00"),
+        obs("o2", "p-diab", "2339-0", 140.0, "mg/dL", "2023-06-01T08:00:00"),
+        obs("o3", "p-diab", "2339-0", 999.0, "mg/dL", "2023-05-15T08:00:00", status="entered-in-error"),
+        obs("o4", "p-diab", "4548-4", 7.2, "%", "2023-06-01T08:00:00"),
+        obs("o5", "p-htn", "29463-7", 80.0, "kg", "2025-05-20T08:00:00"),
+        obs("o6", "p-htn", "29463-7", 82.0, "kg", "2025-06-01T08:00:00"),
+        obs("o7", "p-htn", "8480-6", 150.0, "mm[Hg]", "2025-05-20T08:00:00"),
+        obs("o8", "p-old", "8867-4", 72.0, "/min", "2024-02-01T10:00:00"),
+    ])
+    write_silver(lake, "conditions", [
+        condition("c1", "p-diab", icd10cm="E11.9"),
+        condition("c2", "p-htn", snomed="38341003"),
+        condition("c3", "p-none", icd10cm="E10.9", verification="refuted"),
+        condition("c4", "p-old", icd10cm="J45.909"),
+    ])
+    write_silver(lake, "medications", [
+        medication("m1", "p-htn", "314076"),  # lisinopril, ordered twice
+        medication("m2", "p-htn", "314076"),
+        medication("m3", "p-htn", "197361"),  # amlodipine
+        medication("m4", "p-htn", "310798", status="cancelled"),
+    ])
+    return lake, build_gold(lake.root, run_id="run-full")
+
+
+def test_gold_has_one_row_per_person(full_lake: tuple[Lake, GoldResult]) -> None:
+    lake, result = full_lake
+    rows = lake.read("gold.ml_patient_features").to_pylist()
+    assert sorted(r["person_key"] for r in rows) == ["p-diab", "p-htn", "p-none", "p-old"]
+    assert result.table("ml_patient_features").rows == 4
+    assert result.versions == {"gold.ml_patient_features": lake.version("gold.ml_patient_features")}
+    assert {r["_run_id"] for r in rows} == {"run-full"}
+
+
+def test_age_is_a_band_at_the_index_date(full_lake: tuple[Lake, GoldResult]) -> None:
+    lake, _ = full_lake
+    f = features(lake)
+    assert f["p-old"]["age_band"] == "90+"
+    assert f["p-diab"]["age_band"] == "50-54"  # index = last observation 2023-06-01
+    assert f["p-htn"]["age_band"] == "35-39"  # 39 on 2025-06-01, 40 the next day
+    assert f["p-none"]["age_band"] is None  # no encounter or observation: no index date
+    columns = lake.read("gold.ml_patient_features").column_names
+    assert not {"birth_date", "index_date", "age"} & set(columns)
+
+
+def test_surviving_record_gives_demographics(full_lake: tuple[Lake, GoldResult]) -> None:
+    lake, _ = full_lake
+    f = features(lake)
+    assert f["p-diab"]["gender"] == "male"
+    assert f["p-old"]["encounter_count"] == 2  # the cancelled one does not count
+    assert f["p-none"]["encounter_count"] == 0
+
+
+def test_condition_flags(full_lake: tuple[Lake, GoldResult]) -> None:
+    lake, _ = full_lake
+    f = features(lake)
+    assert (f["p-diab"]["has_diabetes"], f["p-diab"]["has_hypertension"]) == (True, False)
+    assert (f["p-htn"]["has_diabetes"], f["p-htn"]["has_hypertension"]) == (False, True)
+    assert f["p-none"]["has_diabetes"] is False  # the E10 diagnosis was refuted
+    assert (f["p-old"]["has_diabetes"], f["p-old"]["has_hypertension"]) == (False, False)
+
+
+def test_lab_last_and_mean(full_lake: tuple[Lake, GoldResult]) -> None:
+    lake, _ = full_lake
+    f = features(lake)
+    assert f["p-diab"]["glucose_last"] == 140.0
+    assert f["p-diab"]["glucose_mean"] == pytest.approx(120.0)  # the value in error is left out
+    assert f["p-diab"]["hba1c_last"] == pytest.approx(7.2)
+    assert f["p-htn"]["body_weight_last"] == 82.0
+    assert f["p-htn"]["body_weight_mean"] == pytest.approx(81.0)
+    assert f["p-htn"]["systolic_bp_mean"] == pytest.approx(150.0)
+    assert f["p-old"]["heart_rate_last"] == 72.0
+    assert f["p-none"]["glucose_mean"] is None
+
+
+def test_medication_counts(full_lake: tuple[Lake, GoldResult]) -> None:
+    lake, _ = full_lake
+    f = features(lake)
+    assert f["p-htn"]["medication_count"] == 2  # lisinopril and amlodipine; cancelled left out
+    assert f["p-htn"]["medication_order_count"] == 3
+    assert f["p-diab"]["medication_count"] == 0
+
+
+def test_result_reports_inputs_and_tests(full_lake: tuple[Lake, GoldResult]) -> None:
+    lake, result = full_lake
+    assert result.silver_versions == {
+        f"silver.{t}": lake.version(f"silver.{t}")
+        for t in ("patients", "encounters", "observations", "conditions", "medications")
+    }
+    assert result.tests_passed > 20
+    assert (result.tests_failed, result.tests_warned) == (0, 0)
+    # dbt's working files live under the lake, not in the repository
+    assert (lake.root / "gold" / "_dbt" / "target" / "run_results.json").is_file()
+    assert result.log_path == lake.root / "gold" / "_dbt" / "logs" / "dbt.log"
+    assert result.log_path.is_file()
+
+
+@pytest.fixture(scope="module")
+def sparse_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, GoldResult]:
+    """A landing with patients and encounters only, one encounter dated before birth."""
+    lake = Lake(tmp_path_factory.mktemp("gold_sparse"))
+    write_silver(lake, "patients", [patient("p1", date(1950, 1, 1)), patient("p2", date(1990, 5, 5))])
+    write_silver(lake, "encounters", [
+        encounter("e1", "p1", "2020-01-01T00:00:00", "2020-01-01T01:00:00"),
+        encounter("e2", "p2", "1989-01-01T00:00:00", "1989-01-01T01:00:00"),
+    ])
+    return lake, build_gold(lake.root, run_id="run-sparse")
+
+
+def test_missing_silver_tables_build_empty(sparse_lake: tuple[Lake, GoldResult]) -> None:
+    lake, result = sparse_lake
+    f = features(lake)
+    assert set(f) == {"p1", "p2"}
+    assert f["p1"]["medication_count"] == 0
+    assert f["p1"]["has_diabetes"] is False
+    assert f["p1"]["glucose_last"] is None
+    assert f["p1"]["age_band"] == "70-74"
+    for table in ("observations", "conditions", "medications"):
+        assert lake.count(f"silver.{table}") == 0
+        assert result.silver_versions[f"silver.{table}"] == 0
+
+
+def test_warning_test_does_not_block_gold(sparse_lake: tuple[Lake, GoldResult]) -> None:
+    lake, result = sparse_lake
+    assert result.tests_warned == 1  # assert_no_encounter_before_birth, on p2
+    assert features(lake)["p2"]["age_band"] is None  # born after the index date: no band
+    assert result.table("gold.ml_patient_features").rows == 2
+
+
+def test_failing_tests_raise_and_write_nothing(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    write_silver(lake, "patients", [
+        patient("p1", date(1950, 1, 1), source_key="dup"),
+        patient("p2", date(1960, 1, 1), source_key="dup"),
+    ])
+    write_silver(lake, "encounters", [
+        encounter("e1", "p1", "2020-01-02T00:00:00", "2020-01-01T00:00:00"),
+    ])
+    write_silver(lake, "observations", [
+        obs("o1", "p1", "29463-7", 176.0, "[lb_av]", "2020-01-02T00:00:00"),
+    ])
+    with pytest.raises(GoldBuildError) as raised:
+        build_gold(lake.root, run_id="run-bad")
+    message = str(raised.value)
+    assert "unique_stg_silver__patients_source_key" in message
+    assert "assert_encounter_ends_after_start" in message
+    assert "assert_key_labs_in_canonical_unit" in message
+    assert raised.value.tests_failed == 3
+    assert not lake.exists("gold.ml_patient_features")
+
+
+def test_spark_target_is_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(GoldBuildError, match="dbt-spark is not installed"):
+        build_gold(tmp_path, run_id="run-spark", target="spark")
