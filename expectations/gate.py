@@ -268,7 +268,7 @@ def _rule_result(exp: Mapping[str, Any], gx_result: Any) -> RuleResult:
         if error is not None:
             message = f"could not be evaluated ({error}); expected {expected}"
         elif row_level:
-            message = f"{len(rows)} rows fail: expected {expected}"
+            message = f"{_rows(len(rows))} fail: expected {expected}"
         else:
             message = _table_failure(exp, result, expected)
     return RuleResult(
@@ -382,8 +382,8 @@ def _table_failure(exp: Mapping[str, Any], result: Mapping[str, Any], expected: 
         return f"{subject} is {_value(_plain(result['observed_value']))}; expected {expected}"
     if "unexpected_percent" in result:
         return (
-            f"{_num(result['unexpected_percent'])}% of {col} rows fail "
-            f"({result.get('unexpected_count')} of {result.get('element_count')}); expected {expected}"
+            f"{result['unexpected_percent']:.1f}% of rows fail ({result.get('unexpected_count')} "
+            f"of {result.get('element_count')}); expected {expected}"
         )
     return f"failed; expected {expected}"
 
@@ -392,6 +392,10 @@ def _row_reason(rule: RuleResult, row: Mapping[str, Any]) -> str:
     if rule.column is None:
         return f"{rule.rule}: expected {rule.expected}"
     return f"{rule.rule}: {rule.column} is {_value(row.get(rule.column))}, expected {rule.expected}"
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 def _num(v: Any) -> str:

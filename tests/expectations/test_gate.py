@@ -114,8 +114,8 @@ def test_rule_results_carry_counts_and_observed_values() -> None:
     # the [degF] row is not range-checked until the cleaning stage normalizes units
     assert temperature.element_count == 1
     assert result.rule("status_valid").success
-    rows = result.rule("table_not_empty")
-    assert (rows.row_level, rows.success, rows.observed) == (False, True, 5)
+    present = result.rule("person_key_mostly_present")
+    assert (present.row_level, present.success, present.unexpected_count) == (False, True, 1)
 
 
 def test_a_row_failing_two_rules_is_quarantined_once_under_its_first_rule() -> None:
@@ -172,25 +172,58 @@ def test_status_outside_the_fhir_value_set_is_quarantined() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rows", "failed_rule", "words"),
+    ("person_keys", "words"),
     [
-        ([], "table_not_empty", "row count is 0; expected row count ≥ 1"),
         (
-            [obs("a", person_key=None), obs("b", person_key=None)],
-            "person_key_present",
-            "share of non-null person_key is 0",
+            [None, None],
+            "100.0% of rows fail (2 of 2); expected person_key not null for at least 50%",
         ),
+        ([None, None, "pk"], "66.7% of rows fail (2 of 3)"),
     ],
 )
-def test_table_level_failures_make_the_table_unpromotable(
-    rows: list[dict[str, Any]], failed_rule: str, words: str
+def test_a_mostly_null_required_column_makes_the_table_unpromotable(
+    person_keys: list[str | None], words: str
 ) -> None:
+    rows = [obs(f"o{i}", person_key=pk) for i, pk in enumerate(person_keys)]
+
     result = validate(observations(*rows), SUITE, table_name=OBS)
 
     assert not result.promotable
-    failure = result.rule(failed_rule)
+    failure = result.rule("person_key_mostly_present")
     assert not failure.success and not failure.row_level
     assert words in failure.message
+
+
+#: a suite for a table that must never be empty in a run
+NOT_EMPTY = {
+    "name": "not_empty",
+    "expectations": [
+        {
+            "type": "expect_table_row_count_to_be_between",
+            "kwargs": {"min_value": 1},
+            "meta": {"rule": "table_not_empty"},
+        }
+    ],
+}
+
+
+def test_an_empty_table_fails_a_row_count_rule() -> None:
+    result = validate(observations(), NOT_EMPTY, table_name=OBS)
+
+    failure = result.rule("table_not_empty")
+    assert (failure.success, failure.row_level, failure.observed) == (False, False, 0)
+    assert failure.message == "row count is 0; expected row count ≥ 1"
+    assert not result.promotable
+
+
+def test_a_run_without_new_observations_promotes_nothing_and_passes(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    stage(lake, SILVER_OBSERVATIONS, observations())
+
+    (entry,) = run_gate(lake, run_id="run-2", tables=[OBS])
+
+    assert (entry.records_in, entry.records_out, entry.quarantined) == (0, 0, 0)
+    assert lake.count(OBS) == 0 and lake.count("quarantine") == 0
 
 
 def test_a_suite_without_rule_ids_is_refused() -> None:
@@ -315,7 +348,8 @@ def test_a_table_without_a_suite_is_promoted_whole(tmp_path: Path) -> None:
 
 def test_a_table_level_failure_promotes_nothing(tmp_path: Path) -> None:
     lake = Lake(tmp_path / "lake")
-    stage(lake, SILVER_OBSERVATIONS, observations())
+    pseudonymization_failed = [obs(k, person_key=None) for k in ("a", "b", "c")]
+    stage(lake, SILVER_OBSERVATIONS, observations(*pseudonymization_failed, obs("d")))
     conditions = pa.Table.from_pylist(
         [
             {
@@ -330,7 +364,7 @@ def test_a_table_level_failure_promotes_nothing(tmp_path: Path) -> None:
     )
     stage(lake, SILVER_CONDITIONS, conditions)
 
-    with pytest.raises(GateFailed, match="silver.observations: table_not_empty — row count is 0"):
+    with pytest.raises(GateFailed, match="silver.observations: person_key_mostly_present — 75.0%"):
         run_gate(lake, run_id="run-1", tables=[SILVER_CONDITIONS.name, OBS])
 
     assert not lake.exists(OBS) and not lake.exists(SILVER_CONDITIONS.name)
