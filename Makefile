@@ -14,6 +14,9 @@ PATIENTS    ?= 200
 SEED        ?= 7
 
 export GX_ANALYTICS_ENABLED := false
+# Some shells here set PYTHONDONTWRITEBYTECODE=1: every process would then recompile Airflow,
+# GX and dbt from source (~10 s each). An empty value lets Python cache bytecode again.
+export PYTHONDONTWRITEBYTECODE :=
 export MLFLOW_ALLOW_FILE_STORE := false
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 

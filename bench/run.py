@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,8 +92,8 @@ def _ru_maxrss_mib() -> float:
 class Meter:
     """Times steps; measures each step's peak RSS when the kernel lets us reset the peak mark."""
 
+    process_peak_mib: float = field(default_factory=_ru_maxrss_mib)  # read before the first reset
     per_stage_peak: bool = field(default_factory=_reset_peak)
-    process_peak_mib: float = field(default_factory=_ru_maxrss_mib)
     stages: list[Stage] = field(default_factory=list)
 
     @contextmanager
@@ -147,19 +148,24 @@ class Result:
     def stage(self, name: str) -> Stage | None:
         return next((s for s in self.stages if s.name == name), None)
 
-    def seconds(self, *names: str) -> float | None:
-        found = [self.stage(n) for n in names]
-        if any(s is None or s.error for s in found):
-            return None
-        return sum(s.seconds for s in found if s)
+    def seconds(self, name: str) -> float | None:
+        """A step's seconds; None when it did not run or failed."""
+        found = self.stage(name)
+        return found.seconds if found and not found.error else None
 
-    def figures(self) -> dict[str, float | None]:
+    def pipeline_done(self) -> list[Stage]:
+        """The pipeline stages that completed, in order (all four unless one failed)."""
+        return [s for s in self.stages if s.name in PIPELINE and not s.error]
+
+    def figures(self) -> dict[str, Any]:
         """The headline figures: throughput and how far the pipeline is above the floor."""
-        ingest = self.seconds("ingest")
-        pipeline_s = self.seconds(*PIPELINE)
+        done = self.pipeline_done()
+        pipeline_s = sum(s.seconds for s in done) if done else None
         floor = self.seconds("floor")
         return {
-            "ingest_records_per_s": _rate(self.records_read, ingest),
+            "ingest_records_per_s": _rate(self.records_read, self.seconds("ingest")),
+            "pipeline_stages": [s.name for s in done],
+            "pipeline_complete": len(done) == len(PIPELINE),
             "pipeline_seconds": pipeline_s,
             "pipeline_records_per_s": _rate(self.records_read, pipeline_s),
             "floor_seconds": floor,
@@ -181,7 +187,9 @@ def _rate(records: int | None, seconds: float | None) -> float | None:
 
 
 def _int(value: object) -> int:
-    assert isinstance(value, int), value
+    """A ledger count (the ledger's rows are typed ``object``)."""
+    if not isinstance(value, int):
+        raise TypeError(f"expected an integer count in the ledger, found {type(value).__name__}")
     return value
 
 
@@ -204,6 +212,7 @@ def _machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "deltalake": deltalake.__version__,
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
     }
 
 
@@ -214,7 +223,7 @@ def floor_copy(lake: Lake, dest: Path) -> int:
     return int(rows.num_rows)
 
 
-def run(args: argparse.Namespace, meter: Meter, workdir: Path, *, quiet: bool) -> Result:
+def run(args: argparse.Namespace, meter: Meter, workdir: Path) -> Result:
     """Generate (unless given a landing folder), run the stages, copy the floor, read the ledger."""
     landing = args.landing.resolve() if args.landing else workdir / "landing"
     lake = Lake(workdir / "lake")
@@ -232,7 +241,8 @@ def run(args: argparse.Namespace, meter: Meter, workdir: Path, *, quiet: bool) -
     # Importing the gate (Great Expectations) and gold (dbt) costs seconds once per process,
     # as it does once per Airflow task: measured on its own, not charged to the first stage.
     with meter.measure("imports"):
-        pass
+        for module in ("great_expectations", "dbt.cli.main", "duckdb"):
+            importlib.import_module(module)
 
     if not args.landing:
         from medlake.sample import generate
@@ -252,11 +262,8 @@ def run(args: argparse.Namespace, meter: Meter, workdir: Path, *, quiet: bool) -
     ]
     for name, step in steps:
         try:
-            # dbt and the stages' own output go to stderr, so --json leaves stdout clean
-            to_stderr: AbstractContextManager[object] = (
-                redirect_stdout(sys.stderr) if quiet else nullcontext()
-            )
-            with to_stderr, meter.measure(name):
+            # dbt and the stages' own output go to stderr: stdout holds only the figures
+            with redirect_stdout(sys.stderr), meter.measure(name):
                 step()
         except Exception:  # noqa: BLE001 - reported below, with the figures measured so far
             traceback.print_exc()
@@ -274,6 +281,7 @@ def run(args: argparse.Namespace, meter: Meter, workdir: Path, *, quiet: bool) -
         (_int(r["records_in"]) for r in rows if r["stage"] == "ingest"), None
     )
     result.process_peak_rss_mib = meter.process_peak_mib
+    result.machine["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     return result
 
 
@@ -323,19 +331,17 @@ def render(result: Result) -> str:
         "generate": "generate sample (not pipeline)",
         "floor": "floor: bronze read + write",
     }
-    for s in result.stages:
-        label = labels.get(s.name, s.name) + (" FAILED" if s.error else "")
-        if s.name == "floor":
+    done = result.pipeline_done()
+    span = f"ingest→{done[-1].name}" if done else "—"
+    total = f"pipeline {span}" + ("" if figs["pipeline_complete"] else " (partial)")
+    for name in ("imports", "generate", *PIPELINE, "pipeline", "floor"):
+        if name == "pipeline":
             lines.append(
-                row(
-                    "pipeline ingest→gold",
-                    figs["pipeline_seconds"],
-                    figs["pipeline_records_per_s"],
-                    None,
-                    None,
-                )
+                row(total, figs["pipeline_seconds"], figs["pipeline_records_per_s"], None, None)
             )
-        lines.append(row(label, s.seconds, rates.get(s.name), s.rss_start_mib, s.peak_rss_mib))
+        elif s := result.stage(name):
+            label = labels.get(name, name) + (" FAILED" if s.error else "")
+            lines.append(row(label, s.seconds, rates.get(name), s.rss_start_mib, s.peak_rss_mib))
     lines += [
         "",
         f"pipeline / floor                   {_num(figs['pipeline_over_floor'], '.1f')}×",
@@ -392,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     meter = Meter()
     workdir = Path(tempfile.mkdtemp(prefix="medlake-bench-"))
     try:
-        result = run(args, meter, workdir, quiet=args.json)
+        result = run(args, meter, workdir)
     finally:
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
@@ -403,9 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     JSON_OUT.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     print(json.dumps(doc, indent=2, default=str) if args.json else render(result))
     print(f"figures written to {JSON_OUT}", file=sys.stderr)
-    if result.failed_stage:
-        return 2
-    return 0 if result.ledger_balanced else 1
+    if not result.ledger_balanced:
+        return 1
+    return 2 if result.failed_stage else 0
 
 
 if __name__ == "__main__":

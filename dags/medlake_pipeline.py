@@ -6,18 +6,30 @@ each other table names and Delta versions through XCom, never data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
+from airflow.exceptions import AirflowFailException
 from airflow.sdk import Param, dag, get_current_context, task
 
 from medlake import assets
+from medlake.errors import BadDataError
 
 DEFAULT_ARGS = {"owner": "medlake", "retries": 2, "retry_delay": timedelta(seconds=20)}
 
 
-def _run() -> tuple[dict[str, str], str]:
+def _call(step: Callable[..., dict[str, object]], *args: Any, **kwargs: Any) -> dict[str, object]:
+    """Run one stage with this run's id; bad data fails the task at once (a retry cannot fix it)."""
     context = get_current_context()
-    return context["params"], context["run_id"]
+    try:
+        return step(*args, run_id=context["run_id"], **kwargs)
+    except BadDataError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+def _params() -> dict[str, str]:
+    return get_current_context()["params"]
 
 
 @dag(
@@ -37,37 +49,32 @@ def medlake_pipeline() -> None:
     def ingest() -> dict[str, object]:
         from medlake.jobs.pipeline import task_ingest
 
-        params, run_id = _run()
-        return task_ingest(params["landing"], params["lake"], run_id=run_id)
+        return _call(task_ingest, _params()["landing"], _params()["lake"])
 
     @task(inlets=assets.BRONZE)
     def clean(ingested: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_clean
 
-        params, run_id = _run()
         bronze_version = ingested["versions"]["bronze.fhir_resources"]  # type: ignore[index]
-        return task_clean(params["lake"], run_id=run_id, bronze_version=bronze_version)
+        return _call(task_clean, _params()["lake"], bronze_version=bronze_version)
 
     @task(outlets=assets.SILVER + [assets.QUARANTINE])
     def gate(cleaned: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_gate
 
-        params, run_id = _run()
-        return task_gate(params["lake"], run_id=run_id)
+        return _call(task_gate, _params()["lake"])
 
     @task(inlets=assets.SILVER, outlets=[assets.GOLD_FEATURES])
     def dbt_gold(gated: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_gold
 
-        params, run_id = _run()
-        return task_gold(params["lake"], run_id=run_id)
+        return _call(task_gold, _params()["lake"])
 
     @task
     def summary(gold: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_summary
 
-        params, run_id = _run()
-        return task_summary(params["lake"], run_id=run_id)
+        return _call(task_summary, _params()["lake"])
 
     summary(dbt_gold(gate(clean(ingest()))))
 

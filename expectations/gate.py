@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from medlake.errors import BadDataError
 from medlake.lake import Lake, TableNotFound, conform
 from medlake.ledger import Entry
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
@@ -46,7 +47,7 @@ _RESULT_FORMAT: dict[str, Any] = {
 _MAX_SHOWN = 60  # characters of an observed text value quoted in a reason
 
 
-class GateFailed(RuntimeError):
+class GateFailed(BadDataError):
     """A table-level rule failed: nothing was promoted."""
 
     def __init__(self, results: Sequence[GateResult]) -> None:

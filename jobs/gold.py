@@ -2,7 +2,7 @@
 back to the lake as Delta tables (``<lake>/gold/<model>/``).
 
 dbt reads silver through the project's ``medlake_delta`` source plugin (dbt-duckdb's delta
-plugin, pinned to the silver versions current when the build starts) and builds every model
+plugin, at pinned silver versions: given, or current when the build starts) and builds every model
 and test in a DuckDB file under ``<lake>/gold/_dbt/``. Only when every model and error-level
 test passed are the marts (models under ``models/marts/``) copied to Delta, so a failing test
 never publishes a gold table. dbt's ``target/`` and ``logs/`` go to the same folder under the
@@ -21,6 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from medlake.errors import BadDataError
 from medlake.config import DbtSettings
 from medlake.lake import Lake
 
@@ -45,11 +46,17 @@ DBT_WORKDIR = "gold/_dbt"
 _DBT_LOCK = threading.Lock()
 
 
-class GoldBuildError(RuntimeError):
+class GoldBuildError(BadDataError):
     """dbt could not build the gold layer; names every model or test that failed."""
 
-    def __init__(self, message: str, *, failures: tuple[str, ...] = (), tests_passed: int = 0,
-                 tests_failed: int = 0) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        failures: tuple[str, ...] = (),
+        tests_passed: int = 0,
+        tests_failed: int = 0,
+    ) -> None:
         super().__init__(message)
         self.failures = failures
         self.tests_passed = tests_passed
@@ -95,6 +102,7 @@ class GoldResult:
 class _Mart:
     name: str
     relation: str
+    grain: tuple[str, ...]
 
 
 def build_gold(
@@ -103,12 +111,15 @@ def build_gold(
     run_id: str,
     project_dir: Path | None = None,
     target: Target = "duckdb",
+    silver_versions: Mapping[str, int] | None = None,
 ) -> GoldResult:
     """Build the gold marts from silver with dbt and write them to ``<lake>/gold/<model>/`` as Delta.
 
-    Missing silver tables are created empty first (a landing without medications still
-    builds). Raises :class:`GoldBuildError` naming each failing model or test; nothing is
-    written to gold then.
+    Silver is read at ``silver_versions`` (``{"silver.patients": 3, ...}``, e.g. from the
+    upstream task's XCom); tables not named there are pinned to their version when the build
+    starts. Missing silver tables are created empty first (a landing without medications
+    still builds). Raises :class:`GoldBuildError` naming each failing model or test; nothing
+    is written to gold then.
     """
     if not run_id:
         raise ValueError("build_gold needs the pipeline run id")
@@ -122,32 +133,37 @@ def build_gold(
     if not (project / "dbt_project.yml").is_file():
         raise FileNotFoundError(f"no dbt project at {project} (dbt_project.yml missing)")
 
-    silver_versions = _pin_silver(lake)
+    pinned = _pin_silver(lake, silver_versions or {})
     workdir = lake.root / DBT_WORKDIR
     workdir.mkdir(parents=True, exist_ok=True)
     duckdb_path = workdir / "dbt.duckdb"
     dbt_vars = {
         "lake": str(lake.root),
         "run_id": run_id,
-        "silver_versions": {name.split(".", 1)[1]: v for name, v in silver_versions.items()},
+        "silver_versions": {name.split(".", 1)[1]: v for name, v in pinned.items()},
         "duckdb_path": str(duckdb_path),
         "plugins_dir": str(project / "plugins"),
     }
-    args = [
-        "build",
-        "--project-dir", str(project),
-        "--profiles-dir", str(project),
-        "--target", target,
-        "--vars", json.dumps(dbt_vars),
-        "--target-path", str(workdir / "target"),
-        "--log-path", str(workdir / "logs"),
-    ]
+    options = {
+        "--project-dir": str(project),
+        "--profiles-dir": str(project),
+        "--target": target,
+        "--vars": json.dumps(dbt_vars),
+        "--target-path": str(workdir / "target"),
+        "--log-path": str(workdir / "logs"),
+    }
+    args = ["build", *(part for option in options.items() for part in option)]
 
     started = time.monotonic()
     with _DBT_LOCK:
         marts, passed, warned = _run_dbt(args, log_path=workdir / "logs" / "dbt.log")
-    log.info("dbt build of %s took %.1f s: %d tests passed, %d warned",
-             lake.root, time.monotonic() - started, passed, warned)
+    log.info(
+        "dbt build of %s took %.1f s: %d tests passed, %d warned",
+        lake.root,
+        time.monotonic() - started,
+        passed,
+        warned,
+    )
 
     tables = _write_marts(lake, duckdb_path, marts)
     for t in tables:
@@ -155,7 +171,7 @@ def build_gold(
     return GoldResult(
         run_id=run_id,
         tables=tables,
-        silver_versions=MappingProxyType(dict(silver_versions)),
+        silver_versions=MappingProxyType(pinned),
         tests_passed=passed,
         tests_warned=warned,
         tests_failed=0,
@@ -163,14 +179,26 @@ def build_gold(
     )
 
 
-def _pin_silver(lake: Lake) -> dict[str, int]:
-    """Create missing silver tables empty; the version of each, which dbt then reads."""
+def _pin_silver(lake: Lake, requested: Mapping[str, int]) -> dict[str, int]:
+    """The version of each silver source dbt reads: the requested one, else the current one.
+
+    Missing silver tables are created empty first.
+    """
+    unknown = sorted(set(requested) - set(SILVER_SOURCES))
+    if unknown:
+        raise ValueError(
+            f"not silver sources of the gold build: {', '.join(unknown)}; "
+            f"sources: {', '.join(SILVER_SOURCES)}"
+        )
     versions: dict[str, int] = {}
     for name in SILVER_SOURCES:
         lake.ensure(name)
-        version = lake.version(name)
-        assert version is not None  # ensure() just created it
-        versions[name] = version
+        current = lake.version(name)
+        assert current is not None  # ensure() just created it
+        wanted = requested.get(name, current)
+        if not 0 <= wanted <= current:
+            raise ValueError(f"{name} has versions 0..{current}; cannot read version {wanted}")
+        versions[name] = wanted
     return versions
 
 
@@ -188,27 +216,22 @@ def _run_dbt(args: list[str], *, log_path: Path) -> tuple[list[_Mart], int, int]
         raise GoldBuildError(f"dbt build failed before running any node (log: {log_path})")
 
     failures: list[str] = []
-    skipped = 0
-    passed = warned = failed = 0
+    skipped = passed = warned = failed = 0
     marts: list[_Mart] = []
     for r in results:
-        node = r.node
-        status = str(r.status)
-        kind = str(node.resource_type)
+        node, status, kind = r.node, str(r.status), str(r.node.resource_type)
         if kind == "test":
-            if status == "pass":
-                passed += 1
-            elif status == "warn":
-                warned += 1
-            elif status in ("fail", "error"):
-                failed += 1
+            passed += status == "pass"
+            warned += status == "warn"
+            failed += status in ("fail", "error")
         if status in ("fail", "error"):
-            detail = (r.message or "").strip().splitlines()
-            failures.append(f"{kind} {node.name}: {detail[0] if detail else status}")
+            failures.append(_describe_failure(r))
         elif status == "skipped":
             skipped += 1
-        elif kind == "model" and status == "success" and len(node.fqn) > 1 and node.fqn[1] == "marts":
-            marts.append(_Mart(name=node.name, relation=str(node.relation_name)))
+        elif kind == "model" and status == "success" and _is_mart(node):
+            grain = node.config.meta.get("grain") or ()
+            grain = (grain,) if isinstance(grain, str) else tuple(grain)
+            marts.append(_Mart(name=node.name, relation=str(node.relation_name), grain=grain))
 
     if failures or not outcome.success:
         summary = "\n  ".join(failures) or "dbt reported failure without a failing node"
@@ -222,14 +245,32 @@ def _run_dbt(args: list[str], *, log_path: Path) -> tuple[list[_Mart], int, int]
     return marts, passed, warned
 
 
+def _is_mart(node: Any) -> bool:
+    """Models under models/marts/ are the gold tables; staging and intermediate stay in dbt."""
+    return len(node.fqn) > 2 and node.fqn[1] == "marts"
+
+
+def _describe_failure(result: Any) -> str:
+    """'test <name> (<file>): <what dbt said>': which node failed and why, in dbt's words."""
+    node = result.node
+    lines = [line.strip() for line in (result.message or "").splitlines() if line.strip()]
+    said = ": ".join(lines[:2]) or str(result.status)
+    return f"{node.resource_type} {node.name} ({node.original_file_path}): {said}"
+
+
 def _write_marts(lake: Lake, duckdb_path: Path, marts: list[_Mart]) -> tuple[GoldTable, ...]:
-    """Copy each mart from dbt's DuckDB file to ``gold.<model>`` as a new Delta version."""
+    """Copy each mart from dbt's DuckDB file to ``gold.<model>`` as a new Delta version.
+
+    Rows are ordered by the mart's grain (``meta.grain`` in its YAML), so the same silver
+    gives the same files, row for row.
+    """
     import duckdb
 
     written: list[GoldTable] = []
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
         for mart in sorted(marts, key=lambda m: m.name):
-            data = con.sql(f"select * from {mart.relation}").to_arrow_table()
+            order = f" order by {', '.join(mart.grain)}" if mart.grain else ""
+            data = con.sql(f"select * from {mart.relation}{order}").to_arrow_table()
             name = f"gold.{mart.name}"
             version = lake.write(name, data, mode="overwrite")
             written.append(GoldTable(name=name, version=version, rows=data.num_rows))

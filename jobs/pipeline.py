@@ -175,7 +175,7 @@ def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
 
     settings = Settings()
     result = build_gold(Path(lake), run_id=run_id, project_dir=settings.dbt.project_dir, target=settings.dbt.target)
-    return {"versions": {name: t.version for name, t in result.tables.items()}}
+    return {"versions": result.versions}
 
 
 def task_summary(lake: str, *, run_id: str) -> dict[str, object]:

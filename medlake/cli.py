@@ -24,7 +24,7 @@ app = typer.Typer(
 airflow_app = typer.Typer(help="Local Airflow.", no_args_is_help=True)
 app.add_typer(airflow_app, name="airflow")
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True)
 
 LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]

@@ -12,7 +12,7 @@ from pathlib import Path
 KEY_BYTES = 32
 
 
-class KeyError_(RuntimeError):
+class KeyMissing(RuntimeError):
     """A key is missing, unreadable or malformed."""
 
 
@@ -22,17 +22,17 @@ def load_or_create_key(path: Path, *, env_var: str | None = None, create: bool =
         try:
             key = bytes.fromhex(os.environ[env_var])
         except ValueError as exc:
-            raise KeyError_(f"{env_var} is not a hex string") from exc
+            raise KeyMissing(f"{env_var} is not a hex string") from exc
         if len(key) != KEY_BYTES:
-            raise KeyError_(f"{env_var} must hold {KEY_BYTES} bytes ({2 * KEY_BYTES} hex characters), not {len(key)}")
+            raise KeyMissing(f"{env_var} must hold {KEY_BYTES} bytes ({2 * KEY_BYTES} hex characters), not {len(key)}")
         return key
     if path.exists():
         key = bytes.fromhex(path.read_text().strip())
         if len(key) != KEY_BYTES:
-            raise KeyError_(f"key file {path} must hold {KEY_BYTES} bytes of hex")
+            raise KeyMissing(f"key file {path} must hold {KEY_BYTES} bytes of hex")
         return key
     if not create:
-        raise KeyError_(f"no key at {path} and {env_var or 'no environment variable'} is not set")
+        raise KeyMissing(f"no key at {path} and {env_var or 'no environment variable'} is not set")
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     key = secrets.token_bytes(KEY_BYTES)

@@ -11,11 +11,12 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
+from medlake.errors import BadDataError
 from medlake.lake import Lake
 from medlake.registry import LEDGER
 
 
-class LedgerImbalance(RuntimeError):
+class LedgerImbalance(BadDataError):
     """A stage lost or invented records."""
 
 

@@ -81,15 +81,18 @@ def list_runs(settings: Settings, dag_id: str | None = None) -> list[DagRun]:
     done = _airflow(settings, "dags", "list-runs", dag_id, "-o", "json", capture=True)
     if done.returncode != 0:
         raise PipelineFailed(f"airflow dags list-runs failed:\n{done.stderr[-2000:]}")
-    text = done.stdout.strip()
-    start = text.find("[")
-    rows = json.loads(text[start:]) if start >= 0 else []
+    # the CLI may print warnings before the JSON: take the line that holds the JSON array
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("[{") or ln.strip() == "[]"]
+    rows = json.loads(lines[-1]) if lines else []
     return [DagRun(dag_id=r["dag_id"], run_id=r["run_id"], state=r["state"]) for r in rows]
 
 
 def run_pipeline(settings: Settings, *, landing: Path, lake: Path, quiet: bool = False) -> DagRun:
     """Run the pipeline DAG once on these folders; raise PipelineFailed unless it succeeded."""
     ensure_db(settings)
+    parsed = _airflow(settings, "dags", "reserialize", capture=True)  # Airflow 3 runs DAGs from the DB
+    if parsed.returncode != 0:
+        raise PipelineFailed(f"airflow could not parse the DAG files:\n{parsed.stderr[-2000:]}")
     before = {r.run_id for r in list_runs(settings)}
     conf = json.dumps({"landing": str(landing.resolve()), "lake": str(lake.resolve())})
     done = _airflow(settings, "dags", "test", settings.airflow.pipeline_dag_id, "--conf", conf, capture=quiet)

@@ -23,7 +23,8 @@ class Plugin(delta.Plugin):
         if not DeltaTable.is_deltatable(path):
             raise FileNotFoundError(
                 f"source {source_config.table_name()}: no Delta table at {path} "
-                "(build_gold creates missing silver tables empty before running dbt)"
+                "(is --vars '{lake: <lake root>}' set? build_gold creates missing silver tables "
+                "empty before running dbt)"
             )
         table = DeltaTable(path, storage_options=source_config.get("storage_options") or None)
         version = source_config.get("as_of_version")

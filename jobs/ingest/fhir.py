@@ -295,7 +295,11 @@ def flatten_split(bronze: pa.Table, *, flatten: Flatten, target: TableSpec, pseu
             "record_hash": row["_record_hash"],
             "raw_record": row["raw"],
         }
-        resource = json.loads(row["raw"])
+        try:
+            resource = json.loads(row["raw"])
+        except json.JSONDecodeError as exc:
+            bad.append({**locate, "rule_id": "parse.bad_json", "reason": f"{label}: not valid JSON ({exc.msg})"})
+            continue
         problem = validation_problem(resource)
         if problem:
             bad.append({**locate, "rule_id": "validate.fhir_r4", "reason": f"{label}: {problem}"})
@@ -638,7 +642,10 @@ def bronze_only_from_bronze(bronze: pa.Table) -> Split:
     valid: list[int] = []
     bad: list[dict[str, Any]] = []
     for i, row in enumerate(rows.to_pylist()):
-        problem = validation_problem(json.loads(row["raw"]))
+        try:
+            problem = validation_problem(json.loads(row["raw"]))
+        except json.JSONDecodeError as exc:
+            problem = f"not valid JSON ({exc.msg})"
         if problem is None:
             valid.append(i)
             continue

@@ -55,7 +55,9 @@ def delta_jars(jars_dir: Path) -> list[Path]:
     return jars
 
 
-def spark_session(settings: SparkSettings | None = None, *, app_name: str = "medlake") -> SparkSession:
+def spark_session(
+    settings: SparkSettings | None = None, *, app_name: str = "medlake"
+) -> SparkSession:
     """A Spark session with delta-spark from the local jars; the running one if there is one."""
     settings = settings or SparkSettings()
     jars = delta_jars(settings.jars_dir)
@@ -102,7 +104,9 @@ class SparkEngine:
 
     name = "spark"
 
-    def __init__(self, spark: SparkSession | None = None, settings: SparkSettings | None = None) -> None:
+    def __init__(
+        self, spark: SparkSession | None = None, settings: SparkSettings | None = None
+    ) -> None:
         self.spark = spark if spark is not None else spark_session(settings)
         require_delta(self.spark)
 
@@ -130,33 +134,49 @@ class SparkEngine:
                 StructField(_QUARANTINED, _nullable(quarantine_type), nullable=True),
             ]
         )
-        large = (self.spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false") or "").lower()
+        large = (
+            self.spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false") or ""
+        ).lower()
         run = _tagged_batches(
             fn,
             # the transform sees the Arrow types the embedded engine's delta-rs reader gives it
             source_schema=to_arrow_schema(source.schema, timezone="UTC"),
             good_schema=good_schema,
-            out_schema=to_arrow_schema(tagged_type, timezone="UTC", prefers_large_types=large == "true"),
+            out_schema=to_arrow_schema(
+                tagged_type, timezone="UTC", prefers_large_types=large == "true"
+            ),
         )
         tagged = source.mapInArrow(run, tagged_type).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            counted = tagged.agg(F.count(_GOOD).alias(_GOOD), F.count(_QUARANTINED).alias(_QUARANTINED)).first()
-            assert counted is not None
+            counted = tagged.agg(
+                F.count(_GOOD).alias(_GOOD), F.count(_QUARANTINED).alias(_QUARANTINED)
+            ).collect()[0]
             good_rows, quarantined_rows = int(counted[_GOOD]), int(counted[_QUARANTINED])
             rows_in = source.count()
             good = tagged.where(F.col(_GOOD).isNotNull()).select(f"{_GOOD}.*")
             self._write(good, target_uri, good_type, mode=mode)
             if quarantined_rows:
-                quarantined = tagged.where(F.col(_QUARANTINED).isNotNull()).select(f"{_QUARANTINED}.*")
+                quarantined = tagged.where(F.col(_QUARANTINED).isNotNull()).select(
+                    f"{_QUARANTINED}.*"
+                )
                 self._write(quarantined, quarantine_uri, quarantine_type, mode="append")
         finally:
             tagged.unpersist()
-        last = DeltaTable.forPath(self.spark, target_uri).history(1).select("version").first()
-        assert last is not None
-        return Applied(rows_in=rows_in, good=good_rows, quarantined=quarantined_rows, target_version=int(last[0]))
+        last = DeltaTable.forPath(self.spark, target_uri).history(1).select("version").collect()
+        return Applied(
+            rows_in=rows_in,
+            good=good_rows,
+            quarantined=quarantined_rows,
+            target_version=int(last[0]["version"]),
+        )
 
     def _write(
-        self, frame: DataFrame, uri: str, schema: StructType, *, mode: Literal["append", "overwrite"]
+        self,
+        frame: DataFrame,
+        uri: str,
+        schema: StructType,
+        *,
+        mode: Literal["append", "overwrite"],
     ) -> None:
         """Write rows to a Delta table that has exactly ``schema``, creating or replacing it first.
 
@@ -166,7 +186,8 @@ class SparkEngine:
         """
         exists = DeltaTable.isDeltaTable(self.spark, uri)
         if not exists or (mode == "overwrite" and not _same_columns(self._schema_of(uri), schema)):
-            builder = DeltaTable.createOrReplace(self.spark) if exists else DeltaTable.create(self.spark)
+            # replace(), not createOrReplace(): the latter refuses a path table of another schema
+            builder = DeltaTable.replace(self.spark) if exists else DeltaTable.create(self.spark)
             builder.location(uri).addColumns(schema).execute()
         frame.write.format("delta").mode(mode).save(uri)
 
@@ -205,12 +226,16 @@ def _struct(rows: pa.Table, struct_type: pa.DataType) -> pa.Array:
     cast = rows.cast(pa.schema(fields)).combine_chunks()
     if cast.num_rows == 0:
         return pa.array([], type=struct_type)
-    return pa.StructArray.from_arrays([cast.column(i).chunk(0) for i in range(cast.num_columns)], fields=fields)
+    return pa.StructArray.from_arrays(
+        [cast.column(i).chunk(0) for i in range(cast.num_columns)], fields=fields
+    )
 
 
 def _nullable(schema: StructType) -> StructType:
     """The same columns, all nullable: the tagged stream holds nulls for the other side."""
-    return StructType([StructField(f.name, _nullable_type(f.dataType), True, f.metadata) for f in schema])
+    return StructType(
+        [StructField(f.name, _nullable_type(f.dataType), True, f.metadata) for f in schema]
+    )
 
 
 def _nullable_type(dtype: DataType) -> DataType:

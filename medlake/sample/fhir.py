@@ -122,6 +122,7 @@ def side_of(index: int) -> Side:
 
 
 def _other(side: Side) -> Side:
+    """Where a second registration of the same person arrives."""
     return "bulk" if side == "bundles" else "bundles"
 
 

@@ -46,7 +46,13 @@ REFERENCE_DATE = date(2025, 6, 30)  # the day the hospital's extract was taken; 
 EARLIEST_VISIT = date(2019, 1, 1)
 HOSPITAL_TZ = timezone(timedelta(hours=-5))
 MIN_POPULATION_FOR_MESS = 20  # from this many patients on, every kind of mess is planted
-MRN_STRIDE = 7919  # prime, so serial -> MRN is a bijection on 7 digits (serials < 10**7)
+# Identifiers are serial numbers scrambled by a stride coprime with the size of their space,
+# so they look random yet never collide (up to 10**7 MRNs, 8*10**6 phones).
+ID_STRIDE = 48271
+MRN_SPACE = 10**7
+PHONE_SPACE = 800 * 10**4  # (555) 200-0000 .. (555) 999-9999; 555 is no real area code
+SSN_SPACE = 100 * 99 * 9999  # 9AA-GG-SSSS, area 900-999 is never issued as an SSN
+MAX_PATIENTS = MRN_SPACE // 2  # each person may use two MRNs (a duplicate registration)
 
 Gender = Literal["female", "male", "other", "unknown"]
 VisitClass = Literal["AMB", "IMP", "EMER"]
@@ -238,8 +244,8 @@ class Hospital:
     """The sample hospital: `patients` people, all facts derived from `seed`."""
 
     def __init__(self, *, patients: int, seed: int) -> None:
-        if patients < 1:
-            raise ValueError(f"patients must be at least 1, got {patients}")
+        if not 1 <= patients <= MAX_PATIENTS:
+            raise ValueError(f"patients must be between 1 and {MAX_PATIENTS}, got {patients}")
         self.patients = patients
         self.seed = seed
         self.plan = plan_mess(
@@ -248,15 +254,34 @@ class Hospital:
             self.rng("mess"),
             at_least_one=plants_every_kind(patients),
         )
-        self._mrn_offset = self.rng("mrn").randrange(10**7)
+        ids = self.rng("ids")
+        self._offsets = {
+            space: ids.randrange(space) for space in (MRN_SPACE, PHONE_SPACE, SSN_SPACE)
+        }
 
     def rng(self, *scope: object) -> random.Random:
         """A random stream private to one purpose, e.g. rng("person", 7) or rng("fhir")."""
         return random.Random("/".join(["medlake-sample", str(self.seed), *map(str, scope)]))
 
+    def _scrambled(self, serial: int, space: int) -> int:
+        """The serial-th number of an identifier space, distinct for distinct serials."""
+        return (serial * ID_STRIDE + self._offsets[space]) % space
+
     def mrn(self, serial: int) -> str:
-        """The medical record number of the serial-th registration (unique below 10**7)."""
-        return f"MRN-{(serial * MRN_STRIDE + self._mrn_offset) % 10**7:07d}"
+        """The medical record number of the serial-th registration."""
+        return f"MRN-{self._scrambled(serial, MRN_SPACE):07d}"
+
+    def phone(self, index: int) -> str:
+        """Person `index`'s home phone, as the registration desk formats it."""
+        n = self._scrambled(index, PHONE_SPACE)
+        return f"(555) {200 + n // 10**4}-{n % 10**4:04d}"
+
+    def ssn(self, index: int) -> str:
+        """Person `index`'s SSN-like number (area 9xx, group and serial never zero)."""
+        n = self._scrambled(index, SSN_SPACE)
+        area, rest = divmod(n, 99 * 9999)
+        group, serial = divmod(rest, 9999)
+        return f"{900 + area}-{group + 1:02d}-{serial + 1:04d}"
 
     def people(self) -> Iterator[Person]:
         """Every person, in index order, built one at a time."""
@@ -267,12 +292,23 @@ class Hospital:
         """Person `index`, identical on every call and in every writer."""
         rng = self.rng("person", index)
         mess = self.plan.get(index, frozenset())
-        registration = _registration(rng, new_id(rng), self.mrn(index), mess)
-        chart = _chart(rng, registration, mess, visits=(1, 3), measurements=(5, 10))
+        registration = _registration(
+            rng,
+            new_id(rng),
+            mess,
+            mrn=self.mrn(index),
+            phone=self.phone(index),
+            ssn=self.ssn(index),
+        )
+        # death dates stay off people registered twice, so no record outlives its owner
+        mortal = "duplicate" not in mess
+        chart = _chart(rng, registration, mess, visits=(1, 3), measurements=(5, 10), mortal=mortal)
         duplicate = None
         if "duplicate" in mess:
             twin = _variant(rng, chart.registration, self.mrn(self.patients + index))
-            duplicate = _chart(rng, twin, frozenset(), visits=(1, 2), measurements=(2, 6))
+            duplicate = _chart(
+                rng, twin, frozenset(), visits=(1, 2), measurements=(2, 6), mortal=False
+            )
         return Person(index=index, chart=chart, duplicate=duplicate, mess=mess)
 
 
@@ -282,7 +318,7 @@ def new_id(rng: random.Random) -> str:
 
 
 def _registration(
-    rng: random.Random, record_id: str, mrn: str, mess: frozenset[str]
+    rng: random.Random, record_id: str, mess: frozenset[str], *, mrn: str, phone: str, ssn: str
 ) -> Registration:
     """Demographics a registration desk captured, minus what the mess plan removes."""
     gender: Gender = rng.choices(("female", "male", "other", "unknown"), (49, 49, 1, 1))[0]
@@ -294,10 +330,10 @@ def _registration(
     return Registration(
         id=record_id,
         mrn=mrn,
-        ssn=f"9{rng.randrange(100):02d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}",
+        ssn=ssn,
         given=tuple(given),
         family=rng.choice(FAMILY),
-        phone=f"(555) {rng.randint(200, 999)}-{rng.randrange(10000):04d}",
+        phone=phone,
         gender=None if "gender_missing" in mess else gender,
         birth_date=birth_date,
         address=None if "address_missing" in mess else _address(rng),
@@ -409,6 +445,7 @@ def _chart(
     *,
     visits: tuple[int, int],
     measurements: tuple[int, int],
+    mortal: bool,
 ) -> Chart:
     """A patient record's visits, diagnoses, measurements and prescriptions."""
     visit_list = _visits(rng, registration, mess, rng.randint(*visits))
@@ -416,7 +453,8 @@ def _chart(
     problems = {d.problem.key for d in diagnoses}
     taken = _measurements(rng, registration, visit_list, problems, mess, rng.randint(*measurements))
     prescriptions = _prescriptions(rng, visit_list, diagnoses)
-    registration = _maybe_deceased(rng, registration, visit_list)
+    if mortal:
+        registration = _maybe_deceased(rng, registration, visit_list)
     return Chart(
         registration=registration,
         visits=tuple(visit_list),

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from pyspark import cloudpickle
 from pyspark.sql import SparkSession
 
@@ -37,7 +37,9 @@ pytestmark = [pytest.mark.spark]
 # transform defined below travels to them by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "fhir" / "synthea_bundles_covid_r4"
+CORPUS = (
+    Path(__file__).resolve().parents[3] / "shared" / "corpus" / "fhir" / "synthea_bundles_covid_r4"
+)
 OBSERVATIONS = 100
 INGESTED_AT = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 TEST_KEY = bytes(range(32))
@@ -73,7 +75,9 @@ def observation_rows(bronze: pa.Table) -> Split:
         try:
             obs = json.loads(rec["raw"])
         except json.JSONDecodeError as exc:
-            rejected.append({**where, "rule_id": "parse.bad_json", "reason": f"raw is not JSON: {exc.msg}"})
+            rejected.append(
+                {**where, "rule_id": "parse.bad_json", "reason": f"raw is not JSON: {exc.msg}"}
+            )
             continue
         codings = (obs.get("code") or {}).get("coding") or []
         if not codings:
@@ -100,7 +104,9 @@ def observation_rows(bronze: pa.Table) -> Split:
                 "value_num": quantity.get("value"),
                 "value_unit": quantity.get("code") or quantity.get("unit"),
                 "value_text": concept.get("text"),
-                "effective_at": datetime.fromisoformat(effective).astimezone(UTC) if effective else None,
+                "effective_at": datetime.fromisoformat(effective).astimezone(UTC)
+                if effective
+                else None,
                 "_record_hash": rec["_record_hash"],
             }
         )
@@ -147,9 +153,13 @@ def bronze_observations(limit: int = OBSERVATIONS) -> pa.Table:
             if resource["resourceType"] == "Observation" and len(rows) < limit:
                 rows.append(_bronze_row(path.name, offset, resource["id"], json.dumps(resource)))
     assert len(rows) == limit, f"the corpus holds fewer than {limit} Observations"
-    no_code = {k: v for k, v in json.loads(rows[0]["raw"]).items() if k != "code"} | {"id": "obs-no-code"}
+    no_code = {k: v for k, v in json.loads(rows[0]["raw"]).items() if k != "code"} | {
+        "id": "obs-no-code"
+    }
     rows.append(_bronze_row("broken.ndjson", 0, "obs-no-code", json.dumps(no_code)))
-    rows.append(_bronze_row("broken.ndjson", 1, "obs-bad-json", '{"resourceType": "Observation", "id": '))
+    rows.append(
+        _bronze_row("broken.ndjson", 1, "obs-bad-json", '{"resourceType": "Observation", "id": ')
+    )
     return pa.Table.from_pylist(rows, schema=BRONZE_FHIR.schema)
 
 
@@ -178,11 +188,7 @@ def read_sorted(uri: str, first: str, *, drop: tuple[str, ...] = ()) -> pa.Table
     "make_case",
     [
         pytest.param(own_transform, id="test-transform"),
-        pytest.param(
-            fhir_ingest,
-            id="fhir-observations",
-            marks=pytest.mark.xfail(strict=False, reason="lands with the FHIR ingest"),
-        ),
+        pytest.param(fhir_ingest, id="fhir-observations"),
     ],
 )
 def test_both_engines_write_the_same_delta_tables(
@@ -205,7 +211,9 @@ def test_both_engines_write_the_same_delta_tables(
     embedded, spark_ = applied["embedded"], applied["spark"]
     assert embedded.rows_in == spark_.rows_in == bronze.num_rows
     assert (spark_.good, spark_.quarantined) == (embedded.good, embedded.quarantined)
-    assert embedded.quarantined >= 2, "the record without a code and the invalid JSON must be quarantined"
+    assert embedded.quarantined >= 2, (
+        "the record without a code and the invalid JSON must be quarantined"
+    )
     for name, result in applied.items():
         assert result.target_version == DeltaTable(str(tmp_path / name / "observations")).version()
 
@@ -220,7 +228,10 @@ def test_both_engines_write_the_same_delta_tables(
 
     quarantines = {name: str(tmp_path / name / "quarantine") for name in applied}
     assert DeltaTable(quarantines["spark"]).schema() == DeltaTable(quarantines["embedded"]).schema()
-    bad = {name: read_sorted(uri, "quarantine_id", drop=("quarantined_at",)) for name, uri in quarantines.items()}
+    bad = {
+        name: read_sorted(uri, "quarantine_id", drop=("quarantined_at",))
+        for name, uri in quarantines.items()
+    }
     assert bad["spark"].schema == bad["embedded"].schema
     assert bad["spark"].to_pylist() == bad["embedded"].to_pylist()
     if case.rules is not None:
@@ -231,16 +242,23 @@ def test_both_engines_write_the_same_delta_tables(
     assert from_embedded.schema == spark_schema(case.good_schema)
     as_arrow = from_embedded.toArrow().cast(good["embedded"].schema)
     order = [case.key] + [c for c in as_arrow.column_names if c != case.key]
-    assert as_arrow.sort_by([(c, "ascending") for c in order]).to_pylist() == good["embedded"].to_pylist()
+    assert (
+        as_arrow.sort_by([(c, "ascending") for c in order]).to_pylist()
+        == good["embedded"].to_pylist()
+    )
 
 
-def test_spark_engine_reads_the_pinned_source_version_and_overwrites(spark: SparkSession, tmp_path: Path) -> None:
+def test_spark_engine_reads_the_pinned_source_version_and_overwrites(
+    spark: SparkSession, tmp_path: Path
+) -> None:
     lake = Lake(tmp_path / "lake")
     bronze = bronze_observations(limit=12)  # 12 Observations, then the two broken records
     first_version = lake.write("bronze.fhir_resources", bronze.slice(0, 10), mode="overwrite")
     lake.write("bronze.fhir_resources", bronze.slice(10), mode="append")
     engine = SparkEngine(spark)
     target, quarantine = str(tmp_path / "observations"), str(tmp_path / "quarantine")
+    # a target left by an older version of the step, with another schema
+    write_deltalake(target, pa.table({"observation_id": ["stale"], "old_column": [1]}))
 
     def apply(source_version: int | None) -> Applied:
         return engine.apply(
@@ -255,7 +273,11 @@ def test_spark_engine_reads_the_pinned_source_version_and_overwrites(spark: Spar
     pinned = apply(first_version)
     assert (pinned.rows_in, pinned.good, pinned.quarantined) == (10, 10, 0)
     assert not DeltaTable.is_deltatable(quarantine), "no quarantine rows, no quarantine write"
-    assert DeltaTable(target).to_pyarrow_table().num_rows == 10
+    replaced = DeltaTable(target).to_pyarrow_table()
+    assert replaced.column_names == OBSERVATION_ROWS.names
+    assert sorted(replaced.column("observation_id").to_pylist()) == sorted(
+        bronze.slice(0, 10).column("resource_id").to_pylist()
+    )
 
     latest = apply(None)
     assert (latest.rows_in, latest.good, latest.quarantined) == (14, 12, 2)
@@ -263,8 +285,15 @@ def test_spark_engine_reads_the_pinned_source_version_and_overwrites(spark: Spar
     assert latest.target_version == pinned.target_version + 1
     written = DeltaTable(target).to_pyarrow_table()
     assert written.num_rows == 12
-    assert {f.name for f in written.schema if not f.nullable} == {"observation_id", "code", "_record_hash"}
-    assert by_rule(DeltaTable(quarantine).to_pyarrow_table()) == {"parse.bad_json": 1, "map.observation_no_code": 1}
+    assert {f.name for f in written.schema if not f.nullable} == {
+        "observation_id",
+        "code",
+        "_record_hash",
+    }
+    assert by_rule(DeltaTable(quarantine).to_pyarrow_table()) == {
+        "parse.bad_json": 1,
+        "map.observation_no_code": 1,
+    }
 
 
 def test_missing_delta_jars_say_how_to_fetch_them(tmp_path: Path) -> None:

@@ -510,3 +510,28 @@ def test_each_patient_has_a_realistic_amount_of_data(
     assert 5 <= per_patient["Observation"] <= 10.5
     assert 1 <= per_patient["Encounter"] <= 3
     assert per_patient["Condition"] <= 3 and per_patient["MedicationRequest"] <= 3
+
+
+def test_timeline_is_consistent(
+    landing: tuple[SampleManifest, dict[str, Any]], records: dict[tuple[str, int], Record]
+) -> None:
+    _, truth = landing
+    planted = malformed_at(truth)
+    resources: list[dict[str, Any]] = [r.value for k, r in records.items() if k not in planted]
+    by_id = {r["id"]: r for r in resources}
+
+    def target(resource: dict[str, Any], field: str) -> dict[str, Any]:
+        return by_id[resource[field]["reference"].rsplit("/", 1)[-1].rsplit(":", 1)[-1]]
+
+    latest = truth["reference_date"]
+    for resource in resources:
+        if resource["resourceType"] == "Encounter":
+            start = resource["period"]["start"]
+            assert target(resource, "subject")["birthDate"] <= start[:10] <= latest
+            assert resource["period"].get("end", start) >= start
+        elif resource["resourceType"] == "Observation":
+            visit = target(resource, "encounter")
+            assert target(resource, "subject") is target(visit, "subject")
+            assert resource["effectiveDateTime"] >= visit["period"]["start"]
+        elif resource["resourceType"] == "Patient" and "deceasedDateTime" in resource:
+            assert resource["birthDate"] <= resource["deceasedDateTime"][:10] <= latest

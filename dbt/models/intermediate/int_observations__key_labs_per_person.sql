@@ -1,6 +1,8 @@
 -- The key labs and vitals of the feature marts (var key_labs), summarized per person and LOINC
 -- code: the last value (latest effective time; undated values count as oldest), the mean and
--- how many values there were. Values entered in error or cancelled do not count.
+-- how many values there were. Values entered in error or cancelled do not count, and neither do
+-- values in a unit other than the code's canonical UCUM unit (pounds are never averaged with
+-- kilograms; the cleaning step's unit normalization converts them before they reach silver).
 
 with
 
@@ -20,9 +22,10 @@ key_lab_values as (
         effective_at
     from observations
     where code_system = '{{ var("loinc_system") }}'
-        and code in (
-            {%- for loinc_code in var('key_labs') %}
-            '{{ loinc_code }}'{{ "," if not loop.last }}
+        and (
+            {%- for loinc_code, lab in var('key_labs').items() %}
+            (code = '{{ loinc_code }}' and value_unit = '{{ lab.unit }}')
+            {{- " or" if not loop.last }}
             {%- endfor %}
         )
         and value_num is not null
