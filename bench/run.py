@@ -218,7 +218,7 @@ def _machine() -> dict[str, Any]:
 
 def floor_copy(lake: Lake, dest: Path) -> int:
     """The least any stage could cost: read bronze whole with delta-rs and write it back as is."""
-    rows: pa.Table = DeltaTable(lake.uri(BRONZE_FHIR.name)).to_pyarrow_table()
+    rows: pa.Table = DeltaTable(lake.uri(BRONZE_FHIR.name)).to_pyarrow_dataset().to_table(use_threads=False)
     write_deltalake(str(dest), rows)
     return int(rows.num_rows)
 

@@ -78,9 +78,7 @@ def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = Non
     lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
     lake.insert_new(BRONZE_FHIR.name, split.good)
     lake.ensure(BRONZE_FHIR.name)
-    written = lake.count(BRONZE_FHIR.name) and int(
-        lake.table(BRONZE_FHIR.name).to_pyarrow_dataset().count_rows(filter=pc.field("_run_id") == run_id)
-    )
+    written = lake.read(BRONZE_FHIR.name, columns=["_run_id"], filter=pc.field("_run_id") == run_id).num_rows
     entry = Entry(
         stage="ingest",
         table_name=BRONZE_FHIR.name,

@@ -68,12 +68,15 @@ class Lake:
             schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
             return schema.empty_table()
         dataset = self.table(name, version=version).to_pyarrow_dataset()
-        return dataset.to_table(columns=list(columns) if columns else None, filter=filter)
+        # use_threads=False: a threaded scan over delta-rs's filesystem can leave a thread that
+        # aborts the interpreter at exit with deltalake 1.6 ("terminate called without an active
+        # exception"); seen on multi-file tables. Single-threaded decoding avoids it.
+        return dataset.to_table(columns=list(columns) if columns else None, filter=filter, use_threads=False)
 
     def count(self, name: str, *, version: int | None = None) -> int:
         if not self.exists(name):
             return 0
-        return int(self.table(name, version=version).to_pyarrow_dataset().count_rows())
+        return int(self.table(name, version=version).to_pyarrow_dataset().count_rows(use_threads=False))
 
     def write(
         self,

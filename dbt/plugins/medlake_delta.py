@@ -2,7 +2,7 @@
 
 This is dbt-duckdb's ``delta`` plugin with one fix: ``as_of_version: 0`` is honoured (the
 built-in plugin tests the version for truthiness and silently reads the latest version
-instead). Sources name it with ``meta: {plugin: medlake_delta, delta_table_path: ...}``.
+instead), and the table is read single-threaded into Arrow. Sources name it with ``meta: {plugin: medlake_delta, delta_table_path: ...}``.
 It only reads: the marts are written back to the lake as Delta by medlake.jobs.gold.
 """
 
@@ -30,4 +30,6 @@ class Plugin(delta.Plugin):
         version = source_config.get("as_of_version")
         if version not in (None, ""):
             table.load_as_version(int(version))
-        return table.to_pyarrow_dataset()
+        # Materialized single-threaded: DuckDB's threaded scan of a delta-rs dataset can leave a
+        # thread that aborts the process at exit (deltalake 1.6). Silver tables fit in memory.
+        return table.to_pyarrow_dataset().to_table(use_threads=False)

@@ -37,7 +37,7 @@ class EmbeddedEngine:
             source.load_as_version(source_version)
         splits: list[Split] = []
         rows_in = 0
-        for batch in source.to_pyarrow_dataset().to_batches(batch_size=self.batch_rows):
+        for batch in source.to_pyarrow_dataset().to_batches(batch_size=self.batch_rows, use_threads=False):
             rows_in += batch.num_rows
             splits.append(fn(pa.Table.from_batches([batch])))
         result = Split.concat(splits, good_schema)

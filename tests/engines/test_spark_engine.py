@@ -178,7 +178,7 @@ def _bronze_row(source_file: str, offset: int, resource_id: str, raw: str) -> di
 
 def read_sorted(uri: str, first: str, *, drop: tuple[str, ...] = ()) -> pa.Table:
     """A Delta table read with delta-rs, without ``drop``, sorted by ``first`` then every column."""
-    table = DeltaTable(uri).to_pyarrow_table()
+    table = DeltaTable(uri).to_pyarrow_dataset().to_table(use_threads=False)
     table = table.drop_columns(list(drop))
     order = [first] + [c for c in table.column_names if c != first]
     return table.sort_by([(c, "ascending") for c in order])
@@ -273,7 +273,7 @@ def test_spark_engine_reads_the_pinned_source_version_and_overwrites(
     pinned = apply(first_version)
     assert (pinned.rows_in, pinned.good, pinned.quarantined) == (10, 10, 0)
     assert not DeltaTable.is_deltatable(quarantine), "no quarantine rows, no quarantine write"
-    replaced = DeltaTable(target).to_pyarrow_table()
+    replaced = DeltaTable(target).to_pyarrow_dataset().to_table(use_threads=False)
     assert replaced.column_names == OBSERVATION_ROWS.names
     assert sorted(replaced.column("observation_id").to_pylist()) == sorted(
         bronze.slice(0, 10).column("resource_id").to_pylist()
@@ -283,14 +283,14 @@ def test_spark_engine_reads_the_pinned_source_version_and_overwrites(
     assert (latest.rows_in, latest.good, latest.quarantined) == (14, 12, 2)
     # An overwrite with an unchanged schema is one commit, and keeps the NOT NULL columns.
     assert latest.target_version == pinned.target_version + 1
-    written = DeltaTable(target).to_pyarrow_table()
+    written = DeltaTable(target).to_pyarrow_dataset().to_table(use_threads=False)
     assert written.num_rows == 12
     assert {f.name for f in written.schema if not f.nullable} == {
         "observation_id",
         "code",
         "_record_hash",
     }
-    assert by_rule(DeltaTable(quarantine).to_pyarrow_table()) == {
+    assert by_rule(DeltaTable(quarantine).to_pyarrow_dataset().to_table(use_threads=False)) == {
         "parse.bad_json": 1,
         "map.observation_no_code": 1,
     }
