@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -17,3 +18,5 @@ def spark() -> Iterator[SparkSession]:
     session = spark_session(SparkSettings(master="local[2]"), app_name="medlake-tests")
     yield session
     session.stop()
+    # py4j logs from __del__ after pytest has closed its streams: keep it quiet at exit
+    logging.getLogger("py4j").setLevel(logging.WARNING)
