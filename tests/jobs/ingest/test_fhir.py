@@ -177,8 +177,8 @@ def test_partial_and_zoned_datetimes_become_utc():
     assert fhir.parse_datetime("2020-05-01T10:00:00+02:00") == datetime(2020, 5, 1, 8, tzinfo=UTC)
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not present")
 def test_every_corpus_record_is_accounted_for():
+    assert CORPUS.is_dir(), f"the shared corpus is expected beside the repo at {CORPUS}"
     raw = fhir.read_files(fhir.landing_files(CORPUS), root=CORPUS)
     split = fhir.to_bronze(raw, run_id="r1", ingested_at=NOW)
     assert split.good.num_rows + split.quarantined.num_rows == raw.num_rows
