@@ -25,7 +25,7 @@ airflow_app = typer.Typer(help="Local Airflow.", no_args_is_help=True)
 app.add_typer(airflow_app, name="airflow")
 
 console = Console(width=None if sys.stdout.isatty() else 150)
-err = Console(stderr=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -77,8 +77,12 @@ def run(
         err.print(f"[red]landing folder {landing} does not exist[/red]")
         raise typer.Exit(2)
     settings = load_settings(lake=lake)
+    if not as_json:
+        err.print(f"running DAG {settings.airflow.pipeline_dag_id} through Airflow on {landing} …")
     try:
-        dag_run = run_pipeline(settings, landing=landing, lake=lake, quiet=as_json)
+        dag_run = run_pipeline(
+            settings, landing=landing, lake=lake, progress=None if as_json else lambda line: err.print(f"  {line}")
+        )
     except PipelineFailed as exc:
         err.print(f"[red]pipeline failed:[/red] {exc}")
         raise typer.Exit(1) from exc

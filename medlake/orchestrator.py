@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from medlake.config import Settings
@@ -87,23 +90,67 @@ def list_runs(settings: Settings, dag_id: str | None = None) -> list[DagRun]:
     return [DagRun(dag_id=r["dag_id"], run_id=r["run_id"], state=r["state"]) for r in rows]
 
 
-def run_pipeline(settings: Settings, *, landing: Path, lake: Path, quiet: bool = False) -> DagRun:
-    """Run the pipeline DAG once on these folders; raise PipelineFailed unless it succeeded."""
+_TASK_EVENT = re.compile(r"\[DAG TEST\] (starting|end) task(?:_id=| task_id=)(\w+)")
+_LOG_LINE = re.compile(r"^\d{4}-\d{2}-\d{2}T|^\[|^\x1b")
+_FAILURE = re.compile(r"^(?!airflow\.)[\w.]+(Error|Exception|Failed|Imbalance|NotFound): ")
+
+
+def run_pipeline(
+    settings: Settings,
+    *,
+    landing: Path,
+    lake: Path,
+    progress: Callable[[str], None] | None = None,
+) -> DagRun:
+    """Run the pipeline DAG once on these folders; raise PipelineFailed unless it succeeded.
+
+    Airflow's own output goes to a log file under the Airflow home; ``progress`` receives one
+    line per task start and end.
+    """
     ensure_db(settings)
     parsed = _airflow(settings, "dags", "reserialize", capture=True)  # Airflow 3 runs DAGs from the DB
     if parsed.returncode != 0:
         raise PipelineFailed(f"airflow could not parse the DAG files:\n{parsed.stderr[-2000:]}")
     before = {r.run_id for r in list_runs(settings)}
     conf = json.dumps({"landing": str(landing.resolve()), "lake": str(lake.resolve())})
-    done = _airflow(settings, "dags", "test", settings.airflow.pipeline_dag_id, "--conf", conf, capture=quiet)
+    log_dir = settings.airflow.home.resolve() / "run-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}.log"
+    failures: list[str] = []
+    follow = 0  # lines of an exception message that continue below it
+    exe = Path(sys.executable).with_name("airflow")
+    with log_path.open("w") as log, subprocess.Popen(
+        [str(exe), "dags", "test", settings.airflow.pipeline_dag_id, "--conf", conf],
+        env=airflow_env(settings),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            event = _TASK_EVENT.search(line)
+            if event and progress:
+                progress(f"{'started ' if event.group(1) == 'starting' else 'finished'} {event.group(2)}")
+            text = line.strip()
+            if _FAILURE.search(text):
+                failures.append(text)
+                follow = 6
+            elif follow and text and not _LOG_LINE.match(text):
+                failures.append(text)
+                follow -= 1
+            else:
+                follow = 0
+        returncode = proc.wait()
     new = [r for r in list_runs(settings) if r.run_id not in before]
     if not new:
-        tail = (done.stderr or "")[-3000:] if quiet else ""
-        raise PipelineFailed(f"airflow recorded no run of {settings.airflow.pipeline_dag_id} (exit {done.returncode}){tail}")
+        raise PipelineFailed(
+            f"airflow recorded no run of {settings.airflow.pipeline_dag_id} (exit {returncode}); log: {log_path}"
+        )
     run = new[0]
-    if run.state != "success" or done.returncode != 0:
-        tail = (done.stderr or "")[-3000:] if quiet else ""
-        raise PipelineFailed(f"DAG run {run.run_id} ended {run.state} (exit {done.returncode}); see the task logs above{tail}")
+    if run.state != "success" or returncode != 0:
+        detail = "\n  ".join(dict.fromkeys(failures[-14:]))
+        raise PipelineFailed(f"DAG run {run.run_id} ended {run.state} (exit {returncode}):\n  {detail}\nlog: {log_path}")
     return run
 
 

@@ -125,3 +125,19 @@ def test_no_planted_phi_reaches_silver_or_gold(hospital):
     leaked_names = [n for n in phi["names"] if n in words]
     leaked_other = [v for kind in ("phones", "mrns", "ssns", "streets") for v in phi[kind] if v in blob]
     assert leaked_names == [] and leaked_other == []
+
+
+def test_a_failing_quality_check_fails_the_run_loudly_without_retrying(tmp_path):
+    landing = tmp_path / "landing"
+    (landing / "fhir").mkdir(parents=True)
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1970-01-01"}
+    encounter = {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": {"reference": "Patient/p1"},
+                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                 "period": {"start": "2020-01-02T10:00:00Z", "end": "2020-01-01T10:00:00Z"}}  # ends before it starts
+    (landing / "fhir" / "export.ndjson").write_text(json.dumps(patient) + "\n" + json.dumps(encounter) + "\n")
+    done = subprocess.run([MEDLAKE, "run", "--landing", str(landing), "--lake", str(tmp_path / "lake")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert "assert_encounter_ends_after_start" in done.stderr
+    assert "ended failed" in done.stderr
+    assert done.stderr.count("started  dbt_gold") == 1  # bad data is not retried
