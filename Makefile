@@ -52,7 +52,7 @@ bench: env
 
 lint: env
 	$(BIN)/ruff check medlake jobs governance expectations training dags tests bench
-	$(BIN)/mypy medlake
+	$(BIN)/mypy medlake jobs/pipeline.py jobs/ingest expectations/gate.py jobs/gold.py
 
 clean:
 	rm -rf .medlake $(DEMO_DIR)

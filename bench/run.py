@@ -35,9 +35,9 @@ from typing import Any
 import deltalake
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
-from medlake.jobs import pipeline
 
 from medlake import ledger
+from medlake.jobs import pipeline
 from medlake.lake import Lake
 from medlake.registry import BRONZE_FHIR
 

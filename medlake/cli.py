@@ -144,7 +144,7 @@ def ledger(
     Example: medlake ledger --lake .medlake/demo/lake --run manual__2026-11-24T10:00:00+00:00 --json
     """
     target = Lake(lake.resolve())
-    run_id = run_id or (ledger_mod.runs(target) or [None])[-1]
+    run_id = run_id or next(reversed(ledger_mod.runs(target)), None)
     rows = ledger_mod.for_run(target, run_id) if run_id else []
     if as_json:
         _print_json({"run_id": run_id, "entries": rows, "balanced": all(r["balanced"] for r in rows)})

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     )
 
     env: Literal["local", "production"] = Field(
-        default_factory=lambda: os.environ.get("MEDLAKE_ENV", "local"),  # type: ignore[arg-type,return-value]
+        default_factory=lambda: os.environ.get("MEDLAKE_ENV", "local"),  # type: ignore[arg-type]
         description="local needs no credentials; production requires keys from the environment.",
     )
     lake: LakeSettings = LakeSettings()

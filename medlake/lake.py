@@ -110,7 +110,7 @@ class Lake:
                 self.ensure(name)
                 return 0
             self.write(name, data, mode="append", spec=spec)
-            return data.num_rows
+            return int(data.num_rows)
         if data.num_rows == 0:
             return 0
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)

@@ -41,7 +41,7 @@ def quarantine_by_rule(lake: Lake, *, run_id: str | None = None) -> list[dict[st
 
 def summarize(lake: Lake, *, run_id: str | None = None) -> dict[str, Any]:
     """The run summary as a JSON-ready dict."""
-    run_id = run_id or (ledger.runs(lake) or [None])[-1]
+    run_id = run_id or next(reversed(ledger.runs(lake)), None)
     entries = ledger.for_run(lake, run_id) if run_id else []
     balanced = all(bool(e["balanced"]) for e in entries)
     return {

@@ -30,11 +30,6 @@ from medlake.quarantine import Split, quarantine_rows
 from medlake.registry import (
     BRONZE_FHIR,
     FHIR_SILVER,
-    SILVER_CONDITIONS,
-    SILVER_ENCOUNTERS,
-    SILVER_MEDICATIONS,
-    SILVER_OBSERVATIONS,
-    SILVER_PATIENTS,
     TableSpec,
 )
 
@@ -52,32 +47,7 @@ US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-eth
 
 #: The resource types of FHIR R4 (4.0.1). A resourceType outside this set is not FHIR R4.
 R4_RESOURCE_TYPES = frozenset(
-    """Account ActivityDefinition AdverseEvent AllergyIntolerance Appointment AppointmentResponse
-    AuditEvent Basic Binary BiologicallyDerivedProduct BodyStructure Bundle CapabilityStatement
-    CarePlan CareTeam CatalogEntry ChargeItem ChargeItemDefinition Claim ClaimResponse
-    ClinicalImpression CodeSystem Communication CommunicationRequest CompartmentDefinition
-    Composition ConceptMap Condition Consent Contract Coverage CoverageEligibilityRequest
-    CoverageEligibilityResponse DetectedIssue Device DeviceDefinition DeviceMetric DeviceRequest
-    DeviceUseStatement DiagnosticReport DocumentManifest DocumentReference EffectEvidenceSynthesis
-    Encounter Endpoint EnrollmentRequest EnrollmentResponse EpisodeOfCare EventDefinition Evidence
-    EvidenceVariable ExampleScenario ExplanationOfBenefit FamilyMemberHistory Flag Goal
-    GraphDefinition Group GuidanceResponse HealthcareService ImagingStudy Immunization
-    ImmunizationEvaluation ImmunizationRecommendation ImplementationGuide InsurancePlan Invoice
-    Library Linkage List Location Measure MeasureReport Media Medication MedicationAdministration
-    MedicationDispense MedicationKnowledge MedicationRequest MedicationStatement MedicinalProduct
-    MedicinalProductAuthorization MedicinalProductContraindication MedicinalProductIndication
-    MedicinalProductIngredient MedicinalProductInteraction MedicinalProductManufactured
-    MedicinalProductPackaged MedicinalProductPharmaceutical MedicinalProductUndesirableEffect
-    MessageDefinition MessageHeader MolecularSequence NamingSystem NutritionOrder Observation
-    ObservationDefinition OperationDefinition OperationOutcome Organization OrganizationAffiliation
-    Parameters Patient PaymentNotice PaymentReconciliation Person PlanDefinition Practitioner
-    PractitionerRole Procedure Provenance Questionnaire QuestionnaireResponse RelatedPerson
-    RequestGroup ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject
-    RiskAssessment RiskEvidenceSynthesis Schedule SearchParameter ServiceRequest Slot Specimen
-    SpecimenDefinition StructureDefinition StructureMap Subscription Substance
-    SubstanceNucleicAcid SubstancePolymer SubstanceProtein SubstanceReferenceInformation
-    SubstanceSourceMaterial SubstanceSpecification SupplyDelivery SupplyRequest Task
-    TerminologyCapabilities TestReport TestScript ValueSet VerificationResult VisionPrescription""".split()
+    ["Account", "ActivityDefinition", "AdverseEvent", "AllergyIntolerance", "Appointment", "AppointmentResponse", "AuditEvent", "Basic", "Binary", "BiologicallyDerivedProduct", "BodyStructure", "Bundle", "CapabilityStatement", "CarePlan", "CareTeam", "CatalogEntry", "ChargeItem", "ChargeItemDefinition", "Claim", "ClaimResponse", "ClinicalImpression", "CodeSystem", "Communication", "CommunicationRequest", "CompartmentDefinition", "Composition", "ConceptMap", "Condition", "Consent", "Contract", "Coverage", "CoverageEligibilityRequest", "CoverageEligibilityResponse", "DetectedIssue", "Device", "DeviceDefinition", "DeviceMetric", "DeviceRequest", "DeviceUseStatement", "DiagnosticReport", "DocumentManifest", "DocumentReference", "EffectEvidenceSynthesis", "Encounter", "Endpoint", "EnrollmentRequest", "EnrollmentResponse", "EpisodeOfCare", "EventDefinition", "Evidence", "EvidenceVariable", "ExampleScenario", "ExplanationOfBenefit", "FamilyMemberHistory", "Flag", "Goal", "GraphDefinition", "Group", "GuidanceResponse", "HealthcareService", "ImagingStudy", "Immunization", "ImmunizationEvaluation", "ImmunizationRecommendation", "ImplementationGuide", "InsurancePlan", "Invoice", "Library", "Linkage", "List", "Location", "Measure", "MeasureReport", "Media", "Medication", "MedicationAdministration", "MedicationDispense", "MedicationKnowledge", "MedicationRequest", "MedicationStatement", "MedicinalProduct", "MedicinalProductAuthorization", "MedicinalProductContraindication", "MedicinalProductIndication", "MedicinalProductIngredient", "MedicinalProductInteraction", "MedicinalProductManufactured", "MedicinalProductPackaged", "MedicinalProductPharmaceutical", "MedicinalProductUndesirableEffect", "MessageDefinition", "MessageHeader", "MolecularSequence", "NamingSystem", "NutritionOrder", "Observation", "ObservationDefinition", "OperationDefinition", "OperationOutcome", "Organization", "OrganizationAffiliation", "Parameters", "Patient", "PaymentNotice", "PaymentReconciliation", "Person", "PlanDefinition", "Practitioner", "PractitionerRole", "Procedure", "Provenance", "Questionnaire", "QuestionnaireResponse", "RelatedPerson", "RequestGroup", "ResearchDefinition", "ResearchElementDefinition", "ResearchStudy", "ResearchSubject", "RiskAssessment", "RiskEvidenceSynthesis", "Schedule", "SearchParameter", "ServiceRequest", "Slot", "Specimen", "SpecimenDefinition", "StructureDefinition", "StructureMap", "Subscription", "Substance", "SubstanceNucleicAcid", "SubstancePolymer", "SubstanceProtein", "SubstanceReferenceInformation", "SubstanceSourceMaterial", "SubstanceSpecification", "SupplyDelivery", "SupplyRequest", "Task", "TerminologyCapabilities", "TestReport", "TestScript", "ValueSet", "VerificationResult", "VisionPrescription"]
 )
 
 #: what a landing file yields before parsing: the record text, or why the file gave none
@@ -255,10 +225,10 @@ class Pseudonymizer:
     source_system: str = SOURCE_SYSTEM
 
     def person(self, patient_id: str) -> str:
-        return source_key(self.key, self.source_system, patient_id)
+        return str(source_key(self.key, self.source_system, patient_id))
 
     def record(self, kind: str, local_id: str) -> str:
-        return record_key(self.key, kind, self.source_system, local_id)
+        return str(record_key(self.key, kind, self.source_system, local_id))
 
     def shift(self, person_key: str) -> int:
         return _shift_days(self.key, person_key, self.max_shift_days)
@@ -266,7 +236,7 @@ class Pseudonymizer:
 
 @cache
 def _shift_days(key: bytes, person_key: str, max_days: int) -> int:
-    return date_shift_days(key, person_key, max_days=max_days)
+    return int(date_shift_days(key, person_key, max_days=max_days))
 
 
 class Reject(Exception):
@@ -354,8 +324,8 @@ def reference_id(ref: dict[str, Any] | None) -> str | None:
     """The local id a Reference points at: ``Patient/1``, ``urn:uuid:1`` and absolute URLs alike."""
     if not ref or not isinstance(ref.get("reference"), str):
         return None
-    text = ref["reference"]
-    if text.startswith("urn:uuid:") or text.startswith("urn:oid:"):
+    text = str(ref["reference"])
+    if text.startswith(("urn:uuid:", "urn:oid:")):
         return text.split(":", 2)[2]
     parts = [p for p in text.split("/") if p]
     if "_history" in parts:
@@ -457,7 +427,7 @@ def _us_core_text(ext: dict[str, Any] | None) -> str | None:
         return None
     for sub in ext.get("extension") or []:
         if sub.get("url") == "text":
-            return sub.get("valueString")
+            return str(sub["valueString"]) if sub.get("valueString") is not None else None
     for sub in ext.get("extension") or []:
         if sub.get("url") == "ombCategory":
             return (sub.get("valueCoding") or {}).get("display")

@@ -66,8 +66,8 @@ def test_every_record_read_is_accounted_for(hospital):
 def test_tables_exist_with_the_expected_rows(hospital):
     lake, truth = hospital["lake"], hospital["truth"]
     names = set(lake.tables())
-    assert {"bronze.fhir_resources", "quarantine", "ledger", "gold.ml_patient_features"} | set(
-        s.name for s in FHIR_SILVER.values()) <= names
+    assert {"bronze.fhir_resources", "quarantine", "ledger", "gold.ml_patient_features"} | {
+        s.name for s in FHIR_SILVER.values()} <= names
     bad_patients = sum(1 for m in truth["malformed"] if "Patient" in m.get("reason", "") and m["rule"] == "validate.fhir_r4")
     assert lake.count("silver.patients") == truth["resources_total"]["Patient"] - bad_patients
     persons = set(lake.read("silver.patients", columns=["person_key"]).column("person_key").to_pylist())

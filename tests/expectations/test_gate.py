@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+
 from medlake.expectations.gate import (
     SUITES_DIR,
     GateFailed,
@@ -19,7 +20,6 @@ from medlake.expectations.gate import (
     suite_path,
     validate,
 )
-
 from medlake.lake import Lake, TableNotFound
 from medlake.ledger import check
 from medlake.registry import SILVER_CONDITIONS, SILVER_OBSERVATIONS, TableSpec, staging_name
