@@ -49,6 +49,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             "GX_ANALYTICS_ENABLED": "false",
             "PYSPARK_PYTHON": sys.executable,
             "NO_PROXY": "*",
+            # standalone starts its components as `airflow ...` subprocesses: find ours first
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         }
     )
     return env
