@@ -154,13 +154,13 @@ class Keyring:
     def from_dir(cls, folder: Path, *, create: bool = True) -> Keyring:
         """The keys in ``folder`` (``<id>.key``) and its ``active`` pointer; a first key is made when empty."""
         folder = Path(folder)
-        keys = {path.stem: load_or_create_key(path, create=False) for path in sorted(folder.glob("*.key"))}
+        keys = {path.stem: _read_key_file(path) for path in sorted(folder.glob("*.key"))}
         pointer = folder / ACTIVE_FILE
         if not keys and not pointer.exists():
             if not create:
                 raise KeyringError(f"no keys in {folder}: nothing was ever encrypted there, or the key folder moved")
             key_id = new_key_id()
-            keys[key_id] = load_or_create_key(folder / f"{key_id}.key")
+            keys[key_id] = _create_key_file(folder, key_id)
             write_atomically(pointer, key_id + "\n")
         if not pointer.exists():
             raise KeyringError(f"{folder} holds keys but no '{ACTIVE_FILE}' file naming the one in use")
@@ -201,7 +201,7 @@ class Keyring:
             raise KeyringError(
                 f"cannot create key {key_id!r} in {self.source}: add it there (hex) and pass its id, then retry"
             )
-        key = load_or_create_key(self.folder / f"{key_id}.key")
+        key = _create_key_file(self.folder, key_id)
         return replace(self, keys={**self.keys, key_id: key})
 
     def activate(self, key_id: str) -> Keyring:
@@ -223,6 +223,32 @@ class Keyring:
         return replace(self, keys={k: v for k, v in self.keys.items() if k != key_id})
 
 
+def _read_key_file(path: Path) -> bytes:
+    try:
+        return load_or_create_key(path, create=False)
+    except (ValueError, KeyMissing):
+        raise KeyringError(f"key file {path} does not hold {KEY_BYTES} bytes as hex") from None
+
+
+def _create_key_file(folder: Path, key_id: str) -> bytes:
+    """A new random key in ``<folder>/<key_id>.key`` (0600, folder 0700).
+
+    Made under a hidden temporary name, then renamed: a crash leaves either no key file or a
+    whole one, never a half-written file that would stop the keyring from loading.
+    """
+    tmp = folder / f".{key_id}.key.{secrets.token_hex(4)}.tmp"
+    key = load_or_create_key(tmp)
+    _fsync_file(tmp)
+    try:
+        os.link(tmp, folder / f"{key_id}.key")  # unlike a rename, never replaces an existing key
+    except FileExistsError:
+        raise KeyringError(f"key {key_id!r} already exists in {folder}") from None
+    finally:
+        tmp.unlink()
+    _fsync_dir(folder)
+    return key
+
+
 def _check_key_bytes(key: bytes) -> None:
     if len(key) != KEY_BYTES:
         raise KeyMissing(f"an AES-256 key is {KEY_BYTES} bytes, not {len(key)}")
@@ -239,6 +265,14 @@ def write_atomically(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from medlake import ledger
 from medlake.config import Settings
 from medlake.jobs.ingest import fhir
-from medlake.keys import load_or_create_key
+from medlake.keys import audit_key, project_key
 from medlake.lake import Lake
 from medlake.ledger import Entry
 from medlake.quarantine import Split, stamp_run
@@ -44,15 +44,6 @@ class StageResult:
     def as_xcom(self) -> dict[str, object]:
         """Only names, versions and counts travel between tasks, never data."""
         return {"versions": self.versions, "ledger": [e.__dict__ for e in self.entries]}
-
-
-def project_key(settings: Settings) -> bytes:
-    """The project's pseudonym key: from the environment, else the key file (created on first use)."""
-    return load_or_create_key(
-        settings.keys.dir / "project.key",
-        env_var=settings.keys.project_key_env,
-        create=settings.env == "local",
-    )
 
 
 def waiting_sources(landing: Path) -> dict[str, int]:
@@ -78,7 +69,7 @@ def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = Non
     lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
     lake.insert_new(BRONZE_FHIR.name, split.good)
     lake.ensure(BRONZE_FHIR.name)
-    written = lake.read(BRONZE_FHIR.name, columns=["_run_id"], filter=pc.field("_run_id") == run_id).num_rows
+    written = lake.read(BRONZE_FHIR.name, columns=["_run_id"], where={"_run_id": run_id}).num_rows
     entry = Entry(
         stage="ingest",
         table_name=BRONZE_FHIR.name,
@@ -94,7 +85,7 @@ def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = Non
 
 def clean(lake: Lake, *, run_id: str, key: bytes, max_shift_days: int, bronze_version: int | None = None) -> StageResult:
     """This run's bronze rows → validated, pseudonymized, date-shifted rows in staging, awaiting the gate."""
-    bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, filter=pc.field("_run_id") == run_id)
+    bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
     transforms: dict[str, Callable[..., Split]] = {
         "Patient": fhir.patients_from_bronze,
         "Encounter": fhir.encounters_from_bronze,
@@ -176,11 +167,29 @@ def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
     return {"versions": result.versions}
 
 
-def task_summary(lake: str, *, run_id: str) -> dict[str, object]:
+def task_summary(lake: str, *, run_id: str, actor: str = "airflow") -> dict[str, object]:
     from medlake.summary import summarize, write_summary
 
-    summary = summarize(Lake(Path(lake)), run_id=run_id)
-    path = write_summary(Lake(Path(lake)), summary)
+    from medlake.governance import audit
+
+    target = Lake(Path(lake))
+    summary = summarize(target, run_id=run_id)
+    path = write_summary(target, summary)
     log.info("run summary written to %s", path)
+    audit.append(
+        target,
+        key=audit_key(Settings()),
+        actor=actor,
+        role="data_engineer",
+        action="pipeline.run",
+        object="medlake_pipeline",
+        run_id=run_id,
+        purpose="operations",
+        details={
+            "ledger_balanced": summary["ledger_balanced"],
+            "tables": {t["table"]: t["version"] for t in summary["tables"]},
+            "quarantined": sum(q["count"] for q in summary["quarantine"]),
+        },
+    )
     ledger.check(Entry(**{k: v for k, v in row.items() if k in Entry.__dataclass_fields__}) for row in summary["ledger"])
     return {"summary": str(path)}

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medlake import ledger as ledger_mod
+from medlake.commands.governance import audit_app, vault_app
 from medlake.config import load_settings, settings_table
 from medlake.lake import Lake
 
@@ -23,6 +24,8 @@ app = typer.Typer(
 )
 airflow_app = typer.Typer(help="Local Airflow.", no_args_is_help=True)
 app.add_typer(airflow_app, name="airflow")
+app.add_typer(audit_app, name="audit")
+app.add_typer(vault_app, name="vault")
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)

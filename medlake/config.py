@@ -43,6 +43,10 @@ class KeySettings(BaseModel):
         default="MEDLAKE_PROJECT_KEY",
         description="Environment variable that, when set, holds the project key (hex); overrides the key file.",
     )
+    audit_key_env: str = Field(
+        default="MEDLAKE_AUDIT_KEY",
+        description="Environment variable that, when set, holds the audit-log MAC key (hex); overrides the key file.",
+    )
 
 
 class DeidSettings(BaseModel):

@@ -9,6 +9,8 @@ import os
 import secrets
 from pathlib import Path
 
+from medlake.config import Settings
+
 KEY_BYTES = 32
 
 
@@ -40,3 +42,19 @@ def load_or_create_key(path: Path, *, env_var: str | None = None, create: bool =
     with os.fdopen(fd, "w") as handle:
         handle.write(key.hex())
     return key
+
+
+def project_key(settings: Settings) -> bytes:
+    """The pseudonym key: from the environment, else ``<keys>/project.key`` (created locally only)."""
+    return load_or_create_key(
+        settings.keys.dir / "project.key", env_var=settings.keys.project_key_env, create=settings.env == "local"
+    )
+
+
+def audit_key(settings: Settings, *, create: bool | None = None) -> bytes:
+    """The audit-log MAC key: from the environment, else ``<keys>/audit.key`` (created locally only)."""
+    return load_or_create_key(
+        settings.keys.dir / "audit.key",
+        env_var=settings.keys.audit_key_env,
+        create=settings.env == "local" if create is None else create,
+    )

@@ -6,12 +6,13 @@ gives the same tables.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
 from medlake.registry import TABLES, TableSpec
@@ -59,8 +60,17 @@ class Lake:
         version: int | None = None,
         columns: Sequence[str] | None = None,
         filter: Any = None,
+        where: Mapping[str, str] | None = None,
     ) -> pa.Table:
-        """The rows of a table (empty with its registered schema when it does not exist yet)."""
+        """The rows of a table (empty with its registered schema when it does not exist yet).
+
+        ``where`` keeps rows whose string columns equal the given values. Prefer it to a raw
+        ``filter`` on strings: files written by delta-rs MERGE hold ``string_view`` columns, which
+        a plain ``pc.field(c) == v`` cannot compare; ``where`` casts first.
+        """
+        for column, value in (where or {}).items():
+            condition = pc.field(column).cast(pa.string()) == value
+            filter = condition if filter is None else filter & condition
         if not self.exists(name):
             spec = TABLES.get(name)
             if spec is None:

@@ -96,7 +96,8 @@ def test_rerunning_the_same_landing_adds_no_rows(hospital):
     lake = hospital["lake"]
     after = {name: lake.count(name) for name in hospital["counts_after_first"]}
     changed = {n: (hospital["counts_after_first"][n], after[n]) for n in after
-               if n != "ledger" and not n.startswith("staging.") and after[n] != hospital["counts_after_first"][n]}
+               if n not in ("ledger", "audit") and not n.startswith("staging.")
+               and after[n] != hospital["counts_after_first"][n]}
     assert changed == {}
     ingest = next(e for e in hospital["second"]["ledger"] if e["stage"] == "ingest")
     assert ingest["records_out"] == 0 and ingest["merged"] > 0
@@ -141,3 +142,12 @@ def test_a_failing_quality_check_fails_the_run_loudly_without_retrying(tmp_path)
     assert "assert_encounter_ends_after_start" in done.stderr
     assert "ended failed" in done.stderr
     assert done.stderr.count("started  dbt_gold") == 1  # bad data is not retried
+
+
+def test_every_run_is_in_the_audit_chain_and_the_chain_verifies(hospital):
+    lake = str(hospital["lake"].root)
+    done = subprocess.run([MEDLAKE, "audit", "verify", "--lake", lake], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    entries = medlake("audit", "log", "--lake", lake, "--json")
+    runs = [e["run_id"] for e in entries if e["action"] == "pipeline.run"]
+    assert runs == [hospital["first"]["dag_run"]["run_id"], hospital["second"]["dag_run"]["run_id"]]

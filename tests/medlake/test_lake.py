@@ -26,3 +26,17 @@ def test_insert_new_adds_only_unseen_keys_and_time_travel_reads_the_old_version(
 def test_reading_a_missing_registered_table_gives_its_empty_schema(tmp_path):
     table = Lake(tmp_path).read("silver.observations")
     assert table.num_rows == 0 and "observation_key" in table.column_names
+
+
+def test_where_filters_rows_written_by_a_merge(tmp_path):
+    lake = Lake(tmp_path)
+
+    def row(offset: int, run: str) -> pa.Table:
+        return quarantine_rows([{"rule_id": "parse.bad_json", "reason": "r", "source_file": "f", "source_offset": offset}],
+                               table_name="bronze.fhir_resources", run_id=run)
+
+    lake.insert_new("quarantine", row(1, "a"))
+    lake.insert_new("quarantine", row(2, "b"))  # a MERGE: its file holds string_view columns
+    lake.upsert("quarantine", row(3, "b"))
+    assert sorted(lake.read("quarantine", where={"run_id": "b"}).column("source_offset").to_pylist()) == [2, 3]
+    assert lake.read("quarantine", columns=["run_id"], where={"run_id": "a"}).num_rows == 1

@@ -1,0 +1,1 @@
+"""Groups of CLI commands, each a Typer app that ``medlake.cli`` registers with ``add_typer``."""

@@ -1,0 +1,210 @@
+"""``medlake audit`` and ``medlake vault``: thin wrappers over governance.audit and governance.vault.
+
+Keys are loaded here, from the settings' key folder or the environment, and passed down:
+``MEDLAKE_AUDIT_KEY`` (hex) or ``<keys>/audit.key``; ``MEDLAKE_VAULT_KEYS`` (JSON ``{key_id: hex}``,
+the active key named by ``MEDLAKE_VAULT_ACTIVE_KEY`` or listed last) or ``<keys>/vault/``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from medlake.config import Settings, load_settings
+from medlake.governance import audit, vault
+from medlake.governance.crypto import Keyring, KeyringError
+from medlake.keys import KeyMissing, audit_key
+from medlake.lake import Lake
+
+VAULT_KEYS_ENV = "MEDLAKE_VAULT_KEYS"
+VAULT_ACTIVE_KEY_ENV = "MEDLAKE_VAULT_ACTIVE_KEY"
+
+audit_app = typer.Typer(help="The tamper-evident audit log: verify it, list it.", no_args_is_help=True)
+vault_app = typer.Typer(help="The pseudonym vault: re-identify a person, rotate the vault key.", no_args_is_help=True)
+
+console = Console(width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True)
+
+LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ActorOpt = Annotated[str | None, typer.Option("--actor", help="Who is acting (default: the login name).")]
+
+
+def vault_keyring(settings: Settings, *, create: bool) -> Keyring:
+    """The vault keyring: ``MEDLAKE_VAULT_KEYS`` when set, else the folder ``<keys>/vault/``."""
+    if os.environ.get(VAULT_KEYS_ENV):
+        return Keyring.from_json(
+            os.environ[VAULT_KEYS_ENV], active=os.environ.get(VAULT_ACTIVE_KEY_ENV) or None, source=VAULT_KEYS_ENV
+        )
+    return Keyring.from_dir(settings.keys.dir / "vault", create=create)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]{escape(message)}[/red]")
+    return typer.Exit(code)
+
+
+@audit_app.command("verify")
+def audit_verify(lake: LakeOpt, as_json: JsonOpt = False) -> None:
+    """Walk the audit log's hash chain and signed head: exit 0 when intact, 1 naming the first broken entry.
+
+    Detects edited, deleted, inserted, reordered and forged entries, a removed tail, and a wrong key.
+    Exit 2 when the audit key is missing.
+
+    Example: medlake audit verify --lake .medlake/demo/lake
+    """
+    settings = load_settings(lake=lake)
+    target = Lake(lake.resolve())
+    if not target.path(audit.TABLE).exists():
+        result = audit.Verification(ok=True, entries=0)
+    else:
+        try:
+            key = audit_key(settings, create=False)
+        except KeyMissing as exc:
+            raise _fail(f"cannot verify the audit log: {exc}", code=2) from exc
+        result = audit.verify(target, key=key)
+    if as_json:
+        _print_json(result.as_dict())
+    elif result.ok:
+        console.print(f"audit log intact: {result.entries} entries, signed head at entry {result.head_seq}")
+    else:
+        where = f"entry {result.first_broken_seq}" if result.first_broken_seq is not None else "the log"
+        err.print(f"[red]audit log BROKEN at {where}:[/red] {escape(result.problem or '')}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("log")
+def audit_log(
+    lake: LakeOpt,
+    action: Annotated[str | None, typer.Option(help="Only this action, e.g. vault.reidentify.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="The latest N entries.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List audit entries, oldest first: who did what to which object, when and why.
+
+    Example: medlake audit log --lake .medlake/demo/lake --action vault.reidentify --json
+    """
+    entries = [e for e in audit.read(Lake(lake.resolve())) if action is None or e.action == action][-limit:]
+    rows = [e.as_dict() for e in entries]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} audit entr{'y' if len(rows) == 1 else 'ies'}", title_justify="left")
+    columns = ["seq", "at", "actor", "role", "action", "object", "run_id", "purpose", "details"]
+    for column in columns:
+        table.add_column(column, justify="right" if column == "seq" else "left")
+    for row in rows:
+        row = {**row, "at": row["at"][:19] + "Z"}  # to the second, for reading
+        cells = [row[c] if c != "details" else (json.dumps(row[c], sort_keys=True) if row[c] else None) for c in columns]
+        table.add_row(*(escape("" if v is None else str(v)) for v in cells))
+    console.print(table)
+
+
+@vault_app.command("reidentify")
+def vault_reidentify(
+    person_key: Annotated[str, typer.Argument(help="The person_key to re-identify.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded in the audit log with the request.")],
+    lake: LakeOpt,
+    role: Annotated[str, typer.Option(help="Your role; only 'reidentifier' may re-identify.")],
+    actor: ActorOpt = None,
+    purpose: Annotated[str | None, typer.Option(help="Purpose of use: treatment, research, quality, operations.")] = None,
+) -> None:
+    """Print who a person_key is (JSON). Only for role reidentifier; every attempt is audited with its reason.
+
+    Example: medlake vault reidentify 3f9c2a7e5b1d4c6a8e0f2b4d6a8c0e1f --reason "ticket 4711: contact patient about result" --role reidentifier --lake .medlake/demo/lake
+    """
+    settings = load_settings(lake=lake)
+    try:
+        key = audit_key(settings, create=settings.env == "local")
+        keyring = vault_keyring(settings, create=False)
+    except (KeyMissing, KeyringError) as exc:
+        raise _fail(f"cannot re-identify: {exc}", code=2) from exc
+    try:
+        found = vault.reidentify(
+            Lake(lake.resolve()),
+            person_key,
+            keyring=keyring,
+            role=role,
+            reason=reason,
+            actor=actor or getpass.getuser(),
+            audit_key=key,
+            purpose=purpose,
+        )
+    except vault.AccessDenied as exc:
+        raise _fail(f"refused: {exc} (this attempt was audited)") from exc
+    except (vault.NotInVault, vault.VaultKeyError, audit.AuditLogBroken) as exc:
+        raise _fail(str(exc)) from exc
+    _print_json(found)
+
+
+@vault_app.command("rotate-key")
+def vault_rotate_key(
+    lake: LakeOpt,
+    new_key_id: Annotated[
+        str | None,
+        typer.Option(help="Id of the new key (default: a fresh one). With MEDLAKE_VAULT_KEYS, add that key there first."),
+    ] = None,
+    keep_old_keys: Annotated[bool, typer.Option(help="Leave the old keys in the keyring (default: retire them).")] = False,
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-encrypt every vault row under a new key (person_keys unchanged); crash-safe, audited.
+
+    Example: medlake vault rotate-key --lake .medlake/demo/lake
+    """
+    settings = load_settings(lake=lake)
+    try:
+        key = audit_key(settings, create=settings.env == "local")
+        keyring = vault_keyring(settings, create=settings.env == "local")
+    except (KeyMissing, KeyringError) as exc:
+        raise _fail(f"cannot rotate the vault key: {exc}", code=2) from exc
+    try:
+        with err.status("re-encrypting the vault…"):
+            rotation = vault.rotate_key(
+                Lake(lake.resolve()),
+                keyring=keyring,
+                audit_key=key,
+                actor=actor or getpass.getuser(),
+                new_key_id=new_key_id,
+                retire_old=not keep_old_keys,
+            )
+    except (KeyringError, vault.VaultKeyError, vault.VaultChanged, audit.AuditLogBroken) as exc:
+        raise _fail(f"rotation stopped, every row is still readable: {exc}") from exc
+    summary = {
+        "new_key_id": rotation.new_key_id,
+        "rows": rotation.rows,
+        "from_key_ids": list(rotation.from_key_ids),
+        "retired": list(rotation.retired),
+        "version": rotation.version,
+    }
+    if as_json:
+        _print_json(summary)
+        return
+    console.print(
+        f"re-encrypted {rotation.rows} vault row(s) from {', '.join(rotation.from_key_ids) or '(none)'} "
+        f"to {rotation.new_key_id}; active key is now {rotation.new_key_id}"
+    )
+    if rotation.retired and rotation.keyring.folder is not None:
+        console.print(
+            f"retired {', '.join(rotation.retired)} to {rotation.keyring.folder / 'retired'}: "
+            "destroy them once no backup needs them"
+        )
+    elif rotation.retired:
+        console.print(
+            f"no row needs {', '.join(rotation.retired)} any more: remove them from {VAULT_KEYS_ENV} "
+            f"and set {VAULT_ACTIVE_KEY_ENV}={rotation.new_key_id}"
+        )

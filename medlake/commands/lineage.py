@@ -1,0 +1,72 @@
+"""`medlake lineage`: what a table was made from and what was made from it, from the OpenLineage events."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.tree import Tree
+
+from medlake.governance.lineage import Graph, Link, events_path, lineage_graph
+
+app = typer.Typer(help="OpenLineage lineage of the lake's tables.", no_args_is_help=True)
+
+console = Console(width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True)
+
+
+@app.command()
+def show(
+    table: Annotated[str, typer.Argument(help="Table name, e.g. silver.observations.")],
+    lake: Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)],
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run", help="Airflow run id (default: the last run that touched the table)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Show a table's upstream and downstream tables, with the Delta versions one run read and wrote.
+
+    Example: medlake lineage show silver.observations --lake .medlake/demo/lake
+    """
+    graph = lineage_graph(lake.resolve(), table, run_id=run_id)
+    if not graph.found:
+        run = f" in run {run_id}" if run_id else ""
+        err.print(
+            f"[red]no lineage recorded for {escape(table)}{escape(run)}[/red] in {events_path(lake)}; run the pipeline first"
+        )
+        raise typer.Exit(1)
+    if as_json:
+        sys.stdout.write(json.dumps(graph.as_dict(), indent=2) + "\n")
+        return
+    console.print(_tree(graph))
+
+
+def _tree(graph: Graph) -> Tree:
+    root = Tree(
+        f"[bold]{escape(graph.table)}[/bold] {_v(graph.version)}   [dim]run {escape(str(graph.airflow_run_id))}[/dim]"
+    )
+    for label, links, arrow in (
+        ("upstream", graph.upstream, "read by"),
+        ("downstream", graph.downstream, "written by"),
+    ):
+        branch = root.add(f"[bold]{label}[/bold]" + ("" if links else " [dim](none)[/dim]"))
+        _add(branch, links, arrow)
+    return root
+
+
+def _add(branch: Tree, links: tuple[Link, ...], arrow: str) -> None:
+    for link in links:
+        label = f"{escape(link.table)} {_v(link.version)}  [dim]{arrow} {escape(link.job)}[/dim]"
+        _add(branch.add(label), link.links, arrow)
+
+
+def _v(version: int | None) -> str:
+    return "" if version is None else f"v{version}"

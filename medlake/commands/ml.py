@@ -1,0 +1,326 @@
+"""`medlake dataset ...` and `medlake train`: versioned datasets for the ML team, and training on them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from medlake.config import STATE_DIR
+from medlake.lake import Lake
+
+dataset_app = typer.Typer(
+    help="Versioned datasets: a gold table pinned at a Delta version, with a manifest.",
+    no_args_is_help=True,
+)
+train_app = typer.Typer(help="Train a model on a published dataset, tracked in MLflow.")
+
+console = Console(width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True)
+
+LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+RoleOpt = Annotated[str, typer.Option("--role", help="Who pulls: ml, data_engineer or compliance.")]
+
+
+class PullFormat(str, Enum):
+    parquet = "parquet"
+    arrow = "arrow"
+    pandas = "pandas"
+
+
+class DeidLevel(str, Enum):
+    safe_harbor = "safe_harbor"
+    expert_determination = "expert_determination"
+    limited_data_set = "limited_data_set"
+    identified = "identified"
+
+
+@dataset_app.command("publish")
+def publish(
+    table: Annotated[
+        str, typer.Argument(help="Gold table, e.g. ml_patient_features (or layer.table).")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Dataset name, e.g. patient_features.")],
+    lake: LakeOpt,
+    deid_level: Annotated[
+        DeidLevel, typer.Option("--deid-level", help="De-identification level of the rows.")
+    ] = DeidLevel.safe_harbor,
+    run_ids: Annotated[
+        list[str] | None,
+        typer.Option("--lineage-run-id", help="Extra run id to record (repeatable)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pin a table's current Delta version as the next version of a named dataset.
+
+    Example: medlake dataset publish ml_patient_features --name patient_features --lake .medlake/demo/lake
+    """
+    from medlake.training import datasets
+
+    with _errors():
+        m = datasets.publish(
+            Lake(lake.resolve()),
+            table,
+            name=name,
+            deid_level=deid_level.value,
+            lineage_run_ids=run_ids or (),
+        )
+    if as_json:
+        _print_json(m.as_dict())
+        return
+    console.print(
+        f"published [bold]{escape(m.ref)}[/bold]: {m.table} at Delta version {m.delta_version}, "
+        f"{m.row_count} rows, content hash {m.content_hash[:16]}..."
+    )
+
+
+@dataset_app.command("list")
+def list_(
+    lake: LakeOpt,
+    name: Annotated[str | None, typer.Option("--name", help="Only this dataset.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List published dataset versions with the table and Delta version each pins.
+
+    Example: medlake dataset list --lake .medlake/demo/lake --json
+    """
+    from medlake.training import datasets
+
+    manifests = datasets.list_datasets(Lake(lake.resolve()), name)
+    if as_json:
+        _print_json([m.as_dict() for m in manifests])
+        return
+    table = Table(title=f"{len(manifests)} dataset version(s)", title_justify="left")
+    for column in ("dataset", "table", "delta version", "rows", "de-id", "content hash", "created"):
+        table.add_column(column)
+    for m in manifests:
+        table.add_row(
+            m.ref,
+            m.table,
+            str(m.delta_version),
+            str(m.row_count),
+            m.deid_level,
+            m.content_hash[:16],
+            m.created_at.isoformat(timespec="seconds"),
+        )
+    console.print(table)
+
+
+@dataset_app.command("pull")
+def pull(
+    ref: Annotated[
+        str, typer.Argument(help="name@version, e.g. patient_features@3 (or name@latest).")
+    ],
+    lake: LakeOpt,
+    role: RoleOpt,
+    to: Annotated[
+        PullFormat,
+        typer.Option(
+            "--to", help="parquet or arrow: write a file; pandas: print a preview of the rows."
+        ),
+    ] = PullFormat.parquet,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="File to write (default: ./<name>_v<version>.<parquet|arrow>).",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Pull exactly the rows of a dataset version (time travel), checked against its content hash.
+
+    Example: medlake dataset pull patient_features@3 --to parquet --out features.parquet --role ml --lake .medlake/demo/lake
+    """
+    import pyarrow as pa
+    from pyarrow import feather
+
+    from medlake.training import datasets
+
+    target = Lake(lake.resolve())
+    with _errors():
+        m = datasets.manifest(target, ref)
+        if to is PullFormat.parquet:
+            path = datasets.pull(
+                target, m.ref, role=role, to="parquet", out=out or _default_out(m, "parquet")
+            )
+            console.print(
+                f"wrote {m.row_count} rows of {escape(m.ref)} to {path} (content hash verified)"
+            )
+            return
+        rows = datasets.pull(target, m.ref, role=role, to="arrow")
+    assert isinstance(rows, pa.Table)
+    if to is PullFormat.arrow:
+        path = out or _default_out(m, "arrow")
+        feather.write_feather(rows, path, compression="uncompressed")
+        console.print(
+            f"wrote {rows.num_rows} rows of {escape(m.ref)} to {path} (Arrow IPC, content hash verified)"
+        )
+        return
+    frame = rows.to_pandas()
+    console.print(
+        f"{escape(m.ref)}: {frame.shape[0]} rows x {frame.shape[1]} columns (content hash verified)"
+    )
+    console.print(frame.head(10).to_string())
+
+
+@dataset_app.command("diff")
+def diff(
+    a: Annotated[str, typer.Argument(help="Reference version, e.g. patient_features@1.")],
+    b: Annotated[str, typer.Argument(help="Version to compare, e.g. patient_features@2.")],
+    lake: LakeOpt,
+    role: Annotated[str, typer.Option("--role", help="Who reads both versions.")] = "ml",
+    label: Annotated[
+        str | None, typer.Option("--label", help="Label column (default: has_diabetes if present).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare two dataset versions: rows, added/removed columns, per-feature PSI, label prevalence.
+
+    Example: medlake dataset diff patient_features@1 patient_features@2 --lake .medlake/demo/lake
+    """
+    from medlake.training.drift import diff as drift_diff
+
+    with _errors():
+        report = drift_diff(Lake(lake.resolve()), a, b, role=role, label=label)
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    console.print(
+        f"[bold]{escape(report.a)} → {escape(report.b)}[/bold]: rows {report.rows_a} → {report.rows_b}"
+    )
+    if report.label:
+        console.print(
+            f"label {report.label}: prevalence {_pct(report.prevalence_a)} → {_pct(report.prevalence_b)}"
+        )
+    for what, columns in (("added", report.added_columns), ("removed", report.removed_columns)):
+        if columns:
+            console.print(f"{what} columns: {', '.join(columns)}")
+    for column, type_a, type_b in report.type_changes:
+        console.print(f"type changed: {column} {type_a} → {type_b}")
+    table = Table(title="feature shift (PSI, A as reference)", title_justify="left")
+    for column in ("feature", "kind", "PSI", "shift", "missing A", "missing B", "mean A", "mean B"):
+        table.add_column(column)
+    for f in report.features:
+        table.add_row(
+            f.column,
+            f.kind,
+            f"{f.psi:.3f}",
+            f.level,
+            _pct(f.missing_a),
+            _pct(f.missing_b),
+            "" if f.mean_a is None else f"{f.mean_a:.3g}",
+            "" if f.mean_b is None else f"{f.mean_b:.3g}",
+        )
+    console.print(table)
+
+
+@train_app.callback(invoke_without_command=True)
+def train(
+    lake: LakeOpt,
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="name@version to train on, e.g. patient_features@1.")
+    ],
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow tracking URI (default: sqlite:///$MEDLAKE_HOME/mlflow/mlflow.db).",
+        ),
+    ] = None,
+    label: Annotated[
+        str, typer.Option("--label", help="Boolean column to predict.")
+    ] = "has_diabetes",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of splits and model.")] = 0,
+    optuna_trials: Annotated[
+        int,
+        typer.Option(
+            "--optuna-trials", min=0, help="Tune hyperparameters with Optuna first (0: off)."
+        ),
+    ] = 0,
+    target_sensitivity: Annotated[
+        float | None,
+        typer.Option(
+            "--target-sensitivity",
+            min=0.01,
+            max=1.0,
+            help="Threshold reaching this sensitivity (default: Youden's J).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train, evaluate and register a model on a dataset version; print the MLflow run id and metrics.
+
+    Example: medlake train --lake .medlake/demo/lake --dataset patient_features@1
+    """
+    from medlake.training.train import default_tracking_uri
+    from medlake.training.train import train as run_training
+
+    uri = tracking_uri or default_tracking_uri(STATE_DIR)
+    with _errors():
+        result = run_training(
+            Lake(lake.resolve()),
+            dataset,
+            tracking_uri=uri,
+            label=label,
+            seed=seed,
+            optuna_trials=optuna_trials,
+            target_sensitivity=target_sensitivity,
+        )
+    if as_json:
+        _print_json(
+            {
+                "run_id": result.run_id,
+                "dataset": result.dataset,
+                "tracking_uri": uri,
+                "model": result.model_name,
+                "model_version": result.model_version,
+                "metrics": result.metrics,
+            }
+        )
+        return
+    console.print(f"MLflow run [bold]{result.run_id}[/bold] ({uri})")
+    console.print(f"registered model {escape(result.model_name)} version {result.model_version}")
+    table = Table(title=f"{label} on {result.dataset}, test fold", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(result.metrics.items()):
+        table.add_row(key, f"{value:.4g}")
+    console.print(table)
+
+
+def _default_out(m: Any, suffix: str) -> Path:
+    return Path(f"{m.name}_v{m.version}.{suffix}")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """A dataset error becomes one red line and exit code 1; a refused pull exits 3."""
+    from medlake.training.datasets import DatasetError, PullRefused
+
+    try:
+        yield
+    except PullRefused as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(3) from exc
+    except (DatasetError, ValueError) as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from exc
