@@ -21,8 +21,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from medlake.errors import BadDataError
 from medlake.config import DbtSettings
+from medlake.errors import BadDataError
 from medlake.lake import Lake
 
 log = logging.getLogger(__name__)
