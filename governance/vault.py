@@ -17,6 +17,7 @@ key that is still in the keyring.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
+from medlake.config import Settings
 from medlake.governance import audit
 from medlake.governance.crypto import (
     DecryptionFailed,
@@ -383,3 +385,18 @@ def _json_value(value: Any) -> str:
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(f"an identity field of type {type(value).__name__} cannot be stored in the vault")
+
+
+VAULT_KEYS_ENV = "MEDLAKE_VAULT_KEYS"
+VAULT_ACTIVE_KEY_ENV = "MEDLAKE_VAULT_ACTIVE_KEY"
+
+
+def vault_keyring(settings: Settings, *, create: bool) -> Keyring:
+    """The vault keyring: ``MEDLAKE_VAULT_KEYS`` when set, else the folder ``<keys>/vault/``."""
+    if os.environ.get(VAULT_KEYS_ENV):
+        return Keyring.from_json(
+            os.environ[VAULT_KEYS_ENV], active=os.environ.get(VAULT_ACTIVE_KEY_ENV) or None, source=VAULT_KEYS_ENV
+        )
+    return Keyring.from_dir(settings.keys.dir / "vault", create=create)
+
+

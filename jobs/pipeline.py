@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 
 from medlake import ledger
 from medlake.config import Settings
+from medlake.governance import vault
+from medlake.governance.crypto import Keyring
 from medlake.jobs.ingest import fhir
 from medlake.keys import audit_key, project_key
 from medlake.lake import Lake
@@ -83,9 +85,22 @@ def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = Non
     return StageResult({BRONZE_FHIR.name: lake.version(BRONZE_FHIR.name)}, [entry])
 
 
-def clean(lake: Lake, *, run_id: str, key: bytes, max_shift_days: int, bronze_version: int | None = None) -> StageResult:
-    """This run's bronze rows → validated, pseudonymized, date-shifted rows in staging, awaiting the gate."""
+def clean(
+    lake: Lake,
+    *,
+    run_id: str,
+    key: bytes,
+    max_shift_days: int,
+    keyring: Keyring | None = None,
+    bronze_version: int | None = None,
+) -> StageResult:
+    """This run's bronze rows → validated, pseudonymized, date-shifted rows in staging, awaiting the gate.
+
+    With a ``keyring``, the identities stripped from patients go encrypted into the vault first.
+    """
     bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
+    if keyring is not None:
+        vault.store(lake, fhir.patient_identities(bronze, key=key), keyring=keyring)
     transforms: dict[str, Callable[..., Split]] = {
         "Patient": fhir.patients_from_bronze,
         "Encounter": fhir.encounters_from_bronze,
@@ -147,6 +162,7 @@ def task_clean(lake: str, *, run_id: str, bronze_version: int | None) -> dict[st
         run_id=run_id,
         key=project_key(settings),
         max_shift_days=settings.deid.date_shift_max_days,
+        keyring=vault.vault_keyring(settings, create=settings.env == "local"),
         bronze_version=bronze_version,
     ).as_xcom()
 
@@ -168,9 +184,8 @@ def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
 
 
 def task_summary(lake: str, *, run_id: str, actor: str = "airflow") -> dict[str, object]:
-    from medlake.summary import summarize, write_summary
-
     from medlake.governance import audit
+    from medlake.summary import summarize, write_summary
 
     target = Lake(Path(lake))
     summary = summarize(target, run_id=run_id)

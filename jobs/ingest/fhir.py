@@ -447,6 +447,39 @@ def flatten_patient(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str
     ]
 
 
+def patient_identities(bronze: pa.Table, *, key: bytes) -> list[dict[str, Any]]:
+    """The direct identifiers of each Patient row, keyed by its pseudonyms, for the encrypted vault.
+
+    This is the only place identities leave a FHIR resource; silver never sees them.
+    """
+    pseudo = Pseudonymizer(key=key)
+    identities: dict[str, dict[str, Any]] = {}  # one per source record: a later version replaces an earlier
+    patients = bronze.filter(pc.equal(bronze.column("resource_type"), "Patient"))
+    for raw in patients.column("raw").to_pylist():
+        try:
+            res = json.loads(raw)
+        except json.JSONDecodeError:
+            continue  # quarantined by the flattener
+        if not isinstance(res.get("id"), str):
+            continue
+        person = pseudo.person(res["id"])
+        identities[person] = (
+            {
+                "person_key": person,
+                "source_key": person,
+                "source_system": pseudo.source_system,
+                "local_id": res["id"],
+                "names": res.get("name") or [],
+                "birth_date": res.get("birthDate"),
+                "deceased": res.get("deceasedDateTime") or res.get("deceasedBoolean"),
+                "telecom": res.get("telecom") or [],
+                "address": res.get("address") or [],
+                "identifiers": res.get("identifier") or [],
+            }
+        )
+    return list(identities.values())
+
+
 def _us_core_text(ext: dict[str, Any] | None) -> str | None:
     if not ext:
         return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,14 +18,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from medlake.config import Settings, load_settings
+from medlake.config import load_settings
 from medlake.governance import audit, vault
-from medlake.governance.crypto import Keyring, KeyringError
+from medlake.governance.crypto import KeyringError
+from medlake.governance.vault import VAULT_ACTIVE_KEY_ENV, VAULT_KEYS_ENV, vault_keyring
 from medlake.keys import KeyMissing, audit_key
 from medlake.lake import Lake
-
-VAULT_KEYS_ENV = "MEDLAKE_VAULT_KEYS"
-VAULT_ACTIVE_KEY_ENV = "MEDLAKE_VAULT_ACTIVE_KEY"
 
 audit_app = typer.Typer(help="The tamper-evident audit log: verify it, list it.", no_args_is_help=True)
 vault_app = typer.Typer(help="The pseudonym vault: re-identify a person, rotate the vault key.", no_args_is_help=True)
@@ -37,15 +34,6 @@ err = Console(stderr=True)
 LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 ActorOpt = Annotated[str | None, typer.Option("--actor", help="Who is acting (default: the login name).")]
-
-
-def vault_keyring(settings: Settings, *, create: bool) -> Keyring:
-    """The vault keyring: ``MEDLAKE_VAULT_KEYS`` when set, else the folder ``<keys>/vault/``."""
-    if os.environ.get(VAULT_KEYS_ENV):
-        return Keyring.from_json(
-            os.environ[VAULT_KEYS_ENV], active=os.environ.get(VAULT_ACTIVE_KEY_ENV) or None, source=VAULT_KEYS_ENV
-        )
-    return Keyring.from_dir(settings.keys.dir / "vault", create=create)
 
 
 def _print_json(data: Any) -> None:

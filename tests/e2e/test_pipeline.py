@@ -151,3 +151,15 @@ def test_every_run_is_in_the_audit_chain_and_the_chain_verifies(hospital):
     entries = medlake("audit", "log", "--lake", lake, "--json")
     runs = [e["run_id"] for e in entries if e["action"] == "pipeline.run"]
     assert runs == [hospital["first"]["dag_run"]["run_id"], hospital["second"]["dag_run"]["run_id"]]
+
+
+def test_the_vault_reidentifies_a_silver_person_for_the_reidentifier_role_only(hospital):
+    lake = hospital["lake"]
+    person = lake.read("silver.patients", columns=["person_key"]).column("person_key")[0].as_py()
+    found = medlake("vault", "reidentify", person, "--lake", str(lake.root), "--role", "reidentifier",
+                    "--reason", "e2e check")
+    identity = found["records"][0]["identity"]
+    assert identity["names"] and identity["names"][0]["family"] in hospital["truth"]["phi"]["names"]
+    denied = subprocess.run([MEDLAKE, "vault", "reidentify", person, "--lake", str(lake.root), "--role", "ml",
+                             "--reason", "curious"], capture_output=True, text=True, check=False)
+    assert denied.returncode != 0 and "ml" in denied.stderr
