@@ -175,6 +175,7 @@ def run_gate(
     run_id: str,
     tables: Sequence[str],
     suites_dir: Path = SUITES_DIR,
+    results: list[GateResult] | None = None,
 ) -> list[Entry]:
     """Validate each silver table's staging rows, then promote the good ones and quarantine the rest.
 
@@ -183,6 +184,8 @@ def run_gate(
     and an insert of quarantine rows not there yet, so a re-run gives the same tables. The caller
     records the returned ledger entries (``in = out + quarantined + merged``, where ``merged``
     counts rows of this run repeating a key already promoted or quarantined in it).
+    ``results``, when given, receives each validated table's :class:`GateResult` as it is
+    validated, also when :class:`GateFailed` is raised (the lineage's data-quality facets).
     """
     staged: list[tuple[TableSpec, int, Split]] = []
     refused: list[GateResult] = []
@@ -194,6 +197,8 @@ def run_gate(
         path = suite_path(name, suites_dir=suites_dir)
         if path.exists():
             result = validate(rows, path, table_name=name)
+            if results is not None:
+                results.append(result)
             if not result.promotable:
                 refused.append(result)
             split = result.split

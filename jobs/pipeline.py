@@ -10,6 +10,7 @@ gold    silver → gold.* with dbt                         (jobs.gold)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,18 +23,21 @@ from medlake import ledger
 from medlake.config import Settings
 from medlake.governance import vault
 from medlake.governance.crypto import Keyring
+from medlake.governance.lineage import LineageConfig, stage_run
 from medlake.jobs.ingest import fhir
 from medlake.keys import audit_key, project_key
 from medlake.lake import Lake
 from medlake.ledger import Entry
 from medlake.quarantine import Split, stamp_run
-from medlake.registry import BRONZE_FHIR, FHIR_SILVER, QUARANTINE, staging_name
+from medlake.registry import BRONZE_FHIR, FHIR_SILVER, LEDGER, QUARANTINE, staging_name
 
 log = logging.getLogger(__name__)
 
 #: landing sub-folders, one per source kind; only fhir/ has a parser so far
 SOURCE_KINDS = ("fhir", "hl7v2", "csv", "dicom", "vitals", "vcf")
 SILVER_TABLES = tuple(spec.name for spec in FHIR_SILVER.values())
+#: tables every stage writes besides its own, at their version after the stage (lineage outputs)
+BOOKKEEPING: dict[str, int | None] = {QUARANTINE.name: None, LEDGER.name: None}
 
 
 @dataclass(frozen=True)
@@ -148,38 +152,98 @@ def run_id_now() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# task entry points: what the DAG's tasks call, with plain arguments from the run's params
+# task entry points: what the DAG's tasks call, with plain arguments from the run's params.
+# Each runs inside a lineage stage_run: START before it reads, COMPLETE with the versions it
+# wrote, FAIL with the error (re-raised). A lineage event that cannot be written fails the task;
+# the stages are idempotent, so the retry redoes the work and writes the events again.
+
+
+def lineage_config(settings: Settings) -> LineageConfig:
+    """Where the stages' OpenLineage events go: the lake's file, and a backend when one is configured."""
+    return LineageConfig(
+        url=settings.lineage.url,
+        api_key=os.environ.get(settings.lineage.api_key_env),
+        job_namespace=settings.lineage.namespace,
+    )
+
+
+def lineage_job(settings: Settings, task_id: str) -> str:
+    """The lineage job of a pipeline DAG task, named like Airflow names it: ``medlake_pipeline.ingest``."""
+    return f"{settings.airflow.pipeline_dag_id}.{task_id}"
 
 
 def task_ingest(landing: str, lake: str, *, run_id: str) -> dict[str, object]:
-    return ingest(Path(landing), Lake(Path(lake)), run_id=run_id).as_xcom()
+    settings, target = Settings(), Lake(Path(lake))
+    with stage_run(
+        target,
+        job=lineage_job(settings, "ingest"),
+        run_id=run_id,
+        sources=[Path(landing) / "fhir"],
+        config=lineage_config(settings),
+    ) as run:
+        result = ingest(Path(landing), target, run_id=run_id)
+        run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=result.entries)
+    return result.as_xcom()
 
 
 def task_clean(lake: str, *, run_id: str, bronze_version: int | None) -> dict[str, object]:
-    settings = Settings()
-    return clean(
-        Lake(Path(lake)),
+    settings, target = Settings(), Lake(Path(lake))
+    with stage_run(
+        target,
+        job=lineage_job(settings, "clean"),
         run_id=run_id,
-        key=project_key(settings),
-        max_shift_days=settings.deid.date_shift_max_days,
-        keyring=vault.vault_keyring(settings, create=settings.env == "local"),
-        bronze_version=bronze_version,
-    ).as_xcom()
+        inputs={BRONZE_FHIR.name: bronze_version},
+        config=lineage_config(settings),
+    ) as run:
+        result = clean(
+            target,
+            run_id=run_id,
+            key=project_key(settings),
+            max_shift_days=settings.deid.date_shift_max_days,
+            keyring=vault.vault_keyring(settings, create=settings.env == "local"),
+            bronze_version=bronze_version,
+        )
+        run.complete(outputs={**result.versions, **BOOKKEEPING, "vault": None}, ledger=result.entries)
+    return result.as_xcom()
 
 
 def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
-    from medlake.expectations.gate import run_gate
+    from medlake.expectations.gate import GateResult, run_gate
 
-    target = Lake(Path(lake))
-    entries = ledger.record(target, run_id, run_gate(target, run_id=run_id, tables=SILVER_TABLES))
-    return StageResult({name: target.version(name) for name in SILVER_TABLES}, entries).as_xcom()
+    settings, target = Settings(), Lake(Path(lake))
+    staged = {staging_name(name): target.version(staging_name(name)) for name in SILVER_TABLES}
+    with stage_run(
+        target, job=lineage_job(settings, "gate"), run_id=run_id, inputs=staged, config=lineage_config(settings)
+    ) as run:
+        results: list[GateResult] = []
+        try:
+            entries = ledger.record(
+                target, run_id, run_gate(target, run_id=run_id, tables=SILVER_TABLES, results=results)
+            )
+        finally:  # the quality results go on FAIL too, when a table-level rule refused promotion
+            run.add_quality({staging_name(r.table_name): r for r in results})
+        result = StageResult({name: target.version(name) for name in SILVER_TABLES}, entries)
+        run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=entries)
+    return result.as_xcom()
 
 
 def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
-    from medlake.jobs.gold import build_gold
+    from medlake.jobs.gold import SILVER_SOURCES, build_gold
 
-    settings = Settings()
-    result = build_gold(Path(lake), run_id=run_id, project_dir=settings.dbt.project_dir, target=settings.dbt.target)
+    settings, target = Settings(), Lake(Path(lake))
+    with stage_run(
+        target,
+        job=lineage_job(settings, "dbt_gold"),
+        run_id=run_id,
+        inputs=SILVER_SOURCES,
+        config=lineage_config(settings),
+    ) as run:
+        result = build_gold(Path(lake), run_id=run_id, project_dir=settings.dbt.project_dir, target=settings.dbt.target)
+        run.complete(
+            outputs=result.versions,
+            inputs=dict(result.silver_versions),
+            row_counts={t.name: t.rows for t in result.tables},
+        )
     return {"versions": result.versions}
 
 
@@ -187,24 +251,31 @@ def task_summary(lake: str, *, run_id: str, actor: str = "airflow") -> dict[str,
     from medlake.governance import audit
     from medlake.summary import summarize, write_summary
 
-    target = Lake(Path(lake))
-    summary = summarize(target, run_id=run_id)
-    path = write_summary(target, summary)
-    log.info("run summary written to %s", path)
-    audit.append(
+    settings, target = Settings(), Lake(Path(lake))
+    with stage_run(
         target,
-        key=audit_key(Settings()),
-        actor=actor,
-        role="data_engineer",
-        action="pipeline.run",
-        object="medlake_pipeline",
+        job=lineage_job(settings, "summary"),
         run_id=run_id,
-        purpose="operations",
-        details={
-            "ledger_balanced": summary["ledger_balanced"],
-            "tables": {t["table"]: t["version"] for t in summary["tables"]},
-            "quarantined": sum(q["count"] for q in summary["quarantine"]),
-        },
-    )
-    ledger.check(Entry(**{k: v for k, v in row.items() if k in Entry.__dataclass_fields__}) for row in summary["ledger"])
+        inputs=[LEDGER.name, QUARANTINE.name],
+        config=lineage_config(settings),
+    ):
+        summary = summarize(target, run_id=run_id)
+        path = write_summary(target, summary)
+        log.info("run summary written to %s", path)
+        audit.append(
+            target,
+            key=audit_key(settings),
+            actor=actor,
+            role="data_engineer",
+            action="pipeline.run",
+            object="medlake_pipeline",
+            run_id=run_id,
+            purpose="operations",
+            details={
+                "ledger_balanced": summary["ledger_balanced"],
+                "tables": {t["table"]: t["version"] for t in summary["tables"]},
+                "quarantined": sum(q["count"] for q in summary["quarantine"]),
+            },
+        )
+        ledger.check(Entry(**{k: v for k, v in row.items() if k in Entry.__dataclass_fields__}) for row in summary["ledger"])
     return {"summary": str(path)}

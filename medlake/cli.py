@@ -13,6 +13,7 @@ from rich.table import Table
 
 from medlake import ledger as ledger_mod
 from medlake.commands.governance import audit_app, vault_app
+from medlake.commands.lineage import app as lineage_app
 from medlake.config import load_settings, settings_table
 from medlake.lake import Lake
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 airflow_app = typer.Typer(help="Local Airflow.", no_args_is_help=True)
 app.add_typer(airflow_app, name="airflow")
+app.add_typer(lineage_app, name="lineage")
 app.add_typer(audit_app, name="audit")
 app.add_typer(vault_app, name="vault")
 

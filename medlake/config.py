@@ -77,6 +77,23 @@ class SparkSettings(BaseModel):
     jars_dir: Path = Field(default=REPO_ROOT / ".venv" / "jars", description="delta-spark jars fetched at install.")
 
 
+class LineageSettings(BaseModel):
+    """OpenLineage events: always written to <lake>/_lineage/; also sent to a backend when a URL is set."""
+
+    url: str | None = Field(
+        default=None,
+        description="OpenLineage HTTP backend, e.g. Marquez at http://localhost:5000; unset: the lake's file only.",
+    )
+    namespace: str = Field(default="medlake", description="Namespace of medlake's lineage jobs.")
+    airflow_namespace: str = Field(
+        default="medlake-airflow", description="Namespace of the task-level events of Airflow's OpenLineage provider."
+    )
+    api_key_env: str = Field(
+        default="MEDLAKE_LINEAGE_API_KEY",
+        description="Environment variable that, when set, holds the lineage backend's API key.",
+    )
+
+
 class Settings(BaseSettings):
     """Every medlake setting. See the README's settings table."""
 
@@ -97,6 +114,7 @@ class Settings(BaseSettings):
     airflow: AirflowSettings = AirflowSettings()
     dbt: DbtSettings = DbtSettings()
     spark: SparkSettings = SparkSettings()
+    lineage: LineageSettings = LineageSettings()
 
     @classmethod
     def settings_customise_sources(

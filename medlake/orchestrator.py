@@ -33,9 +33,15 @@ class DagRun:
     state: str
 
 
-def airflow_env(settings: Settings) -> dict[str, str]:
-    """The environment for the airflow CLI: local home, SQLite DB, our DAGs, no examples."""
+def airflow_env(settings: Settings, *, lake: Path | None = None) -> dict[str, str]:
+    """The environment for the airflow CLI: local home, SQLite DB, our DAGs, no examples.
+
+    Airflow's OpenLineage provider writes its task-level events to ``<lake>/_lineage/airflow.ndjson``
+    (``lake``: this run's lake, else the configured lake root), next to medlake's ``events.ndjson``.
+    An operator's own ``AIRFLOW__OPENLINEAGE__TRANSPORT`` / ``__NAMESPACE`` in the environment win.
+    """
     home = settings.airflow.home.resolve()
+    lineage_file = (lake or settings.lake.root).resolve() / "_lineage" / "airflow.ndjson"
     env = dict(os.environ)
     env.update(
         {
@@ -53,6 +59,11 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         }
     )
+    env.setdefault(
+        "AIRFLOW__OPENLINEAGE__TRANSPORT",
+        json.dumps({"type": "file", "log_file_path": str(lineage_file), "append": True}),
+    )
+    env.setdefault("AIRFLOW__OPENLINEAGE__NAMESPACE", settings.lineage.airflow_namespace)
     return env
 
 
@@ -115,6 +126,7 @@ def run_pipeline(
         raise PipelineFailed(f"airflow could not parse the DAG files:\n{parsed.stderr[-2000:]}")
     before = {r.run_id for r in list_runs(settings)}
     conf = json.dumps({"landing": str(landing.resolve()), "lake": str(lake.resolve())})
+    (lake.resolve() / "_lineage").mkdir(parents=True, exist_ok=True)  # the provider's file transport appends there
     log_dir = settings.airflow.home.resolve() / "run-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}.log"
@@ -123,7 +135,7 @@ def run_pipeline(
     exe = Path(sys.executable).with_name("airflow")
     with log_path.open("w") as log, subprocess.Popen(
         [str(exe), "dags", "test", settings.airflow.pipeline_dag_id, "--conf", conf],
-        env=airflow_env(settings),
+        env=airflow_env(settings, lake=lake),
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -153,6 +153,49 @@ def test_every_run_is_in_the_audit_chain_and_the_chain_verifies(hospital):
     assert runs == [hospital["first"]["dag_run"]["run_id"], hospital["second"]["dag_run"]["run_id"]]
 
 
+def test_every_task_emitted_lineage_with_the_versions_it_read_and_wrote(hospital):
+    from medlake.governance.lineage import read_events
+    from medlake.registry import staging_name
+
+    lake = hospital["lake"]
+    events = read_events(lake)
+    tasks = ("ingest", "clean", "gate", "dbt_gold", "summary")
+    silver = [s.name for s in FHIR_SILVER.values()]
+
+    def version(event: dict[str, Any], side: str, name: str) -> int:
+        [found] = [d for d in event[side] if d["name"] == name]
+        return int(found["facets"]["version"]["datasetVersion"])
+
+    for summary in (hospital["first"], hospital["second"]):
+        run_id = summary["dag_run"]["run_id"]
+        ours = [e for e in events if e["run"]["facets"]["medlake_run"]["airflow_run_id"] == run_id]
+        states: dict[str, list[str]] = {}
+        for e in ours:
+            states.setdefault(e["job"]["name"], []).append(e["eventType"])
+        assert states == {f"medlake_pipeline.{t}": ["START", "COMPLETE"] for t in tasks}
+        done = {e["job"]["name"].split(".", 1)[1]: e for e in ours if e["eventType"] == "COMPLETE"}
+        bronze = "bronze.fhir_resources"
+        assert version(done["clean"], "inputs", bronze) == version(done["ingest"], "outputs", bronze)
+        for name in silver:
+            assert version(done["gate"], "inputs", staging_name(name)) == version(done["clean"], "outputs", staging_name(name))
+            assert version(done["dbt_gold"], "inputs", name) == version(done["gate"], "outputs", name)
+        ledger_rows = {(e["stage"], e["table_name"]): e for e in summary["ledger"]}
+        for output in done["gate"]["outputs"]:
+            facet = output["outputFacets"].get("medlake_ledger")
+            if facet:
+                assert facet["records_out"] == ledger_rows[("gate", output["name"])]["records_out"]
+        airflow = {
+            (e["job"]["name"], e["eventType"])
+            for e in read_events(lake, airflow=True)
+            if e["run"]["facets"].get("airflow", {}).get("dagRun", {}).get("run_id") == run_id
+        }
+        assert {(f"medlake_pipeline.{t}", s) for t in tasks for s in ("START", "COMPLETE")} <= airflow
+    assert version(done["dbt_gold"], "outputs", "gold.ml_patient_features") == lake.version("gold.ml_patient_features")
+    shown = medlake("lineage", "show", "silver.observations", "--lake", str(lake.root), "--json")
+    assert shown["run_id"] == hospital["second"]["dag_run"]["run_id"]
+    assert [u["table"] for u in shown["upstream"]] == ["staging.observations"]
+
+
 def test_the_vault_reidentifies_a_silver_person_for_the_reidentifier_role_only(hospital):
     lake = hospital["lake"]
     person = lake.read("silver.patients", columns=["person_key"]).column("person_key")[0].as_py()
