@@ -10,7 +10,7 @@ JARS        := $(VENV)/jars
 DELTA_JARS  := io.delta:delta-spark_4.2_2.13:4.4.0 io.delta:delta-storage:4.4.0
 STAMP       := $(VENV)/.medlake-env
 DEMO_DIR    ?= .medlake/demo
-PATIENTS    ?= 200
+PATIENTS    ?= 500
 SEED        ?= 7
 
 export GX_ANALYTICS_ENABLED := false

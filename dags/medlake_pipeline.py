@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
@@ -68,7 +69,10 @@ def medlake_pipeline() -> None:
     def dbt_gold(gated: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_gold
 
-        return _call(task_gold, _params()["lake"])
+        versions = _call(task_gold, _params()["lake"])
+        # tells the training DAG, scheduled on this asset, which lake the new gold is in
+        get_current_context()["outlet_events"][assets.GOLD_FEATURES].extra = {"lake": str(Path(_params()["lake"]).resolve())}
+        return versions
 
     @task
     def summary(gold: dict[str, object]) -> dict[str, object]:

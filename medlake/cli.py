@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medlake import ledger as ledger_mod
+from medlake.commands import ml
 from medlake.commands.governance import audit_app, vault_app
 from medlake.commands.lineage import app as lineage_app
 from medlake.config import load_settings, settings_table
@@ -27,6 +28,8 @@ airflow_app = typer.Typer(help="Local Airflow.", no_args_is_help=True)
 app.add_typer(airflow_app, name="airflow")
 app.add_typer(lineage_app, name="lineage")
 app.add_typer(audit_app, name="audit")
+app.add_typer(ml.dataset_app, name="dataset")
+app.command("train")(ml.train)
 app.add_typer(vault_app, name="vault")
 
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -104,12 +107,13 @@ def run(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's landing/ and lake/.")] = Path(".medlake/demo"),
-    patients: Annotated[int, typer.Option(min=1, help="Number of synthetic patients.")] = 200,
+    patients: Annotated[int, typer.Option(min=1, help="Number of synthetic patients.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:
-    """Generate the sample hospital and run the whole pipeline on it through Airflow.
+    """Generate the sample hospital, run the whole pipeline on it through Airflow, then publish the
+    gold features as a versioned dataset and train an MLflow-tracked model on it.
 
-    Example: medlake demo --out .medlake/demo --patients 200
+    Example: medlake demo --out .medlake/demo --patients 500
     """
     import shutil
 
@@ -117,6 +121,7 @@ def demo(
     shutil.rmtree(landing, ignore_errors=True)
     sample(out=landing, patients=patients, seed=seed)
     run(landing=landing, lake=lake, as_json=False)
+    _demo_training(lake)
     console.print(
         f"\nNext: `medlake tables --lake {lake}`, `medlake quarantine --lake {lake}`, "
         f"`medlake ledger --lake {lake}`; Airflow UI: `make airflow`."
@@ -230,6 +235,25 @@ def airflow_runs(as_json: JsonOpt = False) -> None:
 
     rows = [r.__dict__ for r in list_runs(load_settings())]
     _print_json(rows) if as_json else _print_rows("DAG runs", rows, ["dag_id", "run_id", "state"])
+
+
+def _demo_training(lake: Path) -> None:
+    """Publish gold.ml_patient_features as the next dataset version and train on it."""
+    from medlake.training import datasets
+    from medlake.training.train import TooFewLabels
+    from medlake.training.train import train as run_training
+
+    manifest = datasets.publish(Lake(lake.resolve()), "gold.ml_patient_features", name="patient_features")
+    console.rule(f"dataset {manifest.ref}")
+    console.print(f"{manifest.row_count} rows, Delta version {manifest.delta_version}, content hash {manifest.content_hash[:16]}…")
+    try:
+        result = run_training(Lake(lake.resolve()), manifest.ref, tracking_uri=load_settings().mlflow.tracking_uri)
+    except TooFewLabels as exc:
+        console.print(f"training skipped: {exc}")
+        return
+    shown = {k: round(v, 3) for k, v in result.metrics.items() if k in
+             ("roc_auc", "pr_auc", "sensitivity", "specificity", "brier", "ppv", "npv", "cv_roc_auc_mean")}
+    console.print(f"MLflow run {result.run_id}, model {result.model_name} v{result.model_version}: {shown}")
 
 
 def _print_summary(data: dict[str, Any]) -> None:

@@ -94,6 +94,15 @@ class LineageSettings(BaseModel):
     )
 
 
+class MlflowSettings(BaseModel):
+    """Experiment tracking and the model registry."""
+
+    tracking_uri: str = Field(
+        default=f"sqlite:///{STATE_DIR / 'mlflow' / 'mlflow.db'}",
+        description="MLflow tracking URI (its own SQLite file locally, the MLflow server in production).",
+    )
+
+
 class Settings(BaseSettings):
     """Every medlake setting. See the README's settings table."""
 
@@ -114,6 +123,7 @@ class Settings(BaseSettings):
     airflow: AirflowSettings = AirflowSettings()
     dbt: DbtSettings = DbtSettings()
     spark: SparkSettings = SparkSettings()
+    mlflow: MlflowSettings = MlflowSettings()
     lineage: LineageSettings = LineageSettings()
 
     @classmethod

@@ -46,7 +46,10 @@ def _schema(*fields: pa.Field, lineage: bool = True) -> pa.Schema:
     return pa.schema(list(fields) + (SILVER_LINEAGE if lineage else []))
 
 
-def _f(name: str, type_: pa.DataType = pa.string(), nullable: bool = True) -> pa.Field:
+_STRING = pa.string()
+
+
+def _f(name: str, type_: pa.DataType = _STRING, nullable: bool = True) -> pa.Field:
     return pa.field(name, type_, nullable=nullable)
 
 

@@ -50,7 +50,12 @@ PullFormat = Literal["arrow", "pandas", "parquet"]
 
 #: de-identification levels a dataset may declare (HIPAA: Safe Harbor, Expert Determination;
 #: a limited data set and identified data are not de-identified)
-DEID_LEVELS: tuple[str, ...] = ("safe_harbor", "expert_determination", "limited_data_set", "identified")
+DEID_LEVELS: tuple[str, ...] = (
+    "safe_harbor",
+    "expert_determination",
+    "limited_data_set",
+    "identified",
+)
 DEIDENTIFIED_LEVELS: tuple[str, ...] = ("safe_harbor", "expert_determination")
 #: the roles that may pull datasets at all
 PULL_ROLES: tuple[str, ...] = ("ml", "data_engineer", "compliance")
@@ -213,8 +218,9 @@ def publish(
     ``table`` is ``layer.table`` (a bare name means ``gold.<name>``). The manifest records the
     ``_run_id`` values found in the rows plus ``lineage_run_ids`` (e.g. the publishing DAG run).
     ``key`` orders the rows for the content hash: default the registered key, else the mart's
-    grain. Publishing again while the table has not changed returns the latest manifest of
-    ``name`` instead of a duplicate version, so a retried task publishes once.
+    grain. Publishing again while the table has not changed (same Delta version, rows and
+    de-identification level) returns the latest manifest of ``name`` instead of a duplicate
+    version, so a retried task publishes once.
     """
     _check_name(name)
     table = qualified_table(table)
@@ -226,7 +232,7 @@ def publish(
         raise DatasetNotFound(
             f"cannot publish dataset {name}: table {table} does not exist under {lake.root}"
         ) from exc
-    data = lake.read(table, version=delta_version)
+    data = without_views(lake.read(table, version=delta_version))
     spec = TABLES.get(table)
     order = tuple(key) if key is not None else (spec.key if spec else MART_GRAINS.get(table, ()))
     missing = [c for c in order if c not in data.column_names]
@@ -236,7 +242,12 @@ def publish(
         )
     content_hash = content_hash_of(data, key=order)
     latest = _latest(lake, name)
-    if latest and (latest.table, latest.delta_version, latest.content_hash) == (table, delta_version, content_hash):
+    unchanged = (table, delta_version, content_hash, deid_level)
+    if (
+        latest
+        and (latest.table, latest.delta_version, latest.content_hash, latest.deid_level)
+        == unchanged
+    ):
         return latest
 
     found_runs = _distinct_strings(data, "_run_id")
@@ -250,7 +261,9 @@ def publish(
         "content_hash": content_hash,
         "hash_method": HASH_METHOD,
         "deid_level": deid_level,
-        "phi_columns": tuple(c for c in (spec.phi_columns if spec else ()) if c in data.column_names),
+        "phi_columns": tuple(
+            c for c in (spec.phi_columns if spec else ()) if c in data.column_names
+        ),
         "lineage_run_ids": tuple(sorted(set(found_runs) | set(lineage_run_ids))),
         "created_at": datetime.now(UTC),
     }
@@ -302,7 +315,9 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     if version in ("", "latest"):
         return name, None
     if not version.isdigit() or int(version) < 1:
-        raise ValueError(f"dataset reference {ref!r}: the version after @ must be 1, 2, 3... or latest")
+        raise ValueError(
+            f"dataset reference {ref!r}: the version after @ must be 1, 2, 3... or latest"
+        )
     return name, int(version)
 
 
@@ -353,9 +368,7 @@ def pull(
     file's metadata) and returns its path.
     """
     m = manifest(lake, ref)
-    allowed = check_pull_allowed(role, m)
-    data = read_verified(lake, m)
-    data = data.select(list(allowed))
+    data = pull_table(lake, m.ref, role=role)
     if to == "arrow":
         return data
     if to == "pandas":
@@ -365,10 +378,20 @@ def pull(
             raise ValueError(f"pull of {m.ref} to parquet needs out=<file path>")
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {**(data.schema.metadata or {}), b"medlake.dataset": json.dumps(m.as_dict()).encode()}
+        metadata = {
+            **(data.schema.metadata or {}),
+            b"medlake.dataset": json.dumps(m.as_dict()).encode(),
+        }
         pq.write_table(data.replace_schema_metadata(metadata), path)
         return path
     raise ValueError(f"to must be arrow, pandas or parquet, not {to!r}")
+
+
+def pull_table(lake: Lake, ref: str, *, role: str) -> pa.Table:
+    """The verified rows of ``name@version`` as Arrow, with the columns ``role`` may see."""
+    m = manifest(lake, ref)
+    allowed = check_pull_allowed(role, m)
+    return read_verified(lake, m).select(list(allowed))
 
 
 def read_verified(lake: Lake, m: Manifest) -> pa.Table:
@@ -380,7 +403,9 @@ def read_verified(lake: Lake, m: Manifest) -> pa.Table:
             f"the manifest says {m.row_count}; the table was altered outside Delta"
         )
     if m.hash_method != HASH_METHOD:
-        raise DatasetError(f"dataset {m.ref} was hashed with {m.hash_method}; this medlake knows {HASH_METHOD}")
+        raise DatasetError(
+            f"dataset {m.ref} was hashed with {m.hash_method}; this medlake knows {HASH_METHOD}"
+        )
     ordered = sort_canonically(data, key=m.key)
     actual = content_hash_of(ordered, key=m.key, presorted=True)
     if actual != m.content_hash:
@@ -395,9 +420,11 @@ def read_verified(lake: Lake, m: Manifest) -> pa.Table:
 def _read_pinned(lake: Lake, m: Manifest) -> pa.Table:
     """The table at the manifest's Delta version, or an error that says why it cannot be read."""
     try:
-        return lake.read(m.table, version=m.delta_version)
+        return without_views(lake.read(m.table, version=m.delta_version))
     except TableNotFound as exc:
-        raise DatasetUnreadable(f"dataset {m.ref}: table {m.table} no longer exists under {lake.root}") from exc
+        raise DatasetUnreadable(
+            f"dataset {m.ref}: table {m.table} no longer exists under {lake.root}"
+        ) from exc
     except (OSError, pa.ArrowException, DeltaError) as exc:
         vacuum = _vacuum_after(lake, m)
         if vacuum is not None and isinstance(exc, FileNotFoundError):
@@ -421,9 +448,9 @@ def _vacuum_after(lake: Lake, m: Manifest) -> str | None:
     except (OSError, DeltaError):  # the history only refines the message
         return None
     for commit in history:  # newest first
-        if int(commit.get("version", -1)) > m.delta_version and str(commit.get("operation", "")).startswith(
-            "VACUUM"
-        ):
+        if int(commit.get("version", -1)) > m.delta_version and str(
+            commit.get("operation", "")
+        ).startswith("VACUUM"):
             stamp = datetime.fromtimestamp(int(commit["timestamp"]) / 1000, UTC)
             return stamp.isoformat(timespec="seconds")
     return None
@@ -458,15 +485,31 @@ def sort_canonically(data: pa.Table, *, key: Sequence[str] = ()) -> pa.Table:
         for c in sorted(data.column_names)
         if c not in key and _sortable(data.schema.field(c).type)
     ]
-    order = [(c, "ascending") for c in (*key, *ties)]
+    order = [(c, "ascending", "at_start") for c in (*key, *ties)]
     if not order or data.num_rows < 2:
         return data
-    indices = pc.sort_indices(data, sort_keys=order, null_placement="at_start")
-    return data.take(indices)
+    data = without_views(data)
+    return data.take(pc.sort_indices(data, sort_keys=order))
 
 
 def _sortable(type_: pa.DataType) -> bool:
     return not (pa.types.is_nested(type_) or pa.types.is_dictionary(type_))
+
+
+def without_views(data: pa.Table) -> pa.Table:
+    """``string_view``/``binary_view`` columns (delta-rs MERGE writes them) as large_string/binary.
+
+    Arrow can neither sort nor take from view columns; the values stay the same.
+    """
+    fields = []
+    for f in data.schema:
+        if pa.types.is_string_view(f.type):
+            f = f.with_type(pa.large_string())
+        elif pa.types.is_binary_view(f.type):
+            f = f.with_type(pa.large_binary())
+        fields.append(f)
+    schema = pa.schema(fields, metadata=data.schema.metadata)
+    return data if schema.equals(data.schema) else data.cast(schema)
 
 
 def _canonical_rows(data: pa.Table) -> Iterator[bytes]:
@@ -515,8 +558,7 @@ def _latest(lake: Lake, name: str) -> Manifest | None:
 def _distinct_strings(data: pa.Table, column: str) -> list[str]:
     if column not in data.column_names:
         return []
-    values = pc.unique(data.column(column).drop_null()).to_pylist()
-    return sorted(str(v) for v in values)
+    return sorted({str(v) for v in data.column(column).to_pylist() if v is not None})
 
 
 def _check_name(name: str) -> None:

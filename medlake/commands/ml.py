@@ -1,4 +1,8 @@
-"""`medlake dataset ...` and `medlake train`: versioned datasets for the ML team, and training on them."""
+"""`medlake dataset ...` and `medlake train`: versioned datasets for the ML team, and training on them.
+
+Registered in ``medlake.cli``: ``app.add_typer(ml.dataset_app, name="dataset")`` and
+``app.command("train")(ml.train)``.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from medlake.config import STATE_DIR
+from medlake.config import load_settings
+from medlake.errors import BadDataError
 from medlake.lake import Lake
+
+if TYPE_CHECKING:
+    from medlake.training.datasets import Manifest
 
 dataset_app = typer.Typer(
     help="Versioned datasets: a gold table pinned at a Delta version, with a manifest.",
     no_args_is_help=True,
 )
-train_app = typer.Typer(help="Train a model on a published dataset, tracked in MLflow.")
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True)
@@ -225,7 +232,6 @@ def diff(
     console.print(table)
 
 
-@train_app.callback(invoke_without_command=True)
 def train(
     lake: LakeOpt,
     dataset: Annotated[
@@ -263,10 +269,9 @@ def train(
 
     Example: medlake train --lake .medlake/demo/lake --dataset patient_features@1
     """
-    from medlake.training.train import default_tracking_uri
     from medlake.training.train import train as run_training
 
-    uri = tracking_uri or default_tracking_uri(STATE_DIR)
+    uri = tracking_uri or load_settings().mlflow.tracking_uri
     with _errors():
         result = run_training(
             Lake(lake.resolve()),
@@ -299,7 +304,7 @@ def train(
     console.print(table)
 
 
-def _default_out(m: Any, suffix: str) -> Path:
+def _default_out(m: Manifest, suffix: str) -> Path:
     return Path(f"{m.name}_v{m.version}.{suffix}")
 
 
@@ -313,14 +318,14 @@ def _print_json(data: Any) -> None:
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """A dataset error becomes one red line and exit code 1; a refused pull exits 3."""
-    from medlake.training.datasets import DatasetError, PullRefused
+    """Bad data (a dataset error, too few labels) becomes one red line and exit code 1; a refused pull exits 3."""
+    from medlake.training.datasets import PullRefused
 
     try:
         yield
     except PullRefused as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(3) from exc
-    except (DatasetError, ValueError) as exc:
+    except (BadDataError, ValueError) as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from exc
