@@ -2,7 +2,8 @@
 pure transforms and writes Delta tables, records its ledger entries and returns table versions.
 
 ingest  landing/fhir → bronze.fhir_resources            (parse; duplicates merged on _record_hash)
-clean   bronze (this run's rows) → staging.<table>       (validate, flatten, pseudonymize, shift dates)
+clean   bronze (this run's rows) → staging.<table>       (validate, flatten, pseudonymize, shift dates;
+                                                          standardize codes, units, plausibility)
 gate    staging.<table> → silver.<table> | quarantine    (Great Expectations suites decide promotion)
 gold    silver → gold.* with dbt                         (jobs.gold)
 """
@@ -24,6 +25,9 @@ from medlake.config import Settings
 from medlake.governance import vault
 from medlake.governance.crypto import Keyring
 from medlake.governance.lineage import LineageConfig, stage_run
+from medlake.jobs.clean import terminology
+from medlake.jobs.clean.config import OnUnmapped
+from medlake.jobs.clean.standardize import STANDARDIZE
 from medlake.jobs.ingest import fhir
 from medlake.keys import audit_key, project_key
 from medlake.lake import Lake
@@ -97,12 +101,21 @@ def clean(
     max_shift_days: int,
     keyring: Keyring | None = None,
     bronze_version: int | None = None,
+    concept_maps_version: int | None = None,
+    on_unmapped: dict[str, OnUnmapped] | None = None,
 ) -> StageResult:
-    """This run's bronze rows → validated, pseudonymized, date-shifted rows in staging, awaiting the gate.
+    """This run's bronze rows → validated, pseudonymized, date-shifted, standardized rows in staging,
+    awaiting the gate.
 
     With a ``keyring``, the identities stripped from patients go encrypted into the vault first.
+    Standardization (codes mapped and checked, units made canonical, impossible values refused)
+    works on flattened rows, so it has its own ledger entry per table, counted in rows
+    (``standardize``: rows in = rows out + rows quarantined). ``on_unmapped`` per silver table,
+    default quarantine; the concept maps are ``reference.concept_maps`` (at ``concept_maps_version``).
     """
     bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
+    concept_map, maps_version = terminology.concept_maps(lake, version=concept_maps_version)
+    log.info("clean: concept maps %s@%d", terminology.CONCEPT_MAPS.name, maps_version)
     if keyring is not None:
         vault.store(lake, fhir.patient_identities(bronze, key=key), keyring=keyring)
     transforms: dict[str, Callable[..., Split]] = {
@@ -120,7 +133,6 @@ def clean(
         split = transform(bronze, key=key, max_shift_days=max_shift_days)
         records_in = int(pc.sum(pc.equal(types, resource_type)).as_py() or 0)
         produced = len(set(split.good.column("_record_hash").to_pylist()))
-        versions[staging_name(spec.name)] = lake.write(staging_name(spec.name), split.good, mode="overwrite", spec=spec)
         lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
         entries.append(
             Entry(
@@ -131,6 +143,24 @@ def clean(
                 quarantined=split.quarantined.num_rows,
             )
         )
+        rows = split.good
+        standardize = STANDARDIZE.get(resource_type)
+        if standardize is not None:
+            standard = standardize(
+                rows, concept_map=concept_map, on_unmapped=(on_unmapped or {}).get(spec.name, "quarantine")
+            )
+            lake.insert_new(QUARANTINE.name, stamp_run(standard.quarantined, run_id))
+            entries.append(
+                Entry(
+                    stage="standardize",
+                    table_name=spec.name,
+                    records_in=rows.num_rows,
+                    records_out=standard.good.num_rows,
+                    quarantined=standard.quarantined.num_rows,
+                )
+            )
+            rows = standard.good
+        versions[staging_name(spec.name)] = lake.write(staging_name(spec.name), rows, mode="overwrite", spec=spec)
     rest = fhir.bronze_only_from_bronze(bronze)
     lake.insert_new(QUARANTINE.name, stamp_run(rest.quarantined, run_id))
     entries.append(

@@ -13,6 +13,13 @@ import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 
+#: what terminology mapping did to a row (jobs/clean/terminology.py): 'standard' | 'mapped' |
+#: 'unmapped' | 'invalid', and '<system>|<code>' as received when a concept map supplied the code
+MAPPING_COLUMNS = [
+    pa.field("mapping_status", pa.string()),
+    pa.field("_mapped_from", pa.string()),
+]
+
 #: lineage columns every silver row carries back to its bronze record
 SILVER_LINEAGE = [
     pa.field("_record_hash", pa.string(), nullable=False),
@@ -133,6 +140,10 @@ SILVER_OBSERVATIONS = TableSpec(
         _f("ref_low", pa.float64()),
         _f("ref_high", pa.float64()),
         _f("effective_at", TS),
+        *MAPPING_COLUMNS,
+        _f("_unit_converted_from"),  # the unit as received, when value_num was converted
+        _f("_value_original", pa.float64()),  # the value as received, when converted
+        _f("_range_flag"),  # 'normal' | 'low' | 'high' against the normal range; null: none known
     ),
     key=("observation_key",),
     description="One row per measured value: an Observation, or one component of a panel (panel_code set).",
@@ -154,6 +165,7 @@ SILVER_CONDITIONS = TableSpec(
         _f("onset_at", TS),
         _f("abatement_at", TS),
         _f("recorded_date", pa.date32()),
+        *MAPPING_COLUMNS,
     ),
     key=("condition_key",),
     description="One row per diagnosis or problem; ICD-10-CM and SNOMED CT codes where the source has them.",
@@ -173,6 +185,7 @@ SILVER_MEDICATIONS = TableSpec(
         _f("rxnorm_code"),
         _f("authored_at", TS),
         _f("dosage_text"),
+        *MAPPING_COLUMNS,
     ),
     key=("medication_key",),
     description="One row per medication order (MedicationRequest, RDE); RxNorm where the source has it.",
