@@ -331,6 +331,8 @@ def _expected(exp: Mapping[str, Any]) -> str:
         text = f"a column {col}"
     elif kind == "expect_table_row_count_to_equal":
         text = f"row count {kw.get('value')}"
+    elif kind == "expect_column_pair_values_a_to_be_greater_than_b":
+        text = f"{kw.get('column_A')} {'≥' if kw.get('or_equal') else '>'} {kw.get('column_B')}"
     else:
         shown = {k: v for k, v in kw.items() if k not in ("row_condition", "condition_parser")}
         text = f"{kind} {json.dumps(shown, default=str)}"

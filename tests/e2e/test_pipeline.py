@@ -137,20 +137,23 @@ def test_no_planted_phi_reaches_silver_or_gold(hospital):
     assert leaked_names == [] and leaked_other == []
 
 
-def test_a_failing_quality_check_fails_the_run_loudly_without_retrying(tmp_path):
+def test_a_table_level_gate_failure_fails_the_run_loudly_without_retrying(tmp_path):
     landing = tmp_path / "landing"
     (landing / "fhir").mkdir(parents=True)
     patient = {"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1970-01-01"}
-    encounter = {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": {"reference": "Patient/p1"},
-                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-                 "period": {"start": "2020-01-02T10:00:00Z", "end": "2020-01-01T10:00:00Z"}}  # ends before it starts
-    (landing / "fhir" / "export.ndjson").write_text(json.dumps(patient) + "\n" + json.dumps(encounter) + "\n")
+    lines = [json.dumps(patient)]
+    for i in range(3):  # valid FHIR, but no encounter class is an HL7 v3 ActEncounterCode: a broken class mapping
+        lines.append(json.dumps({"resourceType": "Encounter", "id": f"e{i}", "status": "finished",
+                                 "subject": {"reference": "Patient/p1"}, "class": {"code": f"LOCAL-{i}"},
+                                 "period": {"start": "2020-01-01T10:00:00Z"}}))
+    (landing / "fhir" / "export.ndjson").write_text("\n".join(lines) + "\n")
     done = subprocess.run([MEDLAKE, "run", "--landing", str(landing), "--lake", str(tmp_path / "lake")],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 1
-    assert "assert_encounter_ends_after_start" in done.stderr
+    assert "class_mostly_known" in done.stderr and "silver.encounters" in done.stderr
     assert "ended failed" in done.stderr
-    assert done.stderr.count("started  dbt_gold") == 1  # bad data is not retried
+    assert done.stderr.count("started  gate") == 1  # bad data is not retried
+    assert not Lake(tmp_path / "lake").exists("silver.encounters")  # nothing promoted
 
 
 def test_every_run_is_in_the_audit_chain_and_the_chain_verifies(hospital):

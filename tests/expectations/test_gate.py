@@ -402,3 +402,32 @@ def test_validate_100k_rows(capsys: pytest.CaptureFixture[str]) -> None:
         print(
             f"\nvalidate: 100k rows, {len(result.rules)} rules, 25k quarantined in {elapsed:.2f} s"
         )
+
+
+def test_shipped_suites_quarantine_an_encounter_that_ends_before_it_starts():
+    from datetime import UTC, datetime
+
+    from medlake.registry import SILVER_ENCOUNTERS
+
+    def enc(key: str, start: datetime | None, end: datetime | None, status: str = "finished") -> dict:
+        return {"encounter_key": key, "person_key": "p", "status": status, "class_code": "AMB", "start_at": start,
+                "end_at": end, "_record_hash": f"h-{key}", "_source_kind": "fhir", "_run_id": "r"}
+
+    day = lambda d: datetime(2020, 1, d, tzinfo=UTC)  # noqa: E731
+    rows = pa.Table.from_pylist(
+        [enc("ok", day(1), day(2)), enc("open", day(1), None), enc("backwards", day(2), day(1)),
+         enc("odd", day(1), day(1), status="done")],
+        schema=SILVER_ENCOUNTERS.schema,
+    )
+    result = validate(rows, suite_path("silver.encounters"), table_name="silver.encounters")
+    assert sorted(result.split.good.column("encounter_key").to_pylist()) == ["ok", "open"]
+    reasons = {r["record_id"]: (r["rule_id"], r["reason"]) for r in result.split.quarantined.to_pylist()}
+    assert reasons["backwards"][0] == "gate.encounter_ends_after_start"
+    assert "end_at ≥ start_at" in reasons["backwards"][1]
+    assert reasons["odd"][0] == "gate.status_in_fhir_set"
+
+
+@pytest.mark.parametrize("table", ["silver.patients", "silver.encounters", "silver.observations",
+                                   "silver.conditions", "silver.medications"])
+def test_every_silver_table_has_a_suite(table):
+    assert suite_path(table).is_file()
