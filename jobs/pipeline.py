@@ -176,6 +176,17 @@ def clean(
     return StageResult(versions, entries)
 
 
+def release_resolved(lake: Lake, *, run_id: str) -> list[Entry]:
+    """Records a data steward accepted or corrected since the last run re-enter silver now."""
+    from medlake.jobs import review
+
+    tables, entries = review.release(lake, run_id=run_id)
+    for name, rows in tables.items():
+        lake.upsert(name, rows)
+    review.mark_released(lake, run_id=run_id)
+    return ledger.record(lake, run_id, entries) if entries else []
+
+
 def run_id_now() -> str:
     """A run id for runs outside Airflow (tests, benchmarks)."""
     return "local__" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -252,6 +263,7 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
             )
         finally:  # the quality results go on FAIL too, when a table-level rule refused promotion
             run.add_quality({staging_name(r.table_name): r for r in results})
+        entries += release_resolved(target, run_id=run_id)
         result = StageResult({name: target.version(name) for name in SILVER_TABLES}, entries)
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=entries)
     return result.as_xcom()

@@ -119,6 +119,7 @@ def demo(
 
     landing, lake = out / "landing", out / "lake"
     shutil.rmtree(landing, ignore_errors=True)
+    shutil.rmtree(lake, ignore_errors=True)  # a demo starts from an empty lake
     sample(out=landing, patients=patients, seed=seed)
     run(landing=landing, lake=lake, as_json=False)
     _demo_training(lake)
@@ -166,30 +167,92 @@ def ledger(
     )
 
 
-@app.command()
+quarantine_app = typer.Typer(
+    help="The quarantine: list what was refused and why; resolve records as a data steward.",
+    invoke_without_command=True,
+)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@quarantine_app.callback()
 def quarantine(
-    lake: LakeOpt,
+    ctx: typer.Context,
+    lake: Annotated[Path | None, typer.Option("--lake", help="Lake root folder.", file_okay=False)] = None,
     rule: Annotated[str | None, typer.Option(help="Only this rule id, e.g. parse.bad_json.")] = None,
     run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status: open, accepted, corrected, rejected, released.")] = None,
     limit: Annotated[int, typer.Option(help="Rows to show in the person-readable listing.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
-    """List quarantined records with their rule id and the reason in words.
+    """List quarantined records with their rule id and the reason in words (same as `quarantine list`).
 
-    Example: medlake quarantine --lake .medlake/demo/lake --rule validate.fhir_r4
+    Example: medlake quarantine --lake .medlake/demo/lake --rule validate.fhir_r4 --json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if lake is None:
+        err.print("--lake is required")
+        raise typer.Exit(2)
+    quarantine_list(lake=lake, rule=rule, run_id=run_id, status=status, limit=limit, as_json=as_json)
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    lake: LakeOpt,
+    rule: Annotated[str | None, typer.Option(help="Only this rule id, e.g. parse.bad_json.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status: open, accepted, corrected, rejected, released.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show in the person-readable listing.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List quarantined records with their rule id, reason and status (the raw record stays in the table: PHI).
+
+    Example: medlake quarantine list --lake .medlake/demo/lake --rule gate.heart_rate_range
     """
     from medlake.registry import QUARANTINE
 
     target = Lake(lake.resolve())
     columns = ["quarantine_id", "run_id", "stage", "table_name", "rule_id", "reason", "source_file",
-               "source_offset", "record_id", "status", "quarantined_at"]
+               "source_offset", "record_id", "status", "quarantined_at", "resolution", "resolution_reason",
+               "resolved_by", "resolved_at", "corrected_value", "released_run_id"]
     rows = target.read(QUARANTINE.name, columns=columns).to_pylist()
-    rows = [r for r in rows if (rule is None or r["rule_id"] == rule) and (run_id is None or r["run_id"] == run_id)]
+    rows = [r for r in rows if (rule is None or r["rule_id"] == rule) and (run_id is None or r["run_id"] == run_id)
+            and (status is None or r["status"] == status)]
     rows.sort(key=lambda r: (r["stage"], r["rule_id"], r["source_file"] or "", r["source_offset"] or 0))
     if as_json:
         _print_json(rows)
     else:
-        _print_rows(f"{len(rows)} quarantined record(s)", rows[:limit], ["rule_id", "table_name", "reason"])
+        _print_rows(f"{len(rows)} quarantined record(s)", rows[:limit],
+                    ["quarantine_id", "rule_id", "status", "reason"])
+
+
+@quarantine_app.command("resolve")
+def quarantine_resolve(
+    ids: Annotated[list[str], typer.Argument(help="Quarantine ids (from `medlake quarantine list`).")],
+    lake: LakeOpt,
+    action: Annotated[str, typer.Option(help="accept (the value is real), correct (with --value) or reject.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded with the decision and in the audit log.")],
+    value: Annotated[float | None, typer.Option(help="The corrected value, with --action correct.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Who decides (default: the login name).")] = None,
+) -> None:
+    """Resolve quarantined records; accepted and corrected ones re-enter silver at the next run.
+
+    Example: medlake quarantine resolve 3f2a9c… --action accept --reason "confirmed with the lab: real value" --lake .medlake/demo/lake
+    """
+    import getpass
+
+    from medlake.jobs.review import ResolutionRefused, resolve
+    from medlake.keys import audit_key
+
+    settings = load_settings(lake=lake)
+    try:
+        done = resolve(Lake(lake.resolve()), ids, action=action, reason=reason, value=value,
+                       actor=actor or getpass.getuser(), audit_key=audit_key(settings))
+    except ResolutionRefused as exc:
+        err.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"{len(done.quarantine_ids)} record(s) {done.status}; audited. "
+                  + ("They re-enter silver at the next run." if done.action != "reject" else ""))
 
 
 @app.command()

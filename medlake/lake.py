@@ -78,10 +78,23 @@ class Lake:
             schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
             return schema.empty_table()
         dataset = self.table(name, version=version).to_pyarrow_dataset()
+        spec = TABLES.get(name)
+        if columns is not None and spec is not None:
+            # a table written before a column was added to the registry: read what it has, the rest as nulls
+            present = [c for c in columns if c in dataset.schema.names]
+            table = dataset.to_table(columns=present, filter=filter, use_threads=False)
+            for c in columns:
+                if c not in present:
+                    table = table.append_column(spec.schema.field(c), pa.nulls(table.num_rows, spec.schema.field(c).type))
+            return table.select(list(columns))
         # use_threads=False: a threaded scan over delta-rs's filesystem can leave a thread that
         # aborts the interpreter at exit with deltalake 1.6 ("terminate called without an active
         # exception"); seen on multi-file tables. Single-threaded decoding avoids it.
-        return dataset.to_table(columns=list(columns) if columns else None, filter=filter, use_threads=False)
+        table = dataset.to_table(columns=list(columns) if columns else None, filter=filter, use_threads=False)
+        for field in spec.schema if spec is not None and columns is None else ():
+            if field.name not in table.column_names:
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+        return table
 
     def count(self, name: str, *, version: int | None = None) -> int:
         if not self.exists(name):
@@ -104,7 +117,7 @@ class Lake:
             data,
             mode=mode,
             partition_by=list(spec.partition_by) if spec and spec.partition_by else None,
-            schema_mode="overwrite" if mode == "overwrite" else None,
+            schema_mode="overwrite" if mode == "overwrite" else "merge",
         )
         return DeltaTable(self.uri(name)).version()
 
@@ -126,7 +139,7 @@ class Lake:
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
         metrics = (
             self.table(name)
-            .merge(data, predicate=predicate, source_alias="s", target_alias="t")
+            .merge(data, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
             .when_not_matched_insert_all()
             .execute()
         )
@@ -145,7 +158,7 @@ class Lake:
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
         metrics = (
             self.table(name)
-            .merge(data, predicate=predicate, source_alias="s", target_alias="t")
+            .merge(data, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .execute()

@@ -208,6 +208,14 @@ QUARANTINE = TableSpec(
             _f("raw_record", pa.large_string()),
             _f("quarantined_at", TS, nullable=False),
             _f("status", nullable=False),
+            # a data steward's decision (jobs/review.py): open → accepted|corrected|rejected → released
+            _f("resolution"),
+            _f("resolution_reason"),
+            _f("resolved_by"),
+            _f("resolved_at", TS),
+            _f("corrected_value", pa.float64()),
+            _f("released_run_id"),
+            _f("released_at", TS),
         ]
     ),
     key=("quarantine_id",),
