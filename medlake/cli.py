@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medlake import ledger as ledger_mod
-from medlake.commands import ml
+from medlake.commands import access, ml
 from medlake.commands.governance import audit_app, vault_app
 from medlake.commands.lineage import app as lineage_app
 from medlake.config import load_settings, settings_table
@@ -31,6 +31,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(ml.dataset_app, name="dataset")
 app.command("train")(ml.train)
 app.add_typer(vault_app, name="vault")
+app.command("read")(access.read)
+app.command("release")(access.release)
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)

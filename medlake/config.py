@@ -55,6 +55,15 @@ class DeidSettings(BaseModel):
     date_shift_max_days: int = Field(default=365, description="Dates move by a keyed per-patient offset in ±this.")
 
 
+class AccessSettings(BaseModel):
+    """Role-based access (governance/access.py) and the DP budgets it holds."""
+
+    policy_file: Path | None = Field(
+        default=None,
+        description="Access policy YAML (roles, grants, purposes, DP budgets); unset: governance/policies/default.yaml.",
+    )
+
+
 class AirflowSettings(BaseModel):
     """The local Airflow installation that runs the DAGs."""
 
@@ -120,6 +129,7 @@ class Settings(BaseSettings):
     lake: LakeSettings = LakeSettings()
     keys: KeySettings = KeySettings()
     deid: DeidSettings = DeidSettings()
+    access: AccessSettings = AccessSettings()
     airflow: AirflowSettings = AirflowSettings()
     dbt: DbtSettings = DbtSettings()
     spark: SparkSettings = SparkSettings()

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from deltalake.exceptions import DeltaError
 
 from medlake.errors import BadDataError
+from medlake.governance import access
 from medlake.lake import Lake, TableNotFound
 from medlake.registry import TABLES, TableSpec
 
@@ -57,8 +58,6 @@ DEID_LEVELS: tuple[str, ...] = (
     "identified",
 )
 DEIDENTIFIED_LEVELS: tuple[str, ...] = ("safe_harbor", "expert_determination")
-#: the roles that may pull datasets at all
-PULL_ROLES: tuple[str, ...] = ("ml", "data_engineer", "compliance")
 
 HASH_METHOD = "sha256/medlake-rows-v1"
 
@@ -330,25 +329,18 @@ def qualified_table(table: str) -> str:
 # pull
 
 
-def check_pull_allowed(role: str, manifest: Manifest) -> tuple[str, ...]:
+def check_pull_allowed(role: str, manifest: Manifest, *, purpose: str | None = None) -> tuple[str, ...]:
     """The columns ``role`` may pull from the dataset, or :class:`PullRefused`.
 
-    A stand-in for the access-policy module: ``ml`` gets de-identified datasets without the
-    columns flagged PHI; ``data_engineer`` and ``compliance`` get every column; other roles
-    get nothing.
+    Decided by the access policy's ``datasets`` grant for the role
+    (:func:`medlake.governance.access.allowed_columns_for_pull`): ``ml`` gets de-identified
+    datasets without the columns flagged PHI; ``data_engineer`` and ``compliance`` get every
+    column; other roles get nothing.
     """
-    if role not in PULL_ROLES:
-        raise PullRefused(
-            f"role {role!r} may not pull dataset {manifest.ref}; roles that may: {', '.join(PULL_ROLES)}"
-        )
-    if role == "ml":
-        if manifest.deid_level not in DEIDENTIFIED_LEVELS:
-            raise PullRefused(
-                f"role 'ml' may not pull dataset {manifest.ref}: it is {manifest.deid_level}, "
-                f"not de-identified ({' or '.join(DEIDENTIFIED_LEVELS)})"
-            )
-        return tuple(c for c in manifest.columns if c not in manifest.phi_columns)
-    return manifest.columns
+    try:
+        return access.allowed_columns_for_pull(role, manifest, purpose=purpose)
+    except access.AccessDenied as exc:
+        raise PullRefused(str(exc)) from exc
 
 
 def pull(
