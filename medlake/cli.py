@@ -15,6 +15,7 @@ from medlake import ledger as ledger_mod
 from medlake.commands import access, ml
 from medlake.commands.governance import audit_app, vault_app
 from medlake.commands.lineage import app as lineage_app
+from medlake.commands.report import report as report_command
 from medlake.config import load_settings, settings_table
 from medlake.lake import Lake
 
@@ -31,6 +32,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(ml.dataset_app, name="dataset")
 app.command("train")(ml.train)
 app.add_typer(vault_app, name="vault")
+app.command("report")(report_command)
 app.command("read")(access.read)
 app.command("release")(access.release)
 
@@ -124,10 +126,12 @@ def demo(
     shutil.rmtree(lake, ignore_errors=True)  # a demo starts from an empty lake
     sample(out=landing, patients=patients, seed=seed)
     run(landing=landing, lake=lake, as_json=False)
+    report_command(lake=lake, run_id=None, out=None, as_json=False, record=None, landing=None)
     _demo_training(lake)
     console.print(
-        f"\nNext: `medlake tables --lake {lake}`, `medlake quarantine --lake {lake}`, "
-        f"`medlake ledger --lake {lake}`; Airflow UI: `make airflow`."
+        f"\nNext: open the compliance report above in a browser; `medlake tables --lake {lake}`, "
+        f"`medlake quarantine --lake {lake}`, `medlake ledger --lake {lake}`, "
+        f"`medlake report --lake {lake} --record <file>:<offset>`; Airflow UI: `make airflow`."
     )
 
 
@@ -336,6 +340,10 @@ def _print_summary(data: dict[str, Any]) -> None:
     verdict = "[green]adds up[/green]" if data["ledger_balanced"] else "[red]DOES NOT ADD UP[/red]"
     console.print(f"ledger check: {verdict}")
     console.print(f"outputs: lake at {data['lake']} (bronze/, silver/, gold/, quarantine/, ledger/)")
+    console.print(
+        f"compliance report (HTML + JSON): `medlake report --lake {data['lake']} --run {data['run_id']}` "
+        "writes <lake>/_runs/<run>.report.html"
+    )
 
 
 if __name__ == "__main__":
