@@ -21,6 +21,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+import pyarrow as pa
+
 from medlake.config import DbtSettings
 from medlake.errors import BadDataError
 from medlake.lake import Lake
@@ -103,6 +105,8 @@ class _Mart:
     name: str
     relation: str
     grain: tuple[str, ...]
+    #: columns the model's enforced dbt contract declares NOT NULL: written non-nullable to Delta
+    not_null: frozenset[str] = frozenset()
 
 
 def build_gold(
@@ -112,14 +116,17 @@ def build_gold(
     project_dir: Path | None = None,
     target: Target = "duckdb",
     silver_versions: Mapping[str, int] | None = None,
+    vocabulary_dir: Path | None = None,
 ) -> GoldResult:
     """Build the gold marts from silver with dbt and write them to ``<lake>/gold/<model>/`` as Delta.
 
     Silver is read at ``silver_versions`` (``{"silver.patients": 3, ...}``, e.g. from the
     upstream task's XCom); tables not named there are pinned to their version when the build
     starts. Missing silver tables are created empty first (a landing without medications
-    still builds). Raises :class:`GoldBuildError` naming each failing model or test; nothing
-    is written to gold then.
+    still builds). ``vocabulary_dir`` is a folder of OHDSI Athena vocabulary CSVs
+    (CONCEPT.csv, CONCEPT_RELATIONSHIP.csv) the OMOP marts map codes with; without it they use
+    the small concept table the project ships. Raises :class:`GoldBuildError` naming each
+    failing model or test; nothing is written to gold then.
     """
     if not run_id:
         raise ValueError("build_gold needs the pipeline run id")
@@ -133,6 +140,15 @@ def build_gold(
     if not (project / "dbt_project.yml").is_file():
         raise FileNotFoundError(f"no dbt project at {project} (dbt_project.yml missing)")
 
+    if vocabulary_dir is not None:
+        vocabulary_dir = Path(vocabulary_dir).resolve()
+        needed = ("CONCEPT.csv", "CONCEPT_RELATIONSHIP.csv")
+        missing = [f for f in needed if not (vocabulary_dir / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"vocabulary folder {vocabulary_dir} lacks {', '.join(missing)} "
+                "(unpack the OHDSI Athena download there)"
+            )
     pinned = _pin_silver(lake, silver_versions or {})
     workdir = lake.root / DBT_WORKDIR
     workdir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +160,8 @@ def build_gold(
         "duckdb_path": str(duckdb_path),
         "plugins_dir": str(project / "plugins"),
     }
+    if vocabulary_dir is not None:
+        dbt_vars["vocabulary_dir"] = str(vocabulary_dir)
     options = {
         "--project-dir": str(project),
         "--profiles-dir": str(project),
@@ -231,7 +249,14 @@ def _run_dbt(args: list[str], *, log_path: Path) -> tuple[list[_Mart], int, int]
         elif kind == "model" and status == "success" and _is_mart(node):
             grain = node.config.meta.get("grain") or ()
             grain = (grain,) if isinstance(grain, str) else tuple(grain)
-            marts.append(_Mart(name=node.name, relation=str(node.relation_name), grain=grain))
+            marts.append(
+                _Mart(
+                    name=node.name,
+                    relation=str(node.relation_name),
+                    grain=grain,
+                    not_null=_contract_not_null(node),
+                )
+            )
 
     if failures or not outcome.success:
         summary = "\n  ".join(failures) or "dbt reported failure without a failing node"
@@ -243,6 +268,17 @@ def _run_dbt(args: list[str], *, log_path: Path) -> tuple[list[_Mart], int, int]
             tests_failed=failed,
         )
     return marts, passed, warned
+
+
+def _contract_not_null(node: Any) -> frozenset[str]:
+    """The columns an enforced dbt contract declares NOT NULL (DuckDB enforced them while building)."""
+    if not node.config.contract.enforced:
+        return frozenset()
+    return frozenset(
+        name
+        for name, column in node.columns.items()
+        if any(c.type == "not_null" for c in column.constraints)
+    )
 
 
 def _is_mart(node: Any) -> bool:
@@ -272,6 +308,23 @@ def _write_marts(lake: Lake, duckdb_path: Path, marts: list[_Mart]) -> tuple[Gol
             order = f" order by {', '.join(mart.grain)}" if mart.grain else ""
             data = con.sql(f"select * from {mart.relation}{order}").to_arrow_table()
             name = f"gold.{mart.name}"
+            if mart.not_null:
+                data = _with_not_null(data, mart.not_null, name=name)
             version = lake.write(name, data, mode="overwrite")
             written.append(GoldTable(name=name, version=version, rows=data.num_rows))
     return tuple(written)
+
+
+def _with_not_null(data: pa.Table, not_null: frozenset[str], *, name: str) -> pa.Table:
+    """The mart with its contract's NOT NULL columns non-nullable, so the Delta schema keeps them.
+
+    DuckDB's Arrow export marks every column nullable, contract or not.
+    """
+    missing = sorted(not_null - set(data.column_names))
+    if missing:
+        raise GoldBuildError(f"{name}: NOT NULL contract columns missing: {', '.join(missing)}")
+    nulls = sorted(c for c in not_null if data.column(c).null_count)
+    if nulls:
+        raise GoldBuildError(f"{name}: NOT NULL contract columns hold nulls: {', '.join(nulls)}")
+    schema = pa.schema([f.with_nullable(f.name not in not_null) for f in data.schema])
+    return data.cast(schema)

@@ -188,7 +188,7 @@ def test_gold_has_one_row_per_person(full_lake: tuple[Lake, GoldResult]) -> None
     # ordered by the mart's grain, so the same silver gives the same files
     assert [r["person_key"] for r in rows] == ["p-diab", "p-htn", "p-none", "p-old"]
     assert result.table("ml_patient_features").rows == 4
-    assert result.versions == {"gold.ml_patient_features": lake.version("gold.ml_patient_features")}
+    assert result.versions["gold.ml_patient_features"] == lake.version("gold.ml_patient_features")
     assert {r["_run_id"] for r in rows} == {"run-full"}
 
 
