@@ -8,12 +8,24 @@ Every other expectation (row count, share of non-null values, a column that must
 below 1) is a *table-level* rule: when it fails, nothing of that run is promoted and
 :class:`GateFailed` says why. A table without a suite is promoted whole.
 
+A ``expect_table_row_count_to_be_between`` whose ``meta.max_drop_ratio`` is set compares this
+run with the previous one: its ``min_value`` is resolved at run time to
+``ceil(previous * (1 - max_drop_ratio))``, where ``previous`` is the ``records_in`` of the table's
+latest gate ledger entry, of an earlier run, that staged any rows (see :func:`previous_run`).
+
+Gold is validated by :func:`validate_gold` after dbt built it; it is not split row-wise: any
+failing rule means the mart SQL is wrong, and :class:`GateFailed` stops the task.
+
+Every gate task validates in one GX context and builds its Data Docs once
+(:mod:`medlake.expectations.data_docs`).
+
 Great Expectations takes several seconds to import, so it is imported on first validation, not
 with this module (DAG files import this module when Airflow parses them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -27,11 +39,12 @@ from typing import Any
 import pyarrow as pa
 
 from medlake.errors import BadDataError
+from medlake.expectations import data_docs
 from medlake.lake import Lake, TableNotFound, conform
 from medlake.ledger import Entry
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from medlake.quarantine import Split, quarantine_id, quarantine_rows, stamp_run
-from medlake.registry import QUARANTINE, TableSpec, staging_name
+from medlake.registry import LEDGER, QUARANTINE, TableSpec, staging_name
 from medlake.registry import spec as registered
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -91,10 +104,13 @@ class GateResult:
     table_name: str
     split: Split
     rules: tuple[RuleResult, ...] = field(default=())
+    #: False for gold: a failing row-level rule stops the table like a table-level one
+    split_rows: bool = True
 
     @property
     def table_failures(self) -> list[RuleResult]:
-        return [r for r in self.rules if not r.row_level and not r.success]
+        """The failed rules that stop the table (every failed rule when rows are not split)."""
+        return [r for r in self.rules if not r.success and not (r.row_level and self.split_rows)]
 
     @property
     def promotable(self) -> bool:
@@ -106,6 +122,45 @@ class GateResult:
             if r.rule == rule:
                 return r
         raise KeyError(f"{self.table_name} has no rule {rule!r}")
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """What the gate staged for a table in the run it compares this one with."""
+
+    run_id: str
+    rows: int
+
+
+def previous_run(lake: Lake, table_name: str, *, run_id: str) -> PreviousRun | None:
+    """The baseline of a row-count-change rule: the latest earlier run whose gate staged rows of
+    the table (its ledger ``records_in``), or None.
+
+    None also when this run's ingest is in the ledger and added no new bronze records (a landing
+    delivered again): such a run stages nothing, and that is not a collapse. Runs that staged
+    nothing are never a baseline, so the run after one compares with the last delivery.
+    """
+    if not lake.exists(LEDGER.name):
+        return None
+    rows = lake.read(
+        LEDGER.name,
+        columns=["run_id", "stage", "table_name", "records_in", "records_out", "recorded_at"],
+    ).to_pylist()
+    ingested = [r["records_out"] for r in rows if r["run_id"] == run_id and r["stage"] == "ingest"]
+    if ingested and sum(ingested) == 0:
+        return None
+    earlier = [
+        r
+        for r in rows
+        if r["stage"] == STAGE
+        and r["table_name"] == table_name
+        and r["run_id"] != run_id
+        and r["records_in"] > 0
+    ]
+    if not earlier:
+        return None
+    latest = max(earlier, key=lambda r: r["recorded_at"])
+    return PreviousRun(run_id=str(latest["run_id"]), rows=int(latest["records_in"]))
 
 
 def suite_path(table_name: str, *, suites_dir: Path = SUITES_DIR) -> Path:
@@ -129,19 +184,59 @@ def load_suite(suite: Mapping[str, Any] | Path) -> dict[str, Any]:
         if rule in seen:
             raise ValueError(f"{where}: rule id {rule!r} is used twice")
         seen.add(rule)
+        ratio = exp["meta"].get("max_drop_ratio")
+        if ratio is not None and (
+            exp.get("type") != "expect_table_row_count_to_be_between"
+            or not isinstance(ratio, int | float)
+            or not 0 <= ratio <= 1
+        ):
+            raise ValueError(
+                f"{where}: rule {rule!r}: meta.max_drop_ratio needs a number from 0 to 1 on an "
+                "expect_table_row_count_to_be_between"
+            )
     return data
 
 
-def validate(rows: pa.Table, suite: Mapping[str, Any] | Path, *, table_name: str) -> GateResult:
+def _resolve_row_count_change(
+    suite_data: dict[str, Any], previous: PreviousRun | None
+) -> dict[str, Any]:
+    """The suite with each row-count-change rule's ``min_value`` set from the previous run.
+
+    Without a previous run the suite's own ``min_value`` stays (0 in the shipped suites). The
+    baseline goes into the rule's meta, so the reason and Data Docs can name both counts.
+    """
+    for exp in suite_data.get("expectations", []):
+        meta = exp["meta"]
+        ratio = meta.get("max_drop_ratio")
+        if ratio is None or previous is None:
+            continue
+        exp.setdefault("kwargs", {})["min_value"] = math.ceil(previous.rows * (1 - ratio))
+        meta["previous_run_id"] = previous.run_id
+        meta["previous_rows"] = previous.rows
+    return suite_data
+
+
+def validate(
+    rows: pa.Table,
+    suite: Mapping[str, Any] | Path,
+    *,
+    table_name: str,
+    previous: PreviousRun | None = None,
+    context: Any = None,
+    run_name: str | None = None,
+) -> GateResult:
     """Run the suite on the rows; rows failing a row-level rule are quarantined once each.
 
     A quarantined row's rule id is its first failing rule in suite order; its reason lists every
     rule it failed with the observed value, the expected range or set and the row's key.
+    ``previous`` is the baseline of row-count-change rules (none: they compare with nothing).
+    ``context`` is the GX context to validate in (one per gate task, whose Data Docs show every
+    table; a fresh one when not given); ``run_name`` names the validation there.
     """
-    suite_data = load_suite(suite)
+    suite_data = _resolve_row_count_change(load_suite(suite), previous)
     expectations: list[dict[str, Any]] = suite_data.get("expectations", [])
     order = {exp["meta"]["rule"]: i for i, exp in enumerate(expectations)}
-    raw_results = _run_gx(rows, suite_data)
+    raw_results = _run_gx(rows, suite_data, context=context, run_name=run_name)
 
     rules: list[RuleResult] = []
     for exp in expectations:
@@ -189,6 +284,7 @@ def run_gate(
     """
     staged: list[tuple[TableSpec, int, Split]] = []
     refused: list[GateResult] = []
+    context = None
     for name in tables:
         spec = registered(name)
         if spec.layer != "silver":
@@ -196,7 +292,15 @@ def run_gate(
         rows = _read_staging(lake, name)
         path = suite_path(name, suites_dir=suites_dir)
         if path.exists():
-            result = validate(rows, path, table_name=name)
+            context = context or _gx_context(data_docs.site_dir(lake))
+            result = validate(
+                rows,
+                path,
+                table_name=name,
+                previous=previous_run(lake, name, run_id=run_id),
+                context=context,
+                run_name=run_id,
+            )
             if results is not None:
                 results.append(result)
             if not result.promotable:
@@ -205,6 +309,8 @@ def run_gate(
         else:
             split = Split(rows, QUARANTINE_SCHEMA.empty_table())
         staged.append((spec, rows.num_rows, split))
+    if context is not None:  # once per gate task, before a refusal, so the docs show why
+        data_docs.build(context, data_docs.site_dir(lake))
     if refused:
         raise GateFailed(refused)
 
@@ -228,19 +334,67 @@ def run_gate(
     return entries
 
 
+def validate_gold(
+    lake: Lake,
+    *,
+    run_id: str,
+    tables: Sequence[str],
+    suites_dir: Path = SUITES_DIR,
+) -> list[GateResult]:
+    """Validate gold tables dbt just built with their suites; raise :class:`GateFailed` on any failure.
+
+    Gold is not split row-wise: a failing row means the mart's SQL is wrong, so every failed rule,
+    row-level or not, stops the task. Tables without a suite are not checked. The results go to
+    the Data Docs site ``<lake>/_quality/data_docs/gold/``.
+    """
+    results: list[GateResult] = []
+    context = None
+    folder = data_docs.site_dir(lake) / "gold"
+    for name in tables:
+        if not name.startswith("gold."):
+            raise ValueError(f"validate_gold checks gold tables only, not {name}")
+        path = suite_path(name, suites_dir=suites_dir)
+        if not path.exists():
+            continue
+        if not lake.exists(name):
+            raise TableNotFound(f"no gold table {name} at {lake.path(name)}: dbt has not built it")
+        context = context or _gx_context(folder)
+        result = validate(lake.read(name), path, table_name=name, context=context, run_name=run_id)
+        results.append(dataclasses.replace(result, split_rows=False))
+    if context is not None:
+        data_docs.build(context, folder)
+    refused = [r for r in results if not r.promotable]
+    if refused:
+        raise GateFailed(refused)
+    return results
+
+
 # --- Great Expectations ------------------------------------------------------------------------
 
 
-def _run_gx(rows: pa.Table, suite_data: dict[str, Any]) -> dict[str, Any]:
-    """GX validation results of the suite on the rows, by rule id."""
+def _gx_context(docs_dir: Path | None = None) -> Any:
+    """An in-memory GX context without progress bars, with a Data Docs site when given a folder."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if docs_dir is not None:
+        data_docs.add_site(context, docs_dir)
+    return context
+
+
+def _run_gx(
+    rows: pa.Table, suite_data: dict[str, Any], *, context: Any = None, run_name: str | None = None
+) -> dict[str, Any]:
+    """GX validation results of the suite on the rows, by rule id."""
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    context = context or _gx_context()
     suite = context.suites.add(gx.ExpectationSuite(**suite_data))
     batch_definition = (
-        context.data_sources.add_pandas("staging")
+        context.data_sources.add_pandas(f"rows_{suite.name}")
         .add_dataframe_asset("rows")
         .add_batch_definition_whole_dataframe("all_rows")
     )
@@ -249,7 +403,11 @@ def _run_gx(rows: pa.Table, suite_data: dict[str, Any]) -> dict[str, Any]:
     )
     # A fresh RangeIndex: GX reports row-level failures as index labels, i.e. row positions.
     frame = rows.to_pandas()
-    outcome = definition.run(batch_parameters={"dataframe": frame}, result_format=_RESULT_FORMAT)
+    outcome = definition.run(
+        batch_parameters={"dataframe": frame},
+        result_format=_RESULT_FORMAT,
+        run_id=RunIdentifier(run_name=run_name) if run_name else None,
+    )
     by_rule: dict[str, Any] = {}
     for r in outcome.results:
         config = r.expectation_config
@@ -317,6 +475,15 @@ def _expected(exp: Mapping[str, Any]) -> str:
     elif kind in ("expect_column_values_to_be_between", "expect_table_row_count_to_be_between"):
         subject = col if kind.startswith("expect_column") else "row count"
         text = f"{subject} {_bounds(kw)}"
+        meta = exp.get("meta") or {}
+        if meta.get("max_drop_ratio") is not None:
+            if "previous_rows" in meta:
+                text += (
+                    f" (at most {meta['max_drop_ratio']:.0%} below the {meta['previous_rows']} "
+                    f"rows staged in run {meta['previous_run_id']})"
+                )
+            else:
+                text += " (no earlier run staged rows to compare with)"
     elif kind == "expect_column_proportion_of_non_null_values_to_be_between":
         text = f"share of non-null {col} {_bounds(kw)}"
     elif kind == "expect_column_values_to_be_in_set":

@@ -32,8 +32,9 @@ from typing import Any
 from deltalake import DeltaTable
 
 from medlake import ledger as ledger_mod
+from medlake import registry
 from medlake.lake import Lake
-from medlake.registry import BRONZE_FHIR, FHIR_SILVER, QUARANTINE, staging_name
+from medlake.registry import BRONZE_FHIR, QUARANTINE, staging_name
 
 from . import audit
 from .lineage import read_events
@@ -51,7 +52,7 @@ LAYERS = ("landing", "bronze", "staging", "silver", "gold")
 #: tables every stage writes besides its data (drawn as a caption, not as graph nodes)
 BOOKKEEPING = ("quarantine", "ledger", "vault", "audit", "reference")
 GOLD_FEATURES = "gold.ml_patient_features"
-SILVER_TABLES = tuple(spec.name for spec in FHIR_SILVER.values())
+SILVER_TABLES = registry.SILVER_TABLES
 DP_BUDGET_DIR = "dp_budget"
 
 #: Safe Harbor identifiers the clean stage handles, and how (governance/deid.py, jobs/ingest/fhir.py)

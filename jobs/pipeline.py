@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from medlake import ledger
+from medlake import ledger, registry
 from medlake.config import Settings
 from medlake.governance import vault
 from medlake.governance.crypto import Keyring
@@ -33,13 +33,20 @@ from medlake.keys import audit_key, project_key
 from medlake.lake import Lake
 from medlake.ledger import Entry
 from medlake.quarantine import Split, stamp_run
-from medlake.registry import BRONZE_FHIR, FHIR_SILVER, LEDGER, QUARANTINE, staging_name
+from medlake.registry import (
+    BRONZE_FHIR,
+    FHIR_SILVER,
+    LEDGER,
+    QUARANTINE,
+    SILVER_NOTES,
+    staging_name,
+)
 
 log = logging.getLogger(__name__)
 
 #: landing sub-folders, one per source kind; only fhir/ has a parser so far
 SOURCE_KINDS = ("fhir", "hl7v2", "csv", "dicom", "vitals", "vcf")
-SILVER_TABLES = tuple(spec.name for spec in FHIR_SILVER.values())
+SILVER_TABLES = registry.SILVER_TABLES
 #: tables every stage writes besides its own, at their version after the stage (lineage outputs)
 BOOKKEEPING: dict[str, int | None] = {QUARANTINE.name: None, LEDGER.name: None}
 
@@ -161,6 +168,20 @@ def clean(
             )
             rows = standard.good
         versions[staging_name(spec.name)] = lake.write(staging_name(spec.name), rows, mode="overwrite", spec=spec)
+    notes = fhir.notes_from_bronze(bronze, key=key, max_shift_days=max_shift_days)
+    lake.insert_new(QUARANTINE.name, stamp_run(notes.quarantined, run_id))
+    entries.append(
+        Entry(
+            stage="deid_text",
+            table_name=SILVER_NOTES.name,
+            records_in=notes.good.num_rows + notes.quarantined.num_rows,
+            records_out=notes.good.num_rows,
+            quarantined=notes.quarantined.num_rows,
+        )
+    )
+    versions[staging_name(SILVER_NOTES.name)] = lake.write(
+        staging_name(SILVER_NOTES.name), notes.good, mode="overwrite", spec=SILVER_NOTES
+    )
     rest = fhir.bronze_only_from_bronze(bronze)
     lake.insert_new(QUARANTINE.name, stamp_run(rest.quarantined, run_id))
     entries.append(
@@ -249,6 +270,7 @@ def task_clean(lake: str, *, run_id: str, bronze_version: int | None) -> dict[st
 
 
 def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
+    from medlake.expectations import data_docs
     from medlake.expectations.gate import GateResult, run_gate
 
     settings, target = Settings(), Lake(Path(lake))
@@ -263,6 +285,8 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
             )
         finally:  # the quality results go on FAIL too, when a table-level rule refused promotion
             run.add_quality({staging_name(r.table_name): r for r in results})
+            if data_docs.index_path(target).is_file():
+                log.info("gate: Data Docs at %s", data_docs.index_path(target))
         entries += release_resolved(target, run_id=run_id)
         result = StageResult({name: target.version(name) for name in SILVER_TABLES}, entries)
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=entries)
@@ -270,6 +294,7 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
 
 
 def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
+    from medlake.expectations.gate import validate_gold
     from medlake.jobs.gold import SILVER_SOURCES, build_gold
 
     settings, target = Settings(), Lake(Path(lake))
@@ -281,6 +306,8 @@ def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
         config=lineage_config(settings),
     ) as run:
         result = build_gold(Path(lake), run_id=run_id, project_dir=settings.dbt.project_dir, target=settings.dbt.target)
+        # a gold row breaking its suite means the mart SQL is wrong: GateFailed fails the task (FAIL event)
+        validate_gold(target, run_id=run_id, tables=list(result.versions))
         run.complete(
             outputs=result.versions,
             inputs=dict(result.silver_versions),

@@ -191,6 +191,27 @@ SILVER_MEDICATIONS = TableSpec(
     description="One row per medication order (MedicationRequest, RDE); RxNorm where the source has it.",
 )
 
+SILVER_NOTES = TableSpec(
+    name="silver.notes",
+    schema=_schema(
+        _f("note_key", nullable=False),
+        _f("person_key", nullable=False),
+        _f("encounter_key"),
+        _f("resource_type", nullable=False),
+        _f("resource_key", nullable=False),
+        _f("note_path", nullable=False),
+        _f("note_text_deid", nullable=False),
+        _f("phi_replaced", pa.int32(), nullable=False),
+        _f("phi_entities", nullable=False),
+    ),
+    key=("note_key",),
+    description=(
+        "One row per free-text field kept (FHIR note and narrative text, DocumentReference and "
+        "DiagnosticReport attachments), de-identified: PHI replaced by per-patient surrogates, dates by "
+        "[DATE]; phi_entities is a JSON object of entity type → count (types and counts only)."
+    ),
+)
+
 QUARANTINE = TableSpec(
     name="quarantine",
     schema=pa.schema(
@@ -252,6 +273,7 @@ TABLES: dict[str, TableSpec] = {
         SILVER_OBSERVATIONS,
         SILVER_CONDITIONS,
         SILVER_MEDICATIONS,
+        SILVER_NOTES,
         QUARANTINE,
         LEDGER,
     )
@@ -265,6 +287,10 @@ FHIR_SILVER = {
     "Condition": SILVER_CONDITIONS,
     "MedicationRequest": SILVER_MEDICATIONS,
 }
+
+
+#: every silver table, in the order the gate promotes them
+SILVER_TABLES: tuple[str, ...] = tuple(name for name in TABLES if name.startswith("silver."))
 
 
 def spec(name: str) -> TableSpec:

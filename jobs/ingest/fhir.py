@@ -30,6 +30,7 @@ from medlake.quarantine import Split, quarantine_rows
 from medlake.registry import (
     BRONZE_FHIR,
     FHIR_SILVER,
+    SILVER_NOTES,
     TableSpec,
 )
 
@@ -690,3 +691,123 @@ def bronze_only_from_bronze(bronze: pa.Table) -> Split:
             }
         )
     return Split(rows.take(pa.array(valid, pa.int64())), quarantine_rows(bad, table_name=BRONZE_FHIR.name))
+
+
+# ---------------------------------------------------------------------------------------------
+# free text → silver.notes (de-identified)
+
+#: Resource types whose free text we keep, and where it sits.
+NOTE_SOURCES = ("Encounter", "Observation", "Condition", "Procedure", "DocumentReference", "DiagnosticReport")
+
+
+def free_text_fields(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any] | str]]:
+    """(path, text or base64 attachment) for each free-text field of a resource.
+
+    Narratives are kept for encounters only: elsewhere Synthea generates them from the coded data.
+    """
+    rtype = resource.get("resourceType")
+    if rtype == "Encounter" and (resource.get("text") or {}).get("div"):
+        yield "Encounter.text.div", resource["text"]["div"]
+    for i, note in enumerate(resource.get("note") or []):
+        if isinstance(note, dict) and note.get("text"):
+            yield f"{rtype}.note[{i}].text", note["text"]
+    if rtype == "DocumentReference":
+        for i, content in enumerate(resource.get("content") or []):
+            attachment = (content or {}).get("attachment") or {}
+            if attachment.get("data"):
+                yield f"DocumentReference.content[{i}].attachment", attachment
+    if rtype == "DiagnosticReport":
+        for i, attachment in enumerate(resource.get("presentedForm") or []):
+            if (attachment or {}).get("data"):
+                yield f"DiagnosticReport.presentedForm[{i}]", attachment
+    if rtype == "DiagnosticReport" and resource.get("conclusion"):
+        yield "DiagnosticReport.conclusion", resource["conclusion"]
+
+
+def record_terms(bronze: pa.Table, *, key: bytes) -> dict[str, list[str]]:
+    """Per person key, the names, address lines, phones and identifiers of this run's Patient rows:
+    the deny list of that patient's notes (governance.text_deid.record_deny_list)."""
+    from medlake.governance.text_deid import record_deny_list
+
+    return {identity["person_key"]: record_deny_list(identity) for identity in patient_identities(bronze, key=key)}
+
+
+def notes_from_bronze(
+    bronze: pa.Table,
+    *,
+    key: bytes,
+    deny_lists: dict[str, list[str]] | None = None,
+    max_shift_days: int = 365,
+) -> Split:
+    """``silver.notes``: every free-text field of this run's resources, de-identified in one batch.
+
+    ``deny_lists`` maps a person key to the patient's known names and identifiers (this run's
+    Patient rows by default; the pipeline adds the vault's for patients ingested earlier).
+    Undecodable attachments are quarantined (``deid.attachment_undecodable``); resources that do
+    not parse or have no subject are quarantined by their own table's flattener, not here.
+    """
+    from medlake.governance.text_deid import AttachmentError, decode_attachment, deidentify_batch, narrative_text
+
+    deny_lists = record_terms(bronze, key=key) if deny_lists is None else deny_lists
+    pseudo = Pseudonymizer(key=key, max_shift_days=max_shift_days)
+    rows = bronze.filter(pc.is_in(bronze.column("resource_type"), pa.array(NOTE_SOURCES)))
+    meta: list[dict[str, Any]] = []
+    texts: list[str] = []
+    bad: list[dict[str, Any]] = []
+    for row in rows.to_pylist():
+        try:
+            resource = json.loads(row["raw"])
+            person, _ = _subject(resource, pseudo)
+        except (json.JSONDecodeError, Reject):
+            continue
+        rtype, local_id = row["resource_type"], resource.get("id") or row["_record_hash"]
+        for path, value in free_text_fields(resource):
+            try:
+                if isinstance(value, dict):
+                    text = decode_attachment(value)
+                else:
+                    text = narrative_text(value) if path.endswith(".div") else value
+            except AttachmentError as exc:
+                bad.append(
+                    {
+                        "rule_id": "deid.attachment_undecodable",
+                        "reason": f"{row['_source_file']} record {row['_source_offset']} ({rtype}/{local_id}) {path}: {exc}",
+                        "source_file": row["_source_file"],
+                        "source_offset": row["_source_offset"],
+                        "record_id": row["resource_id"],
+                        "record_hash": row["_record_hash"],
+                        "raw_record": row["raw"],
+                    }
+                )
+                continue
+            texts.append(text)
+            meta.append(
+                {
+                    "note_key": pseudo.record("Note", f"{rtype}/{local_id}#{path}"),
+                    "person_key": person,
+                    "encounter_key": _encounter_key(resource, pseudo),
+                    "resource_type": rtype,
+                    "resource_key": pseudo.record(rtype, local_id),
+                    "note_path": path,
+                    "_record_hash": row["_record_hash"],
+                    "_source_kind": SOURCE_KIND,
+                    "_run_id": row["_run_id"],
+                }
+            )
+    persons = [m["person_key"] for m in meta]
+    done = deidentify_batch(
+        texts, deny_lists=[deny_lists.get(p, []) for p in persons], surrogate_key=key, person_keys=persons
+    ) if texts else []
+    good = [
+        {
+            **m,
+            "note_text_deid": d.text,
+            "phi_replaced": d.replaced,
+            "phi_entities": json.dumps(d.summary()["entities"], sort_keys=True),
+        }
+        for m, d in zip(meta, done)
+    ]
+    return Split(
+        pa.Table.from_pylist(good, schema=SILVER_NOTES.schema),
+        quarantine_rows(bad, table_name=SILVER_NOTES.name),
+    )

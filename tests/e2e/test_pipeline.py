@@ -57,7 +57,7 @@ def test_every_record_read_is_accounted_for(hospital):
     ingest = next(e for e in summary["ledger"] if e["stage"] == "ingest")
     assert ingest["records_in"] == truth["total_records"]
     stages = {e["stage"] for e in summary["ledger"]}
-    assert stages == {"ingest", "silver", "standardize", "gate"}
+    assert stages == {"ingest", "silver", "deid_text", "standardize", "gate"}
     for entry in summary["ledger"]:
         assert entry["records_in"] == (entry["records_out"] + entry["quarantined"] + entry["merged"]
                                        + entry["bronze_only"]), entry

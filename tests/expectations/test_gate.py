@@ -15,14 +15,24 @@ import pytest
 from medlake.expectations.gate import (
     SUITES_DIR,
     GateFailed,
+    GateResult,
+    PreviousRun,
     load_suite,
+    previous_run,
     run_gate,
     suite_path,
     validate,
+    validate_gold,
 )
 from medlake.lake import Lake, TableNotFound
-from medlake.ledger import check
-from medlake.registry import SILVER_CONDITIONS, SILVER_OBSERVATIONS, TableSpec, staging_name
+from medlake.ledger import Entry, check, record
+from medlake.registry import (
+    SILVER_CONDITIONS,
+    SILVER_OBSERVATIONS,
+    SILVER_TABLES,
+    TableSpec,
+    staging_name,
+)
 
 OBS = SILVER_OBSERVATIONS.name
 SUITE = suite_path(OBS)
@@ -409,25 +419,256 @@ def test_shipped_suites_quarantine_an_encounter_that_ends_before_it_starts():
 
     from medlake.registry import SILVER_ENCOUNTERS
 
-    def enc(key: str, start: datetime | None, end: datetime | None, status: str = "finished") -> dict:
-        return {"encounter_key": key, "person_key": "p", "status": status, "class_code": "AMB", "start_at": start,
-                "end_at": end, "_record_hash": f"h-{key}", "_source_kind": "fhir", "_run_id": "r"}
+    def enc(
+        key: str, start: datetime | None, end: datetime | None, status: str = "finished"
+    ) -> dict:
+        return {
+            "encounter_key": key,
+            "person_key": "p",
+            "status": status,
+            "class_code": "AMB",
+            "start_at": start,
+            "end_at": end,
+            "_record_hash": f"h-{key}",
+            "_source_kind": "fhir",
+            "_run_id": "r",
+        }
 
-    day = lambda d: datetime(2020, 1, d, tzinfo=UTC)  # noqa: E731
+    day = lambda d: datetime(2020, 1, d, tzinfo=UTC)
     rows = pa.Table.from_pylist(
-        [enc("ok", day(1), day(2)), enc("open", day(1), None), enc("backwards", day(2), day(1)),
-         enc("odd", day(1), day(1), status="done")],
+        [
+            enc("ok", day(1), day(2)),
+            enc("open", day(1), None),
+            enc("backwards", day(2), day(1)),
+            enc("odd", day(1), day(1), status="done"),
+        ],
         schema=SILVER_ENCOUNTERS.schema,
     )
     result = validate(rows, suite_path("silver.encounters"), table_name="silver.encounters")
     assert sorted(result.split.good.column("encounter_key").to_pylist()) == ["ok", "open"]
-    reasons = {r["record_id"]: (r["rule_id"], r["reason"]) for r in result.split.quarantined.to_pylist()}
+    reasons = {
+        r["record_id"]: (r["rule_id"], r["reason"]) for r in result.split.quarantined.to_pylist()
+    }
     assert reasons["backwards"][0] == "gate.encounter_ends_after_start"
     assert "end_at ≥ start_at" in reasons["backwards"][1]
     assert reasons["odd"][0] == "gate.status_in_fhir_set"
 
 
-@pytest.mark.parametrize("table", ["silver.patients", "silver.encounters", "silver.observations",
-                                   "silver.conditions", "silver.medications"])
+@pytest.mark.parametrize("table", SILVER_TABLES)
 def test_every_silver_table_has_a_suite(table):
     assert suite_path(table).is_file()
+
+
+# --- row count against the previous run ---------------------------------------------------------
+
+
+def valid_observations(n: int, *, prefix: str) -> pa.Table:
+    return observations(*(obs(f"{prefix}{i}", _record_hash=f"rh-{prefix}{i}") for i in range(n)))
+
+
+def gate_and_record(lake: Lake, run_id: str, *, now: datetime) -> list[Any]:
+    return record(lake, run_id, run_gate(lake, run_id=run_id, tables=[OBS]), now=now)
+
+
+def test_a_first_run_has_no_baseline_and_passes(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    stage(lake, SILVER_OBSERVATIONS, valid_observations(10, prefix="a"))
+    results: list[GateResult] = []
+
+    (entry,) = run_gate(lake, run_id="run-1", tables=[OBS], results=results)
+
+    assert entry.records_out == 10
+    rule = results[0].rule("row_count_not_collapsed")
+    assert (rule.success, rule.row_level, rule.observed) == (True, False, 10)
+    assert rule.expected == "row count ≥ 0 (no earlier run staged rows to compare with)"
+
+
+def test_a_collapsed_row_count_fails_naming_both_counts_and_promotes_nothing(
+    tmp_path: Path,
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    stage(lake, SILVER_OBSERVATIONS, valid_observations(1000, prefix="a"))
+    gate_and_record(lake, "run-1", now=datetime(2024, 3, 1, tzinfo=UTC))
+    silver_version, quarantined = lake.version(OBS), lake.count("quarantine")
+    stage(lake, SILVER_OBSERVATIONS, valid_observations(10, prefix="b"))
+    results: list[GateResult] = []
+
+    with pytest.raises(GateFailed) as refused:
+        run_gate(lake, run_id="run-2", tables=[OBS], results=results)
+
+    message = str(refused.value)
+    assert "silver.observations: row_count_not_collapsed — row count is 10" in message
+    assert (
+        "expected row count ≥ 500 (at most 50% below the 1000 rows staged in run run-1)" in message
+    )
+    assert lake.version(OBS) == silver_version and lake.count(OBS) == 1000
+    assert lake.count("quarantine") == quarantined
+    assert not results[0].promotable
+
+
+def test_a_drop_within_the_bound_is_promoted(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    stage(lake, SILVER_OBSERVATIONS, valid_observations(100, prefix="a"))
+    gate_and_record(lake, "run-1", now=datetime(2024, 3, 1, tzinfo=UTC))
+    stage(lake, SILVER_OBSERVATIONS, valid_observations(50, prefix="b"))
+
+    (entry,) = run_gate(lake, run_id="run-2", tables=[OBS])
+
+    assert entry.records_out == 50 and lake.count(OBS) == 150
+
+
+def test_a_landing_delivered_again_stages_nothing_and_passes(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    stage(lake, SILVER_OBSERVATIONS, valid_observations(100, prefix="a"))
+    gate_and_record(lake, "run-1", now=datetime(2024, 3, 1, tzinfo=UTC))
+    redelivered = Entry(
+        stage="ingest", table_name="bronze.fhir_resources", records_in=100, merged=100
+    )
+    record(lake, "run-2", [redelivered], now=datetime(2024, 3, 2, tzinfo=UTC))
+    stage(lake, SILVER_OBSERVATIONS, observations())
+
+    (entry,) = run_gate(lake, run_id="run-2", tables=[OBS])
+
+    assert (entry.records_in, entry.records_out) == (0, 0) and lake.count(OBS) == 100
+
+
+def test_the_baseline_is_the_latest_earlier_run_that_staged_rows(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+
+    def gate(n: int) -> list[Entry]:
+        return [Entry(stage="gate", table_name=OBS, records_in=n, records_out=n)]
+
+    record(lake, "run-1", gate(1000), now=datetime(2024, 3, 1, tzinfo=UTC))
+    record(lake, "run-2", gate(0), now=datetime(2024, 3, 2, tzinfo=UTC))
+    record(lake, "run-3", gate(7), now=datetime(2024, 3, 3, tzinfo=UTC))
+
+    assert previous_run(lake, OBS, run_id="run-3") == PreviousRun("run-1", 1000)  # not itself
+    assert previous_run(lake, OBS, run_id="run-4") == PreviousRun("run-3", 7)
+    assert previous_run(lake, SILVER_CONDITIONS.name, run_id="run-4") is None
+    assert previous_run(Lake(tmp_path / "empty"), OBS, run_id="run-1") is None
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5, "half"])
+def test_a_drop_ratio_outside_0_to_1_is_refused(ratio: Any) -> None:
+    suite = {
+        "name": "s",
+        "expectations": [
+            {
+                "type": "expect_table_row_count_to_be_between",
+                "kwargs": {"min_value": 0},
+                "meta": {"rule": "row_count_not_collapsed", "max_drop_ratio": ratio},
+            }
+        ],
+    }
+    with pytest.raises(ValueError, match="max_drop_ratio needs a number from 0 to 1"):
+        load_suite(suite)
+
+
+# --- gold --------------------------------------------------------------------------------------
+
+FEATURES = "gold.ml_patient_features"
+
+
+def feature_row(person_key: str | None, **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "person_key": person_key,
+        "gender": "female",
+        "age_band": "40-44",
+        "is_deceased": False,
+        "encounter_count": 3,
+        "heart_rate_last": 70.0,
+        "heart_rate_mean": 72.5,
+        "body_weight_last": 70.0,
+        "body_weight_mean": 71.0,
+        "systolic_bp_last": 120.0,
+        "systolic_bp_mean": 118.0,
+        "glucose_last": None,
+        "glucose_mean": None,
+        "medication_count": 1,
+        "medication_order_count": 2,
+        "_run_id": "run-1",
+    }
+    row.update(extra)
+    return row
+
+
+def write_features(lake: Lake, *rows: dict[str, Any]) -> None:
+    lake.write(FEATURES, pa.Table.from_pylist(list(rows)), mode="overwrite")
+
+
+def test_a_sound_gold_mart_passes(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    write_features(
+        lake, feature_row("p1"), feature_row("p2", age_band=None), feature_row("p3", age_band="90+")
+    )
+
+    (result,) = validate_gold(lake, run_id="run-1", tables=[FEATURES, "gold.omop_person"])
+
+    assert result.table_name == FEATURES and result.promotable
+    assert all(r.success for r in result.rules)
+
+
+@pytest.mark.parametrize(
+    ("rows", "rule", "words"),
+    [
+        ([feature_row("p1"), feature_row("p1")], "person_key_unique", "2 rows fail"),
+        (
+            [feature_row("p1"), feature_row("p2", age_band="90-94")],
+            "age_band_in_dbt_bands",
+            "1 row fail",
+        ),
+        ([feature_row("p1"), feature_row(None)], "person_key_not_null", "1 row fail"),
+        ([feature_row("p1", encounter_count=-1)], "encounter_count_not_negative", "1 row fail"),
+        ([feature_row("p1", heart_rate_mean=720.0)], "heart_rate_mean_range", "between 0 and 300"),
+    ],
+)
+def test_a_wrong_gold_row_stops_the_gold_task(
+    tmp_path: Path, rows: list[dict[str, Any]], rule: str, words: str
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    write_features(lake, *rows)
+
+    with pytest.raises(GateFailed) as refused:
+        validate_gold(lake, run_id="run-1", tables=[FEATURES])
+
+    (result,) = refused.value.results
+    assert [f.rule for f in result.table_failures] == [rule]
+    assert f"{FEATURES}: {rule} — " in str(refused.value) and words in str(refused.value)
+
+
+def test_gold_lab_bounds_are_silvers_physiological_bounds() -> None:
+    from medlake.jobs.clean.ranges import impossible_ranges
+
+    silver = impossible_ranges()
+    labs = [e for e in load_suite(suite_path(FEATURES))["expectations"] if "loinc" in e["meta"]]
+    assert {e["kwargs"]["column"] for e in labs} >= {
+        "heart_rate_mean",
+        "body_weight_mean",
+        "systolic_bp_mean",
+    }
+    for e in labs:
+        bound = silver[(e["meta"]["loinc"], e["meta"]["ucum"])]
+        assert (e["kwargs"]["min_value"], e["kwargs"]["max_value"]) == (bound.low, bound.high)
+        assert bound.source == e["meta"]["silver_rule"]
+
+
+def test_gold_age_bands_are_the_bands_dbt_emits() -> None:
+    import yaml
+
+    dbt = Path(__file__).parents[2] / "dbt"
+    top = int(yaml.safe_load((dbt / "dbt_project.yml").read_text())["vars"]["age_top_code"])
+
+    def band(age: int) -> str:  # dbt/macros/age.sql, age_band
+        low = age // 5 * 5
+        return f"{top + 1}+" if age > top else f"{low}-{min(low + 4, top)}"
+
+    models = yaml.safe_load((dbt / "models/marts/ml/_ml__models.yml").read_text())["models"]
+    (features,) = [m for m in models if m["name"] == "ml_patient_features"]
+    (age,) = [c for c in features["columns"] if c["name"] == "age_band"]
+    accepted = age["data_tests"][0]["accepted_values"]["arguments"]["values"]
+    (rule,) = [
+        e
+        for e in load_suite(suite_path(FEATURES))["expectations"]
+        if e["meta"]["rule"] == "age_band_in_dbt_bands"
+    ]
+    assert set(rule["kwargs"]["value_set"]) == {band(a) for a in range(120)} == set(accepted)

@@ -1,0 +1,302 @@
+"""Medical PHI recognizers for Presidio: MRNs, clinical dates, phones, ages over 89, sites, SSNs.
+
+Presidio's defaults are tuned for general PII; clinical notes carry identifiers in the shapes
+below. Every pattern is a :class:`~presidio_analyzer.PatternRecognizer`, so the analyzer's
+context enhancer can raise a weak match when a cue word ("MRN", "DOB", "call") is nearby.
+
+Presidio matches with ``re.IGNORECASE`` by default; patterns that depend on capital letters
+(site names, names after a title) switch it off locally with ``(?-i:...)``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer
+
+LANGUAGE = "en"
+
+#: Entity types these recognizers emit, beyond Presidio's own.
+MRN = "MEDICAL_RECORD_NUMBER"
+HOSPITAL = "HOSPITAL"
+AGE_OVER_89 = "AGE_OVER_89"
+STREET_ADDRESS = "STREET_ADDRESS"
+
+_MONTH = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+)
+#: Courtesy titles: replaced together with the name they precede.
+TITLE = r"(?:mr|mrs|ms|miss|mx|dr|prof|sir|madam|mister)"
+_STREET_SUFFIX = (
+    r"(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|way|place|pl"
+    r"|terrace|ter|circle|cir|parkway|pkwy|highway|hwy|square|sq|trail|trl|alley|row|crescent)"
+)
+
+
+def _recognizer(
+    entity: str,
+    name: str,
+    patterns: list[tuple[str, str, float]],
+    *,
+    context: list[str] | None = None,
+) -> PatternRecognizer:
+    return PatternRecognizer(
+        supported_entity=entity,
+        name=name,
+        supported_language=LANGUAGE,
+        patterns=[
+            Pattern(name=label, regex=regex, score=score) for label, regex, score in patterns
+        ],
+        context=context or [],
+    )
+
+
+def mrn_recognizer() -> PatternRecognizer:
+    """Medical record numbers: ``MRN-0012345``, ``MRN: 12345678``, ``MRN#1234567``, bare digits after a cue."""
+    return _recognizer(
+        MRN,
+        "MrnRecognizer",
+        [
+            ("mrn prefixed", r"\bMRN\s*[-:#]?\s*\d{4,10}\b", 0.9),
+            ("medical record number", r"(?<=medical record number)\s*[:#]?\s*\d{4,10}\b", 0.8),
+            ("bare record digits (weak)", r"\b\d{6,10}\b", 0.05),
+        ],
+        context=["mrn", "medical record", "record number", "chart", "patient id"],
+    )
+
+
+def date_recognizer() -> PatternRecognizer:
+    """Dates as clinicians write them: 03/05/2024, 2024-03-05, 5 Mar 2024, March 5, 2024."""
+    return _recognizer(
+        "DATE_TIME",
+        "ClinicalDateRecognizer",
+        [
+            ("m/d/y", r"\b\d{1,2}[/.-]\d{1,2}[/.-](?:\d{4}|\d{2})\b", 0.85),
+            ("iso date(time)", r"\b\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?\b", 0.9),
+            ("d month y", rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH}\.?,?\s+\d{{4}}\b", 0.9),
+            ("month d, y", rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b", 0.9),
+            ("month y", rf"\b{_MONTH}\.?\s+\d{{4}}\b", 0.6),
+        ],
+        context=["dob", "born", "date", "seen", "on", "since", "admitted", "discharged"],
+    )
+
+
+def phone_recognizer() -> PatternRecognizer:
+    """North American phones incl. the fictional 555 exchange Presidio's validator rejects."""
+    return _recognizer(
+        "PHONE_NUMBER",
+        "ClinicalPhoneRecognizer",
+        [
+            ("(nnn) nnn-nnnn", r"\(\d{3}\)\s*\d{3}[-.\s]\d{4}\b", 0.85),
+            ("nnn-nnn-nnnn", r"\b\d{3}[-.]\d{3}[-.]\d{4}(?:\s*(?:x|ext\.?)\s*\d{1,5})?\b", 0.8),
+            ("+1 nnn nnn nnnn", r"\+1[\s.-]?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]?\d{4}\b", 0.85),
+            ("international", r"\+\d{1,3}[\s.-]?(?:\(0\))?\d{2,5}(?:[\s.-]\d{2,5}){1,4}\b", 0.7),
+            ("(nn) nnn-nnn", r"\(\d{2,4}\)\s*\d{3}-\d{3,4}\b", 0.7),
+            ("digit groups", r"(?<![\d-])\b\d{2,5}(?:[ .]\d{2,4}){2,4}\b(?![-/]\d)", 0.45),
+            ("two groups (weak)", r"(?<![\d-])\b\d{2,5}[ .]\d{6,8}\b", 0.3),
+            ("local nnn nnnn (weak)", r"(?<![\d/.-])\b\d{3,4}[ .-]\d{4}\b(?![-/.]\d)", 0.3),
+            ("(nn) nnnn nnnn", r"\(\d{2,4}\)\s*\d{3,4}[ .-]?\d{4}\b", 0.7),
+            ("ten digits (weak)", r"(?<![\d-])\b\d{10}\b", 0.3),
+        ],
+        context=[
+            "phone",
+            "call",
+            "callback",
+            "tel",
+            "telephone",
+            "cell",
+            "mobile",
+            "number",
+            "reach",
+            "fax",
+            "answering",
+            "office",
+            "home",
+        ],
+    )
+
+
+def age_over_89_recognizer() -> PatternRecognizer:
+    """Ages over 89, which Safe Harbor treats as identifying: ``92-year-old``, ``aged 93``, ``95 y/o``."""
+    age = r"(?:9\d|1[0-2]\d)"
+    return _recognizer(
+        AGE_OVER_89,
+        "AgeOver89Recognizer",
+        [
+            ("n-year-old", rf"\b{age}[-\s]?(?:year|yr)s?[-\s]?old\b", 0.9),
+            ("aged n", rf"\b(?:aged?|age:)\s*{age}\b", 0.9),
+            ("n y/o", rf"\b{age}\s*(?:y/?o|yo|years? of age)\b", 0.9),
+        ],
+    )
+
+
+def hospital_recognizer() -> PatternRecognizer:
+    """Care sites: ``St. Mary's Hospital``, ``Riverside Medical Center``, ``Ward 7B``."""
+    word = r"(?:St\.|[A-Z][\w'’.&-]*)"
+    kind = r"(?:Hospital|Medical Center|Medical Centre|Health Center|Clinic|Infirmary|Ward|Hospice)"
+    return _recognizer(
+        HOSPITAL,
+        "HospitalRecognizer",
+        [
+            ("named site", rf"(?-i:\b{word}(?:\s+(?:of\s+)?{word}){{0,4}}\s+{kind}\b)", 0.85),
+            ("numbered ward", r"(?-i:\b(?:Ward|Unit|Bed|Room)\s+\d{1,3}[A-Z]?\b)", 0.6),
+        ],
+    )
+
+
+def ssn_recognizer() -> PatternRecognizer:
+    """SSNs in the dashed form, including test ranges Presidio's validator rejects."""
+    return _recognizer(
+        "US_SSN",
+        "ClinicalSsnRecognizer",
+        [("nnn-nn-nnnn", r"\b\d{3}-\d{2}-\d{4}\b", 0.6)],
+        context=["ssn", "social security", "ss#"],
+    )
+
+
+def street_address_recognizer() -> PatternRecognizer:
+    """Street lines (``24 Clarke Avenue``, ``6750 Koskikatu 25 Apt. 864``), with the unit and the
+    town/state/ZIP lines or comma parts that follow them; PO and military boxes; unit designators."""
+    name = r"(?:[A-ZÀ-ÞΑ-ΩА-Я][\w'’.-]*)"
+    link = r"(?:de|do|da|del|la|le|van|von|ten|u\.|str\.?|and)"
+    word = rf"(?:{name}|{link})"
+    unit = r"(?:\s*,?\s*(?:Apt|Apartment|Suite|Ste|Unit)\.?\s*#?\s*\d{1,5}[A-Za-z]?)?"
+    follow = (
+        r"(?:[ \t]*\n[ \t]*>?[ \t]*(?:,[ \t]*)?[^\n]{1,40}(?=\n|$)){0,4}"  # following lines
+        rf"(?:,[ \t]*{name}(?:[ \t]+{name}){{0,3}}){{0,2}}(?:,?[ \t]+(?:[A-Z]{{2}}[ \t]+)?\d{{4,5}}(?:-\d{{4}})?)?"
+    )
+    by_suffix = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?(?:{word}\s+){{0,4}}(?i:{_STREET_SUFFIX})\b\.?"
+    not_month = rf"(?!(?i:{_MONTH})\b)"
+    by_number = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?{not_month}{name}(?:\s+{word}){{0,3}}\s+\d{{1,5}}[A-Za-z]?\b\.?"
+    return _recognizer(
+        STREET_ADDRESS,
+        "StreetAddressRecognizer",
+        [
+            ("number street suffix", rf"(?-i:\b{by_suffix}{unit}{follow})", 0.8),
+            ("number name number", rf"(?-i:\b{by_number}{unit}{follow})", 0.6),
+            (
+                "name number (weak)",
+                rf"(?-i:\b{not_month}{name}(?:\s+{word}){{0,2}}\s+\d{{1,5}}[a-z]?\b)",
+                0.25,
+            ),
+            ("unit", r"\b(?:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[a-z]?\b", 0.7),
+            ("po box", r"\bP\.?\s?O\.?\s+Box\s+\d{1,6}\b", 0.8),
+            (
+                "military box",
+                r"\b(?:PSC|CMR|Unit)\s+\d{3,5},?\s+Box\s+\d{1,5}(?:\s*\n?\s*(?:APO|FPO|DPO)\s+A[AEP]\s+\d{5})?",
+                0.85,
+            ),
+            ("zip (weak)", r"\b\d{5}(?:-\d{4})?\b", 0.05),
+            (
+                "after zip",
+                r"(?:(?<=zip:\s)|(?<=zip code is )|(?<=zip code: )|(?<=postal code: ))[\dA-Z]{2,5}(?:[ -][\dA-Z]{2,4})?\b",
+                0.6,
+            ),
+        ],
+        context=[
+            "address",
+            "lives",
+            "live",
+            "street",
+            "resides",
+            "located",
+            "moved",
+            "apt",
+            "suite",
+            "zip",
+            "postal",
+        ],
+    )
+
+
+def titled_name_recognizer() -> PatternRecognizer:
+    """Names spaCy's small model misses: with their courtesy title (``Mr. Okonkwo``), with a middle
+    initial (``Ravil G Yefimov``), or after a cue (``name is Boyle``, ``Name: Toshimi Arata``)."""
+    cues = (
+        "name is ",
+        "name: ",
+        "name:",
+        "called ",
+        "patient ",
+        "named ",
+        "spoke with ",
+        "son ",
+        "daughter ",
+        "wife ",
+        "husband ",
+    )
+    after_cue = "|".join(f"(?<=\\b{re.escape(c)})" for c in cues)
+    strong_cues = (
+        "my name is ",
+        "call me ",
+        "calls me ",
+        "named him ",
+        "named her ",
+        "follow up with ",
+        "my kid ",
+    )
+    after_strong_cue = "|".join(f"(?<=\\b{re.escape(c)})" for c in strong_cues)
+    capital = r"[A-ZÀ-Þ][\w'’-]+"
+    return _recognizer(
+        "PERSON",
+        "ClinicalNameRecognizer",
+        [
+            (
+                "title name",
+                rf"\b{TITLE}\.?\s+(?-i:{capital}(?:\s+(?:[A-Z]\.?\s+)?{capital}){{0,2}})",
+                0.8,
+            ),
+            ("middle initial", rf"(?-i:\b{capital}\s+[A-Z]\.?\s+{capital}\b)", 0.6),
+            (
+                "cue name",
+                rf"(?:{after_cue})(?-i:{capital}(?:\s+(?:[A-Z]\.?\s+)?{capital}){{0,2}})",
+                0.5,
+            ),
+            (
+                "strong cue, any case",
+                rf"(?:{after_strong_cue})[^\W\d_][\w'’-]+(?:\s+(?:[^\W\d_]\.?\s+)?(?!and\b|in\b|for\b|on\b|at\b|to\b)[^\W\d_][\w'’-]+)?",
+                0.6,
+            ),
+        ],
+    )
+
+
+def account_number_recognizer() -> PatternRecognizer:
+    """Long digit runs (card, account, member numbers), with or without 4-digit grouping, that the
+    card recognizer's checksum rejects: Safe Harbor removes every account number, valid or not."""
+    return _recognizer(
+        "ACCOUNT_NUMBER",
+        "AccountNumberRecognizer",
+        [("12-19 digits", r"(?<![\d-])\b(?:\d{4}[ -]?){2,3}\d{4,7}\b(?![-/]\d)", 0.5)],
+        context=["account", "card", "member", "policy", "billing", "acct"],
+    )
+
+
+def medical_recognizers() -> list[EntityRecognizer]:
+    """Every recognizer of this module, ready for ``RecognizerRegistry.add_recognizer``."""
+    return [
+        mrn_recognizer(),
+        date_recognizer(),
+        phone_recognizer(),
+        age_over_89_recognizer(),
+        hospital_recognizer(),
+        ssn_recognizer(),
+        account_number_recognizer(),
+        street_address_recognizer(),
+        titled_name_recognizer(),
+    ]
+
+
+def record_recognizer(terms: list[str], *, entity: str) -> PatternRecognizer | None:
+    """A per-note deny list: the patient's own known names or identifiers, whole word, any case."""
+    cleaned = sorted({t.strip() for t in terms if t and len(t.strip()) >= 2}, key=len, reverse=True)
+    if not cleaned:
+        return None
+    return PatternRecognizer(
+        supported_entity=entity,
+        name=f"RecordDenyList{entity.title()}",
+        supported_language=LANGUAGE,
+        deny_list=cleaned,
+        deny_list_score=1.0,
+    )

