@@ -56,8 +56,13 @@ def medlake_pipeline() -> None:
     def clean(ingested: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_clean
 
-        bronze_version = ingested["versions"]["bronze.fhir_resources"]  # type: ignore[index]
-        return _call(task_clean, _params()["lake"], bronze_version=bronze_version)
+        versions: dict[str, int | None] = ingested["versions"]  # type: ignore[assignment]
+        return _call(
+            task_clean,
+            _params()["lake"],
+            bronze_version=versions["bronze.fhir_resources"],
+            hl7v2_version=versions.get("bronze.hl7v2_messages"),
+        )
 
     @task(outlets=assets.SILVER + [assets.QUARANTINE])
     def gate(cleaned: dict[str, object]) -> dict[str, object]:

@@ -2,6 +2,7 @@
 pure transforms and writes Delta tables, records its ledger entries and returns table versions.
 
 ingest  landing/fhir → bronze.fhir_resources            (parse; duplicates merged on _record_hash)
+        landing/hl7v2 → bronze.hl7v2_messages          (split into messages; MSH and segments checked)
 clean   bronze (this run's rows) → staging.<table>       (validate, flatten, pseudonymize, shift dates;
                                                           standardize codes, units, plausibility)
 gate    staging.<table> → silver.<table> | quarantine    (Great Expectations suites decide promotion)
@@ -28,24 +29,27 @@ from medlake.governance.lineage import LineageConfig, stage_run
 from medlake.jobs.clean import terminology
 from medlake.jobs.clean.config import OnUnmapped
 from medlake.jobs.clean.standardize import STANDARDIZE
-from medlake.jobs.ingest import fhir
+from medlake.jobs.ingest import fhir, hl7v2
 from medlake.keys import audit_key, project_key
 from medlake.lake import Lake
 from medlake.ledger import Entry
 from medlake.quarantine import Split, stamp_run
 from medlake.registry import (
     BRONZE_FHIR,
+    BRONZE_HL7V2,
     FHIR_SILVER,
     LEDGER,
     QUARANTINE,
     SILVER_NOTES,
+    TableSpec,
     staging_name,
 )
 
 log = logging.getLogger(__name__)
 
-#: landing sub-folders, one per source kind; only fhir/ has a parser so far
+#: landing sub-folders, one per source kind; fhir/ and hl7v2/ have parsers so far
 SOURCE_KINDS = ("fhir", "hl7v2", "csv", "dicom", "vitals", "vcf")
+PARSED_KINDS = ("fhir", "hl7v2")
 SILVER_TABLES = registry.SILVER_TABLES
 #: tables every stage writes besides its own, at their version after the stage (lineage outputs)
 BOOKKEEPING: dict[str, int | None] = {QUARANTINE.name: None, LEDGER.name: None}
@@ -66,7 +70,9 @@ class StageResult:
 def waiting_sources(landing: Path) -> dict[str, int]:
     """Files in landing folders whose parser has not landed yet: reported, left untouched."""
     waiting = {}
-    for kind in SOURCE_KINDS[1:]:
+    for kind in SOURCE_KINDS:
+        if kind in PARSED_KINDS:
+            continue
         folder = landing / kind
         if folder.is_dir():
             count = sum(1 for p in folder.rglob("*") if p.is_file())
@@ -82,22 +88,37 @@ def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = Non
         log.warning("landing/%s holds %d file(s) with no parser yet; they stay in landing", kind, count)
     files = fhir.landing_files(landing / "fhir")
     raw = fhir.read_files(files, root=landing)
-    split = fhir.to_bronze(raw, run_id=run_id, ingested_at=now)
+    entry = _to_bronze(lake, BRONZE_FHIR, fhir.to_bronze(raw, run_id=run_id, ingested_at=now), raw, run_id=run_id)
+    ledger.record(lake, run_id, [entry])
+    log.info("ingest: %d records from %d files, %d new in bronze", raw.num_rows, len(files), entry.records_out)
+    return StageResult({BRONZE_FHIR.name: lake.version(BRONZE_FHIR.name)}, [entry])
+
+
+def ingest_hl7v2(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = None) -> StageResult:
+    """Landing HL7 v2 files → bronze, one row per message. A message seen before merges as a duplicate."""
+    files = hl7v2.landing_files(landing / "hl7v2")
+    raw = hl7v2.read_files(files, root=landing)
+    split = hl7v2.to_bronze(raw, run_id=run_id, ingested_at=now or datetime.now(UTC))
+    entry = _to_bronze(lake, BRONZE_HL7V2, split, raw, run_id=run_id)
+    ledger.record(lake, run_id, [entry])
+    log.info("ingest: %d HL7 v2 messages from %d files, %d new in bronze", raw.num_rows, len(files), entry.records_out)
+    return StageResult({BRONZE_HL7V2.name: lake.version(BRONZE_HL7V2.name)}, [entry])
+
+
+def _to_bronze(lake: Lake, spec: TableSpec, split: Split, raw: pa.Table, *, run_id: str) -> Entry:
+    """Write a bronze split (MERGE on the record hash) and its quarantine; the ledger entry."""
     lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
-    lake.insert_new(BRONZE_FHIR.name, split.good)
-    lake.ensure(BRONZE_FHIR.name)
-    written = lake.read(BRONZE_FHIR.name, columns=["_run_id"], where={"_run_id": run_id}).num_rows
-    entry = Entry(
+    lake.insert_new(spec.name, split.good)
+    lake.ensure(spec.name)
+    written = lake.read(spec.name, columns=["_run_id"], where={"_run_id": run_id}).num_rows
+    return Entry(
         stage="ingest",
-        table_name=BRONZE_FHIR.name,
+        table_name=spec.name,
         records_in=raw.num_rows,
         records_out=written,
         quarantined=split.quarantined.num_rows,
         merged=raw.num_rows - split.quarantined.num_rows - written,
     )
-    ledger.record(lake, run_id, [entry])
-    log.info("ingest: %d records from %d files, %d new in bronze", raw.num_rows, len(files), written)
-    return StageResult({BRONZE_FHIR.name: lake.version(BRONZE_FHIR.name)}, [entry])
 
 
 def clean(
@@ -108,6 +129,7 @@ def clean(
     max_shift_days: int,
     keyring: Keyring | None = None,
     bronze_version: int | None = None,
+    hl7v2_version: int | None = None,
     concept_maps_version: int | None = None,
     on_unmapped: dict[str, OnUnmapped] | None = None,
 ) -> StageResult:
@@ -119,12 +141,22 @@ def clean(
     works on flattened rows, so it has its own ledger entry per table, counted in rows
     (``standardize``: rows in = rows out + rows quarantined). ``on_unmapped`` per silver table,
     default quarantine; the concept maps are ``reference.concept_maps`` (at ``concept_maps_version``).
+
+    FHIR resources and HL7 v2 messages fill the same tables, FHIR rows first (the gate keeps the
+    first row of a key). A patient with a medical record number is one person_key in both (the
+    MRN's key): FHIR resources reach it through their Patient's MRN, looked up over every Patient
+    in bronze, not only this run's. The silver entries count FHIR resources plus HL7 segments.
     """
     bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
+    messages = lake.read(BRONZE_HL7V2.name, version=hl7v2_version, where={"_run_id": run_id})
+    patients = lake.read(BRONZE_FHIR.name, columns=["resource_id", "raw"], where={"resource_type": "Patient"})
+    aliases = fhir.patient_aliases(patients, key=key)
+    from_hl7 = hl7v2.silver_from_bronze(messages, key=key, max_shift_days=max_shift_days)
     concept_map, maps_version = terminology.concept_maps(lake, version=concept_maps_version)
     log.info("clean: concept maps %s@%d", terminology.CONCEPT_MAPS.name, maps_version)
     if keyring is not None:
-        vault.store(lake, fhir.patient_identities(bronze, key=key), keyring=keyring)
+        identities = fhir.patient_identities(bronze, key=key, aliases=aliases)
+        vault.store(lake, identities + hl7v2.patient_identities(messages, key=key), keyring=keyring)
     transforms: dict[str, Callable[..., Split]] = {
         "Patient": fhir.patients_from_bronze,
         "Encounter": fhir.encounters_from_bronze,
@@ -137,20 +169,22 @@ def clean(
     versions: dict[str, int | None] = {}
     for resource_type, transform in transforms.items():
         spec = FHIR_SILVER[resource_type]
-        split = transform(bronze, key=key, max_shift_days=max_shift_days)
+        split = transform(bronze, key=key, max_shift_days=max_shift_days, aliases=aliases)
+        hl7 = from_hl7[spec.name]
         records_in = int(pc.sum(pc.equal(types, resource_type)).as_py() or 0)
         produced = len(set(split.good.column("_record_hash").to_pylist()))
-        lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
+        lake.insert_new(QUARANTINE.name, stamp_run(pa.concat_tables([split.quarantined, hl7.split.quarantined]), run_id))
         entries.append(
             Entry(
                 stage="silver",
                 table_name=spec.name,
-                records_in=records_in,
-                records_out=produced,
-                quarantined=split.quarantined.num_rows,
+                records_in=records_in + hl7.records_in,
+                records_out=produced + hl7.records_out,
+                quarantined=split.quarantined.num_rows + hl7.split.quarantined.num_rows,
+                merged=hl7.merged,
             )
         )
-        rows = split.good
+        rows = pa.concat_tables([split.good, hl7.split.good])
         standardize = STANDARDIZE.get(resource_type)
         if standardize is not None:
             standard = standardize(
@@ -168,7 +202,7 @@ def clean(
             )
             rows = standard.good
         versions[staging_name(spec.name)] = lake.write(staging_name(spec.name), rows, mode="overwrite", spec=spec)
-    notes = fhir.notes_from_bronze(bronze, key=key, max_shift_days=max_shift_days)
+    notes = fhir.notes_from_bronze(bronze, key=key, max_shift_days=max_shift_days, aliases=aliases)
     lake.insert_new(QUARANTINE.name, stamp_run(notes.quarantined, run_id))
     entries.append(
         Entry(
@@ -192,6 +226,10 @@ def clean(
             quarantined=rest.quarantined.num_rows,
             bronze_only=rest.good.num_rows,
         )
+    )
+    only = hl7v2.bronze_only_from_bronze(messages)  # messages no silver table reads (ACK, …)
+    entries.append(
+        Entry(stage="silver", table_name=BRONZE_HL7V2.name, records_in=only.good.num_rows, bronze_only=only.good.num_rows)
     )
     ledger.record(lake, run_id, entries)
     return StageResult(versions, entries)
@@ -240,21 +278,30 @@ def task_ingest(landing: str, lake: str, *, run_id: str) -> dict[str, object]:
         target,
         job=lineage_job(settings, "ingest"),
         run_id=run_id,
-        sources=[Path(landing) / "fhir"],
+        sources=[Path(landing) / "fhir", Path(landing) / "hl7v2"],
         config=lineage_config(settings),
     ) as run:
-        result = ingest(Path(landing), target, run_id=run_id)
+        now = datetime.now(UTC)
+        stages = [
+            ingest(Path(landing), target, run_id=run_id, now=now),
+            ingest_hl7v2(Path(landing), target, run_id=run_id, now=now),
+        ]
+        result = StageResult(
+            {name: v for s in stages for name, v in s.versions.items()}, [e for s in stages for e in s.entries]
+        )
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=result.entries)
     return result.as_xcom()
 
 
-def task_clean(lake: str, *, run_id: str, bronze_version: int | None) -> dict[str, object]:
+def task_clean(
+    lake: str, *, run_id: str, bronze_version: int | None, hl7v2_version: int | None = None
+) -> dict[str, object]:
     settings, target = Settings(), Lake(Path(lake))
     with stage_run(
         target,
         job=lineage_job(settings, "clean"),
         run_id=run_id,
-        inputs={BRONZE_FHIR.name: bronze_version},
+        inputs={BRONZE_FHIR.name: bronze_version, BRONZE_HL7V2.name: hl7v2_version},
         config=lineage_config(settings),
     ) as run:
         result = clean(
@@ -264,6 +311,7 @@ def task_clean(lake: str, *, run_id: str, bronze_version: int | None) -> dict[st
             max_shift_days=settings.deid.date_shift_max_days,
             keyring=vault.vault_keyring(settings, create=settings.env == "local"),
             bronze_version=bronze_version,
+            hl7v2_version=hl7v2_version,
         )
         run.complete(outputs={**result.versions, **BOOKKEEPING, "vault": None}, ledger=result.entries)
     return result.as_xcom()

@@ -79,6 +79,27 @@ BRONZE_FHIR = TableSpec(
     phi_columns=("raw", "_source_file"),
 )
 
+BRONZE_HL7V2 = TableSpec(
+    name="bronze.hl7v2_messages",
+    schema=pa.schema(
+        [
+            _f("message_type", nullable=False),
+            _f("message_control_id", nullable=False),
+            _f("version", nullable=False),
+            _f("sending_facility"),
+            _f("raw", pa.large_string(), nullable=False),
+            _f("_source_file", nullable=False),
+            _f("_source_offset", pa.int64(), nullable=False),
+            _f("_ingested_at", TS, nullable=False),
+            _f("_record_hash", nullable=False),
+            _f("_run_id", nullable=False),
+        ]
+    ),
+    key=("_record_hash",),
+    description="HL7 v2 messages as received: one row per message, the ER7 text kept verbatim.",
+    phi_columns=("raw", "_source_file"),
+)
+
 SILVER_PATIENTS = TableSpec(
     name="silver.patients",
     schema=_schema(
@@ -268,6 +289,7 @@ TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
         BRONZE_FHIR,
+        BRONZE_HL7V2,
         SILVER_PATIENTS,
         SILVER_ENCOUNTERS,
         SILVER_OBSERVATIONS,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from medlake.governance.deid import date_shift_days, shift_date, shift_datetime, zip3
-from medlake.governance.pseudonyms import record_key, source_key
+from medlake.governance.pseudonyms import mrn_key, record_key, source_key
 from medlake.quarantine import Split, quarantine_rows
 from medlake.registry import (
     BRONZE_FHIR,
@@ -45,6 +45,7 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
 #: The resource types of FHIR R4 (4.0.1). A resourceType outside this set is not FHIR R4.
 R4_RESOURCE_TYPES = frozenset(
@@ -244,14 +245,23 @@ def to_bronze(raw: pa.Table, *, run_id: str, ingested_at: datetime) -> Split:
 
 @dataclass(frozen=True)
 class Pseudonymizer:
-    """Turns source ids into keyed pseudonyms and shifts a patient's dates by their offset."""
+    """Turns source ids into keyed pseudonyms and shifts a patient's dates by their offset.
+
+    ``source`` names a patient record of this source; ``person`` the person it belongs to: the
+    person key its Patient's MRN gives (``aliases``, see :func:`patient_aliases`), else the
+    record's own source key.
+    """
 
     key: bytes
     max_shift_days: int = 365
     source_system: str = SOURCE_SYSTEM
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def source(self, patient_id: str) -> str:
+        return str(source_key(self.key, self.source_system, patient_id))
 
     def person(self, patient_id: str) -> str:
-        return str(source_key(self.key, self.source_system, patient_id))
+        return self.aliases.get(patient_id) or self.source(patient_id)
 
     def record(self, kind: str, local_id: str) -> str:
         return str(record_key(self.key, kind, self.source_system, local_id))
@@ -423,7 +433,7 @@ def flatten_patient(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str
     """A patient without direct identifiers: no name, telecom, street, exact dates or ids."""
     if not res.get("id"):
         raise Reject("silver.missing_id", "Patient has no id, so nothing can refer to it")
-    person = pseudo.person(res["id"])
+    person = patient_mrn_key(pseudo.key, res) or pseudo.person(res["id"])
     shift = pseudo.shift(person)
     address = (res.get("address") or [{}])[0]
     deceased_at = parse_date(res.get("deceasedDateTime"))
@@ -431,7 +441,7 @@ def flatten_patient(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str
     return [
         {
             "person_key": person,
-            "source_key": person,
+            "source_key": pseudo.source(res["id"]),
             "source_system": pseudo.source_system,
             "gender": res.get("gender"),
             "birth_date": shift_date(parse_date(res.get("birthDate")), shift),
@@ -448,12 +458,41 @@ def flatten_patient(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str
     ]
 
 
-def patient_identities(bronze: pa.Table, *, key: bytes) -> list[dict[str, Any]]:
+def patient_mrn_key(key: bytes, patient: dict[str, Any]) -> str | None:
+    """The person key of a Patient's medical record number: its first identifier typed MR
+    (v2-0203) with a system (the MRN's assigning authority); None without one."""
+    for ident in patient.get("identifier") or []:
+        if not isinstance(ident, dict) or not ident.get("system") or not ident.get("value"):
+            continue
+        if any(c.get("system") == IDENTIFIER_TYPE and c.get("code") == "MR" for c in codings(ident.get("type"))):
+            return str(mrn_key(key, str(ident["system"]), str(ident["value"])))
+    return None
+
+
+def patient_aliases(patients: pa.Table, *, key: bytes) -> dict[str, str]:
+    """Patient id → the person key of its MRN, for every Patient row with an MRN (columns
+    ``resource_id``, ``raw``). Resources refer to patients by id; through this map they reach the
+    person key that HL7 v2 messages naming the same MRN get."""
+    aliases: dict[str, str] = {}
+    for row in patients.select(["resource_id", "raw"]).to_pylist():
+        try:
+            resource = json.loads(row["raw"])
+        except json.JSONDecodeError:
+            continue  # quarantined by the flattener
+        person = patient_mrn_key(key, resource) if isinstance(resource, dict) else None
+        if person and row["resource_id"]:
+            aliases[row["resource_id"]] = person
+    return aliases
+
+
+def patient_identities(
+    bronze: pa.Table, *, key: bytes, aliases: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     """The direct identifiers of each Patient row, keyed by its pseudonyms, for the encrypted vault.
 
     This is the only place identities leave a FHIR resource; silver never sees them.
     """
-    pseudo = Pseudonymizer(key=key)
+    pseudo = Pseudonymizer(key=key, aliases=aliases or {})
     identities: dict[str, dict[str, Any]] = {}  # one per source record: a later version replaces an earlier
     patients = bronze.filter(pc.equal(bronze.column("resource_type"), "Patient"))
     for raw in patients.column("raw").to_pylist():
@@ -463,11 +502,11 @@ def patient_identities(bronze: pa.Table, *, key: bytes) -> list[dict[str, Any]]:
             continue  # quarantined by the flattener
         if not isinstance(res.get("id"), str):
             continue
-        person = pseudo.person(res["id"])
-        identities[person] = (
+        person = patient_mrn_key(key, res) or pseudo.person(res["id"])
+        identities[pseudo.source(res["id"])] = (
             {
                 "person_key": person,
-                "source_key": person,
+                "source_key": pseudo.source(res["id"]),
                 "source_system": pseudo.source_system,
                 "local_id": res["id"],
                 "names": res.get("name") or [],
@@ -648,9 +687,11 @@ assert set(FLATTEN) == set(FHIR_SILVER)
 
 
 def _by_type(resource_type: str) -> Callable[..., Split]:
-    def transform(bronze: pa.Table, *, key: bytes, max_shift_days: int = 365) -> Split:
+    def transform(
+        bronze: pa.Table, *, key: bytes, max_shift_days: int = 365, aliases: Mapping[str, str] | None = None
+    ) -> Split:
         rows = bronze.filter(pc.equal(bronze.column("resource_type"), resource_type))
-        pseudo = Pseudonymizer(key=key, max_shift_days=max_shift_days)
+        pseudo = Pseudonymizer(key=key, max_shift_days=max_shift_days, aliases=aliases or {})
         return flatten_split(rows, flatten=FLATTEN[resource_type], target=FHIR_SILVER[resource_type], pseudo=pseudo)
 
     transform.__name__ = f"{FHIR_SILVER[resource_type].name.split('.')[1]}_from_bronze"
@@ -724,12 +765,15 @@ def free_text_fields(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, 
         yield "DiagnosticReport.conclusion", resource["conclusion"]
 
 
-def record_terms(bronze: pa.Table, *, key: bytes) -> dict[str, list[str]]:
+def record_terms(
+    bronze: pa.Table, *, key: bytes, aliases: Mapping[str, str] | None = None
+) -> dict[str, list[str]]:
     """Per person key, the names, address lines, phones and identifiers of this run's Patient rows:
     the deny list of that patient's notes (governance.text_deid.record_deny_list)."""
     from medlake.governance.text_deid import record_deny_list
 
-    return {identity["person_key"]: record_deny_list(identity) for identity in patient_identities(bronze, key=key)}
+    identities = patient_identities(bronze, key=key, aliases=aliases)
+    return {identity["person_key"]: record_deny_list(identity) for identity in identities}
 
 
 def notes_from_bronze(
@@ -738,6 +782,7 @@ def notes_from_bronze(
     key: bytes,
     deny_lists: dict[str, list[str]] | None = None,
     max_shift_days: int = 365,
+    aliases: Mapping[str, str] | None = None,
 ) -> Split:
     """``silver.notes``: every free-text field of this run's resources, de-identified in one batch.
 
@@ -748,8 +793,8 @@ def notes_from_bronze(
     """
     from medlake.governance.text_deid import AttachmentError, decode_attachment, deidentify_batch, narrative_text
 
-    deny_lists = record_terms(bronze, key=key) if deny_lists is None else deny_lists
-    pseudo = Pseudonymizer(key=key, max_shift_days=max_shift_days)
+    deny_lists = record_terms(bronze, key=key, aliases=aliases) if deny_lists is None else deny_lists
+    pseudo = Pseudonymizer(key=key, max_shift_days=max_shift_days, aliases=aliases or {})
     rows = bronze.filter(pc.is_in(bronze.column("resource_type"), pa.array(NOTE_SOURCES)))
     meta: list[dict[str, Any]] = []
     texts: list[str] = []

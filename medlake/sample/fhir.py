@@ -70,6 +70,7 @@ CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 XHTML = "http://www.w3.org/1999/xhtml"
+IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
 CLASS_DISPLAY = {"AMB": "ambulatory", "IMP": "inpatient encounter", "EMER": "emergency"}
 CATEGORY_DISPLAY = {"vital-signs": "Vital Signs", "laboratory": "Laboratory"}
 
@@ -313,7 +314,8 @@ def chart_resources(chart: Chart, ref: Ref) -> Iterator[tuple[Resource, Fact]]:
 
 def patient(registration: Registration) -> Resource:
     """A Patient: identifiers (MRN, SSN), name, phone, address and demographics."""
-    identifiers = [{"system": MRN_SYSTEM, "value": registration.mrn}]
+    mr = {"coding": [{"system": IDENTIFIER_TYPE, "code": "MR", "display": "Medical record number"}]}
+    identifiers = [{"type": mr, "system": MRN_SYSTEM, "value": registration.mrn}]
     if registration.ssn:
         identifiers.append({"system": SSN_SYSTEM, "value": registration.ssn})
     resource: Resource = {

@@ -59,7 +59,13 @@ CLASS = {"AMB": "O", "EMER": "E", "IMP": "I"}
 GENDER = {"female": "F", "male": "M", "other": "O", "unknown": "U"}
 MARITAL = {"M": "M", "S": "S", "D": "D", "W": "W", "U": "B"}  # v3 code → HL7 table 0002
 ORDER_STATUS = {"active": "IP", "completed": "CM", "stopped": "DC"}  # → HL7 table 0038
-RELATIONS = (("SPO", "Spouse"), ("MTH", "Mother"), ("FTH", "Father"), ("CHD", "Child"), ("SIB", "Sibling"))
+RELATIONS = (
+    ("SPO", "Spouse"),
+    ("MTH", "Mother"),
+    ("FTH", "Father"),
+    ("CHD", "Child"),
+    ("SIB", "Sibling"),
+)
 LINE_BREAK = "\x00"  # stands for a raw segment separator inside a field until the file is framed
 
 Framing = Literal["mllp", "cr", "lf", "batch", "crlf"]
@@ -81,16 +87,28 @@ class Feed:
 
 FEEDS = {
     "adt": Feed("adt", "ADT", "REG_ADT", 0, ("bad_msh", "bad_birth_date", "no_msh")),
-    "lab": Feed("lab", "ORU", "LAB_LIS", 2, ("bad_value", "bad_observation_time", "bad_segment", "missing_segment")),
+    "lab": Feed(
+        "lab",
+        "ORU",
+        "LAB_LIS",
+        2,
+        ("bad_value", "bad_observation_time", "bad_segment", "missing_segment"),
+    ),
     "pharmacy": Feed("pharmacy", "RDE", "RX_PHARM", 3, ("missing_rxe",)),
 }
 #: every defect kind: the rule ingest quarantines it under and the reason written to the truth file
 DEFECT_RULES: dict[str, tuple[str, str]] = {
     "bad_msh": ("parse.hl7_bad_msh", "MSH-10 (message control id) is empty"),
-    "bad_birth_date": ("parse.hl7_bad_datetime", "PID-7 (date of birth) names a day that does not exist"),
+    "bad_birth_date": (
+        "parse.hl7_bad_datetime",
+        "PID-7 (date of birth) names a day that does not exist",
+    ),
     "no_msh": ("parse.hl7_no_msh", "the MLLP block lost its MSH segment"),
     "bad_value": ("parse.hl7_bad_value", "OBX-5 is 'pending' under OBX-2 NM"),
-    "bad_observation_time": ("parse.hl7_bad_datetime", "OBX-14 is written as ISO 8601, not an HL7 DTM"),
+    "bad_observation_time": (
+        "parse.hl7_bad_datetime",
+        "OBX-14 is written as ISO 8601, not an HL7 DTM",
+    ),
     "bad_segment": ("parse.hl7_bad_segment", "an NTE comment holds a raw line break"),
     "missing_segment": ("parse.hl7_missing_segment", "an ORU^R01 lost its OBR segments"),
     "missing_rxe": ("parse.hl7_missing_segment", "an RDE^O11 without its RXE segment"),
@@ -109,8 +127,10 @@ def in_hl7(index: int) -> bool:
 
 def write_hl7v2(hospital: Hospital, out: Path, truth: Truth) -> None:
     """Write the HL7 v2 feeds of the people in HL7 under `out/hl7v2/` and record them in `truth`."""
-    writers = {name: FeedWriter(out, feed, truth, plant=plants_every_kind(hospital.patients))
-               for name, feed in FEEDS.items()}
+    writers = {
+        name: FeedWriter(out, feed, truth, plant=plants_every_kind(hospital.patients))
+        for name, feed in FEEDS.items()
+    }
     nested: list[list[Segment]] = []
     for person in hospital.people():
         if not in_hl7(person.index):
@@ -162,19 +182,31 @@ class PersonMessages:
         address = ""
         if reg.address:
             lines = [*reg.address.lines, ""][:2]
-            address = "^".join(esc(v) for v in (*lines, reg.address.city, reg.address.state,
-                                                 reg.address.postal_code, "USA", "H"))
-        pid = fields("PID", {
-            1: "1",
-            3: "~".join(ids),
-            5: "^".join(esc(v) for v in (reg.family, *reg.given[:2])),
-            7: f"{reg.birth_date:%Y%m%d}",
-            8: GENDER.get(reg.gender or "", ""),
-            11: address,
-            13: f"{esc(reg.phone)}^PRN^PH",
-            16: MARITAL[reg.marital],
-            19: esc(reg.ssn or ""),
-        })
+            address = "^".join(
+                esc(v)
+                for v in (
+                    *lines,
+                    reg.address.city,
+                    reg.address.state,
+                    reg.address.postal_code,
+                    "USA",
+                    "H",
+                )
+            )
+        pid = fields(
+            "PID",
+            {
+                1: "1",
+                3: "~".join(ids),
+                5: "^".join(esc(v) for v in (reg.family, *reg.given[:2])),
+                7: f"{reg.birth_date:%Y%m%d}",
+                8: GENDER.get(reg.gender or "", ""),
+                11: address,
+                13: f"{esc(reg.phone)}^PRN^PH",
+                16: MARITAL[reg.marital],
+                19: esc(reg.ssn or ""),
+            },
+        )
         if reg.deceased_at:
             pid += [""] * (31 - len(pid))
             pid[29], pid[30] = dtm(reg.deceased_at), "Y"
@@ -190,8 +222,15 @@ class PersonMessages:
         phone = f"(555) {self.rng.randint(200, 999)}-{self.rng.randint(0, 9999):04d}"
         self.truth.phi["names"].update((given, reg.family))
         self.truth.phi["phones"].add(phone)
-        return fields("NK1", {1: "1", 2: f"{esc(reg.family)}^{esc(given)}", 3: f"{code}^{text}^HL70063",
-                              5: f"{esc(phone)}^PRN^PH"})
+        return fields(
+            "NK1",
+            {
+                1: "1",
+                2: f"{esc(reg.family)}^{esc(given)}",
+                3: f"{code}^{text}^HL70063",
+                5: f"{esc(phone)}^PRN^PH",
+            },
+        )
 
     def pv1(self, visit: Visit, *, discharged: bool) -> Segment:
         """PV1: patient class, the site as the facility of the location, visit number, admit and
@@ -215,7 +254,9 @@ class PersonMessages:
             triplets.append(f"{problem.icd10}^{esc(problem.icd10_display)}^I10C")
         if diagnosis.coded_as in ("both", "snomed"):
             triplets.append(f"{problem.snomed}^{esc(problem.snomed_display)}^SCT")
-        return fields("DG1", {1: str(number), 3: "^".join(triplets), 5: dtm(diagnosis.onset), 6: "F"})
+        return fields(
+            "DG1", {1: str(number), 3: "^".join(triplets), 5: dtm(diagnosis.onset), 6: "F"}
+        )
 
     def adt(self, visit: Visit) -> Iterator[list[Segment]]:
         """ADT^A01/A04 when the visit starts, ADT^A08 with the discharge when it has ended."""
@@ -225,8 +266,11 @@ class PersonMessages:
         for trigger, sent, discharged in ((event, visit.start, False), ("A08", visit.end, True)):
             if sent is None:
                 continue
-            message = [msh(FEEDS["adt"], sent, "ADT", trigger, "ADT_A01"),
-                       fields("EVN", {1: trigger, 2: dtm(sent)}), self.pid()]
+            message = [
+                msh(FEEDS["adt"], sent, "ADT", trigger, "ADT_A01"),
+                fields("EVN", {1: trigger, 2: dtm(sent)}),
+                self.pid(),
+            ]
             if nk1:
                 message.append(nk1)
             message.append(self.pv1(visit, discharged=discharged))
@@ -239,8 +283,11 @@ class PersonMessages:
         if not taken:
             return
         sent = max(m.taken_at for m in taken)
-        message = [msh(FEEDS["lab"], sent, "ORU", "R01", "ORU_R01"), self.pid(),
-                   self.pv1(visit, discharged=False)]
+        message = [
+            msh(FEEDS["lab"], sent, "ORU", "R01", "ORU_R01"),
+            self.pid(),
+            self.pv1(visit, discharged=False),
+        ]
         for number, measurement in enumerate(taken, start=1):
             message += self.result(number, measurement)
         yield message
@@ -256,21 +303,56 @@ class PersonMessages:
         when = dtm(m.taken_at)
         segments = [
             fields("ORC", {1: "RE", 3: f"{m.id}^LAB"}),
-            fields("OBR", {1: str(number), 3: f"{m.id}^LAB", 4: test, 7: when, 24: "LAB" if lab else "",
-                           25: "F"}),
+            fields(
+                "OBR",
+                {
+                    1: str(number),
+                    3: f"{m.id}^LAB",
+                    4: test,
+                    7: when,
+                    24: "LAB" if lab else "",
+                    25: "F",
+                },
+            ),
         ]
         unit = f"{esc(m.unit)}^{esc(m.unit_display)}^UCUM"
         if m.components:
             for n, (loinc, value) in enumerate(m.components, start=1):
                 display = dict(BP_COMPONENTS)[loinc]
-                segments.append(fields("OBX", {1: str(n), 2: "NM", 3: f"{loinc}^{display}^LN", 5: number_text(value),
-                                               6: unit, 11: "F", 14: when}))
+                segments.append(
+                    fields(
+                        "OBX",
+                        {
+                            1: str(n),
+                            2: "NM",
+                            3: f"{loinc}^{display}^LN",
+                            5: number_text(value),
+                            6: unit,
+                            11: "F",
+                            14: when,
+                        },
+                    )
+                )
         elif m.value is None:
             segments.append(fields("OBX", {1: "1", 2: "NM", 3: test, 11: "X", 14: when}))
         else:
             low_high, flag = reference(m)
-            segments.append(fields("OBX", {1: "1", 2: "NM", 3: test, 5: number_text(m.value), 6: unit, 7: low_high,
-                                           8: flag, 11: "F", 14: when}))
+            segments.append(
+                fields(
+                    "OBX",
+                    {
+                        1: "1",
+                        2: "NM",
+                        3: test,
+                        5: number_text(m.value),
+                        6: unit,
+                        7: low_high,
+                        8: flag,
+                        11: "F",
+                        14: when,
+                    },
+                )
+            )
         if m.note:
             segments.append(fields("NTE", {1: "1", 2: "L", 3: esc(m.note.text)}))
         return segments
@@ -283,7 +365,15 @@ class PersonMessages:
             msh(FEEDS["pharmacy"], order.authored_at, "RDE", "O11", "RDE_O11"),
             self.pid(),
             self.pv1(visit, discharged=False),
-            fields("ORC", {1: "NW", 2: f"{order.id}^EHR", 5: ORDER_STATUS[order.status], 9: dtm(order.authored_at)}),
+            fields(
+                "ORC",
+                {
+                    1: "NW",
+                    2: f"{order.id}^EHR",
+                    5: ORDER_STATUS[order.status],
+                    9: dtm(order.authored_at),
+                },
+            ),
             fields("RXO", {1: drug, 2: "1", 4: "TAB^tablet^HL70292"}),
             fields("RXE", {2: drug, 3: "1", 5: "TAB^tablet^HL70292", 7: f"^{esc(order.drug.sig)}"}),
             fields("RXR", {1: "PO^Oral^HL70162"}),
@@ -305,9 +395,26 @@ def reference(m: Measurement) -> tuple[str, str]:
 
 def msh(feed: Feed, sent: datetime, code: str, trigger: str, structure: str) -> Segment:
     """An MSH; MSH-10 (control id) is filled in when the feed writes the message."""
-    return fields("MSH", {1: "|", 2: "^~\\&", 3: feed.application, 4: SENDING_FACILITY, 5: "MEDLAKE", 6: "MEDLAKE",
-                          7: dtm(sent), 9: f"{code}^{trigger}^{structure}", 10: "", 11: "P", 12: VERSION,
-                          15: "AL", 16: "NE", 17: "USA", 18: "UNICODE UTF-8"})
+    return fields(
+        "MSH",
+        {
+            1: "|",
+            2: "^~\\&",
+            3: feed.application,
+            4: SENDING_FACILITY,
+            5: "MEDLAKE",
+            6: "MEDLAKE",
+            7: dtm(sent),
+            9: f"{code}^{trigger}^{structure}",
+            10: "",
+            11: "P",
+            12: VERSION,
+            15: "AL",
+            16: "NE",
+            17: "USA",
+            18: "UNICODE UTF-8",
+        },
+    )
 
 
 def fields(name: str, values: dict[int, str]) -> Segment:
@@ -320,7 +427,13 @@ def fields(name: str, values: dict[int, str]) -> Segment:
 
 def esc(text: str) -> str:
     """Text with HL7's delimiters escaped (\\E\\ first, then \\F\\ \\S\\ \\R\\ \\T\\)."""
-    for raw, escaped in (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("~", "\\R\\"), ("&", "\\T\\")):
+    for raw, escaped in (
+        ("\\", "\\E\\"),
+        ("|", "\\F\\"),
+        ("^", "\\S\\"),
+        ("~", "\\R\\"),
+        ("&", "\\T\\"),
+    ):
         text = text.replace(raw, escaped)
     return text
 
@@ -412,9 +525,13 @@ class FeedWriter:
 def frame(messages: list[list[str]], framing: Framing, feed: Feed) -> str:
     """A file's text: the messages in MLLP blocks, CR, LF or CRLF lines, or a CR batch."""
     if framing == "mllp":
-        return "".join("\x0b" + "\r".join(lines).replace(LINE_BREAK, "\r") + "\r\x1c\r" for lines in messages)
+        return "".join(
+            "\x0b" + "\r".join(lines).replace(LINE_BREAK, "\r") + "\r\x1c\r" for lines in messages
+        )
     separator = {"cr": "\r", "lf": "\n", "crlf": "\r\n", "batch": "\r"}[framing]
-    body = "".join(separator.join(lines).replace(LINE_BREAK, separator) + separator for lines in messages)
+    body = "".join(
+        separator.join(lines).replace(LINE_BREAK, separator) + separator for lines in messages
+    )
     if framing != "batch":
         return body
     stamp = messages[0][0].split("|")[6] if messages and messages[0] else ""
@@ -446,7 +563,9 @@ def _no_msh(message: list[Segment]) -> bool:
 
 
 def _first_valued_nm(message: list[Segment]) -> Segment | None:
-    return next((s for s in message if s[0] == "OBX" and s[2] == "NM" and len(s) > 5 and s[5]), None)
+    return next(
+        (s for s in message if s[0] == "OBX" and s[2] == "NM" and len(s) > 5 and s[5]), None
+    )
 
 
 def _bad_value(message: list[Segment]) -> bool:
@@ -470,7 +589,12 @@ def _bad_segment(message: list[Segment]) -> bool:
     obx = next((i for i, s in enumerate(message) if s[0] == "OBX"), None)
     if obx is None:
         return False
-    message.insert(obx + 1, fields("NTE", {1: "1", 2: "L", 3: f"Specimen slightly hemolyzed{LINE_BREAK}redraw not needed"}))
+    message.insert(
+        obx + 1,
+        fields(
+            "NTE", {1: "1", 2: "L", 3: f"Specimen slightly hemolyzed{LINE_BREAK}redraw not needed"}
+        ),
+    )
     return True
 
 
@@ -507,7 +631,9 @@ NOT_HL7 = (
 )
 
 
-def _write_file_defects(out: Path, nested: list[list[Segment]], rng: random.Random, truth: Truth) -> None:
+def _write_file_defects(
+    out: Path, nested: list[list[Segment]], rng: random.Random, truth: Truth
+) -> None:
     """Whole files that are not a readable feed: empty, an error page, a batch inside a batch."""
     folder = out / HL7V2 / FEEDS["adt"].folder
     lines = [render(m) for m in nested]
@@ -520,4 +646,3 @@ def _write_file_defects(out: Path, nested: list[list[Segment]], rng: random.Rand
         truth.file_read(f"{HL7V2}/{FEEDS['adt'].folder}", 1)
         rule, reason = DEFECT_RULES[kind]
         truth.malformed(Where(f"{HL7V2}/{FEEDS['adt'].folder}/{name}", offset), rule, reason)
-

@@ -8,10 +8,11 @@ from pathlib import Path
 from types import MappingProxyType
 
 from medlake.sample.fhir import write_fhir
+from medlake.sample.hl7v2 import write_hl7v2
 from medlake.sample.people import Hospital
 from medlake.sample.truth import Truth
 
-# One sub-folder per source kind; writers for all but FHIR are still to come.
+# One sub-folder per source kind; writers for csv, dicom, vitals and vcf are still to come.
 SOURCE_KINDS = ("fhir", "hl7v2", "csv", "dicom", "vitals", "vcf")
 TRUTH_FILE = "_truth.json"
 
@@ -24,7 +25,7 @@ class SampleManifest:
     patients: int
     seed: int
     counts: Mapping[str, int]  # resources written per FHIR type, all files
-    total_records: int  # records ingest will read (lines, bundle entries, whole bad files)
+    total_records: int  # records ingest will read (lines, bundle entries, messages, whole bad files)
     truth: Path
 
 
@@ -37,6 +38,7 @@ def generate(out: Path, *, patients: int, seed: int) -> SampleManifest:
     hospital = Hospital(patients=patients, seed=seed)
     truth = Truth(seed=seed, patients=patients)
     write_fhir(hospital, out, truth)
+    write_hl7v2(hospital, out, truth)
     truth_path = out / TRUTH_FILE
     truth.write(truth_path)
     return SampleManifest(

@@ -2,7 +2,8 @@
 
 Ingest never reads it (it sits outside every source folder); tests compare the lake with it.
 Paths are relative to `out`; an offset is where bronze's `_source_offset` points: the
-1-based line of an ndjson file, the 1-based entry of a bundle, 0 for a whole-file problem.
+1-based line of an ndjson file, the 1-based entry of a bundle, the 1-based message of an HL7 v2
+file, 0 for a whole-file problem.
 
 Schema (version 1)::
 
@@ -13,7 +14,8 @@ Schema (version 1)::
       "reference_date": "2025-06-30",    # nothing in the data is later than this day
       "total_records": 812,              # every line, bundle entry and whole-file unit ingest reads
       "files": {"fhir/bundles": {"files": 29, "records": 402},    # per source folder
-                "fhir/bulk": {"files": 5, "records": 410}},
+                "fhir/bulk": {"files": 5, "records": 410},
+                "hl7v2/adt": {"files": 8, "records": 72}, ...},
       "resources": {"fhir/bundles": {"Patient": 27, "Observation": 190, ...},
                     "fhir/bulk": {...}},   # records that parse to a known FHIR resourceType,
                                            # valid or not (validate.fhir_r4 ones included)
@@ -37,6 +39,10 @@ Schema (version 1)::
                      "phi": ["Zoë Müller", "MRN-0012345", "(555) 234-5678", "03/05/2024"]}],
       "phi": {"names": [...], "phones": [...], "mrns": [...], "ssns": [...], "streets": [...]}
     }
+
+HL7 v2 files (`hl7v2/adt`, `hl7v2/lab`, `hl7v2/pharmacy`) add to `files`, `total_records`,
+`malformed` and `phi`; the data-level sections (`duplicates` to `free_text`) point at FHIR
+records only, though the HL7 messages render the same people's facts.
 
 `phi` lists every value planted anywhere in the folder (sorted, de-duplicated): each given
 and family name as spelled in each record, each phone as formatted, each MRN, SSN and street

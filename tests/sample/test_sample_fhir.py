@@ -91,9 +91,14 @@ def validation_error(resource: dict[str, Any]) -> ValidationError | None:
     return None
 
 
+def fhir_malformed(truth: dict[str, Any]) -> list[dict[str, Any]]:
+    """Planted malformed FHIR records (the HL7 v2 ones are tested in test_sample_hl7v2)."""
+    return [m for m in truth["malformed"] if m["file"].startswith("fhir/")]
+
+
 def malformed_at(truth: dict[str, Any]) -> dict[tuple[str, int], str]:
-    """Planted malformed records: (file, offset) -> rule."""
-    return {(m["file"], m["offset"]): m["rule"] for m in truth["malformed"]}
+    """Planted malformed FHIR records: (file, offset) -> rule."""
+    return {(m["file"], m["offset"]): m["rule"] for m in fhir_malformed(truth)}
 
 
 def resource_at(records: dict[tuple[str, int], Record], entry: dict[str, Any]) -> dict[str, Any]:
@@ -273,7 +278,7 @@ def test_every_planted_malformed_record_is_malformed_that_way(
     landing: tuple[SampleManifest, dict[str, Any]], records: dict[tuple[str, int], Record]
 ) -> None:
     manifest, truth = landing
-    for entry in truth["malformed"]:
+    for entry in fhir_malformed(truth):
         key = (entry["file"], entry["offset"])
         assert key in records, entry
         record, rule = records[key], entry["rule"]
@@ -297,7 +302,7 @@ def test_every_planted_malformed_record_is_malformed_that_way(
 def test_every_kind_of_defect_is_planted(landing: tuple[SampleManifest, dict[str, Any]]) -> None:
     _, truth = landing
     planted = Counter(
-        (m["file"].split("/")[1], m["rule"], m["offset"] == 0) for m in truth["malformed"]
+        (m["file"].split("/")[1], m["rule"], m["offset"] == 0) for m in fhir_malformed(truth)
     )
     assert planted[("bundles", "parse.empty_file", True)] == 1
     assert planted[("bundles", "parse.bad_json", True)] == 1
@@ -309,7 +314,7 @@ def test_every_kind_of_defect_is_planted(landing: tuple[SampleManifest, dict[str
         "validate.fhir_r4",
     ):
         assert planted[("bulk", rule, False)] >= 1, rule
-    reasons = " ".join(m["reason"] for m in truth["malformed"])
+    reasons = " ".join(m["reason"] for m in fhir_malformed(truth))
     for defect in ("status missing", "code missing", "not a decimal", "array", "no resourceType"):
         assert defect in reasons
     for section in (
@@ -480,7 +485,9 @@ def test_truth_counts_match_the_files(
     landing: tuple[SampleManifest, dict[str, Any]], records: dict[tuple[str, int], Record]
 ) -> None:
     manifest, truth = landing
-    assert truth["total_records"] == len(records) == manifest.total_records
+    fhir_records = sum(t["records"] for source, t in truth["files"].items() if source.startswith("fhir/"))
+    assert fhir_records == len(records)
+    assert truth["total_records"] == sum(t["records"] for t in truth["files"].values()) == manifest.total_records
     resources: dict[str, Counter[str]] = {}
     files: dict[str, set[str]] = {}
     for record in records.values():
