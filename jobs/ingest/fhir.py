@@ -791,7 +791,12 @@ def notes_from_bronze(
     Undecodable attachments are quarantined (``deid.attachment_undecodable``); resources that do
     not parse or have no subject are quarantined by their own table's flattener, not here.
     """
-    from medlake.governance.text_deid import AttachmentError, decode_attachment, deidentify_batch, narrative_text
+    from medlake.governance.text_deid import (
+        AttachmentError,
+        decode_attachment,
+        deidentify_batch,
+        narrative_text,
+    )
 
     deny_lists = record_terms(bronze, key=key, aliases=aliases) if deny_lists is None else deny_lists
     pseudo = Pseudonymizer(key=key, max_shift_days=max_shift_days, aliases=aliases or {})
