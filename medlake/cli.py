@@ -346,5 +346,25 @@ def _print_summary(data: dict[str, Any]) -> None:
     )
 
 
+def main() -> None:
+    """The `medlake` console script: the Typer app, then a hard exit.
+
+    deltalake 1.6 can abort the interpreter during shutdown ("terminate called without an active
+    exception", exit -6) after a command finished cleanly; seen rarely after reading several Delta
+    tables. The command's work is committed by then, so the CLI flushes its output and leaves
+    without running interpreter teardown, keeping the exit code the command chose.
+    """
+    import os
+
+    code = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    app()
+    main()
