@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import typer
 from deltalake import DeltaTable, write_deltalake
-from typer.testing import CliRunner
 
-from medlake.commands.governance import audit_app, vault_app
 from medlake.governance import audit
 from medlake.governance.audit import AUDIT, AuditEntry, AuditLogBroken
 from medlake.keys import load_or_create_key
@@ -305,43 +302,27 @@ def test_concurrent_appenders_never_fork_the_chain(tmp_path, lockless):
 # -- CLI ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    """The governance sub-apps under a root app, with keys in this test's own folder."""
-    monkeypatch.setenv("MEDLAKE__KEYS__DIR", str(tmp_path / "keys"))
-    for name in ("MEDLAKE_AUDIT_KEY", "MEDLAKE_VAULT_KEYS", "MEDLAKE_VAULT_ACTIVE_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    root = typer.Typer()
-    root.add_typer(audit_app, name="audit")
-    root.add_typer(vault_app, name="vault")
-    return root
-
-
-def _invoke(app: typer.Typer, *args: str):
-    return CliRunner().invoke(app, list(args))
-
-
 def test_cli_audit_verify_exit_codes(cli, tmp_path):
     lake = Lake(tmp_path / "lake")
-    assert _invoke(cli, "audit", "verify", "--lake", str(lake.root)).exit_code == 0  # nothing audited yet
+    assert cli("audit", "verify", "--lake", str(lake.root)).exit_code == 0  # nothing audited yet
     key = load_or_create_key(tmp_path / "keys" / "audit.key")
     _write_log(lake, key=key)
-    ok = _invoke(cli, "audit", "verify", "--lake", str(lake.root))
+    ok = cli("audit", "verify", "--lake", str(lake.root))
     assert ok.exit_code == 0 and "intact: 6 entries" in ok.output
 
     rows = _rows(lake)
     rows[3]["role"] = "reidentifier" if rows[3]["role"] != "reidentifier" else "ml"
     _rewrite(lake, rows)
-    broken = _invoke(cli, "audit", "verify", "--lake", str(lake.root))
+    broken = cli("audit", "verify", "--lake", str(lake.root))
     assert broken.exit_code == 1 and "BROKEN at entry 3" in broken.output and "altered" in broken.output
-    as_json = json.loads(_invoke(cli, "audit", "verify", "--lake", str(lake.root), "--json").stdout)
+    as_json = json.loads(cli("audit", "verify", "--lake", str(lake.root), "--json").stdout)
     assert as_json["ok"] is False and as_json["first_broken_seq"] == 3
 
 
 def test_cli_audit_verify_without_a_key_exits_2(cli, tmp_path):
     lake = Lake(tmp_path / "lake")
     _write_log(lake)
-    result = _invoke(cli, "audit", "verify", "--lake", str(lake.root))
+    result = cli("audit", "verify", "--lake", str(lake.root))
     assert result.exit_code == 2 and "MEDLAKE_AUDIT_KEY" in result.output
 
 
@@ -349,26 +330,26 @@ def test_cli_audit_verify_uses_the_key_from_the_environment(cli, tmp_path, monke
     lake = Lake(tmp_path / "lake")
     _write_log(lake)
     monkeypatch.setenv("MEDLAKE_AUDIT_KEY", KEY.hex())
-    assert _invoke(cli, "audit", "verify", "--lake", str(lake.root)).exit_code == 0
+    assert cli("audit", "verify", "--lake", str(lake.root)).exit_code == 0
     monkeypatch.setenv("MEDLAKE_AUDIT_KEY", (b"\x12" * 32).hex())
-    wrong = _invoke(cli, "audit", "verify", "--lake", str(lake.root))
+    wrong = cli("audit", "verify", "--lake", str(lake.root))
     assert wrong.exit_code == 1 and "wrong audit key" in wrong.output
 
 
 def test_cli_audit_log_lists_and_filters(cli, lake):
-    rows = json.loads(_invoke(cli, "audit", "log", "--lake", str(lake.root), "--json").stdout)
+    rows = json.loads(cli("audit", "log", "--lake", str(lake.root), "--json").stdout)
     assert [r["seq"] for r in rows] == list(range(6)) and rows[1]["details"] == {"rows": 10}
     only = json.loads(
-        _invoke(cli, "audit", "log", "--lake", str(lake.root), "--action", "vault.reidentify", "--json").stdout
+        cli("audit", "log", "--lake", str(lake.root), "--action", "vault.reidentify", "--json").stdout
     )
     assert [r["seq"] for r in only] == [1]
-    text = _invoke(cli, "audit", "log", "--lake", str(lake.root), "--limit", "2")
+    text = cli("audit", "log", "--lake", str(lake.root), "--limit", "2")
     assert text.exit_code == 0 and "vault.rotate_key" in text.output and "pipeline.run" not in text.output
 
 
 def test_every_governance_command_has_help_with_an_example(cli):
     for group, commands in (("audit", ["verify", "log"]), ("vault", ["reidentify", "rotate-key"])):
         for command in commands:
-            result = _invoke(cli, group, command, "--help")
+            result = cli(group, command, "--help")
             assert result.exit_code == 0 and "Example:" in result.output, (group, command)
 

@@ -13,11 +13,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import typer
 from deltalake import DeltaTable, write_deltalake
-from typer.testing import CliRunner
 
-from medlake.commands.governance import audit_app, vault_app
 from medlake.governance import audit, vault
 from medlake.governance.crypto import Keyring, KeyringError
 from medlake.governance.vault import VAULT, AccessDenied, NotInVault, VaultKeyError
@@ -290,42 +287,27 @@ def test_a_rotation_killed_with_sigkill_leaves_every_row_readable(lake, keys, st
 # -- CLI ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDLAKE__KEYS__DIR", str(tmp_path / "keys"))
-    for name in ("MEDLAKE_AUDIT_KEY", "MEDLAKE_VAULT_KEYS", "MEDLAKE_VAULT_ACTIVE_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    root = typer.Typer()
-    root.add_typer(audit_app, name="audit")
-    root.add_typer(vault_app, name="vault")
-    return root
-
-
-def _invoke(app: typer.Typer, *args: str):
-    return CliRunner().invoke(app, list(args))
-
-
 def test_cli_reidentify_for_the_reidentifier_prints_the_identity_and_audits(cli, lake):
-    result = _invoke(cli, "vault", "reidentify", "p-cy", "--reason", "ticket 9", "--lake", str(lake.root),
+    result = cli("vault", "reidentify", "p-cy", "--reason", "ticket 9", "--lake", str(lake.root),
                      "--role", "reidentifier", "--actor", "dr-who")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["records"][0]["identity"] == {"given": "Cy", "family": "Okafor"}
-    log = json.loads(_invoke(cli, "audit", "log", "--lake", str(lake.root), "--json").stdout)
+    log = json.loads(cli("audit", "log", "--lake", str(lake.root), "--json").stdout)
     assert [(e["action"], e["actor"], e["details"]["reason"]) for e in log] == [("vault.reidentify", "dr-who", "ticket 9")]
-    assert _invoke(cli, "audit", "verify", "--lake", str(lake.root)).exit_code == 0
+    assert cli("audit", "verify", "--lake", str(lake.root)).exit_code == 0
 
 
 def test_cli_reidentify_refuses_other_roles(cli, lake):
-    result = _invoke(cli, "vault", "reidentify", "p-cy", "--reason", "curious", "--lake", str(lake.root), "--role", "ml")
+    result = cli("vault", "reidentify", "p-cy", "--reason", "curious", "--lake", str(lake.root), "--role", "ml")
     assert result.exit_code == 1 and "refused" in result.output and "'ml'" in result.output
     assert "Okafor" not in result.output
-    log = json.loads(_invoke(cli, "audit", "log", "--lake", str(lake.root), "--json").stdout)
+    log = json.loads(cli("audit", "log", "--lake", str(lake.root), "--json").stdout)
     assert [(e["action"], e["role"]) for e in log] == [("access.denied", "ml")]
 
 
 def test_cli_reidentify_with_a_wrong_env_key_prints_no_identity(cli, lake, keys, monkeypatch):
     monkeypatch.setenv("MEDLAKE_VAULT_KEYS", json.dumps({Keyring.from_dir(keys).active_id: "77" * 32}))
-    result = _invoke(cli, "vault", "reidentify", "p-cy", "--reason", "ticket 9", "--lake", str(lake.root),
+    result = cli("vault", "reidentify", "p-cy", "--reason", "ticket 9", "--lake", str(lake.root),
                      "--role", "reidentifier")
     assert result.exit_code == 1 and "does not decrypt" in result.output
     assert result.stdout == "" and "Okafor" not in result.output
@@ -333,12 +315,12 @@ def test_cli_reidentify_with_a_wrong_env_key_prints_no_identity(cli, lake, keys,
 
 def test_cli_rotate_key_then_verify(cli, lake, keys, tmp_path):
     old = Keyring.from_dir(keys).active_id
-    result = _invoke(cli, "vault", "rotate-key", "--lake", str(lake.root), "--json")
+    result = cli("vault", "rotate-key", "--lake", str(lake.root), "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["rows"] == 4 and summary["from_key_ids"] == [old] and summary["retired"] == [old]
     assert Keyring.from_dir(keys).active_id == summary["new_key_id"]
-    assert _invoke(cli, "audit", "verify", "--lake", str(lake.root)).exit_code == 0
+    assert cli("audit", "verify", "--lake", str(lake.root)).exit_code == 0
     key = load_or_create_key(tmp_path / "keys" / "audit.key", create=False)
     assert [json.loads(e.details)["status"] for e in audit.read(lake)] == ["started", "completed"]
     assert audit.verify(lake, key=key).ok
