@@ -26,13 +26,11 @@ with this module (DAG files import this module when Airflow parses them).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +41,7 @@ from medlake.expectations import data_docs
 from medlake.lake import Lake, TableNotFound, conform
 from medlake.ledger import Entry
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
-from medlake.quarantine import Split, quarantine_id, quarantine_rows, stamp_run
+from medlake.quarantine import Split, silver_rejects, stamp_run
 from medlake.registry import LEDGER, QUARANTINE, TableSpec, staging_name
 from medlake.registry import spec as registered
 
@@ -625,59 +623,18 @@ def _quarantine(
     if not failing:
         return QUARANTINE_SCHEMA.empty_table()
     positions = sorted(failing)
-    records = []
-    ids = []
-    for pos, row in zip(
-        positions, rows.take(pa.array(positions, pa.int64())).to_pylist(), strict=True
-    ):
-        broken = failing[pos]
-        record_id = _record_id(row, key)
+    picked = rows.take(pa.array(positions, pa.int64())).to_pylist()
+    reasons = []
+    for pos, row in zip(positions, picked, strict=True):
         located = f"{', '.join(f'{k} {_value(row.get(k))}' for k in key)}" if key else f"row {pos}"
-        reason = "; ".join(_row_reason(r, row) for r in broken) + f" ({located})"
-        rule_id = f"{STAGE}.{broken[0].rule}"
-        records.append(
-            {
-                "rule_id": rule_id,
-                "reason": reason,
-                "record_id": record_id,
-                "record_hash": row.get("_record_hash"),
-                "raw_record": json.dumps(row, default=_json_default, sort_keys=True),
-            }
-        )
-        ids.append(quarantine_id(STAGE, rule_id, None, None, _identity(table_name, row, key)))
-    table = quarantine_rows(records, table_name=table_name)
-    return table.set_column(
-        table.schema.get_field_index("quarantine_id"), "quarantine_id", pa.array(ids, pa.string())
+        reasons.append("; ".join(_row_reason(r, row) for r in failing[pos]) + f" ({located})")
+    return silver_rejects(
+        picked,
+        rule_ids=[f"{STAGE}.{failing[pos][0].rule}" for pos in positions],
+        reasons=reasons,
+        table_name=table_name,
+        key=key,
     )
-
-
-def _record_id(row: Mapping[str, Any], key: Sequence[str]) -> str | None:
-    values = [row.get(k) for k in key]
-    if not key or any(v is None for v in values):
-        return None
-    return "|".join(str(v) for v in values)
-
-
-def _identity(table_name: str, row: Mapping[str, Any], key: Sequence[str]) -> str:
-    """What makes a quarantined record the same record in a re-run: table, key and bronze record.
-
-    Without a complete key the row's content (less the run stamp) stands in for it.
-    """
-    parts = [table_name, _record_id(row, key) or "", str(row.get("_record_hash") or "")]
-    if _record_id(row, key) is None:
-        content = {k: v for k, v in row.items() if k != "_run_id"}
-        parts.append(
-            hashlib.sha256(
-                json.dumps(content, default=_json_default, sort_keys=True).encode()
-            ).hexdigest()
-        )
-    return "\x1f".join(parts)
-
-
-def _json_default(v: Any) -> str:
-    if isinstance(v, datetime | date):
-        return v.isoformat()
-    return str(v)
 
 
 def _first_per_key(table: pa.Table, key: Sequence[str]) -> pa.Table:

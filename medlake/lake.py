@@ -79,22 +79,20 @@ class Lake:
             return schema.empty_table()
         dataset = self.table(name, version=version).to_pyarrow_dataset()
         spec = TABLES.get(name)
-        if columns is not None and spec is not None:
-            # a table written before a column was added to the registry: read what it has, the rest as nulls
-            present = [c for c in columns if c in dataset.schema.names]
-            table = dataset.to_table(columns=present, filter=filter, use_threads=False)
-            for c in columns:
-                if c not in present:
-                    table = table.append_column(spec.schema.field(c), pa.nulls(table.num_rows, spec.schema.field(c).type))
-            return table.select(list(columns))
+        wanted = list(columns) if columns is not None else None
+        # a table written before a column joined the registry: read what it has, the rest as nulls
+        present = [c for c in wanted if c in dataset.schema.names] if wanted is not None and spec else wanted
         # use_threads=False: a threaded scan over delta-rs's filesystem can leave a thread that
         # aborts the interpreter at exit with deltalake 1.6 ("terminate called without an active
         # exception"); seen on multi-file tables. Single-threaded decoding avoids it.
-        table = dataset.to_table(columns=list(columns) if columns else None, filter=filter, use_threads=False)
-        for field in spec.schema if spec is not None and columns is None else ():
-            if field.name not in table.column_names:
+        table = dataset.to_table(columns=present, filter=filter, use_threads=False)
+        if spec is None:
+            return table
+        for column in wanted if wanted is not None else spec.schema.names:
+            if column not in table.column_names:
+                field = spec.schema.field(column)
                 table = table.append_column(field, pa.nulls(table.num_rows, field.type))
-        return table
+        return table.select(wanted) if wanted is not None else table
 
     def count(self, name: str, *, version: int | None = None) -> int:
         if not self.exists(name):

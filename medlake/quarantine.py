@@ -8,9 +8,10 @@ merged as a duplicate, or counted as bronze-only.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -87,26 +88,68 @@ def quarantine_rows(
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def reject(
-    rows: pa.Table,
-    rule_id: str,
-    reason: str,
+def silver_rejects(
+    rows: Sequence[Mapping[str, Any]],
     *,
+    rule_ids: Sequence[str],
+    reasons: Sequence[str],
     table_name: str,
-    record_id_column: str | None = None,
+    key: Sequence[str],
 ) -> pa.Table:
-    """Quarantine rows for rows of a silver-shaped table; ``reason`` may use ``{column}`` fields."""
-    records = []
-    for row in rows.to_pylist():
+    """Quarantine rows for silver-shaped rows a step refused, one per row, each with its rule and reason.
+
+    The raw record is the silver-shaped row itself (pseudonymized, no direct identifiers), so a
+    reviewer sees what the step saw and an accepted record can re-enter silver. The quarantine id
+    is stable over re-runs and distinct for rows of one bronze record (the components of a panel).
+    """
+    records: list[dict[str, Any]] = []
+    ids: list[str] = []
+    for row, rule_id, reason in zip(rows, rule_ids, reasons, strict=True):
         records.append(
             {
                 "rule_id": rule_id,
-                "reason": reason.format_map(_Missing(row)),
-                "record_id": row.get(record_id_column) if record_id_column else None,
+                "reason": reason,
+                "record_id": record_id(row, key),
                 "record_hash": row.get("_record_hash"),
+                "raw_record": row_json(row),
             }
         )
-    return quarantine_rows(records, table_name=table_name)
+        ids.append(quarantine_id(rule_id.split(".", 1)[0], rule_id, None, None, row_identity(table_name, row, key)))
+    table = quarantine_rows(records, table_name=table_name)
+    index = table.schema.get_field_index("quarantine_id")
+    return table.set_column(index, table.schema.field(index), pa.array(ids, pa.string()))
+
+
+def record_id(row: Mapping[str, Any], key: Sequence[str]) -> str | None:
+    """The row's key as text (``a|b`` for a compound key), or None when part of it is missing."""
+    values = [row.get(k) for k in key]
+    if not key or any(v is None for v in values):
+        return None
+    return "|".join(str(v) for v in values)
+
+
+def row_identity(table_name: str, row: Mapping[str, Any], key: Sequence[str]) -> str:
+    """What makes a quarantined row the same row in a re-run: table, key and bronze record.
+
+    Without a complete key the row's content (less the run stamp) stands in for it.
+    """
+    rid = record_id(row, key)
+    parts = [table_name, rid or "", str(row.get("_record_hash") or "")]
+    if rid is None:
+        content = {k: v for k, v in row.items() if k != "_run_id"}
+        parts.append(hashlib.sha256(row_json(content).encode()).hexdigest())
+    return "\x1f".join(parts)
+
+
+def row_json(row: Mapping[str, Any]) -> str:
+    """A row as canonical JSON; dates and times as ISO text."""
+    return json.dumps(row, default=_json_default, sort_keys=True)
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
 
 
 def stamp_run(quarantined: pa.Table, run_id: str) -> pa.Table:
@@ -121,8 +164,3 @@ def by_rule(quarantined: pa.Table) -> dict[str, int]:
         return {}
     counts = pc.value_counts(quarantined.column("rule_id")).to_pylist()
     return {c["values"]: c["counts"] for c in counts}
-
-
-class _Missing(dict[str, Any]):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"

@@ -7,9 +7,7 @@ them from ``medlake.config`` so a hospital changes them in one place.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from datetime import date, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -17,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
-from medlake.quarantine import quarantine_id, quarantine_rows
+from medlake.quarantine import silver_rejects
 
 #: what a step does with a code it cannot map or validate: quarantine the row, or keep it
 #: with ``mapping_status`` 'unmapped' / 'invalid' so it is counted but not lost
@@ -109,27 +107,13 @@ def quarantine(
     """
     if rows.num_rows == 0:
         return QUARANTINE_SCHEMA.empty_table()
-    key = KEY_COLUMN[table_name]
-    stage = rule_id.split(".", 1)[0]
-    records: list[dict[str, Any]] = []
-    ids: list[str] = []
-    for row, reason in zip(rows.to_pylist(), reasons, strict=True):
-        records.append(
-            {
-                "rule_id": rule_id,
-                "reason": reason,
-                "record_id": row.get(key),
-                "record_hash": row.get("_record_hash"),
-                "raw_record": json.dumps(row, default=_json_default, sort_keys=True),
-            }
-        )
-        identity = "\x1f".join(
-            (table_name, str(row.get(key) or ""), str(row.get("_record_hash") or ""))
-        )
-        ids.append(quarantine_id(stage, rule_id, None, None, identity))
-    table = quarantine_rows(records, table_name=table_name)
-    index = table.schema.get_field_index("quarantine_id")
-    return table.set_column(index, table.schema.field(index), pa.array(ids, pa.string()))
+    return silver_rejects(
+        rows.to_pylist(),
+        rule_ids=[rule_id] * rows.num_rows,
+        reasons=reasons,
+        table_name=table_name,
+        key=(KEY_COLUMN[table_name],),
+    )
 
 
 def reasons_for(
@@ -141,9 +125,3 @@ def reasons_for(
         f"{key} {k}: {p}"
         for k, p in zip(rows.column(key).to_pylist(), problems.to_pylist(), strict=True)
     ]
-
-
-def _json_default(value: Any) -> str:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return str(value)
