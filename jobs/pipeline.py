@@ -246,10 +246,6 @@ def release_resolved(lake: Lake, *, run_id: str) -> list[Entry]:
     return ledger.record(lake, run_id, entries) if entries else []
 
 
-def run_id_now() -> str:
-    """A run id for runs outside Airflow (tests, benchmarks)."""
-    return "local__" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-
 
 # ---------------------------------------------------------------------------------------------
 # task entry points: what the DAG's tasks call, with plain arguments from the run's params.

@@ -326,8 +326,3 @@ def spec(name: str) -> TableSpec:
 def staging_name(silver_name: str) -> str:
     """Where a silver table's rows wait for the quality gate before promotion."""
     return "staging." + silver_name.split(".", 1)[1]
-
-
-def empty(spec_: TableSpec) -> pa.Table:
-    """An empty table of the spec's schema."""
-    return spec_.schema.empty_table()

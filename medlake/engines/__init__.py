@@ -46,16 +46,3 @@ class Engine(Protocol):
         source_version: int | None = None,
         mode: Literal["append", "overwrite"] = "overwrite",
     ) -> Applied: ...
-
-
-def get_engine(name: Literal["embedded", "spark"] = "embedded", **options: object) -> Engine:
-    """The engine of that name."""
-    if name == "embedded":
-        from medlake.engines.embedded import EmbeddedEngine
-
-        return EmbeddedEngine()
-    if name == "spark":
-        from medlake.engines.spark import SparkEngine
-
-        return SparkEngine(**options)  # type: ignore[arg-type]
-    raise ValueError(f"unknown engine {name!r}: use 'embedded' or 'spark'")
