@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from medlake.jobs.clean import terminology
 from medlake.jobs.clean.config import OnUnmapped
 from medlake.jobs.clean.standardize import STANDARDIZE
 from medlake.jobs.ingest import fhir, hl7v2
+from medlake.jobs.stage import StageResult, write_bronze
 from medlake.keys import audit_key, project_key
 from medlake.lake import Lake
 from medlake.ledger import Entry
@@ -41,7 +41,6 @@ from medlake.registry import (
     LEDGER,
     QUARANTINE,
     SILVER_NOTES,
-    TableSpec,
     staging_name,
 )
 
@@ -53,18 +52,6 @@ PARSED_KINDS = ("fhir", "hl7v2")
 SILVER_TABLES = registry.SILVER_TABLES
 #: tables every stage writes besides its own, at their version after the stage (lineage outputs)
 BOOKKEEPING: dict[str, int | None] = {QUARANTINE.name: None, LEDGER.name: None}
-
-
-@dataclass(frozen=True)
-class StageResult:
-    """What a stage wrote: table name → Delta version, and its ledger entries."""
-
-    versions: dict[str, int | None]
-    entries: list[Entry]
-
-    def as_xcom(self) -> dict[str, object]:
-        """Only names, versions and counts travel between tasks, never data."""
-        return {"versions": self.versions, "ledger": [e.__dict__ for e in self.entries]}
 
 
 def waiting_sources(landing: Path) -> dict[str, int]:
@@ -85,40 +72,40 @@ def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = Non
     """Landing FHIR files → bronze. Re-ingesting a file adds nothing: its records merge as duplicates."""
     now = now or datetime.now(UTC)
     for kind, count in waiting_sources(landing).items():
-        log.warning("landing/%s holds %d file(s) with no parser yet; they stay in landing", kind, count)
+        log.warning(
+            "landing/%s holds %d file(s) with no parser yet; they stay in landing", kind, count
+        )
     files = fhir.landing_files(landing / "fhir")
     raw = fhir.read_files(files, root=landing)
-    entry = _to_bronze(lake, BRONZE_FHIR, fhir.to_bronze(raw, run_id=run_id, ingested_at=now), raw, run_id=run_id)
+    entry = write_bronze(
+        lake, BRONZE_FHIR, fhir.to_bronze(raw, run_id=run_id, ingested_at=now), raw, run_id=run_id
+    )
     ledger.record(lake, run_id, [entry])
-    log.info("ingest: %d records from %d files, %d new in bronze", raw.num_rows, len(files), entry.records_out)
+    log.info(
+        "ingest: %d records from %d files, %d new in bronze",
+        raw.num_rows,
+        len(files),
+        entry.records_out,
+    )
     return StageResult({BRONZE_FHIR.name: lake.version(BRONZE_FHIR.name)}, [entry])
 
 
-def ingest_hl7v2(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = None) -> StageResult:
+def ingest_hl7v2(
+    landing: Path, lake: Lake, *, run_id: str, now: datetime | None = None
+) -> StageResult:
     """Landing HL7 v2 files → bronze, one row per message. A message seen before merges as a duplicate."""
     files = hl7v2.landing_files(landing / "hl7v2")
     raw = hl7v2.read_files(files, root=landing)
     split = hl7v2.to_bronze(raw, run_id=run_id, ingested_at=now or datetime.now(UTC))
-    entry = _to_bronze(lake, BRONZE_HL7V2, split, raw, run_id=run_id)
+    entry = write_bronze(lake, BRONZE_HL7V2, split, raw, run_id=run_id)
     ledger.record(lake, run_id, [entry])
-    log.info("ingest: %d HL7 v2 messages from %d files, %d new in bronze", raw.num_rows, len(files), entry.records_out)
-    return StageResult({BRONZE_HL7V2.name: lake.version(BRONZE_HL7V2.name)}, [entry])
-
-
-def _to_bronze(lake: Lake, spec: TableSpec, split: Split, raw: pa.Table, *, run_id: str) -> Entry:
-    """Write a bronze split (MERGE on the record hash) and its quarantine; the ledger entry."""
-    lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
-    lake.insert_new(spec.name, split.good)
-    lake.ensure(spec.name)
-    written = lake.read(spec.name, columns=["_run_id"], where={"_run_id": run_id}).num_rows
-    return Entry(
-        stage="ingest",
-        table_name=spec.name,
-        records_in=raw.num_rows,
-        records_out=written,
-        quarantined=split.quarantined.num_rows,
-        merged=raw.num_rows - split.quarantined.num_rows - written,
+    log.info(
+        "ingest: %d HL7 v2 messages from %d files, %d new in bronze",
+        raw.num_rows,
+        len(files),
+        entry.records_out,
     )
+    return StageResult({BRONZE_HL7V2.name: lake.version(BRONZE_HL7V2.name)}, [entry])
 
 
 def clean(
@@ -149,7 +136,9 @@ def clean(
     """
     bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
     messages = lake.read(BRONZE_HL7V2.name, version=hl7v2_version, where={"_run_id": run_id})
-    patients = lake.read(BRONZE_FHIR.name, columns=["resource_id", "raw"], where={"resource_type": "Patient"})
+    patients = lake.read(
+        BRONZE_FHIR.name, columns=["resource_id", "raw"], where={"resource_type": "Patient"}
+    )
     aliases = fhir.patient_aliases(patients, key=key)
     from_hl7 = hl7v2.silver_from_bronze(messages, key=key, max_shift_days=max_shift_days)
     concept_map, maps_version = terminology.concept_maps(lake, version=concept_maps_version)
@@ -173,7 +162,10 @@ def clean(
         hl7 = from_hl7[spec.name]
         records_in = int(pc.sum(pc.equal(types, resource_type)).as_py() or 0)
         produced = len(set(split.good.column("_record_hash").to_pylist()))
-        lake.insert_new(QUARANTINE.name, stamp_run(pa.concat_tables([split.quarantined, hl7.split.quarantined]), run_id))
+        lake.insert_new(
+            QUARANTINE.name,
+            stamp_run(pa.concat_tables([split.quarantined, hl7.split.quarantined]), run_id),
+        )
         entries.append(
             Entry(
                 stage="silver",
@@ -188,7 +180,9 @@ def clean(
         standardize = STANDARDIZE.get(resource_type)
         if standardize is not None:
             standard = standardize(
-                rows, concept_map=concept_map, on_unmapped=(on_unmapped or {}).get(spec.name, "quarantine")
+                rows,
+                concept_map=concept_map,
+                on_unmapped=(on_unmapped or {}).get(spec.name, "quarantine"),
             )
             lake.insert_new(QUARANTINE.name, stamp_run(standard.quarantined, run_id))
             entries.append(
@@ -201,7 +195,9 @@ def clean(
                 )
             )
             rows = standard.good
-        versions[staging_name(spec.name)] = lake.write(staging_name(spec.name), rows, mode="overwrite", spec=spec)
+        versions[staging_name(spec.name)] = lake.write(
+            staging_name(spec.name), rows, mode="overwrite", spec=spec
+        )
     notes = fhir.notes_from_bronze(bronze, key=key, max_shift_days=max_shift_days, aliases=aliases)
     lake.insert_new(QUARANTINE.name, stamp_run(notes.quarantined, run_id))
     entries.append(
@@ -222,14 +218,21 @@ def clean(
         Entry(
             stage="silver",
             table_name=BRONZE_FHIR.name,
-            records_in=int(pc.sum(pc.invert(pc.is_in(types, pa.array(sorted(transforms))))).as_py() or 0),
+            records_in=int(
+                pc.sum(pc.invert(pc.is_in(types, pa.array(sorted(transforms))))).as_py() or 0
+            ),
             quarantined=rest.quarantined.num_rows,
             bronze_only=rest.good.num_rows,
         )
     )
     only = hl7v2.bronze_only_from_bronze(messages)  # messages no silver table reads (ACK, …)
     entries.append(
-        Entry(stage="silver", table_name=BRONZE_HL7V2.name, records_in=only.good.num_rows, bronze_only=only.good.num_rows)
+        Entry(
+            stage="silver",
+            table_name=BRONZE_HL7V2.name,
+            records_in=only.good.num_rows,
+            bronze_only=only.good.num_rows,
+        )
     )
     ledger.record(lake, run_id, entries)
     return StageResult(versions, entries)
@@ -244,7 +247,6 @@ def release_resolved(lake: Lake, *, run_id: str) -> list[Entry]:
         lake.upsert(name, rows)
     review.mark_released(lake, run_id=run_id)
     return ledger.record(lake, run_id, entries) if entries else []
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,9 +284,7 @@ def task_ingest(landing: str, lake: str, *, run_id: str) -> dict[str, object]:
             ingest(Path(landing), target, run_id=run_id, now=now),
             ingest_hl7v2(Path(landing), target, run_id=run_id, now=now),
         ]
-        result = StageResult(
-            {name: v for s in stages for name, v in s.versions.items()}, [e for s in stages for e in s.entries]
-        )
+        result = StageResult.merge(stages)
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=result.entries)
     return result.as_xcom()
 
@@ -309,7 +309,9 @@ def task_clean(
             bronze_version=bronze_version,
             hl7v2_version=hl7v2_version,
         )
-        run.complete(outputs={**result.versions, **BOOKKEEPING, "vault": None}, ledger=result.entries)
+        run.complete(
+            outputs={**result.versions, **BOOKKEEPING, "vault": None}, ledger=result.entries
+        )
     return result.as_xcom()
 
 
@@ -320,12 +322,18 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
     settings, target = Settings(), Lake(Path(lake))
     staged = {staging_name(name): target.version(staging_name(name)) for name in SILVER_TABLES}
     with stage_run(
-        target, job=lineage_job(settings, "gate"), run_id=run_id, inputs=staged, config=lineage_config(settings)
+        target,
+        job=lineage_job(settings, "gate"),
+        run_id=run_id,
+        inputs=staged,
+        config=lineage_config(settings),
     ) as run:
         results: list[GateResult] = []
         try:
             entries = ledger.record(
-                target, run_id, run_gate(target, run_id=run_id, tables=SILVER_TABLES, results=results)
+                target,
+                run_id,
+                run_gate(target, run_id=run_id, tables=SILVER_TABLES, results=results),
             )
         finally:  # the quality results go on FAIL too, when a table-level rule refused promotion
             run.add_quality({staging_name(r.table_name): r for r in results})
@@ -349,7 +357,12 @@ def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
         inputs=SILVER_SOURCES,
         config=lineage_config(settings),
     ) as run:
-        result = build_gold(Path(lake), run_id=run_id, project_dir=settings.dbt.project_dir, target=settings.dbt.target)
+        result = build_gold(
+            Path(lake),
+            run_id=run_id,
+            project_dir=settings.dbt.project_dir,
+            target=settings.dbt.target,
+        )
         # a gold row breaking its suite means the mart SQL is wrong: GateFailed fails the task (FAIL event)
         validate_gold(target, run_id=run_id, tables=list(result.versions))
         run.complete(
@@ -390,5 +403,8 @@ def task_summary(lake: str, *, run_id: str, actor: str = "airflow") -> dict[str,
                 "quarantined": sum(q["count"] for q in summary["quarantine"]),
             },
         )
-        ledger.check(Entry(**{k: v for k, v in row.items() if k in Entry.__dataclass_fields__}) for row in summary["ledger"])
+        ledger.check(
+            Entry(**{k: v for k, v in row.items() if k in Entry.__dataclass_fields__})
+            for row in summary["ledger"]
+        )
     return {"summary": str(path)}
