@@ -62,6 +62,7 @@ def medlake_pipeline() -> None:
             _params()["lake"],
             bronze_version=versions["bronze.fhir_resources"],
             hl7v2_version=versions.get("bronze.hl7v2_messages"),
+            versions=versions,
         )
 
     @task(outlets=assets.SILVER + [assets.QUARANTINE])

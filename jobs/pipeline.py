@@ -11,11 +11,13 @@ gold    silver → gold.* with dbt                         (jobs.gold)
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,12 +48,21 @@ from medlake.registry import (
 
 log = logging.getLogger(__name__)
 
-#: landing sub-folders, one per source kind; fhir/ and hl7v2/ have parsers so far
+#: landing sub-folders, one per source kind
 SOURCE_KINDS = ("fhir", "hl7v2", "csv", "dicom", "vitals", "vcf")
-PARSED_KINDS = ("fhir", "hl7v2")
+#: sources that plug in through the stage contract of jobs/stage.py: landing kind → module under
+#: medlake.jobs.ingest with ingest(...) and to_staging(...). FHIR and HL7 v2 share silver tables
+#: and the patient aliases, so clean() runs them together.
+SOURCES: dict[str, str] = {}
+PARSED_KINDS = ("fhir", "hl7v2", *SOURCES)
 SILVER_TABLES = registry.SILVER_TABLES
 #: tables every stage writes besides its own, at their version after the stage (lineage outputs)
 BOOKKEEPING: dict[str, int | None] = {QUARANTINE.name: None, LEDGER.name: None}
+
+
+def source_module(kind: str) -> ModuleType:
+    """The ingest module of a plug-in source (see :data:`SOURCES`)."""
+    return importlib.import_module(f"medlake.jobs.ingest.{SOURCES[kind]}")
 
 
 def waiting_sources(landing: Path) -> dict[str, int]:
@@ -276,13 +287,17 @@ def task_ingest(landing: str, lake: str, *, run_id: str) -> dict[str, object]:
         target,
         job=lineage_job(settings, "ingest"),
         run_id=run_id,
-        sources=[Path(landing) / "fhir", Path(landing) / "hl7v2"],
+        sources=[Path(landing) / kind for kind in ("fhir", "hl7v2", *SOURCES)],
         config=lineage_config(settings),
     ) as run:
         now = datetime.now(UTC)
         stages = [
             ingest(Path(landing), target, run_id=run_id, now=now),
             ingest_hl7v2(Path(landing), target, run_id=run_id, now=now),
+            *(
+                source_module(kind).ingest(Path(landing), target, run_id=run_id, now=now)
+                for kind in SOURCES
+            ),
         ]
         result = StageResult.merge(stages)
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=result.entries)
@@ -290,25 +305,40 @@ def task_ingest(landing: str, lake: str, *, run_id: str) -> dict[str, object]:
 
 
 def task_clean(
-    lake: str, *, run_id: str, bronze_version: int | None, hl7v2_version: int | None = None
+    lake: str,
+    *,
+    run_id: str,
+    bronze_version: int | None,
+    hl7v2_version: int | None = None,
+    versions: dict[str, int | None] | None = None,
 ) -> dict[str, object]:
+    """``versions``: the bronze versions ingest wrote (its XCom), read by the plug-in sources."""
     settings, target = Settings(), Lake(Path(lake))
+    versions = versions or {}
     with stage_run(
         target,
         job=lineage_job(settings, "clean"),
         run_id=run_id,
-        inputs={BRONZE_FHIR.name: bronze_version, BRONZE_HL7V2.name: hl7v2_version},
+        inputs={BRONZE_FHIR.name: bronze_version, BRONZE_HL7V2.name: hl7v2_version, **versions},
         config=lineage_config(settings),
     ) as run:
+        key, max_shift_days = project_key(settings), settings.deid.date_shift_max_days
+        sources = [
+            source_module(kind).to_staging(
+                target, run_id=run_id, key=key, max_shift_days=max_shift_days, versions=versions
+            )
+            for kind in SOURCES
+        ]
         result = clean(
             target,
             run_id=run_id,
-            key=project_key(settings),
-            max_shift_days=settings.deid.date_shift_max_days,
+            key=key,
+            max_shift_days=max_shift_days,
             keyring=vault.vault_keyring(settings, create=settings.env == "local"),
             bronze_version=bronze_version,
             hl7v2_version=hl7v2_version,
         )
+        result = StageResult.merge([result, *sources])
         run.complete(
             outputs={**result.versions, **BOOKKEEPING, "vault": None}, ledger=result.entries
         )

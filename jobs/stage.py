@@ -6,8 +6,10 @@ A source module (``jobs/ingest/<kind>.py``) plugs into the pipeline with two sta
     ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime) -> StageResult
         landing/<kind>/ → bronze.<table> (raw kept, MERGE on _record_hash) + quarantine + ledger
     to_staging(lake: Lake, *, run_id: str, key: bytes, max_shift_days: int,
-               bronze_version: int | None = None) -> StageResult
-        this run's bronze rows → staging.<silver table> (awaiting the gate) + quarantine + ledger
+               versions: dict[str, int | None]) -> StageResult
+        this run's bronze rows (bronze read at versions[<bronze table>], the version ingest wrote)
+        → staging.<silver table> (awaiting the gate) + quarantine + ledger. It overwrites every
+        staging table it owns on every run, with zero rows when nothing came: the gate reads them all.
 
 so the pipeline and the DAG only list sources, never know their formats.
 """
