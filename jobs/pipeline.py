@@ -323,12 +323,6 @@ def task_clean(
         config=lineage_config(settings),
     ) as run:
         key, max_shift_days = project_key(settings), settings.deid.date_shift_max_days
-        sources = [
-            source_module(kind).to_staging(
-                target, run_id=run_id, key=key, max_shift_days=max_shift_days, versions=versions
-            )
-            for kind in SOURCES
-        ]
         result = clean(
             target,
             run_id=run_id,
@@ -338,6 +332,13 @@ def task_clean(
             bronze_version=bronze_version,
             hl7v2_version=hl7v2_version,
         )
+        # after clean(): a source feeding a table FHIR and HL7 v2 fill appends to its staging rows
+        sources = [
+            source_module(kind).to_staging(
+                target, run_id=run_id, key=key, max_shift_days=max_shift_days, versions=versions
+            )
+            for kind in SOURCES
+        ]
         result = StageResult.merge([result, *sources])
         run.complete(
             outputs={**result.versions, **BOOKKEEPING, "vault": None}, ledger=result.entries

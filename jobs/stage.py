@@ -9,7 +9,10 @@ A source module (``jobs/ingest/<kind>.py``) plugs into the pipeline with two sta
                versions: dict[str, int | None]) -> StageResult
         this run's bronze rows (bronze read at versions[<bronze table>], the version ingest wrote)
         → staging.<silver table> (awaiting the gate) + quarantine + ledger. It overwrites every
-        staging table it owns on every run, with zero rows when nothing came: the gate reads them all.
+        staging table it owns on every run, with zero rows when nothing came: the gate reads them
+        all. A source feeding a silver table FHIR and HL7 v2 also fill (patients, observations, …)
+        runs after them and appends to that staging table instead (mode="append"), after applying
+        the same standardization (jobs/clean/standardize.py STANDARDIZE).
 
 so the pipeline and the DAG only list sources, never know their formats.
 """
