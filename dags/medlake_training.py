@@ -66,12 +66,15 @@ def medlake_training() -> None:
     @task
     def train(published: dict[str, object]) -> dict[str, object]:
         from medlake.config import Settings
+        from medlake.keys import audit_key
         from medlake.training import train as training
-        context = get_current_context()
+        from medlake.training.datasets import PullAudit
+        context, settings = get_current_context(), Settings()
         params, dataset = context["params"], str(published["dataset"])
-        uri = params["tracking_uri"] or Settings().mlflow.tracking_uri
+        uri = params["tracking_uri"] or settings.mlflow.tracking_uri
+        audit = PullAudit(key=audit_key(settings), actor="airflow", purpose="research", run_id=context["run_id"])
         result = _call(training.train, _lake(), dataset, tracking_uri=uri, label=params["label"],
-                       run_id=context["run_id"])
+                       run_id=context["run_id"], audit=audit)
         return {"mlflow_run_id": result.run_id, "model": result.model_name, "version": result.model_version}
 
     train(publish())

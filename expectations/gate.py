@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from medlake.errors import BadDataError
 from medlake.expectations import data_docs
@@ -214,6 +215,37 @@ def _resolve_row_count_change(
     return suite_data
 
 
+def resolve_references(suite_data: dict[str, Any], lake: Lake | None) -> dict[str, Any]:
+    """The suite with each referential-integrity rule's ``value_set`` filled from the lake.
+
+    A rule with ``meta.references = {"table": "silver.patients", "column": "person_key"}`` expects
+    the column's values among that table's keys: the rows promoted in earlier runs plus the rows
+    staged in this one (the gate validates every table before promoting any). A row pointing at
+    a record that never arrived, or was quarantined, fails it and is quarantined in turn; a
+    steward can release it once its parent is there. Without a lake (rows validated on their
+    own) there is nothing to refer to: those rules are left out.
+    """
+    if lake is None:
+        suite_data["expectations"] = [
+            exp
+            for exp in suite_data.get("expectations", [])
+            if not (exp.get("meta") or {}).get("references")
+        ]
+        return suite_data
+    for exp in suite_data.get("expectations", []):
+        ref = (exp.get("meta") or {}).get("references")
+        if not ref:
+            continue
+        table, column = ref["table"], ref["column"]
+        keys: set[Any] = set()
+        for name in (table, staging_name(table)):
+            if lake.exists(name):
+                values = lake.read(name, columns=[column]).column(column)
+                keys.update(pc.unique(values.drop_null()).to_pylist())
+        exp.setdefault("kwargs", {})["value_set"] = sorted(keys)
+    return suite_data
+
+
 def validate(
     rows: pa.Table,
     suite: Mapping[str, Any] | Path,
@@ -222,6 +254,7 @@ def validate(
     previous: PreviousRun | None = None,
     context: Any = None,
     run_name: str | None = None,
+    lake: Lake | None = None,
 ) -> GateResult:
     """Run the suite on the rows; rows failing a row-level rule are quarantined once each.
 
@@ -229,9 +262,10 @@ def validate(
     rule it failed with the observed value, the expected range or set and the row's key.
     ``previous`` is the baseline of row-count-change rules (none: they compare with nothing).
     ``context`` is the GX context to validate in (one per gate task, whose Data Docs show every
-    table; a fresh one when not given); ``run_name`` names the validation there.
+    table; a fresh one when not given); ``run_name`` names the validation there. ``lake`` holds
+    the tables referential-integrity rules refer to (:func:`resolve_references`).
     """
-    suite_data = _resolve_row_count_change(load_suite(suite), previous)
+    suite_data = resolve_references(_resolve_row_count_change(load_suite(suite), previous), lake)
     expectations: list[dict[str, Any]] = suite_data.get("expectations", [])
     order = {exp["meta"]["rule"]: i for i, exp in enumerate(expectations)}
     raw_results = _run_gx(rows, suite_data, context=context, run_name=run_name)
@@ -298,6 +332,7 @@ def run_gate(
                 previous=previous_run(lake, name, run_id=run_id),
                 context=context,
                 run_name=run_id,
+                lake=lake,
             )
             if results is not None:
                 results.append(result)
@@ -484,6 +519,9 @@ def _expected(exp: Mapping[str, Any]) -> str:
                 text += " (no earlier run staged rows to compare with)"
     elif kind == "expect_column_proportion_of_non_null_values_to_be_between":
         text = f"share of non-null {col} {_bounds(kw)}"
+    elif kind == "expect_column_values_to_be_in_set" and (exp.get("meta") or {}).get("references"):
+        ref = exp["meta"]["references"]
+        text = f"{col} present in {ref['table']}.{ref['column']}"
     elif kind == "expect_column_values_to_be_in_set":
         text = f"{col} one of {_values(kw.get('value_set', []))}"
     elif kind == "expect_column_values_to_not_be_in_set":

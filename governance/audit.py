@@ -56,6 +56,7 @@ ACTIONS = (
     "access.denied",
     "dp.release",
     "quarantine.resolve",
+    "dataset.pull",
 )
 
 AUDIT = TableSpec(

@@ -329,6 +329,32 @@ def qualified_table(table: str) -> str:
 # pull
 
 
+@dataclass(frozen=True)
+class PullAudit:
+    """Who pulls and why, for the audit log: every pull through the CLI, the training job and the
+    training DAG is recorded (``dataset.pull``, or ``access.denied`` when refused)."""
+
+    key: bytes
+    actor: str
+    purpose: str | None = None  # stated: checked against the role's dataset grant
+    run_id: str | None = None
+
+    def record(self, lake: Lake, *, role: str, action: str, ref: str, **details: Any) -> None:
+        from medlake.governance import audit
+
+        audit.append(
+            lake,
+            key=self.key,
+            actor=self.actor,
+            role=role,
+            action=action,
+            object=f"dataset:{ref}",
+            run_id=self.run_id,
+            purpose=self.purpose,
+            details=details,
+        )
+
+
 def check_pull_allowed(role: str, manifest: Manifest, *, purpose: str | None = None) -> tuple[str, ...]:
     """The columns ``role`` may pull from the dataset, or :class:`PullRefused`.
 
@@ -350,6 +376,7 @@ def pull(
     role: str,
     to: PullFormat = "arrow",
     out: Path | str | None = None,
+    audit: PullAudit | None = None,
 ) -> pa.Table | pd.DataFrame | Path:
     """The rows of dataset ``name@version``, exactly as published, in key order.
 
@@ -357,10 +384,10 @@ def pull(
     returns the published rows or raises (:class:`ContentHashMismatch`,
     :class:`DatasetVacuumed`, :class:`DatasetUnreadable`). ``role`` decides which columns come
     back (:func:`check_pull_allowed`). ``to="parquet"`` writes ``out`` (the manifest in the
-    file's metadata) and returns its path.
+    file's metadata) and returns its path. With ``audit``, the pull or its refusal is audited.
     """
     m = manifest(lake, ref)
-    data = pull_table(lake, m.ref, role=role)
+    data = pull_table(lake, m.ref, role=role, audit=audit)
     if to == "arrow":
         return data
     if to == "pandas":
@@ -379,11 +406,33 @@ def pull(
     raise ValueError(f"to must be arrow, pandas or parquet, not {to!r}")
 
 
-def pull_table(lake: Lake, ref: str, *, role: str) -> pa.Table:
-    """The verified rows of ``name@version`` as Arrow, with the columns ``role`` may see."""
+def pull_table(lake: Lake, ref: str, *, role: str, audit: PullAudit | None = None) -> pa.Table:
+    """The verified rows of ``name@version`` as Arrow, with the columns ``role`` may see.
+
+    With ``audit``: a refusal is audited as ``access.denied`` before it is raised, and a pull as
+    ``dataset.pull`` (table, Delta version, rows, columns, content hash) once the rows are verified.
+    """
     m = manifest(lake, ref)
-    allowed = check_pull_allowed(role, m)
-    return read_verified(lake, m).select(list(allowed))
+    try:
+        allowed = check_pull_allowed(role, m, purpose=audit.purpose if audit else None)
+    except PullRefused as exc:
+        if audit is not None:
+            audit.record(lake, role=role, action="access.denied", ref=m.ref, attempted="pull", why=str(exc))
+        raise
+    data = read_verified(lake, m).select(list(allowed))
+    if audit is not None:
+        audit.record(
+            lake,
+            role=role,
+            action="dataset.pull",
+            ref=m.ref,
+            table=m.table,
+            delta_version=m.delta_version,
+            rows=data.num_rows,
+            columns=list(allowed),
+            content_hash=m.content_hash,
+        )
+    return data
 
 
 def read_verified(lake: Lake, m: Manifest) -> pa.Table:

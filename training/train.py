@@ -205,6 +205,7 @@ def train(
     run_id: str | None = None,
     registered_model_name: str | None = None,
     artifact_root: Path | None = None,
+    audit: datasets.PullAudit | None = None,
 ) -> TrainResult:
     """Train, evaluate and register a model of ``label`` on dataset ``name@version``; log it all to MLflow.
 
@@ -214,10 +215,11 @@ def train(
     AUC on the train split); ``hyperparameters`` overrides :data:`DEFAULT_PARAMS` otherwise.
     A SQLite ``tracking_uri`` keeps artifacts in ``artifact_root`` (default: ``artifacts/``
     next to the database file). ``run_id`` (the Airflow run that trains) is tagged
-    ``medlake.run_id``. Sets MLflow's tracking and registry URI for this process.
+    ``medlake.run_id``. Sets MLflow's tracking and registry URI for this process. With
+    ``audit``, the dataset pull is audited.
     """
     manifest = datasets.manifest(lake, dataset)
-    frame = datasets.pull_table(lake, manifest.ref, role=role).to_pandas()
+    frame = datasets.pull_table(lake, manifest.ref, role=role, audit=audit).to_pandas()
     with openmp_threads_for(len(frame)):
         try:
             fitted = fit_and_evaluate(

@@ -37,6 +37,21 @@ err = Console(stderr=True)
 LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 RoleOpt = Annotated[str, typer.Option("--role", help="Who pulls: ml, data_engineer or compliance.")]
+ActorOpt = Annotated[str | None, typer.Option("--actor", help="Who is acting (default: the login name).")]
+PurposeOpt = Annotated[
+    str | None,
+    typer.Option("--purpose", help="Purpose of use, checked against the grant and audited."),
+]
+
+
+def _pull_audit(actor: str | None, purpose: str | None) -> Any:
+    """Every pull from the CLI is audited: who, as which role, for what purpose."""
+    import getpass
+
+    from medlake.keys import audit_key
+    from medlake.training.datasets import PullAudit
+
+    return PullAudit(key=audit_key(load_settings()), actor=actor or getpass.getuser(), purpose=purpose)
 
 
 class PullFormat(str, Enum):
@@ -144,6 +159,8 @@ def pull(
             dir_okay=False,
         ),
     ] = None,
+    actor: ActorOpt = None,
+    purpose: PurposeOpt = None,
 ) -> None:
     """Pull exactly the rows of a dataset version (time travel), checked against its content hash.
 
@@ -157,15 +174,21 @@ def pull(
     target = Lake(lake.resolve())
     with _errors():
         m = datasets.manifest(target, ref)
+        audit = _pull_audit(actor, purpose)
         if to is PullFormat.parquet:
             path = datasets.pull(
-                target, m.ref, role=role, to="parquet", out=out or _default_out(m, "parquet")
+                target,
+                m.ref,
+                role=role,
+                to="parquet",
+                out=out or _default_out(m, "parquet"),
+                audit=audit,
             )
             console.print(
                 f"wrote {m.row_count} rows of {escape(m.ref)} to {path} (content hash verified)"
             )
             return
-        rows = datasets.pull(target, m.ref, role=role, to="arrow")
+        rows = datasets.pull(target, m.ref, role=role, to="arrow", audit=audit)
     assert isinstance(rows, pa.Table)
     if to is PullFormat.arrow:
         path = out or _default_out(m, "arrow")
@@ -263,6 +286,7 @@ def train(
             help="Threshold reaching this sensitivity (default: Youden's J).",
         ),
     ] = None,
+    actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train, evaluate and register a model on a dataset version; print the MLflow run id and metrics.
@@ -281,6 +305,7 @@ def train(
             seed=seed,
             optuna_trials=optuna_trials,
             target_sensitivity=target_sensitivity,
+            audit=_pull_audit(actor, "research"),
         )
     if as_json:
         _print_json(

@@ -47,7 +47,9 @@ def test_corpus_quarantine_holds_only_what_is_not_fhir_or_invalid(corpus_lake):
     rules = by_rule(corpus_lake.read("quarantine"))
     assert rules.get("parse.not_a_resource") == 8  # the two bulk-export log.ndjson files
     assert set(rules) <= {"parse.not_a_resource", "validate.fhir_r4", "silver.missing_id", "gate.body_weight_range",
-                          "gate.heart_rate_range", "gate.body_temperature_range"}
+                          "gate.heart_rate_range", "gate.body_temperature_range", "gate.encounter_key_known"}
+    # the HL7 spec's body-weight example names an Encounter the corpus does not hold
+    assert rules.get("gate.encounter_key_known") == 1
 
 
 def test_bronze_only_types_are_counted_not_lost(corpus_lake):

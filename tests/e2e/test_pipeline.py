@@ -7,6 +7,7 @@ landing folder, and checks the lake against the generator's answer key (`_truth.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -144,6 +145,21 @@ def test_no_planted_phi_reaches_silver_or_gold(hospital):
     leaked_names = [n for n in phi["names"] if n in words]
     leaked_other = [v for kind in ("phones", "mrns", "ssns", "streets") for v in phi[kind] if v in blob]
     assert leaked_names == [] and leaked_other == []
+
+
+def test_no_planted_phi_in_any_log_line(hospital):
+    """Airflow's task logs and medlake's run logs of both runs: no planted identifier in any line."""
+    phi = hospital["truth"]["phi"]
+    logs = sorted(Path(os.environ["AIRFLOW_HOME"]).rglob("*.log"))
+    texts = {path: path.read_text(encoding="utf-8", errors="replace") for path in logs}
+    # `airflow dags test` runs the tasks in-process: each run's log holds every task's lines
+    assert sum("clean: concept maps" in text for text in texts.values()) >= 2
+    leaks: list[tuple[str, str]] = []
+    for path, text in texts.items():
+        words = set(re.findall(r"[^\W\d_]+", text))
+        leaks += [(path.name, n) for n in phi["names"] if n in words]
+        leaks += [(path.name, v) for kind in ("phones", "mrns", "ssns", "streets") for v in phi[kind] if v in text]
+    assert leaks == []
 
 
 def test_a_table_level_gate_failure_fails_the_run_loudly_without_retrying(tmp_path):

@@ -29,6 +29,7 @@ from medlake.ledger import Entry, check, record
 from medlake.registry import (
     SILVER_CONDITIONS,
     SILVER_OBSERVATIONS,
+    SILVER_PATIENTS,
     SILVER_TABLES,
     TableSpec,
     staging_name,
@@ -271,8 +272,26 @@ def test_a_missing_column_is_a_table_level_failure() -> None:
 # --- run_gate ----------------------------------------------------------------------------------
 
 
-def stage(lake: Lake, spec: TableSpec, rows: pa.Table) -> None:
+def stage(lake: Lake, spec: TableSpec, rows: pa.Table, *, with_patients: bool = True) -> None:
+    """Stage the rows; ``with_patients``: their people are in silver.patients already, as the
+    referential-integrity rules (``person_key_known``) expect of a sound run."""
     lake.write(staging_name(spec.name), rows, mode="overwrite", spec=nullable(spec))
+    if with_patients and "person_key" in rows.column_names:
+        known = [p for p in set(rows.column("person_key").to_pylist()) if p is not None]
+        patients = [
+            {
+                "person_key": p,
+                "source_key": p,
+                "source_system": "test",
+                "_record_hash": "rh-" + p,
+                "_source_kind": "fhir",
+                "_run_id": "run-0",
+            }
+            for p in sorted(known)
+        ]
+        lake.upsert(
+            SILVER_PATIENTS.name, pa.Table.from_pylist(patients, schema=SILVER_PATIENTS.schema)
+        )
 
 
 def test_run_gate_promotes_quarantines_and_is_idempotent(tmp_path: Path) -> None:
@@ -672,3 +691,86 @@ def test_gold_age_bands_are_the_bands_dbt_emits() -> None:
         if e["meta"]["rule"] == "age_band_in_dbt_bands"
     ]
     assert set(rule["kwargs"]["value_set"]) == {band(a) for a in range(120)} == set(accepted)
+
+
+def test_a_row_whose_person_is_unknown_is_quarantined_naming_the_parent_table(
+    tmp_path: Path,
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    stage(lake, SILVER_OBSERVATIONS, observations(obs("ok")))
+    stage(lake, SILVER_OBSERVATIONS, observations(obs("ok"), obs("orphan")), with_patients=False)
+
+    (entry,) = run_gate(lake, run_id="run-1", tables=[OBS])
+
+    (row,) = lake.read("quarantine").to_pylist()
+    assert (row["record_id"], row["rule_id"]) == ("orphan", "gate.person_key_known")
+    assert (
+        "person_key is 'pk-orphan', expected person_key present in silver.patients.person_key"
+        in row["reason"]
+    )
+    assert (entry.records_out, entry.quarantined) == (1, 1)
+
+
+def test_a_patient_staged_in_the_same_run_makes_its_rows_known(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    stage(lake, SILVER_OBSERVATIONS, observations(obs("new")), with_patients=False)
+    patient = {
+        "person_key": "pk-new",
+        "source_key": "sk",
+        "source_system": "test",
+        "_record_hash": "rh-p",
+        "_source_kind": "fhir",
+        "_run_id": "run-1",
+    }
+    stage(
+        lake,
+        SILVER_PATIENTS,
+        pa.Table.from_pylist([patient], schema=SILVER_PATIENTS.schema),
+        with_patients=False,
+    )
+
+    entries = run_gate(lake, run_id="run-1", tables=[SILVER_PATIENTS.name, OBS])
+
+    assert [(e.table_name, e.records_out, e.quarantined) for e in entries] == [
+        (SILVER_PATIENTS.name, 1, 0),
+        (OBS, 1, 0),
+    ]
+
+
+def test_an_encounter_key_must_name_a_known_encounter(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    stage(
+        lake,
+        SILVER_OBSERVATIONS,
+        observations(obs("visit", encounter_key="enc-missing"), obs("none")),
+    )
+
+    run_gate(lake, run_id="run-1", tables=[OBS])
+
+    assert lake.read("quarantine", columns=["record_id", "rule_id"]).to_pylist() == [
+        {"record_id": "visit", "rule_id": "gate.encounter_key_known"}
+    ]
+
+
+def test_a_mapped_code_outside_its_standard_system_is_quarantined(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    local = "http://hospital.example.org/lab-codes"
+    stage(
+        lake,
+        SILVER_OBSERVATIONS,
+        observations(
+            obs("claims-loinc", code_system=local, mapping_status="standard"),
+            obs("kept-unmapped", code_system=local, mapping_status="unmapped"),
+            obs("loinc", mapping_status="standard"),
+        ),
+    )
+
+    run_gate(lake, run_id="run-1", tables=[OBS])
+
+    assert lake.read("quarantine", columns=["record_id", "rule_id"]).to_pylist() == [
+        {"record_id": "claims-loinc", "rule_id": "gate.code_system_standard"}
+    ]
+    assert sorted(lake.read(OBS).column("observation_key").to_pylist()) == [
+        "kept-unmapped",
+        "loinc",
+    ]

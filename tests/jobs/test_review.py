@@ -13,7 +13,7 @@ from medlake.governance import audit
 from medlake.jobs import pipeline, review
 from medlake.lake import Lake
 from medlake.quarantine import quarantine_rows
-from medlake.registry import SILVER_OBSERVATIONS, staging_name
+from medlake.registry import SILVER_OBSERVATIONS, SILVER_PATIENTS, staging_name
 
 KEY = b"\x05" * 32
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -29,6 +29,9 @@ def observation(key: str, value: float, code: str = "8867-4", unit: str = "/min"
 def gated(tmp_path) -> Lake:
     """A lake where run-1's gate quarantined two impossible heart rates and promoted one normal one."""
     lake = Lake(tmp_path)
+    patient = {"person_key": "p1", "source_key": "s1", "source_system": "fhir", "_record_hash": "h-p1",
+               "_source_kind": "fhir", "_run_id": "run-0"}
+    lake.write(SILVER_PATIENTS.name, pa.Table.from_pylist([patient], schema=SILVER_PATIENTS.schema), mode="overwrite")
     rows = pa.Table.from_pylist([observation("ok", 72), observation("high", 900), observation("typo", 720)],
                                 schema=SILVER_OBSERVATIONS.schema)
     lake.write(staging_name("silver.observations"), rows, mode="overwrite", spec=SILVER_OBSERVATIONS)

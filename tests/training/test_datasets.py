@@ -204,3 +204,32 @@ def test_view_columns_from_delta_merges_hash_and_sort_like_plain_strings():
         "a",
         "b",
     ]
+
+
+def test_pulls_and_refusals_are_audited_with_who_and_why(lake: Lake):
+    from medlake.governance import audit
+
+    key = b"k" * 32
+    datasets.publish(lake, GOLD, name="readmission")
+    who = datasets.PullAudit(key=key, actor="ana", purpose="research", run_id="run-7")
+
+    rows = datasets.pull(lake, "readmission@1", role="ml", audit=who)
+    with pytest.raises(PullRefused):
+        datasets.pull(lake, "readmission@1", role="marketing", audit=who)
+    with pytest.raises(PullRefused, match="for purpose 'research'"):
+        datasets.pull(lake, "readmission@1", role="data_engineer", audit=who)
+
+    pulled, refused, wrong_purpose = audit.read(lake)
+    assert (pulled.action, pulled.actor, pulled.role, pulled.object) == (
+        "dataset.pull",
+        "ana",
+        "ml",
+        "dataset:readmission@1",
+    )
+    details = json.loads(pulled.details or "{}")
+    assert details["rows"] == rows.num_rows == 400  # type: ignore[union-attr]
+    assert details["columns"] == rows.column_names  # type: ignore[union-attr]
+    assert (pulled.purpose, pulled.run_id) == ("research", "run-7")
+    assert (refused.action, refused.role) == ("access.denied", "marketing")
+    assert (wrong_purpose.action, wrong_purpose.role) == ("access.denied", "data_engineer")
+    assert audit.verify(lake, key=key).ok
