@@ -100,6 +100,29 @@ BRONZE_HL7V2 = TableSpec(
     phi_columns=("raw", "_source_file"),
 )
 
+BRONZE_CSV = TableSpec(
+    name="bronze.csv_rows",
+    schema=pa.schema(
+        [
+            _f("extract", nullable=False),  # the mapping's name
+            _f("target", nullable=False),  # the silver table it feeds (short name) or bronze_only
+            _f("raw", pa.large_string(), nullable=False),  # the data line, decoded per the mapping
+            _f("header", nullable=False),  # the file's header line, as decoded
+            _f("header_hash", nullable=False),
+            _f("mapping_file", nullable=False),
+            _f("mapping", pa.large_string(), nullable=False),  # the mapping's YAML text, as read
+            _f("_source_file", nullable=False),
+            _f("_source_offset", pa.int64(), nullable=False),  # 1-based line number in the file
+            _f("_ingested_at", TS, nullable=False),
+            _f("_record_hash", nullable=False),
+            _f("_run_id", nullable=False),
+        ]
+    ),
+    key=("_record_hash",),
+    description="CSV extract rows as received: one row per data line, with its file's header and mapping.",
+    phi_columns=("raw", "_source_file"),
+)
+
 SILVER_PATIENTS = TableSpec(
     name="silver.patients",
     schema=_schema(
@@ -290,6 +313,7 @@ TABLES: dict[str, TableSpec] = {
     for spec in (
         BRONZE_FHIR,
         BRONZE_HL7V2,
+        BRONZE_CSV,
         SILVER_PATIENTS,
         SILVER_ENCOUNTERS,
         SILVER_OBSERVATIONS,
