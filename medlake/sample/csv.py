@@ -183,14 +183,18 @@ def _lab_lines(people: list[Person], rng: random.Random, truth: Truth) -> Iterat
 
 
 def _reported(m: Measurement, rng: random.Random, where: Where, truth: Truth) -> tuple[str, str]:
-    """The value and unit the lab system writes: the recorded ones, or another unit for a share."""
+    """The value and unit the lab system writes: the recorded ones (a unit mix when the recorded
+    unit is not canonical), or another unit for a share of the canonical ones."""
     if m.value is None:
         return "", m.unit
     other = OTHER_UNITS.get(m.kind.key)
-    if other is None or m.unit != m.kind.unit or rng.random() >= OTHER_UNIT_SHARE:
+    if m.unit != m.kind.unit:
+        value, unit, decimals = m.value, m.unit, m.kind.alt_unit.decimals if m.kind.alt_unit else 2
+    elif other is None or rng.random() >= OTHER_UNIT_SHARE:
         return f"{m.value:.{m.kind.decimals}f}", m.unit
-    unit, factor, decimals = other
-    value = round(m.value * factor, decimals)
+    else:
+        unit, factor, decimals = other
+        value = round(m.value * factor, decimals)
     truth.add(
         "csv_unit_mix",
         where,
@@ -198,7 +202,7 @@ def _reported(m: Measurement, rng: random.Random, where: Where, truth: Truth) ->
         loinc=m.kind.loinc,
         value=value,
         unit=unit,
-        canonical_value=m.value,
+        canonical_value=m.canonical_value,
         canonical_unit=m.kind.unit,
     )
     return f"{value:.{decimals}f}", unit
