@@ -10,9 +10,10 @@ maps (``F`` → ``female``), constants. :class:`Mapping` validates the file itse
 stops ingest with :class:`MappingError` naming the file and the field.
 
 Bronze keeps one row per data record: the line as decoded (a quoted field spanning lines keeps
-them together), its file's header, its 1-based line number as ``_source_offset`` and the mapping
-it was read with, so ``to_staging`` needs nothing but bronze. The record hash covers the header
-and the line: re-ingesting a file, or the same extract under another name, adds nothing.
+them together), its file's header, its 1-based line number as ``_source_offset`` and the hash of
+the mapping it was read with; ``bronze.csv_mappings`` keeps each mapping's text by that hash, so
+``to_staging`` needs nothing but bronze. The record hash covers the header and the line:
+re-ingesting a file, or the same extract under another name, adds nothing.
 
 Refused at ingest (``quarantine``, table ``bronze.csv_rows``):
 
@@ -76,6 +77,7 @@ from medlake.ledger import Entry
 from medlake.quarantine import Split, quarantine_rows, stamp_run
 from medlake.registry import (
     BRONZE_CSV,
+    BRONZE_CSV_MAPPINGS,
     FHIR_SILVER,
     QUARANTINE,
     SILVER_CONDITIONS,
@@ -331,6 +333,22 @@ class MappingFile:
     text: str
     mapping: Mapping
 
+    @property
+    def hash(self) -> str:
+        """The content hash bronze rows name their mapping by."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def as_row(self, *, run_id: str, ingested_at: datetime) -> dict[str, Any]:
+        """The mapping as a ``bronze.csv_mappings`` row."""
+        return {
+            "mapping_hash": self.hash,
+            "extract": self.mapping.name,
+            "mapping_file": self.name,
+            "mapping": self.text,
+            "_ingested_at": ingested_at,
+            "_run_id": run_id,
+        }
+
 
 def load_mappings(csv_dir: Path) -> list[MappingFile]:
     """The mapping files of a landing folder, validated; two with one name is an error too."""
@@ -367,7 +385,7 @@ RAW_SCHEMA = pa.schema(
         pa.field("extract", pa.string()),
         pa.field("target", pa.string()),
         pa.field("mapping_file", pa.string()),
-        pa.field("mapping", pa.large_string()),
+        pa.field("mapping_hash", pa.string()),
         pa.field("error_rule", pa.string()),
         pa.field("error_reason", pa.string()),
     ]
@@ -422,7 +440,7 @@ def read_bytes(data: bytes, *, name: str, mapping: MappingFile) -> Iterator[dict
         "extract": spec.name,
         "target": spec.target,
         "mapping_file": mapping.name,
-        "mapping": mapping.text,
+        "mapping_hash": mapping.hash,
     }
     if codecs.lookup(spec.encoding).name == "utf-8" and data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
@@ -554,7 +572,7 @@ def _file_error(name: str, rule: str, reason: str, *, data: bytes) -> dict[str, 
         "extract": None,
         "target": None,
         "mapping_file": None,
-        "mapping": None,
+        "mapping_hash": None,
         "error_rule": rule,
         "error_reason": reason if reason.startswith(name) else f"{name}: {reason}",
     }
@@ -571,43 +589,51 @@ def record_hash(header: str, text: str) -> str:
 
 def to_bronze(raw: pa.Table, *, run_id: str, ingested_at: datetime) -> Split:
     """Bronze rows for the well-formed records; the others quarantined with their line number."""
-    good: list[dict[str, Any]] = []
-    bad: list[dict[str, Any]] = []
-    header_hashes: dict[str, str] = {}
-    for rec in raw.to_pylist():
-        if rec["error_rule"]:
-            bad.append(
-                {
-                    "source_file": rec["source_file"],
-                    "source_offset": rec["source_offset"],
-                    "raw_record": rec["text"],
-                    "rule_id": rec["error_rule"],
-                    "reason": rec["error_reason"],
-                }
-            )
-            continue
-        header = rec["header"]
-        if header not in header_hashes:
-            header_hashes[header] = hashlib.sha256(header.encode()).hexdigest()
-        good.append(
-            {
-                "extract": rec["extract"],
-                "target": rec["target"],
-                "raw": rec["text"],
-                "header": header,
-                "header_hash": header_hashes[header],
-                "mapping_file": rec["mapping_file"],
-                "mapping": rec["mapping"],
-                "_source_file": rec["source_file"],
-                "_source_offset": rec["source_offset"],
-                "_ingested_at": ingested_at,
-                "_record_hash": record_hash(header, rec["text"]),
-                "_run_id": run_id,
-            }
-        )
+    failed = pc.is_valid(raw.column("error_rule"))
+    bad = raw.filter(failed)
+    good = raw.filter(pc.invert(failed))
+    headers = good.column("header").to_pylist()
+    hashes = {h: hashlib.sha256(h.encode()).hexdigest() for h in set(headers)}
+    n = good.num_rows
+    bronze = pa.table(
+        {
+            "extract": good.column("extract"),
+            "target": good.column("target"),
+            "raw": good.column("text"),
+            "header": good.column("header"),
+            "header_hash": pa.array([hashes[h] for h in headers], pa.string()),
+            "mapping_file": good.column("mapping_file"),
+            "mapping_hash": good.column("mapping_hash"),
+            "_source_file": good.column("source_file"),
+            "_source_offset": good.column("source_offset"),
+            "_ingested_at": pa.array(
+                [ingested_at] * n, BRONZE_CSV.schema.field("_ingested_at").type
+            ),
+            "_record_hash": pa.array(
+                [
+                    record_hash(h, t)
+                    for h, t in zip(headers, good.column("text").to_pylist(), strict=True)
+                ],
+                pa.string(),
+            ),
+            "_run_id": pa.array([run_id] * n, pa.string()),
+        }
+    )
+    records = [
+        {
+            "source_file": rec["source_file"],
+            "source_offset": rec["source_offset"],
+            "raw_record": rec["text"],
+            "rule_id": rec["error_rule"],
+            "reason": rec["error_reason"],
+        }
+        for rec in bad.select(
+            ["source_file", "source_offset", "text", "error_rule", "error_reason"]
+        ).to_pylist()
+    ]
     return Split(
-        pa.Table.from_pylist(good, schema=BRONZE_CSV.schema),
-        quarantine_rows(bad, table_name=BRONZE_CSV.name, run_id=run_id, now=ingested_at),
+        bronze.cast(BRONZE_CSV.schema),
+        quarantine_rows(records, table_name=BRONZE_CSV.name, run_id=run_id, now=ingested_at),
     )
 
 
@@ -628,6 +654,13 @@ def ingest(
     files = landing_files(csv_dir)
     raw = read_files(files, root=landing, csv_dir=csv_dir, mappings=found)
     split = to_bronze(raw, run_id=run_id, ingested_at=now)
+    lake.insert_new(
+        BRONZE_CSV_MAPPINGS.name,
+        pa.Table.from_pylist(
+            [m.as_row(run_id=run_id, ingested_at=now) for m in found],
+            schema=BRONZE_CSV_MAPPINGS.schema,
+        ),
+    )
     entry = write_bronze(lake, BRONZE_CSV, split, raw, run_id=run_id)
     ledger.record(lake, run_id, [entry])
     unmapped = int(pc.sum(pc.equal(raw.column("error_rule"), "ingest.no_mapping")).as_py() or 0)
@@ -641,7 +674,9 @@ def ingest(
         len(files),
         entry.records_out,
     )
-    return StageResult({BRONZE_CSV.name: lake.version(BRONZE_CSV.name)}, [entry])
+    return StageResult(
+        {name: lake.version(name) for name in (BRONZE_CSV.name, BRONZE_CSV_MAPPINGS.name)}, [entry]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -677,6 +712,15 @@ class _Reader:
         self.max_shift_days = max_shift_days
         self.zone = zone_of(mapping.timezone)
         self.headers: dict[str, dict[str, int]] = {}
+        self.patients: dict[str, tuple[str, str, int]] = {}
+        #: per field: how its text becomes its silver type, and how reasons name it
+        self.kinds = {
+            name: _kind(name, self.spec.schema.field(name).type) for name in mapping.fields
+        }
+        self.where = {
+            name: f"column {c.column!r}" if c.column else f"the constant of {name!r}"
+            for name, c in mapping.fields.items()
+        }
 
     def positions(self, header: str) -> dict[str, int]:
         if header not in self.headers:
@@ -684,11 +728,11 @@ class _Reader:
             self.headers[header] = {n: i for i, n in reversed(list(enumerate(names)))}
         return self.headers[header]
 
-    def row(self, bronze: dict[str, Any]) -> dict[str, Any]:
-        """The silver row of one bronze record, or :class:`Rejected`."""
+    def row(self, raw: str, header: str) -> dict[str, Any]:
+        """The silver row of one bronze record (its text, its file's header), or :class:`Rejected`."""
         m = self.mapping
-        fields = split_fields(bronze["raw"], m)
-        position = self.positions(bronze["header"])
+        fields = split_fields(raw, m)
+        position = self.positions(header)
 
         def cell(column: str) -> str | None:
             value = fields[position[column]].strip()
@@ -696,13 +740,7 @@ class _Reader:
 
         assert m.patient is not None
         patient_id = self.require(cell(m.patient.column), m.patient.column)
-        local_source = source_key(self.key, m.source, patient_id)
-        person = (
-            mrn_key(self.key, m.patient.authority, patient_id)
-            if m.patient.authority
-            else local_source
-        )
-        shift = _shift(self.key, person, self.max_shift_days)
+        local_source, person, shift = self.patient_keys(patient_id)
         row: dict[str, Any] = {"person_key": person}
         if m.target == "patients":
             row |= {"source_key": local_source, "source_system": m.source}
@@ -712,7 +750,7 @@ class _Reader:
             row[key_column] = record_key(self.key, kind, m.source, local_id)
         for name, column in m.fields.items():
             text = column.value if column.column is None else cell(column.column)
-            where = f"column {column.column!r}" if column.column else f"the constant of {name!r}"
+            where = self.where[name]
             if text is None:
                 if column.required:
                     raise Rejected(
@@ -739,6 +777,22 @@ class _Reader:
             row["encounter_key"] = record_key(self.key, "Encounter", m.source, row["encounter_key"])
         return row
 
+    def patient_keys(self, patient_id: str) -> tuple[str, str, int]:
+        """(source key, person key, date shift) of a patient id, made once per patient."""
+        if patient_id not in self.patients:
+            m = self.mapping
+            assert m.patient is not None
+            local = source_key(self.key, m.source, patient_id)
+            person = (
+                mrn_key(self.key, m.patient.authority, patient_id) if m.patient.authority else local
+            )
+            self.patients[patient_id] = (
+                local,
+                person,
+                _shift(self.key, person, self.max_shift_days),
+            )
+        return self.patients[patient_id]
+
     @staticmethod
     def require(value: str | None, column: str) -> str:
         if value is None:
@@ -747,28 +801,27 @@ class _Reader:
 
     def typed(self, name: str, text: str, column: Column, *, where: str, shift: int) -> Any:
         """A value as its silver field's type: timestamps to UTC and shifted, dates shifted."""
-        kind = self.spec.schema.field(name).type
-        if pa.types.is_timestamp(kind):
+        kind = self.kinds[name]
+        if kind == "text":
+            return text
+        if kind == "timestamp":
             return shift_datetime(self.parse_datetime(text, column.format, where=where), shift)
-        if pa.types.is_date(kind):
+        if kind == "date":
             return shift_date(self.parse_date(text, column.format, where=where), shift)
-        if pa.types.is_floating(kind):
-            number = (
-                text.replace(self.mapping.decimal_separator, ".")
-                if self.mapping.decimal_separator == ","
-                else text
-            )
+        if kind == "number":
+            if self.mapping.decimal_separator == ",":
+                text = text.replace(",", ".")
             try:
-                return float(number)
+                return float(text)
             except ValueError:
                 raise Rejected(
                     "parse.csv_bad_number", f"{where} ({name}) is not a number"
                 ) from None
-        if pa.types.is_boolean(kind):
+        if kind == "boolean":
             if text.lower() not in BOOLEAN:
                 raise Rejected("parse.csv_bad_value", f"{where} ({name}) is not true/false")
             return BOOLEAN[text.lower()]
-        return zip3(text) if name == "zip3" else text
+        return zip3(text)
 
     def parse_datetime(self, text: str, fmt: str | None, *, where: str) -> datetime:
         try:
@@ -801,6 +854,19 @@ class _Reader:
         return system_uri(systems[value])
 
 
+def _kind(name: str, type_: pa.DataType) -> str:
+    """How a text becomes a value of a silver field of that type."""
+    if pa.types.is_timestamp(type_):
+        return "timestamp"
+    if pa.types.is_date(type_):
+        return "date"
+    if pa.types.is_floating(type_):
+        return "number"
+    if pa.types.is_boolean(type_):
+        return "boolean"
+    return "zip3" if name == "zip3" else "text"
+
+
 @dataclass(frozen=True)
 class Flattened:
     """Silver rows of one target table from CSV bronze records (one row per record)."""
@@ -811,45 +877,45 @@ class Flattened:
 
 
 def silver_from_bronze(
-    bronze: pa.Table, *, key: bytes, max_shift_days: int
+    bronze: pa.Table, mappings: dict[str, dict[str, Any]], *, key: bytes, max_shift_days: int
 ) -> dict[str, Flattened]:
     """The silver rows of CSV bronze records, by target table name; records of ``bronze_only``
-    extracts are left out (counted by :func:`bronze_only`)."""
+    extracts are left out (counted by :func:`bronze_only`). ``mappings``: ``bronze.csv_mappings``
+    rows by mapping hash."""
     good: dict[str, list[dict[str, Any]]] = {}
     bad: dict[str, list[dict[str, Any]]] = {}
-    readers: dict[tuple[str, str], _Reader] = {}
-    for rec in bronze.to_pylist():
-        if rec["target"] == BRONZE_ONLY:
-            continue
-        ident = (rec["mapping"], rec["mapping_file"])
-        if ident not in readers:
-            readers[ident] = _Reader(_mapping(*ident), key=key, max_shift_days=max_shift_days)
-        reader = readers[ident]
+    read = bronze.filter(pc.not_equal(bronze.column("target"), BRONZE_ONLY))
+    for mapping_hash in sorted(set(read.column("mapping_hash").to_pylist())):
+        used = mappings[mapping_hash]
+        reader = _Reader(
+            _mapping(used["mapping"], used["mapping_file"]), key=key, max_shift_days=max_shift_days
+        )
+        rows = read.filter(pc.equal(read.column("mapping_hash"), mapping_hash))
         table = reader.spec.name
         good.setdefault(table, [])
         bad.setdefault(table, [])
-        try:
-            row = reader.row(rec)
-        except Rejected as rej:
-            bad[table].append(
-                {
-                    "rule_id": rej.rule_id,
-                    "reason": f"{rec['_source_file']} line {rec['_source_offset']}: {rej.reason}",
-                    "source_file": rec["_source_file"],
-                    "source_offset": rec["_source_offset"],
-                    "record_hash": rec["_record_hash"],
-                    "raw_record": rec["raw"],
-                }
-            )
-            continue
-        good[table].append(
-            row
-            | {
-                "_record_hash": rec["_record_hash"],
-                "_source_kind": SOURCE_KIND,
-                "_run_id": rec["_run_id"],
-            }
-        )
+        columns = ("raw", "header", "_source_file", "_source_offset", "_record_hash", "_run_id")
+        for raw, header, file, offset, hashed, run in zip(
+            *(rows.column(c).to_pylist() for c in columns), strict=True
+        ):
+            try:
+                row = reader.row(raw, header)
+            except Rejected as rej:
+                bad[table].append(
+                    {
+                        "rule_id": rej.rule_id,
+                        "reason": f"{file} line {offset}: {rej.reason}",
+                        "source_file": file,
+                        "source_offset": offset,
+                        "record_hash": hashed,
+                        "raw_record": raw,
+                    }
+                )
+                continue
+            row["_record_hash"] = hashed
+            row["_source_kind"] = SOURCE_KIND
+            row["_run_id"] = run
+            good[table].append(row)
     result = {}
     for spec in TARGETS.values():
         if spec.name in good:
@@ -885,7 +951,10 @@ def to_staging(
     resource_types = {spec.name: rtype for rtype, spec in FHIR_SILVER.items()}
     entries: list[Entry] = []
     written: dict[str, int | None] = {}
-    for name, flat in silver_from_bronze(bronze, key=key, max_shift_days=max_shift_days).items():
+    used = lake.read(BRONZE_CSV_MAPPINGS.name, version=versions.get(BRONZE_CSV_MAPPINGS.name))
+    mappings = {m["mapping_hash"]: m for m in used.to_pylist()}
+    flattened = silver_from_bronze(bronze, mappings, key=key, max_shift_days=max_shift_days)
+    for name, flat in flattened.items():
         lake.insert_new(QUARANTINE.name, stamp_run(flat.split.quarantined, run_id))
         entries.append(
             Entry(

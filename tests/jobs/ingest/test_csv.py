@@ -158,7 +158,9 @@ def test_good_lines_reach_staging_keyed_shifted_and_typed(tmp_path):
         ("csv/labs_2024.csv", 3),
     ]
     assert bronze[0]["raw"] == lab("R1") and bronze[0]["header"] == LAB_HEADER
-    assert bronze[0]["extract"] == "labs" and bronze[0]["mapping"] == LABS_MAPPING
+    assert bronze[0]["extract"] == "labs"
+    [used] = lake.read("bronze.csv_mappings").to_pylist()
+    assert (used["mapping_hash"], used["mapping"]) == (bronze[0]["mapping_hash"], LABS_MAPPING)
     rows = {
         r["observation_key"]: r
         for r in lake.read(staging_name(SILVER_OBSERVATIONS.name)).to_pylist()
@@ -174,7 +176,9 @@ def test_good_lines_reach_staging_keyed_shifted_and_typed(tmp_path):
     assert first["effective_at"] == datetime(2024, 3, 5, 13, 30, tzinfo=UTC) + timedelta(days=shift)
     assert first["_source_kind"] == "csv" and first["code_system"] == "http://loinc.org"
     assert not any("Zoë" in str(v) or "MRN-1" in str(v) for r in rows.values() for v in r.values())
-    assert ingested.versions == {BRONZE_CSV.name: lake.version(BRONZE_CSV.name)}
+    assert ingested.versions == {
+        n: lake.version(n) for n in (BRONZE_CSV.name, "bronze.csv_mappings")
+    }
     assert staged.versions == {
         staging_name(SILVER_OBSERVATIONS.name): lake.version(staging_name(SILVER_OBSERVATIONS.name))
     }
