@@ -319,7 +319,12 @@ def parse_mapping(text: str, *, name: str) -> Mapping:
         return Mapping.model_validate(document)
     except ValidationError as exc:
         problems = [
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            ": ".join(
+                [
+                    *([".".join(str(p) for p in err["loc"])] if err["loc"] else []),
+                    err["msg"].removeprefix("Value error, "),
+                ]
+            )
             for err in exc.errors()
         ]
         raise MappingError(f"{name}: " + "; ".join(problems)) from None

@@ -468,3 +468,20 @@ def test_every_line_of_the_synthea_corpus_is_accounted_for(tmp_path):
     assert {(p["gender"], p["country"]) for p in patients} <= {("female", "SE"), ("male", "SE")}
     text = " ".join(str(v) for p in patients for v in p.values())
     assert "999-" not in text and "Padberg" not in text and "Eustolia" not in text
+
+
+def test_a_preamble_above_the_header_and_decimal_commas(tmp_path):
+    mapping = LABS_MAPPING.replace(
+        'delimiter: ";"', 'delimiter: ";"\nheader_row: 3\ndecimal_separator: ","'
+    )
+    text = "\n".join(
+        ["Extract of 2024-03-05", "", LAB_HEADER, lab("R1", value="5,5", unit="mmol/L")]
+    )
+    root = landing(tmp_path, {"labs.mapping.yaml": mapping, "labs.csv": text})
+    lake = Lake(tmp_path / "lake")
+    ingested, _ = run(root, lake)
+    [bronze] = lake.read(BRONZE_CSV.name).to_pylist()
+    assert (bronze["_source_offset"], bronze["header"]) == (4, LAB_HEADER)
+    assert entry(ingested, "ingest", BRONZE_CSV.name).records_in == 1  # the preamble is no record
+    [row] = lake.read("staging.observations").to_pylist()
+    assert row["_value_original"] == 5.5
