@@ -62,7 +62,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
+import yaml  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medlake import ledger
@@ -157,7 +157,7 @@ class MappingError(ValueError):
 def system_uri(name: str) -> str | None:
     """The system URI a mapping's code system name stands for; None for a name that is neither."""
     if name.upper() in SYSTEM_NAMES:
-        return SYSTEM_NAMES[name.upper()]
+        return str(SYSTEM_NAMES[name.upper()])
     return name if re.match(r"^[a-z][a-z0-9+.-]*:\S+$", name) else None
 
 

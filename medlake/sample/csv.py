@@ -24,7 +24,7 @@ in the truth file's ``malformed`` list with its 1-based line (0 for a whole file
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from medlake.sample.people import HOSPITAL_TZ, Hospital, Measurement, Person, plants_every_kind
@@ -276,7 +276,7 @@ def _write_file_defects(root: Path, labs: list[bytes], truth: Truth) -> None:
     )
 
 
-def _line(fields: tuple[str, ...] | list[str], delimiter: str, *, quote_all: bool = False) -> str:
+def _line(fields: Sequence[object], delimiter: str, *, quote_all: bool = False) -> str:
     """One CSV line; fields holding the delimiter or a quote are quoted (all of them with quote_all)."""
     out = []
     for value in fields:
@@ -287,6 +287,6 @@ def _line(fields: tuple[str, ...] | list[str], delimiter: str, *, quote_all: boo
     return delimiter.join(out)
 
 
-def _write(path: Path, lines: list[bytes] | list[str], encoding: str | None) -> None:
+def _write(path: Path, lines: Sequence[bytes | str], encoding: str | None) -> None:
     data = [line if isinstance(line, bytes) else line.encode(encoding or "utf-8") for line in lines]
     path.write_bytes(b"\r\n".join(data) + b"\r\n")
