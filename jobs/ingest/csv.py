@@ -137,6 +137,10 @@ STANDARD_CODE_COLUMNS: dict[str, dict[str, str]] = {
     "medications": {RXNORM: "rxnorm_code"},
 }
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
+#: how many lines one quoted field may span before its opening quote counts as a stray one
+MAX_RECORD_LINES = 50
+#: the most of a whole refused file a quarantine row keeps (the file itself stays in landing)
+MAX_FILE_RECORD = 64 * 1024
 BOOLEAN = {
     "true": True,
     "1": True,
@@ -502,28 +506,35 @@ def records(
     quote = spec.quote_char
     number = start
     while number <= len(lines):
-        first, parts, bad = number, [], None
+        first = number
+        parts: list[str] = []
+        problems: list[str | None] = []
         while True:
             raw = lines[number - 1]
             try:
                 parts.append(raw.decode(spec.encoding))
+                problems.append(None)
             except UnicodeDecodeError as exc:
-                bad = bad or f"is not {spec.encoding} ({exc.reason} at byte {exc.start})"
                 parts.append(raw.decode(spec.encoding, errors="backslashreplace"))
+                problems.append(f"is not {spec.encoding} ({exc.reason} at byte {exc.start})")
             number += 1
-            text = "\n".join(parts)
-            if text.count(quote) % 2 == 0 or number > len(lines):
+            balanced = "\n".join(parts).count(quote) % 2 == 0
+            if balanced or number > len(lines) or len(parts) == MAX_RECORD_LINES:
                 break
+        if not balanced:  # never closed: only the first line is refused, the next ones are read
+            number, parts, problems = first + 1, parts[:1], problems[:1]
+        text = "\n".join(parts)
+        bad = next((p for p in problems if p), None)
         if not text.strip():
             continue
         if bad:
             yield first, text, "parse.csv_bad_encoding", bad
-        elif text.count(quote) % 2:
+        elif not balanced:
             yield (
                 first,
                 text,
                 "parse.csv_unclosed_quote",
-                "opens a quoted field that the file never closes",
+                f"opens a quoted field that is not closed within {MAX_RECORD_LINES} lines",
             )
         else:
             yield first, text, None, None
@@ -572,14 +583,19 @@ def _file_error(name: str, rule: str, reason: str, *, data: bytes) -> dict[str, 
     return {
         "source_file": name,
         "source_offset": 0,
-        "text": data.decode("utf-8", errors="backslashreplace"),
+        "text": data[:MAX_FILE_RECORD].decode("utf-8", errors="backslashreplace"),
         "header": None,
         "extract": None,
         "target": None,
         "mapping_file": None,
         "mapping_hash": None,
         "error_rule": rule,
-        "error_reason": reason if reason.startswith(name) else f"{name}: {reason}",
+        "error_reason": (reason if reason.startswith(name) else f"{name}: {reason}")
+        + (
+            f" (the quarantined text is its first {MAX_FILE_RECORD} bytes)"
+            if len(data) > MAX_FILE_RECORD
+            else ""
+        ),
     }
 
 

@@ -228,6 +228,7 @@ def test_each_malformed_line_is_quarantined_with_its_rule_and_line_number(tmp_pa
     data = ("\n".join(lines) + "\n").encode("utf-8")
     data += lab("R9", name="Søren").encode("latin-1") + b"\n"  # 10 Latin-1 bytes in a UTF-8 extract
     data += lab("R10", name='"unclosed').encode("utf-8") + b"\n"  # 11 a quote never closed
+    data += lab("R11").encode("utf-8") + b"\n"  # 12 good: the stray quote did not swallow it
     root = landing(tmp_path, {"labs.mapping.yaml": LABS_MAPPING, "labs.csv": data})
     lake = Lake(tmp_path / "lake")
     ingested, staged = run(root, lake)
@@ -247,12 +248,12 @@ def test_each_malformed_line_is_quarantined_with_its_rule_and_line_number(tmp_pa
         assert q["source_file"] == "csv/labs.csv" and f"line {q['source_offset']}" in q["reason"]
         assert not any(phi in q["reason"] for phi in ("MRN-1", "Zoë", "Søren", "pending", "31/02"))
     assert entry(ingested, "ingest", BRONZE_CSV.name) == Entry(
-        "ingest", BRONZE_CSV.name, records_in=10, records_out=7, quarantined=3
+        "ingest", BRONZE_CSV.name, records_in=11, records_out=8, quarantined=3
     )
     assert entry(staged, "silver", "silver.observations#csv") == Entry(
-        "silver", "silver.observations#csv", records_in=7, records_out=1, quarantined=6
+        "silver", "silver.observations#csv", records_in=8, records_out=2, quarantined=6
     )
-    assert lake.count("staging.observations") == 1
+    assert lake.count("staging.observations") == 2
 
 
 def test_whole_files_are_quarantined_when_their_header_or_mapping_does_not_fit(tmp_path):
