@@ -486,3 +486,11 @@ def test_a_preamble_above_the_header_and_decimal_commas(tmp_path):
     assert entry(ingested, "ingest", BRONZE_CSV.name).records_in == 1  # the preamble is no record
     [row] = lake.read("staging.observations").to_pylist()
     assert row["_value_original"] == 5.5
+
+
+def test_a_landing_without_csv_extracts_ingests_and_stages_nothing(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    ingested, staged = run(tmp_path / "landing", lake)
+    assert ingested.entries == [Entry("ingest", BRONZE_CSV.name, 0)]
+    assert staged.entries == [] and staged.versions == {}
+    assert lake.count(BRONZE_CSV.name) == 0 and not lake.exists("staging.observations")
