@@ -23,8 +23,9 @@ Refused at ingest (``quarantine``, table ``bronze.csv_rows``):
   lacks the mapping's columns (``parse.csv_wrong_delimiter`` when another delimiter would split it
   into them, naming that delimiter; else ``parse.csv_header_mismatch`` naming the missing columns);
 - a line: bytes that do not decode under the declared encoding (``parse.csv_bad_encoding``), a
-  field count other than the header's (``parse.csv_ragged_row``), a quote never closed
-  (``parse.csv_unclosed_quote``).
+  field count other than the header's (``parse.csv_ragged_row``), a quote not closed within
+  :data:`MAX_RECORD_LINES` lines (``parse.csv_unclosed_quote``: that line only; the next are read).
+  Lines above the header and blank lines are no records.
 
 Refused by ``to_staging`` (table: the target silver table): unparseable dates and numbers
 (``parse.csv_bad_date``, ``parse.csv_bad_number``), a value outside the field's value map
