@@ -100,6 +100,45 @@ BRONZE_HL7V2 = TableSpec(
     phi_columns=("raw", "_source_file"),
 )
 
+BRONZE_CSV = TableSpec(
+    name="bronze.csv_rows",
+    schema=pa.schema(
+        [
+            _f("extract", nullable=False),  # the mapping's name
+            _f("target", nullable=False),  # the silver table it feeds (short name) or bronze_only
+            _f("raw", pa.large_string(), nullable=False),  # the data line, decoded per the mapping
+            _f("header", nullable=False),  # the file's header line, as decoded
+            _f("header_hash", nullable=False),
+            _f("mapping_file", nullable=False),
+            _f("mapping_hash", nullable=False),  # the mapping it was read with: bronze.csv_mappings
+            _f("_source_file", nullable=False),
+            _f("_source_offset", pa.int64(), nullable=False),  # 1-based line number in the file
+            _f("_ingested_at", TS, nullable=False),
+            _f("_record_hash", nullable=False),
+            _f("_run_id", nullable=False),
+        ]
+    ),
+    key=("_record_hash",),
+    description="CSV extract rows as received: one row per data line, with its file's header and mapping.",
+    phi_columns=("raw", "_source_file"),
+)
+
+BRONZE_CSV_MAPPINGS = TableSpec(
+    name="bronze.csv_mappings",
+    schema=pa.schema(
+        [
+            _f("mapping_hash", nullable=False),  # sha256 of the YAML text
+            _f("extract", nullable=False),
+            _f("mapping_file", nullable=False),
+            _f("mapping", pa.large_string(), nullable=False),  # the mapping file's YAML text
+            _f("_ingested_at", TS, nullable=False),
+            _f("_run_id", nullable=False),
+        ]
+    ),
+    key=("mapping_hash",),
+    description="Every CSV mapping file an ingest read extracts with, by content hash.",
+)
+
 SILVER_PATIENTS = TableSpec(
     name="silver.patients",
     schema=_schema(
@@ -290,6 +329,8 @@ TABLES: dict[str, TableSpec] = {
     for spec in (
         BRONZE_FHIR,
         BRONZE_HL7V2,
+        BRONZE_CSV,
+        BRONZE_CSV_MAPPINGS,
         SILVER_PATIENTS,
         SILVER_ENCOUNTERS,
         SILVER_OBSERVATIONS,

@@ -44,6 +44,11 @@ HL7 v2 files (`hl7v2/adt`, `hl7v2/lab`, `hl7v2/pharmacy`) add to `files`, `total
 `malformed` and `phi`; the data-level sections (`duplicates` to `free_text`) point at FHIR
 records only, though the HL7 messages render the same people's facts.
 
+CSV extracts (`csv/labs`, `csv/diagnoses`, `csv/exports`) add to `files`, `total_records`,
+`malformed` (offset = 1-based line, 0 for a whole file) and `phi`, and list their own facts:
+`csv_unit_mix` [{file, offset, result_id, loinc, value, unit, canonical_value, canonical_unit}] and
+`csv_local_coded` [{file, offset, result_id, local_code, loinc}].
+
 `phi` lists every value planted anywhere in the folder (sorted, de-duplicated): each given
 and family name as spelled in each record, each phone as formatted, each MRN, SSN and street
 line. A leak test scans silver and gold for them.
@@ -94,6 +99,8 @@ class Truth:
                 "local_coded",
                 "missing_values",
                 "free_text",
+                "csv_unit_mix",
+                "csv_local_coded",
             )
         }
         self.phi: dict[str, set[str]] = {kind: set() for kind in PHI_KINDS}
