@@ -84,7 +84,6 @@ def impute(
     rows = table.num_rows
     fills: dict[str, pa.ChunkedArray | pa.Array] = {}
     flags: list[tuple[str, np.ndarray]] = []  # ('<column>:<method>', cells it filled)
-    fractions = {column: 0.0 for column in plan}
 
     # columns observed often enough inform each other; those with missing cells get filled
     iterative = [
@@ -93,7 +92,7 @@ def impute(
     if not any(_eligible(table, c, plan[c]) for c in iterative):
         iterative = []
     means, variances = _multiple_imputation(table, iterative, draws=draws, seed=seed)
-    for column in iterative:
+    for column in means:
         filled = ~np.isnan(means[column])
         fills[column] = _put(table.column(column), filled, pa.array(means[column]))
         flags.append((f"{column}:iterative", filled))
@@ -112,10 +111,10 @@ def impute(
             step = step.then
         fills[column] = values
 
+    counts = {column: 0 for column in plan}
     for label, filled in flags:
-        column = label.split(":", 1)[0]
-        if rows:
-            fractions[column] += float(filled.sum()) / rows
+        counts[label.split(":", 1)[0]] += int(filled.sum())
+    fractions = {column: count / rows if rows else 0.0 for column, count in counts.items()}
 
     out = table
     for column, values in fills.items():
@@ -328,7 +327,8 @@ def _multiple_imputation(
 
     Chained equations (IterativeImputer, Bayesian ridge) over the given columns only, each draw
     sampled from the posterior with its own seed; imputed values are kept within each column's
-    observed range, so no feature gets a value no person in the table has.
+    observed range, so no feature gets a value no person in the table has. NaN and infinite
+    values are left as sent and inform nothing.
     """
     if not columns:
         return {}, {}
@@ -337,24 +337,35 @@ def _multiple_imputation(
     from sklearn.impute import IterativeImputer
 
     data = np.column_stack([_numbers(table.column(c), column=c) for c in columns])
-    missing = np.isnan(data)
+    missing = np.column_stack([_missing(table.column(c)) for c in columns])
+    data[~np.isfinite(data)] = np.nan
+    informative = ~np.isnan(data).all(axis=0)
+    columns = [c for c, keep in zip(columns, informative, strict=True) if keep]
+    data, missing = data[:, informative], missing[:, informative]
+    if not missing.any():
+        return {}, {}
     low, high = np.nanmin(data, axis=0), np.nanmax(data, axis=0)
-    samples = []
-    for draw in range(draws):
-        imputer = IterativeImputer(
-            sample_posterior=True,
-            max_iter=10,
-            random_state=seed + draw,
-            min_value=low,
-            max_value=high,
-            keep_empty_features=True,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            samples.append(imputer.fit_transform(data))
-    stacked = np.stack(samples)
-    mean = stacked.mean(axis=0)
-    var = stacked.var(axis=0, ddof=1) if draws > 1 else np.zeros_like(mean)
+    # a column with one observed value has nothing to learn: it is filled with that value
+    mean = np.broadcast_to(low, data.shape).copy()
+    var = np.zeros_like(mean)
+    varying = low < high
+    if varying.any():
+        samples = []
+        for draw in range(draws):
+            imputer = IterativeImputer(
+                sample_posterior=True,
+                max_iter=10,
+                random_state=seed + draw,
+                min_value=low[varying],
+                max_value=high[varying],
+                keep_empty_features=True,
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                samples.append(imputer.fit_transform(data[:, varying]))
+        stacked = np.stack(samples)
+        mean[:, varying] = stacked.mean(axis=0)
+        var[:, varying] = stacked.var(axis=0, ddof=1) if draws > 1 else 0.0
     means = {c: np.where(missing[:, i], mean[:, i], np.nan) for i, c in enumerate(columns)}
     variances = {c: np.where(missing[:, i], var[:, i], np.nan) for i, c in enumerate(columns)}
     return means, variances
