@@ -170,7 +170,9 @@ IMPUTATION_DRAWS = 5
 IMPUTATION_SEED = 0
 
 #: gold.ml_patient_features: the lab and vital features, imputed jointly by multiple imputation
-#: from each other only (never from the condition flags, which are the labels models learn)
+#: from each other only (never from the condition flags, which are the labels models learn).
+#: An imputed value carries information of the other labs (a weight imputed partly from HbA1c):
+#: a model whose label one of them leaks should be evaluated on rows whose ``_imputed`` is empty.
 ML_FEATURE_IMPUTATION: Mapping[str, Imputation] = {
     f"{lab}_{stat}": Imputation("iterative")
     for lab in ("heart_rate", "body_weight", "systolic_bp", "glucose", "creatinine", "hba1c")

@@ -89,8 +89,6 @@ def impute(
     iterative = [
         c for c, imp in plan.items() if imp.method == "iterative" and _usable(table, c, imp)
     ]
-    if not any(_eligible(table, c, plan[c]) for c in iterative):
-        iterative = []
     means, variances = _multiple_imputation(table, iterative, draws=draws, seed=seed)
     for column in means:
         filled = ~np.isnan(means[column])
