@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     figures.append(
         _timed(
             meter,
-            f"impute iterative (ML mart, 12 columns, {len(ML_FEATURE_IMPUTATION)} × 5 draws)",
+            f"impute iterative (ML mart, {len(ML_FEATURE_IMPUTATION)} columns, 5 draws)",
             mart,
             _imputing(dict(ML_FEATURE_IMPUTATION)),
         )[1]
