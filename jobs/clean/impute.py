@@ -151,7 +151,7 @@ def _usable(table: pa.Table, column: str, imp: Imputation) -> bool:
     """Whether the column is observed often enough to impute or to inform another's imputation:
     missing in at most ``max_missing`` of the rows, and observed at least once."""
     nulls: int = table.column(column).null_count
-    return nulls <= imp.max_missing * table.num_rows and nulls < table.num_rows
+    return bool(nulls <= imp.max_missing * table.num_rows and nulls < table.num_rows)
 
 
 def _eligible(table: pa.Table, column: str, imp: Imputation) -> bool:
