@@ -7,6 +7,11 @@ and test in a DuckDB file under ``<lake>/gold/_dbt/``. Only when every model and
 test passed are the marts (models under ``models/marts/``) copied to Delta, so a failing test
 never publishes a gold table. dbt's ``target/`` and ``logs/`` go to the same folder under the
 lake, so builds of different lakes never share files.
+
+Between dbt and Delta, the marts named in :data:`IMPUTED_MARTS` get their missing values filled
+as ``medlake.jobs.clean.config`` plans it (:mod:`medlake.jobs.clean.impute`: each filled cell
+flagged in ``_imputed``), and the fraction filled per column goes to the ledger (stage
+``impute``).
 """
 
 from __future__ import annotations
@@ -16,15 +21,18 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
 import pyarrow as pa
 
+from medlake import ledger
 from medlake.config import DbtSettings
 from medlake.errors import BadDataError
+from medlake.jobs.clean.config import ML_FEATURE_IMPUTATION, Imputation
+from medlake.jobs.clean.impute import impute
 from medlake.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,11 @@ SILVER_SOURCES: tuple[str, ...] = (
     "silver.observations",
     "silver.conditions",
     "silver.medications",
+)
+
+#: marts whose missing values are imputed before they are written, and how (per column)
+IMPUTED_MARTS: Mapping[str, Mapping[str, Imputation]] = MappingProxyType(
+    {"ml_patient_features": ML_FEATURE_IMPUTATION}
 )
 
 #: dbt's working folder below the lake root: the DuckDB file, target/ and logs/
@@ -85,6 +98,8 @@ class GoldResult:
     tests_warned: int
     tests_failed: int
     log_path: Path
+    #: ``gold.<model>`` -> column -> fraction of rows imputed (also in the ledger, stage impute)
+    imputed: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def versions(self) -> dict[str, int]:
@@ -183,9 +198,10 @@ def build_gold(
         warned,
     )
 
-    tables = _write_marts(lake, duckdb_path, marts)
+    tables, imputed = _write_marts(lake, duckdb_path, marts)
     for t in tables:
         log.info("wrote %s version %d (%d rows)", t.name, t.version, t.rows)
+    ledger.record(lake, run_id, [entry for entry, _ in imputed.values()])
     return GoldResult(
         run_id=run_id,
         tables=tables,
@@ -194,6 +210,9 @@ def build_gold(
         tests_warned=warned,
         tests_failed=0,
         log_path=workdir / "logs" / "dbt.log",
+        imputed=MappingProxyType(
+            {name: MappingProxyType(dict(fractions)) for name, (_, fractions) in imputed.items()}
+        ),
     )
 
 
@@ -294,8 +313,11 @@ def _describe_failure(result: Any) -> str:
     return f"{node.resource_type} {node.name} ({node.original_file_path}): {said}"
 
 
-def _write_marts(lake: Lake, duckdb_path: Path, marts: list[_Mart]) -> tuple[GoldTable, ...]:
-    """Copy each mart from dbt's DuckDB file to ``gold.<model>`` as a new Delta version.
+def _write_marts(
+    lake: Lake, duckdb_path: Path, marts: list[_Mart]
+) -> tuple[tuple[GoldTable, ...], dict[str, tuple[ledger.Entry, Mapping[str, float]]]]:
+    """Copy each mart from dbt's DuckDB file to ``gold.<model>`` as a new Delta version; the
+    imputed marts with their missing values filled (ledger entry and fractions per mart).
 
     Rows are ordered by the mart's grain (``meta.grain`` in its YAML), so the same silver
     gives the same files, row for row.
@@ -303,16 +325,21 @@ def _write_marts(lake: Lake, duckdb_path: Path, marts: list[_Mart]) -> tuple[Gol
     import duckdb
 
     written: list[GoldTable] = []
+    imputed: dict[str, tuple[ledger.Entry, Mapping[str, float]]] = {}
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
         for mart in sorted(marts, key=lambda m: m.name):
             order = f" order by {', '.join(mart.grain)}" if mart.grain else ""
             data = con.sql(f"select * from {mart.relation}{order}").to_arrow_table()
             name = f"gold.{mart.name}"
+            if mart.name in IMPUTED_MARTS:
+                result = impute(data, IMPUTED_MARTS[mart.name])
+                data = result.table
+                imputed[name] = (result.ledger_entry(name), result.fractions)
             if mart.not_null:
                 data = _with_not_null(data, mart.not_null, name=name)
             version = lake.write(name, data, mode="overwrite")
             written.append(GoldTable(name=name, version=version, rows=data.num_rows))
-    return tuple(written)
+    return tuple(written), imputed
 
 
 def _with_not_null(data: pa.Table, not_null: frozenset[str], *, name: str) -> pa.Table:

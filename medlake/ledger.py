@@ -31,6 +31,8 @@ class Entry:
     quarantined: int = 0
     merged: int = 0
     bronze_only: int = 0
+    #: what the stage measured beyond the counts, as JSON (e.g. impute: {column: fraction imputed})
+    details: str | None = None
 
     @property
     def accounted(self) -> int:
@@ -73,7 +75,7 @@ def for_run(lake: Lake, run_id: str | None = None) -> list[dict[str, object]]:
         return []
     if run_id is None:
         run_id = str(max(rows, key=lambda r: r["recorded_at"])["run_id"])
-    order = {"ingest": 0, "silver": 1, "deid_text": 2, "standardize": 3, "gate": 4, "release": 5, "gold": 6}
+    order = {"ingest": 0, "silver": 1, "deid_text": 2, "standardize": 3, "gate": 4, "release": 5, "gold": 6, "impute": 7}
     picked = [r for r in rows if r["run_id"] == run_id]
     return sorted(picked, key=lambda r: (order.get(str(r["stage"]), 9), str(r["table_name"])))
 

@@ -318,6 +318,7 @@ LEDGER = TableSpec(
             _f("bronze_only", pa.int64(), nullable=False),
             _f("balanced", pa.bool_(), nullable=False),
             _f("recorded_at", TS, nullable=False),
+            _f("details"),  # JSON figures beyond the counts; null for stages that have none
         ]
     ),
     key=("run_id", "stage", "table_name"),

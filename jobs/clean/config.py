@@ -7,7 +7,9 @@ them from ``medlake.config`` so a hospital changes them in one place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -125,3 +127,66 @@ def reasons_for(
         f"{key} {k}: {p}"
         for k, p in zip(rows.column(key).to_pylist(), problems.to_pylist(), strict=True)
     ]
+
+
+# -- imputation (jobs/clean/impute.py): which column is filled how, in one place -------------------
+
+#: imputation: '<column>:<method>' for every cell of the row that was filled in, empty when none
+IMPUTED_FIELDS: list[pa.Field] = [
+    pa.field("_imputed", pa.list_(pa.string())),
+]
+
+#: how a missing value is filled: not at all; the median or most frequent value of the row's
+#: cohort (the whole table when the cohort has no value); the last earlier value of the same
+#: series; or the pooled mean of multiple imputations by chained equations (scikit-learn's
+#: IterativeImputer)
+ImputeMethod = Literal["none", "median", "mode", "locf", "iterative"]
+
+
+@dataclass(frozen=True)
+class Imputation:
+    """How the missing values of one column are filled in.
+
+    ``max_missing``: a column missing in more than this fraction of rows is left as it is (its
+    imputed fraction is 0): filling most of a column from the rest invents the column.
+    """
+
+    method: ImputeMethod
+    #: median/mode: the columns whose values make a cohort (e.g. sex and age band)
+    cohort: tuple[str, ...] = ()
+    #: locf: the columns naming one series (e.g. person and code); never carried across series
+    series: tuple[str, ...] = ("person_key",)
+    #: locf: the timestamp column that orders a series
+    order_by: str = "effective_at"
+    #: locf: how old a carried value may be; older ones leave the cell missing (None: any age)
+    max_age: timedelta | None = None
+    max_missing: float = 0.5
+    #: what fills the cells this method left missing (e.g. the cohort median after LOCF)
+    then: Imputation | None = None
+
+
+#: how many imputations the multiple imputation pools, and the seed of the first
+IMPUTATION_DRAWS = 5
+IMPUTATION_SEED = 0
+
+#: gold.ml_patient_features: the lab and vital features, imputed jointly by multiple imputation
+#: from each other only (never from the condition flags, which are the labels models learn).
+#: An imputed value carries information of the other labs (a weight imputed partly from HbA1c):
+#: a model whose label one of them leaks should be evaluated on rows whose ``_imputed`` is empty.
+ML_FEATURE_IMPUTATION: Mapping[str, Imputation] = {
+    f"{lab}_{stat}": Imputation("iterative")
+    for lab in ("heart_rate", "body_weight", "systolic_bp", "glucose", "creatinine", "hba1c")
+    for stat in ("last", "mean")
+}
+
+#: silver vitals series (one row per person, code and time, e.g. a resampled grid): the last
+#: value of the same person and code up to 4 hours old, else the median of the code
+VITALS_IMPUTATION: Mapping[str, Imputation] = {
+    "value_num": Imputation(
+        "locf",
+        series=("person_key", "code"),
+        order_by="effective_at",
+        max_age=timedelta(hours=4),
+        then=Imputation("median", cohort=("code",)),
+    ),
+}

@@ -60,7 +60,7 @@ def test_every_record_read_is_accounted_for(hospital):
     assert {e["table_name"] for e in ingest} == {"bronze.fhir_resources", "bronze.hl7v2_messages", "bronze.csv_rows"}
     assert sum(e["records_in"] for e in ingest) == truth["total_records"]
     stages = {e["stage"] for e in summary["ledger"]}
-    assert stages == {"ingest", "silver", "deid_text", "standardize", "gate"}
+    assert stages == {"ingest", "silver", "deid_text", "standardize", "gate", "impute"}
     for entry in summary["ledger"]:
         assert entry["records_in"] == (entry["records_out"] + entry["quarantined"] + entry["merged"]
                                        + entry["bronze_only"]), entry

@@ -93,6 +93,7 @@ def test_gold_validation_builds_its_own_site(tmp_path: Path) -> None:
         "body_weight_mean": 70.0,
         "systolic_bp_last": 120.0,
         "systolic_bp_mean": 120.0,
+        "_imputed": [],
     }
     lake.write("gold.ml_patient_features", pa.Table.from_pylist([features]), mode="overwrite")
 

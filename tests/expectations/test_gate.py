@@ -606,6 +606,7 @@ def feature_row(person_key: str | None, **extra: Any) -> dict[str, Any]:
         "medication_count": 1,
         "medication_order_count": 2,
         "_run_id": "run-1",
+        "_imputed": [],
     }
     row.update(extra)
     return row
