@@ -373,12 +373,15 @@ def validate_gold(
     run_id: str,
     tables: Sequence[str],
     suites_dir: Path = SUITES_DIR,
+    data: Mapping[str, pa.Table] | None = None,
 ) -> list[GateResult]:
     """Validate gold tables dbt just built with their suites; raise :class:`GateFailed` on any failure.
 
     Gold is not split row-wise: a failing row means the mart's SQL is wrong, so every failed rule,
     row-level or not, stops the task. Tables without a suite are not checked. The results go to
-    the Data Docs site ``<lake>/_quality/data_docs/gold/``.
+    the Data Docs site ``<lake>/_quality/data_docs/gold/``. ``data`` holds the marts' rows before
+    they are written (the gold build validates first, so a failing mart never reaches gold);
+    without it the tables are read from the lake.
     """
     results: list[GateResult] = []
     context = None
@@ -389,10 +392,14 @@ def validate_gold(
         path = suite_path(name, suites_dir=suites_dir)
         if not path.exists():
             continue
-        if not lake.exists(name):
+        if data is not None and name in data:
+            rows = data[name]
+        elif lake.exists(name):
+            rows = lake.read(name)
+        else:
             raise TableNotFound(f"no gold table {name} at {lake.path(name)}: dbt has not built it")
         context = context or _gx_context(folder)
-        result = validate(lake.read(name), path, table_name=name, context=context, run_name=run_id)
+        result = validate(rows, path, table_name=name, context=context, run_name=run_id)
         results.append(dataclasses.replace(result, split_rows=False))
     if context is not None:
         data_docs.build(context, folder)

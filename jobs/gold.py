@@ -100,6 +100,8 @@ class GoldResult:
     log_path: Path
     #: ``gold.<model>`` -> column -> fraction of rows imputed (also in the ledger, stage impute)
     imputed: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: the ledger entries the build recorded (stage ``impute``, one per imputed mart)
+    entries: tuple[ledger.Entry, ...] = ()
 
     @property
     def versions(self) -> dict[str, int]:
@@ -198,10 +200,10 @@ def build_gold(
         warned,
     )
 
-    tables, imputed = _write_marts(lake, duckdb_path, marts)
+    tables, imputed = _write_marts(lake, duckdb_path, marts, run_id=run_id)
     for t in tables:
         log.info("wrote %s version %d (%d rows)", t.name, t.version, t.rows)
-    ledger.record(lake, run_id, [entry for entry, _ in imputed.values()])
+    entries = tuple(ledger.record(lake, run_id, [entry for entry, _ in imputed.values()]))
     return GoldResult(
         run_id=run_id,
         tables=tables,
@@ -213,6 +215,7 @@ def build_gold(
         imputed=MappingProxyType(
             {name: MappingProxyType(dict(fractions)) for name, (_, fractions) in imputed.items()}
         ),
+        entries=entries,
     )
 
 
@@ -314,10 +317,11 @@ def _describe_failure(result: Any) -> str:
 
 
 def _write_marts(
-    lake: Lake, duckdb_path: Path, marts: list[_Mart]
+    lake: Lake, duckdb_path: Path, marts: list[_Mart], *, run_id: str
 ) -> tuple[tuple[GoldTable, ...], dict[str, tuple[ledger.Entry, Mapping[str, float]]]]:
     """Copy each mart from dbt's DuckDB file to ``gold.<model>`` as a new Delta version; the
     imputed marts with their missing values filled (ledger entry and fractions per mart).
+    Every mart is validated with its gold suite before any is written (:class:`GateFailed`).
 
     Rows are ordered by the mart's grain (``meta.grain`` in its YAML), so the same silver
     gives the same files, row for row.
@@ -326,6 +330,9 @@ def _write_marts(
 
     written: list[GoldTable] = []
     imputed: dict[str, tuple[ledger.Entry, Mapping[str, float]]] = {}
+    from medlake.expectations.gate import validate_gold
+
+    ready: dict[str, pa.Table] = {}
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
         for mart in sorted(marts, key=lambda m: m.name):
             order = f" order by {', '.join(mart.grain)}" if mart.grain else ""
@@ -337,8 +344,12 @@ def _write_marts(
                 imputed[name] = (result.ledger_entry(name), result.fractions)
             if mart.not_null:
                 data = _with_not_null(data, mart.not_null, name=name)
-            version = lake.write(name, data, mode="overwrite")
-            written.append(GoldTable(name=name, version=version, rows=data.num_rows))
+            ready[name] = data
+    # the gold suites first: a mart that breaks one (its SQL is wrong) stops the build unwritten
+    validate_gold(lake, run_id=run_id, tables=list(ready), data=ready)
+    for name, data in ready.items():
+        version = lake.write(name, data, mode="overwrite")
+        written.append(GoldTable(name=name, version=version, rows=data.num_rows))
     return tuple(written), imputed
 
 
