@@ -53,15 +53,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from medlake import ledger
 from medlake.governance.deid import date_shift_days
-from medlake.governance.pseudonyms import keyed_hash, mrn_key, source_key
+from medlake.governance.pseudonyms import mrn_key, source_key
 from medlake.jobs.clean import resample as rs
 from medlake.jobs.clean.config import VITALS_CLOCK_OFFSETS, VITALS_GRIDS
-from medlake.jobs.clean.ranges import NORMAL_RANGES, RULE_IMPOSSIBLE, Range, impossible_ranges
+from medlake.jobs.clean.ranges import NORMAL_RANGES, RULE_IMPOSSIBLE, impossible_ranges
 from medlake.jobs.clean.units import UnitProblem, canonical_conversion
 from medlake.jobs.ingest.fhir import LOINC
 from medlake.jobs.stage import StageResult, write_bronze
@@ -425,110 +426,181 @@ def person_key(key: bytes, layout: str, system: str, patient_id: str) -> str:
 
 
 def samples_from_bronze(bronze: pa.Table, *, key: bytes, max_shift_days: int) -> Samples:
-    """Typed, pseudonymized, date-shifted samples in canonical UCUM; impossible values refused."""
-    metric = bronze.column("metric").to_pylist()
-    layout = bronze.column("layout").to_pylist()
-    vital = [
-        m in METRICS if lay != "physionet" else m in PHYSIONET_VITALS
-        for m, lay in zip(metric, layout, strict=True)
-    ]
-    only = len(vital) - sum(vital)
-    rows = bronze.filter(pa.array(vital, pa.bool_())).to_pylist()
-    good: list[dict[str, Any]] = []
-    bad: list[tuple[dict[str, Any], str, str]] = []
-    persons: dict[tuple[str, str, str], tuple[str, int]] = {}
-    bounds = impossible_ranges()
-    for row in rows:
-        who = (row["layout"], row["id_system"], row["patient_id"])
-        if who not in persons:
-            pk = person_key(key, *who)
-            persons[who] = (pk, date_shift_days(key, pk, max_days=max_shift_days))
-        pk, shift = persons[who]
-        name = PHYSIONET_VITALS[row["metric"]][0] if row["layout"] == "physionet" else row["metric"]
-        code = METRICS[name].code
-        at = row["measured_at"] + timedelta(days=shift)
-        silver = {
-            "sample_key": keyed_hash(key, "vital", pk, row["device_id"], code, at.isoformat()),
-            "person_key": pk,
-            "device_id": row["device_id"],
-            "metric": name,
-            "code_system": LOINC,
-            "code": code,
-            "value_num": row["value"],
-            "value_unit": row["unit"],
-            "measured_at": at,
-            "_unit_converted_from": None,
-            "_value_original": None,
-            "_range_flag": None,
-            "_record_hash": row["_record_hash"],
-            "_source_kind": SOURCE_KIND,
-            "_run_id": row["_run_id"],
-            "_order": (row["_source_file"], row["_source_offset"]),
-        }
-        problem = _standardize(silver, bounds)
-        if problem is not None:
-            bad.append((silver, *problem))
-        else:
-            good.append(silver)
-    kept: dict[str, dict[str, Any]] = {}
-    for silver in sorted(good, key=lambda r: r["_order"]):  # the last one received wins
-        kept[silver["sample_key"]] = silver
-    merged = len(good) - len(kept)
-    for row in (*kept.values(), *(b[0] for b in bad)):
-        row.pop("_order")
-    quarantined = (
-        silver_rejects(
-            [b[0] for b in bad],
-            rule_ids=[b[1] for b in bad],
-            reasons=[b[2] for b in bad],
-            table_name=SILVER_VITALS_RAW.name,
-            key=SILVER_VITALS_RAW.key,
-        )
-        if bad
-        else QUARANTINE_SCHEMA.empty_table()
+    """Typed, pseudonymized, date-shifted samples in canonical UCUM; impossible values refused.
+
+    Decisions are taken once per distinct patient (keys, date shift) and per distinct (code,
+    unit) (conversion, ranges), then applied column-wise: a run may bring millions of samples.
+    The ``sample_key`` is ``person_key|device|LOINC|shifted time`` (no identifier in it); two
+    samples with the same one are one sample, the last received (file, line) wins.
+    """
+    frame = pl.from_arrow(bronze)
+    assert isinstance(frame, pl.DataFrame)
+    names = {
+        **{p: m for p, (m, _) in PHYSIONET_VITALS.items()},
+        **{m: m for m in METRICS},
+    }
+    vital = (
+        pl.when(pl.col("layout") == "physionet")
+        .then(pl.col("metric").is_in(list(PHYSIONET_VITALS)))
+        .otherwise(pl.col("metric").is_in(list(METRICS)))
     )
-    table = pa.Table.from_pylist(list(kept.values()), schema=SILVER_VITALS_RAW.schema)
-    return Samples(Split(table, quarantined), bronze.num_rows, merged, only)
+    rows = frame.filter(vital)
+    bronze_only = frame.height - rows.height
+    people = rows.select("layout", "id_system", "patient_id").unique()
+    persons = [person_key(key, *who) for who in people.iter_rows()]
+    people = people.with_columns(
+        pl.Series("person_key", persons, pl.String),
+        pl.Series(
+            "_shift",
+            [date_shift_days(key, pk, max_days=max_shift_days) for pk in persons],
+            pl.Int64,
+        ),
+    )
+    rows = rows.join(people, on=["layout", "id_system", "patient_id"], how="left")
+    rows = rows.with_columns(
+        pl.col("metric").replace_strict(names, return_dtype=pl.String).alias("_metric"),
+        (pl.col("measured_at") + pl.duration(days=pl.col("_shift"))).alias("_at"),
+    ).with_columns(
+        pl.col("_metric")
+        .replace_strict({m: v.code for m, v in METRICS.items()}, return_dtype=pl.String)
+        .alias("code"),
+    )
+    combos = rows.select("code", "unit").unique()
+    decided = pl.DataFrame(
+        [_decide(code, unit) for code, unit in combos.iter_rows()],
+        schema=_DECISION,
+        orient="row",
+    )
+    rows = rows.join(decided, on=["code", "unit"], how="left", nulls_equal=True)
+    converted = pl.col("_scale").is_not_null()
+    value = (
+        pl.when(converted)
+        .then((pl.col("value") * pl.col("_scale") + pl.col("_offset")).round(9))
+        .otherwise(pl.col("value"))
+    )
+    rows = rows.with_columns(value.alias("value_num"))
+    low, high = pl.col("_low"), pl.col("_high")
+    impossible = (
+        pl.when(pl.col("_strict_low"))
+        .then(pl.col("value_num") <= low)
+        .otherwise(pl.col("value_num") < low)
+        | pl.when(pl.col("_strict_high"))
+        .then(pl.col("value_num") >= high)
+        .otherwise(pl.col("value_num") > high)
+    ).fill_null(False)
+    flag = (
+        pl.when(pl.col("_normal_low").is_null() & pl.col("_normal_high").is_null())
+        .then(None)
+        .when(pl.col("value_num") < pl.col("_normal_low"))
+        .then(pl.lit("low"))
+        .when(pl.col("value_num") > pl.col("_normal_high"))
+        .then(pl.lit("high"))
+        .otherwise(pl.lit("normal"))
+    )
+    silver = rows.with_columns(
+        pl.concat_str(
+            "person_key",
+            "device_id",
+            "code",
+            pl.col("_at").dt.epoch("us").cast(pl.String),
+            separator="|",
+        ).alias("sample_key"),
+        pl.col("_metric").alias("metric"),
+        pl.lit(LOINC).alias("code_system"),
+        pl.col("_unit_out").alias("value_unit"),
+        pl.col("_at").alias("measured_at"),
+        pl.when(converted).then(pl.col("unit")).otherwise(None).alias("_unit_converted_from"),
+        pl.when(converted).then(pl.col("value")).otherwise(None).alias("_value_original"),
+        flag.alias("_range_flag"),
+        pl.lit(SOURCE_KIND).alias("_source_kind"),
+        (pl.col("_rule").is_not_null() | impossible).alias("_refused"),
+        pl.when(pl.col("_rule").is_not_null())
+        .then(pl.col("_rule"))
+        .when(impossible)
+        .then(pl.lit(RULE_IMPOSSIBLE))
+        .otherwise(None)
+        .alias("_rule"),
+    )
+    good = silver.filter(~pl.col("_refused")).sort("_source_file", "_source_offset")
+    kept = good.unique(subset=["sample_key"], keep="last", maintain_order=True)
+    columns = SILVER_VITALS_RAW.schema.names
+    bad = silver.filter(pl.col("_refused"))
+    quarantined = _refused(bad, columns) if bad.height else QUARANTINE_SCHEMA.empty_table()
+    table = kept.select(columns).to_arrow().cast(SILVER_VITALS_RAW.schema)
+    return Samples(
+        Split(table, quarantined), bronze.num_rows, good.height - kept.height, bronze_only
+    )
 
 
-def _standardize(
-    row: dict[str, Any], bounds: Mapping[tuple[str, str], Range]
-) -> tuple[str, str] | None:
-    """The row in its code's canonical unit and flagged against the normal range, or (rule,
-    reason) when its unit cannot be used or its value is impossible (the gate suite's ranges)."""
-    where = f"sample_key {row['sample_key']}"
+_DECISION = {
+    "code": pl.String,
+    "unit": pl.String,
+    "_unit_out": pl.String,
+    "_scale": pl.Float64,
+    "_offset": pl.Float64,
+    "_rule": pl.String,
+    "_problem": pl.String,
+    "_low": pl.Float64,
+    "_high": pl.Float64,
+    "_strict_low": pl.Boolean,
+    "_strict_high": pl.Boolean,
+    "_bound": pl.String,
+    "_normal_low": pl.Float64,
+    "_normal_high": pl.Float64,
+}
+
+
+def _decide(code: str, unit: str | None) -> tuple[Any, ...]:
+    """For one (LOINC, unit): the canonical unit and conversion (jobs/clean/units.py), or the
+    unit problem; the impossible bounds (the gate suite's, via jobs/clean/ranges.py) and the
+    normal range, both in the canonical unit."""
     try:
-        unit, conversion = canonical_conversion(row["code"], row["value_unit"])
+        target, conversion = canonical_conversion(code, unit)
     except UnitProblem as exc:
-        return exc.rule, f"{where}: {exc.message}"
+        return (code, unit, unit, None, None, exc.rule, exc.message, *([None] * 7))
+    scale = offset = None
     if conversion is not None and not conversion.identity:
-        row["_unit_converted_from"], row["_value_original"] = row["value_unit"], row["value_num"]
-        row["value_num"] = round(conversion(row["value_num"]), 9)
-    row["value_unit"] = unit
-    value = row["value_num"]
-    bound = bounds.get((row["code"], unit or ""))
-    if bound is not None and not _within(value, bound):
-        return (
-            RULE_IMPOSSIBLE,
-            (
-                f"{where}: value {value:.10g} {unit} of LOINC {row['code']} is impossible: "
-                f"expected {bound}"
-            ),
+        scale, offset = conversion.scale, conversion.offset
+    bound = impossible_ranges().get((code, target or ""))
+    normal = NORMAL_RANGES.get(code)
+    normal = normal if normal is not None and normal.unit == target else None
+    return (
+        code,
+        unit,
+        target,
+        scale,
+        offset,
+        None,
+        None,
+        bound.low if bound else None,
+        bound.high if bound else None,
+        bool(bound and bound.strict_low),
+        bool(bound and bound.strict_high),
+        str(bound) if bound else None,
+        normal.low if normal else None,
+        normal.high if normal else None,
+    )
+
+
+def _refused(bad: pl.DataFrame, columns: list[str]) -> pa.Table:
+    """Quarantine rows for refused samples: the silver-shaped row (no identifiers) and why."""
+    rows = bad.select(*columns, "_rule", "_problem", "_bound").to_dicts()
+    reasons = [
+        f"sample_key {r['sample_key']}: "
+        + (
+            r["_problem"]
+            if r["_rule"] != RULE_IMPOSSIBLE
+            else f"value {r['value_num']:.10g} {r['value_unit']} of LOINC {r['code']} is "
+            f"impossible: expected {r['_bound']}"
         )
-    normal = NORMAL_RANGES.get(row["code"])
-    if normal is not None and normal.unit == unit:
-        low = normal.low is not None and value < normal.low
-        high = normal.high is not None and value > normal.high
-        row["_range_flag"] = "low" if low else "high" if high else "normal"
-    return None
-
-
-def _within(value: float, bound: Range) -> bool:
-    if bound.low is not None and (value <= bound.low if bound.strict_low else value < bound.low):
-        return False
-    return not (
-        bound.high is not None
-        and (value >= bound.high if bound.strict_high else value > bound.high)
+        for r in rows
+    ]
+    return silver_rejects(
+        [{c: r[c] for c in columns} for r in rows],
+        rule_ids=[r["_rule"] for r in rows],
+        reasons=reasons,
+        table_name=SILVER_VITALS_RAW.name,
+        key=SILVER_VITALS_RAW.key,
     )
 
 
