@@ -31,7 +31,7 @@ from medlake.sample.vocab import MRN_SYSTEM
 
 KEY = b"k" * 32
 MAX_SHIFT = 365
-CORPUS = Path("/work/shared/corpus/vitals/physionet2012_icu")
+CORPUS = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "vitals" / "physionet2012_icu"
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
 
 
@@ -363,3 +363,22 @@ def test_a_physionet_value_of_minus_one_is_missing() -> None:
     out = list(vitals.parse_file(data, delta, layout="physionet", name="x.txt"))
     assert [o.get("rule_id") for o in out] == [None, "parse.vitals_missing_value", None]
     assert out[0]["patient_id"] == "1" and out[2]["metric"] == "Weight"
+
+
+def test_the_gate_promotes_staged_vitals_with_their_suites(tmp_path: Path) -> None:
+    from medlake.expectations.gate import run_gate
+
+    lake = Lake(tmp_path / "lake")
+    write(tmp_path, "a.jsonl", [line(i * 40, 70 + i % 5) for i in range(30)])
+    write(tmp_path, "b.jsonl", [line(i * 40, 97, metric="spo2", device="OXI") for i in range(30)])
+    ingested = vitals.ingest(tmp_path, lake, run_id="r1")
+    vitals.to_staging(
+        lake, run_id="r1", key=KEY, max_shift_days=MAX_SHIFT, versions=ingested.versions
+    )
+    tables = [SILVER_VITALS_RAW.name, SILVER_VITALS_1MIN.name, "silver.vitals_1h"]
+    entries = {e.table_name: e for e in run_gate(lake, run_id="r1", tables=tables)}
+    assert entries[SILVER_VITALS_RAW.name].records_out == 60
+    assert all(e.quarantined == 0 and e.balanced for e in entries.values())
+    assert (
+        lake.count(SILVER_VITALS_1MIN.name) == lake.count(staging_name(SILVER_VITALS_1MIN.name)) > 0
+    )
