@@ -101,14 +101,20 @@ def resample(
     )
     refused = frame.filter(~placeable.fill_null(False))
     frame = corrected(frame.filter(placeable.fill_null(False)), clock_offsets)
-    unique = frame.sort("_order").unique(subset=[*KEY, "_at"], keep="last", maintain_order=True)
+    # sorted by key and time once: duplicates are neighbours (the last received last), and so
+    # are the samples of one bucket, which a run id then groups cheaply
+    key = pl.concat_str(*KEY, separator="\x1f").cast(pl.Categorical).to_physical()
+    frame = frame.with_columns(key.alias("_key")).sort("_key", "_at", "_order")
+    repeated = pl.all_horizontal([pl.col(c) == pl.col(c).shift(-1) for c in ("_key", "_at")])
+    unique = frame.filter(~repeated.fill_null(False))
     merged = frame.height - unique.height
     width = f"{int(every / timedelta(microseconds=1))}us"
     unique = unique.with_columns(pl.col("_at").dt.truncate(width).alias("bucket_start"))
+    unique = unique.with_columns(pl.struct("_key", "bucket_start").rle_id().alias("_bucket"))
     stats = (
-        unique.sort("_at", "_order")
-        .group_by([*KEY, "bucket_start"], maintain_order=True)
+        unique.group_by("_bucket", maintain_order=True)
         .agg(
+            *(pl.col(c).first() for c in (*KEY, "bucket_start")),
             pl.col("value_unit").last(),
             pl.col("value_num").mean().alias("value_mean"),
             pl.col("value_num").min().alias("value_min"),
@@ -118,6 +124,7 @@ def resample(
             pl.col("_at").first().alias("_first"),
             pl.col("_at").last().alias("_last"),
         )
+        .drop("_bucket")
     )
     buckets = _dense(stats, width=width, max_gap=max_gap)
     return Resampled(
