@@ -378,11 +378,16 @@ def read_landing(
 def to_bronze(records: list[dict[str, Any]], *, run_id: str, ingested_at: datetime) -> Split:
     """The records as bronze rows and quarantine rows."""
     bad = [r for r in records if r.get("_bad")]
-    good = [
-        {**r, "_ingested_at": ingested_at, "_run_id": run_id} for r in records if not r.get("_bad")
-    ]
+    good = [r for r in records if not r.get("_bad")]
+    stamps = {"_ingested_at": ingested_at, "_run_id": run_id}
+    columns = {  # column-wise: a million dicts through from_pylist cost ten times more
+        f.name: pa.array(
+            [stamps[f.name]] * len(good) if f.name in stamps else [r[f.name] for r in good], f.type
+        )
+        for f in BRONZE_VITALS.schema
+    }
     return Split(
-        pa.Table.from_pylist(good, schema=BRONZE_VITALS.schema),
+        pa.Table.from_pydict(columns, schema=BRONZE_VITALS.schema),
         quarantine_rows(bad, table_name=BRONZE_VITALS.name, run_id=run_id, now=ingested_at),
     )
 
