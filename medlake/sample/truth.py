@@ -43,8 +43,8 @@ Schema (version 1)::
 Vitals streams (`vitals/jsonl`, `vitals/csv`: one record per line, the CSV header is none) add
 to `files`, `total_records`, `malformed` (`parse.vitals_*`) and `phi` (MRNs), and list in
 `vitals` each stream (`kind` "stream": file at offset 0, device, person, samples,
-clock_offset_s) and each planted sample (`kind` "duplicate_line" | "duplicate_time" |
-"impossible", at its line). See medlake/sample/vitals.py.
+clock_offset_s), the planted gap (`kind` "gap": start, end) and each planted sample (`kind`
+"duplicate_line" | "duplicate_time" | "impossible", at its line). See medlake/sample/vitals.py.
 
 HL7 v2 files (`hl7v2/adt`, `hl7v2/lab`, `hl7v2/pharmacy`) add to `files`, `total_records`,
 `malformed` and `phi`; the data-level sections (`duplicates` to `free_text`) point at FHIR
