@@ -28,6 +28,15 @@ read whole again, and the samples already in bronze merge on their ``_record_has
 sample's content: device, patient, metric, value, unit, time — not its file), so a file
 delivered twice, under any name, never counts twice. Blank lines are not records.
 
+Silver (``to_staging``): samples are typed (LOINC per metric), in the canonical UCUM unit of
+``jobs/clean/units.py``, checked against the gate suite's impossible ranges
+(``jobs/clean/ranges.py``: ``ranges.impossible`` with the range in the reason), date-shifted,
+and de-duplicated on person, device, LOINC and time (merged, the last received wins).
+``silver.vitals_raw`` keeps the device's clock; the per-device clock offset is applied by the
+resampling (``jobs/clean/resample.py``), which recomputes only the grid buckets this run's
+samples touch, from every sample they hold (promoted earlier or new), for the gate to upsert.
+Its ledger entries (stage ``resample``) count samples: in = in a bucket + merged + quarantined.
+
 PhysioNet 2012 (``landing/vitals/physionet/``): times are ``HH:MM`` since ICU admission and the
 RecordID is the only key. Assumptions: admission is anchored at ``PHYSIONET_ADMISSION``
 (2000-01-01T00:00Z, a nominal instant: the set has no dates), the RecordID is a local patient
