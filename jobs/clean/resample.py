@@ -65,7 +65,7 @@ class Resampled:
 
     @property
     def balanced(self) -> bool:
-        return self.samples_in == self.counted + self.merged + self.quarantined.num_rows
+        return self.samples_in == self.counted + self.merged + int(self.quarantined.num_rows)
 
 
 def corrected(frame: pl.DataFrame, offsets: Mapping[str, timedelta]) -> pl.DataFrame:
@@ -139,9 +139,9 @@ def resample(
 def _dense(stats: pl.DataFrame, *, width: str, max_gap: timedelta) -> pl.DataFrame:
     """Every bucket from each key's first to its last, empty ones filled only inside short gaps."""
     if stats.height == 0:
-        empty = pl.from_arrow(BUCKET_SCHEMA.empty_table())
-        assert isinstance(empty, pl.DataFrame)
-        return empty.drop("_record_hash")
+        none = pl.from_arrow(BUCKET_SCHEMA.empty_table())
+        assert isinstance(none, pl.DataFrame)
+        return none.drop("_record_hash")
     grid = (
         stats.group_by(list(KEY))
         .agg(

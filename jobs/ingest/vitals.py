@@ -435,8 +435,8 @@ class Samples:
 def person_key(key: bytes, layout: str, system: str, patient_id: str) -> str:
     """The sample's person: the MRN's key (PhysioNet: the RecordID's source key)."""
     if layout == "physionet":
-        return source_key(key, PHYSIONET_SYSTEM, patient_id)
-    return mrn_key(key, system, patient_id)
+        return str(source_key(key, PHYSIONET_SYSTEM, patient_id))
+    return str(mrn_key(key, system, patient_id))
 
 
 def samples_from_bronze(bronze: pa.Table, *, key: bytes, max_shift_days: int) -> Samples:
