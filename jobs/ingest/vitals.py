@@ -54,6 +54,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -89,6 +90,8 @@ from medlake.registry import (
     TableSpec,
     staging_name,
 )
+
+log = logging.getLogger(__name__)
 
 SOURCE_KIND = "vitals"
 Layout = Literal["jsonl", "csv", "physionet"]
@@ -415,6 +418,12 @@ def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = Non
             VITALS_WATERMARK.name, pa.Table.from_pylist(rows, schema=VITALS_WATERMARK.schema)
         )
     ledger.record(lake, run_id, [entry])
+    log.info(
+        "ingest: %d vitals lines from %d new or grown files, %d new samples in bronze",
+        len(records),
+        len(marks),
+        entry.records_out,
+    )
     return StageResult({BRONZE_VITALS.name: lake.version(BRONZE_VITALS.name)}, [entry])
 
 
