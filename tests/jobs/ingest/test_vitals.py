@@ -292,6 +292,15 @@ def test_the_sample_hospital_streams(tmp_path: Path) -> None:
     streams = [v for v in truth["vitals"] if v["kind"] == "stream"]
     persons = set(lake.read(SILVER_VITALS_RAW.name, columns=["person_key"]).column(0).to_pylist())
     assert len(persons) == len({s["person"] for s in streams})
+    # the skewed monitor's grid starts 95 s earlier than its clock says, and its gap stays empty
+    skewed = next(s["device"] for s in streams if s["clock_offset_s"])
+    raw = lake.read(SILVER_VITALS_RAW.name, where={"device_id": skewed, "code": "8867-4"})
+    grid = lake.read(SILVER_VITALS_1MIN.name, where={"device_id": skewed, "code": "8867-4"})
+    first = min(raw.column("measured_at").to_pylist()) - timedelta(seconds=95)
+    assert min(grid.column("bucket_start").to_pylist()) == first.replace(second=0)
+    last = [r["value_last"] for r in sorted(grid.to_pylist(), key=lambda r: r["bucket_start"])]
+    longest = max(len(run) for run in "".join("x" if v is None else "." for v in last).split("."))
+    assert longest >= 18  # 20 minutes without a sample: no value carried, none interpolated
 
 
 # --- PhysioNet 2012 ---------------------------------------------------------------------------
