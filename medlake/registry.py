@@ -272,6 +272,94 @@ SILVER_NOTES = TableSpec(
     ),
 )
 
+BRONZE_VITALS = TableSpec(
+    name="bronze.vitals_samples",
+    schema=pa.schema(
+        [
+            _f("layout", nullable=False),  # 'jsonl' | 'csv' | 'physionet'
+            _f("device_id"),
+            _f("patient_id"),  # the MRN (or PhysioNet RecordID) as sent: PHI
+            _f("id_system"),  # its assigning authority
+            _f("metric"),  # as sent: 'heart_rate', 'HR', …
+            _f("value", pa.float64()),
+            _f("unit"),
+            _f("measured_at", TS),  # the device's clock, as sent (PhysioNet: anchor + offset)
+            _f("raw", pa.large_string(), nullable=False),
+            _f("_source_file", nullable=False),
+            _f("_source_offset", pa.int64(), nullable=False),
+            _f("_ingested_at", TS, nullable=False),
+            _f("_record_hash", nullable=False),
+            _f("_run_id", nullable=False),
+        ]
+    ),
+    key=("_record_hash",),
+    description="Device vital-sign samples as received: one row per JSONL/CSV/PhysioNet line, kept verbatim.",
+    phi_columns=("raw", "patient_id", "_source_file"),
+)
+
+VITALS_WATERMARK = TableSpec(
+    name="reference.vitals_watermark",
+    schema=pa.schema(
+        [
+            _f("source_file", nullable=False),
+            _f("bytes_consumed", pa.int64(), nullable=False),
+            _f("lines_consumed", pa.int64(), nullable=False),
+            _f("prefix_sha256", nullable=False),
+            _f("run_id", nullable=False),
+            _f("updated_at", TS, nullable=False),
+        ]
+    ),
+    key=("source_file",),
+    description="How far each vitals landing file has been read, and the hash of that prefix.",
+    phi_columns=("source_file",),
+)
+
+SILVER_VITALS_RAW = TableSpec(
+    name="silver.vitals_raw",
+    schema=_schema(
+        _f("sample_key", nullable=False),
+        _f("person_key", nullable=False),
+        _f("device_id", nullable=False),
+        _f("metric", nullable=False),
+        _f("code_system", nullable=False),
+        _f("code", nullable=False),
+        _f("value_num", pa.float64(), nullable=False),
+        _f("value_unit", nullable=False),
+        _f("measured_at", TS, nullable=False),  # device clock, shifted by the patient's offset
+        _f("_unit_converted_from"),
+        _f("_value_original", pa.float64()),
+        _f("_range_flag"),
+    ),
+    key=("sample_key",),
+    description="One row per vital-sign sample (person, device, LOINC, time): typed, UCUM, date-shifted.",
+)
+
+
+def _resampled(name: str, grid: str) -> TableSpec:
+    return TableSpec(
+        name=name,
+        schema=_schema(
+            _f("person_key", nullable=False),
+            _f("device_id", nullable=False),
+            _f("code", nullable=False),
+            _f("value_unit", nullable=False),
+            _f("bucket_start", TS, nullable=False),  # clock-skew corrected, shifted
+            _f("value_mean", pa.float64()),
+            _f("value_min", pa.float64()),
+            _f("value_max", pa.float64()),
+            _f("value_last", pa.float64()),  # carried forward into an empty bucket of a short gap
+            _f("sample_count", pa.int64(), nullable=False),
+            _f("filled", pa.bool_(), nullable=False),  # value_last carried, no sample in the bucket
+        ),
+        key=("person_key", "device_id", "code", "bucket_start"),
+        description=f"Vital signs on a fixed {grid} grid per person, device and LOINC code; "
+        "buckets in gaps longer than the max gap stay empty (null values, count 0).",
+    )
+
+
+SILVER_VITALS_1MIN = _resampled("silver.vitals_1min", "1-minute")
+SILVER_VITALS_1H = _resampled("silver.vitals_1h", "1-hour")
+
 QUARANTINE = TableSpec(
     name="quarantine",
     schema=pa.schema(
@@ -338,6 +426,11 @@ TABLES: dict[str, TableSpec] = {
         SILVER_CONDITIONS,
         SILVER_MEDICATIONS,
         SILVER_NOTES,
+        BRONZE_VITALS,
+        VITALS_WATERMARK,
+        SILVER_VITALS_RAW,
+        SILVER_VITALS_1MIN,
+        SILVER_VITALS_1H,
         QUARANTINE,
         LEDGER,
     )

@@ -190,3 +190,17 @@ VITALS_IMPUTATION: Mapping[str, Imputation] = {
         then=Imputation("median", cohort=("code",)),
     ),
 }
+
+# -- vitals (jobs/ingest/vitals.py, jobs/clean/resample.py) ----------------------------------------
+
+#: per-device clock offset: what to add to a device's timestamps to get the true time. Known from
+#: biomedical engineering's clock checks; a device not listed is trusted. The sample hospital's
+#: monitor ICU-MON-07 runs 95 seconds fast (medlake/sample/vitals.py plants it).
+VITALS_CLOCK_OFFSETS: dict[str, timedelta] = {"ICU-MON-07": timedelta(seconds=-95)}
+
+#: the resampling grids: silver table → (bucket width, longest gap between two samples whose
+#: empty buckets still carry the last value forward; buckets of a longer gap stay missing)
+VITALS_GRIDS: dict[str, tuple[timedelta, timedelta]] = {
+    "silver.vitals_1min": (timedelta(minutes=1), timedelta(minutes=5)),
+    "silver.vitals_1h": (timedelta(hours=1), timedelta(hours=3)),
+}

@@ -40,6 +40,12 @@ Schema (version 1)::
       "phi": {"names": [...], "phones": [...], "mrns": [...], "ssns": [...], "streets": [...]}
     }
 
+Vitals streams (`vitals/jsonl`, `vitals/csv`: one record per line, the CSV header is none) add
+to `files`, `total_records`, `malformed` (`parse.vitals_*`) and `phi` (MRNs), and list in
+`vitals` each stream (`kind` "stream": file at offset 0, device, person, samples,
+clock_offset_s), the planted gap (`kind` "gap": start, end) and each planted sample (`kind`
+"duplicate_line" | "duplicate_time" | "impossible", at its line). See medlake/sample/vitals.py.
+
 HL7 v2 files (`hl7v2/adt`, `hl7v2/lab`, `hl7v2/pharmacy`) add to `files`, `total_records`,
 `malformed` and `phi`; the data-level sections (`duplicates` to `free_text`) point at FHIR
 records only, though the HL7 messages render the same people's facts.
@@ -101,6 +107,7 @@ class Truth:
                 "free_text",
                 "csv_unit_mix",
                 "csv_local_coded",
+                "vitals",
             )
         }
         self.phi: dict[str, set[str]] = {kind: set() for kind in PHI_KINDS}
