@@ -211,6 +211,8 @@ def parse(data: bytes, *, where: str) -> Dataset:
                 "ingest.not_dicom" if data[128:132] != b"DICM" else "ingest.bad_header",
                 f"{where}: pydicom cannot read the file ({type(exc).__name__})",
             ) from exc
+    if not ds:
+        raise Rejected("ingest.truncated", f"{where}: the file ends before its data set begins")
     if short is not None:
         tag, declared, got = short
         raise Rejected(
