@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from medlake.sample.dicom import write_dicom
 from medlake.sample.fhir import write_fhir
 from medlake.sample.hl7v2 import write_hl7v2
 from medlake.sample.people import Hospital
@@ -39,6 +40,7 @@ def generate(out: Path, *, patients: int, seed: int) -> SampleManifest:
     truth = Truth(seed=seed, patients=patients)
     write_fhir(hospital, out, truth)
     write_hl7v2(hospital, out, truth)
+    write_dicom(hospital, out, truth)
     truth_path = out / TRUTH_FILE
     truth.write(truth_path)
     return SampleManifest(

@@ -40,6 +40,11 @@ Schema (version 1)::
       "phi": {"names": [...], "phones": [...], "mrns": [...], "ssns": [...], "streets": [...]}
     }
 
+DICOM files (`dicom`, every file below `landing/dicom/` at any depth, one record each) add to
+`files`, `total_records`, `malformed` and `phi`, and list each study in `imaging`:
+`{"file", "offset": 0, "person", "mrn", "study_uid", "modality", "files", "compressed"}`
+(the study's original UID, before de-identification remaps it).
+
 HL7 v2 files (`hl7v2/adt`, `hl7v2/lab`, `hl7v2/pharmacy`) add to `files`, `total_records`,
 `malformed` and `phi`; the data-level sections (`duplicates` to `free_text`) point at FHIR
 records only, though the HL7 messages render the same people's facts.
@@ -94,6 +99,7 @@ class Truth:
                 "local_coded",
                 "missing_values",
                 "free_text",
+                "imaging",
             )
         }
         self.phi: dict[str, set[str]] = {kind: set() for kind in PHI_KINDS}
