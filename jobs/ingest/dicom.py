@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import warnings
@@ -66,6 +67,8 @@ from medlake.registry import (
     SILVER_IMAGING_STUDIES,
     staging_name,
 )
+
+log = logging.getLogger(__name__)
 
 SOURCE_KIND = "dicom"
 ARCHIVE_DIR = "raw/dicom"
@@ -276,7 +279,7 @@ def header_json(ds: Dataset, *, bulk_uri: str, where: str) -> str:
 
 
 def read_files(
-    paths: Sequence[Path], *, root: Path, run_id: str, ingested_at: datetime, archive: Path | None
+    paths: Sequence[Path], *, root: Path, run_id: str, ingested_at: datetime, archive: Path
 ) -> tuple[pa.Table, Split]:
     """One raw record per file (its name) and the bronze split; each file's bytes are archived
     under ``archive`` (the lake root) unless already there."""
@@ -285,8 +288,7 @@ def read_files(
         name = path.relative_to(root).as_posix()
         data = path.read_bytes()
         read = read_bytes(data, name=name, run_id=run_id, ingested_at=ingested_at)
-        if archive is not None:
-            keep(archive / archive_path(read.record_hash), data)
+        keep(archive / archive_path(read.record_hash), data)
         names.append(name)
         if read.row is not None:
             good.append(read.row)
@@ -316,6 +318,12 @@ def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime) -> StageRes
     raw, split = read_files(files, root=landing, run_id=run_id, ingested_at=now, archive=lake.root)
     entry = write_bronze(lake, BRONZE_DICOM, split, raw, run_id=run_id)
     ledger.record(lake, run_id, [entry])
+    log.info(
+        "ingest: %d DICOM files, %d new in bronze, %d quarantined",
+        raw.num_rows,
+        entry.records_out,
+        entry.quarantined,
+    )
     return StageResult({BRONZE_DICOM.name: lake.version(BRONZE_DICOM.name)}, [entry])
 
 
