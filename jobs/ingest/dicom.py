@@ -934,6 +934,16 @@ def deid_copies(
 # the stage
 
 
+KNOWN_COLUMNS = ("instance_uid", "series_uid", "study_uid", "modality")
+
+
+def silver_instances(lake: Lake, *, studies: set[str]) -> pa.Table:
+    """Silver's instances of these studies (UIDs and modality), for counts over several runs."""
+    known = lake.read(SILVER_IMAGING_INSTANCES.name, columns=list(KNOWN_COLUMNS))
+    known = known.cast(pa.schema([pa.field(n, pa.string()) for n in KNOWN_COLUMNS]))  # string_view
+    return known.filter(pc.is_in(known.column("study_uid"), pa.array(sorted(studies), pa.string())))
+
+
 def to_staging(
     lake: Lake,
     *,
@@ -942,25 +952,18 @@ def to_staging(
     max_shift_days: int,
     versions: dict[str, int | None],
 ) -> StageResult:
-    """This run's bronze files → staging.imaging_{studies,series,instances} + de-identified copies."""
+    """This run's bronze files → staging.imaging_{studies,series,instances} + de-identified copies.
+
+    Ledger: ``silver.imaging_instances`` counts bronze files (out, quarantined, or merged into an
+    instance seen earlier in the run); the studies and series tables count the rows built from
+    the run's instances, all staged.
+    """
     bronze = lake.read(
         BRONZE_DICOM.name, version=versions.get(BRONZE_DICOM.name), where={"_run_id": run_id}
     )
     imaging = instances_from_bronze(bronze, key=key, max_shift_days=max_shift_days)
     written, kept = deid_copies(lake.root, imaging.instances, key=key)
-    studies = sorted({i.row["study_uid"] for i in kept})
-    known = lake.read(
-        SILVER_IMAGING_INSTANCES.name,
-        columns=["instance_uid", "series_uid", "study_uid", "modality"],
-    ).cast(
-        pa.schema(
-            [
-                pa.field(n, pa.string())
-                for n in ("instance_uid", "series_uid", "study_uid", "modality")
-            ]
-        )
-    )
-    known = known.filter(pc.is_in(known.column("study_uid"), pa.array(studies, pa.string())))
+    known = silver_instances(lake, studies={i.row["study_uid"] for i in kept})
     tables = {
         SILVER_IMAGING_STUDIES: study_rows(kept, known),
         SILVER_IMAGING_SERIES: series_rows(kept, known),
