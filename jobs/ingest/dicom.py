@@ -50,7 +50,7 @@ from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medlake import ledger
 from medlake.governance.deid import date_shift_days, shift_datetime
@@ -76,6 +76,7 @@ DEID_DIR = "deid/dicom"
 #: binary values longer than this (base64) go to bronze as a BulkDataURI, not inline
 BULK_DATA_THRESHOLD = 1024
 PROFILE_FILE = Path(__file__).with_name("dicom_profile") / "confidentiality_profile_attributes.json"
+UNDEFINED_LENGTH = 0xFFFFFFFF
 PRIVATE_ROW = "(GGGG,EEEE) WHERE GGGG IS ODD"  # Table E.1-1's row for private attributes
 UID_ROOT = "2.25."  # UUID-derived UIDs (PS3.5 B.2): no registered root needed
 
@@ -233,7 +234,12 @@ def _short_value(ds: Dataset) -> tuple[str, int, int] | None:
     for tag, elem in ds._dict.items():  # raw elements: values as read, with their declared length
         value = getattr(elem, "value", None)
         length = getattr(elem, "length", None)
-        if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) < length:
+        if (
+            isinstance(value, bytes)
+            and isinstance(length, int)
+            and length != UNDEFINED_LENGTH
+            and len(value) < length
+        ):
             return f"({tag >> 16:04X},{tag & 0xFFFF:04X})", length, len(value)
     return None
 
@@ -456,19 +462,19 @@ def _instance(rec: Mapping[str, Any], *, key: bytes, max_shift_days: int) -> Ins
 
 def person_key_of(header: Mapping[str, Any], *, key: bytes) -> str | None:
     """The person key of a header: its MRN's key when the issuer is named, else its source key."""
-    patient_id = (_first(header, PATIENT_ID) or "").strip()
+    patient_id = _text(_first(header, PATIENT_ID))
     if not patient_id:
         return None
-    issuer = (_first(header, ISSUER) or "").strip()
+    issuer = _text(_first(header, ISSUER))
     if not issuer:
         qualifiers = _first(header, ISSUER_QUALIFIERS)
-        issuer = (_first(qualifiers, UNIVERSAL_ENTITY_ID) or "").strip() if qualifiers else ""
-    if issuer:
-        return mrn_key(key, issuer, patient_id)
-    institution = (_first(header, INSTITUTION) or "").strip()
-    return source_key(
-        key, f"{SOURCE_KIND}:{institution}" if institution else SOURCE_KIND, patient_id
+        issuer = _text(_first(qualifiers, UNIVERSAL_ENTITY_ID)) if qualifiers else None
+    institution = _text(_first(header, INSTITUTION))
+    system = f"{SOURCE_KIND}:{institution}" if institution else SOURCE_KIND
+    person: str = (
+        mrn_key(key, issuer, patient_id) if issuer else source_key(key, system, patient_id)
     )
+    return person
 
 
 def series_rows(instances: Sequence[Instance], known: pa.Table) -> pa.Table:
@@ -864,7 +870,7 @@ def _as_list(value: Any) -> list[Any]:
 def write_deid(ds: Dataset, path: Path) -> None:
     """Write a de-identified data set as a DICOM file (preamble, meta header) in its own transfer
     syntax, so encapsulated pixel data is written back as the same bytes."""
-    syntax = transfer_syntax(ds)
+    syntax = UID(transfer_syntax(ds))
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -16,6 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from medlake import ledger
+from medlake.expectations.gate import run_gate
 from medlake.governance.deid import date_shift_days
 from medlake.governance.pseudonyms import mrn_key, source_key
 from medlake.jobs.ingest import dicom
@@ -251,8 +252,6 @@ def test_an_instance_without_patient_id_is_quarantined(tmp_path: Path) -> None:
 
 
 def test_a_study_delivered_over_two_runs_counts_all_its_instances(tmp_path: Path) -> None:
-    from medlake.expectations.gate import run_gate
-
     lake, landing = Lake(tmp_path / "lake"), tmp_path / "landing"
     base = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
     for run_id, numbers in (("r1", (1, 2)), ("r2", (3,))):
