@@ -45,11 +45,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medlake import ledger
@@ -763,10 +765,7 @@ def deidentify(
     Patient Identity Removed, De-identification Method and its code sequence (113100, 113107),
     Longitudinal Temporal Information Modified.
     """
-    profile = profile or load_profile()
-    if profile.private.action == "X":  # the basic profile: private attributes removed
-        ds.remove_private_tags()
-    _apply(ds, profile, new_uid, shift_days)
+    _apply(ds, profile or load_profile(), new_uid, shift_days)
     ds.PatientIdentityRemoved = "YES"
     ds.LongitudinalTemporalInformationModified = "MODIFIED"
     ds.DeidentificationMethod = list(DEID_METHOD)
@@ -782,12 +781,18 @@ def deidentify(
 
 
 def _apply(ds: Dataset, profile: Profile, new_uid: Callable[[str], str], shift_days: int) -> None:
+    """Apply the profile to one data set and the items of its sequences; an attribute the table
+    does not name is only read (converted from its raw bytes) when it is a sequence."""
     for tag in list(ds.keys()):
-        elem = ds[tag]
-        rule = profile.rule(int(tag))
+        rule = profile.private if tag.is_private else profile.rule(int(tag))
         if rule is None or rule.action == "K":
-            _recurse(elem, profile, new_uid, shift_days)
+            if _is_sequence(ds, tag):
+                _recurse(ds[tag], profile, new_uid, shift_days)
             continue
+        if rule.action == "X" and not rule.modified_dates:
+            del ds[tag]
+            continue
+        elem = ds[tag]
         if rule.modified_dates and _shift_dates(elem, shift_days):
             continue
         action = resolve_action(rule.action, int(tag))
@@ -801,6 +806,17 @@ def _apply(ds: Dataset, profile: Profile, new_uid: Callable[[str], str], shift_d
             _remap(elem, new_uid)
         else:  # U*: a sequence kept, the instance UIDs it references replaced
             _recurse(elem, profile, new_uid, shift_days)
+
+
+def _is_sequence(ds: Dataset, tag: BaseTag) -> bool:
+    """Whether an attribute is a sequence, without converting its value."""
+    vr = ds.get_item(tag).VR
+    if vr in (None, "UN"):  # implicit VR, or stored as UN: pydicom reads it by the dictionary's VR
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return False
+    return bool(vr == "SQ")
 
 
 def _recurse(
@@ -869,8 +885,17 @@ def _as_list(value: Any) -> list[Any]:
 
 def write_deid(ds: Dataset, path: Path) -> None:
     """Write a de-identified data set as a DICOM file (preamble, meta header) in its own transfer
-    syntax, so encapsulated pixel data is written back as the same bytes."""
+    syntax, so encapsulated pixel data is written back as the same bytes.
+
+    A data set encoded in implicit VR under an explicit-VR transfer syntax (some writers do that)
+    has every value read first, so each attribute is written with its dictionary VR.
+    """
     syntax = UID(transfer_syntax(ds))
+    tags = list(ds.keys())  # iterating a Dataset would convert its elements; its keys do not
+    if not syntax.is_implicit_VR and any(
+        getattr(ds.get_item(tag), "is_implicit_VR", False) for tag in tags
+    ):
+        ds.walk(lambda _dataset, _element: None)  # reading converts every raw element
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
