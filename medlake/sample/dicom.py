@@ -13,7 +13,8 @@ codec to write or to copy). Layout under ``out/dicom/``, the way PACS exports na
 
 PHI sits where modalities write it: Patient's Name, Patient ID (the MRN) with Issuer of Patient
 ID (the hospital's MRN system), birth date and sex, Institution Name, Referring Physician's
-Name, Accession Number, and a private attribute (group 0009, creator ``MEDLAKE SAMPLE``) holding
+Name, Operators' Name (both clinicians' names go to the truth file's ``phi``), Accession
+Number, and a private attribute (group 0009, creator ``MEDLAKE SAMPLE``) holding
 the patient's name again. Study date and time are the visit's, in the hospital's zone (stated in
 Timezone Offset From UTC). Everything comes from the hospital's seed (UIDs are ``2.25.``
 numbers drawn from it), so the same seed writes the same bytes. The truth file's ``imaging`` list
@@ -76,7 +77,9 @@ def write_dicom(hospital: Hospital, out: Path, truth: Truth) -> None:
         rng = hospital.rng(DICOM, person.index)
         number = len(studies) + 1
         modality = "CT" if number % 2 else "MR"
-        study, contents = _write_study(out, person, person.chart.visits[0], rng, number, modality)
+        study, contents = _write_study(
+            out, person, person.chart.visits[0], rng, number, modality, truth
+        )
         truth.registration(person.chart.registration)
         truth.add("imaging", Where(study.files[0], 0), **_truth_fields(study))
         for _ in study.files:
@@ -98,7 +101,13 @@ def _truth_fields(study: Study) -> dict[str, object]:
 
 
 def _write_study(
-    out: Path, person: Person, visit: Visit, rng: random.Random, number: int, modality: str
+    out: Path,
+    person: Person,
+    visit: Visit,
+    rng: random.Random,
+    number: int,
+    modality: str,
+    truth: Truth,
 ) -> tuple[Study, list[bytes]]:
     """Write one study's files; the study and each file's bytes."""
     study = _study_header(person, visit, rng, modality)
@@ -118,6 +127,8 @@ def _write_study(
             path = out / name
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
+            for clinician in (ds.ReferringPhysicianName, ds.OperatorsName):
+                truth.planted("names", clinician.family_name, clinician.given_name)
             files.append(name)
             contents.append(path.read_bytes())
             if rle:
@@ -149,8 +160,8 @@ def _study_header(person: Person, visit: Visit, rng: random.Random, modality: st
     ds.TimezoneOffsetFromUTC = _offset(visit.start)
     ds.StudyID = f"S{rng.randrange(10**5):05d}"
     ds.AccessionNumber = f"ACC{rng.randrange(10**7):07d}"
-    given = rng.choice(FEMALE_GIVEN + MALE_GIVEN)
-    ds.ReferringPhysicianName = f"{rng.choice(FAMILY)}^{given}^^Dr."
+    referring = (rng.choice(FAMILY), rng.choice(FEMALE_GIVEN + MALE_GIVEN))
+    ds.ReferringPhysicianName = f"{referring[0]}^{referring[1]}^^Dr."
     ds.InstitutionName = visit.site.name
     ds.StudyDescription = f"{modality} {'CHEST' if modality == 'CT' else 'BRAIN'}"
     ds.Modality = modality
@@ -180,7 +191,8 @@ def _instance(
     ds.ContentDate, ds.ContentTime = study.StudyDate, study.StudyTime
     ds.Manufacturer = "MEDLAKE"
     ds.StationName = f"{modality}01"
-    ds.OperatorsName = f"{rng.choice(FAMILY)}^{rng.choice(FEMALE_GIVEN + MALE_GIVEN)}"
+    operator = (rng.choice(FAMILY), rng.choice(FEMALE_GIVEN + MALE_GIVEN))
+    ds.OperatorsName = "^".join(operator)
     ds.add_new(0x00090010, "LO", PRIVATE_CREATOR)
     ds.add_new(0x00091001, "LO", str(study.PatientName).replace("^", " "))
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -244,8 +256,9 @@ def _write_broken(
     truth.file_read(DICOM, 1)
     truth.malformed(Where(cut, 0), "ingest.truncated", "the file ends inside its pixel data")
     log = DICOM + "/broken/export.log"
-    given = rng.choice(FEMALE_GIVEN + MALE_GIVEN)
-    text = EXPORT_LOG.format(user=f"{given} {rng.choice(FAMILY)}", mrn=study.mrn)
+    user = (rng.choice(FEMALE_GIVEN + MALE_GIVEN), rng.choice(FAMILY))
+    truth.planted("names", *user)
+    text = EXPORT_LOG.format(user=" ".join(user), mrn=study.mrn)
     (out / log).write_text(text, encoding="utf-8")
     truth.file_read(DICOM, 1)
     truth.malformed(Where(log, 0), "ingest.not_dicom", "a text file in the DICOM export")

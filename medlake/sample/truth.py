@@ -140,6 +140,10 @@ class Truth:
         if registration.address:
             self.phi["streets"].update(registration.address.lines)
 
+    def planted(self, kind: str, *values: str) -> None:
+        """PHI written somewhere besides a patient record (a clinician's name in a DICOM header)."""
+        self.phi[kind].update(values)
+
     @property
     def total_records(self) -> int:
         """Every record ingest will read, over all sources."""
