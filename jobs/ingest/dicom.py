@@ -16,6 +16,9 @@ writes the de-identified copy of each instance to
 Basic Application Level Confidentiality Profile (:func:`deidentify`), with the Retain
 Longitudinal Temporal Information with Modified Dates Option: dates move by the patient's offset,
 the same one every other source applies, so images line up with the patient's other records.
+An instance without its three UIDs (``silver.dicom_missing_uid``) or a Patient ID
+(``silver.dicom_no_patient_id``), or whose copy cannot be written (``deid.dicom_failed``), stays
+out of silver, in quarantine; a second file of an instance already read in the run is merged.
 
 Keys: a file's ``person_key`` is the MRN's key (``mrn_key(key, IssuerOfPatientID, PatientID)``)
 when the header names the issuer, the key FHIR and HL7 v2 give the same MRN; without one it is
