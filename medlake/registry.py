@@ -139,6 +139,34 @@ BRONZE_CSV_MAPPINGS = TableSpec(
     description="Every CSV mapping file an ingest read extracts with, by content hash.",
 )
 
+BRONZE_DICOM = TableSpec(
+    name="bronze.dicom_files",
+    schema=pa.schema(
+        [
+            _f("sop_instance_uid"),
+            _f("series_instance_uid"),
+            _f("study_instance_uid"),
+            _f("sop_class_uid"),
+            _f("modality"),
+            _f("transfer_syntax_uid"),
+            _f("raw", pa.large_string(), nullable=False),
+            _f("archive_path", nullable=False),
+            _f("_source_file", nullable=False),
+            _f("_source_offset", pa.int64(), nullable=False),
+            _f("_ingested_at", TS, nullable=False),
+            _f("_record_hash", nullable=False),
+            _f("_run_id", nullable=False),
+        ]
+    ),
+    key=("_record_hash",),
+    description=(
+        "DICOM files as received: one row per file, the header as DICOM JSON (PS3.18 F) whose "
+        "bulk data (pixel data) points by BulkDataURI at the original file archived byte for byte "
+        "at archive_path (relative to the lake root)."
+    ),
+    phi_columns=("raw", "_source_file"),
+)
+
 SILVER_PATIENTS = TableSpec(
     name="silver.patients",
     schema=_schema(
@@ -360,6 +388,64 @@ def _resampled(name: str, grid: str) -> TableSpec:
 SILVER_VITALS_1MIN = _resampled("silver.vitals_1min", "1-minute")
 SILVER_VITALS_1H = _resampled("silver.vitals_1h", "1-hour")
 
+SILVER_IMAGING_STUDIES = TableSpec(
+    name="silver.imaging_studies",
+    schema=_schema(
+        _f("study_uid", nullable=False),
+        _f("person_key", nullable=False),
+        _f("started_at", TS),
+        _f("modalities"),
+        _f("number_of_series", pa.int32()),
+        _f("number_of_instances", pa.int32()),
+    ),
+    key=("study_uid",),
+    description=(
+        "One row per imaging study (FHIR ImagingStudy): the study UID remapped under the project "
+        "key, start shifted by the patient's offset, modalities and counts over silver's instances."
+    ),
+)
+
+SILVER_IMAGING_SERIES = TableSpec(
+    name="silver.imaging_series",
+    schema=_schema(
+        _f("series_uid", nullable=False),
+        _f("study_uid", nullable=False),
+        _f("person_key", nullable=False),
+        _f("modality"),
+        _f("body_part"),
+        _f("series_number", pa.int32()),
+        _f("started_at", TS),
+        _f("number_of_instances", pa.int32()),
+    ),
+    key=("series_uid",),
+    description="One row per imaging series (FHIR ImagingStudy.series); UIDs remapped, time shifted.",
+)
+
+SILVER_IMAGING_INSTANCES = TableSpec(
+    name="silver.imaging_instances",
+    schema=_schema(
+        _f("instance_uid", nullable=False),
+        _f("series_uid", nullable=False),
+        _f("study_uid", nullable=False),
+        _f("person_key", nullable=False),
+        _f("sop_class_uid"),
+        _f("instance_number", pa.int32()),
+        _f("modality"),
+        _f("rows", pa.int32()),
+        _f("columns", pa.int32()),
+        _f("number_of_frames", pa.int32()),
+        _f("pixel_spacing_row_mm", pa.float64()),
+        _f("pixel_spacing_col_mm", pa.float64()),
+        _f("transfer_syntax_uid"),
+        _f("deid_path", nullable=False),
+    ),
+    key=("instance_uid",),
+    description=(
+        "One row per DICOM instance (FHIR ImagingStudy.series.instance) with its image geometry and "
+        "deid_path: the PS3.15 de-identified copy, relative to the lake root."
+    ),
+)
+
 QUARANTINE = TableSpec(
     name="quarantine",
     schema=pa.schema(
@@ -420,6 +506,7 @@ TABLES: dict[str, TableSpec] = {
         BRONZE_HL7V2,
         BRONZE_CSV,
         BRONZE_CSV_MAPPINGS,
+        BRONZE_DICOM,
         SILVER_PATIENTS,
         SILVER_ENCOUNTERS,
         SILVER_OBSERVATIONS,
@@ -431,6 +518,9 @@ TABLES: dict[str, TableSpec] = {
         SILVER_VITALS_RAW,
         SILVER_VITALS_1MIN,
         SILVER_VITALS_1H,
+        SILVER_IMAGING_STUDIES,
+        SILVER_IMAGING_SERIES,
+        SILVER_IMAGING_INSTANCES,
         QUARANTINE,
         LEDGER,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from medlake.sample.csv import write_csv
+from medlake.sample.dicom import write_dicom
 from medlake.sample.fhir import write_fhir
 from medlake.sample.hl7v2 import write_hl7v2
 from medlake.sample.people import Hospital
@@ -43,6 +44,7 @@ def generate(out: Path, *, patients: int, seed: int) -> SampleManifest:
     write_hl7v2(hospital, out, truth)
     write_csv(hospital, out, truth)
     write_vitals(hospital, out, truth)
+    write_dicom(hospital, out, truth)
     truth_path = out / TRUTH_FILE
     truth.write(truth_path)
     return SampleManifest(

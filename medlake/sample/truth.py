@@ -46,6 +46,11 @@ to `files`, `total_records`, `malformed` (`parse.vitals_*`) and `phi` (MRNs), an
 clock_offset_s), the planted gap (`kind` "gap": start, end) and each planted sample (`kind`
 "duplicate_line" | "duplicate_time" | "impossible", at its line). See medlake/sample/vitals.py.
 
+DICOM files (`dicom`, every file below `landing/dicom/` at any depth, one record each) add to
+`files`, `total_records`, `malformed` and `phi`, and list each study in `imaging`:
+`{"file", "offset": 0, "person", "mrn", "study_uid", "modality", "files", "compressed"}`
+(the study's original UID, before de-identification remaps it).
+
 HL7 v2 files (`hl7v2/adt`, `hl7v2/lab`, `hl7v2/pharmacy`) add to `files`, `total_records`,
 `malformed` and `phi`; the data-level sections (`duplicates` to `free_text`) point at FHIR
 records only, though the HL7 messages render the same people's facts.
@@ -108,6 +113,7 @@ class Truth:
                 "csv_unit_mix",
                 "csv_local_coded",
                 "vitals",
+                "imaging",
             )
         }
         self.phi: dict[str, set[str]] = {kind: set() for kind in PHI_KINDS}
@@ -147,6 +153,10 @@ class Truth:
             self.phi["ssns"].add(registration.ssn)
         if registration.address:
             self.phi["streets"].update(registration.address.lines)
+
+    def planted(self, kind: str, *values: str) -> None:
+        """PHI written somewhere besides a patient record (a clinician's name in a DICOM header)."""
+        self.phi[kind].update(values)
 
     @property
     def total_records(self) -> int:
