@@ -11,6 +11,7 @@ from medlake.sample.fhir import write_fhir
 from medlake.sample.hl7v2 import write_hl7v2
 from medlake.sample.people import Hospital
 from medlake.sample.truth import Truth
+from medlake.sample.vcf import write_vcf
 
 # One sub-folder per source kind; writers for csv, dicom, vitals and vcf are still to come.
 SOURCE_KINDS = ("fhir", "hl7v2", "csv", "dicom", "vitals", "vcf")
@@ -39,6 +40,7 @@ def generate(out: Path, *, patients: int, seed: int) -> SampleManifest:
     truth = Truth(seed=seed, patients=patients)
     write_fhir(hospital, out, truth)
     write_hl7v2(hospital, out, truth)
+    write_vcf(hospital, out, truth)
     truth_path = out / TRUTH_FILE
     truth.write(truth_path)
     return SampleManifest(
