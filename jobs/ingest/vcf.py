@@ -51,6 +51,7 @@ staged + quarantined + bronze-only); the gate then counts rows.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -494,7 +495,12 @@ def _check_info(info: str, header: Header, *, where: str) -> None:
 def _check_samples(
     fmt: str, samples: Sequence[str], header: Header, *, alleles: int, where: str
 ) -> None:
+    """Raise naming the first bad sample column; one regex over all samples when they are fine."""
     keys = fmt.split(":")
+    types = tuple(header.format[k].type if k in header.format else None for k in keys)
+    fast = _samples_pattern(fmt, types, alleles)
+    if fast is not None and fast.fullmatch("\t".join(samples)):
+        return
     if (
         not all(_KEY.fullmatch(k) for k in keys)
         or len(set(keys)) != len(keys)
@@ -528,6 +534,37 @@ def _check_samples(
                     "parse.vcf_bad_format_value",
                     f"{where}: sample column {column}: {k} is not of its declared Type={declared.type}",
                 )
+
+
+@functools.lru_cache(maxsize=1024)
+def _samples_pattern(
+    fmt: str, types: tuple[str | None, ...], alleles: int
+) -> re.Pattern[str] | None:
+    """A regex every sample column of a line with this FORMAT (declared types, ALT count) matches
+    when it is valid (trailing values may be dropped); None when only the slow path can tell."""
+    keys = fmt.split(":")
+    if (
+        alleles > 9
+        or not all(_KEY.fullmatch(k) for k in keys)
+        or len(set(keys)) != len(keys)
+        or ("GT" in keys and keys[0] != "GT")
+    ):
+        return None
+    allele = f"[0-{alleles}]"
+    gt = rf"(?:\.|{allele})(?:[/|](?:\.|{allele}))*"
+    values = []
+    for k, type_ in zip(keys, types, strict=True):
+        if k == "GT":
+            values.append(gt)
+        elif type_ in ("Integer", "Float"):
+            one = rf"(?:\.|{(_INTEGER if type_ == 'Integer' else _NUMBER).pattern})"
+            values.append(rf"{one}(?:,{one})*")
+        else:
+            values.append(r"[^:\t]*")
+    sample = values[-1]
+    for value in reversed(values[:-1]):
+        sample = rf"{value}(?::{sample})?"
+    return re.compile(rf"(?:{sample})(?:\t(?:{sample}))*", re.IGNORECASE)
 
 
 def _typed(values: Sequence[str], type_: str) -> bool:
@@ -665,47 +702,59 @@ def _add_rows(
     *,
     key: bytes,
 ) -> None:
-    """Append one row per ALT allele per sample of one line."""
+    """Append one row per ALT allele per sample of one line, a column at a time.
+
+    ``variant_key`` is the line's keyed pseudonym with the sample's column and the allele's index.
+    """
     cols = row["raw"].split("\t")
     keys = cols[8].split(":")
-    texts = [sample.split(":")[0] if keys[0] == "GT" else None for sample in cols[9:]]
-    calls = variant.genotypes if keys[0] == "GT" else [None] * len(texts)
-    depth = _ints(variant, "DP", keys, header, len(texts))
-    quality = _ints(variant, "GQ", keys, header, len(texts))
+    samples = len(people)
+    texts = (
+        [sample.split(":", 1)[0] for sample in cols[9:]] if keys[0] == "GT" else [None] * samples
+    )
+    called = (
+        [[a for a in call[:-1] if a >= 0] for call in variant.genotypes]
+        if keys[0] == "GT"
+        else [[] for _ in range(samples)]
+    )
+    phased = [None if gt is None else "|" in gt for gt in texts]
+    depth = _ints(variant, "DP", keys, header, samples)
+    quality = _ints(variant, "GQ", keys, header, samples)
     qual = variant.QUAL
     qual = None if qual is None or (isinstance(qual, float) and math.isnan(qual)) else float(qual)
-    filt = None if cols[6] == "." else cols[6]
+    line_key = record_key(key, "variant", SOURCE_SYSTEM, row["_record_hash"])
     alts: list[str | None] = list(variant.ALT) or [None]
-    variant_id = None if cols[2] == "." else cols[2]
+    constant = {
+        "chrom": variant.CHROM,
+        "pos": variant.POS,
+        "variant_id": None if cols[2] == "." else cols[2],
+        "ref": variant.REF,
+        "qual": qual,
+        "filter": None if cols[6] == "." else cols[6],
+        "_record_hash": row["_record_hash"],
+        "_source_kind": SOURCE_KIND,
+        "_run_id": row["_run_id"],
+    }
+    persons = [person for person, _ in people]
+    sample_keys = [sample_key for _, sample_key in people]
     for index, alt in enumerate(alts, start=1 if variant.ALT else 0):
-        info = info_map(cols[7], header, allele=index, alleles=len(variant.ALT))
-        for sample, (person_key, sample_key) in enumerate(people):
-            gt, call = texts[sample], calls[sample]
-            called = [a for a in call[:-1] if a >= 0] if call is not None else []
-            columns["variant_key"].append(
-                record_key(key, "variant", SOURCE_SYSTEM, f"{row['_record_hash']}:{sample}:{index}")
-            )
-            columns["person_key"].append(person_key)
-            columns["sample_key"].append(sample_key)
-            columns["chrom"].append(variant.CHROM)
-            columns["pos"].append(variant.POS)
-            columns["variant_id"].append(variant_id)
-            columns["ref"].append(variant.REF)
-            columns["alt"].append(alt)
-            columns["allele_index"].append(index)
-            columns["genotype"].append(gt)
-            columns["phased"].append(None if gt is None else "|" in gt)
-            columns["alt_copies"].append(
-                None if not called else (called.count(index) if index else 0)
-            )
-            columns["depth"].append(depth[sample])
-            columns["genotype_quality"].append(quality[sample])
-            columns["qual"].append(qual)
-            columns["filter"].append(filt)
-            columns["info"].append(info)
-            columns["_record_hash"].append(row["_record_hash"])
-            columns["_source_kind"].append(SOURCE_KIND)
-            columns["_run_id"].append(row["_run_id"])
+        columns["variant_key"].extend(f"{line_key}:{sample}:{index}" for sample in range(samples))
+        columns["person_key"].extend(persons)
+        columns["sample_key"].extend(sample_keys)
+        columns["alt"].extend([alt] * samples)
+        columns["allele_index"].extend([index] * samples)
+        columns["genotype"].extend(texts)
+        columns["phased"].extend(phased)
+        columns["alt_copies"].extend(
+            None if not c else (c.count(index) if index else 0) for c in called
+        )
+        columns["depth"].extend(depth)
+        columns["genotype_quality"].extend(quality)
+        columns["info"].extend(
+            [info_map(cols[7], header, allele=index, alleles=len(variant.ALT))] * samples
+        )
+        for name, value in constant.items():
+            columns[name].extend([value] * samples)
 
 
 def _ints(
