@@ -60,11 +60,12 @@ import re
 import tempfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -585,7 +586,7 @@ def variants_from_bronze(records: pa.Table, headers: pa.Table, *, key: bytes) ->
         row["_record_hash"]: row["raw"]
         for row in headers.select(["_record_hash", "raw"]).to_pylist()
     }
-    columns: dict[str, list[Any]] = {name: [] for name in SILVER_VARIANTS.schema.names}
+    out = _Rows()
     bad: list[dict[str, Any]] = []
     sites_only = 0
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -615,15 +616,43 @@ def variants_from_bronze(records: pa.Table, headers: pa.Table, *, key: bytes) ->
                     }
                 )
                 continue
-            _add_rows(columns, row, variant, header, people, key=key)
-    good = pa.table(
-        {
-            name: pa.array(values, SILVER_VARIANTS.schema.field(name).type)
-            for name, values in columns.items()
-        },
-        schema=SILVER_VARIANTS.schema,
+            _add_rows(out, row, variant, header, people, key=key)
+    return Split(out.table(), quarantine_rows(bad, table_name=SILVER_VARIANTS.name)), sites_only
+
+
+NUMERIC_FORMAT = {"depth": "DP", "genotype_quality": "GQ"}
+
+
+@dataclass
+class _Rows:
+    """silver.variants columns being built: Python lists, FORMAT numbers as NumPy chunks (NaN:
+    missing), and INFO maps once per line and allele (``info`` holds an index into ``infos``)."""
+
+    columns: dict[str, list[Any]] = field(
+        default_factory=lambda: {
+            name: [] for name in SILVER_VARIANTS.schema.names if name not in NUMERIC_FORMAT
+        }
     )
-    return Split(good, quarantine_rows(bad, table_name=SILVER_VARIANTS.name)), sites_only
+    numbers: dict[str, list[np.ndarray]] = field(
+        default_factory=lambda: {name: [] for name in NUMERIC_FORMAT}
+    )
+    infos: list[list[tuple[str, str]]] = field(default_factory=list)
+
+    def table(self) -> pa.Table:
+        schema = SILVER_VARIANTS.schema
+        arrays: dict[str, pa.Array] = {}
+        for name in schema.names:
+            type_ = schema.field(name).type
+            if name == "info":
+                maps = pa.array(self.infos, type_)
+                arrays[name] = maps.take(pa.array(self.columns[name], pa.int64()))
+            elif name in NUMERIC_FORMAT:
+                chunks = self.numbers[name]
+                values = np.concatenate(chunks) if chunks else np.empty(0)
+                arrays[name] = pa.array(values, mask=np.isnan(values)).cast(type_)
+            else:
+                arrays[name] = pa.array(self.columns[name], type_)
+        return pa.table(arrays, schema=schema)
 
 
 def _sample_keys(header: Header, *, key: bytes) -> list[tuple[str, str]]:
@@ -694,7 +723,7 @@ def _same_site(row: Mapping[str, Any], variant: Any) -> bool:
 
 
 def _add_rows(
-    columns: dict[str, list[Any]],
+    out: _Rows,
     row: Mapping[str, Any],
     variant: Any,
     header: Header,
@@ -706,6 +735,7 @@ def _add_rows(
 
     ``variant_key`` is the line's keyed pseudonym with the sample's column and the allele's index.
     """
+    columns = out.columns
     cols = row["raw"].split("\t")
     keys = cols[8].split(":")
     samples = len(people)
@@ -718,12 +748,14 @@ def _add_rows(
         else [[] for _ in range(samples)]
     )
     phased = [None if gt is None else "|" in gt for gt in texts]
-    depth = _ints(variant, "DP", keys, header, samples)
-    quality = _ints(variant, "GQ", keys, header, samples)
     qual = variant.QUAL
     qual = None if qual is None or (isinstance(qual, float) and math.isnan(qual)) else float(qual)
     line_key = record_key(key, "variant", SOURCE_SYSTEM, row["_record_hash"])
     alts: list[str | None] = list(variant.ALT) or [None]
+    numbers = {
+        column: format_numbers(variant, name, keys, header, samples)
+        for column, name in NUMERIC_FORMAT.items()
+    }
     constant = {
         "chrom": variant.CHROM,
         "pos": variant.POS,
@@ -748,32 +780,31 @@ def _add_rows(
         columns["alt_copies"].extend(
             None if not c else (c.count(index) if index else 0) for c in called
         )
-        columns["depth"].extend(depth)
-        columns["genotype_quality"].extend(quality)
-        columns["info"].extend(
-            [info_map(cols[7], header, allele=index, alleles=len(variant.ALT))] * samples
-        )
+        columns["info"].extend([len(out.infos)] * samples)
+        out.infos.append(info_map(cols[7], header, allele=index, alleles=len(variant.ALT)))
+        for column, values in numbers.items():
+            out.numbers[column].append(values)
         for name, value in constant.items():
             columns[name].extend([value] * samples)
 
 
-def _ints(
+def format_numbers(
     variant: Any, name: str, keys: Sequence[str], header: Header, samples: int
-) -> list[int | None]:
-    """A numeric FORMAT field per sample as whole numbers, None where missing or not numeric."""
+) -> np.ndarray:
+    """A numeric FORMAT field's first value per sample, rounded to whole numbers; NaN where
+    missing, not given, or not declared Integer/Float."""
     declared = header.format.get(name)
-    if name not in keys or declared is None or declared.type not in ("Integer", "Float"):
-        return [None] * samples
-    values = variant.format(name)
+    values = (
+        variant.format(name)
+        if name in keys and declared is not None and declared.type in ("Integer", "Float")
+        else None
+    )
     if values is None:
-        return [None] * samples
-    out: list[int | None] = []
-    for value in values[:, 0].tolist():
-        if isinstance(value, float):
-            out.append(None if math.isnan(value) else round(value))
-        else:
-            out.append(None if value < _INT_MISSING else int(value))
-    return out
+        return np.full(samples, np.nan)
+    first = values[:, 0]
+    if first.dtype.kind == "f":
+        return np.round(first.astype(np.float64))
+    return np.where(first < _INT_MISSING, np.nan, first.astype(np.float64))
 
 
 def info_map(info: str, header: Header, *, allele: int, alleles: int) -> list[tuple[str, str]]:
