@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from cyvcf2 import VCF, Writer
 
-from medlake.expectations.gate import run_gate
+from medlake.expectations.gate import run_gate, suite_path, validate
 from medlake.governance.pseudonyms import mrn_key, source_key
 from medlake.jobs.ingest import fhir, vcf
 from medlake.jobs.stage import StageResult
@@ -401,3 +401,20 @@ def test_gzip_members_are_read_like_bgzip(tmp_path: Path) -> None:
     lake = Lake(tmp_path / "lake")
     ingested, _ = run(land(tmp_path, {"run1.vcf.gz": gzip.compress(vcf_text().encode())}), lake)
     assert ingested.entries[1].records_out == len(LINES)
+
+
+def test_the_shipped_suite_quarantines_a_row_with_a_malformed_genotype(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    run(land(tmp_path, {"run1.vcf": vcf_text()}), lake)
+    rows = lake.read(staging_name(SILVER_VARIANTS.name))
+    broken = rows.to_pylist()
+    broken[0]["genotype"] = "0-1"  # a flattening bug, not a file defect: ingest checks GT
+    result = validate(
+        pa.Table.from_pylist(broken, schema=SILVER_VARIANTS.schema),
+        suite_path(SILVER_VARIANTS.name),
+        table_name=SILVER_VARIANTS.name,
+    )
+    (quarantined,) = result.split.quarantined.to_pylist()
+    assert quarantined["rule_id"] == "gate.genotype_is_vcf_gt"
+    assert quarantined["record_id"] == broken[0]["variant_key"]
+    assert result.split.good.num_rows == rows.num_rows - 1
