@@ -161,8 +161,9 @@ class Header:
     format: Mapping[str, Field]
     mrns: Mapping[str, tuple[str, str]]  # sample id → (MRN, assigning authority), from ##SAMPLE
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
+        """The header's content hash: its key in bronze.vcf_headers."""
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
     @property
@@ -479,12 +480,16 @@ def check_line(line: str, header: Header, *, where: str) -> list[str]:
 
 
 def _check_info(info: str, header: Header, *, where: str) -> None:
+    """Raise naming the first malformed INFO entry or the field not of its declared type."""
     if info == ".":
         return
-    for entry in info.split(";"):
+    for number, entry in enumerate(info.split(";"), start=1):
         name, eq, value = entry.partition("=")
         if not _KEY.fullmatch(name) or (eq and not value):
-            raise Rejected("parse.vcf_bad_info", f"{where}: INFO entry {entry[:20]!r} is malformed")
+            raise Rejected(
+                "parse.vcf_bad_info",
+                f"{where}: INFO entry {number} has no valid key or an empty value",
+            )
         declared = header.info.get(name)
         if declared and eq and not _typed(value.split(","), declared.type):
             raise Rejected(
