@@ -806,7 +806,7 @@ def format_numbers(
     )
     if values is None:
         return np.full(samples, np.nan)
-    first = values[:, 0]
+    first: np.ndarray = values[:, 0]
     if first.dtype.kind == "f":
         return np.round(first.astype(np.float64))
     return np.where(first < _INT_MISSING, np.nan, first.astype(np.float64))
