@@ -63,7 +63,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -867,23 +867,47 @@ def to_staging(
     versions: dict[str, int | None],
 ) -> StageResult:
     """This run's bronze VCF lines → staging.variants (overwritten, possibly empty) + quarantine +
-    ledger. ``max_shift_days`` is unused: VCF lines carry no clinical dates."""
+    ledger. ``max_shift_days`` is unused: VCF lines carry no clinical dates.
+
+    Lines are flattened in batches of about :data:`ROWS_PER_BATCH` silver rows, each appended to
+    staging as it is made, so memory follows the batch, not the run.
+    """
     records = lake.read(
         BRONZE_VCF.name, version=versions.get(BRONZE_VCF.name), where={"_run_id": run_id}
     )
     headers = lake.read(BRONZE_VCF_HEADERS.name, version=versions.get(BRONZE_VCF_HEADERS.name))
-    split, sites_only = variants_from_bronze(records, headers, key=key)
-    lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
-    staged = len(set(split.good.column("_record_hash").to_pylist()))
+    name = staging_name(SILVER_VARIANTS.name)
+    staged = quarantined = sites_only = 0
+    version: int | None = None
+    for number, batch in enumerate(batches(records, headers)):
+        split, only = variants_from_bronze(batch, headers, key=key)
+        lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
+        staged += len(set(split.good.column("_record_hash").to_pylist()))
+        quarantined += split.quarantined.num_rows
+        sites_only += only
+        mode: Literal["append", "overwrite"] = "overwrite" if number == 0 else "append"
+        version = lake.write(name, split.good, mode=mode, spec=SILVER_VARIANTS)
     entry = Entry(
         stage="silver",
         table_name=SILVER_VARIANTS.name,
         records_in=records.num_rows,
         records_out=staged,
-        quarantined=split.quarantined.num_rows,
+        quarantined=quarantined,
         bronze_only=sites_only,
     )
-    name = staging_name(SILVER_VARIANTS.name)
-    version = lake.write(name, split.good, mode="overwrite", spec=SILVER_VARIANTS)
     ledger.record(lake, run_id, [entry])
     return StageResult({name: version}, [entry])
+
+
+#: silver rows flattened at a time by :func:`to_staging`
+ROWS_PER_BATCH = 200_000
+
+
+def batches(records: pa.Table, headers: pa.Table) -> Iterator[pa.Table]:
+    """Slices of the bronze lines giving about ROWS_PER_BATCH silver rows each (by the widest
+    header's sample count); one empty slice when there are no lines."""
+    widest = max((len(s) for s in headers.column("samples").to_pylist()), default=1)
+    size = max(1, ROWS_PER_BATCH // max(1, widest))
+    yield records.slice(0, size)
+    for start in range(size, records.num_rows, size):
+        yield records.slice(start, size)

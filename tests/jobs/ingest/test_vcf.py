@@ -418,3 +418,24 @@ def test_the_shipped_suite_quarantines_a_row_with_a_malformed_genotype(tmp_path:
     assert quarantined["rule_id"] == "gate.genotype_is_vcf_gt"
     assert quarantined["record_id"] == broken[0]["variant_key"]
     assert result.split.good.num_rows == rows.num_rows - 1
+
+
+def test_staging_in_small_batches_gives_the_same_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole, batched = Lake(tmp_path / "whole"), Lake(tmp_path / "batched")
+    landing = land(
+        tmp_path, {"run1.vcf": vcf_text([*LINES, "chr1\tx\t.\tA\tG\t.\t.\t.\tGT\t0\t0\t0"])}
+    )
+    _, one = run(landing, whole)
+    monkeypatch.setattr(vcf, "ROWS_PER_BATCH", 6)  # 2 lines of 3 samples per batch
+    _, many = run(landing, batched)
+    assert (
+        len(list(vcf.batches(batched.read(BRONZE_VCF.name), batched.read(BRONZE_VCF_HEADERS.name))))
+        == 3
+    )
+    assert many.entries == one.entries
+    assert sorted(staged_rows(batched), key=lambda r: r["variant_key"]) == sorted(
+        staged_rows(whole), key=lambda r: r["variant_key"]
+    )
+    assert len(staged_rows(batched)) == 6 * 3
