@@ -53,7 +53,7 @@ SOURCE_KINDS = ("fhir", "hl7v2", "csv", "dicom", "vitals", "vcf")
 #: sources that plug in through the stage contract of jobs/stage.py: landing kind → module under
 #: medlake.jobs.ingest with ingest(...) and to_staging(...). FHIR and HL7 v2 share silver tables
 #: and the patient aliases, so clean() runs them together.
-SOURCES: dict[str, str] = {"csv": "csv", "vitals": "vitals", "dicom": "dicom"}
+SOURCES: dict[str, str] = {"csv": "csv", "vitals": "vitals", "dicom": "dicom", "vcf": "vcf"}
 PARSED_KINDS = ("fhir", "hl7v2", *SOURCES)
 SILVER_TABLES = registry.SILVER_TABLES
 #: tables every stage writes besides its own, at their version after the stage (lineage outputs)

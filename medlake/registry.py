@@ -446,6 +446,83 @@ SILVER_IMAGING_INSTANCES = TableSpec(
     ),
 )
 
+BRONZE_VCF = TableSpec(
+    name="bronze.vcf_records",
+    schema=pa.schema(
+        [
+            _f("chrom", nullable=False),
+            _f("pos", pa.int64(), nullable=False),
+            _f("ref", nullable=False),
+            _f("alt", nullable=False),
+            _f("header_hash", nullable=False),
+            _f("raw", pa.large_string(), nullable=False),
+            _f("_source_file", nullable=False),
+            _f("_source_offset", pa.int64(), nullable=False),
+            _f("_ingested_at", TS, nullable=False),
+            _f("_record_hash", nullable=False),
+            _f("_run_id", nullable=False),
+        ]
+    ),
+    key=("_record_hash",),
+    description=(
+        "VCF data lines as received: one row per line, the text kept verbatim; header_hash names "
+        "the file's header in bronze.vcf_headers, _source_offset is the line number in the file."
+    ),
+    phi_columns=("raw", "_source_file"),
+)
+
+BRONZE_VCF_HEADERS = TableSpec(
+    name="bronze.vcf_headers",
+    schema=pa.schema(
+        [
+            _f("fileformat", nullable=False),
+            _f("samples", pa.list_(pa.string()), nullable=False),
+            _f("raw", pa.large_string(), nullable=False),
+            _f("_source_file", nullable=False),
+            _f("_source_offset", pa.int64(), nullable=False),
+            _f("_ingested_at", TS, nullable=False),
+            _f("_record_hash", nullable=False),
+            _f("_run_id", nullable=False),
+        ]
+    ),
+    key=("_record_hash",),
+    description=(
+        "VCF headers as received (the ## meta lines and the #CHROM line, verbatim): one row per "
+        "distinct header, keyed by its hash, which bronze.vcf_records rows name as header_hash."
+    ),
+    phi_columns=("raw", "samples", "_source_file"),
+)
+
+SILVER_VARIANTS = TableSpec(
+    name="silver.variants",
+    schema=_schema(
+        _f("variant_key", nullable=False),
+        _f("person_key", nullable=False),
+        _f("sample_key", nullable=False),
+        _f("chrom", nullable=False),
+        _f("pos", pa.int64(), nullable=False),
+        _f("variant_id"),
+        _f("ref", nullable=False),
+        _f("alt"),
+        _f("allele_index", pa.int32(), nullable=False),
+        _f("genotype"),
+        _f("phased", pa.bool_()),
+        _f("alt_copies", pa.int32()),
+        _f("depth", pa.int32()),
+        _f("genotype_quality", pa.int32()),
+        _f("qual", pa.float64()),
+        _f("filter"),
+        _f("info", pa.map_(pa.string(), pa.string())),
+    ),
+    key=("variant_key",),
+    description=(
+        "One row per ALT allele of a VCF line per sample: the sample's genotype as written "
+        "(alt_copies: copies of this allele in it), depth, genotype quality, and the line's QUAL, "
+        "FILTER and INFO (per-allele INFO values narrowed to this allele)."
+    ),
+    partition_by=("chrom",),
+)
+
 QUARANTINE = TableSpec(
     name="quarantine",
     schema=pa.schema(
@@ -521,6 +598,9 @@ TABLES: dict[str, TableSpec] = {
         SILVER_IMAGING_STUDIES,
         SILVER_IMAGING_SERIES,
         SILVER_IMAGING_INSTANCES,
+        BRONZE_VCF,
+        BRONZE_VCF_HEADERS,
+        SILVER_VARIANTS,
         QUARANTINE,
         LEDGER,
     )

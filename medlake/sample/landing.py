@@ -13,9 +13,10 @@ from medlake.sample.fhir import write_fhir
 from medlake.sample.hl7v2 import write_hl7v2
 from medlake.sample.people import Hospital
 from medlake.sample.truth import Truth
+from medlake.sample.vcf import write_vcf
 from medlake.sample.vitals import write_vitals
 
-# One sub-folder per source kind; writers for csv, dicom, vitals and vcf are still to come.
+# One sub-folder per source kind, each with its writer below.
 SOURCE_KINDS = ("fhir", "hl7v2", "csv", "dicom", "vitals", "vcf")
 TRUTH_FILE = "_truth.json"
 
@@ -45,6 +46,7 @@ def generate(out: Path, *, patients: int, seed: int) -> SampleManifest:
     write_csv(hospital, out, truth)
     write_vitals(hospital, out, truth)
     write_dicom(hospital, out, truth)
+    write_vcf(hospital, out, truth)
     truth_path = out / TRUTH_FILE
     truth.write(truth_path)
     return SampleManifest(

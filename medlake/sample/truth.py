@@ -51,6 +51,13 @@ DICOM files (`dicom`, every file below `landing/dicom/` at any depth, one record
 `{"file", "offset": 0, "person", "mrn", "study_uid", "modality", "files", "compressed"}`
 (the study's original UID, before de-identification remaps it).
 
+VCF files (`vcf/cohort`, `vcf/single`, see `medlake.sample.vcf`) add to `files` (a file's
+records are its data lines plus its header; a file with a broken header is one record),
+`total_records`, `malformed` (offset: the 1-based line, 0 for the header) and `phi` (the MRNs in
+`##SAMPLE` lines), and list every sample in `vcf_samples`: `{"file", "offset": 0, "sample",
+"mrn" (null when the sample is linked to no patient), "genotype_rows"}` (the silver.variants rows
+it must produce: max(1, ALT alleles) per valid data line).
+
 HL7 v2 files (`hl7v2/adt`, `hl7v2/lab`, `hl7v2/pharmacy`) add to `files`, `total_records`,
 `malformed` and `phi`; the data-level sections (`duplicates` to `free_text`) point at FHIR
 records only, though the HL7 messages render the same people's facts.
@@ -114,6 +121,7 @@ class Truth:
                 "csv_local_coded",
                 "vitals",
                 "imaging",
+                "vcf_samples",
             )
         }
         self.phi: dict[str, set[str]] = {kind: set() for kind in PHI_KINDS}

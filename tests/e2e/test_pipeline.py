@@ -58,7 +58,8 @@ def test_every_record_read_is_accounted_for(hospital):
     assert summary["ledger_balanced"]
     ingest = [e for e in summary["ledger"] if e["stage"] == "ingest"]
     assert {e["table_name"] for e in ingest} == {"bronze.fhir_resources", "bronze.hl7v2_messages",
-                                                 "bronze.csv_rows", "bronze.vitals_samples", "bronze.dicom_files"}
+                                                 "bronze.csv_rows", "bronze.vitals_samples", "bronze.dicom_files",
+                                                 "bronze.vcf_records", "bronze.vcf_headers"}
     assert sum(e["records_in"] for e in ingest) == truth["total_records"]
     stages = {e["stage"] for e in summary["ledger"]}
     assert stages == {"ingest", "silver", "deid_text", "standardize", "resample", "gate", "impute"}
