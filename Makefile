@@ -20,7 +20,7 @@ export PYTHONDONTWRITEBYTECODE :=
 export MLFLOW_ALLOW_FILE_STORE := false
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: env browser demo test test-fast airflow bench lint clean
+.PHONY: env browser demo test test-fast airflow bench bench-sources bench-clean lint clean
 
 env: $(STAMP)
 
@@ -57,6 +57,18 @@ airflow: env
 
 bench: env
 	$(BIN)/python bench/run.py --patients 10000
+
+# Per-source throughput (bench/README.md states sizes and figures)
+bench-sources: env
+	$(BIN)/python bench/ingest_csv.py --rows 100000
+	$(BIN)/python bench/ingest_vitals.py --samples 1000000
+	$(BIN)/python bench/ingest_dicom.py --files 1000
+	$(BIN)/python bench/ingest_vcf.py --variants 100000 --samples 10
+
+# Each cleaning step on 1M observations, and Splink linkage of 100k patient records
+bench-clean: env
+	$(BIN)/python bench/clean_steps.py --rows 1000000
+	$(BIN)/python bench/linkage.py --records 100000
 
 lint: env
 	$(BIN)/ruff check medlake jobs governance expectations training dags tests bench
