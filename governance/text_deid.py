@@ -136,8 +136,20 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
     runs), and the context keywords (lemmas that are neither stop words nor punctuation) come
     from the same pass over the tokens instead of one vocabulary look-up per word."""
 
+    #: Recognizer context words kept as keywords even when spaCy lists them as stop words
+    #: ("call" before a phone number).
+    context_words: frozenset[str] = frozenset()
+
     def _doc_to_nlp_artifact(self, doc: Doc, language: str) -> NlpArtifacts:
-        words = [(token.idx, token.lower_, token.is_stop or token.is_punct) for token in doc]
+        keep = self.context_words
+        words = [
+            (
+                token.idx,
+                token.lower_,
+                token.is_punct or token.is_space or (token.is_stop and token.lower_ not in keep),
+            )
+            for token in doc
+        ]
         entities, scores = self._get_updated_entities(doc.ents, self._get_scores_for_entities(doc))
         artifacts = NlpArtifacts(
             entities=entities,
@@ -268,6 +280,9 @@ class TextDeidentifier:
             supported_languages=[LANGUAGE],
             context_aware_enhancer=LeanContextEnhancer(),
         )
+        self.nlp_engine.context_words = frozenset(
+            word.lower() for r in registry.recognizers for word in r.context or ()
+        )
         self._entities = sorted(
             {*self.analyzer.get_supported_entities(LANGUAGE), RECORD_NAME, RECORD_IDENTIFIER}
         )
@@ -307,7 +322,9 @@ class TextDeidentifier:
             score_threshold=self.score_threshold,
             ad_hoc_recognizers=self._record_recognizers(terms),
         )
-        results = relabel_record_hits([r for r in results if is_identifying(text, r)])
+        results = relabel_record_hits(
+            [r for r in results if is_identifying(text, r, self._stop_words)]
+        )
         return merge_spans(text, results + propagate_names(text, results, self._stop_words))
 
     def _entities_for(self, text: str) -> list[str]:
@@ -403,16 +420,23 @@ _DATE_SHAPE = re.compile(
 )
 
 
-def is_identifying(text: str, result: RecognizerResult) -> bool:
+def is_identifying(
+    text: str, result: RecognizerResult, stop_words: frozenset[str] = frozenset()
+) -> bool:
     """Drop detections that identify nobody: "dates" that are durations, readings or relative
-    ("2 weeks", "142/91", "last night") rather than a day, month or year, and bare acronyms spaCy
-    takes for organisations ("SSN", "ATM")."""
+    ("2 weeks", "142/91", "last night") rather than a day, month or year, bare acronyms spaCy
+    takes for organisations ("SSN", "ATM"), and "names" made of stop words only ("call me on")."""
     value = text[result.start : result.end]
     if result.entity_type == "DATE_TIME":
         return bool(_DATE_SHAPE.search(value))
     if result.entity_type in ("ORGANIZATION", "NRP", "LOCATION"):
         return not _ACRONYM.fullmatch(value.strip())
+    if result.entity_type == "PERSON":
+        return any(w.casefold() not in stop_words for w in _NAME_WORD.findall(value))
     return True
+
+
+_NAME_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
 
 _LIST = re.compile(r"(?-i:\b[A-Z][\w'’-]+(?:,\s+[A-Z][\w'’-]+)+,?\s+(?:and|&|or)\s+[A-Z][\w'’-]+)")
