@@ -48,9 +48,7 @@ class PolicyError(ValueError):
 class AccessDenied(PermissionError):
     """The role may not read this (table, column or purpose); the attempt was audited."""
 
-    def __init__(
-        self, role: str, table: str, column: str | None, purpose: str | None, why: str
-    ) -> None:
+    def __init__(self, role: str, table: str, column: str | None, purpose: str | None, why: str) -> None:
         self.role = role
         self.table = table
         self.column = column
@@ -136,13 +134,8 @@ class Policy:
         purposes = tuple(raw.get("purposes") or PURPOSES)
         unknown = [p for p in purposes if p not in PURPOSES]
         if unknown:
-            raise PolicyError(
-                f"policy {source}: unknown purposes {unknown}; known: {', '.join(PURPOSES)}"
-            )
-        phi = {
-            str(t): tuple(str(c) for c in cols)
-            for t, cols in (raw.get("phi_columns") or {}).items()
-        }
+            raise PolicyError(f"policy {source}: unknown purposes {unknown}; known: {', '.join(PURPOSES)}")
+        phi = {str(t): tuple(str(c) for c in cols) for t, cols in (raw.get("phi_columns") or {}).items()}
         grants: dict[str, tuple[Grant, ...]] = {}
         dataset_grants: dict[str, Grant] = {}
         for role, body in raw["roles"].items():
@@ -154,29 +147,18 @@ class Policy:
             )
             if body.get("datasets") is not None:
                 dataset_grants[str(role)] = _grant(
-                    str(role),
-                    {"tables": ["datasets"], **body["datasets"]},
-                    where=f"{where}, datasets",
-                    purposes=purposes,
+                    str(role), {"tables": ["datasets"], **body["datasets"]}, where=f"{where}, datasets", purposes=purposes
                 )
         budget = raw.get("dp_budget") or {}
         try:
             default_budget = float(budget.get("default", cls.dp_default_budget))
             role_budgets = {str(r): float(b) for r, b in (budget.get("roles") or {}).items()}
         except (TypeError, ValueError, AttributeError):
-            raise PolicyError(
-                f"policy {source}: dp_budget needs numbers: {{default: 3.0, roles: {{role: 1.0}}}}"
-            ) from None
+            raise PolicyError(f"policy {source}: dp_budget needs numbers: {{default: 3.0, roles: {{role: 1.0}}}}") from None
         if min([default_budget, *role_budgets.values()]) <= 0:
             raise PolicyError(f"policy {source}: every dp_budget must be positive")
-        return cls(
-            grants=grants,
-            dataset_grants=dataset_grants,
-            phi_columns=phi,
-            dp_budgets=role_budgets,
-            dp_default_budget=default_budget,
-            source=source,
-        )
+        return cls(grants=grants, dataset_grants=dataset_grants, phi_columns=phi, dp_budgets=role_budgets,
+                   dp_default_budget=default_budget, source=source)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -219,9 +201,7 @@ def _grant(role: str, raw: Any, *, where: str, purposes: tuple[str, ...]) -> Gra
     elif isinstance(columns, list) and all(isinstance(c, str) for c in columns):
         mode, listed = "listed", tuple(columns)
     else:
-        raise PolicyError(
-            f"{where}: columns must be '*', 'deidentified' or a list of names, not {columns!r}"
-        )
+        raise PolicyError(f"{where}: columns must be '*', 'deidentified' or a list of names, not {columns!r}")
     granted = tuple(raw.get("purposes") or ())
     if not granted:
         raise PolicyError(f"{where}: states no purposes of use")
@@ -232,9 +212,7 @@ def _grant(role: str, raw: Any, *, where: str, purposes: tuple[str, ...]) -> Gra
     for column, value in (raw.get("row_filter") or {}).items():
         values = tuple(value) if isinstance(value, list) else (value,)
         if not values or not all(isinstance(v, str | int | float | bool) for v in values):
-            raise PolicyError(
-                f"{where}: row_filter {column} must be a value or a non-empty list of values"
-            )
+            raise PolicyError(f"{where}: row_filter {column} must be a value or a non-empty list of values")
         row_filter.append((str(column), values))
     return Grant(
         role=role,
@@ -271,27 +249,19 @@ def authorize(
         return AccessDenied(role, table, column, purpose, why)
 
     if not TABLE_NAME.match(table):
-        raise deny(
-            f"role {role!r} may not read {table!r}: not a table name (layer.table, lower case)"
-        )
+        raise deny(f"role {role!r} may not read {table!r}: not a table name (layer.table, lower case)")
     if role not in policy.grants:
-        raise deny(
-            f"role {role!r} may not read {table}: the policy has no role {role!r} "
-            f"(roles: {', '.join(policy.roles)})"
-        )
+        raise deny(f"role {role!r} may not read {table}: the policy has no role {role!r} "
+                   f"(roles: {', '.join(policy.roles)})")
     if purpose not in PURPOSES:
-        raise deny(
-            f"role {role!r} may not read {table} for purpose {purpose!r}: "
-            f"not a purpose of use ({', '.join(PURPOSES)})"
-        )
+        raise deny(f"role {role!r} may not read {table} for purpose {purpose!r}: "
+                   f"not a purpose of use ({', '.join(PURPOSES)})")
     grant = policy.grant_for(role, table)
     if grant is None:
         raise deny(f"role {role!r} may not read table {table}: no grant covers it")
     if purpose not in grant.purposes:
-        raise deny(
-            f"role {role!r} may not read {table} for purpose {purpose!r}: "
-            f"the grant allows {', '.join(grant.purposes)}"
-        )
+        raise deny(f"role {role!r} may not read {table} for purpose {purpose!r}: "
+                   f"the grant allows {', '.join(grant.purposes)}")
     if grant.via:
         raise deny(f"role {role!r} may read {table} only through `{grant.via}`, not a plain read")
     phi = policy.phi_of(table)
@@ -323,17 +293,8 @@ def read_table(
     policy = policy or Policy.load()
 
     def record(action: str, **details: Any) -> None:
-        audit.append(
-            lake,
-            key=audit_key,
-            actor=actor,
-            role=role,
-            action=action,
-            object=name,
-            run_id=run_id,
-            purpose=purpose,
-            details=details,
-        )
+        audit.append(lake, key=audit_key, actor=actor, role=role, action=action, object=name,
+                     run_id=run_id, purpose=purpose, details=details)
 
     try:
         grant = authorize(policy, role=role, table=name, columns=columns, purpose=purpose)
@@ -345,9 +306,7 @@ def read_table(
     if columns is not None:
         missing = [c for c in columns if c not in available]
         if missing:
-            raise KeyError(
-                f"table {name} has no column {missing[0]!r}; columns: {', '.join(available)}"
-            )
+            raise KeyError(f"table {name} has no column {missing[0]!r}; columns: {', '.join(available)}")
         selected = list(columns)
     else:
         selected = grant.columns_of(available, phi=phi)
@@ -358,9 +317,7 @@ def read_table(
         raise AccessDenied(role, name, None, purpose, why)
     # Lake.read takes an empty projection for "every column": read one visible column and
     # drop it, so asking for no columns (a row count) returns rows and nothing else.
-    data = lake.read(
-        name, version=version, columns=selected or visible[:1], filter=grant.filter_expression()
-    )
+    data = lake.read(name, version=version, columns=selected or visible[:1], filter=grant.filter_expression())
     data = data.select(selected)
     if phi:
         record(
@@ -428,14 +385,10 @@ def allowed_columns_for_pull(
         pulling = ", ".join(sorted(policy.dataset_grants))
         raise deny(f"role {role!r} may not pull dataset {manifest.ref}; roles that may: {pulling}")
     if grant.deid_levels and manifest.deid_level not in grant.deid_levels:
-        raise deny(
-            f"role {role!r} may not pull dataset {manifest.ref}: it is {manifest.deid_level}, "
-            f"not de-identified ({' or '.join(grant.deid_levels)})"
-        )
+        raise deny(f"role {role!r} may not pull dataset {manifest.ref}: it is {manifest.deid_level}, "
+                   f"not de-identified ({' or '.join(grant.deid_levels)})")
     if purpose is not None and purpose not in grant.purposes:
-        raise deny(
-            f"role {role!r} may not pull dataset {manifest.ref} for purpose {purpose!r}: "
-            f"the grant allows {', '.join(grant.purposes)}"
-        )
+        raise deny(f"role {role!r} may not pull dataset {manifest.ref} for purpose {purpose!r}: "
+                   f"the grant allows {', '.join(grant.purposes)}")
     phi = (*policy.phi_of(manifest.table), *manifest.phi_columns)
     return tuple(c for c in manifest.columns if grant.allows_column(c, phi=phi))

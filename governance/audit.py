@@ -111,9 +111,7 @@ class AuditEntry:
         """The bytes ``entry_hash`` is computed over: every field but the hash and the MAC."""
         fields = {k: v for k, v in asdict(self).items() if k not in ("entry_hash", "mac")}
         fields["at"] = _iso(self.at)
-        return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
-            "ascii"
-        )
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
     def computed_hash(self) -> str:
         return hashlib.sha256(b"medlake.audit.entry.v1\n" + self.canonical()).hexdigest()
@@ -174,9 +172,7 @@ def append(
         if not value or not value.strip():
             raise ValueError(f"an audit entry needs a non-empty {name}")
     details_json = (
-        json.dumps(dict(details), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        if details
-        else None
+        json.dumps(dict(details), sort_keys=True, separators=(",", ":"), ensure_ascii=True) if details else None
     )
     root = lake.path(TABLE)
     with exclusive(root / LOCK_FILE):
@@ -236,9 +232,7 @@ def _seal(key: bytes, **fields: Any) -> AuditEntry:
         **fields,
     )
     entry_hash = draft.computed_hash()
-    return AuditEntry(
-        **{**asdict(draft), "entry_hash": entry_hash, "mac": _entry_mac(key, entry_hash)}
-    )
+    return AuditEntry(**{**asdict(draft), "entry_hash": entry_hash, "mac": _entry_mac(key, entry_hash)})
 
 
 @dataclass(frozen=True)
@@ -272,9 +266,7 @@ def _tail(root: Path, key: bytes) -> tuple[DeltaTable, _Link]:
         .to_pylist()
     )
     entries = [AuditEntry.from_row(r) for r in rows]
-    if head.seq >= 0 and (
-        not entries or entries[0].seq != head.seq or entries[0].entry_hash != head.entry_hash
-    ):
+    if head.seq >= 0 and (not entries or entries[0].seq != head.seq or entries[0].entry_hash != head.entry_hash):
         raise AuditLogBroken(
             f"the audit log at {root} no longer holds entry {head.seq} as its signed head records it: "
             "run `medlake audit verify` and investigate before writing to it"
@@ -282,13 +274,9 @@ def _tail(root: Path, key: bytes) -> tuple[DeltaTable, _Link]:
     tail = _Link(head.seq, head.entry_hash)
     # Entries after the head: written by an appender that crashed before moving the head.
     for entry in entries[1:] if head.seq >= 0 else entries:
-        problem = _entry_problem(
-            entry, expected_seq=tail.seq + 1, prev_hash=tail.entry_hash, key=key
-        )
+        problem = _entry_problem(entry, expected_seq=tail.seq + 1, prev_hash=tail.entry_hash, key=key)
         if problem:
-            raise AuditLogBroken(
-                f"{problem}; run `medlake audit verify` and investigate before writing to it"
-            )
+            raise AuditLogBroken(f"{problem}; run `medlake audit verify` and investigate before writing to it")
         tail = _Link(entry.seq, entry.entry_hash)
     return table, tail
 
@@ -325,13 +313,9 @@ def verify(lake: Lake, *, key: bytes) -> Verification:
     def broken(seq: int | None, problem: str) -> Verification:
         return Verification(False, count, seq, problem, head_seq)
 
-    head_ok = head is not None and hmac.compare_digest(
-        head.mac, _head_mac(key, head.seq, head.entry_hash)
-    )
+    head_ok = head is not None and hmac.compare_digest(head.mac, _head_mac(key, head.seq, head.entry_hash))
     if entries and not head_ok and not any(_mac_ok(key, e) for e in entries):
-        return broken(
-            0, "no entry's MAC and not the head's verifies under this key: wrong audit key"
-        )
+        return broken(0, "no entry's MAC and not the head's verifies under this key: wrong audit key")
 
     prev_hash = GENESIS_HASH
     for position, entry in enumerate(entries):
@@ -343,16 +327,10 @@ def verify(lake: Lake, *, key: bytes) -> Verification:
     last = entries[-1].seq if entries else -1
     if head is None:
         if entries:
-            return broken(
-                None,
-                f"the signed head ({HEAD_FILE}) is missing: the end of the log cannot be vouched for",
-            )
+            return broken(None, f"the signed head ({HEAD_FILE}) is missing: the end of the log cannot be vouched for")
         return Verification(True, 0, head_seq=None)
     if not head_ok:
-        return broken(
-            None,
-            f"the signed head ({HEAD_FILE}) does not verify under this key: it was edited or replaced, or this is not the log's key",
-        )
+        return broken(None, f"the signed head ({HEAD_FILE}) does not verify under this key: it was edited or replaced, or this is not the log's key")
     if head.seq > last:
         removed = head.seq - last
         return broken(
@@ -368,9 +346,7 @@ def verify(lake: Lake, *, key: bytes) -> Verification:
     return Verification(True, count, head_seq=head.seq)
 
 
-def _entry_problem(
-    entry: AuditEntry, *, expected_seq: int, prev_hash: str, key: bytes
-) -> str | None:
+def _entry_problem(entry: AuditEntry, *, expected_seq: int, prev_hash: str, key: bytes) -> str | None:
     """What is wrong with one entry at its place in the chain, or None."""
     seq = expected_seq
     if entry.seq > seq:
@@ -379,9 +355,7 @@ def _entry_problem(
         return f"entry {entry.seq} appears twice: an entry was inserted"
     if entry.prev_hash != prev_hash:
         what = "does not start the chain" if seq == 0 else f"does not follow entry {seq - 1}"
-        return (
-            f"entry {seq} {what} (prev_hash mismatch): entries were reordered, inserted or deleted"
-        )
+        return f"entry {seq} {what} (prev_hash mismatch): entries were reordered, inserted or deleted"
     if entry.computed_hash() != entry.entry_hash:
         return f"entry {seq} was altered: its fields no longer match its entry_hash"
     if not _mac_ok(key, entry):
@@ -415,21 +389,12 @@ def _check_key(key: bytes) -> None:
 
 def _check_action(action: str) -> None:
     area, _, verb = action.partition(".")
-    if not (
-        area
-        and verb
-        and action.replace("_", "").replace(".", "").isalnum()
-        and action == action.lower()
-    ):
-        raise ValueError(
-            f"audit action {action!r} must look like '<area>.<verb>', e.g. {', '.join(ACTIONS)}"
-        )
+    if not (area and verb and action.replace("_", "").replace(".", "").isalnum() and action == action.lower()):
+        raise ValueError(f"audit action {action!r} must look like '<area>.<verb>', e.g. {', '.join(ACTIONS)}")
 
 
 def _entry_mac(key: bytes, entry_hash: str) -> str:
-    return hmac.new(
-        key, b"medlake.audit.mac.v1\x1f" + entry_hash.encode("ascii"), hashlib.sha256
-    ).hexdigest()
+    return hmac.new(key, b"medlake.audit.mac.v1\x1f" + entry_hash.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def _mac_ok(key: bytes, entry: AuditEntry) -> bool:
@@ -449,9 +414,7 @@ def _read_head(root: Path) -> _Head | None:
         raw = json.loads(path.read_text())
         return _Head(seq=int(raw["seq"]), entry_hash=str(raw["entry_hash"]), mac=str(raw["mac"]))
     except (ValueError, KeyError, TypeError):
-        return _Head(
-            seq=-1, entry_hash="", mac=""
-        )  # unreadable: reported as a head that does not verify
+        return _Head(seq=-1, entry_hash="", mac="")  # unreadable: reported as a head that does not verify
 
 
 def _iso(at: datetime) -> str:

@@ -78,9 +78,7 @@ def decrypt(key: bytes, nonce: bytes, ciphertext: bytes, *, aad: bytes) -> bytes
     try:
         return AESGCM(key).decrypt(nonce, ciphertext, aad)
     except InvalidTag:
-        raise DecryptionFailed(
-            "authentication failed: wrong key for this key id, or the data was altered"
-        ) from None
+        raise DecryptionFailed("authentication failed: wrong key for this key id, or the data was altered") from None
 
 
 def seal(keyring: Keyring, plaintext: bytes, *, context: str) -> bytes:
@@ -91,9 +89,7 @@ def seal(keyring: Keyring, plaintext: bytes, *, context: str) -> bytes:
     and must be given again to open it.
     """
     key_id = keyring.active_id
-    nonce, ciphertext = encrypt(
-        keyring.active_key, plaintext, aad=associated_data("sealed", context, key_id)
-    )
+    nonce, ciphertext = encrypt(keyring.active_key, plaintext, aad=associated_data("sealed", context, key_id))
     tag = key_id.encode("ascii")
     return bytes([_BLOB_VERSION, len(tag)]) + tag + nonce + ciphertext
 
@@ -110,9 +106,7 @@ def unseal(keyring: Keyring, blob: bytes, *, context: str) -> bytes:
     key_id = sealed_key_id(blob)
     start = 2 + blob[1]
     nonce, ciphertext = blob[start : start + NONCE_BYTES], blob[start + NONCE_BYTES :]
-    return decrypt(
-        keyring.key(key_id), nonce, ciphertext, aad=associated_data("sealed", context, key_id)
-    )
+    return decrypt(keyring.key(key_id), nonce, ciphertext, aad=associated_data("sealed", context, key_id))
 
 
 @dataclass(frozen=True)
@@ -128,9 +122,7 @@ class Keyring:
         for key_id, key in self.keys.items():
             check_key_id(key_id)
             if len(key) != KEY_BYTES:
-                raise KeyringError(
-                    f"key {key_id} in {self.source} is {len(key)} bytes, not {KEY_BYTES}"
-                )
+                raise KeyringError(f"key {key_id} in {self.source} is {len(key)} bytes, not {KEY_BYTES}")
         if self.active_id not in self.keys:
             raise KeyringError(f"the active key {self.active_id!r} is not in {self.source}")
         object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
@@ -166,34 +158,24 @@ class Keyring:
         pointer = folder / ACTIVE_FILE
         if not keys and not pointer.exists():
             if not create:
-                raise KeyringError(
-                    f"no keys in {folder}: nothing was ever encrypted there, or the key folder moved"
-                )
+                raise KeyringError(f"no keys in {folder}: nothing was ever encrypted there, or the key folder moved")
             key_id = new_key_id()
             keys[key_id] = _create_key_file(folder, key_id)
             write_atomically(pointer, key_id + "\n")
         if not pointer.exists():
-            raise KeyringError(
-                f"{folder} holds keys but no '{ACTIVE_FILE}' file naming the one in use"
-            )
+            raise KeyringError(f"{folder} holds keys but no '{ACTIVE_FILE}' file naming the one in use")
         active_id = pointer.read_text().strip()
         if active_id not in keys:
-            raise KeyringError(
-                f"{pointer} names key {active_id!r}, but {folder} has no {active_id}.key"
-            )
+            raise KeyringError(f"{pointer} names key {active_id!r}, but {folder} has no {active_id}.key")
         return cls(keys=keys, active_id=active_id, folder=folder, source=str(folder))
 
     @classmethod
-    def from_json(
-        cls, text: str, *, active: str | None = None, source: str = "MEDLAKE_VAULT_KEYS"
-    ) -> Keyring:
+    def from_json(cls, text: str, *, active: str | None = None, source: str = "MEDLAKE_VAULT_KEYS") -> Keyring:
         """Keys from a JSON object ``{key_id: hex}``; the active key is ``active``, else the last listed."""
         try:
             raw = json.loads(text)
         except json.JSONDecodeError:
-            raise KeyringError(
-                f"{source} is not JSON: expected an object {{key_id: hex}}"
-            ) from None
+            raise KeyringError(f"{source} is not JSON: expected an object {{key_id: hex}}") from None
         if not isinstance(raw, dict) or not raw:
             raise KeyringError(f"{source} must be a non-empty JSON object {{key_id: hex}}")
         keys: dict[str, bytes] = {}

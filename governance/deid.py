@@ -12,25 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 
 #: 3-digit ZIP prefixes covering fewer than 20,000 people (2000 census): reported as "000".
 RESTRICTED_ZIP3 = frozenset(
-    {
-        "036",
-        "059",
-        "063",
-        "102",
-        "203",
-        "556",
-        "692",
-        "790",
-        "821",
-        "823",
-        "830",
-        "831",
-        "878",
-        "879",
-        "884",
-        "890",
-        "893",
-    }
+    {"036", "059", "063", "102", "203", "556", "692", "790", "821", "823", "830", "831", "878", "879", "884", "890", "893"}
 )
 
 

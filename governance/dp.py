@@ -70,25 +70,8 @@ OPERATORS = ("!=", "<=", ">=", "=", "<", ">")
 #: declared value domains of categorical columns: a histogram over them needs no ``over`` list
 DOMAINS: dict[str, tuple[str, ...]] = {
     "age_band": (
-        "0-4",
-        "5-9",
-        "10-14",
-        "15-19",
-        "20-24",
-        "25-29",
-        "30-34",
-        "35-39",
-        "40-44",
-        "45-49",
-        "50-54",
-        "55-59",
-        "60-64",
-        "65-69",
-        "70-74",
-        "75-79",
-        "80-84",
-        "85-89",
-        "90+",
+        "0-4", "5-9", "10-14", "15-19", "20-24", "25-29", "30-34", "35-39", "40-44", "45-49",
+        "50-54", "55-59", "60-64", "65-69", "70-74", "75-79", "80-84", "85-89", "90+",
     ),
     "gender": ("male", "female", "other", "unknown"),  # FHIR administrative-gender
 }
@@ -137,13 +120,9 @@ class Condition:
         if pa.types.is_boolean(type_):
             if isinstance(value, str):
                 if value.lower() not in ("true", "false"):
-                    raise QueryError(
-                        f"where {self.column}: compare a boolean column with true or false, not {value!r}"
-                    )
+                    raise QueryError(f"where {self.column}: compare a boolean column with true or false, not {value!r}")
                 value = value.lower() == "true"
-        elif (pa.types.is_integer(type_) or pa.types.is_floating(type_)) and isinstance(
-            value, bool
-        ):
+        elif (pa.types.is_integer(type_) or pa.types.is_floating(type_)) and isinstance(value, bool):
             return target != 0 if value else target == 0
         elif pa.types.is_integer(type_) or pa.types.is_floating(type_):
             try:
@@ -154,12 +133,8 @@ class Condition:
             target = target.cast(pa.string())
             value = str(value).lower() if isinstance(value, bool) else str(value)
         compare = {
-            "=": target == value,
-            "!=": target != value,
-            "<": target < value,
-            "<=": target <= value,
-            ">": target > value,
-            ">=": target >= value,
+            "=": target == value, "!=": target != value, "<": target < value,
+            "<=": target <= value, ">": target > value, ">=": target >= value,
         }
         return compare[self.op]
 
@@ -201,19 +176,13 @@ class ReleaseQuery:
         if kind == "count":
             table, column = target, None
             if options:
-                raise QueryError(
-                    f"release query {text!r}: count takes only a table and an optional where"
-                )
+                raise QueryError(f"release query {text!r}: count takes only a table and an optional where")
         else:
             table, _, column = target.rpartition(".")
             if not table or "." not in table or not column:
-                raise QueryError(
-                    f"release query {text!r}: {kind} needs TABLE.COLUMN, e.g. gold.ml_patient_features.heart_rate_mean"
-                )
+                raise QueryError(f"release query {text!r}: {kind} needs TABLE.COLUMN, e.g. gold.ml_patient_features.heart_rate_mean")
         if table.split(".", 1)[0] not in ("silver", "gold") or table.count(".") != 1:
-            raise QueryError(
-                f"release query {text!r}: releases are over silver.* or gold.* tables, not {table!r}"
-            )
+            raise QueryError(f"release query {text!r}: releases are over silver.* or gold.* tables, not {table!r}")
 
         bounds = _bounds(options.pop("bounds"), text=text) if "bounds" in options else None
         quantile = None
@@ -224,9 +193,7 @@ class ReleaseQuery:
                 raise QueryError(f"release query {text!r}: quantile needs q Q (between 0 and 1)")
             quantile = _number(options.pop("q"), "q", text=text)
             if not 0 <= quantile <= 1:
-                raise QueryError(
-                    f"release query {text!r}: q must be between 0 and 1, not {quantile}"
-                )
+                raise QueryError(f"release query {text!r}: q must be between 0 and 1, not {quantile}")
         step = categories = None
         if kind == "histogram":
             if "bins" in options:
@@ -242,9 +209,7 @@ class ReleaseQuery:
             elif "over" in options:
                 categories = tuple(c.strip() for c in options.pop("over").split(",") if c.strip())
                 if not categories:
-                    raise QueryError(
-                        f"release query {text!r}: over needs a comma-separated list of values"
-                    )
+                    raise QueryError(f"release query {text!r}: over needs a comma-separated list of values")
         elif kind in ("sum", "mean", "quantile") and bounds is None:
             raise QueryError(
                 f"release query {text!r}: {kind} needs bounds LO..HI (the range values are clipped to; "
@@ -252,17 +217,8 @@ class ReleaseQuery:
             )
         if options:
             raise QueryError(f"release query {text!r}: {kind} does not take {', '.join(options)}")
-        return cls(
-            kind=kind,
-            table=table,
-            column=column,
-            bounds=bounds,
-            quantile=quantile,
-            step=step,  # type: ignore[arg-type]
-            categories=categories,
-            where=where,
-            text=" ".join(text.split()),
-        )
+        return cls(kind=kind, table=table, column=column, bounds=bounds, quantile=quantile, step=step,  # type: ignore[arg-type]
+                   categories=categories, where=where, text=" ".join(text.split()))
 
     @property
     def columns(self) -> list[str]:
@@ -318,29 +274,14 @@ def release(
     budget = policy.dp_budget(role) if budget_per_dataset_role is None else budget_per_dataset_role
 
     def refuse(why: str, **details: Any) -> ReleaseRefused:
-        audit.append(
-            lake,
-            key=audit_key,
-            actor=actor,
-            role=role,
-            action="access.denied",
-            object=query.table,
-            purpose=purpose,
-            details={
-                "attempted": "dp.release",
-                "query": query.text,
-                "epsilon": epsilon,
-                "why": why,
-                **details,
-            },
-        )
+        audit.append(lake, key=audit_key, actor=actor, role=role, action="access.denied", object=query.table,
+                     purpose=purpose, details={"attempted": "dp.release", "query": query.text, "epsilon": epsilon,
+                                               "why": why, **details})
         return ReleaseRefused(why)
 
     if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
-        raise refuse(
-            f"epsilon must be a positive number, not {epsilon!r}: a release with epsilon ≤ 0 "
-            "would promise privacy it cannot give"
-        )
+        raise refuse(f"epsilon must be a positive number, not {epsilon!r}: a release with epsilon ≤ 0 "
+                     "would promise privacy it cannot give")
     if budget <= 0:
         raise ValueError(f"budget_per_dataset_role must be positive, not {budget}")
 
@@ -352,26 +293,14 @@ def release(
             raise refuse(
                 f"privacy budget exceeded for role {role!r} on {query.table}: spent {spent_before:g} of "
                 f"{budget:g}, remaining {max(remaining_before, 0.0):g}, this release asks for {epsilon:g}",
-                spent=spent_before,
-                remaining=max(remaining_before, 0.0),
-                budget=budget,
+                spent=spent_before, remaining=max(remaining_before, 0.0), budget=budget,
             )
-        data = read_table(
-            lake,
-            query.table,
-            role=role,
-            purpose=purpose,
-            actor=actor,
-            audit_key=audit_key,
-            policy=policy,
-            columns=query.columns,
-        )
+        data = read_table(lake, query.table, role=role, purpose=purpose, actor=actor, audit_key=audit_key,
+                          policy=policy, columns=query.columns)
         # A fresh diffprivlib accountant holding exactly this release's epsilon: diffprivlib
         # itself refuses a computation that would spend more than the ledger records.
         accountant = BudgetAccountant(epsilon=epsilon, delta=0)
-        value, notes = _compute(
-            query, data, epsilon=epsilon, random_state=random_state, accountant=accountant
-        )
+        value, notes = _compute(query, data, epsilon=epsilon, random_state=random_state, accountant=accountant)
         result = Release(
             release_id=uuid.uuid4().hex,
             query=query.text,
@@ -386,47 +315,16 @@ def release(
         )
         # The budget is spent before the answer leaves: a crash after this point costs epsilon
         # without releasing anything, never the other way round.
-        lake.write(
-            TABLE,
-            pa.Table.from_pylist(
-                [
-                    {
-                        "release_id": result.release_id,
-                        "dataset": result.dataset,
-                        "role": role,
-                        "purpose": purpose,
-                        "actor": actor,
-                        "query": result.query,
-                        "epsilon": result.epsilon,
-                        "spent": result.spent,
-                        "budget": result.budget,
-                        "remaining": result.remaining,
-                        "released_at": datetime.now(UTC),
-                    }
-                ],
-                schema=DP_BUDGET.schema,
-            ),
-            mode="append",
-            spec=DP_BUDGET,
-        )
-        audit.append(
-            lake,
-            key=audit_key,
-            actor=actor,
-            role=role,
-            action="dp.release",
-            object=query.table,
-            purpose=purpose,
-            details={
-                "release_id": result.release_id,
-                "query": result.query,
-                "epsilon": result.epsilon,
-                "spent": result.spent,
-                "remaining": result.remaining,
-                "budget": result.budget,
-                "value": result.value,
-            },
-        )
+        lake.write(TABLE, pa.Table.from_pylist([{
+            "release_id": result.release_id, "dataset": result.dataset, "role": role, "purpose": purpose,
+            "actor": actor, "query": result.query, "epsilon": result.epsilon, "spent": result.spent,
+            "budget": result.budget, "remaining": result.remaining, "released_at": datetime.now(UTC),
+        }], schema=DP_BUDGET.schema), mode="append", spec=DP_BUDGET)
+        audit.append(lake, key=audit_key, actor=actor, role=role, action="dp.release", object=query.table,
+                     purpose=purpose, details={"release_id": result.release_id, "query": result.query,
+                                               "epsilon": result.epsilon, "spent": result.spent,
+                                               "remaining": result.remaining, "budget": result.budget,
+                                               "value": result.value})
     return result
 
 
@@ -445,10 +343,8 @@ def budgets(lake: Lake) -> list[dict[str, Any]]:
     rows = lake.read(TABLE).sort_by("released_at").to_pylist()
     summary: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
-        entry = summary.setdefault(
-            (row["dataset"], row["role"]),
-            {"dataset": row["dataset"], "role": row["role"], "releases": 0, "spent": 0.0},
-        )
+        entry = summary.setdefault((row["dataset"], row["role"]),
+                                   {"dataset": row["dataset"], "role": row["role"], "releases": 0, "spent": 0.0})
         entry["releases"] += 1
         entry["spent"] = _tidy(entry["spent"] + row["epsilon"])
         entry["budget"] = row["budget"]
@@ -466,12 +362,7 @@ def _tidy(epsilon: float) -> float:
 
 
 def _compute(
-    query: ReleaseQuery,
-    data: pa.Table,
-    *,
-    epsilon: float,
-    random_state: Any,
-    accountant: BudgetAccountant,
+    query: ReleaseQuery, data: pa.Table, *, epsilon: float, random_state: Any, accountant: BudgetAccountant
 ) -> tuple[float | int | dict[str, int] | None, tuple[str, ...]]:
     """The noisy value of the query over the rows the role may see, and notes on how it was made."""
     notes: list[str] = []
@@ -480,24 +371,17 @@ def _compute(
         hit = pc.fill_null(_eval(condition, data), False)
         mask &= np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
     if query.kind == "count":
-        noisy = dp_tools.count_nonzero(
-            mask, epsilon=epsilon, random_state=random_state, accountant=accountant
-        )
+        noisy = dp_tools.count_nonzero(mask, epsilon=epsilon, random_state=random_state, accountant=accountant)
         return max(round(float(noisy)), 0), ("count: truncated geometric mechanism, sensitivity 1",)
 
     assert query.column is not None
     column = data.column(query.column)
     type_ = column.type
-    if query.kind == "histogram" and not (
-        pa.types.is_integer(type_) or pa.types.is_floating(type_)
-    ):
-        return _categorical_histogram(
-            query, column, mask, epsilon=epsilon, random_state=random_state, accountant=accountant
-        )
+    if query.kind == "histogram" and not (pa.types.is_integer(type_) or pa.types.is_floating(type_)):
+        return _categorical_histogram(query, column, mask, epsilon=epsilon, random_state=random_state,
+                                      accountant=accountant)
     if not (pa.types.is_integer(type_) or pa.types.is_floating(type_)):
-        raise QueryError(
-            f"release query {query.text!r}: {query.kind} needs a numeric column; {query.column} is {type_}"
-        )
+        raise QueryError(f"release query {query.text!r}: {query.kind} needs a numeric column; {query.column} is {type_}")
     values = np.asarray(column.to_numpy(zero_copy_only=False), dtype=float)[mask]
     values = values[~np.isnan(values)]
     assert query.bounds is not None
@@ -506,56 +390,25 @@ def _compute(
     if query.kind == "histogram":
         assert query.step is not None
         edges = np.linspace(lo, hi, round((hi - lo) / query.step) + 1)
-        counts, edges = dp_tools.histogram(
-            values,
-            epsilon=epsilon,
-            bins=edges,
-            range=(lo, hi),
-            random_state=random_state,
-            accountant=accountant,
-        )
+        counts, edges = dp_tools.histogram(values, epsilon=epsilon, bins=edges, range=(lo, hi),
+                                            random_state=random_state, accountant=accountant)
         notes.append("values outside the bins are dropped; counts floored at 0")
-        return (
-            {f"{edges[i]:g}..{edges[i + 1]:g}": max(int(c), 0) for i, c in enumerate(counts)},
-            tuple(notes),
-        )
+        return ({f"{edges[i]:g}..{edges[i + 1]:g}": max(int(c), 0) for i, c in enumerate(counts)}, tuple(notes))
     clipped = np.clip(values, lo, hi)
     notes.append("values outside the bounds are clipped to them")
     if query.kind == "sum":
-        return float(
-            dp_tools.sum(
-                clipped,
-                epsilon=epsilon,
-                bounds=(lo, hi),
-                random_state=random_state,
-                accountant=accountant,
-            )
-        ), tuple(notes)
+        return float(dp_tools.sum(clipped, epsilon=epsilon, bounds=(lo, hi), random_state=random_state,
+                                  accountant=accountant)), tuple(notes)
     notes.append("the number of rows is treated as public (diffprivlib)")
     if clipped.size == 0:
         notes.append("no rows matched: nothing to release, the epsilon is spent all the same")
         return None, tuple(notes)
     if query.kind == "mean":
-        return float(
-            dp_tools.mean(
-                clipped,
-                epsilon=epsilon,
-                bounds=(lo, hi),
-                random_state=random_state,
-                accountant=accountant,
-            )
-        ), tuple(notes)
+        return float(dp_tools.mean(clipped, epsilon=epsilon, bounds=(lo, hi), random_state=random_state,
+                                   accountant=accountant)), tuple(notes)
     assert query.quantile is not None
-    return float(
-        dp_tools.quantile(
-            clipped,
-            query.quantile,
-            epsilon=epsilon,
-            bounds=(lo, hi),
-            random_state=random_state,
-            accountant=accountant,
-        )
-    ), tuple(notes)
+    return float(dp_tools.quantile(clipped, query.quantile, epsilon=epsilon, bounds=(lo, hi),
+                                   random_state=random_state, accountant=accountant)), tuple(notes)
 
 
 def _eval(condition: Condition, data: pa.Table) -> pa.ChunkedArray | pa.Array:
@@ -584,27 +437,18 @@ def _categorical_histogram(
             "(over a,b,c): listing the values found in the data would disclose them"
         )
     raw = column.to_pylist()
-    values = [
-        ("true" if v else "false") if isinstance(v, bool) else (None if v is None else str(v))
-        for v in raw
-    ]
+    values = [("true" if v else "false") if isinstance(v, bool) else (None if v is None else str(v)) for v in raw]
     counts = dict.fromkeys((*domain, OTHER), 0)
     for value, keep in zip(values, mask, strict=True):
         if keep:
             counts[value if value in counts and value != OTHER else OTHER] += 1
-    rng = (
-        random_state
-        if isinstance(random_state, np.random.RandomState)
-        else np.random.RandomState(random_state)
-    )
+    rng = random_state if isinstance(random_state, np.random.RandomState) else np.random.RandomState(random_state)
     accountant.check(epsilon, 0)
     mechanism = Geometric(epsilon=epsilon, sensitivity=1, random_state=rng)
     noisy = {k: max(int(mechanism.randomise(int(v))), 0) for k, v in counts.items()}
     accountant.spend(epsilon, 0)  # disjoint bins: parallel composition, one epsilon for all
-    notes = (
-        f"categories from {source}; values outside them (and nulls) counted under {OTHER!r}",
-        "Geometric mechanism per disjoint bin, sensitivity 1; counts floored at 0",
-    )
+    notes = (f"categories from {source}; values outside them (and nulls) counted under {OTHER!r}",
+             "Geometric mechanism per disjoint bin, sensitivity 1; counts floored at 0")
     return noisy, notes
 
 
@@ -620,9 +464,7 @@ def _options(words: Sequence[str], *, text: str) -> dict[str, str]:
     while i < len(words):
         name = words[i].lower()
         if name not in known or i + 1 >= len(words):
-            raise QueryError(
-                f"release query {text!r}: unexpected {words[i]!r}; options are {', '.join(known)} VALUE"
-            )
+            raise QueryError(f"release query {text!r}: unexpected {words[i]!r}; options are {', '.join(known)} VALUE")
         options[name] = words[i + 1]
         i += 2
     return options
@@ -631,17 +473,10 @@ def _options(words: Sequence[str], *, text: str) -> dict[str, str]:
 def _bounds(value: str, *, text: str) -> tuple[float, float]:
     lo_text, sep, hi_text = value.partition("..")
     if not sep:
-        raise QueryError(
-            f"release query {text!r}: bounds are written LO..HI, e.g. 30..220, not {value!r}"
-        )
-    lo, hi = (
-        _number(lo_text, "the lower bound", text=text),
-        _number(hi_text, "the upper bound", text=text),
-    )
+        raise QueryError(f"release query {text!r}: bounds are written LO..HI, e.g. 30..220, not {value!r}")
+    lo, hi = _number(lo_text, "the lower bound", text=text), _number(hi_text, "the upper bound", text=text)
     if not lo < hi:
-        raise QueryError(
-            f"release query {text!r}: the lower bound must be below the upper bound ({value})"
-        )
+        raise QueryError(f"release query {text!r}: the lower bound must be below the upper bound ({value})")
     return lo, hi
 
 
@@ -649,9 +484,7 @@ def _number(value: str, what: str, *, text: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise QueryError(
-            f"release query {text!r}: {what} must be a number, not {value!r}"
-        ) from None
+        raise QueryError(f"release query {text!r}: {what} must be a number, not {value!r}") from None
     if not math.isfinite(number):
         raise QueryError(f"release query {text!r}: {what} must be finite")
     return number

@@ -247,15 +247,9 @@ FHIR_COLUMNS: dict[str, dict[str, tuple[str, Kind]]] = {
         "encounter_key": ("Observation.encounter", "pseudonym"),
         "status": ("Observation.status", "copy"),
         "category": ("Observation.category[0].coding[0].code", "copy"),
-        "code_system": (
-            "Observation.code.coding(LOINC).system | component.code, or concept map",
-            "derived",
-        ),
+        "code_system": ("Observation.code.coding(LOINC).system | component.code, or concept map", "derived"),
         "code": ("Observation.code.coding(LOINC).code | component.code, or concept map", "derived"),
-        "code_display": (
-            "Observation.code.coding(LOINC).display | component.code, or concept map",
-            "derived",
-        ),
+        "code_display": ("Observation.code.coding(LOINC).display | component.code, or concept map", "derived"),
         "panel_code": ("Observation.code.coding(LOINC).code of a panel", "copy"),
         "value_num": (
             "Observation.value[x] (Quantity, integer, boolean) | component.value[x], in the canonical unit",
@@ -269,20 +263,11 @@ FHIR_COLUMNS: dict[str, dict[str, tuple[str, Kind]]] = {
         "ref_low": ("Observation.referenceRange[0].low.value, in the canonical unit", "derived"),
         "ref_high": ("Observation.referenceRange[0].high.value, in the canonical unit", "derived"),
         "effective_at": ("Observation.effective[x] | Observation.issued", "date_shift"),
-        "mapping_status": (
-            "Observation.code.coding checked against LOINC / concept map",
-            "derived",
-        ),
-        "_mapped_from": (
-            "Observation.code.coding system|code, when a concept map recoded it",
-            "copy",
-        ),
+        "mapping_status": ("Observation.code.coding checked against LOINC / concept map", "derived"),
+        "_mapped_from": ("Observation.code.coding system|code, when a concept map recoded it", "copy"),
         "_unit_converted_from": ("Observation.valueQuantity.code or .unit, when converted", "copy"),
         "_value_original": ("Observation.value[x], when converted", "copy"),
-        "_range_flag": (
-            "Observation.value[x] against referenceRange or a default normal range",
-            "derived",
-        ),
+        "_range_flag": ("Observation.value[x] against referenceRange or a default normal range", "derived"),
     },
     "silver.conditions": {
         "condition_key": ("Condition.id", "pseudonym"),
@@ -298,14 +283,8 @@ FHIR_COLUMNS: dict[str, dict[str, tuple[str, Kind]]] = {
         "onset_at": ("Condition.onsetDateTime | Condition.onsetPeriod.start", "date_shift"),
         "abatement_at": ("Condition.abatementDateTime", "date_shift"),
         "recorded_date": ("Condition.recordedDate", "date_shift"),
-        "mapping_status": (
-            "Condition.code.coding checked against ICD-10-CM / SNOMED CT",
-            "derived",
-        ),
-        "_mapped_from": (
-            "Condition.code.coding[0] system|code, when a concept map supplied codes",
-            "copy",
-        ),
+        "mapping_status": ("Condition.code.coding checked against ICD-10-CM / SNOMED CT", "derived"),
+        "_mapped_from": ("Condition.code.coding[0] system|code, when a concept map supplied codes", "copy"),
     },
     "silver.medications": {
         "medication_key": ("MedicationRequest.id", "pseudonym"),
@@ -328,10 +307,7 @@ FHIR_COLUMNS: dict[str, dict[str, tuple[str, Kind]]] = {
         ),
         "authored_at": ("MedicationRequest.authoredOn", "date_shift"),
         "dosage_text": ("MedicationRequest.dosageInstruction[0].text", "copy"),
-        "mapping_status": (
-            "MedicationRequest.medicationCodeableConcept checked against RxNorm",
-            "derived",
-        ),
+        "mapping_status": ("MedicationRequest.medicationCodeableConcept checked against RxNorm", "derived"),
         "_mapped_from": (
             "MedicationRequest.medicationCodeableConcept system|code, when a concept map supplied RxNorm",
             "copy",

@@ -128,9 +128,7 @@ def store(
         key_id, key = keyring.active_id, keyring.active_key
         rows = []
         for person_key, source_key, identity in records:
-            plaintext = json.dumps(
-                identity, sort_keys=True, default=_json_value, ensure_ascii=False
-            ).encode("utf-8")
+            plaintext = json.dumps(identity, sort_keys=True, default=_json_value, ensure_ascii=False).encode("utf-8")
             nonce, ciphertext = encrypt(key, plaintext, aad=_aad(person_key, source_key, key_id))
             rows.append(
                 {
@@ -205,12 +203,8 @@ def reidentify(
         )
 
     if role != REIDENTIFIER:
-        record(
-            "access.denied", attempted="vault.reidentify", why=f"role {role} may not re-identify"
-        )
-        raise AccessDenied(
-            f"role {role!r} may not re-identify person {person_key}: only {REIDENTIFIER!r} may"
-        )
+        record("access.denied", attempted="vault.reidentify", why=f"role {role} may not re-identify")
+        raise AccessDenied(f"role {role!r} may not re-identify person {person_key}: only {REIDENTIFIER!r} may")
     if not reason or not reason.strip():
         record("access.denied", attempted="vault.reidentify", why="no reason given")
         raise AccessDenied(f"re-identifying person {person_key} needs a reason; none was given")
@@ -226,11 +220,7 @@ def reidentify(
         except KeyringError as exc:
             raise VaultKeyError(f"the vault keyring cannot be loaded: {exc}") from None
         found = [
-            {
-                "source_key": row["source_key"],
-                "key_id": row["key_id"],
-                "identity": json.loads(_open(row, keyring)),
-            }
+            {"source_key": row["source_key"], "key_id": row["key_id"], "identity": json.loads(_open(row, keyring))}
             for row in sorted(rows, key=lambda r: str(r["source_key"]))
         ]
     except VaultKeyError as exc:
@@ -271,9 +261,7 @@ def rotate_key(
         keyring = keyring.refreshed()
         if new_key_id is not None and new_key_id in keyring:
             if new_key_id == keyring.active_id:
-                raise KeyringError(
-                    f"key {new_key_id!r} is already the active vault key: name a new key to rotate to"
-                )
+                raise KeyringError(f"key {new_key_id!r} is already the active vault key: name a new key to rotate to")
         else:
             before = set(keyring.ids)
             keyring = keyring.with_new_key(new_key_id)
@@ -288,24 +276,13 @@ def rotate_key(
         reencrypted = []
         for row in rows:
             plaintext = _open(row, keyring)
-            nonce, ciphertext = encrypt(
-                new_key, plaintext, aad=_aad(row["person_key"], row["source_key"], new_key_id)
-            )
-            reencrypted.append(
-                {**row, "key_id": new_key_id, "nonce": nonce, "ciphertext": ciphertext}
-            )
+            nonce, ciphertext = encrypt(new_key, plaintext, aad=_aad(row["person_key"], row["source_key"], new_key_id))
+            reencrypted.append({**row, "key_id": new_key_id, "nonce": nonce, "ciphertext": ciphertext})
         step("reencrypted")
 
         details = {"from": list(from_ids), "to": new_key_id, "rows": len(rows)}
-        audit.append(
-            lake,
-            key=audit_key,
-            actor=actor,
-            role=role,
-            action="vault.rotate_key",
-            object=TABLE,
-            details={"status": "started", **details},
-        )
+        audit.append(lake, key=audit_key, actor=actor, role=role, action="vault.rotate_key", object=TABLE,
+                     details={"status": "started", **details})
         version: int | None = None
         if table is not None:
             try:
@@ -330,24 +307,15 @@ def rotate_key(
         retired: list[str] = []
         if retire_old:
             if table is not None:
-                DeltaTable(str(root)).vacuum(
-                    retention_hours=0, dry_run=False, enforce_retention_duration=False
-                )
+                DeltaTable(str(root)).vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
             in_use = key_ids_in_use(lake)
             for key_id in keyring.ids:
                 if key_id != new_key_id and key_id not in in_use:
                     keyring = keyring.retire(key_id)
                     retired.append(key_id)
         step("retired")
-        audit.append(
-            lake,
-            key=audit_key,
-            actor=actor,
-            role=role,
-            action="vault.rotate_key",
-            object=TABLE,
-            details={"status": "completed", "retired": retired, "version": version, **details},
-        )
+        audit.append(lake, key=audit_key, actor=actor, role=role, action="vault.rotate_key", object=TABLE,
+                     details={"status": "completed", "retired": retired, "version": version, **details})
         return Rotation(new_key_id, len(rows), from_ids, tuple(retired), version, keyring)
 
 
@@ -362,46 +330,27 @@ def key_ids_in_use(lake: Lake) -> dict[str, int]:
 # helpers
 
 
-def _records(
-    identities: pa.Table | Iterable[Mapping[str, Any]],
-) -> list[tuple[str, str, dict[str, Any]]]:
+def _records(identities: pa.Table | Iterable[Mapping[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
     rows = identities.to_pylist() if isinstance(identities, pa.Table) else list(identities)
     records: list[tuple[str, str, dict[str, Any]]] = []
     seen: set[str] = set()
     for index, row in enumerate(rows):
         person_key, source_key = row.get("person_key"), row.get("source_key")
-        if (
-            not isinstance(person_key, str)
-            or not person_key
-            or not isinstance(source_key, str)
-            or not source_key
-        ):
+        if not isinstance(person_key, str) or not person_key or not isinstance(source_key, str) or not source_key:
             raise ValueError(f"identity #{index} needs a non-empty person_key and source_key")
         if source_key in seen:
-            raise ValueError(
-                f"source_key {source_key} appears more than once in this batch (identity #{index})"
-            )
+            raise ValueError(f"source_key {source_key} appears more than once in this batch (identity #{index})")
         seen.add(source_key)
-        records.append(
-            (
-                person_key,
-                source_key,
-                {k: v for k, v in row.items() if k not in ("person_key", "source_key")},
-            )
-        )
+        records.append((person_key, source_key, {k: v for k, v in row.items() if k not in ("person_key", "source_key")}))
     return records
 
 
-def _rows(
-    lake: Lake, *, filter: Any = None, columns: list[str] | None = None
-) -> list[dict[str, Any]]:
+def _rows(lake: Lake, *, filter: Any = None, columns: list[str] | None = None) -> list[dict[str, Any]]:
     root = lake.path(TABLE)
     if not DeltaTable.is_deltatable(str(root)):
         return []
     dataset = DeltaTable(str(root)).to_pyarrow_dataset()
-    rows: list[dict[str, Any]] = dataset.to_table(
-        filter=filter, columns=columns, use_threads=False
-    ).to_pylist()
+    rows: list[dict[str, Any]] = dataset.to_table(filter=filter, columns=columns, use_threads=False).to_pylist()
     return rows
 
 
@@ -412,15 +361,10 @@ def _open(row: Mapping[str, Any], keyring: Keyring) -> bytes:
     try:
         key = keyring.key(key_id)
     except KeyringError as exc:
-        raise VaultKeyError(
-            f"{where} is encrypted under key {key_id!r}, which is missing: {exc}"
-        ) from None
+        raise VaultKeyError(f"{where} is encrypted under key {key_id!r}, which is missing: {exc}") from None
     try:
         plaintext: bytes = decrypt(
-            key,
-            row["nonce"],
-            row["ciphertext"],
-            aad=_aad(row["person_key"], row["source_key"], key_id),
+            key, row["nonce"], row["ciphertext"], aad=_aad(row["person_key"], row["source_key"], key_id)
         )
     except DecryptionFailed:
         raise VaultKeyError(
@@ -440,9 +384,7 @@ def _json_value(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)
-    raise TypeError(
-        f"an identity field of type {type(value).__name__} cannot be stored in the vault"
-    )
+    raise TypeError(f"an identity field of type {type(value).__name__} cannot be stored in the vault")
 
 
 VAULT_KEYS_ENV = "MEDLAKE_VAULT_KEYS"
@@ -453,8 +395,8 @@ def vault_keyring(settings: Settings, *, create: bool) -> Keyring:
     """The vault keyring: ``MEDLAKE_VAULT_KEYS`` when set, else the folder ``<keys>/vault/``."""
     if os.environ.get(VAULT_KEYS_ENV):
         return Keyring.from_json(
-            os.environ[VAULT_KEYS_ENV],
-            active=os.environ.get(VAULT_ACTIVE_KEY_ENV) or None,
-            source=VAULT_KEYS_ENV,
+            os.environ[VAULT_KEYS_ENV], active=os.environ.get(VAULT_ACTIVE_KEY_ENV) or None, source=VAULT_KEYS_ENV
         )
     return Keyring.from_dir(settings.keys.dir / "vault", create=create)
+
+
