@@ -335,6 +335,10 @@ _EPONYM_AFTER = re.compile(
 )
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _INITIAL = re.compile(r"[A-Z]\.?")
+_CAPITALISED_PAIR = re.compile(
+    r"(?<![\w'’-])([A-ZÀ-ÞĀ-ž][^\W\d_A-Z]+) ([A-ZÀ-ÞĀ-ž][^\W\d_A-Z]+)(?![\w'’-])"
+)
+_LOWER_LIST = re.compile(r"\b[a-z]+(?:, [a-z]+)+,? (?:and|or) [a-z]+\b")
 #: Verbs that follow a sentence's subject: a known name opening a sentence before one of them
 #: is a person ("Irenka is very reliable", "Dexter lives on ...").
 _SUBJECT_VERB = re.compile(
@@ -401,7 +405,46 @@ class NameGazetteerRecognizer(EntityRecognizer):
                 [match] if self._is_name(match.group()) or _INITIAL.fullmatch(match.group()) else []
             )
         results.extend(self._score_run(text, run))
+        results.extend(self._half_known_pairs(text))
+        results.extend(self._lower_case_lists(text))
         return results
+
+    def _half_known_pairs(self, text: str) -> list[Any]:
+        """Two capitalised words, a known first name and an unknown one after it ("Lina
+        Artemova"), or an unknown one before a known last name ("Rościsław Dudek")."""
+        from presidio_analyzer import RecognizerResult
+
+        out: list[RecognizerResult] = []
+        for pair in _CAPITALISED_PAIR.finditer(text):
+            first, last = pair.group(1).casefold(), pair.group(2).casefold()
+            if {first, last} & (self.common | self.stop_words) or _EPONYM_AFTER.match(
+                text, pair.end()
+            ):
+                continue
+            first_known = first in self.first or first in self.last
+            last_known = last in self.last or last in self.first
+            if (first in self.first and not last_known) or (last in self.last and not first_known):
+                out.append(RecognizerResult("PERSON", pair.start(), pair.end(), 0.5))
+        return out
+
+    def _lower_case_lists(self, text: str) -> list[Any]:
+        """Lists of three or more known first names in lower case ("adam, chad and caleb")."""
+        from presidio_analyzer import RecognizerResult
+
+        out: list[RecognizerResult] = []
+        for listed in _LOWER_LIST.finditer(text):
+            items = [m for m in _WORD.finditer(listed.group()) if m.group() not in ("and", "or")]
+            keys = [m.group() for m in items]
+            if len(keys) >= 3 and all(
+                k in self.first and k not in self.common and k not in self.stop_words for k in keys
+            ):
+                out.extend(
+                    RecognizerResult(
+                        "PERSON", listed.start() + m.start(), listed.start() + m.end(), 0.5
+                    )
+                    for m in items
+                )
+        return out
 
     def _is_name(self, word: str) -> bool:
         key = word.casefold()

@@ -49,6 +49,7 @@ from medlake.governance.recognizers import (
     LANGUAGE,
     TITLE,
     NameGazetteerRecognizer,
+    gazetteer,
     medical_recognizers,
     record_recognizer,
 )
@@ -259,6 +260,8 @@ class TextDeidentifier:
         nlp = self.nlp_engine.nlp[LANGUAGE]  # type: ignore[index]
         nlp.select_pipes(enable=list(SPACY_PIPES))
         self._stop_words: frozenset[str] = frozenset(nlp.Defaults.stop_words)
+        first, last, _ = gazetteer()
+        self._clinical = clinical_vocabulary(first | last)
         registry = RecognizerRegistry(supported_languages=[LANGUAGE])
         registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=self.nlp_engine)
         # Presidio's phone recognizer runs libphonenumber's matcher for eight countries on every
@@ -323,7 +326,7 @@ class TextDeidentifier:
             ad_hoc_recognizers=self._record_recognizers(terms),
         )
         results = relabel_record_hits(
-            [r for r in results if is_identifying(text, r, self._stop_words)]
+            [r for r in results if is_identifying(text, r, self._stop_words, self._clinical)]
         )
         return merge_spans(text, results + propagate_names(text, results, self._stop_words))
 
@@ -421,19 +424,63 @@ _DATE_SHAPE = re.compile(
 
 
 def is_identifying(
-    text: str, result: RecognizerResult, stop_words: frozenset[str] = frozenset()
+    text: str,
+    result: RecognizerResult,
+    stop_words: frozenset[str] = frozenset(),
+    clinical: frozenset[str] = frozenset(),
 ) -> bool:
     """Drop detections that identify nobody: "dates" that are durations, readings or relative
     ("2 weeks", "142/91", "last night") rather than a day, month or year, bare acronyms spaCy
-    takes for organisations ("SSN", "ATM"), and "names" made of stop words only ("call me on")."""
+    takes for organisations ("SSN", "ATM"), "names" made of stop words only ("call me on"), and
+    names, places or organisations made of clinical words only ("Started Metformin Extended",
+    "Cardiology"): the small model takes capitalised drug names for people."""
     value = text[result.start : result.end]
     if result.entity_type == "DATE_TIME":
         return bool(_DATE_SHAPE.search(value))
+    if result.entity_type in ("PERSON", "ORGANIZATION", "NRP", "LOCATION") and result.score < 1:
+        words = [w.casefold() for w in _NAME_WORD.findall(value)]
+        if all(
+            w in stop_words or w in clinical or (len(w) > 6 and _DRUG_STEM.search(w)) for w in words
+        ):
+            return False
     if result.entity_type in ("ORGANIZATION", "NRP", "LOCATION"):
         return not _ACRONYM.fullmatch(value.strip())
-    if result.entity_type == "PERSON":
-        return any(w.casefold() not in stop_words for w in _NAME_WORD.findall(value))
     return True
+
+
+#: USAN stems that end most generic drug names ("atorvastatin", "metoprolol", "omeprazole").
+_DRUG_STEM = re.compile(
+    r"(?:statin|pril|sartan|olol|dipine|formin|gliptin|gliflozin|glutide|prazole|tidine|azole"
+    r"|mycin|cillin|cycline|floxacin|parin|xaban|gatran|oxetine|azepam|azolam|tinib|platin"
+    r"|taxel|rubicin|semide|thiazide|lukast|terol|tropium|triptan|profen|coxib|codone|morphone"
+    r"|setron|dronate|ciclovir|navir|zumab|ximab|umab)$"
+)
+
+#: Departments and clinical words that spaCy's small model tags as names or organisations.
+_CLINICAL_TERMS = """
+cardiology oncology neurology radiology pathology pediatrics paediatrics orthopedics urology
+nephrology gastroenterology endocrinology dermatology psychiatry psychology hematology
+pulmonology rheumatology obstetrics gynecology surgery anesthesia anaesthesia emergency icu
+started start stopped continue continued increased decreased discontinued extended release
+tablet capsule injection oral daily twice nightly prn mg mcg ml units dose dosing patient
+history present illness chief complaint assessment plan impression exam examination vitals
+labs imaging medications allergies diagnosis diagnoses follow up
+"""
+
+
+@cache
+def clinical_vocabulary(name_words: frozenset[str]) -> frozenset[str]:
+    """Case-folded clinical words that are nobody's name: the drug, problem and measurement
+    names of the sample hospital's vocabulary and the department and note words above, less any
+    word that is also a name in ``name_words``."""
+    from medlake.sample import vocab
+
+    texts = [_CLINICAL_TERMS]
+    texts += [f"{d.key} {d.display} {d.sig}" for d in vocab.DRUGS.values()]
+    texts += [f"{p.key} {p.icd10_display} {p.snomed_display}" for p in vocab.PROBLEMS.values()]
+    texts += [f"{m.key} {m.display}" for m in vocab.MEASUREMENTS.values()]
+    words = {w.casefold() for t in texts for w in _NAME_WORD.findall(t)}
+    return frozenset(words - name_words)
 
 
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]*")
