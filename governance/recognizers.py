@@ -378,7 +378,7 @@ _CLINICAL_WORDS = """
 CLINICAL_WORDS = frozenset(_CLINICAL_WORDS.split())
 
 #: After an eponymous name the word is a disease, sign or device, not a person.
-_EPONYM_AFTER = re.compile(
+EPONYM_AFTER = re.compile(
     r"(?:['’]s)?\s+(?:disease|syndrome|sign|test|palsy|reflex|score|scale|criteria|classification"
     r"|procedure|operation|catheter|tube|maneuver|manoeuvre|phenomenon|fracture|tumou?r|lymphoma"
     r"|ulcer|node|triad|law|position|disorder|anomaly|deformity|contracture|esophagus|oesophagus"
@@ -465,7 +465,7 @@ class NameGazetteerRecognizer(EntityRecognizer):
         out: list[RecognizerResult] = []
         for pair in _CAPITALISED_PAIR.finditer(text):
             first, last = pair.group(1).casefold(), pair.group(2).casefold()
-            if {first, last} & (self.common | self.stop_words) or _EPONYM_AFTER.match(
+            if {first, last} & (self.common | self.stop_words) or EPONYM_AFTER.match(
                 text, pair.end()
             ):
                 continue
@@ -476,13 +476,17 @@ class NameGazetteerRecognizer(EntityRecognizer):
         return out
 
     def _lower_case_lists(self, text: str) -> list[Any]:
-        """Lists of three or more known first names in lower case ("adam, chad and caleb")."""
+        """Lower-case lists of three or more known first names, with at most a third of the
+        items unknown ("adam, chad and caleb"; "leonti, terrence, pamela and brian")."""
         out: list[RecognizerResult] = []
         for listed in _LOWER_LIST.finditer(text):
             items = [m for m in _WORD.finditer(listed.group()) if m.group() not in ("and", "or")]
             keys = [m.group() for m in items]
-            if len(keys) >= 3 and all(
-                k in self.first and k not in self.common and k not in self.stop_words for k in keys
+            known = [k for k in keys if k in self.first and k not in self.common]
+            if (
+                len(known) >= 3
+                and 3 * len(known) >= 2 * len(keys)
+                and not any(k in self.stop_words or k in self.common for k in keys)
             ):
                 out.extend(
                     RecognizerResult(
@@ -514,7 +518,7 @@ class NameGazetteerRecognizer(EntityRecognizer):
         words = [m.group() for m in run]
         names = [w for w in words if not _INITIAL.fullmatch(w)]
         start, end = run[0].start(), run[-1].end()
-        if _EPONYM_AFTER.match(text, end):
+        if EPONYM_AFTER.match(text, end):
             return []
         shapes = {_shape(w) for w in names}
         keys = [w.casefold() for w in names]

@@ -46,6 +46,7 @@ from presidio_anonymizer.entities import RecognizerResult as Replacement
 from spacy.tokens import Doc
 
 from medlake.governance.recognizers import (
+    EPONYM_AFTER,
     LANGUAGE,
     TITLE,
     NameGazetteerRecognizer,
@@ -433,7 +434,7 @@ def is_identifying(
     ("2 weeks", "142/91", "last night") rather than a day, month or year, bare acronyms spaCy
     takes for organisations ("SSN", "ATM"), "names" made of stop words only ("call me on"), and
     names, places or organisations made of clinical words only ("Started Metformin Extended",
-    "Cardiology"): the small model takes capitalised drug names for people."""
+    "Cardiology"): the small model takes capitalised drug names for people; and eponyms."""
     value = text[result.start : result.end]
     if result.entity_type == "DATE_TIME":
         return bool(_DATE_SHAPE.search(value))
@@ -443,6 +444,8 @@ def is_identifying(
             w in stop_words or w in clinical or (len(w) > 6 and _DRUG_STEM.search(w)) for w in words
         ):
             return False
+        if result.entity_type == "PERSON" and _eponym(text, result.end):
+            return False  # "Parkinson's disease", "Foley catheter"
     if result.entity_type in ("ORGANIZATION", "NRP", "LOCATION"):
         return not _ACRONYM.fullmatch(value.strip())
     return True
@@ -483,10 +486,18 @@ def clinical_vocabulary(name_words: frozenset[str]) -> frozenset[str]:
     return frozenset(words - name_words)
 
 
+def _eponym(text: str, end: int) -> bool:
+    """Whether the name ending at ``end`` names a disease, sign or device ("Parkinson's disease",
+    "Parkinson and Alzheimer disease", "Foley catheter")."""
+    pair = _AND_NAME.match(text, end)
+    return bool(EPONYM_AFTER.match(text, end) or (pair and EPONYM_AFTER.match(text, pair.end())))
+
+
+_AND_NAME = re.compile(r"\s+(?:and|or|&)\s+[^\W\d_][\w'’-]*")
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
 
-_LIST = re.compile(r"(?-i:\b[A-Z][\w'’-]+(?:,\s+[A-Z][\w'’-]+)+,?\s+(?:and|&|or)\s+[A-Z][\w'’-]+)")
+_LIST = re.compile(r"(?-i:\b[A-Z][\w'’-]+(?:,\s+[A-Z][\w'’-]+)*,?\s+(?:and|&|or)\s+[A-Z][\w'’-]+)")
 _LIST_ITEM = re.compile(r"(?-i:[A-Z][\w'’-]+)")
 
 
@@ -508,8 +519,9 @@ def propagate_names(
     text: str, results: list[RecognizerResult], stop_words: frozenset[str]
 ) -> list[RecognizerResult]:
     """Names found once are names everywhere in the note: every other whole-word occurrence of a
-    detected name's words ("... starring Borkowski"), and the other members of a list of
-    capitalised words one of which is a detected name ("Isabel, Teresa and Jodi")."""
+    detected name's words ("... starring Borkowski"), and the other members of a list or pair
+    of capitalised words one of which is a detected name ("Isabel, Teresa and Jodi", "Nekolná
+    and Pearson")."""
     names = [r for r in results if r.entity_type == "PERSON"]
     if not names:
         return []
@@ -526,7 +538,9 @@ def propagate_names(
             re.IGNORECASE,
         )
         extra.extend(
-            RecognizerResult("PERSON", m.start(), m.end(), 0.45) for m in pattern.finditer(text)
+            RecognizerResult("PERSON", m.start(), m.end(), 0.45)
+            for m in pattern.finditer(text)
+            if not _eponym(text, m.end())
         )
     for listed in _LIST.finditer(text):
         items = [
@@ -534,6 +548,8 @@ def propagate_names(
             for m in _LIST_ITEM.finditer(text, listed.start(), listed.end())
             if m.group() not in ("And", "Or")
         ]
+        if _eponym(text, listed.end()):
+            continue  # "Parkinson and Alzheimer disease"
         if any(r.start < m.end() and m.start() < r.end for m in items for r in names):
             extra.extend(RecognizerResult("PERSON", m.start(), m.end(), 0.45) for m in items)
     return extra
