@@ -82,6 +82,13 @@ class LeanPatternRecognizer(PatternRecognizer):
         return EntityRecognizer.remove_duplicates(results)
 
 
+#: Units and counted things after a number in a dose or a reading, never a street name.
+_DOSE_UNIT = (
+    r"mg|mcg|µg|g|kg|ml|l|units?|iu|tabs?|tablets?|caps?|capsules?|puffs?|drops?|sprays?|mmol"
+    r"|mmhg|bpm|lbs?|cm|mm|hours?|hrs?|days?|weeks?|months?|years?|times|x|percent|meq|mg/dl"
+)
+
+
 def _recognizer(
     entity: str,
     name: str,
@@ -166,7 +173,9 @@ def phone_recognizer() -> PatternRecognizer:
 
 
 def age_over_89_recognizer() -> PatternRecognizer:
-    """Ages over 89, which Safe Harbor treats as identifying: ``92-year-old``, ``aged 93``, ``95 y/o``."""
+    """Ages over 89, which Safe Harbor treats as identifying: ``92-year-old``, ``aged 93``,
+    ``95 y/o``, ``turned 94``, ``at the age of 91``. Younger ages stay: Safe Harbor keeps them
+    and a note needs them."""
     age = r"(?:9\d|1[0-2]\d)"
     return _recognizer(
         AGE_OVER_89,
@@ -175,6 +184,16 @@ def age_over_89_recognizer() -> PatternRecognizer:
             ("n-year-old", rf"\b{age}[-\s]?(?:year|yr)s?[-\s]?old\b", 0.9),
             ("aged n", rf"\b(?:aged?|age:)\s*{age}\b", 0.9),
             ("n y/o", rf"\b{age}\s*(?:y/?o|yo|years? of age)\b", 0.9),
+            (
+                "turned n",
+                rf"\b(?:turned|turns|turning|age of|was|is)\s+{age}(?=\s+(?:years?|yrs?)\b)",
+                0.9,
+            ),
+            (
+                "turned n (alone)",
+                rf"\b(?:turned|turns|turning|at the age of)\s+{age}\b(?![./:-]?\d)",
+                0.8,
+            ),
         ],
     )
 
@@ -216,7 +235,8 @@ def street_address_recognizer() -> PatternRecognizer:
     )
     by_suffix = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?(?:{word}\s+){{0,4}}(?i:{_STREET_SUFFIX})\b\.?"
     not_month = rf"(?!(?i:{_MONTH})\b)"
-    by_number = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?{not_month}{name}(?:\s+{word}){{0,3}}\s+\d{{1,5}}[A-Za-z]?\b\.?"
+    not_unit = rf"(?!(?i:{_DOSE_UNIT})\b)"  # "325 MG Oral Tablet. Take 2" is a dose
+    by_number = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?{not_month}{not_unit}{name}(?:\s+{word}){{0,3}}\s+\d{{1,5}}[A-Za-z]?\b\.?"
     return _recognizer(
         STREET_ADDRESS,
         "StreetAddressRecognizer",
@@ -293,6 +313,10 @@ def titled_name_recognizer() -> PatternRecognizer:
         "my kid ",
     )
     after_strong_cue = "|".join(f"(?<=\\b{re.escape(c)})" for c in strong_cues)
+    not_a_word = (  # "call me on Monday", "call me back"
+        r"(?!(?:on|at|in|when|back|if|after|before|about|tomorrow|today|tonight|later|soon|asap"
+        r"|again|anytime|and|or|to|for|with|please|now|then|there|here)\b)"
+    )
     capital = r"[A-ZÀ-Þ][\w'’-]+"
     return _recognizer(
         "PERSON",
@@ -311,7 +335,7 @@ def titled_name_recognizer() -> PatternRecognizer:
             ),
             (
                 "strong cue, any case",
-                rf"(?:{after_strong_cue})[^\W\d_][\w'’-]+(?:\s+(?:[^\W\d_]\.?\s+)?(?!and\b|in\b|for\b|on\b|at\b|to\b)[^\W\d_][\w'’-]+)?",
+                rf"(?:{after_strong_cue}){not_a_word}[^\W\d_][\w'’-]+(?:\s+(?:[^\W\d_]\.?\s+)?(?!and\b|in\b|for\b|on\b|at\b|to\b)[^\W\d_][\w'’-]+)?",
                 0.6,
             ),
         ],

@@ -287,9 +287,7 @@ class TextDeidentifier:
         self.nlp_engine.context_words = frozenset(
             word.lower() for r in registry.recognizers for word in r.context or ()
         )
-        self._entities = sorted(
-            {*self.analyzer.get_supported_entities(LANGUAGE), RECORD_NAME, RECORD_IDENTIFIER}
-        )
+        self._entities = self.analyzer.get_supported_entities(LANGUAGE)
         self.anonymizer = AnonymizerEngine()  # type: ignore[no-untyped-call]
 
     # -- detection ---------------------------------------------------------------------------
@@ -318,29 +316,31 @@ class TextDeidentifier:
         return [list(found[key]) for key in keys]
 
     def _analyze(self, text: str, terms: Sequence[str], nlp_artifacts: NlpArtifacts) -> list[Span]:
+        record = self._record_recognizers(terms)
         results = self.analyzer.analyze(
             text=text,
             language=LANGUAGE,
-            entities=self._entities_for(text),
+            entities=self._entities_for(text, {e for r in record for e in r.supported_entities}),
             nlp_artifacts=nlp_artifacts,
             score_threshold=self.score_threshold,
-            ad_hoc_recognizers=self._record_recognizers(terms),
+            ad_hoc_recognizers=record,
         )
         results = relabel_record_hits(
             [r for r in results if is_identifying(text, r, self._stop_words, self._clinical)]
         )
         return merge_spans(text, results + propagate_names(text, results, self._stop_words))
 
-    def _entities_for(self, text: str) -> list[str]:
-        """The entity types worth looking for in ``text``: those that always hold a digit only
-        when it has one, e-mail addresses only when it has an ``@`` (recognizers of the others
-        are not run; 4 notes in 10 of the labelled corpus have no digit)."""
+    def _entities_for(self, text: str, record: set[str]) -> list[str]:
+        """The entity types worth looking for in ``text`` (with the ``record`` deny lists' own):
+        those that always hold a digit only when it has one, e-mail addresses only when it has
+        an ``@`` (recognizers of the others are not run; 4 notes in 10 of the labelled corpus
+        have no digit)."""
         skip: set[str] = set()
         if not _DIGIT.search(text):
             skip |= NEED_A_DIGIT
         if "@" not in text:
             skip.add("EMAIL_ADDRESS")
-        return [e for e in self._entities if e not in skip]
+        return [e for e in sorted({*self._entities, *record}) if e not in skip]
 
     def _record_recognizers(self, terms: Iterable[str]) -> list[Any]:
         """Deny-list recognizers for one note: the patient's names and identifiers, whole word."""
@@ -467,23 +467,24 @@ pulmonology rheumatology obstetrics gynecology surgery anesthesia anaesthesia em
 started start stopped continue continued increased decreased discontinued extended release
 tablet capsule injection oral daily twice nightly prn mg mcg ml units dose dosing patient
 history present illness chief complaint assessment plan impression exam examination vitals
-labs imaging medications allergies diagnosis diagnoses follow up
+labs imaging medications allergies diagnosis diagnoses follow up max min prn qd bid tid qid
+qhs sig
 """
 
 
 @cache
 def clinical_vocabulary(name_words: frozenset[str]) -> frozenset[str]:
     """Case-folded clinical words that are nobody's name: the drug, problem and measurement
-    names of the sample hospital's vocabulary and the department and note words above, less any
-    word that is also a name in ``name_words``."""
+    names of the sample hospital's vocabulary less any word that is also a name in
+    ``name_words``, and the department, note and sig words above (even "max" of "max 3 g")."""
     from medlake.sample import vocab
 
     texts = [_CLINICAL_TERMS]
     texts += [f"{d.key} {d.display} {d.sig}" for d in vocab.DRUGS.values()]
     texts += [f"{p.key} {p.icd10_display} {p.snomed_display}" for p in vocab.PROBLEMS.values()]
     texts += [f"{m.key} {m.display}" for m in vocab.MEASUREMENTS.values()]
-    words = {w.casefold() for t in texts for w in _NAME_WORD.findall(t)}
-    return frozenset(words - name_words)
+    words = {w.casefold() for t in texts[1:] for w in _NAME_WORD.findall(t)} - name_words
+    return frozenset(words | set(_CLINICAL_TERMS.split()))
 
 
 def _eponym(text: str, end: int) -> bool:
