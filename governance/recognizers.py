@@ -132,6 +132,10 @@ def date_recognizer() -> PatternRecognizer:
             ("d month y", rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH}\.?,?\s+\d{{4}}\b", 0.9),
             ("month d, y", rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b", 0.9),
             ("month y", rf"\b{_MONTH}\.?\s+\d{{4}}\b", 0.6),
+            ("y/m/d", r"\b\d{4}/\d{1,2}/\d{1,2}\b", 0.85),
+            ("d-mon-y", rf"\b\d{{1,2}}-{_MONTH}-(?:\d{{4}}|\d{{2}})\b", 0.85),
+            ("mon-y", rf"\b{_MONTH}-(?:\d{{4}}|\d{{2}})\b", 0.6),
+            ("m/yyyy", r"\b(?:0?[1-9]|1[0-2])/(?:19|20)\d{2}\b", 0.6),
         ],
         context=["dob", "born", "date", "seen", "on", "since", "admitted", "discharged"],
     )

@@ -306,6 +306,9 @@ class TextDeidentifier:
         # patterns find every phone of the labelled corpus. "libphonenumber" keeps it, US only.
         registry.remove_recognizer("PhoneRecognizer")
         registry.remove_recognizer("UrlRecognizer")
+        # The clinical date recognizer has Presidio's date patterns but its weak mm/yy and dd-MMM
+        # (mostly readings: "pain 5/10"); one date recognizer is enough.
+        registry.remove_recognizer("DateRecognizer")
         registry.add_recognizer(QuickUrlRecognizer(supported_language=LANGUAGE))
         if phones == "libphonenumber":
             registry.add_recognizer(
