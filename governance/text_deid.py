@@ -614,7 +614,8 @@ def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
     """Non-overlapping PHI spans. A detection inside a longer one is absorbed by it (a town inside
     an address); of two that partly overlap, the better-scoring one claims its characters first
     and the other keeps what is left; spans of one type separated only by a space or a dot (a
-    first and a last name found apart, a title and its name) become one span."""
+    first and a last name found apart, a title and its name) become one span, and so do an
+    address's lines and parts (street, unit, town, ZIP) separated by line breaks or commas."""
     results = list(results)
     containers: list[RecognizerResult] = []
     for r in sorted(results, key=lambda r: (-(r.end - r.start), -r.score)):
@@ -655,8 +656,23 @@ def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
                     last.start, span.end, last.entity_type, max(last.score, span.score)
                 )
                 continue
+            if _address_parts(last, span) and len(gap) <= 6 and not gap.strip(_ADDRESS_GAP):
+                merged[-1] = Span(last.start, span.end, STREET, max(last.score, span.score))
+                continue
         merged.append(span)
     return merged
+
+
+STREET = "STREET_ADDRESS"
+_ADDRESS_GAP = " \t\r\n,>/"
+_PLACE = frozenset({STREET, "LOCATION"})
+
+
+def _address_parts(last: Span, span: Span) -> bool:
+    """Whether two neighbouring spans are lines or parts of one address: a street with its unit,
+    town or ZIP after it, or a town before its ZIP ("Hellendoorn, OV 21072")."""
+    kinds = {last.entity_type, span.entity_type}
+    return STREET in kinds and kinds <= _PLACE
 
 
 _LEADING = " \t\r\n,;:"

@@ -347,3 +347,8 @@ def test_lean_pattern_loop_matches_presidios(deid: TextDeidentifier) -> None:
         got = {(r.start, r.end, r.score) for r in lean.analyze(text, lean.supported_entities)}
         want = {(r.start, r.end, r.score) for r in plain.analyze(text, lean.supported_entities)}
         assert got == want, lean.name
+
+
+def test_an_address_over_several_lines_is_one_span(deid: TextDeidentifier) -> None:
+    text = "Moved to 14 Crown Street,\nSpringfield\n62704"
+    assert _found(deid, text) == [("14 Crown Street,\nSpringfield\n62704", "STREET_ADDRESS")]
