@@ -52,22 +52,26 @@ class LeanPatternRecognizer(PatternRecognizer):
         regex_flags: int | None = None,
     ) -> list[RecognizerResult]:
         """Every pattern's non-empty matches, duplicates removed."""
-        flags = regex_flags or self.global_regex_flags
+        flags: int = regex_flags or self.global_regex_flags or 0
+        name: str = self.name  # type: ignore[has-type]
+        patterns: list[Pattern] = self.patterns  # type: ignore[has-type]
         results: list[RecognizerResult] = []
         metadata = {
-            RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+            RecognizerResult.RECOGNIZER_NAME_KEY: name,
             RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
         }
-        for pattern in self.patterns:
-            if pattern.compiled_regex is None or pattern.compiled_with_flags != flags:
-                pattern.compiled_with_flags = flags
-                pattern.compiled_regex = regex.compile(pattern.regex, flags=flags)
-            for match in pattern.compiled_regex.finditer(text):
+        for pattern in patterns:
+            for match in _compiled(pattern.regex, flags).finditer(text):
                 start, end = match.span()
                 if start == end:
                     continue
                 explanation = self.build_regex_explanation(
-                    self.name, pattern.name, pattern.regex, pattern.score, None, flags
+                    name,
+                    pattern.name,
+                    pattern.regex,
+                    pattern.score,
+                    None,  # type: ignore[arg-type]  # no validation, as Presidio's loop passes
+                    flags,
                 )
                 results.append(
                     RecognizerResult(
@@ -87,6 +91,11 @@ _DOSE_UNIT = (
     r"mg|mcg|µg|g|kg|ml|l|units?|iu|tabs?|tablets?|caps?|capsules?|puffs?|drops?|sprays?|mmol"
     r"|mmhg|bpm|lbs?|cm|mm|hours?|hrs?|days?|weeks?|months?|years?|times|x|percent|meq|mg/dl"
 )
+
+
+@cache
+def _compiled(pattern: str, flags: int) -> regex.Pattern[str]:
+    return regex.compile(pattern, flags=flags)
 
 
 def _recognizer(

@@ -152,7 +152,9 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
             )
             for token in doc
         ]
-        entities, scores = self._get_updated_entities(doc.ents, self._get_scores_for_entities(doc))
+        entities, scores = self._get_updated_entities(
+            list(doc.ents), self._get_scores_for_entities(doc)
+        )
         artifacts = NlpArtifacts(
             entities=entities,
             tokens=doc,
@@ -350,8 +352,8 @@ class TextDeidentifier:
             n_process=self.n_process,
         )
         found: dict[tuple[str, tuple[str, ...]], list[Span]] = {}
-        for (text, terms), (_, nlp_artifacts) in zip(distinct, artifacts):
-            found[(text, terms)] = self._analyze(text, terms, nlp_artifacts) if text.strip() else []
+        for (text, terms), item in zip(distinct, artifacts):
+            found[(text, terms)] = self._analyze(text, terms, item[1]) if text.strip() else []
         return [list(found[key]) for key in keys]
 
     def _analyze(self, text: str, terms: Sequence[str], nlp_artifacts: NlpArtifacts) -> list[Span]:
