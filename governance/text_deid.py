@@ -43,6 +43,7 @@ from presidio_analyzer.predefined_recognizers import PhoneRecognizer, UrlRecogni
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
 from presidio_anonymizer.entities import RecognizerResult as Replacement
+from spacy.attrs import IDX, IS_PUNCT, IS_SPACE, IS_STOP, LOWER
 from spacy.tokens import Doc
 
 from medlake.governance.recognizers import (
@@ -144,28 +145,27 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
 
     def _doc_to_nlp_artifact(self, doc: Doc, language: str) -> NlpArtifacts:
         keep = self.context_words
-        words = [
-            (
-                token.idx,
-                token.lower_,
-                token.is_punct or token.is_space or (token.is_stop and token.lower_ not in keep),
-            )
-            for token in doc
-        ]
+        strings = doc.vocab.strings
+        # one array read instead of a Python Token object per word
+        rows = doc.to_array([IDX, LOWER, IS_PUNCT, IS_SPACE, IS_STOP]).tolist()
+        lemmas = [strings[row[1]] for row in rows]
         entities, scores = self._get_updated_entities(
             list(doc.ents), self._get_scores_for_entities(doc)
         )
         artifacts = NlpArtifacts(
             entities=entities,
             tokens=doc,
-            tokens_indices=[idx for idx, _, _ in words],
-            lemmas=[lower for _, lower, _ in words],
+            tokens_indices=[row[0] for row in rows],
+            lemmas=lemmas,
             nlp_engine=None,  # keywords are set below
             language=language,
             scores=scores,
         )
         artifacts.keywords = [
-            part for _, lower, skip in words if not skip for part in lower.split(":")
+            part
+            for row, lower in zip(rows, lemmas)
+            if not (row[2] or row[3] or (row[4] and lower not in keep))
+            for part in lower.split(":")
         ]
         artifacts.nlp_engine = self
         return artifacts
