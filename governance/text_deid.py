@@ -197,6 +197,35 @@ class LeanContextEnhancer(LemmaContextAwareEnhancer):
         return rest + super().enhance_using_context(text, todo, nlp_artifacts, recognizers, context)
 
 
+class CachedRecognizerRegistry(RecognizerRegistry):
+    """Presidio's registry, remembering which of its recognizers serve a set of entity types
+    (Presidio scans every recognizer for every type on every note); a note's ad-hoc deny-list
+    recognizers are added to the remembered list."""
+
+    def get_recognizers(
+        self,
+        language: str,
+        entities: list[str] | None = None,
+        all_fields: bool = False,
+        ad_hoc_recognizers: list[EntityRecognizer] | None = None,
+    ) -> list[EntityRecognizer]:
+        """The registered recognizers for ``entities`` (or all), then the matching ad-hoc ones."""
+        registered = list(self.recognizers)
+        key = (language, tuple(entities or ()), all_fields, len(registered))
+        cache: dict[Any, list[EntityRecognizer]] = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            own = {e for r in registered for e in r.supported_entities}
+            wanted = [e for e in entities or () if e in own]  # not the ad-hoc ones' types
+            cache[key] = super().get_recognizers(language, wanted, all_fields)
+        extra = [
+            r
+            for r in ad_hoc_recognizers or ()
+            if r.supported_language == language
+            and (all_fields or any(e in r.supported_entities for e in entities or ()))
+        ]
+        return [*cache[key], *extra]
+
+
 class LeanAnalyzerEngine(AnalyzerEngine):
     """Presidio's analyzer, minus a loop that splits the results by recognizer for each of the
     ~30 recognizers to call their own ``enhance_using_context``: only recognizers that override
@@ -301,7 +330,7 @@ class TextDeidentifier:
         self._stop_words: frozenset[str] = frozenset(nlp.Defaults.stop_words)
         first, last, _ = gazetteer()
         self._clinical = clinical_vocabulary(first | last)
-        registry = RecognizerRegistry(supported_languages=[LANGUAGE])
+        registry = CachedRecognizerRegistry(supported_languages=[LANGUAGE])
         registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=self.nlp_engine)
         # Presidio's phone recognizer runs libphonenumber's matcher for eight countries on every
         # text (a fifth of the time) and rejects the 555 numbers of test data; the clinical phone
