@@ -41,8 +41,8 @@ _STREET_SUFFIX = (
 
 class LeanPatternRecognizer(PatternRecognizer):
     """A :class:`PatternRecognizer` with a leaner matching loop: no clock reads and debug log
-    line per pattern and text (Presidio's loop spent more on those than on matching). For
-    recognizers without ``validate_result``/``invalidate_result``; results are the same."""
+    line per pattern and text (Presidio's loop spent more on those than on matching). Scores,
+    validation (``validate_result``/``invalidate_result``) and results are Presidio's."""
 
     def analyze(
         self,
@@ -51,39 +51,67 @@ class LeanPatternRecognizer(PatternRecognizer):
         nlp_artifacts: Any = None,
         regex_flags: int | None = None,
     ) -> list[RecognizerResult]:
-        """Every pattern's non-empty matches, duplicates removed."""
+        """Every pattern's non-empty, not invalidated matches, duplicates removed."""
         flags: int = regex_flags or self.global_regex_flags or 0
         name: str = self.name  # type: ignore[has-type]
         patterns: list[Pattern] = self.patterns  # type: ignore[has-type]
         results: list[RecognizerResult] = []
-        metadata = {
-            RecognizerResult.RECOGNIZER_NAME_KEY: name,
-            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
-        }
         for pattern in patterns:
             for match in _compiled(pattern.regex, flags).finditer(text):
                 start, end = match.span()
                 if start == end:
+                    continue
+                value = text[start:end]
+                valid = self.validate_result(value)
+                score = pattern.score
+                if valid is not None:
+                    score = self.MAX_SCORE if valid else self.MIN_SCORE
+                if self.invalidate_result(value):
+                    score = self.MIN_SCORE
+                if score <= self.MIN_SCORE:
                     continue
                 explanation = self.build_regex_explanation(
                     name,
                     pattern.name,
                     pattern.regex,
                     pattern.score,
-                    None,  # type: ignore[arg-type]  # no validation, as Presidio's loop passes
+                    valid,  # type: ignore[arg-type]  # None when not validated, as in Presidio
                     flags,
                 )
+                explanation.score = score
                 results.append(
                     RecognizerResult(
                         self.supported_entities[0],
                         start,
                         end,
-                        pattern.score,
+                        score,
                         analysis_explanation=explanation,
-                        recognition_metadata=dict(metadata),
+                        recognition_metadata={
+                            RecognizerResult.RECOGNIZER_NAME_KEY: name,
+                            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                        },
                     )
                 )
         return EntityRecognizer.remove_duplicates(results)
+
+
+def make_lean(recognizer: EntityRecognizer) -> EntityRecognizer:
+    """``recognizer`` with the lean matching loop when it is a pattern recognizer that keeps
+    Presidio's loop (its class does not override ``analyze``): its class becomes a subclass of
+    its own class and :class:`LeanPatternRecognizer`, so its patterns, context and validation
+    stay as configured. Other recognizers are returned as they are."""
+    if not isinstance(recognizer, PatternRecognizer):
+        return recognizer
+    kind = type(recognizer)
+    if kind.analyze is not PatternRecognizer.analyze:
+        return recognizer
+    recognizer.__class__ = _lean_class(kind)
+    return recognizer
+
+
+@cache
+def _lean_class(kind: type[PatternRecognizer]) -> type[PatternRecognizer]:
+    return type(f"Lean{kind.__name__}", (LeanPatternRecognizer, kind), {})
 
 
 #: Units and counted things after a number in a dose or a reading, never a street name.

@@ -52,6 +52,7 @@ from medlake.governance.recognizers import (
     TITLE,
     NameGazetteerRecognizer,
     gazetteer,
+    make_lean,
     medical_recognizers,
     record_recognizer,
 )
@@ -345,6 +346,7 @@ class TextDeidentifier:
             registry.add_recognizer(
                 PhoneRecognizer(supported_regions=("US",), supported_language=LANGUAGE)
             )
+        registry.recognizers = [make_lean(r) for r in registry.recognizers]
         for recognizer in medical_recognizers():
             registry.add_recognizer(recognizer)
         registry.add_recognizer(NameGazetteerRecognizer(self._stop_words))

@@ -352,3 +352,30 @@ def test_lean_pattern_loop_matches_presidios(deid: TextDeidentifier) -> None:
 def test_an_address_over_several_lines_is_one_span(deid: TextDeidentifier) -> None:
     text = "Moved to 14 Crown Street,\nSpringfield\n62704"
     assert _found(deid, text) == [("14 Crown Street,\nSpringfield\n62704", "STREET_ADDRESS")]
+
+
+def test_presidios_pattern_recognizers_made_lean_find_the_same(deid: TextDeidentifier) -> None:
+    """Presidio's own pattern recognizers, switched to the lean loop, keep their validation."""
+    text = (
+        "Card 4111 1111 1111 1111 and 4111 1111 1111 1112, SSN 078-05-1120 or 000-12-3456, "
+        "mail jo@example.org, host 192.168.10.4, IBAN GB82 WEST 1234 5698 7654 32, "
+        "licence A1234567, passport 912803456, ITIN 912-70-1234, NHS 943 476 5919, "
+        "MAC 00:1A:2B:3C:4D:5E, id 123e4567-e89b-12d3-a456-426614174000, DEA AB1234563."
+    )
+    made_lean = [
+        r
+        for r in deid.analyzer.registry.recognizers
+        if isinstance(r, LeanPatternRecognizer) and type(r) is not LeanPatternRecognizer
+    ]
+    assert {type(r).__bases__[1].__name__ for r in made_lean} >= {
+        "CreditCardRecognizer",
+        "UsSsnRecognizer",
+        "EmailRecognizer",
+        "IpRecognizer",
+    }
+    for lean in made_lean:
+        original = type(lean).__bases__[1](supported_language="en")
+        entities = lean.supported_entities
+        got = {(r.start, r.end, r.score) for r in lean.analyze(text, entities)}
+        want = {(r.start, r.end, r.score) for r in original.analyze(text, entities)}
+        assert got == want, type(lean).__name__
