@@ -194,7 +194,8 @@ class LeanContextEnhancer(LemmaContextAwareEnhancer):
         ]
         if not todo:
             return raw_results
-        rest = [r for r in raw_results if all(r is not t for t in todo)]
+        chosen = {id(r) for r in todo}
+        rest = [r for r in raw_results if id(r) not in chosen]
         return rest + super().enhance_using_context(text, todo, nlp_artifacts, recognizers, context)
 
 
