@@ -3,6 +3,8 @@
 Presidio's defaults are tuned for general PII; clinical notes carry identifiers in the shapes
 below. Every pattern is a :class:`~presidio_analyzer.PatternRecognizer`, so the analyzer's
 context enhancer can raise a weak match when a cue word ("MRN", "DOB", "call") is nearby.
+Person names spaCy's small model misses are found with the first and last names Faker ships
+for its locales (:class:`NameGazetteerRecognizer`).
 
 Presidio matches with ``re.IGNORECASE`` by default; patterns that depend on capital letters
 (site names, names after a title) switch it off locally with ``(?-i:...)``.

