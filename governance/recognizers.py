@@ -3,6 +3,8 @@
 Presidio's defaults are tuned for general PII; clinical notes carry identifiers in the shapes
 below. Every pattern is a :class:`~presidio_analyzer.PatternRecognizer`, so the analyzer's
 context enhancer can raise a weak match when a cue word ("MRN", "DOB", "call") is nearby.
+Person names spaCy's small model misses are found with the first and last names Faker ships
+for its locales (:class:`NameGazetteerRecognizer`).
 
 Presidio matches with ``re.IGNORECASE`` by default; patterns that depend on capital letters
 (site names, names after a title) switch it off locally with ``(?-i:...)``.
@@ -10,9 +12,14 @@ Presidio matches with ``re.IGNORECASE`` by default; patterns that depend on capi
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
+from functools import cache
+from typing import Any
 
-from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer
+import regex
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 
 LANGUAGE = "en"
 
@@ -34,6 +41,93 @@ _STREET_SUFFIX = (
 )
 
 
+class LeanPatternRecognizer(PatternRecognizer):
+    """A :class:`PatternRecognizer` with a leaner matching loop: no clock reads and debug log
+    line per pattern and text (Presidio's loop spent more on those than on matching). Scores,
+    validation (``validate_result``/``invalidate_result``) and results are Presidio's."""
+
+    def analyze(
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: Any = None,
+        regex_flags: int | None = None,
+    ) -> list[RecognizerResult]:
+        """Every pattern's non-empty, not invalidated matches, duplicates removed."""
+        flags: int = regex_flags or self.global_regex_flags or 0
+        name: str = self.name  # type: ignore[has-type]
+        patterns: list[Pattern] = self.patterns  # type: ignore[has-type]
+        results: list[RecognizerResult] = []
+        for pattern in patterns:
+            for match in _compiled(pattern.regex, flags).finditer(text):
+                start, end = match.span()
+                if start == end:
+                    continue
+                value = text[start:end]
+                valid = self.validate_result(value)
+                score = pattern.score
+                if valid is not None:
+                    score = self.MAX_SCORE if valid else self.MIN_SCORE
+                if self.invalidate_result(value):
+                    score = self.MIN_SCORE
+                if score <= self.MIN_SCORE:
+                    continue
+                explanation = self.build_regex_explanation(
+                    name,
+                    pattern.name,
+                    pattern.regex,
+                    pattern.score,
+                    valid,  # type: ignore[arg-type]  # None when not validated, as in Presidio
+                    flags,
+                )
+                explanation.score = score
+                results.append(
+                    RecognizerResult(
+                        self.supported_entities[0],
+                        start,
+                        end,
+                        score,
+                        analysis_explanation=explanation,
+                        recognition_metadata={
+                            RecognizerResult.RECOGNIZER_NAME_KEY: name,
+                            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                        },
+                    )
+                )
+        return EntityRecognizer.remove_duplicates(results)
+
+
+def make_lean(recognizer: EntityRecognizer) -> EntityRecognizer:
+    """``recognizer`` with the lean matching loop when it is a pattern recognizer that keeps
+    Presidio's loop (its class does not override ``analyze``): its class becomes a subclass of
+    its own class and :class:`LeanPatternRecognizer`, so its patterns, context and validation
+    stay as configured. Other recognizers are returned as they are."""
+    if not isinstance(recognizer, PatternRecognizer):
+        return recognizer
+    kind = type(recognizer)
+    if kind.analyze is not PatternRecognizer.analyze:
+        return recognizer
+    recognizer.__class__ = _lean_class(kind)
+    return recognizer
+
+
+@cache
+def _lean_class(kind: type[PatternRecognizer]) -> type[PatternRecognizer]:
+    return type(f"Lean{kind.__name__}", (LeanPatternRecognizer, kind), {})
+
+
+#: Units and counted things after a number in a dose or a reading, never a street name.
+_DOSE_UNIT = (
+    r"mg|mcg|µg|g|kg|ml|l|units?|iu|tabs?|tablets?|caps?|capsules?|puffs?|drops?|sprays?|mmol"
+    r"|mmhg|bpm|lbs?|cm|mm|hours?|hrs?|days?|weeks?|months?|years?|times|x|percent|meq|mg/dl"
+)
+
+
+@cache
+def _compiled(pattern: str, flags: int) -> regex.Pattern[str]:
+    return regex.compile(pattern, flags=flags)
+
+
 def _recognizer(
     entity: str,
     name: str,
@@ -41,7 +135,7 @@ def _recognizer(
     *,
     context: list[str] | None = None,
 ) -> PatternRecognizer:
-    return PatternRecognizer(
+    return LeanPatternRecognizer(
         supported_entity=entity,
         name=name,
         supported_language=LANGUAGE,
@@ -77,6 +171,10 @@ def date_recognizer() -> PatternRecognizer:
             ("d month y", rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH}\.?,?\s+\d{{4}}\b", 0.9),
             ("month d, y", rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b", 0.9),
             ("month y", rf"\b{_MONTH}\.?\s+\d{{4}}\b", 0.6),
+            ("y/m/d", r"\b\d{4}/\d{1,2}/\d{1,2}\b", 0.85),
+            ("d-mon-y", rf"\b\d{{1,2}}-{_MONTH}-(?:\d{{4}}|\d{{2}})\b", 0.85),
+            ("mon-y", rf"\b{_MONTH}-(?:\d{{4}}|\d{{2}})\b", 0.6),
+            ("m/yyyy", r"\b(?:0?[1-9]|1[0-2])/(?:19|20)\d{2}\b", 0.6),
         ],
         context=["dob", "born", "date", "seen", "on", "since", "admitted", "discharged"],
     )
@@ -118,7 +216,9 @@ def phone_recognizer() -> PatternRecognizer:
 
 
 def age_over_89_recognizer() -> PatternRecognizer:
-    """Ages over 89, which Safe Harbor treats as identifying: ``92-year-old``, ``aged 93``, ``95 y/o``."""
+    """Ages over 89, which Safe Harbor treats as identifying: ``92-year-old``, ``aged 93``,
+    ``95 y/o``, ``turned 94``, ``at the age of 91``. Younger ages stay: Safe Harbor keeps them
+    and a note needs them."""
     age = r"(?:9\d|1[0-2]\d)"
     return _recognizer(
         AGE_OVER_89,
@@ -127,6 +227,16 @@ def age_over_89_recognizer() -> PatternRecognizer:
             ("n-year-old", rf"\b{age}[-\s]?(?:year|yr)s?[-\s]?old\b", 0.9),
             ("aged n", rf"\b(?:aged?|age:)\s*{age}\b", 0.9),
             ("n y/o", rf"\b{age}\s*(?:y/?o|yo|years? of age)\b", 0.9),
+            (
+                "turned n",
+                rf"\b(?:turned|turns|turning|age of|was|is)\s+{age}(?=\s+(?:years?|yrs?)\b)",
+                0.9,
+            ),
+            (
+                "turned n (alone)",
+                rf"\b(?:turned|turns|turning|at the age of)\s+{age}\b(?![./:-]?\d)",
+                0.8,
+            ),
         ],
     )
 
@@ -168,7 +278,8 @@ def street_address_recognizer() -> PatternRecognizer:
     )
     by_suffix = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?(?:{word}\s+){{0,4}}(?i:{_STREET_SUFFIX})\b\.?"
     not_month = rf"(?!(?i:{_MONTH})\b)"
-    by_number = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?{not_month}{name}(?:\s+{word}){{0,3}}\s+\d{{1,5}}[A-Za-z]?\b\.?"
+    not_unit = rf"(?!(?i:{_DOSE_UNIT})\b)"  # "325 MG Oral Tablet. Take 2" is a dose
+    by_number = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?{not_month}{not_unit}{name}(?:\s+{word}){{0,3}}\s+\d{{1,5}}[A-Za-z]?\b\.?"
     return _recognizer(
         STREET_ADDRESS,
         "StreetAddressRecognizer",
@@ -182,6 +293,14 @@ def street_address_recognizer() -> PatternRecognizer:
             ),
             ("unit", r"\b(?:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[a-z]?\b", 0.7),
             ("po box", r"\bP\.?\s?O\.?\s+Box\s+\d{1,6}\b", 0.8),
+            (
+                "street corner",
+                (
+                    r"\b(?:the\s+)?corner\s+of\s+(?-i:[A-ZÀ-Þ\d])[^\n,;?!]{2,60}?\s+(?:and|&)\s+"
+                    r"(?-i:[A-ZÀ-Þ\d])[^\n,;?!]{1,40}?(?=\s*(?:[,;?!\n/]|\.(?:\s|$)|$))"
+                ),
+                0.7,
+            ),
             (
                 "military box",
                 r"\b(?:PSC|CMR|Unit)\s+\d{3,5},?\s+Box\s+\d{1,5}(?:\s*\n?\s*(?:APO|FPO|DPO)\s+A[AEP]\s+\d{5})?",
@@ -237,6 +356,10 @@ def titled_name_recognizer() -> PatternRecognizer:
         "my kid ",
     )
     after_strong_cue = "|".join(f"(?<=\\b{re.escape(c)})" for c in strong_cues)
+    not_a_word = (  # "call me on Monday", "call me back"
+        r"(?!(?:on|at|in|when|back|if|after|before|about|tomorrow|today|tonight|later|soon|asap"
+        r"|again|anytime|and|or|to|for|with|please|now|then|there|here)\b)"
+    )
     capital = r"[A-ZÀ-Þ][\w'’-]+"
     return _recognizer(
         "PERSON",
@@ -255,7 +378,7 @@ def titled_name_recognizer() -> PatternRecognizer:
             ),
             (
                 "strong cue, any case",
-                rf"(?:{after_strong_cue})[^\W\d_][\w'’-]+(?:\s+(?:[^\W\d_]\.?\s+)?(?!and\b|in\b|for\b|on\b|at\b|to\b)[^\W\d_][\w'’-]+)?",
+                rf"(?:{after_strong_cue}){not_a_word}[^\W\d_][\w'’-]+(?:\s+(?:[^\W\d_]\.?\s+)?(?!and\b|in\b|for\b|on\b|at\b|to\b)[^\W\d_][\w'’-]+)?",
                 0.6,
             ),
         ],
@@ -293,10 +416,205 @@ def record_recognizer(terms: list[str], *, entity: str) -> PatternRecognizer | N
     cleaned = sorted({t.strip() for t in terms if t and len(t.strip()) >= 2}, key=len, reverse=True)
     if not cleaned:
         return None
-    return PatternRecognizer(
+    return LeanPatternRecognizer(
         supported_entity=entity,
         name=f"RecordDenyList{entity.title()}",
         supported_language=LANGUAGE,
         deny_list=cleaned,
         deny_list_score=1.0,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# names from a gazetteer: Faker's first and last names of every locale it ships
+
+#: English words that are also names somewhere ("Will", "Grace", "Hall") and the clinical words
+#: of that kind: alone and capitalised they are more often a word than a name, so they count
+#: only inside a full name ("Grace Hall") or next to a name cue.
+_CLINICAL_WORDS = """
+    admission allergy aspirin bed blood brain care case chart clinic consult day discharge doctor
+    dose drain emergency exam family female floor follow grace hall heart home hope house iron
+    lane male march mark mass medicine monday nurse office oral order page park patient plan
+    pressure rest result room rose sage shift sister south north east west spring summer fall
+    winter stone street sunday test unit ward well white young green brown black gray grey king
+    long love rich short small story tuesday wednesday thursday friday saturday will may june
+    july august april january february september october november december christmas easter
+    god lord saint sir head hand arm leg foot chest back neck side bay lake hill river field
+    wood forest mountain valley city town county state center centre general royal date english time note reason signed
+"""
+CLINICAL_WORDS = frozenset(_CLINICAL_WORDS.split())
+
+#: After an eponymous name the word is a disease, sign or device, not a person.
+EPONYM_AFTER = re.compile(
+    r"(?:['’]s)?\s+(?:disease|syndrome|sign|test|palsy|reflex|score|scale|criteria|classification"
+    r"|procedure|operation|catheter|tube|maneuver|manoeuvre|phenomenon|fracture|tumou?r|lymphoma"
+    r"|ulcer|node|triad|law|position|disorder|anomaly|deformity|contracture|esophagus|oesophagus"
+    r"|thyroiditis|encephalopathy|ataxia|dystrophy|stain|solution|formula|equation|method)\b",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+_INITIAL = re.compile(r"[A-Z]\.?")
+_CAPITALISED_PAIR = re.compile(
+    r"(?<![\w'’-])([A-ZÀ-ÞĀ-ž][^\W\d_A-Z]+) ([A-ZÀ-ÞĀ-ž][^\W\d_A-Z]+)(?![\w'’-])"
+)
+_LOWER_LIST = re.compile(r"\b[a-z]+(?:, [a-z]+)+,? (?:and|or) [a-z]+\b")
+#: Verbs that follow a sentence's subject: a known name opening a sentence before one of them
+#: is a person ("Irenka is very reliable", "Dexter lives on ...").
+_SUBJECT_VERB = re.compile(
+    r"\s+(?:is|was|has|had|lives|lived|said|says|told|went|came|began|spent|works|worked|"
+    r"shouted|reported|reports|presents|presented|denies|denied|states|stated|called|calls|"
+    r"will|would|can|could|should|did|does|and|who|wants|wanted|asked|asks)\b"
+)
+
+
+@cache
+def gazetteer() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """Case-folded (first names, last names, common English words) from the installed Faker: the
+    person providers of all its locales, and its English lorem word list as the common words."""
+    from faker.providers.lorem.en_US import Provider as Lorem
+
+    first: set[str] = set()
+    last: set[str] = set()
+    package = importlib.import_module("faker.providers.person")
+    for module in pkgutil.iter_modules(package.__path__):
+        provider = importlib.import_module(f"faker.providers.person.{module.name}").Provider
+        for attr, into in (
+            ("first_names", first),
+            ("first_names_male", first),
+            ("first_names_female", first),
+            ("last_names", last),
+        ):
+            values = getattr(provider, attr, ())
+            if isinstance(values, (dict, list, tuple, set, frozenset)):
+                into.update(w.casefold() for name in values for w in _WORD.findall(str(name)))
+    common = {w.casefold() for w in Lorem.word_list} | CLINICAL_WORDS
+    return frozenset(first), frozenset(last), frozenset(common)
+
+
+class NameGazetteerRecognizer(EntityRecognizer):
+    """Person names spaCy's small model misses, from a name list rather than a model: a run of two
+    or more known names ("Maureen Thibault", "leone mazzi", "Codey M Ross"), one capitalised
+    known name inside a sentence ("... shouted at Todd"), or one opening a sentence as its subject
+    or speaker ("Dexter lives on", "Ubul: ..."). Common English words that are also names count
+    only inside a full name; eponyms ("Parkinson's disease") are skipped."""
+
+    def __init__(self, stop_words: frozenset[str] = frozenset()) -> None:
+        super().__init__(
+            supported_entities=["PERSON"],
+            name="NameGazetteerRecognizer",
+            supported_language=LANGUAGE,
+        )
+        self.stop_words = stop_words
+
+    def load(self) -> None:
+        self.first, self.last, self.common = gazetteer()
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+        """Name spans of ``text`` (see the class docstring for the rules)."""
+        results: list[RecognizerResult] = []
+        run: list[re.Match[str]] = []
+        for match in _WORD.finditer(text):
+            if run and self._continues(text, run[-1], match):
+                run.append(match)
+                continue
+            results.extend(self._score_run(text, run))
+            run = (
+                [match] if self._is_name(match.group()) or _INITIAL.fullmatch(match.group()) else []
+            )
+        results.extend(self._score_run(text, run))
+        results.extend(self._half_known_pairs(text))
+        results.extend(self._lower_case_lists(text))
+        return results
+
+    def _half_known_pairs(self, text: str) -> list[Any]:
+        """Two capitalised words, a known first name and an unknown one after it ("Lina
+        Artemova"), or an unknown one before a known last name ("Rościsław Dudek")."""
+        out: list[RecognizerResult] = []
+        for pair in _CAPITALISED_PAIR.finditer(text):
+            first, last = pair.group(1).casefold(), pair.group(2).casefold()
+            if {first, last} & (self.common | self.stop_words) or EPONYM_AFTER.match(
+                text, pair.end()
+            ):
+                continue
+            first_known = first in self.first or first in self.last
+            last_known = last in self.last or last in self.first
+            if (first in self.first and not last_known) or (last in self.last and not first_known):
+                out.append(RecognizerResult("PERSON", pair.start(), pair.end(), 0.5))
+        return out
+
+    def _lower_case_lists(self, text: str) -> list[Any]:
+        """Lower-case lists of three or more known first names, with at most a third of the
+        items unknown ("adam, chad and caleb"; "leonti, terrence, pamela and brian")."""
+        out: list[RecognizerResult] = []
+        for listed in _LOWER_LIST.finditer(text):
+            items = [m for m in _WORD.finditer(listed.group()) if m.group() not in ("and", "or")]
+            keys = [m.group() for m in items]
+            known = [k for k in keys if k in self.first and k not in self.common]
+            if (
+                len(known) >= 3
+                and 3 * len(known) >= 2 * len(keys)
+                and not any(k in self.stop_words or k in self.common for k in keys)
+            ):
+                out.extend(
+                    RecognizerResult(
+                        "PERSON", listed.start() + m.start(), listed.start() + m.end(), 0.5
+                    )
+                    for m in items
+                )
+        return out
+
+    def _is_name(self, word: str) -> bool:
+        key = word.casefold()
+        if key in self.stop_words or len(key) < 2:
+            return False
+        parts = re.split(r"['’-]", key)
+        return key in self.first or key in self.last or all(p in self.last for p in parts)
+
+    def _continues(self, text: str, previous: re.Match[str], match: re.Match[str]) -> bool:
+        gap = text[previous.end() : match.start()]
+        word = match.group()
+        return gap in (" ", ". ") and (self._is_name(word) or bool(_INITIAL.fullmatch(word)))
+
+    def _score_run(self, text: str, run: list[re.Match[str]]) -> list[Any]:
+        while run and _INITIAL.fullmatch(run[-1].group()):
+            run = run[:-1]  # a trailing capital is a sentence's next word, not an initial
+        while run and _INITIAL.fullmatch(run[0].group()) and len(run[0].group()) == 1:
+            run = run[1:]
+        if not run:
+            return []
+        words = [m.group() for m in run]
+        names = [w for w in words if not _INITIAL.fullmatch(w)]
+        start, end = run[0].start(), run[-1].end()
+        if EPONYM_AFTER.match(text, end):
+            return []
+        shapes = {_shape(w) for w in names}
+        keys = [w.casefold() for w in names]
+        if len(names) >= 2 and len(shapes) == 1 and not all(k in self.common for k in keys):
+            full = keys[0] in self.first and keys[-1] in self.last
+            if shapes == {"title"} or full:
+                score = 0.65 if full else 0.5
+                return [
+                    RecognizerResult("PERSON", start, end, score if shapes != {"lower"} else 0.5)
+                ]
+        if len(names) != 1 or len(words) != 1 or shapes != {"title"} or keys[0] in self.common:
+            return []
+        if not _sentence_start(text, start):
+            return [RecognizerResult("PERSON", start, end, 0.5)]
+        after = text[end : end + 3]
+        if after[:1] in (":", ",") or after[:2] in ("'s", "’s") or _SUBJECT_VERB.match(text, end):
+            return [RecognizerResult("PERSON", start, end, 0.45)]
+        return []
+
+
+def _shape(word: str) -> str:
+    if word.islower():
+        return "lower"
+    if word.isupper():
+        return "upper" if len(word) > 1 else "title"
+    return "title" if word[0].isupper() else "mixed"
+
+
+def _sentence_start(text: str, start: int) -> bool:
+    """Whether the word at ``start`` opens a sentence, a line or a quotation."""
+    before = text[max(0, start - 12) : start].rstrip(" \t\"'“‘>*-•")
+    return not before or before[-1] in ".!?\n:;(["

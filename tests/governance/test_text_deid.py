@@ -7,7 +7,13 @@ import base64
 import json
 
 import pytest
+from presidio_analyzer import PatternRecognizer
 
+from medlake.governance.recognizers import (
+    LeanPatternRecognizer,
+    NameGazetteerRecognizer,
+    medical_recognizers,
+)
 from medlake.governance.text_deid import (
     AttachmentError,
     DeidText,
@@ -204,3 +210,172 @@ def test_mismatched_lengths_and_missing_key_are_refused(deid: TextDeidentifier) 
         deid.deidentify_batch(["a", "b"], deny_lists=[["x"]], surrogate_key=KEY)
     with pytest.raises(ValueError, match="surrogate key"):
         deid.deidentify_batch(["a"], surrogate_key=b"")
+
+
+# -- recognizers added for recall (issue 6 part 3) --------------------------------------------
+
+
+def _found(deid: TextDeidentifier, text: str) -> list[tuple[str, str]]:
+    [spans] = deid.analyze_batch([text])
+    return [(text[s.start : s.end], s.entity_type) for s in spans]
+
+
+@pytest.fixture(scope="module")
+def names(deid: TextDeidentifier) -> NameGazetteerRecognizer:
+    """The name-list recognizer alone (no spaCy), with the engine's stop words."""
+    return NameGazetteerRecognizer(deid._stop_words)
+
+
+def _names_in(recognizer: NameGazetteerRecognizer, text: str) -> list[str]:
+    return sorted(text[r.start : r.end] for r in recognizer.analyze(text, ["PERSON"]))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("She shouted at Todd in the hallway.", ["Todd"]),
+        ("Referred by leone mazzi last spring.", ["leone mazzi"]),
+        ("Seen with Codey M Ross at the bedside.", ["Codey M Ross"]),
+        ("Contact: Lina Artemova, daughter.", ["Lina Artemova"]),
+        ("Discussed with Rościsław Dudek today.", ["Dudek", "Rościsław Dudek"]),
+        ("Dexter is very reliable with his medication.", ["Dexter"]),
+        ("Visitors: silvana, adam, chad and caleb.", ["adam", "caleb", "chad", "silvana"]),
+    ],
+)
+def test_name_list_recognizer_finds_names(
+    names: NameGazetteerRecognizer, text: str, expected: list[str]
+) -> None:
+    assert _names_in(names, text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Will follow up in May; grace period for the referral is two weeks.",
+        "White blood cell count normal. Mark the incision site.",
+        "Chest Pain: resolved. Plan: continue current dose.",
+        "History of Parkinson's disease and Hodgkin lymphoma; Foley catheter removed.",
+        "Patient lives alone at home, walks in the park daily.",
+        "Potassium 4.2 mmol/L, creatinine 88 umol/L, HbA1c 7.1 %.",
+    ],
+)
+def test_name_list_recognizer_leaves_clinical_text(
+    names: NameGazetteerRecognizer, text: str
+) -> None:
+    assert _names_in(names, text) == []
+
+
+def test_sample_hospital_vocabulary_is_not_taken_for_names(deid: TextDeidentifier) -> None:
+    """Every drug, problem and measurement the sample hospital writes survives de-id."""
+    from medlake.sample import vocab
+
+    texts = [f"Started {d.display}. {d.sig}." for d in vocab.DRUGS.values()]
+    texts += [f"Assessment: {p.snomed_display}." for p in vocab.PROBLEMS.values()]
+    texts += [f"{m.display} was checked." for m in vocab.MEASUREMENTS.values()]
+    flagged = [
+        (text, found)
+        for text, found in zip(texts, deid.analyze_batch(texts))
+        if any(s.entity_type in ("PERSON", "ORGANIZATION", "LOCATION") for s in found)
+    ]
+    assert flagged == []
+
+
+def test_drug_names_and_eponyms_survive_but_the_doctor_does_not(deid: TextDeidentifier) -> None:
+    note = (
+        "Started on Lisinopril and Atorvastatin, seen by Cardiology. Parkinson and Alzheimer "
+        "disease screen negative. Foley catheter placed by Dr. Foley."
+    )
+    [out] = deid.deidentify_batch([note], surrogate_key=KEY)
+    for kept in ("Lisinopril", "Atorvastatin", "Cardiology", "Parkinson", "Foley catheter"):
+        assert kept in out.text
+    assert "Dr. Foley" not in out.text and out.entities == {"PERSON": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "The clinic is at the corner of Dalbraut 99 and Frederikke Coves, near the station.",
+            ("the corner of Dalbraut 99 and Frederikke Coves", "STREET_ADDRESS"),
+        ),
+        ("Personal info:\nPhone:\n\n467 3395\n", ("467 3395", "PHONE_NUMBER")),
+        ("Can someone call me on 9472 7916? I have questions.", ("9472 7916", "PHONE_NUMBER")),
+        ("He just turned 94 last month.", ("turned 94", "AGE_OVER_89")),
+    ],
+)
+def test_new_patterns_find_their_phi(
+    deid: TextDeidentifier, text: str, expected: tuple[str, str]
+) -> None:
+    assert _found(deid, text) == [expected]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Tenderness at the corner of the mouth and the chin.",
+        "Call me on Monday about the results.",
+        "She turned 64 in March; pulse 94 and SpO2 96 % on room air.",
+    ],
+)
+def test_new_patterns_leave_clinical_text(deid: TextDeidentifier, text: str) -> None:
+    assert [f for f in _found(deid, text) if f[1] != "DATE_TIME"] == []
+
+
+def test_repeated_notes_are_analysed_once_with_the_same_result(deid: TextDeidentifier) -> None:
+    note = "Zoe Miller called from (555) 234-5678."
+    spans = deid.analyze_batch([note, "Fine.", note], deny_lists=[["Zoe"], [], ["Zoe"]])
+    assert spans[0] == spans[2] and spans[0] and spans[1] == []
+    assert spans[0] is not spans[2]  # callers may edit one result without touching the other
+    other = deid.analyze_batch([note], deny_lists=[["Miller", "Zoe"]])
+    # another deny list is another analysis (not the cached one), finding the same places here
+    assert [(s.start, s.end) for s in other[0]] == [(s.start, s.end) for s in spans[0]]
+
+
+def test_lean_pattern_loop_matches_presidios(deid: TextDeidentifier) -> None:
+    """The medical recognizers' lean matching loop finds what Presidio's own loop finds."""
+    text = (
+        "MRN: 12345678, DOB 03/05/1931, 92-year-old, call (555) 234-5678 or 555.234.5678 x12, "
+        "lives at 24 Clarke Avenue Apt 3, PO Box 77, seen at St. Mary's Hospital by Dr. Okafor."
+    )
+    for lean in medical_recognizers():
+        assert isinstance(lean, LeanPatternRecognizer)
+        plain = PatternRecognizer(
+            supported_entity=lean.supported_entities[0],
+            patterns=lean.patterns,
+            context=lean.context,
+        )
+        got = {(r.start, r.end, r.score) for r in lean.analyze(text, lean.supported_entities)}
+        want = {(r.start, r.end, r.score) for r in plain.analyze(text, lean.supported_entities)}
+        assert got == want, lean.name
+
+
+def test_an_address_over_several_lines_is_one_span(deid: TextDeidentifier) -> None:
+    text = "Moved to 14 Crown Street,\nSpringfield\n62704"
+    assert _found(deid, text) == [("14 Crown Street,\nSpringfield\n62704", "STREET_ADDRESS")]
+
+
+def test_presidios_pattern_recognizers_made_lean_find_the_same(deid: TextDeidentifier) -> None:
+    """Presidio's own pattern recognizers, switched to the lean loop, keep their validation."""
+    text = (
+        "Card 4111 1111 1111 1111 and 4111 1111 1111 1112, SSN 078-05-1120 or 000-12-3456, "
+        "mail jo@example.org, host 192.168.10.4, IBAN GB82 WEST 1234 5698 7654 32, "
+        "licence A1234567, passport 912803456, ITIN 912-70-1234, NHS 943 476 5919, "
+        "MAC 00:1A:2B:3C:4D:5E, id 123e4567-e89b-12d3-a456-426614174000, DEA AB1234563."
+    )
+    made_lean = [
+        r
+        for r in deid.analyzer.registry.recognizers
+        if isinstance(r, LeanPatternRecognizer) and type(r) is not LeanPatternRecognizer
+    ]
+    assert {type(r).__bases__[1].__name__ for r in made_lean} >= {
+        "CreditCardRecognizer",
+        "UsSsnRecognizer",
+        "EmailRecognizer",
+        "IpRecognizer",
+    }
+    for lean in made_lean:
+        original = type(lean).__bases__[1](supported_language="en")
+        entities = lean.supported_entities
+        got = {(r.start, r.end, r.score) for r in lean.analyze(text, entities)}
+        want = {(r.start, r.end, r.score) for r in original.analyze(text, entities)}
+        assert got == want, type(lean).__name__
