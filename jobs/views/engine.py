@@ -1,0 +1,466 @@
+"""SQL-on-FHIR v2 ViewDefinitions: FHIR resources (dicts) → flat rows.
+
+A ViewDefinition (https://sql-on-fhir.org) says, in JSON, which columns a table has and the
+FHIRPath expression that fills each one; ``forEach``/``forEachOrNull``/``repeat`` unnest,
+``unionAll`` concatenates, nested ``select``s cross-join, ``where`` filters resources and
+``constant``s are ``%name`` variables. A hospital changes a silver column by editing a view file.
+
+:func:`compile_view` checks a view and compiles every FHIRPath expression once (fhirpathpy, R4
+model); :meth:`View.rows` and :meth:`View.table` then evaluate it over many resources. The
+SQL-on-FHIR functions ``getResourceKey()`` and ``getReferenceKey([type])`` are registered as
+fhirpathpy user functions, and ``%rowIndex`` is the 0-based position in the enclosing iteration.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import fhirpathpy
+import pyarrow as pa
+from fhirpathpy.engine.nodes import (
+    FP_DateTime,
+    FP_Quantity,
+    FP_Time,
+    FP_TimeBase,
+    FP_Type,
+    ResourceNode,
+)
+from fhirpathpy.models import models
+
+#: FHIR primitive type → Arrow type of a typed column; any other type is a string.
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "boolean": pa.bool_(),
+    "integer": pa.int64(),
+    "positiveInt": pa.int64(),
+    "unsignedInt": pa.int64(),
+    "integer64": pa.int64(),
+    "decimal": pa.float64(),
+}
+
+Row = dict[str, Any]
+Compiled = Callable[..., list[Any]]
+
+
+class ViewError(ValueError):
+    """A ViewDefinition that is not valid, or a path that fails on a resource (named in the message)."""
+
+
+# -- the SQL-on-FHIR functions ------------------------------------------------------------------
+
+
+def _resource_key(inputs: list[Any]) -> list[str]:
+    return [str(r["id"]) for r in inputs if isinstance(r, dict) and r.get("id") is not None]
+
+
+def reference_parts(reference: str) -> tuple[str | None, str] | None:
+    """(resource type or None, local id) of a literal reference: ``Patient/1``, an absolute URL,
+    ``…/_history/2``, ``urn:uuid:1``; None for a contained (``#x``) reference."""
+    if reference.startswith("#"):
+        return None
+    if reference.startswith(("urn:uuid:", "urn:oid:")):
+        return None, reference.split(":", 2)[2]
+    parts = [p for p in reference.split("/") if p]
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if not parts:
+        return None
+    return (parts[-2] if len(parts) >= 2 else None), parts[-1]
+
+
+def _join(inputs: list[Any], separator: str | list[Any] = "") -> str:
+    """FHIRPath ``join``: the strings joined, ``''`` for an empty collection (fhirpathpy gives empty)."""
+    return (separator if isinstance(separator, str) else "").join(str(v) for v in inputs)
+
+
+def _reference_key(inputs: list[Any], type_info: Any = None) -> list[str]:
+    wanted = getattr(type_info, "name", None)
+    keys: list[str] = []
+    for ref in inputs:
+        text = ref.get("reference") if isinstance(ref, dict) else None
+        parsed = reference_parts(text) if isinstance(text, str) else None
+        if parsed is None:
+            continue
+        rtype, local_id = parsed
+        if wanted is None or rtype == wanted:
+            keys.append(local_id)
+    return keys
+
+
+_OPTIONS = {
+    "returnRawData": True,
+    "userInvocationTable": {
+        "getResourceKey": {"fn": _resource_key},
+        "getReferenceKey": {"fn": _reference_key, "arity": {0: [], 1: ["TypeSpecifier"]}},
+        "join": {"fn": _join, "arity": {0: [], 1: ["String"]}},
+    },
+}
+
+
+def compile_path(expression: str) -> Compiled:
+    """One FHIRPath expression compiled against the R4 model, with the SQL-on-FHIR functions."""
+    if not isinstance(expression, str) or not expression.strip():
+        raise ViewError(f"a path must be a non-empty FHIRPath string, found {expression!r}")
+    # fhirpathpy binds $this only inside functions: a path on the focus itself runs in select()
+    text = f"select({expression})" if "$this" in expression else expression
+    try:
+        return fhirpathpy.compile(text, model=models["r4"], options=_OPTIONS)
+    except Exception as exc:  # the parser raises bare Exceptions
+        raise ViewError(f"path {expression!r} is not valid FHIRPath: {exc}") from exc
+
+
+# -- the compiled view ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    path: str
+    type: str | None
+    collection: bool
+    compiled: Compiled = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Select:
+    columns: tuple[Column, ...]
+    selects: tuple[Select, ...]
+    union_all: tuple[Select, ...]
+    for_each: Compiled | None = None
+    for_each_path: str | None = None
+    or_null: bool = False
+    repeat: tuple[Compiled, ...] = ()
+    repeat_paths: tuple[str, ...] = ()
+
+    def column_names(self) -> list[str]:
+        """The output columns in order: own, then nested selects', then the unionAll's."""
+        names = [c.name for c in self.columns]
+        for child in self.selects:
+            names += child.column_names()
+        if self.union_all:
+            names += self.union_all[0].column_names()
+        return names
+
+    def all_columns(self) -> list[Column]:
+        cols = list(self.columns)
+        for child in self.selects:
+            cols += child.all_columns()
+        if self.union_all:
+            cols += self.union_all[0].all_columns()
+        return cols
+
+
+@dataclass(frozen=True)
+class View:
+    """A compiled ViewDefinition over one resource type."""
+
+    name: str | None
+    resource: str
+    select: Select
+    where: tuple[tuple[str, Compiled], ...]
+    constants: dict[str, Any]
+    definition: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def columns(self) -> list[Column]:
+        return self.select.all_columns()
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.select.column_names()
+
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the view's rows: typed primitives, strings otherwise."""
+        fields = []
+        for col in self.columns:
+            base = ARROW_TYPES.get(col.type or "", pa.string())
+            fields.append(pa.field(col.name, pa.list_(base) if col.collection else base))
+        return pa.schema(fields)
+
+    def resource_rows(self, resource: dict[str, Any]) -> list[Row]:
+        """The rows of one resource (none when it is of another type or fails ``where``)."""
+        if resource.get("resourceType") != self.resource:
+            return []
+        env = {**self.constants, "resource": resource, "rootResource": resource, "rowIndex": 0}
+        for text, compiled in self.where:
+            result = [_plain(r) for r in _evaluate(compiled, resource, env, text)]
+            if len(result) > 1 or (result and not isinstance(result[0], bool)):
+                raise ViewError(
+                    f"where path {text!r} does not give a boolean on {_label(resource)}"
+                )
+            if not result or result[0] is not True:
+                return []
+        return _select_rows(self.select, resource, env)
+
+    def rows(self, resources: Iterable[dict[str, Any]]) -> list[Row]:
+        """The rows of many resources, in resource order."""
+        out: list[Row] = []
+        for resource in resources:
+            out.extend(self.resource_rows(resource))
+        return out
+
+    def table(self, resources: Iterable[dict[str, Any]]) -> pa.Table:
+        """The rows as an Arrow table typed by :meth:`schema` (untyped complex values as JSON)."""
+        schema = self.schema()
+        rows = self.rows(resources)
+        strings = {f.name for f in schema if pa.types.is_string(f.type)}
+        lists = {
+            f.name
+            for f in schema
+            if pa.types.is_list(f.type) and pa.types.is_string(f.type.value_type)
+        }
+        for row in rows:
+            for name in strings:
+                if row[name] is not None and not isinstance(row[name], str):
+                    row[name] = _as_text(row[name])
+            for name in lists:
+                if row[name] is not None:
+                    row[name] = [_as_text(v) for v in row[name]]
+        return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _label(resource: Any) -> str:
+    if isinstance(resource, dict):
+        return f"{resource.get('resourceType', '?')}/{resource.get('id', '?')}"
+    return "?"
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+
+def _evaluate(compiled: Compiled, node: Any, env: dict[str, Any], text: str) -> list[Any]:
+    try:
+        return compiled(node, env)
+    except ViewError:
+        raise
+    except Exception as exc:  # fhirpathpy raises bare Exceptions for evaluation errors
+        raise ViewError(f"path {text!r} failed on {_label(env.get('resource'))}: {exc}") from exc
+
+
+def _plain(item: Any) -> Any:
+    """A FHIRPath result item as a plain Python value: dates and quantities as their FHIRPath
+    text, a decimal as an int when written without a point, else a float."""
+    value = item.data if isinstance(item, ResourceNode) else item
+    if isinstance(value, Decimal):
+        return int(value) if "." not in str(value) and value == int(value) else float(value)
+    if isinstance(value, FP_Quantity | FP_TimeBase | FP_Type):
+        return str(value)
+    return value
+
+
+def _column_value(col: Column, node: Any, env: dict[str, Any]) -> Any:
+    result = [
+        r for r in _evaluate(col.compiled, node, env, col.path) if not _is_primitive_extension(r)
+    ]
+    values = [_plain(r) for r in result]
+    if col.collection:
+        return values
+    if len(values) > 1:
+        raise ViewError(
+            f"column {col.name!r} (path {col.path!r}) gives {len(values)} values on "
+            f"{_label(env.get('resource'))}; set collection: true or narrow the path"
+        )
+    return values[0] if values else None
+
+
+def _is_primitive_extension(item: Any) -> bool:
+    return (
+        isinstance(item, ResourceNode)
+        and isinstance(item.data, dict)
+        and list(item.data) == ["extension"]
+    )
+
+
+def _own_row(sel: Select, node: Any, env: dict[str, Any]) -> Row:
+    return {col.name: _column_value(col, node, env) for col in sel.columns}
+
+
+def _focus_rows(sel: Select, node: Any, env: dict[str, Any]) -> list[Row]:
+    """Rows of ``sel`` at one focus node: own columns × each nested select × the unionAll."""
+    parts: list[list[Row]] = [[_own_row(sel, node, env)]]
+    for child in sel.selects:
+        parts.append(_select_rows(child, node, env))
+    if sel.union_all:
+        parts.append([row for branch in sel.union_all for row in _select_rows(branch, node, env)])
+    rows = parts[0]
+    for part in parts[1:]:
+        rows = [{**left, **right} for left in rows for right in part]
+    return rows
+
+
+def _repeat_items(sel: Select, node: Any, env: dict[str, Any]) -> list[Any]:
+    """Depth-first: each repeat path's items, each followed by everything reachable from it."""
+    found: list[Any] = []
+    for compiled, text in zip(sel.repeat, sel.repeat_paths):
+        for item in _evaluate(compiled, node, env, text):
+            found.append(item)
+            found.extend(_repeat_items(sel, item, env))
+    return found
+
+
+def _select_rows(sel: Select, node: Any, env: dict[str, Any]) -> list[Row]:
+    if sel.for_each is None and not sel.repeat:
+        return _focus_rows(sel, node, env)
+    if sel.repeat:
+        items = _repeat_items(sel, node, env)
+    else:
+        items = _evaluate(sel.for_each, node, env, sel.for_each_path or "")  # type: ignore[arg-type]
+    if not items:
+        if not sel.or_null:
+            return []
+        # the null row: every column empty, but own columns still see %rowIndex (0) and constants
+        return [{**dict.fromkeys(sel.column_names()), **_own_row(sel, [], {**env, "rowIndex": 0})}]
+    rows: list[Row] = []
+    for index, item in enumerate(items):
+        rows.extend(_focus_rows(sel, item, {**env, "rowIndex": index}))
+    return rows
+
+
+# -- compiling a definition ---------------------------------------------------------------------
+
+
+def _constant_value(constant: dict[str, Any]) -> tuple[str, Any]:
+    name = constant.get("name")
+    if not isinstance(name, str) or not name:
+        raise ViewError(f"a constant needs a name: {constant!r}")
+    values = [(k, v) for k, v in constant.items() if k.startswith("value")]
+    if len(values) != 1:
+        raise ViewError(f"constant {name!r} needs exactly one value[x], found {len(values)}")
+    kind, value = values[0]
+    if kind in ("valueDate", "valueDateTime", "valueInstant"):
+        return name, FP_DateTime(value)  # type: ignore[no-untyped-call]
+    if kind == "valueTime":
+        return name, FP_Time(value)  # type: ignore[no-untyped-call]
+    if kind == "valueDecimal":
+        return name, Decimal(str(value))
+    return name, value
+
+
+def _compile_select(sel: Any, where: str) -> Select:
+    if not isinstance(sel, dict):
+        raise ViewError(f"{where}: a select must be an object")
+    unknown = set(sel) - {"column", "select", "unionAll", "forEach", "forEachOrNull", "repeat"}
+    if unknown:
+        raise ViewError(f"{where}: unknown select element(s) {sorted(unknown)}")
+    iterators = [k for k in ("forEach", "forEachOrNull", "repeat") if k in sel]
+    if len(iterators) > 1:
+        raise ViewError(f"{where}: use only one of forEach, forEachOrNull, repeat")
+    columns = []
+    for i, col in enumerate(sel.get("column") or []):
+        if not isinstance(col, dict) or not isinstance(col.get("name"), str) or "path" not in col:
+            raise ViewError(f"{where}.column[{i}]: a column needs a name and a path")
+        if not isinstance(col.get("collection", False), bool):
+            raise ViewError(f"{where}.column[{i}]: collection must be true or false")
+        columns.append(
+            Column(
+                name=col["name"],
+                path=col["path"],
+                type=col.get("type"),
+                collection=bool(col.get("collection", False)),
+                compiled=compile_path(col["path"]),
+            )
+        )
+    selects = tuple(
+        _compile_select(s, f"{where}.select[{i}]") for i, s in enumerate(sel.get("select") or [])
+    )
+    union = tuple(
+        _compile_select(s, f"{where}.unionAll[{i}]")
+        for i, s in enumerate(sel.get("unionAll") or [])
+    )
+    if union:
+        first = union[0].column_names()
+        for i, branch in enumerate(union[1:], start=1):
+            if branch.column_names() != first:
+                raise ViewError(
+                    f"{where}.unionAll[{i}]: columns {branch.column_names()} differ from the first branch's {first}"
+                )
+    repeat = sel.get("repeat")
+    if repeat is not None and (not isinstance(repeat, list) or not repeat):
+        raise ViewError(f"{where}: repeat must be a non-empty list of paths")
+    for_each_path = sel.get("forEach", sel.get("forEachOrNull"))
+    compiled = Select(
+        columns=tuple(columns),
+        selects=selects,
+        union_all=union,
+        for_each=compile_path(for_each_path) if for_each_path is not None else None,
+        for_each_path=for_each_path,
+        or_null="forEachOrNull" in sel,
+        repeat=tuple(compile_path(p) for p in repeat or ()),
+        repeat_paths=tuple(repeat or ()),
+    )
+    names = compiled.column_names()
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ViewError(f"{where}: column name(s) {duplicates} appear more than once")
+    return compiled
+
+
+def compile_view(definition: dict[str, Any]) -> View:
+    """Check a ViewDefinition and compile its paths; :class:`ViewError` says what is wrong."""
+    if not isinstance(definition, dict):
+        raise ViewError("a ViewDefinition must be a JSON object")
+    resource = definition.get("resource")
+    if not isinstance(resource, str) or not resource:
+        raise ViewError(
+            f"view {definition.get('name', '?')!r}: 'resource' (the FHIR resource type) is required"
+        )
+    label = f"view {definition.get('name') or resource!r}"
+    selects = definition.get("select")
+    if not isinstance(selects, list) or not selects:
+        raise ViewError(f"{label}: 'select' must be a non-empty list")
+    constants = dict(_constant_value(c) for c in definition.get("constant") or [])
+    where = []
+    for i, w in enumerate(definition.get("where") or []):
+        if not isinstance(w, dict) or "path" not in w:
+            raise ViewError(f"{label}.where[{i}]: a where needs a path")
+        where.append((w["path"], compile_path(w["path"])))
+    root = _compile_select({"select": selects}, label)
+    return View(
+        name=definition.get("name"),
+        resource=resource,
+        select=root,
+        where=tuple(where),
+        constants=constants,
+        definition=definition,
+    )
+
+
+def load_view(path: Path) -> View:
+    """A ViewDefinition file, compiled; the error names the file."""
+    try:
+        return compile_view(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise ViewError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except ViewError as exc:
+        raise ViewError(f"{path}: {exc}") from exc
+
+
+def load_views(folder: Path) -> dict[str, View]:
+    """Every ``*.json`` ViewDefinition of a folder, by view name (the file's stem when unnamed)."""
+    views: dict[str, View] = {}
+    for path in sorted(folder.glob("*.json")):
+        view = load_view(path)
+        views[view.name or path.stem] = view
+    return views
+
+
+def evaluate_view(
+    definition: dict[str, Any] | View, resources: Sequence[dict[str, Any]]
+) -> list[Row]:
+    """The rows a ViewDefinition gives over some resources."""
+    view = definition if isinstance(definition, View) else compile_view(definition)
+    return view.rows(resources)
