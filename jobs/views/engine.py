@@ -14,9 +14,11 @@ fhirpathpy user functions, and ``%rowIndex`` is the 0-based position in the encl
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +104,19 @@ _OPTIONS = {
 
 
 def compile_path(expression: str) -> Compiled:
-    """One FHIRPath expression compiled against the R4 model, with the SQL-on-FHIR functions."""
+    """One FHIRPath expression compiled against the R4 model, with the SQL-on-FHIR functions.
+
+    A plain navigation (``subject.reference``, ``category.first().coding.first().code``) runs as
+    dict lookups unless it crosses a choice element (``value`` → ``valueQuantity``) of its focus
+    type; fhirpathpy evaluates everything else. The two agree on such paths and the lookups are
+    ~20x faster, which matters over a hundred thousand resources.
+    """
+    fhirpath = _compile_fhirpath(expression)
+    steps = _simple_steps(expression)
+    return fhirpath if steps is None else _Navigation(steps, fhirpath)
+
+
+def _compile_fhirpath(expression: str) -> Compiled:
     if not isinstance(expression, str) or not expression.strip():
         raise ViewError(f"a path must be a non-empty FHIRPath string, found {expression!r}")
     # fhirpathpy binds $this only inside functions: a path on the focus itself runs in select()
@@ -111,6 +125,136 @@ def compile_path(expression: str) -> Compiled:
         return fhirpathpy.compile(text, model=models["r4"], options=_OPTIONS)
     except Exception as exc:  # the parser raises bare Exceptions
         raise ViewError(f"path {expression!r} is not valid FHIRPath: {exc}") from exc
+
+
+_R4 = models["r4"]
+_STEP = re.compile(
+    r"[a-z][A-Za-z0-9_]*|first\(\)|exists\(\)|ofType\([A-Za-z]+\)|where\([a-z][A-Za-z0-9_]* = %[A-Za-z_][A-Za-z0-9_]*\)"
+)
+_STRUCTURAL = {"BackboneElement", "Element", None}
+
+
+def _simple_steps(expression: str) -> tuple[str, ...] | None:
+    """The steps of a plain member navigation: names, first(), ofType(T) right after a name,
+    where(name = %constant) and a final exists()."""
+    steps = tuple(expression.strip().split("."))
+    if not all(_STEP.fullmatch(step) for step in steps) or steps[0].endswith(")"):
+        return None
+    if "exists()" in steps[:-1]:
+        return None
+    return steps
+
+
+def _child_path(path: str, step: str) -> str:
+    """The FHIR type path of element ``step`` under type path ``path`` (R4 model)."""
+    full = f"{path}.{step}"
+    kind = _R4["path2Type"].get(full)
+    if kind not in _STRUCTURAL and not str(kind).startswith("System."):
+        return str(kind)
+    return str(_R4["pathsDefinedElsewhere"].get(full, full))
+
+
+@cache
+def _plan(base: str | None, steps: tuple[str, ...]) -> tuple[tuple[str, ...], str | None] | None:
+    """The JSON keys (and first()/exists()) that ``steps`` read from a node at type path
+    ``base`` (e.g. ``Observation`` or ``QuestionnaireResponse.item.answer``): a choice element
+    with ofType(T) reads ``<name><T>``; None when fhirpathpy must decide (a choice element
+    without ofType, ofType elsewhere). Also the type path of what they reach."""
+    path = None
+    if base is not None:
+        first, *rest = base.split(".")
+        path = first
+        for step in rest:
+            path = _child_path(path, step)
+    keys: list[str] = []
+    i = 0
+    while i < len(steps):
+        step = steps[i]
+        i += 1
+        if step in ("first()", "exists()") or step.startswith("where("):
+            keys.append(step)
+            continue
+        if step.startswith("ofType("):
+            return None  # only valid right after a choice element, consumed there
+        choices = _R4["choiceTypePaths"].get(f"{path}.{step}") if path else None
+        if choices is None:
+            keys.append(step)
+            path = _child_path(path, step) if path else None
+            continue
+        wanted = steps[i][len("ofType(") : -1] if i < len(steps) and steps[i].startswith("ofType(") else ""
+        suffix = wanted[:1].upper() + wanted[1:]
+        if suffix not in choices:
+            return None
+        keys.append(step + suffix)
+        path = wanted
+        i += 1  # the ofType step is consumed
+    return tuple(keys), path
+
+
+class _Navigation:
+    """A plain member navigation evaluated on the JSON itself, fhirpathpy as the fallback."""
+
+    def __init__(self, steps: tuple[str, ...], fhirpath: Compiled) -> None:
+        self.steps = steps
+        self.fhirpath = fhirpath
+
+    def walk(self, node: Any, env: dict[str, Any]) -> tuple[list[Any], str | None] | None:
+        """The items the path reaches and their type path; None when fhirpathpy must decide."""
+        if isinstance(node, ResourceNode):
+            data, base = node.data, node.path
+        elif isinstance(node, dict):
+            data, base = node, node.get("resourceType")
+        else:
+            return None
+        plan = _plan(base, self.steps)
+        if plan is None:
+            return None
+        keys, path = plan
+        items: list[Any] = [data]
+        for key in keys:
+            if key == "first()":
+                items = items[:1]
+            elif key == "exists()":
+                items = [bool(items)]
+            elif key.startswith("where("):
+                name, constant = key[6:-1].split(" = %")
+                wanted = env.get(constant)
+                if not isinstance(wanted, str):
+                    return None
+                items = [i for i in items if isinstance(i, dict) and i.get(name) == wanted]
+            else:
+                found: list[Any] = []
+                for item in items:
+                    value = item.get(key) if isinstance(item, dict) else None
+                    if isinstance(value, list):
+                        found.extend(v for v in value if v is not None)
+                    elif value is not None:
+                        found.append(value)
+                items = found
+        return items, path
+
+    def __call__(self, node: Any, env: dict[str, Any]) -> list[Any]:
+        walked = self.walk(node, env)
+        return self.fhirpath(node, env) if walked is None else walked[0]
+
+
+class _Focus(_Navigation):
+    """A plain navigation giving the focus of a forEach: typed nodes, so that the paths under
+    it resolve choice elements as fhirpathpy would."""
+
+    def __call__(self, node: Any, env: dict[str, Any]) -> list[Any]:
+        walked = self.walk(node, env)
+        if walked is None or "exists()" in self.steps or not all(isinstance(v, dict) for v in walked[0]):
+            return self.fhirpath(node, env)
+        items, path = walked
+        return [ResourceNode.create_node(v, path) for v in items]  # type: ignore[no-untyped-call]
+
+
+def compile_focus(expression: str) -> Compiled:
+    """A forEach/forEachOrNull path: its items become the focus of nested columns."""
+    fhirpath = _compile_fhirpath(expression)
+    steps = _simple_steps(expression)
+    return fhirpath if steps is None else _Focus(steps, fhirpath)
 
 
 # -- the compiled view ---------------------------------------------------------------------------
@@ -396,10 +540,10 @@ def _compile_select(sel: Any, where: str) -> Select:
         columns=tuple(columns),
         selects=selects,
         union_all=union,
-        for_each=compile_path(for_each_path) if for_each_path is not None else None,
+        for_each=compile_focus(for_each_path) if for_each_path is not None else None,
         for_each_path=for_each_path,
         or_null="forEachOrNull" in sel,
-        repeat=tuple(compile_path(p) for p in repeat or ()),
+        repeat=tuple(_compile_fhirpath(p) for p in repeat or ()),
         repeat_paths=tuple(repeat or ()),
     )
     names = compiled.column_names()
@@ -427,7 +571,7 @@ def compile_view(definition: dict[str, Any]) -> View:
     for i, w in enumerate(definition.get("where") or []):
         if not isinstance(w, dict) or "path" not in w:
             raise ViewError(f"{label}.where[{i}]: a where needs a path")
-        where.append((w["path"], compile_path(w["path"])))
+        where.append((w["path"], _compile_fhirpath(w["path"])))
     root = _compile_select({"select": selects}, label)
     return View(
         name=definition.get("name"),
