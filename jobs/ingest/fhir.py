@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from medlake.governance.deid import date_shift_days, shift_date, shift_datetime, zip3
 from medlake.governance.pseudonyms import mrn_key, record_key, source_key
+from medlake.jobs.views import coverage
 from medlake.jobs.views.engine import View, ViewError, load_views
 from medlake.quarantine import Split, quarantine_rows
 from medlake.registry import (
@@ -679,6 +680,23 @@ def flatten_medication_request(res: dict[str, Any], pseudo: Pseudonymizer) -> li
             "dosage_text": raw["dosage_text"],
         }
     ]
+
+
+def unread_elements(bronze: pa.Table) -> dict[str, dict[str, int]]:
+    """Schema drift in bronze rows: per resource type with a silver view, the element paths no
+    view reads (a new extension, an unexpected element), each with the number of resources
+    carrying it. They stay in bronze; the clean stage logs them and the run summary can list them."""
+    rows = bronze.filter(pc.is_in(bronze.column("resource_type"), pa.array(sorted(FHIR_SILVER))))
+    resources = []
+    for raw in rows.column("raw").to_pylist():
+        try:
+            resource = json.loads(raw)
+        except json.JSONDecodeError:
+            continue  # quarantined by the flattener
+        if isinstance(resource, dict):
+            resources.append(resource)
+    unread: dict[str, dict[str, int]] = coverage.unread_elements(resources, silver_views().values())
+    return unread
 
 
 FLATTEN: dict[str, Flatten] = {

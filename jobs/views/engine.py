@@ -181,7 +181,11 @@ def _plan(base: str | None, steps: tuple[str, ...]) -> tuple[tuple[str, ...], st
             keys.append(step)
             path = _child_path(path, step) if path else None
             continue
-        wanted = steps[i][len("ofType(") : -1] if i < len(steps) and steps[i].startswith("ofType(") else ""
+        wanted = (
+            steps[i][len("ofType(") : -1]
+            if i < len(steps) and steps[i].startswith("ofType(")
+            else ""
+        )
         suffix = wanted[:1].upper() + wanted[1:]
         if suffix not in choices:
             return None
@@ -244,7 +248,11 @@ class _Focus(_Navigation):
 
     def __call__(self, node: Any, env: dict[str, Any]) -> list[Any]:
         walked = self.walk(node, env)
-        if walked is None or "exists()" in self.steps or not all(isinstance(v, dict) for v in walked[0]):
+        if (
+            walked is None
+            or "exists()" in self.steps
+            or not all(isinstance(v, dict) for v in walked[0])
+        ):
             return self.fhirpath(node, env)
         items, path = walked
         return [ResourceNode.create_node(v, path) for v in items]  # type: ignore[no-untyped-call]
