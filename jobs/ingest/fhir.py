@@ -422,10 +422,12 @@ def silver_views() -> dict[str, View]:
     return by_type
 
 
-def view_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """The raw rows of a resource's silver view; a path that fails on it rejects the resource."""
+def view_rows(res: dict[str, Any], *, view: View | None = None) -> list[dict[str, Any]]:
+    """The raw rows of a resource's silver view (or of ``view``); a path that fails on it
+    rejects the resource."""
     try:
-        rows: list[dict[str, Any]] = silver_views()[res["resourceType"]].resource_rows(res)
+        chosen = view or silver_views()[res["resourceType"]]
+        rows: list[dict[str, Any]] = chosen.resource_rows(res)
     except ViewError as exc:
         raise Reject("silver.view_failed", str(exc)) from exc
     return rows

@@ -60,9 +60,10 @@ def _resource_key(inputs: list[Any]) -> list[str]:
 
 
 def reference_parts(reference: str) -> tuple[str | None, str] | None:
-    """(resource type or None, local id) of a literal reference: ``Patient/1``, an absolute URL,
-    ``…/_history/2``, ``urn:uuid:1``; None for a contained (``#x``) reference."""
-    if reference.startswith("#"):
+    """(resource type, local id) of a literal reference: ``Patient/1``, an absolute URL,
+    ``…/_history/2``; the type is None for ``urn:uuid:1`` (a bundle-local reference). None for
+    what points at no row: a contained (``#x``) or conditional (``Patient?identifier=…``) one."""
+    if reference.startswith("#") or "?" in reference:
         return None
     if reference.startswith(("urn:uuid:", "urn:oid:")):
         return None, reference.split(":", 2)[2]
@@ -80,6 +81,9 @@ def _join(inputs: list[Any], separator: str | list[Any] = "") -> str:
 
 
 def _reference_key(inputs: list[Any], type_info: Any = None) -> list[str]:
+    """``getReferenceKey([type])``: the local id a Reference points at, equal to the target's
+    ``getResourceKey()``; with a type, only references to that type (a ``urn:uuid`` reference,
+    whose type the reference does not say, is taken as the type asked for)."""
     wanted = getattr(type_info, "name", None)
     keys: list[str] = []
     for ref in inputs:
@@ -88,7 +92,7 @@ def _reference_key(inputs: list[Any], type_info: Any = None) -> list[str]:
         if parsed is None:
             continue
         rtype, local_id = parsed
-        if wanted is None or rtype == wanted:
+        if wanted is None or rtype in (wanted, None):
             keys.append(local_id)
     return keys
 
