@@ -195,7 +195,7 @@ def unread_elements(
     resources: Iterable[dict[str, Any]], views: Iterable[View]
 ) -> dict[str, dict[str, int]]:
     """Per resource type that has a view: each element path no view reads, with the number of
-    resources that carry it (most frequent first)."""
+    resources that carry it (most frequent first, then by path)."""
     read: dict[str, set[Path]] = {}
     for view in views:
         read.setdefault(view.resource, set()).update(read_paths(view))
@@ -211,7 +211,11 @@ def unread_elements(
                 known = decided[(rtype, path)] = is_read(path, read[rtype])
             if not known:
                 counts[rtype][".".join((rtype, *path))] += 1
-    return {rtype: dict(c.most_common()) for rtype, c in counts.items() if c}
+    return {
+        rtype: dict(sorted(c.items(), key=lambda item: (-item[1], item[0])))
+        for rtype, c in counts.items()
+        if c
+    }
 
 
 def describe(unread: dict[str, dict[str, int]], *, limit: int = 10) -> Iterator[str]:

@@ -13,6 +13,7 @@ fhirpathpy user functions, and ``%rowIndex`` is the 0-based position in the encl
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -97,12 +98,73 @@ def _reference_key(inputs: list[Any], type_info: Any = None) -> list[str]:
     return keys
 
 
+@dataclass(frozen=True)
+class Boundary:
+    """``lowBoundary()``/``highBoundary()`` of a date, dateTime or time text: fhirpathpy hands user
+    functions untyped values, and ``2010-10`` is a date or a dateTime by its element's type, so
+    the text is completed when the column's type is known (:meth:`text`)."""
+
+    value: str
+    high: bool
+
+    def text(self, kind: str | None) -> str:
+        if re.fullmatch(r"\d\d(:\d\d(:\d\d(\.\d+)?)?)?", self.value):
+            return _complete_time(self.value, self.high)
+        date_part, _, rest = self.value.partition("T")
+        year, *rest_of_date = date_part.split("-")
+        month = rest_of_date[0] if rest_of_date else ("12" if self.high else "01")
+        if len(rest_of_date) > 1:
+            day = rest_of_date[1]
+        else:
+            day = f"{calendar.monthrange(int(year), int(month))[1] if self.high else 1:02d}"
+        if kind == "date":
+            return f"{year}-{month}-{day}"
+        zone = re.search(r"(Z|[+-]\d\d:\d\d)$", rest)
+        clock = rest[: zone.start()] if zone else rest
+        offset = zone.group(1) if zone else ("-12:00" if self.high else "+14:00")
+        return f"{year}-{month}-{day}T{_complete_time(clock, self.high)}{offset}"
+
+
+def _complete_time(clock: str, high: bool) -> str:
+    parts = clock.split(":") if clock else []
+    hour = parts[0] if parts else ("23" if high else "00")
+    minute = parts[1] if len(parts) > 1 else ("59" if high else "00")
+    second, _, fraction = (parts[2] if len(parts) > 2 else ("59" if high else "00")).partition(".")
+    fraction = (
+        (fraction + ("9" if high else "0") * 3)[:3] if fraction else ("999" if high else "000")
+    )
+    return f"{hour}:{minute}:{second}.{fraction}"
+
+
+def _boundary(high: bool) -> Callable[..., list[Any]]:
+    """FHIRPath ``lowBoundary()``/``highBoundary()`` (experimental in SQL-on-FHIR): a decimal's
+    interval by its written precision; a date, dateTime or time completed to its first/last instant."""
+
+    def boundary(inputs: list[Any], precision: Any = None) -> list[Any]:
+        out: list[Any] = []
+        for value in inputs:
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, int | Decimal):
+                number = Decimal(str(value))
+                exponent = number.as_tuple().exponent
+                half = Decimal(5).scaleb(int(exponent) - 1 if isinstance(exponent, int) else -1)
+                out.append(number + half if high else number - half)
+            elif isinstance(value, str):
+                out.append(Boundary(value, high))
+        return out
+
+    return boundary
+
+
 _OPTIONS = {
     "returnRawData": True,
     "userInvocationTable": {
         "getResourceKey": {"fn": _resource_key},
         "getReferenceKey": {"fn": _reference_key, "arity": {0: [], 1: ["TypeSpecifier"]}},
         "join": {"fn": _join, "arity": {0: [], 1: ["String"]}},
+        "lowBoundary": {"fn": _boundary(high=False), "arity": {0: [], 1: ["Integer"]}},
+        "highBoundary": {"fn": _boundary(high=True), "arity": {0: [], 1: ["Integer"]}},
     },
 }
 
@@ -422,7 +484,7 @@ def _column_value(col: Column, node: Any, env: dict[str, Any]) -> Any:
     result = [
         r for r in _evaluate(col.compiled, node, env, col.path) if not _is_primitive_extension(r)
     ]
-    values = [_plain(r) for r in result]
+    values = [v.text(col.type) if isinstance(v, Boundary) else _plain(v) for v in result]
     if col.collection:
         return values
     if len(values) > 1:

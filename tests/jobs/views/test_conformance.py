@@ -41,6 +41,8 @@ def test_every_shareable_case_passes(tmp_path: Path) -> None:
     assert len(shareable) == 123
     failed = {k: r.get("error") for k, r in shareable.items() if not r["passed"]}
     assert failed == {}
+    experimental = {k: r for k, r in results.items() if "experimental" in tags[k]}
+    assert len(experimental) == 11 and all(r["passed"] for r in experimental.values())
     assert all(
         set(t["result"]) <= {"passed", "error"} for part in report.values() for t in part["tests"]
     )
