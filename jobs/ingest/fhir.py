@@ -433,6 +433,17 @@ def view_rows(res: dict[str, Any], *, view: View | None = None) -> list[dict[str
     return rows
 
 
+def one_view_row(res: dict[str, Any]) -> dict[str, Any]:
+    """The one row a resource gives in its table's view; a view edited to give none or several
+    (a where, a forEach) quarantines the resource rather than losing or duplicating it."""
+    rows = view_rows(res)
+    if len(rows) != 1:
+        raise Reject(
+            "silver.view_rows", f"the {res['resourceType']} view gave {len(rows)} rows, expected one"
+        )
+    return rows[0]
+
+
 def _person(raw: dict[str, Any], pseudo: Pseudonymizer, resource_type: str) -> tuple[str, int]:
     patient = reference_id({"reference": raw["subject_reference"]})
     if not patient:
@@ -464,7 +475,7 @@ def _on(value: str | None, shift: int) -> date | None:
 
 def flatten_patient(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str, Any]]:
     """A patient without direct identifiers: no name, telecom, street, exact dates or ids."""
-    (raw,) = view_rows(res)
+    raw = one_view_row(res)
     if not raw["id"]:
         raise Reject("silver.missing_id", "Patient has no id, so nothing can refer to it")
     person = _mrn_person(pseudo.key, raw) or pseudo.person(raw["id"])
@@ -560,7 +571,7 @@ def patient_identities(
 
 def flatten_encounter(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str, Any]]:
     """An encounter with its class, type, site and shifted period."""
-    (raw,) = view_rows(res)
+    raw = one_view_row(res)
     person, shift = _person(raw, pseudo, "Encounter")
     return [
         {
@@ -641,7 +652,7 @@ def flatten_observation(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict
 
 def flatten_condition(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str, Any]]:
     """A diagnosis with its ICD-10-CM and SNOMED CT codes (dotted ICD kept as the source sent it)."""
-    (raw,) = view_rows(res)
+    raw = one_view_row(res)
     person, shift = _person(raw, pseudo, "Condition")
     return [
         {
@@ -664,7 +675,7 @@ def flatten_condition(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[s
 
 def flatten_medication_request(res: dict[str, Any], pseudo: Pseudonymizer) -> list[dict[str, Any]]:
     """A medication order with its RxNorm code when the source sent one."""
-    (raw,) = view_rows(res)
+    raw = one_view_row(res)
     person, shift = _person(raw, pseudo, "MedicationRequest")
     code = preferred_coding(raw, "code", "rxnorm")
     return [
