@@ -202,7 +202,7 @@ def _compile_fhirpath(expression: str) -> Compiled:
 
 _R4 = models["r4"]
 _STEP = re.compile(
-    r"[a-z][A-Za-z0-9_]*|first\(\)|exists\(\)|empty\(\)|ofType\([A-Za-z]+\)|where\([a-z][A-Za-z0-9_]* = %[A-Za-z_][A-Za-z0-9_]*\)"
+    r"[a-z][A-Za-z0-9_]*|first\(\)|exists\(\)|empty\(\)|last\(\)|extension\((?:%[A-Za-z_][A-Za-z0-9_]*|'[^'.]*')\)|ofType\([A-Za-z]+\)|where\([a-z][A-Za-z0-9_]* = %[A-Za-z_][A-Za-z0-9_]*\)"
 )
 _STRUCTURAL = {"BackboneElement", "Element", None}
 
@@ -211,7 +211,9 @@ def _simple_steps(expression: str) -> tuple[str, ...] | None:
     """The steps of a plain member navigation: names, first(), ofType(T) right after a name,
     where(name = %constant) and a final exists() or empty()."""
     steps = tuple(expression.strip().split("."))
-    if not all(_STEP.fullmatch(step) for step in steps) or steps[0].endswith(")"):
+    if not all(_STEP.fullmatch(step) for step in steps):
+        return None
+    if steps[0].endswith(")") and not steps[0].startswith("extension("):
         return None
     if "exists()" in steps[:-1] or "empty()" in steps[:-1]:
         return None
@@ -244,8 +246,12 @@ def _plan(base: str | None, steps: tuple[str, ...]) -> tuple[tuple[str, ...], st
     while i < len(steps):
         step = steps[i]
         i += 1
-        if step in ("first()", "exists()", "empty()") or step.startswith("where("):
+        if step in ("first()", "last()", "exists()", "empty()") or step.startswith("where("):
             keys.append(step)
+            continue
+        if step.startswith("extension("):
+            keys.append(step)
+            path = "Extension"
             continue
         if step.startswith("ofType("):
             return None  # only valid right after a choice element, consumed there
@@ -298,6 +304,20 @@ class _Navigation:
                 items = [bool(items)]
             elif key == "empty()":
                 items = [not items]
+            elif key == "last()":
+                items = items[-1:]
+            elif key.startswith("extension("):
+                argument = key[len("extension(") : -1]
+                url = env.get(argument[1:]) if argument.startswith("%") else argument.strip("'")
+                if not isinstance(url, str):
+                    return None
+                items = [
+                    ext
+                    for item in items
+                    if isinstance(item, dict)
+                    for ext in item.get("extension") or []
+                    if isinstance(ext, dict) and ext.get("url") == url
+                ]
             elif key.startswith("choice:"):
                 _, name, kinds = key.split(":")
                 items = [
