@@ -202,17 +202,67 @@ def _compile_fhirpath(expression: str) -> Compiled:
 
 _R4 = models["r4"]
 _STEP = re.compile(
-    r"[a-z][A-Za-z0-9_]*|first\(\)|exists\(\)|empty\(\)|last\(\)|extension\((?:%[A-Za-z_][A-Za-z0-9_]*|'[^'.]*')\)|ofType\([A-Za-z]+\)|where\([a-z][A-Za-z0-9_]* = %[A-Za-z_][A-Za-z0-9_]*\)"
+    r"[a-z][A-Za-z0-9_]*|first\(\)|exists\(\)|empty\(\)|last\(\)|extension\((?:%[A-Za-z_][A-Za-z0-9_]*|'[^'.]*')\)|ofType\([A-Za-z]+\)"
 )
 _STRUCTURAL = {"BackboneElement", "Element", None}
 
 
+def _split_top(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` outside parentheses and quotes."""
+    parts, depth, quoted, start, i = [], 0, False, 0, 0
+    while i < len(text):
+        char = text[i]
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+        elif not quoted and depth == 0 and text.startswith(separator, i):
+            parts.append(text[start:i])
+            start = i = i + len(separator)
+            continue
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+Condition = tuple[tuple[str, tuple[str, ...], str | None], ...]
+
+
+@cache
+def _condition(text: str) -> Condition | None:
+    """A where() condition made of ``and``-ed tests: ``path.exists()``, ``path.empty()``,
+    ``path = %constant`` or ``path = 'text'``; None for anything else."""
+    terms: list[tuple[str, tuple[str, ...], str | None]] = []
+    for part in _split_top(text.strip(), " and "):
+        left, *right = _split_top(part.strip(), " = ")
+        steps = _simple_steps(left)
+        if steps is None or len(right) > 1:
+            return None
+        if right:
+            value = right[0].strip()
+            if steps[-1] in ("exists()", "empty()") or not re.fullmatch(r"%\w+|'[^']*'", value):
+                return None
+            terms.append(("equals", steps, value))
+        elif steps[-1] in ("exists()", "empty()"):
+            terms.append(("test", steps, None))
+        else:
+            return None
+    return tuple(terms)
+
+
+@cache
 def _simple_steps(expression: str) -> tuple[str, ...] | None:
-    """The steps of a plain member navigation: names, first(), ofType(T) right after a name,
-    where(name = %constant) and a final exists() or empty()."""
-    steps = tuple(expression.strip().split("."))
-    if not all(_STEP.fullmatch(step) for step in steps):
-        return None
+    """The steps of a plain member navigation: names, first(), last(), ofType(T) right after a
+    name, extension(url), where(<tests>) and a final exists() or empty()."""
+    steps = tuple(part.strip() for part in _split_top(expression.strip(), "."))
+    for step in steps:
+        if step.startswith("where(") and step.endswith(")"):
+            if _condition(step[len("where(") : -1]) is None:
+                return None
+        elif not _STEP.fullmatch(step):
+            return None
     if steps[0].endswith(")") and not steps[0].startswith("extension("):
         return None
     if "exists()" in steps[:-1] or "empty()" in steps[:-1]:
@@ -230,7 +280,7 @@ def _child_path(path: str, step: str) -> str:
 
 
 @cache
-def _plan(base: str | None, steps: tuple[str, ...]) -> tuple[tuple[str, ...], str | None] | None:
+def _plan(base: str | None, steps: tuple[str, ...]) -> tuple[tuple[Any, ...], str | None] | None:
     """The JSON keys (and first()/exists()) that ``steps`` read from a node at type path
     ``base`` (e.g. ``Observation`` or ``QuestionnaireResponse.item.answer``): a choice element
     with ofType(T) reads ``<name><T>``; None when fhirpathpy must decide (a choice element
@@ -241,13 +291,16 @@ def _plan(base: str | None, steps: tuple[str, ...]) -> tuple[tuple[str, ...], st
         path = first
         for step in rest:
             path = _child_path(path, step)
-    keys: list[str] = []
+    keys: list[Any] = []
     i = 0
     while i < len(steps):
         step = steps[i]
         i += 1
-        if step in ("first()", "last()", "exists()", "empty()") or step.startswith("where("):
+        if step in ("first()", "last()", "exists()", "empty()"):
             keys.append(step)
+            continue
+        if step.startswith("where("):
+            keys.append(("where", path, step[len("where(") : -1]))
             continue
         if step.startswith("extension("):
             keys.append(step)
@@ -292,61 +345,88 @@ class _Navigation:
             data, base = node, node.get("resourceType")
         else:
             return None
-        plan = _plan(base, self.steps)
-        if plan is None:
-            return None
-        keys, path = plan
-        items: list[Any] = [data]
-        for key in keys:
-            if key == "first()":
-                items = items[:1]
-            elif key == "exists()":
-                items = [bool(items)]
-            elif key == "empty()":
-                items = [not items]
-            elif key == "last()":
-                items = items[-1:]
-            elif key.startswith("extension("):
-                argument = key[len("extension(") : -1]
-                url = env.get(argument[1:]) if argument.startswith("%") else argument.strip("'")
-                if not isinstance(url, str):
-                    return None
-                items = [
-                    ext
-                    for item in items
-                    if isinstance(item, dict)
-                    for ext in item.get("extension") or []
-                    if isinstance(ext, dict) and ext.get("url") == url
-                ]
-            elif key.startswith("choice:"):
-                _, name, kinds = key.split(":")
-                items = [
-                    item[name + kind]
-                    for item in items
-                    if isinstance(item, dict)
-                    for kind in kinds.split("|")
-                    if item.get(name + kind) is not None
-                ]
-            elif key.startswith("where("):
-                name, constant = key[6:-1].split(" = %")
-                wanted = env.get(constant)
-                if not isinstance(wanted, str):
-                    return None
-                items = [i for i in items if isinstance(i, dict) and i.get(name) == wanted]
-            else:
-                found: list[Any] = []
-                for item in items:
-                    value = item.get(key) if isinstance(item, dict) else None
-                    if isinstance(value, list):
-                        found.extend(v for v in value if v is not None)
-                    elif value is not None:
-                        found.append(value)
-                items = found
-        return items, path
+        return _navigate([data], base, self.steps, env)
 
     def __call__(self, node: Any, env: dict[str, Any]) -> list[Any]:
         walked = self.walk(node, env)
         return self.fhirpath(node, env) if walked is None else walked[0]
+
+
+def _navigate(
+    items: list[Any], base: str | None, steps: tuple[str, ...], env: dict[str, Any]
+) -> tuple[list[Any], str | None] | None:
+    plan = _plan(base, steps)
+    if plan is None:
+        return None
+    keys, path = plan
+    for key in keys:
+        if isinstance(key, tuple):
+            _, at, condition = key
+            kept = []
+            for item in items:
+                holds = _holds(item, at, condition, env)
+                if holds is None:
+                    return None
+                if holds:
+                    kept.append(item)
+            items = kept
+        elif key == "first()":
+            items = items[:1]
+        elif key == "exists()":
+            items = [bool(items)]
+        elif key == "empty()":
+            items = [not items]
+        elif key == "last()":
+            items = items[-1:]
+        elif key.startswith("extension("):
+            argument = key[len("extension(") : -1]
+            url = env.get(argument[1:]) if argument.startswith("%") else argument.strip("'")
+            if not isinstance(url, str):
+                return None
+            items = [
+                ext
+                for item in items
+                if isinstance(item, dict)
+                for ext in item.get("extension") or []
+                if isinstance(ext, dict) and ext.get("url") == url
+            ]
+        elif key.startswith("choice:"):
+            _, name, kinds = key.split(":")
+            items = [
+                item[name + kind]
+                for item in items
+                if isinstance(item, dict)
+                for kind in kinds.split("|")
+                if item.get(name + kind) is not None
+            ]
+        else:
+            found: list[Any] = []
+            for item in items:
+                value = item.get(key) if isinstance(item, dict) else None
+                if isinstance(value, list):
+                    found.extend(v for v in value if v is not None)
+                elif value is not None:
+                    found.append(value)
+            items = found
+    return items, path
+
+
+def _holds(item: Any, at: str | None, condition: str, env: dict[str, Any]) -> bool | None:
+    """Whether a where() condition holds for one item (None: fhirpathpy must decide)."""
+    for kind, steps, value in _condition(condition) or ():
+        walked = _navigate([item], at, steps, env)
+        if walked is None:
+            return None
+        if kind == "test":
+            if walked[0] != [True]:
+                return False
+            continue
+        wanted = env.get(str(value)[1:]) if str(value).startswith("%") else str(value)[1:-1]
+        if not isinstance(wanted, str):
+            return None
+        if walked[0] != [wanted]:
+            return False
+    return True
 
 
 class _Focus(_Navigation):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from medlake.jobs.views.engine import ViewError, compile_view, load_view
+from medlake.jobs.views.engine import ViewError, compile_path, compile_view, load_view
 
 PATIENT = {
     "resourceType": "Patient",
@@ -186,3 +186,44 @@ def test_load_view_names_the_file(tmp_path: Path) -> None:
     path.write_text(json.dumps({"resource": "Patient", "select": []}))
     with pytest.raises(ViewError, match="broken.json"):
         load_view(path)
+
+
+IDENTIFIED = {
+    **PATIENT,
+    "identifier": [
+        {"system": "urn:a", "value": "1"},
+        {"type": {"coding": [{"system": "urn:t", "code": "MR"}]}, "system": "urn:h", "value": "42"},
+    ],
+    "extension": [{"url": "urn:race", "extension": [{"url": "text", "valueString": "W"}]}],
+    "deceasedBoolean": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("resource", "expression"),
+    [
+        (PATIENT, "name.given"),
+        (PATIENT, "name.first().given.first()"),
+        (PATIENT, "address.exists()"),
+        (PATIENT, "deceased.exists()"),
+        (IDENTIFIED, "deceased.ofType(boolean)"),
+        (IDENTIFIED, "extension(%race).last().extension('text').first().value.ofType(string)"),
+        (
+            IDENTIFIED,
+            "identifier.where(type.coding.where(system = %t and code = 'MR').exists() and value.exists()).value",
+        ),
+        (IDENTIFIED, "identifier.where(system = %t).empty()"),
+        (OBSERVATION, "component.value.ofType(Quantity).value"),
+        (OBSERVATION, "component.code.coding.where(code = '8462-4').code"),
+        (OBSERVATION, "code.coding.where(system = %loinc).first().code"),
+    ],
+)
+def test_plain_paths_read_from_the_json_agree_with_fhirpathpy(
+    resource: dict, expression: str
+) -> None:
+    from medlake.jobs.views.engine import _compile_fhirpath, _Navigation, _plain
+
+    env = {"race": "urn:race", "t": "urn:t", "loinc": "http://loinc.org", "resource": resource}
+    fast = compile_path(expression)
+    assert isinstance(fast, _Navigation) and fast.walk(resource, env) is not None
+    assert fast(resource, env) == [_plain(v) for v in _compile_fhirpath(expression)(resource, env)]
