@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
@@ -742,9 +742,11 @@ conditions_from_bronze = _by_type("Condition")
 medications_from_bronze = _by_type("MedicationRequest")
 
 
-def bronze_only_from_bronze(bronze: pa.Table) -> Split:
-    """Resources of types with no silver table yet: validated, then kept in bronze only."""
-    rows = bronze.filter(pc.invert(pc.is_in(bronze.column("resource_type"), pa.array(sorted(FHIR_SILVER)))))
+def bronze_only_from_bronze(bronze: pa.Table, *, viewed: Iterable[str] = ()) -> Split:
+    """Resources of types with no silver table yet: validated, then kept in bronze only.
+    ``viewed``: resource types that extra views (medlake.jobs.views.tables) put in silver."""
+    silver_types = pa.array(sorted({*FHIR_SILVER, *viewed}))
+    rows = bronze.filter(pc.invert(pc.is_in(bronze.column("resource_type"), silver_types)))
     valid: list[int] = []
     bad: list[dict[str, Any]] = []
     for i, row in enumerate(rows.to_pylist()):

@@ -87,3 +87,11 @@ def test_a_view_cannot_replace_a_built_in_table(tmp_path: Path) -> None:
     (tmp_path / "patients.json").write_text(json.dumps({**_view(PERSON), "name": "patients"}))
     with pytest.raises(ViewError, match="would replace the table silver.patients"):
         load_view_tables(tmp_path, reserved={"silver.patients"})
+
+
+def test_a_type_an_extra_view_reads_is_not_counted_bronze_only(bronze: pa.Table) -> None:
+    everything = fhir.bronze_only_from_bronze(bronze).good
+    viewed = fhir.bronze_only_from_bronze(bronze, viewed=["Immunization"]).good
+    immunizations = sum(t == "Immunization" for t in bronze["resource_type"].to_pylist())
+    assert immunizations > 0
+    assert viewed.num_rows == everything.num_rows - immunizations
