@@ -32,6 +32,7 @@ from medlake.jobs.clean.config import OnUnmapped
 from medlake.jobs.clean.standardize import STANDARDIZE
 from medlake.jobs.ingest import fhir, hl7v2
 from medlake.jobs.stage import StageResult, write_bronze
+from medlake.jobs.views.coverage import describe as describe_drift
 from medlake.keys import audit_key, project_key
 from medlake.lake import Lake
 from medlake.ledger import Entry
@@ -45,6 +46,7 @@ from medlake.registry import (
     SILVER_NOTES,
     staging_name,
 )
+from medlake.summary import write_drift
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,10 @@ def clean(
     in bronze, not only this run's. The silver entries count FHIR resources plus HL7 segments.
     """
     bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
+    drift = fhir.unread_elements(bronze)  # new extensions, unexpected elements: kept, reported
+    for line in describe_drift(drift):
+        log.info("clean: schema drift: %s", line)
+    write_drift(lake, run_id, drift)
     messages = lake.read(BRONZE_HL7V2.name, version=hl7v2_version, where={"_run_id": run_id})
     patients = lake.read(
         BRONZE_FHIR.name, columns=["resource_id", "raw"], where={"resource_type": "Patient"}

@@ -51,12 +51,31 @@ def summarize(lake: Lake, *, run_id: str | None = None) -> dict[str, Any]:
         "quarantine": quarantine_by_rule(lake, run_id=run_id),
         "ledger": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in e.items()} for e in entries],
         "ledger_balanced": balanced,
+        "schema_drift": read_drift(lake, run_id) if run_id else {},
     }
 
 
 def summary_path(lake: Lake, run_id: str) -> Path:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)
     return lake.root / "_runs" / f"{safe}.json"
+
+
+def drift_path(lake: Lake, run_id: str) -> Path:
+    return summary_path(lake, run_id).with_suffix(".drift.json")
+
+
+def write_drift(lake: Lake, run_id: str, unread: dict[str, dict[str, int]]) -> Path:
+    """Schema drift the clean stage saw in this run's bronze: per resource type, the element paths
+    no view reads, with how many resources carry each (they stay in bronze, nothing breaks)."""
+    path = drift_path(lake, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(unread, indent=2, sort_keys=True))
+    return path
+
+
+def read_drift(lake: Lake, run_id: str) -> dict[str, dict[str, int]]:
+    path = drift_path(lake, run_id)
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def write_summary(lake: Lake, summary: dict[str, Any]) -> Path:

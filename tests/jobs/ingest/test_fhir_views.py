@@ -75,3 +75,23 @@ def test_an_element_fhir_r4_does_not_define_is_quarantined_not_a_crash(tmp_path:
     assert split.good.num_rows == 0
     assert split.quarantined.column("rule_id").to_pylist() == ["validate.fhir_r4"]
     assert "Observation.hospitalWard" in fhir.unread_elements(rows)["Observation"]
+
+
+def test_the_clean_stage_reports_drift_in_the_run_summary(tmp_path: Path) -> None:
+    from medlake.jobs import pipeline
+    from medlake.lake import Lake
+    from medlake.summary import summarize
+
+    landing = tmp_path / "landing"
+    (landing / "fhir").mkdir(parents=True)
+    lines = [json.dumps(PATIENT), json.dumps(OBSERVATION)]
+    (landing / "fhir" / "export.ndjson").write_text("\n".join(lines) + "\n")
+    lake = Lake(tmp_path / "lake")
+
+    pipeline.ingest(landing, lake, run_id="run-drift")
+    pipeline.clean(lake, run_id="run-drift", key=KEY, max_shift_days=30)
+
+    drift = summarize(lake, run_id="run-drift")["schema_drift"]
+    assert drift["Patient"] == {f"Patient.extension({WARD}).valueString": 1}
+    assert "Observation.bodySite.coding.code" in drift["Observation"]
+    assert lake.count("staging.patients") == 1 and lake.count("staging.observations") == 1
