@@ -27,7 +27,7 @@ from medlake.config import Settings
 from medlake.governance import vault
 from medlake.governance.crypto import Keyring
 from medlake.governance.lineage import LineageConfig, stage_run
-from medlake.jobs.clean import terminology
+from medlake.jobs.clean import dedup, terminology
 from medlake.jobs.clean.config import OnUnmapped
 from medlake.jobs.clean.standardize import STANDARDIZE
 from medlake.jobs.ingest import fhir, hl7v2
@@ -43,6 +43,7 @@ from medlake.registry import (
     LEDGER,
     QUARANTINE,
     SILVER_NOTES,
+    SILVER_PATIENT_LINKS,
     staging_name,
 )
 
@@ -154,9 +155,9 @@ def clean(
     from_hl7 = hl7v2.silver_from_bronze(messages, key=key, max_shift_days=max_shift_days)
     concept_map, maps_version = terminology.concept_maps(lake, version=concept_maps_version)
     log.info("clean: concept maps %s@%d", terminology.CONCEPT_MAPS.name, maps_version)
-    if keyring is not None:
-        identities = fhir.patient_identities(bronze, key=key, aliases=aliases)
-        vault.store(lake, identities + hl7v2.patient_identities(messages, key=key), keyring=keyring)
+    identities = fhir.patient_identities(bronze, key=key, aliases=aliases)
+    identities += hl7v2.patient_identities(messages, key=key)
+    resolved: dedup.Resolution | None = None  # after the Patient rows: they give the linkage sex
     transforms: dict[str, Callable[..., Split]] = {
         "Patient": fhir.patients_from_bronze,
         "Encounter": fhir.encounters_from_bronze,
@@ -206,6 +207,13 @@ def clean(
                 )
             )
             rows = standard.good
+        if resolved is None:
+            resolved = dedup.resolve(lake, identities, rows, run_id=run_id, now=datetime.now(UTC))
+            if keyring is not None:  # the vault keys identities by the resolved person
+                person = resolved.person_of
+                stored = [{**i, "person_key": person.get(i["person_key"], i["person_key"])} for i in identities]
+                vault.store(lake, stored, keyring=keyring)
+        rows = dedup.remap(rows, resolved.person_of, key=key, max_shift_days=max_shift_days)
         versions[staging_name(spec.name)] = lake.write(
             staging_name(spec.name), rows, mode="overwrite", spec=spec
         )
@@ -220,8 +228,14 @@ def clean(
             quarantined=notes.quarantined.num_rows,
         )
     )
+    assert resolved is not None
+    notes_rows = dedup.remap(notes.good, resolved.person_of, key=key, max_shift_days=max_shift_days)
     versions[staging_name(SILVER_NOTES.name)] = lake.write(
-        staging_name(SILVER_NOTES.name), notes.good, mode="overwrite", spec=SILVER_NOTES
+        staging_name(SILVER_NOTES.name), notes_rows, mode="overwrite", spec=SILVER_NOTES
+    )
+    entries.append(resolved.entry)
+    versions[staging_name(SILVER_PATIENT_LINKS.name)] = lake.write(
+        staging_name(SILVER_PATIENT_LINKS.name), resolved.links, mode="overwrite", spec=SILVER_PATIENT_LINKS
     )
     rest = fhir.bronze_only_from_bronze(bronze)
     lake.insert_new(QUARANTINE.name, stamp_run(rest.quarantined, run_id))

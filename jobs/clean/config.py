@@ -125,3 +125,12 @@ def reasons_for(
         f"{key} {k}: {p}"
         for k, p in zip(rows.column(key).to_pylist(), problems.to_pylist(), strict=True)
     ]
+
+# -- entity resolution (jobs/clean/dedup.py) ------------------------------------------------------
+
+#: a pair of patient records at or above this Splink match probability is one person
+LINK_THRESHOLD = 0.95
+#: the prior: how many other records of the same person a record has, on average
+EXPECTED_MATCHES_PER_RECORD = 1.0
+#: below this many patient records the m probabilities stay at their documented priors (no EM)
+EM_MIN_RECORDS = 5000
