@@ -121,7 +121,8 @@ CLUSTERS = pa.schema(
 
 #: m priors per comparison, from its best level down to "else" (null levels carry no weight)
 M_PRIORS: dict[str, tuple[float, ...]] = {
-    "given": (0.70, 0.12, 0.06, 0.11, 0.01),  # exact, formal form equal, JW≥.92, JW≥.85, else
+    # exact, formal form equal, JW≥.92, one edit (short names: Mei/Msi, Ana/Aan), JW≥.85, else
+    "given": (0.70, 0.12, 0.06, 0.05, 0.06, 0.01),
     "family": (0.80, 0.12, 0.05, 0.03),  # exact, JW≥.92, JW≥.85, else
     "birth_date": (0.93, 0.05, 0.02),  # exact, one typo (Damerau ≤1), else
     "sex": (0.97, 0.03),
@@ -131,7 +132,7 @@ M_PRIORS: dict[str, tuple[float, ...]] = {
 }
 #: u fallbacks for levels random sampling never observes (a tiny sample)
 U_PRIORS: dict[str, tuple[float, ...]] = {
-    "given": (0.004, 0.001, 0.002, 0.01, 0.983),
+    "given": (0.004, 0.001, 0.002, 0.002, 0.01, 0.981),
     "family": (0.002, 0.002, 0.01, 0.986),
     "birth_date": (0.0001, 0.002, 0.9979),
     "sex": (0.5, 0.5),
@@ -259,6 +260,7 @@ def _comparisons() -> list[Any]:
             cll.ExactMatchLevel("given"),
             cll.ExactMatchLevel("given_formal"),
             cll.JaroWinklerLevel("given", 0.92),
+            cll.DamerauLevenshteinLevel("given", 1),
             cll.JaroWinklerLevel("given", 0.85),
         ),
         comparison(

@@ -326,7 +326,7 @@ def test_survivorship_picks_one_row_per_person_by_documented_rules() -> None:
 @pytest.fixture(scope="module")
 def hospital(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, dict[str, Any]]:
     landing = tmp_path_factory.mktemp("landing")
-    generate(landing, patients=120, seed=11)
+    generate(landing, patients=400, seed=11)
     lake = Lake(tmp_path_factory.mktemp("lake"))
     pipeline.ingest(landing, lake, run_id="run1", now=T0)
     pipeline.ingest_hl7v2(landing, lake, run_id="run1", now=T0)
@@ -395,3 +395,13 @@ def test_the_ledger_counts_merges_and_the_links_hold_no_phi(hospital) -> None:
     text = json.dumps(links.to_pylist(), default=str)
     for value in truth["phi"]["names"] + truth["phi"]["phones"] + truth["phi"]["mrns"]:
         assert value not in text
+
+
+def test_the_gate_promotes_the_links_to_silver(hospital) -> None:
+    from medlake.expectations.gate import run_gate
+
+    lake, _ = hospital
+    staged = lake.read(staging_name("silver.patient_links")).num_rows
+    [entry] = run_gate(lake, run_id="run1", tables=["silver.patient_links"])
+    assert (entry.records_in, entry.records_out, entry.quarantined) == (staged, staged, 0)
+    assert lake.count("silver.patient_links") == staged
