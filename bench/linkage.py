@@ -28,8 +28,32 @@ from typing import Any
 from medlake.jobs.clean import dedup
 from medlake.sample.vocab import FAMILY, FEMALE_GIVEN, MALE_GIVEN, NICKNAMES, STREET_SUFFIXES
 
-SYLLABLES = ("an", "ber", "cal", "dor", "el", "fen", "gar", "hal", "is", "jor", "ka", "lin",
-             "mor", "nes", "ol", "per", "quin", "ros", "sten", "tor", "ul", "ven", "wes", "yor")
+SYLLABLES = (
+    "an",
+    "ber",
+    "cal",
+    "dor",
+    "el",
+    "fen",
+    "gar",
+    "hal",
+    "is",
+    "jor",
+    "ka",
+    "lin",
+    "mor",
+    "nes",
+    "ol",
+    "per",
+    "quin",
+    "ros",
+    "sten",
+    "tor",
+    "ul",
+    "ven",
+    "wes",
+    "yor",
+)
 
 
 def _name(rng: random.Random, parts: int) -> str:
@@ -65,12 +89,16 @@ def people(records: int, *, seed: int) -> tuple[list[dict[str, Any]], set[frozen
     out: list[dict[str, Any]] = []
     planted: set[frozenset[str]] = set()
     base: list[dict[str, Any]] = []
+    registrations: dict[str, list[str]] = {}  # a person's first source key → all its source keys
     while len(out) < records:
         roll = rng.random()
         if base and roll < 0.06:  # a second registration of someone
             original = rng.choice(base)
             variant = _variant(rng, original, len(out))
-            planted.add(frozenset((original["source_key"], variant["source_key"])))
+            planted.update(
+                frozenset((k, variant["source_key"])) for k in registrations[original["source_key"]]
+            )
+            registrations[original["source_key"]].append(variant["source_key"])
             out.append(variant)
             continue
         female = rng.random() < 0.5
@@ -79,12 +107,21 @@ def people(records: int, *, seed: int) -> tuple[list[dict[str, Any]], set[frozen
         person = {
             "source_key": f"r{len(out):07d}",
             "source_system": "bench",
-            "names": [{"family": _zipf(rng, families), "given": [given] + ([middle] if middle else [])}],
+            "names": [
+                {"family": _zipf(rng, families), "given": [given] + ([middle] if middle else [])}
+            ],
             "birth_date": (date(1930, 1, 1) + timedelta(days=rng.randrange(90 * 365))).isoformat(),
-            "telecom": [{"system": "phone", "value": f"{rng.randrange(200, 999)}{rng.randrange(10**6, 10**7)}"}],
+            "telecom": [
+                {
+                    "system": "phone",
+                    "value": f"{rng.randrange(200, 999)}{rng.randrange(10**6, 10**7)}",
+                }
+            ],
             "address": [
                 {
-                    "line": [f"{rng.randrange(1, 9999)} {_name(rng, 2)} {rng.choice(STREET_SUFFIXES)}"],
+                    "line": [
+                        f"{rng.randrange(1, 9999)} {_name(rng, 2)} {rng.choice(STREET_SUFFIXES)}"
+                    ],
                     "city": _name(rng, 2),
                     "postalCode": f"{rng.randrange(1000, 99999):05d}",
                 }
@@ -94,10 +131,13 @@ def people(records: int, *, seed: int) -> tuple[list[dict[str, Any]], set[frozen
         person["person_key"] = person["source_key"]
         out.append(person)
         base.append(person)
+        registrations[person["source_key"]] = [person["source_key"]]
         if rng.random() < 0.01 and len(out) < records:  # a twin: everything shared but the name
             twin = {**person, "source_key": f"r{len(out):07d}"}
             twin["person_key"] = twin["source_key"]
-            twin["names"] = [{**person["names"][0], "given": [_zipf(rng, females if female else males)]}]
+            twin["names"] = [
+                {**person["names"][0], "given": [_zipf(rng, females if female else males)]}
+            ]
             if twin["names"][0]["given"][0] != given:
                 out.append(twin)
     return out, planted
@@ -106,7 +146,9 @@ def people(records: int, *, seed: int) -> tuple[list[dict[str, Any]], set[frozen
 def _variant(rng: random.Random, original: dict[str, Any], index: int) -> dict[str, Any]:
     name = dict(original["names"][0])
     given = list(name["given"])
-    changes = rng.sample(["typo", "swap", "nickname", "middle", "phone", "birth", "moved"], rng.choice((1, 2)))
+    changes = rng.sample(
+        ["typo", "swap", "nickname", "middle", "phone", "birth", "moved"], rng.choice((1, 2))
+    )
     variant = {**original, "source_key": f"r{index:07d}", "person_key": f"r{index:07d}"}
     for change in changes:
         if change in ("typo", "swap"):
@@ -127,14 +169,21 @@ def _variant(rng: random.Random, original: dict[str, Any], index: int) -> dict[s
             i = rng.choice((8, 9))
             variant["birth_date"] = born[:i] + str((int(born[i]) + 1) % 10) + born[i + 1 :]
         elif change == "moved":
-            variant["address"] = [{"line": [f"{rng.randrange(1, 9999)} {_name(rng, 2)} Road"],
-                                   "city": "Elsewhere", "postalCode": f"{rng.randrange(1000, 99999):05d}"}]
+            variant["address"] = [
+                {
+                    "line": [f"{rng.randrange(1, 9999)} {_name(rng, 2)} Road"],
+                    "city": "Elsewhere",
+                    "postalCode": f"{rng.randrange(1000, 99999):05d}",
+                }
+            ]
     variant["names"] = [{**name, "given": given}]
     return variant
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
@@ -151,15 +200,20 @@ def main() -> None:
     for row in linkage.clusters.to_pylist():
         members[row["cluster"]].append(row["source_key"])
     found = {
-        frozenset((a, b)) for group in members.values() for i, a in enumerate(group) for b in group[i + 1 :]
+        frozenset((a, b))
+        for group in members.values()
+        for i, a in enumerate(group)
+        for b in group[i + 1 :]
     }
     hits = len(found & planted)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"records                {records.num_rows:>10,}")
     print(f"planted duplicate pairs{len(planted):>10,}")
     print(f"features               {featured - start:>9.1f} s")
-    print(f"splink linkage         {linked - featured:>9.1f} s   (u by sampling, m by EM: "
-          f"{'yes' if records.num_rows >= dedup.LinkOptions().em_min_records else 'no, priors'})")
+    print(
+        f"splink linkage         {linked - featured:>9.1f} s   (u by sampling, m by EM: "
+        f"{'yes' if records.num_rows >= dedup.LinkOptions().em_min_records else 'no, priors'})"
+    )
     print(f"links at threshold     {linkage.links.num_rows:>10,}")
     print(f"persons                {len(members):>10,}")
     print(f"precision              {hits / len(found) if found else 0:>10.3f}")

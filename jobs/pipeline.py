@@ -211,7 +211,10 @@ def clean(
             resolved = dedup.resolve(lake, identities, rows, run_id=run_id, now=datetime.now(UTC))
             if keyring is not None:  # the vault keys identities by the resolved person
                 person = resolved.person_of
-                stored = [{**i, "person_key": person.get(i["person_key"], i["person_key"])} for i in identities]
+                stored = [
+                    {**i, "person_key": person.get(i["person_key"], i["person_key"])}
+                    for i in identities
+                ]
                 vault.store(lake, stored, keyring=keyring)
         rows = dedup.remap(rows, resolved.person_of, key=key, max_shift_days=max_shift_days)
         versions[staging_name(spec.name)] = lake.write(
@@ -235,7 +238,10 @@ def clean(
     )
     entries.append(resolved.entry)
     versions[staging_name(SILVER_PATIENT_LINKS.name)] = lake.write(
-        staging_name(SILVER_PATIENT_LINKS.name), resolved.links, mode="overwrite", spec=SILVER_PATIENT_LINKS
+        staging_name(SILVER_PATIENT_LINKS.name),
+        resolved.links,
+        mode="overwrite",
+        spec=SILVER_PATIENT_LINKS,
     )
     rest = fhir.bronze_only_from_bronze(bronze)
     lake.insert_new(QUARANTINE.name, stamp_run(rest.quarantined, run_id))

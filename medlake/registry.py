@@ -258,7 +258,8 @@ PERSON_CROSSWALK = TableSpec(
     schema=pa.schema(
         [
             _f("source_key", nullable=False),
-            _f("prelink_key", nullable=False),  # the person key ingest gave: the MRN's key, else source_key
+            # the person key ingest gave: the MRN's key, else the source key
+            _f("prelink_key", nullable=False),
             _f("person_key", nullable=False),
             _f("first_run_id", nullable=False),
             _f("first_seen_at", TS, nullable=False),

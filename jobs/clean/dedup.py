@@ -26,8 +26,9 @@ The prior match probability is ``expected_matches_per_record / (records - 1)``.
 
 Twins: siblings born the same day share family name, birth date, address, phone and ZIP: under
 independence those agreements outweigh anything. A given name that is neither similar nor a
-nickname of the other is therefore a veto: its m is fixed at ``GIVEN_VETO_M`` and EM never
-raises it.
+nickname of the other (nor one edit away) is therefore a veto: its m is fixed at
+``GIVEN_VETO_M`` and EM never raises it. The price: a registration under an unrelated given
+name is never linked by Splink (an MRN still links it).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from medlake.governance.deid import date_shift_days
 from medlake.jobs.clean import config
 from medlake.lake import Lake
 from medlake.ledger import Entry
-from medlake.registry import PERSON_CROSSWALK, PERSON_EVENTS, SILVER_PATIENTS, SILVER_PATIENT_LINKS
+from medlake.registry import PERSON_CROSSWALK, PERSON_EVENTS, SILVER_PATIENT_LINKS, SILVER_PATIENTS
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,10 @@ U_PRIORS: dict[str, tuple[float, ...]] = {
     "zip5": (0.01, 0.05, 0.94),
     "phone": (0.0001, 0.0001, 0.9998),
 }
-#: m of "given names unrelated": a veto (twins), fixed through EM
-GIVEN_VETO_M = 1e-12
+#: m of "given names unrelated": a veto (twins), fixed through EM. Household fields (phone,
+#: street, ZIP) are not independent and at 100k records each exact agreement is worth ~2^23, so
+#: the veto must outweigh all of them together: 2^-100
+GIVEN_VETO_M = 2.0**-100
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,9 @@ def _pick(entries: Any, *, prefer: str = "official") -> dict[str, Any]:
     return next((e for e in items if e.get("use") == prefer), items[0] if items else {})
 
 
-def features(identities: Iterable[Mapping[str, Any]], *, sex: Mapping[str, str] | None = None) -> pa.Table:
+def features(
+    identities: Iterable[Mapping[str, Any]], *, sex: Mapping[str, str] | None = None
+) -> pa.Table:
     """One :data:`FEATURES` row per identity (vault-shaped dicts, see the module doc).
 
     ``sex``: source_key → administrative gender, from the silver patient rows (the vault
@@ -250,9 +255,7 @@ def _comparisons() -> list[Any]:
         return null + ranked
 
     def comparison(name: str, *found: Any) -> Any:
-        return cl.CustomComparison(
-            comparison_levels=levels(name, *found), output_column_name=name
-        )
+        return cl.CustomComparison(comparison_levels=levels(name, *found), output_column_name=name)
 
     return [
         comparison(
@@ -275,9 +278,7 @@ def _comparisons() -> list[Any]:
             cll.DamerauLevenshteinLevel("birth_date", 1),
         ),
         comparison("sex", cll.ExactMatchLevel("sex")),
-        comparison(
-            "street", cll.ExactMatchLevel("street"), cll.JaroWinklerLevel("street", 0.88)
-        ),
+        comparison("street", cll.ExactMatchLevel("street"), cll.JaroWinklerLevel("street", 0.88)),
         comparison(
             "zip5",
             cll.ExactMatchLevel("zip5"),
@@ -395,16 +396,30 @@ def link(records: pa.Table, options: LinkOptions = LinkOptions()) -> Linkage:
     """
     splink = _splink_pairs(records, options) if records.num_rows >= 2 else LINKS.empty_table()
     prelinked = _prelink_pairs(records)
-    prelink = dict(zip(records.column("source_key").to_pylist(), records.column("prelink_key").to_pylist(), strict=True))
+    prelink = dict(
+        zip(
+            records.column("source_key").to_pylist(),
+            records.column("prelink_key").to_pylist(),
+            strict=True,
+        )
+    )
     same = [
         prelink[a] == prelink[b]
-        for a, b in zip(splink.column("source_key_l").to_pylist(), splink.column("source_key_r").to_pylist(), strict=True)
+        for a, b in zip(
+            splink.column("source_key_l").to_pylist(),
+            splink.column("source_key_r").to_pylist(),
+            strict=True,
+        )
     ]
     links = pa.concat_tables([prelinked, splink.filter(pc.invert(pa.array(same, pa.bool_())))])
     sources = records.column("source_key").to_pylist()
     cluster = _components(
         sources,
-        zip(links.column("source_key_l").to_pylist(), links.column("source_key_r").to_pylist(), strict=True),
+        zip(
+            links.column("source_key_l").to_pylist(),
+            links.column("source_key_r").to_pylist(),
+            strict=True,
+        ),
     )
     clusters = pa.table(
         {
@@ -456,7 +471,9 @@ def assign(clusters: pa.Table, crosswalk: pa.Table, *, run_id: str, now: datetim
     rows: dict[str, dict[str, Any]] = {}
     events: list[dict[str, Any]] = []
 
-    def event(kind: str, person: str, *, source: str | None = None, absorbed: str | None = None) -> None:
+    def event(
+        kind: str, person: str, *, source: str | None = None, absorbed: str | None = None
+    ) -> None:
         events.append(
             {
                 "event_id": f"{run_id}:{kind}:{person}:{source or absorbed}",
@@ -471,7 +488,9 @@ def assign(clusters: pa.Table, crosswalk: pa.Table, *, run_id: str, now: datetim
 
     for records in members.values():
         persons = {
-            by_source[r["source_key"]]["person_key"] if r["source_key"] in by_source else by_prelink.get(r["prelink_key"])
+            by_source[r["source_key"]]["person_key"]
+            if r["source_key"] in by_source
+            else by_prelink.get(r["prelink_key"])
             for r in records
         } - {None}
         if persons:
@@ -480,7 +499,11 @@ def assign(clusters: pa.Table, crosswalk: pa.Table, *, run_id: str, now: datetim
                 event("merge", survivor, absorbed=absorbed)
                 for r in known:
                     if r["person_key"] == absorbed:
-                        rows[r["source_key"]] = {**r, "person_key": survivor, "since_run_id": run_id}
+                        rows[r["source_key"]] = {
+                            **r,
+                            "person_key": survivor,
+                            "since_run_id": run_id,
+                        }
         else:
             survivor = min(r["prelink_key"] for r in records)
         for r in sorted(records, key=lambda r: r["source_key"]):
@@ -526,8 +549,11 @@ def remap(
         return rows
     old = rows.column("person_key").to_pylist()
     moves = {
-        k: (person_of[k], date_shift_days(key, person_of[k], max_days=max_shift_days)
-            - date_shift_days(key, k, max_days=max_shift_days))
+        k: (
+            person_of[k],
+            date_shift_days(key, person_of[k], max_days=max_shift_days)
+            - date_shift_days(key, k, max_days=max_shift_days),
+        )
         for k in set(old) - {None}
         if person_of.get(k, k) != k
     }
@@ -537,7 +563,9 @@ def remap(
     out = rows.set_column(
         rows.schema.get_field_index("person_key"),
         rows.schema.field("person_key"),
-        pa.array([moves[k][0] if k in moves else k for k in old], rows.schema.field("person_key").type),
+        pa.array(
+            [moves[k][0] if k in moves else k for k in old], rows.schema.field("person_key").type
+        ),
     )
     for index, f in enumerate(out.schema):
         if pa.types.is_date32(f.type):
@@ -680,7 +708,11 @@ def resolve(
     to ``staging.patient_links`` through the caller, like every silver table.
     """
     sex = dict(
-        zip(patients.column("source_key").to_pylist(), patients.column("gender").to_pylist(), strict=True)
+        zip(
+            patients.column("source_key").to_pylist(),
+            patients.column("gender").to_pylist(),
+            strict=True,
+        )
     )
     linkage = link(features(identities, sex=sex), options)
     done = assign(linkage.clusters, lake.read(PERSON_CROSSWALK.name), run_id=run_id, now=now)

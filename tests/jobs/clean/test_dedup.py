@@ -70,7 +70,9 @@ def town() -> list[dict[str, Any]]:
     ]
 
 
-def clusters_of(identities: list[dict[str, Any]], sex: dict[str, str] | None = None) -> dict[str, str]:
+def clusters_of(
+    identities: list[dict[str, Any]], sex: dict[str, str] | None = None
+) -> dict[str, str]:
     linkage = dedup.link(dedup.features(identities, sex=sex))
     return dict(
         zip(
@@ -174,8 +176,13 @@ def test_records_sharing_a_prelink_key_are_one_person_even_when_they_disagree() 
     rows = {r["source_key"]: r["cluster"] for r in linkage.clusters.to_pylist()}
     assert rows["f1"] == rows["h1"]
     links = linkage.links.to_pylist()
-    assert {"source_key_l": "f1", "source_key_r": "h1", "match_probability": 1.0,
-            "match_weight": None, "rule": "prelink"} in links
+    assert {
+        "source_key_l": "f1",
+        "source_key_r": "h1",
+        "match_probability": 1.0,
+        "match_weight": None,
+        "rule": "prelink",
+    } in links
     pairs = [(r["source_key_l"], r["source_key_r"]) for r in links]
     assert len(pairs) == len(set(pairs))  # a prelinked pair is not repeated by Splink
 
@@ -183,7 +190,9 @@ def test_records_sharing_a_prelink_key_are_one_person_even_when_they_disagree() 
 # -- the crosswalk across runs ------------------------------------------------------------------
 
 
-def resolve(lake: Lake, identities: list[dict[str, Any]], *, run_id: str, now: datetime) -> dedup.Resolution:
+def resolve(
+    lake: Lake, identities: list[dict[str, Any]], *, run_id: str, now: datetime
+) -> dedup.Resolution:
     patients = pa.table(
         {
             "source_key": [i["source_key"] for i in identities],
@@ -198,34 +207,48 @@ def crosswalk(lake: Lake) -> dict[str, str]:
     return {r["source_key"]: r["person_key"] for r in rows}
 
 
-def test_the_crosswalk_keeps_keys_across_runs_and_a_new_record_joins_its_person(tmp_path: Path) -> None:
+def test_the_crosswalk_keeps_keys_across_runs_and_a_new_record_joins_its_person(
+    tmp_path: Path,
+) -> None:
     lake = Lake(tmp_path)
-    carl = identity("c1", ["Carl"], "Nilsson", "1966-03-09", "6175550300", "4 Pine St", prelink="mrn:c")
+    carl = identity(
+        "c1", ["Carl"], "Nilsson", "1966-03-09", "6175550300", "4 Pine St", prelink="mrn:c"
+    )
     first = resolve(lake, [*town(), carl], run_id="r1", now=T0)
     before = crosswalk(lake)
     assert before["c1"] == "mrn:c"  # with no merge, person_key stays what ingest gave
     assert first.entry.records_in == first.entry.records_out == len(TOWN) + 1
 
     # run 2 re-sends the extract with Carl's second registration (another MRN, a typo)
-    carl2 = identity("c2", ["Carl"], "Nillson", "1966-03-09", "617.555.0300", "4 Pine St", prelink="mrn:c2")
+    carl2 = identity(
+        "c2", ["Carl"], "Nillson", "1966-03-09", "617.555.0300", "4 Pine St", prelink="mrn:c2"
+    )
     second = resolve(lake, [*town(), carl, carl2], run_id="r2", now=T0 + timedelta(days=1))
     after = crosswalk(lake)
     assert {k: after[k] for k in before} == before  # nobody re-keyed
     assert after["c2"] == "mrn:c"
     assert second.person_of["mrn:c2"] == "mrn:c"
     events = lake.read(PERSON_EVENTS.name, where={"run_id": "r2"}).to_pylist()
-    assert [(e["event"], e["person_key"], e["source_key"]) for e in events] == [("join", "mrn:c", "c2")]
+    assert [(e["event"], e["person_key"], e["source_key"]) for e in events] == [
+        ("join", "mrn:c", "c2")
+    ]
 
     # run 3 brings a later record of the second MRN only: it reaches Carl through its prelink key
-    third = resolve(lake, [identity("c3", ["C"], "N", "1966-03-09", "", prelink="mrn:c2")], run_id="r3", now=T0)
+    third = resolve(
+        lake, [identity("c3", ["C"], "N", "1966-03-09", "", prelink="mrn:c2")], run_id="r3", now=T0
+    )
     assert third.person_of["mrn:c2"] == crosswalk(lake)["c3"] == "mrn:c"
 
 
-def test_linking_two_existing_persons_merges_them_into_the_older_key_with_an_event(tmp_path: Path) -> None:
+def test_linking_two_existing_persons_merges_them_into_the_older_key_with_an_event(
+    tmp_path: Path,
+) -> None:
     lake = Lake(tmp_path)
     dora = identity("d1", ["Dora"], "Quist", "1971-07-07", "6175550500", "5 Ash St")
     resolve(lake, [*town(), dora], run_id="r1", now=T0)
-    dora2 = identity("d2", ["Dora"], "Qvist", "1971-07-07", "6175550500", "5 Ash St", prelink="mrn:d2")
+    dora2 = identity(
+        "d2", ["Dora"], "Qvist", "1971-07-07", "6175550500", "5 Ash St", prelink="mrn:d2"
+    )
     # run 2 sees only the second registration, with nothing to link it to: a new person
     resolve(lake, [dora2], run_id="r2", now=T0 + timedelta(days=1))
     assert crosswalk(lake)["d2"] == "mrn:d2"
@@ -299,16 +322,40 @@ def test_survivorship_picks_one_row_per_person_by_documented_rules() -> None:
 
     rows = pa.Table.from_pylist(
         [
-            patient("a", gender="female", birth_date=date(1980, 1, 2), zip3="021", state="MA", race="x"),
+            patient(
+                "a", gender="female", birth_date=date(1980, 1, 2), zip3="021", state="MA", race="x"
+            ),
             patient("b", gender="female", birth_date=date(1980, 1, 2), zip3=None, state=None),
-            patient("c", gender="unknown", birth_date=date(1980, 2, 1), zip3="100", state="NY",
-                    deceased=True, deceased_date=date(2024, 1, 1)),
+            patient(
+                "c",
+                gender="unknown",
+                birth_date=date(1980, 2, 1),
+                zip3="100",
+                state="NY",
+                deceased=True,
+                deceased_date=date(2024, 1, 1),
+            ),
             patient("d", gender=None, birth_date=None, zip3=None, state=None, race="y"),
             {"person_key": "q", "source_key": "e", "gender": "unknown"},
         ],
-        schema=pa.schema([f for f in SILVER_PATIENTS.schema if f.name in
-                          ("person_key", "source_key", "gender", "birth_date", "zip3", "state",
-                           "race", "deceased", "deceased_date")]),
+        schema=pa.schema(
+            [
+                f
+                for f in SILVER_PATIENTS.schema
+                if f.name
+                in (
+                    "person_key",
+                    "source_key",
+                    "gender",
+                    "birth_date",
+                    "zip3",
+                    "state",
+                    "race",
+                    "deceased",
+                    "deceased_date",
+                )
+            ]
+        ),
     )
     seen = {s: T0 + timedelta(days=i) for i, s in enumerate("abcd")}  # a oldest … d newest
     persons = {r["person_key"]: r for r in dedup.survivors(rows, seen).to_pylist()}
@@ -342,9 +389,7 @@ def test_the_planted_duplicates_are_found_with_high_precision_and_recall(hospita
         return source_key(KEY, fhir.SOURCE_SYSTEM, patient_id)
 
     assert truth["duplicates"]
-    planted = {
-        frozenset(key(r["patient_id"]) for r in d["records"]) for d in truth["duplicates"]
-    }
+    planted = {frozenset(key(r["patient_id"]) for r in d["records"]) for d in truth["duplicates"]}
     fhir_records = sorted(
         r["source_key"]
         for r in lake.read(staging_name(SILVER_PATIENTS.name)).to_pylist()
@@ -359,8 +404,10 @@ def test_the_planted_duplicates_are_found_with_high_precision_and_recall(hospita
     true_positives = len(found & planted)
     precision = true_positives / len(found) if found else 0.0
     recall = true_positives / len(planted)
-    print(f"linkage on the sample: {len(planted)} planted, {len(found)} found, "
-          f"precision {precision:.2f}, recall {recall:.2f}")
+    print(
+        f"linkage on the sample: {len(planted)} planted, {len(found)} found, "
+        f"precision {precision:.2f}, recall {recall:.2f}"
+    )
     assert precision >= 0.95
     assert recall >= 0.9
 
@@ -368,7 +415,9 @@ def test_the_planted_duplicates_are_found_with_high_precision_and_recall(hospita
 def test_every_staging_row_of_a_person_shares_its_key_and_date_shift(hospital) -> None:
     lake, truth = hospital
     person = crosswalk(lake)
-    patients = {r["source_key"]: r for r in lake.read(staging_name(SILVER_PATIENTS.name)).to_pylist()}
+    patients = {
+        r["source_key"]: r for r in lake.read(staging_name(SILVER_PATIENTS.name)).to_pylist()
+    }
     persons = set(person.values())
     for d in truth["duplicates"]:
         primary, twin = (
@@ -386,7 +435,9 @@ def test_every_staging_row_of_a_person_shares_its_key_and_date_shift(hospital) -
 def test_the_ledger_counts_merges_and_the_links_hold_no_phi(hospital) -> None:
     lake, truth = hospital
     entry = next(
-        e for e in lake.read("ledger", where={"run_id": "run1"}).to_pylist() if e["stage"] == "resolve"
+        e
+        for e in lake.read("ledger", where={"run_id": "run1"}).to_pylist()
+        if e["stage"] == "resolve"
     )
     assert entry["balanced"] and entry["merged"] >= len(truth["duplicates"]) * 0.9
     assert entry["records_in"] == entry["records_out"] + entry["merged"]
