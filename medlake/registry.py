@@ -235,21 +235,19 @@ SILVER_NOTES = TableSpec(
 
 SILVER_PATIENT_LINKS = TableSpec(
     name="silver.patient_links",
-    schema=pa.schema(
-        [
-            _f("source_key_l", nullable=False),
-            _f("source_key_r", nullable=False),
-            _f("person_key", nullable=False),
-            _f("match_probability", pa.float64(), nullable=False),
-            _f("match_weight", pa.float64()),  # null for deterministic links
-            _f("rule", nullable=False),  # 'prelink' (same MRN and authority) | 'splink'
-            _f("_run_id", nullable=False),
-        ]
+    schema=_schema(
+        _f("source_key_l", nullable=False),
+        _f("source_key_r", nullable=False),
+        _f("person_key", nullable=False),
+        _f("match_probability", pa.float64(), nullable=False),
+        _f("match_weight", pa.float64()),  # null for deterministic links
+        _f("rule", nullable=False),  # 'prelink' (same MRN and authority) | 'splink'
     ),
     key=("source_key_l", "source_key_r"),
     description=(
         "Entity resolution: which patient records (source keys) were linked into one person and with "
-        "what match probability (jobs/clean/dedup.py); pseudonyms only."
+        "what match probability (jobs/clean/dedup.py); pseudonyms only. The lineage columns are "
+        "those of the right-hand record (the one linked to the left)."
     ),
 )
 

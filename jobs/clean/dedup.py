@@ -579,9 +579,20 @@ def remap(
     return out
 
 
-def links_rows(links: pa.Table, person_of_source: Mapping[str, str], *, run_id: str) -> pa.Table:
-    """``silver.patient_links`` rows: each link with the person it formed (pseudonyms only)."""
+def links_rows(
+    links: pa.Table,
+    person_of_source: Mapping[str, str],
+    patients: Mapping[str, Mapping[str, Any]],
+    *,
+    run_id: str,
+) -> pa.Table:
+    """``silver.patient_links`` rows: each link with the person it formed (pseudonyms only).
+
+    ``patients``: source_key → its silver.patients row; the link carries the lineage
+    (``_record_hash``, ``_source_kind``) of its right-hand record, the one linked to the left.
+    """
     left = links.column("source_key_l").to_pylist()
+    right = [patients[s] for s in links.column("source_key_r").to_pylist()]
     return pa.table(
         {
             "source_key_l": links.column("source_key_l"),
@@ -590,6 +601,8 @@ def links_rows(links: pa.Table, person_of_source: Mapping[str, str], *, run_id: 
             "match_probability": links.column("match_probability"),
             "match_weight": links.column("match_weight"),
             "rule": links.column("rule"),
+            "_record_hash": [r["_record_hash"] for r in right],
+            "_source_kind": [r["_source_kind"] for r in right],
             "_run_id": [run_id] * links.num_rows,
         },
         schema=SILVER_PATIENT_LINKS.schema,
@@ -703,18 +716,21 @@ def resolve(
 ) -> Resolution:
     """Link this run's patient identities, update the crosswalk and record the events.
 
-    ``patients``: this run's silver.patients rows (their ``gender`` is the linkage's sex). The
-    crosswalk and events tables are written here (upsert / insert of new events); the links go
-    to ``staging.patient_links`` through the caller, like every silver table.
+    ``patients``: this run's silver.patients rows. Only identities with a row there are linked (a
+    patient record quarantined on its way to silver is not a person yet: its identity still goes
+    to the vault); their ``gender`` is the linkage's sex. The crosswalk and events tables are
+    written here (upsert / insert of new events); the links go to ``staging.patient_links``
+    through the caller, like every silver table.
     """
-    sex = dict(
-        zip(
-            patients.column("source_key").to_pylist(),
-            patients.column("gender").to_pylist(),
-            strict=True,
-        )
-    )
-    linkage = link(features(identities, sex=sex), options)
+    staged = {
+        r["source_key"]: r
+        for r in patients.select(
+            ["source_key", "gender", "_record_hash", "_source_kind"]
+        ).to_pylist()
+    }
+    kept = [i for i in identities if i["source_key"] in staged]
+    sex = {s: r["gender"] for s, r in staged.items()}
+    linkage = link(features(kept, sex=sex), options)
     done = assign(linkage.clusters, lake.read(PERSON_CROSSWALK.name), run_id=run_id, now=now)
     lake.upsert(PERSON_CROSSWALK.name, done.crosswalk)
     lake.insert_new(PERSON_EVENTS.name, done.events)
@@ -736,7 +752,7 @@ def resolve(
     }
     return Resolution(
         person_of=done.person_of,
-        links=links_rows(linkage.links, person_of_source, run_id=run_id),
+        links=links_rows(linkage.links, person_of_source, staged, run_id=run_id),
         entry=Entry(
             stage="resolve",
             table_name=SILVER_PATIENTS.name,

@@ -197,6 +197,8 @@ def resolve(
         {
             "source_key": [i["source_key"] for i in identities],
             "gender": pa.nulls(len(identities), pa.string()),
+            "_record_hash": [f"hash-{i['source_key']}" for i in identities],
+            "_source_kind": ["test"] * len(identities),
         }
     )
     return dedup.resolve(lake, identities, patients, run_id=run_id, now=now)
@@ -443,6 +445,10 @@ def test_the_ledger_counts_merges_and_the_links_hold_no_phi(hospital) -> None:
     assert entry["records_in"] == entry["records_out"] + entry["merged"]
     links = lake.read(staging_name("silver.patient_links"))
     assert set(links.column("rule").to_pylist()) == {"prelink", "splink"}
+    patients = lake.read(staging_name(SILVER_PATIENTS.name)).to_pylist()
+    hashes = {r["source_key"]: r["_record_hash"] for r in patients}
+    for link in links.to_pylist():  # lineage: the right-hand record's bronze record
+        assert link["_record_hash"] == hashes[link["source_key_r"]]
     text = json.dumps(links.to_pylist(), default=str)
     for value in truth["phi"]["names"] + truth["phi"]["phones"] + truth["phi"]["mrns"]:
         assert value not in text
