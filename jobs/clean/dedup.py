@@ -487,32 +487,44 @@ def assign(clusters: pa.Table, crosswalk: pa.Table, *, run_id: str, now: datetim
             }
         )
 
-    for records in members.values():
-        persons = {
+    # the known persons each cluster touches; persons touched by one cluster are one person, and
+    # so on transitively (a record of person A and one of B in one cluster, B and C in another)
+    touched = {
+        cluster: {
             by_source[r["source_key"]]["person_key"]
             if r["source_key"] in by_source
             else by_prelink.get(r["prelink_key"])
             for r in records
-        } - {None}
+        }
+        - {None}
+        for cluster, records in members.items()
+    }
+    group = _components(
+        {p for persons in touched.values() for p in persons},
+        ((a, b) for persons in touched.values() for a in persons for b in persons if a < b),
+    )
+    survivor_of: dict[str, str] = {}
+    for person, root in sorted(group.items()):
+        best = survivor_of.get(root)
+        survivor_of[root] = person if best is None or born[person] < born[best] else best
+    for person, root in sorted(group.items()):
+        survivor = survivor_of[root]
+        if person == survivor:
+            continue
+        event("merge", survivor, absorbed=person)
+        for r in known:
+            if r["person_key"] == person:
+                rows[r["source_key"]] = {**r, "person_key": survivor, "since_run_id": run_id}
+
+    for cluster, records in members.items():
+        persons = touched[cluster]
         if persons:
-            survivor = min(persons, key=lambda p: born[p])
-            for absorbed in sorted(persons - {survivor}):
-                event("merge", survivor, absorbed=absorbed)
-                for r in known:
-                    if r["person_key"] == absorbed:
-                        rows[r["source_key"]] = {
-                            **r,
-                            "person_key": survivor,
-                            "since_run_id": run_id,
-                        }
+            survivor = survivor_of[group[next(iter(persons))]]
         else:
             survivor = min(r["prelink_key"] for r in records)
         for r in sorted(records, key=lambda r: r["source_key"]):
-            old = by_source.get(r["source_key"])
-            if old is not None:
-                if old["person_key"] != survivor:
-                    rows[r["source_key"]] = {**old, "person_key": survivor, "since_run_id": run_id}
-                continue
+            if r["source_key"] in by_source:
+                continue  # known: keeps its person, or was re-pointed by a merge above
             event("join" if persons else "new", survivor, source=r["source_key"])
             rows[r["source_key"]] = {
                 "source_key": r["source_key"],
@@ -735,12 +747,11 @@ def resolve(
     done = assign(linkage.clusters, lake.read(PERSON_CROSSWALK.name), run_id=run_id, now=now)
     lake.upsert(PERSON_CROSSWALK.name, done.crosswalk)
     lake.insert_new(PERSON_EVENTS.name, done.events)
-    persons = {done.person_of[p] for p in linkage.clusters.column("prelink_key").to_pylist()}
-    records = linkage.clusters.num_rows
+    entry = resolve_entry(linkage.clusters, done.person_of)
     log.info(
         "resolve: %d patient records → %d persons (%d merges with earlier persons)",
-        records,
-        len(persons),
+        entry.records_in,
+        entry.records_out,
         int(pc.sum(pc.equal(done.events.column("event"), "merge")).as_py() or 0),
     )
     person_of_source = {
@@ -754,11 +765,19 @@ def resolve(
     return Resolution(
         person_of=done.person_of,
         links=links_rows(linkage.links, person_of_source, staged, run_id=run_id),
-        entry=Entry(
-            stage="resolve",
-            table_name=SILVER_PATIENTS.name,
-            records_in=records,
-            records_out=len(persons),
-            merged=records - len(persons),
-        ),
+        entry=entry,
+    )
+
+
+def resolve_entry(clusters: pa.Table, person_of: Mapping[str, str]) -> Entry:
+    """The ledger entry of a resolution: patient records in, persons out, the rest merged into
+    another record's person (never dropped)."""
+    records = clusters.num_rows
+    persons = len({person_of[p] for p in clusters.column("prelink_key").to_pylist()})
+    return Entry(
+        stage="resolve",
+        table_name=SILVER_PATIENTS.name,
+        records_in=records,
+        records_out=persons,
+        merged=records - persons,
     )

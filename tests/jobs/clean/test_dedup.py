@@ -267,32 +267,59 @@ def test_linking_two_existing_persons_merges_them_into_the_older_key_with_an_eve
     assert merged.entry.merged == 1
 
 
-@settings(max_examples=25, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.integers(0, 5), st.integers(0, 3)),  # (cluster, prelink) labels per record
-        min_size=0,
-        max_size=12,
-    )
-)
-def test_assignment_conserves_records(labels: list[tuple[int, int]]) -> None:
-    """Every record gets exactly one person; records in = persons + records merged."""
-    clusters = pa.table(
+def _clusters(labels: list[tuple[int, int, int]]) -> pa.Table:
+    """Clusters from (record, cluster, prelink) labels; records sharing a prelink key are put in
+    one cluster, as link() guarantees."""
+    first = {}
+    for _, c, p in labels:
+        first.setdefault(p, c)
+    return pa.table(
         {
-            "source_key": [f"s{i}" for i in range(len(labels))],
-            "prelink_key": [f"p{p}" for _, p in labels],
-            # records sharing a prelink key are one cluster, as link() guarantees
-            "cluster": [f"c{min(c for c, q in labels if q == p)}" for _, p in labels],
+            "source_key": [f"s{r}" for r, _, _ in labels],
+            "prelink_key": [f"p{p}" for _, _, p in labels],
+            "cluster": [f"c{first[p]}" for _, _, p in labels],
         },
         schema=dedup.CLUSTERS,
     )
-    done = dedup.assign(clusters, dedup.CROSSWALK.empty_table(), run_id="r", now=T0)
-    persons = {done.person_of[p] for p in clusters.column("prelink_key").to_pylist()}
-    assert done.crosswalk.num_rows == len(labels)
-    assert len(persons) == len(set(clusters.column("cluster").to_pylist()))
-    merged = len(labels) - len(persons)
-    assert len(labels) == len(persons) + merged and merged >= 0
-    assert done.events.num_rows == len(labels)  # one new/join event per record
+
+
+RUN = st.lists(
+    st.tuples(st.integers(0, 9), st.integers(0, 4), st.integers(0, 5)),  # record, cluster, prelink
+    max_size=10,
+    unique_by=lambda t: t[0],
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(RUN, RUN)
+def test_resolution_conserves_records_and_never_rekeys_silently(
+    first: list[tuple[int, int, int]], second: list[tuple[int, int, int]]
+) -> None:
+    """Over two runs: every record gets one person, records in = persons + merged, and a record
+    seen before changes person only through a merge event naming its old person."""
+    # a record keeps its prelink key across runs (the prelink is derived from the record)
+    prelink = {r: p for r, _, p in first}
+    second = [(r, c, prelink.get(r, p)) for r, c, p in second]
+    done1 = dedup.assign(_clusters(first), dedup.CROSSWALK.empty_table(), run_id="r1", now=T0)
+    clusters2 = _clusters(second)
+    done2 = dedup.assign(clusters2, done1.crosswalk, run_id="r2", now=T0 + timedelta(days=1))
+
+    entry = dedup.resolve_entry(clusters2, done2.person_of)
+    assert entry.records_in == clusters2.num_rows == entry.records_out + entry.merged
+    assert entry.merged >= 0 and entry.balanced
+
+    before = {r["source_key"]: r["person_key"] for r in done1.crosswalk.to_pylist()}
+    after = {**before, **{r["source_key"]: r["person_key"] for r in done2.crosswalk.to_pylist()}}
+    merges = {
+        (e["from_person_key"], e["person_key"])
+        for e in done2.events.to_pylist()
+        if e["event"] == "merge"
+    }
+    for record, person in before.items():
+        assert after[record] == person or (person, after[record]) in merges
+    # every record of this run reaches exactly the person its prelink key maps to
+    for r in clusters2.to_pylist():
+        assert after[r["source_key"]] == done2.person_of[r["prelink_key"]]
 
 
 # -- re-keying rows and survivorship ---------------------------------------------------------------
