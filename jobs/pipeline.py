@@ -145,6 +145,11 @@ def clean(
     first row of a key). A patient with a medical record number is one person_key in both (the
     MRN's key): FHIR resources reach it through their Patient's MRN, looked up over every Patient
     in bronze, not only this run's. The silver entries count FHIR resources plus HL7 segments.
+
+    Entity resolution (``jobs/clean/dedup.py``) then links this run's patient records into persons
+    (same MRN, or a Splink match: a second registration under another MRN), keeps the crosswalk
+    ``reference.person_crosswalk`` stable, and every staging row takes its person's key, its
+    dates re-shifted by that person's offset; the links go to ``staging.patient_links``.
     """
     bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
     messages = lake.read(BRONZE_HL7V2.name, version=hl7v2_version, where={"_run_id": run_id})

@@ -126,6 +126,7 @@ def reasons_for(
         for k, p in zip(rows.column(key).to_pylist(), problems.to_pylist(), strict=True)
     ]
 
+
 # -- entity resolution (jobs/clean/dedup.py) ------------------------------------------------------
 
 #: a pair of patient records at or above this Splink match probability is one person
