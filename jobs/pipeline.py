@@ -27,7 +27,7 @@ from medlake.config import Settings
 from medlake.governance import vault
 from medlake.governance.crypto import Keyring
 from medlake.governance.lineage import LineageConfig, stage_run
-from medlake.jobs.clean import terminology
+from medlake.jobs.clean import dedup, terminology
 from medlake.jobs.clean.config import OnUnmapped
 from medlake.jobs.clean.standardize import STANDARDIZE
 from medlake.jobs.ingest import fhir, hl7v2
@@ -44,6 +44,7 @@ from medlake.registry import (
     LEDGER,
     QUARANTINE,
     SILVER_NOTES,
+    SILVER_PATIENT_LINKS,
     staging_name,
 )
 from medlake.summary import write_drift
@@ -146,6 +147,11 @@ def clean(
     first row of a key). A patient with a medical record number is one person_key in both (the
     MRN's key): FHIR resources reach it through their Patient's MRN, looked up over every Patient
     in bronze, not only this run's. The silver entries count FHIR resources plus HL7 segments.
+
+    Entity resolution (``jobs/clean/dedup.py``) then links this run's patient records into persons
+    (same MRN, or a Splink match: a second registration under another MRN), keeps the crosswalk
+    ``reference.person_crosswalk`` stable, and every staging row takes its person's key, its
+    dates re-shifted by that person's offset; the links go to ``staging.patient_links``.
     """
     bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
     drift = fhir.unread_elements(bronze)  # new extensions, unexpected elements: kept, reported
@@ -160,9 +166,9 @@ def clean(
     from_hl7 = hl7v2.silver_from_bronze(messages, key=key, max_shift_days=max_shift_days)
     concept_map, maps_version = terminology.concept_maps(lake, version=concept_maps_version)
     log.info("clean: concept maps %s@%d", terminology.CONCEPT_MAPS.name, maps_version)
-    if keyring is not None:
-        identities = fhir.patient_identities(bronze, key=key, aliases=aliases)
-        vault.store(lake, identities + hl7v2.patient_identities(messages, key=key), keyring=keyring)
+    identities = fhir.patient_identities(bronze, key=key, aliases=aliases)
+    identities += hl7v2.patient_identities(messages, key=key)
+    resolved: dedup.Resolution | None = None  # after the Patient rows: they give the linkage sex
     transforms: dict[str, Callable[..., Split]] = {
         "Patient": fhir.patients_from_bronze,
         "Encounter": fhir.encounters_from_bronze,
@@ -212,6 +218,16 @@ def clean(
                 )
             )
             rows = standard.good
+        if resolved is None:
+            resolved = dedup.resolve(lake, identities, rows, run_id=run_id, now=datetime.now(UTC))
+            if keyring is not None:  # the vault keys identities by the resolved person
+                person = resolved.person_of
+                stored = [
+                    {**i, "person_key": person.get(i["person_key"], i["person_key"])}
+                    for i in identities
+                ]
+                vault.store(lake, stored, keyring=keyring)
+        rows = dedup.remap(rows, resolved.person_of, key=key, max_shift_days=max_shift_days)
         versions[staging_name(spec.name)] = lake.write(
             staging_name(spec.name), rows, mode="overwrite", spec=spec
         )
@@ -226,8 +242,17 @@ def clean(
             quarantined=notes.quarantined.num_rows,
         )
     )
+    assert resolved is not None
+    notes_rows = dedup.remap(notes.good, resolved.person_of, key=key, max_shift_days=max_shift_days)
     versions[staging_name(SILVER_NOTES.name)] = lake.write(
-        staging_name(SILVER_NOTES.name), notes.good, mode="overwrite", spec=SILVER_NOTES
+        staging_name(SILVER_NOTES.name), notes_rows, mode="overwrite", spec=SILVER_NOTES
+    )
+    entries.append(resolved.entry)
+    versions[staging_name(SILVER_PATIENT_LINKS.name)] = lake.write(
+        staging_name(SILVER_PATIENT_LINKS.name),
+        resolved.links,
+        mode="overwrite",
+        spec=SILVER_PATIENT_LINKS,
     )
     rest = fhir.bronze_only_from_bronze(bronze)
     lake.insert_new(QUARANTINE.name, stamp_run(rest.quarantined, run_id))
@@ -253,6 +278,39 @@ def clean(
     )
     ledger.record(lake, run_id, entries)
     return StageResult(versions, entries)
+
+
+def rekey_sources(
+    lake: Lake, sources: list[StageResult], *, key: bytes, max_shift_days: int
+) -> dict[str, int | None]:
+    """The plug-in sources' staging rows with their ``person_key`` resolved by the crosswalk.
+
+    Each source keys a patient by the MRN's key, as ingest of FHIR and HL7 v2 does; when entity
+    resolution merged that key into another person (``reference.person_crosswalk``), the rows
+    move to the surviving key and their dates to its offset (:func:`dedup.remap`), so every
+    source of one person shares one key and one date shift. Returns the tables rewritten.
+    """
+    from medlake.jobs.clean import dedup
+    from medlake.registry import PERSON_CROSSWALK
+
+    if not lake.exists(PERSON_CROSSWALK.name):
+        return {}
+    crosswalk = lake.read(PERSON_CROSSWALK.name, columns=["prelink_key", "person_key"])
+    person_of = dict(
+        zip(
+            crosswalk.column("prelink_key").to_pylist(),
+            crosswalk.column("person_key").to_pylist(),
+            strict=True,
+        )
+    )
+    written: dict[str, int | None] = {}
+    staged = sorted({n for r in sources for n in r.versions if n.startswith("staging.")})
+    for name in staged:
+        rows = lake.read(name)
+        moved = dedup.remap(rows, person_of, key=key, max_shift_days=max_shift_days)
+        if moved is not rows:
+            written[name] = lake.write(name, moved, mode="overwrite")
+    return written
 
 
 def release_resolved(lake: Lake, *, run_id: str) -> list[Entry]:
@@ -345,7 +403,8 @@ def task_clean(
             )
             for kind in SOURCES
         ]
-        result = StageResult.merge([result, *sources])
+        rekeyed = rekey_sources(target, sources, key=key, max_shift_days=max_shift_days)
+        result = StageResult.merge([result, *sources, StageResult(rekeyed, [])])
         run.complete(
             outputs={**result.versions, **BOOKKEEPING, "vault": None}, ledger=result.entries
         )

@@ -523,6 +523,58 @@ SILVER_VARIANTS = TableSpec(
     partition_by=("chrom",),
 )
 
+SILVER_PATIENT_LINKS = TableSpec(
+    name="silver.patient_links",
+    schema=_schema(
+        _f("source_key_l", nullable=False),
+        _f("source_key_r", nullable=False),
+        _f("person_key", nullable=False),
+        _f("match_probability", pa.float64(), nullable=False),
+        _f("match_weight", pa.float64()),  # null for deterministic links
+        _f("rule", nullable=False),  # 'prelink' (same MRN and authority) | 'splink'
+    ),
+    key=("source_key_l", "source_key_r"),
+    description=(
+        "Entity resolution: which patient records (source keys) were linked into one person and with "
+        "what match probability (jobs/clean/dedup.py); pseudonyms only. The lineage columns are "
+        "those of the right-hand record (the one linked to the left)."
+    ),
+)
+
+PERSON_CROSSWALK = TableSpec(
+    name="reference.person_crosswalk",
+    schema=pa.schema(
+        [
+            _f("source_key", nullable=False),
+            # the person key ingest gave: the MRN's key, else the source key
+            _f("prelink_key", nullable=False),
+            _f("person_key", nullable=False),
+            _f("first_run_id", nullable=False),
+            _f("first_seen_at", TS, nullable=False),
+            _f("since_run_id", nullable=False),  # the run that gave the record its person_key
+        ]
+    ),
+    key=("source_key",),
+    description="Patient record (source_key) → person_key, stable across runs; changes only by merge events.",
+)
+
+PERSON_EVENTS = TableSpec(
+    name="reference.person_events",
+    schema=pa.schema(
+        [
+            _f("event_id", nullable=False),
+            _f("run_id", nullable=False),
+            _f("event", nullable=False),  # 'new' | 'join' | 'merge'
+            _f("person_key", nullable=False),  # the (surviving) person
+            _f("from_person_key"),  # merge: the person absorbed
+            _f("source_key"),  # new, join: the record
+            _f("recorded_at", TS, nullable=False),
+        ]
+    ),
+    key=("event_id",),
+    description="What entity resolution did to persons, per run: records creating or joining a person, merges.",
+)
+
 QUARANTINE = TableSpec(
     name="quarantine",
     schema=pa.schema(
@@ -601,6 +653,9 @@ TABLES: dict[str, TableSpec] = {
         BRONZE_VCF,
         BRONZE_VCF_HEADERS,
         SILVER_VARIANTS,
+        SILVER_PATIENT_LINKS,
+        PERSON_CROSSWALK,
+        PERSON_EVENTS,
         QUARANTINE,
         LEDGER,
     )

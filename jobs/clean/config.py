@@ -204,3 +204,12 @@ VITALS_GRIDS: dict[str, tuple[timedelta, timedelta]] = {
     "silver.vitals_1min": (timedelta(minutes=1), timedelta(minutes=5)),
     "silver.vitals_1h": (timedelta(hours=1), timedelta(hours=3)),
 }
+
+# -- entity resolution (jobs/clean/dedup.py) ------------------------------------------------------
+
+#: a pair of patient records at or above this Splink match probability is one person
+LINK_THRESHOLD = 0.95
+#: the prior: how many other records of the same person a record has, on average
+EXPECTED_MATCHES_PER_RECORD = 1.0
+#: below this many patient records the m probabilities stay at their documented priors (no EM)
+EM_MIN_RECORDS = 5000

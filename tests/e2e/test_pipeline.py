@@ -62,7 +62,7 @@ def test_every_record_read_is_accounted_for(hospital):
                                                  "bronze.vcf_records", "bronze.vcf_headers"}
     assert sum(e["records_in"] for e in ingest) == truth["total_records"]
     stages = {e["stage"] for e in summary["ledger"]}
-    assert stages == {"ingest", "silver", "deid_text", "standardize", "resample", "gate", "impute"}
+    assert stages == {"ingest", "silver", "deid_text", "standardize", "resolve", "resample", "gate", "impute"}
     for entry in summary["ledger"]:
         assert entry["records_in"] == (entry["records_out"] + entry["quarantined"] + entry["merged"]
                                        + entry["bronze_only"]), entry
@@ -77,7 +77,8 @@ def test_tables_exist_with_the_expected_rows(hospital):
     patients = lake.read("silver.patients", columns=["person_key", "source_system"]).to_pylist()
     fhir_persons = {p["person_key"] for p in patients if p["source_system"] == "fhir"}
     hl7_persons = {p["person_key"] for p in patients if p["source_system"].startswith("hl7v2:")}
-    assert len(fhir_persons) == truth["resources_total"]["Patient"] - bad_patients
+    # entity resolution: a duplicate registration (another MRN) is the same person as its original
+    assert len(fhir_persons) == truth["resources_total"]["Patient"] - bad_patients - len(truth["duplicates"])
     assert len(hl7_persons) == sum(1 for i in range(truth["patients"]) if in_hl7(i))  # one HL7 record each
     assert hl7_persons <= fhir_persons  # the same MRN: one person_key across sources
     persons = {p["person_key"] for p in patients}

@@ -1,0 +1,783 @@
+"""Entity resolution: which patient records, across sources and registrations, are one person.
+
+Three pure steps and one persistent table:
+
+1. :func:`features`: the identities the vault receives (``fhir.patient_identities``,
+   ``hl7v2.patient_identities``: FHIR-shaped names, telecom, address) → one row per source record
+   of normalized linkage fields (first given name and its formal form, family name, birth date,
+   sex, street line, city, ZIP5, phone as 10 digits), plus its ``prelink_key``: the person key the
+   ingest gave it (the MRN's key when the record carries an MRN with its authority, else its
+   source key). This PHI table lives in memory only (DuckDB in-memory), never in the lake.
+2. :func:`link`: Splink 5 on DuckDB scores candidate pairs (Fellegi-Sunter); records sharing a
+   prelink key are linked deterministically (probability 1: same MRN under the same authority);
+   clusters are the connected components of both kinds of link at ``threshold``.
+3. :func:`assign`: clusters + the crosswalk (``reference.person_crosswalk``: source_key →
+   person_key) → this run's crosswalk rows and events (``reference.person_events``). A record
+   keeps its person_key forever; a new record joining an existing person takes its key; when a
+   run links records of two existing persons, the older key survives, the younger person's
+   records are re-pointed and a ``merge`` event names both keys. Nothing is split automatically:
+   a link found once is kept (a steward's correction would be a ``split`` event).
+
+Model: the m probabilities are documented priors (:data:`M_PRIORS`, what fraction of true
+duplicates fall in each level); the u probabilities are estimated by random sampling (fallback:
+:data:`U_PRIORS` when a level is never seen, e.g. in a 50-patient sample); with at least
+``em_min_records`` records the m probabilities are re-estimated by EM on two blocking rules.
+The prior match probability is ``expected_matches_per_record / (records - 1)``.
+
+Twins: siblings born the same day share family name, birth date, address, phone and ZIP: under
+independence those agreements outweigh anything. A given name that is neither similar nor a
+nickname of the other (nor one edit away) is therefore a veto: its m is fixed at
+``GIVEN_VETO_M`` and EM never raises it. The price: a registration under an unrelated given
+name is never linked by Splink (an MRN still links it).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from medlake.governance.deid import date_shift_days
+from medlake.jobs.clean import config
+from medlake.lake import Lake
+from medlake.ledger import Entry
+from medlake.registry import PERSON_CROSSWALK, PERSON_EVENTS, SILVER_PATIENT_LINKS, SILVER_PATIENTS
+
+log = logging.getLogger(__name__)
+
+#: common English given-name nicknames → the formal name; both spellings compare as one
+NICKNAMES: dict[str, str] = {
+    nick: formal
+    for formal, nicks in {
+        "ALEXANDER": ("ALEX", "AL", "XANDER", "SASHA"),
+        "ANTHONY": ("TONY",),
+        "BENJAMIN": ("BEN", "BENNY"),
+        "CATHERINE": ("CATHY", "CATE", "KATE", "KATIE"),
+        "CHARLES": ("CHARLIE", "CHUCK"),
+        "CHRISTOPHER": ("CHRIS", "KIT"),
+        "DANIEL": ("DAN", "DANNY"),
+        "DMITRI": ("DIMA",),
+        "EDWARD": ("ED", "EDDIE", "TED"),
+        "ELIZABETH": ("LIZ", "BETH", "BETTY", "LIZZIE", "ELIZA"),
+        "JAMES": ("JIM", "JIMMY", "JAMIE"),
+        "JENNIFER": ("JEN", "JENNY"),
+        "JOHN": ("JACK", "JOHNNY"),
+        "JOSEPH": ("JOE", "JOEY"),
+        "JOSE": ("PEPE",),
+        "KATHERINE": ("KATE", "KATHY", "KATIE", "KAT"),
+        "MARGARET": ("PEGGY", "MAGGIE", "MEG", "MARGE"),
+        "MICHAEL": ("MIKE", "MICKEY"),
+        "NICHOLAS": ("NICK", "NICKY"),
+        "PATRICIA": ("PAT", "PATTY", "TRISH", "TRISHA"),
+        "RICHARD": ("RICK", "RICH", "DICK"),
+        "ROBERT": ("BOB", "BOBBY", "ROB", "ROBBIE"),
+        "SUSAN": ("SUE", "SUSIE", "SUZY"),
+        "THOMAS": ("TOM", "TOMMY"),
+        "WILLIAM": ("BILL", "BILLY", "WILL", "LIAM"),
+    }.items()
+    for nick in nicks
+}
+
+FEATURES = pa.schema(
+    [
+        pa.field("source_key", pa.string(), nullable=False),
+        pa.field("prelink_key", pa.string(), nullable=False),
+        pa.field("source_system", pa.string()),
+        pa.field("given", pa.string()),
+        pa.field("given_formal", pa.string()),
+        pa.field("family", pa.string()),
+        pa.field("birth_date", pa.string()),  # YYYY-MM-DD
+        pa.field("sex", pa.string()),
+        pa.field("street", pa.string()),
+        pa.field("city", pa.string()),
+        pa.field("zip5", pa.string()),
+        pa.field("phone", pa.string()),  # 10 digits
+    ]
+)
+
+LINKS = pa.schema(
+    [
+        pa.field("source_key_l", pa.string(), nullable=False),
+        pa.field("source_key_r", pa.string(), nullable=False),
+        pa.field("match_probability", pa.float64(), nullable=False),
+        pa.field("match_weight", pa.float64()),  # null for deterministic links
+        pa.field("rule", pa.string(), nullable=False),  # 'prelink' (same MRN) | 'splink'
+    ]
+)
+
+CLUSTERS = pa.schema(
+    [
+        pa.field("source_key", pa.string(), nullable=False),
+        pa.field("prelink_key", pa.string(), nullable=False),
+        pa.field("cluster", pa.string(), nullable=False),  # the smallest source_key of the cluster
+    ]
+)
+
+#: m priors per comparison, from its best level down to "else" (null levels carry no weight)
+M_PRIORS: dict[str, tuple[float, ...]] = {
+    # exact, formal form equal, JW≥.92, one edit (short names: Mei/Msi, Ana/Aan), JW≥.85, else
+    "given": (0.70, 0.12, 0.06, 0.05, 0.06, 0.01),
+    "family": (0.80, 0.12, 0.05, 0.03),  # exact, JW≥.92, JW≥.85, else
+    "birth_date": (0.93, 0.05, 0.02),  # exact, one typo (Damerau ≤1), else
+    "sex": (0.97, 0.03),
+    "street": (0.80, 0.10, 0.10),  # exact, JW≥.88, else (people move)
+    "zip5": (0.85, 0.05, 0.02, 0.08),  # exact, same ZIP3, same city, else
+    "phone": (0.75, 0.05, 0.20),  # exact digits, same last 7, else
+}
+#: u fallbacks for levels random sampling never observes (a tiny sample)
+U_PRIORS: dict[str, tuple[float, ...]] = {
+    "given": (0.004, 0.001, 0.002, 0.002, 0.01, 0.981),
+    "family": (0.002, 0.002, 0.01, 0.986),
+    "birth_date": (0.0001, 0.002, 0.9979),
+    "sex": (0.5, 0.5),
+    "street": (0.0005, 0.002, 0.9975),
+    "zip5": (0.01, 0.05, 0.02, 0.92),
+    "phone": (0.0001, 0.0001, 0.9998),
+}
+#: m of "given names unrelated": a veto (twins), fixed through EM. Household fields (phone,
+#: street, ZIP) are not independent and at 100k records each exact agreement is worth ~2^23, so
+#: the veto must outweigh all of them together: 2^-100
+GIVEN_VETO_M = 2.0**-100
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """How the linkage decides (from ``jobs.clean.config``)."""
+
+    threshold: float = config.LINK_THRESHOLD
+    expected_matches_per_record: float = config.EXPECTED_MATCHES_PER_RECORD
+    em_min_records: int = config.EM_MIN_RECORDS
+    u_max_pairs: float = 1e7
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Linkage:
+    links: pa.Table  # LINKS: every pair at or above the threshold, deterministic ones included
+    clusters: pa.Table  # CLUSTERS: one row per input record
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. identities → linkage features
+
+
+def _upper(value: Any) -> str | None:
+    """Uppercase ASCII letters, digits and single spaces; accents dropped; None when empty."""
+    if not isinstance(value, str):
+        return None
+    ascii_ = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
+    cleaned = re.sub(r"[^A-Z0-9 ]+", "", re.sub(r"[-.'`]", " ", ascii_.upper()))
+    return " ".join(cleaned.split()) or None
+
+
+def normalize_phone(value: Any) -> str | None:
+    """The 10 national digits of a North-American phone (leading country code 1 dropped)."""
+    digits = re.sub(r"\D", "", value) if isinstance(value, str) else ""
+    if len(digits) == 11 and digits.startswith("1"):
+        digits = digits[1:]
+    return digits if len(digits) == 10 else None
+
+
+def normalize_date(value: Any) -> str | None:
+    """YYYY-MM-DD from an ISO date/datetime or an HL7 DTM (YYYYMMDD…); None when unreadable."""
+    text = value if isinstance(value, str) else ""
+    match = re.match(r"(\d{4})-?(\d{2})-?(\d{2})", text)
+    return "-".join(match.groups()) if match else None
+
+
+def _pick(entries: Any, *, prefer: str = "official") -> dict[str, Any]:
+    """The entry of a FHIR list whose use is ``prefer``, else the first one."""
+    items = [e for e in entries or [] if isinstance(e, dict)]
+    return next((e for e in items if e.get("use") == prefer), items[0] if items else {})
+
+
+def features(
+    identities: Iterable[Mapping[str, Any]], *, sex: Mapping[str, str] | None = None
+) -> pa.Table:
+    """One :data:`FEATURES` row per identity (vault-shaped dicts, see the module doc).
+
+    ``sex``: source_key → administrative gender, from the silver patient rows (the vault
+    identities do not carry it). A source_key seen twice keeps its last identity.
+    """
+    sex = sex or {}
+    rows: dict[str, dict[str, Any]] = {}
+    for ident in identities:
+        name = _pick(ident.get("names"))
+        givens = [g for g in name.get("given") or [] if isinstance(g, str)]
+        given = _upper(givens[0].split()[0]) if givens and givens[0].strip() else None
+        address = _pick(ident.get("address"), prefer="home")
+        lines = [line for line in address.get("line") or [] if isinstance(line, str)]
+        phones = [
+            normalize_phone(t.get("value"))
+            for t in ident.get("telecom") or []
+            if isinstance(t, dict) and t.get("system") in (None, "phone", "PH", "CP")
+        ]
+        zip_digits = re.sub(r"\D", "", str(address.get("postalCode") or ""))[:5]
+        rows[ident["source_key"]] = {
+            "source_key": ident["source_key"],
+            "prelink_key": ident.get("person_key") or ident["source_key"],
+            "source_system": ident.get("source_system"),
+            "given": given,
+            "given_formal": NICKNAMES.get(given or "", given),
+            "family": _upper(name.get("family")),
+            "birth_date": normalize_date(ident.get("birth_date")),
+            "sex": sex.get(ident["source_key"]),
+            "street": _upper(lines[0]) if lines else None,
+            "city": _upper(address.get("city")),
+            "zip5": zip_digits if len(zip_digits) == 5 else None,
+            "phone": next((p for p in phones if p), None),
+        }
+    return pa.Table.from_pylist(list(rows.values()), schema=FEATURES)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. linkage
+
+
+def _comparisons() -> list[Any]:
+    import splink.comparison_level_library as cll
+    import splink.comparison_library as cl
+
+    def levels(name: str, *found: Any) -> list[Any]:
+        null = [cll.NullLevel(name)]
+        ranked = [*found, cll.ElseLevel()]
+        for level, m, u in zip(ranked, M_PRIORS[name], U_PRIORS[name], strict=True):
+            level.configure(m_probability=m, u_probability=u)
+        if name == "given":
+            ranked[-1].configure(m_probability=GIVEN_VETO_M, fix_m_probability=True)
+        return null + ranked
+
+    def comparison(name: str, *found: Any) -> Any:
+        return cl.CustomComparison(comparison_levels=levels(name, *found), output_column_name=name)
+
+    return [
+        comparison(
+            "given",
+            cll.ExactMatchLevel("given"),
+            cll.ExactMatchLevel("given_formal"),
+            cll.JaroWinklerLevel("given", 0.92),
+            cll.DamerauLevenshteinLevel("given", 1),
+            cll.JaroWinklerLevel("given", 0.85),
+        ),
+        comparison(
+            "family",
+            cll.ExactMatchLevel("family"),
+            cll.JaroWinklerLevel("family", 0.92),
+            cll.JaroWinklerLevel("family", 0.85),
+        ),
+        comparison(
+            "birth_date",
+            cll.ExactMatchLevel("birth_date"),
+            cll.DamerauLevenshteinLevel("birth_date", 1),
+        ),
+        comparison("sex", cll.ExactMatchLevel("sex")),
+        comparison("street", cll.ExactMatchLevel("street"), cll.JaroWinklerLevel("street", 0.88)),
+        comparison(
+            "zip5",
+            cll.ExactMatchLevel("zip5"),
+            cll.CustomLevel("substr(zip5_l, 1, 3) = substr(zip5_r, 1, 3)", "zip5"),
+            cll.ExactMatchLevel("city"),
+        ),
+        comparison(
+            "phone",
+            cll.ExactMatchLevel("phone"),
+            cll.CustomLevel("right(phone_l, 7) = right(phone_r, 7)", "phone"),
+        ),
+    ]
+
+
+def _blocking_rules() -> list[Any]:
+    """Candidate pairs: same birth date (catches name typos), same phone, same family name and
+    formal given name (catches birth-date typos), same ZIP and street."""
+    from splink import block_on
+
+    return [
+        block_on("birth_date"),
+        block_on("phone"),
+        block_on("family", "given_formal"),
+        block_on("zip5", "street"),
+    ]
+
+
+def _splink_pairs(records: pa.Table, options: LinkOptions) -> pa.Table:
+    """Splink's scored pairs at or above the threshold (columns of :data:`LINKS`)."""
+    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+
+    n = records.num_rows
+    settings = SettingsCreator(
+        link_type="dedupe_only",
+        unique_id_column_name="source_key",
+        probability_two_random_records_match=min(
+            0.5, options.expected_matches_per_record / max(n - 1, 1)
+        ),
+        comparisons=_comparisons(),
+        blocking_rules_to_generate_predictions=_blocking_rules(),
+        retain_intermediate_calculation_columns=False,
+        retain_matching_columns=False,
+    )
+    db = DuckDBAPI()
+    linker = Linker(
+        db.register(records.drop_columns(["prelink_key", "source_system"])),
+        settings,
+        log_level=logging.ERROR,  # levels a small sample never shows are expected, not news
+    )
+    linker.training.estimate_u_using_random_sampling(
+        max_pairs=options.u_max_pairs, seed=options.seed
+    )
+    if n >= options.em_min_records:
+        for rule in (block_on("birth_date"), block_on("family", "given_formal")):
+            linker.training.estimate_parameters_using_expectation_maximisation(rule)
+    predicted = linker.inference.predict(
+        threshold_match_probability=options.threshold, warning_mode="never"
+    ).as_pyarrow_table()
+    return pa.table(
+        {
+            "source_key_l": predicted.column("source_key_l").cast(pa.string()),
+            "source_key_r": predicted.column("source_key_r").cast(pa.string()),
+            "match_probability": predicted.column("match_probability").cast(pa.float64()),
+            "match_weight": predicted.column("match_weight").cast(pa.float64()),
+            "rule": pa.array(["splink"] * predicted.num_rows, pa.string()),
+        },
+        schema=LINKS,
+    )
+
+
+def _prelink_pairs(records: pa.Table) -> pa.Table:
+    """Records sharing a prelink key, each linked to the first of its group (a star, not all pairs)."""
+    first: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
+    for source, prelink in zip(
+        records.column("source_key").to_pylist(),
+        records.column("prelink_key").to_pylist(),
+        strict=True,
+    ):
+        anchor = first.setdefault(prelink, source)
+        if anchor != source:
+            pairs.append((min(anchor, source), max(anchor, source)))
+    return pa.table(
+        {
+            "source_key_l": [p[0] for p in pairs],
+            "source_key_r": [p[1] for p in pairs],
+            "match_probability": [1.0] * len(pairs),
+            "match_weight": pa.nulls(len(pairs), pa.float64()),
+            "rule": ["prelink"] * len(pairs),
+        },
+        schema=LINKS,
+    )
+
+
+def _components(nodes: Iterable[str], edges: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Node → the smallest node of its connected component (union-find)."""
+    parent = {node: node for node in nodes}
+
+    def root(node: str) -> str:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for a, b in edges:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return {node: root(node) for node in parent}
+
+
+def link(records: pa.Table, options: LinkOptions = LinkOptions()) -> Linkage:
+    """:data:`FEATURES` rows → links at ``options.threshold`` and one cluster per real person.
+
+    Splink needs at least two records; with fewer only the deterministic links exist.
+    """
+    splink = _splink_pairs(records, options) if records.num_rows >= 2 else LINKS.empty_table()
+    prelinked = _prelink_pairs(records)
+    prelink = dict(
+        zip(
+            records.column("source_key").to_pylist(),
+            records.column("prelink_key").to_pylist(),
+            strict=True,
+        )
+    )
+    same = [
+        prelink[a] == prelink[b]
+        for a, b in zip(
+            splink.column("source_key_l").to_pylist(),
+            splink.column("source_key_r").to_pylist(),
+            strict=True,
+        )
+    ]
+    links = pa.concat_tables([prelinked, splink.filter(pc.invert(pa.array(same, pa.bool_())))])
+    sources = records.column("source_key").to_pylist()
+    cluster = _components(
+        sources,
+        zip(
+            links.column("source_key_l").to_pylist(),
+            links.column("source_key_r").to_pylist(),
+            strict=True,
+        ),
+    )
+    clusters = pa.table(
+        {
+            "source_key": sources,
+            "prelink_key": records.column("prelink_key"),
+            "cluster": [cluster[s] for s in sources],
+        },
+        schema=CLUSTERS,
+    )
+    return Linkage(links=links, clusters=clusters)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. the persistent crosswalk
+
+CROSSWALK = PERSON_CROSSWALK.schema
+EVENTS = PERSON_EVENTS.schema
+
+
+@dataclass(frozen=True)
+class Assignment:
+    crosswalk: pa.Table  # CROSSWALK rows to upsert: this run's records and every re-pointed one
+    events: pa.Table  # EVENTS of this run
+    person_of: dict[str, str]  # prelink_key → person_key, for every prelink key known after the run
+
+
+def assign(clusters: pa.Table, crosswalk: pa.Table, *, run_id: str, now: datetime) -> Assignment:
+    """This run's clusters + the crosswalk so far → the crosswalk rows to write and the events.
+
+    A cluster touching no known person becomes a new person keyed by its smallest prelink key
+    (the MRN key the record carried: with no merge ever, person_key stays what ingest gave). A
+    cluster touching one known person (through a known source key or prelink key) joins it. A
+    cluster touching several merges them: the person first seen earliest (then the smaller key)
+    survives; every record of the others is re-pointed to it and one ``merge`` event per absorbed
+    person is written.
+    """
+    known = crosswalk.to_pylist()
+    by_source = {r["source_key"]: r for r in known}
+    by_prelink = {r["prelink_key"]: r["person_key"] for r in known}
+    born: dict[str, tuple[datetime, str]] = {}
+    for r in known:
+        stamp = (r["first_seen_at"], r["person_key"])
+        born[r["person_key"]] = min(born.get(r["person_key"], stamp), stamp)
+
+    members: dict[str, list[dict[str, Any]]] = {}
+    for r in clusters.to_pylist():
+        members.setdefault(r["cluster"], []).append(r)
+
+    rows: dict[str, dict[str, Any]] = {}
+    events: list[dict[str, Any]] = []
+
+    def event(
+        kind: str, person: str, *, source: str | None = None, absorbed: str | None = None
+    ) -> None:
+        events.append(
+            {
+                "event_id": f"{run_id}:{kind}:{person}:{source or absorbed}",
+                "run_id": run_id,
+                "event": kind,
+                "person_key": person,
+                "from_person_key": absorbed,
+                "source_key": source,
+                "recorded_at": now,
+            }
+        )
+
+    # the known persons each cluster touches; persons touched by one cluster are one person, and
+    # so on transitively (a record of person A and one of B in one cluster, B and C in another)
+    touched = {
+        cluster: {
+            by_source[r["source_key"]]["person_key"]
+            if r["source_key"] in by_source
+            else by_prelink.get(r["prelink_key"])
+            for r in records
+        }
+        - {None}
+        for cluster, records in members.items()
+    }
+    group = _components(
+        {p for persons in touched.values() for p in persons},
+        ((a, b) for persons in touched.values() for a in persons for b in persons if a < b),
+    )
+    survivor_of: dict[str, str] = {}
+    for person, root in sorted(group.items()):
+        best = survivor_of.get(root)
+        survivor_of[root] = person if best is None or born[person] < born[best] else best
+    for person, root in sorted(group.items()):
+        survivor = survivor_of[root]
+        if person == survivor:
+            continue
+        event("merge", survivor, absorbed=person)
+        for r in known:
+            if r["person_key"] == person:
+                rows[r["source_key"]] = {**r, "person_key": survivor, "since_run_id": run_id}
+
+    for cluster, records in members.items():
+        persons = touched[cluster]
+        if persons:
+            survivor = survivor_of[group[next(iter(persons))]]
+        else:
+            survivor = min(r["prelink_key"] for r in records)
+        for r in sorted(records, key=lambda r: r["source_key"]):
+            if r["source_key"] in by_source:
+                continue  # known: keeps its person, or was re-pointed by a merge above
+            event("join" if persons else "new", survivor, source=r["source_key"])
+            rows[r["source_key"]] = {
+                "source_key": r["source_key"],
+                "prelink_key": r["prelink_key"],
+                "person_key": survivor,
+                "first_run_id": run_id,
+                "first_seen_at": now,
+                "since_run_id": run_id,
+            }
+    person_of = {r["prelink_key"]: r["person_key"] for r in known}
+    person_of.update({r["prelink_key"]: r["person_key"] for r in rows.values()})
+    return Assignment(
+        crosswalk=pa.Table.from_pylist(list(rows.values()), schema=CROSSWALK),
+        events=pa.Table.from_pylist(events, schema=EVENTS),
+        person_of=person_of,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. applying the resolution to silver rows
+
+
+def remap(
+    rows: pa.Table, person_of: Mapping[str, str], *, key: bytes, max_shift_days: int
+) -> pa.Table:
+    """The rows with ``person_key`` resolved and their dates re-shifted to the resolved person.
+
+    Ingest shifted each row's dates by its prelink key's offset; a person's records must share
+    one offset so intervals between them survive. A re-keyed row therefore moves every date and
+    timestamp column by ``shift(person) - shift(prelink)`` days: the result is exactly what ingest
+    would have produced had it known the person (in silver every date/timestamp column is a
+    shifted event date). Rows whose key is not re-keyed are returned unchanged.
+    """
+    if "person_key" not in rows.column_names or rows.num_rows == 0:
+        return rows
+    old = rows.column("person_key").to_pylist()
+    moves = {
+        k: (
+            person_of[k],
+            date_shift_days(key, person_of[k], max_days=max_shift_days)
+            - date_shift_days(key, k, max_days=max_shift_days),
+        )
+        for k in set(old) - {None}
+        if person_of.get(k, k) != k
+    }
+    if not moves:
+        return rows
+    days = pa.array([moves[k][1] if k in moves else 0 for k in old], pa.int32())
+    out = rows.set_column(
+        rows.schema.get_field_index("person_key"),
+        rows.schema.field("person_key"),
+        pa.array(
+            [moves[k][0] if k in moves else k for k in old], rows.schema.field("person_key").type
+        ),
+    )
+    for index, f in enumerate(out.schema):
+        if pa.types.is_date32(f.type):
+            moved = pc.add(out.column(index).cast(pa.int32()), days).cast(pa.date32())
+        elif pa.types.is_timestamp(f.type):
+            step = pc.multiply(days.cast(pa.int64()), 86_400_000_000).cast(pa.duration("us"))
+            moved = pc.add(out.column(index).cast(pa.timestamp("us", tz=f.type.tz)), step)
+        else:
+            continue
+        out = out.set_column(index, f, moved.cast(f.type))
+    return out
+
+
+def links_rows(
+    links: pa.Table,
+    person_of_source: Mapping[str, str],
+    patients: Mapping[str, Mapping[str, Any]],
+    *,
+    run_id: str,
+) -> pa.Table:
+    """``silver.patient_links`` rows: each link with the person it formed (pseudonyms only).
+
+    ``patients``: source_key → its silver.patients row; the link carries the lineage
+    (``_record_hash``, ``_source_kind``) of its right-hand record, the one linked to the left.
+    """
+    left = links.column("source_key_l").to_pylist()
+    right = [patients[s] for s in links.column("source_key_r").to_pylist()]
+    return pa.table(
+        {
+            "source_key_l": links.column("source_key_l"),
+            "source_key_r": links.column("source_key_r"),
+            "person_key": [person_of_source[s] for s in left],
+            "match_probability": links.column("match_probability"),
+            "match_weight": links.column("match_weight"),
+            "rule": links.column("rule"),
+            "_record_hash": [r["_record_hash"] for r in right],
+            "_source_kind": [r["_source_kind"] for r in right],
+            "_run_id": [run_id] * links.num_rows,
+        },
+        schema=SILVER_PATIENT_LINKS.schema,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. survivorship: one row per person from its patient records
+
+PERSONS = pa.schema(
+    [
+        pa.field("person_key", pa.string(), nullable=False),
+        pa.field("gender", pa.string()),
+        pa.field("birth_date", pa.date32()),
+        pa.field("deceased", pa.bool_()),
+        pa.field("deceased_date", pa.date32()),
+        pa.field("zip3", pa.string()),
+        pa.field("state", pa.string()),
+        pa.field("country", pa.string()),
+        pa.field("marital_status", pa.string()),
+        pa.field("race", pa.string()),
+        pa.field("ethnicity", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("records", pa.int64(), nullable=False),
+    ]
+)
+#: fields the most recent record that has any of them supplies together (one address)
+ADDRESS_FIELDS = ("zip3", "state", "country")
+#: fields the most recent non-null value wins
+LATEST_FIELDS = ("marital_status", "race", "ethnicity", "language")
+
+
+def survivors(patients: pa.Table, first_seen: Mapping[str, datetime] | None = None) -> pa.Table:
+    """One :data:`PERSONS` row per person_key of silver.patients-shaped rows (already resolved).
+
+    Rules, with records ordered oldest → newest by ``first_seen`` (source_key → when the crosswalk
+    first saw it; unknown ones are oldest; ties by source_key):
+
+    - gender, birth_date: the most frequent non-null value (gender 'unknown' only when nothing
+      else is known); a tie goes to the newest record's value: registration errors get fixed
+      in new records more often than introduced.
+    - zip3, state, country: together from the newest record with any of them (never a ZIP3 of
+      one address with the state of another).
+    - marital_status, race, ethnicity, language: the newest non-null value.
+    - deceased: true when any record says so; deceased_date: the latest non-null one.
+    """
+    first_seen = first_seen or {}
+    floor = datetime.min.replace(tzinfo=None)
+
+    def age(r: Mapping[str, Any]) -> tuple[Any, str]:
+        seen = first_seen.get(r["source_key"])
+        return (seen.replace(tzinfo=None) if seen else floor, r["source_key"])
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(patients.to_pylist(), key=age):
+        groups.setdefault(r["person_key"], []).append(r)
+
+    def commonest(records: list[dict[str, Any]], name: str, weak: Sequence[Any] = ()) -> Any:
+        values = [r[name] for r in records if r.get(name) is not None]
+        strong = [v for v in values if v not in weak] or values
+        if not strong:
+            return None
+        counts = {v: strong.count(v) for v in strong}
+        best = max(counts.values())
+        return next(v for v in reversed(strong) if counts[v] == best)
+
+    out = []
+    for person, records in groups.items():
+        newest_first = list(reversed(records))
+        address = next(
+            (r for r in newest_first if any(r.get(f) is not None for f in ADDRESS_FIELDS)), {}
+        )
+        deaths = [r["deceased_date"] for r in records if r.get("deceased_date") is not None]
+        out.append(
+            {
+                "person_key": person,
+                "gender": commonest(records, "gender", weak=("unknown",)),
+                "birth_date": commonest(records, "birth_date"),
+                "deceased": any(r.get("deceased") for r in records) or bool(deaths),
+                "deceased_date": max(deaths) if deaths else None,
+                **{f: address.get(f) for f in ADDRESS_FIELDS},
+                **{
+                    f: next((r[f] for r in newest_first if r.get(f) is not None), None)
+                    for f in LATEST_FIELDS
+                },
+                "records": len(records),
+            }
+        )
+    return pa.Table.from_pylist(out, schema=PERSONS)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline's step
+
+
+@dataclass(frozen=True)
+class Resolution:
+    person_of: dict[str, str]  # prelink_key → person_key (re-key staging rows with :func:`remap`)
+    links: pa.Table  # silver.patient_links rows of this run
+    entry: Entry  # resolve → silver.patients: records in = persons out + records merged
+
+
+def resolve(
+    lake: Lake,
+    identities: Sequence[Mapping[str, Any]],
+    patients: pa.Table,
+    *,
+    run_id: str,
+    options: LinkOptions = LinkOptions(),
+    now: datetime,
+) -> Resolution:
+    """Link this run's patient identities, update the crosswalk and record the events.
+
+    ``patients``: this run's silver.patients rows. Only identities with a row there are linked (a
+    patient record quarantined on its way to silver is not a person yet: its identity still goes
+    to the vault); their ``gender`` is the linkage's sex. The crosswalk and events tables are
+    written here (upsert / insert of new events); the links go to ``staging.patient_links``
+    through the caller, like every silver table.
+    """
+    staged = {
+        r["source_key"]: r
+        for r in patients.select(
+            ["source_key", "gender", "_record_hash", "_source_kind"]
+        ).to_pylist()
+    }
+    kept = [i for i in identities if i["source_key"] in staged]
+    sex = {s: r["gender"] for s, r in staged.items()}
+    linkage = link(features(kept, sex=sex), options)
+    done = assign(linkage.clusters, lake.read(PERSON_CROSSWALK.name), run_id=run_id, now=now)
+    lake.upsert(PERSON_CROSSWALK.name, done.crosswalk)
+    lake.insert_new(PERSON_EVENTS.name, done.events)
+    entry = resolve_entry(linkage.clusters, done.person_of)
+    log.info(
+        "resolve: %d patient records → %d persons (%d merges with earlier persons)",
+        entry.records_in,
+        entry.records_out,
+        int(pc.sum(pc.equal(done.events.column("event"), "merge")).as_py() or 0),
+    )
+    person_of_source = {
+        s: done.person_of[p]
+        for s, p in zip(
+            linkage.clusters.column("source_key").to_pylist(),
+            linkage.clusters.column("prelink_key").to_pylist(),
+            strict=True,
+        )
+    }
+    return Resolution(
+        person_of=done.person_of,
+        links=links_rows(linkage.links, person_of_source, staged, run_id=run_id),
+        entry=entry,
+    )
+
+
+def resolve_entry(clusters: pa.Table, person_of: Mapping[str, str]) -> Entry:
+    """The ledger entry of a resolution: patient records in, persons out, the rest merged into
+    another record's person (never dropped)."""
+    records = clusters.num_rows
+    persons = len({person_of[p] for p in clusters.column("prelink_key").to_pylist()})
+    return Entry(
+        stage="resolve",
+        table_name=SILVER_PATIENTS.name,
+        records_in=records,
+        records_out=persons,
+        merged=records - persons,
+    )
