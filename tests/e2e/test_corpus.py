@@ -25,8 +25,10 @@ def corpus_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     root = tmp_path_factory.mktemp("corpus")
     shutil.copytree(CORPUS, root / "landing" / "fhir")
     lake = Lake(root / "lake")
-    pipeline.ingest(root / "landing", lake, run_id=RUN)
-    pipeline.clean(lake, run_id=RUN, key=b"\x07" * 32, max_shift_days=365)
+    ingested = pipeline.task_ingest(str(root / "landing"), str(lake.root), run_id=RUN)
+    versions = ingested["versions"]
+    pipeline.task_clean(str(lake.root), run_id=RUN, bronze_version=versions["bronze.fhir_resources"],
+                        hl7v2_version=versions["bronze.hl7v2_messages"], versions=versions)
     pipeline.task_gate(str(lake.root), run_id=RUN)
     pipeline.task_gold(str(lake.root), run_id=RUN)
     return lake

@@ -170,7 +170,7 @@ def test_a_linked_sample_is_the_person_fhir_gives_the_same_mrn(tmp_path: Path) -
         "id": "p1",
         "identifier": [
             {
-                "type": {"coding": [{"system": fhir.IDENTIFIER_TYPE, "code": "MR"}]},
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
                 "system": AUTHORITY,
                 "value": "MRN-0000001",
             }
