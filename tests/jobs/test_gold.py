@@ -554,3 +554,30 @@ def test_the_sample_hospitals_vitals_reach_the_windows_mart(sample_hospital_lake
     )
     assert all(r["window_start"].hour % 6 == 0 and r["window_start"].minute == 0 for r in rows)
     assert max(r["heart_rate_coverage"] for r in rows) > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        ({"spo2_max": 140.0}, "spo2_max_range"),
+        ({"respiratory_rate_coverage": None}, "respiratory_rate_coverage_not_null"),
+        ({"window_start": at("2024-03-01T12:00:00")}, "person_window_unique"),
+    ],
+)
+def test_the_windows_suite_refuses_a_wrong_window(
+    vitals_lake: tuple[Lake, GoldResult], tmp_path: Path, change: dict[str, Any], rule: str
+) -> None:
+    from medlake.expectations.gate import GateFailed, validate_gold
+
+    lake, _ = vitals_lake
+    built = lake.read("gold.ml_vitals_windows")
+    rows = built.to_pylist()
+    rows[0].update(change)
+    wrong = pa.Table.from_pylist(rows, schema=built.schema)
+    name = "gold.ml_vitals_windows"
+
+    with pytest.raises(GateFailed) as refused:
+        validate_gold(Lake(tmp_path), run_id="run-wrong", tables=[name], data={name: wrong})
+
+    (result,) = refused.value.results
+    assert [f.rule for f in result.table_failures] == [rule]
