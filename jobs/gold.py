@@ -46,6 +46,7 @@ SILVER_SOURCES: tuple[str, ...] = (
     "silver.observations",
     "silver.conditions",
     "silver.medications",
+    "silver.vitals_1h",
 )
 
 #: marts whose missing values are imputed before they are written, and how (per column)

@@ -243,10 +243,8 @@ def test_medication_counts(full_lake: tuple[Lake, GoldResult]) -> None:
 
 def test_result_reports_inputs_and_tests(full_lake: tuple[Lake, GoldResult]) -> None:
     lake, result = full_lake
-    assert result.silver_versions == {
-        f"silver.{t}": lake.version(f"silver.{t}")
-        for t in ("patients", "encounters", "observations", "conditions", "medications")
-    }
+    tables = ("patients", "encounters", "observations", "conditions", "medications", "vitals_1h")
+    assert result.silver_versions == {f"silver.{t}": lake.version(f"silver.{t}") for t in tables}
     assert result.tests_passed > 20
     assert (result.tests_failed, result.tests_warned) == (0, 0)
     # dbt's working files live under the lake, not in the repository
@@ -356,3 +354,230 @@ def test_failing_tests_raise_and_write_nothing(tmp_path: Path) -> None:
 def test_spark_target_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(GoldBuildError, match="dbt-spark is not installed"):
         build_gold(tmp_path, run_id="run-spark", target="spark")
+
+
+# --- gold.ml_vitals_windows ---------------------------------------------------------------------
+
+HR, SPO2, TEMP, SYS, DIA, MAP = "8867-4", "59408-5", "8310-5", "8480-6", "8462-4", "8478-0"
+UNITS = {HR: "/min", SPO2: "%", TEMP: "Cel", SYS: "mm[Hg]", DIA: "mm[Hg]", MAP: "mm[Hg]"}
+VITALS = ("heart_rate", "spo2", "respiratory_rate", "systolic_bp", "diastolic_bp")
+VITALS += ("body_temperature",)
+
+
+def hour(
+    person_key: str,
+    code: str,
+    when: str,
+    mean: float | None,
+    count: int,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    last: float | None = None,
+    device: str = "monitor",
+    filled: bool = False,
+) -> dict[str, Any]:
+    """One silver.vitals_1h bucket; min, max and last default to the mean."""
+    return {
+        "person_key": person_key,
+        "device_id": device,
+        "code": code,
+        "value_unit": UNITS[code],
+        "bucket_start": at(when),
+        "value_mean": mean,
+        "value_min": mean if low is None else low,
+        "value_max": mean if high is None else high,
+        "value_last": mean if last is None else last,
+        "sample_count": count,
+        "filled": filled,
+    }
+
+
+@pytest.fixture(scope="module")
+def vitals_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, GoldResult]:
+    """Two people's hourly vitals: p-v1 in two 6-hour windows with an empty window between
+    (a long gap) and two devices on heart rate in one hour; p-v2 in one window, plus a mean
+    arterial pressure (not a window vital) alone in a later window."""
+    lake = Lake(tmp_path_factory.mktemp("gold_vitals"))
+    write_silver(lake, "patients", [patient("p-v1", date(1960, 1, 1)), patient("p-v2", None)])
+    write_silver(
+        lake,
+        "vitals_1h",
+        [
+            # window 2024-03-01 00:00–06:00
+            hour("p-v1", HR, "2024-03-01T00:00:00", 70.0, 10, low=65.0, high=75.0, last=72.0),
+            hour("p-v1", HR, "2024-03-01T01:00:00", 80.0, 30, low=78.0, high=90.0, last=85.0),
+            hour("p-v1", HR, "2024-03-01T01:00:00", 90.0, 10, high=99.0, last=91.0, device="watch"),
+            # carried forward, no sample: counts nowhere
+            hour("p-v1", HR, "2024-03-01T02:00:00", None, 0, last=85.0, filled=True),
+            hour("p-v1", SPO2, "2024-03-01T03:00:00", 97.0, 60, low=95.0, high=99.0, last=96.0),
+            # the gap 06:00–12:00: an empty bucket, no window row
+            hour("p-v1", HR, "2024-03-01T07:00:00", None, 0, last=None),
+            # window 2024-03-01 12:00–18:00
+            hour("p-v1", HR, "2024-03-01T12:00:00", 60.0, 5, low=58.0, high=62.0, last=61.0),
+            hour("p-v1", HR, "2024-03-01T17:00:00", 66.0, 15, low=64.0, high=70.0, last=65.0),
+            hour("p-v1", TEMP, "2024-03-01T13:00:00", 37.2, 1),
+            hour("p-v2", SYS, "2024-03-01T05:00:00", 120.0, 2, device="cuff"),
+            hour("p-v2", DIA, "2024-03-01T05:00:00", 80.0, 2, device="cuff"),
+            hour("p-v2", MAP, "2024-03-02T00:00:00", 93.0, 2, device="cuff"),
+        ],
+    )
+    return lake, build_gold(lake.root, run_id="run-vitals")
+
+
+def windows(lake: Lake) -> list[dict[str, Any]]:
+    return lake.read("gold.ml_vitals_windows").to_pylist()
+
+
+def test_one_row_per_person_and_window_with_samples(
+    vitals_lake: tuple[Lake, GoldResult],
+) -> None:
+    lake, result = vitals_lake
+    rows = windows(lake)
+    assert [(r["person_key"], r["window_start"], r["window_end"]) for r in rows] == [
+        ("p-v1", at("2024-03-01T00:00:00"), at("2024-03-01T06:00:00")),
+        ("p-v1", at("2024-03-01T12:00:00"), at("2024-03-01T18:00:00")),
+        ("p-v2", at("2024-03-01T00:00:00"), at("2024-03-01T06:00:00")),
+    ]
+    assert [r["sample_count"] for r in rows] == [110, 21, 4]
+    assert {r["_run_id"] for r in rows} == {"run-vitals"}
+    assert result.table("ml_vitals_windows").rows == 3
+    assert result.silver_versions["silver.vitals_1h"] == lake.version("silver.vitals_1h")
+
+
+def test_window_vitals_pool_devices_and_weight_by_samples(
+    vitals_lake: tuple[Lake, GoldResult],
+) -> None:
+    lake, _ = vitals_lake
+    first, second, other = windows(lake)
+    # (70·10 + 80·30 + 90·10) / 50: the watch's hour pooled with the monitor's
+    assert first["heart_rate_mean"] == pytest.approx(80.0)
+    assert (first["heart_rate_min"], first["heart_rate_max"]) == (65.0, 99.0)
+    # the last hour with samples is 01:00 (02:00 was only carried); the monitor measured most
+    assert first["heart_rate_last"] == 85.0
+    assert first["heart_rate_coverage"] == pytest.approx(2 / 6)
+    assert (first["spo2_mean"], first["spo2_last"]) == (97.0, 96.0)
+    assert first["spo2_coverage"] == pytest.approx(1 / 6)
+    # (60·5 + 66·15) / 20
+    assert second["heart_rate_mean"] == pytest.approx(64.5)
+    assert second["heart_rate_last"] == 65.0
+    assert second["heart_rate_coverage"] == pytest.approx(2 / 6)
+    assert second["body_temperature_mean"] == pytest.approx(37.2)
+    assert (other["systolic_bp_mean"], other["diastolic_bp_last"]) == (120.0, 80.0)
+
+
+def test_unmeasured_window_vitals_stay_null(vitals_lake: tuple[Lake, GoldResult]) -> None:
+    lake, _ = vitals_lake
+    first, _, other = windows(lake)
+    for row, missing in ((first, "respiratory_rate"), (first, "body_temperature"), (other, "spo2")):
+        stats = [row[f"{missing}_{s}"] for s in ("mean", "min", "max", "last")]
+        assert stats == [None] * 4
+        assert row[f"{missing}_coverage"] == 0.0
+    assert other["heart_rate_mean"] is None
+
+
+def test_vitals_windows_suite_bounds_are_silvers(vitals_lake: tuple[Lake, GoldResult]) -> None:
+    import json
+
+    import yaml
+
+    from medlake.jobs.clean.ranges import impossible_ranges
+
+    silver = impossible_ranges()
+    root = Path(__file__).parents[2]
+    suite = json.loads((root / "expectations/suites/gold_ml_vitals_windows.json").read_text())
+    bounded = [e for e in suite["expectations"] if "loinc" in e["meta"]]
+    dbt_vars = yaml.safe_load((root / "dbt/dbt_project.yml").read_text())["vars"]
+    features = {v["feature"]: (code, v) for code, v in dbt_vars["window_vitals"].items()}
+    assert set(features) == set(VITALS)
+    assert {e["kwargs"]["column"] for e in bounded} == {
+        f"{f}_{s}" for f in VITALS for s in ("mean", "min", "max", "last")
+    }
+    for e in bounded:
+        code, var = features[e["kwargs"]["column"].rsplit("_", 1)[0]]
+        bound = silver[(e["meta"]["loinc"], e["meta"]["ucum"])]
+        assert (e["meta"]["loinc"], e["meta"]["ucum"]) == (code, var["unit"])
+        assert (e["kwargs"]["min_value"], e["kwargs"]["max_value"]) == (bound.low, bound.high)
+        assert (var["low"], var["high"]) == (bound.low, bound.high)
+        assert bound.source == e["meta"]["silver_rule"]
+
+
+def test_a_lake_without_vitals_builds_an_empty_windows_mart(
+    sparse_lake: tuple[Lake, GoldResult],
+) -> None:
+    lake, result = sparse_lake
+    assert lake.count("silver.vitals_1h") == 0
+    assert result.table("ml_vitals_windows").rows == lake.count("gold.ml_vitals_windows") == 0
+
+
+@pytest.fixture(scope="module")
+def sample_hospital_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    """The sample hospital (with its vitals streams) through ingest, clean, gate and gold."""
+    from medlake.jobs import pipeline
+    from medlake.jobs.stage import StageResult
+    from medlake.sample.landing import generate
+
+    root, run, key = tmp_path_factory.mktemp("gold_sample_hospital"), "run-sample", b"\x07" * 32
+    landing = generate(root / "landing", patients=24, seed=7).out
+    lake = Lake(root / "lake")
+    # as task_ingest and task_clean do, without their settings and lineage
+    now = datetime.now(UTC)
+    ingested = [
+        pipeline.ingest(landing, lake, run_id=run, now=now),
+        pipeline.ingest_hl7v2(landing, lake, run_id=run, now=now),
+        *(
+            pipeline.source_module(kind).ingest(landing, lake, run_id=run, now=now)
+            for kind in pipeline.SOURCES
+        ),
+    ]
+    versions = StageResult.merge(ingested).versions
+    pipeline.clean(lake, run_id=run, key=key, max_shift_days=365)
+    for kind in pipeline.SOURCES:
+        pipeline.source_module(kind).to_staging(
+            lake, run_id=run, key=key, max_shift_days=365, versions=versions
+        )
+    pipeline.task_gate(str(lake.root), run_id=run)
+    pipeline.task_gold(str(lake.root), run_id=run)
+    return lake
+
+
+def test_the_sample_hospitals_vitals_reach_the_windows_mart(sample_hospital_lake: Lake) -> None:
+    lake = sample_hospital_lake
+    hourly = lake.read("silver.vitals_1h").to_pylist()
+    rows = windows(lake)
+    assert rows
+    measured = {r["person_key"] for r in hourly if r["sample_count"] > 0 and r["code"] != MAP}
+    assert {r["person_key"] for r in rows} == measured
+    # every sample of the six vitals is in exactly one window
+    assert sum(r["sample_count"] for r in rows) == sum(
+        r["sample_count"] for r in hourly if r["code"] != MAP
+    )
+    assert all(r["window_start"].hour % 6 == 0 and r["window_start"].minute == 0 for r in rows)
+    assert max(r["heart_rate_coverage"] for r in rows) > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        ({"spo2_max": 140.0}, "spo2_max_range"),
+        ({"respiratory_rate_coverage": None}, "respiratory_rate_coverage_not_null"),
+        ({"window_start": at("2024-03-01T12:00:00")}, "person_window_unique"),
+    ],
+)
+def test_the_windows_suite_refuses_a_wrong_window(
+    vitals_lake: tuple[Lake, GoldResult], tmp_path: Path, change: dict[str, Any], rule: str
+) -> None:
+    from medlake.expectations.gate import GateFailed, validate_gold
+
+    lake, _ = vitals_lake
+    built = lake.read("gold.ml_vitals_windows")
+    rows = built.to_pylist()
+    rows[0].update(change)
+    wrong = pa.Table.from_pylist(rows, schema=built.schema)
+    name = "gold.ml_vitals_windows"
+
+    with pytest.raises(GateFailed) as refused:
+        validate_gold(Lake(tmp_path), run_id="run-wrong", tables=[name], data={name: wrong})
+
+    (result,) = refused.value.results
+    assert [f.rule for f in result.table_failures] == [rule]
