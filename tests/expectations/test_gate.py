@@ -622,7 +622,8 @@ def test_a_sound_gold_mart_passes(tmp_path: Path) -> None:
         lake, feature_row("p1"), feature_row("p2", age_band=None), feature_row("p3", age_band="90+")
     )
 
-    (result,) = validate_gold(lake, run_id="run-1", tables=[FEATURES, "gold.omop_person"])
+    # a mart without a suite (here one that does not exist at all) is not checked
+    (result,) = validate_gold(lake, run_id="run-1", tables=[FEATURES, "gold.mart_without_suite"])
 
     assert result.table_name == FEATURES and result.promotable
     assert all(r.success for r in result.rules)
@@ -775,3 +776,25 @@ def test_a_mapped_code_outside_its_standard_system_is_quarantined(tmp_path: Path
         "kept-unmapped",
         "loinc",
     ]
+
+
+@pytest.mark.parametrize(
+    "table", ["ml_patient_features", "ml_vitals_windows", "omop_person", "omop_visit_occurrence",
+              "omop_condition_occurrence", "omop_drug_exposure", "omop_measurement", "omop_observation",
+              "omop_death", "omop_observation_period"],
+)
+def test_every_gold_mart_has_a_suite(table: str) -> None:
+    assert suite_path(f"gold.{table}").is_file()
+    assert load_suite(suite_path(f"gold.{table}"))["expectations"]
+
+
+def test_an_omop_visit_ending_before_it_starts_stops_the_gold_task(tmp_path: Path) -> None:
+    from datetime import date
+
+    lake = Lake(tmp_path / "lake")
+    visit = {"visit_occurrence_id": 1, "person_id": 7, "visit_concept_id": 9202, "visit_type_concept_id": 32817,
+             "visit_start_date": date(2024, 3, 2), "visit_end_date": date(2024, 3, 1)}
+    with pytest.raises(GateFailed, match="visit_ends_after_start"):
+        validate_gold(lake, run_id="run-1", tables=["gold.omop_visit_occurrence"],
+                      data={"gold.omop_visit_occurrence": pa.Table.from_pylist([visit])})
+    assert not lake.exists("gold.omop_visit_occurrence")
