@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +33,7 @@ from medlake.jobs.clean.standardize import STANDARDIZE
 from medlake.jobs.ingest import fhir, hl7v2
 from medlake.jobs.stage import StageResult, write_bronze
 from medlake.jobs.views.coverage import describe as describe_drift
+from medlake.jobs.views.tables import ViewTable, load_view_tables, rows_from_bronze
 from medlake.keys import audit_key, project_key
 from medlake.lake import Lake
 from medlake.ledger import Entry
@@ -133,6 +134,7 @@ def clean(
     hl7v2_version: int | None = None,
     concept_maps_version: int | None = None,
     on_unmapped: dict[str, OnUnmapped] | None = None,
+    viewed: Sequence[str] = (),
 ) -> StageResult:
     """This run's bronze rows → validated, pseudonymized, date-shifted, standardized rows in staging,
     awaiting the gate.
@@ -254,14 +256,15 @@ def clean(
         mode="overwrite",
         spec=SILVER_PATIENT_LINKS,
     )
-    rest = fhir.bronze_only_from_bronze(bronze)
+    rest = fhir.bronze_only_from_bronze(bronze, viewed=viewed)  # extra views' types: their own entries
     lake.insert_new(QUARANTINE.name, stamp_run(rest.quarantined, run_id))
     entries.append(
         Entry(
             stage="silver",
             table_name=BRONZE_FHIR.name,
             records_in=int(
-                pc.sum(pc.invert(pc.is_in(types, pa.array(sorted(transforms))))).as_py() or 0
+                pc.sum(pc.invert(pc.is_in(types, pa.array(sorted({*transforms, *viewed}))))).as_py()
+                or 0
             ),
             quarantined=rest.quarantined.num_rows,
             bronze_only=rest.good.num_rows,
@@ -276,6 +279,67 @@ def clean(
             bronze_only=only.good.num_rows,
         )
     )
+    ledger.record(lake, run_id, entries)
+    return StageResult(versions, entries)
+
+
+def extra_view_tables(settings: Settings) -> dict[str, ViewTable]:
+    """The extra silver tables of the configured views folder (``MEDLAKE__VIEWS__EXTRA_DIR``),
+    registered for this process so the lake, the gate and the report know them."""
+    folder = settings.views.extra_dir
+    if folder is None:
+        return {}
+    tables = load_view_tables(Path(folder), reserved=set(registry.BUILTIN_TABLES))
+    for table in tables.values():
+        registry.register(table.spec)
+    return tables
+
+
+def stage_view_tables(
+    lake: Lake,
+    tables: dict[str, ViewTable],
+    *,
+    run_id: str,
+    key: bytes,
+    max_shift_days: int,
+    bronze_version: int | None = None,
+) -> StageResult:
+    """This run's FHIR resources → ``staging.<view>`` for every extra view table: a hospital adds a
+    silver table by adding a ViewDefinition file (jobs/views/tables.py de-identifies its columns).
+
+    Ledger per table: the resources of the view's type in, those giving rows out, those refused
+    quarantined, and those the view selects no row from (its ``where``) kept in bronze only.
+    """
+    if not tables:
+        return StageResult({}, [])
+    bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
+    patients = lake.read(
+        BRONZE_FHIR.name, columns=["resource_id", "raw"], where={"resource_type": "Patient"}
+    )
+    aliases = fhir.patient_aliases(patients, key=key)
+    types = bronze.column("resource_type")
+    entries: list[Entry] = []
+    versions: dict[str, int | None] = {}
+    for table in tables.values():
+        split = rows_from_bronze(
+            bronze, table, key=key, max_shift_days=max_shift_days, aliases=aliases
+        )
+        lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
+        records_in = int(pc.sum(pc.equal(types, table.view.resource)).as_py() or 0)
+        produced = len(set(split.good.column("_record_hash").to_pylist()))
+        refused = len(set(split.quarantined.column("record_hash").to_pylist()))
+        entries.append(
+            Entry(
+                stage="silver",
+                table_name=table.spec.name,
+                records_in=records_in,
+                records_out=produced,
+                quarantined=refused,
+                bronze_only=records_in - produced - refused,
+            )
+        )
+        name = staging_name(table.spec.name)
+        versions[name] = lake.write(name, split.good, mode="overwrite", spec=table.spec)
     ledger.record(lake, run_id, entries)
     return StageResult(versions, entries)
 
@@ -387,6 +451,7 @@ def task_clean(
         config=lineage_config(settings),
     ) as run:
         key, max_shift_days = project_key(settings), settings.deid.date_shift_max_days
+        extra = extra_view_tables(settings)
         result = clean(
             target,
             run_id=run_id,
@@ -395,6 +460,7 @@ def task_clean(
             keyring=vault.vault_keyring(settings, create=settings.env == "local"),
             bronze_version=bronze_version,
             hl7v2_version=hl7v2_version,
+            viewed=[t.view.resource for t in extra.values()],
         )
         # after clean(): a source feeding a table FHIR and HL7 v2 fill appends to its staging rows
         sources = [
@@ -403,6 +469,16 @@ def task_clean(
             )
             for kind in SOURCES
         ]
+        sources.append(
+            stage_view_tables(
+                target,
+                extra,
+                run_id=run_id,
+                key=key,
+                max_shift_days=max_shift_days,
+                bronze_version=bronze_version,
+            )
+        )
         rekeyed = rekey_sources(target, sources, key=key, max_shift_days=max_shift_days)
         result = StageResult.merge([result, *sources, StageResult(rekeyed, [])])
         run.complete(
@@ -416,7 +492,8 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
     from medlake.expectations.gate import GateResult, run_gate
 
     settings, target = Settings(), Lake(Path(lake))
-    staged = {staging_name(name): target.version(staging_name(name)) for name in SILVER_TABLES}
+    tables = (*SILVER_TABLES, *(t.spec.name for t in extra_view_tables(settings).values()))
+    staged = {staging_name(name): target.version(staging_name(name)) for name in tables}
     with stage_run(
         target,
         job=lineage_job(settings, "gate"),
@@ -429,14 +506,14 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
             entries = ledger.record(
                 target,
                 run_id,
-                run_gate(target, run_id=run_id, tables=SILVER_TABLES, results=results),
+                run_gate(target, run_id=run_id, tables=tables, results=results),
             )
         finally:  # the quality results go on FAIL too, when a table-level rule refused promotion
             run.add_quality({staging_name(r.table_name): r for r in results})
             if data_docs.index_path(target).is_file():
                 log.info("gate: Data Docs at %s", data_docs.index_path(target))
         entries += release_resolved(target, run_id=run_id)
-        result = StageResult({name: target.version(name) for name in SILVER_TABLES}, entries)
+        result = StageResult({name: target.version(name) for name in tables}, entries)
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=entries)
     return result.as_xcom()
 

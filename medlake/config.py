@@ -55,6 +55,15 @@ class DeidSettings(BaseModel):
     date_shift_max_days: int = Field(default=365, description="Dates move by a keyed per-patient offset in ±this.")
 
 
+class ViewsSettings(BaseModel):
+    """SQL-on-FHIR v2 views beyond the built-in silver tables (jobs/views/tables.py)."""
+
+    extra_dir: Path | None = Field(
+        default=None,
+        description="Folder of extra ViewDefinition files, each becoming the table silver.<view name>; unset: none.",
+    )
+
+
 class AccessSettings(BaseModel):
     """Role-based access (governance/access.py) and the DP budgets it holds."""
 
@@ -129,6 +138,7 @@ class Settings(BaseSettings):
     lake: LakeSettings = LakeSettings()
     keys: KeySettings = KeySettings()
     deid: DeidSettings = DeidSettings()
+    views: ViewsSettings = ViewsSettings()
     access: AccessSettings = AccessSettings()
     airflow: AirflowSettings = AirflowSettings()
     dbt: DbtSettings = DbtSettings()

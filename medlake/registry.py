@@ -671,6 +671,19 @@ FHIR_SILVER = {
 }
 
 
+#: the tables this module defines; views in an extra folder may add silver tables at run time
+BUILTIN_TABLES: frozenset[str] = frozenset(TABLES)
+
+
+def register(table: TableSpec) -> TableSpec:
+    """Add a table defined at run time (an extra view's ``silver.<name>``) for this process."""
+    known = TABLES.get(table.name)
+    if known is not None and known != table:
+        raise ValueError(f"table {table.name} is already registered with another definition")
+    TABLES[table.name] = table
+    return table
+
+
 #: every silver table, in the order the gate promotes them
 SILVER_TABLES: tuple[str, ...] = tuple(name for name in TABLES if name.startswith("silver."))
 
