@@ -13,7 +13,10 @@ patient names, identifiers such as ``bronze.vitals_samples.patient_id``) are enc
   vitals watermark's file name) keep working. The price, stated: equal file names or ids are
   recognisable as equal in the ciphertext, nothing more;
 - a stored value is text ``menc:1:<r|d>:<data key id>:<base64>``: the data key id travels with
-  every value, and the AAD binds it to its table, column and data key id.
+  every value, and the AAD binds it to its table, column and data key id;
+- files the lake keeps under ``raw/`` (the DICOM originals, whose headers hold PHI) are sealed
+  whole with AES-256-GCM under the data key of their folder (``raw.dicom``), the AAD binding them
+  to their path.
 
 Reading the files without the keys shows only those strings. A :class:`EnvelopeCodec` on the
 :class:`~medlake.lake.Lake` (:func:`lake_for`) seals on write and opens on read; it loads the
@@ -61,6 +64,9 @@ DATA_KEYS_TABLE = "data_keys"
 LOCK_FILE = "_lock"
 #: raw payloads: randomized encryption (no lookups on them); other PHI columns: deterministic
 RANDOMIZED = frozenset({"raw", "raw_record"})
+#: files kept below the lake root that are sealed whole: the archived originals (DICOM)
+SEALED_FILES = ("raw/",)
+FILE_MAGIC = b"MEDLAKE-SEALED-1\n"
 #: what :func:`rotate_key` calls ``on_step`` with, in order
 ROTATION_STEPS = ("key_created", "reencrypted", "committed", "activated", "rewrapped", "retired")
 
@@ -306,6 +312,33 @@ class EnvelopeCodec:
             *(_seal_deterministic(k, name, column, value) for k in self._data_keys(name).values()),
         ]
 
+    def seal_file(self, relpath: str, data: bytes) -> bytes:
+        if not relpath.startswith(SEALED_FILES):
+            return data
+        key = self._active(_file_table(relpath))
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        tag = key.key_id.encode("ascii")
+        sealed = key.gcm.encrypt(nonce, data, _file_aad(relpath, key.key_id))
+        return FILE_MAGIC + bytes([len(tag)]) + tag + nonce + sealed
+
+    def open_file(self, relpath: str, data: bytes) -> bytes:
+        if not data.startswith(FILE_MAGIC):
+            return data  # archived before the lake was encrypted
+        start = len(FILE_MAGIC) + 1
+        key_id = data[start : start + data[start - 1]].decode("ascii")
+        body = data[start + len(key_id) :]
+        key = self._key(_file_table(relpath), "file", key_id)
+        try:
+            opened: bytes = key.gcm.decrypt(
+                body[:NONCE_BYTES], body[NONCE_BYTES:], _file_aad(relpath, key_id)
+            )
+        except InvalidTag:
+            raise AtRestKeyError(
+                f"archived file {relpath} does not decrypt under its data key {key_id!r}: "
+                "the file was altered or moved from another path"
+            ) from None
+        return opened
+
     def _opener(self, table: str, column: str) -> Callable[[str], str]:
         cache: dict[str, str] = {}
 
@@ -343,6 +376,16 @@ class EnvelopeCodec:
             return text
 
         return open_
+
+
+def _file_table(relpath: str) -> str:
+    """The data key a kept file is sealed under: one per folder below ``raw/`` (``raw.dicom``)."""
+    return ".".join(relpath.split("/")[:2])
+
+
+def _file_aad(relpath: str, key_id: str) -> bytes:
+    aad: bytes = associated_data("at_rest_file", relpath, key_id)
+    return aad
 
 
 def _aad(table: str, column: str, key_id: str) -> bytes:

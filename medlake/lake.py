@@ -42,6 +42,14 @@ class ColumnCodec(Protocol):
         """The stored forms ``value`` may take in ``column`` (for equality filters); None: stored as is."""
         ...
 
+    def seal_file(self, relpath: str, data: bytes) -> bytes:
+        """The bytes of a file kept below the lake root (e.g. an archived original) as stored."""
+        ...
+
+    def open_file(self, relpath: str, data: bytes) -> bytes:
+        """The stored bytes of a file below the lake root, in clear."""
+        ...
+
 
 @dataclass(frozen=True)
 class Lake:
@@ -200,6 +208,15 @@ class Lake:
             .execute()
         )
         return int(metrics["num_target_rows_inserted"]), int(metrics["num_target_rows_updated"])
+
+    def seal_file(self, relpath: str, data: bytes) -> bytes:
+        """How a file kept at ``<root>/<relpath>`` is stored: through the codec when the lake has one."""
+        return self.codec.seal_file(relpath, data) if self.codec is not None else data
+
+    def open_file(self, relpath: str) -> bytes:
+        """The content of a file kept at ``<root>/<relpath>`` (written as :meth:`seal_file` made it)."""
+        data = (self.root / relpath).read_bytes()
+        return self.codec.open_file(relpath, data) if self.codec is not None else data
 
     def _encoded(self, name: str, data: pa.Table) -> pa.Table:
         """The rows as they are stored: through the codec when the lake has one."""
