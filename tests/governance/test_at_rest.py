@@ -256,7 +256,9 @@ def _phi_found(text: str, phi: dict[str, list[str]]) -> list[str]:
 
 def _at_rest_files(lake_root: Path) -> list[Path]:
     return sorted(
-        p for folder in ("bronze", "quarantine", "reference/vitals_watermark") for p in (lake_root / folder).rglob("*.parquet")
+        p
+        for folder in ("bronze", "quarantine", "reference/vitals_watermark")
+        for p in (lake_root / folder).rglob("*.parquet")
     )
 
 
