@@ -294,8 +294,9 @@ class EnvelopeCodec:
 
     def decode(self, name: str, data: pa.Table) -> pa.Table:
         columns = [c for c in self.columns.get(name, {}) if c in data.column_names]
+        row = _row_namer(name, data)
         for column in columns:
-            data = _map_column(data, column, self._opener(name, column))
+            data = _map_column(data, column, self._opener(name, column), row=row)
         return data
 
     def lookup(self, name: str, column: str, value: str) -> list[str] | None:
@@ -418,19 +419,47 @@ def _sealer(key: _DataKey, table: str, column: str, mode: Mode) -> Callable[[str
     return randomized
 
 
-def _map_column(data: pa.Table, column: str, fn: Callable[[str], str]) -> pa.Table:
-    """The table with ``fn`` applied to every non-null string of a string or list-of-string column."""
+def _map_column(
+    data: pa.Table,
+    column: str,
+    fn: Callable[[str], str],
+    *,
+    row: Callable[[int], str] | None = None,
+) -> pa.Table:
+    """The table with ``fn`` applied to every non-null string of a string or list-of-string column.
+
+    ``row`` names a row (by its key) in the error when ``fn`` cannot open one of its values.
+    """
     index = data.schema.get_field_index(column)
     field_ = data.schema.field(index)
-    values = data.column(index).to_pylist()
-    if pa.types.is_list(field_.type) or pa.types.is_large_list(field_.type):
-        mapped: list[Any] = [
-            None if v is None else [None if x is None else fn(x) for x in v] for v in values
-        ]
-    else:
-        mapped = [None if v is None else fn(v) for v in values]
+    is_list = pa.types.is_list(field_.type) or pa.types.is_large_list(field_.type)
+    mapped: list[Any] = []
+    for i, v in enumerate(data.column(index).to_pylist()):
+        try:
+            if v is None:
+                mapped.append(None)
+            elif is_list:
+                mapped.append([None if x is None else fn(x) for x in v])
+            else:
+                mapped.append(fn(v))
+        except AtRestKeyError as exc:
+            raise AtRestKeyError(f"{exc} ({row(i)})" if row else str(exc)) from None
     type_ = pa.string() if pa.types.is_string_view(field_.type) else field_.type
     return data.set_column(index, field_.with_type(type_), pa.array(mapped, type=type_))
+
+
+def _row_namer(name: str, data: pa.Table) -> Callable[[int], str]:
+    """How an error names row ``i``: by the table's key columns when the read has them (never PHI)."""
+    spec = TABLES.get(name)
+    key = [k for k in (spec.key if spec else ()) if k in data.column_names]
+    key = [k for k in key if k not in encrypted_columns().get(name, {})]
+
+    def row(i: int) -> str:
+        if not key:
+            return f"row {i} of the read"
+        return "record " + ", ".join(f"{k}={data.column(k)[i].as_py()}" for k in key)
+
+    return row
 
 
 # ---------------------------------------------------------------------------------------------

@@ -229,7 +229,8 @@ def test_a_value_moved_to_another_column_does_not_decrypt(tmp_path, keys):
     )
     Lake(lake.root).write(BRONZE_FHIR.name, swapped, mode="overwrite")
     with pytest.raises(
-        AtRestKeyError, match=r"bronze.fhir_resources._source_file does not decrypt"
+        AtRestKeyError,
+        match=r"bronze.fhir_resources._source_file does not decrypt.*\(record _record_hash=h0\)",
     ):
         lake.read(BRONZE_FHIR.name)
 
