@@ -7,12 +7,14 @@ patient names, identifiers such as ``bronze.vitals_samples.patient_id``) are enc
 - each table has its own random 256-bit **data key**, stored in ``<lake>/data_keys/`` (a Delta
   table) only **wrapped** (AES-256-GCM) by the vault keyring's active master key
   (:func:`medlake.governance.vault.vault_keyring`), with the master key id per row;
-- raw payloads (``raw``, ``raw_record``) are sealed with **randomized AES-256-GCM** (a fresh nonce
-  per value); every other PHI column with **deterministic AES-SIV**, so equal values give equal
+- raw payloads (``raw``, ``raw_record``) are zlib-compressed, then sealed with **randomized
+  AES-256-GCM** (a fresh nonce per value; compressing first keeps bronze's size near the
+  plaintext's, as ciphertext does not compress: the compressed length is what the ciphertext's
+  length shows); every other PHI column with **deterministic AES-SIV**, so equal values give equal
   ciphertexts under one data key and equality lookups (``Lake.read(where=...)``, MERGE on the
   vitals watermark's file name) keep working. The price, stated: equal file names or ids are
   recognisable as equal in the ciphertext, nothing more;
-- a stored value is text ``menc:1:<r|d>:<data key id>:<base64>``: the data key id travels with
+- a stored value is text ``menc:1:<z|d>:<data key id>:<base64>``: the data key id travels with
   every value, and the AAD binds it to its table, column and data key id;
 - files the lake keeps under ``raw/`` (the DICOM originals, whose headers hold PHI) are sealed
   whole with AES-256-GCM under the data key of their folder (``raw.dicom``), the AAD binding them
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -358,8 +361,10 @@ class EnvelopeCodec:
             key = self._key(table, column, key_id)
             aad = _aad(table, column, key_id)
             try:
-                if mode == "r":
-                    plain = key.gcm.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+                if mode == "z":
+                    plain = zlib.decompress(
+                        key.gcm.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+                    )
                 elif mode == "d":
                     plain = key.siv.decrypt(blob, [aad])
                 else:
@@ -413,8 +418,8 @@ def _sealer(key: _DataKey, table: str, column: str, mode: Mode) -> Callable[[str
 
     def randomized(value: str) -> str:
         nonce = secrets.token_bytes(NONCE_BYTES)
-        blob = nonce + key.gcm.encrypt(nonce, value.encode("utf-8"), aad)
-        return f"{PREFIX}r:{key.key_id}:{base64.b64encode(blob).decode('ascii')}"
+        blob = nonce + key.gcm.encrypt(nonce, zlib.compress(value.encode("utf-8")), aad)
+        return f"{PREFIX}z:{key.key_id}:{base64.b64encode(blob).decode('ascii')}"
 
     return randomized
 

@@ -75,7 +75,7 @@ def test_sealed_columns_round_trip_and_are_ciphertext_without_the_key(tmp_path, 
     assert lake.read(BRONZE_FHIR.name).sort_by("_record_hash").to_pylist() == rows.to_pylist()
     stored = _stored(lake, BRONZE_FHIR.name)
     assert all(
-        r["raw"].startswith(PREFIX + "r:") and r["_source_file"].startswith(PREFIX + "d:")
+        r["raw"].startswith(PREFIX + "z:") and r["_source_file"].startswith(PREFIX + "d:")
         for r in stored
     )
     assert not [
