@@ -18,7 +18,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from medlake.cli import app
 from medlake.config import load_settings
 from medlake.governance import at_rest, audit
 from medlake.governance.at_rest import PREFIX, AtRestKeyError, EnvelopeCodec, lake_for
@@ -466,3 +468,20 @@ def test_a_rotation_killed_with_sigkill_leaves_every_row_readable(sealed_lake, k
         sealed_lake, keyring=Keyring.from_dir(keys), audit_key=AUDIT_KEY, actor="ops"
     )
     assert _everything(sealed_lake, keys) == before
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_rotate_key_rewraps_and_quarantine_list_shows_the_file_names(cli, sealed_lake, keys):
+    before = _everything(sealed_lake, keys)
+    result = cli("vault", "rotate-key", "--lake", str(sealed_lake.root), "--json")
+    assert result.exit_code == 0, result.output
+    new = json.loads(result.stdout)["new_key_id"]
+    assert {r["master_key_id"] for r in at_rest.data_key_rows(sealed_lake.root)} == {new}
+    assert _everything(sealed_lake, keys) == before
+    listed = CliRunner().invoke(
+        app, ["quarantine", "list", "--lake", str(sealed_lake.root), "--json"]
+    )
+    assert listed.exit_code == 0, listed.output
+    assert [r["source_file"] for r in json.loads(listed.stdout)] == ["fhir/Chen.json"]
