@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from medlake import ledger, registry
 from medlake.config import Settings
 from medlake.governance import vault
+from medlake.governance.at_rest import lake_for
 from medlake.governance.crypto import Keyring
 from medlake.governance.lineage import LineageConfig, stage_run
 from medlake.jobs.clean import dedup, terminology
@@ -410,7 +411,8 @@ def lineage_job(settings: Settings, task_id: str) -> str:
 
 
 def task_ingest(landing: str, lake: str, *, run_id: str) -> dict[str, object]:
-    settings, target = Settings(), Lake(Path(lake))
+    settings = Settings()
+    target = lake_for(settings, Path(lake))
     with stage_run(
         target,
         job=lineage_job(settings, "ingest"),
@@ -441,7 +443,8 @@ def task_clean(
     versions: dict[str, int | None] | None = None,
 ) -> dict[str, object]:
     """``versions``: the bronze versions ingest wrote (its XCom), read by the plug-in sources."""
-    settings, target = Settings(), Lake(Path(lake))
+    settings = Settings()
+    target = lake_for(settings, Path(lake))
     versions = versions or {}
     with stage_run(
         target,
@@ -491,7 +494,8 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
     from medlake.expectations import data_docs
     from medlake.expectations.gate import GateResult, run_gate
 
-    settings, target = Settings(), Lake(Path(lake))
+    settings = Settings()
+    target = lake_for(settings, Path(lake))
     tables = (*SILVER_TABLES, *(t.spec.name for t in extra_view_tables(settings).values()))
     staged = {staging_name(name): target.version(staging_name(name)) for name in tables}
     with stage_run(
@@ -521,7 +525,8 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
 def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
     from medlake.jobs.gold import SILVER_SOURCES, build_gold
 
-    settings, target = Settings(), Lake(Path(lake))
+    settings = Settings()
+    target = lake_for(settings, Path(lake))
     with stage_run(
         target,
         job=lineage_job(settings, "dbt_gold"),
@@ -550,7 +555,8 @@ def task_summary(lake: str, *, run_id: str, actor: str = "airflow") -> dict[str,
     from medlake.governance import audit
     from medlake.summary import summarize, write_summary
 
-    settings, target = Settings(), Lake(Path(lake))
+    settings = Settings()
+    target = lake_for(settings, Path(lake))
     with stage_run(
         target,
         job=lineage_job(settings, "summary"),

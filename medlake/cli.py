@@ -216,9 +216,10 @@ def quarantine_list(
 
     Example: medlake quarantine list --lake .medlake/demo/lake --rule gate.heart_rate_range
     """
+    from medlake.governance.at_rest import lake_for
     from medlake.registry import QUARANTINE
 
-    target = Lake(lake.resolve())
+    target = lake_for(load_settings(lake=lake), lake.resolve())  # file names are encrypted at rest
     columns = ["quarantine_id", "run_id", "stage", "table_name", "rule_id", "reason", "source_file",
                "source_offset", "record_id", "status", "quarantined_at", "resolution", "resolution_reason",
                "resolved_by", "resolved_at", "corrected_value", "released_run_id"]
@@ -248,12 +249,13 @@ def quarantine_resolve(
     """
     import getpass
 
+    from medlake.governance.at_rest import lake_for
     from medlake.jobs.review import ResolutionRefused, resolve
     from medlake.keys import audit_key
 
     settings = load_settings(lake=lake)
     try:
-        done = resolve(Lake(lake.resolve()), ids, action=action, reason=reason, value=value,
+        done = resolve(lake_for(settings, lake.resolve()), ids, action=action, reason=reason, value=value,
                        actor=actor or getpass.getuser(), audit_key=audit_key(settings))
     except ResolutionRefused as exc:
         err.print(f"[red]refused:[/red] {exc}")

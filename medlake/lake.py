@@ -2,6 +2,11 @@
 
 Every write is one Delta transaction; keyed writes are MERGEs, so a task re-run after a crash
 gives the same tables.
+
+A lake may carry a :class:`ColumnCodec` that encrypts named columns of named tables on every
+write and decrypts them on every read (``governance/at_rest.py`` implements it for the raw PHI of
+bronze and the quarantine). Without one, the lake reads and writes columns as stored: plaintext
+tables as before, encrypted ones as ciphertext.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,11 +27,36 @@ class TableNotFound(LookupError):
     """A table was read before anything wrote it."""
 
 
+class ColumnCodec(Protocol):
+    """Encrypts some columns of some tables at rest; the lake calls it on every write and read."""
+
+    def encode(self, name: str, data: pa.Table) -> pa.Table:
+        """The rows of table ``name`` as they are to be stored (its encrypted columns sealed)."""
+        ...
+
+    def decode(self, name: str, data: pa.Table) -> pa.Table:
+        """The stored rows of table ``name`` in clear; raises rather than return part of them."""
+        ...
+
+    def lookup(self, name: str, column: str, value: str) -> list[str] | None:
+        """The stored forms ``value`` may take in ``column`` (for equality filters); None: stored as is."""
+        ...
+
+    def seal_file(self, relpath: str, data: bytes) -> bytes:
+        """The bytes of a file kept below the lake root (e.g. an archived original) as stored."""
+        ...
+
+    def open_file(self, relpath: str, data: bytes) -> bytes:
+        """The stored bytes of a file below the lake root, in clear."""
+        ...
+
+
 @dataclass(frozen=True)
 class Lake:
-    """A lake root and the registered tables below it."""
+    """A lake root and the registered tables below it (and the codec of its encrypted columns)."""
 
     root: Path
+    codec: ColumnCodec | None = None
 
     def path(self, name: str) -> Path:
         """Where ``layer.table`` (or ``quarantine``/``ledger``) lives."""
@@ -69,7 +99,9 @@ class Lake:
         a plain ``pc.field(c) == v`` cannot compare; ``where`` casts first.
         """
         for column, value in (where or {}).items():
-            condition = pc.field(column).cast(pa.string()) == value
+            stored = self.codec.lookup(name, column, value) if self.codec else None
+            field = pc.field(column).cast(pa.string())
+            condition = field == value if stored is None else field.isin(stored)
             filter = condition if filter is None else filter & condition
         if not self.exists(name):
             spec = TABLES.get(name)
@@ -86,6 +118,8 @@ class Lake:
         # aborts the interpreter at exit with deltalake 1.6 ("terminate called without an active
         # exception"); seen on multi-file tables. Single-threaded decoding avoids it.
         table = dataset.to_table(columns=present, filter=filter, use_threads=False)
+        if self.codec is not None:
+            table = self.codec.decode(name, table)
         if spec is None:
             return table
         for column in wanted if wanted is not None else spec.schema.names:
@@ -109,7 +143,7 @@ class Lake:
     ) -> int:
         """Append or overwrite; returns the new Delta version."""
         spec = spec or TABLES.get(name)
-        data = conform(data, spec.schema) if spec else data
+        data = self._encoded(name, conform(data, spec.schema) if spec else data)
         write_deltalake(
             self.uri(name),
             data,
@@ -137,7 +171,13 @@ class Lake:
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
         metrics = (
             self.table(name)
-            .merge(data, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
+            .merge(
+                self._encoded(name, data),
+                predicate=predicate,
+                source_alias="s",
+                target_alias="t",
+                merge_schema=True,
+            )
             .when_not_matched_insert_all()
             .execute()
         )
@@ -156,12 +196,31 @@ class Lake:
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
         metrics = (
             self.table(name)
-            .merge(data, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
+            .merge(
+                self._encoded(name, data),
+                predicate=predicate,
+                source_alias="s",
+                target_alias="t",
+                merge_schema=True,
+            )
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .execute()
         )
         return int(metrics["num_target_rows_inserted"]), int(metrics["num_target_rows_updated"])
+
+    def seal_file(self, relpath: str, data: bytes) -> bytes:
+        """How a file kept at ``<root>/<relpath>`` is stored: through the codec when the lake has one."""
+        return self.codec.seal_file(relpath, data) if self.codec is not None else data
+
+    def open_file(self, relpath: str) -> bytes:
+        """The content of a file kept at ``<root>/<relpath>`` (written as :meth:`seal_file` made it)."""
+        data = (self.root / relpath).read_bytes()
+        return self.codec.open_file(relpath, data) if self.codec is not None else data
+
+    def _encoded(self, name: str, data: pa.Table) -> pa.Table:
+        """The rows as they are stored: through the codec when the lake has one."""
+        return self.codec.encode(name, data) if self.codec is not None else data
 
     def delete(self, name: str, predicate: str) -> int:
         """Delete the rows matching a SQL predicate; returns how many."""

@@ -4,7 +4,8 @@ with a de-identified copy of every file kept in the lake.
 Ingest walks ``landing/dicom/`` at any depth and reads every file, whatever its name (PACS exports
 often have no ``.dcm`` suffix). One bronze row per file: the header as the DICOM JSON model
 (PS3.18 Annex F) whose bulk data (pixel data, large binary values) is a ``BulkDataURI`` into the
-original file, archived byte for byte at ``<lake>/raw/dicom/<sha256>.dcm`` so nothing is lost.
+original file, archived byte for byte at ``<lake>/raw/dicom/<sha256>.dcm`` so nothing is lost
+(sealed as a whole when the lake encrypts at rest: BulkDataURI offsets are into the opened file).
 Pixel data is never decoded, so a compressed transfer syntax (JPEG, JPEG 2000, RLE, …) needs no
 codec. A file that is not DICOM, is cut short, or whose header cannot be read is quarantined with
 the reason (``ingest.not_dicom``, ``ingest.truncated``, ``ingest.bad_header``); it is archived too.
@@ -290,16 +291,18 @@ def header_json(ds: Dataset, *, bulk_uri: str, where: str) -> str:
 
 
 def read_files(
-    paths: Sequence[Path], *, root: Path, run_id: str, ingested_at: datetime, archive: Path
+    paths: Sequence[Path], *, root: Path, run_id: str, ingested_at: datetime, archive: Lake
 ) -> tuple[pa.Table, Split]:
     """One raw record per file (its name) and the bronze split; each file's bytes are archived
-    under ``archive`` (the lake root) unless already there."""
+    in the ``archive`` lake (sealed when it encrypts at rest) unless already there."""
     names, good, bad = [], [], []
     for path in paths:
         name = path.relative_to(root).as_posix()
         data = path.read_bytes()
         read = read_bytes(data, name=name, run_id=run_id, ingested_at=ingested_at)
-        keep(archive / archive_path(read.record_hash), data)
+        kept = archive_path(read.record_hash)
+        if not (archive.root / kept).exists():
+            keep(archive.root / kept, archive.seal_file(kept, data))
         names.append(name)
         if read.row is not None:
             good.append(read.row)
@@ -326,7 +329,7 @@ def keep(path: Path, data: bytes) -> None:
 def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime) -> StageResult:
     """landing/dicom → bronze.dicom_files (+ the archived originals) + quarantine + ledger."""
     files = landing_files(landing / SOURCE_KIND)
-    raw, split = read_files(files, root=landing, run_id=run_id, ingested_at=now, archive=lake.root)
+    raw, split = read_files(files, root=landing, run_id=run_id, ingested_at=now, archive=lake)
     entry = write_bronze(lake, BRONZE_DICOM, split, raw, run_id=run_id)
     ledger.record(lake, run_id, [entry])
     log.info(
@@ -926,23 +929,23 @@ DEID_ERRORS = (
 
 
 def deid_copies(
-    root: Path, instances: Sequence[Instance], *, key: bytes
+    lake: Lake, instances: Sequence[Instance], *, key: bytes
 ) -> tuple[Split, list[Instance]]:
-    """Write each instance's de-identified copy under ``root``: the instance rows whose copy was
-    written (and those instances), the others quarantined (``deid.dicom_failed``)."""
+    """Write each instance's de-identified copy below the lake root: the instance rows whose copy
+    was written (and those instances), the others quarantined (``deid.dicom_failed``)."""
     good: list[Instance] = []
     bad: list[dict[str, Any]] = []
     profile = load_profile()
     for inst in instances:
         try:
-            ds = parse((root / inst.archive_path).read_bytes(), where=inst.archive_path)
+            ds = parse(lake.open_file(inst.archive_path), where=inst.archive_path)
             deidentify(
                 ds,
                 new_uid=lambda uid: new_uid(key, uid),
                 shift_days=inst.shift_days,
                 profile=profile,
             )
-            write_deid(ds, root / inst.row["deid_path"])
+            write_deid(ds, lake.root / inst.row["deid_path"])
         except DEID_ERRORS as exc:  # the instance stays out of silver, the reason in quarantine
             bad.append(
                 {
@@ -996,7 +999,7 @@ def to_staging(
         BRONZE_DICOM.name, version=versions.get(BRONZE_DICOM.name), where={"_run_id": run_id}
     )
     imaging = instances_from_bronze(bronze, key=key, max_shift_days=max_shift_days)
-    written, kept = deid_copies(lake.root, imaging.instances, key=key)
+    written, kept = deid_copies(lake, imaging.instances, key=key)
     known = silver_instances(lake, studies={i.row["study_uid"] for i in kept})
     tables = {
         SILVER_IMAGING_STUDIES: study_rows(kept, known),

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medlake.config import load_settings
-from medlake.governance import audit, vault
+from medlake.governance import at_rest, audit, vault
 from medlake.governance.crypto import KeyringError
 from medlake.governance.vault import VAULT_ACTIVE_KEY_ENV, VAULT_KEYS_ENV, vault_keyring
 from medlake.keys import KeyMissing, audit_key
@@ -150,7 +150,8 @@ def vault_rotate_key(
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-encrypt every vault row under a new key (person_keys unchanged); crash-safe, audited.
+    """Re-encrypt every vault row under a new key (person_keys unchanged) and re-wrap the data keys
+    of the raw PHI encrypted at rest under it; crash-safe, audited.
 
     Example: medlake vault rotate-key --lake .medlake/demo/lake
     """
@@ -161,8 +162,8 @@ def vault_rotate_key(
     except (KeyMissing, KeyringError) as exc:
         raise _fail(f"cannot rotate the vault key: {exc}", code=2) from exc
     try:
-        with err.status("re-encrypting the vault…"):
-            rotation = vault.rotate_key(
+        with err.status("re-encrypting the vault, re-wrapping the data keys…"):
+            rotation = at_rest.rotate_key(
                 Lake(lake.resolve()),
                 keyring=keyring,
                 audit_key=key,
@@ -170,7 +171,7 @@ def vault_rotate_key(
                 new_key_id=new_key_id,
                 retire_old=not keep_old_keys,
             )
-    except (KeyringError, vault.VaultKeyError, vault.VaultChanged, audit.AuditLogBroken) as exc:
+    except (KeyringError, vault.VaultKeyError, vault.VaultChanged, at_rest.AtRestKeyError, audit.AuditLogBroken) as exc:
         raise _fail(f"rotation stopped, every row is still readable: {exc}") from exc
     summary = {
         "new_key_id": rotation.new_key_id,

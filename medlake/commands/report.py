@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from medlake.config import load_settings
 from medlake.governance import report as report_mod
+from medlake.governance.at_rest import lake_for
 from medlake.governance.lineage import read_events
 from medlake.keys import KeyMissing, audit_key
 from medlake.lake import Lake
@@ -62,7 +63,7 @@ def report(
     Example: medlake report --lake .medlake/demo/lake --out /tmp/run-report.html
     Example: medlake report --lake .medlake/demo/lake --record fhir/bulk/Observation.000.ndjson:17
     """
-    target = Lake(lake.resolve())
+    target = lake_for(load_settings(lake=lake), lake.resolve())  # bronze's file names are encrypted
     if record is not None:
         _trace(target, record, landing=landing, as_json=as_json)
         return

@@ -23,6 +23,7 @@ from medlake.commands.report import landing_record_hash, report_path
 from medlake.commands.report import report as report_command
 from medlake.config import load_settings
 from medlake.governance import report
+from medlake.governance.at_rest import lake_for
 from medlake.governance.lineage import lineage_graph, stage_run
 from medlake.jobs import pipeline
 from medlake.keys import audit_key
@@ -65,7 +66,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {
         "root": root,
         "landing": landing,
-        "lake": Lake(lake),
+        "lake": lake_for(load_settings(), lake),  # bronze and quarantine PHI is encrypted at rest
         "truth": truth,
         "original": original.relative_to(landing).as_posix(),
         "duplicate": duplicate.relative_to(landing).as_posix(),
