@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
 #: 3-digit ZIP prefixes covering fewer than 20,000 people (2000 census): reported as "000".
@@ -42,6 +43,29 @@ def zip3(postal_code: str | None) -> str | None:
         return None
     prefix = digits[:3]
     return "000" if prefix in RESTRICTED_ZIP3 else prefix
+
+
+#: the quasi-identifiers a release is checked on (those of them its table has), and the k of k-anonymity
+QUASI_IDENTIFIERS = ("age_band", "gender", "zip3")
+K_ANONYMITY = 5
+
+
+def k_anonymity(rows: list[dict[str, object]], quasi: tuple[str, ...], *, k: int = K_ANONYMITY) -> dict[str, object]:
+    """How identifiable the rows are by their quasi-identifiers: the equivalence classes (rows
+    sharing every quasi-identifier value; a missing value is its own value), the smallest class,
+    and the classes and rows below ``k``. A release whose smallest class is below k lets an
+    attacker who knows those attributes narrow a person down to fewer than k rows."""
+    classes = Counter(tuple("unknown" if r.get(q) is None else str(r.get(q)) for q in quasi) for r in rows)
+    small = {c: n for c, n in classes.items() if n < k}
+    return {
+        "k": k,
+        "quasi_identifiers": list(quasi),
+        "population": len(rows),
+        "classes": len(classes),
+        "smallest_class": min(classes.values()) if classes else 0,
+        "classes_below_k": len(small),
+        "records_in_classes_below_k": sum(small.values()),
+    }
 
 
 def age_band(birth: date | None, at: date | datetime | None, *, top: int = 89) -> str | None:

@@ -33,6 +33,7 @@ from deltalake import DeltaTable
 
 from medlake import ledger as ledger_mod
 from medlake import registry
+from medlake.governance.deid import K_ANONYMITY, k_anonymity
 from medlake.lake import Lake
 from medlake.registry import BRONZE_FHIR, QUARANTINE, staging_name
 
@@ -41,8 +42,6 @@ from .lineage import read_events
 
 #: how file names appear in the report: the first characters of the SHA-256 of the name
 FILE_HASH_CHARS = 10
-#: the k of the k-anonymity figure: equivalence classes smaller than this are counted
-K_ANONYMITY = 5
 #: examples shown per quarantine rule
 EXAMPLES_PER_RULE = 3
 #: runs shown in "quality over time"
@@ -337,24 +336,13 @@ def deid_summary(lake: Lake, *, k: int = K_ANONYMITY) -> dict[str, Any]:
     patients = lake.read("silver.patients", columns=["person_key", "zip3"]).to_pylist()
     for p in sorted(patients, key=lambda p: (p["person_key"], p["zip3"] or "~")):
         zips.setdefault(p["person_key"], p["zip3"])  # a person's first known ZIP3
-    classes = Counter(
-        (
-            row["age_band"] or "unknown",
-            row["gender"] or "unknown",
-            zips.get(row["person_key"]) or "unknown",
-        )
-        for row in gold
-    )
-    small = {c: n for c, n in classes.items() if n < k}
+    joined = [
+        {"age_band": r["age_band"], "gender": r["gender"], "zip3": zips.get(r["person_key"])}
+        for r in gold
+    ]
     result["k_anonymity"] = {
-        "k": k,
-        "quasi_identifiers": quasi,
+        **k_anonymity(joined, tuple(quasi), k=k),
         "available": True,
-        "population": len(gold),
-        "classes": len(classes),
-        "smallest_class": min(classes.values()) if classes else 0,
-        "classes_below_k": len(small),
-        "records_in_classes_below_k": sum(small.values()),
         "source": f"{GOLD_FEATURES} (age_band, gender) joined with silver.patients (zip3) on person_key",
     }
     return result

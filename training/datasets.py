@@ -82,6 +82,8 @@ DATASETS = TableSpec(
             pa.field("phi_columns", pa.list_(pa.string()), nullable=False),
             pa.field("lineage_run_ids", pa.list_(pa.string()), nullable=False),
             pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+            # k-anonymity of the release over the quasi-identifiers it holds (JSON; null before)
+            pa.field("k_anonymity", pa.string()),
         ]
     ),
     key=("name", "version"),
@@ -133,6 +135,8 @@ class Manifest:
     phi_columns: tuple[str, ...]
     lineage_run_ids: tuple[str, ...]
     created_at: datetime
+    #: k-anonymity over the quasi-identifiers the release holds (governance.deid.k_anonymity)
+    k_anonymity: dict[str, Any] | None = None
 
     @property
     def ref(self) -> str:
@@ -161,6 +165,7 @@ class Manifest:
             "phi_columns": list(self.phi_columns),
             "lineage_run_ids": list(self.lineage_run_ids),
             "created_at": self.created_at.isoformat(),
+            "k_anonymity": self.k_anonymity,
         }
 
     def _row(self) -> dict[str, Any]:
@@ -178,6 +183,7 @@ class Manifest:
             "phi_columns": list(self.phi_columns),
             "lineage_run_ids": list(self.lineage_run_ids),
             "created_at": self.created_at,
+            "k_anonymity": json.dumps(self.k_anonymity) if self.k_anonymity is not None else None,
         }
 
     @classmethod
@@ -196,6 +202,7 @@ class Manifest:
             phi_columns=tuple(row["phi_columns"]),
             lineage_run_ids=tuple(row["lineage_run_ids"]),
             created_at=row["created_at"],
+            k_anonymity=json.loads(row["k_anonymity"]) if row.get("k_anonymity") else None,
         )
 
 
@@ -265,6 +272,7 @@ def publish(
         ),
         "lineage_run_ids": tuple(sorted(set(found_runs) | set(lineage_run_ids))),
         "created_at": datetime.now(UTC),
+        "k_anonymity": release_k_anonymity(data),
     }
     # optimistic concurrency: the (name, version) MERGE inserts nothing when a concurrent
     # publish took that version first; then take the next one
@@ -276,6 +284,14 @@ def publish(
             return manifest
         latest = _latest(lake, name)
     raise DatasetError(f"could not publish dataset {name}: versions kept being taken concurrently")
+
+
+def release_k_anonymity(data: pa.Table) -> dict[str, Any]:
+    """k-anonymity of a release over the quasi-identifiers (age band, gender, ZIP3) it holds."""
+    from medlake.governance.deid import QUASI_IDENTIFIERS, k_anonymity
+
+    quasi = tuple(q for q in QUASI_IDENTIFIERS if q in data.column_names)
+    return k_anonymity(data.select(list(quasi)).to_pylist() if quasi else [{}] * data.num_rows, quasi)
 
 
 def list_datasets(lake: Lake, name: str | None = None) -> list[Manifest]:

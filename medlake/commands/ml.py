@@ -44,6 +44,12 @@ PurposeOpt = Annotated[
 ]
 
 
+def _smallest_class(k: dict[str, Any]) -> str:
+    """e.g. '3 (k=5: 2 classes below, over age_band, gender)'."""
+    over = ", ".join(k["quasi_identifiers"]) or "no quasi-identifier"
+    return f"{k['smallest_class']} (k={k['k']}: {k['classes_below_k']} classes below, over {over})"
+
+
 def _pull_audit(actor: str | None, purpose: str | None) -> Any:
     """Every pull from the CLI is audited: who, as which role, for what purpose."""
     import getpass
@@ -123,7 +129,9 @@ def list_(
         _print_json([m.as_dict() for m in manifests])
         return
     table = Table(title=f"{len(manifests)} dataset version(s)", title_justify="left")
-    for column in ("dataset", "table", "delta version", "rows", "de-id", "content hash", "created"):
+    for column in (
+        "dataset", "table", "delta version", "rows", "de-id", "smallest class", "content hash", "created"
+    ):
         table.add_column(column)
     for m in manifests:
         table.add_row(
@@ -132,6 +140,7 @@ def list_(
             str(m.delta_version),
             str(m.row_count),
             m.deid_level,
+            "" if m.k_anonymity is None else _smallest_class(m.k_anonymity),
             m.content_hash[:16],
             m.created_at.isoformat(timespec="seconds"),
         )

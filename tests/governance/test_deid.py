@@ -39,3 +39,16 @@ def test_pseudonyms_depend_on_key_system_and_kind():
     assert record_key(KEY, "Observation", "fhir", "1") != record_key(KEY, "Encounter", "fhir", "1")
     with pytest.raises(ValueError):
         source_key(b"", "fhir", "1")
+
+
+def test_k_anonymity_counts_classes_and_those_below_k():
+    from medlake.governance.deid import k_anonymity
+
+    rows = [{"age_band": "40-44", "gender": "female"}] * 5 + [
+        {"age_band": "90+", "gender": "male"},
+        {"age_band": "90+", "gender": None},
+        {"age_band": "90+", "gender": None},
+    ]
+    k = k_anonymity(rows, ("age_band", "gender"), k=5)
+    assert (k["population"], k["classes"], k["smallest_class"]) == (8, 3, 1)
+    assert (k["classes_below_k"], k["records_in_classes_below_k"]) == (2, 3)

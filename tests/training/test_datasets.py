@@ -233,3 +233,12 @@ def test_pulls_and_refusals_are_audited_with_who_and_why(lake: Lake):
     assert (refused.action, refused.role) == ("access.denied", "marketing")
     assert (wrong_purpose.action, wrong_purpose.role) == ("access.denied", "data_engineer")
     assert audit.verify(lake, key=key).ok
+
+
+def test_every_release_carries_its_k_anonymity(lake: Lake):
+    m = datasets.publish(lake, GOLD, name="readmission")
+    k = m.k_anonymity
+    assert k is not None and k["population"] == m.row_count == 400
+    assert set(k["quasi_identifiers"]) <= {"age_band", "gender", "zip3"} and k["quasi_identifiers"]
+    assert k["smallest_class"] >= 1 and k["classes"] >= 1
+    assert datasets.manifest(lake, "readmission@1").k_anonymity == k  # stored with the manifest
