@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,7 +48,14 @@ from medlake.governance.deid import date_shift_days
 from medlake.jobs.clean import config
 from medlake.lake import Lake
 from medlake.ledger import Entry
-from medlake.registry import PERSON_CROSSWALK, PERSON_EVENTS, SILVER_PATIENT_LINKS, SILVER_PATIENTS
+from medlake.registry import (
+    PERSON_CROSSWALK,
+    PERSON_EVENTS,
+    SILVER_PATIENT_LINKS,
+    SILVER_PATIENTS,
+    TABLES,
+    TableSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +380,24 @@ def _prelink_pairs(records: pa.Table) -> pa.Table:
     )
 
 
+def _anchored(links: pa.Table, anchors: set[str]) -> pa.Table:
+    """The links with at least one record of this run, an anchor (earlier run) on the left."""
+    left = links.column("source_key_l").to_pylist()
+    right = links.column("source_key_r").to_pylist()
+    keep = [not (a in anchors and b in anchors) for a, b in zip(left, right, strict=True)]
+    swap = [b in anchors and a not in anchors for a, b in zip(left, right, strict=True)]
+    swapped = links.set_column(
+        0,
+        LINKS.field("source_key_l"),
+        pa.array([b if s else a for a, b, s in zip(left, right, swap, strict=True)], pa.string()),
+    ).set_column(
+        1,
+        LINKS.field("source_key_r"),
+        pa.array([a if s else b for a, b, s in zip(left, right, swap, strict=True)], pa.string()),
+    )
+    return swapped.filter(pa.array(keep, pa.bool_()))
+
+
 def _components(nodes: Iterable[str], edges: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Node → the smallest node of its connected component (union-find)."""
     parent = {node: node for node in nodes}
@@ -390,13 +415,20 @@ def _components(nodes: Iterable[str], edges: Iterable[tuple[str, str]]) -> dict[
     return {node: root(node) for node in parent}
 
 
-def link(records: pa.Table, options: LinkOptions = LinkOptions()) -> Linkage:
+def link(
+    records: pa.Table, options: LinkOptions = LinkOptions(), *, anchors: Collection[str] = ()
+) -> Linkage:
     """:data:`FEATURES` rows → links at ``options.threshold`` and one cluster per real person.
 
+    ``anchors``: source keys of records resolved by earlier runs. They are scored like the rest,
+    but a link between two anchors is dropped (earlier runs decided it), and every kept link
+    involving an anchor has it on the left: the right-hand record is always one of this run.
     Splink needs at least two records; with fewer only the deterministic links exist.
     """
     splink = _splink_pairs(records, options) if records.num_rows >= 2 else LINKS.empty_table()
     prelinked = _prelink_pairs(records)
+    if anchors:
+        splink, prelinked = (_anchored(t, set(anchors)) for t in (splink, prelinked))
     prelink = dict(
         zip(
             records.column("source_key").to_pylist(),
@@ -726,14 +758,19 @@ def resolve(
     run_id: str,
     options: LinkOptions = LinkOptions(),
     now: datetime,
+    prior: Sequence[Mapping[str, Any]] = (),
 ) -> Resolution:
-    """Link this run's patient identities, update the crosswalk and record the events.
+    """Link this run's patient identities, and each to earlier runs' persons, update the crosswalk
+    and record the events.
 
     ``patients``: this run's silver.patients rows. Only identities with a row there are linked (a
     patient record quarantined on its way to silver is not a person yet: its identity still goes
-    to the vault); their ``gender`` is the linkage's sex. The crosswalk and events tables are
-    written here (upsert / insert of new events); the links go to ``staging.patient_links``
-    through the caller, like every silver table.
+    to the vault); their ``gender`` is the linkage's sex. ``prior``: identities of earlier runs
+    (from the vault, :func:`medlake.governance.vault.linkage_identities`); those the crosswalk
+    knows take part as anchors (their prelink key from the crosswalk, their sex from
+    silver.patients), so a second registration arriving alone joins the person of its first.
+    The crosswalk and events tables are written here (upsert / insert of new events); the links
+    go to ``staging.patient_links`` through the caller, like every silver table.
     """
     staged = {
         r["source_key"]: r
@@ -743,16 +780,39 @@ def resolve(
     }
     kept = [i for i in identities if i["source_key"] in staged]
     sex = {s: r["gender"] for s, r in staged.items()}
-    linkage = link(features(kept, sex=sex), options)
-    done = assign(linkage.clusters, lake.read(PERSON_CROSSWALK.name), run_id=run_id, now=now)
+    crosswalk = lake.read(PERSON_CROSSWALK.name)
+    prelink_of = dict(
+        zip(
+            crosswalk.column("source_key").to_pylist(),
+            crosswalk.column("prelink_key").to_pylist(),
+            strict=True,
+        )
+    )
+    anchors = [
+        {**i, "person_key": prelink_of[i["source_key"]]}
+        for i in prior
+        if i["source_key"] in prelink_of and i["source_key"] not in staged
+    ]
+    if anchors and lake.exists(SILVER_PATIENTS.name):
+        earlier = lake.read(SILVER_PATIENTS.name, columns=["source_key", "gender"]).to_pylist()
+        sex = {**{r["source_key"]: r["gender"] for r in earlier}, **sex}
+    linkage = link(
+        features([*kept, *anchors], sex=sex), options, anchors={a["source_key"] for a in anchors}
+    )
+    done = assign(linkage.clusters, crosswalk, run_id=run_id, now=now)
     lake.upsert(PERSON_CROSSWALK.name, done.crosswalk)
     lake.insert_new(PERSON_EVENTS.name, done.events)
-    entry = resolve_entry(linkage.clusters, done.person_of)
+    this_run = linkage.clusters.filter(
+        pc.is_in(linkage.clusters.column("source_key"), pa.array(sorted(staged), pa.string()))
+    )
+    entry = resolve_entry(this_run, done.person_of)
     log.info(
-        "resolve: %d patient records → %d persons (%d merges with earlier persons)",
+        "resolve: %d patient records (+%d of earlier runs) → %d persons (%d merges, %d joins)",
         entry.records_in,
+        len(anchors),
         entry.records_out,
         int(pc.sum(pc.equal(done.events.column("event"), "merge")).as_py() or 0),
+        int(pc.sum(pc.equal(done.events.column("event"), "join")).as_py() or 0),
     )
     person_of_source = {
         s: done.person_of[p]
@@ -781,3 +841,155 @@ def resolve_entry(clusters: pa.Table, person_of: Mapping[str, str]) -> Entry:
         records_out=persons,
         merged=records - persons,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. re-keying earlier silver rows after a merge
+
+
+def absorbed_persons(events: pa.Table) -> dict[str, str]:
+    """Every person a ``merge`` event absorbed → the person that finally survives it (a chain
+    A → B, B → C maps A to C), from ``reference.person_events`` rows."""
+    merges = events.filter(pc.equal(events.column("event").cast(pa.string()), "merge"))
+    into = dict(
+        zip(
+            merges.column("from_person_key").cast(pa.string()).to_pylist(),
+            merges.column("person_key").cast(pa.string()).to_pylist(),
+            strict=True,
+        )
+    )
+    final = {}
+    for person, survivor in into.items():
+        seen = {person}
+        while survivor in into and survivor not in seen:  # a cycle would be a corrupt table
+            seen.add(survivor)
+            survivor = into[survivor]
+        final[person] = survivor
+    return final
+
+
+def _plain(rows: pa.Table) -> pa.Table:
+    """The rows with string_view columns (MERGE-written files) cast to string."""
+    return rows.cast(
+        pa.schema(
+            pa.field(f.name, pa.string(), f.nullable) if pa.types.is_string_view(f.type) else f
+            for f in rows.schema
+        )
+    )
+
+
+def replace_rows(lake: Lake, spec: TableSpec, old: pa.Table, new: pa.Table) -> int:
+    """Replace ``old`` rows of ``spec``'s table by their re-keyed ``new`` rows in one Delta
+    transaction (one MERGE); returns how many re-keyed rows are in the table afterwards.
+
+    When the table's key holds neither person_key nor a date (which a re-key changes), the new
+    rows update the old ones in place. Otherwise (e.g. silver.vitals_1min: person, device, code,
+    bucket) one MERGE deletes the old keys and inserts the new ones; a new key the surviving
+    person already has keeps the surviving row (the re-keyed one is counted merged).
+    """
+    table = lake.table(spec.name)
+    key = list(spec.key)
+    moving = {"person_key"} | {
+        f.name for f in spec.schema if pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)
+    }
+    on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
+    if not moving & set(key):
+        metrics = (
+            table.merge(_plain(new), predicate=on, source_alias="s", target_alias="t")
+            .when_matched_update_all()
+            .execute()
+        )
+        return int(metrics["num_target_rows_updated"])
+    op = "_rekey_op"
+    first = _plain(new).append_column("_row", pa.array(range(new.num_rows), pa.int64()))
+    first = first.filter(  # two absorbed persons' rows may land on one key: the first stays
+        pc.is_in(
+            first.column("_row"),
+            first.group_by(key, use_threads=False).aggregate([("_row", "min")]).column("_row_min"),
+        )
+    ).drop_columns(["_row"])
+    source = pa.concat_tables(
+        [
+            _plain(old).append_column(op, pa.array(["delete"] * old.num_rows, pa.string())),
+            first.append_column(op, pa.array(["insert"] * first.num_rows, pa.string())),
+        ]
+    )
+    metrics = (
+        table.merge(source, predicate=on, source_alias="s", target_alias="t")
+        .when_matched_delete(predicate=f"s.`{op}` = 'delete'")
+        .when_not_matched_insert(
+            updates={c: f"s.`{c}`" for c in new.column_names}, predicate=f"s.`{op}` = 'insert'"
+        )
+        .execute()
+    )
+    return int(metrics["num_target_rows_inserted"])
+
+
+@dataclass(frozen=True)
+class Rekeyed:
+    versions: dict[str, int | None]  # tables rewritten → their version
+    entries: list[Entry]  # one 'rekey' entry per rewritten table: rows in = out + merged
+    events: pa.Table  # EVENTS: one 'rekey' event per (table, absorbed person)
+
+
+def rekey(
+    lake: Lake,
+    *,
+    run_id: str,
+    key: bytes,
+    max_shift_days: int,
+    tables: Sequence[str],
+    now: datetime,
+) -> Rekeyed:
+    """Silver rows still under a person a merge absorbed move to the survivor (:func:`remap`:
+    key and dates), table by table, one transaction each; the events are written here.
+
+    Every merge ever recorded is applied, not only this run's: a re-key interrupted in an earlier
+    run is finished now, and re-running changes nothing (no row is left under an absorbed key).
+    """
+    moves = absorbed_persons(lake.read(PERSON_EVENTS.name))
+    versions: dict[str, int | None] = {}
+    entries: list[Entry] = []
+    events: list[dict[str, Any]] = []
+    if not moves:
+        return Rekeyed(versions, entries, EVENTS.empty_table())
+    wanted = pa.array(sorted(moves), pa.string())
+    for name in tables:
+        spec = TABLES[name]
+        if "person_key" not in spec.schema.names or not lake.exists(name):
+            continue
+        old = lake.read(name, filter=pc.field("person_key").cast(pa.string()).isin(wanted))
+        if old.num_rows == 0:
+            continue
+        new = remap(old, moves, key=key, max_shift_days=max_shift_days)
+        kept = replace_rows(lake, spec, old, new)
+        versions[name] = lake.version(name)
+        entries.append(
+            Entry(
+                stage="rekey",
+                table_name=name,
+                records_in=old.num_rows,
+                records_out=kept,
+                merged=old.num_rows - kept,
+            )
+        )
+        for absorbed in sorted(set(old.column("person_key").cast(pa.string()).to_pylist())):
+            events.append(
+                {
+                    "event_id": f"{run_id}:rekey:{name}:{absorbed}",
+                    "run_id": run_id,
+                    "event": "rekey",
+                    "person_key": moves[absorbed],
+                    "from_person_key": absorbed,
+                    "source_key": None,
+                    "recorded_at": now,
+                }
+            )
+    done = pa.Table.from_pylist(events, schema=EVENTS)
+    lake.insert_new(PERSON_EVENTS.name, done)
+    log.info(
+        "rekey: %d silver rows of %d absorbed persons moved",
+        sum(e.records_in for e in entries),
+        len(moves),
+    )
+    return Rekeyed(versions, entries, done)
