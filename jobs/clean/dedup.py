@@ -18,6 +18,22 @@ Three pure steps and one persistent table:
    records are re-pointed and a ``merge`` event names both keys. Nothing is split automatically:
    a link found once is kept (a steward's correction would be a ``split`` event).
 
+Earlier runs: a second registration may arrive runs after its first, alone. Each run therefore
+links its records together with the identities of every record the crosswalk already knows
+(``prior``, as *anchors*: scored like the rest, but links between two anchors are dropped, since
+earlier runs decided them). Those identities exist only in the encrypted vault, so the clean
+stage decrypts them (:func:`medlake.governance.vault.linkage_identities`: in memory, never
+written, audited once per run as ``vault.link`` with counts only). The alternative, a lake table
+of keyed non-reversible features (HMACs of normalized name tokens, birth date, phone, ZIP), was
+rejected: an HMAC only compares equal or not, so every comparison level that makes this model
+work (Jaro-Winkler and edit distance on names, one-typo birth dates, the nickname table, same
+last 7 phone digits, same ZIP3) would be lost for prior records, and a second registration with
+a typo, the very case to catch, would be missed; similarity-preserving encodings (Bloom-filter
+PPRL) are re-identifiable by frequency attacks on exactly this kind of small-alphabet data.
+
+Merges re-key earlier rows: :func:`rekey` moves every silver row still under an absorbed person
+to the survivor (key and date shift, :func:`remap`), one MERGE per table, after the gate.
+
 Model: the m probabilities are documented priors (:data:`M_PRIORS`, what fraction of true
 duplicates fall in each level); the u probabilities are estimated by random sampling (fallback:
 :data:`U_PRIORS` when a level is never seen, e.g. in a 50-patient sample); with at least

@@ -396,6 +396,74 @@ def test_survivorship_picks_one_row_per_person_by_documented_rules() -> None:
     assert persons["q"]["gender"] == "unknown"  # weak, but all there is
 
 
+def test_rekey_replaces_rows_whose_key_holds_the_person_and_a_survivor_row_wins_a_collision(
+    tmp_path: Path,
+) -> None:
+    """silver.vitals_1min is keyed by person and bucket: both move, so the old keys are deleted
+    and the new ones inserted in one MERGE; a bucket the survivor already has keeps its row."""
+    from medlake.registry import SILVER_VITALS_1MIN
+
+    lake = Lake(tmp_path)
+    delta = date_shift_days(KEY, "S", max_days=365) - date_shift_days(KEY, "A", max_days=365)
+    t0 = datetime(2024, 1, 1, 8, 0, tzinfo=UTC)
+
+    def bucket(person: str, start: datetime, mean: float) -> dict[str, Any]:
+        return {
+            "person_key": person,
+            "device_id": "dev",
+            "code": "8867-4",
+            "value_unit": "/min",
+            "bucket_start": start,
+            "value_mean": mean,
+            "sample_count": 1,
+            "filled": False,
+            "_record_hash": f"h{person}{mean}",
+            "_source_kind": "vitals",
+            "_run_id": "r1",
+        }
+
+    rows = [
+        bucket("A", t0, 60.0),
+        bucket("A", t0 + timedelta(minutes=1), 61.0),
+        bucket("S", t0 + timedelta(days=delta), 70.0),  # where A's first bucket lands
+    ]
+    lake.write(SILVER_VITALS_1MIN.name, pa.Table.from_pylist(rows), mode="append")
+    merge = {"event_id": "r2:merge:S:A", "run_id": "r2", "event": "merge", "person_key": "S"}
+    lake.insert_new(
+        PERSON_EVENTS.name,
+        pa.Table.from_pylist([{**merge, "from_person_key": "A", "recorded_at": T0}]),
+    )
+    done = dedup.rekey(
+        lake, run_id="r2", key=KEY, max_shift_days=365, tables=[SILVER_VITALS_1MIN.name], now=T0
+    )
+    after = sorted(
+        (r["person_key"], r["bucket_start"], r["value_mean"])
+        for r in lake.read(SILVER_VITALS_1MIN.name).to_pylist()
+    )
+    assert after == [
+        ("S", t0 + timedelta(days=delta), 70.0),
+        ("S", t0 + timedelta(days=delta, minutes=1), 61.0),
+    ]
+    [entry] = done.entries
+    assert (entry.records_in, entry.records_out, entry.merged) == (2, 1, 1) and entry.balanced
+    assert [(e["event"], e["from_person_key"]) for e in done.events.to_pylist()] == [("rekey", "A")]
+    again = dedup.rekey(
+        lake, run_id="r2", key=KEY, max_shift_days=365, tables=[SILVER_VITALS_1MIN.name], now=T0
+    )
+    assert again.entries == [] and lake.count(SILVER_VITALS_1MIN.name) == 2
+
+
+def test_absorbed_persons_follow_merge_chains() -> None:
+    events = pa.table(
+        {
+            "event": ["merge", "join", "merge"],
+            "person_key": ["B", "B", "C"],
+            "from_person_key": ["A", None, "B"],
+        }
+    )
+    assert dedup.absorbed_persons(events) == {"A": "C", "B": "C"}
+
+
 # -- the sample hospital, end to end -----------------------------------------------------------
 
 
