@@ -45,6 +45,8 @@ from medlake.registry import (
     QUARANTINE,
     SILVER_NOTES,
     SILVER_PATIENT_LINKS,
+    SILVER_PATIENTS,
+    SILVER_PERSONS,
     staging_name,
 )
 from medlake.summary import write_drift
@@ -160,7 +162,8 @@ def clean(
     Entity resolution (``jobs/clean/dedup.py``) then links this run's patient records into persons
     (same MRN, or a Splink match: a second registration under another MRN), keeps the crosswalk
     ``reference.person_crosswalk`` stable, and every staging row takes its person's key, its
-    dates re-shifted by that person's offset; the links go to ``staging.patient_links``.
+    dates re-shifted by that person's offset; the links go to ``staging.patient_links``, and
+    the survivorship of every person this run touched (one row per person) to ``staging.persons``.
     """
     bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
     drift = fhir.unread_elements(bronze)  # new extensions, unexpected elements: kept, reported
@@ -253,6 +256,14 @@ def clean(
         versions[staging_name(spec.name)] = lake.write(
             staging_name(spec.name), rows, mode="overwrite", spec=spec
         )
+        if spec is SILVER_PATIENTS:  # survivorship: one row per person touched in this run
+            persons, survived = dedup.persons(
+                lake, rows, run_id=run_id, key=key, max_shift_days=max_shift_days
+            )
+            versions[staging_name(SILVER_PERSONS.name)] = lake.write(
+                staging_name(SILVER_PERSONS.name), persons, mode="overwrite", spec=SILVER_PERSONS
+            )
+            entries.append(survived)
     notes = fhir.notes_from_bronze(bronze, key=key, max_shift_days=max_shift_days, aliases=aliases)
     lake.insert_new(QUARANTINE.name, stamp_run(notes.quarantined, run_id))
     entries.append(
@@ -353,7 +364,9 @@ def rekey_silver(lake: Lake, *, run_id: str, key: bytes, max_shift_days: int) ->
     if not done.entries:
         return StageResult({}, [])
     entries = ledger.record(lake, run_id, done.entries)
-    return StageResult({**done.versions, PERSON_EVENTS.name: lake.version(PERSON_EVENTS.name)}, entries)
+    return StageResult(
+        {**done.versions, PERSON_EVENTS.name: lake.version(PERSON_EVENTS.name)}, entries
+    )
 
 
 def release_resolved(lake: Lake, *, run_id: str) -> list[Entry]:

@@ -49,6 +49,7 @@ name is never linked by Splink (an MRN still links it).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import unicodedata
@@ -62,13 +63,14 @@ import pyarrow.compute as pc
 
 from medlake.governance.deid import date_shift_days
 from medlake.jobs.clean import config
-from medlake.lake import Lake
+from medlake.lake import Lake, conform
 from medlake.ledger import Entry
 from medlake.registry import (
     PERSON_CROSSWALK,
     PERSON_EVENTS,
     SILVER_PATIENT_LINKS,
     SILVER_PATIENTS,
+    SILVER_PERSONS,
     TABLES,
     TableSpec,
 )
@@ -673,23 +675,8 @@ def links_rows(
 # ---------------------------------------------------------------------------------------------
 # 5. survivorship: one row per person from its patient records
 
-PERSONS = pa.schema(
-    [
-        pa.field("person_key", pa.string(), nullable=False),
-        pa.field("gender", pa.string()),
-        pa.field("birth_date", pa.date32()),
-        pa.field("deceased", pa.bool_()),
-        pa.field("deceased_date", pa.date32()),
-        pa.field("zip3", pa.string()),
-        pa.field("state", pa.string()),
-        pa.field("country", pa.string()),
-        pa.field("marital_status", pa.string()),
-        pa.field("race", pa.string()),
-        pa.field("ethnicity", pa.string()),
-        pa.field("language", pa.string()),
-        pa.field("records", pa.int64(), nullable=False),
-    ]
-)
+#: a survivorship row: silver.persons without its lineage columns
+PERSONS = pa.schema(f for f in SILVER_PERSONS.schema if not f.name.startswith("_"))
 #: fields the most recent record that has any of them supplies together (one address)
 ADDRESS_FIELDS = ("zip3", "state", "country")
 #: fields the most recent non-null value wins
@@ -753,6 +740,76 @@ def survivors(patients: pa.Table, first_seen: Mapping[str, datetime] | None = No
             }
         )
     return pa.Table.from_pylist(out, schema=PERSONS)
+
+
+def persons(
+    lake: Lake, patients: pa.Table, *, run_id: str, key: bytes, max_shift_days: int
+) -> tuple[pa.Table, Entry]:
+    """``silver.persons`` rows for every person this run's (resolved) patient rows belong to, and
+    the ledger entry (``survive``: patient records in = persons out + records merged).
+
+    A person's records are this run's rows plus its earlier silver.patients rows, those still
+    under a person a merge absorbed included (moved to the survivor first, dates too: the re-key
+    of silver happens after the gate); a record of this run replaces its earlier version. Record
+    ages come from the crosswalk's ``first_seen_at``.
+    """
+    moves = absorbed_persons(lake.read(PERSON_EVENTS.name))
+    touched = set(patients.column("person_key").to_pylist())
+    wanted = sorted(touched | {a for a, s in moves.items() if s in touched})
+    earlier = lake.read(
+        SILVER_PATIENTS.name,
+        filter=pc.field("person_key").cast(pa.string()).isin(pa.array(wanted, pa.string())),
+    )
+    earlier = earlier.filter(
+        pc.invert(
+            pc.is_in(earlier.column("source_key").cast(pa.string()), patients.column("source_key"))
+        )
+    )
+    columns = [*PERSONS.names[:-1], "source_key", "_record_hash"]
+    records = pa.concat_tables(
+        [
+            _plain(remap(earlier, moves, key=key, max_shift_days=max_shift_days)).select(columns),
+            conform(patients, SILVER_PATIENTS.schema).select(columns),
+        ]
+    )
+    crosswalk = lake.read(PERSON_CROSSWALK.name, columns=["source_key", "first_seen_at"])
+    first_seen = dict(
+        zip(
+            crosswalk.column("source_key").to_pylist(),
+            crosswalk.column("first_seen_at").to_pylist(),
+            strict=True,
+        )
+    )
+    survived = survivors(records, first_seen)
+    hashes: dict[str, list[str]] = {}
+    for person, record_hash in zip(
+        records.column("person_key").to_pylist(),
+        records.column("_record_hash").to_pylist(),
+        strict=True,
+    ):
+        hashes.setdefault(person, []).append(record_hash)
+    digest = [
+        hashlib.sha256("\x1f".join(sorted(hashes[p])).encode()).hexdigest()[:32]
+        for p in survived.column("person_key").to_pylist()
+    ]
+    rows = (
+        survived.append_column(SILVER_PERSONS.schema.field("_record_hash"), pa.array(digest))
+        .append_column(
+            SILVER_PERSONS.schema.field("_source_kind"),
+            pa.array(["resolution"] * survived.num_rows, pa.string()),
+        )
+        .append_column(
+            SILVER_PERSONS.schema.field("_run_id"), pa.array([run_id] * survived.num_rows)
+        )
+    )
+    entry = Entry(
+        stage="survive",
+        table_name=SILVER_PERSONS.name,
+        records_in=records.num_rows,
+        records_out=rows.num_rows,
+        merged=records.num_rows - rows.num_rows,
+    )
+    return rows, entry
 
 
 # ---------------------------------------------------------------------------------------------

@@ -765,6 +765,19 @@ def test_a_merge_in_a_later_run_rekeys_earlier_silver_rows_and_keeps_their_inter
         ledger["silver.encounters"]["records_in"] == ledger["silver.encounters"]["records_out"] == 1
     )
     assert ledger["silver.observations"]["records_in"] == 1
+    # survivorship: one silver.persons row per person, over both runs' records
+    rows = lake.read("silver.persons").to_pylist()
+    by_person = {r["person_key"]: r for r in rows}
+    assert len(by_person) == len(rows) == len(set(crosswalk(lake).values()))
+    assert by_person[survivor]["records"] == 2
+    births = {
+        r["birth_date"]
+        for r in lake.read("silver.patients").to_pylist()
+        if r["person_key"] == survivor
+    }
+    assert births == {by_person[survivor]["birth_date"]}  # one true birth date, one shift
+    assert by_person[person(lake, "rob-1")]["records"] == 2
+    assert by_person[person(lake, "olivia")]["records"] == 1
     # idempotent: a second re-key finds nothing left to move
     again = pipeline.rekey_silver(lake, run_id="run2", key=KEY, max_shift_days=365)
     assert again.entries == []
