@@ -239,8 +239,8 @@ def clean(
                     run_id=run_id,
                     skip={i["source_key"] for i in identities},
                 )
-                if keyring is not None and audit_key is not None
-                else []
+                if keyring is not None and audit_key is not None and rows.num_rows
+                else []  # no patient record in this run: nothing to link, nothing decrypted
             )
             resolved = dedup.resolve(
                 lake, identities, rows, run_id=run_id, now=datetime.now(UTC), prior=prior
@@ -257,13 +257,12 @@ def clean(
             staging_name(spec.name), rows, mode="overwrite", spec=spec
         )
         if spec is SILVER_PATIENTS:  # survivorship: one row per person touched in this run
-            persons, survived = dedup.persons(
+            persons = dedup.persons(
                 lake, rows, run_id=run_id, key=key, max_shift_days=max_shift_days
             )
             versions[staging_name(SILVER_PERSONS.name)] = lake.write(
                 staging_name(SILVER_PERSONS.name), persons, mode="overwrite", spec=SILVER_PERSONS
             )
-            entries.append(survived)
     notes = fhir.notes_from_bronze(bronze, key=key, max_shift_days=max_shift_days, aliases=aliases)
     lake.insert_new(QUARANTINE.name, stamp_run(notes.quarantined, run_id))
     entries.append(

@@ -744,14 +744,14 @@ def survivors(patients: pa.Table, first_seen: Mapping[str, datetime] | None = No
 
 def persons(
     lake: Lake, patients: pa.Table, *, run_id: str, key: bytes, max_shift_days: int
-) -> tuple[pa.Table, Entry]:
-    """``silver.persons`` rows for every person this run's (resolved) patient rows belong to, and
-    the ledger entry (``survive``: patient records in = persons out + records merged).
+) -> pa.Table:
+    """``silver.persons`` rows for every person this run's (resolved) patient rows belong to.
 
     A person's records are this run's rows plus its earlier silver.patients rows, those still
     under a person a merge absorbed included (moved to the survivor first, dates too: the re-key
     of silver happens after the gate); a record of this run replaces its earlier version. Record
-    ages come from the crosswalk's ``first_seen_at``.
+    ages come from the crosswalk's ``first_seen_at``. No ledger entry of its own: a person row
+    is derived from patient records, which the ``resolve`` entry already accounts for.
     """
     moves = absorbed_persons(lake.read(PERSON_EVENTS.name))
     touched = set(patients.column("person_key").to_pylist())
@@ -792,24 +792,19 @@ def persons(
         hashlib.sha256("\x1f".join(sorted(hashes[p])).encode()).hexdigest()[:32]
         for p in survived.column("person_key").to_pylist()
     ]
-    rows = (
-        survived.append_column(SILVER_PERSONS.schema.field("_record_hash"), pa.array(digest))
+    return (
+        survived.append_column(
+            SILVER_PERSONS.schema.field("_record_hash"), pa.array(digest, pa.string())
+        )
         .append_column(
             SILVER_PERSONS.schema.field("_source_kind"),
             pa.array(["resolution"] * survived.num_rows, pa.string()),
         )
         .append_column(
-            SILVER_PERSONS.schema.field("_run_id"), pa.array([run_id] * survived.num_rows)
+            SILVER_PERSONS.schema.field("_run_id"),
+            pa.array([run_id] * survived.num_rows, pa.string()),
         )
     )
-    entry = Entry(
-        stage="survive",
-        table_name=SILVER_PERSONS.name,
-        records_in=records.num_rows,
-        records_out=rows.num_rows,
-        merged=records.num_rows - rows.num_rows,
-    )
-    return rows, entry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -863,7 +858,7 @@ def resolve(
     )
     anchors = [
         {**i, "person_key": prelink_of[i["source_key"]]}
-        for i in prior
+        for i in (prior if kept else ())  # nothing of this run to link: no anchors needed
         if i["source_key"] in prelink_of and i["source_key"] not in staged
     ]
     if anchors and lake.exists(SILVER_PATIENTS.name):

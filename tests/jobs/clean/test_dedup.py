@@ -19,7 +19,13 @@ from medlake.jobs import pipeline
 from medlake.jobs.clean import dedup
 from medlake.jobs.ingest import fhir
 from medlake.lake import Lake
-from medlake.registry import PERSON_CROSSWALK, PERSON_EVENTS, SILVER_PATIENTS, staging_name
+from medlake.registry import (
+    PERSON_CROSSWALK,
+    PERSON_EVENTS,
+    SILVER_PATIENTS,
+    SILVER_PERSONS,
+    staging_name,
+)
 from medlake.sample import generate
 
 KEY = b"test-project-key"
@@ -781,3 +787,10 @@ def test_a_merge_in_a_later_run_rekeys_earlier_silver_rows_and_keeps_their_inter
     # idempotent: a second re-key finds nothing left to move
     again = pipeline.rekey_silver(lake, run_id="run2", key=KEY, max_shift_days=365)
     assert again.entries == []
+
+
+def test_a_run_without_patient_records_stages_no_persons(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    empty = SILVER_PATIENTS.schema.empty_table()
+    rows = dedup.persons(lake, empty, run_id="r", key=KEY, max_shift_days=365)
+    assert rows.num_rows == 0 and rows.schema.names == list(SILVER_PERSONS.schema.names)
