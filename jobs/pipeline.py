@@ -499,7 +499,8 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
             key=project_key(settings),
             max_shift_days=settings.deid.date_shift_max_days,
         )
-        entries += rekeyed.entries
+        # before the gate's: an output's ledger facet is the last entry of its table (the gate's)
+        entries = [*rekeyed.entries, *entries]
         result = StageResult(
             {name: target.version(name) for name in SILVER_TABLES} | rekeyed.versions, entries
         )
