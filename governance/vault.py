@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -228,6 +228,56 @@ def reidentify(
         raise exc from None
     record("vault.reidentify", outcome="ok", records=len(found))
     return {"person_key": person_key, "records": found}
+
+
+def linkage_identities(
+    lake: Lake,
+    *,
+    keyring: Keyring,
+    audit_key: bytes,
+    run_id: str,
+    skip: Collection[str] = (),
+) -> list[dict[str, Any]]:
+    """Every stored identity but those of ``skip`` (source keys), decrypted for entity resolution.
+
+    A system action of the clean stage only (``jobs.clean.dedup``): the identities stay in
+    memory, never leave the stage and are never returned to a user. Every call that decrypts is audited
+    once, as ``vault.link`` with counts only (never an identity), after decryption succeeded or failed.
+    Each identity comes back as stored, with its ``person_key`` and ``source_key``.
+    """
+    skipped = set(skip)
+    rows = [r for r in _rows(lake) if r["source_key"] not in skipped]
+    if not rows:
+        return []  # nothing decrypted, nothing to audit
+
+    def record(outcome: str, records: int) -> None:
+        audit.append(
+            lake,
+            key=audit_key,
+            actor="medlake_pipeline",
+            role="system",
+            action="vault.link",
+            object=TABLE,
+            run_id=run_id,
+            purpose="entity_resolution",
+            details={
+                "outcome": outcome,
+                "records": records,
+                "persons": len({r["person_key"] for r in rows}),
+            },
+        )
+
+    try:
+        keyring = keyring.refreshed()
+        found = [
+            {**json.loads(_open(row, keyring)), "person_key": row["person_key"], "source_key": row["source_key"]}
+            for row in rows
+        ]
+    except (VaultKeyError, KeyringError) as exc:
+        record("key_error", 0)
+        raise VaultKeyError(f"the vault cannot be read for linkage: {exc}") from None
+    record("ok", len(found))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ from medlake.registry import (
     QUARANTINE,
     SILVER_NOTES,
     SILVER_PATIENT_LINKS,
+    SILVER_PATIENTS,
+    SILVER_PERSONS,
     staging_name,
 )
 from medlake.summary import write_drift
@@ -63,6 +65,12 @@ PARSED_KINDS = ("fhir", "hl7v2", *SOURCES)
 SILVER_TABLES = registry.SILVER_TABLES
 #: tables every stage writes besides its own, at their version after the stage (lineage outputs)
 BOOKKEEPING: dict[str, int | None] = {QUARANTINE.name: None, LEDGER.name: None}
+#: tables entity resolution writes in clean (lineage outputs of the clean task, version after it)
+RESOLUTION: dict[str, int | None] = {
+    registry.PERSON_CROSSWALK.name: None,
+    registry.PERSON_EVENTS.name: None,
+    staging_name(SILVER_PATIENT_LINKS.name): None,
+}
 
 
 def source_module(kind: str) -> ModuleType:
@@ -131,6 +139,7 @@ def clean(
     key: bytes,
     max_shift_days: int,
     keyring: Keyring | None = None,
+    audit_key: bytes | None = None,
     bronze_version: int | None = None,
     hl7v2_version: int | None = None,
     concept_maps_version: int | None = None,
@@ -140,7 +149,9 @@ def clean(
     """This run's bronze rows → validated, pseudonymized, date-shifted, standardized rows in staging,
     awaiting the gate.
 
-    With a ``keyring``, the identities stripped from patients go encrypted into the vault first.
+    With a ``keyring``, the identities stripped from patients go encrypted into the vault first,
+    and the identities of earlier runs are decrypted from it (in memory, audited once as
+    ``vault.link`` under ``audit_key``) so this run's records link to earlier runs' persons.
     Standardization (codes mapped and checked, units made canonical, impossible values refused)
     works on flattened rows, so it has its own ledger entry per table, counted in rows
     (``standardize``: rows in = rows out + rows quarantined). ``on_unmapped`` per silver table,
@@ -154,7 +165,8 @@ def clean(
     Entity resolution (``jobs/clean/dedup.py``) then links this run's patient records into persons
     (same MRN, or a Splink match: a second registration under another MRN), keeps the crosswalk
     ``reference.person_crosswalk`` stable, and every staging row takes its person's key, its
-    dates re-shifted by that person's offset; the links go to ``staging.patient_links``.
+    dates re-shifted by that person's offset; the links go to ``staging.patient_links``, and
+    the survivorship of every person this run touched (one row per person) to ``staging.persons``.
     """
     bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
     drift = fhir.unread_elements(bronze)  # new extensions, unexpected elements: kept, reported
@@ -222,7 +234,20 @@ def clean(
             )
             rows = standard.good
         if resolved is None:
-            resolved = dedup.resolve(lake, identities, rows, run_id=run_id, now=datetime.now(UTC))
+            prior = (
+                vault.linkage_identities(
+                    lake,
+                    keyring=keyring,
+                    audit_key=audit_key,
+                    run_id=run_id,
+                    skip={i["source_key"] for i in identities},
+                )
+                if keyring is not None and audit_key is not None and rows.num_rows
+                else []  # no patient record in this run: nothing to link, nothing decrypted
+            )
+            resolved = dedup.resolve(
+                lake, identities, rows, run_id=run_id, now=datetime.now(UTC), prior=prior
+            )
             if keyring is not None:  # the vault keys identities by the resolved person
                 person = resolved.person_of
                 stored = [
@@ -234,6 +259,13 @@ def clean(
         versions[staging_name(spec.name)] = lake.write(
             staging_name(spec.name), rows, mode="overwrite", spec=spec
         )
+        if spec is SILVER_PATIENTS:  # survivorship: one row per person touched in this run
+            persons = dedup.persons(
+                lake, rows, run_id=run_id, key=key, max_shift_days=max_shift_days
+            )
+            versions[staging_name(SILVER_PERSONS.name)] = lake.write(
+                staging_name(SILVER_PERSONS.name), persons, mode="overwrite", spec=SILVER_PERSONS
+            )
     notes = fhir.notes_from_bronze(bronze, key=key, max_shift_days=max_shift_days, aliases=aliases)
     lake.insert_new(QUARANTINE.name, stamp_run(notes.quarantined, run_id))
     entries.append(
@@ -378,6 +410,29 @@ def rekey_sources(
     return written
 
 
+def rekey_silver(lake: Lake, *, run_id: str, key: bytes, max_shift_days: int) -> StageResult:
+    """Silver rows of earlier runs still under a person a merge absorbed move to the surviving
+    person (key and date shift), one Delta transaction per table (:func:`dedup.rekey`); a
+    ``rekey`` ledger entry per table rewritten and ``rekey`` events in reference.person_events.
+    Runs after promotion, so the gate's rows are final; idempotent."""
+    from medlake.registry import PERSON_EVENTS
+
+    done = dedup.rekey(
+        lake,
+        run_id=run_id,
+        key=key,
+        max_shift_days=max_shift_days,
+        tables=SILVER_TABLES,
+        now=datetime.now(UTC),
+    )
+    if not done.entries:
+        return StageResult({}, [])
+    entries = ledger.record(lake, run_id, done.entries)
+    return StageResult(
+        {**done.versions, PERSON_EVENTS.name: lake.version(PERSON_EVENTS.name)}, entries
+    )
+
+
 def release_resolved(lake: Lake, *, run_id: str) -> list[Entry]:
     """Records a data steward accepted or corrected since the last run re-enter silver now."""
     from medlake.jobs import review
@@ -461,6 +516,7 @@ def task_clean(
             key=key,
             max_shift_days=max_shift_days,
             keyring=vault.vault_keyring(settings, create=settings.env == "local"),
+            audit_key=audit_key(settings),
             bronze_version=bronze_version,
             hl7v2_version=hl7v2_version,
             viewed=[t.view.resource for t in extra.values()],
@@ -485,7 +541,8 @@ def task_clean(
         rekeyed = rekey_sources(target, sources, key=key, max_shift_days=max_shift_days)
         result = StageResult.merge([result, *sources, StageResult(rekeyed, [])])
         run.complete(
-            outputs={**result.versions, **BOOKKEEPING, "vault": None}, ledger=result.entries
+            outputs={**result.versions, **BOOKKEEPING, **RESOLUTION, "vault": None},
+            ledger=result.entries,
         )
     return result.as_xcom()
 
@@ -517,7 +574,17 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
             if data_docs.index_path(target).is_file():
                 log.info("gate: Data Docs at %s", data_docs.index_path(target))
         entries += release_resolved(target, run_id=run_id)
-        result = StageResult({name: target.version(name) for name in tables}, entries)
+        rekeyed = rekey_silver(
+            target,
+            run_id=run_id,
+            key=project_key(settings),
+            max_shift_days=settings.deid.date_shift_max_days,
+        )
+        # before the gate's: an output's ledger facet is the last entry of its table (the gate's)
+        entries = [*rekeyed.entries, *entries]
+        result = StageResult(
+            {name: target.version(name) for name in tables} | rekeyed.versions, entries
+        )
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=entries)
     return result.as_xcom()
 

@@ -541,6 +541,31 @@ SILVER_PATIENT_LINKS = TableSpec(
     ),
 )
 
+SILVER_PERSONS = TableSpec(
+    name="silver.persons",
+    schema=_schema(
+        _f("person_key", nullable=False),
+        _f("gender"),
+        _f("birth_date", pa.date32()),  # shifted by the person's offset
+        _f("deceased", pa.bool_()),
+        _f("deceased_date", pa.date32()),
+        _f("zip3"),
+        _f("state"),
+        _f("country"),
+        _f("marital_status"),
+        _f("race"),
+        _f("ethnicity"),
+        _f("language"),
+        _f("records", pa.int64(), nullable=False),  # patient records (source keys) of the person
+    ),
+    key=("person_key",),
+    description=(
+        "One row per person: the survivorship of its silver.patients records "
+        "(jobs/clean/dedup.py survivors: most frequent gender and birth date, the newest address "
+        "as a whole, the newest non-null of the rest). _record_hash digests the records' hashes."
+    ),
+)
+
 PERSON_CROSSWALK = TableSpec(
     name="reference.person_crosswalk",
     schema=pa.schema(
@@ -654,6 +679,7 @@ TABLES: dict[str, TableSpec] = {
         BRONZE_VCF_HEADERS,
         SILVER_VARIANTS,
         SILVER_PATIENT_LINKS,
+        SILVER_PERSONS,
         PERSON_CROSSWALK,
         PERSON_EVENTS,
         QUARANTINE,

@@ -18,6 +18,22 @@ Three pure steps and one persistent table:
    records are re-pointed and a ``merge`` event names both keys. Nothing is split automatically:
    a link found once is kept (a steward's correction would be a ``split`` event).
 
+Earlier runs: a second registration may arrive runs after its first, alone. Each run therefore
+links its records together with the identities of every record the crosswalk already knows
+(``prior``, as *anchors*: scored like the rest, but links between two anchors are dropped, since
+earlier runs decided them). Those identities exist only in the encrypted vault, so the clean
+stage decrypts them (:func:`medlake.governance.vault.linkage_identities`: in memory, never
+written, audited once per run as ``vault.link`` with counts only). The alternative, a lake table
+of keyed non-reversible features (HMACs of normalized name tokens, birth date, phone, ZIP), was
+rejected: an HMAC only compares equal or not, so every comparison level that makes this model
+work (Jaro-Winkler and edit distance on names, one-typo birth dates, the nickname table, same
+last 7 phone digits, same ZIP3) would be lost for prior records, and a second registration with
+a typo, the very case to catch, would be missed; similarity-preserving encodings (Bloom-filter
+PPRL) are re-identifiable by frequency attacks on exactly this kind of small-alphabet data.
+
+Merges re-key earlier rows: :func:`rekey` moves every silver row still under an absorbed person
+to the survivor (key and date shift, :func:`remap`), one MERGE per table, after the gate.
+
 Model: the m probabilities are documented priors (:data:`M_PRIORS`, what fraction of true
 duplicates fall in each level); the u probabilities are estimated by random sampling (fallback:
 :data:`U_PRIORS` when a level is never seen, e.g. in a 50-patient sample); with at least
@@ -33,10 +49,11 @@ name is never linked by Splink (an MRN still links it).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,9 +63,17 @@ import pyarrow.compute as pc
 
 from medlake.governance.deid import date_shift_days
 from medlake.jobs.clean import config
-from medlake.lake import Lake
+from medlake.lake import Lake, conform
 from medlake.ledger import Entry
-from medlake.registry import PERSON_CROSSWALK, PERSON_EVENTS, SILVER_PATIENT_LINKS, SILVER_PATIENTS
+from medlake.registry import (
+    PERSON_CROSSWALK,
+    PERSON_EVENTS,
+    SILVER_PATIENT_LINKS,
+    SILVER_PATIENTS,
+    SILVER_PERSONS,
+    TABLES,
+    TableSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +398,24 @@ def _prelink_pairs(records: pa.Table) -> pa.Table:
     )
 
 
+def _anchored(links: pa.Table, anchors: set[str]) -> pa.Table:
+    """The links with at least one record of this run, an anchor (earlier run) on the left."""
+    left = links.column("source_key_l").to_pylist()
+    right = links.column("source_key_r").to_pylist()
+    keep = [not (a in anchors and b in anchors) for a, b in zip(left, right, strict=True)]
+    swap = [b in anchors and a not in anchors for a, b in zip(left, right, strict=True)]
+    swapped = links.set_column(
+        0,
+        LINKS.field("source_key_l"),
+        pa.array([b if s else a for a, b, s in zip(left, right, swap, strict=True)], pa.string()),
+    ).set_column(
+        1,
+        LINKS.field("source_key_r"),
+        pa.array([a if s else b for a, b, s in zip(left, right, swap, strict=True)], pa.string()),
+    )
+    return swapped.filter(pa.array(keep, pa.bool_()))
+
+
 def _components(nodes: Iterable[str], edges: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Node → the smallest node of its connected component (union-find)."""
     parent = {node: node for node in nodes}
@@ -390,13 +433,20 @@ def _components(nodes: Iterable[str], edges: Iterable[tuple[str, str]]) -> dict[
     return {node: root(node) for node in parent}
 
 
-def link(records: pa.Table, options: LinkOptions = LinkOptions()) -> Linkage:
+def link(
+    records: pa.Table, options: LinkOptions = LinkOptions(), *, anchors: Collection[str] = ()
+) -> Linkage:
     """:data:`FEATURES` rows → links at ``options.threshold`` and one cluster per real person.
 
+    ``anchors``: source keys of records resolved by earlier runs. They are scored like the rest,
+    but a link between two anchors is dropped (earlier runs decided it), and every kept link
+    involving an anchor has it on the left: the right-hand record is always one of this run.
     Splink needs at least two records; with fewer only the deterministic links exist.
     """
     splink = _splink_pairs(records, options) if records.num_rows >= 2 else LINKS.empty_table()
     prelinked = _prelink_pairs(records)
+    if anchors:
+        splink, prelinked = (_anchored(t, set(anchors)) for t in (splink, prelinked))
     prelink = dict(
         zip(
             records.column("source_key").to_pylist(),
@@ -625,23 +675,8 @@ def links_rows(
 # ---------------------------------------------------------------------------------------------
 # 5. survivorship: one row per person from its patient records
 
-PERSONS = pa.schema(
-    [
-        pa.field("person_key", pa.string(), nullable=False),
-        pa.field("gender", pa.string()),
-        pa.field("birth_date", pa.date32()),
-        pa.field("deceased", pa.bool_()),
-        pa.field("deceased_date", pa.date32()),
-        pa.field("zip3", pa.string()),
-        pa.field("state", pa.string()),
-        pa.field("country", pa.string()),
-        pa.field("marital_status", pa.string()),
-        pa.field("race", pa.string()),
-        pa.field("ethnicity", pa.string()),
-        pa.field("language", pa.string()),
-        pa.field("records", pa.int64(), nullable=False),
-    ]
-)
+#: a survivorship row: silver.persons without its lineage columns
+PERSONS = pa.schema(f for f in SILVER_PERSONS.schema if not f.name.startswith("_"))
 #: fields the most recent record that has any of them supplies together (one address)
 ADDRESS_FIELDS = ("zip3", "state", "country")
 #: fields the most recent non-null value wins
@@ -707,6 +742,71 @@ def survivors(patients: pa.Table, first_seen: Mapping[str, datetime] | None = No
     return pa.Table.from_pylist(out, schema=PERSONS)
 
 
+def persons(
+    lake: Lake, patients: pa.Table, *, run_id: str, key: bytes, max_shift_days: int
+) -> pa.Table:
+    """``silver.persons`` rows for every person this run's (resolved) patient rows belong to.
+
+    A person's records are this run's rows plus its earlier silver.patients rows, those still
+    under a person a merge absorbed included (moved to the survivor first, dates too: the re-key
+    of silver happens after the gate); a record of this run replaces its earlier version. Record
+    ages come from the crosswalk's ``first_seen_at``. No ledger entry of its own: a person row
+    is derived from patient records, which the ``resolve`` entry already accounts for.
+    """
+    moves = absorbed_persons(lake.read(PERSON_EVENTS.name))
+    touched = set(patients.column("person_key").to_pylist())
+    wanted = sorted(touched | {a for a, s in moves.items() if s in touched})
+    earlier = lake.read(
+        SILVER_PATIENTS.name,
+        filter=pc.field("person_key").cast(pa.string()).isin(pa.array(wanted, pa.string())),
+    )
+    earlier = earlier.filter(
+        pc.invert(
+            pc.is_in(earlier.column("source_key").cast(pa.string()), patients.column("source_key"))
+        )
+    )
+    columns = [*PERSONS.names[:-1], "source_key", "_record_hash"]
+    records = pa.concat_tables(
+        [
+            _plain(remap(earlier, moves, key=key, max_shift_days=max_shift_days)).select(columns),
+            conform(patients, SILVER_PATIENTS.schema).select(columns),
+        ]
+    )
+    crosswalk = lake.read(PERSON_CROSSWALK.name, columns=["source_key", "first_seen_at"])
+    first_seen = dict(
+        zip(
+            crosswalk.column("source_key").to_pylist(),
+            crosswalk.column("first_seen_at").to_pylist(),
+            strict=True,
+        )
+    )
+    survived = survivors(records, first_seen)
+    hashes: dict[str, list[str]] = {}
+    for person, record_hash in zip(
+        records.column("person_key").to_pylist(),
+        records.column("_record_hash").to_pylist(),
+        strict=True,
+    ):
+        hashes.setdefault(person, []).append(record_hash)
+    digest = [
+        hashlib.sha256("\x1f".join(sorted(hashes[p])).encode()).hexdigest()[:32]
+        for p in survived.column("person_key").to_pylist()
+    ]
+    return (
+        survived.append_column(
+            SILVER_PERSONS.schema.field("_record_hash"), pa.array(digest, pa.string())
+        )
+        .append_column(
+            SILVER_PERSONS.schema.field("_source_kind"),
+            pa.array(["resolution"] * survived.num_rows, pa.string()),
+        )
+        .append_column(
+            SILVER_PERSONS.schema.field("_run_id"),
+            pa.array([run_id] * survived.num_rows, pa.string()),
+        )
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # the pipeline's step
 
@@ -726,14 +826,19 @@ def resolve(
     run_id: str,
     options: LinkOptions = LinkOptions(),
     now: datetime,
+    prior: Sequence[Mapping[str, Any]] = (),
 ) -> Resolution:
-    """Link this run's patient identities, update the crosswalk and record the events.
+    """Link this run's patient identities, and each to earlier runs' persons, update the crosswalk
+    and record the events.
 
     ``patients``: this run's silver.patients rows. Only identities with a row there are linked (a
     patient record quarantined on its way to silver is not a person yet: its identity still goes
-    to the vault); their ``gender`` is the linkage's sex. The crosswalk and events tables are
-    written here (upsert / insert of new events); the links go to ``staging.patient_links``
-    through the caller, like every silver table.
+    to the vault); their ``gender`` is the linkage's sex. ``prior``: identities of earlier runs
+    (from the vault, :func:`medlake.governance.vault.linkage_identities`); those the crosswalk
+    knows take part as anchors (their prelink key from the crosswalk, their sex from
+    silver.patients), so a second registration arriving alone joins the person of its first.
+    The crosswalk and events tables are written here (upsert / insert of new events); the links
+    go to ``staging.patient_links`` through the caller, like every silver table.
     """
     staged = {
         r["source_key"]: r
@@ -743,16 +848,39 @@ def resolve(
     }
     kept = [i for i in identities if i["source_key"] in staged]
     sex = {s: r["gender"] for s, r in staged.items()}
-    linkage = link(features(kept, sex=sex), options)
-    done = assign(linkage.clusters, lake.read(PERSON_CROSSWALK.name), run_id=run_id, now=now)
+    crosswalk = lake.read(PERSON_CROSSWALK.name)
+    prelink_of = dict(
+        zip(
+            crosswalk.column("source_key").to_pylist(),
+            crosswalk.column("prelink_key").to_pylist(),
+            strict=True,
+        )
+    )
+    anchors = [
+        {**i, "person_key": prelink_of[i["source_key"]]}
+        for i in (prior if kept else ())  # nothing of this run to link: no anchors needed
+        if i["source_key"] in prelink_of and i["source_key"] not in staged
+    ]
+    if anchors and lake.exists(SILVER_PATIENTS.name):
+        earlier = lake.read(SILVER_PATIENTS.name, columns=["source_key", "gender"]).to_pylist()
+        sex = {**{r["source_key"]: r["gender"] for r in earlier}, **sex}
+    linkage = link(
+        features([*kept, *anchors], sex=sex), options, anchors={a["source_key"] for a in anchors}
+    )
+    done = assign(linkage.clusters, crosswalk, run_id=run_id, now=now)
     lake.upsert(PERSON_CROSSWALK.name, done.crosswalk)
     lake.insert_new(PERSON_EVENTS.name, done.events)
-    entry = resolve_entry(linkage.clusters, done.person_of)
+    this_run = linkage.clusters.filter(
+        pc.is_in(linkage.clusters.column("source_key"), pa.array(sorted(staged), pa.string()))
+    )
+    entry = resolve_entry(this_run, done.person_of)
     log.info(
-        "resolve: %d patient records → %d persons (%d merges with earlier persons)",
+        "resolve: %d patient records (+%d of earlier runs) → %d persons (%d merges, %d joins)",
         entry.records_in,
+        len(anchors),
         entry.records_out,
         int(pc.sum(pc.equal(done.events.column("event"), "merge")).as_py() or 0),
+        int(pc.sum(pc.equal(done.events.column("event"), "join")).as_py() or 0),
     )
     person_of_source = {
         s: done.person_of[p]
@@ -781,3 +909,155 @@ def resolve_entry(clusters: pa.Table, person_of: Mapping[str, str]) -> Entry:
         records_out=persons,
         merged=records - persons,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. re-keying earlier silver rows after a merge
+
+
+def absorbed_persons(events: pa.Table) -> dict[str, str]:
+    """Every person a ``merge`` event absorbed → the person that finally survives it (a chain
+    A → B, B → C maps A to C), from ``reference.person_events`` rows."""
+    merges = events.filter(pc.equal(events.column("event").cast(pa.string()), "merge"))
+    into = dict(
+        zip(
+            merges.column("from_person_key").cast(pa.string()).to_pylist(),
+            merges.column("person_key").cast(pa.string()).to_pylist(),
+            strict=True,
+        )
+    )
+    final = {}
+    for person, survivor in into.items():
+        seen = {person}
+        while survivor in into and survivor not in seen:  # a cycle would be a corrupt table
+            seen.add(survivor)
+            survivor = into[survivor]
+        final[person] = survivor
+    return final
+
+
+def _plain(rows: pa.Table) -> pa.Table:
+    """The rows with string_view columns (MERGE-written files) cast to string."""
+    return rows.cast(
+        pa.schema(
+            pa.field(f.name, pa.string(), f.nullable) if pa.types.is_string_view(f.type) else f
+            for f in rows.schema
+        )
+    )
+
+
+def replace_rows(lake: Lake, spec: TableSpec, old: pa.Table, new: pa.Table) -> int:
+    """Replace ``old`` rows of ``spec``'s table by their re-keyed ``new`` rows in one Delta
+    transaction (one MERGE); returns how many re-keyed rows are in the table afterwards.
+
+    When the table's key holds neither person_key nor a date (which a re-key changes), the new
+    rows update the old ones in place. Otherwise (e.g. silver.vitals_1min: person, device, code,
+    bucket) one MERGE deletes the old keys and inserts the new ones; a new key the surviving
+    person already has keeps the surviving row (the re-keyed one is counted merged).
+    """
+    table = lake.table(spec.name)
+    key = list(spec.key)
+    moving = {"person_key"} | {
+        f.name for f in spec.schema if pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)
+    }
+    on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
+    if not moving & set(key):
+        metrics = (
+            table.merge(_plain(new), predicate=on, source_alias="s", target_alias="t")
+            .when_matched_update_all()
+            .execute()
+        )
+        return int(metrics["num_target_rows_updated"])
+    op = "_rekey_op"
+    first = _plain(new).append_column("_row", pa.array(range(new.num_rows), pa.int64()))
+    first = first.filter(  # two absorbed persons' rows may land on one key: the first stays
+        pc.is_in(
+            first.column("_row"),
+            first.group_by(key, use_threads=False).aggregate([("_row", "min")]).column("_row_min"),
+        )
+    ).drop_columns(["_row"])
+    source = pa.concat_tables(
+        [
+            _plain(old).append_column(op, pa.array(["delete"] * old.num_rows, pa.string())),
+            first.append_column(op, pa.array(["insert"] * first.num_rows, pa.string())),
+        ]
+    )
+    metrics = (
+        table.merge(source, predicate=on, source_alias="s", target_alias="t")
+        .when_matched_delete(predicate=f"s.`{op}` = 'delete'")
+        .when_not_matched_insert(
+            updates={c: f"s.`{c}`" for c in new.column_names}, predicate=f"s.`{op}` = 'insert'"
+        )
+        .execute()
+    )
+    return int(metrics["num_target_rows_inserted"])
+
+
+@dataclass(frozen=True)
+class Rekeyed:
+    versions: dict[str, int | None]  # tables rewritten → their version
+    entries: list[Entry]  # one 'rekey' entry per rewritten table: rows in = out + merged
+    events: pa.Table  # EVENTS: one 'rekey' event per (table, absorbed person)
+
+
+def rekey(
+    lake: Lake,
+    *,
+    run_id: str,
+    key: bytes,
+    max_shift_days: int,
+    tables: Sequence[str],
+    now: datetime,
+) -> Rekeyed:
+    """Silver rows still under a person a merge absorbed move to the survivor (:func:`remap`:
+    key and dates), table by table, one transaction each; the events are written here.
+
+    Every merge ever recorded is applied, not only this run's: a re-key interrupted in an earlier
+    run is finished now, and re-running changes nothing (no row is left under an absorbed key).
+    """
+    moves = absorbed_persons(lake.read(PERSON_EVENTS.name))
+    versions: dict[str, int | None] = {}
+    entries: list[Entry] = []
+    events: list[dict[str, Any]] = []
+    if not moves:
+        return Rekeyed(versions, entries, EVENTS.empty_table())
+    wanted = pa.array(sorted(moves), pa.string())
+    for name in tables:
+        spec = TABLES[name]
+        if "person_key" not in spec.schema.names or not lake.exists(name):
+            continue
+        old = lake.read(name, filter=pc.field("person_key").cast(pa.string()).isin(wanted))
+        if old.num_rows == 0:
+            continue
+        new = remap(old, moves, key=key, max_shift_days=max_shift_days)
+        kept = replace_rows(lake, spec, old, new)
+        versions[name] = lake.version(name)
+        entries.append(
+            Entry(
+                stage="rekey",
+                table_name=name,
+                records_in=old.num_rows,
+                records_out=kept,
+                merged=old.num_rows - kept,
+            )
+        )
+        for absorbed in sorted(set(old.column("person_key").cast(pa.string()).to_pylist())):
+            events.append(
+                {
+                    "event_id": f"{run_id}:rekey:{name}:{absorbed}",
+                    "run_id": run_id,
+                    "event": "rekey",
+                    "person_key": moves[absorbed],
+                    "from_person_key": absorbed,
+                    "source_key": None,
+                    "recorded_at": now,
+                }
+            )
+    done = pa.Table.from_pylist(events, schema=EVENTS)
+    lake.insert_new(PERSON_EVENTS.name, done)
+    log.info(
+        "rekey: %d silver rows of %d absorbed persons moved",
+        sum(e.records_in for e in entries),
+        len(moves),
+    )
+    return Rekeyed(versions, entries, done)

@@ -19,7 +19,13 @@ from medlake.jobs import pipeline
 from medlake.jobs.clean import dedup
 from medlake.jobs.ingest import fhir
 from medlake.lake import Lake
-from medlake.registry import PERSON_CROSSWALK, PERSON_EVENTS, SILVER_PATIENTS, staging_name
+from medlake.registry import (
+    PERSON_CROSSWALK,
+    PERSON_EVENTS,
+    SILVER_PATIENTS,
+    SILVER_PERSONS,
+    staging_name,
+)
 from medlake.sample import generate
 
 KEY = b"test-project-key"
@@ -396,6 +402,74 @@ def test_survivorship_picks_one_row_per_person_by_documented_rules() -> None:
     assert persons["q"]["gender"] == "unknown"  # weak, but all there is
 
 
+def test_rekey_replaces_rows_whose_key_holds_the_person_and_a_survivor_row_wins_a_collision(
+    tmp_path: Path,
+) -> None:
+    """silver.vitals_1min is keyed by person and bucket: both move, so the old keys are deleted
+    and the new ones inserted in one MERGE; a bucket the survivor already has keeps its row."""
+    from medlake.registry import SILVER_VITALS_1MIN
+
+    lake = Lake(tmp_path)
+    delta = date_shift_days(KEY, "S", max_days=365) - date_shift_days(KEY, "A", max_days=365)
+    t0 = datetime(2024, 1, 1, 8, 0, tzinfo=UTC)
+
+    def bucket(person: str, start: datetime, mean: float) -> dict[str, Any]:
+        return {
+            "person_key": person,
+            "device_id": "dev",
+            "code": "8867-4",
+            "value_unit": "/min",
+            "bucket_start": start,
+            "value_mean": mean,
+            "sample_count": 1,
+            "filled": False,
+            "_record_hash": f"h{person}{mean}",
+            "_source_kind": "vitals",
+            "_run_id": "r1",
+        }
+
+    rows = [
+        bucket("A", t0, 60.0),
+        bucket("A", t0 + timedelta(minutes=1), 61.0),
+        bucket("S", t0 + timedelta(days=delta), 70.0),  # where A's first bucket lands
+    ]
+    lake.write(SILVER_VITALS_1MIN.name, pa.Table.from_pylist(rows), mode="append")
+    merge = {"event_id": "r2:merge:S:A", "run_id": "r2", "event": "merge", "person_key": "S"}
+    lake.insert_new(
+        PERSON_EVENTS.name,
+        pa.Table.from_pylist([{**merge, "from_person_key": "A", "recorded_at": T0}]),
+    )
+    done = dedup.rekey(
+        lake, run_id="r2", key=KEY, max_shift_days=365, tables=[SILVER_VITALS_1MIN.name], now=T0
+    )
+    after = sorted(
+        (r["person_key"], r["bucket_start"], r["value_mean"])
+        for r in lake.read(SILVER_VITALS_1MIN.name).to_pylist()
+    )
+    assert after == [
+        ("S", t0 + timedelta(days=delta), 70.0),
+        ("S", t0 + timedelta(days=delta, minutes=1), 61.0),
+    ]
+    [entry] = done.entries
+    assert (entry.records_in, entry.records_out, entry.merged) == (2, 1, 1) and entry.balanced
+    assert [(e["event"], e["from_person_key"]) for e in done.events.to_pylist()] == [("rekey", "A")]
+    again = dedup.rekey(
+        lake, run_id="r2", key=KEY, max_shift_days=365, tables=[SILVER_VITALS_1MIN.name], now=T0
+    )
+    assert again.entries == [] and lake.count(SILVER_VITALS_1MIN.name) == 2
+
+
+def test_absorbed_persons_follow_merge_chains() -> None:
+    events = pa.table(
+        {
+            "event": ["merge", "join", "merge"],
+            "person_key": ["B", "B", "C"],
+            "from_person_key": ["A", None, "B"],
+        }
+    )
+    assert dedup.absorbed_persons(events) == {"A": "C", "B": "C"}
+
+
 # -- the sample hospital, end to end -----------------------------------------------------------
 
 
@@ -489,3 +563,234 @@ def test_the_gate_promotes_the_links_to_silver(hospital) -> None:
     [entry] = run_gate(lake, run_id="run1", tables=["silver.patient_links"])
     assert (entry.records_in, entry.records_out, entry.quarantined) == (staged, staged, 0)
     assert lake.count("silver.patient_links") == staged
+
+
+# -- across runs through the pipeline: earlier identities from the vault, silver re-keyed ---------
+
+AUDIT_KEY = b"test-audit-key-0123456789"
+
+
+def fhir_patient(
+    pid: str, mrn: str, given: str, family: str, birth: str, phone: str | None, street: str | None
+) -> dict[str, Any]:
+    from medlake.sample.vocab import MRN_SYSTEM
+
+    mr = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}
+    patient: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{"type": mr, "system": MRN_SYSTEM, "value": mrn}],
+        "name": [{"use": "official", "family": family, "given": [given]}],
+        "gender": "female",
+        "birthDate": birth,
+    }
+    if phone:
+        patient["telecom"] = [{"system": "phone", "value": phone, "use": "home"}]
+    if street:
+        patient["address"] = [
+            {
+                "use": "home",
+                "line": [street],
+                "city": "Providence",
+                "state": "RI",
+                "postalCode": "02903",
+                "country": "US",
+            }
+        ]
+    return patient
+
+
+def visit(pid: str, eid: str, start: str) -> list[dict[str, Any]]:
+    """An encounter of the patient at ``start`` and a temperature taken one hour into it."""
+    at = datetime.fromisoformat(start)
+    return [
+        {
+            "resourceType": "Encounter",
+            "id": eid,
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "period": {"start": start, "end": (at + timedelta(hours=2)).isoformat()},
+        },
+        {
+            "resourceType": "Observation",
+            "id": f"obs-{eid}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+            "subject": {"reference": f"Patient/{pid}"},
+            "encounter": {"reference": f"Encounter/{eid}"},
+            "effectiveDateTime": (at + timedelta(hours=1)).isoformat(),
+            "valueQuantity": {
+                "value": 37.1,
+                "unit": "Cel",
+                "system": "http://unitsofmeasure.org",
+                "code": "Cel",
+            },
+        },
+    ]
+
+
+def town_patients() -> list[dict[str, Any]]:
+    return [
+        fhir_patient(f"town-{i}", f"T{i}", g, f, b, f"401-555-01{i:02d}", f"{i} Cedar Ave")
+        for i, (g, f, b) in enumerate(TOWN)
+    ]
+
+
+def run_pipeline(
+    lake: Lake, landing: Path, resources: list[dict[str, Any]], run_id: str, keys: Path
+) -> None:
+    from medlake.expectations.gate import run_gate
+    from medlake.governance.crypto import Keyring
+
+    (landing / "fhir").mkdir(parents=True)
+    (landing / "fhir" / f"{run_id}.ndjson").write_text("\n".join(json.dumps(r) for r in resources))
+    pipeline.ingest(landing, lake, run_id=run_id, now=T0)
+    pipeline.ingest_hl7v2(landing, lake, run_id=run_id, now=T0)
+    pipeline.clean(
+        lake,
+        run_id=run_id,
+        key=KEY,
+        max_shift_days=365,
+        keyring=Keyring.from_dir(keys, create=True),
+        audit_key=AUDIT_KEY,
+    )
+    staged = [n for n in pipeline.SILVER_TABLES if lake.exists(staging_name(n))]
+    run_gate(lake, run_id=run_id, tables=staged)
+    pipeline.rekey_silver(lake, run_id=run_id, key=KEY, max_shift_days=365)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    """Run 1: the town; Robert (MRN R1); twin Emma; Dora (MRN D1) and a stub registration of hers
+    under MRN D2 ("D", no phone, no address: nothing links it). Each of Dora's registrations has
+    a visit. Run 2, alone: Robert's second registration (MRN R2, "Bobby", phone reformatted),
+    Emma's twin sister Olivia, and the stub re-sent completed ("Dora", a typo in the family name),
+    which links both Dora persons of run 1: a merge."""
+    root = tmp_path_factory.mktemp("runs")
+    lake, keys = Lake(root / "lake"), root / "keys"
+    run_pipeline(
+        lake,
+        root / "landing1",
+        [
+            *town_patients(),
+            fhir_patient(
+                "rob-1", "R1", "Robert", "Brown", "1955-11-30", "401-555-0123", "3 Birch Rd"
+            ),
+            fhir_patient("emma", "E1", "Emma", "Jones", "2001-05-05", "401-555-0199", "9 Elm St"),
+            fhir_patient("dora-1", "D1", "Dora", "Quist", "1971-07-07", "401-555-0500", "5 Ash St"),
+            fhir_patient("dora-2", "D2", "D", "Quist", "1971-07-07", None, None),
+            *visit("dora-1", "enc-d1", "2024-03-01T09:00:00+00:00"),
+            *visit("dora-2", "enc-d2", "2024-03-11T15:30:00+00:00"),
+        ],
+        "run1",
+        keys,
+    )
+    run_pipeline(
+        lake,
+        root / "landing2",
+        [
+            fhir_patient(
+                "rob-2", "R2", "Bobby", "Brown", "1955-11-30", "+1 (401) 555-0123", "3 Birch Rd"
+            ),
+            fhir_patient(
+                "olivia", "E2", "Olivia", "Jones", "2001-05-05", "401-555-0199", "9 Elm St"
+            ),
+            fhir_patient("dora-2", "D2", "Dora", "Qvist", "1971-07-07", "401-555-0500", "5 Ash St"),
+        ],
+        "run2",
+        keys,
+    )
+    return lake
+
+
+def person(lake: Lake, patient_id: str) -> str:
+    return crosswalk(lake)[source_key(KEY, fhir.SOURCE_SYSTEM, patient_id)]
+
+
+def test_a_registration_arriving_in_a_later_run_joins_its_person_of_an_earlier_run(
+    two_runs: Lake,
+) -> None:
+    from medlake.governance import audit
+
+    lake = two_runs
+    assert person(lake, "rob-2") == person(lake, "rob-1")
+    events = lake.read(PERSON_EVENTS.name, where={"run_id": "run2"}).to_pylist()
+    rob = source_key(KEY, fhir.SOURCE_SYSTEM, "rob-2")
+    assert ("join", person(lake, "rob-1")) in {
+        (e["event"], e["person_key"]) for e in events if e["source_key"] == rob
+    }
+    assert person(lake, "olivia") != person(lake, "emma")  # twins: still two persons
+    # the earlier identities were decrypted once in run 2, audited with counts only
+    [linked] = [e for e in audit.read(lake) if e.action == "vault.link"]
+    assert linked.run_id == "run2" and json.loads(linked.details)["outcome"] == "ok"
+    assert "Dora" not in linked.details and "Quist" not in linked.details
+
+
+def test_a_merge_in_a_later_run_rekeys_earlier_silver_rows_and_keeps_their_intervals(
+    two_runs: Lake,
+) -> None:
+    lake = two_runs
+    survivor = person(lake, "dora-1")
+    assert person(lake, "dora-2") == survivor
+    [merge] = [
+        e
+        for e in lake.read(PERSON_EVENTS.name, where={"run_id": "run2"}).to_pylist()
+        if e["event"] == "merge"
+    ]
+    absorbed = merge["from_person_key"]
+    assert merge["person_key"] == survivor and absorbed != survivor
+    for name in pipeline.SILVER_TABLES:
+        if lake.exists(name) and "person_key" in lake.read(name).column_names:
+            keys = set(lake.read(name, columns=["person_key"]).column(0).to_pylist())
+            assert absorbed not in keys, name
+    encounters = {
+        r["person_key"]: r
+        for r in lake.read("silver.encounters").to_pylist()
+        if r["person_key"] == survivor
+    }
+    starts = sorted(
+        r["start_at"]
+        for r in lake.read("silver.encounters").to_pylist()
+        if r["person_key"] == survivor
+    )
+    assert len(starts) == 2 and starts[1] - starts[0] == timedelta(days=10, hours=6, minutes=30)
+    observed = sorted(
+        r["effective_at"]
+        for r in lake.read("silver.observations").to_pylist()
+        if r["person_key"] == survivor
+    )
+    assert [o - s for o, s in zip(observed, starts, strict=True)] == [timedelta(hours=1)] * 2
+    assert encounters
+    ledger = {
+        e["table_name"]: e
+        for e in lake.read("ledger", where={"run_id": "run2"}).to_pylist()
+        if e["stage"] == "rekey"
+    }
+    assert (
+        ledger["silver.encounters"]["records_in"] == ledger["silver.encounters"]["records_out"] == 1
+    )
+    assert ledger["silver.observations"]["records_in"] == 1
+    # survivorship: one silver.persons row per person, over both runs' records
+    rows = lake.read("silver.persons").to_pylist()
+    by_person = {r["person_key"]: r for r in rows}
+    assert len(by_person) == len(rows) == len(set(crosswalk(lake).values()))
+    assert by_person[survivor]["records"] == 2
+    births = {
+        r["birth_date"]
+        for r in lake.read("silver.patients").to_pylist()
+        if r["person_key"] == survivor
+    }
+    assert births == {by_person[survivor]["birth_date"]}  # one true birth date, one shift
+    assert by_person[person(lake, "rob-1")]["records"] == 2
+    assert by_person[person(lake, "olivia")]["records"] == 1
+    # idempotent: a second re-key finds nothing left to move
+    again = pipeline.rekey_silver(lake, run_id="run2", key=KEY, max_shift_days=365)
+    assert again.entries == []
+
+
+def test_a_run_without_patient_records_stages_no_persons(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    empty = SILVER_PATIENTS.schema.empty_table()
+    rows = dedup.persons(lake, empty, run_id="r", key=KEY, max_shift_days=365)
+    assert rows.num_rows == 0 and rows.schema.names == list(SILVER_PERSONS.schema.names)
