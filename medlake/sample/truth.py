@@ -122,6 +122,7 @@ class Truth:
                 "vitals",
                 "imaging",
                 "vcf_samples",
+                "hl7_free_text",
             )
         }
         self.phi: dict[str, set[str]] = {kind: set() for kind in PHI_KINDS}

@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from medlake.governance.pseudonyms import mrn_key
 from medlake.jobs.ingest import hl7v2
 from medlake.registry import SILVER_NOTES
+from medlake.sample import generate
 
 KEY = b"hl7-notes-test-key"
 CORPUS = Path("/work/shared/corpus/hl7v2/cdc_trusted_intermediary")
@@ -132,3 +134,30 @@ def test_the_cdc_corpus_free_text_lands_without_the_patients_names() -> None:
     every_name = set().union(*names.values())
     paths = split.good.column("note_path").to_pylist()
     assert not [p for p in paths if "|" in p or every_name & set(re.findall(r"[^\W\d_]+", p))]
+
+
+def test_the_sample_hospitals_callback_notes_land_without_planted_phi(tmp_path: Path) -> None:
+    landing = tmp_path / "hospital"
+    generate(landing, patients=60, seed=3)
+    truth = json.loads((landing / "_truth.json").read_text())
+    raw = hl7v2.read_files(hl7v2.landing_files(landing / "hl7v2"), root=landing)
+    bronze = hl7v2.to_bronze(raw, run_id="r1", ingested_at=datetime(2025, 7, 1, tzinfo=UTC)).good
+    split = hl7v2.notes_from_bronze(bronze, key=KEY)
+    planted_ntes = sum(
+        1
+        for text in bronze.column("raw").to_pylist()
+        for line in hl7v2.segment_lines(text)
+        if line.startswith("NTE|")
+    )
+    assert planted_ntes > 0
+    assert split.good.num_rows + split.quarantined.num_rows == planted_ntes
+    assert set(split.good.column("resource_type").to_pylist()) == {"HL7v2:NTE"}
+    patient_level = split.good.filter(pc.equal(split.good["note_path"], "ORU^R01/PID[1]/NTE[1]"))
+    assert patient_level.num_rows > 0 and len(truth["hl7_free_text"]) >= patient_level.num_rows
+    planted = {p for item in truth["hl7_free_text"] for p in item["phi"]}
+    assert not [p for p in planted if p in "\n".join(patient_level["note_text_deid"].to_pylist())]
+    notes = "\n".join(split.good.column("note_text_deid").to_pylist())
+    words = set(re.findall(r"[^\W\d_]+", notes))
+    assert not [n for n in truth["phi"]["names"] if n in words]
+    phi = [v for kind in ("phones", "mrns", "ssns", "streets") for v in truth["phi"][kind]]
+    assert not [v for v in phi if v in notes]
