@@ -267,6 +267,11 @@ def clean(
                 staging_name(SILVER_PERSONS.name), persons, mode="overwrite", spec=SILVER_PERSONS
             )
     notes = fhir.notes_from_bronze(bronze, key=key, max_shift_days=max_shift_days, aliases=aliases)
+    hl7_notes = hl7v2.notes_from_bronze(messages, key=key, max_shift_days=max_shift_days)
+    notes = Split(  # records in: FHIR free-text fields + HL7 NTE / OBX text segments
+        pa.concat_tables([notes.good, hl7_notes.good]),
+        pa.concat_tables([notes.quarantined, hl7_notes.quarantined]),
+    )
     lake.insert_new(QUARANTINE.name, stamp_run(notes.quarantined, run_id))
     entries.append(
         Entry(

@@ -24,6 +24,7 @@ the person key is the source key, until entity resolution links it.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +45,7 @@ from medlake.registry import (
     SILVER_CONDITIONS,
     SILVER_ENCOUNTERS,
     SILVER_MEDICATIONS,
+    SILVER_NOTES,
     SILVER_OBSERVATIONS,
     SILVER_PATIENTS,
     TableSpec,
@@ -1541,4 +1543,131 @@ def bronze_only_from_bronze(bronze: pa.Table) -> Split:
     ]
     return Split(
         bronze.take(pa.array(keep, pa.int64())), quarantine_rows([], table_name=BRONZE_HL7V2.name)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# free text → silver.notes (de-identified)
+
+#: OBX-2 value types whose OBX-5 is free text, kept as a note (HL7 table 0125)
+NOTE_VALUE_TYPES = TEXT_TYPES
+
+
+def note_texts(msg: _Message) -> Iterator[tuple[_Segment, str, str]]:
+    """(segment, path, text) of each free-text segment of a message: every NTE (NTE-3, after any
+    segment) and every OBX whose OBX-2 is ST, TX or FT (OBX-5). Repetitions are lines (an
+    unescaped ``^`` or ``&`` in the text is put back); FT's
+    ``\\.br\\`` line breaks stay line breaks. The path names the message type, the parent segment
+    and the note by their order in the message (``ORU^R01/OBX[3]/NTE[1]``), never a value."""
+    seen: Counter[str] = Counter()
+    parent = ""
+    notes_of_parent = 0
+    for seg in msg.segments[1:]:
+        if seg.name != "NTE":
+            seen[seg.name] += 1
+            parent, notes_of_parent = f"{seg.name}[{seen[seg.name]}]", 0
+        if seg.name == "NTE":
+            notes_of_parent += 1
+            path = "/".join(p for p in (parent, f"NTE[{notes_of_parent}]") if p)
+            field_number = 3
+        elif seg.name == "OBX" and seg.get(2).upper() in NOTE_VALUE_TYPES:
+            path, field_number = parent, 5
+        else:
+            continue
+        lines = ["^".join("&".join(comp) for comp in rep) for rep in seg.repetitions(field_number)]
+        text = "\n".join(lines).replace("\r\n", "\n").replace("\r", "\n").strip()
+        if text:
+            yield seg, f"{msg.row['message_type']}/{path}", text
+
+
+def notes_from_bronze(messages: pa.Table, *, key: bytes, max_shift_days: int = 365) -> Split:
+    """``silver.notes`` rows of HL7 v2 free text (NTE comments, OBX-5 text values), de-identified in
+    one batch like FHIR's notes (``fhir.notes_from_bronze``).
+
+    Each note belongs to the patient of the PID before it, whose names, identifiers, phones and
+    address (:func:`patient_identities`) are the note's deny list, and to the visit of the PV1
+    after that PID, if any. A note with no identified patient before it is quarantined
+    (``deid.note_missing_subject``). ``resource_type`` is ``HL7v2:NTE`` or ``HL7v2:OBX``; the
+    note and resource keys are keyed pseudonyms of (sending facility, control id, segment position).
+    """
+    from medlake.governance.text_deid import deidentify_batch, record_deny_list
+
+    deny_lists: dict[str, list[str]] = {}
+    for identity in patient_identities(messages, key=key):
+        deny_lists.setdefault(identity["person_key"], []).extend(record_deny_list(identity))
+    meta: list[dict[str, Any]] = []
+    texts: list[str] = []
+    bad: list[dict[str, Any]] = []
+    for row in messages.to_pylist():
+        msg = _Message.of(row)
+        pseudo = Pseudonymizer(
+            key=key, max_shift_days=max_shift_days, source_system=msg.source_system
+        )
+        control = row["message_control_id"] or row["_record_hash"]
+        person: str | None = None
+        visit: str | None = None
+        places = {seg.position: seg for seg in msg.segments if seg.name in ("PID", "PV1")}
+        notes = {seg.position: (path, text) for seg, path, text in note_texts(msg)}
+        for position in sorted(places.keys() | notes.keys()):
+            if position in places and places[position].name == "PID":
+                keys = patient_keys(places[position], key=key, source_system=msg.source_system)
+                person, visit = (keys.person_key if keys else None), None
+                continue
+            if position in places:
+                visit = visit_id(places[position], person, msg.zone)
+                continue
+            path, text = notes[position]
+            kind = path.rsplit("/", 1)[-1].split("[", 1)[0]
+            if person is None:
+                bad.append(
+                    {
+                        "rule_id": "deid.note_missing_subject",
+                        "reason": f"{msg.label} {kind} {position} ({path}): "
+                        "no PID with a patient identifier precedes it",
+                        "source_file": row["_source_file"],
+                        "source_offset": row["_source_offset"],
+                        "record_id": row["message_control_id"],
+                        "record_hash": row["_record_hash"],
+                        "part": f"{kind} {position}",
+                        "raw_record": row["raw"],
+                    }
+                )
+                continue
+            texts.append(text)
+            meta.append(
+                {
+                    "note_key": pseudo.record("Note", f"{control}#{position}"),
+                    "person_key": person,
+                    "encounter_key": pseudo.record("Encounter", visit) if visit else None,
+                    "resource_type": f"HL7v2:{kind}",
+                    "resource_key": pseudo.record(f"HL7v2:{kind}", f"{control}#{position}"),
+                    "note_path": path,
+                    "_record_hash": row["_record_hash"],
+                    "_source_kind": SOURCE_KIND,
+                    "_run_id": row["_run_id"],
+                }
+            )
+    persons = [m["person_key"] for m in meta]
+    done = (
+        deidentify_batch(
+            texts,
+            deny_lists=[deny_lists.get(p, []) for p in persons],
+            surrogate_key=key,
+            person_keys=persons,
+        )
+        if texts
+        else []
+    )
+    good = [
+        {
+            **m,
+            "note_text_deid": d.text,
+            "phi_replaced": d.replaced,
+            "phi_entities": json.dumps(d.summary()["entities"], sort_keys=True),
+        }
+        for m, d in zip(meta, done, strict=True)
+    ]
+    return Split(
+        pa.Table.from_pylist(good, schema=SILVER_NOTES.schema),
+        _quarantined(bad, table_name=SILVER_NOTES.name),
     )

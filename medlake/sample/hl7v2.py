@@ -28,6 +28,7 @@ people, broken messages and files are planted too, each recorded in the truth fi
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -118,6 +119,9 @@ DEFECT_RULES: dict[str, tuple[str, str]] = {
 }
 #: a further defect is planted in every DEFECT_EVERY-th file after the first, kinds in rotation
 DEFECT_EVERY = 8
+#: every PATIENT_NOTE_EVERY-th person's ORU messages carry a patient-level NTE after PID naming
+#: the patient, MRN, phone and a date (listed in the truth file's ``hl7_free_text``)
+PATIENT_NOTE_EVERY = 9
 
 
 def in_hl7(index: int) -> bool:
@@ -144,7 +148,7 @@ def write_hl7v2(hospital: Hospital, out: Path, truth: Truth) -> None:
                 if len(nested) < 2:
                     nested.append([list(segment) for segment in message])
             for message in messages.oru(visit):
-                writers["lab"].add(message)
+                writers["lab"].add(message, free_text=messages.note_phi(message))
         for order in person.chart.prescriptions:
             writers["pharmacy"].add(messages.rde(order))
     for writer in writers.values():
@@ -283,14 +287,30 @@ class PersonMessages:
         if not taken:
             return
         sent = max(m.taken_at for m in taken)
-        message = [
-            msh(FEEDS["lab"], sent, "ORU", "R01", "ORU_R01"),
-            self.pid(),
-            self.pv1(visit, discharged=False),
-        ]
+        message = [msh(FEEDS["lab"], sent, "ORU", "R01", "ORU_R01"), self.pid()]
+        if self.person.index % PATIENT_NOTE_EVERY == 0:
+            message.append(fields("NTE", {1: "1", 2: "L", 3: esc(self.patient_note(sent))}))
+        message.append(self.pv1(visit, discharged=False))
         for number, measurement in enumerate(taken, start=1):
             message += self.result(number, measurement)
         yield message
+
+    def patient_note(self, sent: datetime) -> str:
+        """A registration comment naming the patient, MRN, phone and the day (no randomness)."""
+        reg = self.chart.registration
+        return (
+            f"Patient {reg.display_name} (MRN {reg.mrn}) asks to be called at {reg.phone} "
+            f"about the results of {sent:%m/%d/%Y}."
+        )
+
+    def note_phi(self, message: list[Segment]) -> tuple[str, ...]:
+        """The PHI of the message's patient-level NTE (after PID); none when it has none."""
+        names = [segment[0] for segment in message]
+        if "NTE" not in names or names[names.index("NTE") - 1] != "PID":
+            return ()
+        reg = self.chart.registration
+        day = re.search(r"\d\d/\d\d/\d{4}", message[names.index("NTE")][3])
+        return (reg.display_name, reg.mrn, reg.phone, *([day.group(0)] if day else []))
 
     def result(self, number: int, m: Measurement) -> list[Segment]:
         """ORC + OBR (filler order number = the measurement id) + OBX per value (+ NTE)."""
@@ -471,14 +491,16 @@ class FeedWriter:
     truth: Truth
     plant: bool
     pending: list[list[Segment]] = field(default_factory=list)
+    pending_phi: list[tuple[str, ...]] = field(default_factory=list)
     files: int = 0
     sent: int = 0
     defects_planted: int = 0
 
-    def add(self, message: list[Segment]) -> None:
+    def add(self, message: list[Segment], *, free_text: tuple[str, ...] = ()) -> None:
         self.sent += 1
         message[0][10] = f"{self.feed.prefix}{self.sent:08d}"
         self.pending.append(message)
+        self.pending_phi.append(free_text)
         if len(self.pending) == MESSAGES_PER_FILE:
             self.flush()
 
@@ -490,6 +512,15 @@ class FeedWriter:
         framing = FRAMINGS[(self.feed.first_framing + self.files) % len(FRAMINGS)]
         name = f"{HL7V2}/{self.feed.folder}/{self.feed.prefix}_{self.files:04d}.hl7"
         messages, self.pending = self.pending, []
+        for offset, phi in enumerate(self.pending_phi, start=1):
+            if phi:
+                self.truth.add(
+                    "hl7_free_text",
+                    Where(name, offset),
+                    path="ORU^R01/PID[1]/NTE[1]",
+                    phi=list(phi),
+                )
+        self.pending_phi = []
         if self.plant:
             for kind, offset in self.defects(messages, framing):
                 rule, reason = DEFECT_RULES[kind]

@@ -60,7 +60,9 @@ it must produce: max(1, ALT alleles) per valid data line).
 
 HL7 v2 files (`hl7v2/adt`, `hl7v2/lab`, `hl7v2/pharmacy`) add to `files`, `total_records`,
 `malformed` and `phi`; the data-level sections (`duplicates` to `free_text`) point at FHIR
-records only, though the HL7 messages render the same people's facts.
+records only, though the HL7 messages render the same people's facts. `hl7_free_text` lists the
+patient-level NTE comments of ORU messages ({file, offset, path, phi}), whose PHI silver.notes
+must not keep.
 
 CSV extracts (`csv/labs`, `csv/diagnoses`, `csv/exports`) add to `files`, `total_records`,
 `malformed` (offset = 1-based line, 0 for a whole file) and `phi`, and list their own facts:
@@ -122,6 +124,7 @@ class Truth:
                 "vitals",
                 "imaging",
                 "vcf_samples",
+                "hl7_free_text",
             )
         }
         self.phi: dict[str, set[str]] = {kind: set() for kind in PHI_KINDS}
