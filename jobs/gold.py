@@ -257,7 +257,9 @@ def _duckdb_marts(duckdb_path: Path) -> Iterator[MartReader]:
     import duckdb
 
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
-        yield lambda mart: con.sql(f"select * from {mart.relation}{_order_by(mart)}").to_arrow_table()
+        yield lambda mart: con.sql(
+            f"select * from {mart.relation}{_order_by(mart)}"
+        ).to_arrow_table()
 
 
 @contextmanager

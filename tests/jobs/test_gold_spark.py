@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -64,7 +63,9 @@ def patient(person_key: str, birth: date | None, **more: Any) -> dict[str, Any]:
     }
 
 
-def encounter(key: str, person_key: str, start: str, end: str | None, **more: Any) -> dict[str, Any]:
+def encounter(
+    key: str, person_key: str, start: str, end: str | None, **more: Any
+) -> dict[str, Any]:
     return {
         "encounter_key": key,
         "person_key": person_key,
@@ -76,7 +77,15 @@ def encounter(key: str, person_key: str, start: str, end: str | None, **more: An
     }
 
 
-def obs(key: str, person_key: str, code: str, value: float | None, unit: str | None, when: str, **more: Any) -> dict[str, Any]:
+def obs(
+    key: str,
+    person_key: str,
+    code: str,
+    value: float | None,
+    unit: str | None,
+    when: str,
+    **more: Any,
+) -> dict[str, Any]:
     return {
         "observation_key": key,
         "person_key": person_key,
@@ -109,9 +118,13 @@ def write_sample_silver(lake: Lake) -> None:
         "encounters",
         [
             encounter("e1", "p-diab", "2023-03-01T08:00:00", "2023-03-01T09:30:00"),
-            encounter("e2", "p-diab", "2023-12-31T23:30:00", "2024-01-02T01:00:00", class_code="IMP"),
+            encounter(
+                "e2", "p-diab", "2023-12-31T23:30:00", "2024-01-02T01:00:00", class_code="IMP"
+            ),
             encounter("e3", "p-htn", "2025-05-20T08:00:00", None, class_code="EMER"),
-            encounter("e4", "p-old", "2024-02-01T09:00:00", "2024-02-03T12:00:00", status="cancelled"),
+            encounter(
+                "e4", "p-old", "2024-02-01T09:00:00", "2024-02-03T12:00:00", status="cancelled"
+            ),
             encounter("e5", "p-leap", "2024-02-29T10:00:00", "2024-02-29T10:20:00"),
         ],
     )
@@ -119,13 +132,45 @@ def write_sample_silver(lake: Lake) -> None:
         lake,
         "observations",
         [
-            obs("o1", "p-diab", "2339-0", 100.0, "mg/dL", "2023-05-01T08:00:00", ref_low=70.0, ref_high=99.0),
+            obs(
+                "o1",
+                "p-diab",
+                "2339-0",
+                100.0,
+                "mg/dL",
+                "2023-05-01T08:00:00",
+                ref_low=70.0,
+                ref_high=99.0,
+            ),
             obs("o2", "p-diab", "2339-0", 140.5, "mg/dL", "2023-06-01T08:00:00"),
             obs("o3", "p-diab", "4548-4", 7.2, "%", "2023-06-01T08:00:00"),
-            obs("o4", "p-htn", "29463-7", 80.25, "kg", "2025-05-20T08:00:00", category="vital-signs"),
-            obs("o5", "p-htn", "8480-6", 150.0, "mm[Hg]", "2025-05-20T08:00:00", category="vital-signs"),
-            obs("o6", "p-old", "8867-4", 72.0, "/min", "2024-02-01T10:00:00", category="vital-signs"),
-            obs("o7", "p-old", "72166-2", None, None, "2024-02-01T10:00:00", category="social-history", code_system=LOINC, value_code="8517006", value_text="Ex-smoker"),
+            obs(
+                "o4", "p-htn", "29463-7", 80.25, "kg", "2025-05-20T08:00:00", category="vital-signs"
+            ),
+            obs(
+                "o5",
+                "p-htn",
+                "8480-6",
+                150.0,
+                "mm[Hg]",
+                "2025-05-20T08:00:00",
+                category="vital-signs",
+            ),
+            obs(
+                "o6", "p-old", "8867-4", 72.0, "/min", "2024-02-01T10:00:00", category="vital-signs"
+            ),
+            obs(
+                "o7",
+                "p-old",
+                "72166-2",
+                None,
+                None,
+                "2024-02-01T10:00:00",
+                category="social-history",
+                code_system=LOINC,
+                value_code="8517006",
+                value_text="Ex-smoker",
+            ),
             obs("o8", "p-leap", "2160-0", 0.9, "mg/dL", "2024-02-29T10:10:00", status="amended"),
         ],
     )
@@ -133,18 +178,69 @@ def write_sample_silver(lake: Lake) -> None:
         lake,
         "conditions",
         [
-            {"condition_key": "c1", "person_key": "p-diab", "encounter_key": "e1", "verification_status": "confirmed", "clinical_status": "active", "code_system": ICD10CM, "code": "E119", "icd10cm_code": "E11.9", "onset_at": at("2023-03-01T08:00:00")},
-            {"condition_key": "c2", "person_key": "p-htn", "verification_status": "confirmed", "code_system": SNOMED, "code": "38341003", "snomed_code": "38341003", "recorded_date": date(2025, 5, 20)},
-            {"condition_key": "c3", "person_key": "p-old", "verification_status": "refuted", "code_system": ICD10CM, "code": "J45.909", "icd10cm_code": "J45.909", "onset_at": at("2024-02-01T09:00:00"), "abatement_at": at("2024-02-02T09:00:00")},
+            {
+                "condition_key": "c1",
+                "person_key": "p-diab",
+                "encounter_key": "e1",
+                "verification_status": "confirmed",
+                "clinical_status": "active",
+                "code_system": ICD10CM,
+                "code": "E119",
+                "icd10cm_code": "E11.9",
+                "onset_at": at("2023-03-01T08:00:00"),
+            },
+            {
+                "condition_key": "c2",
+                "person_key": "p-htn",
+                "verification_status": "confirmed",
+                "code_system": SNOMED,
+                "code": "38341003",
+                "snomed_code": "38341003",
+                "recorded_date": date(2025, 5, 20),
+            },
+            {
+                "condition_key": "c3",
+                "person_key": "p-old",
+                "verification_status": "refuted",
+                "code_system": ICD10CM,
+                "code": "J45.909",
+                "icd10cm_code": "J45.909",
+                "onset_at": at("2024-02-01T09:00:00"),
+                "abatement_at": at("2024-02-02T09:00:00"),
+            },
         ],
     )
     write_silver(
         lake,
         "medications",
         [
-            {"medication_key": "m1", "person_key": "p-htn", "status": "active", "code_system": RXNORM, "code": "314076", "rxnorm_code": "314076", "authored_at": at("2025-05-20T08:10:00")},
-            {"medication_key": "m2", "person_key": "p-htn", "status": "active", "code_system": RXNORM, "code": "197361", "rxnorm_code": "197361", "authored_at": at("2025-05-20T08:11:00")},
-            {"medication_key": "m3", "person_key": "p-diab", "status": "cancelled", "code_system": RXNORM, "code": "860975", "rxnorm_code": "860975", "authored_at": at("2023-03-01T08:20:00")},
+            {
+                "medication_key": "m1",
+                "person_key": "p-htn",
+                "status": "active",
+                "code_system": RXNORM,
+                "code": "314076",
+                "rxnorm_code": "314076",
+                "authored_at": at("2025-05-20T08:10:00"),
+            },
+            {
+                "medication_key": "m2",
+                "person_key": "p-htn",
+                "status": "active",
+                "code_system": RXNORM,
+                "code": "197361",
+                "rxnorm_code": "197361",
+                "authored_at": at("2025-05-20T08:11:00"),
+            },
+            {
+                "medication_key": "m3",
+                "person_key": "p-diab",
+                "status": "cancelled",
+                "code_system": RXNORM,
+                "code": "860975",
+                "rxnorm_code": "860975",
+                "authored_at": at("2023-03-01T08:20:00"),
+            },
         ],
     )
 
@@ -201,6 +297,7 @@ def test_both_targets_write_the_same_schemas(built: dict[str, tuple[Lake, GoldRe
 
 def _compatible(a: pa.DataType, b: pa.DataType) -> bool:
     """Same type, string and large string being one."""
+
     def norm(t: pa.DataType) -> pa.DataType:
         return pa.string() if pa.types.is_large_string(t) or pa.types.is_string_view(t) else t
 
@@ -225,7 +322,9 @@ def test_spark_marts_are_delta_tables_delta_rs_reads(
         assert table.version() == result.table(mart).version
         assert table.to_pyarrow_table().num_rows == result.table(mart).rows
     # dbt-spark's own tables are Delta too, in the build's working folder
-    assert DeltaTable.is_deltatable(str(lake.root / "gold" / "_dbt" / "spark" / "gold" / "omop_person"))
+    assert DeltaTable.is_deltatable(
+        str(lake.root / "gold" / "_dbt" / "spark" / "gold" / "omop_person")
+    )
 
 
 def test_spark_build_reports_tests_and_imputation(
@@ -236,14 +335,3 @@ def test_spark_build_reports_tests_and_imputation(
     assert spark_result.tests_warned == duck_result.tests_warned
     assert spark_result.silver_versions["silver.patients"] == 0
     assert dict(spark_result.imputed) == dict(duck_result.imputed)
-
-
-def test_a_spark_build_forgets_the_previous_lake(
-    built: dict[str, tuple[Lake, GoldResult]], tmp_path: Path
-) -> None:
-    """A second spark build in the same session reads its own lake only."""
-    lake = Lake(tmp_path)
-    write_silver(lake, "patients", [patient("p-alone", date(1999, 9, 9))])
-    result = build_gold(lake.root, run_id="run-alone", target="spark")
-    assert [r["person_key"] for r in rows(lake, "ml_patient_features")] == ["p-alone"]
-    assert result.table("omop_person").rows == 1
