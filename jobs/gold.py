@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
@@ -41,6 +41,9 @@ from medlake.errors import BadDataError
 from medlake.jobs.clean.config import ML_FEATURE_IMPUTATION, Imputation
 from medlake.jobs.clean.impute import impute
 from medlake.lake import Lake
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +236,7 @@ def build_gold(
     )
 
 
-def _spark_for_dbt(dbt_vars: dict[str, Any]) -> Any:
+def _spark_for_dbt(dbt_vars: dict[str, Any]) -> SparkSession:
     """This process's SparkSession (started with delta-spark if none runs), ready for dbt-spark.
 
     dbt-spark's session method runs every statement in the active session. Its catalog
@@ -246,6 +249,11 @@ def _spark_for_dbt(dbt_vars: dict[str, Any]) -> Any:
     settings = Settings().spark
     dbt_vars["spark_jars"] = ",".join(str(j.resolve()) for j in delta_jars(settings.jars_dir))
     spark = spark_session(settings, app_name="medlake-gold")
+    # dbt-spark sets the profile's server_side_parameters on the running session: keep its own
+    dbt_vars["spark_shuffle_partitions"] = spark.conf.get("spark.sql.shuffle.partitions", "200")
+    dbt_vars["spark_snapshot_partitions"] = spark.conf.get(
+        "spark.databricks.delta.snapshotPartitions", "50"
+    )
     for schema in SPARK_SCHEMAS:
         spark.sql(f"drop schema if exists {schema} cascade")
     return spark
@@ -263,7 +271,7 @@ def _duckdb_marts(duckdb_path: Path) -> Iterator[MartReader]:
 
 
 @contextmanager
-def _spark_marts(spark: Any) -> Iterator[MartReader]:
+def _spark_marts(spark: SparkSession) -> Iterator[MartReader]:
     """Read marts from the Delta tables dbt-spark built, through the session, as Arrow."""
     yield lambda mart: spark.sql(f"select * from {mart.relation}{_order_by(mart)}").toArrow()
 
