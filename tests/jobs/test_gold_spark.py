@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -339,3 +340,10 @@ def test_spark_build_reports_tests_and_imputation(
     assert spark_result.tests_warned == duck_result.tests_warned
     assert spark_result.silver_versions["silver.patients"] == 0
     assert dict(spark_result.imputed) == dict(duck_result.imputed)
+
+
+def test_spark_target_refuses_an_athena_vocabulary(tmp_path: Path) -> None:
+    """Refused before anything runs, rather than a dbt compile error halfway through."""
+    with pytest.raises(ValueError, match="vocabulary_dir is not supported on the spark target"):
+        build_gold(tmp_path, run_id="r", target="spark", vocabulary_dir=tmp_path)
+    assert not (tmp_path / "gold").exists()
