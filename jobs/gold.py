@@ -141,6 +141,8 @@ class _Mart:
     grain: tuple[str, ...]
     #: columns the model's enforced dbt contract declares NOT NULL: written non-nullable to Delta
     not_null: frozenset[str] = frozenset()
+    #: the folder of the Delta table dbt-spark built (location_root/<model>); None on DuckDB
+    location: str | None = None
 
 
 def build_gold(
@@ -214,6 +216,8 @@ def build_gold(
 
     started = time.monotonic()
     with _DBT_LOCK:
+        if spark is not None:
+            _forget_spark_schemas(spark)
         marts, passed, warned = _run_dbt(args, log_path=workdir / "logs" / "dbt.log")
     log.info(
         "dbt build of %s took %.1f s: %d tests passed, %d warned",
@@ -245,13 +249,8 @@ def build_gold(
 
 
 def _spark_for_dbt(dbt_vars: dict[str, Any]) -> SparkSession:
-    """This process's SparkSession (started with delta-spark if none runs), ready for dbt-spark.
-
-    dbt-spark's session method runs every statement in the active session. Its catalog
-    outlives a build, so the project's databases are dropped first: a previous build (of this or
-    another lake) must not leave tables behind that this one would read. Dropping only forgets
-    them; their Delta files stay until the build replaces them.
-    """
+    """This process's SparkSession (started with delta-spark if none runs), for dbt-spark's
+    session method, which runs every statement in it; the vars the profile needs are added."""
     from medlake.engines.spark import delta_jars, spark_session
 
     settings = Settings().spark
@@ -262,9 +261,15 @@ def _spark_for_dbt(dbt_vars: dict[str, Any]) -> SparkSession:
     dbt_vars["spark_snapshot_partitions"] = spark.conf.get(
         "spark.databricks.delta.snapshotPartitions", "50"
     )
+    return spark
+
+
+def _forget_spark_schemas(spark: SparkSession) -> None:
+    """Drop the project's databases from the session's catalog, which outlives a build: a
+    previous build (of this or another lake) must not leave tables behind that this one would
+    read. Dropping only forgets them; their Delta files stay until the build replaces them."""
     for schema in SPARK_SCHEMAS:
         spark.sql(f"drop schema if exists {schema} cascade")
-    return spark
 
 
 @contextmanager
@@ -280,8 +285,19 @@ def _duckdb_marts(duckdb_path: Path) -> Iterator[MartReader]:
 
 @contextmanager
 def _spark_marts(spark: SparkSession) -> Iterator[MartReader]:
-    """Read marts from the Delta tables dbt-spark built, through the session, as Arrow."""
-    yield lambda mart: spark.sql(f"select * from {mart.relation}{_order_by(mart)}").toArrow()
+    """Read marts from the Delta tables dbt-spark built, through the session, as Arrow.
+
+    By path, not by catalog name: the session's catalog is shared by every build in the process,
+    the path belongs to this lake.
+    """
+
+    def read(mart: _Mart) -> pa.Table:
+        if mart.location is None:
+            raise GoldBuildError(f"{mart.name}: dbt-spark built no Delta table (no location_root)")
+        source = f"delta.`{mart.location}`"
+        return spark.sql(f"select * from {source}{_order_by(mart)}").toArrow()
+
+    yield read
 
 
 def _order_by(mart: _Mart) -> str:
@@ -347,6 +363,7 @@ def _run_dbt(args: list[str], *, log_path: Path) -> tuple[list[_Mart], int, int]
                 _Mart(
                     name=node.name,
                     relation=str(node.relation_name),
+                    location=_location(node),
                     grain=grain,
                     not_null=_contract_not_null(node),
                 )
@@ -362,6 +379,12 @@ def _run_dbt(args: list[str], *, log_path: Path) -> tuple[list[_Mart], int, int]
             tests_failed=failed,
         )
     return marts, passed, warned
+
+
+def _location(node: Any) -> str | None:
+    """Where dbt-spark put the model's Delta table (``location_root``/<alias>), if it says."""
+    root = node.config.get("location_root")
+    return f"{str(root).rstrip('/')}/{node.alias}" if root else None
 
 
 def _contract_not_null(node: Any) -> frozenset[str]:
