@@ -1,12 +1,18 @@
 """Build the gold layer: run the dbt project over the silver Delta tables, then write its marts
 back to the lake as Delta tables (``<lake>/gold/<model>/``).
 
-dbt reads silver through the project's ``medlake_delta`` source plugin (dbt-duckdb's delta
-plugin, at pinned silver versions: given, or current when the build starts) and builds every model
-and test in a DuckDB file under ``<lake>/gold/_dbt/``. Only when every model and error-level
-test passed are the marts (models under ``models/marts/``) copied to Delta, so a failing test
-never publishes a gold table. dbt's ``target/`` and ``logs/`` go to the same folder under the
-lake, so builds of different lakes never share files.
+Two dbt targets build the same project. ``duckdb``: dbt reads silver through the project's
+``medlake_delta`` source plugin (dbt-duckdb's delta plugin, at pinned silver versions: given, or
+current when the build starts) and builds every model and test in a DuckDB file under
+``<lake>/gold/_dbt/``. ``spark``: dbt-spark's ``session`` method runs dbt inside this process's
+SparkSession (delta-spark from the local jars), reads silver as
+``delta.`<lake>/silver/<table>` VERSION AS OF <pinned>`` and materializes every table as a
+path-based Delta table under ``<lake>/gold/_dbt/spark/``. Only when every model and error-level
+test passed are the marts (models under ``models/marts/``) copied to ``<lake>/gold/<model>/``,
+so a failing test never publishes a gold table; the copy is the same for both targets (same
+imputation, same gold suites, same delta-rs writer), so the gold tables do not depend on the
+engine. dbt's ``target/`` and ``logs/`` go to the same folder under the lake, so builds of
+different lakes never share files.
 
 Between dbt and Delta, the marts named in :data:`IMPUTED_MARTS` get their missing values filled
 as ``medlake.jobs.clean.config`` plans it (:mod:`medlake.jobs.clean.impute`: each filled cell
@@ -20,20 +26,24 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
 from medlake import ledger
-from medlake.config import DbtSettings
+from medlake.config import DbtSettings, Settings
 from medlake.errors import BadDataError
 from medlake.jobs.clean.config import ML_FEATURE_IMPUTATION, Imputation
 from medlake.jobs.clean.impute import impute
 from medlake.lake import Lake
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,13 @@ IMPUTED_MARTS: Mapping[str, Mapping[str, Imputation]] = MappingProxyType(
 
 #: dbt's working folder below the lake root: the DuckDB file, target/ and logs/
 DBT_WORKDIR = "gold/_dbt"
+
+#: the session catalog databases the project's models and seeds go to on the spark target
+#: (generate_schema_name: each layer's +schema as is; seeds in the target schema, gold)
+SPARK_SCHEMAS: tuple[str, ...] = ("staging", "intermediate", "gold")
+
+#: reads one built mart as Arrow, rows ordered by its grain
+MartReader = Callable[["_Mart"], pa.Table]
 
 # dbt-core keeps process-wide state (flags, the dbt-duckdb connection environment):
 # two builds in one process run one after the other; separate processes run in parallel.
@@ -125,6 +142,8 @@ class _Mart:
     grain: tuple[str, ...]
     #: columns the model's enforced dbt contract declares NOT NULL: written non-nullable to Delta
     not_null: frozenset[str] = frozenset()
+    #: the folder of the Delta table dbt-spark built (location_root/<model>); None on DuckDB
+    location: str | None = None
 
 
 def build_gold(
@@ -143,21 +162,26 @@ def build_gold(
     starts. Missing silver tables are created empty first (a landing without medications
     still builds). ``vocabulary_dir`` is a folder of OHDSI Athena vocabulary CSVs
     (CONCEPT.csv, CONCEPT_RELATIONSHIP.csv) the OMOP marts map codes with; without it they use
-    the small concept table the project ships. Raises :class:`GoldBuildError` naming each
-    failing model or test; nothing is written to gold then.
+    the small concept table the project ships (the spark target does not read them yet).
+    ``target`` is the dbt profile: ``duckdb``, or ``spark`` (dbt-spark's session method in this
+    process's SparkSession, started from ``MEDLAKE__SPARK__*`` when none runs); the gold tables
+    are the same either way. Raises :class:`GoldBuildError` naming each failing model or test;
+    nothing is written to gold then.
     """
     if not run_id:
         raise ValueError("build_gold needs the pipeline run id")
-    if target != "duckdb":
-        raise GoldBuildError(
-            f"dbt target {target!r} is not available yet: dbt-spark is not installed and "
-            "dbt/profiles.yml only sketches the spark target; use target='duckdb'"
-        )
+    if target not in ("duckdb", "spark"):
+        raise ValueError(f"unknown dbt target {target!r}: duckdb or spark")
     lake = Lake(Path(lake_root).resolve())
     project = Path(project_dir or DbtSettings().project_dir).resolve()
     if not (project / "dbt_project.yml").is_file():
         raise FileNotFoundError(f"no dbt project at {project} (dbt_project.yml missing)")
 
+    if vocabulary_dir is not None and target == "spark":
+        raise ValueError(
+            "vocabulary_dir is not supported on the spark target yet (Spark SQL cannot read the "
+            "Athena CSVs inside dbt): build with target='duckdb', or without vocabulary_dir"
+        )
     if vocabulary_dir is not None:
         vocabulary_dir = Path(vocabulary_dir).resolve()
         needed = ("CONCEPT.csv", "CONCEPT_RELATIONSHIP.csv")
@@ -180,6 +204,7 @@ def build_gold(
     }
     if vocabulary_dir is not None:
         dbt_vars["vocabulary_dir"] = str(vocabulary_dir)
+    spark = _spark_for_dbt(dbt_vars) if target == "spark" else None
     options = {
         "--project-dir": str(project),
         "--profiles-dir": str(project),
@@ -192,6 +217,8 @@ def build_gold(
 
     started = time.monotonic()
     with _DBT_LOCK:
+        if spark is not None:
+            _forget_spark_schemas(spark)
         marts, passed, warned = _run_dbt(args, log_path=workdir / "logs" / "dbt.log")
     log.info(
         "dbt build of %s took %.1f s: %d tests passed, %d warned",
@@ -201,7 +228,9 @@ def build_gold(
         warned,
     )
 
-    tables, imputed = _write_marts(lake, duckdb_path, marts, run_id=run_id)
+    reading = _duckdb_marts(duckdb_path) if spark is None else _spark_marts(spark)
+    with reading as read:
+        tables, imputed = _write_marts(lake, marts, read, run_id=run_id)
     for t in tables:
         log.info("wrote %s version %d (%d rows)", t.name, t.version, t.rows)
     entries = tuple(ledger.record(lake, run_id, [entry for entry, _ in imputed.values()]))
@@ -218,6 +247,65 @@ def build_gold(
         ),
         entries=entries,
     )
+
+
+def _spark_for_dbt(dbt_vars: dict[str, Any]) -> SparkSession:
+    """This process's SparkSession (started with delta-spark if none runs), for dbt-spark's
+    session method, which runs every statement in it; the vars the profile needs are added."""
+    from medlake.engines.spark import delta_jars, spark_session
+
+    settings = Settings().spark
+    dbt_vars["spark_jars"] = ",".join(str(j.resolve()) for j in delta_jars(settings.jars_dir))
+    spark = spark_session(settings, app_name="medlake-gold")
+    # dbt-spark sets the profile's server_side_parameters on the running session: keep its own
+    dbt_vars["spark_shuffle_partitions"] = spark.conf.get("spark.sql.shuffle.partitions", "200")
+    dbt_vars["spark_snapshot_partitions"] = spark.conf.get(
+        "spark.databricks.delta.snapshotPartitions", "50"
+    )
+    return spark
+
+
+def _forget_spark_schemas(spark: SparkSession) -> None:
+    """Drop the project's databases from the session's catalog, which outlives a build: a
+    previous build (of this or another lake) must not leave tables behind that this one would
+    read. Dropping only forgets them; their Delta files stay until the build replaces them."""
+    for schema in SPARK_SCHEMAS:
+        spark.sql(f"drop schema if exists {schema} cascade")
+
+
+@contextmanager
+def _duckdb_marts(duckdb_path: Path) -> Iterator[MartReader]:
+    """Read marts from dbt's DuckDB file (opened read-only while the marts are copied)."""
+    import duckdb
+
+    with duckdb.connect(str(duckdb_path), read_only=True) as con:
+        yield lambda mart: con.sql(
+            f"select * from {mart.relation}{_order_by(mart)}"
+        ).to_arrow_table()
+
+
+@contextmanager
+def _spark_marts(spark: SparkSession) -> Iterator[MartReader]:
+    """Read marts from the Delta tables dbt-spark built, through the session, as Arrow.
+
+    By path, not by catalog name: the session's catalog is shared by every build in the process,
+    the path belongs to this lake.
+    """
+
+    def read(mart: _Mart) -> pa.Table:
+        if mart.location is None:
+            raise GoldBuildError(f"{mart.name}: dbt-spark built no Delta table (no location_root)")
+        source = f"delta.`{mart.location}`"
+        return spark.sql(f"select * from {source}{_order_by(mart)}").toArrow()
+
+    yield read
+
+
+def _order_by(mart: _Mart) -> str:
+    """The ORDER BY of the mart's grain, nulls last on every engine (DuckDB's default)."""
+    if not mart.grain:
+        return ""
+    return " order by " + ", ".join(f"{column} asc nulls last" for column in mart.grain)
 
 
 def _pin_silver(lake: Lake, requested: Mapping[str, int]) -> dict[str, int]:
@@ -276,6 +364,7 @@ def _run_dbt(args: list[str], *, log_path: Path) -> tuple[list[_Mart], int, int]
                 _Mart(
                     name=node.name,
                     relation=str(node.relation_name),
+                    location=_location(node),
                     grain=grain,
                     not_null=_contract_not_null(node),
                 )
@@ -291,6 +380,12 @@ def _run_dbt(args: list[str], *, log_path: Path) -> tuple[list[_Mart], int, int]
             tests_failed=failed,
         )
     return marts, passed, warned
+
+
+def _location(node: Any) -> str | None:
+    """Where dbt-spark put the model's Delta table (``location_root``/<alias>), if it says."""
+    root = node.config.get("location_root")
+    return f"{str(root).rstrip('/')}/{node.alias}" if root else None
 
 
 def _contract_not_null(node: Any) -> frozenset[str]:
@@ -309,43 +404,45 @@ def _is_mart(node: Any) -> bool:
     return len(node.fqn) > 2 and node.fqn[1] == "marts"
 
 
+#: lines of a dbt error message that name no reason
+_BARE_HEADINGS = frozenset({"Runtime Error", "Database Error", "Compilation Error"})
+
+
 def _describe_failure(result: Any) -> str:
     """'test <name> (<file>): <what dbt said>': which node failed and why, in dbt's words."""
     node = result.node
     lines = [line.strip() for line in (result.message or "").splitlines() if line.strip()]
+    # dbt-spark puts a bare "Runtime Error" line before the reason
+    lines = [line for line in lines if line not in _BARE_HEADINGS]
     said = ": ".join(lines[:2]) or str(result.status)
     return f"{node.resource_type} {node.name} ({node.original_file_path}): {said}"
 
 
 def _write_marts(
-    lake: Lake, duckdb_path: Path, marts: list[_Mart], *, run_id: str
+    lake: Lake, marts: list[_Mart], read: MartReader, *, run_id: str
 ) -> tuple[tuple[GoldTable, ...], dict[str, tuple[ledger.Entry, Mapping[str, float]]]]:
-    """Copy each mart from dbt's DuckDB file to ``gold.<model>`` as a new Delta version; the
+    """Copy each mart as dbt built it (``read``) to ``gold.<model>`` as a new Delta version; the
     imputed marts with their missing values filled (ledger entry and fractions per mart).
     Every mart is validated with its gold suite before any is written (:class:`GateFailed`).
 
     Rows are ordered by the mart's grain (``meta.grain`` in its YAML), so the same silver
     gives the same files, row for row.
     """
-    import duckdb
-
     written: list[GoldTable] = []
     imputed: dict[str, tuple[ledger.Entry, Mapping[str, float]]] = {}
     from medlake.expectations.gate import validate_gold
 
     ready: dict[str, pa.Table] = {}
-    with duckdb.connect(str(duckdb_path), read_only=True) as con:
-        for mart in sorted(marts, key=lambda m: m.name):
-            order = f" order by {', '.join(mart.grain)}" if mart.grain else ""
-            data = con.sql(f"select * from {mart.relation}{order}").to_arrow_table()
-            name = f"gold.{mart.name}"
-            if mart.name in IMPUTED_MARTS:
-                result = impute(data, IMPUTED_MARTS[mart.name])
-                data = result.table
-                imputed[name] = (result.ledger_entry(name), result.fractions)
-            if mart.not_null:
-                data = _with_not_null(data, mart.not_null, name=name)
-            ready[name] = data
+    for mart in sorted(marts, key=lambda m: m.name):
+        data = read(mart)
+        name = f"gold.{mart.name}"
+        if mart.name in IMPUTED_MARTS:
+            result = impute(data, IMPUTED_MARTS[mart.name])
+            data = result.table
+            imputed[name] = (result.ledger_entry(name), result.fractions)
+        if mart.not_null:
+            data = _with_not_null(data, mart.not_null, name=name)
+        ready[name] = data
     # the gold suites first: a mart that breaks one (its SQL is wrong) stops the build unwritten
     validate_gold(lake, run_id=run_id, tables=list(ready), data=ready)
     for name, data in ready.items():

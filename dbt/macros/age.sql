@@ -19,8 +19,8 @@
         when {{ age_years }} is null or {{ age_years }} < 0 then null
         when {{ age_years }} > {{ top }} then '{{ top + 1 }}+'
         else
-            cast(cast(floor({{ age_years }} / 5) * 5 as integer) as varchar)
+            cast(cast(floor({{ age_years }} / 5) * 5 as integer) as {{ type_varchar() }})
             || '-'
-            || cast(least(cast(floor({{ age_years }} / 5) * 5 as integer) + 4, {{ top }}) as varchar)
+            || cast(least(cast(floor({{ age_years }} / 5) * 5 as integer) + 4, {{ top }}) as {{ type_varchar() }})
     end
 {%- endmacro %}

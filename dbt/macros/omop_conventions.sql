@@ -8,14 +8,14 @@
 {#- A value cut to the varchar(n) length the OMOP CDM gives the field, so the table loads into
     a CDM database built from the OHDSI DDL. -#}
 {% macro omop_varchar(value, length) -%}
-    cast(left(cast({{ value }} as varchar), {{ length }}) as varchar)
+    cast(left(cast({{ value }} as {{ type_varchar() }}), {{ length }}) as {{ type_varchar() }})
 {%- endmacro %}
 
 {#- An ICD-10-CM code in the dotted form OHDSI's vocabulary uses (E119 -> E11.9). -#}
 {% macro omop_icd10cm_dotted(code) -%}
     case
         when {{ code }} is null then null
-        when strpos({{ code }}, '.') > 0 or length(trim({{ code }})) <= 3 then upper(trim({{ code }}))
+        when {{ dbt.position("'.'", code) }} > 0 or length(trim({{ code }})) <= 3 then upper(trim({{ code }}))
         else upper(left(trim({{ code }}), 3)) || '.' || upper(substr(trim({{ code }}), 4))
     end
 {%- endmacro %}

@@ -9,7 +9,7 @@
 {%- endmacro %}
 
 {% macro default__omop_id(key) -%}
-    cast(('0x' || left(md5(cast({{ key }} as varchar)), 15)) as bigint)
+    cast(('0x' || left(md5(cast({{ key }} as {{ type_varchar() }})), 15)) as bigint)
 {%- endmacro %}
 
 {% macro spark__omop_id(key) -%}

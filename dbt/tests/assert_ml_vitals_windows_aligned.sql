@@ -10,6 +10,6 @@ select
     window_end,
     sample_count
 from {{ ref('ml_vitals_windows') }}
-where epoch(window_start) % {{ window_seconds }} <> 0
-    or epoch(window_end) - epoch(window_start) <> {{ window_seconds }}
+where {{ epoch_seconds('window_start') }} % {{ window_seconds }} <> 0
+    or {{ epoch_seconds('window_end') }} - {{ epoch_seconds('window_start') }} <> {{ window_seconds }}
     or sample_count < 1

@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import ArrayType, DataType, MapType, StructField, StructType
 
-from medlake.config import SparkSettings
+from medlake.config import STATE_DIR, SparkSettings
 from medlake.engines import Applied, Transform
 from medlake.lake import conform
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
@@ -71,6 +71,8 @@ def spark_session(
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        # Spark's catalog tables (dbt-spark's schemas) live in local state, not in the cwd
+        "spark.sql.warehouse.dir": str((STATE_DIR / "spark-warehouse").resolve()),
     }
     if settings.master.startswith("local"):
         # Spark's 200 shuffle partitions and Delta's 50 log-replay partitions are for clusters.

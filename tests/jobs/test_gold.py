@@ -351,9 +351,9 @@ def test_failing_tests_raise_and_write_nothing(tmp_path: Path) -> None:
     assert not lake.exists("gold.ml_patient_features")
 
 
-def test_spark_target_is_refused_clearly(tmp_path: Path) -> None:
-    with pytest.raises(GoldBuildError, match="dbt-spark is not installed"):
-        build_gold(tmp_path, run_id="run-spark", target="spark")
+def test_unknown_target_is_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown dbt target 'postgres'"):
+        build_gold(tmp_path, run_id="run-pg", target="postgres")  # type: ignore[arg-type]
 
 
 # --- gold.ml_vitals_windows ---------------------------------------------------------------------

@@ -37,10 +37,7 @@ athena_concept as (
         vocabulary_id,
         concept_code,
         standard_concept
-    from read_csv(
-        '{{ vocabulary_dir | replace("'", "''") }}/CONCEPT.csv',
-        delim = '\t', header = true, quote = '', escape = '', all_varchar = true
-    )
+    from {{ athena_csv(vocabulary_dir ~ '/CONCEPT.csv') }}
     where vocabulary_id in ('LOINC', 'SNOMED', 'ICD10CM', 'RxNorm', 'UCUM')
         or standard_concept = 'S'
 
@@ -51,10 +48,7 @@ athena_maps_to as (
     select
         cast(concept_id_1 as integer) as source_concept_id,
         cast(concept_id_2 as integer) as target_concept_id
-    from read_csv(
-        '{{ vocabulary_dir | replace("'", "''") }}/CONCEPT_RELATIONSHIP.csv',
-        delim = '\t', header = true, quote = '', escape = '', all_varchar = true
-    )
+    from {{ athena_csv(vocabulary_dir ~ '/CONCEPT_RELATIONSHIP.csv') }}
     where relationship_id = 'Maps to'
         and coalesce(invalid_reason, '') = ''
 
@@ -124,13 +118,13 @@ combined as (
 final as (
 
     select
-        cast(source_vocabulary_id as varchar) as source_vocabulary_id,
-        cast(source_code as varchar) as source_code,
+        cast(source_vocabulary_id as {{ type_varchar() }}) as source_vocabulary_id,
+        cast(source_code as {{ type_varchar() }}) as source_code,
         cast(source_concept_id as integer) as source_concept_id,
         cast(concept_id as integer) as concept_id,
-        cast(concept_name as varchar) as concept_name,
-        cast(domain_id as varchar) as domain_id,
-        cast(mapped_by as varchar) as mapped_by
+        cast(concept_name as {{ type_varchar() }}) as concept_name,
+        cast(domain_id as {{ type_varchar() }}) as domain_id,
+        cast(mapped_by as {{ type_varchar() }}) as mapped_by
     from combined
 
 )

@@ -54,7 +54,7 @@ final as (
         min(value_min) as value_min,
         max(value_max) as value_max,
         max(case when device_rank = 1 then value_last end) as value_last,
-        sum(sample_count) as sample_count,
+        cast(sum(sample_count) as bigint) as sample_count,
         count(*) as device_count
     from ranked
     group by person_key, loinc_code, hour_start

@@ -27,9 +27,7 @@ windowed as (
 
     select
         *,
-        to_timestamp(
-            floor(epoch(hour_start) / {{ window_seconds }}) * {{ window_seconds }}
-        ) as window_start
+        {{ window_start('hour_start', window_seconds) }} as window_start
     from hourly
 
 ),
@@ -44,9 +42,9 @@ per_vital as (
         sum(value_mean * sample_count) / sum(sample_count) as value_mean,
         min(value_min) as value_min,
         max(value_max) as value_max,
-        arg_max(value_last, hour_start) as value_last,
+        max_by(value_last, hour_start) as value_last,
         count(*) / {{ window_hours }} as coverage,
-        sum(sample_count) as sample_count
+        cast(sum(sample_count) as bigint) as sample_count
     from windowed
     group by person_key, window_start, loinc_code
 
@@ -69,7 +67,7 @@ final as (
         coalesce(max({{ this }}coverage end), 0.0) as {{ vital.feature }}_coverage,
         {%- endfor %}
 
-        sum(sample_count) as sample_count,
+        cast(sum(sample_count) as bigint) as sample_count,
 
         -- lineage
         {{ "'" ~ (var('run_id') | string | replace("'", "''")) ~ "'" }} as _run_id

@@ -70,7 +70,7 @@ final as (
         diagnoses.abated_at as condition_end_datetime,
         {{ omop_ehr_type_concept_id() }} as condition_type_concept_id,
         cast(null as integer) as condition_status_concept_id,
-        cast(null as varchar) as stop_reason,
+        cast(null as {{ type_varchar() }}) as stop_reason,
         cast(null as bigint) as provider_id,
         visits.visit_occurrence_id,
         cast(null as bigint) as visit_detail_id,
@@ -80,7 +80,7 @@ final as (
             when diagnoses.icd10cm_dotted is not null then coalesce(icd10cm.source_concept_id, 0)
             else coalesce(snomed.source_concept_id, 0)
         end as condition_source_concept_id,
-        cast(null as varchar) as condition_status_source_value
+        cast(null as {{ type_varchar() }}) as condition_status_source_value
     from diagnoses
     left join concepts as snomed
         on snomed.source_vocabulary_id = 'SNOMED'

@@ -15,10 +15,10 @@ final as (
     select
         person_id,
         deceased_date as death_date,
-        cast(deceased_date as timestamptz) as death_datetime,
+        cast(deceased_date as {{ type_timestamptz() }}) as death_datetime,
         {{ omop_ehr_type_concept_id() }} as death_type_concept_id,
         cast(null as integer) as cause_concept_id,
-        cast(null as varchar) as cause_source_value,
+        cast(null as {{ type_varchar() }}) as cause_source_value,
         cast(null as integer) as cause_source_concept_id
     from persons
     where deceased_date is not null

@@ -53,7 +53,7 @@ final as (
         cast(orders.authored_at as date) as drug_exposure_start_date,
         orders.authored_at as drug_exposure_start_datetime,
         cast(orders.authored_at as date) as drug_exposure_end_date,
-        cast(null as timestamptz) as drug_exposure_end_datetime,
+        cast(null as {{ type_timestamptz() }}) as drug_exposure_end_datetime,
         cast(null as date) as verbatim_end_date,
         {{ omop_ehr_type_concept_id() }} as drug_type_concept_id,
         {{ omop_varchar("case when orders.medication_status = 'stopped' then 'stopped' end", 20) }}
@@ -61,16 +61,16 @@ final as (
         cast(null as integer) as refills,
         cast(null as double) as quantity,
         cast(null as integer) as days_supply,
-        cast(orders.dosage_text as varchar) as sig,
+        cast(orders.dosage_text as {{ type_varchar() }}) as sig,
         cast(null as integer) as route_concept_id,
-        cast(null as varchar) as lot_number,
+        cast(null as {{ type_varchar() }}) as lot_number,
         cast(null as bigint) as provider_id,
         visits.visit_occurrence_id,
         cast(null as bigint) as visit_detail_id,
         {{ omop_varchar('orders.drug_code', 50) }} as drug_source_value,
         coalesce(drugs.source_concept_id, 0) as drug_source_concept_id,
-        cast(null as varchar) as route_source_value,
-        cast(null as varchar) as dose_unit_source_value
+        cast(null as {{ type_varchar() }}) as route_source_value,
+        cast(null as {{ type_varchar() }}) as dose_unit_source_value
     from orders
     left join concepts as drugs
         on drugs.source_vocabulary_id = 'RxNorm'

@@ -32,7 +32,7 @@ final as (
         observations.concept_id as measurement_concept_id,
         cast(observations.effective_at as date) as measurement_date,
         observations.effective_at as measurement_datetime,
-        cast(null as varchar) as measurement_time,
+        cast(null as {{ type_varchar() }}) as measurement_time,
         {{ omop_ehr_type_concept_id() }} as measurement_type_concept_id,
         cast(null as integer) as operator_concept_id,
         observations.value_num as value_as_number,
@@ -50,7 +50,8 @@ final as (
         case when observations.value_unit is not null then coalesce(units.source_concept_id, 0) end
             as unit_source_concept_id,
         {{ omop_varchar(
-            'coalesce(observations.value_text, observations.value_code, cast(observations.value_num as varchar))',
+            'coalesce(observations.value_text, observations.value_code, '
+            ~ 'cast(observations.value_num as ' ~ type_varchar() ~ '))',
             50
         ) }} as value_source_value,
         cast(null as bigint) as measurement_event_id,

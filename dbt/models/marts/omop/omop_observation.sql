@@ -43,7 +43,7 @@ final as (
         {{ omop_varchar('observations.code', 50) }} as observation_source_value,
         observations.source_concept_id as observation_source_concept_id,
         {{ omop_varchar('observations.value_unit', 50) }} as unit_source_value,
-        cast(null as varchar) as qualifier_source_value,
+        cast(null as {{ type_varchar() }}) as qualifier_source_value,
         {{ omop_varchar('observations.value_code', 50) }} as value_source_value,
         cast(null as bigint) as observation_event_id,
         cast(null as integer) as obs_event_field_concept_id

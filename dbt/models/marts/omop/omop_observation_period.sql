@@ -41,7 +41,7 @@ periods as (
 final as (
 
     select
-        {{ omop_id("cast(periods.person_id as varchar) || '|observation_period'") }}
+        {{ omop_id("cast(periods.person_id as " ~ type_varchar() ~ ") || '|observation_period'") }}
             as observation_period_id,
         periods.person_id,
         periods.observation_period_start_date,

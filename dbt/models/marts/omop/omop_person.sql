@@ -27,7 +27,7 @@ final as (
         cast(extract(year from persons.birth_date) as integer) as year_of_birth,
         cast(extract(month from persons.birth_date) as integer) as month_of_birth,
         cast(extract(day from persons.birth_date) as integer) as day_of_birth,
-        cast(persons.birth_date as timestamptz) as birth_datetime,
+        cast(persons.birth_date as {{ type_timestamptz() }}) as birth_datetime,
         cast(0 as integer) as race_concept_id,
         cast(0 as integer) as ethnicity_concept_id,
         cast(null as bigint) as location_id,

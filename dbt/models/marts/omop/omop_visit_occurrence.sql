@@ -54,9 +54,9 @@ final as (
         {{ omop_varchar('visits.encounter_class', 50) }} as visit_source_value,
         cast(0 as integer) as visit_source_concept_id,
         cast(null as integer) as admitted_from_concept_id,
-        cast(null as varchar) as admitted_from_source_value,
+        cast(null as {{ type_varchar() }}) as admitted_from_source_value,
         cast(null as integer) as discharged_to_concept_id,
-        cast(null as varchar) as discharged_to_source_value,
+        cast(null as {{ type_varchar() }}) as discharged_to_source_value,
         lag({{ omop_id('visits.encounter_key') }}) over (
             partition by visits.person_id
             order by visits.started_at, visits.encounter_key

@@ -26,8 +26,8 @@ renamed as (
         snomed_code,
 
         -- times (UTC, shifted per patient by silver)
-        cast(onset_at as timestamptz) as onset_at,
-        cast(abatement_at as timestamptz) as abated_at,
+        cast(onset_at as {{ type_timestamptz() }}) as onset_at,
+        cast(abatement_at as {{ type_timestamptz() }}) as abated_at,
         cast(recorded_date as date) as recorded_date,
 
         -- lineage

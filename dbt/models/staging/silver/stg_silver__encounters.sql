@@ -22,8 +22,8 @@ renamed as (
         site,
 
         -- times (UTC, shifted per patient by silver)
-        cast(start_at as timestamptz) as started_at,
-        cast(end_at as timestamptz) as ended_at,
+        cast(start_at as {{ type_timestamptz() }}) as started_at,
+        cast(end_at as {{ type_timestamptz() }}) as ended_at,
 
         -- lineage
         _record_hash as silver_record_hash,

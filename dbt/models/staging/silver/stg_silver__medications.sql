@@ -24,7 +24,7 @@ renamed as (
         dosage_text,
 
         -- time (UTC, shifted per patient by silver)
-        cast(authored_at as timestamptz) as authored_at,
+        cast(authored_at as {{ type_timestamptz() }}) as authored_at,
 
         -- lineage
         _record_hash as silver_record_hash,

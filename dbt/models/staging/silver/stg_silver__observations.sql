@@ -33,7 +33,7 @@ renamed as (
         cast(ref_high as double) as reference_high,
 
         -- time (UTC, shifted per patient by silver)
-        cast(effective_at as timestamptz) as effective_at,
+        cast(effective_at as {{ type_timestamptz() }}) as effective_at,
 
         -- lineage
         _record_hash as silver_record_hash,

@@ -15,7 +15,7 @@ renamed as (
         code as loinc_code,
 
         -- the hour (UTC, clock-skew corrected and shifted per patient by silver)
-        cast(bucket_start as timestamptz) as hour_start,
+        cast(bucket_start as {{ type_timestamptz() }}) as hour_start,
 
         -- the values of the hour, in the canonical UCUM unit of its code
         value_unit,
