@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -144,7 +144,7 @@ def clean(
     hl7v2_version: int | None = None,
     concept_maps_version: int | None = None,
     on_unmapped: dict[str, OnUnmapped] | None = None,
-    viewed: Sequence[str] = (),
+    views: Mapping[str, ViewTable] | None = None,
 ) -> StageResult:
     """This run's bronze rows → validated, pseudonymized, date-shifted, standardized rows in staging,
     awaiting the gate.
@@ -294,6 +294,20 @@ def clean(
         mode="overwrite",
         spec=SILVER_PATIENT_LINKS,
     )
+    views = views or {}
+    viewed = [t.view.resource for t in views.values()]
+    staged_views = stage_view_tables(
+        lake,
+        bronze,
+        views,
+        run_id=run_id,
+        key=key,
+        max_shift_days=max_shift_days,
+        aliases=aliases,
+        person_of=resolved.person_of,
+    )
+    versions.update(staged_views.versions)
+    entries += staged_views.entries
     rest = fhir.bronze_only_from_bronze(bronze, viewed=viewed)  # extra views' types: their own entries
     lake.insert_new(QUARANTINE.name, stamp_run(rest.quarantined, run_id))
     entries.append(
@@ -335,32 +349,28 @@ def extra_view_tables(settings: Settings) -> dict[str, ViewTable]:
 
 def stage_view_tables(
     lake: Lake,
-    tables: dict[str, ViewTable],
+    bronze: pa.Table,
+    tables: Mapping[str, ViewTable],
     *,
     run_id: str,
     key: bytes,
     max_shift_days: int,
-    bronze_version: int | None = None,
+    aliases: Mapping[str, str],
+    person_of: Mapping[str, str],
 ) -> StageResult:
-    """This run's FHIR resources → ``staging.<view>`` for every extra view table: a hospital adds a
-    silver table by adding a ViewDefinition file (jobs/views/tables.py de-identifies its columns).
+    """This run's FHIR resources (``bronze``) → ``staging.<view>`` for every extra view table: a
+    hospital adds a silver table by adding a ViewDefinition file (jobs/views/tables.py
+    de-identifies its columns); rows are re-keyed to the resolved persons like every staging row.
 
     Ledger per table: the resources of the view's type in, those giving rows out, those refused
     quarantined, and those the view selects no row from (its ``where``) kept in bronze only.
     """
-    if not tables:
-        return StageResult({}, [])
-    bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
-    patients = lake.read(
-        BRONZE_FHIR.name, columns=["resource_id", "raw"], where={"resource_type": "Patient"}
-    )
-    aliases = fhir.patient_aliases(patients, key=key)
     types = bronze.column("resource_type")
     entries: list[Entry] = []
     versions: dict[str, int | None] = {}
     for table in tables.values():
         split = rows_from_bronze(
-            bronze, table, key=key, max_shift_days=max_shift_days, aliases=aliases
+            bronze, table, key=key, max_shift_days=max_shift_days, aliases=dict(aliases)
         )
         lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
         records_in = int(pc.sum(pc.equal(types, table.view.resource)).as_py() or 0)
@@ -376,9 +386,9 @@ def stage_view_tables(
                 bronze_only=records_in - produced - refused,
             )
         )
+        rows = dedup.remap(split.good, person_of, key=key, max_shift_days=max_shift_days)
         name = staging_name(table.spec.name)
-        versions[name] = lake.write(name, split.good, mode="overwrite", spec=table.spec)
-    ledger.record(lake, run_id, entries)
+        versions[name] = lake.write(name, rows, mode="overwrite", spec=table.spec)
     return StageResult(versions, entries)
 
 
@@ -524,7 +534,7 @@ def task_clean(
             audit_key=audit_key(settings),
             bronze_version=bronze_version,
             hl7v2_version=hl7v2_version,
-            viewed=[t.view.resource for t in extra.values()],
+            views=extra,
         )
         # after clean(): a source feeding a table FHIR and HL7 v2 fill appends to its staging rows
         sources = [
@@ -533,16 +543,6 @@ def task_clean(
             )
             for kind in SOURCES
         ]
-        sources.append(
-            stage_view_tables(
-                target,
-                extra,
-                run_id=run_id,
-                key=key,
-                max_shift_days=max_shift_days,
-                bronze_version=bronze_version,
-            )
-        )
         rekeyed = rekey_sources(target, sources, key=key, max_shift_days=max_shift_days)
         result = StageResult.merge([result, *sources, StageResult(rekeyed, [])])
         run.complete(
