@@ -27,9 +27,11 @@ import binascii
 import hashlib
 import hmac
 import html
+import multiprocessing
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from html.parser import HTMLParser
@@ -733,14 +735,78 @@ def text_deidentifier() -> TextDeidentifier:
     return TextDeidentifier()
 
 
+#: Below this many notes a batch is analysed in this process whatever ``workers`` says: a worker
+#: loads spaCy and the name lists first (~3 s), which a small batch never pays back.
+PARALLEL_MIN_TEXTS = 2000
+
+#: Pieces per worker a parallel batch is cut into (a little slack for uneven notes).
+_CHUNKS_PER_WORKER = 4
+
+
 def deidentify_batch(
     texts: list[str],
     *,
     deny_lists: list[list[str]] | None = None,
     surrogate_key: bytes,
     person_keys: list[str] | None = None,
+    workers: int = 1,
+    min_parallel: int = PARALLEL_MIN_TEXTS,
 ) -> list[DeidText]:
-    """De-identify many notes in one batch with the process's shared engine."""
+    """De-identify many notes in one batch with the process's shared engine, or, for a batch of
+    ``min_parallel`` notes or more, with ``workers`` processes (each with its own engine, kept
+    for the next batch). Surrogates are keyed, so the output is the same either way."""
+    if workers > 1 and len(texts) >= max(min_parallel, 2):
+        return _deidentify_in_workers(
+            texts, deny_lists, person_keys, surrogate_key=surrogate_key, workers=workers
+        )
+    return text_deidentifier().deidentify_batch(
+        texts, deny_lists=deny_lists, surrogate_key=surrogate_key, person_keys=person_keys
+    )
+
+
+def _deidentify_in_workers(
+    texts: Sequence[str],
+    deny_lists: Sequence[Sequence[str]] | None,
+    person_keys: Sequence[str] | None,
+    *,
+    surrogate_key: bytes,
+    workers: int,
+) -> list[DeidText]:
+    """The batch cut into consecutive pieces, de-identified by the worker pool, in order."""
+    for name, values in (("deny_lists", deny_lists), ("person_keys", person_keys)):
+        if values is not None and len(values) != len(texts):
+            raise ValueError(f"{name} has {len(values)} entries for {len(texts)} texts")
+    size = -(-len(texts) // (workers * _CHUNKS_PER_WORKER))
+    pieces = [
+        (
+            list(texts[i : i + size]),
+            [list(d) for d in deny_lists[i : i + size]] if deny_lists is not None else None,
+            list(person_keys[i : i + size]) if person_keys is not None else None,
+            surrogate_key,
+        )
+        for i in range(0, len(texts), size)
+    ]
+    out: list[DeidText] = []
+    for done in _worker_pool(workers).map(_deidentify_piece, pieces):
+        out.extend(done)
+    return out
+
+
+@cache
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes started fresh (``spawn``: forking a process that runs delta-rs or Airflow
+    threads is unsafe), each building its engine once as it starts."""
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=text_deidentifier,
+    )
+
+
+def _deidentify_piece(
+    piece: tuple[list[str], list[list[str]] | None, list[str] | None, bytes],
+) -> list[DeidText]:
+    texts, deny_lists, person_keys, surrogate_key = piece
     return text_deidentifier().deidentify_batch(
         texts, deny_lists=deny_lists, surrogate_key=surrogate_key, person_keys=person_keys
     )
@@ -830,6 +896,7 @@ def deidentify_attachments(
     surrogate_key: bytes,
     person_keys: list[str] | None = None,
     decode: Callable[[dict[str, Any]], str] = decode_attachment,
+    workers: int = 1,
 ) -> list[DeidText]:
     """Decode base64 ``DocumentReference.content.attachment`` items, then de-identify them."""
     return deidentify_batch(
@@ -837,4 +904,5 @@ def deidentify_attachments(
         deny_lists=deny_lists,
         surrogate_key=surrogate_key,
         person_keys=person_keys,
+        workers=workers,
     )

@@ -145,6 +145,7 @@ def clean(
     concept_maps_version: int | None = None,
     on_unmapped: dict[str, OnUnmapped] | None = None,
     views: Mapping[str, ViewTable] | None = None,
+    text_workers: int = 1,
 ) -> StageResult:
     """This run's bronze rows → validated, pseudonymized, date-shifted, standardized rows in staging,
     awaiting the gate.
@@ -266,8 +267,12 @@ def clean(
             versions[staging_name(SILVER_PERSONS.name)] = lake.write(
                 staging_name(SILVER_PERSONS.name), persons, mode="overwrite", spec=SILVER_PERSONS
             )
-    notes = fhir.notes_from_bronze(bronze, key=key, max_shift_days=max_shift_days, aliases=aliases)
-    hl7_notes = hl7v2.notes_from_bronze(messages, key=key, max_shift_days=max_shift_days)
+    notes = fhir.notes_from_bronze(
+        bronze, key=key, max_shift_days=max_shift_days, aliases=aliases, workers=text_workers
+    )
+    hl7_notes = hl7v2.notes_from_bronze(
+        messages, key=key, max_shift_days=max_shift_days, workers=text_workers
+    )
     notes = Split(  # records in: FHIR free-text fields + HL7 NTE / OBX text segments
         pa.concat_tables([notes.good, hl7_notes.good]),
         pa.concat_tables([notes.quarantined, hl7_notes.quarantined]),
@@ -535,6 +540,7 @@ def task_clean(
             bronze_version=bronze_version,
             hl7v2_version=hl7v2_version,
             views=extra,
+            text_workers=settings.deid.workers(),
         )
         # after clean(): a source feeding a table FHIR and HL7 v2 fill appends to its staging rows
         sources = [

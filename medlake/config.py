@@ -53,6 +53,15 @@ class DeidSettings(BaseModel):
     """Structured de-identification (HIPAA Safe Harbor)."""
 
     date_shift_max_days: int = Field(default=365, description="Dates move by a keyed per-patient offset in ±this.")
+    text_workers: int = Field(
+        default=0,
+        ge=0,
+        description="Processes de-identifying free text when a run has 2,000 notes or more; 0: one per CPU core, 1: in-process.",
+    )
+
+    def workers(self) -> int:
+        """The free-text worker count, 0 resolved to the CPUs this process may use."""
+        return self.text_workers or len(os.sched_getaffinity(0))
 
 
 class ViewsSettings(BaseModel):

@@ -821,8 +821,10 @@ def notes_from_bronze(
     deny_lists: dict[str, list[str]] | None = None,
     max_shift_days: int = 365,
     aliases: Mapping[str, str] | None = None,
+    workers: int = 1,
 ) -> Split:
-    """``silver.notes``: every free-text field of this run's resources, de-identified in one batch.
+    """``silver.notes``: every free-text field of this run's resources, de-identified in one batch
+    (by ``workers`` processes when the batch is large: see ``text_deid.deidentify_batch``).
 
     ``deny_lists`` maps a person key to the patient's known names and identifiers (this run's
     Patient rows by default; the pipeline adds the vault's for patients ingested earlier).
@@ -884,7 +886,11 @@ def notes_from_bronze(
             )
     persons = [m["person_key"] for m in meta]
     done = deidentify_batch(
-        texts, deny_lists=[deny_lists.get(p, []) for p in persons], surrogate_key=key, person_keys=persons
+        texts,
+        deny_lists=[deny_lists.get(p, []) for p in persons],
+        surrogate_key=key,
+        person_keys=persons,
+        workers=workers,
     ) if texts else []
     good = [
         {

@@ -1580,7 +1580,9 @@ def note_texts(msg: _Message) -> Iterator[tuple[_Segment, str, str]]:
             yield seg, f"{msg.row['message_type']}/{path}", text
 
 
-def notes_from_bronze(messages: pa.Table, *, key: bytes, max_shift_days: int = 365) -> Split:
+def notes_from_bronze(
+    messages: pa.Table, *, key: bytes, max_shift_days: int = 365, workers: int = 1
+) -> Split:
     """``silver.notes`` rows of HL7 v2 free text (NTE comments, OBX-5 text values), de-identified in
     one batch like FHIR's notes (``fhir.notes_from_bronze``).
 
@@ -1654,6 +1656,7 @@ def notes_from_bronze(messages: pa.Table, *, key: bytes, max_shift_days: int = 3
             deny_lists=[deny_lists.get(p, []) for p in persons],
             surrogate_key=key,
             person_keys=persons,
+            workers=workers,
         )
         if texts
         else []

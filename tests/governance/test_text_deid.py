@@ -379,3 +379,21 @@ def test_presidios_pattern_recognizers_made_lean_find_the_same(deid: TextDeident
         got = {(r.start, r.end, r.score) for r in lean.analyze(text, entities)}
         want = {(r.start, r.end, r.score) for r in original.analyze(text, entities)}
         assert got == want, type(lean).__name__
+
+
+def test_worker_processes_give_the_same_notes_as_one_process() -> None:
+    """A large batch split over worker processes (spawned, each with its own engine) comes back
+    in order, with the same surrogates and counts as in-process."""
+    from medlake.governance.text_deid import deidentify_batch
+
+    notes = [note for note, _ in NOTES] * 3 + ["Results reviewed; ok per qorbanzadeh.", ""]
+    deny = [["Qorbanzadeh"] if "qorbanzadeh" in n else [] for n in notes]
+    persons = [f"p{i % 4}" for i in range(len(notes))]
+    serial = deidentify_batch(notes, deny_lists=deny, surrogate_key=KEY, person_keys=persons)
+    parallel = deidentify_batch(
+        notes, deny_lists=deny, surrogate_key=KEY, person_keys=persons, workers=2, min_parallel=1
+    )
+    assert parallel == serial
+    assert "qorbanzadeh" not in parallel[-2].text.lower() and parallel[-1].text == ""
+    with pytest.raises(ValueError, match="person_keys has 1 entries for 14 texts"):
+        deidentify_batch(notes, surrogate_key=KEY, person_keys=["p"], workers=2, min_parallel=1)
