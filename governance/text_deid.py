@@ -54,10 +54,13 @@ from spacy.attrs import IDX, IS_PUNCT, IS_SPACE, IS_STOP, LOWER
 from spacy.tokens import Doc
 
 from medlake.governance.recognizers import (
+    CLINICAL_WORDS,
     EPONYM_AFTER,
     LANGUAGE,
     TITLE,
     NameGazetteerRecognizer,
+    PlaceGazetteerRecognizer,
+    age_recognizer,
     gazetteer,
     make_lean,
     medical_recognizers,
@@ -111,7 +114,11 @@ SPACY_PIPES = ("ner",)
 SCORE_THRESHOLD = 0.4
 
 #: Entity types replaced by a fixed token rather than a surrogate.
-FIXED_TOKENS = {"DATE_TIME": "[DATE]"}
+FIXED_TOKENS = {"DATE_TIME": "[DATE]", "AGE": "[AGE]"}
+
+#: Which ages a note loses: ``over_89`` (HIPAA Safe Harbor: younger ages stay, a note needs
+#: them) or ``all`` (a stricter release: every stated age becomes ``[AGE]``).
+AgePolicy = Literal["over_89", "all"]
 
 #: Record terms with a digit are identifiers; the rest (names, streets, towns) are names.
 RECORD_NAME = "PERSON"
@@ -123,6 +130,7 @@ SURROGATE_HEX_CHARS = 6
 NEED_A_DIGIT = frozenset(
     {
         "ACCOUNT_NUMBER",
+        "AGE",
         "AGE_OVER_89",
         "CREDIT_CARD",
         "IBAN_CODE",
@@ -322,8 +330,10 @@ class TextDeidentifier:
         batch_size: int = 128,
         n_process: int = 1,
         phones: Literal["patterns", "libphonenumber"] = "patterns",
+        ages: AgePolicy = "over_89",
     ) -> None:
         self.score_threshold = score_threshold
+        self.ages = ages
         self.batch_size = batch_size
         self.n_process = n_process
         _offline_public_suffixes()
@@ -358,6 +368,9 @@ class TextDeidentifier:
         for recognizer in medical_recognizers():
             registry.add_recognizer(recognizer)
         registry.add_recognizer(NameGazetteerRecognizer(self._stop_words))
+        registry.add_recognizer(PlaceGazetteerRecognizer(self._clinical | CLINICAL_WORDS))
+        if ages == "all":
+            registry.add_recognizer(age_recognizer())
         self.analyzer = LeanAnalyzerEngine(
             nlp_engine=self.nlp_engine,
             registry=registry,
@@ -524,9 +537,12 @@ def is_identifying(
             w in stop_words or w in clinical or (len(w) > 6 and _DRUG_STEM.search(w)) for w in words
         ):
             return False
-        if result.entity_type == "PERSON" and _eponym(text, result.end):
-            return False  # "Parkinson's disease", "Foley catheter"
+        if _eponym(text, result.end):
+            return False  # "Parkinson's disease", "Foley catheter", spaCy's "Addison" organisation
     if result.entity_type in ("ORGANIZATION", "NRP", "LOCATION"):
+        named = result.recognition_metadata or {}
+        if named.get(RecognizerResult.RECOGNIZER_NAME_KEY) == "PlaceGazetteerRecognizer":
+            return True  # "ESPOO": a place written in capitals, not an acronym
         return not _ACRONYM.fullmatch(value.strip())
     return True
 
@@ -730,9 +746,10 @@ def _offline_public_suffixes() -> None:
 
 
 @cache
-def text_deidentifier() -> TextDeidentifier:
-    """The process's de-identifier (loading spaCy takes seconds, so it is built once)."""
-    return TextDeidentifier()
+def text_deidentifier(ages: AgePolicy = "over_89") -> TextDeidentifier:
+    """The process's de-identifier for an age policy (loading spaCy takes seconds, so it is
+    built once)."""
+    return TextDeidentifier(ages=ages)
 
 
 #: Below this many notes a batch is analysed in this process whatever ``workers`` says: a worker
@@ -751,15 +768,16 @@ def deidentify_batch(
     person_keys: list[str] | None = None,
     workers: int = 1,
     min_parallel: int = PARALLEL_MIN_TEXTS,
+    ages: AgePolicy = "over_89",
 ) -> list[DeidText]:
     """De-identify many notes in one batch with the process's shared engine, or, for a batch of
     ``min_parallel`` notes or more, with ``workers`` processes (each with its own engine, kept
     for the next batch). Surrogates are keyed, so the output is the same either way."""
     if workers > 1 and len(texts) >= max(min_parallel, 2):
         return _deidentify_in_workers(
-            texts, deny_lists, person_keys, surrogate_key=surrogate_key, workers=workers
+            texts, deny_lists, person_keys, surrogate_key=surrogate_key, workers=workers, ages=ages
         )
-    return text_deidentifier().deidentify_batch(
+    return text_deidentifier(ages).deidentify_batch(
         texts, deny_lists=deny_lists, surrogate_key=surrogate_key, person_keys=person_keys
     )
 
@@ -771,6 +789,7 @@ def _deidentify_in_workers(
     *,
     surrogate_key: bytes,
     workers: int,
+    ages: AgePolicy,
 ) -> list[DeidText]:
     """The batch cut into consecutive pieces, de-identified by the worker pool, in order."""
     for name, values in (("deny_lists", deny_lists), ("person_keys", person_keys)):
@@ -783,6 +802,7 @@ def _deidentify_in_workers(
             [list(d) for d in deny_lists[i : i + size]] if deny_lists is not None else None,
             list(person_keys[i : i + size]) if person_keys is not None else None,
             surrogate_key,
+            ages,
         )
         for i in range(0, len(texts), size)
     ]
@@ -804,10 +824,10 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _deidentify_piece(
-    piece: tuple[list[str], list[list[str]] | None, list[str] | None, bytes],
+    piece: tuple[list[str], list[list[str]] | None, list[str] | None, bytes, AgePolicy],
 ) -> list[DeidText]:
-    texts, deny_lists, person_keys, surrogate_key = piece
-    return text_deidentifier().deidentify_batch(
+    texts, deny_lists, person_keys, surrogate_key, ages = piece
+    return text_deidentifier(ages).deidentify_batch(
         texts, deny_lists=deny_lists, surrogate_key=surrogate_key, person_keys=person_keys
     )
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -146,6 +147,7 @@ def clean(
     on_unmapped: dict[str, OnUnmapped] | None = None,
     views: Mapping[str, ViewTable] | None = None,
     text_workers: int = 1,
+    text_ages: Literal["over_89", "all"] = "over_89",
 ) -> StageResult:
     """This run's bronze rows → validated, pseudonymized, date-shifted, standardized rows in staging,
     awaiting the gate.
@@ -268,10 +270,15 @@ def clean(
                 staging_name(SILVER_PERSONS.name), persons, mode="overwrite", spec=SILVER_PERSONS
             )
     notes = fhir.notes_from_bronze(
-        bronze, key=key, max_shift_days=max_shift_days, aliases=aliases, workers=text_workers
+        bronze,
+        key=key,
+        max_shift_days=max_shift_days,
+        aliases=aliases,
+        workers=text_workers,
+        ages=text_ages,
     )
     hl7_notes = hl7v2.notes_from_bronze(
-        messages, key=key, max_shift_days=max_shift_days, workers=text_workers
+        messages, key=key, max_shift_days=max_shift_days, workers=text_workers, ages=text_ages
     )
     notes = Split(  # records in: FHIR free-text fields + HL7 NTE / OBX text segments
         pa.concat_tables([notes.good, hl7_notes.good]),
@@ -541,6 +548,7 @@ def task_clean(
             hl7v2_version=hl7v2_version,
             views=extra,
             text_workers=settings.deid.workers(),
+            text_ages=settings.deid.text_ages,
         )
         # after clean(): a source feeding a table FHIR and HL7 v2 fill appends to its staging rows
         sources = [

@@ -59,6 +59,11 @@ class DeidSettings(BaseModel):
         description="Processes de-identifying free text when a run has 2,000 notes or more; 0: one per CPU core, 1: in-process.",
     )
 
+    text_ages: Literal["over_89", "all"] = Field(
+        default="over_89",
+        description="Ages free text loses: over_89 (HIPAA Safe Harbor) or all (every stated age becomes [AGE]).",
+    )
+
     def workers(self) -> int:
         """The free-text worker count, 0 resolved to the CPUs this process may use."""
         return self.text_workers or len(os.sched_getaffinity(0))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -822,6 +822,7 @@ def notes_from_bronze(
     max_shift_days: int = 365,
     aliases: Mapping[str, str] | None = None,
     workers: int = 1,
+    ages: Literal["over_89", "all"] = "over_89",
 ) -> Split:
     """``silver.notes``: every free-text field of this run's resources, de-identified in one batch
     (by ``workers`` processes when the batch is large: see ``text_deid.deidentify_batch``).
@@ -891,6 +892,7 @@ def notes_from_bronze(
         surrogate_key=key,
         person_keys=persons,
         workers=workers,
+        ages=ages,
     ) if texts else []
     good = [
         {

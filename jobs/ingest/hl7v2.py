@@ -1581,7 +1581,12 @@ def note_texts(msg: _Message) -> Iterator[tuple[_Segment, str, str]]:
 
 
 def notes_from_bronze(
-    messages: pa.Table, *, key: bytes, max_shift_days: int = 365, workers: int = 1
+    messages: pa.Table,
+    *,
+    key: bytes,
+    max_shift_days: int = 365,
+    workers: int = 1,
+    ages: Literal["over_89", "all"] = "over_89",
 ) -> Split:
     """``silver.notes`` rows of HL7 v2 free text (NTE comments, OBX-5 text values), de-identified in
     one batch like FHIR's notes (``fhir.notes_from_bronze``).
@@ -1657,6 +1662,7 @@ def notes_from_bronze(
             surrogate_key=key,
             person_keys=persons,
             workers=workers,
+            ages=ages,
         )
         if texts
         else []

@@ -397,3 +397,81 @@ def test_worker_processes_give_the_same_notes_as_one_process() -> None:
     assert "qorbanzadeh" not in parallel[-2].text.lower() and parallel[-1].text == ""
     with pytest.raises(ValueError, match="person_keys has 1 entries for 14 texts"):
         deidentify_batch(notes, surrogate_key=KEY, person_keys=["p"], workers=2, min_parallel=1)
+
+
+# --- places, employers, firms, speakers, name lines: found in general text, not in clinical text
+
+
+@pytest.mark.parametrize(
+    ("text", "phi"),
+    [
+        ("She grew up in Trondheim and moved to Stavanger in May.", ["Trondheim", "Stavanger"]),
+        ("Transferred from ESPOO yesterday; family lives in Poznań.", ["ESPOO", "Poznań"]),
+        ("Travel history: flew to Kiikoinen last week.", ["Kiikoinen"]),
+        (
+            "Retired; worked at Boeing for 30 years, then employed by Acme Freight.",
+            ["Boeing", "Acme Freight"],
+        ),
+        ("Her lawyers, Clark, Romero and Hall, called.", ["Clark, Romero and Hall"]),
+        ("Insurance paperwork sent to Vazquez-Riggs on request.", ["Vazquez-Riggs"]),
+        ("Case manager from Johnson Inc. will visit.", ["Johnson Inc."]),
+        ('Ubul: "I am not sleeping."\nNurse: noted.', ["Ubul"]),
+        ("Gyala Antall\n24 Clarke Avenue\nSpringfield", ["Gyala Antall"]),
+        ("Irenka is very reliable with her medications.", ["Irenka"]),
+        ("What's your last name? Boyle", ["Boyle"]),
+    ],
+)
+def test_places_employers_and_names_are_found(
+    deid: TextDeidentifier, text: str, phi: list[str]
+) -> None:
+    [out] = deid.deidentify_batch([text], surrogate_key=KEY)
+    for value in phi:
+        assert value not in out.text, f"{value!r} survived in {out.text!r}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Plan: continue lisinopril.\nHPI: chest pain.\nAssessment: stable.\nMeds: none.",
+        "Admitted to ICU from ED, then transferred to PACU; lives in a group home.",
+        "Reading the ECG: sinus rhythm. Nice response to diuresis. Mobile with a frame.",
+        "Eliquis was held before surgery; Xarelto, 20 mg, restarted.",
+        "Metoprolol Tartrate\nAtorvastatin Calcium\nLong-Term Care\nFollow-Up",
+        "Addison's disease and Guillain-Barré syndrome ruled out; follow-up in clinic.",
+        "Works at home; walks daily. Moved to the ICU overnight.",
+    ],
+)
+def test_places_employers_and_names_leave_clinical_text(deid: TextDeidentifier, text: str) -> None:
+    """The gazetteer and cue recognizers add nothing to clinical text (spaCy's own mistakes,
+    such as brand drugs taken for people, are another matter)."""
+    from medlake.governance.recognizers import (
+        PlaceGazetteerRecognizer,
+        employer_recognizer,
+        organization_recognizer,
+        residence_recognizer,
+    )
+
+    places = PlaceGazetteerRecognizer(deid._clinical)
+    names = NameGazetteerRecognizer(deid._stop_words)
+    patterns = [employer_recognizer(), organization_recognizer(), residence_recognizer()]
+    found = [
+        (r.entity_type, text[r.start : r.end])
+        for recognizer in (places, names, *patterns)
+        for r in recognizer.analyze(text, recognizer.supported_entities)
+    ]
+    assert found == []
+
+
+def test_an_eponym_stays_whatever_spacy_calls_it(deid: TextDeidentifier) -> None:
+    """spaCy's small model takes "Addison" of "Addison's disease" for an organisation."""
+    note = "Addison's disease ruled out; Cushing syndrome considered."
+    assert deid.deidentify_batch([note], surrogate_key=KEY)[0].text == note
+
+
+def test_age_policy_over_89_keeps_younger_ages_all_removes_every_age() -> None:
+    note = "Patient is a 41-year-old male; his father, aged 93, turned 93 in May. Pulse 94."
+    [safe_harbor] = text_deidentifier().deidentify_batch([note], surrogate_key=KEY)
+    assert "41-year-old" in safe_harbor.text and "93" not in safe_harbor.text
+    [strict] = text_deidentifier("all").deidentify_batch([note], surrogate_key=KEY)
+    assert "41" not in strict.text and "93" not in strict.text
+    assert "[AGE]-year-old" in strict.text and "Pulse 94" in strict.text  # a reading stays
