@@ -250,7 +250,12 @@ def hospital_recognizer() -> PatternRecognizer:
         HOSPITAL,
         "HospitalRecognizer",
         [
-            ("named site", rf"(?-i:\b{word}(?:\s+(?:of\s+)?{word}){{0,4}}\s+{kind}\b)", 0.85),
+            # one line: "Discharge Planning" above "Cardiology Clinic" is no site name
+            (
+                "named site",
+                rf"(?-i:\b{word}(?:[ \t]+(?:of[ \t]+)?{word}){{0,4}}[ \t]+{kind}\b)",
+                0.85,
+            ),
             ("numbered ward", r"(?-i:\b(?:Ward|Unit|Bed|Room)\s+\d{1,3}[A-Z]?\b)", 0.6),
         ],
     )

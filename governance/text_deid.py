@@ -35,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from html.parser import HTMLParser
+from itertools import chain
 from typing import Any, Literal
 
 import tldextract
@@ -188,8 +189,8 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
 
 
 class LeanContextEnhancer(LemmaContextAwareEnhancer):
-    """Presidio's context enhancer, given only the results whose recognizer has context words:
-    it deep-copies what it is given, and copying every spaCy and pattern result (with their
+    """Presidio's context enhancer, given only the results whose recognizer has context words,
+    and kept from deep-copying them: copying every spaCy and pattern result (with their
     explanations) was a sixth of the time."""
 
     def enhance_using_context(
@@ -211,7 +212,18 @@ class LeanContextEnhancer(LemmaContextAwareEnhancer):
             return raw_results
         chosen = {id(r) for r in todo}
         rest = [r for r in raw_results if id(r) not in chosen]
-        return rest + super().enhance_using_context(text, todo, nlp_artifacts, recognizers, context)
+        enhanced = super().enhance_using_context(
+            text, _NotCopied(todo), nlp_artifacts, recognizers, context
+        )
+        return rest + list(enhanced)
+
+
+class _NotCopied(list[RecognizerResult]):
+    """Results Presidio's enhancer may raise in place: they were made for this note alone, so
+    its defensive deep copy (with every explanation) is skipped."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _NotCopied:
+        return self
 
 
 class CachedRecognizerRegistry(RecognizerRegistry):
@@ -421,7 +433,9 @@ class TextDeidentifier:
         results = relabel_record_hits(
             [r for r in results if is_identifying(text, r, self._stop_words, self._clinical)]
         )
-        return merge_spans(text, results + propagate_names(text, results, self._stop_words))
+        names = propagate_names(text, results, self._stop_words)
+        employers = contact_block_organisations(text, results + names, self._clinical)
+        return merge_spans(text, results + names + employers)
 
     def _entities_for(self, text: str, record: set[str]) -> list[str]:
         """The entity types worth looking for in ``text`` (with the ``record`` deny lists' own):
@@ -531,7 +545,7 @@ def is_identifying(
     value = text[result.start : result.end]
     if result.entity_type == "DATE_TIME":
         return bool(_DATE_SHAPE.search(value))
-    if result.entity_type in ("PERSON", "ORGANIZATION", "NRP", "LOCATION") and result.score < 1:
+    if result.entity_type in _NAMED and result.score < 1:
         words = [w.casefold() for w in _NAME_WORD.findall(value)]
         if all(
             w in stop_words or w in clinical or (len(w) > 6 and _DRUG_STEM.search(w)) for w in words
@@ -547,6 +561,9 @@ def is_identifying(
     return True
 
 
+#: Named things a detection can be made of clinical words only ("Cardiology Clinic").
+_NAMED = frozenset({"PERSON", "ORGANIZATION", "NRP", "LOCATION", "HOSPITAL"})
+
 #: USAN stems that end most generic drug names ("atorvastatin", "metoprolol", "omeprazole").
 _DRUG_STEM = re.compile(
     r"(?:statin|pril|sartan|olol|dipine|formin|gliptin|gliflozin|glutide|prazole|tidine|azole"
@@ -557,6 +574,7 @@ _DRUG_STEM = re.compile(
 
 #: Departments and clinical words that spaCy's small model tags as names or organisations.
 _CLINICAL_TERMS = """
+clinic hospital center centre medical health infirmary ward hospice unit department
 cardiology oncology neurology radiology pathology pediatrics paediatrics orthopedics urology
 nephrology gastroenterology endocrinology dermatology psychiatry psychology hematology
 pulmonology rheumatology obstetrics gynecology surgery anesthesia anaesthesia emergency icu
@@ -592,6 +610,7 @@ def _eponym(text: str, end: int) -> bool:
 
 _AND_NAME = re.compile(r"\s+(?:and|or|&)\s+[^\W\d_][\w'’-]*")
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]*")
+_LETTERS = re.compile(r"[^\W\d_]+")
 
 
 _LIST = re.compile(r"(?-i:\b[A-Z][\w'’-]+(?:,\s+[A-Z][\w'’-]+)*,?\s+(?:and|&|or)\s+[A-Z][\w'’-]+)")
@@ -624,21 +643,18 @@ def propagate_names(
         return []
     extra: list[RecognizerResult] = []
     words = {
-        w
+        w.casefold()
         for r in names
-        for w in re.findall(r"[^\W\d_][\w'’-]+", text[r.start : r.end])
+        for w in _NAME_WORD.findall(text, r.start, r.end)
         if len(w) >= 3 and w.casefold() not in stop_words and not _TITLE_ONLY.fullmatch(w)
     }
-    if words:
-        pattern = re.compile(
-            r"\b(?:" + "|".join(map(re.escape, sorted(words, key=len, reverse=True))) + r")\b",
-            re.IGNORECASE,
-        )
-        extra.extend(
-            RecognizerResult("PERSON", m.start(), m.end(), 0.45)
-            for m in pattern.finditer(text)
-            if not _eponym(text, m.end())
-        )
+    if words:  # every whole-word occurrence, also as a part of "Smith-Jones" or "Smith's"
+        spans = {
+            m.span()
+            for m in chain(_NAME_WORD.finditer(text), _LETTERS.finditer(text))
+            if m.group().casefold() in words and not _eponym(text, m.end())
+        }
+        extra.extend(RecognizerResult("PERSON", start, end, 0.45) for start, end in sorted(spans))
     for listed in _LIST.finditer(text):
         items = [
             m
@@ -650,6 +666,55 @@ def propagate_names(
         if any(r.start < m.end() and m.start() < r.end for m in items for r in names):
             extra.extend(RecognizerResult("PERSON", m.start(), m.end(), 0.45) for m in items)
     return extra
+
+
+#: A line's quoting or bullet prefix ("> ", "* ", "- ").
+_LINE_PREFIX = " \t>*•?-"
+#: An organisation's line in a contact block: one to four capitalised words ("&", "and", "of"
+#: between them), no digit, no colon.
+_ORGANISATION_LINE = re.compile(
+    r"[A-ZÀ-ÞĀ-Ž][\w'’.-]*(?:[ \t]+(?:&|and|of|the|[A-ZÀ-ÞĀ-Ž][\w'’.-]*)){0,3}"
+)
+
+
+def contact_block_organisations(
+    text: str, results: list[RecognizerResult], clinical: frozenset[str] = frozenset()
+) -> list[RecognizerResult]:
+    """In a contact block, the line after a line that is a person's name alone is their
+    organisation when it is one to four capitalised words ("Gyala Antall" / "Cityscan"); a job
+    title ("Leasing consultant"), a header ("Personal info:") or an address (digits) is not."""
+    lines = [(m.start(), m.end()) for m in re.finditer(r"[^\n]+", text)]
+    bounds = [_line_content(text, start, end) for start, end in lines]
+    named = {
+        i
+        for i, (start, end) in enumerate(bounds)
+        if end > start
+        and any(r.entity_type == "PERSON" and r.start <= start and end <= r.end for r in results)
+    }
+    out: list[RecognizerResult] = []
+    for i in sorted(named):
+        following = [j for j in range(i + 1, len(bounds)) if bounds[j][1] > bounds[j][0]]
+        if not following or following[0] in named:
+            continue
+        start, end = bounds[following[0]]
+        value = text[start:end]
+        words = _NAME_WORD.findall(value)
+        if (
+            end - start <= 40
+            and _ORGANISATION_LINE.fullmatch(value)
+            and not all(w.casefold() in clinical for w in words)
+        ):
+            out.append(RecognizerResult("ORGANIZATION", start, end, 0.45))
+    return out
+
+
+def _line_content(text: str, start: int, end: int) -> tuple[int, int]:
+    """The line's text without its quoting prefix and surrounding blanks."""
+    while start < end and text[start] in _LINE_PREFIX:
+        start += 1
+    while end > start and text[end - 1] in " \t\r":
+        end -= 1
+    return start, end
 
 
 def _absorbs(outer: RecognizerResult, results: list[RecognizerResult]) -> bool:

@@ -18,6 +18,7 @@ from medlake.governance.text_deid import (
     AttachmentError,
     DeidText,
     TextDeidentifier,
+    contact_block_organisations,
     decode_attachment,
     deidentify_attachments,
     narrative_text,
@@ -475,3 +476,21 @@ def test_age_policy_over_89_keeps_younger_ages_all_removes_every_age() -> None:
     [strict] = text_deidentifier("all").deidentify_batch([note], surrogate_key=KEY)
     assert "41" not in strict.text and "93" not in strict.text
     assert "[AGE]-year-old" in strict.text and "Pulse 94" in strict.text  # a reading stays
+
+
+def test_a_contact_blocks_organisation_line_goes_with_the_name(deid: TextDeidentifier) -> None:
+    block = "> Gyala Antall\n> Brightwater Analytics\n> Leasing consultant\n> Personal info:"
+    [out] = deid.deidentify_batch([block], surrogate_key=KEY)
+    assert "Gyala" not in out.text and "Brightwater" not in out.text
+    assert "Leasing consultant" in out.text and "Personal info:" in out.text
+    # a name line followed by a job title keeps the title; no name line, no organisation
+    [title] = deid.deidentify_batch(["Gyala Antall\nStaff nurse"], surrogate_key=KEY)
+    assert title.text.endswith("\nStaff nurse")
+    assert contact_block_organisations("Discharge Planning\nCardiology Clinic", []) == []
+
+
+def test_a_department_is_no_care_site_but_a_named_site_is(deid: TextDeidentifier) -> None:
+    assert _found(deid, "Seen in Cardiology Clinic today.") == []
+    assert ("Riverside Medical Center", "HOSPITAL") in _found(
+        deid, "Seen at Riverside Medical Center today."
+    )
