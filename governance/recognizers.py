@@ -29,6 +29,7 @@ MRN = "MEDICAL_RECORD_NUMBER"
 HOSPITAL = "HOSPITAL"
 AGE_OVER_89 = "AGE_OVER_89"
 STREET_ADDRESS = "STREET_ADDRESS"
+IDENTIFIER = "IDENTIFIER"
 
 _MONTH = (
     r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
@@ -197,6 +198,8 @@ def phone_recognizer() -> PatternRecognizer:
             ("local nnn nnnn (weak)", r"(?<![\d/.-])\b\d{3,4}[ .-]\d{4}\b(?![-/.]\d)", 0.3),
             ("(nn) nnnn nnnn", r"\(\d{2,4}\)\s*\d{3,4}[ .-]?\d{4}\b", 0.7),
             ("ten digits (weak)", r"(?<![\d-])\b\d{10}\b", 0.3),
+            # a national trunk prefix, area code and number, as Europe writes them: 0961-7596216
+            ("0area-number", r"(?<![\d-])\b0\d{2,4}[-/]\d{6,8}\b(?![-/]\d)", 0.5),
         ],
         context=[
             "phone",
@@ -409,6 +412,22 @@ def account_number_recognizer() -> PatternRecognizer:
     )
 
 
+def cued_identifier_recognizer() -> PatternRecognizer:
+    """A number after the name of what it identifies, in any format: ``driver's license number
+    is 2270-66-1551``, ``passport no. X1234567``, ``member ID: ABC-99812``, ``policy # 77-1203``
+    (Safe Harbor's licence, certificate, account and health-plan numbers)."""
+    cue = (
+        r"\b(?:licen[cs]e|passport|member|membership|policy|account|acct|certificate|subscriber"
+        r"|beneficiary|plan|insurance|serial|badge|id|identification)"
+        r"(?:\s+(?:number|no\.?|num|#|id))?\s*(?:is|:|#)?\s*"
+    )
+    return _recognizer(
+        IDENTIFIER,
+        "CuedIdentifierRecognizer",
+        [("after its name", rf"(?<={cue})(?=[A-Z-]*\d)[A-Z0-9][A-Z0-9-]{{4,19}}\b", 0.6)],
+    )
+
+
 def organization_recognizer() -> PatternRecognizer:
     """Organisations by their legal or trade suffix: ``Johnson Inc.``, ``Careset Systems``,
     ``Loveland Technologies``, ``Scale Unlimited Partners``: capitalised words before it."""
@@ -485,6 +504,7 @@ def medical_recognizers() -> list[EntityRecognizer]:
         account_number_recognizer(),
         street_address_recognizer(),
         titled_name_recognizer(),
+        cued_identifier_recognizer(),
         organization_recognizer(),
         employer_recognizer(),
         residence_recognizer(),

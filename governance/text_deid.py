@@ -135,6 +135,7 @@ NEED_A_DIGIT = frozenset(
         "AGE_OVER_89",
         "CREDIT_CARD",
         "IBAN_CODE",
+        "IDENTIFIER",
         "IP_ADDRESS",
         "MEDICAL_LICENSE",
         "MEDICAL_RECORD_NUMBER",
@@ -387,7 +388,8 @@ class TextDeidentifier:
             nlp_engine=self.nlp_engine,
             registry=registry,
             supported_languages=[LANGUAGE],
-            context_aware_enhancer=LeanContextEnhancer(),
+            # a cue may follow the value too ("781 1704 office", "12345 is my MRN")
+            context_aware_enhancer=LeanContextEnhancer(context_suffix_count=2),
         )
         self.nlp_engine.context_words = frozenset(
             word.lower() for r in registry.recognizers for word in r.context or ()

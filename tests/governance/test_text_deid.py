@@ -494,3 +494,25 @@ def test_a_department_is_no_care_site_but_a_named_site_is(deid: TextDeidentifier
     assert ("Riverside Medical Center", "HOSPITAL") in _found(
         deid, "Seen at Riverside Medical Center today."
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "phi"),
+    [
+        ("My driver's license number is 2270-66-1551, expires soon.", "2270-66-1551"),
+        ("Insurance member ID: ABC-99812 on file.", "ABC-99812"),
+        ("Passport no. X1234567 copied.", "X1234567"),
+        ("Call back at 781 1704 office hours.", "781 1704"),
+        ("Reachable on 0961-7596216 after six.", "0961-7596216"),
+    ],
+)
+def test_identifiers_and_phones_found_by_their_cue_or_shape(
+    deid: TextDeidentifier, text: str, phi: str
+) -> None:
+    [out] = deid.deidentify_batch([text], surrogate_key=KEY)
+    assert phi not in out.text, out.text
+
+
+def test_cues_leave_readings_alone(deid: TextDeidentifier) -> None:
+    note = "Plan ID review: insulin 10 units; policy discussed. BP 142/91 at home, pulse 88."
+    assert deid.deidentify_batch([note], surrogate_key=KEY)[0].text == note
