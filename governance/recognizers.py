@@ -46,7 +46,9 @@ _STREET_SUFFIX = (
 class LeanPatternRecognizer(PatternRecognizer):
     """A :class:`PatternRecognizer` with a leaner matching loop: no clock reads and debug log
     line per pattern and text (Presidio's loop spent more on those than on matching). Scores,
-    validation (``validate_result``/``invalidate_result``) and results are Presidio's."""
+    validation (``validate_result``/``invalidate_result``) and results are Presidio's, except
+    that a pattern with a group named ``value`` reports that group: its cue ("my name is ") is
+    matched before the value, which scans far faster than a look-behind at every position."""
 
     def analyze(
         self,
@@ -61,8 +63,10 @@ class LeanPatternRecognizer(PatternRecognizer):
         patterns: list[Pattern] = self.patterns  # type: ignore[has-type]
         results: list[RecognizerResult] = []
         for pattern in patterns:
-            for match in _compiled(pattern.regex, flags).finditer(text):
-                start, end = match.span()
+            compiled = _compiled(pattern.regex, flags)
+            group = "value" if "value" in compiled.groupindex else 0
+            for match in compiled.finditer(text):
+                start, end = match.span(group)
                 if start == end:
                     continue
                 value = text[start:end]
@@ -354,7 +358,7 @@ def titled_name_recognizer() -> PatternRecognizer:
         "wife ",
         "husband ",
     )
-    after_cue = "|".join(f"(?<=\\b{re.escape(c)})" for c in cues)
+    after_cue = rf"\b(?:{'|'.join(map(re.escape, cues))})"
     strong_cues = (
         "my name is ",
         "last name is ",
@@ -371,12 +375,12 @@ def titled_name_recognizer() -> PatternRecognizer:
         "follow up with ",
         "my kid ",
     )
-    after_strong_cue = "|".join(f"(?<=\\b{re.escape(c)})" for c in strong_cues)
+    after_strong_cue = rf"\b(?:{'|'.join(map(re.escape, strong_cues))})"
     not_a_word = (  # "call me on Monday", "call me back"
         r"(?!(?:on|at|in|when|back|if|after|before|about|tomorrow|today|tonight|later|soon|asap"
         r"|again|anytime|and|or|to|for|with|please|now|then|there|here)\b)"
     )
-    capital = r"[A-ZÀ-Þ][\w'’-]+"
+    capital = r"\p{Lu}[\w'’-]+"  # any script's capital: Š, Ł, Ő too
     return _recognizer(
         "PERSON",
         "ClinicalNameRecognizer",
@@ -389,12 +393,12 @@ def titled_name_recognizer() -> PatternRecognizer:
             ("middle initial", rf"(?-i:\b{capital}\s+[A-Z]\.?\s+{capital}\b)", 0.6),
             (
                 "cue name",
-                rf"(?:{after_cue})(?-i:{capital}(?:\s+(?:[A-Z]\.?\s+)?{capital}){{0,2}})",
+                rf"{after_cue}(?P<value>(?-i:{capital}(?:\s+(?:[A-Z]\.?\s+)?{capital}){{0,2}}))",
                 0.5,
             ),
             (
                 "strong cue, any case",
-                rf"(?:{after_strong_cue}){not_a_word}[^\W\d_][\w'’-]+(?:\s+(?:[^\W\d_]\.?\s+)?(?!and\b|in\b|for\b|on\b|at\b|to\b)[^\W\d_][\w'’-]+)?",
+                rf"{after_strong_cue}(?P<value>{not_a_word}[^\W\d_][\w'’-]+(?:\s+(?:[^\W\d_]\.?\s+)?(?!and\b|in\b|for\b|on\b|at\b|to\b)[^\W\d_][\w'’-]+)?)",
                 0.6,
             ),
         ],
@@ -424,7 +428,7 @@ def cued_identifier_recognizer() -> PatternRecognizer:
     return _recognizer(
         IDENTIFIER,
         "CuedIdentifierRecognizer",
-        [("after its name", rf"(?<={cue})(?=[A-Z-]*\d)[A-Z0-9][A-Z0-9-]{{4,19}}\b", 0.6)],
+        [("after its name", rf"{cue}(?P<value>(?=[A-Z-]*\d)[A-Z0-9][A-Z0-9-]{{4,19}})\b", 0.6)],
     )
 
 
@@ -462,7 +466,7 @@ def employer_recognizer() -> PatternRecognizer:
     return _recognizer(
         "ORGANIZATION",
         "EmployerRecognizer",
-        [("after a work cue", rf"(?<={cue}\s+(?:the\s+)?){_NOT_A_CARE_PLACE}{name}", 0.55)],
+        [("after a work cue", rf"{cue}\s+(?:the\s+)?(?P<value>{_NOT_A_CARE_PLACE}{name})", 0.55)],
     )
 
 
@@ -488,7 +492,7 @@ def residence_recognizer() -> PatternRecognizer:
     return _recognizer(
         LOCATION,
         "ResidenceRecognizer",
-        [("after a residence cue", rf"(?<={cue}\s+){_NOT_A_CARE_PLACE}{name}", 0.5)],
+        [("after a residence cue", rf"{cue}\s+(?P<value>{_NOT_A_CARE_PLACE}{name})", 0.5)],
     )
 
 

@@ -134,6 +134,7 @@ NEED_A_DIGIT = frozenset(
         "AGE",
         "AGE_OVER_89",
         "CREDIT_CARD",
+        "CRYPTO",
         "IBAN_CODE",
         "IDENTIFIER",
         "IP_ADDRESS",
