@@ -311,7 +311,7 @@ def street_address_recognizer() -> PatternRecognizer:
     link = r"(?:de|do|da|del|la|le|van|von|ten|u\.|str\.?|and)"
     word = rf"(?:{name}|{link})"
     # a word of a street's or town's name in any case, not an English function word
-    any_word = rf"(?:(?!{_NOT_NAME}\b)\p{{L}}[\p{{L}}'’.-]*+)"
+    any_word = rf"(?:(?!(?i:{_NOT_NAME})\b)\p{{L}}[\p{{L}}'’.-]*+)"
     # house number(s) before the street: "846 31 Rue ..." is one address line
     lead = r"(?:\d{1,6}[ \t]+){1,2}"
     # "12", "12b", "18." (not the "70s", nor "2" of "Via Foley 2 L": a dose or volume)
