@@ -39,7 +39,45 @@ _MONTH = (
 TITLE = r"(?:mr|mrs|ms|miss|mx|dr|prof|sir|madam|mister)"
 _STREET_SUFFIX = (
     r"(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|way|place|pl"
-    r"|terrace|ter|circle|cir|parkway|pkwy|highway|hwy|square|sq|trail|trl|alley|row|crescent)"
+    r"|terrace|ter|circle|cir|parkway|pkwy|highway|hwy|square|sq|trail|trl|alley|row|crescent"
+    r"|close|gardens|grove|mews)"  # British and Australian ones too
+)
+# Street-type words of other languages, from their postal conventions (the words a street sign
+# carries, not names of streets), so that an address abroad is found by its structure as an
+# English one is by "Street". Three lists, by where the word stands: before the name, glued to
+# its end, or after it as a word of its own.
+#: Before the name: French, Spanish/Catalan, Portuguese/Galician, Italian, Polish, South
+#: Slavic, Romanian, Greek, Russian ("rue de la Paix 3", "ul. Długa 5"). No English word is
+#: among them, so they count in any case ("al." not after "et": "et al. 2019" is a citation).
+_TYPE_BEFORE = (
+    r"(?:rue|boulevard|chemin|allée|quai|calle|avenida|avda\.?|paseo|carrer|rua|rúa|travessa"
+    r"|praça|alameda|estrada|viale|piazza|piazzale|vicolo|strada|ul\.|ulica|(?<!et )al\.|aleja"
+    r"|trg|bulevardul|calea|aleea|οδός|λεωφόρος|πλατεία|ул\.|улица|проспект)"
+)
+#: The same that are also English words or clinical shorthand ("via", "avenue", "C/" for
+#: "with"): only capitalised, and followed by a capitalised word or a particle ("Via dei Fiori").
+_TYPE_BEFORE_CAPITALISED = r"(?:Via|Avenue|Corso|Largo|Plaza|Camino|Impasse|Av\.|Pl\.|Str\.|C/)"
+#: Glued to the end of the name: German, Dutch, Danish/Norwegian, Swedish, Finnish, Icelandic
+#: ("Lindenstraße 5", "Koskikatu 9"). Only endings no English word has ("-gate", "-ring" and
+#: "-tee" are left out: "investigate", "during", "committee").
+_TYPE_GLUED = (
+    r"(?:straße|strasse|str|gasse|weg|allee|platz|damm|ufer|steig|pfad|straat|laan|plein"
+    r"|gracht|dijk|singel|steeg|vej|gade|vei|veien|veg|vegen|gata|gatan|stræde|torv|väg|vägen"
+    r"|gränd|torget|katu|tie|kuja|polku|tori|raitti|väylä|vegur|braut|stræti|stígur)"
+)
+#: After the name as a word of its own: Hungarian, Estonian, Scandinavian, Czech, Slovene/
+#: Croatian, Turkish, Latvian, German ("Rákóczi út 13.", "Pärnu mnt. 5", "Berliner Straße 5").
+_TYPE_AFTER = (
+    r"(?:út|útja|utca|tér|körút|krt\.|rakpart|rkp\.|köz|sétány|fasor|tänav|mnt\.|pst\.|gatan"
+    r"|vägen|vej|gade|náměstí|nám\.|třída|cesta|ulica|caddesi|cad\.|sokak|sok\.|iela|straße"
+    r"|strasse|straat|allee|platz|gasse)"
+)
+#: The same that are also English words ("tee", "gate", "u."): only after a capitalised name.
+_TYPE_AFTER_CAPITALISED = r"(?:u\.|sor|tee|gate|vei|veien|weg|str\.|laan|plein|allé|gränd)"
+#: English words that end a street's name rather than continue it ("12 rue Lepic and then").
+_NOT_NAME = (
+    r"(?:a|an|the|and|or|but|of|in|on|at|to|for|from|by|with|near|over|is|was|are|be|she|he|it"
+    r"|we|they|you|my|his|her|their|our|this|that|which|where|then|please|so)"
 )
 
 
@@ -279,26 +317,80 @@ def ssn_recognizer() -> PatternRecognizer:
 
 
 def street_address_recognizer() -> PatternRecognizer:
-    """Street lines (``24 Clarke Avenue``, ``6750 Koskikatu 25 Apt. 864``), with the unit and the
-    town/state/ZIP lines or comma parts that follow them; PO and military boxes; unit designators."""
-    name = r"(?:[A-ZÀ-ÞΑ-ΩА-Я][\w'’.-]*)"
+    """Street lines (``24 Clarke Avenue``, ``6750 Koskikatu 25 Apt. 864``, ``ul. Długa 5``,
+    ``Rákóczi út 13.``), with the unit and the town/state/ZIP lines or comma parts that follow
+    them; PO and military boxes, ships; unit designators."""
+    name = r"(?:\p{Lu}[\w'’.-]*)"
     link = r"(?:de|do|da|del|la|le|van|von|ten|u\.|str\.?|and)"
     word = rf"(?:{name}|{link})"
-    unit = r"(?:\s*,?\s*(?:Apt|Apartment|Suite|Ste|Unit)\.?\s*#?\s*\d{1,5}[A-Za-z]?)?"
+    # a word of a street's or town's name in any case, not an English function word
+    any_word = rf"(?:(?!(?i:{_NOT_NAME})\b)\p{{L}}[\p{{L}}'’.-]*+)"
+    # house number(s) before the street: "846 31 Rue ..." is one address line
+    lead = r"(?:\d{1,6}[ \t]+){1,2}"
+    # "12", "12b", "18." (not the "70s", nor "2" of "Via Foley 2 L": a dose or volume)
+    number = rf"\d{{1,5}}(?:[A-Za-z](?<!\ds))?\b(?![ \t]+(?i:{_DOSE_UNIT})\b)\.?"
+    unit = r"(?:\s*,?\s*(?i:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[A-Za-z]?\b){0,2}"
+    town = rf"(?:,[ \t]*{name}(?:[ \t]+{word}){{0,3}}|[ \t]*\n[ \t]*{name}(?:[ \t]+{word}){{0,3}}(?=,))"
+    zip_code = r"(?:,?[ \t]+(?:[A-Z]{2}[ \t]+)?\d{4,5}(?:-\d{4})?)?"
     follow = (
         r"(?:[ \t]*\n[ \t]*>?[ \t]*(?:,[ \t]*)?[^\n]{1,40}(?=\n|$)){0,4}"  # following lines
-        rf"(?:,[ \t]*{name}(?:[ \t]+{name}){{0,3}}){{0,2}}(?:,?[ \t]+(?:[A-Z]{{2}}[ \t]+)?\d{{4,5}}(?:-\d{{4}})?)?"
+        rf"{town}{{0,2}}{zip_code}"
     )
-    by_suffix = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?(?:{word}\s+){{0,4}}(?i:{_STREET_SUFFIX})\b\.?"
+    # after a street known by its type word: whole comma parts in lower case too ("..., sé,
+    # portugal", not "..., thank you"), or after its unit the capitalised words that end the
+    # line or sentence ("... Apt. 8 Ljubljana Slovenia.")
+    after_unit = r"(?<=(?i:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[A-Za-z]?)"
+    line_end = r"(?=[ \t]*(?:\n|$)|\.[ \t]|\.$)"
+    follow_any = (
+        rf"(?:(?:,[ \t]*{any_word}(?:[ \t]+{any_word}){{0,2}}(?=[ \t]*[,\n]|$|\.)){{1,2}}{zip_code}"
+        rf"|{after_unit}(?:[ \t]+{name}(?:[ \t]+{word}){{0,3}}){line_end}|{follow})"
+    )
+    # at least one word between: "3 ST elevation" is an ECG finding
+    by_suffix = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?(?:{word}\s+){{1,4}}(?i:{_STREET_SUFFIX})\b\.?"
     not_month = rf"(?!(?i:{_MONTH})\b)"
     not_unit = rf"(?!(?i:{_DOSE_UNIT})\b)"  # "325 MG Oral Tablet. Take 2" is a dose
-    by_number = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?{not_month}{not_unit}{name}(?:\s+{word}){{0,3}}\s+\d{{1,5}}[A-Za-z]?\b\.?"
+    by_number = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?{not_month}{not_unit}{name}(?:\s+{word}){{0,3}}\s+{number}"
+    # "Rue de la Paix 3", "846 31 Rue Al Imam", "Via dei Fiori 2": the type, then the name
+    type_before = (
+        rf"(?:(?i:{_TYPE_BEFORE})"
+        rf"|{_TYPE_BEFORE_CAPITALISED}(?=[ \t]+(?:\p{{Lu}}\p{{Ll}}|d['’]|(?i:{link}|de[ils]\w*|du)\b)))"
+    )
+    before_name = (
+        rf"(?:{lead}{type_before}(?:[ \t]+{any_word}){{1,5}}(?:[ \t]+{number})?"  # number first
+        rf"|{type_before}(?:[ \t]+{any_word}){{1,6}}[ \t]+{number})"  # number last
+    )
+    # (the patterns below test that a number follows a word before they test which word it
+    # is: every word of a note is a candidate start, and most are not before a number)
+    # "Koskikatu 9", "hersnapvej 18": a word ending in a street type, then the number
+    glued = rf"(?:{lead})?[\p{{L}}-]{{2,}}+(?=\.?[ \t]+\d)(?<=\p{{L}}{{2}}(?i:{_TYPE_GLUED}))\.?[ \t]+{number}"
+    # "Rákóczi út 13.", "Árpád fejedelem útja 3.", "Trenerys gate 232": name, type, number
+    type_after = rf"[\p{{L}}.]++(?=[ \t]+\d)(?<=[ \t](?i:{_TYPE_AFTER}))"
+    type_after_any = rf"[\p{{L}}.]++(?=[ \t]+\d)(?<=[ \t](?i:{_TYPE_AFTER}|{_TYPE_AFTER_CAPITALISED}))"
+    after_name = (
+        rf"(?:{lead}(?:{any_word}[ \t]+){{1,3}}{type_after}"  # after a house number
+        rf"|(?:{lead})?{name}(?:[ \t]+{any_word}){{0,2}}[ \t]+{type_after_any}"
+        rf"|\p{{Ll}}[\p{{L}}'’.-]*+[ \t]+{type_after})"  # one lower-case word: "hegyalja út"
+        rf"[ \t]+{number}"
+    )
+    # lower case: "12 birch hollow 4 st.", "0605 linden 21 apt. 9": a number, words, (a number,)
+    # then a unit or a street type in lower case (capitalised "ST" is a segment in an ECG)
+    lower = rf"\d{{1,6}}[ \t]+(?:\d{{1,6}}[ \t]+)?{not_month}{not_unit}{any_word}(?:[ \t]+{not_unit}{any_word}){{0,2}}"
+    lower_street = rf"{lower}(?:[ \t]+\d{{1,5}})?[ \t]+(?-i:street|avenue|road|boulevard|st\.|rd\.|ave\.)"
+    lower_unit = rf"{lower}[ \t]+{number}(?=[ \t]*,?[ \t]*(?i:apt|apartment|suite|ste)\.?[ \t]*#?\d)"
     return _recognizer(
         STREET_ADDRESS,
         "StreetAddressRecognizer",
         [
             ("number street suffix", rf"(?-i:\b{by_suffix}{unit}{follow})", 0.8),
             ("number name number", rf"(?-i:\b{by_number}{unit}{follow})", 0.6),
+            # strong (above spaCy's 0.85 for a name inside): the street type says it is one;
+            # one pattern, not three, as each pattern visits every word of the note
+            (
+                "street type word",
+                rf"(?-i:\b(?:{before_name}|{glued}|{after_name}){unit}{follow_any})",
+                0.86,
+            ),
+            ("lower case", rf"(?-i:\b(?:{lower_street}|{lower_unit}){unit}{follow_any})", 0.7),
             (
                 "name number (weak)",
                 rf"(?-i:\b{not_month}{name}(?:\s+{word}){{0,2}}\s+\d{{1,5}}[a-z]?\b)",
@@ -309,8 +401,11 @@ def street_address_recognizer() -> PatternRecognizer:
             (
                 "street corner",
                 (
-                    r"\b(?:the\s+)?corner\s+of\s+(?-i:[A-ZÀ-Þ\d])[^\n,;?!]{2,60}?\s+(?:and|&)\s+"
-                    r"(?-i:[A-ZÀ-Þ\d])[^\n,;?!]{1,40}?(?=\s*(?:[,;?!\n/]|\.(?:\s|$)|$))"
+                    r"\b(?:the\s+)?corner\s+of\s+(?:(?-i:[A-ZÀ-Þ\d])[^\n,;?!]{2,60}?\s+(?:and|&)\s+"
+                    r"(?-i:[A-ZÀ-Þ\d])[^\n,;?!]{1,40}?"
+                    # any case when the first street has a number: "corner of ul. Długa 5 and ..."
+                    r"|[^\n,;?!\d]{0,40}\d[^\n,;?!]{0,30}?\s+(?:and|&)\s+[^\n,;?!]{1,40}?)"
+                    r"(?=\s*(?:[,;?!\n/]|\.(?:\s|$)|$))"
                 ),
                 0.7,
             ),
@@ -318,6 +413,15 @@ def street_address_recognizer() -> PatternRecognizer:
                 "military box",
                 r"\b(?:PSC|CMR|Unit)\s+\d{3,5},?\s+Box\s+\d{1,5}(?:\s*\n?\s*(?:APO|FPO|DPO)\s+A[AEP]\s+\d{5})?",
                 0.85,
+            ),
+            # a ship's name over its fleet post office: "USS Lorenzen\nFPO AE 25990"
+            (
+                "ship",
+                (
+                    r"\b(?:USS|USNS|USNV|USCGC)[ \t]+\p{L}[\p{L}'’-]*(?:[ \t]+\p{L}[\p{L}'’-]*)?"
+                    r"\s*,?\s*(?:APO|FPO|DPO)\s+A[AEP]\s+\d{5}\b"
+                ),
+                0.9,
             ),
             ("zip (weak)", r"\b\d{5}(?:-\d{4})?\b", 0.05),
             (

@@ -27,6 +27,7 @@ from medlake.governance.text_deid import (
 )
 
 KEY = b"test-surrogate-key"
+STREET = "STREET_ADDRESS"
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +303,25 @@ def test_drug_names_and_eponyms_survive_but_the_doctor_does_not(deid: TextDeiden
         ("Personal info:\nPhone:\n\n467 3395\n", ("467 3395", "PHONE_NUMBER")),
         ("Can someone call me on 9472 7916? I have questions.", ("9472 7916", "PHONE_NUMBER")),
         ("He just turned 94 last month.", ("turned 94", "AGE_OVER_89")),
+        # street addresses abroad: the street type before the name, glued to it, after it
+        ("Please send the letter to 14 Rue des Lilas, thank you.", ("14 Rue des Lilas", STREET)),
+        ("The flat is at 7 ul. Kwiatowa 12 on the second floor.", ("7 ul. Kwiatowa 12", STREET)),
+        ("They moved to 5 Avenida del Mar 210 last spring.", ("5 Avenida del Mar 210", STREET)),
+        ("Home: 88 Via dei Tigli 4", ("88 Via dei Tigli 4", STREET)),
+        ("The pharmacy on lindenweg 17 delivers.", ("lindenweg 17", STREET)),
+        ("Return it to 301 Bergstraße 9 Apt. 4 when done.", ("301 Bergstraße 9 Apt. 4", STREET)),
+        ("Family lives on petőfi utca 22. near the school.", ("petőfi utca 22", STREET)),
+        ("Parcel for 44 Kowalski gate 8, oslo.", ("44 Kowalski gate 8, oslo", STREET)),
+        ("2 trg svobode 5, koper", ("2 trg svobode 5, koper", STREET)),
+        # lower case, with a unit or a street type after the number
+        ("deliver to 12 lumikatu 3, apt. 5", ("12 lumikatu 3, apt. 5", STREET)),
+        ("the shop at 9 lakeview 41 st. is closed", ("9 lakeview 41 st", STREET)),
+        # a ship over its fleet post office
+        ("Stationed aboard USS Harmony\nFPO AP 96601", ("USS Harmony\nFPO AP 96601", STREET)),
+        (
+            "Meet at the corner of ul. Lipowa 3 and Mill Lane.",
+            ("the corner of ul. Lipowa 3 and Mill Lane", STREET),
+        ),
     ],
 )
 def test_new_patterns_find_their_phi(
@@ -316,10 +336,34 @@ def test_new_patterns_find_their_phi(
         "Tenderness at the corner of the mouth and the chin.",
         "Call me on Monday about the results.",
         "She turned 64 in March; pulse 94 and SpO2 96 % on room air.",
+        "325 MG Oral Tablet. Take 2 tablets daily by mouth.",
+        "Via oral route 2 times daily for 10 days.",
+        "ECG: 2 mm ST depression, leads II 3 ST elevation.",
+        "Investigate 3 options with the committee 2 weeks from now.",
+        "LDL 160 mg/dL, HDL 40, total 240 fasting.",
+        "Walked 3 blocks down the road and climbed 2 flights.",
+        "Dressing at the corner of the wound and the drain.",
     ],
 )
 def test_new_patterns_leave_clinical_text(deid: TextDeidentifier, text: str) -> None:
     assert [f for f in _found(deid, text) if f[1] != "DATE_TIME"] == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Pain 5/10, BP 142/91, pulse 88; recheck in Room 12.",
+        "Given via PEG 3 times a day; Via Foley 2 L drained.",
+        "As reported by Okafor et al. Lancet 2019, the risk was 12 percent.",
+        "Metoprolol Tartrate 25 MG Oral Tablet; Warfarin 5 mg Tue 2.",
+        "Take 1 tablet bd 2 weeks, then 1 tablet daily.",
+        "For my take, see 5 Musicians Of The 70s and their fans.",
+    ],
+)
+def test_street_patterns_leave_clinical_text(deid: TextDeidentifier, text: str) -> None:
+    """Doses, readings, routes, citations and rooms are no street address (other recognizers
+    may still take a word of them for a name or a site)."""
+    assert [f for f in _found(deid, text) if f[1] == STREET] == []
 
 
 def test_repeated_notes_are_analysed_once_with_the_same_result(deid: TextDeidentifier) -> None:
