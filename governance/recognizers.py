@@ -349,7 +349,9 @@ def street_address_recognizer() -> PatternRecognizer:
     by_suffix = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?(?:{word}\s+){{1,4}}(?i:{_STREET_SUFFIX})\b\.?"
     not_month = rf"(?!(?i:{_MONTH})\b)"
     not_unit = rf"(?!(?i:{_DOSE_UNIT})\b)"  # "325 MG Oral Tablet. Take 2" is a dose
-    by_number = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?{not_month}{not_unit}{name}(?:\s+{word}){{0,3}}\s+{number}"
+    by_number = (
+        rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?{not_month}{not_unit}{name}(?:\s+{word}){{0,3}}\s+{number}"
+    )
     # "Rue de la Paix 3", "846 31 Rue Al Imam", "Via dei Fiori 2": the type, then the name
     type_before = (
         rf"(?:(?i:{_TYPE_BEFORE})"
@@ -365,7 +367,9 @@ def street_address_recognizer() -> PatternRecognizer:
     glued = rf"(?:{lead})?[\p{{L}}-]{{2,}}+(?=\.?[ \t]+\d)(?<=\p{{L}}{{2}}(?i:{_TYPE_GLUED}))\.?[ \t]+{number}"
     # "Rákóczi út 13.", "Árpád fejedelem útja 3.", "Trenerys gate 232": name, type, number
     type_after = rf"[\p{{L}}.]++(?=[ \t]+\d)(?<=[ \t](?i:{_TYPE_AFTER}))"
-    type_after_any = rf"[\p{{L}}.]++(?=[ \t]+\d)(?<=[ \t](?i:{_TYPE_AFTER}|{_TYPE_AFTER_CAPITALISED}))"
+    type_after_any = (
+        rf"[\p{{L}}.]++(?=[ \t]+\d)(?<=[ \t](?i:{_TYPE_AFTER}|{_TYPE_AFTER_CAPITALISED}))"
+    )
     after_name = (
         rf"(?:{lead}(?:{any_word}[ \t]+){{1,3}}{type_after}"  # after a house number
         rf"|(?:{lead})?{name}(?:[ \t]+{any_word}){{0,2}}[ \t]+{type_after_any}"
@@ -375,8 +379,12 @@ def street_address_recognizer() -> PatternRecognizer:
     # lower case: "12 birch hollow 4 st.", "0605 linden 21 apt. 9": a number, words, (a number,)
     # then a unit or a street type in lower case (capitalised "ST" is a segment in an ECG)
     lower = rf"\d{{1,6}}[ \t]+(?:\d{{1,6}}[ \t]+)?{not_month}{not_unit}{any_word}(?:[ \t]+{not_unit}{any_word}){{0,2}}"
-    lower_street = rf"{lower}(?:[ \t]+\d{{1,5}})?[ \t]+(?-i:street|avenue|road|boulevard|st\.|rd\.|ave\.)"
-    lower_unit = rf"{lower}[ \t]+{number}(?=[ \t]*,?[ \t]*(?i:apt|apartment|suite|ste)\.?[ \t]*#?\d)"
+    lower_street = (
+        rf"{lower}(?:[ \t]+\d{{1,5}})?[ \t]+(?-i:street|avenue|road|boulevard|st\.|rd\.|ave\.)"
+    )
+    lower_unit = (
+        rf"{lower}[ \t]+{number}(?=[ \t]*,?[ \t]*(?i:apt|apartment|suite|ste)\.?[ \t]*#?\d)"
+    )
     return _recognizer(
         STREET_ADDRESS,
         "StreetAddressRecognizer",
@@ -650,11 +658,19 @@ _CLINICAL_WORDS = """
     god lord saint sir head hand arm leg foot chest back neck side bay lake hill river field
     wood forest mountain valley city town county state center centre general royal date english time note reason signed
 """
-CLINICAL_WORDS = frozenset(_CLINICAL_WORDS.split())
+#: Salts and release forms that follow a drug's name ("Metoprolol Tartrate", "Diltiazem ER").
+_DRUG_FORMS = """
+    tartrate succinate hydrochloride hcl sodium potassium calcium magnesium besylate maleate
+    mesylate citrate sulfate sulphate phosphate acetate bromide chloride fumarate furoate
+    propionate valerate gluconate carbonate oxide bitartrate monohydrate dihydrate er xr xl sr
+    cr dr la ec odt
+"""
+DRUG_FORMS = frozenset(_DRUG_FORMS.split())
+CLINICAL_WORDS = frozenset(_CLINICAL_WORDS.split()) | DRUG_FORMS
 
-#: After an eponymous name the word is a disease, sign or device, not a person.
+#: After an eponymous name, on the same line, the word is a disease, sign or device, not a person.
 EPONYM_AFTER = re.compile(
-    r"(?:['’]s)?\s+(?:disease|syndrome|sign|test|palsy|reflex|score|scale|criteria|classification"
+    r"(?:['’]s)?[ \t]+(?:disease|syndrome|sign|test|palsy|reflex|score|scale|criteria|classification"
     r"|procedure|operation|catheter|tube|maneuver|manoeuvre|phenomenon|fracture|tumou?r|lymphoma"
     r"|ulcer|node|triad|law|position|disorder|anomaly|deformity|contracture|esophagus|oesophagus"
     r"|thyroiditis|encephalopathy|ataxia|dystrophy|stain|solution|formula|equation|method)\b",
@@ -672,6 +688,17 @@ _FIRM = re.compile(
 _HYPHEN_PAIR = re.compile(r"(?<![\w'’-])([^\W\d_][^\W\d_'’]+)-([^\W\d_][^\W\d_'’]+)(?![\w'’-])")
 #: A capitalised word opening a text, a line or a sentence.
 _OPENING_WORD = re.compile(r"(?:^|(?<=\n)|(?<=[.!?][ \t]))[ \t>*\"“-]*([A-ZÀ-ÞĀ-Ž][^\W\d_]{2,})")
+#: A name before a kinship or care word: "Roberto's daughter".
+_KIN = re.compile(
+    r"(?<![\w'’-])([^\W\d_][\w-]+)['’]s\s+(?:daughter|son|wife|husband|mother|father|mom|mum|dad"
+    r"|brother|sister|partner|spouse|fianc[ée]e?|girlfriend|boyfriend|caregiver|carer|guardian"
+    r"|grand(?:son|daughter|mother|father|child))\b",
+    re.IGNORECASE,
+)
+#: A lower-case first name, middle initial and last name: "codey m ross".
+_LOWER_INITIAL = re.compile(
+    r"(?<![\w'’-])([a-zà-þ]{2,}) ([a-z])\.? ([a-zà-þ][a-zà-þ'’-]+)(?![\w'’-])"
+)
 #: A word opening a line and followed by a colon and words: a speaker, or a section header.
 _SPEAKER = re.compile(r"(?m)^[ \t>*-]*([^\W\d_][\w'’-]+)[ \t]*:(?=[ \t]*[\"“']?[^\W\d_])")
 #: A line of two or three capitalised words (a middle initial allowed), nothing else.
@@ -756,6 +783,8 @@ class NameGazetteerRecognizer(EntityRecognizer):
         results.extend(self._speakers(text))
         results.extend(self._name_lines(text))
         results.extend(self._unknown_subjects(text))
+        results.extend(self._kin(text))
+        results.extend(self._lower_case_initials(text))
         return results
 
     def _unknown_subjects(self, text: str) -> list[Any]:
@@ -810,17 +839,40 @@ class NameGazetteerRecognizer(EntityRecognizer):
         :meth:`_lower_case_lists`)."""
         return any(w.casefold() in self.first for w in words)
 
+    def _kin(self, text: str) -> list[Any]:
+        """A name before a kinship or care word ("I'm Roberto's daughter", "Misty's husband
+        called"), unless it is a common word ("the patient's daughter", "Mother's sister")."""
+        out: list[RecognizerResult] = []
+        for kin in _KIN.finditer(text):
+            word = kin.group(1)
+            if len(word) >= 3 and self._rare(word, 4.0):
+                out.append(RecognizerResult("PERSON", kin.start(1), kin.end(1), 0.5))
+        return out
+
+    def _lower_case_initials(self, text: str) -> list[Any]:
+        """A lower-case name with a middle initial, its first name known ("codey m ross",
+        "leidy t muris")."""
+        out: list[RecognizerResult] = []
+        for name in _LOWER_INITIAL.finditer(text):
+            first, last = name.group(1), name.group(3)
+            if first in self.first and self._rare(first, 4.5) and self._rare(last, 4.5):
+                out.append(RecognizerResult("PERSON", name.start(), name.end(), 0.5))
+        return out
+
     def _speakers(self, text: str) -> list[Any]:
         """A speaker's name opening a line of dialogue ("Ubul: What a wife.", "mika: \"who are
-        you?\""): a rare word, not a section header ("Plan:", "HPI:")."""
+        you?\""): a rare word, or a known first name before a quotation; not a section header
+        ("Plan:", "HPI:")."""
         out: list[RecognizerResult] = []
         for speaker in _SPEAKER.finditer(text):
             word = speaker.group(1)
+            quoted = text[speaker.end() : speaker.end() + 2].lstrip()[:1] in ('"', "“")
+            known = quoted and word.casefold() in self.first
             if (
                 len(word) >= 3
                 and not word.isupper()
                 and word.casefold() not in SECTION_HEADERS
-                and self._rare(word, 2.5)
+                and self._rare(word, 4.0 if known else 2.5)
             ):
                 out.append(RecognizerResult("PERSON", speaker.start(1), speaker.end(1), 0.5))
         return out
@@ -832,8 +884,11 @@ class NameGazetteerRecognizer(EntityRecognizer):
         out: list[RecognizerResult] = []
         for line in _NAME_LINE.finditer(text):
             words = [w for w in _WORD.findall(line.group(1)) if not _INITIAL.fullmatch(w)]
-            known = any(w.casefold() in self.first or w.casefold() in self.last for w in words)
-            if 2 <= len(words) <= 3 and all(self._rare(w, 3.0 if known else 1.5) for w in words):
+            known = [w for w in words if w.casefold() in self.first or w.casefold() in self.last]
+            rare = 3.0 if known else 2.0  # a known name may be a common-ish word ("Allan")
+            if 2 <= len(words) <= 3 and all(
+                self._rare(w, 4.5 if w in known else rare) for w in words
+            ):
                 out.append(RecognizerResult("PERSON", line.start(1), line.end(1), 0.45))
         return out
 

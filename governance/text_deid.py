@@ -56,6 +56,7 @@ from spacy.tokens import Doc
 
 from medlake.governance.recognizers import (
     CLINICAL_WORDS,
+    DRUG_FORMS,
     EPONYM_AFTER,
     LANGUAGE,
     TITLE,
@@ -601,7 +602,7 @@ def clinical_vocabulary(name_words: frozenset[str]) -> frozenset[str]:
     texts += [f"{p.key} {p.icd10_display} {p.snomed_display}" for p in vocab.PROBLEMS.values()]
     texts += [f"{m.key} {m.display}" for m in vocab.MEASUREMENTS.values()]
     words = {w.casefold() for t in texts[1:] for w in _NAME_WORD.findall(t)} - name_words
-    return frozenset(words | set(_CLINICAL_TERMS.split()))
+    return frozenset(words | set(_CLINICAL_TERMS.split()) | DRUG_FORMS)
 
 
 def _eponym(text: str, end: int) -> bool:

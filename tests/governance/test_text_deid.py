@@ -560,3 +560,33 @@ def test_identifiers_and_phones_found_by_their_cue_or_shape(
 def test_cues_leave_readings_alone(deid: TextDeidentifier) -> None:
     note = "Plan ID review: insulin 10 units; policy discussed. BP 142/91 at home, pulse 88."
     assert deid.deidentify_batch([note], surrogate_key=KEY)[0].text == note
+
+
+@pytest.mark.parametrize(
+    ("text", "phi"),
+    [
+        ("Esat Jeknić\n3378 Lovers Lane", ["Esat Jeknić"]),
+        ("Allan Björk\nUnit 5022 Box 1225", ["Allan Björk"]),
+        ("Visitor said: \"I'm Roberto's daughter\".", ["Roberto"]),
+        ('mika: "who are you?"', ["mika"]),
+        ("discussed with leidy t muris by phone", ["leidy t muris"]),
+    ],
+)
+def test_names_by_line_kinship_dialogue_and_initial(
+    deid: TextDeidentifier, text: str, phi: list[str]
+) -> None:
+    [out] = deid.deidentify_batch([text], surrogate_key=KEY)
+    for value in phi:
+        assert value not in out.text, out.text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The patient's daughter and the Mother's sister visited.",
+        "Metoprolol Succinate\nDiltiazem ER\nPotassium Chloride",
+        "plan: see in 2 weeks\ncheck b p daily",
+    ],
+)
+def test_kinship_and_name_lines_leave_clinical_text(deid: TextDeidentifier, text: str) -> None:
+    assert deid.deidentify_batch([text], surrogate_key=KEY)[0].text == text
