@@ -409,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": bench_corpus(deid, texts, gold, args.misses),
     }
     _print_corpus("medlake text de-id, Safe Harbor ages (labelled corpus)", report["corpus"])
+    print(
+        f"  with {WORKERS} worker processes: {report['corpus']['texts_per_s_2_processes']:.0f} texts/s"
+    )
     strict = TextDeidentifier(ages="all")
     spans = strict.analyze_batch(texts)
     report["corpus_ages_all"] = score_corpus(
@@ -418,9 +421,6 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nwith ages='all' (every stated age removed): recall {r['recall']:.1%}, "
         f"precision {r['precision']:.1%}, AGE recall {r['recall_by_type']['AGE']['recall']:.1%}"
-    )
-    print(
-        f"  with {WORKERS} worker processes: {report['corpus']['texts_per_s_2_processes']:.0f} texts/s"
     )
     if args.baseline:
         report["baseline_here"] = bench_baseline(texts, gold)
