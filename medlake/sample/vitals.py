@@ -36,6 +36,8 @@ from medlake.sample.vocab import MRN_SYSTEM
 VITALS = "vitals"
 MAX_STREAMS = 6
 STREAM_HOURS = 3
+#: Lines a stream needs before defects are planted in it (8 picks, 10 lines clear of each end).
+MIN_PLANTED_LINES = 40
 SKEWED_DEVICE = "ICU-MON-07"
 SKEW = timedelta(seconds=95)
 GAP = (timedelta(minutes=60), timedelta(minutes=80))  # from the stream's start: no samples
@@ -78,6 +80,7 @@ def write_vitals(hospital: Hospital, out: Path, truth: Truth) -> None:
         if visit.visit_class == "IMP"
     ][:MAX_STREAMS]
     plant = plants_every_kind(hospital.patients)
+    planted = 0  # streams with planted lines: the first two long enough to hold them
     for number, (person, visit) in enumerate(stays):
         layout = "jsonl" if number % 2 == 0 else "csv"
         device = SKEWED_DEVICE if number == 0 else f"ICU-MON-{11 + number:02d}"
@@ -93,7 +96,10 @@ def write_vitals(hospital: Hospital, out: Path, truth: Truth) -> None:
                 start=(begin + GAP[0]).isoformat(),
                 end=(begin + GAP[1]).isoformat(),
             )
-        stream = _Stream(person, device, layout, truth, plant=plant and number < 2)
+        # a stay still open (no end) or shorter than its first samples has too few lines
+        plant_lines = plant and planted < 2 and len(samples) >= MIN_PLANTED_LINES
+        planted += plant_lines
+        stream = _Stream(person, device, layout, truth, plant=plant_lines)
         stream.write(
             samples, out, name=f"{VITALS}/{layout}/stay-{number + 1:03d}.{layout}", rng=rng
         )

@@ -110,3 +110,19 @@ def test_a_small_hospital_has_clean_streams_and_generation_is_deterministic(tmp_
     assert [v["kind"] for v in truth["vitals"]] == ["stream"] * 3
     for path in sorted((one.out / "vitals").rglob("*.*")):
         assert path.read_bytes() == (two.out / path.relative_to(one.out)).read_bytes()
+
+
+def test_defects_go_to_streams_long_enough_to_hold_them(tmp_path: Path) -> None:
+    """At 10,000 patients (seed 7, ``make bench``) the first monitored stay is still open and
+    has no samples: the defects go to the next long-enough streams instead of failing."""
+    from medlake.sample.people import Hospital
+    from medlake.sample.truth import Truth
+    from medlake.sample.vitals import MIN_PLANTED_LINES, write_vitals
+
+    truth = Truth(seed=7, patients=10_000)
+    write_vitals(Hospital(patients=10_000, seed=7), tmp_path, truth)
+    streams = [v for v in truth.as_dict()["vitals"] if v["kind"] == "stream"]
+    assert streams[0]["samples"] == 0  # the open stay: nothing to plant in
+    planted = {v["file"] for v in truth.as_dict()["vitals"] if v["kind"] not in ("stream", "gap")}
+    assert len(planted) == 2 and streams[0]["file"] not in planted
+    assert all(s["samples"] >= MIN_PLANTED_LINES for s in streams if s["file"] in planted)
