@@ -678,8 +678,8 @@ EPONYM_AFTER = re.compile(
 )
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _INITIAL = re.compile(r"[A-Z]\.?")
-_CAPITALISED_PAIR = re.compile(
-    r"(?<![\w'’-])([A-ZÀ-ÞĀ-ž][^\W\d_A-Z]+) ([A-ZÀ-ÞĀ-ž][^\W\d_A-Z]+)(?![\w'’-])"
+_CAPITALISED_PAIR = regex.compile(
+    r"(?<![\w'’-])([A-ZÀ-ÞĀ-ž][^\W\d_A-Z]+) (?:[A-ZÀ-Þ]\.? )?([A-ZÀ-ÞĀ-ž][^\W\d_A-Z]+)(?![\w'’-])"
 )
 _LOWER_LIST = re.compile(r"\b[a-z]+(?:, [a-z]+)+,? (?:and|or) [a-z]+\b")
 _FIRM = re.compile(
@@ -688,6 +688,32 @@ _FIRM = re.compile(
 _HYPHEN_PAIR = re.compile(r"(?<![\w'’-])([^\W\d_][^\W\d_'’]+)-([^\W\d_][^\W\d_'’]+)(?![\w'’-])")
 #: A capitalised word opening a text, a line or a sentence.
 _OPENING_WORD = re.compile(r"(?:^|(?<=\n)|(?<=[.!?][ \t]))[ \t>*\"“-]*([A-ZÀ-ÞĀ-Ž][^\W\d_]{2,})")
+#: A lower-case word opening a text or a line.
+_LOWER_OPENING_WORD = re.compile(r"(?:^|(?<=\n))[ \t>*\"“-]*([a-zà-ÿā-ž][^\W\d_]{3,})")
+#: A capitalised word after a lower-case word or a comma: inside a sentence.
+_MID_SENTENCE_CAPITALISED = re.compile(
+    r"(?<=[a-zà-ÿ,;] )([A-ZÀ-ÞĀ-Ž][a-zà-ÿā-ž'’-]{3,})(?![\w'’-])"
+)
+#: Endings of medical terms and generic drug names that no English word list holds.
+_MEDICAL_ENDING = re.compile(
+    r"(?:ase|ases|pathy|pathies|osis|oses|itis|emia|aemia|penia|penias|ectomy|otomy|ostomy|scope"
+    r"|scopy|ology|gram|graphy|plasty|algia|oma|omas|cyte|cytes|uria|trophy|plasia|genic|lysis"
+    r"|ectasis|megaly|rrhea|rrhoea|stenosis|sclerosis|statin|pril|sartan|olol|dipine|formin"
+    r"|gliptin|gliflozin|glutide|prazole|tidine|azole|mycin|cillin|cycline|floxacin|parin|xaban"
+    r"|gatran|oxetine|azepam|azolam|tinib|platin|taxel|rubicin|semide|thiazide|lukast|terol"
+    r"|tropium|triptan|profen|coxib|codone|morphone|setron|dronate|ciclovir|navir|mab|ine|ide"
+    r"|tril|vir|nib|stat|cept|afil|relin|ium|parib|lisib"
+    r"|ate|ol|one)$"
+)
+#: A first name, a family-name particle, a capitalised name.
+_PARTICLE_NAME = re.compile(
+    r"(?<![\w'’-])([A-ZÀ-ÞĀ-Ž][^\W\d_]+) (?:van der|van den|van de|van|von|de la|de|del|della|der"
+    r"|den|ten|ter|da|di|du|le|la|bin|ibn|al) ([A-ZÀ-ÞĀ-Ž][\w'’-]+)(?![\w'’-])"
+)
+#: A lower-case line of two words.
+_LOWER_NAME_LINE = re.compile(
+    r"(?m)^[ \t>*•?-]*(([a-zà-ÿā-ž][\w'’-]+) ([a-zà-ÿā-ž][\w'’-]+))[ \t]*$"
+)
 #: A name before a kinship or care word: "Roberto's daughter".
 _KIN = re.compile(
     r"(?<![\w'’-])([^\W\d_][\w-]+)['’]s\s+(?:daughter|son|wife|husband|mother|father|mom|mum|dad"
@@ -763,6 +789,7 @@ class NameGazetteerRecognizer(EntityRecognizer):
 
     def load(self) -> None:
         self.first, self.last, self.common = gazetteer()
+        self.places = place_names()[0]
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
         """Name spans of ``text`` (see the class docstring for the rules)."""
@@ -785,7 +812,64 @@ class NameGazetteerRecognizer(EntityRecognizer):
         results.extend(self._unknown_subjects(text))
         results.extend(self._kin(text))
         results.extend(self._lower_case_initials(text))
+        results.extend(self._lower_case_subjects(text))
+        results.extend(self._particle_names(text))
+        results.extend(self._lower_case_name_lines(text))
+        results.extend(  # the last resort: only where no rule above found a name
+            r
+            for r in self._unseen_capitalised(text)
+            if not any(o.start <= r.start and r.end <= o.end for o in results)
+        )
         return results
+
+    def _lower_case_subjects(self, text: str) -> list[Any]:
+        """A lower-case text or line opening with a name as its subject ("selma is from …",
+        "bártová began writing …"): a known first name that is not a common word, or a word
+        no English text uses."""
+        out: list[RecognizerResult] = []
+        for match in _LOWER_OPENING_WORD.finditer(text):
+            word, end = match.group(1), match.end(1)
+            known = word in self.first and self._rare(word, 3.5)
+            if _SUBJECT_VERB.match(text, end) and (known or self._rare(word, 1.0)):
+                out.append(RecognizerResult("PERSON", match.start(1), end, 0.45))
+        return out
+
+    def _unseen_capitalised(self, text: str) -> list[Any]:
+        """A capitalised word inside a sentence that no English text uses and that is not built
+        like a medical term ("early Kasslin", "the Roeterdink novel"): a name no list holds.
+        "Anisocytosis", "Colonoscope" and drug names keep their medical endings."""
+        out: list[RecognizerResult] = []
+        for match in _MID_SENTENCE_CAPITALISED.finditer(text):
+            word = match.group(1)
+            key = word.casefold()
+            if (
+                self._rare(word, 1.0)
+                and not _MEDICAL_ENDING.search(key)
+                and key not in self.places
+                and not EPONYM_AFTER.match(text, match.end(1))
+            ):
+                out.append(RecognizerResult("PERSON", match.start(1), match.end(1), 0.45))
+        return out
+
+    def _particle_names(self, text: str) -> list[Any]:
+        """A first name (known, or a word no English text uses), a family-name particle and a
+        capitalised name ("Willemine ten Pas", "Ludwig van Beethoven")."""
+        return [
+            RecognizerResult("PERSON", m.start(), m.end(), 0.5)
+            for m in _PARTICLE_NAME.finditer(text)
+            if (m.group(1).casefold() in self.first or self._rare(m.group(1), 1.0))
+            and self._rare(m.group(2), 4.5)
+        ]
+
+    def _lower_case_name_lines(self, text: str) -> list[Any]:
+        """A lower-case line of a known first name and a rare word ("guðgeir bergsveinsson")."""
+        return [
+            RecognizerResult("PERSON", m.start(1), m.end(1), 0.45)
+            for m in _LOWER_NAME_LINE.finditer(text)
+            if m.group(2) in self.first
+            and self._rare(m.group(2), 3.5)
+            and self._rare(m.group(3), 2.0)
+        ]
 
     def _unknown_subjects(self, text: str) -> list[Any]:
         """A capitalised word no English text uses, opening a sentence as its subject or as the
@@ -850,12 +934,13 @@ class NameGazetteerRecognizer(EntityRecognizer):
         return out
 
     def _lower_case_initials(self, text: str) -> list[Any]:
-        """A lower-case name with a middle initial, its first name known ("codey m ross",
-        "leidy t muris")."""
+        """A lower-case name with a middle initial, its first or last name known ("codey m
+        ross", "emidio p lombardo")."""
         out: list[RecognizerResult] = []
         for name in _LOWER_INITIAL.finditer(text):
             first, last = name.group(1), name.group(3)
-            if first in self.first and self._rare(first, 4.5) and self._rare(last, 4.5):
+            known = first in self.first or last in self.last
+            if known and self._rare(first, 4.5) and self._rare(last, 4.5):
                 out.append(RecognizerResult("PERSON", name.start(), name.end(), 0.5))
         return out
 
@@ -894,9 +979,10 @@ class NameGazetteerRecognizer(EntityRecognizer):
 
     def _half_known_pairs(self, text: str) -> list[Any]:
         """Two capitalised words, a known first name and an unknown one after it ("Lina
-        Artemova"), or an unknown one before a known last name ("Rościsław Dudek")."""
+        Artemova", "Halldór Ó Árnþórsson" with a middle initial), or an unknown one before a
+        known last name ("Rościsław Dudek")."""
         out: list[RecognizerResult] = []
-        for pair in _CAPITALISED_PAIR.finditer(text):
+        for pair in _CAPITALISED_PAIR.finditer(text, overlapped=True):  # "The Lina Artemova"
             first, last = pair.group(1).casefold(), pair.group(2).casefold()
             if {first, last} & (self.common | self.stop_words) or EPONYM_AFTER.match(
                 text, pair.end()

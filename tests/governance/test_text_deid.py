@@ -590,3 +590,35 @@ def test_names_by_line_kinship_dialogue_and_initial(
 )
 def test_kinship_and_name_lines_leave_clinical_text(deid: TextDeidentifier, text: str) -> None:
     assert deid.deidentify_batch([text], surrogate_key=KEY)[0].text == text
+
+
+@pytest.mark.parametrize(
+    ("text", "phi"),
+    [
+        ("Her favourite poet is early Kasslin, she says.", "Kasslin"),
+        ("selma is from the coast and visits weekly", "selma"),
+        ("Seen with Willemine ten Pas at the bedside.", "Willemine ten Pas"),
+        ("notes:\nguðgeir bergsveinsson\n", "guðgeir bergsveinsson"),
+        ("The Halldór Ó Árnþórsson letter arrived.", "Halldór Ó Árnþórsson"),
+    ],
+)
+def test_last_resort_name_rules_find_their_name(
+    deid: TextDeidentifier, text: str, phi: str
+) -> None:
+    [out] = deid.deidentify_batch([text], surrogate_key=KEY)
+    assert phi not in out.text, out.text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Smear shows Anisocytosis and mild Lymphopenia; screen for Biotinidase deficiency.",
+        "Procedure done with a pediatric Colonoscope, no Hemoglobinopathy found.",
+        "labs were stable overnight\nvitals within normal limits",
+        "Started on Empagliflozin and Sacubitril, then Dapagliflozin.",
+    ],
+)
+def test_last_resort_name_rules_leave_medical_words(deid: TextDeidentifier, text: str) -> None:
+    names = NameGazetteerRecognizer(deid._stop_words)
+    names.load()
+    assert [text[r.start : r.end] for r in names.analyze(text, ["PERSON"])] == []
