@@ -697,16 +697,20 @@ _LOWER_OPENING_WORD = re.compile(r"(?:^|(?<=\n))[ \t>*\"“-]*([a-zà-ÿā-ž][^
 _MID_SENTENCE_CAPITALISED = re.compile(
     r"(?<=[a-zà-ÿ,;] )([A-ZÀ-ÞĀ-Ž][a-zà-ÿā-ž'’-]{3,})(?![\w'’-])"
 )
-#: Endings of medical terms and generic drug names that no English word list holds.
+#: USAN stems that end most generic drug names ("atorvastatin", "metoprolol", "omeprazole").
+DRUG_STEMS = (
+    r"statin|pril|sartan|olol|dipine|formin|gliptin|gliflozin|glutide|prazole|tidine|azole"
+    r"|mycin|cillin|cycline|floxacin|parin|xaban|gatran|oxetine|azepam|azolam|tinib|platin"
+    r"|taxel|rubicin|semide|thiazide|lukast|terol|tropium|triptan|profen|coxib|codone|morphone"
+    r"|setron|dronate|ciclovir|navir|zumab|ximab|umab"
+)
+#: Endings of medical terms and generic drug names that no English word list holds: the drug
+#: stems, shorter and rarer stems, and the endings of disease, procedure and cell names.
 _MEDICAL_ENDING = re.compile(
     r"(?:ase|ases|pathy|pathies|osis|oses|itis|emia|aemia|penia|penias|ectomy|otomy|ostomy|scope"
     r"|scopy|ology|gram|graphy|plasty|algia|oma|omas|cyte|cytes|uria|trophy|plasia|genic|lysis"
-    r"|ectasis|megaly|rrhea|rrhoea|stenosis|sclerosis|statin|pril|sartan|olol|dipine|formin"
-    r"|gliptin|gliflozin|glutide|prazole|tidine|azole|mycin|cillin|cycline|floxacin|parin|xaban"
-    r"|gatran|oxetine|azepam|azolam|tinib|platin|taxel|rubicin|semide|thiazide|lukast|terol"
-    r"|tropium|triptan|profen|coxib|codone|morphone|setron|dronate|ciclovir|navir|mab|ine|ide"
-    r"|tril|vir|nib|stat|cept|afil|relin|ium|parib|lisib"
-    r"|ate|ol|one)$"
+    rf"|ectasis|megaly|rrhea|rrhoea|stenosis|sclerosis|{DRUG_STEMS}"
+    r"|mab|ine|ide|tril|vir|nib|stat|cept|afil|relin|ium|parib|lisib|ate|ol|one)$"
 )
 #: A first name, a family-name particle, a capitalised name.
 _PARTICLE_NAME = re.compile(

@@ -58,9 +58,11 @@ from presidio_anonymizer.entities import RecognizerResult as Replacement
 from spacy.attrs import IDX, IS_PUNCT, IS_SPACE, IS_STOP, LOWER
 from spacy.tokens import Doc
 
+from medlake.config import AgePolicy
 from medlake.governance.recognizers import (
     CLINICAL_WORDS,
     DRUG_FORMS,
+    DRUG_STEMS,
     EPONYM_AFTER,
     LANGUAGE,
     TITLE,
@@ -121,10 +123,6 @@ SCORE_THRESHOLD = 0.4
 
 #: Entity types replaced by a fixed token rather than a surrogate.
 FIXED_TOKENS = {"DATE_TIME": "[DATE]", "AGE": "[AGE]"}
-
-#: Which ages a note loses: ``over_89`` (HIPAA Safe Harbor: younger ages stay, a note needs
-#: them) or ``all`` (a stricter release: every stated age becomes ``[AGE]``).
-AgePolicy = Literal["over_89", "all"]
 
 #: Record terms with a digit are identifiers; the rest (names, streets, towns) are names.
 RECORD_NAME = "PERSON"
@@ -572,13 +570,7 @@ def is_identifying(
 #: Named things a detection can be made of clinical words only ("Cardiology Clinic").
 _NAMED = frozenset({"PERSON", "ORGANIZATION", "NRP", "LOCATION", "HOSPITAL"})
 
-#: USAN stems that end most generic drug names ("atorvastatin", "metoprolol", "omeprazole").
-_DRUG_STEM = re.compile(
-    r"(?:statin|pril|sartan|olol|dipine|formin|gliptin|gliflozin|glutide|prazole|tidine|azole"
-    r"|mycin|cillin|cycline|floxacin|parin|xaban|gatran|oxetine|azepam|azolam|tinib|platin"
-    r"|taxel|rubicin|semide|thiazide|lukast|terol|tropium|triptan|profen|coxib|codone|morphone"
-    r"|setron|dronate|ciclovir|navir|zumab|ximab|umab)$"
-)
+_DRUG_STEM = re.compile(rf"(?:{DRUG_STEMS})$")
 
 #: Departments and clinical words that spaCy's small model tags as names or organisations.
 _CLINICAL_TERMS = """
@@ -691,6 +683,8 @@ def contact_block_organisations(
     """In a contact block, the line after a line that is a person's name alone is their
     organisation when it is one to four capitalised words ("Gyala Antall" / "Cityscan"); a job
     title ("Leasing consultant"), a header ("Personal info:") or an address (digits) is not."""
+    if "\n" not in text or not any(r.entity_type == "PERSON" for r in results):
+        return []
     lines = [(m.start(), m.end()) for m in re.finditer(r"[^\n]+", text)]
     bounds = [_line_content(text, start, end) for start, end in lines]
     named = {

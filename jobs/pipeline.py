@@ -18,13 +18,12 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from medlake import ledger, registry
-from medlake.config import Settings
+from medlake.config import AgePolicy, Settings
 from medlake.governance import vault
 from medlake.governance.at_rest import lake_for
 from medlake.governance.crypto import Keyring
@@ -147,7 +146,7 @@ def clean(
     on_unmapped: dict[str, OnUnmapped] | None = None,
     views: Mapping[str, ViewTable] | None = None,
     text_workers: int = 1,
-    text_ages: Literal["over_89", "all"] = "over_89",
+    text_ages: AgePolicy = "over_89",
 ) -> StageResult:
     """This run's bronze rows → validated, pseudonymized, date-shifted, standardized rows in staging,
     awaiting the gate.

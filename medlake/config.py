@@ -49,6 +49,11 @@ class KeySettings(BaseModel):
     )
 
 
+#: Which ages free text loses: ``over_89`` (HIPAA Safe Harbor: younger ages stay, a note needs
+#: them) or ``all`` (a stricter release: every stated age becomes ``[AGE]``).
+AgePolicy = Literal["over_89", "all"]
+
+
 class DeidSettings(BaseModel):
     """Structured de-identification (HIPAA Safe Harbor)."""
 
@@ -59,7 +64,7 @@ class DeidSettings(BaseModel):
         description="Processes de-identifying free text when a run has 2,000 notes or more; 0: one per CPU core, 1: in-process.",
     )
 
-    text_ages: Literal["over_89", "all"] = Field(
+    text_ages: AgePolicy = Field(
         default="over_89",
         description="Ages free text loses: over_89 (HIPAA Safe Harbor) or all (every stated age becomes [AGE]).",
     )

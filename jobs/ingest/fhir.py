@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ValidationError
 
+from medlake.config import AgePolicy
 from medlake.governance.deid import date_shift_days, shift_date, shift_datetime, zip3
 from medlake.governance.pseudonyms import mrn_key, record_key, source_key
 from medlake.jobs.views import coverage
@@ -822,7 +823,7 @@ def notes_from_bronze(
     max_shift_days: int = 365,
     aliases: Mapping[str, str] | None = None,
     workers: int = 1,
-    ages: Literal["over_89", "all"] = "over_89",
+    ages: AgePolicy = "over_89",
 ) -> Split:
     """``silver.notes``: every free-text field of this run's resources, de-identified in one batch
     (by ``workers`` processes when the batch is large: see ``text_deid.deidentify_batch``).
@@ -832,12 +833,7 @@ def notes_from_bronze(
     Undecodable attachments are quarantined (``deid.attachment_undecodable``); resources that do
     not parse or have no subject are quarantined by their own table's flattener, not here.
     """
-    from medlake.governance.text_deid import (
-        AttachmentError,
-        decode_attachment,
-        deidentify_batch,
-        narrative_text,
-    )
+    from medlake.governance.text_deid import AttachmentError, decode_attachment, narrative_text
 
     deny_lists = record_terms(bronze, key=key, aliases=aliases) if deny_lists is None else deny_lists
     pseudo = Pseudonymizer(key=key, max_shift_days=max_shift_days, aliases=aliases or {})
@@ -885,25 +881,45 @@ def notes_from_bronze(
                     "_run_id": row["_run_id"],
                 }
             )
+    return Split(
+        deidentified_notes(meta, texts, deny_lists, key=key, workers=workers, ages=ages),
+        quarantine_rows(bad, table_name=SILVER_NOTES.name),
+    )
+
+
+def deidentified_notes(
+    meta: list[dict[str, Any]],
+    texts: list[str],
+    deny_lists: Mapping[str, list[str]],
+    *,
+    key: bytes,
+    workers: int = 1,
+    ages: AgePolicy = "over_89",
+) -> pa.Table:
+    """``silver.notes`` rows: each note's ``meta`` with its text de-identified in one batch (its
+    patient's deny list and surrogates) and what was replaced, by type and count only."""
+    from medlake.governance.text_deid import deidentify_batch
+
     persons = [m["person_key"] for m in meta]
-    done = deidentify_batch(
-        texts,
-        deny_lists=[deny_lists.get(p, []) for p in persons],
-        surrogate_key=key,
-        person_keys=persons,
-        workers=workers,
-        ages=ages,
-    ) if texts else []
-    good = [
+    done = (
+        deidentify_batch(
+            texts,
+            deny_lists=[deny_lists.get(p, []) for p in persons],
+            surrogate_key=key,
+            person_keys=persons,
+            workers=workers,
+            ages=ages,
+        )
+        if texts
+        else []
+    )
+    rows = [
         {
             **m,
             "note_text_deid": d.text,
             "phi_replaced": d.replaced,
             "phi_entities": json.dumps(d.summary()["entities"], sort_keys=True),
         }
-        for m, d in zip(meta, done)
+        for m, d in zip(meta, done, strict=True)
     ]
-    return Split(
-        pa.Table.from_pylist(good, schema=SILVER_NOTES.schema),
-        quarantine_rows(bad, table_name=SILVER_NOTES.name),
-    )
+    return pa.Table.from_pylist(rows, schema=SILVER_NOTES.schema)

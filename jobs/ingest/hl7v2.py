@@ -24,7 +24,6 @@ the person key is the source key, until entity resolution links it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -36,9 +35,19 @@ from typing import Any, Literal
 import hl7
 import pyarrow as pa
 
+from medlake.config import AgePolicy
 from medlake.governance.deid import shift_date, shift_datetime, zip3
 from medlake.governance.pseudonyms import mrn_key, source_key
-from medlake.jobs.ingest.fhir import ICD10CM, LOINC, RAW_SCHEMA, RXNORM, SNOMED, UCUM, Pseudonymizer
+from medlake.jobs.ingest.fhir import (
+    ICD10CM,
+    LOINC,
+    RAW_SCHEMA,
+    RXNORM,
+    SNOMED,
+    UCUM,
+    Pseudonymizer,
+    deidentified_notes,
+)
 from medlake.quarantine import Split, quarantine_id, quarantine_rows
 from medlake.registry import (
     BRONZE_HL7V2,
@@ -1586,7 +1595,7 @@ def notes_from_bronze(
     key: bytes,
     max_shift_days: int = 365,
     workers: int = 1,
-    ages: Literal["over_89", "all"] = "over_89",
+    ages: AgePolicy = "over_89",
 ) -> Split:
     """``silver.notes`` rows of HL7 v2 free text (NTE comments, OBX-5 text values), de-identified in
     one batch like FHIR's notes (``fhir.notes_from_bronze``).
@@ -1597,7 +1606,7 @@ def notes_from_bronze(
     (``deid.note_missing_subject``). ``resource_type`` is ``HL7v2:NTE`` or ``HL7v2:OBX``; the
     note and resource keys are keyed pseudonyms of (sending facility, control id, segment position).
     """
-    from medlake.governance.text_deid import deidentify_batch, record_deny_list
+    from medlake.governance.text_deid import record_deny_list
 
     deny_lists: dict[str, list[str]] = {}
     for identity in patient_identities(messages, key=key):
@@ -1654,29 +1663,7 @@ def notes_from_bronze(
                     "_run_id": row["_run_id"],
                 }
             )
-    persons = [m["person_key"] for m in meta]
-    done = (
-        deidentify_batch(
-            texts,
-            deny_lists=[deny_lists.get(p, []) for p in persons],
-            surrogate_key=key,
-            person_keys=persons,
-            workers=workers,
-            ages=ages,
-        )
-        if texts
-        else []
-    )
-    good = [
-        {
-            **m,
-            "note_text_deid": d.text,
-            "phi_replaced": d.replaced,
-            "phi_entities": json.dumps(d.summary()["entities"], sort_keys=True),
-        }
-        for m, d in zip(meta, done, strict=True)
-    ]
     return Split(
-        pa.Table.from_pylist(good, schema=SILVER_NOTES.schema),
+        deidentified_notes(meta, texts, deny_lists, key=key, workers=workers, ages=ages),
         _quarantined(bad, table_name=SILVER_NOTES.name),
     )
