@@ -108,10 +108,41 @@ class DbtSettings(BaseModel):
 
 
 class SparkSettings(BaseModel):
-    """The scale-out engine (Spark with delta-spark)."""
+    """The scale-out engine (Spark with delta-spark), used when ``MEDLAKE__ENGINE=spark``."""
 
-    master: str = Field(default="local[2]", description="Spark master URL.")
+    master: str = Field(
+        default="local[*]", description="Spark master URL: local[*], spark://host:7077, k8s://https://…"
+    )
+    remote: str | None = Field(
+        default=None,
+        description="Spark Connect URL (sc://host:15002); when set it wins over the master.",
+    )
     jars_dir: Path = Field(default=REPO_ROOT / ".venv" / "jars", description="delta-spark jars fetched at install.")
+
+
+class EmbeddedSettings(BaseModel):
+    """The default engine on one machine (delta-rs, Arrow, DuckDB/Polars; no JVM)."""
+
+    batch_rows: int = Field(
+        default=10_000, ge=1, description="Rows per record batch a batch-local step streams."
+    )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="Worker processes for CPU-bound batch steps; 0: one per core (1: in-process).",
+    )
+    parallel_min_rows: int = Field(
+        default=50_000,
+        ge=0,
+        description="Below this many source rows a batch step runs in-process (workers cost ~1 s to start).",
+    )
+    buckets: int = Field(
+        default=16, ge=1, description="Hash buckets of a keyed step: one bucket in memory at a time."
+    )
+
+    def worker_count(self) -> int:
+        """The worker processes to use: the setting, or one per core."""
+        return self.workers or max(1, os.cpu_count() or 1)
 
 
 class LineageSettings(BaseModel):
@@ -154,6 +185,10 @@ class Settings(BaseSettings):
         default_factory=lambda: os.environ.get("MEDLAKE_ENV", "local"),  # type: ignore[arg-type]
         description="local needs no credentials; production requires keys from the environment.",
     )
+    engine: Literal["embedded", "spark"] = Field(
+        default="embedded",
+        description="The engine every stage runs on: embedded (one machine) or spark.",
+    )
     lake: LakeSettings = LakeSettings()
     keys: KeySettings = KeySettings()
     deid: DeidSettings = DeidSettings()
@@ -161,6 +196,7 @@ class Settings(BaseSettings):
     access: AccessSettings = AccessSettings()
     airflow: AirflowSettings = AirflowSettings()
     dbt: DbtSettings = DbtSettings()
+    embedded: EmbeddedSettings = EmbeddedSettings()
     spark: SparkSettings = SparkSettings()
     mlflow: MlflowSettings = MlflowSettings()
     lineage: LineageSettings = LineageSettings()
@@ -202,5 +238,6 @@ def settings_table() -> list[tuple[str, str, str]]:
                     (f"MEDLAKE__{name.upper()}__{sub.upper()}", shown(subfield.default), subfield.description or "")
                 )
         else:
-            rows.append(("MEDLAKE_ENV" if name == "env" else f"MEDLAKE__{name.upper()}", "local", field.description or ""))
+            default = "local" if name == "env" else shown(field.default)
+            rows.append(("MEDLAKE_ENV" if name == "env" else f"MEDLAKE__{name.upper()}", default, field.description or ""))
     return rows

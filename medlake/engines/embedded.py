@@ -1,53 +1,509 @@
-"""The embedded engine: delta-rs reads and writes, the transform runs batch by batch in-process."""
+"""The embedded engine: delta-rs reads and writes, Arrow batches stream through the transform.
+
+- **batch-local**: the source is read as record batches (``batch_rows`` each) and the accepted
+  rows stream into one ``write_deltalake`` commit through a ``RecordBatchReader``: no stage holds
+  a whole table. Large sources run the transform in worker processes (one per core, spawned;
+  at most two batches per worker in flight), so both cores work while the main process reads and
+  writes. Quarantine rows are spooled to an Arrow IPC file and merged into the quarantine table
+  once, on ``quarantine_id`` (a retried step adds no row twice).
+- **keyed**: the source is cut into ``buckets`` Arrow IPC files by a hash of the key; one bucket
+  at a time is read, sorted and cut into its keys' groups, so memory holds one bucket.
+- **set-based**: DuckDB over the Delta tables' Arrow datasets (it spills to disk under its memory
+  limit), written back with delta-rs.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+import tempfile
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from deltalake import DeltaTable, write_deltalake
+from pyarrow import ipc
 
-from medlake.engines import Applied, Transform
+from medlake.engines import (
+    Applied,
+    BatchTransform,
+    DeltaSource,
+    FileSource,
+    Inserted,
+    KeyedTransform,
+    QuarantineSink,
+    Source,
+    Target,
+)
 from medlake.lake import conform
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
-from medlake.quarantine import Split
+from medlake.quarantine import Split, stamp_run
+
+if TYPE_CHECKING:
+    from medlake.config import EmbeddedSettings
+
+#: DuckDB's memory for set-based steps; beyond it, it spills to a temporary folder
+DUCKDB_MEMORY = "1GB"
 
 
+@dataclass
 class EmbeddedEngine:
     """One machine, no JVM: starts in well under a second."""
 
-    name = "embedded"
+    batch_rows: int = 10_000
+    workers: int = 1
+    parallel_min_rows: int = 50_000
+    buckets: int = 16
+    name: str = "embedded"
 
-    def __init__(self, *, batch_rows: int = 50_000) -> None:
-        self.batch_rows = batch_rows
-
-    def apply(
-        self,
-        fn: Transform,
-        *,
-        source_uri: str,
-        target_uri: str,
-        quarantine_uri: str,
-        good_schema: pa.Schema,
-        source_version: int | None = None,
-        mode: Literal["append", "overwrite"] = "overwrite",
-    ) -> Applied:
-        source = DeltaTable(source_uri)
-        if source_version is not None:
-            source.load_as_version(source_version)
-        splits: list[Split] = []
-        rows_in = 0
-        for batch in source.to_pyarrow_dataset().to_batches(batch_size=self.batch_rows, use_threads=False):
-            rows_in += batch.num_rows
-            splits.append(fn(pa.Table.from_batches([batch])))
-        result = Split.concat(splits, good_schema)
-        good = conform(result.good, good_schema)
-        write_deltalake(target_uri, good, mode=mode, schema_mode="overwrite" if mode == "overwrite" else None)
-        if result.quarantined.num_rows:
-            write_deltalake(quarantine_uri, conform(result.quarantined, QUARANTINE_SCHEMA), mode="append")
-        return Applied(
-            rows_in=rows_in,
-            good=good.num_rows,
-            quarantined=result.quarantined.num_rows,
-            target_version=DeltaTable(target_uri).version(),
+    @classmethod
+    def from_settings(cls, settings: EmbeddedSettings) -> EmbeddedEngine:
+        return cls(
+            batch_rows=settings.batch_rows,
+            workers=settings.worker_count(),
+            parallel_min_rows=settings.parallel_min_rows,
+            buckets=settings.buckets,
         )
+
+    # -- batch-local -------------------------------------------------------------------------
+
+    def batch_local(
+        self,
+        fn: BatchTransform,
+        *,
+        source: Source,
+        target: Target,
+        quarantine: QuarantineSink,
+    ) -> Applied:
+        counts = _Counts()
+        batches = _counted(self._read(source), counts)
+        with _Spool(quarantine) as spool:
+            splits = self._map(fn, batches, parallel=self._parallel(source))
+            good = _good_batches(splits, target, spool, counts)
+            _write(target, good)
+            counts.quarantined = spool.close_and_merge()
+        return Applied(
+            rows_in=counts.rows_in,
+            good=counts.good,
+            quarantined=counts.quarantined,
+            target_version=DeltaTable(target.uri).version(),
+        )
+
+    def _parallel(self, source: Source) -> bool:
+        if self.workers <= 1:
+            return False
+        if isinstance(source, FileSource):
+            size = sum(os.path.getsize(path) for path, _ in source.files if os.path.exists(path))
+            return size >= self.parallel_min_rows * 1_000  # about a kilobyte a record
+        return _row_count(source) >= self.parallel_min_rows
+
+    def _read(self, source: Source) -> Iterator[pa.RecordBatch]:
+        if isinstance(source, FileSource):
+            return _rebatched(
+                (b for path, name in source.files for b in source.reader(path, name)),
+                self.batch_rows,
+            )
+        return read_batches(source, batch_rows=self.batch_rows)
+
+    def _map(
+        self, fn: BatchTransform, batches: Iterable[pa.RecordBatch], *, parallel: bool
+    ) -> Iterator[Split]:
+        if not parallel:
+            for batch in batches:
+                if batch.num_rows:
+                    yield fn(batch)
+            return
+        yield from _in_workers(fn, batches, workers=self.workers)
+
+    # -- keyed -------------------------------------------------------------------------------
+
+    def keyed(
+        self,
+        fn: KeyedTransform,
+        *,
+        source: DeltaSource,
+        keys: Sequence[str],
+        target: Target,
+        quarantine: QuarantineSink,
+    ) -> Applied:
+        counts = _Counts()
+        with tempfile.TemporaryDirectory(prefix="medlake-buckets-") as scratch:
+            paths = _bucketed(
+                _counted(read_batches(source, batch_rows=self.batch_rows), counts),
+                keys=list(keys),
+                buckets=self.buckets,
+                folder=Path(scratch),
+            )
+            with _Spool(quarantine) as spool:
+                if self.workers > 1 and counts.rows_in >= self.parallel_min_rows:
+                    splits = _in_workers(
+                        _KeyedBucket(fn, tuple(keys)), (pa.record_batch({"path": [str(p)]}) for p in paths),
+                        workers=self.workers,
+                    )
+                else:
+                    splits = (_KeyedBucket(fn, tuple(keys)).apply(p) for p in paths)
+                _write(target, _good_batches(splits, target, spool, counts))
+                counts.quarantined = spool.close_and_merge()
+        return Applied(
+            rows_in=counts.rows_in,
+            good=counts.good,
+            quarantined=counts.quarantined,
+            target_version=DeltaTable(target.uri).version(),
+        )
+
+    # -- set-based ---------------------------------------------------------------------------
+
+    def insert_new(
+        self, *, source: DeltaSource, target: Target, key: Sequence[str], order: Sequence[str]
+    ) -> Inserted:
+        """Insert into ``target`` the first row (by ``order``) of each key of ``source`` whose key
+        the target does not hold yet, except under ``source``'s own run (a retried step).
+
+        Counted, not derived: rows read, rows kept (new keys, first of each), duplicates (rows of
+        the source not kept), and the rows this call appended (fewer than kept on a retry)."""
+        import duckdb
+
+        run_id = _single(source.where.get("_run_id"))
+        with tempfile.TemporaryDirectory(prefix="medlake-duckdb-") as spill:
+            con = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": spill})
+            src = _dataset(source)
+            con.register("src", src)
+            keys = ", ".join(f'"{k}"' for k in key)
+            position = ", ".join(f'"{c}" := "{c}"' for c in order)
+            at = ", ".join(f'"{c}" := s."{c}"' for c in order)
+            earlier = absent = ""
+            if DeltaTable.is_deltatable(target.uri):
+                con.register("tgt", DeltaTable(target.uri).to_pyarrow_dataset())
+                other_run = (
+                    f"AND coalesce(CAST(t._run_id AS VARCHAR), '') <> '{_quoted(run_id)}'"
+                    if run_id
+                    else ""
+                )
+                earlier = f"WHERE NOT EXISTS (SELECT 1 FROM tgt t WHERE {_on(key, 't', 'f')} {other_run})"
+                absent = f"WHERE NOT EXISTS (SELECT 1 FROM tgt t WHERE {_on(key, 't', 's')})"
+            con.execute(
+                f"""CREATE TEMP TABLE keep AS SELECT * FROM (
+                      SELECT {keys}, min(struct_pack({position})) AS _pos FROM src GROUP BY {keys}
+                    ) f {earlier}"""
+            )
+            kept_row = f"{_on(key, 'k', 's')} AND k._pos = struct_pack({at})"
+            rows_in = _scalar(con, "SELECT count(*) FROM src")
+            kept = _scalar(con, "SELECT count(*) FROM keep")
+            duplicates = _scalar(
+                con, f"SELECT count(*) FROM src s WHERE NOT EXISTS (SELECT 1 FROM keep k WHERE {kept_row})"
+            )
+            columns = ", ".join(f's."{c}"' for c in target.schema.names if c in src.schema.names)
+            reader = con.sql(
+                f"SELECT {columns} FROM src s SEMI JOIN keep k ON {kept_row} {absent}"
+            ).to_arrow_reader(self.batch_rows)
+            counts = _Counts()
+            append = Target(target.uri, target.schema, mode="append", partition_by=target.partition_by)
+            _write(append, (conform_batch(b, target.schema) for b in _counted(reader, counts)))
+            con.close()
+        return Inserted(
+            rows_in=rows_in,
+            kept=kept,
+            duplicates=duplicates,
+            appended=counts.rows_in,
+            target_version=DeltaTable(target.uri).version(),
+        )
+
+    def version(self, uri: str) -> int | None:
+        return DeltaTable(uri).version() if DeltaTable.is_deltatable(uri) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def read_batches(source: DeltaSource, *, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The source's rows as record batches of at most ``batch_rows``, decoded, view types plain.
+
+    The Delta table is opened now, not when the first batch is asked for: the batches are
+    consumed inside delta-rs's writer, where opening a table would start a runtime in a runtime.
+    """
+    dataset = _dataset(source)
+    return _scan(source, dataset, batch_rows)
+
+
+def _scan(source: DeltaSource, dataset: ds.Dataset, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    columns = list(source.columns) if source.columns is not None else None
+    scanner = dataset.scanner(
+        columns=columns,
+        filter=_filter(source),
+        batch_size=batch_rows,
+        use_threads=False,  # see Lake.read: threaded scans over delta-rs can abort at exit
+    )
+    for batch in scanner.to_batches():
+        if batch.num_rows == 0:
+            continue
+        batch = plain(batch)
+        if source.decode is not None:
+            table = source.decode(pa.Table.from_batches([batch]))
+            yield from table.combine_chunks().to_batches()
+        else:
+            yield batch
+
+
+def _dataset(source: DeltaSource) -> ds.Dataset:
+    table = DeltaTable(source.uri)
+    if source.version is not None:
+        table.load_as_version(source.version)
+    return table.to_pyarrow_dataset()
+
+
+def _filter(source: DeltaSource) -> pc.Expression | None:
+    condition = None
+    for column, values in source.where.items():
+        term = pc.field(column).cast(pa.string()).isin(list(values))
+        condition = term if condition is None else condition & term
+    return condition
+
+
+def _row_count(source: DeltaSource) -> int:
+    return int(_dataset(source).count_rows(filter=_filter(source), use_threads=False))
+
+
+def plain(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with string/binary view columns (delta-rs MERGE writes them) as plain ones."""
+    views = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
+    if not any(f.type in views for f in batch.schema):
+        return batch
+    schema = pa.schema([f.with_type(views.get(f.type, f.type)) for f in batch.schema])
+    return batch.cast(schema)
+
+
+def _rebatched(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Batches of at most ``rows`` rows (a reader's batch may be a whole file)."""
+    for batch in batches:
+        for start in range(0, batch.num_rows, rows):
+            yield batch.slice(start, rows)
+
+
+@dataclass
+class _Counts:
+    rows_in: int = 0
+    good: int = 0
+    quarantined: int = 0
+
+
+def _counted(batches: Iterable[pa.RecordBatch], counts: _Counts) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        counts.rows_in += batch.num_rows
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------
+# the transform in worker processes
+
+
+def _in_workers(fn: Any, batches: Iterable[pa.RecordBatch], *, workers: int) -> Iterator[Split]:
+    """``fn`` over the batches in ``workers`` spawned processes, results in input order, at most
+    two batches per worker in flight (memory stays bounded however long the source is)."""
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pending: deque[Future[Split]] = deque()
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            pending.append(pool.submit(_call, fn, batch))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _call(fn: Any, batch: pa.RecordBatch) -> Split:
+    if isinstance(fn, _KeyedBucket):
+        return fn.apply(Path(batch.column(0)[0].as_py()))
+    result: Split = fn(batch)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# keyed: hash buckets
+
+
+def _bucketed(
+    batches: Iterable[pa.RecordBatch], *, keys: list[str], buckets: int, folder: Path
+) -> list[Path]:
+    """Every row in one of ``buckets`` Arrow IPC files by a hash of its key; the files written."""
+    import polars as pl
+
+    writers: dict[int, ipc.RecordBatchStreamWriter] = {}
+    paths: dict[int, Path] = {}
+    try:
+        for batch in batches:
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            bucket = frame.select(pl.struct(keys).hash(seed=0) % buckets).to_series().to_numpy()
+            table = pa.Table.from_batches([batch])
+            for b in sorted(set(bucket.tolist())):
+                part = table.filter(pa.array(bucket == b))
+                if b not in writers:
+                    paths[b] = folder / f"bucket-{b:05d}.arrow"
+                    writers[b] = ipc.new_stream(paths[b], part.schema)
+                writers[b].write_table(part)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return [paths[b] for b in sorted(paths)]
+
+
+@dataclass(frozen=True)
+class _KeyedBucket:
+    """Applies a keyed transform to every key of one bucket file (picklable for the workers)."""
+
+    fn: KeyedTransform
+    keys: tuple[str, ...]
+
+    def apply(self, path: Path) -> Split:
+        with ipc.open_stream(path) as reader:
+            table = reader.read_all()
+        return apply_by_key(self.fn, table, list(self.keys))
+
+
+def apply_by_key(fn: KeyedTransform, table: pa.Table, keys: list[str]) -> Split:
+    """``fn`` once per key of ``table`` (its rows in their stored order), the splits joined."""
+    if table.num_rows == 0:
+        return Split(pa.table({}), QUARANTINE_SCHEMA.empty_table())
+    indexed = table.append_column("__row", pa.array(range(table.num_rows), pa.int64()))
+    ordered = indexed.sort_by([(k, "ascending") for k in keys] + [("__row", "ascending")])
+    ordered = ordered.drop_columns(["__row"]).combine_chunks()
+    key_rows = ordered.select(keys).to_pylist()
+    goods: list[pa.Table] = []
+    bads: list[pa.Table] = []
+    start = 0
+    for i in range(1, len(key_rows) + 1):
+        if i == len(key_rows) or key_rows[i] != key_rows[start]:
+            key = tuple(key_rows[start][k] for k in keys)
+            split = fn(key, ordered.slice(start, i - start))
+            goods.append(split.good)
+            bads.append(split.quarantined)
+            start = i
+    return Split(
+        pa.concat_tables(goods, promote_options="permissive") if goods else pa.table({}),
+        pa.concat_tables(bads) if bads else QUARANTINE_SCHEMA.empty_table(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def conform_batch(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows with exactly the schema's columns, in order, cast to its types."""
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    return conform(table, schema)
+
+
+def _good_batches(
+    splits: Iterable[Split], target: Target, spool: _Spool, counts: _Counts
+) -> Iterator[pa.Table]:
+    for split in splits:
+        if split.quarantined.num_rows:
+            spool.add(split.quarantined)
+        if split.good.num_rows:
+            good = conform(split.good, target.schema)
+            counts.good += good.num_rows
+            yield target.encode(good) if target.encode is not None else good
+
+
+def _write(target: Target, tables: Iterable[pa.Table]) -> None:
+    """Stream the tables into one Delta commit of exactly ``target.schema`` (an empty table when
+    there are none: readers find every table the step owns)."""
+    schema = target.schema
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for table in tables:
+            yield from table.cast(schema).to_batches()
+
+    reader = pa.RecordBatchReader.from_batches(schema, batches())
+    write_deltalake(
+        target.uri,
+        reader,
+        mode=target.mode,
+        partition_by=list(target.partition_by) or None,
+        schema_mode="overwrite" if target.mode == "overwrite" else None,
+    )
+
+
+class _Spool:
+    """Quarantine rows of one step, spooled to disk, merged into the quarantine once at the end."""
+
+    def __init__(self, sink: QuarantineSink) -> None:
+        self.sink = sink
+        self._dir = tempfile.TemporaryDirectory(prefix="medlake-quarantine-")
+        self._path = Path(self._dir.name) / "spool.arrow"
+        self._writer: ipc.RecordBatchStreamWriter | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._dir.cleanup()
+
+    def add(self, rows: pa.Table) -> None:
+        rows = conform(stamp_run(rows, self.sink.run_id), QUARANTINE_SCHEMA)
+        if self._writer is None:
+            self._writer = ipc.new_stream(self._path, QUARANTINE_SCHEMA)
+        self._writer.write_table(rows)
+
+    def close_and_merge(self) -> int:
+        """Merge the spooled rows into the quarantine table; returns how many rows were spooled."""
+        if self._writer is None:
+            return 0
+        self._writer.close()
+        self._writer = None
+        with ipc.open_stream(self._path) as reader:
+            rows = reader.read_all()
+        insert_new_rows(self.sink.uri, rows, key=["quarantine_id"], encode=self.sink.encode)
+        return rows.num_rows
+
+
+def insert_new_rows(
+    uri: str, rows: pa.Table, *, key: Sequence[str], encode: Any = None
+) -> int:
+    """Insert the rows whose key the table does not hold yet (one MERGE); returns how many."""
+    import polars as pl
+
+    frame = pl.from_arrow(rows)
+    assert isinstance(frame, pl.DataFrame)
+    rows = frame.unique(subset=list(key), keep="first", maintain_order=True).to_arrow().cast(rows.schema)
+    stored = encode(rows) if encode is not None else rows
+    if not DeltaTable.is_deltatable(uri):
+        write_deltalake(uri, stored, mode="append")
+        return rows.num_rows
+    predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
+    metrics = (
+        DeltaTable(uri)
+        .merge(stored, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
+        .when_not_matched_insert_all()
+        .execute()
+    )
+    return int(metrics["num_target_rows_inserted"])
+
+
+def _scalar(con: Any, sql: str) -> int:
+    row = con.execute(sql).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _on(key: Sequence[str], left: str, right: str) -> str:
+    return " AND ".join(f'{left}."{k}" = {right}."{k}"' for k in key)
+
+
+def _single(values: Sequence[str] | None) -> str | None:
+    return values[0] if values and len(values) == 1 else None
+
+
+def _quoted(value: str | None) -> str:
+    return (value or "").replace("'", "''")

@@ -14,22 +14,34 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import pyarrow as pa
-from delta.tables import DeltaTable
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
-from pyspark.sql.types import ArrayType, DataType, MapType, StructField, StructType
+from pyspark.sql.types import ArrayType, DataType, LongType, MapType, StructField, StructType
 
 from medlake.config import STATE_DIR, SparkSettings
-from medlake.engines import Applied, Transform
+from medlake.engines import (
+    Applied,
+    BatchTransform,
+    DeltaSource,
+    Encode,
+    FileReader,
+    FileSource,
+    Inserted,
+    KeyedTransform,
+    QuarantineSink,
+    Source,
+    Target,
+)
 from medlake.lake import conform
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
+from medlake.quarantine import Split, stamp_run
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -58,8 +70,18 @@ def delta_jars(jars_dir: Path) -> list[Path]:
 def spark_session(
     settings: SparkSettings | None = None, *, app_name: str = "medlake"
 ) -> SparkSession:
-    """A Spark session with delta-spark from the local jars; the running one if there is one."""
+    """A Spark session with delta-spark from the local jars; the running one if there is one.
+
+    With ``settings.remote`` it is a Spark Connect session: ``sc://host:15002`` reaches a running
+    Connect server (whose own command line carries the Delta jars and extensions: a client cannot
+    set static confs there), ``local[N]`` starts one in-process with the confs below.
+    """
     settings = settings or SparkSettings()
+    if settings.remote and settings.remote.startswith("sc://"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        spark = SparkSession.builder.remote(settings.remote).appName(app_name).getOrCreate()
+        require_delta(spark)
+        return spark
     jars = delta_jars(settings.jars_dir)
     # Python workers run the interpreter that runs medlake, unless the caller chose another.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -71,14 +93,21 @@ def spark_session(
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        # Parquet timestamps as delta-rs writes them (not INT96), for byte-level parity
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         # Spark's catalog tables (dbt-spark's schemas) live in local state, not in the cwd
         "spark.sql.warehouse.dir": str((STATE_DIR / "spark-warehouse").resolve()),
     }
-    if settings.master.startswith("local"):
+    master = settings.remote or settings.master
+    if master.startswith("local"):
         # Spark's 200 shuffle partitions and Delta's 50 log-replay partitions are for clusters.
         conf["spark.sql.shuffle.partitions"] = str(LOCAL_PARTITIONS)
         conf["spark.databricks.delta.snapshotPartitions"] = str(LOCAL_PARTITIONS)
-    builder = SparkSession.builder.master(settings.master).appName(app_name)
+    builder = (
+        SparkSession.builder.remote(master)
+        if settings.remote
+        else SparkSession.builder.master(master)
+    ).appName(app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -102,7 +131,11 @@ def spark_schema(schema: pa.Schema) -> StructType:
 
 
 class SparkEngine:
-    """Spark with delta-spark: the same transforms when a hospital outgrows one machine."""
+    """Spark with delta-spark: the same transforms when a hospital outgrows one machine.
+
+    Only the DataFrame API and SQL are used (no ``sparkContext``, no ``delta.tables``), so a
+    classic session and a Spark Connect session (``MEDLAKE__SPARK__REMOTE=sc://…``) both work.
+    """
 
     name = "spark"
 
@@ -112,114 +145,343 @@ class SparkEngine:
         self.spark = spark if spark is not None else spark_session(settings)
         require_delta(self.spark)
 
-    def apply(
-        self,
-        fn: Transform,
-        *,
-        source_uri: str,
-        target_uri: str,
-        quarantine_uri: str,
-        good_schema: pa.Schema,
-        source_version: int | None = None,
-        mode: Literal["append", "overwrite"] = "overwrite",
-    ) -> Applied:
-        reader = self.spark.read.format("delta")
-        if source_version is not None:
-            reader = reader.option("versionAsOf", source_version)
-        source = reader.load(source_uri)
+    # -- batch-local -------------------------------------------------------------------------
 
-        good_type = spark_schema(good_schema)
-        quarantine_type = spark_schema(QUARANTINE_SCHEMA)
-        tagged_type = StructType(
-            [
-                StructField(_GOOD, _nullable(good_type), nullable=True),
-                StructField(_QUARANTINED, _nullable(quarantine_type), nullable=True),
-            ]
+    def batch_local(
+        self,
+        fn: BatchTransform,
+        *,
+        source: Source,
+        target: Target,
+        quarantine: QuarantineSink,
+    ) -> Applied:
+        if isinstance(source, FileSource):
+            frame = self._files(source)
+            rows_in = None
+        else:
+            frame = self._read(source)
+            rows_in = frame.count()
+        tagged_type = _tagged_type(target.schema)
+        run = _tagged_batches(
+            _decoded(fn, source.decode) if isinstance(source, DeltaSource) else fn,
+            # the transform sees the Arrow types the embedded engine's delta-rs reader gives it
+            source_schema=(
+                source.schema if isinstance(source, FileSource) else to_arrow_schema(frame.schema, timezone="UTC")
+            ),
+            good_schema=target.schema,
+            out_schema=self._arrow(tagged_type),
+            run_id=quarantine.run_id,
+            encode_good=target.encode,
+            encode_bad=quarantine.encode,
         )
+        return self._write_tagged(frame.mapInArrow(run, tagged_type), target, quarantine, rows_in)
+
+    def _files(self, source: FileSource) -> DataFrame:
+        """One row per landing file, read (and cut into records) on the executors."""
+        files = self.spark.createDataFrame(
+            [(path, name) for path, name in source.files], "path string, name string"
+        ).repartition(max(1, min(len(source.files), 64)))
+        schema = spark_schema(source.schema)
+        return files.mapInArrow(_file_batches(source.reader, source.schema, schema), schema)
+
+    def _read(self, source: DeltaSource) -> DataFrame:
+        reader = self.spark.read.format("delta")
+        if source.version is not None:
+            reader = reader.option("versionAsOf", source.version)
+        frame = reader.load(source.uri)
+        for column, values in source.where.items():
+            frame = frame.where(F.col(column).cast("string").isin(list(values)))
+        if source.columns is not None:
+            frame = frame.select(*source.columns)
+        return frame
+
+    def _arrow(self, struct: StructType) -> pa.Schema:
         large = (
             self.spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false") or ""
         ).lower()
-        run = _tagged_batches(
-            fn,
-            # the transform sees the Arrow types the embedded engine's delta-rs reader gives it
-            source_schema=to_arrow_schema(source.schema, timezone="UTC"),
-            good_schema=good_schema,
-            out_schema=to_arrow_schema(
-                tagged_type, timezone="UTC", prefers_large_types=large == "true"
-            ),
-        )
-        tagged = source.mapInArrow(run, tagged_type).persist(StorageLevel.MEMORY_AND_DISK)
+        return to_arrow_schema(struct, timezone="UTC", prefers_large_types=large == "true")
+
+    def _write_tagged(
+        self, tagged: DataFrame, target: Target, quarantine: QuarantineSink, rows_in: int | None
+    ) -> Applied:
+        tagged = tagged.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             counted = tagged.agg(
-                F.count(_GOOD).alias(_GOOD), F.count(_QUARANTINED).alias(_QUARANTINED)
+                F.count(_GOOD).alias(_GOOD),
+                F.count(_QUARANTINED).alias(_QUARANTINED),
+                F.sum(F.col("_in")).alias("_in"),
             ).collect()[0]
             good_rows, quarantined_rows = int(counted[_GOOD]), int(counted[_QUARANTINED])
-            rows_in = source.count()
             good = tagged.where(F.col(_GOOD).isNotNull()).select(f"{_GOOD}.*")
-            self._write(good, target_uri, good_type, mode=mode)
+            self.write(good, target)
             if quarantined_rows:
-                quarantined = tagged.where(F.col(_QUARANTINED).isNotNull()).select(
-                    f"{_QUARANTINED}.*"
-                )
-                self._write(quarantined, quarantine_uri, quarantine_type, mode="append")
+                bad = tagged.where(F.col(_QUARANTINED).isNotNull()).select(f"{_QUARANTINED}.*")
+                self._insert_quarantine(bad, quarantine.uri)
         finally:
             tagged.unpersist()
-        last = DeltaTable.forPath(self.spark, target_uri).history(1).select("version").collect()
         return Applied(
-            rows_in=rows_in,
+            rows_in=rows_in if rows_in is not None else int(counted["_in"] or 0),
             good=good_rows,
             quarantined=quarantined_rows,
-            target_version=int(last[0]["version"]),
+            target_version=self.version(target.uri) or 0,
         )
 
-    def _write(
-        self,
-        frame: DataFrame,
-        uri: str,
-        schema: StructType,
-        *,
-        mode: Literal["append", "overwrite"],
-    ) -> None:
-        """Write rows to a Delta table that has exactly ``schema``, creating or replacing it first.
+    # -- keyed -------------------------------------------------------------------------------
 
-        ``overwriteSchema`` would drop every NOT NULL, so a new table, or an overwrite that changes
-        the schema, first creates (or replaces) the table from ``schema``; the rows follow in a
-        second commit. An unchanged schema is overwritten in one commit, as delta-rs does.
-        """
-        exists = DeltaTable.isDeltaTable(self.spark, uri)
-        if not exists or (mode == "overwrite" and not _same_columns(self._schema_of(uri), schema)):
-            # replace(), not createOrReplace(): the latter refuses a path table of another schema
-            builder = DeltaTable.replace(self.spark) if exists else DeltaTable.create(self.spark)
-            builder.location(uri).addColumns(schema).execute()
-        frame.write.format("delta").mode(mode).save(uri)
+    def keyed(
+        self,
+        fn: KeyedTransform,
+        *,
+        source: DeltaSource,
+        keys: Sequence[str],
+        target: Target,
+        quarantine: QuarantineSink,
+    ) -> Applied:
+        frame = self._read(source)
+        rows_in = frame.count()
+        tagged_type = _tagged_type(target.schema)
+        grouped = frame.groupBy(*keys).applyInArrow(
+            _keyed_batches(
+                fn,
+                decode=source.decode,
+                source_schema=to_arrow_schema(frame.schema, timezone="UTC"),
+                good_schema=target.schema,
+                out_schema=self._arrow(tagged_type),
+                run_id=quarantine.run_id,
+                encode_good=target.encode,
+                encode_bad=quarantine.encode,
+            ),
+            tagged_type,
+        )
+        return self._write_tagged(grouped, target, quarantine, rows_in)
+
+    # -- set-based ---------------------------------------------------------------------------
+
+    def insert_new(
+        self, *, source: DeltaSource, target: Target, key: Sequence[str], order: Sequence[str]
+    ) -> Inserted:
+        """As :meth:`EmbeddedEngine.insert_new`, with DataFrames and one ``MERGE INTO``."""
+        run_id = source.where.get("_run_id")
+        src = self._read(DeltaSource(source.uri, source.version, None, dict(source.where)))
+        columns = [c for c in target.schema.names if c in src.columns]
+        position = F.struct(*[F.col(c) for c in order])
+        firsts = src.groupBy(*key).agg(F.min(position).alias("_pos"))
+        if self.exists(target.uri):
+            earlier = self.spark.read.format("delta").load(target.uri)
+            if run_id:
+                earlier = earlier.where(
+                    F.coalesce(F.col("_run_id").cast("string"), F.lit("")) != run_id[0]
+                )
+            firsts = firsts.join(earlier.select(*key), on=list(key), how="left_anti")
+        else:
+            self._create(target.uri, spark_schema(target.schema), partition_by=target.partition_by)
+        keep = firsts.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            marked = src.withColumn("_pos", position)
+            kept_rows = marked.join(keep, on=[*key, "_pos"], how="left_semi").select(*columns)
+            rows_in = src.count()
+            kept = keep.count()
+            duplicates = marked.join(keep, on=[*key, "_pos"], how="left_anti").count()
+            before = self._table_rows(target.uri)
+            view = f"medlake_insert_{abs(hash((target.uri, run_id))) % 10**9}"
+            kept_rows.createOrReplaceTempView(view)
+            on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
+            self.spark.sql(
+                f"MERGE INTO delta.`{target.uri}` t USING {view} s ON {on} "
+                "WHEN NOT MATCHED THEN INSERT *"
+            )
+            appended = self._table_rows(target.uri) - before
+        finally:
+            keep.unpersist()
+        return Inserted(
+            rows_in=rows_in,
+            kept=kept,
+            duplicates=duplicates,
+            appended=appended,
+            target_version=self.version(target.uri) or 0,
+        )
+
+    # -- tables, through SQL -----------------------------------------------------------------
+
+    def exists(self, uri: str) -> bool:
+        """Whether a Delta table is at ``uri`` (``DESCRIBE DETAIL`` fails on anything else)."""
+        try:
+            detail = self.spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").collect()
+        except Exception:  # noqa: BLE001 - AnalysisException classic, SparkConnectException remote
+            return False
+        return bool(detail) and (detail[0]["format"] or "delta") == "delta"
+
+    def version(self, uri: str) -> int | None:
+        if not self.exists(uri):
+            return None
+        last = self.spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").select("version").collect()
+        return int(last[0]["version"])
+
+    def _table_rows(self, uri: str) -> int:
+        return int(self.spark.read.format("delta").load(uri).count())
+
+    def write(self, frame: DataFrame, target: Target) -> None:
+        """Write rows to a Delta table that has exactly ``target.schema``, creating or replacing
+        it first (``overwriteSchema`` would drop every NOT NULL); an unchanged schema is
+        overwritten in one commit, as delta-rs does."""
+        schema = spark_schema(target.schema)
+        exists = self.exists(target.uri)
+        if not exists or (
+            target.mode == "overwrite" and not _same_columns(self._schema_of(target.uri), schema)
+        ):
+            self._create(target.uri, schema, partition_by=target.partition_by, replace=exists)
+        frame.write.format("delta").mode(target.mode).save(target.uri)
+
+    def _insert_quarantine(self, rows: DataFrame, uri: str) -> None:
+        """The quarantine rows whose id the table does not hold yet (a retried step adds none)."""
+        if not self.exists(uri):
+            self._create(uri, spark_schema(QUARANTINE_SCHEMA))
+        view = f"medlake_quarantine_{abs(hash(uri)) % 10**9}"
+        rows.dropDuplicates(["quarantine_id"]).createOrReplaceTempView(view)
+        self.spark.sql(
+            f"MERGE INTO delta.`{uri}` t USING {view} s ON t.quarantine_id = s.quarantine_id "
+            "WHEN NOT MATCHED THEN INSERT *"
+        )
+
+    def _create(
+        self, uri: str, schema: StructType, *, partition_by: Sequence[str] = (), replace: bool = False
+    ) -> None:
+        verb = "REPLACE TABLE" if replace else "CREATE TABLE IF NOT EXISTS"
+        parts = f" PARTITIONED BY ({', '.join(f'`{c}`' for c in partition_by)})" if partition_by else ""
+        self.spark.sql(f"{verb} delta.`{uri}` ({_ddl(schema)}) USING delta{parts}")
 
     def _schema_of(self, uri: str) -> StructType:
         return self.spark.read.format("delta").load(uri).schema
 
 
-def _tagged_batches(
-    fn: Transform, *, source_schema: pa.Schema, good_schema: pa.Schema, out_schema: pa.Schema
+def _ddl(schema: StructType) -> str:
+    """Column definitions for CREATE TABLE, NOT NULL kept."""
+    return ", ".join(
+        f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}" for f in schema
+    )
+
+
+def _tagged_type(good_schema: pa.Schema) -> StructType:
+    return StructType(
+        [
+            StructField(_GOOD, _nullable(spark_schema(good_schema)), nullable=True),
+            StructField(_QUARANTINED, _nullable(spark_schema(QUARANTINE_SCHEMA)), nullable=True),
+            StructField("_in", LongType(), nullable=True),
+        ]
+    )
+
+
+def _decoded(fn: BatchTransform, decode: Callable[[pa.Table], pa.Table] | None) -> BatchTransform:
+    if decode is None:
+        return fn
+
+    def run(batch: pa.RecordBatch) -> Split:
+        table = decode(pa.Table.from_batches([batch])).combine_chunks()
+        return fn(table.to_batches()[0] if table.num_rows else batch.slice(0, 0))
+
+    return run
+
+
+def _file_batches(
+    reader: FileReader, arrow_schema: pa.Schema, schema: StructType
 ) -> ArrowBatches:
-    """The ``mapInArrow`` function: each batch's good rows, then its quarantine rows, tagged."""
-    good_type = out_schema.field(_GOOD).type
-    quarantine_type = out_schema.field(_QUARANTINED).type
+    """The ``mapInArrow`` function that reads each landing file of a batch of (path, name) rows."""
+    large_out = to_arrow_schema(schema, timezone="UTC")
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for path, name in zip(
+                batch.column("path").to_pylist(), batch.column("name").to_pylist(), strict=True
+            ):
+                for records in reader(path, name):
+                    if records.num_rows:
+                        yield _cast_batch(records, arrow_schema, large_out)
+
+    return run
+
+
+def _cast_batch(records: pa.RecordBatch, schema: pa.Schema, out: pa.Schema) -> pa.RecordBatch:
+    table = conform(pa.Table.from_batches([records]), schema).cast(out).combine_chunks()
+    return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=out)
+
+
+def _tagged_batches(
+    fn: BatchTransform,
+    *,
+    source_schema: pa.Schema,
+    good_schema: pa.Schema,
+    out_schema: pa.Schema,
+    run_id: str,
+    encode_good: Encode | None = None,
+    encode_bad: Encode | None = None,
+) -> ArrowBatches:
+    """The ``mapInArrow`` function: each batch's good rows, then its quarantine rows, tagged, and
+    one row counting the batch's input rows (``_in``)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            split = fn(pa.Table.from_batches([batch]).cast(source_schema))
-            good = _struct(conform(split.good, good_schema), good_type)
-            bad = _struct(conform(split.quarantined, QUARANTINE_SCHEMA), quarantine_type)
-            tagged = pa.concat_tables(
-                [
-                    pa.table([good, pa.nulls(len(good), quarantine_type)], schema=out_schema),
-                    pa.table([pa.nulls(len(bad), good_type), bad], schema=out_schema),
-                ]
-            )
-            yield from tagged.combine_chunks().to_batches()
+            split = fn(pa.Table.from_batches([batch]).cast(source_schema).combine_chunks().to_batches()[0])
+            yield from _tag(split, batch.num_rows, good_schema, out_schema, run_id, encode_good, encode_bad)
 
     return run
+
+
+def _keyed_batches(
+    fn: KeyedTransform,
+    *,
+    decode: Callable[[pa.Table], pa.Table] | None,
+    source_schema: pa.Schema,
+    good_schema: pa.Schema,
+    out_schema: pa.Schema,
+    run_id: str,
+    encode_good: Encode | None = None,
+    encode_bad: Encode | None = None,
+) -> Callable[[tuple[Any, ...], Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``applyInArrow`` function (iterator form): one key's batches, as one table for ``fn``."""
+
+    def run(key: tuple[Any, ...], batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        table = pa.Table.from_batches(list(batches), schema=None).cast(source_schema)
+        if decode is not None:
+            table = decode(table)
+        values = tuple(k.as_py() if isinstance(k, pa.Scalar) else k for k in key)
+        split = fn(values, table.combine_chunks())
+        yield from _tag(split, table.num_rows, good_schema, out_schema, run_id, encode_good, encode_bad)
+
+    return run
+
+
+def _tag(
+    split: Split,
+    rows_in: int,
+    good_schema: pa.Schema,
+    out_schema: pa.Schema,
+    run_id: str,
+    encode_good: Encode | None,
+    encode_bad: Encode | None,
+) -> Iterator[pa.RecordBatch]:
+    good_type = out_schema.field(_GOOD).type
+    quarantine_type = out_schema.field(_QUARANTINED).type
+    good_rows = conform(split.good, good_schema)
+    bad_rows = conform(stamp_run(split.quarantined, run_id), QUARANTINE_SCHEMA)
+    if encode_good is not None and good_rows.num_rows:
+        good_rows = conform(encode_good(good_rows), good_schema)
+    if encode_bad is not None and bad_rows.num_rows:
+        bad_rows = conform(encode_bad(bad_rows), QUARANTINE_SCHEMA)
+    good, bad = _struct(good_rows, good_type), _struct(bad_rows, quarantine_type)
+    count = pa.int64()
+    tagged = pa.concat_tables(
+        [
+            pa.table([good, pa.nulls(len(good), quarantine_type), pa.nulls(len(good), count)], schema=out_schema),
+            pa.table([pa.nulls(len(bad), good_type), bad, pa.nulls(len(bad), count)], schema=out_schema),
+            pa.table(
+                [pa.nulls(1, good_type), pa.nulls(1, quarantine_type), pa.array([rows_in], count)],
+                schema=out_schema,
+            ),
+        ]
+    )
+    yield from tagged.combine_chunks().to_batches()
 
 
 def _struct(rows: pa.Table, struct_type: pa.DataType) -> pa.Array:

@@ -24,7 +24,7 @@ from deltalake import DeltaTable, write_deltalake
 from pyspark import cloudpickle
 from pyspark.sql import SparkSession
 
-from medlake.engines import Applied, Transform
+from medlake.engines import Applied, BatchTransform, DeltaSource, Engine, QuarantineSink, Target
 from medlake.engines.embedded import EmbeddedEngine
 from medlake.engines.spark import SparkEngine, delta_jars, spark_schema
 from medlake.lake import Lake
@@ -120,7 +120,7 @@ def observation_rows(bronze: pa.Table) -> Split:
 class Case:
     """A transform under test, the schema it writes and the column that keys its rows."""
 
-    fn: Transform
+    fn: BatchTransform
     good_schema: pa.Schema
     key: str
     rules: dict[str, int] | None  # the quarantine rule counts expected, when known
@@ -176,6 +176,25 @@ def _bronze_row(source_file: str, offset: int, resource_id: str, raw: str) -> di
     }
 
 
+def apply(
+    engine: Engine,
+    fn: BatchTransform,
+    *,
+    source: str,
+    target: str,
+    quarantine: str,
+    schema: pa.Schema,
+    version: int | None = None,
+) -> Applied:
+    """A batch-local step from one Delta table to another, its quarantine stamped ``test-run``."""
+    return engine.batch_local(
+        fn,
+        source=DeltaSource(source, version=version),
+        target=Target(target, schema),
+        quarantine=QuarantineSink(quarantine, run_id="test-run"),
+    )
+
+
 def read_sorted(uri: str, first: str, *, drop: tuple[str, ...] = ()) -> pa.Table:
     """A Delta table read with delta-rs, without ``drop``, sorted by ``first`` then every column."""
     table = DeltaTable(uri).to_pyarrow_dataset().to_table(use_threads=False)
@@ -200,13 +219,15 @@ def test_both_engines_write_the_same_delta_tables(
     lake.write("bronze.fhir_resources", bronze, mode="overwrite")
 
     applied: dict[str, Applied] = {}
-    for engine in (EmbeddedEngine(), SparkEngine(spark)):
-        applied[engine.name] = engine.apply(
+    engines: list[Engine] = [EmbeddedEngine(batch_rows=16), SparkEngine(spark)]
+    for engine in engines:
+        applied[engine.name] = apply(
+            engine,
             case.fn,
-            source_uri=lake.uri("bronze.fhir_resources"),
-            target_uri=str(tmp_path / engine.name / "observations"),
-            quarantine_uri=str(tmp_path / engine.name / "quarantine"),
-            good_schema=case.good_schema,
+            source=lake.uri("bronze.fhir_resources"),
+            target=str(tmp_path / engine.name / "observations"),
+            quarantine=str(tmp_path / engine.name / "quarantine"),
+            schema=case.good_schema,
         )
     embedded, spark_ = applied["embedded"], applied["spark"]
     assert embedded.rows_in == spark_.rows_in == bronze.num_rows
@@ -260,17 +281,18 @@ def test_spark_engine_reads_the_pinned_source_version_and_overwrites(
     # a target left by an older version of the step, with another schema
     write_deltalake(target, pa.table({"observation_id": ["stale"], "old_column": [1]}))
 
-    def apply(source_version: int | None) -> Applied:
-        return engine.apply(
+    def run(source_version: int | None) -> Applied:
+        return apply(
+            engine,
             observation_rows,
-            source_uri=lake.uri("bronze.fhir_resources"),
-            target_uri=target,
-            quarantine_uri=quarantine,
-            good_schema=OBSERVATION_ROWS,
-            source_version=source_version,
+            source=lake.uri("bronze.fhir_resources"),
+            target=target,
+            quarantine=quarantine,
+            schema=OBSERVATION_ROWS,
+            version=source_version,
         )
 
-    pinned = apply(first_version)
+    pinned = run(first_version)
     assert (pinned.rows_in, pinned.good, pinned.quarantined) == (10, 10, 0)
     assert not DeltaTable.is_deltatable(quarantine), "no quarantine rows, no quarantine write"
     replaced = DeltaTable(target).to_pyarrow_dataset().to_table(use_threads=False)
@@ -279,7 +301,7 @@ def test_spark_engine_reads_the_pinned_source_version_and_overwrites(
         bronze.slice(0, 10).column("resource_id").to_pylist()
     )
 
-    latest = apply(None)
+    latest = run(None)
     assert (latest.rows_in, latest.good, latest.quarantined) == (14, 12, 2)
     # An overwrite with an unchanged schema is one commit, and keeps the NOT NULL columns.
     assert latest.target_version == pinned.target_version + 1
