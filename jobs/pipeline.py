@@ -11,6 +11,7 @@ gold    silver → gold.* with dbt                         (jobs.gold)
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -24,6 +25,8 @@ import pyarrow.compute as pc
 
 from medlake import ledger, registry
 from medlake.config import AgePolicy, Settings
+from medlake.engines import DeltaSource, Engine, FileSource, QuarantineSink, Target, engine_for
+from medlake.engines.embedded import EmbeddedEngine
 from medlake.governance import vault
 from medlake.governance.at_rest import lake_for
 from medlake.governance.crypto import Keyring
@@ -92,26 +95,67 @@ def waiting_sources(landing: Path) -> dict[str, int]:
     return waiting
 
 
-def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = None) -> StageResult:
-    """Landing FHIR files → bronze. Re-ingesting a file adds nothing: its records merge as duplicates."""
+def ingest(
+    landing: Path,
+    lake: Lake,
+    *,
+    run_id: str,
+    now: datetime | None = None,
+    engine: Engine | None = None,
+) -> StageResult:
+    """Landing FHIR files → bronze, streamed through the engine. Re-ingesting a file adds
+    nothing: its records merge as duplicates.
+
+    Each file is read record by record (an ndjson line, a bundle entry) into record batches;
+    :func:`fhir.to_bronze` parses each record once and hashes it; the run's rows go to its own
+    scratch table (sealed like bronze), then the first copy of each new record hash is appended
+    to bronze (a set-based insert). Every ledger count is counted where it happens: records read,
+    quarantined, new in bronze, and duplicates (within the run or already in bronze)."""
     now = now or datetime.now(UTC)
+    engine = engine or EmbeddedEngine()
     for kind, count in waiting_sources(landing).items():
         log.warning(
             "landing/%s holds %d file(s) with no parser yet; they stay in landing", kind, count
         )
     files = fhir.landing_files(landing / "fhir")
-    raw = fhir.read_files(files, root=landing)
-    entry = write_bronze(
-        lake, BRONZE_FHIR, fhir.to_bronze(raw, run_id=run_id, ingested_at=now), raw, run_id=run_id
+    scratch = lake.scratch_uri(BRONZE_FHIR.name, run_id=run_id)
+    read = engine.batch_local(
+        functools.partial(fhir.to_bronze, run_id=run_id, ingested_at=now),
+        source=FileSource(
+            [(str(p), str(p.relative_to(landing))) for p in files],
+            reader=fhir.read_records,
+            schema=fhir.RAW_SCHEMA,
+        ),
+        target=Target(scratch, BRONZE_FHIR.schema, encode=lake.encoder(BRONZE_FHIR.name)),
+        quarantine=QuarantineSink(
+            lake.uri(QUARANTINE.name), run_id=run_id, encode=lake.encoder(QUARANTINE.name)
+        ),
+    )
+    new = engine.insert_new(
+        source=DeltaSource(scratch, where={"_run_id": [run_id]}),
+        target=Target(lake.uri(BRONZE_FHIR.name), BRONZE_FHIR.schema, mode="append"),
+        key=BRONZE_FHIR.key,
+        order=("_source_file", "_source_offset"),
+    )
+    lake.drop_scratch(run_id=run_id)
+    entry = Entry(
+        stage="ingest",
+        table_name=BRONZE_FHIR.name,
+        records_in=read.rows_in,
+        records_out=new.kept,
+        quarantined=read.quarantined,
+        merged=new.duplicates,
     )
     ledger.record(lake, run_id, [entry])
     log.info(
-        "ingest: %d records from %d files, %d new in bronze",
-        raw.num_rows,
+        "ingest: %d records from %d files on the %s engine, %d new in bronze, %d duplicates",
+        read.rows_in,
         len(files),
-        entry.records_out,
+        engine.name,
+        new.kept,
+        new.duplicates,
     )
-    return StageResult({BRONZE_FHIR.name: lake.version(BRONZE_FHIR.name)}, [entry])
+    return StageResult({BRONZE_FHIR.name: new.target_version}, [entry])
 
 
 def ingest_hl7v2(
@@ -491,7 +535,10 @@ def lineage_job(settings: Settings, task_id: str) -> str:
     return f"{settings.airflow.pipeline_dag_id}.{task_id}"
 
 
-def task_ingest(landing: str, lake: str, *, run_id: str) -> dict[str, object]:
+def task_ingest(
+    landing: str, lake: str, *, run_id: str, engine: str | None = None
+) -> dict[str, object]:
+    """``engine``: the run's choice (``medlake run --engine``), else ``MEDLAKE__ENGINE``."""
     settings = Settings()
     target = lake_for(settings, Path(lake))
     with stage_run(
@@ -502,8 +549,9 @@ def task_ingest(landing: str, lake: str, *, run_id: str) -> dict[str, object]:
         config=lineage_config(settings),
     ) as run:
         now = datetime.now(UTC)
+        runner = engine_for(settings, kind=engine)
         stages = [
-            ingest(Path(landing), target, run_id=run_id, now=now),
+            ingest(Path(landing), target, run_id=run_id, now=now, engine=runner),
             ingest_hl7v2(Path(landing), target, run_id=run_id, now=now),
             *(
                 source_module(kind).ingest(Path(landing), target, run_id=run_id, now=now)

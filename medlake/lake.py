@@ -11,7 +11,8 @@ tables as before, encrypted ones as ciphertext.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -64,6 +65,30 @@ class Lake:
 
     def uri(self, name: str) -> str:
         return str(self.path(name))
+
+    def scratch_uri(self, name: str, *, run_id: str) -> str:
+        """A run's own scratch copy of table ``name`` (``<root>/_scratch/<run>/<table>``): what a
+        step stages before a set-based write, so runs and retries never share it."""
+        return str(self.root / "_scratch" / _safe(run_id) / name)
+
+    def drop_scratch(self, *, run_id: str) -> None:
+        """Remove a run's scratch tables (they hold sealed PHI: nothing keeps them once used)."""
+        import shutil
+
+        shutil.rmtree(self.root / "_scratch" / _safe(run_id), ignore_errors=True)
+
+    def encoder(self, name: str) -> Callable[[pa.Table], pa.Table] | None:
+        """Seals the encrypted columns of table ``name`` (for an engine writing it), or None."""
+        return functools.partial(self.codec.encode, name) if self.codec is not None else None
+
+    def decoder(self, name: str) -> Callable[[pa.Table], pa.Table] | None:
+        """Opens the encrypted columns of table ``name`` (for an engine reading it), or None."""
+        return functools.partial(self.codec.decode, name) if self.codec is not None else None
+
+    def stored_values(self, name: str, column: str, value: str) -> list[str]:
+        """The forms ``value`` is stored as in ``column`` (for a filter pushed to an engine)."""
+        stored = self.codec.lookup(name, column, value) if self.codec else None
+        return [value] if stored is None else list(stored)
 
     def exists(self, name: str) -> bool:
         return DeltaTable.is_deltatable(self.uri(name))
@@ -245,8 +270,15 @@ class Lake:
             return found
         for log in sorted(self.root.glob("**/_delta_log")):
             rel = log.parent.relative_to(self.root)
+            if any(part.startswith("_") for part in rel.parts):
+                continue  # a run's scratch (_scratch/), not a table of the lake
             found.append(".".join(rel.parts))
         return found
+
+
+def _safe(run_id: str) -> str:
+    """A run id as one path segment (Airflow's contain ':' and '+')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
 
 
 def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:

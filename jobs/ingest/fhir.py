@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ValidationError
@@ -105,15 +106,46 @@ def landing_files(fhir_dir: Path) -> list[Path]:
 
 
 def read_file(path: Path, *, name: str) -> Iterator[dict[str, Any]]:
-    """Raw records of one landing file; ``name`` is how the file is named in bronze and quarantine."""
+    """Raw records of one landing file; ``name`` is how the file is named in bronze and quarantine.
+
+    An ndjson file is read line by line (memory holds a line, not the file); a JSON file (a
+    Bundle or one resource) is parsed whole, then cut into its entries.
+    """
+    if path.suffix.lower() == ".ndjson":
+        empty = True
+        for record in _ndjson_records(_lines(path), name=name):
+            empty = False
+            yield record
+        if empty:
+            yield _file_error(name, "parse.empty_file", f"{name}: the file is empty")
+        return
     data = path.read_bytes()
     if not data.strip():
         yield _file_error(name, "parse.empty_file", f"{name}: the file is empty")
         return
-    if path.suffix.lower() == ".ndjson":
-        yield from _ndjson_records(data, name=name)
-    else:
-        yield from _json_records(data, name=name)
+    yield from _json_records(data, name=name)
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        yield from handle
+
+
+#: records per batch a landing file is cut into
+RECORDS_PER_BATCH = 5_000
+
+
+def read_records(path: str, name: str) -> Iterator[pa.RecordBatch]:
+    """The raw records of one landing file as record batches of :data:`RAW_SCHEMA` (the reader
+    both engines stream landing files through)."""
+    rows: list[dict[str, Any]] = []
+    for record in read_file(Path(path), name=name):
+        rows.append(record)
+        if len(rows) == RECORDS_PER_BATCH:
+            yield pa.RecordBatch.from_pylist(rows, schema=RAW_SCHEMA)
+            rows = []
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows, schema=RAW_SCHEMA)
 
 
 def read_files(paths: list[Path], *, root: Path) -> pa.Table:
@@ -124,12 +156,13 @@ def read_files(paths: list[Path], *, root: Path) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
 
 
-def _ndjson_records(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(data.split(b"\n"), start=1):
+def _ndjson_records(data: bytes | Iterable[bytes], *, name: str) -> Iterator[dict[str, Any]]:
+    lines = data.split(b"\n") if isinstance(data, bytes) else data
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            text = line.decode("utf-8").rstrip("\r")
+            text = line.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as exc:
             yield {
                 "source_file": name,
@@ -193,12 +226,32 @@ def _file_error(name: str, rule: str, reason: str, *, text: str | None = None) -
 
 
 def record_hash(resource: dict[str, Any]) -> str:
-    """The content hash of a resource: the same resource in two files has the same hash."""
-    canonical = json.dumps(resource, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    """The content hash of a resource: the same resource in two files has the same hash (its
+    canonical JSON: keys sorted, no whitespace, UTF-8)."""
+    try:
+        canonical = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits: the standard library writes it
+        canonical = json.dumps(
+            resource, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+        ).encode("utf-8")
+    return hashlib.sha256(canonical).hexdigest()
 
 
-def to_bronze(raw: pa.Table, *, run_id: str, ingested_at: datetime) -> Split:
+def _loads(text: str) -> Any:
+    """JSON text parsed (orjson; the standard library for what orjson refuses but JSON allows:
+    integers beyond 64 bits). NaN and Infinity are not JSON and stay refused."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = json.loads(text, parse_constant=_refuse_constant)
+        return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
+
+
+def to_bronze(raw: pa.Table | pa.RecordBatch, *, run_id: str, ingested_at: datetime) -> Split:
     """Bronze rows for the records that are FHIR R4 resources; the others quarantined, with why."""
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
@@ -209,7 +262,7 @@ def to_bronze(raw: pa.Table, *, run_id: str, ingested_at: datetime) -> Split:
             bad.append({**locate, "rule_id": rec["error_rule"], "reason": rec["error_reason"]})
             continue
         try:
-            resource = json.loads(rec["text"])
+            resource = _loads(rec["text"])
         except json.JSONDecodeError as exc:
             bad.append({**locate, "rule_id": "parse.bad_json",
                         "reason": f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"})

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from queue import Full, Queue
 from typing import TYPE_CHECKING, Any, Self
 
 import pyarrow as pa
@@ -191,7 +193,7 @@ class EmbeddedEngine:
                 f"""CREATE TEMP TABLE keep AS SELECT * FROM (
                       SELECT {keys}, min(struct_pack({position})) AS _pos FROM src GROUP BY {keys}
                     ) f {earlier}"""
-            )
+            ).fetchall()
             kept_row = f"{_on(key, 'k', 's')} AND k._pos = struct_pack({at})"
             rows_in = _scalar(con, "SELECT count(*) FROM src")
             kept = _scalar(con, "SELECT count(*) FROM keep")
@@ -423,7 +425,9 @@ def _write(target: Target, tables: Iterable[pa.Table]) -> None:
         for table in tables:
             yield from table.cast(schema).to_batches()
 
-    reader = pa.RecordBatchReader.from_batches(schema, batches())
+    # The writer pulls batches from a thread of delta-rs's runtime, where the transform, the
+    # codec or a read could not open another table: a thread of ours produces them instead.
+    reader = pa.RecordBatchReader.from_batches(schema, _produced(batches()))
     write_deltalake(
         target.uri,
         reader,
@@ -431,6 +435,49 @@ def _write(target: Target, tables: Iterable[pa.Table]) -> None:
         partition_by=list(target.partition_by) or None,
         schema_mode="overwrite" if target.mode == "overwrite" else None,
     )
+
+
+_DONE = object()
+
+
+def _produced(items: Iterable[Any], *, ahead: int = 4) -> Iterator[Any]:
+    """The items, produced by a thread of ours at most ``ahead`` in advance; its errors re-raised."""
+    queue: Queue[Any] = Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put(item, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            queue.put(_Failed(exc))
+
+    thread = threading.Thread(target=produce, name="medlake-batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
 
 
 class _Spool:
@@ -493,8 +540,8 @@ def insert_new_rows(
 
 
 def _scalar(con: Any, sql: str) -> int:
-    row = con.execute(sql).fetchone()
-    return int(row[0]) if row else 0
+    rows = con.execute(sql).fetchall()
+    return int(rows[0][0]) if rows else 0
 
 
 def _on(key: Sequence[str], left: str, right: str) -> str:
