@@ -15,23 +15,32 @@ import functools
 import importlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
 import pyarrow as pa
-import pyarrow.compute as pc
+from deltalake import DeltaTable, write_deltalake
 
 from medlake import ledger, registry
 from medlake.config import AgePolicy, Settings
-from medlake.engines import DeltaSource, Engine, FileSource, QuarantineSink, Target, engine_for
+from medlake.engines import (
+    Applied,
+    DeltaSource,
+    Engine,
+    FileSource,
+    QuarantineSink,
+    Target,
+    engine_for,
+)
 from medlake.engines.embedded import EmbeddedEngine
 from medlake.governance import vault
 from medlake.governance.at_rest import lake_for
 from medlake.governance.crypto import Keyring
 from medlake.governance.lineage import LineageConfig, stage_run
-from medlake.jobs.clean import dedup, terminology
+from medlake.jobs.clean import dedup, fhir_steps, terminology
 from medlake.jobs.clean.config import OnUnmapped
 from medlake.jobs.clean.standardize import STANDARDIZE
 from medlake.jobs.ingest import fhir, hl7v2
@@ -39,7 +48,7 @@ from medlake.jobs.stage import StageResult, write_bronze
 from medlake.jobs.views.coverage import describe as describe_drift
 from medlake.jobs.views.tables import ViewTable, load_view_tables, rows_from_bronze
 from medlake.keys import audit_key, project_key
-from medlake.lake import Lake
+from medlake.lake import Lake, conform
 from medlake.ledger import Entry
 from medlake.quarantine import Split, stamp_run
 from medlake.registry import (
@@ -47,6 +56,7 @@ from medlake.registry import (
     BRONZE_HL7V2,
     FHIR_SILVER,
     LEDGER,
+    PATIENT_ALIASES,
     QUARANTINE,
     SILVER_NOTES,
     SILVER_PATIENT_LINKS,
@@ -191,156 +201,186 @@ def clean(
     views: Mapping[str, ViewTable] | None = None,
     text_workers: int = 1,
     text_ages: AgePolicy = "over_89",
+    engine: Engine | None = None,
 ) -> StageResult:
     """This run's bronze rows → validated, pseudonymized, date-shifted, standardized rows in staging,
     awaiting the gate.
 
+    The FHIR chain streams through the engine, one resource type at a time, each resource parsed
+    once (:func:`clean_fhir`): flatten (validate, view, pseudonymize, shift) into the run's
+    scratch, then standardize and re-key into ``staging.<table>``; the notes and the types no
+    silver table reads are streamed the same way. Only the run's Patients (and HL7 v2 messages)
+    are held in memory, for entity resolution.
+
     With a ``keyring``, the identities stripped from patients go encrypted into the vault first,
     and the identities of earlier runs are decrypted from it (in memory, audited once as
     ``vault.link`` under ``audit_key``) so this run's records link to earlier runs' persons.
-    Standardization (codes mapped and checked, units made canonical, impossible values refused)
-    works on flattened rows, so it has its own ledger entry per table, counted in rows
-    (``standardize``: rows in = rows out + rows quarantined). ``on_unmapped`` per silver table,
-    default quarantine; the concept maps are ``reference.concept_maps`` (at ``concept_maps_version``).
+    Standardization has its own ledger entry per table, counted in rows (``standardize``: rows in
+    = rows out + rows quarantined). ``on_unmapped`` per silver table, default quarantine; the
+    concept maps are ``reference.concept_maps`` (at ``concept_maps_version``).
 
     FHIR resources and HL7 v2 messages fill the same tables, FHIR rows first (the gate keeps the
     first row of a key). A patient with a medical record number is one person_key in both (the
-    MRN's key): FHIR resources reach it through their Patient's MRN, looked up over every Patient
-    in bronze, not only this run's. The silver entries count FHIR resources plus HL7 segments.
+    MRN's key): FHIR resources reach it through their Patient's MRN, looked up in the index
+    ``reference.patient_aliases`` every run keeps up to date. The silver entries count FHIR
+    resources plus HL7 segments.
 
     Entity resolution (``jobs/clean/dedup.py``) then links this run's patient records into persons
     (same MRN, or a Splink match: a second registration under another MRN), keeps the crosswalk
     ``reference.person_crosswalk`` stable, and every staging row takes its person's key, its
     dates re-shifted by that person's offset; the links go to ``staging.patient_links``, and
     the survivorship of every person this run touched (one row per person) to ``staging.persons``.
+    ``text_workers`` is kept for callers; the engine's workers de-identify notes in parallel.
     """
-    bronze = lake.read(BRONZE_FHIR.name, version=bronze_version, where={"_run_id": run_id})
-    drift = fhir.unread_elements(bronze)  # new extensions, unexpected elements: kept, reported
-    for line in describe_drift(drift):
-        log.info("clean: schema drift: %s", line)
-    write_drift(lake, run_id, drift)
+    del text_workers  # the engine's worker processes spread the notes over the cores
+    engine = engine or EmbeddedEngine()
+    chain = FhirChain(lake, engine, run_id=run_id, version=bronze_version)
+    patients_bronze = chain.read_type("Patient")
+    aliases = update_patient_aliases(lake, patients_bronze, key=key, run_id=run_id)
     messages = lake.read(BRONZE_HL7V2.name, version=hl7v2_version, where={"_run_id": run_id})
-    patients = lake.read(
-        BRONZE_FHIR.name, columns=["resource_id", "raw"], where={"resource_type": "Patient"}
-    )
-    aliases = fhir.patient_aliases(patients, key=key)
     from_hl7 = hl7v2.silver_from_bronze(messages, key=key, max_shift_days=max_shift_days)
     concept_map, maps_version = terminology.concept_maps(lake, version=concept_maps_version)
     log.info("clean: concept maps %s@%d", terminology.CONCEPT_MAPS.name, maps_version)
-    identities = fhir.patient_identities(bronze, key=key, aliases=aliases)
+    identities = fhir.patient_identities(patients_bronze, key=key, aliases=aliases)
     identities += hl7v2.patient_identities(messages, key=key)
-    resolved: dedup.Resolution | None = None  # after the Patient rows: they give the linkage sex
-    transforms: dict[str, Callable[..., Split]] = {
-        "Patient": fhir.patients_from_bronze,
-        "Encounter": fhir.encounters_from_bronze,
-        "Observation": fhir.observations_from_bronze,
-        "Condition": fhir.conditions_from_bronze,
-        "MedicationRequest": fhir.medications_from_bronze,
-    }
-    types = bronze.column("resource_type")
     entries: list[Entry] = []
     versions: dict[str, int | None] = {}
-    for resource_type, transform in transforms.items():
-        spec = FHIR_SILVER[resource_type]
-        split = transform(bronze, key=key, max_shift_days=max_shift_days, aliases=aliases)
-        hl7 = from_hl7[spec.name]
-        records_in = int(pc.sum(pc.equal(types, resource_type)).as_py() or 0)
-        produced = len(set(split.good.column("_record_hash").to_pylist()))
-        lake.insert_new(
-            QUARANTINE.name,
-            stamp_run(pa.concat_tables([split.quarantined, hl7.split.quarantined]), run_id),
+    drift: dict[str, int] = {}
+
+    # flatten every silver type into the run's scratch (FHIR rows, then HL7 v2's)
+    flat: dict[str, str] = {}
+    for resource_type, spec in FHIR_SILVER.items():
+        flat[resource_type] = lake.scratch_uri(spec.name, run_id=run_id)
+        applied = chain.step(
+            functools.partial(
+                fhir.flatten_resources,
+                resource_type=resource_type,
+                key=key,
+                max_shift_days=max_shift_days,
+                aliases=aliases,
+            ),
+            types=[resource_type],
+            target=Target(flat[resource_type], spec.schema, partition_by=spec.partition_by),
         )
+        for name, count in applied.counters.items():
+            drift[name] = drift.get(name, 0) + count
+        hl7 = from_hl7[spec.name]
+        produced = distinct_count(flat[resource_type], "_record_hash")
+        if hl7.split.good.num_rows:
+            lake_write_uri(flat[resource_type], hl7.split.good, spec)
+        lake.insert_new(QUARANTINE.name, stamp_run(hl7.split.quarantined, run_id))
         entries.append(
             Entry(
                 stage="silver",
                 table_name=spec.name,
-                records_in=records_in + hl7.records_in,
+                records_in=applied.rows_in + hl7.records_in,
                 records_out=produced + hl7.records_out,
-                quarantined=split.quarantined.num_rows + hl7.split.quarantined.num_rows,
+                quarantined=applied.quarantined + hl7.split.quarantined.num_rows,
                 merged=hl7.merged,
             )
         )
-        rows = pa.concat_tables([split.good, hl7.split.good])
-        standardize = STANDARDIZE.get(resource_type)
-        if standardize is not None:
-            standard = standardize(
-                rows,
+    unread = fhir.drift_of(drift)  # new extensions, unexpected elements: kept, reported
+    for line in describe_drift(unread):
+        log.info("clean: schema drift: %s", line)
+    write_drift(lake, run_id, unread)
+
+    # entity resolution over this run's patient rows (few: held in memory)
+    patient_rows = DeltaTable(flat["Patient"]).to_pyarrow_dataset().to_table(use_threads=False)
+    prior = (
+        vault.linkage_identities(
+            lake,
+            keyring=keyring,
+            audit_key=audit_key,
+            run_id=run_id,
+            skip={i["source_key"] for i in identities},
+        )
+        if keyring is not None and audit_key is not None and patient_rows.num_rows
+        else []  # no patient record in this run: nothing to link, nothing decrypted
+    )
+    resolved = dedup.resolve(
+        lake, identities, patient_rows, run_id=run_id, now=datetime.now(UTC), prior=prior
+    )
+    if keyring is not None:  # the vault keys identities by the resolved person
+        person = resolved.person_of
+        stored = [
+            {**i, "person_key": person.get(i["person_key"], i["person_key"])} for i in identities
+        ]
+        vault.store(lake, stored, keyring=keyring)
+
+    # standardize and re-key every table into staging
+    for resource_type, spec in FHIR_SILVER.items():
+        staged = engine.batch_local(
+            functools.partial(
+                fhir_steps.standardize_and_remap,
+                resource_type=resource_type,
                 concept_map=concept_map,
                 on_unmapped=(on_unmapped or {}).get(spec.name, "quarantine"),
-            )
-            lake.insert_new(QUARANTINE.name, stamp_run(standard.quarantined, run_id))
+                person_of=resolved.person_of,
+                key=key,
+                max_shift_days=max_shift_days,
+            ),
+            source=DeltaSource(flat[resource_type]),
+            target=Target(
+                lake.uri(staging_name(spec.name)), spec.schema, partition_by=spec.partition_by
+            ),
+            quarantine=chain.quarantine,
+        )
+        versions[staging_name(spec.name)] = staged.target_version
+        if resource_type in STANDARDIZE:
             entries.append(
                 Entry(
                     stage="standardize",
                     table_name=spec.name,
-                    records_in=rows.num_rows,
-                    records_out=standard.good.num_rows,
-                    quarantined=standard.quarantined.num_rows,
+                    records_in=staged.rows_in,
+                    records_out=staged.good,
+                    quarantined=staged.quarantined,
                 )
             )
-            rows = standard.good
-        if resolved is None:
-            prior = (
-                vault.linkage_identities(
-                    lake,
-                    keyring=keyring,
-                    audit_key=audit_key,
-                    run_id=run_id,
-                    skip={i["source_key"] for i in identities},
-                )
-                if keyring is not None and audit_key is not None and rows.num_rows
-                else []  # no patient record in this run: nothing to link, nothing decrypted
-            )
-            resolved = dedup.resolve(
-                lake, identities, rows, run_id=run_id, now=datetime.now(UTC), prior=prior
-            )
-            if keyring is not None:  # the vault keys identities by the resolved person
-                person = resolved.person_of
-                stored = [
-                    {**i, "person_key": person.get(i["person_key"], i["person_key"])}
-                    for i in identities
-                ]
-                vault.store(lake, stored, keyring=keyring)
-        rows = dedup.remap(rows, resolved.person_of, key=key, max_shift_days=max_shift_days)
-        versions[staging_name(spec.name)] = lake.write(
-            staging_name(spec.name), rows, mode="overwrite", spec=spec
-        )
         if spec is SILVER_PATIENTS:  # survivorship: one row per person touched in this run
+            rows = lake.read(staging_name(spec.name))
             persons = dedup.persons(
                 lake, rows, run_id=run_id, key=key, max_shift_days=max_shift_days
             )
             versions[staging_name(SILVER_PERSONS.name)] = lake.write(
                 staging_name(SILVER_PERSONS.name), persons, mode="overwrite", spec=SILVER_PERSONS
             )
-    notes = fhir.notes_from_bronze(
-        bronze,
-        key=key,
-        max_shift_days=max_shift_days,
-        aliases=aliases,
-        workers=text_workers,
-        ages=text_ages,
+
+    # free text → staging.notes (FHIR streamed, then HL7 v2 NTE / OBX text appended)
+    deny_lists = {i["person_key"]: text_deid_terms(i) for i in identities if i["source_system"] == fhir.SOURCE_SYSTEM}
+    notes = chain.step(
+        functools.partial(
+            fhir_steps.notes,
+            key=key,
+            max_shift_days=max_shift_days,
+            aliases=aliases,
+            deny_lists=deny_lists,
+            person_of=resolved.person_of,
+            ages=text_ages,
+        ),
+        types=list(fhir.NOTE_SOURCES),
+        target=Target(lake.uri(staging_name(SILVER_NOTES.name)), SILVER_NOTES.schema),
     )
     hl7_notes = hl7v2.notes_from_bronze(
-        messages, key=key, max_shift_days=max_shift_days, workers=text_workers, ages=text_ages
+        messages, key=key, max_shift_days=max_shift_days, workers=1, ages=text_ages
     )
-    notes = Split(  # records in: FHIR free-text fields + HL7 NTE / OBX text segments
-        pa.concat_tables([notes.good, hl7_notes.good]),
-        pa.concat_tables([notes.quarantined, hl7_notes.quarantined]),
+    lake.insert_new(QUARANTINE.name, stamp_run(hl7_notes.quarantined, run_id))
+    hl7_rows = dedup.remap(
+        hl7_notes.good, resolved.person_of, key=key, max_shift_days=max_shift_days
     )
-    lake.insert_new(QUARANTINE.name, stamp_run(notes.quarantined, run_id))
-    entries.append(
+    versions[staging_name(SILVER_NOTES.name)] = (
+        lake.write(staging_name(SILVER_NOTES.name), hl7_rows, mode="append", spec=SILVER_NOTES)
+        if hl7_rows.num_rows
+        else notes.target_version
+    )
+    entries.append(  # records in: FHIR free-text fields + HL7 NTE / OBX text segments
         Entry(
             stage="deid_text",
             table_name=SILVER_NOTES.name,
-            records_in=notes.good.num_rows + notes.quarantined.num_rows,
-            records_out=notes.good.num_rows,
-            quarantined=notes.quarantined.num_rows,
+            records_in=notes.good + notes.quarantined + hl7_notes.good.num_rows
+            + hl7_notes.quarantined.num_rows,
+            records_out=notes.good + hl7_notes.good.num_rows,
+            quarantined=notes.quarantined + hl7_notes.quarantined.num_rows,
         )
-    )
-    assert resolved is not None
-    notes_rows = dedup.remap(notes.good, resolved.person_of, key=key, max_shift_days=max_shift_days)
-    versions[staging_name(SILVER_NOTES.name)] = lake.write(
-        staging_name(SILVER_NOTES.name), notes_rows, mode="overwrite", spec=SILVER_NOTES
     )
     entries.append(resolved.entry)
     versions[staging_name(SILVER_PATIENT_LINKS.name)] = lake.write(
@@ -350,10 +390,10 @@ def clean(
         spec=SILVER_PATIENT_LINKS,
     )
     views = views or {}
-    viewed = [t.view.resource for t in views.values()]
+    viewed = tuple(t.view.resource for t in views.values())
     staged_views = stage_view_tables(
         lake,
-        bronze,
+        chain,
         views,
         run_id=run_id,
         key=key,
@@ -363,18 +403,19 @@ def clean(
     )
     versions.update(staged_views.versions)
     entries += staged_views.entries
-    rest = fhir.bronze_only_from_bronze(bronze, viewed=viewed)  # extra views' types: their own entries
-    lake.insert_new(QUARANTINE.name, stamp_run(rest.quarantined, run_id))
+    rest = chain.step(  # types no silver table reads (extra views' types: their own entries)
+        functools.partial(fhir_steps.bronze_only, viewed=viewed),
+        types=[],
+        exclude=sorted({*FHIR_SILVER, *viewed}),
+        target=Target(lake.scratch_uri("bronze_only", run_id=run_id), fhir_steps.BRONZE_ONLY_SCHEMA),
+    )
     entries.append(
         Entry(
             stage="silver",
             table_name=BRONZE_FHIR.name,
-            records_in=int(
-                pc.sum(pc.invert(pc.is_in(types, pa.array(sorted({*transforms, *viewed}))))).as_py()
-                or 0
-            ),
-            quarantined=rest.quarantined.num_rows,
-            bronze_only=rest.good.num_rows,
+            records_in=rest.rows_in,
+            quarantined=rest.quarantined,
+            bronze_only=rest.good,
         )
     )
     only = hl7v2.bronze_only_from_bronze(messages)  # messages no silver table reads (ACK, …)
@@ -386,8 +427,117 @@ def clean(
             bronze_only=only.good.num_rows,
         )
     )
+    lake.drop_scratch(run_id=run_id)
     ledger.record(lake, run_id, entries)
     return StageResult(versions, entries)
+
+
+@dataclass(frozen=True)
+class FhirChain:
+    """Where the FHIR chain of a run reads (its bronze rows at the pinned version) and sends what
+    it refuses (the quarantine, stamped with the run)."""
+
+    lake: Lake
+    engine: Engine
+    run_id: str
+    version: int | None = None
+
+    def source(self, types: Sequence[str], *, exclude: Sequence[str] = ()) -> DeltaSource:
+        where: dict[str, Sequence[str]] = {"_run_id": [self.run_id]}
+        if types:
+            where["resource_type"] = list(types)
+        return DeltaSource(
+            self.lake.uri(BRONZE_FHIR.name),
+            version=self.version,
+            where=where,
+            where_not={"resource_type": list(exclude)} if exclude else {},
+            decode=self.lake.decoder(BRONZE_FHIR.name),
+        )
+
+    @property
+    def quarantine(self) -> QuarantineSink:
+        return QuarantineSink(
+            self.lake.uri(QUARANTINE.name),
+            run_id=self.run_id,
+            encode=self.lake.encoder(QUARANTINE.name),
+        )
+
+    def step(
+        self,
+        fn: Callable[[pa.RecordBatch], Split],
+        *,
+        types: Sequence[str],
+        target: Target,
+        exclude: Sequence[str] = (),
+    ) -> Applied:
+        """A batch-local step over this run's resources of ``types`` (all but ``exclude``)."""
+        if not self.lake.exists(BRONZE_FHIR.name):
+            self.lake.ensure(BRONZE_FHIR.name)
+        return self.engine.batch_local(
+            fn, source=self.source(types, exclude=exclude), target=target, quarantine=self.quarantine
+        )
+
+    def read_type(self, resource_type: str) -> pa.Table:
+        """This run's bronze rows of one (small) type, in memory: the Patients."""
+        return self.lake.read(
+            BRONZE_FHIR.name,
+            version=self.version,
+            where={"_run_id": self.run_id, "resource_type": resource_type},
+        )
+
+
+def update_patient_aliases(
+    lake: Lake, patients: pa.Table, *, key: bytes, run_id: str
+) -> dict[str, str]:
+    """This run's Patients' MRN person keys merged into ``reference.patient_aliases``; the whole
+    index (Patient id → person key) returned. Its size is the number of patients, not of
+    resources, and no Patient of an earlier run is parsed again."""
+    found = fhir.patient_aliases(patients, key=key)
+    if found:
+        lake.upsert(
+            PATIENT_ALIASES.name,
+            pa.table(
+                {
+                    "resource_id": list(found),
+                    "person_key": list(found.values()),
+                    "_run_id": [run_id] * len(found),
+                },
+                schema=PATIENT_ALIASES.schema,
+            ),
+        )
+    index = lake.read(PATIENT_ALIASES.name, columns=["resource_id", "person_key"])
+    return dict(
+        zip(
+            index.column("resource_id").to_pylist(),
+            index.column("person_key").to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def text_deid_terms(identity: Mapping[str, object]) -> list[str]:
+    """The deny list of one patient's notes (names, address lines, phones, identifiers)."""
+    from medlake.governance.text_deid import record_deny_list
+
+    terms: list[str] = record_deny_list(dict(identity))
+    return terms
+
+
+def distinct_count(uri: str, column: str) -> int:
+    """How many distinct values ``column`` of a Delta table holds (counted by DuckDB)."""
+    import duckdb
+
+    dataset = DeltaTable(uri).to_pyarrow_dataset()
+    con = duckdb.connect()
+    con.register("t", dataset)
+    rows = con.execute(f'SELECT count(DISTINCT "{column}") FROM t').fetchall()
+    con.close()
+    return int(rows[0][0])
+
+
+def lake_write_uri(uri: str, rows: pa.Table, spec: registry.TableSpec) -> None:
+    """Append rows conformed to ``spec`` to the Delta table at ``uri`` (a scratch table)."""
+    write_deltalake(uri, conform(rows, spec.schema), mode="append")
 
 
 def extra_view_tables(settings: Settings) -> dict[str, ViewTable]:
@@ -404,7 +554,7 @@ def extra_view_tables(settings: Settings) -> dict[str, ViewTable]:
 
 def stage_view_tables(
     lake: Lake,
-    bronze: pa.Table,
+    chain: FhirChain,
     tables: Mapping[str, ViewTable],
     *,
     run_id: str,
@@ -413,22 +563,22 @@ def stage_view_tables(
     aliases: Mapping[str, str],
     person_of: Mapping[str, str],
 ) -> StageResult:
-    """This run's FHIR resources (``bronze``) → ``staging.<view>`` for every extra view table: a
-    hospital adds a silver table by adding a ViewDefinition file (jobs/views/tables.py
-    de-identifies its columns); rows are re-keyed to the resolved persons like every staging row.
+    """This run's FHIR resources of each extra view's type → ``staging.<view>``: a hospital adds
+    a silver table by adding a ViewDefinition file (jobs/views/tables.py de-identifies its
+    columns); rows are re-keyed to the resolved persons like every staging row.
 
     Ledger per table: the resources of the view's type in, those giving rows out, those refused
     quarantined, and those the view selects no row from (its ``where``) kept in bronze only.
     """
-    types = bronze.column("resource_type")
     entries: list[Entry] = []
     versions: dict[str, int | None] = {}
     for table in tables.values():
+        bronze = chain.read_type(table.view.resource)
         split = rows_from_bronze(
             bronze, table, key=key, max_shift_days=max_shift_days, aliases=dict(aliases)
         )
         lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
-        records_in = int(pc.sum(pc.equal(types, table.view.resource)).as_py() or 0)
+        records_in = bronze.num_rows
         produced = len(set(split.good.column("_record_hash").to_pylist()))
         refused = len(set(split.quarantined.column("record_hash").to_pylist()))
         entries.append(
@@ -570,8 +720,10 @@ def task_clean(
     bronze_version: int | None,
     hl7v2_version: int | None = None,
     versions: dict[str, int | None] | None = None,
+    engine: str | None = None,
 ) -> dict[str, object]:
-    """``versions``: the bronze versions ingest wrote (its XCom), read by the plug-in sources."""
+    """``versions``: the bronze versions ingest wrote (its XCom), read by the plug-in sources;
+    ``engine``: the run's choice (``medlake run --engine``), else ``MEDLAKE__ENGINE``."""
     settings = Settings()
     target = lake_for(settings, Path(lake))
     versions = versions or {}
@@ -596,6 +748,7 @@ def task_clean(
             views=extra,
             text_workers=settings.deid.workers(),
             text_ages=settings.deid.text_ages,
+            engine=engine_for(settings, kind=engine),
         )
         # after clean(): a source feeding a table FHIR and HL7 v2 fill appends to its staging rows
         sources = [

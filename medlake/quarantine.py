@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -29,6 +29,9 @@ class Split:
 
     good: pa.Table
     quarantined: pa.Table
+    #: facts a step reports beside its rows (e.g. schema drift: paths seen per type), summed over
+    #: every batch by the engine
+    counters: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def counts(self) -> tuple[int, int]:

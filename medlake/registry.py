@@ -583,6 +583,24 @@ PERSON_CROSSWALK = TableSpec(
     description="Patient record (source_key) → person_key, stable across runs; changes only by merge events.",
 )
 
+PATIENT_ALIASES = TableSpec(
+    name="reference.patient_aliases",
+    schema=pa.schema(
+        [
+            _f("resource_id", nullable=False),  # the FHIR Patient's id (sealed at rest)
+            _f("person_key", nullable=False),  # the person key of its medical record number
+            _f("_run_id", nullable=False),  # the run that last saw the Patient
+        ]
+    ),
+    key=("resource_id",),
+    description=(
+        "FHIR Patient id → the person key of its MRN, kept up to date by every run: resources "
+        "refer to patients by id, and reach their MRN's person through this index (no scan of "
+        "every Patient ever ingested)."
+    ),
+    phi_columns=("resource_id",),
+)
+
 PERSON_EVENTS = TableSpec(
     name="reference.person_events",
     schema=pa.schema(
@@ -681,6 +699,7 @@ TABLES: dict[str, TableSpec] = {
         SILVER_PATIENT_LINKS,
         SILVER_PERSONS,
         PERSON_CROSSWALK,
+        PATIENT_ALIASES,
         PERSON_EVENTS,
         QUARANTINE,
         LEDGER,

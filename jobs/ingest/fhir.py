@@ -344,8 +344,16 @@ class Reject(Exception):
 Flatten = Callable[[dict[str, Any], Pseudonymizer], list[dict[str, Any]]]
 
 
-def flatten_split(bronze: pa.Table, *, flatten: Flatten, target: TableSpec, pseudo: Pseudonymizer) -> Split:
-    """Validate each bronze row as FHIR R4 and flatten it into ``target`` rows; quarantine the rest."""
+def flatten_split(
+    bronze: pa.Table | pa.RecordBatch,
+    *,
+    flatten: Flatten,
+    target: TableSpec,
+    pseudo: Pseudonymizer,
+    on_parsed: Callable[[dict[str, Any]], None] | None = None,
+) -> Split:
+    """Validate each bronze row as FHIR R4 and flatten it into ``target`` rows; quarantine the rest.
+    ``on_parsed`` sees every resource that parsed (what else the step wants from the one parse)."""
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
     for row in bronze.to_pylist():
@@ -359,10 +367,12 @@ def flatten_split(bronze: pa.Table, *, flatten: Flatten, target: TableSpec, pseu
             "raw_record": row["raw"],
         }
         try:
-            resource = json.loads(row["raw"])
+            resource = _loads(row["raw"])
         except json.JSONDecodeError as exc:
             bad.append({**locate, "rule_id": "parse.bad_json", "reason": f"{label}: not valid JSON ({exc.msg})"})
             continue
+        if on_parsed is not None and isinstance(resource, dict):
+            on_parsed(resource)
         problem = validation_problem(resource)
         if problem:
             bad.append({**locate, "rule_id": "validate.fhir_r4", "reason": f"{label}: {problem}"})
@@ -747,6 +757,51 @@ def flatten_medication_request(res: dict[str, Any], pseudo: Pseudonymizer) -> li
             "dosage_text": raw["dosage_text"],
         }
     ]
+
+
+def flatten_resources(
+    bronze: pa.Table | pa.RecordBatch,
+    *,
+    resource_type: str,
+    key: bytes,
+    max_shift_days: int = 365,
+    aliases: Mapping[str, str] | None = None,
+) -> Split:
+    """The ``resource_type`` rows of a bronze batch validated and flattened into its silver table
+    (the batch-local step the engines run), each resource parsed once; the elements no view
+    reads come back as counters ``drift|<type>|<path>`` (see :func:`unread_elements`)."""
+    rows = bronze.filter(pc.equal(bronze.column("resource_type"), resource_type))
+    pseudo = Pseudonymizer(key=key, max_shift_days=max_shift_days, aliases=aliases or {})
+    parsed: list[dict[str, Any]] = []
+    split = flatten_split(
+        rows,
+        flatten=FLATTEN[resource_type],
+        target=FHIR_SILVER[resource_type],
+        pseudo=pseudo,
+        on_parsed=parsed.append,
+    )
+    drift = coverage.unread_elements(parsed, silver_views().values())
+    counters = {
+        f"{DRIFT}|{rtype}|{path}": count
+        for rtype, paths in drift.items()
+        for path, count in paths.items()
+    }
+    return Split(split.good, split.quarantined, counters)
+
+
+#: the counter prefix of schema drift (an element path no view reads, per resource type)
+DRIFT = "drift"
+
+
+def drift_of(counters: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Schema drift (type → path → resources) from a step's ``drift|<type>|<path>`` counters."""
+    drift: dict[str, dict[str, int]] = {}
+    for name, count in counters.items():
+        prefix, _, rest = name.partition("|")
+        if prefix == DRIFT:
+            rtype, _, path = rest.partition("|")
+            drift.setdefault(rtype, {})[path] = drift.get(rtype, {}).get(path, 0) + count
+    return drift
 
 
 def unread_elements(bronze: pa.Table) -> dict[str, dict[str, int]]:

@@ -60,6 +60,8 @@ class DeltaSource:
     version: int | None = None
     columns: Sequence[str] | None = None
     where: dict[str, Sequence[str]] = field(default_factory=dict)
+    #: rows whose column equals none of the given values
+    where_not: dict[str, Sequence[str]] = field(default_factory=dict)
     #: opens the encrypted columns of what is read (the lake's codec); picklable
     decode: Callable[[pa.Table], pa.Table] | None = None
 
@@ -105,6 +107,8 @@ class Applied:
     good: int
     quarantined: int
     target_version: int
+    #: the transform's counters (:attr:`Split.counters`), summed over every batch
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 class Engine(Protocol):

@@ -18,9 +18,9 @@ import os
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from queue import Full, Queue
@@ -95,6 +95,7 @@ class EmbeddedEngine:
             good=counts.good,
             quarantined=counts.quarantined,
             target_version=DeltaTable(target.uri).version(),
+            counters=counts.counters,
         )
 
     def _parallel(self, source: Source) -> bool:
@@ -157,6 +158,7 @@ class EmbeddedEngine:
             good=counts.good,
             quarantined=counts.quarantined,
             target_version=DeltaTable(target.uri).version(),
+            counters=counts.counters,
         )
 
     # -- set-based ---------------------------------------------------------------------------
@@ -265,6 +267,9 @@ def _filter(source: DeltaSource) -> pc.Expression | None:
     for column, values in source.where.items():
         term = pc.field(column).cast(pa.string()).isin(list(values))
         condition = term if condition is None else condition & term
+    for column, values in source.where_not.items():
+        term = ~pc.field(column).cast(pa.string()).isin(list(values))
+        condition = term if condition is None else condition & term
     return condition
 
 
@@ -293,6 +298,11 @@ class _Counts:
     rows_in: int = 0
     good: int = 0
     quarantined: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def add(self, counters: Mapping[str, int]) -> None:
+        for name, value in counters.items():
+            self.counters[name] = self.counters.get(name, 0) + value
 
 
 def _counted(batches: Iterable[pa.RecordBatch], counts: _Counts) -> Iterator[pa.RecordBatch]:
@@ -380,6 +390,7 @@ def apply_by_key(fn: KeyedTransform, table: pa.Table, keys: list[str]) -> Split:
     key_rows = ordered.select(keys).to_pylist()
     goods: list[pa.Table] = []
     bads: list[pa.Table] = []
+    counters: dict[str, int] = {}
     start = 0
     for i in range(1, len(key_rows) + 1):
         if i == len(key_rows) or key_rows[i] != key_rows[start]:
@@ -387,10 +398,13 @@ def apply_by_key(fn: KeyedTransform, table: pa.Table, keys: list[str]) -> Split:
             split = fn(key, ordered.slice(start, i - start))
             goods.append(split.good)
             bads.append(split.quarantined)
+            for name, value in split.counters.items():
+                counters[name] = counters.get(name, 0) + value
             start = i
     return Split(
         pa.concat_tables(goods, promote_options="permissive") if goods else pa.table({}),
         pa.concat_tables(bads) if bads else QUARANTINE_SCHEMA.empty_table(),
+        counters,
     )
 
 
@@ -408,6 +422,7 @@ def _good_batches(
     splits: Iterable[Split], target: Target, spool: _Spool, counts: _Counts
 ) -> Iterator[pa.Table]:
     for split in splits:
+        counts.add(split.counters)
         if split.quarantined.num_rows:
             spool.add(split.quarantined)
         if split.good.num_rows:

@@ -12,6 +12,7 @@ one the embedded engine would have written. The delta-spark jars come from ``set
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +24,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
-from pyspark.sql.types import ArrayType, DataType, LongType, MapType, StructField, StructType
+from pyspark.sql.types import ArrayType, DataType, LongType, MapType, StringType, StructField, StructType
 
 from medlake.config import STATE_DIR, SparkSettings
 from medlake.engines import (
@@ -191,6 +192,8 @@ class SparkEngine:
         frame = reader.load(source.uri)
         for column, values in source.where.items():
             frame = frame.where(F.col(column).cast("string").isin(list(values)))
+        for column, values in source.where_not.items():
+            frame = frame.where(~F.col(column).cast("string").isin(list(values)))
         if source.columns is not None:
             frame = frame.select(*source.columns)
         return frame
@@ -212,6 +215,10 @@ class SparkEngine:
                 F.sum(F.col("_in")).alias("_in"),
             ).collect()[0]
             good_rows, quarantined_rows = int(counted[_GOOD]), int(counted[_QUARANTINED])
+            counters: dict[str, int] = {}
+            for row in tagged.where(F.col("_counters").isNotNull()).select("_counters").collect():
+                for name, value in json.loads(row["_counters"]).items():
+                    counters[name] = counters.get(name, 0) + int(value)
             good = tagged.where(F.col(_GOOD).isNotNull()).select(f"{_GOOD}.*")
             self.write(good, target)
             if quarantined_rows:
@@ -224,6 +231,7 @@ class SparkEngine:
             good=good_rows,
             quarantined=quarantined_rows,
             target_version=self.version(target.uri) or 0,
+            counters=counters,
         )
 
     # -- keyed -------------------------------------------------------------------------------
@@ -262,7 +270,7 @@ class SparkEngine:
     ) -> Inserted:
         """As :meth:`EmbeddedEngine.insert_new`, with DataFrames and one ``MERGE INTO``."""
         run_id = source.where.get("_run_id")
-        src = self._read(DeltaSource(source.uri, source.version, None, dict(source.where)))
+        src = self._read(DeltaSource(source.uri, source.version, None, dict(source.where), dict(source.where_not)))
         columns = [c for c in target.schema.names if c in src.columns]
         position = F.struct(*[F.col(c) for c in order])
         firsts = src.groupBy(*key).agg(F.min(position).alias("_pos"))
@@ -367,6 +375,7 @@ def _tagged_type(good_schema: pa.Schema) -> StructType:
             StructField(_GOOD, _nullable(spark_schema(good_schema)), nullable=True),
             StructField(_QUARANTINED, _nullable(spark_schema(QUARANTINE_SCHEMA)), nullable=True),
             StructField("_in", LongType(), nullable=True),
+            StructField("_counters", StringType(), nullable=True),
         ]
     )
 
@@ -470,13 +479,20 @@ def _tag(
     if encode_bad is not None and bad_rows.num_rows:
         bad_rows = conform(encode_bad(bad_rows), QUARANTINE_SCHEMA)
     good, bad = _struct(good_rows, good_type), _struct(bad_rows, quarantine_type)
-    count = pa.int64()
+    count, text = out_schema.field("_in").type, out_schema.field("_counters").type
+    facts = json.dumps(dict(split.counters), sort_keys=True) if split.counters else None
     tagged = pa.concat_tables(
         [
-            pa.table([good, pa.nulls(len(good), quarantine_type), pa.nulls(len(good), count)], schema=out_schema),
-            pa.table([pa.nulls(len(bad), good_type), bad, pa.nulls(len(bad), count)], schema=out_schema),
             pa.table(
-                [pa.nulls(1, good_type), pa.nulls(1, quarantine_type), pa.array([rows_in], count)],
+                [good, pa.nulls(len(good), quarantine_type), pa.nulls(len(good), count), pa.nulls(len(good), text)],
+                schema=out_schema,
+            ),
+            pa.table(
+                [pa.nulls(len(bad), good_type), bad, pa.nulls(len(bad), count), pa.nulls(len(bad), text)],
+                schema=out_schema,
+            ),
+            pa.table(
+                [pa.nulls(1, good_type), pa.nulls(1, quarantine_type), pa.array([rows_in], count), pa.array([facts], text)],
                 schema=out_schema,
             ),
         ]
