@@ -29,6 +29,7 @@ master keyring only when a value needs it. Rotating the master key (:func:`rotat
 from __future__ import annotations
 
 import base64
+import functools
 import secrets
 import zlib
 from collections.abc import Callable, Mapping
@@ -109,12 +110,13 @@ def encrypted_columns() -> dict[str, dict[str, Mode]]:
 
 def lake_for(settings: Settings, root: Path) -> Lake:
     """The lake at ``root`` with its raw PHI sealed and opened under the settings' vault keyring."""
-    return Lake(
-        root,
-        codec=EnvelopeCodec(
-            root, lambda: vault.vault_keyring(settings, create=settings.env == "local")
-        ),
-    )
+    return Lake(root, codec=EnvelopeCodec(root, functools.partial(settings_keyring, settings)))
+
+
+def settings_keyring(settings: Settings) -> Keyring:
+    """The vault keyring of the settings (made on first use locally): a picklable loader, so a
+    codec sent to a worker process or a Spark executor can load a key it lacks there."""
+    return vault.vault_keyring(settings, create=settings.env == "local")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,6 +201,11 @@ class _DataKey:
     key_id: str
     gcm: AESGCM = field(repr=False)
     siv: AESSIV = field(repr=False)
+    #: the data key itself: what travels when the codec is sent to a worker or an executor
+    raw: bytes = field(repr=False, default=b"")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_data_key, (self.key_id, self.raw))
 
     @classmethod
     def of(cls, key_id: str, key: bytes) -> _DataKey:
@@ -209,7 +216,13 @@ class _DataKey:
             key_id,
             AESGCM(derive(32, b"medlake.at_rest.gcm")),
             AESSIV(derive(64, b"medlake.at_rest.siv")),
+            key,
         )
+
+
+def _data_key(key_id: str, key: bytes) -> _DataKey:
+    """A data key rebuilt from its bytes (how a pickled codec's keys arrive in a worker)."""
+    return _DataKey.of(key_id, key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,6 +251,13 @@ class EnvelopeCodec:
 
     def __repr__(self) -> str:
         return f"EnvelopeCodec({self.root})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker process or a Spark executor gets: the data keys already unwrapped (as
+        bytes), never the master keyring; a key it lacks is loaded there from the keyring."""
+        state = dict(self.__dict__)
+        state["_keyring"] = None
+        return state
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -282,6 +302,12 @@ class EnvelopeCodec:
                 f"{table}.{column} holds values under data key {key_id!r}, which {self.root / DATA_KEYS_TABLE} does not hold"
             )
         return keys[key_id]
+
+    def ready(self, name: str) -> None:
+        """Make sure table ``name``'s data key exists and is loaded, before workers or executors
+        seal its rows in parallel (each would otherwise race to create one)."""
+        if self.columns.get(name):
+            self._active(name)
 
     # -- the protocol ----------------------------------------------------------------------
 

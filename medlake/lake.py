@@ -78,8 +78,14 @@ class Lake:
         shutil.rmtree(self.root / "_scratch" / _safe(run_id), ignore_errors=True)
 
     def encoder(self, name: str) -> Callable[[pa.Table], pa.Table] | None:
-        """Seals the encrypted columns of table ``name`` (for an engine writing it), or None."""
-        return functools.partial(self.codec.encode, name) if self.codec is not None else None
+        """Seals the encrypted columns of table ``name`` (for an engine writing it), or None. The
+        table's data key is made now, so parallel writers share it."""
+        if self.codec is None:
+            return None
+        ready = getattr(self.codec, "ready", None)
+        if ready is not None:
+            ready(name)
+        return functools.partial(self.codec.encode, name)
 
     def decoder(self, name: str) -> Callable[[pa.Table], pa.Table] | None:
         """Opens the encrypted columns of table ``name`` (for an engine reading it), or None."""

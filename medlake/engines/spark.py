@@ -299,7 +299,7 @@ class SparkEngine:
             kept = keep.count()
             duplicates = marked.join(keep, on=[*key, "_pos"], how="left_anti").count()
             before = self._table_rows(target.uri)
-            view = f"medlake_insert_{abs(hash((target.uri, run_id))) % 10**9}"
+            view = f"medlake_insert_{abs(hash((target.uri, str(run_id)))) % 10**9}"
             kept_rows.createOrReplaceTempView(view)
             on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
             self.spark.sql(

@@ -1,0 +1,132 @@
+"""The FHIR chain on both engines: the same landing through the embedded engine and through Spark
+``local[2]`` writes the same bronze, staging and quarantine tables and the same ledger counts.
+
+Both lakes use the same project key (same pseudonyms and date shifts) and seal their raw PHI at
+rest with data keys of their own, so the tables are compared as the lake reads them (opened).
+A Spark Connect session (``remote("local[2]")``, in a child process: a classic session already
+holds this one's JVM) ingests a smaller landing the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from pyspark.sql import SparkSession
+
+from medlake.config import Settings
+from medlake.engines import Engine
+from medlake.engines.embedded import EmbeddedEngine
+from medlake.engines.spark import SparkEngine
+from medlake.governance.at_rest import lake_for
+from medlake.jobs import pipeline
+from medlake.lake import Lake
+from medlake.registry import BRONZE_FHIR, FHIR_SILVER, QUARANTINE, SILVER_NOTES, staging_name
+from medlake.sample import generate
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+KEY = bytes(range(32))
+RUN_ID = "equivalence__run"
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+#: columns that name when a row was written, not what it holds
+WHEN = ("quarantined_at", "recorded_at")
+
+
+@pytest.fixture(scope="module")
+def landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("hospital") / "landing"
+    generate(folder, patients=8, seed=5)
+    return folder
+
+
+def run_fhir_chain(landing: Path, root: Path, engine: Engine) -> tuple[Lake, list[dict[str, Any]]]:
+    """Ingest and clean the landing's FHIR files on ``engine``; the lake and its ledger."""
+    os.environ["MEDLAKE__KEYS__DIR"] = str(root.parent / "keys")
+    lake = lake_for(Settings(), root)
+    ingested = pipeline.ingest(landing, lake, run_id=RUN_ID, now=NOW, engine=engine)
+    result = pipeline.clean(
+        lake,
+        run_id=RUN_ID,
+        key=KEY,
+        max_shift_days=365,
+        bronze_version=ingested.versions[BRONZE_FHIR.name],
+        engine=engine,
+    )
+    ledger = [e.__dict__ for e in (*ingested.entries, *result.entries)]
+    return lake, ledger
+
+
+def rows(lake: Lake, name: str, *, drop: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every row of a table as the lake reads it (opened), sorted, without ``drop``."""
+    table = lake.read(name)
+    table = table.drop_columns([c for c in (*WHEN, *drop) if c in table.column_names])
+    return sorted(table.to_pylist(), key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+
+def test_the_fhir_chain_writes_the_same_tables_on_both_engines(
+    spark: SparkSession, landing: Path, tmp_path: Path
+) -> None:
+    embedded, embedded_ledger = run_fhir_chain(
+        landing, tmp_path / "embedded" / "lake", EmbeddedEngine(batch_rows=97)
+    )
+    on_spark, spark_ledger = run_fhir_chain(
+        landing, tmp_path / "spark" / "lake", SparkEngine(spark)
+    )
+
+    assert embedded_ledger == spark_ledger
+    assert all(e["records_in"] >= 0 and e["records_out"] >= 0 for e in embedded_ledger)
+    ingest = next(e for e in embedded_ledger if e["stage"] == "ingest")
+    assert ingest["records_in"] > 100 and ingest["quarantined"] > 0  # the sample's broken records
+
+    bronze = rows(embedded, BRONZE_FHIR.name)
+    assert len(bronze) == ingest["records_out"]
+    assert rows(on_spark, BRONZE_FHIR.name) == bronze
+    for spec in (*FHIR_SILVER.values(), SILVER_NOTES):
+        name = staging_name(spec.name)
+        assert rows(on_spark, name) == rows(embedded, name), name
+    assert rows(embedded, staging_name(FHIR_SILVER["Observation"].name))
+    quarantine = rows(embedded, QUARANTINE.name)
+    assert rows(on_spark, QUARANTINE.name) == quarantine
+    assert Counter(r["rule_id"] for r in quarantine)["parse.bad_json"] >= 1
+
+
+def test_a_spark_connect_session_ingests_like_the_embedded_engine(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    generate(landing, patients=4, seed=3)
+    script = f"""
+import json, os
+from datetime import datetime, UTC
+from pathlib import Path
+from medlake.config import SparkSettings
+from medlake.engines.spark import SparkEngine, spark_session
+from medlake.jobs import pipeline
+from medlake.lake import Lake
+spark = spark_session(SparkSettings(remote="local[2]"), app_name="medlake-connect-test")
+assert type(spark).__module__.startswith("pyspark.sql.connect"), type(spark)
+lake = Lake(Path({str(tmp_path / "connect")!r}))
+result = pipeline.ingest(Path({str(landing)!r}), lake, run_id={RUN_ID!r},
+                         now=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), engine=SparkEngine(spark))
+print(json.dumps([e.__dict__ for e in result.entries]))
+spark.stop()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    connect_ledger = json.loads(done.stdout.strip().splitlines()[-1])
+    lake = Lake(tmp_path / "embedded")
+    embedded = pipeline.ingest(landing, lake, run_id=RUN_ID, now=NOW, engine=EmbeddedEngine())
+    assert connect_ledger == [e.__dict__ for e in embedded.entries]
+    connect = Lake(tmp_path / "connect")
+    assert rows(connect, BRONZE_FHIR.name) == rows(lake, BRONZE_FHIR.name)
+    assert rows(connect, QUARANTINE.name) == rows(lake, QUARANTINE.name)
+    assert pa.Table.from_pylist(rows(lake, BRONZE_FHIR.name)).num_rows > 50
