@@ -1,6 +1,6 @@
 """The medlake pipeline: landing → bronze → staging → (quality gate) → silver → gold → summary.
 
-Triggered by `medlake run --landing DIR --lake DIR`, which passes both as params. Tasks hand
+Triggered by `medlake run --landing DIR --lake DIR [--engine spark]`, which passes them as params. Tasks hand
 each other table names and Delta versions through XCom, never data.
 """
 
@@ -43,6 +43,12 @@ def _params() -> dict[str, str]:
     params={
         "landing": Param(".medlake/demo/landing", type="string", description="Landing folder"),
         "lake": Param(".medlake/demo/lake", type="string", description="Lake root"),
+        "engine": Param(
+            "",
+            type="string",
+            enum=["", "embedded", "spark"],
+            description="Engine of this run (empty: the MEDLAKE__ENGINE setting)",
+        ),
     },
 )
 def medlake_pipeline() -> None:
@@ -50,7 +56,9 @@ def medlake_pipeline() -> None:
     def ingest() -> dict[str, object]:
         from medlake.jobs.pipeline import task_ingest
 
-        return _call(task_ingest, _params()["landing"], _params()["lake"])
+        return _call(
+            task_ingest, _params()["landing"], _params()["lake"], engine=_params().get("engine")
+        )
 
     @task(inlets=assets.BRONZE)
     def clean(ingested: dict[str, object]) -> dict[str, object]:
@@ -63,6 +71,7 @@ def medlake_pipeline() -> None:
             bronze_version=versions["bronze.fhir_resources"],
             hl7v2_version=versions.get("bronze.hl7v2_messages"),
             versions=versions,
+            engine=_params().get("engine"),
         )
 
     @task(outlets=assets.SILVER + [assets.QUARANTINE])

@@ -172,6 +172,8 @@ class MedlakeRunFacet(RunFacet):
 
     airflow_run_id: str
     dag_id: str
+    #: the engine the stage ran its transforms on: embedded or spark
+    engine: str = "embedded"
 
     @staticmethod
     def _get_schema() -> str:
@@ -425,6 +427,7 @@ class StageRun:
     ledger: list[Entry] = field(default_factory=list)
     row_counts: dict[str, int] = field(default_factory=dict)
     quality: dict[str, GateResult] = field(default_factory=dict)
+    engine: str = "embedded"
 
     def __post_init__(self) -> None:
         self.run_id = run_uuid(self.airflow_run_id, self.job)
@@ -481,7 +484,10 @@ class StageRun:
         run_facets: dict[str, RunFacet] = {
             "parent": _parent(self.config.job_namespace, self.dag_id, self.airflow_run_id),
             "medlake_run": MedlakeRunFacet(
-                airflow_run_id=self.airflow_run_id, dag_id=self.dag_id, producer=PRODUCER
+                airflow_run_id=self.airflow_run_id,
+                dag_id=self.dag_id,
+                engine=self.engine,
+                producer=PRODUCER,
             ),
             "processing_engine": processing_engine_run.ProcessingEngineRunFacet(
                 version=_version("medlake"),
@@ -612,6 +618,7 @@ def stage_run(
     sources: Sequence[Path] = (),
     config: LineageConfig | None = None,
     dag_id: str | None = None,
+    engine: str = "embedded",
 ) -> Iterator[StageRun]:
     """Emit START now, then COMPLETE when the block ends, FAIL (with the error) when it raises.
 
@@ -619,6 +626,7 @@ def stage_run(
     ``inputs``: tables read → the Delta version read (None, or a bare name: the current version).
     ``sources``: folders outside the lake the stage read (landing), as ``file`` datasets named by path.
     ``dag_id``: the pipeline (parent) job; default: ``job`` up to its first dot.
+    ``engine``: the engine the stage runs on (named in the ``medlake_run`` facet).
     A KeyboardInterrupt or other non-``Exception`` (a killed task) is reported as ABORT. Re-raises.
     """
     config = config or LineageConfig()
@@ -642,6 +650,7 @@ def stage_run(
             for name, version in read.items()
         },
         sources=tuple(sources),
+        engine=engine,
     )
     try:
         run.emit(RunState.START)

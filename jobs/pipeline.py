@@ -64,7 +64,7 @@ from medlake.registry import (
     SILVER_PERSONS,
     staging_name,
 )
-from medlake.summary import write_drift
+from medlake.summary import record_engine, write_drift
 
 log = logging.getLogger(__name__)
 
@@ -691,15 +691,17 @@ def task_ingest(
     """``engine``: the run's choice (``medlake run --engine``), else ``MEDLAKE__ENGINE``."""
     settings = Settings()
     target = lake_for(settings, Path(lake))
+    runner = engine_for(settings, kind=engine or None)
+    record_engine(target, run_id, "ingest", runner.name)
     with stage_run(
         target,
         job=lineage_job(settings, "ingest"),
         run_id=run_id,
         sources=[Path(landing) / kind for kind in ("fhir", "hl7v2", *SOURCES)],
         config=lineage_config(settings),
+        engine=runner.name,
     ) as run:
         now = datetime.now(UTC)
-        runner = engine_for(settings, kind=engine)
         stages = [
             ingest(Path(landing), target, run_id=run_id, now=now, engine=runner),
             ingest_hl7v2(Path(landing), target, run_id=run_id, now=now),
@@ -727,12 +729,15 @@ def task_clean(
     settings = Settings()
     target = lake_for(settings, Path(lake))
     versions = versions or {}
+    runner = engine_for(settings, kind=engine or None)
+    record_engine(target, run_id, "clean", runner.name)
     with stage_run(
         target,
         job=lineage_job(settings, "clean"),
         run_id=run_id,
         inputs={BRONZE_FHIR.name: bronze_version, BRONZE_HL7V2.name: hl7v2_version, **versions},
         config=lineage_config(settings),
+        engine=runner.name,
     ) as run:
         key, max_shift_days = project_key(settings), settings.deid.date_shift_max_days
         extra = extra_view_tables(settings)
@@ -748,7 +753,7 @@ def task_clean(
             views=extra,
             text_workers=settings.deid.workers(),
             text_ages=settings.deid.text_ages,
-            engine=engine_for(settings, kind=engine),
+            engine=runner,
         )
         # after clean(): a source feeding a table FHIR and HL7 v2 fill appends to its staging rows
         sources = [

@@ -78,11 +78,18 @@ def run(
     landing: Annotated[Path, typer.Option(help="Landing folder (fhir/, hl7v2/, csv/, dicom/, vitals/, vcf/).")],
     lake: LakeOpt,
     as_json: JsonOpt = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="Engine of this run: embedded or spark (default: MEDLAKE__ENGINE)."),
+    ] = None,
 ) -> None:
     """Run the pipeline DAG through Airflow on a landing folder; exits non-zero if the run failed.
 
-    Example: medlake run --landing /tmp/landing --lake /tmp/lake
+    Example: medlake run --landing /tmp/landing --lake /tmp/lake --engine spark
     """
+    if engine not in (None, "embedded", "spark"):
+        err.print(f"[red]--engine is embedded or spark, not {engine!r}[/red]")
+        raise typer.Exit(2)
     from medlake.orchestrator import PipelineFailed, run_pipeline
     from medlake.summary import summarize
 
@@ -94,7 +101,11 @@ def run(
         err.print(f"running DAG {settings.airflow.pipeline_dag_id} through Airflow on {landing} …")
     try:
         dag_run = run_pipeline(
-            settings, landing=landing, lake=lake, progress=None if as_json else lambda line: err.print(f"  {line}")
+            settings,
+            landing=landing,
+            lake=lake,
+            progress=None if as_json else lambda line: err.print(f"  {line}"),
+            engine=engine,
         )
     except PipelineFailed as exc:
         err.print(f"[red]pipeline failed:[/red] {exc}")

@@ -114,8 +114,10 @@ def run_pipeline(
     landing: Path,
     lake: Path,
     progress: Callable[[str], None] | None = None,
+    engine: str | None = None,
 ) -> DagRun:
     """Run the pipeline DAG once on these folders; raise PipelineFailed unless it succeeded.
+    ``engine`` (embedded or spark) reaches the tasks as the run's ``engine`` param.
 
     Airflow's own output goes to a log file under the Airflow home; ``progress`` receives one
     line per task start and end.
@@ -125,7 +127,9 @@ def run_pipeline(
     if parsed.returncode != 0:
         raise PipelineFailed(f"airflow could not parse the DAG files:\n{parsed.stderr[-2000:]}")
     before = {r.run_id for r in list_runs(settings)}
-    conf = json.dumps({"landing": str(landing.resolve()), "lake": str(lake.resolve())})
+    conf = json.dumps(
+        {"landing": str(landing.resolve()), "lake": str(lake.resolve()), "engine": engine or ""}
+    )
     (lake.resolve() / "_lineage").mkdir(parents=True, exist_ok=True)  # the provider's file transport appends there
     log_dir = settings.airflow.home.resolve() / "run-logs"
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ def summarize(lake: Lake, *, run_id: str | None = None) -> dict[str, Any]:
         "ledger": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in e.items()} for e in entries],
         "ledger_balanced": balanced,
         "schema_drift": read_drift(lake, run_id) if run_id else {},
+        "engines": read_engines(lake, run_id) if run_id else {},
     }
 
 
@@ -62,6 +63,26 @@ def summary_path(lake: Lake, run_id: str) -> Path:
 
 def drift_path(lake: Lake, run_id: str) -> Path:
     return summary_path(lake, run_id).with_suffix(".drift.json")
+
+
+def engines_path(lake: Lake, run_id: str) -> Path:
+    return summary_path(lake, run_id).with_suffix(".engines.json")
+
+
+def record_engine(lake: Lake, run_id: str, stage: str, engine: str) -> None:
+    """Note which engine ran a stage of the run (the run summary names it)."""
+    path = engines_path(lake, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    found = json.loads(path.read_text()) if path.is_file() else {}
+    found[stage] = engine
+    path.write_text(json.dumps(found, sort_keys=True))
+
+
+def read_engines(lake: Lake, run_id: str) -> dict[str, str]:
+    """Stage → the engine that ran it, for a run (empty for runs before engines were recorded)."""
+    path = engines_path(lake, run_id)
+    found: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
+    return found
 
 
 def write_drift(lake: Lake, run_id: str, unread: dict[str, dict[str, int]]) -> Path:
