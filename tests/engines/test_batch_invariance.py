@@ -9,6 +9,7 @@ broken records) at random points.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +55,7 @@ def cut(table: pa.Table, points: list[int]) -> list[pa.RecordBatch]:
     edges = sorted({0, table.num_rows, *(p % (table.num_rows + 1) for p in points)})
     return [
         batch
-        for start, end in zip(edges, edges[1:], strict=False)
+        for start, end in itertools.pairwise(edges)
         for batch in table.slice(start, end - start).combine_chunks().to_batches()
     ]
 
