@@ -20,7 +20,7 @@ export PYTHONDONTWRITEBYTECODE :=
 export MLFLOW_ALLOW_FILE_STORE := false
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: env browser demo test test-fast airflow bench bench-sources bench-clean lint clean
+.PHONY: env browser demo test test-fast airflow bench bench-scale bench-sources bench-clean lint clean
 
 env: $(STAMP)
 
@@ -57,6 +57,11 @@ airflow: env
 
 bench: env
 	$(BIN)/python bench/run.py --patients 10000
+
+# The data plane at hospital scale: FHIR bulk at 100k/1M/5M resources next to the floor measured
+# in the same run, Spark local[2] at 100k/1M; table printed, bench/out/scale.{json,png} written
+bench-scale: env
+	$(BIN)/python bench/scale.py --sizes $(or $(SIZES),100000,1000000,5000000) --spark-sizes $(or $(SPARK_SIZES),100000,1000000)
 
 # Per-source throughput (bench/README.md states sizes and figures)
 bench-sources: env

@@ -45,7 +45,16 @@ WHEN = ("quarantined_at", "recorded_at")
 def landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("hospital") / "landing"
     generate(folder, patients=8, seed=5)
+    with_broken_records(folder)
     return folder
+
+
+def with_broken_records(landing: Path) -> None:
+    """A bulk file with a truncated line, a line that is no resource, and a resource twice."""
+    first = next((landing / "fhir").rglob("*.ndjson")).read_text().splitlines()[0]
+    (landing / "fhir" / "broken.ndjson").write_text(
+        "\n".join([first, '{"resourceType": "Observation", "id": ', "[1, 2]", first]) + "\n"
+    )
 
 
 def run_fhir_chain(landing: Path, root: Path, engine: Engine) -> tuple[Lake, list[dict[str, Any]]]:
@@ -102,6 +111,7 @@ def test_the_fhir_chain_writes_the_same_tables_on_both_engines(
 def test_a_spark_connect_session_ingests_like_the_embedded_engine(tmp_path: Path) -> None:
     landing = tmp_path / "landing"
     generate(landing, patients=4, seed=3)
+    with_broken_records(landing)
     script = f"""
 import json, os
 from datetime import datetime, UTC
@@ -129,4 +139,6 @@ spark.stop()
     connect = Lake(tmp_path / "connect")
     assert rows(connect, BRONZE_FHIR.name) == rows(lake, BRONZE_FHIR.name)
     assert rows(connect, QUARANTINE.name) == rows(lake, QUARANTINE.name)
-    assert pa.Table.from_pylist(rows(lake, BRONZE_FHIR.name)).num_rows > 50
+    assert pa.Table.from_pylist(rows(lake, BRONZE_FHIR.name)).num_rows > 20
+    ingest = embedded.entries[0]
+    assert (ingest.quarantined, ingest.merged) == (2, 2)  # the broken lines; the repeats
