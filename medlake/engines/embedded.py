@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 import threading
@@ -63,6 +64,21 @@ class EmbeddedEngine:
     parallel_min_rows: int = 50_000
     buckets: int = 16
     name: str = "embedded"
+    #: the worker processes, started on first use and kept for the engine's next steps (each
+    #: worker imports medlake and loads models once, not once per step)
+    _pool: ProcessPoolExecutor | None = field(default=None, repr=False, compare=False)
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"))
+            atexit.register(self._pool.shutdown, wait=False, cancel_futures=True)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes (a later parallel step starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     @classmethod
     def from_settings(cls, settings: EmbeddedSettings) -> EmbeddedEngine:
@@ -122,7 +138,7 @@ class EmbeddedEngine:
                 if batch.num_rows:
                     yield fn(batch)
             return
-        yield from _in_workers(fn, batches, workers=self.workers)
+        yield from _in_workers(fn, batches, pool=self.pool(), workers=self.workers)
 
     # -- keyed -------------------------------------------------------------------------------
 
@@ -146,7 +162,9 @@ class EmbeddedEngine:
             with _Spool(quarantine) as spool:
                 if self.workers > 1 and counts.rows_in >= self.parallel_min_rows:
                     splits = _in_workers(
-                        _KeyedBucket(fn, tuple(keys)), (pa.record_batch({"path": [str(p)]}) for p in paths),
+                        _KeyedBucket(fn, tuple(keys)),
+                        (pa.record_batch({"path": [str(p)]}) for p in paths),
+                        pool=self.pool(),
                         workers=self.workers,
                     )
                 else:
@@ -315,11 +333,13 @@ def _counted(batches: Iterable[pa.RecordBatch], counts: _Counts) -> Iterator[pa.
 # the transform in worker processes
 
 
-def _in_workers(fn: Any, batches: Iterable[pa.RecordBatch], *, workers: int) -> Iterator[Split]:
-    """``fn`` over the batches in ``workers`` spawned processes, results in input order, at most
-    two batches per worker in flight (memory stays bounded however long the source is)."""
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        pending: deque[Future[Split]] = deque()
+def _in_workers(
+    fn: Any, batches: Iterable[pa.RecordBatch], *, pool: ProcessPoolExecutor, workers: int
+) -> Iterator[Split]:
+    """``fn`` over the batches in the pool's processes, results in input order, at most two
+    batches per worker in flight (memory stays bounded however long the source is)."""
+    pending: deque[Future[Split]] = deque()
+    try:
         for batch in batches:
             if batch.num_rows == 0:
                 continue
@@ -328,6 +348,9 @@ def _in_workers(fn: Any, batches: Iterable[pa.RecordBatch], *, workers: int) -> 
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def _call(fn: Any, batch: pa.RecordBatch) -> Split:

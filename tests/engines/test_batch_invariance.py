@@ -141,3 +141,28 @@ def test_the_embedded_engine_writes_the_same_table_whatever_its_batch_size(
 
     assert table("observations") == table("reference")
     assert len(table("observations")) == flat.good > 0
+
+
+def test_worker_processes_write_what_one_process_writes(tmp_path: Path) -> None:
+    bronze = bronze_rows()
+    source = str(tmp_path / "bronze")
+    from deltalake import write_deltalake
+
+    write_deltalake(source, bronze)
+    step = functools.partial(fhir.flatten_resources, resource_type="Observation", key=KEY)
+    written = {}
+    for label, engine in (
+        ("workers", EmbeddedEngine(batch_rows=37, workers=2, parallel_min_rows=0)),
+        ("in-process", EmbeddedEngine(batch_rows=37, workers=1)),
+    ):
+        applied = engine.batch_local(
+            step,
+            source=DeltaSource(source),
+            target=Target(str(tmp_path / label), SILVER_OBSERVATIONS.schema),
+            quarantine=QuarantineSink(str(tmp_path / f"{label}-quarantine"), run_id="r"),
+        )
+        engine.close()
+        rows = DeltaTable(str(tmp_path / label)).to_pyarrow_dataset().to_table().to_pylist()
+        written[label] = (applied.good, applied.counters, sorted(json.dumps(r, default=str) for r in rows))
+    assert written["workers"] == written["in-process"]
+    assert written["workers"][0] > 0
