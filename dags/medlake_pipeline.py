@@ -43,12 +43,8 @@ def _params() -> dict[str, str]:
     params={
         "landing": Param(".medlake/demo/landing", type="string", description="Landing folder"),
         "lake": Param(".medlake/demo/lake", type="string", description="Lake root"),
-        "engine": Param(
-            "",
-            type="string",
-            enum=["", "embedded", "spark"],
-            description="Engine of this run (empty: the MEDLAKE__ENGINE setting)",
-        ),
+        "engine": Param("", type="string", enum=["", "embedded", "spark"],
+                        description="Engine of this run (empty: the MEDLAKE__ENGINE setting)"),
     },
 )
 def medlake_pipeline() -> None:
