@@ -250,6 +250,22 @@ def print_misses(
             print(f"  {item!r}")
 
 
+def print_false_positives(
+    texts: list[str], predicted: list[list[tuple[int, int, str]]], gold: list[list[Gold]], n: int
+) -> None:
+    """Up to ``n`` predicted spans per type that lie mostly outside gold, in context."""
+    wrong: dict[str, list[str]] = {}
+    for text, spans, golds in zip(texts, predicted, gold):
+        for s, e, kind in spans:
+            if inside_gold(s, e, golds) < COVER:
+                around = f"{text[max(0, s - 30) : s]}<<{text[s:e]}>>{text[e : e + 20]}"
+                wrong.setdefault(kind, []).append(around.replace("\n", " / "))
+    for kind, items in sorted(wrong.items(), key=lambda kv: -len(kv[1])):
+        print(f"\nfalse {kind}: {len(items)}")
+        for item in items[:n]:
+            print(f"  {item!r}")
+
+
 def timed(
     run: Callable[[list[str]], list[Any]], texts: list[str]
 ) -> tuple[list[Any], float, float]:
@@ -288,6 +304,7 @@ def bench_corpus(
     predicted = [[(s.start, s.end, s.entity_type) for s in row] for row in spans]
     if misses:
         print_misses(texts, predicted, gold, misses)
+        print_false_positives(texts, predicted, gold, misses)
     return {
         **score_corpus(predicted, gold),
         "texts": len(texts),
