@@ -1,9 +1,10 @@
 """Truecasing of notes written without case cues, so that name and place detection does not
 lean on capitals a note does not have.
 
-A line is *caseless* when it is shouted (at least 80 % of its cased letters are capitals:
-"PT LIVES IN EMPORIA W/ DAUGHTER") or flat (no capital after its first word: "dr smith paged
-re: hypotension"). In a caseless line every word gets the case an ordinary note would give it:
+A line of two words or more is *caseless* when it is shouted (at least 80 % of its cased
+letters are capitals: "PT LIVES IN EMPORIA W/ DAUGHTER"). A flat line ("dr smith paged re:
+hypotension") is left as it is: the name recognizers have lower-case rules and cues of their
+own. In a caseless line every word gets the case an ordinary note would give it:
 
 - a word after a name cue ("dr", "son", "wife", :func:`governance.recognizers.clinical_rules`)
   that is not clinical shorthand, or a known first or last name or place that is not a common
@@ -54,15 +55,16 @@ class Lexicon:
 
 
 def caseless(line: str) -> bool:
-    """Whether ``line`` carries no case cue: shouted, or flat (no capital after its first word)."""
+    """Whether ``line`` is shouted, with two words or more (a line that is one word, "ESPOO",
+    is left as it is). Flat lines are left too: the name recognizers have lower-case rules of
+    their own, which mixed case would break."""
+    if len(_WORD.findall(line)) < 2:
+        return False
     upper = sum(1 for ch in line if ch.isupper())
     lower = sum(1 for ch in line if ch.islower())
     if upper + lower < 4:
         return False
-    if upper >= SHOUTED * (upper + lower):
-        return True
-    words = _WORD.findall(line)
-    return not any(w[0].isupper() for w in words[1:])
+    return upper >= SHOUTED * (upper + lower)
 
 
 def truecase(text: str, lexicon: Lexicon) -> str:
@@ -121,6 +123,8 @@ def _case(word: str, previous: str, lex: Lexicon) -> str:
     if len(previous) == 1 and key in lex.names:
         return word.title()  # "S. FISHER": a name after an initial
     known = key in lex.names or key in lex.places
+    if word.isupper() and key in lex.places:
+        return word.title()  # "AUSTRIA", "READING": the place recognizer asks a cue of common words
     frequency = lex.zipf(key)
     if known and frequency < COMMON_NAME_ZIPF:
         return word.title()
