@@ -31,6 +31,7 @@ import binascii
 import hashlib
 import hmac
 import html
+import json
 import multiprocessing
 import re
 from collections import Counter
@@ -320,11 +321,23 @@ _DOMAIN_HINT = re.compile(r"[\w-]\.[^\W\d_]{2}")
 
 
 @dataclass(frozen=True)
+class Span:
+    """A detected PHI span (character offsets into the analysed text)."""
+
+    start: int
+    end: int
+    entity_type: str
+    score: float
+
+
+@dataclass(frozen=True)
 class DeidText:
-    """A de-identified text and how many spans of each entity type were replaced (no PHI)."""
+    """A de-identified text, how many spans of each entity type were replaced (no PHI), and
+    where they were in the input text (offsets into the input, not into ``text``)."""
 
     text: str
     entities: dict[str, int] = field(default_factory=dict)
+    spans: tuple[Span, ...] = ()
 
     @property
     def replaced(self) -> int:
@@ -333,16 +346,6 @@ class DeidText:
     def summary(self) -> dict[str, Any]:
         """What was removed, by type and count only: safe to log."""
         return {"replaced": self.replaced, "entities": dict(sorted(self.entities.items()))}
-
-
-@dataclass(frozen=True)
-class Span:
-    """A detected PHI span (character offsets into the analysed text)."""
-
-    start: int
-    end: int
-    entity_type: str
-    score: float
 
 
 class TextDeidentifier:
@@ -526,7 +529,11 @@ class TextDeidentifier:
                 text=text, analyzer_results=results, operators=operators
             )
             out.append(
-                DeidText(text=anonymized.text, entities=dict(Counter(s.entity_type for s in spans)))
+                DeidText(
+                    text=anonymized.text,
+                    entities=dict(Counter(s.entity_type for s in spans)),
+                    spans=tuple(spans),
+                )
             )
         return out
 
@@ -990,6 +997,41 @@ def _deidentify_piece(
     return text_deidentifier(ages).deidentify_batch(
         texts, deny_lists=deny_lists, surrogate_key=surrogate_key, person_keys=person_keys
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON lines in and out (``medlake deid text``)
+
+
+class RowError(ValueError):
+    """A JSON-lines row that is not ``{"id": ..., "text": "..."}`` (the reason never quotes it)."""
+
+
+def parse_text_row(line: str) -> tuple[Any, str]:
+    """The ``id`` and ``text`` of one input row, or :class:`RowError` saying what is wrong."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RowError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise RowError(f"a JSON {type(row).__name__}, not an object with id and text")
+    missing = [key for key in ("id", "text") if key not in row]
+    if missing:
+        raise RowError(f"no {' and no '.join(missing)}")
+    if not isinstance(row["text"], str):
+        raise RowError(f"text is a JSON {type(row['text']).__name__}, not a string")
+    if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+        raise RowError(f"id is a JSON {type(row['id']).__name__}, not a string or a number")
+    return row["id"], row["text"]
+
+
+def text_row(row_id: Any, done: DeidText) -> dict[str, Any]:
+    """The output row of one note: its id, de-identified text and the input offsets it lost."""
+    return {
+        "id": row_id,
+        "text": done.text,
+        "spans": [{"start": s.start, "end": s.end, "type": s.entity_type} for s in done.spans],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
