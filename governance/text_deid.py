@@ -558,6 +558,7 @@ def surrogate(key: bytes, person_key: str, entity: str, value: str) -> str:
 
 _TITLE_ONLY = re.compile(TITLE, re.IGNORECASE)
 _TITLE_BEFORE = re.compile(rf"\b{TITLE}\.?\s+$", re.IGNORECASE)
+_TITLE_START = re.compile(rf"{TITLE}\.?\s+\S", re.IGNORECASE)
 _ACRONYM = re.compile(r"[A-Z]{2,5}")
 _DATE_SHAPE = re.compile(
     r"\b(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sept?(?:ember)?"
@@ -600,12 +601,21 @@ _READING_BEFORE = re.compile(r"\d[/.]$")
 _TRIMMED = frozenset({"PERSON", "ORGANIZATION", "NRP", "LOCATION"})
 
 
+def _titled(text: str, result: RecognizerResult) -> bool:
+    """Whether a courtesy title opens or precedes a detected person: "Dr. Foley" is a name
+    even though "Foley" alone is a catheter."""
+    return result.entity_type == "PERSON" and bool(
+        _TITLE_START.match(text, result.start, result.end)
+        or _TITLE_BEFORE.search(text, max(0, result.start - 8), result.start)
+    )
+
+
 def trim_shorthand(
     text: str, result: RecognizerResult, shorthand: frozenset[str]
 ) -> RecognizerResult | None:
     """``result`` without the clinical shorthand and stop words at its edges ("RN Holly" is
     Holly, "VIHC ed w/" is VIHC), or None when nothing else is left."""
-    if result.entity_type not in _TRIMMED or result.score >= 1:
+    if result.entity_type not in _TRIMMED or result.score >= 1 or _titled(text, result):
         return result
     words = list(_NAME_WORD.finditer(text, result.start, result.end))
     keep = [
@@ -649,7 +659,7 @@ def is_identifying(
         words = [w.casefold() for w in _NAME_WORD.findall(value)]
         if words and all(w in clinical or _COUNT.fullmatch(w) for w in words):
             return False  # "5 FiO2 40", "40 IV BID": a setting or a dose, no street
-    if result.entity_type in _NAMED and result.score < 1:
+    if result.entity_type in _NAMED and result.score < 1 and not _titled(text, result):
         words = [w.casefold() for w in _NAME_WORD.findall(value)]
         if all(
             w in stop_words
