@@ -692,10 +692,14 @@ def residence_recognizer() -> PatternRecognizer:
     )
 
 
+_INVERTED_NAME = re.compile(r"(?<![\w'’-])([A-Z][a-z'’-]+), ([A-Z][a-z'’-]+)(?![\w'’-])(?!,)")
+
+
 class ClinicalCueRecognizer(EntityRecognizer):
     """What a clinical note's cue words say, in any case (``deid_words/clinical_rules.toml``):
     the one or two words after a name cue are a person ("dr smith", "son bill called", "RN
-    Holly") when they are known names or words no English text uses; an acronym after a
+    Holly") when they are known names or words no English text uses, and so is a last name
+    before a comma and a known first name ("Kulas, Josh"); an acronym after a
     transfer cue is a care site ("transferred from VIHC"); proper names before a care-site word
     are one ("Hutchinson Regional Medical Center", "HUTCHINSON REGIONAL MEDICAL CENTER").
     Clinical shorthand (``clinical``) is never a name or a site."""
@@ -741,6 +745,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
         """Names after cues, site acronyms after transfer cues, named care sites."""
         return [
             *self._cued_names(text),
+            *self._inverted_names(text),
             *self._site_acronyms(text),
             *self._named_sites(text),
             *self._cued_places(text),
@@ -765,6 +770,20 @@ class ClinicalCueRecognizer(EntityRecognizer):
             if w2 and self._name_like(w2) and not EPONYM_AFTER.match(text, m.end("w2")):
                 end = m.end("w2")
             out.append(RecognizerResult("PERSON", m.start("w1"), end, 0.6))
+        return out
+
+    def _inverted_names(self, text: str) -> list[RecognizerResult]:
+        """A last name, a comma and a known first name, as a chart header writes them ("Kulas,
+        Josh", "REICHEL, ARCHIE" once truecased), not a place ("Emporia, Kansas")."""
+        out: list[RecognizerResult] = []
+        for m in _INVERTED_NAME.finditer(text):
+            last, first = m.group(1).casefold(), m.group(2).casefold()
+            if (
+                first in self.first
+                and (last in self.last or zipf(last) < 3.0)
+                and not any(self._plain(k) or k in self.places for k in (last, first))
+            ):
+                out.append(RecognizerResult("PERSON", m.start(), m.end(), 0.6))
         return out
 
     def _site_acronyms(self, text: str) -> list[RecognizerResult]:
