@@ -692,7 +692,9 @@ def residence_recognizer() -> PatternRecognizer:
     )
 
 
-_INVERTED_NAME = re.compile(r"(?<![\w'’-])([A-Z][a-z'’-]+), ([A-Z][a-z'’-]+)(?![\w'’-])(?!,)")
+_INVERTED_NAME = re.compile(
+    r"(?<![\w'’-])([A-Z][a-z'’-]+|[a-z][a-z'’-]+), ([A-Z][a-z'’-]+|[a-z][a-z'’-]+)(?![\w'’-])(?!,)"
+)
 
 
 class ClinicalCueRecognizer(EntityRecognizer):
@@ -723,7 +725,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
         self.site_words = rules["site_name_words"]
         word = r"[^\W\d_][\w'’-]*"
         self._named = regex.compile(
-            rf"\b(?:{_alternation(rules['name_cues'])})\.?[ \t]+(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
+            rf"\b(?:{_alternation(rules['name_cues'])})[.:]?[ \t]+(?P<initial>[^\W\d_]\.[ \t]*)?"
+            rf"(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
+            regex.IGNORECASE,
+        )
+        self._credentialed = regex.compile(
+            rf"(?<![\w'’-])(?P<w1>{word})[ \t]+(?P<w2>{word}),?[ \t]+"
+            rf"(?:{_alternation(rules['credentials'])})\b",
             regex.IGNORECASE,
         )
         self._acronym = regex.compile(
@@ -769,7 +777,15 @@ class ClinicalCueRecognizer(EntityRecognizer):
             w2 = m.group("w2")
             if w2 and self._name_like(w2) and not EPONYM_AFTER.match(text, m.end("w2")):
                 end = m.end("w2")
-            out.append(RecognizerResult("PERSON", m.start("w1"), end, 0.6))
+            start = m.start("initial") if m.group("initial") else m.start("w1")
+            out.append(RecognizerResult("PERSON", start, end, 0.6))
+        for m in self._credentialed.finditer(text, overlapped=True):  # "teofila tillman rn"
+            w1, w2 = m.group("w1").casefold(), m.group("w2").casefold()
+            if self._plain(w1) or self._plain(w2) or w1 in self.name_cues:
+                continue
+            known = w1 in self.first or w2 in self.last
+            if known and self._name_like(w1) and self._name_like(w2):
+                out.append(RecognizerResult("PERSON", m.start("w1"), m.end("w2"), 0.6))
         return out
 
     def _inverted_names(self, text: str) -> list[RecognizerResult]:
@@ -778,9 +794,11 @@ class ClinicalCueRecognizer(EntityRecognizer):
         out: list[RecognizerResult] = []
         for m in _INVERTED_NAME.finditer(text):
             last, first = m.group(1).casefold(), m.group(2).casefold()
+            lower = m.group().islower()  # "jacobs, ernesto": both must be known names
             if (
                 first in self.first
-                and (last in self.last or zipf(last) < 3.0)
+                and (last in self.last if lower else (last in self.last or zipf(last) < 3.0))
+                and (not lower or zipf(last) < 4.0)
                 and not any(self._plain(k) or k in self.places for k in (last, first))
             ):
                 out.append(RecognizerResult("PERSON", m.start(), m.end(), 0.6))

@@ -398,7 +398,12 @@ class TextDeidentifier:
         self._stop_words: frozenset[str] = frozenset(nlp.Defaults.stop_words)
         first, last, _ = gazetteer()
         self._clinical = clinical_vocabulary(first | last)
-        self._shorthand = clinical_abbreviations() | self._stop_words
+        # trimmed off a name's edges: shorthand, stop words, kin and care words ("sister Karisa")
+        self._shorthand = (
+            clinical_abbreviations()
+            | self._stop_words
+            | (clinical_rules()["name_cues"] - {"dr", "doctor", "mr", "mrs", "ms", "miss", "prof"})
+        )
         registry = CachedRecognizerRegistry(supported_languages=[LANGUAGE])
         registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=self.nlp_engine)
         # Presidio's phone recognizer runs libphonenumber's matcher for eight countries on every

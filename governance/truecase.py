@@ -97,8 +97,11 @@ def _name_pairs(text: str, words: list[re.Match[str]], lex: Lexicon) -> set[int]
         a, b = words[i].group().casefold(), words[i + 1].group().casefold()
         gap = text[words[i].end() : words[i + 1].start()]
         if gap not in (" ", ", ") or not (_pair_word(a, lex) and _pair_word(b, lex)):
-            continue
-        if (gap == " " and a in lex.names and b in lex.names) or (gap == ", " and a in lex.names):
+            continue  # (a pair word is neither clinical shorthand nor a stop word)
+        rare_a, rare_b = lex.zipf(a) < UNKNOWN_ZIPF, lex.zipf(b) < UNKNOWN_ZIPF
+        known_a, known_b = a in lex.names, b in lex.names
+        # both known, or one known and the other a word English rarely uses ("armandina considine")
+        if (known_a or rare_a) and (known_b or rare_b) and (known_a or known_b):
             out.update((i, i + 1))
     return out
 
@@ -108,7 +111,7 @@ def _pair_word(key: str, lex: Lexicon) -> bool:
         len(key) > 1
         and key not in lex.clinical
         and key not in lex.stop_words
-        and key in lex.names
+        and key not in lex.name_cues
         and lex.zipf(key) < COMMON_PAIR_ZIPF
     )
 
