@@ -737,13 +737,19 @@ class ClinicalCueRecognizer(EntityRecognizer):
         self._acronym = regex.compile(
             rf"\b(?i:{_alternation(rules['site_cues'])})[ \t]+(?:(?i:the)[ \t]+)?(?P<v>[A-Z]{{2,6}})\b"
         )
+        # any case before a care unit: "from gsh ed", "FROM MUCK ED", "at ucc er"
+        self._acronym_unit = regex.compile(
+            rf"\b(?:{_alternation(rules['site_cues'])})[ \t]+(?P<v>[^\W\d_]{{2,6}})[ \t]+"
+            rf"(?:{_alternation(rules['care_units'])})\b",
+            regex.IGNORECASE,
+        )
         self._kind = regex.compile(
             rf"\b(?:{_alternation(rules['site_kinds'])})\b", regex.IGNORECASE
         )
         self._word_before = regex.compile(rf"(?:^|(?<=[ \t]))({word}\.?)[ \t]+$")
         self._of_place = regex.compile(rf"[ \t]+(?i:of)[ \t]+({word}(?:[ \t]+{word})?)")
         self._residence = regex.compile(
-            r"\b(?:lives|living|resides|residing|moved|relocated|home|originally|is|was|came)"
+            r"\b(?:(?P<strong>lives|living|resides|residing|moved|relocated)|home|originally|is|was|came)"
             r"[ \t]+(?:(?:alone|here|there)[ \t]+)?(?:in|to|from|near)[ \t]+(?:the[ \t]+)?",
             regex.IGNORECASE,
         )
@@ -805,11 +811,19 @@ class ClinicalCueRecognizer(EntityRecognizer):
         return out
 
     def _site_acronyms(self, text: str) -> list[RecognizerResult]:
-        return [
+        """An acronym after a transfer cue ("from VIHC"), or any short word between a transfer
+        cue and a care unit ("from gsh ed", "FROM MUCK ED")."""
+        out = [
             RecognizerResult(HOSPITAL, m.start("v"), m.end("v"), 0.55)
             for m in self._acronym.finditer(text)
             if not self._plain(m.group("v").casefold()) and zipf(m.group("v").casefold()) < 2.5
         ]
+        out.extend(
+            RecognizerResult(HOSPITAL, m.start("v"), m.end("v"), 0.55)
+            for m in self._acronym_unit.finditer(text)
+            if not self._plain(m.group("v").casefold()) and zipf(m.group("v").casefold()) < 4.5
+        )
+        return out
 
     def _named_sites(self, text: str) -> list[RecognizerResult]:
         out: list[RecognizerResult] = []
@@ -823,17 +837,36 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 if key in self.site_words:
                     start = before.start(1)
                     continue
-                if self._plain(key) or key in self.name_cues or zipf(key) >= 4.5:
+                frequency = zipf(key)
+                if self._plain(key) or key in self.name_cues or frequency >= 5.0:
                     break
-                start, proper = before.start(1), proper + 1
+                start = before.start(1)
+                proper += frequency < 4.5 or key in self.places or key in self.last
             end = kind.end()
             of_place = self._of_place.match(text, end)
             if of_place and not self._plain(of_place.group(1).casefold()):
                 end, proper = of_place.end(), proper + 1  # "Life Care Center of Burlington"
+            else:
+                place = self._place_after(text, end)  # "... Community Healthcare Kansas"
+                if place:
+                    end = place
             named = len(_WORD.findall(text[start : kind.start()]))
             if proper or named >= 2:  # "Good Samaritan Hospital": two of a site's own words
                 out.append(RecognizerResult(HOSPITAL, start, end, 0.6))
         return out
+
+    def _place_after(self, text: str, end: int) -> int | None:
+        """The end of a known place's name of one or two words right after ``end``, if any."""
+        words = list(_WORD.finditer(text, end, min(len(text), end + 40)))[:2]
+        for n in range(len(words), 0, -1):
+            run = words[:n]
+            if text[end : run[0].start()] != " " or any(
+                text[a.end() : b.start()] != " " for a, b in pairwise(run)
+            ):
+                continue
+            if " ".join(m.group().casefold() for m in run) in self.places:
+                return run[-1].end()
+        return None
 
     def _cued_places(self, text: str) -> list[RecognizerResult]:
         """A known town, city or country after a residence cue, in any case ("lives in derby")."""
@@ -847,7 +880,17 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 if all(g == " " for g in gaps) and key in self.places and key not in self.clinical:
                     out.append(RecognizerResult(LOCATION, run[0].start(), run[-1].end(), 0.6))
                     break
+            else:  # a town no list holds: one or two uncommon words ("lives in mulvane")
+                town = [w for w in words[:2] if self._town_word(w.group())]
+                if town and town[0] is words[0]:
+                    last = town[1] if len(town) == 2 and text[words[0].end() : words[1].start()] == " " else town[0]
+                    if cue.group("strong"):
+                        out.append(RecognizerResult(LOCATION, town[0].start(), last.end(), 0.5))
         return out
+
+    def _town_word(self, word: str) -> bool:
+        key = word.casefold()
+        return len(key) > 2 and not self._plain(key) and key not in self.name_cues and zipf(key) < 4.0
 
 
 def medical_recognizers() -> list[EntityRecognizer]:
