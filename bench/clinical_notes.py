@@ -57,10 +57,42 @@ NAME, DATE, PHONE, ID, HOSPITAL, LOCATION, ADDRESS, AGE = (
 )
 
 #: First names that are also common English words ("son bill called").
-WORD_FIRST_NAMES = (
-    "Bill Will Rose Mark Grace Hope Art Bob June Faith Joy Dawn Ray Jack Frank Sue Pat Ruby "
-    "Holly Amber Jean Gene Buck Sandy Rusty Penny Earl Glen Dale Lane Drew Chase Grant Wade"
-).split()
+WORD_FIRST_NAMES = [
+    "Bill",
+    "Will",
+    "Rose",
+    "Mark",
+    "Grace",
+    "Hope",
+    "Art",
+    "Bob",
+    "June",
+    "Faith",
+    "Joy",
+    "Dawn",
+    "Ray",
+    "Jack",
+    "Frank",
+    "Sue",
+    "Pat",
+    "Ruby",
+    "Holly",
+    "Amber",
+    "Jean",
+    "Gene",
+    "Buck",
+    "Sandy",
+    "Rusty",
+    "Penny",
+    "Earl",
+    "Glen",
+    "Dale",
+    "Lane",
+    "Drew",
+    "Chase",
+    "Grant",
+    "Wade",
+]
 #: Lower-case kin words a nurse writes before a name.
 KIN = ("son", "daughter", "wife", "husband", "brother", "sister", "niece", "nephew", "friend")
 STREETS = ("Main St", "Elm Street", "Oak Ave", "Maple Rd", "Pleasant St", "Highland Ave", "Park Dr")
@@ -102,7 +134,7 @@ def _synthea_values() -> dict[str, list[str]]:
                     towns.add(address["city"].title())
             if kind == "Organization" and isinstance(res.get("name"), str):
                 orgs.add(res["name"])
-    clean = lambda values: sorted(v for v in values if re.fullmatch(r"[A-Za-z' .-]{2,}", v))  # noqa: E731
+    clean = lambda values: sorted(v for v in values if re.fullmatch(r"[A-Za-z' .-]{2,}", v))
     return {
         "first": clean(first) + WORD_FIRST_NAMES,
         "last": clean(last),
@@ -128,7 +160,7 @@ def _hospital_names(orgs: list[str]) -> list[str]:
 
 
 def _acronym(name: str) -> str:
-    """"Hutchinson Regional Medical Center" -> "HRMC"."""
+    """ "Hutchinson Regional Medical Center" -> "HRMC"."""
     return "".join(w[0] for w in name.split() if w[0].isalpha() and w.lower() not in ("of", "and"))
 
 
@@ -157,7 +189,18 @@ class Slots:
         r = self.rng
         m, d, y = r.randint(1, 12), r.randint(1, 28), r.randint(1990, 2025)
         month = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            "Jan",
+            "Feb",
+            "Mar",
+            "Apr",
+            "May",
+            "Jun",
+            "Jul",
+            "Aug",
+            "Sep",
+            "Oct",
+            "Nov",
+            "Dec",
         ][m - 1]
         full = ["January", "February", "March", "April", "May", "June", "July", "August",
                 "September", "October", "November", "December"][m - 1]  # fmt: skip
@@ -198,11 +241,19 @@ class Slots:
 
     def pager(self) -> str:
         r = self.rng
-        return r.choice([f"{r.randint(10000, 99999)}", f"{r.randint(1000, 9999)}", f"#{r.randint(1000, 99999)}"])
+        return r.choice(
+            [f"{r.randint(10000, 99999)}", f"{r.randint(1000, 9999)}", f"#{r.randint(1000, 99999)}"]
+        )
 
     def extension(self) -> str:
         r = self.rng
-        return r.choice([f"{r.randint(1, 9)}-{r.randint(1000, 9999)}", f"{r.randint(10000, 99999)}", f"{r.randint(1000, 9999)}"])
+        return r.choice(
+            [
+                f"{r.randint(1, 9)}-{r.randint(1000, 9999)}",
+                f"{r.randint(10000, 99999)}",
+                f"{r.randint(1000, 9999)}",
+            ]
+        )
 
     def record_number(self) -> str:
         r = self.rng
@@ -230,36 +281,76 @@ Piece = str | tuple[str, Callable[[Slots], str]]
 
 def _lines(s: Slots) -> list[list[Piece]]:
     """Every line template, with PHI slots bound to ``s``'s fillers."""
-    last = lambda x: x.pick(x.last)  # noqa: E731
-    first = lambda x: x.pick(x.first)  # noqa: E731
-    lower_last = lambda x: x.pick(x.last).lower()  # noqa: E731
-    lower_first = lambda x: x.pick(x.first).lower()  # noqa: E731
+    last = lambda x: x.pick(x.last)
+    first = lambda x: x.pick(x.first)
+    lower_last = lambda x: x.pick(x.last).lower()
+    lower_first = lambda x: x.pick(x.first).lower()
     kin = s.pick(KIN)
     return [
         ["Pt seen by Dr. ", (NAME, last), " this am, aware of K 3.2, repleted."],
         ["dr ", (NAME, lower_last), " paged re: hypotension, pager ", (PHONE, Slots.pager), "."],
         [f"pt's {kin} ", (NAME, lower_first), " called at 1800, updated on plan of care."],
         [f"{kin} ", (NAME, first), " at bedside, very supportive."],
-        ["Admitted ", (DATE, Slots.date), " from ", (HOSPITAL, lambda x: _acronym(x.pick(x.hospital))), " ED w/ SOB."],
+        [
+            "Admitted ",
+            (DATE, Slots.date),
+            " from ",
+            (HOSPITAL, lambda x: _acronym(x.pick(x.hospital))),
+            " ED w/ SOB.",
+        ],
         ["Hx: CABG in ", (DATE, Slots.year2), ", DM2, HTN, CKD III."],
-        ["transferred from ", (HOSPITAL, lambda x: x.pick(x.hospital)), " on ", (DATE, Slots.date), "."],
+        [
+            "transferred from ",
+            (HOSPITAL, lambda x: x.pick(x.hospital)),
+            " on ",
+            (DATE, Slots.date),
+            ".",
+        ],
         ["MRN: ", (ID, Slots.record_number)],
         ["Unit No: ", (ID, Slots.record_number), "   Acct #: ", (ID, Slots.record_number)],
-        ["MR# ", (ID, Slots.record_number), " / ", (NAME, lambda x: f"{x.pick(x.last)}, {x.pick(x.first)}")],
+        [
+            "MR# ",
+            (ID, Slots.record_number),
+            " / ",
+            (NAME, lambda x: f"{x.pick(x.last)}, {x.pick(x.first)}"),
+        ],
         ["Family: ", (NAME, Slots.full_name), " (", kin, ") cell ", (PHONE, Slots.phone), "."],
         ["for questions call RN ", (NAME, first), " at ext. ", (PHONE, Slots.extension), "."],
         ["call ", (PHONE, Slots.phone), " w/ results."],
-        ["pt lives in ", (LOCATION, lambda x: x.pick(x.town)), " w/ ", kin, ", independent at baseline."],
+        [
+            "pt lives in ",
+            (LOCATION, lambda x: x.pick(x.town)),
+            " w/ ",
+            kin,
+            ", independent at baseline.",
+        ],
         ["lives at ", (ADDRESS, Slots.street), ", ", (LOCATION, lambda x: x.pick(x.town)), "."],
         ["f/u w/ PCP Dr ", (NAME, Slots.full_name), " on ", (DATE, Slots.date), "."],
         ["Last BM ", (DATE, Slots.date), ". Plan to rpt lytes in am."],
-        ["s/p lap chole ", (DATE, Slots.date), " at ", (HOSPITAL, lambda x: x.pick(x.hospital)), "."],
+        [
+            "s/p lap chole ",
+            (DATE, Slots.date),
+            " at ",
+            (HOSPITAL, lambda x: x.pick(x.hospital)),
+            ".",
+        ],
         ["Discussed w/ ", (NAME, Slots.full_name), ", MD (cardiology fellow)."],
         ["Reviewed with attending ", (NAME, lower_first), " ", (NAME, lower_last), "."],
         ["Pt is a ", (AGE, lambda x: str(x.rng.randint(90, 104))), " yo female w/ dementia."],
         [(NAME, Slots.full_name), " RN"],
-        ["Signed: ", (NAME, lambda x: f"{x.pick(x.first)[0]}. {x.pick(x.last)}"), ", NP  pgr ", (PHONE, Slots.pager)],
-        ["Seen in ", (LOCATION, lambda x: x.pick(x.town)), " clinic ", (DATE, Slots.date), " for same."],
+        [
+            "Signed: ",
+            (NAME, lambda x: f"{x.pick(x.first)[0]}. {x.pick(x.last)}"),
+            ", NP  pgr ",
+            (PHONE, Slots.pager),
+        ],
+        [
+            "Seen in ",
+            (LOCATION, lambda x: x.pick(x.town)),
+            " clinic ",
+            (DATE, Slots.date),
+            " for same.",
+        ],
     ]
 
 
@@ -296,7 +387,9 @@ CLINICAL = [
 ]
 
 
-def _render(pieces: list[Piece], s: Slots, text: list[str], spans: list[tuple[int, int, str]], pos: int) -> int:
+def _render(
+    pieces: list[Piece], s: Slots, text: list[str], spans: list[tuple[int, int, str]], pos: int
+) -> int:
     for piece in pieces:
         if isinstance(piece, str):
             value = piece

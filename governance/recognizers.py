@@ -483,9 +483,12 @@ def street_address_recognizer() -> PatternRecognizer:
             ),
             (
                 "after a residence cue, any case",
-                rf"\b(?:lives|living|resides|residing|home|address|moved|lives\s+alone)\s*(?:at|to|is|:)?\s*"
-                rf"(?P<value>\d{{1,6}}[ \t]+(?:[^\W\d_][\w'’.-]*[ \t]+){{1,3}}?{_STREET_SUFFIX}\b\.?"
-                rf"(?:[ \t]*,[ \t]*[^\W\d_][\w'’-]*(?:[ \t]+[^\W\d_][\w'’-]*){{0,2}})?)",
+                (
+                    r"\b(?:lives|living|resides|residing|home|address|moved|lives\s+alone)"
+                    r"\s*(?:at|to|is|:)?\s*(?P<value>\d{1,6}[ \t]+(?:[^\W\d_][\w'’.-]*[ \t]+){1,3}?"
+                    rf"{_STREET_SUFFIX}\b\.?"
+                    r"(?:[ \t]*,[ \t]*[^\W\d_][\w'’-]*(?:[ \t]+[^\W\d_][\w'’-]*){0,2})?)"
+                ),
                 0.85,
             ),
             ("unit", r"\b(?:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[a-z]?\b", 0.7),

@@ -27,8 +27,8 @@ engine (:func:`deidentify_batch`).
 from __future__ import annotations
 
 import base64
-import bisect
 import binascii
+import bisect
 import hashlib
 import hmac
 import html

@@ -24,7 +24,9 @@ WORD = re.compile(r"[^\W\d_]{3,}")
 def words_of(terminology: Path) -> set[str]:
     """Case-folded words of the ICD-10-CM descriptions and the RxNorm displays in ``terminology``."""
     words: set[str] = set()
-    with gzip.open(terminology / "icd10cm_2026_codes_descriptions.tsv.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(
+        terminology / "icd10cm_2026_codes_descriptions.tsv.gz", "rt", encoding="utf-8"
+    ) as f:
         for row in csv.DictReader(f, delimiter="\t"):
             words.update(w.casefold() for w in WORD.findall(row["description"]))
     for name in (

@@ -33,9 +33,24 @@ def _rows(path: Path) -> Iterator[tuple[int, str]]:
 
 @deid_app.command("text")
 def text(
-    source: Annotated[Path, typer.Option("--in", help="JSON lines, one {\"id\", \"text\"} a line.", exists=True, dir_okay=False)],
-    out: Annotated[Path, typer.Option("--out", help="JSON lines to write: {\"id\", \"text\", \"spans\"} a line.", dir_okay=False)],
-    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: MEDLAKE__DEID__TEXT_WORKERS, 0 = one per core).")] = None,
+    source: Annotated[
+        Path,
+        typer.Option(
+            "--in", help='JSON lines, one {"id", "text"} a line.', exists=True, dir_okay=False
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help='JSON lines to write: {"id", "text", "spans"} a line.', dir_okay=False
+        ),
+    ],
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Worker processes (default: MEDLAKE__DEID__TEXT_WORKERS, 0 = one per core)."
+        ),
+    ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Notes per batch.")] = BATCH,
 ) -> None:
     """De-identify the notes of a JSON-lines file: each output row holds the note's id, its
@@ -60,7 +75,10 @@ def text(
         if not pending:
             return
         done = deidentify_batch(
-            [t for _, t in pending], surrogate_key=key, workers=processes, ages=settings.deid.text_ages
+            [t for _, t in pending],
+            surrogate_key=key,
+            workers=processes,
+            ages=settings.deid.text_ages,
         )
         for (row_id, _), result in zip(pending, done):
             handle.write(json.dumps(text_row(row_id, result), ensure_ascii=False) + "\n")
@@ -80,7 +98,10 @@ def text(
                 flush(handle)
                 err.print(f"{written} notes de-identified")
         flush(handle)
-    err.print(f"wrote {written} notes to {out}" + (f"; skipped {skipped} malformed rows" if skipped else ""))
+    err.print(
+        f"wrote {written} notes to {out}"
+        + (f"; skipped {skipped} malformed rows" if skipped else "")
+    )
     if skipped:
         raise typer.Exit(1)
     sys.stdout.flush()

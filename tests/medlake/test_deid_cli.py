@@ -12,12 +12,22 @@ from typer.testing import CliRunner
 from medlake.cli import app
 
 NOTES = [
-    {"id": "n1", "text": "PT SEEN BY DR. ABBOTT. SON BILL CALLED AT 1800. ADMITTED 7/22 FROM VIHC."},
-    {"id": 2, "text": "dr smith paged re: hypotension, pager 47321. MRN: W80-3459. CV: NSR, Foley in place."},
+    {
+        "id": "n1",
+        "text": "PT SEEN BY DR. ABBOTT. SON BILL CALLED AT 1800. ADMITTED 7/22 FROM VIHC.",
+    },
+    {
+        "id": 2,
+        "text": "dr smith paged re: hypotension, pager 47321. MRN: W80-3459. CV: NSR, Foley in place.",
+    },
     {"id": "n3", "text": "Neuro: A&Ox3. Resp: on 5 FiO2 40. abd soft."},
 ]
 PHI = {"n1": ["ABBOTT", "BILL", "7/22", "VIHC"], 2: ["smith", "47321", "W80-3459"], "n3": []}
-KEPT = {"n1": ["1800"], 2: ["CV: NSR", "Foley"], "n3": ["Neuro: A&Ox3. Resp: on 5 FiO2 40. abd soft."]}
+KEPT = {
+    "n1": ["1800"],
+    2: ["CV: NSR", "Foley"],
+    "n3": ["Neuro: A&Ox3. Resp: on 5 FiO2 40. abd soft."],
+}
 
 
 @pytest.fixture()
@@ -32,7 +42,9 @@ def jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_deid_text_writes_spans_and_skips_malformed_rows(jsonl: Path, tmp_path: Path) -> None:
     out = tmp_path / "out" / "notes.deid.jsonl"
-    result = CliRunner().invoke(app, ["deid", "text", "--in", str(jsonl), "--out", str(out), "--workers", "1"])
+    result = CliRunner().invoke(
+        app, ["deid", "text", "--in", str(jsonl), "--out", str(out), "--workers", "1"]
+    )
     assert result.exit_code == 1, result.output  # rows were skipped
     for number in (2, 5, 6, 8):
         assert f"line {number}: skipped" in result.output
