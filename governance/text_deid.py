@@ -5,8 +5,12 @@ default recognizers, except that libphonenumber's phone matcher and the date pat
 to the clinical ones; the medical recognizers, the Faker name list and the GeoNames place list
 of :mod:`governance.recognizers`) and by a per-note deny list built from the patient's
 structured record (names, address lines, phones, identifiers), so a rare surname spaCy does not
-know is still removed. Detections that identify nobody are dropped (durations taken for dates,
-drug names and departments taken for people or organisations, eponyms), names found once are
+know is still removed. Lines written in capitals are truecased first
+(:mod:`governance.truecase`, same offsets), so the recognizers and spaCy read "PT LIVES IN
+EMPORIA" as "pt lives in Emporia". Detections that identify nobody are dropped (durations,
+readings and clock times taken for dates; drug names, departments and clinical shorthand taken
+for people, places or organisations, by the keep-lists of ``governance/deid_words/``; eponyms;
+settings taken for streets), shorthand at a name's edges is trimmed, names found once are
 removed everywhere in the note, the line after a name in a contact block is its organisation,
 and an address's parts become one span. Detected spans are replaced by consistent surrogates:
 ``[PERSON-3f2a9c]`` is HMAC(surrogate key, person key, type, text), so one name maps to one
