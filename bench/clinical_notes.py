@@ -1,0 +1,456 @@
+"""A generator of ICU nursing and clinical-note style text with planted, labelled PHI.
+
+Written once to measure ``governance.text_deid`` on text shaped like real notes (upper-case
+notes, telegraphic lines, abbreviations, lower-case names, dates without a year, pagers and
+extensions, record numbers with letters and hyphens, hospital acronyms, towns) and on the
+clinical shorthand a de-identifier must leave alone ("CV:", "Neuro", "abd", "Foley",
+"5 FiO2 40", clock times "1800", all-caps findings). Every planted value is a labelled span.
+
+Two sets, never mixed:
+
+- **dev** (:data:`DEV_SEED`): what a developer may read while writing recognizers;
+- **held-out** (:data:`HELD_OUT_SEED`): never read, never tuned on. Its names, surnames, towns
+  and hospitals are the other half of every value list (split by a hash of the value, so the
+  held-out set plants values the dev set never shows), and it draws from its own seed.
+
+The values come from the corpus' Synthea records (patients', practitioners' names, towns,
+organisations; digits stripped) and from the short lists below (common-word first names, the
+failure cases of issue 16); the note lines are this module's templates. Nothing here is
+imported by production code: it is a benchmark tool.
+
+    .venv/bin/python bench/clinical_notes.py --set dev --n 3     # print three dev notes
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+DEV_SEED = 20261207
+HELD_OUT_SEED = 91173
+NOTES_PER_SET = 400
+
+Split = Literal["dev", "held_out"]
+
+#: Gold types: what a planted value is.
+NAME, DATE, PHONE, ID, HOSPITAL, LOCATION, ADDRESS, AGE = (
+    "PERSON",
+    "DATE",
+    "PHONE",
+    "RECORD_ID",
+    "HOSPITAL",
+    "LOCATION",
+    "STREET_ADDRESS",
+    "AGE_OVER_89",
+)
+
+#: First names that are also common English words ("son bill called").
+WORD_FIRST_NAMES = [
+    "Bill",
+    "Will",
+    "Rose",
+    "Mark",
+    "Grace",
+    "Hope",
+    "Art",
+    "Bob",
+    "June",
+    "Faith",
+    "Joy",
+    "Dawn",
+    "Ray",
+    "Jack",
+    "Frank",
+    "Sue",
+    "Pat",
+    "Ruby",
+    "Holly",
+    "Amber",
+    "Jean",
+    "Gene",
+    "Buck",
+    "Sandy",
+    "Rusty",
+    "Penny",
+    "Earl",
+    "Glen",
+    "Dale",
+    "Lane",
+    "Drew",
+    "Chase",
+    "Grant",
+    "Wade",
+]
+#: Lower-case kin words a nurse writes before a name.
+KIN = ("son", "daughter", "wife", "husband", "brother", "sister", "niece", "nephew", "friend")
+STREETS = ("Main St", "Elm Street", "Oak Ave", "Maple Rd", "Pleasant St", "Highland Ave", "Park Dr")
+
+
+@dataclass
+class Note:
+    """One generated note and its gold PHI spans (start, end, type) into ``text``."""
+
+    id: str
+    text: str
+    spans: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# value lists, from the corpus' Synthea records
+
+
+@cache
+def _synthea_values() -> dict[str, list[str]]:
+    """First names, surnames, towns and organisation names of the corpus' Synthea records."""
+    first: set[str] = set()
+    last: set[str] = set()
+    towns: set[str] = set()
+    orgs: set[str] = set()
+    fhir = CORPUS / "fhir"
+    for path in glob.glob(str(fhir / "synthea_*" / "*.ndjson")):
+        kind = Path(path).name.split(".")[0]
+        if kind not in ("Patient", "Practitioner", "Organization"):
+            continue
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            res = json.loads(line)
+            for name in res.get("name") if kind != "Organization" else []:
+                first.update(re.sub(r"\d", "", g) for g in name.get("given") or [])
+                if name.get("family"):
+                    last.add(re.sub(r"\d", "", name["family"]))
+            for address in res.get("address") or []:
+                if address.get("city"):
+                    towns.add(address["city"].title())
+            if kind == "Organization" and isinstance(res.get("name"), str):
+                orgs.add(res["name"])
+    clean = lambda values: sorted(v for v in values if re.fullmatch(r"[A-Za-z' .-]{2,}", v))
+    return {
+        "first": clean(first) + WORD_FIRST_NAMES,
+        "last": clean(last),
+        "town": clean(towns),
+        "org": sorted(orgs),
+    }
+
+
+def _half(values: list[str], split: Split) -> list[str]:
+    """The half of ``values`` a split may use (by a hash of the value: stable, disjoint)."""
+    want = 0 if split == "dev" else 1
+    return [v for v in values if hashlib.sha256(v.encode()).digest()[0] % 2 == want]
+
+
+def _hospital_names(orgs: list[str]) -> list[str]:
+    """Care-site names from organisation names, legal suffixes dropped, title-cased."""
+    out = []
+    for org in orgs:
+        name = re.sub(r",?\s+(INC\.?|LLC|PA|P\.A\.)$", "", org.strip(), flags=re.IGNORECASE)
+        if 2 <= len(name.split()) <= 6:
+            out.append(name.title())
+    return out
+
+
+def _acronym(name: str) -> str:
+    """ "Hutchinson Regional Medical Center" -> "HRMC"."""
+    return "".join(w[0] for w in name.split() if w[0].isalpha() and w.lower() not in ("of", "and"))
+
+
+# ---------------------------------------------------------------------------------------------
+# slot fillers: each returns the planted value
+
+
+class Slots:
+    """Random PHI values of one split."""
+
+    def __init__(self, rng: random.Random, split: Split) -> None:
+        values = _synthea_values()
+        self.rng = rng
+        self.first = _half(values["first"], split)
+        self.last = _half(values["last"], split)
+        self.town = _half(values["town"], split)
+        self.hospital = _half(_hospital_names(values["org"]), split)
+
+    def pick(self, items: list[str] | tuple[str, ...]) -> str:
+        return self.rng.choice(items)
+
+    def full_name(self) -> str:
+        return f"{self.pick(self.first)} {self.pick(self.last)}"
+
+    def date(self) -> str:
+        r = self.rng
+        m, d, y = r.randint(1, 12), r.randint(1, 28), r.randint(1990, 2025)
+        month = [
+            "Jan",
+            "Feb",
+            "Mar",
+            "Apr",
+            "May",
+            "Jun",
+            "Jul",
+            "Aug",
+            "Sep",
+            "Oct",
+            "Nov",
+            "Dec",
+        ][m - 1]
+        full = ["January", "February", "March", "April", "May", "June", "July", "August",
+                "September", "October", "November", "December"][m - 1]  # fmt: skip
+        return r.choice(
+            [
+                f"{m}/{d}",
+                f"{m}/{d}",
+                f"{m:02d}/{d:02d}",
+                f"{m}-{d}",
+                f"{m}/{d}/{y % 100:02d}",
+                f"{m}/{d}/{y}",
+                f"{y}-{m:02d}-{d:02d}",
+                f"{full} {d}",
+                f"{month} {d}",
+                f"{d}-{month}",
+                f"{month} {d}, {y}",
+                f"{d} {month} {y}",
+                f"{month}-{y}",
+            ]
+        )
+
+    def year2(self) -> str:
+        return f"'{self.rng.randint(0, 99):02d}"
+
+    def phone(self) -> str:
+        r = self.rng
+        a, b, c = r.randint(201, 989), r.randint(200, 999), r.randint(0, 9999)
+        return r.choice(
+            [
+                f"({a}) {b}-{c:04d}",
+                f"{a}-{b}-{c:04d}",
+                f"{a} {b} {c:04d}",
+                f"{a}.{b}.{c:04d}",
+                f"{a}-{b}-{c:04d} x{r.randint(100, 9999)}",
+                f"{b}-{c:04d}",
+            ]
+        )
+
+    def pager(self) -> str:
+        r = self.rng
+        return r.choice(
+            [f"{r.randint(10000, 99999)}", f"{r.randint(1000, 9999)}", f"#{r.randint(1000, 99999)}"]
+        )
+
+    def extension(self) -> str:
+        r = self.rng
+        return r.choice(
+            [
+                f"{r.randint(1, 9)}-{r.randint(1000, 9999)}",
+                f"{r.randint(10000, 99999)}",
+                f"{r.randint(1000, 9999)}",
+            ]
+        )
+
+    def record_number(self) -> str:
+        r = self.rng
+        letters = "".join(r.choice("ABCDEFGHJKLMNPRSTUVWXYZ") for _ in range(r.randint(1, 3)))
+        return r.choice(
+            [
+                f"{r.randint(1000000, 99999999)}",
+                f"{letters}{r.randint(100000, 9999999)}",
+                f"{letters}-{r.randint(100000, 999999)}",
+                f"{r.randint(10, 99)}-{r.randint(100, 999)}-{r.randint(10, 99)}",
+                f"{r.randint(100, 999)}-{r.randint(10, 99)}-{r.randint(10, 99)}-{r.randint(0, 9)}",
+                f"{letters}{r.randint(10, 99)}-{r.randint(1000, 9999)}",
+            ]
+        )
+
+    def street(self) -> str:
+        return f"{self.rng.randint(2, 998)} {self.pick(STREETS)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# templates: a line is a list of literal strings and (type, filler) slots
+
+Piece = str | tuple[str, Callable[[Slots], str]]
+
+
+def _lines(s: Slots) -> list[list[Piece]]:
+    """Every line template, with PHI slots bound to ``s``'s fillers."""
+    last = lambda x: x.pick(x.last)
+    first = lambda x: x.pick(x.first)
+    lower_last = lambda x: x.pick(x.last).lower()
+    lower_first = lambda x: x.pick(x.first).lower()
+    kin = s.pick(KIN)
+    return [
+        ["Pt seen by Dr. ", (NAME, last), " this am, aware of K 3.2, repleted."],
+        ["dr ", (NAME, lower_last), " paged re: hypotension, pager ", (PHONE, Slots.pager), "."],
+        [f"pt's {kin} ", (NAME, lower_first), " called at 1800, updated on plan of care."],
+        [f"{kin} ", (NAME, first), " at bedside, very supportive."],
+        [
+            "Admitted ",
+            (DATE, Slots.date),
+            " from ",
+            (HOSPITAL, lambda x: _acronym(x.pick(x.hospital))),
+            " ED w/ SOB.",
+        ],
+        ["Hx: CABG in ", (DATE, Slots.year2), ", DM2, HTN, CKD III."],
+        [
+            "transferred from ",
+            (HOSPITAL, lambda x: x.pick(x.hospital)),
+            " on ",
+            (DATE, Slots.date),
+            ".",
+        ],
+        ["MRN: ", (ID, Slots.record_number)],
+        ["Unit No: ", (ID, Slots.record_number), "   Acct #: ", (ID, Slots.record_number)],
+        [
+            "MR# ",
+            (ID, Slots.record_number),
+            " / ",
+            (NAME, lambda x: f"{x.pick(x.last)}, {x.pick(x.first)}"),
+        ],
+        ["Family: ", (NAME, Slots.full_name), " (", kin, ") cell ", (PHONE, Slots.phone), "."],
+        ["for questions call RN ", (NAME, first), " at ext. ", (PHONE, Slots.extension), "."],
+        ["call ", (PHONE, Slots.phone), " w/ results."],
+        [
+            "pt lives in ",
+            (LOCATION, lambda x: x.pick(x.town)),
+            " w/ ",
+            kin,
+            ", independent at baseline.",
+        ],
+        ["lives at ", (ADDRESS, Slots.street), ", ", (LOCATION, lambda x: x.pick(x.town)), "."],
+        ["f/u w/ PCP Dr ", (NAME, Slots.full_name), " on ", (DATE, Slots.date), "."],
+        ["Last BM ", (DATE, Slots.date), ". Plan to rpt lytes in am."],
+        [
+            "s/p lap chole ",
+            (DATE, Slots.date),
+            " at ",
+            (HOSPITAL, lambda x: x.pick(x.hospital)),
+            ".",
+        ],
+        ["Discussed w/ ", (NAME, Slots.full_name), ", MD (cardiology fellow)."],
+        ["Reviewed with attending ", (NAME, lower_first), " ", (NAME, lower_last), "."],
+        ["Pt is a ", (AGE, lambda x: str(x.rng.randint(90, 104))), " yo female w/ dementia."],
+        [(NAME, Slots.full_name), " RN"],
+        [
+            "Signed: ",
+            (NAME, lambda x: f"{x.pick(x.first)[0]}. {x.pick(x.last)}"),
+            ", NP  pgr ",
+            (PHONE, Slots.pager),
+        ],
+        [
+            "Seen in ",
+            (LOCATION, lambda x: x.pick(x.town)),
+            " clinic ",
+            (DATE, Slots.date),
+            " for same.",
+        ],
+    ]
+
+
+#: Clinical lines with no PHI: what must survive (shorthand, clock times, all-caps findings).
+CLINICAL = [
+    "Neuro: A&Ox3, MAE, PERRLA 3mm brisk. No sedation.",
+    "CV: NSR 70s-80s, no ectopy. SBP 100-120s. +2 pulses x4.",
+    "Resp: on 5 FiO2 40, LS clear/dim bases. Sx for small amts thick tan sputum.",
+    "GI: abd soft, NT/ND, +BS. TF at goal 60cc/hr. Last BM today.",
+    "GU: Foley draining clear yellow urine 40-60cc/hr.",
+    "ID: Tmax 101.2, pan cx sent at 0400. On vanc/zosyn.",
+    "Skin: intact, turned q2h. Heels offloaded.",
+    "Endo: FS 140s-180s, covered per RISS.",
+    "Heme: Hct 28.1 stable, no s/s bleeding. Heparin sq.",
+    "Social: pt full code. Plan to call HCP w/ any changes.",
+    "CXR: NO ACUTE CARDIOPULMONARY PROCESS. ETT 4 CM ABOVE CARINA.",
+    "IMPRESSION: LEFT LOWER LOBE CONSOLIDATION, SMALL LEFT PLEURAL EFFUSION.",
+    "CT HEAD: NO ACUTE INTRACRANIAL HEMORRHAGE.",
+    "Vent: AC 500 x 14, PEEP 5, FiO2 40%. ABG 7.38/40/90.",
+    "Pain 3/10, medicated w/ morphine 2mg IV at 1400 w/ good effect.",
+    "K 3.8, Mg 2.1, Phos 3.0. Lytes repleted per sliding scale.",
+    "Gtts: levophed 0.05 mcg/kg/min, weaned off at 2200.",
+    "Access: R IJ TLC, L radial A-line, PIV x2.",
+    "NPO after MN for IR procedure, consent on chart.",
+    "SBT this am, RSBI 45, tolerated 30 min. Plan extubation.",
+    "Activity: OOB to chair w/ PT, tolerated well.",
+    "Plan: cont abx, wean vent as tol, monitor UO, rpt CBC/BMP in am.",
+    "A/P: 68M w/ CHF exac, diuresing well. Cont lasix 40 IV BID.",
+    "ROS: neg for CP, SOB, N/V/D. Pt denies pain.",
+    "MICU nursing progress note 0700-1900.",
+    "Code status: DNR/DNI, confirmed w/ HCP.",
+    "WBC 14.2 (up from 11), lactate 2.1. Blood cx pending.",
+    "Echo: EF 35%, mod MR, no effusion.",
+]
+
+
+def _render(
+    pieces: list[Piece], s: Slots, text: list[str], spans: list[tuple[int, int, str]], pos: int
+) -> int:
+    for piece in pieces:
+        if isinstance(piece, str):
+            value = piece
+        else:
+            kind, fill = piece
+            value = fill(s)
+            spans.append((pos, pos + len(value), kind))
+        text.append(value)
+        pos += len(value)
+    return pos
+
+
+def generate(split: Split, n: int = NOTES_PER_SET) -> list[Note]:
+    """``n`` notes of ``split``: seeded, so the same notes on every run."""
+    rng = random.Random(DEV_SEED if split == "dev" else HELD_OUT_SEED)
+    slots = Slots(rng, split)
+    notes: list[Note] = []
+    for index in range(n):
+        lines: list[list[Piece]] = []
+        with_phi = rng.random() < 0.8  # a fifth of the notes hold no PHI at all
+        for _ in range(rng.randint(4, 12)):
+            if with_phi and rng.random() < 0.4:
+                lines.append(rng.choice(_lines(slots)))
+            else:
+                lines.append([rng.choice(CLINICAL)])
+        text: list[str] = []
+        spans: list[tuple[int, int, str]] = []
+        pos = 0
+        sep = rng.choice(["\n", "\n", " ", "  "])  # telegraphic run-on notes too
+        for i, line in enumerate(lines):
+            if i:
+                text.append(sep)
+                pos += len(sep)
+            pos = _render(line, slots, text, spans, pos)
+        body = "".join(text)
+        case = rng.random()
+        if case < 0.3 and len(body.upper()) == len(body):
+            body = body.upper()
+        elif case < 0.45 and len(body.lower()) == len(body):
+            body = body.lower()
+        notes.append(Note(id=f"{split}-{index:04d}", text=body, spans=spans))
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print generated notes with their PHI marked.")
+    parser.add_argument("--set", choices=["dev", "held_out"], default="dev")
+    parser.add_argument("--n", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.set == "held_out":
+        print("the held-out set is not for reading while tuning; printing counts only")
+        notes = generate("held_out")
+        print(len(notes), "notes,", sum(len(n.spans) for n in notes), "PHI spans")
+        return 0
+    for note in generate("dev")[: args.n]:
+        marked = note.text
+        for start, end, kind in sorted(note.spans, reverse=True):
+            marked = f"{marked[:start]}[[{kind}:{marked[start:end]}]]{marked[end:]}"
+        print(f"--- {note.id}\n{marked}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
