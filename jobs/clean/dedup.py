@@ -50,11 +50,12 @@ name is never linked by Splink (an MRN still links it).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -118,6 +119,7 @@ FEATURES = pa.schema(
         pa.field("given", pa.string()),
         pa.field("given_formal", pa.string()),
         pa.field("family", pa.string()),
+        pa.field("suffix", pa.string()),  # generational: JR, SR, II, III, IV
         pa.field("birth_date", pa.string()),  # YYYY-MM-DD
         pa.field("sex", pa.string()),
         pa.field("street", pa.string()),
@@ -145,12 +147,25 @@ CLUSTERS = pa.schema(
     ]
 )
 
+#: pairs a steward should look at (reference.identity_review): the pair, Splink's figures, why
+REVIEW = pa.schema(
+    [
+        pa.field("source_key_l", pa.string(), nullable=False),
+        pa.field("source_key_r", pa.string(), nullable=False),
+        pa.field("match_probability", pa.float64(), nullable=False),
+        pa.field("match_weight", pa.float64()),
+        pa.field("reason", pa.string(), nullable=False),  # identity.<rule>, see REVIEW_REASONS
+        pa.field("evidence", pa.string(), nullable=False),  # JSON field → agree|similar|differ|missing
+    ]
+)
+
 #: m priors per comparison, from its best level down to "else" (null levels carry no weight)
 M_PRIORS: dict[str, tuple[float, ...]] = {
     # exact, formal form equal, JW≥.92, one edit (short names: Mei/Msi, Ana/Aan), JW≥.85, else
     "given": (0.70, 0.12, 0.06, 0.05, 0.06, 0.01),
-    "family": (0.80, 0.12, 0.05, 0.03),  # exact, JW≥.92, JW≥.85, else
-    "birth_date": (0.93, 0.05, 0.02),  # exact, one typo (Damerau ≤1), else
+    "family": (0.80, 0.12, 0.05, 0.03),  # exact, JW≥.92, JW≥.85, else (a married name)
+    # exact, same year and a typo in month/day (or the two swapped), a typo in the year, else
+    "birth_date": (0.93, 0.05, 0.015, 0.005),
     "sex": (0.97, 0.03),
     "street": (0.80, 0.10, 0.10),  # exact, JW≥.88, else (people move)
     "zip5": (0.85, 0.05, 0.02, 0.08),  # exact, same ZIP3, same city, else
@@ -160,7 +175,7 @@ M_PRIORS: dict[str, tuple[float, ...]] = {
 U_PRIORS: dict[str, tuple[float, ...]] = {
     "given": (0.004, 0.001, 0.002, 0.002, 0.01, 0.981),
     "family": (0.002, 0.002, 0.01, 0.986),
-    "birth_date": (0.0001, 0.002, 0.9979),
+    "birth_date": (0.0001, 0.0008, 0.0012, 0.9979),
     "sex": (0.5, 0.5),
     "street": (0.0005, 0.002, 0.9975),
     "zip5": (0.01, 0.05, 0.02, 0.92),
@@ -170,23 +185,53 @@ U_PRIORS: dict[str, tuple[float, ...]] = {
 #: street, ZIP) are not independent and at 100k records each exact agreement is worth ~2^23, so
 #: the veto must outweigh all of them together: 2^-100
 GIVEN_VETO_M = 2.0**-100
+#: comparisons whose exact level is adjusted for how common the value is (a large run only)
+TF_COLUMNS = ("given", "family", "city")
+
+#: hard non-match rules: a pair one of these fires on is never linked, whatever Splink says
+NONMATCH_RULES: dict[str, str] = {
+    "identity.suffix_conflict": "generational suffixes differ (Sr/Jr, II/III)",
+    "identity.sex_and_given_conflict": "sex and first name both differ",
+    "identity.birth_date_far": "birth dates differ beyond a typo (more than one digit, not a day/month swap)",
+}
+#: why a pair waits for a steward instead of merging
+REVIEW_REASONS: dict[str, str] = {
+    "identity.review_zone": "match probability between the review and the merge thresholds",
+    "identity.possible_twin": "same birth date and family name, first names differ: a twin or a typo",
+    "identity.birth_year_far": "birth years ten or more apart by one digit: a typo or a parent",
+    "identity.cluster_conflict": "merging would put two records a rule keeps apart into one person",
+}
 
 
 @dataclass(frozen=True)
 class LinkOptions:
-    """How the linkage decides (from ``jobs.clean.config``)."""
+    """How the linkage decides (from ``jobs.clean.config``, or ``medlake.config`` through
+    :func:`link_options`)."""
 
-    threshold: float = config.LINK_THRESHOLD
+    threshold: float = config.LINK_THRESHOLD  # merge at or above
+    review_threshold: float = config.REVIEW_THRESHOLD  # queue for review at or above, below merge
     expected_matches_per_record: float = config.EXPECTED_MATCHES_PER_RECORD
     em_min_records: int = config.EM_MIN_RECORDS
     u_max_pairs: float = 1e7
     seed: int = 42
 
 
+def link_options(settings: Any) -> LinkOptions:
+    """The options of ``medlake.config.IdentitySettings`` (``settings.identity``)."""
+    return LinkOptions(
+        threshold=settings.merge_threshold,
+        review_threshold=min(settings.review_threshold, settings.merge_threshold),
+        em_min_records=settings.em_min_records,
+    )
+
+
 @dataclass(frozen=True)
 class Linkage:
-    links: pa.Table  # LINKS: every pair at or above the threshold, deterministic ones included
+    links: pa.Table  # LINKS: every pair merged (same MRN, or Splink at or above the threshold)
     clusters: pa.Table  # CLUSTERS: one row per input record
+    review: pa.Table = field(default_factory=REVIEW.empty_table)  # REVIEW: pairs kept apart until a steward decides
+    refused: int = 0  # scored pairs a hard non-match rule kept apart
+    model: str = ""  # how m and u were estimated, in words (a small run falls back to priors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +262,28 @@ def normalize_date(value: Any) -> str | None:
     return "-".join(match.groups()) if match else None
 
 
+#: generational name suffixes (FHIR HumanName.suffix, HL7 v2 XPN.4, or trailing in a name) → one form
+GENERATIONAL: dict[str, str] = {
+    "JR": "JR", "JUNIOR": "JR", "SR": "SR", "SENIOR": "SR",
+    "II": "II", "2ND": "II", "III": "III", "3RD": "III", "IV": "IV", "4TH": "IV",
+}
+
+
+def _suffix(value: Any) -> str | None:
+    """The generational suffix among a FHIR suffix list or an HL7 v2 suffix string, if any."""
+    values = value if isinstance(value, list) else [value]
+    found = [GENERATIONAL.get(_upper(v) or "") for v in values if isinstance(v, str)]
+    return next((f for f in found if f), None)
+
+
+def _strip_suffix(name: str | None) -> tuple[str | None, str | None]:
+    """A normalized name without a trailing generational suffix token ("SMITH JR" → SMITH, JR)."""
+    tokens = (name or "").split()
+    if len(tokens) > 1 and tokens[-1] in GENERATIONAL:
+        return " ".join(tokens[:-1]), GENERATIONAL[tokens[-1]]
+    return name, None
+
+
 def _pick(entries: Any, *, prefer: str = "official") -> dict[str, Any]:
     """The entry of a FHIR list whose use is ``prefer``, else the first one."""
     items = [e for e in entries or [] if isinstance(e, dict)]
@@ -236,7 +303,9 @@ def features(
     for ident in identities:
         name = _pick(ident.get("names"))
         givens = [g for g in name.get("given") or [] if isinstance(g, str)]
-        given = _upper(givens[0].split()[0]) if givens and givens[0].strip() else None
+        given_tokens, given_suffix = _strip_suffix(_upper(" ".join(givens[:1])))
+        family, family_suffix = _strip_suffix(_upper(name.get("family")))
+        given = given_tokens.split()[0] if given_tokens else None
         address = _pick(ident.get("address"), prefer="home")
         lines = [line for line in address.get("line") or [] if isinstance(line, str)]
         phones = [
@@ -251,7 +320,8 @@ def features(
             "source_system": ident.get("source_system"),
             "given": given,
             "given_formal": NICKNAMES.get(given or "", given),
-            "family": _upper(name.get("family")),
+            "family": family,
+            "suffix": _suffix(name.get("suffix")) or family_suffix or given_suffix,
             "birth_date": normalize_date(ident.get("birth_date")),
             "sex": sex.get(ident["source_key"]),
             "street": _upper(lines[0]) if lines else None,
@@ -265,8 +335,96 @@ def features(
 # ---------------------------------------------------------------------------------------------
 # 2. linkage
 
+MALE_FEMALE = ("male", "female")
 
-def _comparisons() -> list[Any]:
+
+def _osa(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment: adjacent swaps count one)."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def date_typo(a: str, b: str) -> bool:
+    """Two YYYY-MM-DD dates one keying slip apart: one digit wrong, two adjacent digits swapped,
+    or day and month swapped."""
+    return _osa(a, b) <= 1 or (a[:4] == b[:4] and a[5:7] == b[8:10] and a[8:10] == b[5:7])
+
+
+def known_given(name: str) -> bool:
+    """Whether a normalized given name is a first name people carry (the Faker name lists the
+    free-text de-identification also uses), rather than a keyboard slip."""
+    from medlake.governance.recognizers import gazetteer
+
+    return name.casefold() in gazetteer()[0]
+
+
+def nonmatch_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None:
+    """The hard non-match rule (:data:`NONMATCH_RULES`) two feature rows break, if any."""
+    if left["suffix"] and right["suffix"] and left["suffix"] != right["suffix"]:
+        return "identity.suffix_conflict"
+    if (
+        left["sex"] in MALE_FEMALE
+        and right["sex"] in MALE_FEMALE
+        and left["sex"] != right["sex"]
+        and left["given_formal"]
+        and right["given_formal"]
+        and left["given_formal"] != right["given_formal"]
+    ):
+        return "identity.sex_and_given_conflict"
+    born_l, born_r = left["birth_date"], right["birth_date"]
+    if born_l and born_r and born_l != born_r and not date_typo(born_l, born_r):
+        return "identity.birth_date_far"
+    return None
+
+
+def review_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None:
+    """Why a pair, however probable, needs a steward (:data:`REVIEW_REASONS`), if it does."""
+    born_l, born_r = left["birth_date"], right["birth_date"]
+    given_l, given_r = left["given_formal"], right["given_formal"]
+    if born_l and born_l == born_r and given_l and given_r and given_l != given_r:
+        if _osa(given_l, given_r) >= 3 or (known_given(given_l) and known_given(given_r)):
+            return "identity.possible_twin"  # Ava/Eva: two real names, not a slip of the keyboard
+    if born_l and born_r and born_l != born_r and abs(int(born_l[:4]) - int(born_r[:4])) >= 10:
+        return "identity.birth_year_far"
+    return None
+
+
+def evidence(left: Mapping[str, Any], right: Mapping[str, Any]) -> str:
+    """What a steward sees of a pair without PHI: per field agree | similar | differ | missing."""
+
+    def judge(a: Any, b: Any, similar: bool) -> str:
+        if a is None or b is None:
+            return "missing"
+        return "agree" if a == b else "similar" if similar else "differ"
+
+    def close(name: str, edits: int) -> bool:
+        a, b = left[name], right[name]
+        return a is not None and b is not None and _osa(a, b) <= edits
+
+    born_l, born_r = left["birth_date"], right["birth_date"]
+    found = {
+        "given": judge(left["given_formal"], right["given_formal"], close("given", 2)),
+        "family": judge(left["family"], right["family"], close("family", 2)),
+        "suffix": judge(left["suffix"], right["suffix"], False),
+        "birth_date": judge(born_l, born_r, bool(born_l and born_r and date_typo(born_l, born_r))),
+        "sex": judge(left["sex"], right["sex"], False),
+        "street": judge(left["street"], right["street"], close("street", 2)),
+        "zip5": judge(left["zip5"], right["zip5"], (left["zip5"] or "")[:3] == (right["zip5"] or "")[:3]),
+        "phone": judge(left["phone"], right["phone"], (left["phone"] or "")[-7:] == (right["phone"] or "")[-7:]),
+    }
+    return json.dumps(found, sort_keys=True)
+
+
+def _comparisons(*, tf: bool = False) -> list[Any]:
+    """Splink comparisons; ``tf``: adjust exact name and city agreement for how common the value is."""
     import splink.comparison_level_library as cll
     import splink.comparison_library as cl
 
@@ -282,10 +440,19 @@ def _comparisons() -> list[Any]:
     def comparison(name: str, *found: Any) -> Any:
         return cl.CustomComparison(comparison_levels=levels(name, *found), output_column_name=name)
 
+    def exact(name: str) -> Any:
+        return cll.ExactMatchLevel(name, term_frequency_adjustments=tf and name in TF_COLUMNS)
+
+    same_year_slip = (
+        "substr(birth_date_l, 1, 4) = substr(birth_date_r, 1, 4) AND ("
+        "damerau_levenshtein(birth_date_l, birth_date_r) <= 1 OR ("
+        "substr(birth_date_l, 6, 2) = substr(birth_date_r, 9, 2) AND "
+        "substr(birth_date_l, 9, 2) = substr(birth_date_r, 6, 2)))"
+    )
     return [
         comparison(
             "given",
-            cll.ExactMatchLevel("given"),
+            exact("given"),
             cll.ExactMatchLevel("given_formal"),
             cll.JaroWinklerLevel("given", 0.92),
             cll.DamerauLevenshteinLevel("given", 1),
@@ -293,13 +460,14 @@ def _comparisons() -> list[Any]:
         ),
         comparison(
             "family",
-            cll.ExactMatchLevel("family"),
+            exact("family"),
             cll.JaroWinklerLevel("family", 0.92),
             cll.JaroWinklerLevel("family", 0.85),
         ),
         comparison(
             "birth_date",
             cll.ExactMatchLevel("birth_date"),
+            cll.CustomLevel(same_year_slip, "birth date: same year, a slip in month or day"),
             cll.DamerauLevenshteinLevel("birth_date", 1),
         ),
         comparison("sex", cll.ExactMatchLevel("sex")),
@@ -308,7 +476,7 @@ def _comparisons() -> list[Any]:
             "zip5",
             cll.ExactMatchLevel("zip5"),
             cll.CustomLevel("substr(zip5_l, 1, 3) = substr(zip5_r, 1, 3)", "zip5"),
-            cll.ExactMatchLevel("city"),
+            exact("city"),
         ),
         comparison(
             "phone",
@@ -323,44 +491,62 @@ def _blocking_rules() -> list[Any]:
     formal given name (catches birth-date typos), same ZIP and street."""
     from splink import block_on
 
-    return [
-        block_on("birth_date"),
-        block_on("phone"),
-        block_on("family", "given_formal"),
-        block_on("zip5", "street"),
-    ]
+    return [block_on(*columns) for columns in BLOCKING_KEYS.values()]
+
+
+#: the blocking rules as columns, by name; also what a keyed blocking token is made of
+BLOCKING_KEYS: dict[str, tuple[str, ...]] = {
+    "birth_date": ("birth_date",),
+    "phone": ("phone",),
+    "name": ("family", "given_formal"),
+    "address": ("zip5", "street"),
+}
+
+
+def model_description(records: int, options: LinkOptions) -> str:
+    """How :func:`_splink_pairs` estimates the model for a run of that many records, in words."""
+    if records < 2:
+        return "no Splink: fewer than two records (same-MRN links only)"
+    if records < options.em_min_records:
+        return (
+            f"small run ({records} records < {options.em_min_records}): m at documented priors, "
+            "u by random sampling (priors for levels never sampled), no term-frequency adjustment"
+        )
+    return "m by EM on two blocking rules, u by random sampling, names and city term-frequency adjusted"
 
 
 def _splink_pairs(records: pa.Table, options: LinkOptions) -> pa.Table:
-    """Splink's scored pairs at or above the threshold (columns of :data:`LINKS`)."""
+    """Splink's scored pairs at or above the review threshold (columns of :data:`LINKS`)."""
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
     n = records.num_rows
+    large = n >= options.em_min_records
     settings = SettingsCreator(
         link_type="dedupe_only",
         unique_id_column_name="source_key",
         probability_two_random_records_match=min(
             0.5, options.expected_matches_per_record / max(n - 1, 1)
         ),
-        comparisons=_comparisons(),
+        comparisons=_comparisons(tf=large),
         blocking_rules_to_generate_predictions=_blocking_rules(),
         retain_intermediate_calculation_columns=False,
         retain_matching_columns=False,
     )
     db = DuckDBAPI()
     linker = Linker(
-        db.register(records.drop_columns(["prelink_key", "source_system"])),
+        db.register(records.drop_columns(["prelink_key", "source_system", "suffix"])),
         settings,
         log_level=logging.ERROR,  # levels a small sample never shows are expected, not news
     )
     linker.training.estimate_u_using_random_sampling(
         max_pairs=options.u_max_pairs, seed=options.seed
     )
-    if n >= options.em_min_records:
+    if large:
         for rule in (block_on("birth_date"), block_on("family", "given_formal")):
             linker.training.estimate_parameters_using_expectation_maximisation(rule)
     predicted = linker.inference.predict(
-        threshold_match_probability=options.threshold, warning_mode="never"
+        threshold_match_probability=min(options.review_threshold, options.threshold),
+        warning_mode="never",
     ).as_pyarrow_table()
     return pa.table(
         {
@@ -406,11 +592,11 @@ def _anchored(links: pa.Table, anchors: set[str]) -> pa.Table:
     swap = [b in anchors and a not in anchors for a, b in zip(left, right, strict=True)]
     swapped = links.set_column(
         0,
-        LINKS.field("source_key_l"),
+        links.schema.field("source_key_l"),
         pa.array([b if s else a for a, b, s in zip(left, right, swap, strict=True)], pa.string()),
     ).set_column(
         1,
-        LINKS.field("source_key_r"),
+        links.schema.field("source_key_r"),
         pa.array([a if s else b for a, b, s in zip(left, right, swap, strict=True)], pa.string()),
     )
     return swapped.filter(pa.array(keep, pa.bool_()))
@@ -433,54 +619,154 @@ def _components(nodes: Iterable[str], edges: Iterable[tuple[str, str]]) -> dict[
     return {node: root(node) for node in parent}
 
 
+@dataclass(frozen=True)
+class Zoned:
+    merge: list[dict[str, Any]]  # LINKS rows
+    review: list[dict[str, Any]]  # REVIEW rows
+    refused: int
+
+
+def zones(
+    pairs: pa.Table, rows: Mapping[str, Mapping[str, Any]], options: LinkOptions
+) -> Zoned:
+    """Splink's pairs → merge (at or above the threshold, no rule against it), review (between the
+    thresholds, or a review rule), or apart (a hard non-match rule: counted, not kept)."""
+    merge, review, refused = [], [], 0
+    for pair in pairs.to_pylist():
+        left, right = rows[pair["source_key_l"]], rows[pair["source_key_r"]]
+        if nonmatch_rule(left, right):
+            refused += 1
+            continue
+        why = review_rule(left, right)
+        if why is None and pair["match_probability"] >= options.threshold:
+            merge.append(pair)
+            continue
+        review.append(
+            {
+                **{k: pair[k] for k in ("source_key_l", "source_key_r", "match_probability", "match_weight")},
+                "reason": why or "identity.review_zone",
+                "evidence": evidence(left, right),
+            }
+        )
+    return Zoned(merge, review, refused)
+
+
+def _pair(a: str, b: str) -> frozenset[str]:
+    return frozenset((a, b))
+
+
+def cluster(
+    rows: Mapping[str, Mapping[str, Any]],
+    prelinked: Sequence[Mapping[str, Any]],
+    merges: Sequence[Mapping[str, Any]],
+    *,
+    apart: Collection[frozenset[str]] = frozenset(),
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Records → the smallest record of their cluster, and the merge links that were refused.
+
+    Same-MRN links always join. Splink's merge links join in order of probability, unless the two
+    clusters would then hold two records a hard non-match rule or a steward's decision (``apart``)
+    keeps apart: such a link is refused and returned (it goes to review)."""
+    members: dict[str, list[str]] = {s: [s] for s in rows}
+    parent = {s: s for s in rows}
+
+    def root(node: str) -> str:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    def union(a: str, b: str) -> None:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            keep, gone = min(ra, rb), max(ra, rb)
+            parent[gone] = keep
+            members[keep] += members.pop(gone)
+
+    def conflict(a: str, b: str) -> bool:
+        return any(
+            _pair(x, y) in apart or nonmatch_rule(rows[x], rows[y])
+            for x in members[root(a)]
+            for y in members[root(b)]
+        )
+
+    for link_ in prelinked:
+        union(link_["source_key_l"], link_["source_key_r"])
+    refused = []
+    for link_ in sorted(merges, key=lambda r: (-r["match_probability"], r["source_key_l"], r["source_key_r"])):
+        a, b = link_["source_key_l"], link_["source_key_r"]
+        if root(a) == root(b):
+            continue
+        if conflict(a, b):
+            refused.append(dict(link_))
+        else:
+            union(a, b)
+    return {s: root(s) for s in rows}, refused
+
+
 def link(
-    records: pa.Table, options: LinkOptions = LinkOptions(), *, anchors: Collection[str] = ()
+    records: pa.Table,
+    options: LinkOptions = LinkOptions(),
+    *,
+    anchors: Collection[str] = (),
+    apart: Collection[frozenset[str]] = frozenset(),
 ) -> Linkage:
-    """:data:`FEATURES` rows → links at ``options.threshold`` and one cluster per real person.
+    """:data:`FEATURES` rows → merged links, one cluster per real person, and pairs for review.
 
     ``anchors``: source keys of records resolved by earlier runs. They are scored like the rest,
-    but a link between two anchors is dropped (earlier runs decided it), and every kept link
+    but a pair of two anchors is dropped (earlier runs decided it), and every kept pair
     involving an anchor has it on the left: the right-hand record is always one of this run.
-    Splink needs at least two records; with fewer only the deterministic links exist.
+    ``apart``: pairs a steward decided are two people (a rejected review, a split): never merged,
+    never queued again. Splink needs at least two records; with fewer only same-MRN links exist.
     """
+    rows = {r["source_key"]: r for r in records.to_pylist()}
     splink = _splink_pairs(records, options) if records.num_rows >= 2 else LINKS.empty_table()
     prelinked = _prelink_pairs(records)
     if anchors:
         splink, prelinked = (_anchored(t, set(anchors)) for t in (splink, prelinked))
-    prelink = dict(
-        zip(
-            records.column("source_key").to_pylist(),
-            records.column("prelink_key").to_pylist(),
-            strict=True,
-        )
-    )
     same = [
-        prelink[a] == prelink[b]
+        rows[a]["prelink_key"] == rows[b]["prelink_key"]
         for a, b in zip(
             splink.column("source_key_l").to_pylist(),
             splink.column("source_key_r").to_pylist(),
             strict=True,
         )
     ]
-    links = pa.concat_tables([prelinked, splink.filter(pc.invert(pa.array(same, pa.bool_())))])
+    zoned = zones(splink.filter(pc.invert(pa.array(same, pa.bool_()))), rows, options)
+    merges = [m for m in zoned.merge if _pair(m["source_key_l"], m["source_key_r"]) not in apart]
+    cluster_of, refused = cluster(rows, prelinked.to_pylist(), merges, apart=apart)
+    refused_keys = {_pair(r["source_key_l"], r["source_key_r"]) for r in refused}
+    merged = [m for m in merges if _pair(m["source_key_l"], m["source_key_r"]) not in refused_keys]
+    review = [
+        r
+        for r in zoned.review
+        + [
+            {
+                **{k: r[k] for k in ("source_key_l", "source_key_r", "match_probability", "match_weight")},
+                "reason": "identity.cluster_conflict",
+                "evidence": evidence(rows[r["source_key_l"]], rows[r["source_key_r"]]),
+            }
+            for r in refused
+        ]
+        if _pair(r["source_key_l"], r["source_key_r"]) not in apart
+        and cluster_of[r["source_key_l"]] != cluster_of[r["source_key_r"]]
+    ]
     sources = records.column("source_key").to_pylist()
-    cluster = _components(
-        sources,
-        zip(
-            links.column("source_key_l").to_pylist(),
-            links.column("source_key_r").to_pylist(),
-            strict=True,
-        ),
-    )
     clusters = pa.table(
         {
             "source_key": sources,
             "prelink_key": records.column("prelink_key"),
-            "cluster": [cluster[s] for s in sources],
+            "cluster": [cluster_of[s] for s in sources],
         },
         schema=CLUSTERS,
     )
-    return Linkage(links=links, clusters=clusters)
+    return Linkage(
+        links=pa.concat_tables([prelinked, pa.Table.from_pylist(merged, schema=LINKS)]),
+        clusters=clusters,
+        review=pa.Table.from_pylist(review, schema=REVIEW),
+        refused=zoned.refused,
+        model=model_description(records.num_rows, options),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
