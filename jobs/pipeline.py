@@ -151,9 +151,10 @@ def clean(
     """This run's bronze rows → validated, pseudonymized, date-shifted, standardized rows in staging,
     awaiting the gate.
 
-    With a ``keyring``, the identities stripped from patients go encrypted into the vault first,
-    and the identities of earlier runs are decrypted from it (in memory, audited once as
-    ``vault.link`` under ``audit_key``) so this run's records link to earlier runs' persons.
+    With a ``keyring``, the identities stripped from patients go encrypted into the vault, and the
+    identities of earlier records whose keyed blocking tokens (``reference.identity_tokens``) equal
+    one of this run's are decrypted from it (those only, in memory, audited once as ``vault.link``
+    under ``audit_key``) so this run's records link to earlier runs' persons.
     Standardization (codes mapped and checked, units made canonical, impossible values refused)
     works on flattened rows, so it has its own ledger entry per table, counted in rows
     (``standardize``: rows in = rows out + rows quarantined). ``on_unmapped`` per silver table,
@@ -236,19 +237,21 @@ def clean(
             )
             rows = standard.good
         if resolved is None:
-            prior = (
-                vault.linkage_identities(
-                    lake,
-                    keyring=keyring,
-                    audit_key=audit_key,
-                    run_id=run_id,
-                    skip={i["source_key"] for i in identities},
+            prior = (  # only earlier records sharing a keyed blocking token are decrypted
+                dedup.earlier_identities(
+                    lake, identities, key=key, keyring=keyring, audit_key=audit_key, run_id=run_id
                 )
                 if keyring is not None and audit_key is not None and rows.num_rows
                 else []  # no patient record in this run: nothing to link, nothing decrypted
             )
             resolved = dedup.resolve(
-                lake, identities, rows, run_id=run_id, now=datetime.now(UTC), prior=prior
+                lake,
+                identities,
+                rows,
+                run_id=run_id,
+                now=datetime.now(UTC),
+                prior=prior,
+                options=dedup.link_options(Settings().identity),
             )
             if keyring is not None:  # the vault keys identities by the resolved person
                 person = resolved.person_of

@@ -49,8 +49,16 @@ class TableSpec:
         return self.name.replace(".", "/")
 
 
-def _schema(*fields: pa.Field, lineage: bool = True) -> pa.Schema:
-    return pa.schema(list(fields) + (SILVER_LINEAGE if lineage else []))
+#: on every silver row keyed by a person: the person key ingest gave the row (its MRN's key, else its
+#: source key), kept when entity resolution moved the row to another person; null while the row is
+#: under that key. An unmerge (jobs/clean/identity.py split) moves rows back by it.
+PRELINK_FIELD = pa.field("_prelink_key", pa.string())
+
+
+def _schema(*fields: pa.Field, lineage: bool = True, rekeyable: bool = True) -> pa.Schema:
+    names = {f.name for f in fields}
+    prelink = [PRELINK_FIELD] if lineage and rekeyable and "person_key" in names else []
+    return pa.schema(list(fields) + (SILVER_LINEAGE if lineage else []) + prelink)
 
 
 _STRING = pa.string()
@@ -532,6 +540,7 @@ SILVER_PATIENT_LINKS = TableSpec(
         _f("match_probability", pa.float64(), nullable=False),
         _f("match_weight", pa.float64()),  # null for deterministic links
         _f("rule", nullable=False),  # 'prelink' (same MRN and authority) | 'splink'
+        rekeyable=False,
     ),
     key=("source_key_l", "source_key_r"),
     description=(
@@ -557,6 +566,7 @@ SILVER_PERSONS = TableSpec(
         _f("ethnicity"),
         _f("language"),
         _f("records", pa.int64(), nullable=False),  # patient records (source keys) of the person
+        rekeyable=False,
     ),
     key=("person_key",),
     description=(
@@ -589,15 +599,59 @@ PERSON_EVENTS = TableSpec(
         [
             _f("event_id", nullable=False),
             _f("run_id", nullable=False),
-            _f("event", nullable=False),  # 'new' | 'join' | 'merge'
-            _f("person_key", nullable=False),  # the (surviving) person
-            _f("from_person_key"),  # merge: the person absorbed
+            _f("event", nullable=False),  # 'new' | 'join' | 'merge' | 'rekey' | 'split'
+            _f("person_key", nullable=False),  # the (surviving) person; split: the new person
+            _f("from_person_key"),  # merge: the person absorbed; split: the person split
             _f("source_key"),  # new, join: the record
             _f("recorded_at", TS, nullable=False),
         ]
     ),
     key=("event_id",),
     description="What entity resolution did to persons, per run: records creating or joining a person, merges.",
+)
+
+IDENTITY_REVIEW = TableSpec(
+    name="reference.identity_review",
+    schema=pa.schema(
+        [
+            _f("pair_id", nullable=False),  # keyed hash of the two source keys, sorted
+            _f("source_key_l", nullable=False),
+            _f("source_key_r", nullable=False),
+            _f("match_probability", pa.float64(), nullable=False),
+            _f("match_weight", pa.float64()),
+            _f("reason", nullable=False),  # identity.<rule>: why a steward decides (jobs/clean/dedup.py)
+            _f("evidence", nullable=False),  # JSON field → agree|similar|differ|missing (no values)
+            _f("status", nullable=False),  # open → approved (merged) | rejected (kept apart)
+            _f("run_id", nullable=False),  # the run that queued the pair, or the split that decided it
+            _f("queued_at", TS, nullable=False),
+            _f("decided_by"),
+            _f("decided_at", TS),
+            _f("decision_reason"),
+        ]
+    ),
+    key=("pair_id",),
+    description=(
+        "Pairs of patient records entity resolution could not decide alone (between the review and the "
+        "merge thresholds, or a review rule): a steward approves (merge) or rejects (two people); a "
+        "rejected pair, or one a split separated, is never merged or queued again. Pseudonyms only."
+    ),
+)
+
+IDENTITY_TOKENS = TableSpec(
+    name="reference.identity_tokens",
+    schema=pa.schema(
+        [
+            _f("source_key", nullable=False),
+            _f("rule", nullable=False),  # the blocking rule: birth_date | phone | name | address
+            _f("token", nullable=False),  # HMAC(project key, rule, normalized values): not reversible
+            _f("run_id", nullable=False),
+        ]
+    ),
+    key=("source_key", "rule"),
+    description=(
+        "Keyed blocking tokens of every patient record in the vault, one per blocking rule: a later run "
+        "finds the earlier records its records could match by equal tokens and decrypts only those."
+    ),
 )
 
 QUARANTINE = TableSpec(
@@ -682,6 +736,8 @@ TABLES: dict[str, TableSpec] = {
         SILVER_PERSONS,
         PERSON_CROSSWALK,
         PERSON_EVENTS,
+        IDENTITY_REVIEW,
+        IDENTITY_TOKENS,
         QUARANTINE,
         LEDGER,
     )

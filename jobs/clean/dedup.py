@@ -55,24 +55,31 @@ import logging
 import re
 import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from medlake.governance import vault
+from medlake.governance.crypto import Keyring
 from medlake.governance.deid import date_shift_days
+from medlake.governance.pseudonyms import keyed_hash
 from medlake.jobs.clean import config
 from medlake.lake import Lake, conform
 from medlake.ledger import Entry
 from medlake.registry import (
+    IDENTITY_REVIEW,
+    IDENTITY_TOKENS,
     PERSON_CROSSWALK,
     PERSON_EVENTS,
+    PRELINK_FIELD,
     SILVER_PATIENT_LINKS,
     SILVER_PATIENTS,
     SILVER_PERSONS,
     TABLES,
+    TS,
     TableSpec,
 )
 
@@ -909,6 +916,7 @@ def remap(
     if not moves:
         return rows
     days = pa.array([moves[k][1] if k in moves else 0 for k in old], pa.int32())
+    rows = _with_prelink(rows, [k if k in moves else None for k in old])
     out = rows.set_column(
         rows.schema.get_field_index("person_key"),
         rows.schema.field("person_key"),
@@ -926,6 +934,18 @@ def remap(
             continue
         out = out.set_column(index, f, moved.cast(f.type))
     return out
+
+
+def _with_prelink(rows: pa.Table, moved_from: Sequence[str | None]) -> pa.Table:
+    """The rows with ``_prelink_key`` set where it is null and the row moves away from its key."""
+    name = PRELINK_FIELD.name
+    if name in rows.column_names:
+        kept = rows.column(name).cast(pa.string()).to_pylist()
+        values = [k if k is not None else m for k, m in zip(kept, moved_from, strict=True)]
+        return rows.set_column(
+            rows.schema.get_field_index(name), PRELINK_FIELD, pa.array(values, pa.string())
+        )
+    return rows.append_column(PRELINK_FIELD, pa.array(list(moved_from), pa.string()))
 
 
 def links_rows(
@@ -1151,22 +1171,32 @@ def resolve(
         earlier = lake.read(SILVER_PATIENTS.name, columns=["source_key", "gender"]).to_pylist()
         sex = {**{r["source_key"]: r["gender"] for r in earlier}, **sex}
     linkage = link(
-        features([*kept, *anchors], sex=sex), options, anchors={a["source_key"] for a in anchors}
+        features([*kept, *anchors], sex=sex),
+        options,
+        anchors={a["source_key"] for a in anchors},
+        apart=decided_apart(lake),
     )
     done = assign(linkage.clusters, crosswalk, run_id=run_id, now=now)
     lake.upsert(PERSON_CROSSWALK.name, done.crosswalk)
     lake.insert_new(PERSON_EVENTS.name, done.events)
+    queued = lake.insert_new(IDENTITY_REVIEW.name, review_rows(linkage.review, run_id=run_id, now=now))
     this_run = linkage.clusters.filter(
         pc.is_in(linkage.clusters.column("source_key"), pa.array(sorted(staged), pa.string()))
     )
-    entry = resolve_entry(this_run, done.person_of)
+    details = {"review_queued": queued, "review_pairs": linkage.review.num_rows,
+               "kept_apart_by_rules": linkage.refused, "model": linkage.model}
+    entry = replace(resolve_entry(this_run, done.person_of), details=json.dumps(details, sort_keys=True))
     log.info(
-        "resolve: %d patient records (+%d of earlier runs) → %d persons (%d merges, %d joins)",
+        "resolve: %d patient records (+%d of earlier runs) → %d persons (%d merges, %d joins); "
+        "%d pairs queued for review, %d kept apart by a hard rule; model: %s",
         entry.records_in,
         len(anchors),
         entry.records_out,
         int(pc.sum(pc.equal(done.events.column("event"), "merge")).as_py() or 0),
         int(pc.sum(pc.equal(done.events.column("event"), "join")).as_py() or 0),
+        queued,
+        linkage.refused,
+        linkage.model,
     )
     person_of_source = {
         s: done.person_of[p]
@@ -1181,6 +1211,33 @@ def resolve(
         links=links_rows(linkage.links, person_of_source, staged, run_id=run_id),
         entry=entry,
     )
+
+
+def pair_id(a: str, b: str) -> str:
+    """The id of an unordered pair of source keys (pseudonyms already: a plain digest suffices)."""
+    return hashlib.sha256("\x1f".join(sorted((a, b))).encode()).hexdigest()[:32]
+
+
+def review_rows(review: pa.Table, *, run_id: str, now: datetime) -> pa.Table:
+    """:data:`REVIEW` pairs → open ``reference.identity_review`` rows."""
+    rows = [
+        {**r, "pair_id": pair_id(r["source_key_l"], r["source_key_r"]), "status": "open",
+         "run_id": run_id, "queued_at": now}
+        for r in review.to_pylist()
+    ]
+    return pa.Table.from_pylist(rows, schema=IDENTITY_REVIEW.schema)
+
+
+def decided_apart(lake: Lake) -> set[frozenset[str]]:
+    """Pairs a steward decided are two people (a rejected review, a split): never merged again."""
+    if not lake.exists(IDENTITY_REVIEW.name):
+        return set()
+    rows = lake.read(IDENTITY_REVIEW.name, columns=["source_key_l", "source_key_r", "status"])
+    return {
+        _pair(str(r["source_key_l"]), str(r["source_key_r"]))
+        for r in rows.to_pylist()
+        if r["status"] == "rejected"
+    }
 
 
 def resolve_entry(clusters: pa.Table, person_of: Mapping[str, str]) -> Entry:
@@ -1203,15 +1260,18 @@ def resolve_entry(clusters: pa.Table, person_of: Mapping[str, str]) -> Entry:
 
 def absorbed_persons(events: pa.Table) -> dict[str, str]:
     """Every person a ``merge`` event absorbed → the person that finally survives it (a chain
-    A → B, B → C maps A to C), from ``reference.person_events`` rows."""
-    merges = events.filter(pc.equal(events.column("event").cast(pa.string()), "merge"))
-    into = dict(
-        zip(
-            merges.column("from_person_key").cast(pa.string()).to_pylist(),
-            merges.column("person_key").cast(pa.string()).to_pylist(),
-            strict=True,
-        )
-    )
+    A → B, B → C maps A to C), from ``reference.person_events`` rows. A ``split`` event that gave
+    a person its key back (an unmerge) ends the merge that absorbed it; events apply in time order."""
+    into: dict[str, str] = {}
+    rows = _plain(events).to_pylist()
+    changes = [r for r in rows if r["event"] in ("merge", "split")]
+    if "recorded_at" in events.column_names:  # a stable sort: same-time events keep table order
+        changes.sort(key=lambda r: (r["recorded_at"], r.get("event_id") or ""))
+    for r in changes:
+        if r["event"] == "merge":
+            into[r["from_person_key"]] = r["person_key"]
+        else:
+            into.pop(r["person_key"], None)
     final = {}
     for person, survivor in into.items():
         seen = {person}
@@ -1316,7 +1376,8 @@ def rekey(
         if old.num_rows == 0:
             continue
         new = remap(old, moves, key=key, max_shift_days=max_shift_days)
-        kept = replace_rows(lake, spec, old, new)
+        known = {f.name for f in lake.table(name).schema().fields}  # a lake older than _prelink_key
+        kept = replace_rows(lake, spec, old, new.select([c for c in new.column_names if c in known]))
         versions[name] = lake.version(name)
         entries.append(
             Entry(
@@ -1347,3 +1408,100 @@ def rekey(
         len(moves),
     )
     return Rekeyed(versions, entries, done)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. keyed blocking tokens: earlier runs' candidates without decrypting the vault
+
+
+#: the token row of a record with no blocking values at all (it collides with nothing)
+NO_TOKEN = "none"
+
+
+def blocking_tokens(records: pa.Table, *, key: bytes, run_id: str) -> pa.Table:
+    """``reference.identity_tokens`` rows of :data:`FEATURES` rows: per record and blocking rule
+    (:data:`BLOCKING_KEYS`) with all its values known, HMAC(project key, rule, values).
+
+    Equal tokens mean equal normalized values, nothing more: a token cannot be reversed without
+    the key, and says nothing about how close two unequal values are. They only find candidates;
+    the comparison itself runs on the decrypted identities."""
+    rows = []
+    for r in records.to_pylist():
+        made = 0
+        for rule, columns in BLOCKING_KEYS.items():
+            values = [r[c] for c in columns]
+            if all(values):
+                token = keyed_hash(key, "identity.block", rule, *values)
+                rows.append({"source_key": r["source_key"], "rule": rule, "token": token, "run_id": run_id})
+                made += 1
+        if not made:  # nothing to block on: recorded, so the record is not taken for untokenized
+            rows.append({"source_key": r["source_key"], "rule": NO_TOKEN, "token": NO_TOKEN, "run_id": run_id})
+    return pa.Table.from_pylist(rows, schema=IDENTITY_TOKENS.schema)
+
+
+def colliding(tokens: pa.Table, known: pa.Table) -> set[str]:
+    """Source keys of ``known`` token rows that share a (rule, token) with ``tokens``."""
+    wanted = set(zip(tokens.column("rule").to_pylist(), tokens.column("token").to_pylist(), strict=True))
+    return {
+        str(s)
+        for s, rule, token in zip(
+            known.column("source_key").to_pylist(),
+            known.column("rule").to_pylist(),
+            known.column("token").to_pylist(),
+            strict=True,
+        )
+        if (rule, token) in wanted and rule != NO_TOKEN
+    }
+
+
+def earlier_identities(
+    lake: Lake,
+    identities: Sequence[Mapping[str, Any]],
+    *,
+    key: bytes,
+    keyring: Keyring,
+    audit_key: bytes,
+    run_id: str,
+) -> list[dict[str, Any]]:
+    """The identities of earlier runs this run's identities could match: the vault records whose
+    keyed blocking tokens equal one of theirs, decrypted (only those, audited); the tokens of this
+    run's identities are stored for the runs to come.
+
+    A vault record without tokens (a lake from before the tokens) is decrypted once, its tokens
+    stored, and kept only if they collide; every later run reads tokens only."""
+    this_run = {str(i["source_key"]) for i in identities}
+    mine = blocking_tokens(features(identities), key=key, run_id=run_id)
+    stored = (
+        lake.read(
+            IDENTITY_TOKENS.name,
+            columns=["source_key", "rule", "token"],
+            filter=pc.field("token").cast(pa.string()).isin(mine.column("token")),
+        )
+        if lake.exists(IDENTITY_TOKENS.name)
+        else IDENTITY_TOKENS.schema.empty_table()
+    )
+    candidates = colliding(mine, stored) - this_run
+    tokenized = (
+        set(lake.read(IDENTITY_TOKENS.name, columns=["source_key"]).column("source_key").cast(pa.string()).to_pylist())
+        if lake.exists(IDENTITY_TOKENS.name)
+        else set()
+    )
+    untokenized = vault.source_keys(lake) - tokenized - this_run
+    found = vault.linkage_candidates(
+        lake, candidates | untokenized, keyring=keyring, audit_key=audit_key, run_id=run_id
+    )
+    if untokenized:
+        backfill = blocking_tokens(
+            features([i for i in found if i["source_key"] in untokenized]), key=key, run_id=run_id
+        )
+        lake.upsert(IDENTITY_TOKENS.name, backfill)
+        candidates |= colliding(mine, backfill)
+        log.info("identity tokens: %d earlier vault records had none; stored now", len(untokenized))
+    lake.upsert(IDENTITY_TOKENS.name, mine)
+    kept = [i for i in found if i["source_key"] in candidates]
+    log.info(
+        "identity tokens: %d candidate records of earlier runs share a blocking token with this run's %d",
+        len(kept),
+        len(this_run),
+    )
+    return kept
