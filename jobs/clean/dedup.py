@@ -206,6 +206,7 @@ REVIEW_REASONS: dict[str, str] = {
     "identity.review_zone": "match probability between the review and the merge thresholds",
     "identity.possible_twin": "same birth date and family name, first names differ: a twin or a typo",
     "identity.birth_year_far": "birth years ten or more apart by one digit: a typo or a parent",
+    "identity.no_shared_contact": "phone and street both known and both different: a namesake or a move",
     "identity.cluster_conflict": "merging would put two records a rule keeps apart into one person",
 }
 
@@ -219,6 +220,11 @@ class LinkOptions:
     review_threshold: float = config.REVIEW_THRESHOLD  # queue for review at or above, below merge
     expected_matches_per_record: float = config.EXPECTED_MATCHES_PER_RECORD
     em_min_records: int = config.EM_MIN_RECORDS
+    #: below this many records u stays at its priors: random pairs of a handful of records (a
+    #: small run and the earlier records its tokens found, all alike) say nothing about strangers
+    u_min_records: int = 200
+    #: patient records the lake knows in all (the prior of a match is 1 / population); None: these
+    population: int | None = None
     u_max_pairs: float = 1e7
     seed: int = 42
 
@@ -401,6 +407,9 @@ def review_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None
             return "identity.possible_twin"  # Ava/Eva: two real names, not a slip of the keyboard
     if born_l and born_r and born_l != born_r and abs(int(born_l[:4]) - int(born_r[:4])) >= 10:
         return "identity.birth_year_far"
+    contact = [(left[f], right[f]) for f in ("phone", "street") if left[f] and right[f]]
+    if contact and all(a != b for a, b in contact):
+        return "identity.no_shared_contact"  # namesakes born the same day, or one who moved
     return None
 
 
@@ -514,6 +523,11 @@ def model_description(records: int, options: LinkOptions) -> str:
     """How :func:`_splink_pairs` estimates the model for a run of that many records, in words."""
     if records < 2:
         return "no Splink: fewer than two records (same-MRN links only)"
+    if records < options.u_min_records:
+        return (
+            f"small run ({records} records < {options.u_min_records}): m and u at documented priors, "
+            "no term-frequency adjustment"
+        )
     if records < options.em_min_records:
         return (
             f"small run ({records} records < {options.em_min_records}): m at documented priors, "
@@ -528,11 +542,12 @@ def _splink_pairs(records: pa.Table, options: LinkOptions) -> pa.Table:
 
     n = records.num_rows
     large = n >= options.em_min_records
+    population = max(options.population or n, n)
     settings = SettingsCreator(
         link_type="dedupe_only",
         unique_id_column_name="source_key",
         probability_two_random_records_match=min(
-            0.5, options.expected_matches_per_record / max(n - 1, 1)
+            0.5, options.expected_matches_per_record / max(population - 1, 1)
         ),
         comparisons=_comparisons(tf=large),
         blocking_rules_to_generate_predictions=_blocking_rules(),
@@ -545,9 +560,10 @@ def _splink_pairs(records: pa.Table, options: LinkOptions) -> pa.Table:
         settings,
         log_level=logging.ERROR,  # levels a small sample never shows are expected, not news
     )
-    linker.training.estimate_u_using_random_sampling(
-        max_pairs=options.u_max_pairs, seed=options.seed
-    )
+    if n >= options.u_min_records:
+        linker.training.estimate_u_using_random_sampling(
+            max_pairs=options.u_max_pairs, seed=options.seed
+        )
     if large:
         for rule in (block_on("birth_date"), block_on("family", "given_formal")):
             linker.training.estimate_parameters_using_expectation_maximisation(rule)
@@ -1170,9 +1186,10 @@ def resolve(
     if anchors and lake.exists(SILVER_PATIENTS.name):
         earlier = lake.read(SILVER_PATIENTS.name, columns=["source_key", "gender"]).to_pylist()
         sex = {**{r["source_key"]: r["gender"] for r in earlier}, **sex}
+    population = len(set(crosswalk.column("source_key").to_pylist()) | set(staged))
     linkage = link(
         features([*kept, *anchors], sex=sex),
-        options,
+        replace(options, population=population),
         anchors={a["source_key"] for a in anchors},
         apart=decided_apart(lake),
     )
