@@ -287,8 +287,11 @@ def heldout(seed: int, work: Path) -> dict[str, Any]:
     lake = run_pipeline(work / "landing", work / "lake")
     systems = {r["source_system"] for r in lake.read("staging.patients").to_pylist()}
     hl7_system = next(s for s in systems if s != fhir.SOURCE_SYSTEM)
-    keys = {r["id"]: source_key(KEY, fhir.SOURCE_SYSTEM if r["kind"] == "fhir" else hl7_system, r["id"])
-            for r in people.records}
+    keys = {
+        r["id"]: source_key(KEY, fhir.SOURCE_SYSTEM, r["id"]) if r["kind"] == "fhir"
+        else source_key(KEY, hl7_system, f"{r['id']}^{LAB_MRN}")  # PID-3 with its authority
+        for r in people.records
+    }
     del hl7v2
     result = score(lake, keys, {r["id"]: r["person"] for r in people.records})
     negatives = defaultdict(lambda: [0, 0, 0])  # case → [pairs, merged, queued]

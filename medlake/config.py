@@ -144,7 +144,7 @@ class IdentitySettings(BaseModel):
     """Entity resolution (jobs/clean/dedup.py): when two patient records are one person."""
 
     merge_threshold: float = Field(
-        default=0.99, ge=0.0, le=1.0,
+        default=0.90, ge=0.0, le=1.0,
         description="A pair at or above this match probability is merged into one person automatically.",
     )
     review_threshold: float = Field(

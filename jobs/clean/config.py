@@ -208,7 +208,7 @@ VITALS_GRIDS: dict[str, tuple[timedelta, timedelta]] = {
 # -- entity resolution (jobs/clean/dedup.py) ------------------------------------------------------
 
 #: a pair of patient records at or above this Splink match probability is one person (merged)
-LINK_THRESHOLD = 0.99
+LINK_THRESHOLD = 0.90
 #: a pair from this probability up to LINK_THRESHOLD waits for a steward (reference.identity_review)
 REVIEW_THRESHOLD = 0.50
 #: the prior: how many other records of the same person a record has, on average
