@@ -4,47 +4,63 @@ Three pure steps and one persistent table:
 
 1. :func:`features`: the identities the vault receives (``fhir.patient_identities``,
    ``hl7v2.patient_identities``: FHIR-shaped names, telecom, address) → one row per source record
-   of normalized linkage fields (first given name and its formal form, family name, birth date,
-   sex, street line, city, ZIP5, phone as 10 digits), plus its ``prelink_key``: the person key the
-   ingest gave it (the MRN's key when the record carries an MRN with its authority, else its
-   source key). This PHI table lives in memory only (DuckDB in-memory), never in the lake.
+   of normalized linkage fields (first given name and its formal form, family name, generational
+   suffix (Sr, Jr, II…), birth date, sex, street line, city, ZIP5, phone as 10 digits), plus its
+   ``prelink_key``: the person key the ingest gave it (the MRN's key when the record carries an
+   MRN with its authority, else its source key). This PHI table lives in memory only (DuckDB in-memory), never in the lake.
 2. :func:`link`: Splink 5 on DuckDB scores candidate pairs (Fellegi-Sunter); records sharing a
-   prelink key are linked deterministically (probability 1: same MRN under the same authority);
-   clusters are the connected components of both kinds of link at ``threshold``.
+   prelink key are linked deterministically (probability 1: same MRN under the same authority).
+   Each scored pair falls in one of three zones (:func:`zones`): **merge** at or above
+   ``threshold``; **review** from ``review_threshold`` up, or whenever a review rule fires
+   (:data:`REVIEW_REASONS`: same birth date with two real first names, a possible twin; birth
+   years ten or more apart by one digit; phone and street both different); **apart** below, or
+   whenever a hard non-match rule fires (:data:`NONMATCH_RULES`: generational suffixes differ;
+   sex and first name both differ; birth dates beyond one keying slip). Clusters are built from
+   the merge links in order of probability (:func:`cluster`), refusing a link that would put two
+   records a rule or a steward (``apart``) keeps apart into one person: the refused link goes to
+   review. Review pairs go to ``reference.identity_review`` (:mod:`.identity`: a steward
+   approves, rejects, or splits a person).
 3. :func:`assign`: clusters + the crosswalk (``reference.person_crosswalk``: source_key →
    person_key) → this run's crosswalk rows and events (``reference.person_events``). A record
    keeps its person_key forever; a new record joining an existing person takes its key; when a
    run links records of two existing persons, the older key survives, the younger person's
    records are re-pointed and a ``merge`` event names both keys. Nothing is split automatically:
-   a link found once is kept (a steward's correction would be a ``split`` event).
+   a steward's correction is a ``split`` event (:func:`medlake.jobs.clean.identity.split`).
 
 Earlier runs: a second registration may arrive runs after its first, alone. Each run therefore
-links its records together with the identities of every record the crosswalk already knows
+links its records together with the identities of the earlier records they could match
 (``prior``, as *anchors*: scored like the rest, but links between two anchors are dropped, since
-earlier runs decided them). Those identities exist only in the encrypted vault, so the clean
-stage decrypts them (:func:`medlake.governance.vault.linkage_identities`: in memory, never
-written, audited once per run as ``vault.link`` with counts only). The alternative, a lake table
-of keyed non-reversible features (HMACs of normalized name tokens, birth date, phone, ZIP), was
-rejected: an HMAC only compares equal or not, so every comparison level that makes this model
-work (Jaro-Winkler and edit distance on names, one-typo birth dates, the nickname table, same
-last 7 phone digits, same ZIP3) would be lost for prior records, and a second registration with
-a typo, the very case to catch, would be missed; similarity-preserving encodings (Bloom-filter
-PPRL) are re-identifiable by frequency attacks on exactly this kind of small-alphabet data.
+earlier runs decided them). Those identities exist only in the encrypted vault; the run finds
+them without decrypting it (:func:`earlier_identities`): every record's **keyed blocking
+tokens** (HMAC under the project key of the normalized values of each blocking rule: birth
+date, phone, family + formal given name, ZIP + street) are kept in
+``reference.identity_tokens``, and only the vault records whose tokens equal one of this run's
+are decrypted (:func:`medlake.governance.vault.linkage_candidates`: in memory, never written,
+audited once per run as ``vault.link`` with counts only). The tokens only find candidates,
+exactly as the blocking rules do within a run; every comparison level (Jaro-Winkler, one-slip
+birth dates, nicknames, same last 7 phone digits) still runs on the decrypted candidates. A token
+compares equal or not and cannot be reversed without the key.
 
 Merges re-key earlier rows: :func:`rekey` moves every silver row still under an absorbed person
-to the survivor (key and date shift, :func:`remap`), one MERGE per table, after the gate.
+to the survivor (key and date shift, :func:`remap`), one MERGE per table, after the gate. A row
+that moves keeps the key ingest gave it in ``_prelink_key``, so a split can move it back.
 
 Model: the m probabilities are documented priors (:data:`M_PRIORS`, what fraction of true
-duplicates fall in each level); the u probabilities are estimated by random sampling (fallback:
-:data:`U_PRIORS` when a level is never seen, e.g. in a 50-patient sample); with at least
-``em_min_records`` records the m probabilities are re-estimated by EM on two blocking rules.
-The prior match probability is ``expected_matches_per_record / (records - 1)``.
+duplicates fall in each level); with at least ``u_min_records`` records the u probabilities are
+estimated by random sampling (fallback: :data:`U_PRIORS` when a level is never seen, and for a
+smaller run, whose few records and their token candidates, all alike, say nothing about
+strangers); with at least ``em_min_records`` records the m probabilities are re-estimated by EM
+on two blocking rules and exact agreement on given name, family name and city is adjusted for
+how common the value is (term frequencies). :attr:`Linkage.model` says which, in words; the
+resolve ledger entry carries it. The prior match probability is
+``expected_matches_per_record / (population - 1)``, the population being every record the lake
+knows, not only those linked in this run.
 
 Twins: siblings born the same day share family name, birth date, address, phone and ZIP: under
 independence those agreements outweigh anything. A given name that is neither similar nor a
 nickname of the other (nor one edit away) is therefore a veto: its m is fixed at
-``GIVEN_VETO_M`` and EM never raises it. The price: a registration under an unrelated given
-name is never linked by Splink (an MRN still links it).
+``GIVEN_VETO_M`` and EM never raises it. Twins with similar names are caught by the rules: of
+opposite sex by the sex-and-name rule, of one sex by the possible-twin review rule.
 """
 
 from __future__ import annotations
