@@ -49,13 +49,14 @@ class TableSpec:
         return self.name.replace(".", "/")
 
 
-#: on every silver row keyed by a person: the person key ingest gave the row (its MRN's key, else its
-#: source key), kept when entity resolution moved the row to another person; null while the row is
-#: under that key. An unmerge (jobs/clean/identity.py split) moves rows back by it.
+#: on the silver rows FHIR and HL7 v2 feed (rekeyable=True): the person key ingest gave the row (its
+#: MRN's key, else its source key), kept when entity resolution moved the row to another person;
+#: null while the row is under that key. An unmerge (jobs/clean/identity.py split) moves rows back
+#: by it. (Vitals, imaging and variants do not carry it yet: their writers build exact schemas.)
 PRELINK_FIELD = pa.field("_prelink_key", pa.string())
 
 
-def _schema(*fields: pa.Field, lineage: bool = True, rekeyable: bool = True) -> pa.Schema:
+def _schema(*fields: pa.Field, lineage: bool = True, rekeyable: bool = False) -> pa.Schema:
     names = {f.name for f in fields}
     prelink = [PRELINK_FIELD] if lineage and rekeyable and "person_key" in names else []
     return pa.schema(list(fields) + (SILVER_LINEAGE if lineage else []) + prelink)
@@ -192,6 +193,7 @@ SILVER_PATIENTS = TableSpec(
         _f("race"),
         _f("ethnicity"),
         _f("language"),
+        rekeyable=True,
     ),
     key=("source_key",),
     description="One row per patient record per source; direct identifiers removed, dates shifted.",
@@ -210,6 +212,7 @@ SILVER_ENCOUNTERS = TableSpec(
         _f("site"),
         _f("start_at", TS),
         _f("end_at", TS),
+        rekeyable=True,
     ),
     key=("encounter_key",),
     description="One row per encounter (visit); times shifted by the patient's offset.",
@@ -240,6 +243,7 @@ SILVER_OBSERVATIONS = TableSpec(
         _f("_unit_converted_from"),  # the unit as received, when value_num was converted
         _f("_value_original", pa.float64()),  # the value as received, when converted
         _f("_range_flag"),  # 'normal' | 'low' | 'high' against the normal range; null: none known
+        rekeyable=True,
     ),
     key=("observation_key",),
     description="One row per measured value: an Observation, or one component of a panel (panel_code set).",
@@ -262,6 +266,7 @@ SILVER_CONDITIONS = TableSpec(
         _f("abatement_at", TS),
         _f("recorded_date", pa.date32()),
         *MAPPING_COLUMNS,
+        rekeyable=True,
     ),
     key=("condition_key",),
     description="One row per diagnosis or problem; ICD-10-CM and SNOMED CT codes where the source has them.",
@@ -282,6 +287,7 @@ SILVER_MEDICATIONS = TableSpec(
         _f("authored_at", TS),
         _f("dosage_text"),
         *MAPPING_COLUMNS,
+        rekeyable=True,
     ),
     key=("medication_key",),
     description="One row per medication order (MedicationRequest, RDE); RxNorm where the source has it.",
@@ -299,6 +305,7 @@ SILVER_NOTES = TableSpec(
         _f("note_text_deid", nullable=False),
         _f("phi_replaced", pa.int32(), nullable=False),
         _f("phi_entities", nullable=False),
+        rekeyable=True,
     ),
     key=("note_key",),
     description=(
@@ -540,7 +547,6 @@ SILVER_PATIENT_LINKS = TableSpec(
         _f("match_probability", pa.float64(), nullable=False),
         _f("match_weight", pa.float64()),  # null for deterministic links
         _f("rule", nullable=False),  # 'prelink' (same MRN and authority) | 'splink'
-        rekeyable=False,
     ),
     key=("source_key_l", "source_key_r"),
     description=(
@@ -566,7 +572,6 @@ SILVER_PERSONS = TableSpec(
         _f("ethnicity"),
         _f("language"),
         _f("records", pa.int64(), nullable=False),  # patient records (source keys) of the person
-        rekeyable=False,
     ),
     key=("person_key",),
     description=(

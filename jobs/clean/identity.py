@@ -42,6 +42,7 @@ from medlake.registry import (
     PERSON_CROSSWALK,
     PERSON_EVENTS,
     PRELINK_FIELD,
+    SILVER_PATIENT_LINKS,
     SILVER_PATIENTS,
     SILVER_PERSONS,
     SILVER_TABLES,
@@ -49,6 +50,8 @@ from medlake.registry import (
 )
 
 Status = Literal["open", "approved", "rejected"]
+#: silver tables a split does not move row by row: persons are recomputed, links are history
+NOT_MOVED = (SILVER_PERSONS.name, SILVER_PATIENT_LINKS.name)
 STEWARD_ROLE = "data_steward"
 
 
@@ -76,7 +79,9 @@ class Split:
     new_person_key: str
     moved_records: tuple[str, ...]
     rows_moved: dict[str, int]
-    unattributed: dict[str, int]  # rows of a table without provenance (a lake older than it): left
+    #: rows of the split person in a table without provenance (vitals, imaging, variants; a lake
+    #: older than ``_prelink_key``): they stay with the person keeping the key, counted here
+    unattributed: dict[str, int]
 
 
 def _decision_id(action: str, now: datetime) -> str:
@@ -339,14 +344,14 @@ def move_rows(
     entries: list[Entry] = []
     for name in SILVER_TABLES:
         spec = TABLES[name]
-        if PRELINK_FIELD.name not in spec.schema.names or not lake.exists(name):
+        if "person_key" not in spec.schema.names or not lake.exists(name) or name in NOT_MOVED:
             continue
         rows = dedup._plain(
             lake.read(name, filter=pc.field("person_key").cast(pa.string()) == person_key)
         )
         if rows.num_rows == 0:
             continue
-        if PRELINK_FIELD.name not in rows.column_names:
+        if PRELINK_FIELD.name not in rows.column_names:  # vitals, imaging, variants; an older lake
             unattributed[name] = rows.num_rows
             continue
         origin = pc.coalesce(rows.column(PRELINK_FIELD.name), rows.column("person_key"))

@@ -411,3 +411,26 @@ def test_review_list_and_reject_through_the_cli(tmp_path: Path, monkeypatch) -> 
     assert identity.queue(lake) == []
     [entry] = [e for e in audit.read(lake) if e.action == "identity.reject"]
     assert entry.actor == "steward1" and json.loads(entry.details)["reason"] == "different people"
+
+
+def test_a_vault_without_tokens_is_tokenized_once_then_only_collisions_are_decrypted(tmp_path: Path) -> None:
+    """A lake from before the tokens: its vault records are decrypted once and get their tokens;
+    the next run decrypts only the records sharing a token with its own."""
+    from medlake.governance import vault
+    from medlake.governance.crypto import Keyring
+
+    lake, keyring = Lake(tmp_path / "lake"), Keyring.from_dir(tmp_path / "keys", create=True)
+    earlier = [r for r, _ in town()] + [person_record("nadia", "Nadia", "Petrova", "1983-04-12", "female")[0]]
+    vault.store(lake, earlier, keyring=keyring)
+    newcomer = person_record("nadia2", "Nadia", "Petrova", "1983-04-12", "female", phone="617-555-0999")[0]
+
+    first = dedup.earlier_identities(lake, [newcomer], key=KEY, keyring=keyring, audit_key=AUDIT_KEY, run_id="r1")
+    assert [i["source_key"] for i in first] == ["nadia"]  # only the collision comes back
+    assert {t["source_key"] for t in lake.read(IDENTITY_TOKENS.name).to_pylist()} == {
+        *(i["source_key"] for i in earlier), "nadia2"}
+    vault.store(lake, [newcomer], keyring=keyring)  # as the pipeline does after resolution
+    second = dedup.earlier_identities(lake, [{**newcomer, "source_key": "nadia3"}], key=KEY, keyring=keyring,
+                                      audit_key=AUDIT_KEY, run_id="r2")
+    assert sorted(i["source_key"] for i in second) == ["nadia", "nadia2"]
+    asked = [json.loads(e.details)["asked"] for e in audit.read(lake) if e.action == "vault.link"]
+    assert asked == [len(earlier), 2]  # the one-time backfill, then the two collisions only
