@@ -552,9 +552,30 @@ def model_description(records: int, options: LinkOptions) -> str:
     return "m by EM on two blocking rules, u by random sampling, names and city term-frequency adjusted"
 
 
-def _splink_pairs(records: pa.Table, options: LinkOptions) -> pa.Table:
-    """Splink's scored pairs at or above the review threshold (columns of :data:`LINKS`)."""
-    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+def splink_jar() -> str:
+    """The jar of Splink's Spark similarity functions (Jaro-Winkler, Damerau-Levenshtein), shipped
+    inside the splink package: a Spark session for :func:`link` lists it in ``spark.jars``."""
+    from splink.backends.spark import similarity_jar_location
+
+    return str(similarity_jar_location())
+
+
+def _database(spark: Any | None) -> Any:
+    """Splink's database: DuckDB in memory, or Spark (its Spark backend) on the given session."""
+    from splink import DuckDBAPI
+
+    if spark is None:
+        return DuckDBAPI()
+    from splink.backends.spark import SparkAPI
+
+    # persist, not checkpoint: no checkpoint directory to configure, and a few thousand pairs fit
+    return SparkAPI(spark_session=spark, break_lineage_method="persist")
+
+
+def _splink_pairs(records: pa.Table, options: LinkOptions, spark: Any | None = None) -> pa.Table:
+    """Splink's scored pairs at or above the review threshold (columns of :data:`LINKS`), on DuckDB
+    or, given a Spark session, on Splink's Spark backend (same comparisons, same SQL)."""
+    from splink import Linker, SettingsCreator, block_on
 
     n = records.num_rows
     large = n >= options.em_min_records
@@ -570,7 +591,7 @@ def _splink_pairs(records: pa.Table, options: LinkOptions) -> pa.Table:
         retain_intermediate_calculation_columns=False,
         retain_matching_columns=False,
     )
-    db = DuckDBAPI()
+    db = _database(spark)
     linker = Linker(
         db.register(records.drop_columns(["prelink_key", "source_system", "suffix"])),
         settings,
@@ -749,6 +770,7 @@ def link(
     *,
     anchors: Collection[str] = (),
     apart: Collection[frozenset[str]] = frozenset(),
+    spark: Any | None = None,
 ) -> Linkage:
     """:data:`FEATURES` rows → merged links, one cluster per real person, and pairs for review.
 
@@ -757,9 +779,11 @@ def link(
     involving an anchor has it on the left: the right-hand record is always one of this run.
     ``apart``: pairs a steward decided are two people (a rejected review, a split): never merged,
     never queued again. Splink needs at least two records; with fewer only same-MRN links exist.
+    ``spark``: a Spark session (with :func:`splink_jar` in ``spark.jars``) to score on Splink's
+    Spark backend instead of DuckDB.
     """
     rows = {r["source_key"]: r for r in records.to_pylist()}
-    splink = _splink_pairs(records, options) if records.num_rows >= 2 else LINKS.empty_table()
+    splink = _splink_pairs(records, options, spark) if records.num_rows >= 2 else LINKS.empty_table()
     prelinked = _prelink_pairs(records)
     if anchors:
         splink, prelinked = (_anchored(t, set(anchors)) for t in (splink, prelinked))
