@@ -141,9 +141,11 @@ class People:
         segments = [
             f"MSH|^~\\&|LAB_ADT|HELDOUT_LAB|MEDLAKE|MEDLAKE|{sent}||ADT^A04^ADT_A01|{rid}|P|2.5.1",
             f"EVN|A04|{sent}",
-            f"PID|1||{rid}^^^&{LAB_MRN}&URI^MR||{p['family'].upper()}^{p['given'].upper()}^^{suffix}||"
-            f"{p['born'].strftime('%Y%m%d')}|{'M' if p['sex'] == 'male' else 'F'}|||"
-            f"{p['home']['street']}^^{p['home']['city']}^{p['home']['state']}^{p['home']['zip']}^USA^H||{phone}",
+            (
+                f"PID|1||{rid}^^^&{LAB_MRN}&URI^MR||{p['family'].upper()}^{p['given'].upper()}^^{suffix}||"
+                f"{p['born'].strftime('%Y%m%d')}|{'M' if p['sex'] == 'male' else 'F'}|||"
+                f"{p['home']['street']}^^{p['home']['city']}^{p['home']['state']}^{p['home']['zip']}^USA^H||{phone}"
+            ),
             "PV1|1|O",
         ]
         self.records.append({"kind": "hl7", "id": rid, "person": person,

@@ -95,7 +95,6 @@ from medlake.registry import (
     SILVER_PATIENTS,
     SILVER_PERSONS,
     TABLES,
-    TS,
     TableSpec,
 )
 
@@ -418,9 +417,11 @@ def review_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None
     """Why a pair, however probable, needs a steward (:data:`REVIEW_REASONS`), if it does."""
     born_l, born_r = left["birth_date"], right["birth_date"]
     given_l, given_r = left["given_formal"], right["given_formal"]
-    if born_l and born_l == born_r and given_l and given_r and given_l != given_r:
-        if _osa(given_l, given_r) >= 3 or (known_given(given_l) and known_given(given_r)):
-            return "identity.possible_twin"  # Ava/Eva: two real names, not a slip of the keyboard
+    two_names = bool(given_l and given_r and given_l != given_r) and (
+        _osa(given_l, given_r) >= 3 or (known_given(given_l) and known_given(given_r))
+    )
+    if born_l and born_l == born_r and two_names:
+        return "identity.possible_twin"  # Ava/Eva: two real names, not a slip of the keyboard
     if born_l and born_r and born_l != born_r and abs(int(born_l[:4]) - int(born_r[:4])) >= 10:
         return "identity.birth_year_far"
     contact = [(left[f], right[f]) for f in ("phone", "street") if left[f] and right[f]]
@@ -569,7 +570,7 @@ def _database(spark: Any | None) -> Any:
     from splink.backends.spark import SparkAPI
 
     # persist, not checkpoint: no checkpoint directory to configure, and a few thousand pairs fit
-    return SparkAPI(spark_session=spark, break_lineage_method="persist")
+    return SparkAPI(spark_session=spark, break_lineage_method="persist")  # type: ignore[no-untyped-call]
 
 
 def _splink_pairs(records: pa.Table, options: LinkOptions, spark: Any | None = None) -> pa.Table:

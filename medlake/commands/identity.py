@@ -64,7 +64,7 @@ def review_list(
     """
     from medlake.jobs.clean.identity import queue
 
-    rows = queue(_lake(lake), status=None if status == "all" else status)  # type: ignore[arg-type]
+    rows = queue(_lake(lake), status=None if status == "all" else status)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
         return
