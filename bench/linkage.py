@@ -199,14 +199,17 @@ def main() -> None:
     )
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--merge-threshold", type=float, default=dedup.LinkOptions().threshold)
+    parser.add_argument("--review-threshold", type=float, default=dedup.LinkOptions().review_threshold)
     args = parser.parse_args()
+    options = dedup.LinkOptions(threshold=args.merge_threshold, review_threshold=args.review_threshold)
 
     identities, planted = people(args.records, seed=args.seed)
     sex = {i["source_key"]: i["_sex"] for i in identities}
     start = time.perf_counter()
     records = dedup.features(identities, sex=sex)
     featured = time.perf_counter()
-    linkage = dedup.link(records)
+    linkage = dedup.link(records, options)
     linked = time.perf_counter()
 
     members: dict[str, list[str]] = defaultdict(list)
@@ -227,10 +230,16 @@ def main() -> None:
         f"splink linkage         {linked - featured:>9.1f} s   (u by sampling, m by EM: "
         f"{'yes' if records.num_rows >= dedup.LinkOptions().em_min_records else 'no, priors'})"
     )
-    print(f"links at threshold     {linkage.links.num_rows:>10,}")
+    print(f"model                  {linkage.model}")
+    print(f"links at threshold     {linkage.links.num_rows:>10,}   (merge at {options.threshold})")
+    queued = {frozenset((r["source_key_l"], r["source_key_r"])) for r in linkage.review.to_pylist()}
+    print(f"review queue           {len(queued):>10,}   ({len(queued & planted):,} planted duplicates)")
+    print(f"kept apart by rules    {linkage.refused:>10,}")
     print(f"persons                {len(members):>10,}")
     print(f"precision              {hits / len(found) if found else 0:>10.3f}")
     print(f"recall                 {hits / len(planted) if planted else 0:>10.3f}")
+    print(f"false merged pairs     {len(found - planted):>10,}")
+    print(f"recall merged|queued   {len(planted & (found | queued)) / len(planted) if planted else 0:>10.3f}")
     print(f"peak RSS               {peak_mib:>9.0f} MiB")
 
 

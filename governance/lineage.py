@@ -316,6 +316,8 @@ FHIR_COLUMNS: dict[str, dict[str, tuple[str, Kind]]] = {
         ),
     },
 }
+for _columns in FHIR_COLUMNS.values():  # the key ingest gave the row, kept when resolution moves it
+    _columns["_prelink_key"] = _columns["person_key"]
 
 _KIND_WORDS: dict[Kind, tuple[str, bool]] = {
     "copy": ("", False),

@@ -280,6 +280,63 @@ def linkage_identities(
     return found
 
 
+def source_keys(lake: Lake) -> set[str]:
+    """The source keys the vault holds an identity for (nothing decrypted, nothing audited)."""
+    return {str(r["source_key"]) for r in _rows(lake, columns=["source_key"])}
+
+
+def linkage_candidates(
+    lake: Lake,
+    wanted: Collection[str],
+    *,
+    keyring: Keyring,
+    audit_key: bytes,
+    run_id: str,
+) -> list[dict[str, Any]]:
+    """The identities of the ``wanted`` source keys only, decrypted for entity resolution.
+
+    The clean stage asks for the earlier records whose keyed blocking tokens collide with this
+    run's (``reference.identity_tokens``), never for the whole vault. Like
+    :func:`linkage_identities`: in memory only, audited once as ``vault.link`` with counts only
+    (records asked for, decrypted, persons), after decryption succeeded or failed.
+    """
+    asked = set(wanted)
+    if not asked:
+        return []
+    rows = _rows(lake, filter=pc.field("source_key").cast(pa.string()).isin(pa.array(sorted(asked), pa.string())))
+
+    def record(outcome: str, records: int) -> None:
+        audit.append(
+            lake,
+            key=audit_key,
+            actor="medlake_pipeline",
+            role="system",
+            action="vault.link",
+            object=TABLE,
+            run_id=run_id,
+            purpose="entity_resolution",
+            details={
+                "outcome": outcome,
+                "scope": "blocking_candidates",
+                "asked": len(asked),
+                "records": records,
+                "persons": len({r["person_key"] for r in rows}),
+            },
+        )
+
+    try:
+        keyring = keyring.refreshed()
+        found = [
+            {**json.loads(_open(row, keyring)), "person_key": row["person_key"], "source_key": row["source_key"]}
+            for row in rows
+        ]
+    except (VaultKeyError, KeyringError) as exc:
+        record("key_error", 0)
+        raise VaultKeyError(f"the vault cannot be read for linkage: {exc}") from None
+    record("ok", len(found))
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # rotate
 

@@ -207,14 +207,15 @@ def clean(
     awaiting the gate.
 
     The FHIR chain streams through the engine, one resource type at a time, each resource parsed
-    once (:func:`clean_fhir`): flatten (validate, view, pseudonymize, shift) into the run's
-    scratch, then standardize and re-key into ``staging.<table>``; the notes and the types no
-    silver table reads are streamed the same way. Only the run's Patients (and HL7 v2 messages)
-    are held in memory, for entity resolution.
+    once: flatten (validate, view, pseudonymize, shift) into the run's scratch, then standardize
+    and re-key into ``staging.<table>``; the notes and the types no silver table reads are
+    streamed the same way. Only the run's Patients (and HL7 v2 messages) are held in memory, for
+    entity resolution.
 
-    With a ``keyring``, the identities stripped from patients go encrypted into the vault first,
-    and the identities of earlier runs are decrypted from it (in memory, audited once as
-    ``vault.link`` under ``audit_key``) so this run's records link to earlier runs' persons.
+    With a ``keyring``, the identities stripped from patients go encrypted into the vault, and the
+    identities of earlier records whose keyed blocking tokens (``reference.identity_tokens``) equal
+    one of this run's are decrypted from it (those only, in memory, audited once as ``vault.link``
+    under ``audit_key``) so this run's records link to earlier runs' persons.
     Standardization has its own ledger entry per table, counted in rows (``standardize``: rows in
     = rows out + rows quarantined). ``on_unmapped`` per silver table, default quarantine; the
     concept maps are ``reference.concept_maps`` (at ``concept_maps_version``).
@@ -286,19 +287,21 @@ def clean(
 
     # entity resolution over this run's patient rows (few: held in memory)
     patient_rows = DeltaTable(flat["Patient"]).to_pyarrow_dataset().to_table(use_threads=False)
-    prior = (
-        vault.linkage_identities(
-            lake,
-            keyring=keyring,
-            audit_key=audit_key,
-            run_id=run_id,
-            skip={i["source_key"] for i in identities},
+    prior = (  # only earlier records sharing a keyed blocking token are decrypted
+        dedup.earlier_identities(
+            lake, identities, key=key, keyring=keyring, audit_key=audit_key, run_id=run_id
         )
         if keyring is not None and audit_key is not None and patient_rows.num_rows
         else []  # no patient record in this run: nothing to link, nothing decrypted
     )
     resolved = dedup.resolve(
-        lake, identities, patient_rows, run_id=run_id, now=datetime.now(UTC), prior=prior
+        lake,
+        identities,
+        patient_rows,
+        run_id=run_id,
+        now=datetime.now(UTC),
+        prior=prior,
+        options=dedup.link_options(Settings().identity),
     )
     if keyring is not None:  # the vault keys identities by the resolved person
         person = resolved.person_of

@@ -15,6 +15,7 @@ from medlake import ledger as ledger_mod
 from medlake.commands import access, ml, views
 from medlake.commands.deid import deid_app
 from medlake.commands.governance import audit_app, vault_app
+from medlake.commands.identity import identity_app
 from medlake.commands.lineage import app as lineage_app
 from medlake.commands.report import report as report_command
 from medlake.config import load_settings, settings_table
@@ -33,6 +34,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(ml.dataset_app, name="dataset")
 app.command("train")(ml.train)
 app.add_typer(vault_app, name="vault")
+app.add_typer(identity_app, name="identity")
 app.add_typer(views.views_app, name="views")
 app.add_typer(deid_app, name="deid")
 app.command("report")(report_command)

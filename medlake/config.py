@@ -171,6 +171,23 @@ class MlflowSettings(BaseModel):
     )
 
 
+class IdentitySettings(BaseModel):
+    """Entity resolution (jobs/clean/dedup.py): when two patient records are one person."""
+
+    merge_threshold: float = Field(
+        default=0.90, ge=0.0, le=1.0,
+        description="A pair at or above this match probability is merged into one person automatically.",
+    )
+    review_threshold: float = Field(
+        default=0.50, ge=0.0, le=1.0,
+        description="A pair from here up to the merge threshold waits in reference.identity_review; below it, apart.",
+    )
+    em_min_records: int = Field(
+        default=5000, ge=2,
+        description="Below this many records m stays at its priors and names get no term-frequency adjustment.",
+    )
+
+
 class Settings(BaseSettings):
     """Every medlake setting. See the README's settings table."""
 
@@ -200,6 +217,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = SparkSettings()
     mlflow: MlflowSettings = MlflowSettings()
     lineage: LineageSettings = LineageSettings()
+    identity: IdentitySettings = IdentitySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -49,8 +49,17 @@ class TableSpec:
         return self.name.replace(".", "/")
 
 
-def _schema(*fields: pa.Field, lineage: bool = True) -> pa.Schema:
-    return pa.schema(list(fields) + (SILVER_LINEAGE if lineage else []))
+#: on the silver rows FHIR and HL7 v2 feed (rekeyable=True): the person key ingest gave the row (its
+#: MRN's key, else its source key), kept when entity resolution moved the row to another person;
+#: null while the row is under that key. An unmerge (jobs/clean/identity.py split) moves rows back
+#: by it. (Vitals, imaging and variants do not carry it yet: their writers build exact schemas.)
+PRELINK_FIELD = pa.field("_prelink_key", pa.string())
+
+
+def _schema(*fields: pa.Field, lineage: bool = True, rekeyable: bool = False) -> pa.Schema:
+    names = {f.name for f in fields}
+    prelink = [PRELINK_FIELD] if lineage and rekeyable and "person_key" in names else []
+    return pa.schema(list(fields) + (SILVER_LINEAGE if lineage else []) + prelink)
 
 
 _STRING = pa.string()
@@ -184,6 +193,7 @@ SILVER_PATIENTS = TableSpec(
         _f("race"),
         _f("ethnicity"),
         _f("language"),
+        rekeyable=True,
     ),
     key=("source_key",),
     description="One row per patient record per source; direct identifiers removed, dates shifted.",
@@ -202,6 +212,7 @@ SILVER_ENCOUNTERS = TableSpec(
         _f("site"),
         _f("start_at", TS),
         _f("end_at", TS),
+        rekeyable=True,
     ),
     key=("encounter_key",),
     description="One row per encounter (visit); times shifted by the patient's offset.",
@@ -232,6 +243,7 @@ SILVER_OBSERVATIONS = TableSpec(
         _f("_unit_converted_from"),  # the unit as received, when value_num was converted
         _f("_value_original", pa.float64()),  # the value as received, when converted
         _f("_range_flag"),  # 'normal' | 'low' | 'high' against the normal range; null: none known
+        rekeyable=True,
     ),
     key=("observation_key",),
     description="One row per measured value: an Observation, or one component of a panel (panel_code set).",
@@ -254,6 +266,7 @@ SILVER_CONDITIONS = TableSpec(
         _f("abatement_at", TS),
         _f("recorded_date", pa.date32()),
         *MAPPING_COLUMNS,
+        rekeyable=True,
     ),
     key=("condition_key",),
     description="One row per diagnosis or problem; ICD-10-CM and SNOMED CT codes where the source has them.",
@@ -274,6 +287,7 @@ SILVER_MEDICATIONS = TableSpec(
         _f("authored_at", TS),
         _f("dosage_text"),
         *MAPPING_COLUMNS,
+        rekeyable=True,
     ),
     key=("medication_key",),
     description="One row per medication order (MedicationRequest, RDE); RxNorm where the source has it.",
@@ -291,6 +305,7 @@ SILVER_NOTES = TableSpec(
         _f("note_text_deid", nullable=False),
         _f("phi_replaced", pa.int32(), nullable=False),
         _f("phi_entities", nullable=False),
+        rekeyable=True,
     ),
     key=("note_key",),
     description=(
@@ -607,15 +622,59 @@ PERSON_EVENTS = TableSpec(
         [
             _f("event_id", nullable=False),
             _f("run_id", nullable=False),
-            _f("event", nullable=False),  # 'new' | 'join' | 'merge'
-            _f("person_key", nullable=False),  # the (surviving) person
-            _f("from_person_key"),  # merge: the person absorbed
+            _f("event", nullable=False),  # 'new' | 'join' | 'merge' | 'rekey' | 'split'
+            _f("person_key", nullable=False),  # the (surviving) person; split: the new person
+            _f("from_person_key"),  # merge: the person absorbed; split: the person split
             _f("source_key"),  # new, join: the record
             _f("recorded_at", TS, nullable=False),
         ]
     ),
     key=("event_id",),
     description="What entity resolution did to persons, per run: records creating or joining a person, merges.",
+)
+
+IDENTITY_REVIEW = TableSpec(
+    name="reference.identity_review",
+    schema=pa.schema(
+        [
+            _f("pair_id", nullable=False),  # keyed hash of the two source keys, sorted
+            _f("source_key_l", nullable=False),
+            _f("source_key_r", nullable=False),
+            _f("match_probability", pa.float64(), nullable=False),
+            _f("match_weight", pa.float64()),
+            _f("reason", nullable=False),  # identity.<rule>: why a steward decides (jobs/clean/dedup.py)
+            _f("evidence", nullable=False),  # JSON field → agree|similar|differ|missing (no values)
+            _f("status", nullable=False),  # open → approved (merged) | rejected (kept apart)
+            _f("run_id", nullable=False),  # the run that queued the pair, or the split that decided it
+            _f("queued_at", TS, nullable=False),
+            _f("decided_by"),
+            _f("decided_at", TS),
+            _f("decision_reason"),
+        ]
+    ),
+    key=("pair_id",),
+    description=(
+        "Pairs of patient records entity resolution could not decide alone (between the review and the "
+        "merge thresholds, or a review rule): a steward approves (merge) or rejects (two people); a "
+        "rejected pair, or one a split separated, is never merged or queued again. Pseudonyms only."
+    ),
+)
+
+IDENTITY_TOKENS = TableSpec(
+    name="reference.identity_tokens",
+    schema=pa.schema(
+        [
+            _f("source_key", nullable=False),
+            _f("rule", nullable=False),  # the blocking rule: birth_date | phone | name | address
+            _f("token", nullable=False),  # HMAC(project key, rule, normalized values): not reversible
+            _f("run_id", nullable=False),
+        ]
+    ),
+    key=("source_key", "rule"),
+    description=(
+        "Keyed blocking tokens of every patient record in the vault, one per blocking rule: a later run "
+        "finds the earlier records its records could match by equal tokens and decrypts only those."
+    ),
 )
 
 QUARANTINE = TableSpec(
@@ -701,6 +760,8 @@ TABLES: dict[str, TableSpec] = {
         PERSON_CROSSWALK,
         PATIENT_ALIASES,
         PERSON_EVENTS,
+        IDENTITY_REVIEW,
+        IDENTITY_TOKENS,
         QUARANTINE,
         LEDGER,
     )

@@ -207,8 +207,10 @@ VITALS_GRIDS: dict[str, tuple[timedelta, timedelta]] = {
 
 # -- entity resolution (jobs/clean/dedup.py) ------------------------------------------------------
 
-#: a pair of patient records at or above this Splink match probability is one person
-LINK_THRESHOLD = 0.95
+#: a pair of patient records at or above this Splink match probability is one person (merged)
+LINK_THRESHOLD = 0.90
+#: a pair from this probability up to LINK_THRESHOLD waits for a steward (reference.identity_review)
+REVIEW_THRESHOLD = 0.50
 #: the prior: how many other records of the same person a record has, on average
 EXPECTED_MATCHES_PER_RECORD = 1.0
 #: below this many patient records the m probabilities stay at their documented priors (no EM)

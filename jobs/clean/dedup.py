@@ -4,70 +4,93 @@ Three pure steps and one persistent table:
 
 1. :func:`features`: the identities the vault receives (``fhir.patient_identities``,
    ``hl7v2.patient_identities``: FHIR-shaped names, telecom, address) → one row per source record
-   of normalized linkage fields (first given name and its formal form, family name, birth date,
-   sex, street line, city, ZIP5, phone as 10 digits), plus its ``prelink_key``: the person key the
-   ingest gave it (the MRN's key when the record carries an MRN with its authority, else its
-   source key). This PHI table lives in memory only (DuckDB in-memory), never in the lake.
+   of normalized linkage fields (first given name and its formal form, family name, generational
+   suffix (Sr, Jr, II…), birth date, sex, street line, city, ZIP5, phone as 10 digits), plus its
+   ``prelink_key``: the person key the ingest gave it (the MRN's key when the record carries an
+   MRN with its authority, else its source key). This PHI table lives in memory only (DuckDB in-memory), never in the lake.
 2. :func:`link`: Splink 5 on DuckDB scores candidate pairs (Fellegi-Sunter); records sharing a
-   prelink key are linked deterministically (probability 1: same MRN under the same authority);
-   clusters are the connected components of both kinds of link at ``threshold``.
+   prelink key are linked deterministically (probability 1: same MRN under the same authority).
+   Each scored pair falls in one of three zones (:func:`zones`): **merge** at or above
+   ``threshold``; **review** from ``review_threshold`` up, or whenever a review rule fires
+   (:data:`REVIEW_REASONS`: same birth date with two real first names, a possible twin; birth
+   years ten or more apart by one digit; phone and street both different); **apart** below, or
+   whenever a hard non-match rule fires (:data:`NONMATCH_RULES`: generational suffixes differ;
+   sex and first name both differ; birth dates beyond one keying slip). Clusters are built from
+   the merge links in order of probability (:func:`cluster`), refusing a link that would put two
+   records a rule or a steward (``apart``) keeps apart into one person: the refused link goes to
+   review. Review pairs go to ``reference.identity_review`` (:mod:`.identity`: a steward
+   approves, rejects, or splits a person).
 3. :func:`assign`: clusters + the crosswalk (``reference.person_crosswalk``: source_key →
    person_key) → this run's crosswalk rows and events (``reference.person_events``). A record
    keeps its person_key forever; a new record joining an existing person takes its key; when a
    run links records of two existing persons, the older key survives, the younger person's
    records are re-pointed and a ``merge`` event names both keys. Nothing is split automatically:
-   a link found once is kept (a steward's correction would be a ``split`` event).
+   a steward's correction is a ``split`` event (:func:`medlake.jobs.clean.identity.split`).
 
 Earlier runs: a second registration may arrive runs after its first, alone. Each run therefore
-links its records together with the identities of every record the crosswalk already knows
+links its records together with the identities of the earlier records they could match
 (``prior``, as *anchors*: scored like the rest, but links between two anchors are dropped, since
-earlier runs decided them). Those identities exist only in the encrypted vault, so the clean
-stage decrypts them (:func:`medlake.governance.vault.linkage_identities`: in memory, never
-written, audited once per run as ``vault.link`` with counts only). The alternative, a lake table
-of keyed non-reversible features (HMACs of normalized name tokens, birth date, phone, ZIP), was
-rejected: an HMAC only compares equal or not, so every comparison level that makes this model
-work (Jaro-Winkler and edit distance on names, one-typo birth dates, the nickname table, same
-last 7 phone digits, same ZIP3) would be lost for prior records, and a second registration with
-a typo, the very case to catch, would be missed; similarity-preserving encodings (Bloom-filter
-PPRL) are re-identifiable by frequency attacks on exactly this kind of small-alphabet data.
+earlier runs decided them). Those identities exist only in the encrypted vault; the run finds
+them without decrypting it (:func:`earlier_identities`): every record's **keyed blocking
+tokens** (HMAC under the project key of the normalized values of each blocking rule: birth
+date, phone, family + formal given name, ZIP + street) are kept in
+``reference.identity_tokens``, and only the vault records whose tokens equal one of this run's
+are decrypted (:func:`medlake.governance.vault.linkage_candidates`: in memory, never written,
+audited once per run as ``vault.link`` with counts only). The tokens only find candidates,
+exactly as the blocking rules do within a run; every comparison level (Jaro-Winkler, one-slip
+birth dates, nicknames, same last 7 phone digits) still runs on the decrypted candidates. A token
+compares equal or not and cannot be reversed without the key.
 
 Merges re-key earlier rows: :func:`rekey` moves every silver row still under an absorbed person
-to the survivor (key and date shift, :func:`remap`), one MERGE per table, after the gate.
+to the survivor (key and date shift, :func:`remap`), one MERGE per table, after the gate. A row
+that moves keeps the key ingest gave it in ``_prelink_key``, so a split can move it back.
 
 Model: the m probabilities are documented priors (:data:`M_PRIORS`, what fraction of true
-duplicates fall in each level); the u probabilities are estimated by random sampling (fallback:
-:data:`U_PRIORS` when a level is never seen, e.g. in a 50-patient sample); with at least
-``em_min_records`` records the m probabilities are re-estimated by EM on two blocking rules.
-The prior match probability is ``expected_matches_per_record / (records - 1)``.
+duplicates fall in each level); with at least ``u_min_records`` records the u probabilities are
+estimated by random sampling (fallback: :data:`U_PRIORS` when a level is never seen, and for a
+smaller run, whose few records and their token candidates, all alike, say nothing about
+strangers); with at least ``em_min_records`` records the m probabilities are re-estimated by EM
+on two blocking rules and exact agreement on given name, family name and city is adjusted for
+how common the value is (term frequencies). :attr:`Linkage.model` says which, in words; the
+resolve ledger entry carries it. The prior match probability is
+``expected_matches_per_record / (population - 1)``, the population being every record the lake
+knows, not only those linked in this run.
 
 Twins: siblings born the same day share family name, birth date, address, phone and ZIP: under
 independence those agreements outweigh anything. A given name that is neither similar nor a
 nickname of the other (nor one edit away) is therefore a veto: its m is fixed at
-``GIVEN_VETO_M`` and EM never raises it. The price: a registration under an unrelated given
-name is never linked by Splink (an MRN still links it).
+``GIVEN_VETO_M`` and EM never raises it. Twins with similar names are caught by the rules: of
+opposite sex by the sex-and-name rule, of one sex by the possible-twin review rule.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from medlake.governance import vault
+from medlake.governance.crypto import Keyring
 from medlake.governance.deid import date_shift_days
+from medlake.governance.pseudonyms import keyed_hash
 from medlake.jobs.clean import config
 from medlake.lake import Lake, conform
 from medlake.ledger import Entry
 from medlake.registry import (
+    IDENTITY_REVIEW,
+    IDENTITY_TOKENS,
     PERSON_CROSSWALK,
     PERSON_EVENTS,
+    PRELINK_FIELD,
     SILVER_PATIENT_LINKS,
     SILVER_PATIENTS,
     SILVER_PERSONS,
@@ -118,6 +141,7 @@ FEATURES = pa.schema(
         pa.field("given", pa.string()),
         pa.field("given_formal", pa.string()),
         pa.field("family", pa.string()),
+        pa.field("suffix", pa.string()),  # generational: JR, SR, II, III, IV
         pa.field("birth_date", pa.string()),  # YYYY-MM-DD
         pa.field("sex", pa.string()),
         pa.field("street", pa.string()),
@@ -145,12 +169,25 @@ CLUSTERS = pa.schema(
     ]
 )
 
+#: pairs a steward should look at (reference.identity_review): the pair, Splink's figures, why
+REVIEW = pa.schema(
+    [
+        pa.field("source_key_l", pa.string(), nullable=False),
+        pa.field("source_key_r", pa.string(), nullable=False),
+        pa.field("match_probability", pa.float64(), nullable=False),
+        pa.field("match_weight", pa.float64()),
+        pa.field("reason", pa.string(), nullable=False),  # identity.<rule>, see REVIEW_REASONS
+        pa.field("evidence", pa.string(), nullable=False),  # JSON field → agree|similar|differ|missing
+    ]
+)
+
 #: m priors per comparison, from its best level down to "else" (null levels carry no weight)
 M_PRIORS: dict[str, tuple[float, ...]] = {
     # exact, formal form equal, JW≥.92, one edit (short names: Mei/Msi, Ana/Aan), JW≥.85, else
     "given": (0.70, 0.12, 0.06, 0.05, 0.06, 0.01),
-    "family": (0.80, 0.12, 0.05, 0.03),  # exact, JW≥.92, JW≥.85, else
-    "birth_date": (0.93, 0.05, 0.02),  # exact, one typo (Damerau ≤1), else
+    "family": (0.80, 0.12, 0.05, 0.03),  # exact, JW≥.92, JW≥.85, else (a married name)
+    # exact, same year and a typo in month/day (or the two swapped), a typo in the year, else
+    "birth_date": (0.93, 0.05, 0.015, 0.005),
     "sex": (0.97, 0.03),
     "street": (0.80, 0.10, 0.10),  # exact, JW≥.88, else (people move)
     "zip5": (0.85, 0.05, 0.02, 0.08),  # exact, same ZIP3, same city, else
@@ -160,7 +197,7 @@ M_PRIORS: dict[str, tuple[float, ...]] = {
 U_PRIORS: dict[str, tuple[float, ...]] = {
     "given": (0.004, 0.001, 0.002, 0.002, 0.01, 0.981),
     "family": (0.002, 0.002, 0.01, 0.986),
-    "birth_date": (0.0001, 0.002, 0.9979),
+    "birth_date": (0.0001, 0.0008, 0.0012, 0.9979),
     "sex": (0.5, 0.5),
     "street": (0.0005, 0.002, 0.9975),
     "zip5": (0.01, 0.05, 0.02, 0.92),
@@ -170,23 +207,59 @@ U_PRIORS: dict[str, tuple[float, ...]] = {
 #: street, ZIP) are not independent and at 100k records each exact agreement is worth ~2^23, so
 #: the veto must outweigh all of them together: 2^-100
 GIVEN_VETO_M = 2.0**-100
+#: comparisons whose exact level is adjusted for how common the value is (a large run only)
+TF_COLUMNS = ("given", "family", "city")
+
+#: hard non-match rules: a pair one of these fires on is never linked, whatever Splink says
+NONMATCH_RULES: dict[str, str] = {
+    "identity.suffix_conflict": "generational suffixes differ (Sr/Jr, II/III)",
+    "identity.sex_and_given_conflict": "sex and first name both differ",
+    "identity.birth_date_far": "birth dates differ beyond a typo (more than one digit, not a day/month swap)",
+}
+#: why a pair waits for a steward instead of merging
+REVIEW_REASONS: dict[str, str] = {
+    "identity.review_zone": "match probability between the review and the merge thresholds",
+    "identity.possible_twin": "same birth date and family name, first names differ: a twin or a typo",
+    "identity.birth_year_far": "birth years ten or more apart by one digit: a typo or a parent",
+    "identity.no_shared_contact": "phone and street both known and both different: a namesake or a move",
+    "identity.cluster_conflict": "merging would put two records a rule keeps apart into one person",
+}
 
 
 @dataclass(frozen=True)
 class LinkOptions:
-    """How the linkage decides (from ``jobs.clean.config``)."""
+    """How the linkage decides (from ``jobs.clean.config``, or ``medlake.config`` through
+    :func:`link_options`)."""
 
-    threshold: float = config.LINK_THRESHOLD
+    threshold: float = config.LINK_THRESHOLD  # merge at or above
+    review_threshold: float = config.REVIEW_THRESHOLD  # queue for review at or above, below merge
     expected_matches_per_record: float = config.EXPECTED_MATCHES_PER_RECORD
     em_min_records: int = config.EM_MIN_RECORDS
+    #: below this many records u stays at its priors: random pairs of a handful of records (a
+    #: small run and the earlier records its tokens found, all alike) say nothing about strangers
+    u_min_records: int = 200
+    #: patient records the lake knows in all (the prior of a match is 1 / population); None: these
+    population: int | None = None
     u_max_pairs: float = 1e7
     seed: int = 42
 
 
+def link_options(settings: Any) -> LinkOptions:
+    """The options of ``medlake.config.IdentitySettings`` (``settings.identity``)."""
+    return LinkOptions(
+        threshold=settings.merge_threshold,
+        review_threshold=min(settings.review_threshold, settings.merge_threshold),
+        em_min_records=settings.em_min_records,
+    )
+
+
 @dataclass(frozen=True)
 class Linkage:
-    links: pa.Table  # LINKS: every pair at or above the threshold, deterministic ones included
+    links: pa.Table  # LINKS: every pair merged (same MRN, or Splink at or above the threshold)
     clusters: pa.Table  # CLUSTERS: one row per input record
+    review: pa.Table = field(default_factory=REVIEW.empty_table)  # REVIEW: pairs kept apart until a steward decides
+    refused: int = 0  # scored pairs a hard non-match rule kept apart
+    model: str = ""  # how m and u were estimated, in words (a small run falls back to priors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +290,28 @@ def normalize_date(value: Any) -> str | None:
     return "-".join(match.groups()) if match else None
 
 
+#: generational name suffixes (FHIR HumanName.suffix, HL7 v2 XPN.4, or trailing in a name) → one form
+GENERATIONAL: dict[str, str] = {
+    "JR": "JR", "JUNIOR": "JR", "SR": "SR", "SENIOR": "SR",
+    "II": "II", "2ND": "II", "III": "III", "3RD": "III", "IV": "IV", "4TH": "IV",
+}
+
+
+def _suffix(value: Any) -> str | None:
+    """The generational suffix among a FHIR suffix list or an HL7 v2 suffix string, if any."""
+    values = value if isinstance(value, list) else [value]
+    found = [GENERATIONAL.get(_upper(v) or "") for v in values if isinstance(v, str)]
+    return next((f for f in found if f), None)
+
+
+def _strip_suffix(name: str | None) -> tuple[str | None, str | None]:
+    """A normalized name without a trailing generational suffix token ("SMITH JR" → SMITH, JR)."""
+    tokens = (name or "").split()
+    if len(tokens) > 1 and tokens[-1] in GENERATIONAL:
+        return " ".join(tokens[:-1]), GENERATIONAL[tokens[-1]]
+    return name, None
+
+
 def _pick(entries: Any, *, prefer: str = "official") -> dict[str, Any]:
     """The entry of a FHIR list whose use is ``prefer``, else the first one."""
     items = [e for e in entries or [] if isinstance(e, dict)]
@@ -236,7 +331,9 @@ def features(
     for ident in identities:
         name = _pick(ident.get("names"))
         givens = [g for g in name.get("given") or [] if isinstance(g, str)]
-        given = _upper(givens[0].split()[0]) if givens and givens[0].strip() else None
+        given_tokens, given_suffix = _strip_suffix(_upper(" ".join(givens[:1])))
+        family, family_suffix = _strip_suffix(_upper(name.get("family")))
+        given = given_tokens.split()[0] if given_tokens else None
         address = _pick(ident.get("address"), prefer="home")
         lines = [line for line in address.get("line") or [] if isinstance(line, str)]
         phones = [
@@ -251,7 +348,8 @@ def features(
             "source_system": ident.get("source_system"),
             "given": given,
             "given_formal": NICKNAMES.get(given or "", given),
-            "family": _upper(name.get("family")),
+            "family": family,
+            "suffix": _suffix(name.get("suffix")) or family_suffix or given_suffix,
             "birth_date": normalize_date(ident.get("birth_date")),
             "sex": sex.get(ident["source_key"]),
             "street": _upper(lines[0]) if lines else None,
@@ -265,8 +363,101 @@ def features(
 # ---------------------------------------------------------------------------------------------
 # 2. linkage
 
+MALE_FEMALE = ("male", "female")
 
-def _comparisons() -> list[Any]:
+
+def _osa(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment: adjacent swaps count one)."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def date_typo(a: str, b: str) -> bool:
+    """Two YYYY-MM-DD dates one keying slip apart: one digit wrong, two adjacent digits swapped,
+    or day and month swapped."""
+    return _osa(a, b) <= 1 or (a[:4] == b[:4] and a[5:7] == b[8:10] and a[8:10] == b[5:7])
+
+
+def known_given(name: str) -> bool:
+    """Whether a normalized given name is a first name people carry (the Faker name lists the
+    free-text de-identification also uses), rather than a keyboard slip."""
+    from medlake.governance.recognizers import gazetteer
+
+    return name.casefold() in gazetteer()[0]
+
+
+def nonmatch_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None:
+    """The hard non-match rule (:data:`NONMATCH_RULES`) two feature rows break, if any."""
+    if left["suffix"] and right["suffix"] and left["suffix"] != right["suffix"]:
+        return "identity.suffix_conflict"
+    if (
+        left["sex"] in MALE_FEMALE
+        and right["sex"] in MALE_FEMALE
+        and left["sex"] != right["sex"]
+        and left["given_formal"]
+        and right["given_formal"]
+        and left["given_formal"] != right["given_formal"]
+    ):
+        return "identity.sex_and_given_conflict"
+    born_l, born_r = left["birth_date"], right["birth_date"]
+    if born_l and born_r and born_l != born_r and not date_typo(born_l, born_r):
+        return "identity.birth_date_far"
+    return None
+
+
+def review_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None:
+    """Why a pair, however probable, needs a steward (:data:`REVIEW_REASONS`), if it does."""
+    born_l, born_r = left["birth_date"], right["birth_date"]
+    given_l, given_r = left["given_formal"], right["given_formal"]
+    two_names = bool(given_l and given_r and given_l != given_r) and (
+        _osa(given_l, given_r) >= 3 or (known_given(given_l) and known_given(given_r))
+    )
+    if born_l and born_l == born_r and two_names:
+        return "identity.possible_twin"  # Ava/Eva: two real names, not a slip of the keyboard
+    if born_l and born_r and born_l != born_r and abs(int(born_l[:4]) - int(born_r[:4])) >= 10:
+        return "identity.birth_year_far"
+    contact = [(left[f], right[f]) for f in ("phone", "street") if left[f] and right[f]]
+    if contact and all(a != b for a, b in contact):
+        return "identity.no_shared_contact"  # namesakes born the same day, or one who moved
+    return None
+
+
+def evidence(left: Mapping[str, Any], right: Mapping[str, Any]) -> str:
+    """What a steward sees of a pair without PHI: per field agree | similar | differ | missing."""
+
+    def judge(a: Any, b: Any, similar: bool) -> str:
+        if a is None or b is None:
+            return "missing"
+        return "agree" if a == b else "similar" if similar else "differ"
+
+    def close(name: str, edits: int) -> bool:
+        a, b = left[name], right[name]
+        return a is not None and b is not None and _osa(a, b) <= edits
+
+    born_l, born_r = left["birth_date"], right["birth_date"]
+    found = {
+        "given": judge(left["given_formal"], right["given_formal"], close("given", 2)),
+        "family": judge(left["family"], right["family"], close("family", 2)),
+        "suffix": judge(left["suffix"], right["suffix"], False),
+        "birth_date": judge(born_l, born_r, bool(born_l and born_r and date_typo(born_l, born_r))),
+        "sex": judge(left["sex"], right["sex"], False),
+        "street": judge(left["street"], right["street"], close("street", 2)),
+        "zip5": judge(left["zip5"], right["zip5"], (left["zip5"] or "")[:3] == (right["zip5"] or "")[:3]),
+        "phone": judge(left["phone"], right["phone"], (left["phone"] or "")[-7:] == (right["phone"] or "")[-7:]),
+    }
+    return json.dumps(found, sort_keys=True)
+
+
+def _comparisons(*, tf: bool = False) -> list[Any]:
+    """Splink comparisons; ``tf``: adjust exact name and city agreement for how common the value is."""
     import splink.comparison_level_library as cll
     import splink.comparison_library as cl
 
@@ -282,10 +473,19 @@ def _comparisons() -> list[Any]:
     def comparison(name: str, *found: Any) -> Any:
         return cl.CustomComparison(comparison_levels=levels(name, *found), output_column_name=name)
 
+    def exact(name: str) -> Any:
+        return cll.ExactMatchLevel(name, term_frequency_adjustments=tf and name in TF_COLUMNS)
+
+    same_year_slip = (
+        "substr(birth_date_l, 1, 4) = substr(birth_date_r, 1, 4) AND ("
+        "damerau_levenshtein(birth_date_l, birth_date_r) <= 1 OR ("
+        "substr(birth_date_l, 6, 2) = substr(birth_date_r, 9, 2) AND "
+        "substr(birth_date_l, 9, 2) = substr(birth_date_r, 6, 2)))"
+    )
     return [
         comparison(
             "given",
-            cll.ExactMatchLevel("given"),
+            exact("given"),
             cll.ExactMatchLevel("given_formal"),
             cll.JaroWinklerLevel("given", 0.92),
             cll.DamerauLevenshteinLevel("given", 1),
@@ -293,13 +493,14 @@ def _comparisons() -> list[Any]:
         ),
         comparison(
             "family",
-            cll.ExactMatchLevel("family"),
+            exact("family"),
             cll.JaroWinklerLevel("family", 0.92),
             cll.JaroWinklerLevel("family", 0.85),
         ),
         comparison(
             "birth_date",
             cll.ExactMatchLevel("birth_date"),
+            cll.CustomLevel(same_year_slip, "birth date: same year, a slip in month or day"),
             cll.DamerauLevenshteinLevel("birth_date", 1),
         ),
         comparison("sex", cll.ExactMatchLevel("sex")),
@@ -308,7 +509,7 @@ def _comparisons() -> list[Any]:
             "zip5",
             cll.ExactMatchLevel("zip5"),
             cll.CustomLevel("substr(zip5_l, 1, 3) = substr(zip5_r, 1, 3)", "zip5"),
-            cll.ExactMatchLevel("city"),
+            exact("city"),
         ),
         comparison(
             "phone",
@@ -323,44 +524,90 @@ def _blocking_rules() -> list[Any]:
     formal given name (catches birth-date typos), same ZIP and street."""
     from splink import block_on
 
-    return [
-        block_on("birth_date"),
-        block_on("phone"),
-        block_on("family", "given_formal"),
-        block_on("zip5", "street"),
-    ]
+    return [block_on(*columns) for columns in BLOCKING_KEYS.values()]
 
 
-def _splink_pairs(records: pa.Table, options: LinkOptions) -> pa.Table:
-    """Splink's scored pairs at or above the threshold (columns of :data:`LINKS`)."""
-    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+#: the blocking rules as columns, by name; also what a keyed blocking token is made of
+BLOCKING_KEYS: dict[str, tuple[str, ...]] = {
+    "birth_date": ("birth_date",),
+    "phone": ("phone",),
+    "name": ("family", "given_formal"),
+    "address": ("zip5", "street"),
+}
+
+
+def model_description(records: int, options: LinkOptions) -> str:
+    """How :func:`_splink_pairs` estimates the model for a run of that many records, in words."""
+    if records < 2:
+        return "no Splink: fewer than two records (same-MRN links only)"
+    if records < options.u_min_records:
+        return (
+            f"small run ({records} records < {options.u_min_records}): m and u at documented priors, "
+            "no term-frequency adjustment"
+        )
+    if records < options.em_min_records:
+        return (
+            f"small run ({records} records < {options.em_min_records}): m at documented priors, "
+            "u by random sampling (priors for levels never sampled), no term-frequency adjustment"
+        )
+    return "m by EM on two blocking rules, u by random sampling, names and city term-frequency adjusted"
+
+
+def splink_jar() -> str:
+    """The jar of Splink's Spark similarity functions (Jaro-Winkler, Damerau-Levenshtein), shipped
+    inside the splink package: a Spark session for :func:`link` lists it in ``spark.jars``."""
+    from splink.backends.spark import similarity_jar_location
+
+    return str(similarity_jar_location())
+
+
+def _database(spark: Any | None) -> Any:
+    """Splink's database: DuckDB in memory, or Spark (its Spark backend) on the given session."""
+    from splink import DuckDBAPI
+
+    if spark is None:
+        return DuckDBAPI()
+    from splink.backends.spark import SparkAPI
+
+    # persist, not checkpoint: no checkpoint directory to configure, and a few thousand pairs fit
+    return SparkAPI(spark_session=spark, break_lineage_method="persist")  # type: ignore[no-untyped-call]
+
+
+def _splink_pairs(records: pa.Table, options: LinkOptions, spark: Any | None = None) -> pa.Table:
+    """Splink's scored pairs at or above the review threshold (columns of :data:`LINKS`), on DuckDB
+    or, given a Spark session, on Splink's Spark backend (same comparisons, same SQL)."""
+    from splink import Linker, SettingsCreator, block_on
 
     n = records.num_rows
+    large = n >= options.em_min_records
+    population = max(options.population or n, n)
     settings = SettingsCreator(
         link_type="dedupe_only",
         unique_id_column_name="source_key",
         probability_two_random_records_match=min(
-            0.5, options.expected_matches_per_record / max(n - 1, 1)
+            0.5, options.expected_matches_per_record / max(population - 1, 1)
         ),
-        comparisons=_comparisons(),
+        comparisons=_comparisons(tf=large),
         blocking_rules_to_generate_predictions=_blocking_rules(),
         retain_intermediate_calculation_columns=False,
         retain_matching_columns=False,
     )
-    db = DuckDBAPI()
+    db = _database(spark)
     linker = Linker(
-        db.register(records.drop_columns(["prelink_key", "source_system"])),
+        db.register(records.drop_columns(["prelink_key", "source_system", "suffix"])),
         settings,
         log_level=logging.ERROR,  # levels a small sample never shows are expected, not news
     )
-    linker.training.estimate_u_using_random_sampling(
-        max_pairs=options.u_max_pairs, seed=options.seed
-    )
-    if n >= options.em_min_records:
+    if n >= options.u_min_records:
+        linker.training.estimate_u_using_random_sampling(
+            max_pairs=options.u_max_pairs, seed=options.seed
+        )
+    if large:
         for rule in (block_on("birth_date"), block_on("family", "given_formal")):
             linker.training.estimate_parameters_using_expectation_maximisation(rule)
     predicted = linker.inference.predict(
-        threshold_match_probability=options.threshold, warning_mode="never"
+        threshold_match_probability=min(options.review_threshold, options.threshold),
+        warning_mode="never",
     ).as_pyarrow_table()
     return pa.table(
         {
@@ -406,11 +653,11 @@ def _anchored(links: pa.Table, anchors: set[str]) -> pa.Table:
     swap = [b in anchors and a not in anchors for a, b in zip(left, right, strict=True)]
     swapped = links.set_column(
         0,
-        LINKS.field("source_key_l"),
+        links.schema.field("source_key_l"),
         pa.array([b if s else a for a, b, s in zip(left, right, swap, strict=True)], pa.string()),
     ).set_column(
         1,
-        LINKS.field("source_key_r"),
+        links.schema.field("source_key_r"),
         pa.array([a if s else b for a, b, s in zip(left, right, swap, strict=True)], pa.string()),
     )
     return swapped.filter(pa.array(keep, pa.bool_()))
@@ -433,54 +680,157 @@ def _components(nodes: Iterable[str], edges: Iterable[tuple[str, str]]) -> dict[
     return {node: root(node) for node in parent}
 
 
+@dataclass(frozen=True)
+class Zoned:
+    merge: list[dict[str, Any]]  # LINKS rows
+    review: list[dict[str, Any]]  # REVIEW rows
+    refused: int
+
+
+def zones(
+    pairs: pa.Table, rows: Mapping[str, Mapping[str, Any]], options: LinkOptions
+) -> Zoned:
+    """Splink's pairs → merge (at or above the threshold, no rule against it), review (between the
+    thresholds, or a review rule), or apart (a hard non-match rule: counted, not kept)."""
+    merge, review, refused = [], [], 0
+    for pair in pairs.to_pylist():
+        left, right = rows[pair["source_key_l"]], rows[pair["source_key_r"]]
+        if nonmatch_rule(left, right):
+            refused += 1
+            continue
+        why = review_rule(left, right)
+        if why is None and pair["match_probability"] >= options.threshold:
+            merge.append(pair)
+            continue
+        review.append(
+            {
+                **{k: pair[k] for k in ("source_key_l", "source_key_r", "match_probability", "match_weight")},
+                "reason": why or "identity.review_zone",
+                "evidence": evidence(left, right),
+            }
+        )
+    return Zoned(merge, review, refused)
+
+
+def _pair(a: str, b: str) -> frozenset[str]:
+    return frozenset((a, b))
+
+
+def cluster(
+    rows: Mapping[str, Mapping[str, Any]],
+    prelinked: Sequence[Mapping[str, Any]],
+    merges: Sequence[Mapping[str, Any]],
+    *,
+    apart: Collection[frozenset[str]] = frozenset(),
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Records → the smallest record of their cluster, and the merge links that were refused.
+
+    Same-MRN links always join. Splink's merge links join in order of probability, unless the two
+    clusters would then hold two records a hard non-match rule or a steward's decision (``apart``)
+    keeps apart: such a link is refused and returned (it goes to review)."""
+    members: dict[str, list[str]] = {s: [s] for s in rows}
+    parent = {s: s for s in rows}
+
+    def root(node: str) -> str:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    def union(a: str, b: str) -> None:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            keep, gone = min(ra, rb), max(ra, rb)
+            parent[gone] = keep
+            members[keep] += members.pop(gone)
+
+    def conflict(a: str, b: str) -> bool:
+        return any(
+            _pair(x, y) in apart or nonmatch_rule(rows[x], rows[y])
+            for x in members[root(a)]
+            for y in members[root(b)]
+        )
+
+    for link_ in prelinked:
+        union(link_["source_key_l"], link_["source_key_r"])
+    refused = []
+    for link_ in sorted(merges, key=lambda r: (-r["match_probability"], r["source_key_l"], r["source_key_r"])):
+        a, b = link_["source_key_l"], link_["source_key_r"]
+        if root(a) == root(b):
+            continue
+        if conflict(a, b):
+            refused.append(dict(link_))
+        else:
+            union(a, b)
+    return {s: root(s) for s in rows}, refused
+
+
 def link(
-    records: pa.Table, options: LinkOptions = LinkOptions(), *, anchors: Collection[str] = ()
+    records: pa.Table,
+    options: LinkOptions = LinkOptions(),
+    *,
+    anchors: Collection[str] = (),
+    apart: Collection[frozenset[str]] = frozenset(),
+    spark: Any | None = None,
 ) -> Linkage:
-    """:data:`FEATURES` rows → links at ``options.threshold`` and one cluster per real person.
+    """:data:`FEATURES` rows → merged links, one cluster per real person, and pairs for review.
 
     ``anchors``: source keys of records resolved by earlier runs. They are scored like the rest,
-    but a link between two anchors is dropped (earlier runs decided it), and every kept link
+    but a pair of two anchors is dropped (earlier runs decided it), and every kept pair
     involving an anchor has it on the left: the right-hand record is always one of this run.
-    Splink needs at least two records; with fewer only the deterministic links exist.
+    ``apart``: pairs a steward decided are two people (a rejected review, a split): never merged,
+    never queued again. Splink needs at least two records; with fewer only same-MRN links exist.
+    ``spark``: a Spark session (with :func:`splink_jar` in ``spark.jars``) to score on Splink's
+    Spark backend instead of DuckDB.
     """
-    splink = _splink_pairs(records, options) if records.num_rows >= 2 else LINKS.empty_table()
+    rows = {r["source_key"]: r for r in records.to_pylist()}
+    splink = _splink_pairs(records, options, spark) if records.num_rows >= 2 else LINKS.empty_table()
     prelinked = _prelink_pairs(records)
     if anchors:
         splink, prelinked = (_anchored(t, set(anchors)) for t in (splink, prelinked))
-    prelink = dict(
-        zip(
-            records.column("source_key").to_pylist(),
-            records.column("prelink_key").to_pylist(),
-            strict=True,
-        )
-    )
     same = [
-        prelink[a] == prelink[b]
+        rows[a]["prelink_key"] == rows[b]["prelink_key"]
         for a, b in zip(
             splink.column("source_key_l").to_pylist(),
             splink.column("source_key_r").to_pylist(),
             strict=True,
         )
     ]
-    links = pa.concat_tables([prelinked, splink.filter(pc.invert(pa.array(same, pa.bool_())))])
+    zoned = zones(splink.filter(pc.invert(pa.array(same, pa.bool_()))), rows, options)
+    merges = [m for m in zoned.merge if _pair(m["source_key_l"], m["source_key_r"]) not in apart]
+    cluster_of, refused = cluster(rows, prelinked.to_pylist(), merges, apart=apart)
+    refused_keys = {_pair(r["source_key_l"], r["source_key_r"]) for r in refused}
+    merged = [m for m in merges if _pair(m["source_key_l"], m["source_key_r"]) not in refused_keys]
+    review = [
+        r
+        for r in zoned.review
+        + [
+            {
+                **{k: r[k] for k in ("source_key_l", "source_key_r", "match_probability", "match_weight")},
+                "reason": "identity.cluster_conflict",
+                "evidence": evidence(rows[r["source_key_l"]], rows[r["source_key_r"]]),
+            }
+            for r in refused
+        ]
+        if _pair(r["source_key_l"], r["source_key_r"]) not in apart
+        and cluster_of[r["source_key_l"]] != cluster_of[r["source_key_r"]]
+    ]
     sources = records.column("source_key").to_pylist()
-    cluster = _components(
-        sources,
-        zip(
-            links.column("source_key_l").to_pylist(),
-            links.column("source_key_r").to_pylist(),
-            strict=True,
-        ),
-    )
     clusters = pa.table(
         {
             "source_key": sources,
             "prelink_key": records.column("prelink_key"),
-            "cluster": [cluster[s] for s in sources],
+            "cluster": [cluster_of[s] for s in sources],
         },
         schema=CLUSTERS,
     )
-    return Linkage(links=links, clusters=clusters)
+    return Linkage(
+        links=pa.concat_tables([prelinked, pa.Table.from_pylist(merged, schema=LINKS)]),
+        clusters=clusters,
+        review=pa.Table.from_pylist(review, schema=REVIEW),
+        refused=zoned.refused,
+        model=model_description(records.num_rows, options),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -623,6 +973,7 @@ def remap(
     if not moves:
         return rows
     days = pa.array([moves[k][1] if k in moves else 0 for k in old], pa.int32())
+    rows = _with_prelink(rows, [k if k in moves else None for k in old])
     out = rows.set_column(
         rows.schema.get_field_index("person_key"),
         rows.schema.field("person_key"),
@@ -640,6 +991,18 @@ def remap(
             continue
         out = out.set_column(index, f, moved.cast(f.type))
     return out
+
+
+def _with_prelink(rows: pa.Table, moved_from: Sequence[str | None]) -> pa.Table:
+    """The rows with ``_prelink_key`` set where it is null and the row moves away from its key."""
+    name = PRELINK_FIELD.name
+    if name in rows.column_names:
+        kept = rows.column(name).cast(pa.string()).to_pylist()
+        values = [k if k is not None else m for k, m in zip(kept, moved_from, strict=True)]
+        return rows.set_column(
+            rows.schema.get_field_index(name), PRELINK_FIELD, pa.array(values, pa.string())
+        )
+    return rows.append_column(PRELINK_FIELD, pa.array(list(moved_from), pa.string()))
 
 
 def links_rows(
@@ -864,23 +1227,34 @@ def resolve(
     if anchors and lake.exists(SILVER_PATIENTS.name):
         earlier = lake.read(SILVER_PATIENTS.name, columns=["source_key", "gender"]).to_pylist()
         sex = {**{r["source_key"]: r["gender"] for r in earlier}, **sex}
+    population = len(set(crosswalk.column("source_key").to_pylist()) | set(staged))
     linkage = link(
-        features([*kept, *anchors], sex=sex), options, anchors={a["source_key"] for a in anchors}
+        features([*kept, *anchors], sex=sex),
+        replace(options, population=population),
+        anchors={a["source_key"] for a in anchors},
+        apart=decided_apart(lake),
     )
     done = assign(linkage.clusters, crosswalk, run_id=run_id, now=now)
     lake.upsert(PERSON_CROSSWALK.name, done.crosswalk)
     lake.insert_new(PERSON_EVENTS.name, done.events)
+    queued = lake.insert_new(IDENTITY_REVIEW.name, review_rows(linkage.review, run_id=run_id, now=now))
     this_run = linkage.clusters.filter(
         pc.is_in(linkage.clusters.column("source_key"), pa.array(sorted(staged), pa.string()))
     )
-    entry = resolve_entry(this_run, done.person_of)
+    details = {"review_queued": queued, "review_pairs": linkage.review.num_rows,
+               "kept_apart_by_rules": linkage.refused, "model": linkage.model}
+    entry = replace(resolve_entry(this_run, done.person_of), details=json.dumps(details, sort_keys=True))
     log.info(
-        "resolve: %d patient records (+%d of earlier runs) → %d persons (%d merges, %d joins)",
+        "resolve: %d patient records (+%d of earlier runs) → %d persons (%d merges, %d joins); "
+        "%d pairs queued for review, %d kept apart by a hard rule; model: %s",
         entry.records_in,
         len(anchors),
         entry.records_out,
         int(pc.sum(pc.equal(done.events.column("event"), "merge")).as_py() or 0),
         int(pc.sum(pc.equal(done.events.column("event"), "join")).as_py() or 0),
+        queued,
+        linkage.refused,
+        linkage.model,
     )
     person_of_source = {
         s: done.person_of[p]
@@ -895,6 +1269,33 @@ def resolve(
         links=links_rows(linkage.links, person_of_source, staged, run_id=run_id),
         entry=entry,
     )
+
+
+def pair_id(a: str, b: str) -> str:
+    """The id of an unordered pair of source keys (pseudonyms already: a plain digest suffices)."""
+    return hashlib.sha256("\x1f".join(sorted((a, b))).encode()).hexdigest()[:32]
+
+
+def review_rows(review: pa.Table, *, run_id: str, now: datetime) -> pa.Table:
+    """:data:`REVIEW` pairs → open ``reference.identity_review`` rows."""
+    rows = [
+        {**r, "pair_id": pair_id(r["source_key_l"], r["source_key_r"]), "status": "open",
+         "run_id": run_id, "queued_at": now}
+        for r in review.to_pylist()
+    ]
+    return pa.Table.from_pylist(rows, schema=IDENTITY_REVIEW.schema)
+
+
+def decided_apart(lake: Lake) -> set[frozenset[str]]:
+    """Pairs a steward decided are two people (a rejected review, a split): never merged again."""
+    if not lake.exists(IDENTITY_REVIEW.name):
+        return set()
+    rows = lake.read(IDENTITY_REVIEW.name, columns=["source_key_l", "source_key_r", "status"])
+    return {
+        _pair(str(r["source_key_l"]), str(r["source_key_r"]))
+        for r in rows.to_pylist()
+        if r["status"] == "rejected"
+    }
 
 
 def resolve_entry(clusters: pa.Table, person_of: Mapping[str, str]) -> Entry:
@@ -917,15 +1318,18 @@ def resolve_entry(clusters: pa.Table, person_of: Mapping[str, str]) -> Entry:
 
 def absorbed_persons(events: pa.Table) -> dict[str, str]:
     """Every person a ``merge`` event absorbed → the person that finally survives it (a chain
-    A → B, B → C maps A to C), from ``reference.person_events`` rows."""
-    merges = events.filter(pc.equal(events.column("event").cast(pa.string()), "merge"))
-    into = dict(
-        zip(
-            merges.column("from_person_key").cast(pa.string()).to_pylist(),
-            merges.column("person_key").cast(pa.string()).to_pylist(),
-            strict=True,
-        )
-    )
+    A → B, B → C maps A to C), from ``reference.person_events`` rows. A ``split`` event that gave
+    a person its key back (an unmerge) ends the merge that absorbed it; events apply in time order."""
+    into: dict[str, str] = {}
+    rows = _plain(events).to_pylist()
+    changes = [r for r in rows if r["event"] in ("merge", "split")]
+    if "recorded_at" in events.column_names:  # a stable sort: same-time events keep table order
+        changes.sort(key=lambda r: (r["recorded_at"], r.get("event_id") or ""))
+    for r in changes:
+        if r["event"] == "merge":
+            into[r["from_person_key"]] = r["person_key"]
+        else:
+            into.pop(r["person_key"], None)
     final = {}
     for person, survivor in into.items():
         seen = {person}
@@ -1030,7 +1434,8 @@ def rekey(
         if old.num_rows == 0:
             continue
         new = remap(old, moves, key=key, max_shift_days=max_shift_days)
-        kept = replace_rows(lake, spec, old, new)
+        known = {f.name for f in lake.table(name).schema().fields}  # a lake older than _prelink_key
+        kept = replace_rows(lake, spec, old, new.select([c for c in new.column_names if c in known]))
         versions[name] = lake.version(name)
         entries.append(
             Entry(
@@ -1061,3 +1466,100 @@ def rekey(
         len(moves),
     )
     return Rekeyed(versions, entries, done)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. keyed blocking tokens: earlier runs' candidates without decrypting the vault
+
+
+#: the token row of a record with no blocking values at all (it collides with nothing)
+NO_TOKEN = "none"
+
+
+def blocking_tokens(records: pa.Table, *, key: bytes, run_id: str) -> pa.Table:
+    """``reference.identity_tokens`` rows of :data:`FEATURES` rows: per record and blocking rule
+    (:data:`BLOCKING_KEYS`) with all its values known, HMAC(project key, rule, values).
+
+    Equal tokens mean equal normalized values, nothing more: a token cannot be reversed without
+    the key, and says nothing about how close two unequal values are. They only find candidates;
+    the comparison itself runs on the decrypted identities."""
+    rows = []
+    for r in records.to_pylist():
+        made = 0
+        for rule, columns in BLOCKING_KEYS.items():
+            values = [r[c] for c in columns]
+            if all(values):
+                token = keyed_hash(key, "identity.block", rule, *values)
+                rows.append({"source_key": r["source_key"], "rule": rule, "token": token, "run_id": run_id})
+                made += 1
+        if not made:  # nothing to block on: recorded, so the record is not taken for untokenized
+            rows.append({"source_key": r["source_key"], "rule": NO_TOKEN, "token": NO_TOKEN, "run_id": run_id})
+    return pa.Table.from_pylist(rows, schema=IDENTITY_TOKENS.schema)
+
+
+def colliding(tokens: pa.Table, known: pa.Table) -> set[str]:
+    """Source keys of ``known`` token rows that share a (rule, token) with ``tokens``."""
+    wanted = set(zip(tokens.column("rule").to_pylist(), tokens.column("token").to_pylist(), strict=True))
+    return {
+        str(s)
+        for s, rule, token in zip(
+            known.column("source_key").to_pylist(),
+            known.column("rule").to_pylist(),
+            known.column("token").to_pylist(),
+            strict=True,
+        )
+        if (rule, token) in wanted and rule != NO_TOKEN
+    }
+
+
+def earlier_identities(
+    lake: Lake,
+    identities: Sequence[Mapping[str, Any]],
+    *,
+    key: bytes,
+    keyring: Keyring,
+    audit_key: bytes,
+    run_id: str,
+) -> list[dict[str, Any]]:
+    """The identities of earlier runs this run's identities could match: the vault records whose
+    keyed blocking tokens equal one of theirs, decrypted (only those, audited); the tokens of this
+    run's identities are stored for the runs to come.
+
+    A vault record without tokens (a lake from before the tokens) is decrypted once, its tokens
+    stored, and kept only if they collide; every later run reads tokens only."""
+    this_run = {str(i["source_key"]) for i in identities}
+    mine = blocking_tokens(features(identities), key=key, run_id=run_id)
+    stored = (
+        lake.read(
+            IDENTITY_TOKENS.name,
+            columns=["source_key", "rule", "token"],
+            filter=pc.field("token").cast(pa.string()).isin(mine.column("token")),
+        )
+        if lake.exists(IDENTITY_TOKENS.name)
+        else IDENTITY_TOKENS.schema.empty_table()
+    )
+    candidates = colliding(mine, stored) - this_run
+    tokenized = (
+        set(lake.read(IDENTITY_TOKENS.name, columns=["source_key"]).column("source_key").cast(pa.string()).to_pylist())
+        if lake.exists(IDENTITY_TOKENS.name)
+        else set()
+    )
+    untokenized = vault.source_keys(lake) - tokenized - this_run
+    found = vault.linkage_candidates(
+        lake, candidates | untokenized, keyring=keyring, audit_key=audit_key, run_id=run_id
+    )
+    if untokenized:
+        backfill = blocking_tokens(
+            features([i for i in found if i["source_key"] in untokenized]), key=key, run_id=run_id
+        )
+        lake.upsert(IDENTITY_TOKENS.name, backfill)
+        candidates |= colliding(mine, backfill)
+        log.info("identity tokens: %d earlier vault records had none; stored now", len(untokenized))
+    lake.upsert(IDENTITY_TOKENS.name, mine)
+    kept = [i for i in found if i["source_key"] in candidates]
+    log.info(
+        "identity tokens: %d candidate records of earlier runs share a blocking token with this run's %d",
+        len(kept),
+        len(this_run),
+    )
+    return kept

@@ -1,0 +1,482 @@
+"""Patient identity you can trust: hard negatives never merge, hard positives link or wait for a
+steward, the review queue and its audited decisions, unmerge, and keyed blocking tokens."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from medlake.governance import audit
+from medlake.governance.pseudonyms import source_key
+from medlake.jobs import pipeline
+from medlake.jobs.clean import dedup, identity
+from medlake.jobs.ingest import fhir
+from medlake.lake import Lake
+from medlake.registry import (
+    IDENTITY_REVIEW,
+    IDENTITY_TOKENS,
+    PERSON_CROSSWALK,
+    PERSON_EVENTS,
+    staging_name,
+)
+
+KEY = b"identity-test-project-key-32byte"
+AUDIT_KEY = b"identity-test-audit-key-32-bytes"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+#: strangers around each case, so a pair is judged among a realistic population
+TOWN = [
+    ("Liam", "Garcia", "1950-01-11", "male"),
+    ("Noah", "Miller", "1961-02-12", "male"),
+    ("Ava", "Davis", "1972-03-13", "female"),
+    ("Mia", "Wilson", "1983-04-14", "female"),
+    ("Zoe", "Moore", "1994-05-15", "female"),
+    ("Eli", "Taylor", "1945-06-16", "male"),
+    ("Ivy", "Thomas", "1956-07-17", "female"),
+    ("Max", "White", "1967-08-18", "male"),
+    ("Ruth", "Harris", "1978-09-19", "female"),
+    ("Omar", "Clark", "1989-10-20", "male"),
+    ("Grace", "Lewis", "1999-11-21", "female"),
+    ("Hugo", "Walker", "1940-12-22", "male"),
+]
+
+
+def person_record(
+    source: str,
+    given: str,
+    family: str,
+    birth: str,
+    sex: str,
+    *,
+    phone: str | None = "617-555-0100",
+    street: str | None = "12 Oak St",
+    postal: str = "02139",
+    city: str = "Springfield",
+    suffix: str | None = None,
+) -> tuple[dict[str, Any], str]:
+    """A vault-shaped identity (what fhir/hl7v2 ``patient_identities`` return) and its sex."""
+    name: dict[str, Any] = {"family": family, "given": [given]}
+    if suffix:
+        name["suffix"] = [suffix]
+    ident = {
+        "source_key": source,
+        "person_key": source,
+        "source_system": "test",
+        "names": [name],
+        "birth_date": birth,
+        "telecom": [{"system": "phone", "value": phone}] if phone else [],
+        "address": [{"line": [street], "city": city, "postalCode": postal}] if street else [],
+    }
+    return ident, sex
+
+
+def town() -> list[tuple[dict[str, Any], str]]:
+    return [
+        person_record(f"town{i}", g, f, b, s, phone=f"555-010-{i:04d}", street=f"{i} Cedar Ave",
+                      postal=f"021{i:02d}")
+        for i, (g, f, b, s) in enumerate(TOWN)
+    ]
+
+
+def outcomes(records: list[tuple[dict[str, Any], str]]) -> tuple[dict[str, str], set[frozenset[str]]]:
+    """Record → its cluster, and the pairs queued for review."""
+    linkage = dedup.link(
+        dedup.features([r for r, _ in records], sex={r["source_key"]: s for r, s in records})
+    )
+    clusters = dict(zip(linkage.clusters.column("source_key").to_pylist(),
+                        linkage.clusters.column("cluster").to_pylist(), strict=True))
+    review = {frozenset((r["source_key_l"], r["source_key_r"])) for r in linkage.review.to_pylist()}
+    return clusters, review
+
+
+# -- hard negatives: never one person ------------------------------------------------------------
+
+HARD_NEGATIVES = {
+    "father and son, Sr and Jr, one address, decades apart": [
+        person_record("sr", "John", "Carter", "1948-02-11", "male", suffix="Sr"),
+        person_record("jr", "John", "Carter", "1976-09-23", "male", suffix="Jr."),
+    ],
+    "father and son, suffixes only in the name, same day and month": [
+        person_record("sr", "Robert", "Hale Sr", "1951-05-05", "male"),
+        person_record("jr", "Robert", "Hale Jr", "1981-05-05", "male"),
+    ],
+    "father and son, no suffix, birth years 30 apart by one digit": [
+        person_record("sr", "Robert", "Hale", "1951-05-05", "male"),
+        person_record("jr", "Robert", "Hale", "1981-05-05", "male"),
+    ],
+    "opposite-sex twins, Daniel and Danielle": [
+        person_record("sr", "Daniel", "Okafor", "2003-08-14", "male"),
+        person_record("jr", "Danielle", "Okafor", "2003-08-14", "female"),
+    ],
+    "opposite-sex twins, Jordan and Jordyn": [
+        person_record("sr", "Jordan", "Ruiz", "2010-01-30", "male"),
+        person_record("jr", "Jordyn", "Ruiz", "2010-01-30", "female"),
+    ],
+    "same-sex twins, Ava and Eva": [
+        person_record("sr", "Ava", "Lindqvist", "2015-04-02", "female"),
+        person_record("jr", "Eva", "Lindqvist", "2015-04-02", "female"),
+    ],
+    "same-sex twins, Madison and Madeline": [
+        person_record("sr", "Madison", "Brooks", "2008-12-01", "female"),
+        person_record("jr", "Madeline", "Brooks", "2008-12-01", "female"),
+    ],
+    "mother and daughter sharing a name and a home": [
+        person_record("sr", "Mary", "Johnson", "1956-02-03", "female"),
+        person_record("jr", "Mary", "Johnson", "1984-08-19", "female"),
+    ],
+    "namesakes born the same day in one town": [
+        person_record("sr", "Maria", "Garcia", "1985-04-12", "female", phone="617-555-0161",
+                      street="4 Pine St", postal="02139"),
+        person_record("jr", "Maria", "Garcia", "1985-04-12", "female", phone="617-555-0972",
+                      street="88 Lake Rd", postal="02141"),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HARD_NEGATIVES))
+def test_hard_negatives_never_merge(case: str) -> None:
+    clusters, _ = outcomes([*town(), *HARD_NEGATIVES[case]])
+    assert clusters["sr"] != clusters["jr"], case
+
+
+def test_common_names_in_one_town_stay_apart() -> None:
+    smiths = [
+        person_record(f"smith{i}", "John", "Smith", born, "male", phone=f"617-555-02{i}0",
+                      street=f"{10 + i} Main St", postal="02139")
+        for i, born in enumerate(("1960-01-01", "1975-06-30", "1982-11-12", "1990-03-08", "1960-01-10"))
+    ]
+    clusters, _ = outcomes([*town(), *smiths])
+    assert len({clusters[f"smith{i}"] for i in range(5)}) == 5
+
+
+# -- hard positives: one person, merged or queued ------------------------------------------------
+
+HARD_POSITIVES = {
+    "nickname and a reformatted phone": [
+        person_record("a", "William", "Foster", "1962-07-09", "male", phone="6175550123"),
+        person_record("b", "Bill", "Foster", "1962-07-09", "male", phone="+1 (617) 555-0123"),
+    ],
+    "maiden name, moved, same phone": [
+        person_record("a", "Sarah", "Connor", "1979-10-02", "female", phone="617-555-0444"),
+        person_record("b", "Sarah", "Reese", "1979-10-02", "female", phone="617-555-0444",
+                      street="77 Harbor Way", postal="02210"),
+    ],
+    "day and month swapped": [
+        person_record("a", "Nadia", "Petrova", "1983-04-12", "female"),
+        person_record("b", "Nadia", "Petrova", "1983-12-04", "female"),
+    ],
+    "two digits of the year transposed": [
+        person_record("a", "Tomas", "Novak", "1985-07-21", "male"),
+        person_record("b", "Tomas", "Novak", "1958-07-21", "male"),
+    ],
+    "moved address, same phone": [
+        person_record("a", "Priya", "Raman", "1991-01-17", "female", phone="617-555-0555"),
+        person_record("b", "Priya", "Raman", "1991-01-17", "female", phone="617-555-0555",
+                      street="5 Elm Ct", postal="02467", city="Chestnut Hill"),
+    ],
+    "HL7 v2 upper case, typo in the family name, no phone": [
+        person_record("a", "James", "O'Neil", "1970-03-03", "male"),
+        person_record("b", "JAMES", "ONEILL", "19700303", "male", phone=None),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HARD_POSITIVES))
+def test_hard_positives_link_or_wait_for_review(case: str) -> None:
+    clusters, review = outcomes([*town(), *HARD_POSITIVES[case]])
+    assert clusters["a"] == clusters["b"] or frozenset(("a", "b")) in review, case
+
+
+def test_the_rules_name_why_and_evidence_holds_no_values() -> None:
+    rows = {r["source_key"]: r for r in dedup.features(
+        [r for r, _ in HARD_NEGATIVES["father and son, Sr and Jr, one address, decades apart"]],
+        sex={"sr": "male", "jr": "male"},
+    ).to_pylist()}
+    assert rows["sr"]["suffix"] == "SR" and rows["jr"]["suffix"] == "JR"
+    assert dedup.nonmatch_rule(rows["sr"], rows["jr"]) == "identity.suffix_conflict"
+    shown = dedup.evidence(rows["sr"], rows["jr"])
+    assert json.loads(shown)["suffix"] == "differ"
+    assert "CARTER" not in shown.upper() and "1948" not in shown
+    assert dedup.date_typo("1983-04-12", "1983-12-04") and dedup.date_typo("1985-07-21", "1958-07-21")
+    assert not dedup.date_typo("1948-02-11", "1976-09-23")
+
+
+def test_a_steward_decision_keeps_a_pair_apart_through_a_third_record() -> None:
+    """a ~ b and b ~ c all match, but a steward said a and c are two people: b joins one of them."""
+    records = [
+        *town(),
+        person_record("a", "Nadia", "Petrova", "1983-04-12", "female"),
+        person_record("b", "Nadia", "Petrova", "1983-04-12", "female"),
+        person_record("c", "Nadia", "Petrova", "1983-04-12", "female"),
+    ]
+    linkage = dedup.link(
+        dedup.features([r for r, _ in records], sex={r["source_key"]: s for r, s in records}),
+        apart={frozenset(("a", "c"))},
+    )
+    cluster = {r["source_key"]: r["cluster"] for r in linkage.clusters.to_pylist()}
+    assert cluster["a"] != cluster["c"]
+    queued = {frozenset((r["source_key_l"], r["source_key_r"])) for r in linkage.review.to_pylist()}
+    assert frozenset(("a", "c")) not in queued  # decided: never asked again
+    assert queued  # the refused link of b waits for a steward
+    assert {r["reason"] for r in linkage.review.to_pylist()} == {"identity.cluster_conflict"}
+
+
+def test_a_small_run_says_it_falls_back_to_priors() -> None:
+    linkage = dedup.link(dedup.features([r for r, _ in town()[:3]]))
+    assert "small run (3 records" in linkage.model and "priors" in linkage.model
+    assert "fewer than two" in dedup.link(dedup.features([town()[0][0]])).model
+
+
+# -- through the pipeline: queue, decisions, unmerge, tokens ------------------------------------
+
+
+def fhir_patient(pid: str, mrn: str, given: str, family: str, birth: str, *, gender: str = "female",
+                 phone: str = "401-555-0199", street: str = "9 Elm St") -> dict[str, Any]:
+    from medlake.sample.vocab import MRN_SYSTEM
+
+    mr = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{"type": mr, "system": MRN_SYSTEM, "value": mrn}],
+        "name": [{"use": "official", "family": family, "given": [given]}],
+        "gender": gender,
+        "birthDate": birth,
+        "telecom": [{"system": "phone", "value": phone, "use": "home"}],
+        "address": [{"use": "home", "line": [street], "city": "Providence", "state": "RI",
+                     "postalCode": "02903", "country": "US"}],
+    }
+
+
+def visit(pid: str, eid: str, start: str) -> dict[str, Any]:
+    at = datetime.fromisoformat(start)
+    return {
+        "resourceType": "Encounter",
+        "id": eid,
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "period": {"start": start, "end": (at + timedelta(hours=2)).isoformat()},
+    }
+
+
+def town_patients() -> list[dict[str, Any]]:
+    return [
+        fhir_patient(f"town-{i}", f"T{i}", g, f, b, gender=s, phone=f"401-555-01{i:02d}", street=f"{i} Cedar Ave")
+        for i, (g, f, b, s) in enumerate(TOWN)
+    ]
+
+
+def run(lake: Lake, landing: Path, resources: list[dict[str, Any]], run_id: str, keys: Path) -> None:
+    from medlake.expectations.gate import run_gate
+    from medlake.governance.crypto import Keyring
+
+    (landing / "fhir").mkdir(parents=True)
+    (landing / "fhir" / f"{run_id}.ndjson").write_text("\n".join(json.dumps(r) for r in resources))
+    pipeline.ingest(landing, lake, run_id=run_id, now=T0)
+    pipeline.ingest_hl7v2(landing, lake, run_id=run_id, now=T0)
+    pipeline.clean(lake, run_id=run_id, key=KEY, max_shift_days=365,
+                   keyring=Keyring.from_dir(keys, create=True), audit_key=AUDIT_KEY)
+    staged = [n for n in pipeline.SILVER_TABLES if lake.exists(staging_name(n))]
+    run_gate(lake, run_id=run_id, tables=staged)
+    pipeline.rekey_silver(lake, run_id=run_id, key=KEY, max_shift_days=365)
+
+
+def sk(patient_id: str) -> str:
+    return source_key(KEY, fhir.SOURCE_SYSTEM, patient_id)
+
+
+def person(lake: Lake, patient_id: str) -> str:
+    rows = lake.read(PERSON_CROSSWALK.name).to_pylist()
+    return {r["source_key"]: r["person_key"] for r in rows}[sk(patient_id)]
+
+
+def encounter_starts(lake: Lake) -> dict[str, tuple[str, datetime]]:
+    """Encounter key → (person, start) in silver."""
+    return {r["encounter_key"]: (r["person_key"], r["start_at"]) for r in lake.read("silver.encounters").to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def queued(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, Path]:
+    """Run 1: the town, Ava Lindqvist with a visit. Run 2: Eva Lindqvist, same birth date, home and
+    phone (a twin or a typo: queued), with a visit."""
+    root = tmp_path_factory.mktemp("identity")
+    lake, keys = Lake(root / "lake"), root / "keys"
+    run(lake, root / "landing1",
+        [*town_patients(), fhir_patient("ava", "A1", "Ava", "Lindqvist", "2015-04-02"),
+         visit("ava", "enc-ava", "2024-02-01T09:00:00+00:00")], "run1", keys)
+    run(lake, root / "landing2",
+        [fhir_patient("eva", "A2", "Eva", "Lindqvist", "2015-04-02"),
+         visit("eva", "enc-eva", "2024-02-20T14:00:00+00:00")], "run2", keys)
+    return lake, root
+
+
+def test_linkage_against_earlier_runs_decrypts_only_token_collisions(queued: tuple[Lake, Path]) -> None:
+    lake, _ = queued
+    tokens = lake.read(IDENTITY_TOKENS.name).to_pylist()
+    assert {t["source_key"] for t in tokens} >= {sk("ava"), sk("eva"), sk("town-0")}
+    assert all(len(t["token"]) == 32 and "LINDQVIST" not in t["token"].upper() for t in tokens)
+    [linked] = [e for e in audit.read(lake) if e.action == "vault.link"]
+    details = json.loads(linked.details)
+    assert linked.run_id == "run2" and details["scope"] == "blocking_candidates"
+    assert details["records"] == 1  # Ava only: the town's records share no token with Eva
+    assert "Ava" not in linked.details and "Lindqvist" not in linked.details
+
+
+def test_an_uncertain_pair_waits_in_the_review_queue_and_is_kept_apart(queued: tuple[Lake, Path]) -> None:
+    lake, _ = queued
+    assert person(lake, "eva") != person(lake, "ava")
+    [pair] = identity.queue(lake)
+    assert {pair["source_key_l"], pair["source_key_r"]} == {sk("ava"), sk("eva")}
+    assert pair["reason"] == "identity.possible_twin" and pair["status"] == "open"
+    ledger = [e for e in lake.read("ledger", where={"run_id": "run2"}).to_pylist() if e["stage"] == "resolve"]
+    assert json.loads(ledger[0]["details"])["review_queued"] == 1
+
+
+def test_approve_merges_then_split_restores_both_people(queued: tuple[Lake, Path], monkeypatch) -> None:
+    from medlake.cli import app
+
+    lake, root = queued
+    monkeypatch.setenv("MEDLAKE_PROJECT_KEY", KEY.hex())
+    monkeypatch.setenv("MEDLAKE_AUDIT_KEY", AUDIT_KEY.hex())
+    before = encounter_starts(lake)
+    ava, eva = person(lake, "ava"), person(lake, "eva")
+    [pair] = identity.queue(lake)
+
+    done = identity.approve(lake, [pair["pair_id"]], reason="registration desk: same child", actor="steward1",
+                            audit_key=AUDIT_KEY, key=KEY, max_shift_days=365)
+    assert done.merged == ((eva, ava),)
+    assert person(lake, "eva") == person(lake, "ava") == ava
+    after = encounter_starts(lake)
+    assert {p for p, _ in after.values() if p in (ava, eva)} == {ava}
+    moved = [k for k in before if before[k][0] == eva]
+    assert moved and all(after[k][0] == ava for k in moved)
+    persons = {r["person_key"]: r for r in lake.read("silver.persons").to_pylist()}
+    assert eva not in persons and persons[ava]["records"] == 2
+    with pytest.raises(identity.DecisionRefused, match="already approved"):
+        identity.reject(lake, [pair["pair_id"]], reason="x", actor="s", audit_key=AUDIT_KEY)
+
+    # the overlay was a mistake: split Eva's record back out, through the CLI
+    result = CliRunner().invoke(app, ["identity", "split", ava, "--record", sk("eva"), "--reason",
+                                      "twins: two children", "--actor", "steward2", "--lake", str(lake.root)])
+    assert result.exit_code == 0, result.output
+    assert person(lake, "eva") == eva and person(lake, "ava") == ava  # each its own key again
+    restored = encounter_starts(lake)
+    assert restored == before  # same keys and the same dates as before the merge
+    [split] = [e for e in lake.read(PERSON_EVENTS.name).to_pylist() if e["event"] == "split"]
+    assert split["person_key"] == eva and split["from_person_key"] == ava
+    persons = {r["person_key"]: r for r in lake.read("silver.persons").to_pylist()}
+    assert persons[ava]["records"] == 1 and persons[eva]["records"] == 1
+    decided = {r["pair_id"]: r for r in lake.read(IDENTITY_REVIEW.name).to_pylist()}
+    assert decided[pair["pair_id"]]["status"] == "rejected"  # never merged again
+    actions = [e.action for e in audit.read(lake)]
+    assert "identity.approve" in actions and "identity.split" in actions
+    assert not pipeline.rekey_silver(lake, run_id="after-split", key=KEY, max_shift_days=365).entries
+
+    # run 3: a new registration of Eva links to Eva; Ava and Eva stay two people
+    run(lake, root / "landing3", [fhir_patient("eva-2", "A3", "Eva", "Lindqvist", "2015-04-02")], "run3",
+        root / "keys")
+    assert person(lake, "eva-2") in (eva, person(lake, "eva-2"))
+    assert person(lake, "ava") != person(lake, "eva")
+    assert person(lake, "eva-2") != person(lake, "ava")
+
+
+def test_review_list_and_reject_through_the_cli(tmp_path: Path, monkeypatch) -> None:
+    from medlake.cli import app
+
+    lake = Lake(tmp_path / "lake")
+    monkeypatch.setenv("MEDLAKE_AUDIT_KEY", AUDIT_KEY.hex())
+    review = pa.table({
+        "source_key_l": ["k1"], "source_key_r": ["k2"], "match_probability": [0.8], "match_weight": [2.0],
+        "reason": ["identity.review_zone"], "evidence": ['{"given": "agree"}'],
+    }, schema=dedup.REVIEW)
+    lake.insert_new(IDENTITY_REVIEW.name, dedup.review_rows(review, run_id="r1", now=T0))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["identity", "review", "list", "--lake", str(lake.root), "--json"])
+    assert listed.exit_code == 0, listed.output
+    [row] = json.loads(listed.output)
+    refused = runner.invoke(app, ["identity", "review", "reject", row["pair_id"], "--reason", " ",
+                                  "--lake", str(lake.root)])
+    assert refused.exit_code == 1 and "needs a reason" in refused.output
+    done = runner.invoke(app, ["identity", "review", "reject", row["pair_id"], "--reason", "different people",
+                               "--actor", "steward1", "--lake", str(lake.root)])
+    assert done.exit_code == 0, done.output
+    assert dedup.decided_apart(lake) == {frozenset(("k1", "k2"))}
+    assert identity.queue(lake) == []
+    [entry] = [e for e in audit.read(lake) if e.action == "identity.reject"]
+    assert entry.actor == "steward1" and json.loads(entry.details)["reason"] == "different people"
+
+
+def test_a_vault_without_tokens_is_tokenized_once_then_only_collisions_are_decrypted(tmp_path: Path) -> None:
+    """A lake from before the tokens: its vault records are decrypted once and get their tokens;
+    the next run decrypts only the records sharing a token with its own."""
+    from medlake.governance import vault
+    from medlake.governance.crypto import Keyring
+
+    lake, keyring = Lake(tmp_path / "lake"), Keyring.from_dir(tmp_path / "keys", create=True)
+    earlier = [r for r, _ in town()] + [person_record("nadia", "Nadia", "Petrova", "1983-04-12", "female")[0]]
+    vault.store(lake, earlier, keyring=keyring)
+    newcomer = person_record("nadia2", "Nadia", "Petrova", "1983-04-12", "female", phone="617-555-0999")[0]
+
+    first = dedup.earlier_identities(lake, [newcomer], key=KEY, keyring=keyring, audit_key=AUDIT_KEY, run_id="r1")
+    assert [i["source_key"] for i in first] == ["nadia"]  # only the collision comes back
+    assert {t["source_key"] for t in lake.read(IDENTITY_TOKENS.name).to_pylist()} == {
+        *(i["source_key"] for i in earlier), "nadia2"}
+    vault.store(lake, [newcomer], keyring=keyring)  # as the pipeline does after resolution
+    second = dedup.earlier_identities(lake, [{**newcomer, "source_key": "nadia3"}], key=KEY, keyring=keyring,
+                                      audit_key=AUDIT_KEY, run_id="r2")
+    assert sorted(i["source_key"] for i in second) == ["nadia", "nadia2"]
+    asked = [json.loads(e.details)["asked"] for e in audit.read(lake) if e.action == "vault.link"]
+    assert asked == [len(earlier), 2]  # the one-time backfill, then the two collisions only
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_splinks_spark_backend_decides_the_hard_cases_as_duckdb_does() -> None:
+    """The same comparisons and rules on Splink's Spark backend (local[1], the similarity jar
+    shipped in the splink package): the same clusters and review pairs as on DuckDB."""
+    import os
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master("local[1]")
+        .appName("medlake-identity-test")
+        .config("spark.jars", dedup.splink_jar())
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    try:
+        cases = [
+            *town(),
+            *HARD_NEGATIVES["father and son, Sr and Jr, one address, decades apart"],
+            *(person_record("t" + r["source_key"], r["names"][0]["given"][0], r["names"][0]["family"],
+                            r["birth_date"], s) for r, s in HARD_NEGATIVES["opposite-sex twins, Daniel and Danielle"]),
+            *(person_record("p" + r["source_key"], r["names"][0]["given"][0], r["names"][0]["family"],
+                            r["birth_date"], s, phone=(r["telecom"] or [{}])[0].get("value"))
+              for r, s in HARD_POSITIVES["nickname and a reformatted phone"]),
+        ]
+        records = dedup.features([r for r, _ in cases], sex={r["source_key"]: s for r, s in cases})
+        on_duckdb, on_spark = dedup.link(records), dedup.link(records, spark=spark)
+    finally:
+        spark.stop()
+
+    def decided(linkage: dedup.Linkage) -> tuple[dict[str, str], set[tuple[str, str, str]]]:
+        clusters = {r["source_key"]: r["cluster"] for r in linkage.clusters.to_pylist()}
+        return clusters, {(r["source_key_l"], r["source_key_r"], r["reason"]) for r in linkage.review.to_pylist()}
+
+    assert decided(on_spark) == decided(on_duckdb)
+    clusters, _ = decided(on_spark)
+    assert clusters["sr"] != clusters["jr"] and clusters["tsr"] != clusters["tjr"]
+    assert clusters["pa"] == clusters["pb"]
+    assert on_spark.links.num_rows == on_duckdb.links.num_rows
