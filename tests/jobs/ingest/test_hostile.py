@@ -155,3 +155,113 @@ def test_hl7v2_hostile_values_end_parsed_or_quarantined(msh7: str, dob: str, obs
     text = HL7_MSG.format(msh7=msh7, dob=dob, obs=obs, value=value)
     with limits.using(SMALL):
         hl7_run(text.encode("utf-8", errors="surrogatepass"))
+
+
+# -- CSV ------------------------------------------------------------------------------------
+
+LABS_MAPPING = """\
+name: labs
+files: "labs*.csv"
+target: observations
+delimiter: ";"
+timezone: "-05:00"
+patient: {column: MRN, authority: "http://hospital.example.org/mrn"}
+record_id: [ResultID]
+fields:
+  code: {column: TestCode, system_column: CodeSystem, systems: {LN: LOINC}}
+  value_num: {column: Result}
+  value_unit: {column: Units}
+  effective_at: {column: Collected, format: "%d/%m/%Y %H:%M", required: true}
+  status: {column: Status, values: {F: final, P: preliminary}}
+  category: {value: laboratory}
+"""
+LAB_HEADER = "ResultID;MRN;Name;TestCode;CodeSystem;Result;Units;Collected;Status"
+CSV_PATIENTS = CORPUS / "csv_ehr" / "synthea_csv_sweden_13pt" / "patients.csv"
+
+
+def csv_mappings() -> list[Any]:
+    from medlake.jobs.ingest import csv
+
+    return [
+        csv.MappingFile("labs.mapping.yaml", LABS_MAPPING, csv.parse_mapping(LABS_MAPPING, name="labs")),
+        csv.mapping_file(csv.SHIPPED_MAPPINGS / "synthea_patients.mapping.yaml"),
+    ]
+
+
+def csv_run(data: bytes, mapping: Any) -> None:
+    from medlake.jobs.ingest import csv
+
+    raw = pa.Table.from_pylist(list(csv.read_bytes(data, name="csv/x.csv", mapping=mapping)), schema=csv.RAW_SCHEMA)
+    split = csv.to_bronze(raw, run_id="r1", ingested_at=NOW)
+    assert_accounted(raw.num_rows, split)
+    if split.good.num_rows:
+        rows = {mapping.hash: {"mapping": mapping.text, "mapping_file": mapping.name}}
+        flattened = csv.silver_from_bronze(split.good, rows, key=KEY, max_shift_days=365)
+        for f in flattened.values():
+            assert f.split.good.num_rows + f.split.quarantined.num_rows == split.good.num_rows
+            assert_silver_accounted(f.split, split.good.num_rows)
+
+
+def lab_line(values: list[str]) -> str:
+    return ";".join(["R1", "MRN-1", "Jane", "2339-0", "LN", *values])
+
+
+@FUZZ
+@given(st.integers(0, 1), st.data())
+def test_csv_hostile_files_end_parsed_or_quarantined(which: int, data: st.DataObject) -> None:
+    mapping = csv_mappings()[which]
+    seed = (
+        "\n".join([LAB_HEADER, lab_line(["95", "mg/dL", "05/03/2024 08:30", "F"])] * 1).encode()
+        if which == 0
+        else b"\n".join(CSV_PATIENTS.read_bytes().split(b"\n")[:4])
+    )
+    with limits.using(SMALL):
+        csv_run(data.draw(hostile([seed])), mapping)
+
+
+@FUZZ
+@given(value=field_values(), unit=field_values(), at=field_values(), status=field_values())
+@example(value="1e308", unit="mg/dL", at="31/12/9999 23:59", status="F")  # bug: the UTC conversion overflowed
+@example(value="NaN", unit="mg/dL", at="01/01/0001 00:00", status="F")
+def test_csv_hostile_values_end_parsed_or_quarantined(value: str, unit: str, at: str, status: str) -> None:
+    line = lab_line([value, unit, at, status]).replace("\n", " ").replace("\r", " ")
+    with limits.using(SMALL):
+        csv_run(f"{LAB_HEADER}\n{line}\n".encode("utf-8", errors="surrogatepass"), csv_mappings()[0])
+
+
+@pytest.mark.parametrize("value", ["NaN", "nan", "Infinity", "-inf", "1e309"])
+def test_csv_a_value_that_is_no_finite_number_is_quarantined(value: str) -> None:
+    """Regression: float() accepted NaN and ±Infinity, which reached silver as numbers."""
+    from medlake.jobs.ingest import csv
+
+    mapping = csv_mappings()[0]
+    text = f"{LAB_HEADER}\n{lab_line([value, 'mg/dL', '05/03/2024 08:30', 'F'])}\n".encode()
+    raw = pa.Table.from_pylist(list(csv.read_bytes(text, name="csv/labs.csv", mapping=mapping)), schema=csv.RAW_SCHEMA)
+    bronze = csv.to_bronze(raw, run_id="r1", ingested_at=NOW).good
+    rows = {mapping.hash: {"mapping": mapping.text, "mapping_file": mapping.name}}
+    split = csv.silver_from_bronze(bronze, rows, key=KEY, max_shift_days=365)["silver.observations"].split
+    assert split.good.num_rows == 0
+    assert split.quarantined.column("rule_id").to_pylist() == ["parse.csv_bad_number"]
+    assert "not a finite number" in split.quarantined.column("reason")[0].as_py()
+
+
+@pytest.mark.parametrize(
+    ("text", "offset"),
+    [
+        (f"{LAB_HEADER}\nR1;MRN-1;Ja\rne;2339-0;LN;95;mg/dL;05/03/2024 08:30;F\nR2;MRN-1;J;2339-0;LN;9;mg/dL;05/03/2024 08:30;F\n", 2),
+        (LAB_HEADER.replace("Name", "Na\rme") + "\nR2;MRN-1;J;2339-0;LN;9;mg/dL;05/03/2024 08:30;F\n", 0),
+        # found by the fuzzer: the seed re-encoded as UTF-16-BE puts CR bytes inside fields
+        ((LAB_HEADER + "\n").encode("utf-16-be").decode("latin-1"), 0),
+    ],
+)
+def test_csv_a_carriage_return_inside_an_unquoted_field_is_quarantined(text: str, offset: int) -> None:
+    """Regression: csv.Error ('new-line character seen in unquoted field') crashed the read."""
+    from medlake.jobs.ingest import csv
+
+    rows = list(csv.read_bytes(text.encode("latin-1"), name="csv/labs.csv", mapping=csv_mappings()[0]))
+    refused = [r for r in rows if r["error_rule"]]
+    assert refused[0]["source_offset"] == offset
+    assert refused[0]["error_rule"] in {"parse.csv_bad_line_break", "parse.csv_header_mismatch"}
+    if offset:
+        assert refused[0]["error_rule"] == "parse.csv_bad_line_break"
+        assert [r["source_offset"] for r in rows if not r["error_rule"]] == [3]
