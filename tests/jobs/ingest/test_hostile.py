@@ -32,8 +32,10 @@ KEY = bytes(range(32))
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 CORPUS = Path(__file__).resolve().parents[4] / "shared" / "corpus"
 EXAMPLES = int(os.environ.get("MEDLAKE_FUZZ_EXAMPLES", "40"))
-#: a value planted in hostile input: no quarantine reason may repeat it
+#: a value planted in hostile input (huge fields repeat it): no quarantine reason may repeat more than
+#: 64 characters of a field, and none grows with its input (short codes and units are echoed by design)
 CANARY = "QZXCANARYQZX"
+REASON_CHARS = 2_000
 #: small limits, so huge-field and deep-nesting cases stay cheap to build
 SMALL = limits.Limits(record_bytes=20_000, json_depth=40, hl7_fields=300, vcf_samples=50, decompressed_bytes=200_000)
 
@@ -101,7 +103,7 @@ def assert_accounted(raw_rows: int, split: Split, *, merged: int = 0) -> None:
     assert good + bad + merged == raw_rows
     for row in split.quarantined.to_pylist():
         assert row["rule_id"] and "." in row["rule_id"]
-        assert row["reason"] and CANARY not in row["reason"]
+        assert row["reason"] and CANARY * 6 not in row["reason"] and len(row["reason"]) < REASON_CHARS
         if row["rule_id"].startswith("limit."):
             assert row["raw_record"] is None or len(row["raw_record"]) <= limits.QUARANTINED_PREFIX
 
@@ -110,7 +112,8 @@ def assert_silver_accounted(split: Split, rows_in: int, *, merged: int = 0, bron
     good, bad = split.counts
     assert good + bad + merged + bronze_only >= rows_in * 0  # rows may fan out; the reasons must hold
     for row in split.quarantined.to_pylist():
-        assert row["rule_id"] and row["reason"] and CANARY not in row["reason"]
+        assert row["rule_id"] and row["reason"] and CANARY * 6 not in row["reason"]
+        assert len(row["reason"]) < REASON_CHARS
 
 
 # -- HL7 v2 ---------------------------------------------------------------------------------
@@ -265,3 +268,101 @@ def test_csv_a_carriage_return_inside_an_unquoted_field_is_quarantined(text: str
     if offset:
         assert refused[0]["error_rule"] == "parse.csv_bad_line_break"
         assert [r["source_offset"] for r in rows if not r["error_rule"]] == [3]
+
+
+# -- vitals ---------------------------------------------------------------------------------
+
+VITALS_JSONL = (
+    '{"device_id": "MON-1", "mrn": "MRN-1", "mrn_system": "http://hospital.example.org/mrn", '
+    '"metric": "heart_rate", "value": 72, "unit": "/min", "ts": "2024-03-01T10:00:00+00:00"}\n'
+).encode()
+VITALS_CSV = b"device_id,mrn,mrn_system,metric,value,unit,ts\nMON-1,MRN-1,sys,spo2,97,%,2024-03-01T10:00:00+00:00\n"
+PHYSIONET = sorted((CORPUS / "vitals" / "physionet2012_icu").glob("*.txt"))[0].read_bytes()[:600]
+VITALS_LAYOUTS = {"jsonl": VITALS_JSONL, "csv": VITALS_CSV, "physionet": PHYSIONET}
+
+
+def vitals_run(data: bytes, layout: Any) -> None:
+    from medlake.jobs.ingest import vitals
+
+    delta = vitals.plan(data, name="vitals/x", mark=None)
+    records = list(vitals.parse_file(data, delta, layout=layout, name="vitals/x"))
+    split = vitals.to_bronze(records, run_id="r1", ingested_at=NOW)
+    assert_accounted(len(records), split)
+    if split.good.num_rows:
+        samples = vitals.samples_from_bronze(split.good, key=KEY, max_shift_days=365)
+        good, bad = samples.split.counts
+        assert good + bad + samples.merged + samples.bronze_only == samples.records_in == split.good.num_rows
+        assert_silver_accounted(samples.split, split.good.num_rows)
+        samples.split.good.to_pylist()  # every timestamp converts back to Python
+
+
+@FUZZ
+@given(st.sampled_from(sorted(VITALS_LAYOUTS)), st.data())
+def test_vitals_hostile_files_end_parsed_or_quarantined(layout: str, data: st.DataObject) -> None:
+    with limits.using(SMALL):
+        vitals_run(data.draw(hostile([VITALS_LAYOUTS[layout]])), layout)
+
+
+def json_values() -> st.SearchStrategy[Any]:
+    """JSON values a device sends where a number or a time belongs."""
+    return st.one_of(
+        field_values(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(10**30), max_value=10**30),
+        st.none(),
+        st.booleans(),
+        st.recursive(st.none(), lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=2), inner, max_size=2), max_leaves=5),
+    )
+
+
+@FUZZ
+@given(value=json_values(), ts=json_values(), metric=st.sampled_from(["heart_rate", "spo2", "temp", CANARY]))
+@example(value=72, ts="9999-12-31T23:59:59-14:00", metric="heart_rate")  # bug: the UTC conversion overflowed
+@example(value=72, ts="0001-01-01T00:00:00+14:00", metric="heart_rate")
+@example(value=72, ts="1850-06-01T00:00:00+00:00", metric="heart_rate")
+@example(value=float("nan"), ts="2024-03-01T10:00:00+00:00", metric="heart_rate")
+@example(value=1e308, ts="2024-03-01T10:00:00+00:00", metric="heart_rate")
+def test_vitals_hostile_values_end_parsed_or_quarantined(value: Any, ts: Any, metric: str) -> None:
+    sample = {"device_id": "MON-1", "mrn": "MRN-1", "mrn_system": "sys", "metric": metric, "value": value, "ts": ts}
+    with limits.using(SMALL):
+        vitals_run((json.dumps(sample) + "\n").encode(), "jsonl")
+
+
+@pytest.mark.parametrize("ts", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "1850-06-01T00:00:00+00:00"])
+def test_vitals_an_impossible_year_is_quarantined(ts: str) -> None:
+    """Regression: year 9999 with a negative offset overflowed converting to UTC and crashed the file."""
+    from medlake.jobs.ingest import vitals
+
+    data = VITALS_JSONL + VITALS_JSONL.replace(b"2024-03-01T10:00:00+00:00", ts.encode())
+    records = list(vitals.parse_file(data, vitals.plan(data, name="v", mark=None), layout="jsonl", name="v"))
+    assert [r.get("rule_id") for r in records] == [None, "parse.vitals_bad_time"]
+    assert records[1]["source_offset"] == 2 and "1900-2199" in records[1]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("layout", "data", "rule"),
+    [  # found by the fuzzer; each crashed the whole vitals ingest
+        ("csv", b"\x00\r\x00\nMON-1,MRN-1,sys,spo2,97,%,2024-03-01T10:00:00+00:00\n", "parse.vitals_bad_csv"),
+        ("csv", VITALS_CSV + b"MON-1,MRN\r-1,sys,spo2,97,%,2024-03-01T10:00:00+00:00\n", "parse.vitals_bad_csv"),
+        ("physionet", PHYSIONET.replace(b"RecordID,", b"RecordID,\xe9"), "parse.vitals_no_patient"),
+    ],
+)
+def test_vitals_a_cr_in_a_field_or_a_non_utf8_record_id_is_quarantined(layout: Any, data: bytes, rule: str) -> None:
+    from medlake.jobs.ingest import vitals
+
+    records = list(vitals.parse_file(data, vitals.plan(data, name="v", mark=None), layout=layout, name="v"))
+    assert rule in {r.get("rule_id") for r in records}
+
+
+def test_vitals_a_huge_unit_is_refused_unparsed_and_not_echoed() -> None:
+    """Regression: the units step echoed any unit into its reason (a 20 kB field became a 20 kB
+    reason) after handing it to the UCUM grammar."""
+    from medlake.jobs.clean.units import MAX_UNIT_CHARS
+    from medlake.jobs.ingest import vitals
+
+    line = VITALS_JSONL.replace(b'"/min"', json.dumps(CANARY * 2_000).encode())
+    records = list(vitals.parse_file(line, vitals.plan(line, name="v", mark=None), layout="jsonl", name="v"))
+    samples = vitals.samples_from_bronze(vitals.to_bronze(records, run_id="r", ingested_at=NOW).good, key=KEY, max_shift_days=30)
+    [refused] = samples.split.quarantined.to_pylist()
+    assert refused["rule_id"] == "units.unknown"
+    assert CANARY not in refused["reason"] and f"at most {MAX_UNIT_CHARS}" in refused["reason"]
