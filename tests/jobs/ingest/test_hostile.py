@@ -366,3 +366,103 @@ def test_vitals_a_huge_unit_is_refused_unparsed_and_not_echoed() -> None:
     [refused] = samples.split.quarantined.to_pylist()
     assert refused["rule_id"] == "units.unknown"
     assert CANARY not in refused["reason"] and f"at most {MAX_UNIT_CHARS}" in refused["reason"]
+
+
+# -- VCF ------------------------------------------------------------------------------------
+
+VCF_META = [
+    "##fileformat=VCFv4.2",
+    "##contig=<ID=chr1,length=248956422>",
+    '##INFO=<ID=AF,Number=A,Type=Float,Description="Allele frequency">',
+    '##INFO=<ID=DP,Number=1,Type=Integer,Description="Depth">',
+    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+    '##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Depth">',
+    "##SAMPLE=<ID=S1,MRN=MRN-1,MRNAuthority=http://hospital.example.org/mrn>",
+]
+VCF_CHROM = "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1\tS2"
+VCF_LINE = "chr1\t{pos}\t.\tG\tA,T\t{qual}\tPASS\tAF={af},0.5;DP={dp}\tGT:DP\t{gt}:{dp}\t0/1:3"
+VCF_SEED = "\n".join([*VCF_META, VCF_CHROM, VCF_LINE.format(pos=100, qual=50, af=0.5, dp=7, gt="1/2")]) + "\n"
+
+
+def vcf_run(data: bytes, name: str = "vcf/x.vcf") -> None:
+    from medlake.jobs.ingest import vcf
+
+    raw = pa.Table.from_pylist(list(vcf.read_bytes(data, name=name)), schema=vcf.RAW_SCHEMA)
+    splits = vcf.to_bronze(raw, run_id="r1", ingested_at=NOW)
+    assert_accounted(splits.raw_records.num_rows, splits.records)
+    assert_accounted(splits.raw_headers.num_rows, splits.headers)
+    if splits.records.good.num_rows:
+        split, sites_only = vcf.variants_from_bronze(splits.records.good, splits.headers.good, key=KEY)
+        assert_silver_accounted(split, splits.records.good.num_rows)
+
+
+@FUZZ
+@given(st.booleans(), st.data())
+def test_vcf_hostile_files_end_parsed_or_quarantined(gzipped: bool, data: st.DataObject) -> None:
+    seed = VCF_SEED.encode()
+    drawn = data.draw(hostile([gzip.compress(seed) if gzipped else seed] if gzipped else [seed]))
+    with limits.using(SMALL):
+        vcf_run(drawn, "vcf/x.vcf.gz" if gzipped else "vcf/x.vcf")
+
+
+@FUZZ
+@given(pos=field_values(), qual=field_values(), af=field_values(), dp=field_values(), gt=field_values())
+@example(pos="1", qual="NaN", af="Infinity", dp="99999999999999999999999", gt="0/1")
+@example(pos="99999999999999999999", qual="1e308", af="-1e309", dp="1", gt="1/1")
+def test_vcf_hostile_values_end_parsed_or_quarantined(pos: str, qual: str, af: str, dp: str, gt: str) -> None:
+    line = VCF_LINE.format(pos=pos, qual=qual, af=af, dp=dp, gt=gt).replace("\n", " ").replace("\r", " ")
+    text = "\n".join([*VCF_META, VCF_CHROM, line]) + "\n"
+    with limits.using(SMALL):
+        vcf_run(text.encode("utf-8", errors="surrogatepass"))
+
+
+def test_vcf_a_gzip_bomb_is_quarantined_at_its_limit_without_inflating_it() -> None:
+    """A .vcf.gz inflating past the limit is refused as a file as soon as it passes the limit."""
+    from medlake.jobs.ingest import vcf
+
+    bomb = gzip.compress(VCF_SEED.encode() + b"\n" * 5_000_000, compresslevel=9)
+    assert len(bomb) < 20_000
+    with limits.using(SMALL):
+        [rec] = list(vcf.read_bytes(bomb, name="vcf/bomb.vcf.gz"))
+    assert rec["error_rule"] == "limit.decompressed_bytes" and rec["source_offset"] == 0
+    assert f"past {SMALL.decompressed_bytes} bytes" in rec["error_reason"]
+
+
+def test_vcf_a_header_naming_too_many_samples_is_refused_as_a_file() -> None:
+    from medlake.jobs.ingest import vcf
+
+    chrom = VCF_CHROM.rsplit("\t", 2)[0] + "".join(f"\tS{i}" for i in range(SMALL.vcf_samples + 1))
+    text = "\n".join([*VCF_META, chrom, "chr1\t1\t.\tG\tA\t.\tPASS\t.\tGT" + "\t0/1" * (SMALL.vcf_samples + 1)])
+    with limits.using(SMALL):
+        [rec] = list(vcf.read_bytes(text.encode(), name="vcf/wide.vcf"))
+    assert rec["error_rule"] == "limit.vcf_samples"
+    assert f"{SMALL.vcf_samples + 1} samples, over the limit of {SMALL.vcf_samples}" in rec["error_reason"]
+
+
+@pytest.mark.parametrize(
+    ("values", "rule"),
+    [  # found by the fuzzer: htslib turned each into infinity or a silent missing value in silver
+        (dict(pos=1, qual="1e308", af="0.1", dp="3", gt="0/1"), "parse.vcf_bad_qual"),
+        (dict(pos=1, qual="Infinity", af="0.1", dp="3", gt="0/1"), "parse.vcf_bad_qual"),
+        (dict(pos=1, qual="5", af="0.1", dp="99999999999", gt="0/1"), "parse.vcf_bad_info"),
+        (dict(pos=1, qual="5", af="0.1", dp="-2147483647", gt="0/1"), "parse.vcf_bad_info"),
+    ],
+)
+def test_vcf_a_value_htslib_cannot_hold_is_quarantined(values: dict[str, Any], rule: str) -> None:
+    from medlake.jobs.ingest import vcf
+
+    text = "\n".join([*VCF_META, VCF_CHROM, VCF_LINE.format(**values)]) + "\n"
+    raw = pa.Table.from_pylist(list(vcf.read_bytes(text.encode(), name="vcf/x.vcf")), schema=vcf.RAW_SCHEMA)
+    records = vcf.to_bronze(raw, run_id="r1", ingested_at=NOW).records
+    assert records.good.num_rows == 0
+    assert records.quarantined.column("rule_id").to_pylist() == [rule]
+
+
+def test_vcf_a_format_integer_beyond_32_bits_is_quarantined() -> None:
+    from medlake.jobs.ingest import vcf
+
+    line = "chr1\t100\t.\tG\tA\t50\tPASS\t.\tGT:DP\t0/1:99999999999\t0/1:3"
+    text = "\n".join([*VCF_META, VCF_CHROM, line]) + "\n"
+    raw = pa.Table.from_pylist(list(vcf.read_bytes(text.encode(), name="vcf/x.vcf")), schema=vcf.RAW_SCHEMA)
+    records = vcf.to_bronze(raw, run_id="r1", ingested_at=NOW).records
+    assert records.quarantined.column("rule_id").to_pylist() == ["parse.vcf_bad_format_value"]
