@@ -466,3 +466,69 @@ def test_vcf_a_format_integer_beyond_32_bits_is_quarantined() -> None:
     raw = pa.Table.from_pylist(list(vcf.read_bytes(text.encode(), name="vcf/x.vcf")), schema=vcf.RAW_SCHEMA)
     records = vcf.to_bronze(raw, run_id="r1", ingested_at=NOW).records
     assert records.quarantined.column("rule_id").to_pylist() == ["parse.vcf_bad_format_value"]
+
+
+# -- DICOM ----------------------------------------------------------------------------------
+
+DICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
+DICOM_SEEDS = [
+    (DICOM_FILES / name).read_bytes()
+    for name in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "ExplVR_LitEndNoMeta.dcm")
+]
+
+
+def _dicom_mutations(seed: bytes) -> st.SearchStrategy[bytes]:
+    """A length field lying about its element (beyond the file, undefined, zero), or any mutation."""
+    at = st.integers(128, len(seed) - 4)
+    lies = st.sampled_from([0xFFFFFFFF, 0xFFFFFFF0, 0x7FFFFFFF, len(seed) * 4, 0, 1, 0xFFFF])
+    overwrite = st.tuples(at, lies, st.sampled_from(["<I", "<H", ">I"])).map(
+        lambda t: seed[: t[0]] + struct.pack(t[2], t[1] & (0xFFFF if t[2] == "<H" else 0xFFFFFFFF))
+        + seed[t[0] + struct.calcsize(t[2]) :]
+    )
+    return st.one_of(overwrite, _mutations(seed))
+
+
+def dicom_run(data: bytes) -> None:
+    from medlake.jobs.ingest import dicom
+
+    read = dicom.read_bytes(data, name="dicom/x.dcm", run_id="r1", ingested_at=NOW)
+    assert (read.row is None) != (read.rejected is None)
+    if read.rejected is not None:
+        assert read.rejected["rule_id"] and read.rejected["reason"].startswith("dicom/x.dcm")
+        return
+    bronze = pa.Table.from_pylist([read.row], schema=dicom.BRONZE_DICOM.schema)
+    imaging = dicom.instances_from_bronze(bronze, key=KEY, max_shift_days=365)
+    assert len(imaging.instances) + imaging.quarantined.num_rows + imaging.merged == 1
+    for row in imaging.quarantined.to_pylist():
+        assert row["rule_id"] and row["reason"] and CANARY * 6 not in row["reason"]
+
+
+@FUZZ
+@given(st.integers(0, len(DICOM_SEEDS) - 1).map(DICOM_SEEDS.__getitem__).flatmap(_dicom_mutations))
+def test_dicom_hostile_files_end_parsed_or_quarantined(data: bytes) -> None:
+    with limits.using(SMALL):
+        dicom_run(data)
+
+
+def test_dicom_an_element_longer_than_its_sequence_item_is_quarantined() -> None:
+    """Regression (found by hand after fuzzing): a Manufacturer (0008,0070) inside a BeamSequence
+    item of rtplan.dcm (implicit VR) claiming twice the file's bytes was read short and accepted."""
+    from medlake.jobs.ingest import dicom
+
+    seed = (DICOM_FILES / "rtplan.dcm").read_bytes()
+    at = seed.index(b"\x08\x00\x70\x00" + struct.pack("<I", 10))
+    data = seed[: at + 4] + struct.pack("<I", len(seed) * 2) + seed[at + 8 :]
+    read = dicom.read_bytes(data, name="dicom/x.dcm", run_id="r1", ingested_at=NOW)
+    assert read.row is None and read.rejected["rule_id"] == "limit.dicom_element_length"
+    assert f"(0008,0070) in a sequence item declares {len(seed) * 2} bytes" in read.rejected["reason"]
+
+
+def test_dicom_pixel_data_claiming_4_gb_is_truncated_not_read() -> None:
+    from medlake.jobs.ingest import dicom
+
+    seed = (DICOM_FILES / "CT_small.dcm").read_bytes()
+    at = seed.index(b"\xe0\x7f\x10\x00OW\x00\x00") + 8
+    data = seed[:at] + struct.pack("<I", 0xFFFFFFF0) + seed[at + 4 :]
+    read = dicom.read_bytes(data, name="dicom/x.dcm", run_id="r1", ingested_at=NOW)
+    assert read.rejected["rule_id"] == "ingest.truncated"
+    assert f"of its {0xFFFFFFF0} bytes present" in read.rejected["reason"]
