@@ -106,7 +106,20 @@ def landing_files(fhir_dir: Path) -> list[Path]:
 
 def read_file(path: Path, *, name: str) -> Iterator[dict[str, Any]]:
     """Raw records of one landing file; ``name`` is how the file is named in bronze and quarantine."""
-    data = path.read_bytes()
+    from medlake.jobs.ingest import limits
+
+    if path.suffix.lower() == ".ndjson":  # a line over the record limit is read as its marker
+        data = limits.read_bounded(path, name=name)
+    else:  # a .json file is one document, read whole: it is held to the record limit
+        size, limit = path.stat().st_size, limits.current().record_bytes
+        if limit and size > limit:
+            yield _file_error(
+                name, "limit.record_bytes",
+                f"{name}: the file is {size} bytes, over the limit of {limit} bytes per record "
+                "(MEDLAKE__LIMITS__RECORD_BYTES); a .json file is read whole: send bulk data as ndjson",
+            )
+            return
+        data = path.read_bytes()
     if not data.strip():
         yield _file_error(name, "parse.empty_file", f"{name}: the file is empty")
         return
@@ -125,6 +138,8 @@ def read_files(paths: list[Path], *, root: Path) -> pa.Table:
 
 
 def _ndjson_records(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
+    from medlake.jobs.ingest import limits
+
     for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
@@ -139,35 +154,54 @@ def _ndjson_records(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
                 "error_reason": f"{name} line {number}: not UTF-8 ({exc.reason} at byte {exc.start})",
             }
             continue
+        try:
+            limits.check_bytes(text, where=f"{name} line {number}")
+        except limits.LimitExceeded as over:
+            yield {"source_file": name, "source_offset": number, "text": limits.clip(text),
+                   "error_rule": over.rule_id, "error_reason": over.reason}
+            continue
         yield {"source_file": name, "source_offset": number, "text": text, "error_rule": None, "error_reason": None}
 
 
 def _json_records(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
-    try:
-        doc = json.loads(data)
+    from medlake.jobs.ingest import limits
+
+    try:  # FHIR JSON is UTF-8 (json.loads would also take bytes in UTF-16 or UTF-32)
+        text = data.decode("utf-8-sig")
+        limits.check_json_depth(text, where=name)
+        doc = limits.loads(text)
+    except limits.LimitExceeded as over:
+        yield _file_error(name, over.rule_id, over.reason, text=limits.clip(text))
+        return
+    except limits.NonFiniteNumber:
+        yield _file_error(
+            name, "parse.bad_json", f"{name}: not valid JSON (NaN, Infinity or a number beyond a double)",
+            text=text,
+        )
+        return
     except UnicodeDecodeError as exc:
         yield _file_error(name, "parse.bad_encoding", f"{name}: not UTF-8 ({exc.reason} at byte {exc.start})")
         return
     except json.JSONDecodeError as exc:
         yield _file_error(
             name, "parse.bad_json", f"{name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
-            text=data.decode("utf-8", errors="replace"),
+            text=text,
         )
         return
     if not isinstance(doc, dict) or "resourceType" not in doc:
         kind = type(doc).__name__ if not isinstance(doc, dict) else "object without resourceType"
         yield _file_error(
             name, "parse.not_a_resource", f"{name}: expected a FHIR Bundle or resource, found a JSON {kind}",
-            text=data.decode("utf-8"),
+            text=text,
         )
         return
     if doc["resourceType"] != "Bundle":
-        yield {"source_file": name, "source_offset": 1, "text": data.decode("utf-8"), "error_rule": None, "error_reason": None}
+        yield {"source_file": name, "source_offset": 1, "text": text, "error_rule": None, "error_reason": None}
         return
     entries = doc.get("entry") or []
     if not isinstance(entries, list) or not entries:
         yield _file_error(name, "parse.empty_bundle", f"{name}: Bundle {doc.get('id', '')} has no entries",
-                          text=data.decode("utf-8"))
+                          text=text)
         return
     for position, entry in enumerate(entries, start=1):
         resource = entry.get("resource") if isinstance(entry, dict) else None
@@ -200,43 +234,56 @@ def record_hash(resource: dict[str, Any]) -> str:
 
 def to_bronze(raw: pa.Table, *, run_id: str, ingested_at: datetime) -> Split:
     """Bronze rows for the records that are FHIR R4 resources; the others quarantined, with why."""
+    from medlake.jobs.ingest import limits
+
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
-    for rec in raw.to_pylist():
-        where = f"{rec['source_file']} {'line' if rec['source_file'].endswith('.ndjson') else 'entry'} {rec['source_offset']}"
-        locate = {"source_file": rec["source_file"], "source_offset": rec["source_offset"], "raw_record": rec["text"]}
-        if rec["error_rule"]:
-            bad.append({**locate, "rule_id": rec["error_rule"], "reason": rec["error_reason"]})
-            continue
-        try:
-            resource = json.loads(rec["text"])
-        except json.JSONDecodeError as exc:
-            bad.append({**locate, "rule_id": "parse.bad_json",
-                        "reason": f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"})
-            continue
-        if not isinstance(resource, dict) or "resourceType" not in resource:
-            found = "object without resourceType" if isinstance(resource, dict) else type(resource).__name__
-            bad.append({**locate, "rule_id": "parse.not_a_resource",
-                        "reason": f"{where}: expected a FHIR resource, found a JSON {found}"})
-            continue
-        rtype = resource["resourceType"]
-        rid = resource.get("id") if isinstance(resource.get("id"), str) else None
-        if not isinstance(rtype, str) or rtype not in R4_RESOURCE_TYPES:
-            bad.append({**locate, "rule_id": "parse.unknown_resource_type", "record_id": rid,
-                        "reason": f"{where}: resourceType {str(rtype)[:40]!r} is not a FHIR R4 resource type"})
-            continue
-        good.append(
-            {
-                "resource_type": rtype,
-                "resource_id": rid,
-                "raw": rec["text"],
-                "_source_file": rec["source_file"],
-                "_source_offset": rec["source_offset"],
-                "_ingested_at": ingested_at,
-                "_record_hash": record_hash(resource),
-                "_run_id": run_id,
-            }
-        )
+    with limits.clock() as clock:
+        for rec in raw.to_pylist():
+            where = f"{rec['source_file']} {'line' if rec['source_file'].endswith('.ndjson') else 'entry'} {rec['source_offset']}"
+            locate = {"source_file": rec["source_file"], "source_offset": rec["source_offset"], "raw_record": rec["text"]}
+            if rec["error_rule"]:
+                bad.append({**locate, "rule_id": rec["error_rule"], "reason": rec["error_reason"]})
+                continue
+            try:
+                with clock.record(where):
+                    limits.check_json(rec["text"], where=where)
+                    resource = limits.loads(rec["text"])
+                    hashed = record_hash(resource) if isinstance(resource, dict) else None
+            except limits.LimitExceeded as over:
+                bad.append({**locate, "raw_record": limits.clip(rec["text"]), "rule_id": over.rule_id, "reason": over.reason})
+                continue
+            except limits.NonFiniteNumber:
+                bad.append({**locate, "rule_id": "parse.bad_json",
+                            "reason": f"{where}: not valid JSON (NaN, Infinity or a number beyond a double)"})
+                continue
+            except json.JSONDecodeError as exc:
+                bad.append({**locate, "rule_id": "parse.bad_json",
+                            "reason": f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"})
+                continue
+            if not isinstance(resource, dict) or "resourceType" not in resource:
+                found = "object without resourceType" if isinstance(resource, dict) else type(resource).__name__
+                bad.append({**locate, "rule_id": "parse.not_a_resource",
+                            "reason": f"{where}: expected a FHIR resource, found a JSON {found}"})
+                continue
+            rtype = resource["resourceType"]
+            rid = resource.get("id") if isinstance(resource.get("id"), str) else None
+            if not isinstance(rtype, str) or rtype not in R4_RESOURCE_TYPES:
+                bad.append({**locate, "rule_id": "parse.unknown_resource_type", "record_id": rid,
+                            "reason": f"{where}: resourceType {str(rtype)[:40]!r} is not a FHIR R4 resource type"})
+                continue
+            good.append(
+                {
+                    "resource_type": rtype,
+                    "resource_id": rid,
+                    "raw": rec["text"],
+                    "_source_file": rec["source_file"],
+                    "_source_offset": rec["source_offset"],
+                    "_ingested_at": ingested_at,
+                    "_record_hash": hashed,
+                    "_run_id": run_id,
+                }
+            )
     return Split(
         pa.Table.from_pylist(good, schema=BRONZE_FHIR.schema),
         quarantine_rows(bad, table_name=BRONZE_FHIR.name, run_id=run_id, now=ingested_at),

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
+import math
 import re
 import signal
 import threading
@@ -40,7 +42,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from types import FrameType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from medlake.config import LimitsSettings
 
@@ -321,7 +323,38 @@ def clock() -> Iterator[Clock]:
         signal.signal(signal.SIGALRM, previous)
 
 
+
+
+# -- JSON that is JSON ------------------------------------------------------------------------
+
+
+class NonFiniteNumber(ValueError):
+    """JSON text holding NaN, Infinity or a number beyond a double (1e400): Python reads them, JSON has none."""
+
+
+def _constant(name: str) -> float:
+    raise NonFiniteNumber(name)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise NonFiniteNumber(text[:20])
+    return number
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads`` refusing NaN, ±Infinity and numbers beyond a double (:class:`NonFiniteNumber`).
+
+    Check the depth first (:func:`check_json_depth`): json.loads recurses, and a deep enough text
+    raises RecursionError.
+    """
+    return json.loads(text, parse_constant=_constant, parse_float=_finite)
+
+
 __all__ = [
+    "NonFiniteNumber",
+    "loads",
     "QUARANTINED_PREFIX",
     "Clock",
     "LimitExceeded",
