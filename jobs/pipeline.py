@@ -31,7 +31,7 @@ from medlake.governance.lineage import LineageConfig, stage_run
 from medlake.jobs.clean import dedup, terminology
 from medlake.jobs.clean.config import OnUnmapped
 from medlake.jobs.clean.standardize import STANDARDIZE
-from medlake.jobs.ingest import fhir, hl7v2
+from medlake.jobs.ingest import fhir, hl7v2, limits
 from medlake.jobs.stage import StageResult, write_bronze
 from medlake.jobs.views.coverage import describe as describe_drift
 from medlake.jobs.views.tables import ViewTable, load_view_tables, rows_from_bronze
@@ -502,14 +502,15 @@ def task_ingest(landing: str, lake: str, *, run_id: str) -> dict[str, object]:
         config=lineage_config(settings),
     ) as run:
         now = datetime.now(UTC)
-        stages = [
-            ingest(Path(landing), target, run_id=run_id, now=now),
-            ingest_hl7v2(Path(landing), target, run_id=run_id, now=now),
-            *(
-                source_module(kind).ingest(Path(landing), target, run_id=run_id, now=now)
-                for kind in SOURCES
-            ),
-        ]
+        with limits.using(settings.limits):  # MEDLAKE__LIMITS__*: what one record may cost
+            stages = [
+                ingest(Path(landing), target, run_id=run_id, now=now),
+                ingest_hl7v2(Path(landing), target, run_id=run_id, now=now),
+                *(
+                    source_module(kind).ingest(Path(landing), target, run_id=run_id, now=now)
+                    for kind in SOURCES
+                ),
+            ]
         result = StageResult.merge(stages)
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=result.entries)
     return result.as_xcom()

@@ -670,3 +670,61 @@ def test_fhir_a_huge_unknown_element_name_is_not_echoed_in_the_reason(tmp_path: 
     split = fhir.patients_from_bronze(fhir.to_bronze(raw, run_id="r1", ingested_at=NOW).good, key=KEY)
     [refused] = split.quarantined.to_pylist()
     assert refused["rule_id"] == "validate.fhir_r4" and CANARY * 6 not in refused["reason"]
+
+
+# -- a hostile landing through the real ingest stages into a real Delta lake ------------------
+
+
+def test_a_hostile_landing_ingests_every_record_into_bronze_or_quarantine(tmp_path: Path) -> None:
+    """Every source's real ingest stage over a landing of hostile files (huge fields, a gzip bomb,
+    deep nesting, NaN, year 9999, a lying DICOM length, CRs and NULs): the run goes on, each bad
+    record is quarantined under its rule with the limit named, and every ledger entry adds up."""
+    from medlake.jobs import pipeline
+    from medlake.jobs.ingest import csv, dicom, vcf, vitals
+    from medlake.lake import Lake
+    from medlake.ledger import for_run
+    from medlake.sample.hostile import FILLER, Sizes, hostile_landing
+
+    landing, lake = tmp_path / "landing", Lake(tmp_path / "lake")
+    sizes = Sizes(huge_field=SMALL.record_bytes + 1, bomb=SMALL.decompressed_bytes * 3, depth=SMALL.json_depth * 10,
+                  fields=SMALL.hl7_fields + 5)
+    hostile_landing(landing, sizes=sizes, dicom_seed=DICOM_FILES / "CT_small.dcm")
+    with limits.using(SMALL):
+        pipeline.ingest(landing, lake, run_id="r1", now=NOW)
+        pipeline.ingest_hl7v2(landing, lake, run_id="r1", now=NOW)
+        for module in (csv, vitals, dicom, vcf):
+            module.ingest(landing, lake, run_id="r1", now=NOW)
+
+    entries = for_run(lake, "r1")
+    assert {e["table_name"] for e in entries} >= {
+        "bronze.fhir_resources", "bronze.hl7v2_messages", "bronze.csv_rows", "bronze.vitals_samples",
+        "bronze.dicom_files", "bronze.vcf_records", "bronze.vcf_headers",
+    }
+    assert all(e["balanced"] for e in entries), entries
+    quarantine = lake.read("quarantine").to_pylist()
+    rules = {(q["source_file"], q["rule_id"]) for q in quarantine}
+    assert {
+        ("fhir/feed.ndjson", "limit.json_depth"),
+        ("fhir/feed.ndjson", "limit.record_bytes"),
+        ("fhir/feed.ndjson", "parse.bad_json"),
+        ("fhir/bundle.json", "parse.bad_json"),
+        ("hl7v2/feed.hl7", "limit.record_bytes"),
+        ("hl7v2/feed.hl7", "limit.hl7_fields"),
+        ("csv/labs.csv", "limit.record_bytes"),
+        ("csv/labs.csv", "parse.csv_bad_line_break"),
+        ("vitals/feed.jsonl", "limit.record_bytes"),
+        ("vitals/feed.jsonl", "limit.json_depth"),
+        ("vitals/feed.jsonl", "parse.vitals_bad_value"),
+        ("vitals/feed.jsonl", "parse.vitals_bad_time"),
+        ("vcf/bomb.vcf.gz", "limit.decompressed_bytes"),
+        ("vcf/calls.vcf", "limit.record_bytes"),
+        ("vcf/calls.vcf", "parse.vcf_bad_qual"),
+        ("dicom/lying.dcm", "ingest.truncated"),
+        ("dicom/noise.dcm", "ingest.not_dicom"),
+    } <= rules
+    for q in quarantine:
+        assert FILLER * 2 not in q["reason"] and len(q["reason"]) < REASON_CHARS
+        assert q["raw_record"] is None or len(q["raw_record"]) <= max(limits.QUARANTINED_PREFIX, SMALL.record_bytes)
+    for table in ("bronze.fhir_resources", "bronze.hl7v2_messages", "bronze.csv_rows", "bronze.vitals_samples",
+                  "bronze.vcf_records", "bronze.dicom_files"):
+        assert lake.count(table) >= 1, table  # the good records of each hostile file got through
