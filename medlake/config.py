@@ -114,9 +114,9 @@ class LimitsSettings(BaseModel):
         default=100_000, ge=0, description="Sample columns in one VCF header; over: limit.vcf_samples (the file)."
     )
     decompressed_bytes: int = Field(
-        default=4 * 1024 * 1024 * 1024,
+        default=512 * 1024 * 1024,
         ge=0,
-        description="Bytes one gzip file (.vcf.gz) may inflate to; over: limit.decompressed_bytes (the file).",
+        description="Bytes one gzip file (.vcf.gz) may inflate to (the VCF reader holds a file's text whole); over: limit.decompressed_bytes (the file).",
     )
     record_seconds: float = Field(
         default=10.0, ge=0, description="Seconds parsing and checking one record may take; over: limit.record_seconds."

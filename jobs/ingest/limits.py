@@ -102,38 +102,51 @@ def marker(length: int) -> bytes:
 def bound_lines(chunks: Iterable[bytes], *, line_bytes: int) -> bytes:
     """The concatenated chunks with every line longer than ``line_bytes`` replaced by its marker.
 
-    Never holds more of an over-long line than one chunk; line breaks are kept.
+    Never holds more of an over-long line than one chunk; line breaks are kept. Works chunk by
+    chunk (a regular expression finds long lines inside a chunk), not line by line: a file of a
+    billion short lines costs no more than its bytes.
     """
     if line_bytes <= 0:
         return b"".join(chunks)
-    out: list[bytes] = []
-    pending: list[bytes] = []  # the current line so far, while it is within the limit
-    pending_size = 0
-    skipped = -1  # bytes of the current over-long line, -1 while it is within the limit
+    long_line = re.compile(rb"[^\n]{%d,}" % (line_bytes + 1))
+    out = bytearray()
+    carry = bytearray()  # the unfinished line, while it is within the limit
+    skipped = -1  # bytes of the unfinished line once it is over the limit, else -1
     for chunk in chunks:
-        start = 0
-        while start < len(chunk):
-            end = chunk.find(b"\n", start)
-            piece = chunk[start:] if end < 0 else chunk[start:end]
+        first = chunk.find(b"\n")
+        if first < 0:  # the unfinished line goes on
             if skipped >= 0:
-                skipped += len(piece)
-            elif pending_size + len(piece) > line_bytes:
-                skipped = pending_size + len(piece)
-                pending, pending_size = [], 0
+                skipped += len(chunk)
+            elif len(carry) + len(chunk) > line_bytes:
+                skipped = len(carry) + len(chunk)
+                carry.clear()
             else:
-                pending.append(piece)
-                pending_size += len(piece)
-            if end < 0:
-                break
-            out.append(marker(skipped) if skipped >= 0 else b"".join(pending))
-            out.append(b"\n")
-            pending, pending_size, skipped = [], 0, -1
-            start = end + 1
+                carry += chunk
+            continue
+        size = (skipped if skipped >= 0 else len(carry)) + first
+        if size > line_bytes:
+            out += marker(size)
+        else:
+            out += carry
+            out += chunk[:first]
+        out += b"\n"
+        carry.clear()
+        skipped = -1
+        last = chunk.rfind(b"\n")
+        middle = chunk[first + 1 : last + 1]  # whole lines, each with its line break
+        if len(middle) > line_bytes + 1 and long_line.search(middle):
+            middle = long_line.sub(lambda m: marker(len(m.group())), middle)
+        out += middle
+        tail = chunk[last + 1 :]
+        if len(tail) > line_bytes:
+            skipped = len(tail)
+        else:
+            carry += tail
     if skipped >= 0:
-        out.append(marker(skipped))
-    elif pending:
-        out.append(b"".join(pending))
-    return b"".join(out)
+        out += marker(skipped)
+    else:
+        out += carry
+    return bytes(out)
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

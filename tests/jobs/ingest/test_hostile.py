@@ -728,3 +728,67 @@ def test_a_hostile_landing_ingests_every_record_into_bronze_or_quarantine(tmp_pa
     for table in ("bronze.fhir_resources", "bronze.hl7v2_messages", "bronze.csv_rows", "bronze.vitals_samples",
                   "bronze.vcf_records", "bronze.dicom_files"):
         assert lake.count(table) >= 1, table  # the good records of each hostile file got through
+
+
+# -- the limits module itself ---------------------------------------------------------------
+
+
+@FUZZ
+@given(
+    data=st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\r", b"\x00", b"\x1a", b"xyz" * 7]), max_size=40).map(b"".join),
+    cuts=st.lists(st.integers(0, 300), max_size=6),
+    line_bytes=st.integers(1, 30),
+)
+def test_bound_lines_replaces_exactly_the_lines_over_the_limit_whatever_the_chunks(
+    data: bytes, cuts: list[int], line_bytes: int
+) -> None:
+    edges = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *edges], [*edges, len(data)], strict=True)]
+    expected = b"\n".join(
+        limits.marker(len(line)) if len(line) > line_bytes else line for line in data.split(b"\n")
+    )
+    assert limits.bound_lines(chunks, line_bytes=line_bytes) == expected
+
+
+@pytest.mark.parametrize("depth", [0, 1, 5, 64, 65])
+def test_json_depth_counts_brackets_outside_strings(depth: int) -> None:
+    text = '{"a": "[[[{{{", "b": ' + "[" * depth + "]" * depth + "}"
+    assert limits.json_depth(text) == depth + 1
+    if depth + 1 > limits.current().json_depth:
+        with pytest.raises(limits.LimitExceeded, match="limit of 64"):
+            limits.check_json_depth(text, where="x")
+    else:
+        limits.check_json_depth(text, where="x")
+
+
+def test_a_record_over_its_time_is_refused_and_the_next_one_is_read() -> None:
+    """The interval timer interrupts a stuck check (here a sleep) and the loop goes on."""
+    outcomes = []
+    with limits.using(limits.Limits(record_seconds=1.0)), limits.clock() as clock:
+        for where, stuck in (("a line 1", False), ("a line 2", True), ("a line 3", False)):
+            try:
+                with clock.record(where):
+                    if stuck:
+                        import time
+
+                        time.sleep(30)
+                outcomes.append("ok")
+            except limits.LimitExceeded as over:
+                outcomes.append(over.rule_id)
+                assert over.reason.startswith("a line 2: parsing it took longer than 1 s")
+    assert outcomes == ["ok", "limit.record_seconds", "ok"]
+
+
+def test_the_limits_are_settings() -> None:
+    from medlake.config import Settings
+
+    assert Settings().limits == limits.Limits()
+    env = {"MEDLAKE__LIMITS__RECORD_BYTES": "1000", "MEDLAKE__LIMITS__JSON_DEPTH": "7"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        configured = Settings().limits
+    assert (configured.record_bytes, configured.json_depth) == (1000, 7)
+    with limits.using(configured):
+        assert limits.current().record_bytes == 1000
+    assert limits.current().record_bytes == limits.Limits().record_bytes
