@@ -366,12 +366,11 @@ def loads(text: str | bytes) -> Any:
 
 
 __all__ = [
-    "NonFiniteNumber",
-    "loads",
     "QUARANTINED_PREFIX",
     "Clock",
     "LimitExceeded",
     "Limits",
+    "NonFiniteNumber",
     "bound_lines",
     "check_bytes",
     "check_fields",
@@ -382,6 +381,7 @@ __all__ = [
     "clock",
     "current",
     "gunzip_bounded",
+    "loads",
     "oversize",
     "read_bounded",
     "using",

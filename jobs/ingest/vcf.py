@@ -52,7 +52,6 @@ staged + quarantined + bronze-only); the gate then counts rows.
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import logging
 import math

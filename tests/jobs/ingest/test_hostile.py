@@ -11,11 +11,9 @@ Inputs that once found a bug stay below as explicit ``@example``s and named regr
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import struct
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -278,11 +276,11 @@ def test_csv_a_carriage_return_inside_an_unquoted_field_is_quarantined(text: str
 # -- vitals ---------------------------------------------------------------------------------
 
 VITALS_JSONL = (
-    '{"device_id": "MON-1", "mrn": "MRN-1", "mrn_system": "http://hospital.example.org/mrn", '
-    '"metric": "heart_rate", "value": 72, "unit": "/min", "ts": "2024-03-01T10:00:00+00:00"}\n'
-).encode()
+    b'{"device_id": "MON-1", "mrn": "MRN-1", "mrn_system": "http://hospital.example.org/mrn", '
+    b'"metric": "heart_rate", "value": 72, "unit": "/min", "ts": "2024-03-01T10:00:00+00:00"}\n'
+)
 VITALS_CSV = b"device_id,mrn,mrn_system,metric,value,unit,ts\nMON-1,MRN-1,sys,spo2,97,%,2024-03-01T10:00:00+00:00\n"
-PHYSIONET = sorted((CORPUS / "vitals" / "physionet2012_icu").glob("*.txt"))[0].read_bytes()[:600]
+PHYSIONET = min((CORPUS / "vitals" / "physionet2012_icu").glob("*.txt")).read_bytes()[:600]
 VITALS_LAYOUTS = {"jsonl": VITALS_JSONL, "csv": VITALS_CSV, "physionet": PHYSIONET}
 
 
@@ -397,7 +395,7 @@ def vcf_run(data: bytes, name: str = "vcf/x.vcf") -> None:
     assert_accounted(splits.raw_records.num_rows, splits.records)
     assert_accounted(splits.raw_headers.num_rows, splits.headers)
     if splits.records.good.num_rows:
-        split, sites_only = vcf.variants_from_bronze(splits.records.good, splits.headers.good, key=KEY)
+        split, _sites_only = vcf.variants_from_bronze(splits.records.good, splits.headers.good, key=KEY)
         assert_silver_accounted(split, splits.records.good.num_rows)
 
 
@@ -447,10 +445,10 @@ def test_vcf_a_header_naming_too_many_samples_is_refused_as_a_file() -> None:
 @pytest.mark.parametrize(
     ("values", "rule"),
     [  # found by the fuzzer: htslib turned each into infinity or a silent missing value in silver
-        (dict(pos=1, qual="1e308", af="0.1", dp="3", gt="0/1"), "parse.vcf_bad_qual"),
-        (dict(pos=1, qual="Infinity", af="0.1", dp="3", gt="0/1"), "parse.vcf_bad_qual"),
-        (dict(pos=1, qual="5", af="0.1", dp="99999999999", gt="0/1"), "parse.vcf_bad_info"),
-        (dict(pos=1, qual="5", af="0.1", dp="-2147483647", gt="0/1"), "parse.vcf_bad_info"),
+        ({"pos": 1, "qual": "1e308", "af": "0.1", "dp": "3", "gt": "0/1"}, "parse.vcf_bad_qual"),
+        ({"pos": 1, "qual": "Infinity", "af": "0.1", "dp": "3", "gt": "0/1"}, "parse.vcf_bad_qual"),
+        ({"pos": 1, "qual": "5", "af": "0.1", "dp": "99999999999", "gt": "0/1"}, "parse.vcf_bad_info"),
+        ({"pos": 1, "qual": "5", "af": "0.1", "dp": "-2147483647", "gt": "0/1"}, "parse.vcf_bad_info"),
     ],
 )
 def test_vcf_a_value_htslib_cannot_hold_is_quarantined(values: dict[str, Any], rule: str) -> None:
@@ -792,3 +790,17 @@ def test_the_limits_are_settings() -> None:
     with limits.using(configured):
         assert limits.current().record_bytes == 1000
     assert limits.current().record_bytes == limits.Limits().record_bytes
+
+
+@pytest.mark.slow
+def test_every_fuzz_property_holds_over_a_deeper_run() -> None:
+    """The properties above with 1,000 examples each (MEDLAKE_FUZZ_EXAMPLES), in a fresh process."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "hostile_files or hostile_values",
+         "-m", "not slow", "--hypothesis-show-statistics"],
+        env={**os.environ, "MEDLAKE_FUZZ_EXAMPLES": "1000"}, capture_output=True, text=True, timeout=3600, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
