@@ -329,20 +329,19 @@ def to_bronze(raw: pa.Table, *, run_id: str, ingested_at: datetime) -> Split:
 
 
 def _bronze_row(rec: dict[str, Any], header: Header, *, run_id: str, ingested_at: datetime) -> dict[str, Any]:
-    return (
-        {
-            "message_type": header.message_type,
-            "message_control_id": header.control_id,
-            "version": header.version,
-            "sending_facility": header.sending_facility,
-            "raw": rec["text"],
-            "_source_file": rec["source_file"],
-            "_source_offset": rec["source_offset"],
-            "_ingested_at": ingested_at,
-            "_record_hash": record_hash(rec["text"]),
-            "_run_id": run_id,
-        }
-    )
+    """The bronze row of a checked message: its MSH facts and the message verbatim."""
+    return {
+        "message_type": header.message_type,
+        "message_control_id": header.control_id,
+        "version": header.version,
+        "sending_facility": header.sending_facility,
+        "raw": rec["text"],
+        "_source_file": rec["source_file"],
+        "_source_offset": rec["source_offset"],
+        "_ingested_at": ingested_at,
+        "_record_hash": record_hash(rec["text"]),
+        "_run_id": run_id,
+    }
 
 
 def check_message(text: str, *, where: str) -> Header:
