@@ -669,7 +669,19 @@ def variants_from_bronze(records: pa.Table, headers: pa.Table, *, key: bytes) ->
                     }
                 )
                 continue
-            _add_rows(out, row, variant, header, people, key=key)
+            try:
+                _add_rows(out, row, variant, header, people, key=key)
+            except Rejected as rej:  # htslib read the line otherwise than its checks did
+                bad.append(
+                    {
+                        "rule_id": rej.rule_id,
+                        "reason": f"{row['_source_file']} line {row['_source_offset']}: {rej.reason}",
+                        "source_file": row["_source_file"],
+                        "source_offset": row["_source_offset"],
+                        "record_hash": row["_record_hash"],
+                        "raw_record": row["raw"],
+                    }
+                )
     return Split(out.table(), quarantine_rows(bad, table_name=SILVER_VARIANTS.name)), sites_only
 
 
@@ -854,6 +866,13 @@ def format_numbers(
     )
     if values is None:
         return np.full(samples, np.nan)
+    if values.ndim != 2 or values.dtype.kind not in "iuf":  # htslib did not read the header line
+        assert declared is not None
+        raise Rejected(
+            HTSLIB_RULE,
+            f"htslib reads FORMAT {name} as text, not the {declared.type} its ##FORMAT header line "
+            "declares (htslib could not parse that line)",
+        )
     first: np.ndarray = values[:, 0]
     if first.dtype.kind == "f":
         return np.round(first.astype(np.float64))

@@ -804,3 +804,18 @@ def test_every_fuzz_property_holds_over_a_deeper_run() -> None:
         env={**os.environ, "MEDLAKE_FUZZ_EXAMPLES": "1000"}, capture_output=True, text=True, timeout=3600, check=False,
     )
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_vcf_a_format_line_htslib_cannot_parse_quarantines_the_line_not_the_run() -> None:
+    """Regression (fuzzer, a cut-out middle): htslib skipped a malformed ##FORMAT DP line and read
+    DP as text, and silver crashed indexing it as numbers (IndexError)."""
+    from medlake.jobs.ingest import vcf
+
+    seed = VCF_SEED.encode()
+    data = seed[:279] + seed[319:]  # joins the FORMAT DP line with the ##SAMPLE line
+    raw = pa.Table.from_pylist(list(vcf.read_bytes(data, name="vcf/x.vcf")), schema=vcf.RAW_SCHEMA)
+    splits = vcf.to_bronze(raw, run_id="r1", ingested_at=NOW)
+    split, _ = vcf.variants_from_bronze(splits.records.good, splits.headers.good, key=KEY)
+    assert split.good.num_rows == 0
+    [refused] = split.quarantined.to_pylist()
+    assert refused["rule_id"] == vcf.HTSLIB_RULE and "FORMAT DP as text" in refused["reason"]
