@@ -392,7 +392,7 @@ def check_message(text: str, *, where: str) -> Header:
         ) from exc
     msh = _Segment.of(parsed, parsed[0], 1)
     code, event, control, version = msh.get(9), msh.get(9, 2), msh.get(10), msh.get(12)
-    where = f"{where} (control id {control})" if control else where
+    where = f"{where} (control id {_shown_id(control)})" if control else where
     for number, value, label in (
         (9, code, "message type"),
         (10, control, "message control id"),
@@ -420,6 +420,15 @@ def check_message(text: str, *, where: str) -> Header:
             f"{where}: no {' or '.join(missing)} segment, which a {message_type} message needs",
         )
     return Header(message_type, control, version, hd_system(msh.components(4)))
+
+
+#: the most of a control id a reason repeats (MSH-10 is at most 199 characters; a hostile one is not)
+SHOWN_ID_CHARS = 64
+
+
+def _shown_id(control: str) -> str:
+    """A control id as reasons name it: cut at :data:`SHOWN_ID_CHARS`, so no reason grows with input."""
+    return control if len(control) <= SHOWN_ID_CHARS else f"{control[:SHOWN_ID_CHARS]}… ({len(control)} characters)"
 
 
 def _control_id(text: str | None) -> str | None:
@@ -872,7 +881,7 @@ class _Message:
         if msh.get(7):
             naive, zone = parse_dtm(msh.get(7))
             sent_at = naive.replace(tzinfo=zone or UTC).astimezone(UTC)
-        label = f"{row['_source_file']} message {row['_source_offset']} (control id {row['message_control_id']})"
+        label = f"{row['_source_file']} message {row['_source_offset']} (control id {_shown_id(row['message_control_id'])})"
         facility = row["sending_facility"] or hd_system(msh.components(3)) or "unknown"
         return _Message(row, segments, f"hl7v2:{facility}", zone, sent_at, label)
 

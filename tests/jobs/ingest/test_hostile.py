@@ -819,3 +819,13 @@ def test_vcf_a_format_line_htslib_cannot_parse_quarantines_the_line_not_the_run(
     assert split.good.num_rows == 0
     [refused] = split.quarantined.to_pylist()
     assert refused["rule_id"] == vcf.HTSLIB_RULE and "FORMAT DP as text" in refused["reason"]
+
+
+def test_hl7v2_a_huge_control_id_is_cut_in_reasons() -> None:
+    """Regression (fuzzer): every reason of a message repeated its MSH-10 whole, however long."""
+    text = HL7_MSG.format(msh7="", dob="19500315", obs="20240105", value="1").replace("|C1|", f"|{CANARY * 1000}|")
+    text = text.replace("ORU^R01^ORU_R01", "")  # MSH-9 empty: refused, naming the control id
+    raw = pa.Table.from_pylist(list(hl7v2.read_bytes(text.encode(), name="h.hl7")), schema=hl7v2.RAW_SCHEMA)
+    [refused] = hl7v2.to_bronze(raw, run_id="r1", ingested_at=NOW).quarantined.to_pylist()
+    assert refused["rule_id"] == "parse.hl7_bad_msh"
+    assert f"({len(CANARY) * 1000} characters)" in refused["reason"] and len(refused["reason"]) < 300
