@@ -807,11 +807,16 @@ def _add_rows(
     texts = (
         [sample.split(":", 1)[0] for sample in cols[9:]] if keys[0] == "GT" else [None] * samples
     )
-    called = (
-        [[a for a in call[:-1] if a >= 0] for call in variant.genotypes]
-        if keys[0] == "GT"
-        else [[] for _ in range(samples)]
-    )
+    try:
+        called = (
+            [[a for a in call[:-1] if a >= 0] for call in variant.genotypes]
+            if keys[0] == "GT"
+            else [[] for _ in range(samples)]
+        )
+    except Exception as exc:  # noqa: BLE001 - cyvcf2 raises a bare Exception ("error parsing genotypes")
+        raise Rejected(
+            HTSLIB_RULE, f"htslib cannot read the line's genotypes ({type(exc).__name__})"
+        ) from None
     phased = [None if gt is None else "|" in gt for gt in texts]
     qual = variant.QUAL
     qual = None if qual is None or (isinstance(qual, float) and math.isnan(qual)) else float(qual)
