@@ -43,7 +43,7 @@ from medlake.governance.lineage import LineageConfig, stage_run
 from medlake.jobs.clean import dedup, fhir_steps, terminology
 from medlake.jobs.clean.config import OnUnmapped
 from medlake.jobs.clean.standardize import STANDARDIZE
-from medlake.jobs.ingest import fhir, hl7v2
+from medlake.jobs.ingest import fhir, hl7v2, limits
 from medlake.jobs.stage import StageResult, write_bronze
 from medlake.jobs.views.coverage import describe as describe_drift
 from medlake.jobs.views.tables import ViewTable, load_view_tables, rows_from_bronze
@@ -129,11 +129,11 @@ def ingest(
         )
     files = fhir.landing_files(landing / "fhir")
     scratch = lake.scratch_uri(BRONZE_FHIR.name, run_id=run_id)
-    read = engine.batch_local(
-        functools.partial(fhir.to_bronze, run_id=run_id, ingested_at=now),
+    read = engine.batch_local(  # the limits in force travel with the steps to workers
+        limits.bound(functools.partial(fhir.to_bronze, run_id=run_id, ingested_at=now)),
         source=FileSource(
             [(str(p), str(p.relative_to(landing))) for p in files],
-            reader=fhir.read_records,
+            reader=limits.bound(fhir.read_records),
             schema=fhir.RAW_SCHEMA,
         ),
         target=Target(scratch, BRONZE_FHIR.schema, encode=lake.encoder(BRONZE_FHIR.name)),
@@ -705,14 +705,15 @@ def task_ingest(
         engine=runner.name,
     ) as run:
         now = datetime.now(UTC)
-        stages = [
-            ingest(Path(landing), target, run_id=run_id, now=now, engine=runner),
-            ingest_hl7v2(Path(landing), target, run_id=run_id, now=now),
-            *(
-                source_module(kind).ingest(Path(landing), target, run_id=run_id, now=now)
-                for kind in SOURCES
-            ),
-        ]
+        with limits.using(settings.limits):  # MEDLAKE__LIMITS__*: what one record may cost
+            stages = [
+                ingest(Path(landing), target, run_id=run_id, now=now, engine=runner),
+                ingest_hl7v2(Path(landing), target, run_id=run_id, now=now),
+                *(
+                    source_module(kind).ingest(Path(landing), target, run_id=run_id, now=now)
+                    for kind in SOURCES
+                ),
+            ]
         result = StageResult.merge(stages)
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=result.entries)
     return result.as_xcom()

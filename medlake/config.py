@@ -92,6 +92,37 @@ class AccessSettings(BaseModel):
     )
 
 
+class LimitsSettings(BaseModel):
+    """What one landing record may cost before it is quarantined under ``limit.*`` (jobs/ingest/limits.py).
+
+    Each bound protects the run, not the record: what is over it is quarantined with the limit in
+    the reason and the run goes on. 0 switches a bound off.
+    """
+
+    record_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=0,
+        description="Bytes one record may hold (a line, an HL7 message, a FHIR resource, a .json file read whole); over: limit.record_bytes.",
+    )
+    json_depth: int = Field(
+        default=64, ge=0, description="Nesting depth of a JSON record (FHIR, vitals jsonl); over: limit.json_depth."
+    )
+    hl7_fields: int = Field(
+        default=1000, ge=0, description="Fields in one HL7 v2 segment; over: limit.hl7_fields."
+    )
+    vcf_samples: int = Field(
+        default=100_000, ge=0, description="Sample columns in one VCF header; over: limit.vcf_samples (the file)."
+    )
+    decompressed_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=0,
+        description="Bytes one gzip file (.vcf.gz) may inflate to (the VCF reader holds a file's text whole); over: limit.decompressed_bytes (the file).",
+    )
+    record_seconds: float = Field(
+        default=10.0, ge=0, description="Seconds parsing and checking one record may take; over: limit.record_seconds."
+    )
+
+
 class AirflowSettings(BaseModel):
     """The local Airflow installation that runs the DAGs."""
 
@@ -218,6 +249,7 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = MlflowSettings()
     lineage: LineageSettings = LineageSettings()
     identity: IdentitySettings = IdentitySettings()
+    limits: LimitsSettings = LimitsSettings()
 
     @classmethod
     def settings_customise_sources(

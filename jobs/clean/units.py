@@ -121,6 +121,10 @@ class Conversion:
         return self.scale == 1.0 and self.offset == 0.0
 
 
+#: the longest unit text read as UCUM: a longer one is refused unparsed and is not echoed in reasons
+MAX_UNIT_CHARS = 64
+
+
 @cache
 def _registry() -> Any:
     """The UCUM unit registry (built on first use: about half a second)."""
@@ -201,6 +205,10 @@ def canonical_conversion(
             return None, None
         raise UnitProblem(
             RULE_UNKNOWN, f"a value of LOINC {loinc} has no unit (canonical {target.unit})"
+        )
+    if len(unit) > MAX_UNIT_CHARS:  # never parsed (time) nor echoed (a reason repeats no field)
+        raise UnitProblem(
+            RULE_UNKNOWN, f"a unit of {len(unit)} characters is not a UCUM unit (at most {MAX_UNIT_CHARS})"
         )
     code = synonyms.get(unit, unit)
     try:

@@ -51,6 +51,7 @@ import csv
 import hashlib
 import io
 import logging
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ from medlake.governance.deid import date_shift_days, shift_date, shift_datetime,
 from medlake.governance.pseudonyms import mrn_key, record_key, source_key
 from medlake.jobs.clean import terminology
 from medlake.jobs.clean.standardize import STANDARDIZE
+from medlake.jobs.ingest import limits
 from medlake.jobs.ingest.fhir import ICD10CM, LOINC, RXNORM, SNOMED
 from medlake.jobs.stage import StageResult, write_bronze
 from medlake.lake import Lake
@@ -436,10 +438,16 @@ def read_files(
                     f"the mapping files {', '.join(m.name for m in matching)} all match it",
                 )
             )
-            rows.append(_file_error(name, rule, f"{name}: {said}", data=path.read_bytes()))
+            rows.append(_file_error(name, rule, f"{name}: {said}", data=_head(path)))
             continue
-        rows.extend(read_bytes(path.read_bytes(), name=name, mapping=matching[0]))
+        rows.extend(read_bytes(limits.read_bounded(path, name=name), name=name, mapping=matching[0]))
     return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+
+
+def _head(path: Path) -> bytes:
+    """Enough of a refused file for its quarantine row (and to tell it was longer)."""
+    with path.open("rb") as handle:
+        return handle.read(MAX_FILE_RECORD + 1)
 
 
 def read_bytes(data: bytes, *, name: str, mapping: MappingFile) -> Iterator[dict[str, Any]]:
@@ -473,26 +481,61 @@ def read_bytes(data: bytes, *, name: str, mapping: MappingFile) -> Iterator[dict
             data=data,
         )
         return
-    problem = header_problem(header, spec)
+    try:
+        limits.check_bytes(header, where=f"{name} line {spec.header_row} (the header)")
+    except limits.LimitExceeded as over:
+        yield _file_error(name, over.rule_id, over.reason, data=data)
+        return
+    try:
+        problem = header_problem(header, spec)
+    except Rejected as rej:
+        problem = (rej.rule_id, f"the header (line {spec.header_row}) {rej.reason}")
     if problem:
         yield _file_error(name, *problem, data=data)
         return
     width = len(split_fields(header, spec))
-    for number, text, rule, reason in records(lines, spec, start=spec.header_row + 1):
-        if rule is None:
-            fields = split_fields(text, spec)
-            if len(fields) != width:
-                rule = "parse.csv_ragged_row"
-                reason = f"holds {len(fields)} fields where the header has {width}"
-        yield {
-            "source_file": name,
-            "source_offset": number,
-            "text": text,
-            "header": header,
-            **extract,
-            "error_rule": rule,
-            "error_reason": f"{name} line {number}: {reason}" if rule else None,
-        }
+    with limits.clock() as clock:
+        for number, text, rule, reason in records(lines, spec, start=spec.header_row + 1):
+            where = f"{name} line {number}"
+            if rule is None:
+                try:
+                    with clock.record(where):
+                        limits.check_bytes(text, where=where)
+                        fields = split_fields(text, spec)
+                except Rejected as rej:
+                    yield {
+                        "source_file": name,
+                        "source_offset": number,
+                        "text": text,
+                        "header": header,
+                        **extract,
+                        "error_rule": rej.rule_id,
+                        "error_reason": f"{where}: {rej.reason}",
+                    }
+                    continue
+                except limits.LimitExceeded as over:
+                    yield {
+                        "source_file": name,
+                        "source_offset": number,
+                        "text": limits.clip(text),
+                        "header": header,
+                        **extract,
+                        "error_rule": over.rule_id,
+                        "error_reason": over.reason,
+                    }
+                    continue
+                if len(fields) != width:
+                    rule = "parse.csv_ragged_row"
+                    reason = f"holds {len(fields)} fields where the header has {width}"
+            yield {
+                "source_file": name,
+                "source_offset": number,
+                "text": text,
+                "header": header,
+                **extract,
+                "error_rule": rule,
+                "error_reason": f"{where}: {reason}" if rule else None,
+            }
 
 
 def records(
@@ -542,14 +585,21 @@ def records(
 
 
 def split_fields(text: str, spec: Mapping, delimiter: str | None = None) -> list[str]:
-    """The fields of one record, per the mapping's dialect."""
+    """The fields of one record, per the mapping's dialect; :class:`Rejected` when Python's csv
+    module cannot split it (a carriage return inside an unquoted field)."""
     reader = csv.reader(
         io.StringIO(text),
         delimiter=delimiter or spec.delimiter,
         quotechar=spec.quote_char,
         strict=False,
     )
-    rows = list(reader)
+    try:
+        rows = list(reader)
+    except csv.Error:
+        raise Rejected(
+            "parse.csv_bad_line_break",
+            "holds a carriage return (CR) inside an unquoted field, so it cannot be split into fields",
+        ) from None
     return (
         [field for row in rows for field in row] if len(rows) > 1 else (rows[0] if rows else [""])
     )
@@ -826,19 +876,31 @@ class _Reader:
         kind = self.kinds[name]
         if kind == "text":
             return text
-        if kind == "timestamp":
-            return shift_datetime(self.parse_datetime(text, column.format, where=where), shift)
-        if kind == "date":
-            return shift_date(self.parse_date(text, column.format, where=where), shift)
+        try:
+            if kind == "timestamp":
+                return shift_datetime(self.parse_datetime(text, column.format, where=where), shift)
+            if kind == "date":
+                return shift_date(self.parse_date(text, column.format, where=where), shift)
+        except OverflowError:  # year 1 or 9999: the zone or the date shift moves it off the calendar
+            raise Rejected(
+                "parse.csv_bad_date",
+                f"{where} ({name}) lies at the edge of the calendar (year 1 or 9999), where the "
+                "de-identifying date shift cannot move it",
+            ) from None
         if kind == "number":
             if self.mapping.decimal_separator == ",":
                 text = text.replace(",", ".")
             try:
-                return float(text)
+                number = float(text)
             except ValueError:
                 raise Rejected(
                     "parse.csv_bad_number", f"{where} ({name}) is not a number"
                 ) from None
+            if not math.isfinite(number):  # NaN, ±Infinity, 1e309
+                raise Rejected(
+                    "parse.csv_bad_number", f"{where} ({name}) is not a finite number"
+                )
+            return number
         if kind == "boolean":
             if text.lower() not in BOOLEAN:
                 raise Rejected("parse.csv_bad_value", f"{where} ({name}) is not true/false")

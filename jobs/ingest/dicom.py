@@ -83,6 +83,8 @@ DEID_DIR = "deid/dicom"
 BULK_DATA_THRESHOLD = 1024
 PROFILE_FILE = Path(__file__).with_name("dicom_profile") / "confidentiality_profile_attributes.json"
 UNDEFINED_LENGTH = 0xFFFFFFFF
+#: how deep sequence items are searched for a value cut short
+MAX_ITEM_DEPTH = 32
 PRIVATE_ROW = "(GGGG,EEEE) WHERE GGGG IS ODD"  # Table E.1-1's row for private attributes
 UID_ROOT = "2.25."  # UUID-derived UIDs (PS3.5 B.2): no registered root needed
 
@@ -223,21 +225,29 @@ def parse(data: bytes, *, where: str) -> Dataset:
             ) from exc
     if not ds:
         raise Rejected("ingest.truncated", f"{where}: the file ends before its data set begins")
+    eof = [w for w in caught if "end of file" in str(w.message).lower() or "EOF" in str(w.message)]
+    if short is not None and short[3] and not eof:  # inside an item: its length is a lie
+        tag, declared, got, _ = short
+        raise Rejected(
+            "limit.dicom_element_length",
+            f"{where}: element {tag} in a sequence item declares {declared} bytes, beyond the end of "
+            f"its item or of the file ({got} present); nothing after it can be trusted",
+        )
     if short is not None:
-        tag, declared, got = short
+        tag, declared, got, _ = short
         raise Rejected(
             "ingest.truncated",
             f"{where}: the file ends inside element {tag} ({got} of its {declared} bytes present)",
         )
-    eof = [w for w in caught if "end of file" in str(w.message).lower() or "EOF" in str(w.message)]
     if eof:
         raise Rejected("ingest.truncated", f"{where}: the file ends inside a sequence or item")
     return ds
 
 
-def _short_value(ds: Dataset) -> tuple[str, int, int] | None:
-    """(tag, declared, present) of the first value shorter than its declared length, if any."""
-    for tag, elem in ds._dict.items():  # raw elements: values as read, with their declared length
+def _short_value(ds: Dataset, depth: int = 0) -> tuple[str, int, int, bool] | None:
+    """(tag, declared, present, nested) of the first value shorter than its declared length, if
+    any, at any depth of the sequences (items as read, up to :data:`MAX_ITEM_DEPTH` levels)."""
+    for tag, elem in list(ds._dict.items()):  # raw elements: values as read, with their length
         value = getattr(elem, "value", None)
         length = getattr(elem, "length", None)
         if (
@@ -246,7 +256,11 @@ def _short_value(ds: Dataset) -> tuple[str, int, int] | None:
             and length != UNDEFINED_LENGTH
             and len(value) < length
         ):
-            return f"({tag >> 16:04X},{tag & 0xFFFF:04X})", length, len(value)
+            return f"({tag >> 16:04X},{tag & 0xFFFF:04X})", length, len(value), depth > 0
+        if depth < MAX_ITEM_DEPTH and _is_sequence(ds, tag):  # its items, read as raw elements
+            for item in ds[tag].value:
+                if isinstance(item, Dataset) and (found := _short_value(item, depth + 1)):
+                    return found
     return None
 
 

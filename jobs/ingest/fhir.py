@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from medlake.config import AgePolicy
 from medlake.governance.deid import date_shift_days, shift_date, shift_datetime, zip3
 from medlake.governance.pseudonyms import mrn_key, record_key, source_key
+from medlake.jobs.ingest import limits
 from medlake.jobs.views import coverage
 from medlake.jobs.views.engine import View, ViewError, load_views
 from medlake.quarantine import Split, quarantine_rows
@@ -108,27 +109,32 @@ def landing_files(fhir_dir: Path) -> list[Path]:
 def read_file(path: Path, *, name: str) -> Iterator[dict[str, Any]]:
     """Raw records of one landing file; ``name`` is how the file is named in bronze and quarantine.
 
-    An ndjson file is read line by line (memory holds a line, not the file); a JSON file (a
-    Bundle or one resource) is parsed whole, then cut into its entries.
+    An ndjson file is read a chunk at a time, line by line (memory holds a chunk and a line, not
+    the file; a line over the record limit is read as its marker); a JSON file (a Bundle or one
+    resource) is one document, read whole and held to the record limit, then cut into entries.
     """
     if path.suffix.lower() == ".ndjson":
         empty = True
-        for record in _ndjson_records(_lines(path), name=name):
+        lines = limits.bounded_lines(limits.file_chunks(path), line_bytes=limits.current().record_bytes)
+        for record in _ndjson_records(lines, name=name):
             empty = False
             yield record
         if empty:
             yield _file_error(name, "parse.empty_file", f"{name}: the file is empty")
+        return
+    size, limit = path.stat().st_size, limits.current().record_bytes
+    if limit and size > limit:
+        yield _file_error(
+            name, "limit.record_bytes",
+            f"{name}: the file is {size} bytes, over the limit of {limit} bytes per record "
+            "(MEDLAKE__LIMITS__RECORD_BYTES); a .json file is read whole: send bulk data as ndjson",
+        )
         return
     data = path.read_bytes()
     if not data.strip():
         yield _file_error(name, "parse.empty_file", f"{name}: the file is empty")
         return
     yield from _json_records(data, name=name)
-
-
-def _lines(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as handle:
-        yield from handle
 
 
 #: records per batch a landing file is cut into
@@ -162,7 +168,7 @@ def _ndjson_records(data: bytes | Iterable[bytes], *, name: str) -> Iterator[dic
         if not line.strip():
             continue
         try:
-            text = line.decode("utf-8").rstrip("\r\n")
+            text = line.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError as exc:
             yield {
                 "source_file": name,
@@ -172,35 +178,52 @@ def _ndjson_records(data: bytes | Iterable[bytes], *, name: str) -> Iterator[dic
                 "error_reason": f"{name} line {number}: not UTF-8 ({exc.reason} at byte {exc.start})",
             }
             continue
+        try:
+            limits.check_bytes(text, where=f"{name} line {number}")
+        except limits.LimitExceeded as over:
+            yield {"source_file": name, "source_offset": number, "text": limits.clip(text),
+                   "error_rule": over.rule_id, "error_reason": over.reason}
+            continue
         yield {"source_file": name, "source_offset": number, "text": text, "error_rule": None, "error_reason": None}
 
 
 def _json_records(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
-    try:
-        doc = json.loads(data)
+    try:  # FHIR JSON is UTF-8 (json.loads would also take bytes in UTF-16 or UTF-32)
+        text = data.decode("utf-8-sig")
+        limits.check_json_depth(text, where=name)
+        doc = limits.loads(text)
+    except limits.LimitExceeded as over:
+        yield _file_error(name, over.rule_id, over.reason, text=limits.clip(text))
+        return
+    except limits.NonFiniteNumber:
+        yield _file_error(
+            name, "parse.bad_json", f"{name}: not valid JSON (NaN, Infinity or a number beyond a double)",
+            text=text,
+        )
+        return
     except UnicodeDecodeError as exc:
         yield _file_error(name, "parse.bad_encoding", f"{name}: not UTF-8 ({exc.reason} at byte {exc.start})")
         return
     except json.JSONDecodeError as exc:
         yield _file_error(
             name, "parse.bad_json", f"{name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
-            text=data.decode("utf-8", errors="replace"),
+            text=text,
         )
         return
     if not isinstance(doc, dict) or "resourceType" not in doc:
         kind = type(doc).__name__ if not isinstance(doc, dict) else "object without resourceType"
         yield _file_error(
             name, "parse.not_a_resource", f"{name}: expected a FHIR Bundle or resource, found a JSON {kind}",
-            text=data.decode("utf-8"),
+            text=text,
         )
         return
     if doc["resourceType"] != "Bundle":
-        yield {"source_file": name, "source_offset": 1, "text": data.decode("utf-8"), "error_rule": None, "error_reason": None}
+        yield {"source_file": name, "source_offset": 1, "text": text, "error_rule": None, "error_reason": None}
         return
     entries = doc.get("entry") or []
     if not isinstance(entries, list) or not entries:
         yield _file_error(name, "parse.empty_bundle", f"{name}: Bundle {doc.get('id', '')} has no entries",
-                          text=data.decode("utf-8"))
+                          text=text)
         return
     for position, entry in enumerate(entries, start=1):
         resource = entry.get("resource") if isinstance(entry, dict) else None
@@ -237,59 +260,56 @@ def record_hash(resource: dict[str, Any]) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-def _loads(text: str) -> Any:
-    """JSON text parsed (orjson; the standard library for what orjson refuses but JSON allows:
-    integers beyond 64 bits). NaN and Infinity are not JSON and stay refused."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        value = json.loads(text, parse_constant=_refuse_constant)
-        return value
-
-
-def _refuse_constant(name: str) -> Any:
-    raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
-
-
 def to_bronze(raw: pa.Table | pa.RecordBatch, *, run_id: str, ingested_at: datetime) -> Split:
     """Bronze rows for the records that are FHIR R4 resources; the others quarantined, with why."""
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
-    for rec in raw.to_pylist():
-        where = f"{rec['source_file']} {'line' if rec['source_file'].endswith('.ndjson') else 'entry'} {rec['source_offset']}"
-        locate = {"source_file": rec["source_file"], "source_offset": rec["source_offset"], "raw_record": rec["text"]}
-        if rec["error_rule"]:
-            bad.append({**locate, "rule_id": rec["error_rule"], "reason": rec["error_reason"]})
-            continue
-        try:
-            resource = _loads(rec["text"])
-        except json.JSONDecodeError as exc:
-            bad.append({**locate, "rule_id": "parse.bad_json",
-                        "reason": f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"})
-            continue
-        if not isinstance(resource, dict) or "resourceType" not in resource:
-            found = "object without resourceType" if isinstance(resource, dict) else type(resource).__name__
-            bad.append({**locate, "rule_id": "parse.not_a_resource",
-                        "reason": f"{where}: expected a FHIR resource, found a JSON {found}"})
-            continue
-        rtype = resource["resourceType"]
-        rid = resource.get("id") if isinstance(resource.get("id"), str) else None
-        if not isinstance(rtype, str) or rtype not in R4_RESOURCE_TYPES:
-            bad.append({**locate, "rule_id": "parse.unknown_resource_type", "record_id": rid,
-                        "reason": f"{where}: resourceType {str(rtype)[:40]!r} is not a FHIR R4 resource type"})
-            continue
-        good.append(
-            {
-                "resource_type": rtype,
-                "resource_id": rid,
-                "raw": rec["text"],
-                "_source_file": rec["source_file"],
-                "_source_offset": rec["source_offset"],
-                "_ingested_at": ingested_at,
-                "_record_hash": record_hash(resource),
-                "_run_id": run_id,
-            }
-        )
+    with limits.clock() as clock:
+        for rec in raw.to_pylist():
+            where = f"{rec['source_file']} {'line' if rec['source_file'].endswith('.ndjson') else 'entry'} {rec['source_offset']}"
+            locate = {"source_file": rec["source_file"], "source_offset": rec["source_offset"], "raw_record": rec["text"]}
+            if rec["error_rule"]:
+                bad.append({**locate, "rule_id": rec["error_rule"], "reason": rec["error_reason"]})
+                continue
+            try:
+                with clock.record(where):
+                    limits.check_json(rec["text"], where=where)
+                    resource = limits.loads(rec["text"])
+                    hashed = record_hash(resource) if isinstance(resource, dict) else None
+            except limits.LimitExceeded as over:
+                bad.append({**locate, "raw_record": limits.clip(rec["text"]), "rule_id": over.rule_id, "reason": over.reason})
+                continue
+            except limits.NonFiniteNumber:
+                bad.append({**locate, "rule_id": "parse.bad_json",
+                            "reason": f"{where}: not valid JSON (NaN, Infinity or a number beyond a double)"})
+                continue
+            except json.JSONDecodeError as exc:
+                bad.append({**locate, "rule_id": "parse.bad_json",
+                            "reason": f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"})
+                continue
+            if not isinstance(resource, dict) or "resourceType" not in resource:
+                found = "object without resourceType" if isinstance(resource, dict) else type(resource).__name__
+                bad.append({**locate, "rule_id": "parse.not_a_resource",
+                            "reason": f"{where}: expected a FHIR resource, found a JSON {found}"})
+                continue
+            rtype = resource["resourceType"]
+            rid = resource.get("id") if isinstance(resource.get("id"), str) else None
+            if not isinstance(rtype, str) or rtype not in R4_RESOURCE_TYPES:
+                bad.append({**locate, "rule_id": "parse.unknown_resource_type", "record_id": rid,
+                            "reason": f"{where}: resourceType {str(rtype)[:40]!r} is not a FHIR R4 resource type"})
+                continue
+            good.append(
+                {
+                    "resource_type": rtype,
+                    "resource_id": rid,
+                    "raw": rec["text"],
+                    "_source_file": rec["source_file"],
+                    "_source_offset": rec["source_offset"],
+                    "_ingested_at": ingested_at,
+                    "_record_hash": hashed,
+                    "_run_id": run_id,
+                }
+            )
     return Split(
         pa.Table.from_pylist(good, schema=BRONZE_FHIR.schema),
         quarantine_rows(bad, table_name=BRONZE_FHIR.name, run_id=run_id, now=ingested_at),
@@ -367,7 +387,7 @@ def flatten_split(
             "raw_record": row["raw"],
         }
         try:
-            resource = _loads(row["raw"])
+            resource = limits.loads(row["raw"])
         except json.JSONDecodeError as exc:
             bad.append({**locate, "rule_id": "parse.bad_json", "reason": f"{label}: not valid JSON ({exc.msg})"})
             continue

@@ -38,6 +38,7 @@ import pyarrow as pa
 from medlake.config import AgePolicy
 from medlake.governance.deid import shift_date, shift_datetime, zip3
 from medlake.governance.pseudonyms import mrn_key, source_key
+from medlake.jobs.ingest import limits
 from medlake.jobs.ingest.fhir import (
     ICD10CM,
     LOINC,
@@ -118,7 +119,7 @@ def read_files(paths: Sequence[Path], *, root: Path) -> pa.Table:
 
 def read_file(path: Path, *, name: str) -> Iterator[dict[str, Any]]:
     """Raw records of one landing file; ``name`` is how the file is named in bronze and quarantine."""
-    yield from read_bytes(path.read_bytes(), name=name)
+    yield from read_bytes(limits.read_bounded(path, name=name), name=name)
 
 
 def read_bytes(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
@@ -290,46 +291,57 @@ def to_bronze(raw: pa.Table, *, run_id: str, ingested_at: datetime) -> Split:
     """Bronze rows for the records that are well-formed HL7 v2 messages; the others quarantined."""
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
-    for rec in raw.to_pylist():
-        locate = {
-            "source_file": rec["source_file"],
-            "source_offset": rec["source_offset"],
-            "raw_record": rec["text"],
-        }
-        if rec["error_rule"]:
-            bad.append({**locate, "rule_id": rec["error_rule"], "reason": rec["error_reason"]})
-            continue
-        where = f"{rec['source_file']} message {rec['source_offset']}"
-        try:
-            header = check_message(rec["text"], where=where)
-        except Rejected as rej:
-            bad.append(
-                {
-                    **locate,
-                    "rule_id": rej.rule_id,
-                    "reason": rej.reason,
-                    "record_id": _control_id(rec["text"]),
-                }
-            )
-            continue
-        good.append(
-            {
-                "message_type": header.message_type,
-                "message_control_id": header.control_id,
-                "version": header.version,
-                "sending_facility": header.sending_facility,
-                "raw": rec["text"],
-                "_source_file": rec["source_file"],
-                "_source_offset": rec["source_offset"],
-                "_ingested_at": ingested_at,
-                "_record_hash": record_hash(rec["text"]),
-                "_run_id": run_id,
+    with limits.clock() as clock:
+        for rec in raw.to_pylist():
+            locate = {
+                "source_file": rec["source_file"],
+                "source_offset": rec["source_offset"],
+                "raw_record": rec["text"],
             }
-        )
+            if rec["error_rule"]:
+                bad.append({**locate, "rule_id": rec["error_rule"], "reason": rec["error_reason"]})
+                continue
+            where = f"{rec['source_file']} message {rec['source_offset']}"
+            try:
+                with clock.record(where):
+                    limits.check_bytes(rec["text"], where=where)
+                    header = check_message(rec["text"], where=where)
+            except limits.LimitExceeded as over:
+                bad.append(
+                    {**locate, "raw_record": limits.clip(rec["text"]), "rule_id": over.rule_id, "reason": over.reason}
+                )
+                continue
+            except Rejected as rej:
+                bad.append(
+                    {
+                        **locate,
+                        "rule_id": rej.rule_id,
+                        "reason": rej.reason,
+                        "record_id": _control_id(rec["text"]),
+                    }
+                )
+                continue
+            good.append(_bronze_row(rec, header, run_id=run_id, ingested_at=ingested_at))
     return Split(
         pa.Table.from_pylist(good, schema=BRONZE_HL7V2.schema),
         quarantine_rows(bad, table_name=BRONZE_HL7V2.name, run_id=run_id, now=ingested_at),
     )
+
+
+def _bronze_row(rec: dict[str, Any], header: Header, *, run_id: str, ingested_at: datetime) -> dict[str, Any]:
+    """The bronze row of a checked message: its MSH facts and the message verbatim."""
+    return {
+        "message_type": header.message_type,
+        "message_control_id": header.control_id,
+        "version": header.version,
+        "sending_facility": header.sending_facility,
+        "raw": rec["text"],
+        "_source_file": rec["source_file"],
+        "_source_offset": rec["source_offset"],
+        "_ingested_at": ingested_at,
+        "_record_hash": record_hash(rec["text"]),
+        "_run_id": run_id,
+    }
 
 
 def check_message(text: str, *, where: str) -> Header:
@@ -363,6 +375,8 @@ def check_message(text: str, *, where: str) -> Header:
         raise Rejected(
             "parse.hl7_bad_msh", f"{where}: MSH-2 (encoding characters) is missing or malformed"
         )
+    for number, line in enumerate(lines, start=1):
+        limits.check_fields(line, separator, where=f"{where} segment {number}")
     for number, line in enumerate(lines[1:], start=2):
         if not _SEGMENT_ID.fullmatch(line[:3]) or (len(line) > 3 and line[3] != separator):
             raise Rejected(
@@ -378,7 +392,7 @@ def check_message(text: str, *, where: str) -> Header:
         ) from exc
     msh = _Segment.of(parsed, parsed[0], 1)
     code, event, control, version = msh.get(9), msh.get(9, 2), msh.get(10), msh.get(12)
-    where = f"{where} (control id {control})" if control else where
+    where = f"{where} (control id {_shown_id(control)})" if control else where
     for number, value, label in (
         (9, code, "message type"),
         (10, control, "message control id"),
@@ -406,6 +420,15 @@ def check_message(text: str, *, where: str) -> Header:
             f"{where}: no {' or '.join(missing)} segment, which a {message_type} message needs",
         )
     return Header(message_type, control, version, hd_system(msh.components(4)))
+
+
+#: the most of a control id a reason repeats (MSH-10 is at most 199 characters; a hostile one is not)
+SHOWN_ID_CHARS = 64
+
+
+def _shown_id(control: str) -> str:
+    """A control id as reasons name it: cut at :data:`SHOWN_ID_CHARS`, so no reason grows with input."""
+    return control if len(control) <= SHOWN_ID_CHARS else f"{control[:SHOWN_ID_CHARS]}… ({len(control)} characters)"
 
 
 def _control_id(text: str | None) -> str | None:
@@ -858,7 +881,7 @@ class _Message:
         if msh.get(7):
             naive, zone = parse_dtm(msh.get(7))
             sent_at = naive.replace(tzinfo=zone or UTC).astimezone(UTC)
-        label = f"{row['_source_file']} message {row['_source_offset']} (control id {row['message_control_id']})"
+        label = f"{row['_source_file']} message {row['_source_offset']} (control id {_shown_id(row['message_control_id'])})"
         facility = row["sending_facility"] or hd_system(msh.components(3)) or "unknown"
         return _Message(row, segments, f"hl7v2:{facility}", zone, sent_at, label)
 
@@ -928,7 +951,14 @@ class _Walk:
         if table not in self.tables:
             return
         try:
-            rows = make()
+            try:
+                rows = make()
+            except OverflowError:  # a date at the calendar's edge that the date shift moves off it
+                raise Rejected(
+                    "parse.hl7_bad_datetime",
+                    f"{self.where(seg)}: a date/time lies at the edge of the calendar (year 1 or "
+                    "9999), where the de-identifying date shift cannot move it",
+                ) from None
         except Rejected as rej:
             self.emit(
                 table,

@@ -52,7 +52,6 @@ staged + quarantined + bronze-only); the gate then counts rows.
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import logging
 import math
@@ -71,6 +70,7 @@ import pyarrow.compute as pc
 
 from medlake import ledger
 from medlake.governance.pseudonyms import mrn_key, record_key, source_key
+from medlake.jobs.ingest import limits
 from medlake.jobs.stage import StageResult, write_bronze
 from medlake.lake import Lake
 from medlake.ledger import Entry
@@ -128,6 +128,9 @@ _NUMBER = re.compile(
     r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.IGNORECASE
 )
 _INTEGER = re.compile(r"[+-]?\d+")
+_LONG_INTEGER = re.compile(r"\d{10}")  # a number that may not fit 32 bits: checked value by value
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
 _KEY = re.compile(r"[A-Za-z_][0-9A-Za-z_.]*|1000G")
 _GT = re.compile(r"(\.|\d+)([/|](\.|\d+))*")
 _GT_ALLELES = re.compile(r"[/|]")
@@ -285,8 +288,21 @@ def read_files(paths: Sequence[Path], *, root: Path) -> pa.Table:
     """Raw records of many landing files, named relative to the landing root."""
     rows: list[dict[str, Any]] = []
     for path in paths:
-        rows.extend(read_bytes(path.read_bytes(), name=path.relative_to(root).as_posix()))
+        name = path.relative_to(root).as_posix()
+        try:  # decompressed as it is read, stopped at the limit; lines over the record limit cut
+            data = limits.read_bounded(path, name=name, gzipped=name.lower().endswith(".gz"))
+        except limits.LimitExceeded as over:
+            rows.append(_record(name, 0, "header", None, over.rule_id, over.reason))
+            continue
+        except (OSError, EOFError, zlib.error) as exc:
+            rows.append(_record(name, 0, "header", None, "parse.vcf_bad_gzip", _not_gzip(name, exc)))
+            continue
+        rows.extend(_text_records(data, name=name))
     return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+
+
+def _not_gzip(name: str, exc: Exception) -> str:
+    return f"{name}: not gzip data ({type(exc).__name__}: {str(exc)[:120]})"
 
 
 def read_bytes(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
@@ -294,12 +310,18 @@ def read_bytes(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
     or one whole-file error record at offset 0."""
     if name.lower().endswith(".gz"):
         try:
-            data = gzip.decompress(data)  # BGZF is multi-member gzip
-        except (OSError, EOFError, zlib.error) as exc:
-            yield _record(
-                name, 0, "header", None, "parse.vcf_bad_gzip", f"{name}: not gzip data ({exc})"
-            )
+            data = limits.gunzip_bounded(data, name=name)  # BGZF is multi-member gzip
+        except limits.LimitExceeded as over:
+            yield _record(name, 0, "header", None, over.rule_id, over.reason)
             return
+        except (OSError, EOFError, zlib.error) as exc:
+            yield _record(name, 0, "header", None, "parse.vcf_bad_gzip", _not_gzip(name, exc))
+            return
+    yield from _text_records(data, name=name)
+
+
+def _text_records(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
+    """The records of a file's decompressed bytes."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -310,7 +332,12 @@ def read_bytes(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
     ends = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
     header_lines = lines[:ends]
     try:
+        limits.check_bytes("\n".join(header_lines), where=f"{name} header")
         header = parse_header(header_lines, where=name)
+        limits.check_samples(len(header.samples), where=name)
+    except limits.LimitExceeded as over:
+        yield _record(name, 0, "header", limits.clip("\n".join(header_lines)), over.rule_id, over.reason)
+        return
     except Rejected as rej:
         yield _record(name, 0, "header", "\n".join(header_lines), rej.rule_id, rej.reason)
         return
@@ -367,58 +394,66 @@ def to_bronze(raw: pa.Table, *, run_id: str, ingested_at: datetime) -> BronzeSpl
     bad_lines: list[dict[str, Any]] = []
     bad_headers: list[dict[str, Any]] = []
     current: Header | None = None
-    for rec in raw.to_pylist():
-        locate = {
-            "source_file": rec["source_file"],
-            "source_offset": rec["source_offset"],
-            "raw_record": rec["text"],
-        }
-        if rec["kind"] == "header":
-            current = None
-            if rec["error_rule"]:
-                bad_headers.append(
-                    {**locate, "rule_id": rec["error_rule"], "reason": rec["error_reason"]}
+    with limits.clock() as clock:
+        for rec in raw.to_pylist():
+            locate = {
+                "source_file": rec["source_file"],
+                "source_offset": rec["source_offset"],
+                "raw_record": rec["text"],
+            }
+            if rec["kind"] == "header":
+                current = None
+                if rec["error_rule"]:
+                    bad_headers.append(
+                        {**locate, "rule_id": rec["error_rule"], "reason": rec["error_reason"]}
+                    )
+                    continue
+                current = parse_header(rec["text"].split("\n"), where=rec["source_file"])
+                headers.append(
+                    {
+                        "fileformat": current.fileformat,
+                        "samples": list(current.samples),
+                        "raw": current.text,
+                        "_source_file": rec["source_file"],
+                        "_source_offset": 0,
+                        "_ingested_at": ingested_at,
+                        "_record_hash": current.hash,
+                        "_run_id": run_id,
+                    }
                 )
                 continue
-            current = parse_header(rec["text"].split("\n"), where=rec["source_file"])
-            headers.append(
+            if current is None:
+                raise ValueError(
+                    f"{rec['source_file']}: data line {rec['source_offset']} before its header"
+                )
+            where = f"{rec['source_file']} line {rec['source_offset']}"
+            try:
+                with clock.record(where):
+                    limits.check_bytes(rec["text"], where=where)
+                    cols = check_line(rec["text"], current, where=where)
+            except Rejected as rej:
+                bad_lines.append({**locate, "rule_id": rej.rule_id, "reason": rej.reason})
+                continue
+            except limits.LimitExceeded as over:
+                bad_lines.append(
+                    {**locate, "raw_record": limits.clip(rec["text"]), "rule_id": over.rule_id, "reason": over.reason}
+                )
+                continue
+            lines.append(
                 {
-                    "fileformat": current.fileformat,
-                    "samples": list(current.samples),
-                    "raw": current.text,
+                    "chrom": cols[0],
+                    "pos": int(cols[1]),
+                    "ref": cols[3],
+                    "alt": cols[4],
+                    "header_hash": current.hash,
+                    "raw": rec["text"],
                     "_source_file": rec["source_file"],
-                    "_source_offset": 0,
+                    "_source_offset": rec["source_offset"],
                     "_ingested_at": ingested_at,
-                    "_record_hash": current.hash,
+                    "_record_hash": record_hash(current.hash, rec["text"]),
                     "_run_id": run_id,
                 }
             )
-            continue
-        if current is None:
-            raise ValueError(
-                f"{rec['source_file']}: data line {rec['source_offset']} before its header"
-            )
-        where = f"{rec['source_file']} line {rec['source_offset']}"
-        try:
-            cols = check_line(rec["text"], current, where=where)
-        except Rejected as rej:
-            bad_lines.append({**locate, "rule_id": rej.rule_id, "reason": rej.reason})
-            continue
-        lines.append(
-            {
-                "chrom": cols[0],
-                "pos": int(cols[1]),
-                "ref": cols[3],
-                "alt": cols[4],
-                "header_hash": current.hash,
-                "raw": rec["text"],
-                "_source_file": rec["source_file"],
-                "_source_offset": rec["source_offset"],
-                "_ingested_at": ingested_at,
-                "_record_hash": record_hash(current.hash, rec["text"]),
-                "_run_id": run_id,
-            }
-        )
     kinds = raw.column("kind")
     return BronzeSplits(
         records=Split(
@@ -471,6 +506,10 @@ def check_line(line: str, header: Header, *, where: str) -> list[str]:
             )
     if qual != "." and not _NUMBER.fullmatch(qual):
         raise Rejected("parse.vcf_bad_qual", f"{where}: QUAL is neither . nor a number")
+    if qual != "." and math.isinf(float(qual)) or qual != "." and abs(float(qual)) > FLOAT32_MAX:
+        raise Rejected(  # htslib stores QUAL as a 32-bit float: it would become infinity
+            "parse.vcf_bad_qual", f"{where}: QUAL is infinite or beyond a 32-bit float"
+        )
     if not filt:
         raise Rejected("parse.vcf_bad_filter", f"{where}: FILTER is empty")
     _check_info(info, header, where=where)
@@ -505,7 +544,8 @@ def _check_samples(
     keys = fmt.split(":")
     types = tuple(header.format[k].type if k in header.format else None for k in keys)
     fast = _samples_pattern(fmt, types, alleles)
-    if fast is not None and fast.fullmatch("\t".join(samples)):
+    joined = "\t".join(samples)
+    if fast is not None and fast.fullmatch(joined) and not _LONG_INTEGER.search(joined):
         return
     if (
         not all(_KEY.fullmatch(k) for k in keys)
@@ -574,9 +614,17 @@ def _samples_pattern(
 
 
 def _typed(values: Sequence[str], type_: str) -> bool:
-    """Whether every value (or ``.``) is of the declared VCF type."""
+    """Whether every value (or ``.``) is of the declared VCF type; an Integer fits htslib's 32 bits
+    (beyond them htslib silently reads it as missing)."""
     pattern = {"Integer": _INTEGER, "Float": _NUMBER}.get(type_)
-    return pattern is None or all(v == "." or pattern.fullmatch(v) for v in values)
+    if pattern is None:
+        return True
+    return all(
+        v == "."
+        or pattern.fullmatch(v) is not None
+        and (type_ != "Integer" or _INT_MISSING < int(v) <= INT32_MAX)
+        for v in values
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,7 +669,19 @@ def variants_from_bronze(records: pa.Table, headers: pa.Table, *, key: bytes) ->
                     }
                 )
                 continue
-            _add_rows(out, row, variant, header, people, key=key)
+            try:
+                _add_rows(out, row, variant, header, people, key=key)
+            except Rejected as rej:  # htslib read the line otherwise than its checks did
+                bad.append(
+                    {
+                        "rule_id": rej.rule_id,
+                        "reason": f"{row['_source_file']} line {row['_source_offset']}: {rej.reason}",
+                        "source_file": row["_source_file"],
+                        "source_offset": row["_source_offset"],
+                        "record_hash": row["_record_hash"],
+                        "raw_record": row["raw"],
+                    }
+                )
     return Split(out.table(), quarantine_rows(bad, table_name=SILVER_VARIANTS.name)), sites_only
 
 
@@ -747,11 +807,16 @@ def _add_rows(
     texts = (
         [sample.split(":", 1)[0] for sample in cols[9:]] if keys[0] == "GT" else [None] * samples
     )
-    called = (
-        [[a for a in call[:-1] if a >= 0] for call in variant.genotypes]
-        if keys[0] == "GT"
-        else [[] for _ in range(samples)]
-    )
+    try:
+        called = (
+            [[a for a in call[:-1] if a >= 0] for call in variant.genotypes]
+            if keys[0] == "GT"
+            else [[] for _ in range(samples)]
+        )
+    except Exception as exc:  # noqa: BLE001 - cyvcf2 raises a bare Exception ("error parsing genotypes")
+        raise Rejected(
+            HTSLIB_RULE, f"htslib cannot read the line's genotypes ({type(exc).__name__})"
+        ) from None
     phased = [None if gt is None else "|" in gt for gt in texts]
     qual = variant.QUAL
     qual = None if qual is None or (isinstance(qual, float) and math.isnan(qual)) else float(qual)
@@ -806,6 +871,13 @@ def format_numbers(
     )
     if values is None:
         return np.full(samples, np.nan)
+    if values.ndim != 2 or values.dtype.kind not in "iuf":  # htslib did not read the header line
+        assert declared is not None
+        raise Rejected(
+            HTSLIB_RULE,
+            f"htslib reads FORMAT {name} as text, not the {declared.type} its ##FORMAT header line "
+            "declares (htslib could not parse that line)",
+        )
     first: np.ndarray = values[:, 0]
     if first.dtype.kind == "f":
         return np.round(first.astype(np.float64))

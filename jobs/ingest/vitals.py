@@ -74,6 +74,7 @@ from medlake.jobs.clean import resample as rs
 from medlake.jobs.clean.config import VITALS_CLOCK_OFFSETS, VITALS_GRIDS
 from medlake.jobs.clean.ranges import NORMAL_RANGES, RULE_IMPOSSIBLE, impossible_ranges
 from medlake.jobs.clean.units import UnitProblem, canonical_conversion
+from medlake.jobs.ingest import limits
 from medlake.jobs.ingest.fhir import LOINC
 from medlake.jobs.stage import StageResult, write_bronze
 from medlake.lake import Lake, conform
@@ -140,6 +141,8 @@ PHYSIONET_BRONZE_ONLY = frozenset(
     | {"FiO2", "GCS", "Glucose", "HCO3", "HCT", "K", "Lactate", "Mg", "MechVent", "Na"}
     | {"PaCO2", "PaO2", "pH", "Platelets", "SaO2", "TroponinI", "TroponinT", "Urine", "WBC"}
 )
+#: the years a device sample's time may name: an impossible year is refused, not shifted off the calendar
+SAMPLE_YEARS = (1900, 2199)
 _HHMM = re.compile(r"(\d{1,3}):([0-5]\d)")
 
 
@@ -239,27 +242,42 @@ def read_lines(data: bytes, delta: Delta) -> Iterator[tuple[int, str]]:
 def parse_file(data: bytes, delta: Delta, *, layout: Layout, name: str) -> Iterator[dict[str, Any]]:
     """Bronze rows (without run stamps) or quarantine records, one per record line read."""
     context = _context(data, layout)
-    for number, line in read_lines(data, delta):
-        where = f"{name} line {number}"
-        locate = {"source_file": name, "source_offset": number, "raw_record": line}
-        if number == 1 and layout == "csv" or (layout == "physionet" and line == PHYSIONET_HEADER):
-            continue  # the header names the columns: not a record
-        try:
-            row = _parse(line, layout=layout, context=context, where=where)
-        except Rejected as rej:
-            yield {**locate, "rule_id": rej.rule_id, "reason": rej.reason, "_bad": True}
-            continue
-        yield {**row, "raw": line, "_source_file": name, "_source_offset": number}
+    with limits.clock() as clock:
+        for number, line in read_lines(data, delta):
+            where = f"{name} line {number}"
+            locate = {"source_file": name, "source_offset": number, "raw_record": line}
+            if number == 1 and layout == "csv" or (layout == "physionet" and line == PHYSIONET_HEADER):
+                continue  # the header names the columns: not a record
+            try:
+                with clock.record(where):
+                    limits.check_bytes(line, where=where)
+                    if layout == "jsonl":
+                        limits.check_json_depth(line, where=where)
+                    row = _parse(line, layout=layout, context=context, where=where)
+            except Rejected as rej:
+                yield {**locate, "rule_id": rej.rule_id, "reason": rej.reason, "_bad": True}
+                continue
+            except limits.LimitExceeded as over:
+                yield {**locate, "raw_record": limits.clip(line), "rule_id": over.rule_id,
+                       "reason": over.reason, "_bad": True}
+                continue
+            yield {**row, "raw": line, "_source_file": name, "_source_offset": number}
 
 
 def _context(data: bytes, layout: Layout) -> dict[str, Any]:
     """What a line needs from the rest of its file: the CSV header, the PhysioNet RecordID."""
     first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
     if layout == "csv":
-        return {"header": next(csv.reader([first]), [])}
+        try:
+            return {"header": next(csv.reader([first]), [])}
+        except csv.Error:  # a CR inside the header: no line of the file can be read by it
+            return {"header": None}
     if layout == "physionet":
         found = re.search(rb"^\d{1,3}:\d\d,RecordID,(\S+?)\r?$", data, re.MULTILINE)
-        return {"record_id": found.group(1).decode() if found else None}
+        try:
+            return {"record_id": found.group(1).decode() if found else None}
+        except UnicodeDecodeError:
+            return {"record_id": None, "record_problem": "the file's RecordID is not UTF-8"}
     return {}
 
 
@@ -279,7 +297,18 @@ def _parse(line: str, *, layout: Layout, context: Mapping[str, Any], where: str)
             )
     else:
         header = context["header"]
-        values = next(csv.reader([line]), [])
+        if header is None:
+            raise Rejected(
+                "parse.vitals_bad_csv",
+                f"{where}: the header holds a carriage return (CR) and cannot be split into columns",
+            )
+        try:
+            values = next(csv.reader([line]), [])
+        except csv.Error:
+            raise Rejected(
+                "parse.vitals_bad_csv",
+                f"{where}: a carriage return (CR) inside an unquoted field; the line cannot be split",
+            ) from None
         if len(values) != len(header):
             raise Rejected(
                 "parse.vitals_bad_csv",
@@ -333,6 +362,11 @@ def _timestamp(text: str, *, where: str) -> datetime:
         raise Rejected("parse.vitals_bad_time", f"{where}: ts is not an ISO 8601 time") from None
     if at.tzinfo is None:
         raise Rejected("parse.vitals_bad_time", f"{where}: ts has no UTC offset")
+    if not SAMPLE_YEARS[0] <= at.year <= SAMPLE_YEARS[1]:  # year 9999 + offset overflowed UTC
+        raise Rejected(
+            "parse.vitals_bad_time",
+            f"{where}: ts lies outside the years {SAMPLE_YEARS[0]}-{SAMPLE_YEARS[1]} a device sample can have",
+        )
     return at.astimezone(UTC)
 
 
@@ -345,7 +379,8 @@ def _physionet(line: str, *, context: Mapping[str, Any], where: str) -> dict[str
     time, parameter, value_text = (p.strip() for p in parts)
     record = context.get("record_id")
     if record is None:
-        raise Rejected("parse.vitals_no_patient", f"{where}: the file has no RecordID line")
+        said = context.get("record_problem") or "the file has no RecordID line"
+        raise Rejected("parse.vitals_no_patient", f"{where}: {said}")
     clock = _HHMM.fullmatch(time)
     if clock is None:
         raise Rejected("parse.vitals_bad_time", f"{where}: time is not HH:MM since admission")
@@ -378,7 +413,7 @@ def read_landing(
     new_marks: list[Watermark] = []
     for path, layout in landing_files(landing / SOURCE_KIND):
         name = path.relative_to(landing).as_posix()
-        data = path.read_bytes()
+        data = limits.read_bounded(path, name=name)  # a line over the record limit: its marker
         delta = plan(data, name=name, mark=marks.get(name))
         if delta.mark == marks.get(name):
             continue

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import atexit
+import contextvars
 import os
 import tempfile
 import threading
@@ -498,7 +499,11 @@ def _produced(items: Iterable[Any], *, ahead: int = 4) -> Iterator[Any]:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             queue.put(_Failed(exc))
 
-    thread = threading.Thread(target=produce, name="medlake-batches", daemon=True)
+    # the producer sees this thread's context variables (e.g. the ingest limits in force)
+    context = contextvars.copy_context()
+    thread = threading.Thread(
+        target=context.run, args=(produce,), name="medlake-batches", daemon=True
+    )
     thread.start()
     try:
         while True:
