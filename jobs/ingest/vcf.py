@@ -817,6 +817,12 @@ def _add_rows(
         raise Rejected(
             HTSLIB_RULE, f"htslib cannot read the line's genotypes ({type(exc).__name__})"
         ) from None
+    if len(called) != samples or len(texts) != samples:  # e.g. a NUL byte htslib stops at
+        raise Rejected(
+            HTSLIB_RULE,
+            f"htslib reads {len(called)} sample column(s) and the line holds {len(texts)}, "
+            f"where the header names {samples}",
+        )
     phased = [None if gt is None else "|" in gt for gt in texts]
     qual = variant.QUAL
     qual = None if qual is None or (isinstance(qual, float) and math.isnan(qual)) else float(qual)

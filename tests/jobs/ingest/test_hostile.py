@@ -844,3 +844,11 @@ def test_vcf_genotypes_htslib_cannot_parse_quarantine_the_line_not_the_run() -> 
     # may be read; either way it is accounted for and nothing escapes
     assert split.good.num_rows in (0, 4)
     assert split.quarantined.column("rule_id").to_pylist() == ([vcf.HTSLIB_RULE] if not split.good.num_rows else [])
+
+
+def test_vcf_a_nul_byte_in_a_data_line_quarantines_the_line() -> None:
+    """Regression (deeper fuzz run): a NUL byte at offset 419 of the seed made htslib read fewer
+    sample columns than the header names, and silver built columns of unequal length."""
+    seed = VCF_SEED.encode()
+    with limits.using(SMALL):
+        vcf_run(seed[:419] + b"\x00" + seed[419:])
