@@ -402,6 +402,10 @@ def flatten_split(
         except Reject as rej:
             bad.append({**locate, "rule_id": rej.rule_id, "reason": f"{label}: {rej.reason}"})
             continue
+        except OverflowError:  # a date at the calendar's edge (year 1, 9999) that the shift moves off it
+            bad.append({**locate, "rule_id": "silver.date_out_of_range",
+                        "reason": f"{label}: a date the patient's date shift moves off the calendar (year 1 or 9999)"})
+            continue
         lineage = {"_record_hash": row["_record_hash"], "_source_kind": SOURCE_KIND, "_run_id": row["_run_id"]}
         good.extend({**r, **lineage} for r in rows)
     return Split(
@@ -422,12 +426,25 @@ def validation_problem(resource: dict[str, Any]) -> str | None:
         model.model_validate(resource)
     except ValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False)
-        parts = [f"{'.'.join(str(p) for p in err['loc']) or '(resource)'}: {err['msg']}" for err in errors[:5]]
+        parts = [f"{_element_path(err['loc'])}: {err['msg']}" for err in errors[:5]]
         more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
         return "fails FHIR validation: " + "; ".join(parts) + more
     except (ValueError, TypeError) as exc:
         return f"fails FHIR validation: {type(exc).__name__}"
     return None
+
+
+#: the longest element name a reason repeats (an element name is a JSON key: a sender's text)
+ELEMENT_NAME_CHARS = 64
+
+
+def _element_path(location: tuple[int | str, ...]) -> str:
+    """An error's element path, each name cut to :data:`ELEMENT_NAME_CHARS` characters."""
+    names = [
+        str(p) if len(str(p)) <= ELEMENT_NAME_CHARS else f"{str(p)[:ELEMENT_NAME_CHARS]}…"
+        for p in location
+    ]
+    return ".".join(names) or "(resource)"
 
 
 @cache
