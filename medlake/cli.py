@@ -373,9 +373,17 @@ def _demo_training(lake: Path) -> None:
     from medlake.training.train import TooFewLabels
     from medlake.training.train import train as run_training
 
-    manifest = datasets.publish(Lake(lake.resolve()), "gold.ml_patient_features", name="patient_features")
+    from medlake.commands.ml import privacy_line
+
+    try:  # k-anonymity (k=5) over the quasi-identifiers, by generalization and suppression
+        manifest = datasets.publish(Lake(lake.resolve()), "gold.ml_patient_features", name="patient_features")
+    except datasets.PublishRefused as exc:
+        console.print(f"dataset not published: {exc}")
+        return
     console.rule(f"dataset {manifest.ref}")
     console.print(f"{manifest.row_count} rows, Delta version {manifest.delta_version}, content hash {manifest.content_hash[:16]}…")
+    if manifest.k_anonymity:
+        console.print(privacy_line(manifest.k_anonymity))
     try:
         result = run_training(Lake(lake.resolve()), manifest.ref, tracking_uri=load_settings().mlflow.tracking_uri)
     except TooFewLabels as exc:

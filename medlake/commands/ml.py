@@ -117,16 +117,36 @@ def publish(
         list[str] | None,
         typer.Option("--lineage-run-id", help="Extra run id to record (repeatable)."),
     ] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="k-anonymity the release must meet (1: no constraint).")] = 5,
+    l_diversity: Annotated[
+        int | None, typer.Option("--l", min=1, help="l-diversity of --sensitive within each class.")
+    ] = None,
+    sensitive: Annotated[str | None, typer.Option("--sensitive", help="Sensitive column for --l.")] = None,
+    quasi: Annotated[
+        list[str] | None,
+        typer.Option("--quasi", help="Quasi-identifier column (repeatable; default: age_band, gender, zip3 present)."),
+    ] = None,
+    max_suppression: Annotated[
+        float, typer.Option("--max-suppression", min=0.0, max=0.99, help="Largest share of records that may be suppressed.")
+    ] = 0.1,
     role: RoleOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Pin a table's current Delta version as the next version of a named dataset.
+    """Release a table's current Delta version as the next version of a named dataset, meeting its
+    privacy model: quasi-identifiers generalized along their hierarchies (age bands, ZIP3 → state,
+    dates → month → year) and what remains below k suppressed, or refused with the reason (exit 1).
 
-    Example: medlake dataset publish ml_patient_features --name patient_features --lake .medlake/demo/lake
+    Example: medlake dataset publish ml_patient_features --name patient_features --k 5 --l 2 --sensitive has_diabetes --lake .medlake/demo/lake
     """
+    from medlake.governance.release import PrivacyModel
     from medlake.training import datasets
 
     _acting(lake, role, need="publish")
+    try:
+        model = PrivacyModel(k=k, l_diversity=l_diversity, sensitive=sensitive, max_suppression=max_suppression)
+    except ValueError as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from exc
 
     with _errors():
         m = datasets.publish(
@@ -135,6 +155,8 @@ def publish(
             name=name,
             deid_level=deid_level.value,
             lineage_run_ids=run_ids or (),
+            privacy=model,
+            quasi_identifiers=quasi or None,
         )
     if as_json:
         _print_json(m.as_dict())
@@ -142,6 +164,21 @@ def publish(
     console.print(
         f"published [bold]{escape(m.ref)}[/bold]: {m.table} at Delta version {m.delta_version}, "
         f"{m.row_count} rows, content hash {m.content_hash[:16]}..."
+    )
+    if m.k_anonymity:
+        console.print(privacy_line(m.k_anonymity))
+
+
+def privacy_line(k: dict[str, Any]) -> str:
+    """e.g. 'k=5 met: smallest class 7 over age_band, gender; generalized age_band to 10-year band; 3 suppressed; loss 0.12'."""
+    over = ", ".join(k.get("quasi_identifiers") or []) or "no quasi-identifier"
+    if not k.get("meets_model"):
+        return f"no privacy model applied: smallest class {k.get('smallest_class')} over {over}"
+    applied = [f"{c} to {h['applied']}" for c, h in (k.get("hierarchies") or {}).items() if h["applied"] != h["levels"][0]]
+    return (
+        f"k={k['k']} met: smallest class {k['smallest_class']} over {over}; "
+        f"{'generalized ' + ', '.join(applied) if applied else 'nothing generalized'}; "
+        f"{k['records_suppressed']} of {k['records_in']} record(s) suppressed; information loss {k['information_loss']}"
     )
 
 
