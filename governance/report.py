@@ -33,7 +33,12 @@ from deltalake import DeltaTable
 from medlake import ledger as ledger_mod
 from medlake import registry
 from medlake.governance.deid import K_ANONYMITY, k_anonymity
-from medlake.governance.pseudonyms import FILE_REF_CHARS, file_reference, keyed_hash, scrub_file_names
+from medlake.governance.pseudonyms import (
+    FILE_REF_CHARS,
+    file_reference,
+    keyed_hash,
+    scrub_file_names,
+)
 from medlake.lake import Lake
 from medlake.registry import BRONZE_FHIR, QUARANTINE, staging_name
 

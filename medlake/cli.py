@@ -14,8 +14,8 @@ from rich.table import Table
 from medlake import ledger as ledger_mod
 from medlake.commands import access, ml, views
 from medlake.commands.governance import audit_app, vault_app
-from medlake.commands.principal import RoleOpt, acting_as, table_fits
 from medlake.commands.lineage import app as lineage_app
+from medlake.commands.principal import RoleOpt, acting_as, table_fits
 from medlake.commands.report import report as report_command
 from medlake.config import load_settings, settings_table
 from medlake.governance import audit as audit_mod
@@ -369,11 +369,10 @@ def airflow_runs(as_json: JsonOpt = False) -> None:
 
 def _demo_training(lake: Path) -> None:
     """Publish gold.ml_patient_features as the next dataset version and train on it."""
+    from medlake.commands.ml import privacy_line
     from medlake.training import datasets
     from medlake.training.train import TooFewLabels
     from medlake.training.train import train as run_training
-
-    from medlake.commands.ml import privacy_line
 
     try:  # k-anonymity (k=5) over the quasi-identifiers, by generalization and suppression
         manifest = datasets.publish(Lake(lake.resolve()), "gold.ml_patient_features", name="patient_features")

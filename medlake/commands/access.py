@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from medlake.commands.principal import RoleOpt, acting_as, table_fits
 from medlake.config import Settings, load_settings
 from medlake.governance import audit, dp
 from medlake.governance.access import PURPOSES, AccessDenied, Policy, PolicyError, read_table
 from medlake.keys import KeyMissing, audit_key
-from medlake.commands.principal import RoleOpt, acting_as, table_fits
 from medlake.lake import Lake, TableNotFound
 
 console = Console(width=None if sys.stdout.isatty() else 150)

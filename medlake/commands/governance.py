@@ -19,8 +19,8 @@ from rich.table import Table
 
 from medlake.commands.principal import RoleOpt, acting_as, table_fits
 from medlake.config import Settings, load_settings
-from medlake.governance.access import Policy, PolicyError
 from medlake.governance import at_rest, audit, vault
+from medlake.governance.access import Policy, PolicyError
 from medlake.governance.crypto import KeyringError
 from medlake.governance.vault import VAULT_ACTIVE_KEY_ENV, VAULT_KEYS_ENV, vault_keyring
 from medlake.keys import KeyMissing, audit_key

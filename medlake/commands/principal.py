@@ -39,7 +39,8 @@ def current_principal(settings: Settings) -> Principal:
 
 
 def held_roles(settings: Settings, policy: Policy, principal: Principal) -> tuple[str, ...]:
-    return roles_of(policy.principals, principal, local=settings.env == "local")
+    held: tuple[str, ...] = roles_of(policy.principals, principal, local=settings.env == "local")
+    return held
 
 
 def acting_as(

@@ -3,8 +3,6 @@ and a registered model."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -60,7 +58,7 @@ ARTIFACTS = {
     "permutation_importance.json",
     "per_group.json",
     "features.json",
-    "test_predictions.csv",
+    "prediction_sets.json",
     "model_card.md",
 }
 
@@ -141,9 +139,13 @@ def test_the_run_has_its_artifacts(trained, tmp_path: Path):
     assert (folder / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     importances = json.loads((folder / "permutation_importance.json").read_text())["features"]
     assert {row["feature"] for row in importances} == set(result.params["features"].split(","))
-    rows = list(csv.DictReader(io.StringIO((folder / "test_predictions.csv").read_text())))
-    assert len(rows) == 80 and rows[0]["person_key"].startswith("p01-")
-    assert {r["prediction_set"] for r in rows} <= {"{0}", "{1}", "{0,1}", "{}"}
+    sets = json.loads((folder / "prediction_sets.json").read_text())
+    assert sets["rows"] == 80 == sum(r["count"] for r in sets["by_truth_and_set"])
+    assert {r["prediction_set"] for r in sets["by_truth_and_set"]} <= {"{0}", "{1}", "{0,1}", "{}"}
+    # aggregates only: no person key (nor any per-person row) in any artifact
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".md", ".csv", ".txt", ".yaml"):
+            assert "p01-" not in path.read_text(errors="replace"), path
     card = (folder / "model_card.md").read_text()
     for needed in (
         "readmission@1",
