@@ -85,10 +85,12 @@ def test_the_run_logs_the_dataset_as_an_input_with_its_delta_version_and_hash(tr
     assert found.dataset.digest == manifest.content_hash[:32]
     assert found.dataset.source_type == "delta_table"
     source = json.loads(found.dataset.source)
-    assert source["delta_table_version"] == 1 and source["path"] == lake.uri(GOLD)
+    # the release (gold.ml_patient_features meeting k=5) is what was trained on, at its pinned version
+    assert manifest.table == "gold.release_readmission"
+    assert source.get("delta_table_version", 0) == manifest.delta_version and source["path"] == lake.uri(manifest.table)
     tags = {t.key: t.value for t in found.tags}
     assert tags["medlake.content_hash"] == manifest.content_hash
-    assert tags["medlake.delta_version"] == "1" and tags["mlflow.data.context"] == "training"
+    assert tags["medlake.delta_version"] == str(manifest.delta_version) and tags["mlflow.data.context"] == "training"
     assert run.data.tags["medlake.dataset"] == "readmission@1"
     assert run.data.tags["medlake.run_id"] == "manual__test"
     assert run.data.tags["medlake.lineage_run_ids"] == "run-1"
@@ -198,7 +200,7 @@ def test_too_few_positives_is_refused_with_the_counts(tmp_path: Path, gold_rows)
         rows.schema.get_field_index("has_diabetes"), "has_diabetes", pa.array([False] * 100)
     )
     lake.write(GOLD, rows, mode="overwrite")
-    datasets.publish(lake, GOLD, name="readmission")
+    datasets.publish(lake, GOLD, name="readmission", privacy=None)  # every row, as the counts below say
     with pytest.raises(
         train.TooFewLabels,
         match="cannot train on dataset readmission@1: 0 rows have has_diabetes and 100 do not",
