@@ -335,6 +335,27 @@ def summary(lake: LakeOpt, run_id: Annotated[str | None, typer.Option("--run")] 
 
 
 @app.command()
+def whoami(as_json: JsonOpt = False) -> None:
+    """Show who you are to medlake: your principal, its groups and the roles the access policy gives it.
+
+    Example: medlake whoami --json
+    """
+    from medlake.commands.principal import current_principal, held_roles
+    from medlake.governance.access import Policy
+
+    settings = load_settings()
+    principal = current_principal(settings)
+    roles = held_roles(settings, Policy.load(settings.access.policy_file), principal)
+    data = {"principal": principal.id, "groups": list(principal.groups), "service_principal": principal.is_service,
+            "env": settings.env, "roles": list(roles)}
+    if as_json:
+        _print_json(data)
+    else:
+        console.print(f"{principal.id} (groups: {', '.join(principal.groups) or 'none'}) holds "
+                      f"{', '.join(roles) or 'no role'}" + (" as the local service principal" if principal.is_service else ""))
+
+
+@app.command()
 def config(as_json: JsonOpt = False) -> None:
     """List every setting: its environment variable, default and meaning.
 
