@@ -251,8 +251,9 @@ def test_dataset_pulls_follow_the_policy():
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, write_policy, me: str) -> typer.Typer:
+def cli(monkeypatch: pytest.MonkeyPatch, write_policy, me: str, tmp_path: Path) -> typer.Typer:
     monkeypatch.setenv("MEDLAKE_AUDIT_KEY", AUDIT_KEY.hex())
+    monkeypatch.setenv("MEDLAKE__KEYS__DIR", str(tmp_path / "no-keys"))  # not the service principal here
     policy = Policy.load(write_policy(**{me: ["ml"]}))  # this test's OS user holds ml, nothing else
     monkeypatch.setattr(access_cli, "load_policy", lambda settings: policy)
     app = typer.Typer()
