@@ -354,3 +354,8 @@ def test_the_package_level_read_path_enforces_the_policy(tmp_path):
         medlake.read_table("bronze.fhir_resources", role="ml", purpose="research", lake=tmp_path)
     rows = medlake.read_table("silver.patients", role="data_engineer", purpose="operations", lake=tmp_path)
     assert rows.num_rows == 0
+    from medlake.governance.identity import RoleRefused
+
+    with pytest.raises(RoleRefused, match="may not act as role 'reidentifier'"):
+        medlake.read_table("silver.patients", role="reidentifier", purpose="operations", lake=tmp_path)
+    assert _entries(Lake(tmp_path), "access.denied")[-1].role == "reidentifier"
