@@ -144,7 +144,7 @@ def test_no_planted_phi_in_any_file_under_the_lake_or_medlake_home(planted):
 
 def test_the_release_meets_k_and_mlflow_has_no_per_person_rows(planted):
     lake = Lake(planted["lake"])
-    manifest = [r for r in lake.read("datasets").to_pylist() if r["name"] == "leakcheck"][0]
+    (manifest,) = [r for r in lake.read("datasets").to_pylist() if r["name"] == "leakcheck"]
     k = json.loads(manifest["k_anonymity"])
     assert k["meets_model"] and k["smallest_class"] >= 5 and k["classes_below_k"] == 0
     trained = planted["trained"]
