@@ -115,6 +115,9 @@ class Policy:
     phi_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     dp_budgets: Mapping[str, float] = field(default_factory=dict)
     dp_default_budget: float = 3.0
+    #: who holds which roles: ``user:<login>``, ``group:<group>``, ``oidc:<issuer>#<subject>``,
+    #: ``token:<name>`` and ``local_owner`` (governance/identity.py) → role names
+    principals: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     source: str = "<memory>"
 
     @classmethod
@@ -157,8 +160,9 @@ class Policy:
             raise PolicyError(f"policy {source}: dp_budget needs numbers: {{default: 3.0, roles: {{role: 1.0}}}}") from None
         if min([default_budget, *role_budgets.values()]) <= 0:
             raise PolicyError(f"policy {source}: every dp_budget must be positive")
+        principals = _principals(raw.get("principals") or {}, roles=tuple(grants), source=source)
         return cls(grants=grants, dataset_grants=dataset_grants, phi_columns=phi, dp_budgets=role_budgets,
-                   dp_default_budget=default_budget, source=source)
+                   dp_default_budget=default_budget, principals=principals, source=source)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -181,6 +185,29 @@ class Policy:
         exact = [g for g in grants if g.exactly(table)]
         matching = exact or [g for g in grants if g.matches(table)]
         return matching[0] if matching else None
+
+
+PRINCIPAL_KINDS = ("user:", "group:", "oidc:", "token:")
+
+
+def _principals(raw: Any, *, roles: tuple[str, ...], source: str) -> dict[str, tuple[str, ...]]:
+    """The ``principals`` section: ``{user:ana: [ml], group:medlake-ml: [ml], local_owner: [...]}``."""
+    if not isinstance(raw, dict):
+        raise PolicyError(f"policy {source}: principals must map user:/group:/oidc:/token: names to role lists")
+    mapped: dict[str, tuple[str, ...]] = {}
+    for name, held in raw.items():
+        name = str(name)
+        if name != "local_owner" and not name.startswith(PRINCIPAL_KINDS):
+            raise PolicyError(f"policy {source}: principal {name!r} must start with "
+                              f"{', '.join(PRINCIPAL_KINDS)} or be local_owner")
+        listed = [held] if isinstance(held, str) else held
+        if not isinstance(listed, list) or not all(isinstance(r, str) for r in listed):
+            raise PolicyError(f"policy {source}: principal {name} needs a list of roles")
+        unknown = [r for r in listed if r not in roles]
+        if unknown:
+            raise PolicyError(f"policy {source}: principal {name} is given unknown roles {unknown}")
+        mapped[name] = tuple(listed)
+    return mapped
 
 
 def _grant(role: str, raw: Any, *, where: str, purposes: tuple[str, ...]) -> Grant:

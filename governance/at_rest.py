@@ -57,7 +57,8 @@ from medlake.governance.crypto import (
     encrypt,
     new_key_id,
 )
-from medlake.keys import KEY_BYTES
+from medlake.governance.pseudonyms import scrub_file_names
+from medlake.keys import KEY_BYTES, project_key
 from medlake.lake import Lake
 from medlake.registry import QUARANTINE, TABLES, TS, VITALS_WATERMARK, TableSpec
 
@@ -109,8 +110,16 @@ def encrypted_columns() -> dict[str, dict[str, Mode]]:
 
 
 def lake_for(settings: Settings, root: Path) -> Lake:
-    """The lake at ``root`` with its raw PHI sealed and opened under the settings' vault keyring."""
-    return Lake(root, codec=EnvelopeCodec(root, functools.partial(settings_keyring, settings)))
+    """The lake at ``root`` with its raw PHI sealed and opened under the settings' vault keyring,
+    and quarantine reasons naming files by keyed reference (under the project key)."""
+    return Lake(
+        root,
+        codec=EnvelopeCodec(
+            root,
+            functools.partial(settings_keyring, settings),
+            reference_key=functools.partial(project_key, settings),
+        ),
+    )
 
 
 def settings_keyring(settings: Settings) -> Keyring:
@@ -242,9 +251,12 @@ class EnvelopeCodec:
         keyring: Callable[[], Keyring],
         *,
         columns: Mapping[str, Mapping[str, Mode]] | None = None,
+        reference_key: Callable[[], bytes] | None = None,
     ):
         self.root = Path(root)
         self._load_keyring = keyring
+        self._load_reference_key = reference_key
+        self._reference_key: bytes | None = None
         self._keyring: Keyring | None = None
         self.columns = dict(columns if columns is not None else encrypted_columns())
         self._keys: dict[str, dict[str, _DataKey]] = {}
@@ -312,6 +324,8 @@ class EnvelopeCodec:
     # -- the protocol ----------------------------------------------------------------------
 
     def encode(self, name: str, data: pa.Table) -> pa.Table:
+        if name == QUARANTINE.name:
+            data = self._scrub_reasons(data)
         columns = {c: m for c, m in self.columns.get(name, {}).items() if c in data.column_names}
         if not columns or data.num_rows == 0:
             return data
@@ -320,6 +334,27 @@ class EnvelopeCodec:
             seal = _sealer(key, name, column, mode)
             data = _map_column(data, column, seal)
         return data
+
+    def _scrub_reasons(self, data: pa.Table) -> pa.Table:
+        """Quarantine reasons with the record's file name replaced by its keyed reference: a parser's
+        message may quote the file name, which can embed a patient's name; the name itself stays
+        only in the encrypted ``source_file``."""
+        if self._load_reference_key is None or data.num_rows == 0:
+            return data
+        if "reason" not in data.column_names or "source_file" not in data.column_names:
+            return data
+        if self._reference_key is None:
+            self._reference_key = self._load_reference_key()
+        key = self._reference_key
+        files = data.column("source_file").to_pylist()
+        if not any(f and not str(f).startswith(PREFIX) for f in files):
+            return data
+        reasons = [
+            None if reason is None else scrub_file_names(key, reason, [f] if f and not f.startswith(PREFIX) else [])
+            for reason, f in zip(data.column("reason").to_pylist(), files, strict=True)
+        ]
+        index = data.schema.get_field_index("reason")
+        return data.set_column(index, data.schema.field(index), pa.array(reasons, data.schema.field(index).type))
 
     def decode(self, name: str, data: pa.Table) -> pa.Table:
         columns = [c for c in self.columns.get(name, {}) if c in data.column_names]

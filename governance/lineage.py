@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-import traceback
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -504,9 +503,8 @@ class StageRun:
             )
         if error is not None:
             run_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
-                message=str(error) or type(error).__name__,
+                message=failure_summary(error, job=self.job),
                 programmingLanguage="python",
-                stackTrace="".join(traceback.format_exception(error)),
                 producer=PRODUCER,
             )
         return RunEvent(
@@ -961,3 +959,16 @@ __all__ = [
     "schema_fields",
     "stage_run",
 ]
+
+
+def failure_summary(error: BaseException, *, job: str) -> str:
+    """What a FAIL event says about an exception: its type and rule id, never its text or stack.
+
+    Exception messages can quote the values that failed (a name, an MRN, a file name); lineage
+    events go to whatever OpenLineage backend is configured, so they carry only what names the
+    failure: ``BadDataError in medlake_pipeline.gate (rule gate.ledger)``. The text stays in the
+    task log on the service principal's disk.
+    """
+    rule = getattr(error, "rule_id", None)
+    found = f"{type(error).__name__} in {job}"
+    return f"{found} (rule {rule})" if isinstance(rule, str) and rule else found

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+from collections.abc import Iterable
 
 KEY_HEX_CHARS = 32
 
@@ -39,3 +41,34 @@ def mrn_key(key: bytes, authority: str, mrn: str) -> str:
 def record_key(key: bytes, kind: str, source_system: str, local_id: str) -> str:
     """The pseudonym of a non-patient record (encounter, observation, …) in one source system."""
     return keyed_hash(key, kind, source_system, local_id)
+
+
+#: hex characters of a file reference: 40 bits, enough to tell a run's files apart
+FILE_REF_CHARS = 10
+
+
+def file_reference(key: bytes, name: str) -> str:
+    """How a landing file is named outside the vault: ``file:<HMAC of its name>`` (file names can embed patient names).
+
+    Keyed, so it cannot be reversed by hashing a list of candidate names; the same file gets the
+    same reference in the quarantine, the report and the lineage.
+    """
+    return "file:" + keyed_hash(key, "file", name)[:FILE_REF_CHARS]
+
+
+def scrub_file_names(key: bytes, text: str, names: Iterable[str | None]) -> str:
+    """``text`` with every file name of ``names`` (its path, its last part and that part's stem)
+    replaced by its :func:`file_reference`, longest first so a path is replaced whole."""
+    spelled: dict[str, str] = {}
+    for name in names:
+        if not name:
+            continue
+        ref = file_reference(key, name)
+        tail = re.split(r"[\\/]", name)[-1]
+        stem = tail.rsplit(".", 1)[0] if "." in tail else tail
+        for form in (name, tail, stem):
+            if len(form) >= 4:  # a short stem ('a', '001') is not a name and would shred the text
+                spelled.setdefault(form, ref)
+    for form in sorted(spelled, key=len, reverse=True):
+        text = text.replace(form, spelled[form])
+    return text

@@ -18,7 +18,6 @@ here, so the page opens the same on an air-gapped reviewer's machine.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter, defaultdict
@@ -34,6 +33,12 @@ from deltalake import DeltaTable
 from medlake import ledger as ledger_mod
 from medlake import registry
 from medlake.governance.deid import K_ANONYMITY, k_anonymity
+from medlake.governance.pseudonyms import (
+    FILE_REF_CHARS,
+    file_reference,
+    keyed_hash,
+    scrub_file_names,
+)
 from medlake.lake import Lake
 from medlake.registry import BRONZE_FHIR, QUARANTINE, staging_name
 
@@ -41,7 +46,7 @@ from . import audit
 from .lineage import read_events
 
 #: how file names appear in the report: the first characters of the SHA-256 of the name
-FILE_HASH_CHARS = 10
+FILE_HASH_CHARS = FILE_REF_CHARS
 #: examples shown per quarantine rule
 EXAMPLES_PER_RULE = 3
 #: runs shown in "quality over time"
@@ -132,10 +137,15 @@ def gather(
     *,
     run_id: str | None = None,
     audit_key: bytes,
+    reference_key: bytes,
     trend_runs: int = TREND_RUNS,
     now: datetime | None = None,
 ) -> RunReport:
-    """Read the lake into the report of one run (default: the latest run)."""
+    """Read the lake into the report of one run (default: the latest run).
+
+    ``reference_key`` (the project key) names files by keyed reference: file names can embed
+    patient names, and an unkeyed hash of one is reversed by hashing a list of names.
+    """
     runs = known_runs(lake)
     if not runs:
         raise RunNotFound(
@@ -173,7 +183,7 @@ def gather(
         tasks=tasks,
         ledger=ledger_rows,
         ledger_balanced=all(r["adds_up"] for r in ledger_rows),
-        quarantine=quarantine_by_rule(quarantine_rows),
+        quarantine=quarantine_by_rule(quarantine_rows, reference_key=reference_key),
         quarantine_total=len(quarantine_rows),
         quarantine_ledger_total=sum(int(r["quarantined"]) for r in ledger_rows),
         deid=deid_summary(lake),
@@ -184,26 +194,29 @@ def gather(
         quality_over_time=quality_over_time(lake, runs[: runs.index(run_id) + 1][-trend_runs:]),
         notes=[
             (
-                f"File names are shown as sha256(name)[:{FILE_HASH_CHARS}]: landing file names can embed "
-                "patient names. Raw records are never shown; they stay in the quarantine table."
+                f"Files are shown as file#<HMAC of the name under the project key>[:{FILE_HASH_CHARS}] (the same "
+                "reference `medlake quarantine list` shows as file:…): landing file names can embed patient "
+                "names. Raw records are never shown; they stay encrypted in the quarantine table."
             ),
         ],
     )
 
 
-def file_hash(name: str | None) -> str | None:
-    """How a landing file is named in the report: a short SHA-256 of its name."""
+def file_hash(name: str | None, *, reference_key: bytes) -> str | None:
+    """How a landing file is named in the report: its keyed reference (HMAC under the project key)."""
     if not name:
         return None
-    return hashlib.sha256(name.encode("utf-8")).hexdigest()[:FILE_HASH_CHARS]
+    return file_reference(reference_key, name).removeprefix("file:")
 
 
-def scrub_reason(reason: str, *, source_file: str | None, record_id: str | None = None) -> str:
-    """The reason with the file name (and the source record id) replaced by their short hashes."""
+def scrub_reason(
+    reason: str, *, source_file: str | None, reference_key: bytes, record_id: str | None = None
+) -> str:
+    """The reason with the file name (path, last part, stem) and the source record id replaced by keyed references."""
     if source_file:
-        reason = reason.replace(source_file, f"file#{file_hash(source_file)}")
+        reason = scrub_file_names(reference_key, reason, [source_file]).replace("file:", "file#")
     if source_file and record_id and len(record_id) >= 6:  # a source system's id, not a pseudonym
-        reason = reason.replace(record_id, f"id#{file_hash(record_id)}")
+        reason = reason.replace(record_id, f"id#{keyed_hash(reference_key, 'record', record_id)[:FILE_HASH_CHARS]}")
     return reason
 
 
@@ -227,7 +240,7 @@ def _quarantine_rows(lake: Lake, run_id: str) -> list[dict[str, Any]]:
 
 
 def quarantine_by_rule(
-    rows: Iterable[Mapping[str, Any]], *, examples: int = EXAMPLES_PER_RULE
+    rows: Iterable[Mapping[str, Any]], *, reference_key: bytes, examples: int = EXAMPLES_PER_RULE
 ) -> list[dict[str, Any]]:
     """Quarantined records per rule, most frequent first, with a few de-identified examples each."""
     by_rule: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -254,9 +267,12 @@ def quarantine_by_rule(
                     {
                         "table": r["table_name"],
                         "reason": scrub_reason(
-                            str(r["reason"]), source_file=r["source_file"], record_id=r["record_id"]
+                            str(r["reason"]),
+                            source_file=r["source_file"],
+                            record_id=r["record_id"],
+                            reference_key=reference_key,
                         ),
-                        "file": file_hash(r["source_file"]),
+                        "file": file_hash(r["source_file"], reference_key=reference_key),
                         "offset": r["source_offset"],
                     }
                     for r in members[:examples]
@@ -535,7 +551,12 @@ def quality_over_time(lake: Lake, runs: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def trace_record(
-    lake: Lake, source_file: str, offset: int, *, record_hash: str | None = None
+    lake: Lake,
+    source_file: str,
+    offset: int,
+    *,
+    reference_key: bytes,
+    record_hash: str | None = None,
 ) -> dict[str, Any]:
     """Where the record at ``source_file:offset`` went: the tables it reached, its quarantine, or its merge.
 
@@ -543,7 +564,7 @@ def trace_record(
     it finds the bronze row a duplicate was merged into.
     """
     result: dict[str, Any] = {
-        "file": file_hash(source_file),
+        "file": file_hash(source_file, reference_key=reference_key),
         "offset": offset,
         "outcome": "not found",
         "quarantined": [],
@@ -555,7 +576,7 @@ def trace_record(
             QUARANTINE.name, columns=_TRACE_QUARANTINE, where={"source_file": source_file}
         ).to_pylist():
             if row["source_offset"] == offset:
-                result["quarantined"].append(_quarantine_finding(row))
+                result["quarantined"].append(_quarantine_finding(row, reference_key))
     bronze = lake.read(
         BRONZE_FHIR.name,
         columns=["resource_type", "_source_file", "_source_offset", "_record_hash", "_run_id"],
@@ -572,7 +593,7 @@ def trace_record(
         if merged:
             first = merged[0]
             result["merged_into"] = {
-                "file": file_hash(first["_source_file"]),
+                "file": file_hash(first["_source_file"], reference_key=reference_key),
                 "offset": first["_source_offset"],
                 "run_id": first["_run_id"],
                 "resource_type": first["resource_type"],
@@ -593,9 +614,9 @@ def trace_record(
             for row in lake.read(QUARANTINE.name, columns=_TRACE_QUARANTINE).to_pylist():
                 if (
                     row["record_hash"] in hashes
-                    and _quarantine_finding(row) not in result["quarantined"]
+                    and _quarantine_finding(row, reference_key) not in result["quarantined"]
                 ):
-                    result["quarantined"].append(_quarantine_finding(row))
+                    result["quarantined"].append(_quarantine_finding(row, reference_key))
     if result["merged_into"]:
         result["outcome"] = "merged as a duplicate"
     elif result["quarantined"] and not any(
@@ -622,14 +643,17 @@ _TRACE_QUARANTINE = [
 ]
 
 
-def _quarantine_finding(row: Mapping[str, Any]) -> dict[str, Any]:
+def _quarantine_finding(row: Mapping[str, Any], reference_key: bytes) -> dict[str, Any]:
     return {
         "run_id": row["run_id"],
         "stage": row["stage"],
         "table": row["table_name"],
         "rule_id": row["rule_id"],
         "reason": scrub_reason(
-            str(row["reason"]), source_file=row["source_file"], record_id=row["record_id"]
+            str(row["reason"]),
+            source_file=row["source_file"],
+            record_id=row["record_id"],
+            reference_key=reference_key,
         ),
     }
 
@@ -879,7 +903,7 @@ def _section_quarantine(r: RunReport) -> str:
         numeric=(3,),
     )
     examples = _table(
-        ["rule", "table", "reason", "file (sha256[:10])", "offset"],
+        ["rule", "table", "reason", "file (keyed ref)", "offset"],
         (
             f"<tr><td><code>{escape(q['rule_id'])}</code></td><td><code>{escape(ex['table'])}</code></td>"
             f'<td>{escape(ex["reason"])}</td><td class="mono">{escape(ex["file"] or "—")}</td>{_cell(ex["offset"])}</tr>'

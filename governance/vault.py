@@ -6,8 +6,16 @@ caller stored) as JSON, encrypted with AES-256-GCM under the vault keyring's act
 carries its ``key_id`` and nonce; the AAD binds the ciphertext to its person_key, source_key and
 key id, so a ciphertext moved to another row does not decrypt.
 
-Re-identification is allowed to the ``reidentifier`` role only, needs a stated reason, and every
-attempt is audited (``vault.reidentify``, or ``access.denied``) before anything is returned.
+Re-identification is allowed to the ``reidentifier`` role only (a role the caller's authenticated
+principal holds: governance/identity.py), needs a stated reason and one of two safeguards, and
+every attempt is audited (``vault.reidentify``, or ``access.denied``) before anything is returned:
+
+- **four eyes**: the requester files a request (:func:`request`, ``vault.request``); a *different*
+  reidentifier principal approves it (:func:`approve`, ``vault.approve``); the requester then
+  re-identifies that one person once with the request id. The requests and approvals live in the
+  audit log itself, whose chain is verified before they are trusted;
+- **break glass**: an emergency reason; the re-identification goes ahead and raises an
+  ``alert.break_glass`` entry in the audit chain for the compliance office to review.
 
 Key rotation re-encrypts every row under a new key in one Delta transaction, and only then
 makes the new key active and retires the old ones: a crash at any point leaves each row under a
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -72,6 +81,10 @@ class AccessDenied(PermissionError):
 
 class VaultKeyError(RuntimeError):
     """A vault row does not decrypt: its key is missing from the keyring, or is the wrong key."""
+
+
+class ApprovalMissing(AccessDenied):
+    """Re-identification without an approved request or a break-glass reason; audited."""
 
 
 class NotInVault(LookupError):
@@ -169,6 +182,47 @@ def store(
 # re-identify
 
 
+def request(
+    lake: Lake,
+    person_key: str,
+    *,
+    role: str,
+    reason: str,
+    actor: str,
+    audit_key: bytes,
+    purpose: str | None = None,
+) -> str:
+    """File a request to re-identify ``person_key``; returns its id, for another reidentifier to approve."""
+    _check_reidentifier(lake, person_key, role=role, reason=reason, actor=actor, audit_key=audit_key,
+                        purpose=purpose, attempted="vault.request")
+    request_id = uuid.uuid4().hex[:16]
+    audit.append(lake, key=audit_key, actor=actor, role=role, action="vault.request", object=f"{TABLE}/{person_key}",
+                 purpose=purpose, details={"request_id": request_id, "reason": reason})
+    return request_id
+
+
+def approve(lake: Lake, request_id: str, *, role: str, actor: str, audit_key: bytes) -> str:
+    """Approve a pending request as a second reidentifier (never the requester); returns its person_key."""
+    found = _requests(lake, audit_key).get(request_id)
+
+    def refuse(why: str) -> AccessDenied:
+        audit.append(lake, key=audit_key, actor=actor, role=role, action="access.denied",
+                     object=f"{TABLE}/request/{request_id}", details={"attempted": "vault.approve", "why": why})
+        return AccessDenied(why)
+
+    if role != REIDENTIFIER:
+        raise refuse(f"role {role!r} may not approve re-identification: only {REIDENTIFIER!r} may")
+    if found is None:
+        raise refuse(f"no re-identification request {request_id}")
+    if found["requester"] == actor:
+        raise refuse(f"{actor} filed request {request_id} and may not approve it: a second reidentifier must")
+    if found["approver"] is not None or found["used"]:
+        raise refuse(f"request {request_id} is already {'used' if found['used'] else 'approved'}")
+    audit.append(lake, key=audit_key, actor=actor, role=role, action="vault.approve", object=found["object"],
+                 details={"request_id": request_id, "requester": found["requester"]})
+    return str(found["object"]).removeprefix(f"{TABLE}/")
+
+
 def reidentify(
     lake: Lake,
     person_key: str,
@@ -180,12 +234,16 @@ def reidentify(
     audit_key: bytes,
     purpose: str | None = None,
     run_id: str | None = None,
+    request_id: str | None = None,
+    break_glass: bool = False,
 ) -> dict[str, Any]:
     """Who ``person_key`` is: ``{"person_key", "records": [{"source_key", "key_id", "identity"}]}``.
 
-    Only for role ``reidentifier`` with a stated reason; every attempt is audited first. All of
-    the person's rows are decrypted before anything is returned: one that does not decrypt
-    fails the whole call, so there is never partial output.
+    Only for role ``reidentifier`` with a stated reason, and either ``request_id`` (a request of
+    this actor for this person, approved by another reidentifier, not used yet) or
+    ``break_glass`` (the reason is an emergency: an ``alert.break_glass`` entry is written first).
+    Every attempt is audited first. All of the person's rows are decrypted before anything is
+    returned: one that does not decrypt fails the whole call, so there is never partial output.
     """
     target = f"{TABLE}/{person_key}"
 
@@ -202,32 +260,100 @@ def reidentify(
             details={"reason": reason, **details},
         )
 
-    if role != REIDENTIFIER:
-        record("access.denied", attempted="vault.reidentify", why=f"role {role} may not re-identify")
-        raise AccessDenied(f"role {role!r} may not re-identify person {person_key}: only {REIDENTIFIER!r} may")
-    if not reason or not reason.strip():
-        record("access.denied", attempted="vault.reidentify", why="no reason given")
-        raise AccessDenied(f"re-identifying person {person_key} needs a reason; none was given")
+    _check_reidentifier(lake, person_key, role=role, reason=reason, actor=actor, audit_key=audit_key,
+                        purpose=purpose, attempted="vault.reidentify", run_id=run_id)
+    safeguard: dict[str, Any]
+    if request_id is not None:
+        found = _requests(lake, audit_key).get(request_id)
+        why = None
+        if found is None or found["object"] != target:
+            why = f"no re-identification request {request_id} for person {person_key}"
+        elif found["requester"] != actor:
+            why = f"request {request_id} was filed by another principal; file your own"
+        elif found["approver"] is None:
+            why = f"request {request_id} is not approved yet: another reidentifier must run `medlake vault approve`"
+        elif found["used"]:
+            why = f"request {request_id} was already used: file a new one"
+        if why is not None:
+            record("access.denied", attempted="vault.reidentify", why=why, request_id=request_id)
+            raise ApprovalMissing(why)
+        safeguard = {"request_id": request_id, "approved_by": found["approver"] if found else None}
+    elif break_glass:
+        record("alert.break_glass", attempted="vault.reidentify")
+        safeguard = {"break_glass": True}
+    else:
+        why = (f"re-identifying person {person_key} needs a second reidentifier's approval (--request) "
+               "or a break-glass emergency (--break-glass)")
+        record("access.denied", attempted="vault.reidentify", why=why)
+        raise ApprovalMissing(why)
 
     # Cast: files written by MERGE hold string_view, and a bare string comparison fails on them.
     rows = _rows(lake, filter=pc.field("person_key").cast(pa.string()) == person_key)
     if not rows:
-        record("vault.reidentify", outcome="not_found", records=0)
+        record("vault.reidentify", outcome="not_found", records=0, **safeguard)
         raise NotInVault(f"no identity is stored in the vault for person {person_key}")
     try:
         try:
             keyring = keyring.refreshed()
         except KeyringError as exc:
             raise VaultKeyError(f"the vault keyring cannot be loaded: {exc}") from None
-        found = [
+        found_rows = [
             {"source_key": row["source_key"], "key_id": row["key_id"], "identity": json.loads(_open(row, keyring))}
             for row in sorted(rows, key=lambda r: str(r["source_key"]))
         ]
     except VaultKeyError as exc:
-        record("vault.reidentify", outcome="key_error", records=0)
+        record("vault.reidentify", outcome="key_error", records=0, **safeguard)
         raise exc from None
-    record("vault.reidentify", outcome="ok", records=len(found))
-    return {"person_key": person_key, "records": found}
+    record("vault.reidentify", outcome="ok", records=len(found_rows), **safeguard)
+    return {"person_key": person_key, "records": found_rows}
+
+
+def _check_reidentifier(
+    lake: Lake,
+    person_key: str,
+    *,
+    role: str,
+    reason: str,
+    actor: str,
+    audit_key: bytes,
+    purpose: str | None,
+    attempted: str,
+    run_id: str | None = None,
+) -> None:
+    """Refuse (audited) anyone but the reidentifier role, and any request without a reason."""
+
+    def refuse(why: str) -> AccessDenied:
+        audit.append(lake, key=audit_key, actor=actor, role=role, action="access.denied",
+                     object=f"{TABLE}/{person_key}", run_id=run_id, purpose=purpose,
+                     details={"reason": reason, "attempted": attempted, "why": why})
+        return AccessDenied(why)
+
+    if role != REIDENTIFIER:
+        raise refuse(f"role {role!r} may not re-identify person {person_key}: only {REIDENTIFIER!r} may")
+    if not reason or not reason.strip():
+        raise refuse(f"re-identifying person {person_key} needs a reason; none was given")
+
+
+def _requests(lake: Lake, audit_key: bytes) -> dict[str, dict[str, Any]]:
+    """Re-identification requests, their approvals and uses, from the verified audit chain."""
+    checked = audit.verify(lake, key=audit_key)
+    if not checked.ok:
+        raise audit.AuditLogBroken(f"the audit log is broken ({checked.problem}): no approval can be trusted")
+    found: dict[str, dict[str, Any]] = {}
+    for entry in audit.read(lake):
+        if entry.action not in ("vault.request", "vault.approve", "vault.reidentify") or not entry.details:
+            continue
+        details = json.loads(entry.details)
+        request_id = details.get("request_id")
+        if not request_id:
+            continue
+        if entry.action == "vault.request":
+            found[request_id] = {"object": entry.object, "requester": entry.actor, "approver": None, "used": False}
+        elif request_id in found and entry.action == "vault.approve" and entry.actor != found[request_id]["requester"]:
+            found[request_id]["approver"] = entry.actor
+        elif request_id in found and entry.action == "vault.reidentify" and details.get("outcome") == "ok":
+            found[request_id]["used"] = True
+    return found
 
 
 def linkage_identities(

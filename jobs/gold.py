@@ -38,6 +38,7 @@ import pyarrow as pa
 from medlake import ledger
 from medlake.config import DbtSettings, Settings
 from medlake.errors import BadDataError
+from medlake.governance.files import private_dir, private_tree
 from medlake.jobs.clean.config import ML_FEATURE_IMPUTATION, Imputation
 from medlake.jobs.clean.impute import impute
 from medlake.lake import Lake
@@ -192,8 +193,7 @@ def build_gold(
                 "(unpack the OHDSI Athena download there)"
             )
     pinned = _pin_silver(lake, silver_versions or {})
-    workdir = lake.root / DBT_WORKDIR
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = private_dir(lake.root / DBT_WORKDIR)  # the DuckDB file holds the marts: owner only
     duckdb_path = workdir / "dbt.duckdb"
     dbt_vars = {
         "lake": str(lake.root),
@@ -231,6 +231,7 @@ def build_gold(
     reading = _duckdb_marts(duckdb_path) if spark is None else _spark_marts(spark)
     with reading as read:
         tables, imputed = _write_marts(lake, marts, read, run_id=run_id)
+    private_tree(workdir)  # dbt and DuckDB create their files 0644
     for t in tables:
         log.info("wrote %s version %d (%d rows)", t.name, t.version, t.rows)
     entries = tuple(ledger.record(lake, run_id, [entry for entry, _ in imputed.values()]))

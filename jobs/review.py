@@ -59,6 +59,7 @@ def resolve(
     audit_key: bytes,
     value: float | None = None,
     now: datetime | None = None,
+    role: str = "data_steward",
 ) -> Resolved:
     """Record a steward's decision on open quarantine rows; audited, applied at the next run."""
     if action not in STATUS_AFTER:
@@ -98,7 +99,7 @@ def resolve(
             lake,
             key=audit_key,
             actor=actor,
-            role="data_steward",
+            role=role,
             action="quarantine.resolve",
             object=r["quarantine_id"],
             run_id=r["run_id"],

@@ -17,8 +17,10 @@ from medlake.commands.deid import deid_app
 from medlake.commands.governance import audit_app, vault_app
 from medlake.commands.identity import identity_app
 from medlake.commands.lineage import app as lineage_app
+from medlake.commands.principal import RoleOpt, acting_as, table_fits
 from medlake.commands.report import report as report_command
 from medlake.config import load_settings, settings_table
+from medlake.governance import audit as audit_mod
 from medlake.lake import Lake
 
 app = typer.Typer(
@@ -142,7 +144,7 @@ def demo(
     shutil.rmtree(lake, ignore_errors=True)  # a demo starts from an empty lake
     sample(out=landing, patients=patients, seed=seed)
     run(landing=landing, lake=lake, as_json=False)
-    report_command(lake=lake, run_id=None, out=None, as_json=False, record=None, landing=None)
+    report_command(lake=lake, run_id=None, out=None, as_json=False, record=None, landing=None, role=None)
     _demo_training(lake)
     console.print(
         f"\nNext: open the compliance report above in a browser; `medlake tables --lake {lake}`, "
@@ -204,6 +206,7 @@ def quarantine(
     run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
     status: Annotated[str | None, typer.Option(help="Only this status: open, accepted, corrected, rejected, released.")] = None,
     limit: Annotated[int, typer.Option(help="Rows to show in the person-readable listing.")] = 50,
+    role: RoleOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List quarantined records with their rule id and the reason in words (same as `quarantine list`).
@@ -215,7 +218,7 @@ def quarantine(
     if lake is None:
         err.print("--lake is required")
         raise typer.Exit(2)
-    quarantine_list(lake=lake, rule=rule, run_id=run_id, status=status, limit=limit, as_json=as_json)
+    quarantine_list(lake=lake, rule=rule, run_id=run_id, status=status, limit=limit, role=role, as_json=as_json)
 
 
 @quarantine_app.command("list")
@@ -225,16 +228,35 @@ def quarantine_list(
     run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
     status: Annotated[str | None, typer.Option(help="Only this status: open, accepted, corrected, rejected, released.")] = None,
     limit: Annotated[int, typer.Option(help="Rows to show in the person-readable listing.")] = 50,
+    role: RoleOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List quarantined records with their rule id, reason and status (the raw record stays in the table: PHI).
+    """List quarantined records with their rule id, reason and status, as one of your roles (audited).
+
+    Files are shown by keyed reference (file:1a2b3c4d5e), never by name; the raw record stays
+    encrypted in the table.
 
     Example: medlake quarantine list --lake .medlake/demo/lake --rule gate.heart_rate_range
     """
+    from medlake.governance.access import AccessDenied, authorize
     from medlake.governance.at_rest import lake_for
+    from medlake.governance.pseudonyms import file_reference, scrub_file_names
+    from medlake.keys import project_key
     from medlake.registry import QUARANTINE
 
-    target = lake_for(load_settings(lake=lake), lake.resolve())  # file names are encrypted at rest
+    settings, policy, key = _governed(lake)
+    target = lake_for(settings, lake.resolve())  # file names are encrypted at rest
+    principal, acting = acting_as(settings, target, policy, key, role, object=QUARANTINE.name,
+                                  fits=table_fits(policy, QUARANTINE.name))
+    purpose = "quality_improvement"
+    try:
+        grant = authorize(policy, role=acting, table=QUARANTINE.name, columns=None, purpose=purpose)
+    except AccessDenied as exc:
+        audit_mod.append(target, key=key, actor=principal.id, role=acting, action="access.denied",
+                         object=QUARANTINE.name, purpose=purpose, details={"attempted": "quarantine.list", "why": exc.why})
+        err.print(f"[red]refused: {exc} (this attempt was audited)[/red]")
+        raise typer.Exit(1) from exc
+    phi = policy.phi_of(QUARANTINE.name)
     columns = ["quarantine_id", "run_id", "stage", "table_name", "rule_id", "reason", "source_file",
                "source_offset", "record_id", "status", "quarantined_at", "resolution", "resolution_reason",
                "resolved_by", "resolved_at", "corrected_value", "released_run_id"]
@@ -242,11 +264,22 @@ def quarantine_list(
     rows = [r for r in rows if (rule is None or r["rule_id"] == rule) and (run_id is None or r["run_id"] == run_id)
             and (status is None or r["status"] == status)]
     rows.sort(key=lambda r: (r["stage"], r["rule_id"], r["source_file"] or "", r["source_offset"] or 0))
+    reference_key = project_key(settings)
+    shown = []
+    for r in rows:
+        ref = file_reference(reference_key, r["source_file"]) if r["source_file"] else None
+        row = {c: v for c, v in r.items() if c != "source_file" and grant.allows_column(c, phi=phi)}
+        if row.get("reason") and r["source_file"]:  # rows written before reasons were scrubbed on write
+            row["reason"] = scrub_file_names(reference_key, row["reason"], [r["source_file"]])
+        shown.append({**row, "file": ref})  # never the name, whatever the grant: it may embed a patient's
+    audit_mod.append(target, key=key, actor=principal.id, role=acting, action="access.read", object=QUARANTINE.name,
+                     purpose=purpose, details={"attempted": "quarantine.list", "rows": len(shown), "rule": rule,
+                                               "run_id": run_id, "status": status})
     if as_json:
-        _print_json(rows)
+        _print_json(shown)
     else:
-        _print_rows(f"{len(rows)} quarantined record(s)", rows[:limit],
-                    ["quarantine_id", "rule_id", "status", "reason"])
+        listed = [c for c in ("quarantine_id", "rule_id", "status", "file", "reason") if not shown or c in shown[0]]
+        _print_rows(f"{len(shown)} quarantined record(s)", shown[:limit], listed)
 
 
 @quarantine_app.command("resolve")
@@ -256,27 +289,52 @@ def quarantine_resolve(
     action: Annotated[str, typer.Option(help="accept (the value is real), correct (with --value) or reject.")],
     reason: Annotated[str, typer.Option(help="Why: recorded with the decision and in the audit log.")],
     value: Annotated[float | None, typer.Option(help="The corrected value, with --action correct.")] = None,
-    actor: Annotated[str | None, typer.Option(help="Who decides (default: the login name).")] = None,
+    role: RoleOpt = None,
 ) -> None:
-    """Resolve quarantined records; accepted and corrected ones re-enter silver at the next run.
+    """Resolve quarantined records as a data steward (a role with every column of the quarantine);
+    accepted and corrected ones re-enter silver at the next run. Audited under your principal.
 
     Example: medlake quarantine resolve 3f2a9c… --action accept --reason "confirmed with the lab: real value" --lake .medlake/demo/lake
     """
-    import getpass
-
     from medlake.governance.at_rest import lake_for
     from medlake.jobs.review import ResolutionRefused, resolve
-    from medlake.keys import audit_key
+    from medlake.registry import QUARANTINE
 
-    settings = load_settings(lake=lake)
+    settings, policy, key = _governed(lake)
+    target = lake_for(settings, lake.resolve())
+
+    def steward(r: str) -> bool:  # resolving rewrites whole rows: it needs every column
+        grant = policy.grant_for(r, QUARANTINE.name)
+        return grant is not None and grant.mode == "all" and not grant.withheld and not grant.via
+
+    principal, acting = acting_as(settings, target, policy, key, role, object=QUARANTINE.name, fits=steward)
+    if not steward(acting):
+        audit_mod.append(target, key=key, actor=principal.id, role=acting, action="access.denied",
+                         object=QUARANTINE.name, details={"attempted": "quarantine.resolve",
+                                                          "why": f"role {acting} may not resolve quarantined records"})
+        err.print(f"[red]refused: role {acting!r} may not resolve quarantined records (this attempt was audited)[/red]")
+        raise typer.Exit(1)
     try:
-        done = resolve(lake_for(settings, lake.resolve()), ids, action=action, reason=reason, value=value,
-                       actor=actor or getpass.getuser(), audit_key=audit_key(settings))
+        done = resolve(target, ids, action=action, reason=reason, value=value, actor=principal.id, role=acting,
+                       audit_key=key)
     except ResolutionRefused as exc:
         err.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(1) from exc
     console.print(f"{len(done.quarantine_ids)} record(s) {done.status}; audited. "
                   + ("They re-enter silver at the next run." if done.action != "reject" else ""))
+
+
+def _governed(lake: Path) -> tuple[Any, Any, bytes]:
+    """Settings, access policy and audit key, or exit 2 naming what is missing."""
+    from medlake.governance.access import Policy, PolicyError
+    from medlake.keys import KeyMissing, audit_key
+
+    settings = load_settings(lake=lake)
+    try:
+        return settings, Policy.load(settings.access.policy_file), audit_key(settings, create=settings.env == "local")
+    except (KeyMissing, PolicyError, OSError) as exc:
+        err.print(f"[red]cannot check access: {exc}[/red]")
+        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -289,6 +347,27 @@ def summary(lake: LakeOpt, run_id: Annotated[str | None, typer.Option("--run")] 
 
     data = summarize(Lake(lake.resolve()), run_id=run_id)
     _print_json(data) if as_json else _print_summary(data)
+
+
+@app.command()
+def whoami(as_json: JsonOpt = False) -> None:
+    """Show who you are to medlake: your principal, its groups and the roles the access policy gives it.
+
+    Example: medlake whoami --json
+    """
+    from medlake.commands.principal import current_principal, held_roles
+    from medlake.governance.access import Policy
+
+    settings = load_settings()
+    principal = current_principal(settings)
+    roles = held_roles(settings, Policy.load(settings.access.policy_file), principal)
+    data = {"principal": principal.id, "groups": list(principal.groups), "service_principal": principal.is_service,
+            "env": settings.env, "roles": list(roles)}
+    if as_json:
+        _print_json(data)
+    else:
+        console.print(f"{principal.id} (groups: {', '.join(principal.groups) or 'none'}) holds "
+                      f"{', '.join(roles) or 'no role'}" + (" as the local service principal" if principal.is_service else ""))
 
 
 @app.command()
@@ -326,13 +405,20 @@ def airflow_runs(as_json: JsonOpt = False) -> None:
 
 def _demo_training(lake: Path) -> None:
     """Publish gold.ml_patient_features as the next dataset version and train on it."""
+    from medlake.commands.ml import privacy_line
     from medlake.training import datasets
     from medlake.training.train import TooFewLabels
     from medlake.training.train import train as run_training
 
-    manifest = datasets.publish(Lake(lake.resolve()), "gold.ml_patient_features", name="patient_features")
+    try:  # k-anonymity (k=5) over the quasi-identifiers, by generalization and suppression
+        manifest = datasets.publish(Lake(lake.resolve()), "gold.ml_patient_features", name="patient_features")
+    except datasets.PublishRefused as exc:
+        console.print(f"dataset not published: {exc}")
+        return
     console.rule(f"dataset {manifest.ref}")
     console.print(f"{manifest.row_count} rows, Delta version {manifest.delta_version}, content hash {manifest.content_hash[:16]}…")
+    if manifest.k_anonymity:
+        console.print(privacy_line(manifest.k_anonymity))
     try:
         result = run_training(Lake(lake.resolve()), manifest.ref, tracking_uri=load_settings().mlflow.tracking_uri)
     except TooFewLabels as exc:

@@ -1,6 +1,9 @@
 """Project keys: generated on first use into a git-ignored folder (0600), or from the environment.
 
 Callers load a key here and pass the bytes to library functions; nothing else reads keys.
+A key file is read only when it belongs to the service principal (the OS user running medlake
+owns it) and nobody else may read or write it (mode 0600, folder without group/other access):
+a key another user could read, or could have planted, is refused, naming the fix.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def load_or_create_key(path: Path, *, env_var: str | None = None, create: bool =
             raise KeyMissing(f"{env_var} must hold {KEY_BYTES} bytes ({2 * KEY_BYTES} hex characters), not {len(key)}")
         return key
     if path.exists():
+        check_private(path)
         key = bytes.fromhex(path.read_text().strip())
         if len(key) != KEY_BYTES:
             raise KeyMissing(f"key file {path} must hold {KEY_BYTES} bytes of hex")
@@ -42,6 +46,23 @@ def load_or_create_key(path: Path, *, env_var: str | None = None, create: bool =
     with os.fdopen(fd, "w") as handle:
         handle.write(key.hex())
     return key
+
+
+def check_private(path: Path) -> None:
+    """Refuse a key file (or its folder) that another user owns or may read: :class:`KeyMissing`."""
+    uid = os.getuid()
+    for target, mask in ((path, 0o077), (path.parent, 0o077)):
+        st = target.stat()
+        if st.st_uid != uid:
+            raise KeyMissing(
+                f"{target} belongs to uid {st.st_uid}, not to the service principal running medlake (uid {uid}): "
+                "keys are read only by the account that owns them"
+            )
+        if st.st_mode & mask:
+            raise KeyMissing(
+                f"{target} is readable or writable by other users (mode {st.st_mode & 0o777:o}): "
+                f"run `chmod {'700' if target.is_dir() else '600'} {target}`"
+            )
 
 
 def project_key(settings: Settings) -> bytes:

@@ -122,6 +122,11 @@ def run_pipeline(
     Airflow's own output goes to a log file under the Airflow home; ``progress`` receives one
     line per task start and end.
     """
+    from medlake.config import STATE_DIR
+    from medlake.governance.files import private_dir
+
+    for folder in (STATE_DIR, settings.airflow.home, lake):  # nobody but the service principal reads under them
+        private_dir(folder.resolve())
     ensure_db(settings)
     parsed = _airflow(settings, "dags", "reserialize", capture=True)  # Airflow 3 runs DAGs from the DB
     if parsed.returncode != 0:

@@ -39,6 +39,7 @@ from deltalake.exceptions import DeltaError
 
 from medlake.errors import BadDataError
 from medlake.governance import access
+from medlake.governance.release import Anonymized, PrivacyModel, ReleaseRefused, anonymize
 from medlake.lake import Lake, TableNotFound
 from medlake.registry import TABLES, TableSpec
 
@@ -112,6 +113,16 @@ class DatasetUnreadable(DatasetError):
 
 class ContentHashMismatch(DatasetError):
     """The rows read back differ from the rows the manifest was published with."""
+
+
+class PublishRefused(DatasetError):
+    """The release cannot meet its privacy model: nothing was published; the message says why."""
+
+
+#: the model every row-level release meets unless the publisher states another
+DEFAULT_MODEL = PrivacyModel()
+#: where a release's generalized, suppressed rows are written: ``gold.release_<dataset name>``
+RELEASE_PREFIX = "gold.release_"
 
 
 class PullRefused(DatasetError, PermissionError):
@@ -218,8 +229,21 @@ def publish(
     deid_level: DeidLevel = "safe_harbor",
     lineage_run_ids: Sequence[str] = (),
     key: Sequence[str] | None = None,
+    privacy: PrivacyModel | None = DEFAULT_MODEL,
+    quasi_identifiers: Sequence[str] | None = None,
 ) -> Manifest:
-    """Pin ``table`` at its current Delta version as the next version of dataset ``name``.
+    """Release ``table`` at its current Delta version as the next version of dataset ``name``,
+    meeting ``privacy`` (default: k-anonymity with k=5).
+
+    With a model, the rows are generalized along the quasi-identifiers' hierarchies and what
+    remains below k (or l) is suppressed (:func:`medlake.governance.release.anonymize`); the
+    result is written to ``gold.release_<name>`` and that version is pinned; the manifest's
+    ``k_anonymity`` records the model, the hierarchy levels applied, the records suppressed and
+    the information loss. A release that cannot meet the model is refused
+    (:class:`PublishRefused`). ``quasi_identifiers`` default to those of
+    ``governance.deid.QUASI_IDENTIFIERS`` the table has. ``privacy=None`` pins the table as it is
+    (for identified or limited data sets behind their own agreements); the manifest then
+    records the measured k and ``meets_model: false``.
 
     ``table`` is ``layer.table`` (a bare name means ``gold.<name>``). The manifest records the
     ``_run_id`` values found in the rows plus ``lineage_run_ids`` (e.g. the publishing DAG run).
@@ -246,15 +270,45 @@ def publish(
         raise DatasetError(
             f"cannot publish dataset {name}: key column(s) {', '.join(missing)} not in {table}"
         )
+    anonymized: Anonymized | None = None
+    if privacy is not None:
+        from medlake.governance.deid import QUASI_IDENTIFIERS
+
+        quasi = tuple(quasi_identifiers) if quasi_identifiers is not None else tuple(
+            q for q in QUASI_IDENTIFIERS if q in data.column_names
+        )
+        try:
+            anonymized = anonymize(data, quasi, privacy)
+        except ReleaseRefused as exc:
+            raise PublishRefused(f"dataset {name} was not published: {exc}") from exc
+        data = anonymized.data
     content_hash = content_hash_of(data, key=order)
     latest = _latest(lake, name)
-    unchanged = (table, delta_version, content_hash, deid_level)
-    if (
-        latest
-        and (latest.table, latest.delta_version, latest.content_hash, latest.deid_level)
-        == unchanged
-    ):
-        return latest
+    if anonymized is None:
+        unchanged = (table, delta_version, content_hash, deid_level)
+        if (
+            latest
+            and (latest.table, latest.delta_version, latest.content_hash, latest.deid_level)
+            == unchanged
+        ):
+            return latest
+        k_report = {**release_k_anonymity(data), "meets_model": False}
+    else:
+        release_table = RELEASE_PREFIX + name
+        source = {"table": table, "delta_version": delta_version}
+        if (
+            latest
+            and latest.table == release_table
+            and (latest.content_hash, latest.deid_level) == (content_hash, deid_level)
+            and latest.k_anonymity
+            and latest.k_anonymity.get("source") == source
+        ):
+            return latest
+        release_spec = TableSpec(name=release_table, schema=data.schema, key=order,
+                                 description=f"dataset {name}: {table} meeting its privacy model")
+        delta_version = lake.write(release_table, data, mode="overwrite", spec=release_spec)
+        k_report = {**anonymized.manifest(), "source": source}
+        table = release_table
 
     found_runs = _distinct_strings(data, "_run_id")
     manifest_fields: dict[str, Any] = {
@@ -272,7 +326,7 @@ def publish(
         ),
         "lineage_run_ids": tuple(sorted(set(found_runs) | set(lineage_run_ids))),
         "created_at": datetime.now(UTC),
-        "k_anonymity": release_k_anonymity(data),
+        "k_anonymity": k_report,
     }
     # optimistic concurrency: the (name, version) MERGE inserts nothing when a concurrent
     # publish took that version first; then take the next one

@@ -470,8 +470,7 @@ def _log_run(
         mlflow.log_metrics(fitted.results)
         for fold, score in enumerate(fitted.cv_roc_auc):
             mlflow.log_metric("cv_roc_auc", score, step=fold)
-        test_keys = frame.loc[fitted.X_test.index, list(manifest.key)] if manifest.key else None
-        _log_artifacts(fitted, test_keys)
+        _log_artifacts(fitted)
         card = model_card(manifest=manifest, fitted=fitted, params=params, run_id=run.info.run_id)
         mlflow.log_text(card, "model_card.md")
         info = _log_model(fitted.model, fitted.X_test, model_name)
@@ -813,10 +812,11 @@ def _log_model(model: Any, X_test: pd.DataFrame, model_name: str) -> Any:
     )
 
 
-def _log_artifacts(fitted: Fitted, test_keys: pd.DataFrame | None) -> None:
-    """Confusion matrix, reliability table and plot, importances, per-group table, features, test predictions."""
+def _log_artifacts(fitted: Fitted) -> None:
+    """Confusion matrix, reliability table and plot, importances, per-group table, features, and the
+    prediction sets counted by truth: aggregates only. MLflow sits outside the access policy and
+    the audit log, so no per-person row (key, truth, probability) goes there."""
     import mlflow
-    import pandas as pd
 
     results, threshold, y_test, p_test = (
         fitted.results,
@@ -859,18 +859,20 @@ def _log_artifacts(fitted: Fitted, test_keys: pd.DataFrame | None) -> None:
         "features.json",
     )
     sets = m.prediction_sets(p_test, fitted.conformal_cutoff)
-    predictions = pd.DataFrame(
+    counts: dict[tuple[int, str], int] = {}
+    for truth, members in zip(y_test.astype(int), sets, strict=True):
+        label = "{" + ",".join(map(str, members)) + "}"
+        counts[(int(truth), label)] = counts.get((int(truth), label), 0) + 1
+    mlflow.log_dict(
         {
-            "truth": y_test.astype(int),
-            "probability": np.round(p_test, 6),
-            "prediction": (p_test >= threshold).astype(int),
-            "prediction_set": ["{" + ",".join(map(str, s)) + "}" for s in sets],
-            "unsure": [len(s) != 1 for s in sets],
-        }
+            "rows": len(y_test),
+            "unsure": int(sum(len(s) != 1 for s in sets)),
+            "by_truth_and_set": [
+                {"truth": truth, "prediction_set": label, "count": n} for (truth, label), n in sorted(counts.items())
+            ],
+        },
+        "prediction_sets.json",
     )
-    if test_keys is not None:
-        predictions = pd.concat([test_keys.reset_index(drop=True), predictions], axis=1)
-    mlflow.log_text(predictions.to_csv(index=False), "test_predictions.csv")
 
 
 def _reliability_figure(table: list[dict[str, float]], y: np.ndarray, p: np.ndarray) -> Any:
@@ -948,7 +950,7 @@ def model_card(
             f"Split-conformal prediction sets at {f('conformal_target_coverage', 2)} target coverage: "
             f"empirical coverage {f('conformal_coverage')}; {f('conformal_unsure_share')} of test rows "
             "get both labels (the model is unsure: decide on other grounds), "
-            f"{f('conformal_empty_share')} get none. Per-row sets: `test_predictions.csv`."
+            f"{f('conformal_empty_share')} get none. Counts by truth and set: `prediction_sets.json` (no per-person rows leave the lake)."
         ),
         "",
     ]

@@ -18,8 +18,9 @@ Basic Application Level Confidentiality Profile (:func:`deidentify`), with the R
 Longitudinal Temporal Information with Modified Dates Option: dates move by the patient's offset,
 the same one every other source applies, so images line up with the patient's other records.
 An instance without its three UIDs (``silver.dicom_missing_uid``) or a Patient ID
-(``silver.dicom_no_patient_id``), or whose copy cannot be written (``deid.dicom_failed``), stays
-out of silver, in quarantine; a second file of an instance already read in the run is merged.
+(``silver.dicom_no_patient_id``), whose pixels may carry burned-in identifiers
+(``deid.dicom_burned_in``: :func:`burned_in_risk`), or whose copy cannot be written
+(``deid.dicom_failed``), stays out of silver, in quarantine; a second file of an instance already read in the run is merged.
 
 Keys: a file's ``person_key`` is the MRN's key (``mrn_key(key, IssuerOfPatientID, PatientID)``)
 when the header names the issuer, the key FHIR and HL7 v2 give the same MRN; without one it is
@@ -942,17 +943,72 @@ DEID_ERRORS = (
 )
 
 
+#: modalities whose images routinely carry burned-in text: ultrasound, secondary capture, external camera
+BURNED_IN_MODALITIES = frozenset({"US", "SC", "XC"})
+#: Secondary Capture Image Storage SOP classes (screenshots, scanned documents, 3D renderings)
+SECONDARY_CAPTURE_SOP_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.7.1",
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        "1.2.840.10008.5.1.4.1.1.7.3",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+    }
+)
+
+
+def burned_in_risk(ds: Dataset) -> str | None:
+    """Why the instance's pixels may hold burned-in identifiers, or None.
+
+    Declared ``BurnedInAnnotation (0028,0301) = YES``; a modality that routinely burns text in
+    (ultrasound, secondary capture, external camera); a Secondary Capture SOP class; or an
+    ``ImageType`` of ``DERIVED\\SECONDARY`` (screenshots, screen saves) — unless the file declares
+    ``BurnedInAnnotation = NO`` and its modality is not one of the above. The header profile
+    (PS3.15 Annex E) cannot reach text drawn into the pixels, so these get no de-identified copy.
+    """
+    declared = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if declared == "YES":
+        return "the header declares BurnedInAnnotation (0028,0301) YES"
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality in BURNED_IN_MODALITIES:
+        return f"modality {modality} routinely carries burned-in annotations"
+    if declared == "NO":
+        return None
+    if str(ds.get("SOPClassUID", "") or "").strip() in SECONDARY_CAPTURE_SOP_CLASSES:
+        return "a Secondary Capture SOP class (screenshots, scanned documents)"
+    image_type = [str(v).strip().upper() for v in _as_list(ds.get("ImageType"))]
+    if image_type[:2] == ["DERIVED", "SECONDARY"]:
+        return "ImageType DERIVED\\SECONDARY (a screenshot or secondary capture)"
+    return None
+
+
 def deid_copies(
     lake: Lake, instances: Sequence[Instance], *, key: bytes
 ) -> tuple[Split, list[Instance]]:
     """Write each instance's de-identified copy below the lake root: the instance rows whose copy
-    was written (and those instances), the others quarantined (``deid.dicom_failed``)."""
+    was written (and those instances), the others quarantined: ``deid.dicom_burned_in`` when its
+    pixels may carry identifiers (:func:`burned_in_risk`), ``deid.dicom_failed`` when the copy
+    could not be written."""
     good: list[Instance] = []
     bad: list[dict[str, Any]] = []
     profile = load_profile()
     for inst in instances:
         try:
             ds = parse(lake.open_file(inst.archive_path), where=inst.archive_path)
+            burned_in = burned_in_risk(ds)
+            if burned_in is not None:  # the header profile cannot reach text drawn into the pixels
+                bad.append(
+                    {
+                        "rule_id": "deid.dicom_burned_in",
+                        "reason": (
+                            f"instance {inst.row['instance_uid']}: {burned_in}; pixel data may show "
+                            "patient identifiers, so no de-identified copy is made"
+                        ),
+                        "record_id": inst.row["instance_uid"],
+                        "record_hash": inst.row["_record_hash"],
+                    }
+                )
+                continue
             deidentify(
                 ds,
                 new_uid=lambda uid: new_uid(key, uid),

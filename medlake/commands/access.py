@@ -7,7 +7,6 @@ The access policy comes from the settings (``MEDLAKE__ACCESS__POLICY_FILE``, def
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from medlake.commands.principal import RoleOpt, acting_as, table_fits
 from medlake.config import Settings, load_settings
 from medlake.governance import audit, dp
 from medlake.governance.access import PURPOSES, AccessDenied, Policy, PolicyError, read_table
@@ -28,9 +28,7 @@ console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True)
 
 LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
-RoleOpt = Annotated[str, typer.Option("--role", help="Your role: data_engineer, compliance, ml or reidentifier.")]
 PurposeOpt = Annotated[str, typer.Option("--purpose", help=f"Purpose of use, recorded in the audit log: {', '.join(PURPOSES)}.")]
-ActorOpt = Annotated[str | None, typer.Option("--actor", help="Who is acting (default: the login name).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
@@ -48,38 +46,39 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
-def _context(lake: Path) -> tuple[Lake, Policy, bytes]:
+def _context(lake: Path) -> tuple[Settings, Lake, Policy, bytes]:
     settings = load_settings(lake=lake)
     try:
         policy = load_policy(settings)
         key = audit_key(settings, create=settings.env == "local")
     except (KeyMissing, PolicyError, OSError) as exc:
         raise _fail(f"cannot check access: {exc}", code=2) from exc
-    return Lake(lake.resolve()), policy, key
+    return settings, Lake(lake.resolve()), policy, key
 
 
 def read(
     table: Annotated[str, typer.Argument(help="The table, e.g. silver.observations or gold.ml_patient_features.")],
-    role: RoleOpt,
     purpose: PurposeOpt,
     lake: LakeOpt,
+    role: RoleOpt = None,
     columns: Annotated[str | None, typer.Option("--columns", help="Comma-separated columns (default: all you may see).")] = None,
     version: Annotated[int | None, typer.Option("--version", help="Delta version to read (time travel).")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most N rows.")] = 20,
-    actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Read a table as a role, for a stated purpose: only the columns and rows the access policy grants.
+    """Read a table for a stated purpose, as one of your roles: only the columns and rows the access policy grants.
 
-    A refused read exits 1 naming the role, table and column or purpose, and is audited; reads of
-    PHI-bearing tables are audited too.
+    Your roles come from who you are (the policy's `principals`), not from a flag. A refused read
+    exits 1 naming the role, table and column or purpose, and is audited; reads of PHI-bearing
+    tables are audited too.
 
     Example: medlake read silver.observations --role ml --purpose research --columns person_key,code,value_num --lake .medlake/demo/lake
     """
-    target, policy, key = _context(lake)
+    settings, target, policy, key = _context(lake)
+    principal, role = acting_as(settings, target, policy, key, role, object=table, fits=table_fits(policy, table))
     wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     try:
-        data = read_table(target, table, role=role, purpose=purpose, actor=actor or getpass.getuser(),
+        data = read_table(target, table, role=role, purpose=purpose, actor=principal.id,
                           audit_key=key, policy=policy, columns=wanted, version=version)
     except AccessDenied as exc:
         raise _fail(f"refused: {exc} (this attempt was audited)") from exc
@@ -100,10 +99,9 @@ def read(
 def release(
     query: Annotated[str, typer.Argument(help="The release query, e.g. 'count gold.ml_patient_features where has_diabetes'.")],
     epsilon: Annotated[float, typer.Option("--epsilon", help="Privacy loss this release spends (> 0).")],
-    role: RoleOpt,
     lake: LakeOpt,
+    role: RoleOpt = None,
     purpose: PurposeOpt = "research",
-    actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Release a differentially private count, sum, mean, quantile or histogram; prints epsilon spent and the budget left.
@@ -115,11 +113,16 @@ def release(
 
     Example: medlake release "mean gold.ml_patient_features.heart_rate_mean bounds 30..220" --epsilon 0.5 --role ml --lake .medlake/demo/lake
     """
-    target, policy, key = _context(lake)
+    settings, target, policy, key = _context(lake)
     try:
         parsed = dp.ReleaseQuery.parse(query)
+    except dp.QueryError as exc:
+        raise _fail(str(exc), code=2) from exc
+    principal, role = acting_as(settings, target, policy, key, role, object=parsed.table,
+                                fits=table_fits(policy, parsed.table))
+    try:
         result = dp.release(target, parsed, epsilon=epsilon, role=role, purpose=purpose,
-                            actor=actor or getpass.getuser(), audit_key=key, policy=policy)
+                            actor=principal.id, audit_key=key, policy=policy)
     except dp.QueryError as exc:
         raise _fail(str(exc), code=2) from exc
     except (dp.ReleaseRefused, AccessDenied) as exc:

@@ -7,7 +7,6 @@ the active key named by ``MEDLAKE_VAULT_ACTIVE_KEY`` or listed last) or ``<keys>
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from pathlib import Path
@@ -18,22 +17,26 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from medlake.config import load_settings
+from medlake.commands.principal import RoleOpt, acting_as, table_fits
+from medlake.config import Settings, load_settings
 from medlake.governance import at_rest, audit, vault
+from medlake.governance.access import Policy, PolicyError
 from medlake.governance.crypto import KeyringError
 from medlake.governance.vault import VAULT_ACTIVE_KEY_ENV, VAULT_KEYS_ENV, vault_keyring
 from medlake.keys import KeyMissing, audit_key
 from medlake.lake import Lake
 
 audit_app = typer.Typer(help="The tamper-evident audit log: verify it, list it.", no_args_is_help=True)
-vault_app = typer.Typer(help="The pseudonym vault: re-identify a person, rotate the vault key.", no_args_is_help=True)
+vault_app = typer.Typer(
+    help="The pseudonym vault: request, approve and perform a re-identification; rotate the vault key.",
+    no_args_is_help=True,
+)
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True)
 
 LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-ActorOpt = Annotated[str | None, typer.Option("--actor", help="Who is acting (default: the login name).")]
 
 
 def _print_json(data: Any) -> None:
@@ -43,6 +46,21 @@ def _print_json(data: Any) -> None:
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[red]{escape(message)}[/red]")
     return typer.Exit(code)
+
+
+def _policy(settings: Settings) -> Policy:
+    try:
+        return Policy.load(settings.access.policy_file)
+    except (PolicyError, OSError) as exc:
+        raise _fail(f"cannot load the access policy: {exc}", code=2) from exc
+
+
+def _as_reidentifier(settings: Settings, lake: Lake, key: bytes, role: str | None, person: str) -> tuple[str, str]:
+    """(principal id, role): the role must be one the principal holds; refused and audited otherwise."""
+    policy = _policy(settings)
+    principal, acting = acting_as(settings, lake, policy, key, role or vault.REIDENTIFIER,
+                                  object=f"{vault.TABLE}/{person}")
+    return principal.id, acting
 
 
 @audit_app.command("verify")
@@ -80,13 +98,27 @@ def audit_log(
     lake: LakeOpt,
     action: Annotated[str | None, typer.Option(help="Only this action, e.g. vault.reidentify.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="The latest N entries.")] = 50,
+    role: RoleOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List audit entries, oldest first: who did what to which object, when and why.
 
     Example: medlake audit log --lake .medlake/demo/lake --action vault.reidentify --json
     """
-    entries = [e for e in audit.read(Lake(lake.resolve())) if action is None or e.action == action][-limit:]
+    settings = load_settings(lake=lake)
+    target = Lake(lake.resolve())
+    try:
+        key = audit_key(settings, create=False)
+    except KeyMissing as exc:
+        raise _fail(f"cannot read the audit log: {exc}", code=2) from exc
+    policy = _policy(settings)
+    principal, role = acting_as(settings, target, policy, key, role, object=audit.TABLE,
+                                fits=table_fits(policy, audit.TABLE))
+    if policy.grant_for(role, audit.TABLE) is None:
+        audit.append(target, key=key, actor=principal.id, role=role, action="access.denied", object=audit.TABLE,
+                     details={"attempted": "audit.log", "why": f"role {role} has no grant on the audit log"})
+        raise _fail(f"refused: role {role!r} may not read the audit log (this attempt was audited)")
+    entries = [e for e in audit.read(target) if action is None or e.action == action][-limit:]
     rows = [e.as_dict() for e in entries]
     if as_json:
         _print_json(rows)
@@ -102,40 +134,103 @@ def audit_log(
     console.print(table)
 
 
+def _vault_context(lake: Path) -> tuple[Settings, Lake, bytes]:
+    settings = load_settings(lake=lake)
+    try:
+        key = audit_key(settings, create=settings.env == "local")
+    except KeyMissing as exc:
+        raise _fail(f"cannot use the vault: {exc}", code=2) from exc
+    return settings, Lake(lake.resolve()), key
+
+
+@vault_app.command("request")
+def vault_request(
+    person_key: Annotated[str, typer.Argument(help="The person_key to re-identify.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded in the audit log with the request.")],
+    lake: LakeOpt,
+    purpose: Annotated[str | None, typer.Option(help="Purpose of use: treatment, operations.")] = None,
+    role: RoleOpt = None,
+) -> None:
+    """File a request to re-identify one person; prints its id for a second reidentifier to approve.
+
+    Example: medlake vault request 3f9c2a7e5b1d4c6a8e0f2b4d6a8c0e1f --reason "ticket 4711: contact patient about result" --lake .medlake/demo/lake
+    """
+    settings, target, key = _vault_context(lake)
+    actor, acting = _as_reidentifier(settings, target, key, role, person_key)
+    try:
+        request_id = vault.request(target, person_key, role=acting, reason=reason, actor=actor, audit_key=key,
+                                   purpose=purpose)
+    except vault.AccessDenied as exc:
+        raise _fail(f"refused: {exc} (this attempt was audited)") from exc
+    console.print(f"request {request_id} filed; another reidentifier approves it with "
+                  f"`medlake vault approve {request_id} --lake {lake}`")
+
+
+@vault_app.command("approve")
+def vault_approve(
+    request_id: Annotated[str, typer.Argument(help="The request id `medlake vault request` printed.")],
+    lake: LakeOpt,
+    role: RoleOpt = None,
+) -> None:
+    """Approve another reidentifier's request (never your own); audited.
+
+    Example: medlake vault approve 9c1e2f3a4b5c6d7e --lake .medlake/demo/lake
+    """
+    settings, target, key = _vault_context(lake)
+    actor, acting = _as_reidentifier(settings, target, key, role, f"request/{request_id}")
+    try:
+        person = vault.approve(target, request_id, role=acting, actor=actor, audit_key=key)
+    except vault.AccessDenied as exc:
+        raise _fail(f"refused: {exc} (this attempt was audited)") from exc
+    except audit.AuditLogBroken as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"request {request_id} (person {person}) approved; audited")
+
+
 @vault_app.command("reidentify")
 def vault_reidentify(
     person_key: Annotated[str, typer.Argument(help="The person_key to re-identify.")],
     reason: Annotated[str, typer.Option(help="Why: recorded in the audit log with the request.")],
     lake: LakeOpt,
-    role: Annotated[str, typer.Option(help="Your role; only 'reidentifier' may re-identify.")],
-    actor: ActorOpt = None,
-    purpose: Annotated[str | None, typer.Option(help="Purpose of use: treatment, research, quality, operations.")] = None,
+    request_id: Annotated[
+        str | None, typer.Option("--request", help="Your request, approved by another reidentifier.")
+    ] = None,
+    break_glass: Annotated[
+        bool, typer.Option("--break-glass", help="Emergency without a second approver: raises an alert in the audit log.")
+    ] = False,
+    purpose: Annotated[str | None, typer.Option(help="Purpose of use: treatment, operations.")] = None,
+    role: RoleOpt = None,
 ) -> None:
-    """Print who a person_key is (JSON). Only for role reidentifier; every attempt is audited with its reason.
+    """Print who a person_key is (JSON). Only a principal holding reidentifier, with an approved request
+    or --break-glass; every attempt is audited with its reason.
 
-    Example: medlake vault reidentify 3f9c2a7e5b1d4c6a8e0f2b4d6a8c0e1f --reason "ticket 4711: contact patient about result" --role reidentifier --lake .medlake/demo/lake
+    Example: medlake vault reidentify 3f9c2a7e5b1d4c6a8e0f2b4d6a8c0e1f --reason "ticket 4711: contact patient about result" --request 9c1e2f3a4b5c6d7e --lake .medlake/demo/lake
     """
-    settings = load_settings(lake=lake)
+    settings, target, key = _vault_context(lake)
+    actor, acting = _as_reidentifier(settings, target, key, role, person_key)
     try:
-        key = audit_key(settings, create=settings.env == "local")
         keyring = vault_keyring(settings, create=False)
     except (KeyMissing, KeyringError) as exc:
         raise _fail(f"cannot re-identify: {exc}", code=2) from exc
     try:
         found = vault.reidentify(
-            Lake(lake.resolve()),
+            target,
             person_key,
             keyring=keyring,
-            role=role,
+            role=acting,
             reason=reason,
-            actor=actor or getpass.getuser(),
+            actor=actor,
             audit_key=key,
             purpose=purpose,
+            request_id=request_id,
+            break_glass=break_glass,
         )
     except vault.AccessDenied as exc:
         raise _fail(f"refused: {exc} (this attempt was audited)") from exc
     except (vault.NotInVault, vault.VaultKeyError, audit.AuditLogBroken) as exc:
         raise _fail(str(exc)) from exc
+    if break_glass:
+        err.print("[yellow]break glass: an alert was written to the audit log for review[/yellow]")
     _print_json(found)
 
 
@@ -147,7 +242,7 @@ def vault_rotate_key(
         typer.Option(help="Id of the new key (default: a fresh one). With MEDLAKE_VAULT_KEYS, add that key there first."),
     ] = None,
     keep_old_keys: Annotated[bool, typer.Option(help="Leave the old keys in the keyring (default: retire them).")] = False,
-    actor: ActorOpt = None,
+    role: RoleOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-encrypt every vault row under a new key (person_keys unchanged) and re-wrap the data keys
@@ -161,13 +256,16 @@ def vault_rotate_key(
         keyring = vault_keyring(settings, create=settings.env == "local")
     except (KeyMissing, KeyringError) as exc:
         raise _fail(f"cannot rotate the vault key: {exc}", code=2) from exc
+    principal, acting = acting_as(settings, Lake(lake.resolve()), _policy(settings), key, role or "data_engineer",
+                                  object=vault.TABLE)
     try:
         with err.status("re-encrypting the vault, re-wrapping the data keys…"):
             rotation = at_rest.rotate_key(
                 Lake(lake.resolve()),
                 keyring=keyring,
                 audit_key=key,
-                actor=actor or getpass.getuser(),
+                actor=principal.id,
+                role=acting,
                 new_key_id=new_key_id,
                 retire_old=not keep_old_keys,
             )

@@ -12,7 +12,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
 
+from medlake.commands.principal import RoleOpt, acting_as, table_fits
+from medlake.config import load_settings
+from medlake.governance import audit
+from medlake.governance.access import Policy, PolicyError
 from medlake.governance.lineage import Graph, Link, events_path, lineage_graph
+from medlake.keys import KeyMissing, audit_key
+from medlake.lake import Lake
 
 app = typer.Typer(help="OpenLineage lineage of the lake's tables.", no_args_is_help=True)
 
@@ -31,11 +37,30 @@ def show(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    role: RoleOpt = None,
 ) -> None:
     """Show a table's upstream and downstream tables, with the Delta versions one run read and wrote.
+    For roles granted the ledger (pipeline metadata); audited.
 
     Example: medlake lineage show silver.observations --lake .medlake/demo/lake
     """
+    settings = load_settings(lake=lake)
+    try:
+        key = audit_key(settings, create=settings.env == "local")
+        policy = Policy.load(settings.access.policy_file)
+    except (KeyMissing, PolicyError, OSError) as exc:
+        err.print(f"[red]cannot check access: {escape(str(exc))}[/red]")
+        raise typer.Exit(2) from exc
+    target = Lake(lake.resolve())
+    principal, acting = acting_as(settings, target, policy, key, role, object="lineage",
+                                  fits=table_fits(policy, "ledger"))
+    if policy.grant_for(acting, "ledger") is None:
+        audit.append(target, key=key, actor=principal.id, role=acting, action="access.denied", object="lineage",
+                     details={"attempted": "lineage.show", "why": f"role {acting} may not read pipeline metadata"})
+        err.print(f"[red]refused: role {escape(acting)} may not read the lineage (this attempt was audited)[/red]")
+        raise typer.Exit(1)
+    audit.append(target, key=key, actor=principal.id, role=acting, action="access.read", object="lineage",
+                 run_id=run_id, details={"attempted": "lineage.show", "table": table})
     graph = lineage_graph(lake.resolve(), table, run_id=run_id)
     if not graph.found:
         run = f" in run {run_id}" if run_id else ""

@@ -36,8 +36,10 @@ err = Console(stderr=True)
 
 LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-RoleOpt = Annotated[str, typer.Option("--role", help="Who pulls: ml, data_engineer or compliance.")]
-ActorOpt = Annotated[str | None, typer.Option("--actor", help="Who is acting (default: the login name).")]
+RoleOpt = Annotated[
+    str | None,
+    typer.Option("--role", help="Act as this one of your roles (ml, data_engineer, compliance); default: the first that may."),
+]
 PurposeOpt = Annotated[
     str | None,
     typer.Option("--purpose", help="Purpose of use, checked against the grant and audited."),
@@ -50,14 +52,42 @@ def _smallest_class(k: dict[str, Any]) -> str:
     return f"{k['smallest_class']} (k={k['k']}: {k['classes_below_k']} classes below, over {over})"
 
 
-def _pull_audit(actor: str | None, purpose: str | None) -> Any:
-    """Every pull from the CLI is audited: who, as which role, for what purpose."""
-    import getpass
+def _acting(lake: Path, requested: str | None, *, need: str) -> tuple[str, str]:
+    """(principal id, role) of whoever runs the command; ``need``: ``datasets`` (a role that may
+    pull), ``publish`` (a role that reads the gold tables and the dataset register) or a role name."""
+    from medlake.commands.principal import acting_as
+    from medlake.governance.access import Policy
+    from medlake.keys import audit_key
 
+    settings = load_settings(lake=lake)
+    policy = Policy.load(settings.access.policy_file)
+    key = audit_key(settings, create=settings.env == "local")
+
+    def fits(role: str) -> bool:
+        if need == "datasets":
+            return role in policy.dataset_grants
+        if need == "publish":
+            return policy.grant_for(role, "datasets") is not None and policy.grant_for(role, "gold.x") is not None
+        return role == need
+
+    principal, role = acting_as(settings, Lake(lake.resolve()), policy, key, requested, object="datasets", fits=fits)
+    if not fits(role):
+        audit_refusal = f"role {role} may not do this ({need})"
+        from medlake.governance import audit
+
+        audit.append(Lake(lake.resolve()), key=key, actor=principal.id, role=role, action="access.denied",
+                     object="datasets", details={"attempted": need, "why": audit_refusal})
+        err.print(f"[red]refused: {escape(audit_refusal)} (this attempt was audited)[/red]")
+        raise typer.Exit(3)
+    return principal.id, role
+
+
+def _pull_audit(actor: str, purpose: str | None) -> Any:
+    """Every pull from the CLI is audited: who, as which role, for what purpose."""
     from medlake.keys import audit_key
     from medlake.training.datasets import PullAudit
 
-    return PullAudit(key=audit_key(load_settings()), actor=actor or getpass.getuser(), purpose=purpose)
+    return PullAudit(key=audit_key(load_settings()), actor=actor, purpose=purpose)
 
 
 class PullFormat(str, Enum):
@@ -87,13 +117,36 @@ def publish(
         list[str] | None,
         typer.Option("--lineage-run-id", help="Extra run id to record (repeatable)."),
     ] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="k-anonymity the release must meet (1: no constraint).")] = 5,
+    l_diversity: Annotated[
+        int | None, typer.Option("--l", min=1, help="l-diversity of --sensitive within each class.")
+    ] = None,
+    sensitive: Annotated[str | None, typer.Option("--sensitive", help="Sensitive column for --l.")] = None,
+    quasi: Annotated[
+        list[str] | None,
+        typer.Option("--quasi", help="Quasi-identifier column (repeatable; default: age_band, gender, zip3 present)."),
+    ] = None,
+    max_suppression: Annotated[
+        float, typer.Option("--max-suppression", min=0.0, max=0.99, help="Largest share of records that may be suppressed.")
+    ] = 0.1,
+    role: RoleOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Pin a table's current Delta version as the next version of a named dataset.
+    """Release a table's current Delta version as the next version of a named dataset, meeting its
+    privacy model: quasi-identifiers generalized along their hierarchies (age bands, ZIP3 → state,
+    dates → month → year) and what remains below k suppressed, or refused with the reason (exit 1).
 
-    Example: medlake dataset publish ml_patient_features --name patient_features --lake .medlake/demo/lake
+    Example: medlake dataset publish ml_patient_features --name patient_features --k 5 --l 2 --sensitive has_diabetes --lake .medlake/demo/lake
     """
+    from medlake.governance.release import PrivacyModel
     from medlake.training import datasets
+
+    _acting(lake, role, need="publish")
+    try:
+        model = PrivacyModel(k=k, l_diversity=l_diversity, sensitive=sensitive, max_suppression=max_suppression)
+    except ValueError as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from exc
 
     with _errors():
         m = datasets.publish(
@@ -102,6 +155,8 @@ def publish(
             name=name,
             deid_level=deid_level.value,
             lineage_run_ids=run_ids or (),
+            privacy=model,
+            quasi_identifiers=quasi or None,
         )
     if as_json:
         _print_json(m.as_dict())
@@ -110,12 +165,28 @@ def publish(
         f"published [bold]{escape(m.ref)}[/bold]: {m.table} at Delta version {m.delta_version}, "
         f"{m.row_count} rows, content hash {m.content_hash[:16]}..."
     )
+    if m.k_anonymity:
+        console.print(privacy_line(m.k_anonymity))
+
+
+def privacy_line(k: dict[str, Any]) -> str:
+    """e.g. 'k=5 met: smallest class 7 over age_band, gender; generalized age_band to 10-year band; 3 suppressed; loss 0.12'."""
+    over = ", ".join(k.get("quasi_identifiers") or []) or "no quasi-identifier"
+    if not k.get("meets_model"):
+        return f"no privacy model applied: smallest class {k.get('smallest_class')} over {over}"
+    applied = [f"{c} to {h['applied']}" for c, h in (k.get("hierarchies") or {}).items() if h["applied"] != h["levels"][0]]
+    return (
+        f"k={k['k']} met: smallest class {k['smallest_class']} over {over}; "
+        f"{'generalized ' + ', '.join(applied) if applied else 'nothing generalized'}; "
+        f"{k['records_suppressed']} of {k['records_in']} record(s) suppressed; information loss {k['information_loss']}"
+    )
 
 
 @dataset_app.command("list")
 def list_(
     lake: LakeOpt,
     name: Annotated[str | None, typer.Option("--name", help="Only this dataset.")] = None,
+    role: RoleOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List published dataset versions with the table and Delta version each pins.
@@ -123,6 +194,8 @@ def list_(
     Example: medlake dataset list --lake .medlake/demo/lake --json
     """
     from medlake.training import datasets
+
+    _acting(lake, role, need="datasets")
 
     manifests = datasets.list_datasets(Lake(lake.resolve()), name)
     if as_json:
@@ -153,7 +226,7 @@ def pull(
         str, typer.Argument(help="name@version, e.g. patient_features@3 (or name@latest).")
     ],
     lake: LakeOpt,
-    role: RoleOpt,
+    role: RoleOpt = None,
     to: Annotated[
         PullFormat,
         typer.Option(
@@ -168,7 +241,6 @@ def pull(
             dir_okay=False,
         ),
     ] = None,
-    actor: ActorOpt = None,
     purpose: PurposeOpt = None,
 ) -> None:
     """Pull exactly the rows of a dataset version (time travel), checked against its content hash.
@@ -181,6 +253,7 @@ def pull(
     from medlake.training import datasets
 
     target = Lake(lake.resolve())
+    actor, role = _acting(lake, role, need="datasets")
     with _errors():
         m = datasets.manifest(target, ref)
         audit = _pull_audit(actor, purpose)
@@ -218,7 +291,7 @@ def diff(
     a: Annotated[str, typer.Argument(help="Reference version, e.g. patient_features@1.")],
     b: Annotated[str, typer.Argument(help="Version to compare, e.g. patient_features@2.")],
     lake: LakeOpt,
-    role: Annotated[str, typer.Option("--role", help="Who reads both versions.")] = "ml",
+    role: RoleOpt = None,
     label: Annotated[
         str | None, typer.Option("--label", help="Label column (default: has_diabetes if present).")
     ] = None,
@@ -230,6 +303,7 @@ def diff(
     """
     from medlake.training.drift import diff as drift_diff
 
+    _actor, role = _acting(lake, role, need="datasets")
     with _errors():
         report = drift_diff(Lake(lake.resolve()), a, b, role=role, label=label)
     if as_json:
@@ -295,7 +369,6 @@ def train(
             help="Threshold reaching this sensitivity (default: Youden's J).",
         ),
     ] = None,
-    actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train, evaluate and register a model on a dataset version; print the MLflow run id and metrics.
@@ -305,6 +378,7 @@ def train(
     from medlake.training.train import train as run_training
 
     uri = tracking_uri or load_settings().mlflow.tracking_uri
+    actor, _role = _acting(lake, None, need="ml")
     with _errors():
         result = run_training(
             Lake(lake.resolve()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,11 +12,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from medlake.commands.principal import RoleOpt, acting_as
 from medlake.config import load_settings
+from medlake.governance import audit
 from medlake.governance import report as report_mod
+from medlake.governance.access import Policy, PolicyError
 from medlake.governance.at_rest import lake_for
+from medlake.governance.files import write_private
 from medlake.governance.lineage import read_events
-from medlake.keys import KeyMissing, audit_key
+from medlake.keys import KeyMissing, audit_key, project_key
 from medlake.lake import Lake
 from medlake.summary import summary_path
 
@@ -56,6 +61,7 @@ def report(
             file_okay=False,
         ),
     ] = None,
+    role: RoleOpt = None,
 ) -> None:
     """Write the compliance report of a run: one self-contained HTML page (no scripts, no network) and
     its JSON. Exits 1 when the ledger does not add up or the audit chain is broken.
@@ -63,17 +69,28 @@ def report(
     Example: medlake report --lake .medlake/demo/lake --out /tmp/run-report.html
     Example: medlake report --lake .medlake/demo/lake --record fhir/bulk/Observation.000.ndjson:17
     """
-    target = lake_for(load_settings(lake=lake), lake.resolve())  # bronze's file names are encrypted
+    settings = load_settings(lake=lake)
+    target = lake_for(settings, lake.resolve())  # bronze's file names are encrypted
+    try:
+        key = audit_key(settings, create=False)
+        reference_key = project_key(settings)
+        policy = Policy.load(settings.access.policy_file)
+    except (KeyMissing, PolicyError, OSError) as exc:
+        err.print(f"[red]cannot write the report: {escape(str(exc))}[/red]")
+        raise typer.Exit(2) from exc
+    principal, acting = acting_as(settings, target, policy, key, role, object="report", fits=_may_report(policy))
+    if not _may_report(policy)(acting):
+        audit.append(target, key=key, actor=principal.id, role=acting, action="access.denied", object="report",
+                     details={"attempted": "report", "why": f"role {acting} reads neither the ledger nor the quarantine"})
+        err.print(f"[red]refused: role {escape(acting)} may not read the compliance report (this attempt was audited)[/red]")
+        raise typer.Exit(1)
+    audit.append(target, key=key, actor=principal.id, role=acting, action="access.read", object="report",
+                 run_id=run_id, details={"attempted": "report.trace" if record else "report"})
     if record is not None:
-        _trace(target, record, landing=landing, as_json=as_json)
+        _trace(target, record, landing=landing, as_json=as_json, reference_key=reference_key)
         return
     try:
-        key = audit_key(load_settings(lake=lake), create=False)
-    except KeyMissing as exc:
-        err.print(f"[red]cannot verify the audit chain: {escape(str(exc))}[/red]")
-        raise typer.Exit(2) from exc
-    try:
-        data = report_mod.gather(target, run_id=run_id, audit_key=key)
+        data = report_mod.gather(target, run_id=run_id, audit_key=key, reference_key=reference_key)
     except report_mod.RunNotFound as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from exc
@@ -81,15 +98,17 @@ def report(
         sys.stdout.write(json.dumps(data.as_dict(), indent=2, default=str) + "\n")
     if out is not None or not as_json:
         html_path = out or report_path(target, data.run_id)
-        html_path.parent.mkdir(parents=True, exist_ok=True)
-        html_path.write_text(report_mod.render_html(data), encoding="utf-8")
-        html_path.with_suffix(".json").write_text(
-            json.dumps(data.as_dict(), indent=2, default=str), encoding="utf-8"
-        )
+        write_private(html_path, report_mod.render_html(data))  # 0600: the service principal's only
+        write_private(html_path.with_suffix(".json"), json.dumps(data.as_dict(), indent=2, default=str))
         if not as_json:
             _print_verdict(data, html_path)
     if not (data.ledger_balanced and data.audit["intact"]):
         raise typer.Exit(1)
+
+
+def _may_report(policy: Policy) -> Callable[[str], bool]:
+    """The report shows the ledger and de-identified quarantine reasons: roles granted both."""
+    return lambda r: policy.grant_for(r, "ledger") is not None and policy.grant_for(r, "quarantine") is not None
 
 
 def report_path(lake: Lake, run_id: str) -> Path:
@@ -119,7 +138,7 @@ def _print_verdict(data: report_mod.RunReport, html_path: Path) -> None:
     console.print(f"  JSON: {html_path.with_suffix('.json')}")
 
 
-def _trace(lake: Lake, record: str, *, landing: Path | None, as_json: bool) -> None:
+def _trace(lake: Lake, record: str, *, landing: Path | None, as_json: bool, reference_key: bytes) -> None:
     source_file, sep, offset_text = record.rpartition(":")
     if not sep or not source_file or not offset_text.isdigit():
         err.print(
@@ -129,7 +148,7 @@ def _trace(lake: Lake, record: str, *, landing: Path | None, as_json: bool) -> N
     offset = int(offset_text)
     landing = landing or _landing_from_lineage(lake)
     content_hash = landing_record_hash(landing, source_file, offset) if landing else None
-    found = report_mod.trace_record(lake, source_file, offset, record_hash=content_hash)
+    found = report_mod.trace_record(lake, source_file, offset, record_hash=content_hash, reference_key=reference_key)
     if as_json:
         sys.stdout.write(json.dumps(found, indent=2, default=str) + "\n")
     else:
@@ -156,7 +175,7 @@ def _print_trace(found: dict[str, Any]) -> None:
     for r in found["reached"]:
         note = f" — {r['note']}" if r.get("note") else ""
         console.print(f"  reached {r['table']}: {r['rows']} row(s){escape(note)}")
-    console.print("  (file names are shown as sha256(name)[:10])")
+    console.print("  (files are shown by keyed reference: HMAC of the name under the project key)")
 
 
 def _landing_from_lineage(lake: Lake) -> Path | None:

@@ -267,13 +267,26 @@ def test_every_task_emitted_lineage_with_the_versions_it_read_and_wrote(hospital
     assert [u["table"] for u in shown["upstream"]] == ["staging.observations"]
 
 
-def test_the_vault_reidentifies_a_silver_person_for_the_reidentifier_role_only(hospital):
+def test_the_vault_reidentifies_a_silver_person_for_a_reidentifier_principal_only(hospital, tmp_path, monkeypatch):
+    import pwd
+
+    import yaml  # type: ignore[import-untyped]
+
+    from medlake.governance.access import DEFAULT_POLICY
+
     lake = hospital["lake"]
     person = lake.read("silver.patients", columns=["person_key"]).column("person_key")[0].as_py()
-    found = medlake("vault", "reidentify", person, "--lake", str(lake.root), "--role", "reidentifier",
-                    "--reason", "e2e check")
+    # the local owner holds data_engineer, compliance and ml, never reidentifier by default
+    denied = subprocess.run([MEDLAKE, "vault", "reidentify", person, "--lake", str(lake.root), "--role", "reidentifier",
+                             "--reason", "curious", "--break-glass"], capture_output=True, text=True, check=False)
+    assert denied.returncode == 1 and "may not act as role 'reidentifier'" in denied.stderr
+    policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+    policy["principals"][f"user:{pwd.getpwuid(os.getuid()).pw_name}"] = ["reidentifier"]
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    monkeypatch.setenv("MEDLAKE__ACCESS__POLICY_FILE", str(tmp_path / "policy.yaml"))
+    found = medlake("vault", "reidentify", person, "--lake", str(lake.root), "--reason", "e2e check", "--break-glass")
     identity = found["records"][0]["identity"]
     assert identity["names"] and identity["names"][0]["family"] in hospital["truth"]["phi"]["names"]
-    denied = subprocess.run([MEDLAKE, "vault", "reidentify", person, "--lake", str(lake.root), "--role", "ml",
-                             "--reason", "curious"], capture_output=True, text=True, check=False)
-    assert denied.returncode != 0 and "ml" in denied.stderr
+    entries = medlake("audit", "log", "--lake", str(lake.root), "--json")
+    assert [e["action"] for e in entries][-2:] == ["alert.break_glass", "vault.reidentify"]
+    assert any(e["action"] == "access.denied" and e["details"]["attempted"] == "assume_role" for e in entries)

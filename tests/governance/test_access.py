@@ -251,9 +251,11 @@ def test_dataset_pulls_follow_the_policy():
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+def cli(monkeypatch: pytest.MonkeyPatch, write_policy, me: str, tmp_path: Path) -> typer.Typer:
     monkeypatch.setenv("MEDLAKE_AUDIT_KEY", AUDIT_KEY.hex())
-    monkeypatch.setattr(access_cli, "load_policy", lambda settings: Policy.load())
+    monkeypatch.setenv("MEDLAKE__KEYS__DIR", str(tmp_path / "no-keys"))  # not the service principal here
+    policy = Policy.load(write_policy(**{me: ["ml"]}))  # this test's OS user holds ml, nothing else
+    monkeypatch.setattr(access_cli, "load_policy", lambda settings: policy)
     app = typer.Typer()
     app.command("read")(access_cli.read)
     app.command("release")(access_cli.release)
@@ -273,6 +275,45 @@ def test_cli_read_prints_allowed_rows_and_refuses_with_the_reason(cli: typer.Typ
     assert "role 'ml' may not read table bronze.fhir_resources" in refused.output
     assert "Ana" not in refused.output
     assert _entries(lake, "access.denied")[0].object == "bronze.fhir_resources"
+
+
+def test_cli_a_role_the_principal_does_not_hold_is_refused_and_audited(cli: typer.Typer, lake: Lake, me: str):
+    runner = CliRunner()
+    for role in ("data_engineer", "reidentifier", "admin"):
+        refused = runner.invoke(cli, ["read", "bronze.fhir_resources", "--role", role, "--purpose", "operations",
+                                      "--lake", str(lake.root)])
+        assert refused.exit_code == 1
+        assert f"{me} may not act as role '{role}': the policy gives it ml" in refused.output
+        assert "Ana" not in refused.output
+    denied = _entries(lake, "access.denied")
+    assert [(e.actor, e.role, json.loads(e.details or "{}")["attempted"]) for e in denied] == [
+        (me, "data_engineer", "assume_role"), (me, "reidentifier", "assume_role"), (me, "admin", "assume_role")]
+    # no --role: the principal acts as the role it holds
+    ok = runner.invoke(cli, ["read", "silver.observations", "--purpose", "research", "--json", "--lake", str(lake.root)])
+    assert ok.exit_code == 0, ok.output
+    assert sorted(r["status"] for r in json.loads(ok.stdout)) == ["amended", "corrected", "final"]
+
+
+def test_the_policy_maps_principals_to_roles_and_a_flag_only_narrows():
+    from medlake.governance.identity import Principal, RoleRefused, assume_role, roles_of
+
+    policy = Policy.load()
+    ana = Principal(kind="user", name="ana", groups=("staff", "medlake-ml", "medlake-compliance"))
+    assert roles_of(policy.principals, ana, local=True) == ("ml", "compliance")
+    assert assume_role(policy.principals, ana, "ml", local=True) == "ml"
+    assert assume_role(policy.principals, ana, None, local=True, fits=lambda r: r == "ml") == "ml"
+    with pytest.raises(RoleRefused, match="may not act as role 'reidentifier'"):
+        assume_role(policy.principals, ana, "reidentifier", local=True)
+    owner = Principal(kind="user", name="svc", is_service=True)
+    assert roles_of(policy.principals, owner, local=True) == ("data_engineer", "compliance", "ml")
+    assert roles_of(policy.principals, owner, local=False) == ()  # production: named principals only
+    oidc = Principal(kind="oidc", name="https://idp.example#ana")
+    mapped = Policy.from_dict({"roles": {"ml": {"grants": []}}, "principals": {oidc.id: ["ml"]}})
+    assert roles_of(mapped.principals, oidc, local=False) == ("ml",)
+    with pytest.raises(PolicyError, match="unknown roles"):
+        Policy.from_dict({"roles": {"ml": {}}, "principals": {"user:ana": ["root"]}})
+    with pytest.raises(PolicyError, match="must start with"):
+        Policy.from_dict({"roles": {"ml": {}}, "principals": {"ana": ["ml"]}})
 
 
 def test_every_access_command_has_help_with_an_example(cli: typer.Typer):
@@ -313,3 +354,8 @@ def test_the_package_level_read_path_enforces_the_policy(tmp_path):
         medlake.read_table("bronze.fhir_resources", role="ml", purpose="research", lake=tmp_path)
     rows = medlake.read_table("silver.patients", role="data_engineer", purpose="operations", lake=tmp_path)
     assert rows.num_rows == 0
+    from medlake.governance.identity import RoleRefused
+
+    with pytest.raises(RoleRefused, match="may not act as role 'reidentifier'"):
+        medlake.read_table("silver.patients", role="reidentifier", purpose="operations", lake=tmp_path)
+    assert _entries(Lake(tmp_path), "access.denied")[-1].role == "reidentifier"

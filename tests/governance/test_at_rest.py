@@ -473,7 +473,7 @@ def test_a_rotation_killed_with_sigkill_leaves_every_row_readable(sealed_lake, k
 # -- CLI ------------------------------------------------------------------------------------
 
 
-def test_cli_rotate_key_rewraps_and_quarantine_list_shows_the_file_names(cli, sealed_lake, keys):
+def test_cli_rotate_key_rewraps_and_quarantine_list_names_files_by_keyed_reference(cli, sealed_lake, keys):
     before = _everything(sealed_lake, keys)
     result = cli("vault", "rotate-key", "--lake", str(sealed_lake.root), "--json")
     assert result.exit_code == 0, result.output
@@ -484,4 +484,39 @@ def test_cli_rotate_key_rewraps_and_quarantine_list_shows_the_file_names(cli, se
         app, ["quarantine", "list", "--lake", str(sealed_lake.root), "--json"]
     )
     assert listed.exit_code == 0, listed.output
-    assert [r["source_file"] for r in json.loads(listed.stdout)] == ["fhir/Chen.json"]
+    from medlake.config import load_settings
+    from medlake.governance.pseudonyms import file_reference
+    from medlake.keys import project_key
+
+    ref = file_reference(project_key(load_settings()), "fhir/Chen.json")
+    assert [(r["file"], "source_file" in r) for r in json.loads(listed.stdout)] == [(ref, False)]
+    assert "Chen" not in listed.stdout
+    # ml holds no grant on the quarantine: refused, and the refusal is in the audit chain
+    refused = CliRunner().invoke(app, ["quarantine", "list", "--lake", str(sealed_lake.root), "--role", "ml"])
+    assert refused.exit_code == 1 and "refused" in refused.output and "Chen" not in refused.output
+    from medlake.governance import audit
+
+    actions = [(e.action, e.role) for e in audit.read(sealed_lake)]
+    assert ("access.read", "data_engineer") in actions and actions[-1] == ("access.denied", "ml")
+
+
+def test_quarantine_reasons_name_files_by_keyed_reference_on_write(tmp_path, keys):
+    from medlake.governance.pseudonyms import file_reference
+    from medlake.quarantine import quarantine_rows
+
+    root = tmp_path / "lake"
+    key = b"\x05" * 32
+    lake = Lake(root, codec=EnvelopeCodec(root, lambda: Keyring.from_dir(keys), reference_key=lambda: key))
+    name = "fhir/bundles/Ana_Okafor_0001.json"
+    rows = quarantine_rows(
+        [{"rule_id": "parse.bad_json", "reason": f"{name} line 3: Ana_Okafor_0001.json is not JSON",
+          "source_file": name, "source_offset": 3}],
+        table_name=BRONZE_FHIR.name,
+    )
+    lake.insert_new(QUARANTINE.name, rows)
+    ref = file_reference(key, name)
+    (stored,) = _stored(lake, QUARANTINE.name)
+    assert stored["reason"] == f"{ref} line 3: {ref} is not JSON"
+    assert "Okafor" not in json.dumps(stored, default=str)  # the name only in the encrypted source_file
+    (opened,) = lake.read(QUARANTINE.name).to_pylist()
+    assert opened["source_file"] == name and opened["reason"] == stored["reason"]

@@ -336,7 +336,9 @@ def test_cli_audit_verify_uses_the_key_from_the_environment(cli, tmp_path, monke
     assert wrong.exit_code == 1 and "wrong audit key" in wrong.output
 
 
-def test_cli_audit_log_lists_and_filters(cli, lake):
+def test_cli_audit_log_lists_and_filters(cli, lake, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDLAKE_AUDIT_KEY", KEY.hex())
+    (tmp_path / "keys").mkdir(mode=0o700)  # the key folder's owner is the service principal: data_engineer
     rows = json.loads(cli("audit", "log", "--lake", str(lake.root), "--json").stdout)
     assert [r["seq"] for r in rows] == list(range(6)) and rows[1]["details"] == {"rows": 10}
     only = json.loads(
@@ -345,6 +347,10 @@ def test_cli_audit_log_lists_and_filters(cli, lake):
     assert [r["seq"] for r in only] == [1]
     text = cli("audit", "log", "--lake", str(lake.root), "--limit", "2")
     assert text.exit_code == 0 and "vault.rotate_key" in text.output and "pipeline.run" not in text.output
+    # ml holds no grant on the audit log: refused, and the refusal itself is audited
+    refused = cli("audit", "log", "--lake", str(lake.root), "--role", "ml")
+    assert refused.exit_code == 1 and "may not read the audit log" in refused.output
+    assert audit.read(lake)[-1].action == "access.denied"
 
 
 def test_every_governance_command_has_help_with_an_example(cli):

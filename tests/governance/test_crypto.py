@@ -136,3 +136,26 @@ def test_malformed_env_keyrings_are_refused_without_echoing_the_value(text, prob
 def test_key_ids_that_are_not_safe_file_names_are_refused(key_id):
     with pytest.raises(KeyringError, match="bad key id"):
         check_key_id(key_id)
+
+
+def test_a_key_file_others_may_read_or_that_another_user_owns_is_refused(tmp_path):
+    import os
+
+    from medlake.keys import KeyMissing, load_or_create_key
+
+    path = tmp_path / "keys" / "audit.key"
+    key = load_or_create_key(path)
+    assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    assert load_or_create_key(path, create=False) == key
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyMissing, match=r"readable or writable by other users \(mode 644\): run `chmod 600"):
+        load_or_create_key(path, create=False)
+    os.chmod(path, 0o600)
+    os.chmod(path.parent, 0o755)
+    with pytest.raises(KeyMissing, match="chmod 700"):
+        load_or_create_key(path, create=False)
+    os.chmod(path.parent, 0o700)
+    if os.getuid() == 0:  # only root can hand a file to another user
+        os.chown(path, 12345, -1)
+        with pytest.raises(KeyMissing, match="belongs to uid 12345, not to the service principal"):
+            load_or_create_key(path, create=False)

@@ -26,7 +26,7 @@ from medlake.governance import report
 from medlake.governance.at_rest import lake_for
 from medlake.governance.lineage import lineage_graph, stage_run
 from medlake.jobs import pipeline
-from medlake.keys import audit_key
+from medlake.keys import audit_key, project_key
 from medlake.lake import Lake
 from medlake.registry import QUARANTINE
 from medlake.sample import generate
@@ -78,9 +78,14 @@ def _key() -> bytes:
     return audit_key(load_settings(), create=False)
 
 
+def _ref() -> bytes:
+    """The project key, which names files by keyed reference."""
+    return project_key(load_settings())
+
+
 @pytest.fixture(scope="module")
 def run_report(built: dict[str, Any]) -> report.RunReport:
-    return report.gather(built["lake"], run_id=RUN, audit_key=_key())
+    return report.gather(built["lake"], run_id=RUN, audit_key=_key(), reference_key=_ref())
 
 
 @pytest.fixture(scope="module")
@@ -199,11 +204,16 @@ def test_no_planted_phi_or_file_name_on_the_page(
         for r in built["lake"].read(QUARANTINE.name, where={"run_id": RUN}).to_pylist()
     } - {None}
     assert files and not [f for f in files if f in page or f in as_json]
-    assert all(report.file_hash(f) in page for f in files)
+    assert all(report.file_hash(f, reference_key=_ref()) in page for f in files)
+
+
+def given_family_absent(text: str, name: str) -> bool:
+    given, family = Path(name).stem.split("_")[:2]
+    return given not in text and family not in text
 
 
 def test_a_file_named_after_a_patient_is_shown_as_a_hash(built: dict[str, Any]) -> None:
-    rerun = report.gather(built["lake"], run_id=RERUN, audit_key=_key())
+    rerun = report.gather(built["lake"], run_id=RERUN, audit_key=_key(), reference_key=_ref())
     html = report.render_html(rerun)
     name = built["phi_named"]
     quarantined = (
@@ -211,11 +221,13 @@ def test_a_file_named_after_a_patient_is_shown_as_a_hash(built: dict[str, Any]) 
         .read(QUARANTINE.name, where={"run_id": RERUN, "source_file": name})
         .to_pylist()
     )
-    assert quarantined and name in quarantined[0]["reason"]  # the table holds it; the page must not
+    # the quarantine's reason names the file by keyed reference; the name is only in the encrypted source_file
+    assert quarantined and name not in quarantined[0]["reason"] and "file:" in quarantined[0]["reason"]
+    assert given_family_absent(quarantined[0]["reason"], name)
     given, family = Path(name).stem.split("_")[:2]
     assert _leaks(html, [given, family, name]) == []
     assert _leaks(json.dumps(rerun.as_dict(), ensure_ascii=False), [given, family, name]) == []
-    assert f"file#{report.file_hash(name)}" in html
+    assert f"file#{report.file_hash(name, reference_key=_ref())}" in html
 
 
 def test_deidentification_summary_and_k_anonymity(
@@ -290,7 +302,7 @@ def test_audit_chain_intact_and_a_wrong_key_shows_broken(
 ) -> None:
     assert run_report.audit["intact"] and run_report.audit["run_entries"] == 1
     assert 'id="audit-result"><span class="ok">intact</span>' in page
-    wrong = report.gather(built["lake"], run_id=RUN, audit_key=b"\x01" * 32)
+    wrong = report.gather(built["lake"], run_id=RUN, audit_key=b"\x01" * 32, reference_key=_ref())
     assert not wrong.audit["intact"] and "wrong audit key" in wrong.audit["problem"]
     assert "BROKEN" in report.render_html(wrong)
 
@@ -301,7 +313,7 @@ def test_dp_budget_without_releases_says_so(run_report: report.RunReport, page: 
 
 
 def test_quality_over_time_covers_the_runs(built: dict[str, Any]) -> None:
-    rerun = report.gather(built["lake"], run_id=RERUN, audit_key=_key())
+    rerun = report.gather(built["lake"], run_id=RERUN, audit_key=_key(), reference_key=_ref())
     by_table = {t["table"]: t["runs"] for t in rerun.quality_over_time}
     assert set(by_table) == set(report.SILVER_TABLES)
     obs = by_table["silver.observations"]
@@ -325,7 +337,7 @@ def test_json_holds_what_the_page_shows(run_report: report.RunReport, page: str)
     k = data["deid"]["k_anonymity"]
     assert f'data-k="smallest_class">{k["smallest_class"]}<' in page
     assert f'data-k="classes_below_k" class="bad">{k["classes_below_k"]}<' in page
-    assert data["notes"] and "sha256" in data["notes"][0]
+    assert data["notes"] and "HMAC" in data["notes"][0]
 
 
 # --- tracing one record ---------------------------------------------------------------------------
@@ -335,7 +347,7 @@ def test_trace_a_malformed_record_to_its_quarantine_reason(built: dict[str, Any]
     planted = next(
         m for m in built["truth"]["malformed"] if m["rule"] == "parse.bad_json" and m["offset"] > 0
     )
-    found = report.trace_record(built["lake"], planted["file"], planted["offset"])
+    found = report.trace_record(built["lake"], planted["file"], planted["offset"], reference_key=_ref())
     assert found["outcome"] == "quarantined"
     assert [q["rule_id"] for q in found["quarantined"]] == ["parse.bad_json"]
     assert planted["file"] not in json.dumps(found)
@@ -343,14 +355,14 @@ def test_trace_a_malformed_record_to_its_quarantine_reason(built: dict[str, Any]
 
 def test_trace_an_invalid_resource_to_validation(built: dict[str, Any]) -> None:
     planted = next(m for m in built["truth"]["malformed"] if m["rule"] == "validate.fhir_r4")
-    found = report.trace_record(built["lake"], planted["file"], planted["offset"])
+    found = report.trace_record(built["lake"], planted["file"], planted["offset"], reference_key=_ref())
     assert found["outcome"] == "quarantined"
     assert found["quarantined"][0]["rule_id"] == "validate.fhir_r4"
     assert [r["table"] for r in found["reached"]] == ["bronze.fhir_resources"]
 
 
 def test_trace_a_good_record_to_silver_and_gold(built: dict[str, Any]) -> None:
-    found = report.trace_record(built["lake"], built["original"], 1)
+    found = report.trace_record(built["lake"], built["original"], 1, reference_key=_ref())
     tables = [r["table"] for r in found["reached"]]
     assert tables[0] == "bronze.fhir_resources" and "silver.observations" in tables
     assert "gold.ml_patient_features" in tables
@@ -360,10 +372,10 @@ def test_trace_a_good_record_to_silver_and_gold(built: dict[str, Any]) -> None:
 def test_trace_a_duplicate_to_its_merge(built: dict[str, Any]) -> None:
     content = landing_record_hash(built["landing"], built["duplicate"], 1)
     assert content is not None
-    found = report.trace_record(built["lake"], built["duplicate"], 1, record_hash=content)
+    found = report.trace_record(built["lake"], built["duplicate"], 1, record_hash=content, reference_key=_ref())
     assert found["outcome"] == "merged as a duplicate"
     assert found["merged_into"] == {
-        "file": report.file_hash(built["original"]),
+        "file": report.file_hash(built["original"], reference_key=_ref()),
         "offset": 1,
         "run_id": RUN,
         "resource_type": "Observation",
@@ -465,7 +477,7 @@ def test_headless_chromium_renders_the_sections_and_ledger(
 
 
 def test_records_quarantined_again_are_reconciled_with_the_ledger(built: dict[str, Any]) -> None:
-    rerun = report.gather(built["lake"], run_id=RERUN, audit_key=_key())
+    rerun = report.gather(built["lake"], run_id=RERUN, audit_key=_key(), reference_key=_ref())
     new = built["lake"].read(QUARANTINE.name, where={"run_id": RERUN}).num_rows
     counted = sum(int(r["quarantined"]) for r in ledger.for_run(built["lake"], RERUN))
     assert rerun.quarantine_total == new < counted == rerun.quarantine_ledger_total
@@ -479,13 +491,11 @@ def test_a_run_that_failed_before_its_ledger_is_reported_failed(
     shutil.copytree(built["lake"].root, lake.root)
     with pytest.raises(RuntimeError), stage_run(lake, job="medlake_pipeline.ingest", run_id="r3"):
         raise RuntimeError("landing folder unreadable")
-    failed = report.gather(lake, audit_key=_key())  # the latest run, though no ledger row names it
+    failed = report.gather(lake, audit_key=_key(), reference_key=_ref())  # the latest run, though no ledger row names it
     assert failed.run_id == "r3" and failed.status == "failed"
-    assert (
-        failed.tasks[0]["state"] == "FAIL"
-        and "landing folder unreadable" in failed.tasks[0]["error"]
-    )
+    assert failed.tasks[0]["state"] == "FAIL"
+    assert failed.tasks[0]["error"] == "RuntimeError in medlake_pipeline.ingest"  # never the exception's text
     html = report.render_html(failed)
     assert 'id="run-status">failed<' in html and "no ledger entries for this run" in html
     with pytest.raises(report.RunNotFound, match="r9"):
-        report.gather(lake, run_id="r9", audit_key=_key())
+        report.gather(lake, run_id="r9", audit_key=_key(), reference_key=_ref())

@@ -45,7 +45,7 @@ def lake(tmp_path: Path, keys: Path) -> Lake:
 
 def _reid(lake: Lake, person_key: str, keyring: Keyring, *, role: str = "reidentifier", reason: str = "ticket 1"):
     return vault.reidentify(lake, person_key, keyring=keyring, role=role, reason=reason, actor="dr-who",
-                            audit_key=AUDIT_KEY, purpose="treatment")
+                            audit_key=AUDIT_KEY, purpose="treatment", break_glass=True)
 
 
 def _everyone(lake: Lake, keyring: Keyring) -> dict[str, dict]:
@@ -109,11 +109,55 @@ def test_malformed_identities_are_refused(tmp_path, keys, batch, message):
 def test_reidentification_is_audited_with_its_reason(lake, keys):
     found = _reid(lake, "p-ana", Keyring.from_dir(keys), reason="ticket 4711: call about lab result")
     assert [r["source_key"] for r in found["records"]] == ["s-ana-a", "s-ana-b"]
-    (entry,) = audit.read(lake)
+    alert, entry = audit.read(lake)
+    assert (alert.action, alert.actor, alert.object) == ("alert.break_glass", "dr-who", "vault/p-ana")
     assert (entry.action, entry.role, entry.actor, entry.object, entry.purpose) == (
         "vault.reidentify", "reidentifier", "dr-who", "vault/p-ana", "treatment")
-    assert json.loads(entry.details) == {"reason": "ticket 4711: call about lab result", "outcome": "ok", "records": 2}
+    assert json.loads(entry.details) == {"reason": "ticket 4711: call about lab result", "outcome": "ok", "records": 2,
+                                         "break_glass": True}
     assert audit.verify(lake, key=AUDIT_KEY).ok
+
+
+def _reid_as(lake: Lake, keys: Path, actor: str, **safeguard):
+    return vault.reidentify(lake, "p-bo", keyring=Keyring.from_dir(keys), role="reidentifier", reason="ticket 7",
+                            actor=actor, audit_key=AUDIT_KEY, **safeguard)
+
+
+def test_reidentification_without_an_approval_or_break_glass_is_refused_and_audited(lake, keys):
+    with pytest.raises(vault.ApprovalMissing, match="second reidentifier's approval"):
+        _reid_as(lake, keys, "user:ana")
+    (entry,) = audit.read(lake)
+    assert entry.action == "access.denied" and "Chen" not in (entry.details or "")
+
+
+def test_four_eyes_a_request_needs_another_reidentifier_and_is_used_once(lake, keys):
+    request_id = vault.request(lake, "p-bo", role="reidentifier", reason="ticket 7", actor="user:ana",
+                               audit_key=AUDIT_KEY)
+    with pytest.raises(vault.ApprovalMissing, match="not approved yet"):
+        _reid_as(lake, keys, "user:ana", request_id=request_id)
+    with pytest.raises(AccessDenied, match="may not approve it"):
+        vault.approve(lake, request_id, role="reidentifier", actor="user:ana", audit_key=AUDIT_KEY)
+    with pytest.raises(AccessDenied, match="only 'reidentifier' may"):
+        vault.approve(lake, request_id, role="ml", actor="user:bo", audit_key=AUDIT_KEY)
+    assert vault.approve(lake, request_id, role="reidentifier", actor="user:cy", audit_key=AUDIT_KEY) == "p-bo"
+    with pytest.raises(vault.ApprovalMissing, match="filed by another principal"):
+        _reid_as(lake, keys, "user:cy", request_id=request_id)
+    found = _reid_as(lake, keys, "user:ana", request_id=request_id)
+    assert found["records"][0]["identity"]["family"] == "Chen"
+    with pytest.raises(vault.ApprovalMissing, match="already used"):
+        _reid_as(lake, keys, "user:ana", request_id=request_id)
+    done = [e for e in audit.read(lake) if e.action == "vault.reidentify"]
+    assert [json.loads(e.details)["approved_by"] for e in done] == ["user:cy"]
+    assert not any(e.action == "alert.break_glass" for e in audit.read(lake))
+    assert audit.verify(lake, key=AUDIT_KEY).ok
+
+
+def test_a_request_for_one_person_does_not_open_another(lake, keys):
+    request_id = vault.request(lake, "p-cy", role="reidentifier", reason="ticket 8", actor="user:ana",
+                               audit_key=AUDIT_KEY)
+    vault.approve(lake, request_id, role="reidentifier", actor="user:cy", audit_key=AUDIT_KEY)
+    with pytest.raises(vault.ApprovalMissing, match="no re-identification request"):
+        _reid_as(lake, keys, "user:ana", request_id=request_id)  # _reid_as asks for p-bo
 
 
 @pytest.mark.parametrize(("role", "reason", "why"), [("ml", "curious", "role 'ml' may not"),
@@ -135,7 +179,7 @@ def test_a_wrong_vault_key_gives_a_clear_error_and_nothing_else(lake, keys):
     with pytest.raises(VaultKeyError, match=rf"person p-ana .* does not decrypt under key '{right.active_id}'") as caught:
         result = _reid(lake, "p-ana", wrong)
     assert result is None and "Ana" not in str(caught.value) and "Díaz" not in str(caught.value)
-    (entry,) = audit.read(lake)
+    _alert, entry = audit.read(lake)
     assert entry.action == "vault.reidentify" and json.loads(entry.details)["outcome"] == "key_error"
 
 
@@ -172,7 +216,7 @@ def test_a_ciphertext_moved_to_another_person_does_not_decrypt(lake, keys):
 def test_an_unknown_person_is_not_found_and_audited(lake, keys):
     with pytest.raises(NotInVault, match="p-nobody"):
         _reid(lake, "p-nobody", Keyring.from_dir(keys))
-    assert json.loads(audit.read(lake)[0].details)["outcome"] == "not_found"
+    assert json.loads(audit.read(lake)[-1].details)["outcome"] == "not_found"
 
 
 # -- rotation -------------------------------------------------------------------------------
@@ -287,28 +331,49 @@ def test_a_rotation_killed_with_sigkill_leaves_every_row_readable(lake, keys, st
 # -- CLI ------------------------------------------------------------------------------------
 
 
-def test_cli_reidentify_for_the_reidentifier_prints_the_identity_and_audits(cli, lake):
-    result = cli("vault", "reidentify", "p-cy", "--reason", "ticket 9", "--lake", str(lake.root),
-                     "--role", "reidentifier", "--actor", "dr-who")
+def test_cli_reidentify_break_glass_prints_the_identity_and_raises_an_alert(cli, lake, me):
+    refused = cli("vault", "reidentify", "p-cy", "--reason", "ticket 9", "--lake", str(lake.root))
+    assert refused.exit_code == 1 and "second reidentifier" in refused.output and "Okafor" not in refused.output
+    result = cli("vault", "reidentify", "p-cy", "--reason", "ticket 9", "--lake", str(lake.root), "--break-glass")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["records"][0]["identity"] == {"given": "Cy", "family": "Okafor"}
     log = json.loads(cli("audit", "log", "--lake", str(lake.root), "--json").stdout)
-    assert [(e["action"], e["actor"], e["details"]["reason"]) for e in log] == [("vault.reidentify", "dr-who", "ticket 9")]
+    assert [(e["action"], e["actor"], e["details"]["reason"]) for e in log] == [
+        ("access.denied", me, "ticket 9"),
+        ("alert.break_glass", me, "ticket 9"),
+        ("vault.reidentify", me, "ticket 9"),
+    ]
     assert cli("audit", "verify", "--lake", str(lake.root)).exit_code == 0
 
 
-def test_cli_reidentify_refuses_other_roles(cli, lake):
-    result = cli("vault", "reidentify", "p-cy", "--reason", "curious", "--lake", str(lake.root), "--role", "ml")
-    assert result.exit_code == 1 and "refused" in result.output and "'ml'" in result.output
+def test_cli_a_principal_cannot_approve_its_own_request(cli, lake):
+    filed = cli("vault", "request", "p-cy", "--reason", "ticket 9", "--lake", str(lake.root))
+    assert filed.exit_code == 0, filed.output
+    request_id = filed.stdout.split()[1]
+    approved = cli("vault", "approve", request_id, "--lake", str(lake.root))
+    assert approved.exit_code == 1 and "may not approve it" in approved.output
+    used = cli("vault", "reidentify", "p-cy", "--reason", "ticket 9", "--request", request_id, "--lake", str(lake.root))
+    assert used.exit_code == 1 and "not approved yet" in used.output and "Okafor" not in used.output
+
+
+def test_cli_reidentify_refuses_a_role_the_principal_does_not_hold(cli, lake, write_policy, monkeypatch):
+    monkeypatch.setenv("MEDLAKE__ACCESS__POLICY_FILE", str(write_policy()))  # no reidentifier for anyone
+    result = cli("vault", "reidentify", "p-cy", "--reason", "curious", "--lake", str(lake.root),
+                 "--role", "reidentifier", "--break-glass")
+    assert result.exit_code == 1 and "refused" in result.output and "may not act as role 'reidentifier'" in result.output
     assert "Okafor" not in result.output
+    ml = cli("vault", "reidentify", "p-cy", "--reason", "curious", "--lake", str(lake.root), "--role", "ml",
+             "--break-glass")
+    assert ml.exit_code == 1 and "role 'ml' may not re-identify" in ml.output and "Okafor" not in ml.output
     log = json.loads(cli("audit", "log", "--lake", str(lake.root), "--json").stdout)
-    assert [(e["action"], e["role"]) for e in log] == [("access.denied", "ml")]
+    assert [(e["action"], e["role"], e["details"]["attempted"]) for e in log] == [
+        ("access.denied", "reidentifier", "assume_role"), ("access.denied", "ml", "vault.reidentify")]
 
 
 def test_cli_reidentify_with_a_wrong_env_key_prints_no_identity(cli, lake, keys, monkeypatch):
     monkeypatch.setenv("MEDLAKE_VAULT_KEYS", json.dumps({Keyring.from_dir(keys).active_id: "77" * 32}))
     result = cli("vault", "reidentify", "p-cy", "--reason", "ticket 9", "--lake", str(lake.root),
-                     "--role", "reidentifier")
+                 "--role", "reidentifier", "--break-glass")
     assert result.exit_code == 1 and "does not decrypt" in result.output
     assert result.stdout == "" and "Okafor" not in result.output
 

@@ -33,3 +33,17 @@ def test_every_command_has_help_with_an_example():
 def test_tables_json_on_an_empty_lake(tmp_path):
     result = CliRunner().invoke(app, ["tables", "--lake", str(tmp_path), "--json"])
     assert result.exit_code == 0 and result.output.strip() == "[]"
+
+
+def test_whoami_names_the_os_principal_and_its_roles(tmp_path, monkeypatch):
+    import json
+    import os
+    import pwd
+
+    monkeypatch.setenv("MEDLAKE__KEYS__DIR", str(tmp_path / "keys"))
+    (tmp_path / "keys").mkdir(mode=0o700)
+    result = CliRunner().invoke(app, ["whoami", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["principal"] == f"user:{pwd.getpwuid(os.getuid()).pw_name}"
+    assert data["service_principal"] and data["roles"] == ["data_engineer", "compliance", "ml"]

@@ -124,10 +124,14 @@ def test_errors_are_one_clear_line_with_an_exit_code(cli, lake: Lake):
     refused = CliRunner().invoke(
         cli, ["dataset", "pull", "readmission@1", "--role", "marketing", "--lake", root]
     )
-    assert (
-        refused.exit_code == 3
-        and "role 'marketing' may not pull dataset readmission@1" in refused.output
+    assert refused.exit_code == 1 and "may not act as role 'marketing'" in refused.output
+    assert "audited" in refused.output
+    unreachable = CliRunner().invoke(
+        cli, ["dataset", "publish", "ml_patient_features", "--name", "tiny", "--k", "1000", "--lake", root]
     )
+    assert unreachable.exit_code == 1 and "dataset tiny was not published" in unreachable.output
+    assert "cannot meet k=1000" in unreachable.output
+    assert "tiny" not in _run(cli, "dataset", "list", "--lake", root)
     missing = CliRunner().invoke(
         cli, ["dataset", "pull", "readmission@5", "--role", "ml", "--lake", root]
     )

@@ -38,7 +38,8 @@ def test_pull_of_an_old_version_returns_the_old_rows_after_new_data_arrived(lake
     assert (v2.version, v2.delta_version, v2.row_count) == (2, 1, 300)
     assert v1.content_hash != v2.content_hash
     assert v1.lineage_run_ids == ("run-1",) and v2.lineage_run_ids == ("run-2",)
-    assert v1.table == GOLD and v1.key == ("person_key",) and v1.deid_level == "safe_harbor"
+    assert v1.table == "gold.release_readmission" and v1.key == ("person_key",) and v1.deid_level == "safe_harbor"
+    assert v1.k_anonymity["source"] == {"table": GOLD, "delta_version": 0} and v1.k_anonymity["meets_model"]
     assert "body_weight_last" in v1.columns
 
     old = datasets.pull(lake, "readmission@1", role="ml")
@@ -110,7 +111,7 @@ def _tamper(lake: Lake, *, keep_log_consistent: bool) -> None:
 
 
 def test_a_data_file_altered_outside_delta_fails_the_content_hash(lake: Lake):
-    datasets.publish(lake, GOLD, name="readmission")
+    datasets.publish(lake, GOLD, name="readmission", privacy=None)  # the table pinned as is
     _tamper(lake, keep_log_consistent=True)
     with pytest.raises(
         ContentHashMismatch, match=r"readmission@1.*do not match the published content hash"
@@ -119,16 +120,16 @@ def test_a_data_file_altered_outside_delta_fails_the_content_hash(lake: Lake):
 
 
 def test_a_corrupt_data_file_is_reported_as_unreadable(lake: Lake):
-    datasets.publish(lake, GOLD, name="readmission")
+    datasets.publish(lake, GOLD, name="readmission", privacy=None)  # the table pinned as is
     _tamper(lake, keep_log_consistent=False)
     with pytest.raises(DatasetUnreadable, match=r"readmission@1 cannot be pulled: Delta version 0"):
         datasets.pull(lake, "readmission@1", role="ml")
 
 
 def test_a_vacuumed_version_fails_with_a_clear_message(lake: Lake, gold_rows):
-    datasets.publish(lake, GOLD, name="readmission")
+    datasets.publish(lake, GOLD, name="readmission", privacy=None)  # the table pinned as is
     lake.write(GOLD, gold_rows(300, seed=2), mode="overwrite")
-    datasets.publish(lake, GOLD, name="readmission")
+    datasets.publish(lake, GOLD, name="readmission", privacy=None)  # the table pinned as is
     DeltaTable(lake.uri(GOLD)).vacuum(
         retention_hours=0, enforce_retention_duration=False, dry_run=False
     )

@@ -3,8 +3,6 @@ and a registered model."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -60,7 +58,7 @@ ARTIFACTS = {
     "permutation_importance.json",
     "per_group.json",
     "features.json",
-    "test_predictions.csv",
+    "prediction_sets.json",
     "model_card.md",
 }
 
@@ -87,10 +85,12 @@ def test_the_run_logs_the_dataset_as_an_input_with_its_delta_version_and_hash(tr
     assert found.dataset.digest == manifest.content_hash[:32]
     assert found.dataset.source_type == "delta_table"
     source = json.loads(found.dataset.source)
-    assert source["delta_table_version"] == 1 and source["path"] == lake.uri(GOLD)
+    # the release (gold.ml_patient_features meeting k=5) is what was trained on, at its pinned version
+    assert manifest.table == "gold.release_readmission"
+    assert source.get("delta_table_version", 0) == manifest.delta_version and source["path"] == lake.uri(manifest.table)
     tags = {t.key: t.value for t in found.tags}
     assert tags["medlake.content_hash"] == manifest.content_hash
-    assert tags["medlake.delta_version"] == "1" and tags["mlflow.data.context"] == "training"
+    assert tags["medlake.delta_version"] == str(manifest.delta_version) and tags["mlflow.data.context"] == "training"
     assert run.data.tags["medlake.dataset"] == "readmission@1"
     assert run.data.tags["medlake.run_id"] == "manual__test"
     assert run.data.tags["medlake.lineage_run_ids"] == "run-1"
@@ -141,9 +141,13 @@ def test_the_run_has_its_artifacts(trained, tmp_path: Path):
     assert (folder / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     importances = json.loads((folder / "permutation_importance.json").read_text())["features"]
     assert {row["feature"] for row in importances} == set(result.params["features"].split(","))
-    rows = list(csv.DictReader(io.StringIO((folder / "test_predictions.csv").read_text())))
-    assert len(rows) == 80 and rows[0]["person_key"].startswith("p01-")
-    assert {r["prediction_set"] for r in rows} <= {"{0}", "{1}", "{0,1}", "{}"}
+    sets = json.loads((folder / "prediction_sets.json").read_text())
+    assert sets["rows"] == 80 == sum(r["count"] for r in sets["by_truth_and_set"])
+    assert {r["prediction_set"] for r in sets["by_truth_and_set"]} <= {"{0}", "{1}", "{0,1}", "{}"}
+    # aggregates only: no person key (nor any per-person row) in any artifact
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".md", ".csv", ".txt", ".yaml"):
+            assert "p01-" not in path.read_text(errors="replace"), path
     card = (folder / "model_card.md").read_text()
     for needed in (
         "readmission@1",
@@ -196,7 +200,7 @@ def test_too_few_positives_is_refused_with_the_counts(tmp_path: Path, gold_rows)
         rows.schema.get_field_index("has_diabetes"), "has_diabetes", pa.array([False] * 100)
     )
     lake.write(GOLD, rows, mode="overwrite")
-    datasets.publish(lake, GOLD, name="readmission")
+    datasets.publish(lake, GOLD, name="readmission", privacy=None)  # every row, as the counts below say
     with pytest.raises(
         train.TooFewLabels,
         match="cannot train on dataset readmission@1: 0 rows have has_diabetes and 100 do not",

@@ -52,12 +52,23 @@ BROKEN = {
 }
 
 
+#: fixtures whose SOP class or ImageType (Secondary Capture, DERIVED\\SECONDARY) would make them
+#: burned-in suspects: landed declaring BurnedInAnnotation NO, as a scanner that checked would
+DECLARED_CLEAN = {"MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "JPEG2000.dcm",
+                  "JPEG-lossy.dcm", "examples_overlay.dcm"}
+
+
 def landing_with(tmp_path: Path, extra: dict[str, bytes] | None = None) -> Path:
     landing = tmp_path / "landing"
     for name, rel in FIXTURES.items():
         target = landing / "dicom" / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(TEST_FILES / name, target)
+        if name in DECLARED_CLEAN:
+            ds = pydicom.dcmread(TEST_FILES / name)
+            ds.BurnedInAnnotation = "NO"
+            ds.save_as(target)
+        else:
+            shutil.copy(TEST_FILES / name, target)
     for name, (rel, _) in BROKEN.items():
         target = landing / "dicom" / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +260,45 @@ def test_an_instance_without_patient_id_is_quarantined(tmp_path: Path) -> None:
     assert [
         e.quarantined for e in staged.entries if e.table_name == SILVER_IMAGING_INSTANCES.name
     ] == [1]
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"BurnedInAnnotation": "YES"}, "declares BurnedInAnnotation"),
+        ({"Modality": "US"}, "modality US"),
+        ({"Modality": "US", "BurnedInAnnotation": "NO"}, "modality US"),  # a US's NO is not trusted
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, "Secondary Capture"),
+        ({"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]}, "DERIVED\\SECONDARY"),
+    ],
+)
+def test_a_likely_burned_in_image_never_reaches_the_deidentified_copies(
+    tmp_path: Path, change: dict[str, Any], why: str
+) -> None:
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    for keyword, value in change.items():
+        setattr(ds, keyword, value)
+    ds.PatientName = "Okafor^Ana"
+    landing = tmp_path / "landing" / "dicom"
+    landing.mkdir(parents=True)
+    ds.save_as(landing / "Okafor_Ana_screenshot.dcm")
+    lake = Lake(tmp_path / "lake")
+    dicom.ingest(tmp_path / "landing", lake, run_id="r1", now=NOW)
+    staged = dicom.to_staging(lake, run_id="r1", key=KEY, max_shift_days=MAX_SHIFT, versions={})
+    (q,) = lake.read(QUARANTINE.name).to_pylist()
+    assert q["rule_id"] == "deid.dicom_burned_in" and why in q["reason"]
+    assert not (lake.root / dicom.DEID_DIR).exists() or not list((lake.root / dicom.DEID_DIR).rglob("*.dcm"))
+    assert lake.count("staging.imaging_instances") == 0 if lake.exists("staging.imaging_instances") else True
+    (entry,) = [e for e in staged.entries if e.table_name == SILVER_IMAGING_INSTANCES.name]
+    assert (entry.quarantined, entry.records_out) == (1, 0) and entry.balanced
+
+
+def test_a_clean_ct_still_gets_its_copy() -> None:
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    assert dicom.burned_in_risk(ds) is None
+    ds.BurnedInAnnotation = "NO"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    assert dicom.burned_in_risk(ds) is None  # declared clean, and CT is not a burned-in modality
 
 
 def test_a_study_delivered_over_two_runs_counts_all_its_instances(tmp_path: Path) -> None:
