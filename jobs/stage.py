@@ -22,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
+from deltalake import write_deltalake
 
-from medlake.lake import Lake
+from medlake.lake import Lake, conform
 from medlake.ledger import Entry
 from medlake.quarantine import Split, stamp_run
 from medlake.registry import QUARANTINE, TableSpec
@@ -50,20 +51,45 @@ class StageResult:
 
 
 def write_bronze(lake: Lake, spec: TableSpec, split: Split, raw: pa.Table, *, run_id: str) -> Entry:
-    """Write a bronze split (MERGE on the record hash) and its quarantine; the ingest ledger entry.
+    """Write a bronze split and its quarantine; the ingest ledger entry, every count counted.
 
-    ``raw`` is every record read (one row each); what is neither new in bronze nor quarantined
-    was in bronze already and counts as merged (a file ingested twice adds nothing).
+    ``raw`` is every record read (one row each). The accepted rows go to the run's scratch copy of
+    the table (sealed like bronze), then the first copy of each new key is appended to bronze by
+    the set-based insert both engines share (:meth:`~medlake.engines.Engine.insert_new`): new
+    records are the keys it kept, merged ones the rows it did not (a later copy within the run,
+    or a record bronze held before; a file ingested twice adds nothing). A retried run counts the
+    same: its own earlier rows in bronze are not "before".
     """
+    from medlake.engines import DeltaSource, Target
+    from medlake.engines.embedded import EmbeddedEngine
+
     lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
-    lake.insert_new(spec.name, split.good)
-    lake.ensure(spec.name)
-    written = lake.read(spec.name, columns=["_run_id"], where={"_run_id": run_id}).num_rows
+    scratch = lake.scratch_uri(spec.name, run_id=run_id)
+    write_deltalake(
+        scratch,
+        conform(_encoded(lake, spec.name, split.good), spec.schema),
+        mode="overwrite",
+        schema_mode="overwrite",
+    )
+    order = tuple(c for c in ("_source_file", "_source_offset") if c in spec.schema.names)
+    new = EmbeddedEngine().insert_new(
+        source=DeltaSource(scratch),
+        target=Target(lake.uri(spec.name), spec.schema, partition_by=spec.partition_by),
+        key=spec.key,
+        order=order or spec.key,
+        run_id=run_id,
+    )
+    lake.drop_scratch_table(spec.name, run_id=run_id)
     return Entry(
         stage="ingest",
         table_name=spec.name,
         records_in=raw.num_rows,
-        records_out=written,
+        records_out=new.kept,
         quarantined=split.quarantined.num_rows,
-        merged=raw.num_rows - split.quarantined.num_rows - written,
+        merged=new.duplicates,
     )
+
+
+def _encoded(lake: Lake, name: str, rows: pa.Table) -> pa.Table:
+    encode = lake.encoder(name)
+    return encode(rows) if encode is not None and rows.num_rows else rows

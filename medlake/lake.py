@@ -77,6 +77,12 @@ class Lake:
 
         shutil.rmtree(self.root / "_scratch" / _safe(run_id), ignore_errors=True)
 
+    def drop_scratch_table(self, name: str, *, run_id: str) -> None:
+        """Remove one scratch table of a run (see :meth:`scratch_uri`)."""
+        import shutil
+
+        shutil.rmtree(self.scratch_uri(name, run_id=run_id), ignore_errors=True)
+
     def encoder(self, name: str) -> Callable[[pa.Table], pa.Table] | None:
         """Seals the encrypted columns of table ``name`` (for an engine writing it), or None. The
         table's data key is made now, so parallel writers share it."""

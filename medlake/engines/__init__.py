@@ -136,7 +136,13 @@ class Engine(Protocol):
     ) -> Applied: ...
 
     def insert_new(
-        self, *, source: DeltaSource, target: Target, key: Sequence[str], order: Sequence[str]
+        self,
+        *,
+        source: DeltaSource,
+        target: Target,
+        key: Sequence[str],
+        order: Sequence[str],
+        run_id: str | None = None,
     ) -> Inserted: ...
 
     def version(self, uri: str) -> int | None: ...

@@ -183,16 +183,23 @@ class EmbeddedEngine:
     # -- set-based ---------------------------------------------------------------------------
 
     def insert_new(
-        self, *, source: DeltaSource, target: Target, key: Sequence[str], order: Sequence[str]
+        self,
+        *,
+        source: DeltaSource,
+        target: Target,
+        key: Sequence[str],
+        order: Sequence[str],
+        run_id: str | None = None,
     ) -> Inserted:
         """Insert into ``target`` the first row (by ``order``) of each key of ``source`` whose key
-        the target does not hold yet, except under ``source``'s own run (a retried step).
+        the target does not hold yet, except under ``run_id``'s own rows (a retried step; default:
+        the run ``source`` is filtered on).
 
         Counted, not derived: rows read, rows kept (new keys, first of each), duplicates (rows of
         the source not kept), and the rows this call appended (fewer than kept on a retry)."""
         import duckdb
 
-        run_id = _single(source.where.get("_run_id"))
+        run_id = run_id or _single(source.where.get("_run_id"))
         with tempfile.TemporaryDirectory(prefix="medlake-duckdb-") as spill:
             con = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": spill})
             src = _dataset(source)

@@ -274,10 +274,16 @@ class SparkEngine:
     # -- set-based ---------------------------------------------------------------------------
 
     def insert_new(
-        self, *, source: DeltaSource, target: Target, key: Sequence[str], order: Sequence[str]
+        self,
+        *,
+        source: DeltaSource,
+        target: Target,
+        key: Sequence[str],
+        order: Sequence[str],
+        run_id: str | None = None,
     ) -> Inserted:
         """As :meth:`EmbeddedEngine.insert_new`, with DataFrames and one ``MERGE INTO``."""
-        run_id = source.where.get("_run_id")
+        run_id = [run_id] if run_id else source.where.get("_run_id")
         src = self._read(DeltaSource(source.uri, source.version, None, dict(source.where), dict(source.where_not)))
         columns = [c for c in target.schema.names if c in src.columns]
         position = F.struct(*[F.col(c) for c in order])
