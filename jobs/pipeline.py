@@ -581,17 +581,18 @@ def stage_view_tables(
             bronze, table, key=key, max_shift_days=max_shift_days, aliases=dict(aliases)
         )
         lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
-        records_in = bronze.num_rows
-        produced = len(set(split.good.column("_record_hash").to_pylist()))
-        refused = len(set(split.quarantined.column("record_hash").to_pylist()))
+        produced = set(split.good.column("_record_hash").to_pylist())
+        refused = set(split.quarantined.column("record_hash").to_pylist())
+        # counted: the resources the view selects no row from (its where), neither out nor refused
+        unselected = set(bronze.column("_record_hash").to_pylist()) - produced - refused
         entries.append(
             Entry(
                 stage="silver",
                 table_name=table.spec.name,
-                records_in=records_in,
-                records_out=produced,
-                quarantined=refused,
-                bronze_only=records_in - produced - refused,
+                records_in=bronze.num_rows,
+                records_out=len(produced),
+                quarantined=len(refused),
+                bronze_only=len(unselected),
             )
         )
         rows = dedup.remap(split.good, person_of, key=key, max_shift_days=max_shift_days)
