@@ -10,7 +10,7 @@ holds this one's JVM) ingests a smaller landing the same way.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -26,7 +26,7 @@ from medlake.config import Settings
 from medlake.engines import Engine
 from medlake.engines.embedded import EmbeddedEngine
 from medlake.engines.spark import SparkEngine
-from medlake.governance.at_rest import lake_for
+from medlake.governance.at_rest import DATA_KEYS_TABLE, lake_for
 from medlake.jobs import pipeline
 from medlake.lake import Lake
 from medlake.registry import BRONZE_FHIR, FHIR_SILVER, QUARANTINE, SILVER_NOTES, staging_name
@@ -59,7 +59,6 @@ def with_broken_records(landing: Path) -> None:
 
 def run_fhir_chain(landing: Path, root: Path, engine: Engine) -> tuple[Lake, list[dict[str, Any]]]:
     """Ingest and clean the landing's FHIR files on ``engine``; the lake and its ledger."""
-    os.environ["MEDLAKE__KEYS__DIR"] = str(root.parent / "keys")
     lake = lake_for(Settings(), root)
     ingested = pipeline.ingest(landing, lake, run_id=RUN_ID, now=NOW, engine=engine)
     result = pipeline.clean(
@@ -82,11 +81,15 @@ def rows(lake: Lake, name: str, *, drop: tuple[str, ...] = ()) -> list[dict[str,
 
 
 def test_the_fhir_chain_writes_the_same_tables_on_both_engines(
-    spark: SparkSession, landing: Path, tmp_path: Path
+    spark: SparkSession, landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("MEDLAKE__KEYS__DIR", str(tmp_path / "keys"))  # one project, its keys
     embedded, embedded_ledger = run_fhir_chain(
         landing, tmp_path / "embedded" / "lake", EmbeddedEngine(batch_rows=97)
     )
+    # the same data keys (a lake moving to Spark keeps its keys): the file names sealed alike,
+    # so the first copy of a duplicated record is the same copy on both engines
+    shutil.copytree(embedded.root / DATA_KEYS_TABLE, tmp_path / "spark" / "lake" / DATA_KEYS_TABLE)
     on_spark, spark_ledger = run_fhir_chain(
         landing, tmp_path / "spark" / "lake", SparkEngine(spark)
     )
