@@ -96,7 +96,7 @@ def spark_session(
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     conf = {
-        "spark.jars": ",".join(str(j.resolve()) for j in jars),
+        "spark.jars": ",".join([*(str(j.resolve()) for j in jars), *splink_jars()]),
         "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
         "spark.sql.session.timeZone": "UTC",
@@ -122,6 +122,16 @@ def spark_session(
     spark = builder.getOrCreate()
     require_delta(spark)
     return spark
+
+
+def splink_jars() -> list[str]:
+    """Splink's Spark similarity functions (Jaro-Winkler, …), shipped in the splink package: on
+    every session, so entity resolution can run on Splink's Spark backend in it."""
+    try:
+        from splink.backends.spark import similarity_jar_location
+    except ImportError:
+        return []
+    return [str(similarity_jar_location())]
 
 
 def require_delta(spark: SparkSession) -> None:

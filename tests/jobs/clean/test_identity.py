@@ -439,37 +439,26 @@ def test_a_vault_without_tokens_is_tokenized_once_then_only_collisions_are_decry
 @pytest.mark.spark
 @pytest.mark.slow
 def test_splinks_spark_backend_decides_the_hard_cases_as_duckdb_does() -> None:
-    """The same comparisons and rules on Splink's Spark backend (local[1], the similarity jar
-    shipped in the splink package): the same clusters and review pairs as on DuckDB."""
-    import os
-    import sys
+    """The same comparisons and rules on Splink's Spark backend (medlake's session, which carries
+    the similarity jar shipped in the splink package): the same clusters and review pairs as on
+    DuckDB."""
+    from medlake.config import SparkSettings
+    from medlake.engines.spark import spark_session
 
-    from pyspark.sql import SparkSession
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (
-        SparkSession.builder.master("local[1]")
-        .appName("medlake-identity-test")
-        .config("spark.jars", dedup.splink_jar())
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
-    try:
-        cases = [
-            *town(),
-            *HARD_NEGATIVES["father and son, Sr and Jr, one address, decades apart"],
-            *(person_record("t" + r["source_key"], r["names"][0]["given"][0], r["names"][0]["family"],
-                            r["birth_date"], s) for r, s in HARD_NEGATIVES["opposite-sex twins, Daniel and Danielle"]),
-            *(person_record("p" + r["source_key"], r["names"][0]["given"][0], r["names"][0]["family"],
-                            r["birth_date"], s, phone=(r["telecom"] or [{}])[0].get("value"))
-              for r, s in HARD_POSITIVES["nickname and a reformatted phone"]),
-        ]
-        records = dedup.features([r for r, _ in cases], sex={r["source_key"]: s for r, s in cases})
-        on_duckdb, on_spark = dedup.link(records), dedup.link(records, spark=spark)
-    finally:
-        spark.stop()
+    # medlake's session (the running one when other tests made it): it carries Splink's jar
+    spark = spark_session(SparkSettings(master="local[2]"), app_name="medlake-tests")
+    assert dedup.splink_jar() in (spark.conf.get("spark.jars") or "")
+    cases = [
+        *town(),
+        *HARD_NEGATIVES["father and son, Sr and Jr, one address, decades apart"],
+        *(person_record("t" + r["source_key"], r["names"][0]["given"][0], r["names"][0]["family"],
+                        r["birth_date"], s) for r, s in HARD_NEGATIVES["opposite-sex twins, Daniel and Danielle"]),
+        *(person_record("p" + r["source_key"], r["names"][0]["given"][0], r["names"][0]["family"],
+                        r["birth_date"], s, phone=(r["telecom"] or [{}])[0].get("value"))
+          for r, s in HARD_POSITIVES["nickname and a reformatted phone"]),
+    ]
+    records = dedup.features([r for r, _ in cases], sex={r["source_key"]: s for r, s in cases})
+    on_duckdb, on_spark = dedup.link(records), dedup.link(records, spark=spark)
 
     def decided(linkage: dedup.Linkage) -> tuple[dict[str, str], set[tuple[str, str, str]]]:
         clusters = {r["source_key"]: r["cluster"] for r in linkage.clusters.to_pylist()}
