@@ -563,7 +563,7 @@ class _Spool:
         with ipc.open_stream(self._path) as reader:
             rows = reader.read_all()
         insert_new_rows(self.sink.uri, rows, key=["quarantine_id"], encode=self.sink.encode)
-        return rows.num_rows
+        return int(rows.num_rows)
 
 
 def insert_new_rows(
@@ -578,7 +578,7 @@ def insert_new_rows(
     stored = encode(rows) if encode is not None else rows
     if not DeltaTable.is_deltatable(uri):
         write_deltalake(uri, stored, mode="append")
-        return rows.num_rows
+        return int(rows.num_rows)
     predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
     metrics = (
         DeltaTable(uri)

@@ -293,16 +293,18 @@ class SparkEngine:
         run_id: str | None = None,
     ) -> Inserted:
         """As :meth:`EmbeddedEngine.insert_new`, with DataFrames and one ``MERGE INTO``."""
-        run_id = [run_id] if run_id else source.where.get("_run_id")
-        src = self._read(DeltaSource(source.uri, source.version, None, dict(source.where), dict(source.where_not)))
+        runs = [run_id] if run_id else list(source.where.get("_run_id") or [])
+        src = self._read(
+            DeltaSource(source.uri, source.version, None, dict(source.where), dict(source.where_not))
+        )
         columns = [c for c in target.schema.names if c in src.columns]
         position = F.struct(*[F.col(c) for c in order])
         firsts = src.groupBy(*key).agg(F.min(position).alias("_pos"))
         if self.exists(target.uri):
             earlier = self.spark.read.format("delta").load(target.uri)
-            if run_id:
+            if runs:
                 earlier = earlier.where(
-                    F.coalesce(F.col("_run_id").cast("string"), F.lit("")) != run_id[0]
+                    F.coalesce(F.col("_run_id").cast("string"), F.lit("")) != runs[0]
                 )
             firsts = firsts.join(earlier.select(*key), on=list(key), how="left_anti")
         else:
@@ -315,7 +317,7 @@ class SparkEngine:
             kept = keep.count()
             duplicates = marked.join(keep, on=[*key, "_pos"], how="left_anti").count()
             before = self._table_rows(target.uri)
-            view = f"medlake_insert_{abs(hash((target.uri, str(run_id)))) % 10**9}"
+            view = f"medlake_insert_{abs(hash((target.uri, str(runs)))) % 10**9}"
             kept_rows.createOrReplaceTempView(view)
             on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
             self.spark.sql(
