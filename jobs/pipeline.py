@@ -715,6 +715,7 @@ def task_ingest(
                     for kind in SOURCES
                 ),
             ]
+        runner.close()
         result = StageResult.merge(stages)
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=result.entries)
     return result.as_xcom()
@@ -760,6 +761,7 @@ def task_clean(
             text_ages=settings.deid.text_ages,
             engine=runner,
         )
+        runner.close()
         # after clean(): a source feeding a table FHIR and HL7 v2 fill appends to its staging rows
         sources = [
             source_module(kind).to_staging(

@@ -147,6 +147,11 @@ class Engine(Protocol):
 
     def version(self, uri: str) -> int | None: ...
 
+    def close(self) -> None:
+        """Release what the engine started for its steps (worker processes); not the session a
+        caller gave it."""
+        ...
+
 
 @dataclass(frozen=True)
 class Inserted:

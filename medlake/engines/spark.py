@@ -335,6 +335,9 @@ class SparkEngine:
             target_version=self.version(target.uri) or 0,
         )
 
+    def close(self) -> None:
+        """Nothing to release: the session outlives the engine (dbt and Splink share it)."""
+
     # -- tables, through SQL -----------------------------------------------------------------
 
     def exists(self, uri: str) -> bool:
