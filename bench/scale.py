@@ -44,6 +44,9 @@ def child(args: argparse.Namespace) -> int:
     """Run the DAG's task functions on ``--landing`` into ``--lake``; print one JSON line."""
     os.environ["MEDLAKE__KEYS__DIR"] = str(Path(args.lake).parent / "keys")
     os.environ["MEDLAKE__ENGINE"] = args.engine
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     from medlake import ledger
     from medlake.jobs import pipeline
     from medlake.lake import Lake

@@ -15,6 +15,7 @@ import functools
 import importlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -312,6 +313,7 @@ def clean(
 
     # standardize and re-key every table into staging
     for resource_type, spec in FHIR_SILVER.items():
+        started = time.perf_counter()
         staged = engine.batch_local(
             functools.partial(
                 fhir_steps.standardize_and_remap,
@@ -329,6 +331,13 @@ def clean(
             quarantine=chain.quarantine,
         )
         versions[staging_name(spec.name)] = staged.target_version
+        log.info(
+            "clean: standardize and re-key %s: %d rows in, %d out in %.1f s",
+            resource_type,
+            staged.rows_in,
+            staged.good,
+            time.perf_counter() - started,
+        )
         if resource_type in STANDARDIZE:
             entries.append(
                 Entry(
@@ -476,9 +485,21 @@ class FhirChain:
         """A batch-local step over this run's resources of ``types`` (all but ``exclude``)."""
         if not self.lake.exists(BRONZE_FHIR.name):
             self.lake.ensure(BRONZE_FHIR.name)
-        return self.engine.batch_local(
+        started = time.perf_counter()
+        applied = self.engine.batch_local(
             fn, source=self.source(types, exclude=exclude), target=target, quarantine=self.quarantine
         )
+        log.info(
+            "clean: %s over %s: %d rows in, %d out, %d quarantined in %.1f s (%s engine)",
+            _step_name(fn),
+            ",".join(types) or "other types",
+            applied.rows_in,
+            applied.good,
+            applied.quarantined,
+            time.perf_counter() - started,
+            self.engine.name,
+        )
+        return applied
 
     def read_type(self, resource_type: str) -> pa.Table:
         """This run's bronze rows of one (small) type, in memory: the Patients."""
@@ -487,6 +508,12 @@ class FhirChain:
             version=self.version,
             where={"_run_id": self.run_id, "resource_type": resource_type},
         )
+
+
+def _step_name(fn: Callable[..., object]) -> str:
+    inner = getattr(fn, "fn", fn)  # a limits.Bound
+    inner = getattr(inner, "func", inner)  # a functools.partial
+    return str(getattr(inner, "__name__", type(inner).__name__))
 
 
 def update_patient_aliases(
