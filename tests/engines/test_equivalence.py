@@ -53,7 +53,7 @@ def with_broken_records(landing: Path) -> None:
     """A bulk file with a truncated line, a line that is no resource, and a resource twice."""
     first = next((landing / "fhir").rglob("*.ndjson")).read_text().splitlines()[0]
     (landing / "fhir" / "broken.ndjson").write_text(
-        "\n".join([first, '{"resourceType": "Observation", "id": ', "[1, 2]", first]) + "\n"
+        f'{first}\n{{"resourceType": "Observation", "id": \n[1, 2]\n{first}' + "\n"
     )
 
 
