@@ -213,8 +213,6 @@ def file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-_file_chunks = file_chunks
-
 
 def _inflated(handle: BinaryIO, *, name: str, cap: int) -> Iterator[bytes]:
     """The decompressed bytes of gzip data (every member, as BGZF writes), stopped past ``cap``.
@@ -240,7 +238,7 @@ def read_bounded(path: Path, *, name: str, gzipped: bool = False) -> bytes:
     by their marker; :class:`LimitExceeded` when a gzip file inflates past its limit."""
     limits = current()
     if not gzipped:
-        return bound_lines(_file_chunks(path), line_bytes=limits.record_bytes)
+        return bound_lines(file_chunks(path), line_bytes=limits.record_bytes)
     with path.open("rb") as handle:
         return bound_lines(
             _inflated(handle, name=name, cap=limits.decompressed_bytes), line_bytes=limits.record_bytes
