@@ -7,7 +7,7 @@ set by set, next to plain Presidio in the same run.
 
 The labelled sets, printed separately and never pooled:
 
-- ``in_sample``: the 1,600 presidio-research texts (``../shared/corpus/deid/presidio_*.json``).
+- ``in_sample``: the 1,600 presidio-research texts (``tests/corpus/deid/presidio_*.json``).
   General-domain text; the recognizers were written while reading its misses, so its figures
   are in-sample and optimistic.
 - ``dev``: 400 ICU nursing / clinical-note style texts from ``bench/clinical_notes.py`` (dev
@@ -57,7 +57,7 @@ from medlake.governance.text_deid import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "corpus" / "deid"
+CORPUS = ROOT / "tests" / "corpus" / "deid"
 CORPUS_FILES = ("presidio_synth_dataset_v2.json", "presidio_generated_small.json")
 MEDDOCAN = CORPUS / "meddocan_es_test_brat"
 OUT = ROOT / "bench" / "out" / "text_deid.json"

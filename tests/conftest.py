@@ -16,4 +16,4 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ.pop("MEDLAKE_PROJECT_KEY", None)
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[0] / "corpus"

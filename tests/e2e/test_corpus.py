@@ -15,13 +15,13 @@ from medlake.quarantine import by_rule
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "fhir"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "fhir"
 RUN = "corpus-run-1"
 
 
 @pytest.fixture(scope="module")
 def corpus_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
-    assert CORPUS.is_dir(), f"the shared corpus is expected beside the repo at {CORPUS}"
+    assert CORPUS.is_dir(), f"the vendored corpus is expected at {CORPUS}"
     root = tmp_path_factory.mktemp("corpus")
     shutil.copytree(CORPUS, root / "landing" / "fhir")
     lake = Lake(root / "lake")

@@ -27,7 +27,7 @@ from medlake.jobs.ingest import fhir
 from medlake.quarantine import Split
 from medlake.registry import BRONZE_FHIR, SILVER_OBSERVATIONS
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "fhir"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "fhir"
 KEY = bytes(range(32))
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 

@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.spark]
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 CORPUS = (
-    Path(__file__).resolve().parents[3] / "shared" / "corpus" / "fhir" / "synthea_bundles_covid_r4"
+    Path(__file__).resolve().parents[1] / "corpus" / "fhir" / "synthea_bundles_covid_r4"
 )
 OBSERVATIONS = 100
 INGESTED_AT = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)

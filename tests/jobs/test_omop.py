@@ -19,8 +19,7 @@ from medlake.registry import spec
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FIELD_LEVEL_CSV = (
-    Path(__file__).resolve().parents[3]
-    / "shared/corpus/standards/omop-cdm-5.4/OMOP_CDMv5.4_Field_Level.csv"
+    Path(__file__).resolve().parents[1] / "corpus/standards/omop-cdm-5.4/OMOP_CDMv5.4_Field_Level.csv"
 )
 OMOP_TABLES = (
     "person",
@@ -55,7 +54,7 @@ def write_silver(lake: Lake, table: str, rows: list[dict[str, Any]]) -> None:
 def field_level() -> dict[str, list[dict[str, str]]]:
     """OHDSI's definition of each OMOP table we build: its fields in CDM order."""
     assert FIELD_LEVEL_CSV.is_file(), (
-        f"the shared corpus is expected beside the repo at {FIELD_LEVEL_CSV}"
+        f"the vendored corpus is expected at {FIELD_LEVEL_CSV}"
     )
     # CRLF line endings and newlines inside quoted cells: csv with newline="" reads both right
     with FIELD_LEVEL_CSV.open(newline="", encoding="utf-8-sig") as f:

@@ -18,7 +18,7 @@ from medlake.registry import SILVER_OBSERVATIONS
 
 LOINC = "http://loinc.org"
 REPO = Path(__file__).resolve().parents[3]
-SYNTHEA_UNITS = REPO.parent / "shared" / "corpus" / "terminology" / "derived_synthea_loinc_ucum.tsv"
+SYNTHEA_UNITS = REPO / "tests" / "corpus" / "terminology" / "derived_synthea_loinc_ucum.tsv"
 
 
 def obs(*rows: dict[str, Any]) -> pa.Table:
@@ -175,7 +175,7 @@ def test_canonical_units_agree_with_the_gold_marts_and_the_gate() -> None:
             assert units.LOINC_CANONICAL[meta["loinc"]].unit == meta["ucum"], meta["rule"]
 
 
-@pytest.mark.skipif(not SYNTHEA_UNITS.exists(), reason="shared corpus not present")
+@pytest.mark.skipif(not SYNTHEA_UNITS.exists(), reason="vendored corpus not present")
 def test_canonical_units_are_the_ones_synthea_writes() -> None:
     with SYNTHEA_UNITS.open(newline="") as f:
         used = {

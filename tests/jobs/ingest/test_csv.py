@@ -25,9 +25,7 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MAX_SHIFT = 30
 MRN_SYSTEM = "http://hospital.example.org/mrn"
 CORPUS = (
-    Path(__file__).resolve().parents[4]
-    / "shared"
-    / "corpus"
+    Path(__file__).resolve().parents[2] / "corpus"
     / "csv_ehr"
     / "synthea_csv_sweden_13pt"
 )

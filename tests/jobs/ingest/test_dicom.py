@@ -28,8 +28,7 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MAX_SHIFT = 365
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # in the wheel: no download
 CORPUS_PROFILE = (
-    Path(__file__).resolve().parents[4]
-    / "shared/corpus/standards/dicom-ps3.15/confidentiality_profile_attributes.json"
+    Path(__file__).resolve().parents[2] / "corpus/standards/dicom-ps3.15/confidentiality_profile_attributes.json"
 )
 #: real files with PHI-like headers, in several encodings; the MR_small_* are one image re-encoded
 FIXTURES = {

@@ -15,7 +15,7 @@ from medlake.quarantine import by_rule
 
 KEY = bytes(range(32))
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-CORPUS = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "fhir"
+CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "fhir"
 
 PATIENT = {
     "resourceType": "Patient",
@@ -178,7 +178,7 @@ def test_partial_and_zoned_datetimes_become_utc():
 
 
 def test_every_corpus_record_is_accounted_for():
-    assert CORPUS.is_dir(), f"the shared corpus is expected beside the repo at {CORPUS}"
+    assert CORPUS.is_dir(), f"the vendored corpus is expected at {CORPUS}"
     raw = fhir.read_files(fhir.landing_files(CORPUS), root=CORPUS)
     split = fhir.to_bronze(raw, run_id="r1", ingested_at=NOW)
     assert split.good.num_rows + split.quarantined.num_rows == raw.num_rows

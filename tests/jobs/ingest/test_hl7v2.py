@@ -22,7 +22,7 @@ from medlake.registry import QUARANTINE
 
 KEY = bytes(range(32))
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-CORPUS = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "hl7v2"
+CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "hl7v2"
 LOINC = "http://loinc.org"
 
 MSH = "MSH|^~\\&|LAB|GOOD_HOSP^1.2.3^ISO|LAKE|LAKE|20240105093000-0500||{type}|{control}|P|2.5.1"
@@ -188,7 +188,7 @@ def corpus() -> tuple[pa.Table, Split]:
 
 @pytest.fixture(scope="module")
 def corpus_lake() -> tuple[pa.Table, Split, dict[str, hl7v2.Flattened]]:
-    assert CORPUS.is_dir(), f"the shared corpus is expected beside the repo at {CORPUS}"
+    assert CORPUS.is_dir(), f"the vendored corpus is expected at {CORPUS}"
     raw, split = corpus()
     return raw, split, silver(split.good)
 

@@ -18,7 +18,7 @@ from medlake.registry import SILVER_NOTES
 from medlake.sample import generate
 
 KEY = b"hl7-notes-test-key"
-CORPUS = Path("/work/shared/corpus/hl7v2/cdc_trusted_intermediary")
+CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "hl7v2" / "cdc_trusted_intermediary"
 
 
 def message(*segments: str) -> str:

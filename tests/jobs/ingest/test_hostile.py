@@ -28,7 +28,7 @@ from medlake.quarantine import Split
 
 KEY = bytes(range(32))
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-CORPUS = Path(__file__).resolve().parents[4] / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[2] / "corpus"
 EXAMPLES = int(os.environ.get("MEDLAKE_FUZZ_EXAMPLES", "40"))
 #: a value planted in hostile input (huge fields repeat it): no quarantine reason may repeat more than
 #: 64 characters of a field, and none grows with its input (short codes and units are echoed by design)

@@ -31,7 +31,7 @@ from medlake.sample.vocab import MRN_SYSTEM
 
 KEY = b"k" * 32
 MAX_SHIFT = 365
-CORPUS = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "vitals" / "physionet2012_icu"
+CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "vitals" / "physionet2012_icu"
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
 
 

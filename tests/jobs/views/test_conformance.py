@@ -11,9 +11,7 @@ import typer
 from medlake.commands.views import test as views_test
 
 SUITE = (
-    Path(__file__).resolve().parents[4]
-    / "shared"
-    / "corpus"
+    Path(__file__).resolve().parents[2] / "corpus"
     / "standards"
     / "sql-on-fhir-v2"
     / "tests"

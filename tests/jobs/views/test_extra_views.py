@@ -13,7 +13,7 @@ from medlake.jobs import pipeline
 from medlake.jobs.views import tables
 from medlake.lake import Lake
 
-CORPUS = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "fhir" / "synthea_bulk_10pt"
+CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "fhir" / "synthea_bulk_10pt"
 EXAMPLE = Path(tables.__file__).parent / "examples" / "immunizations.json"
 RUN = "extra-views-1"
 

@@ -16,7 +16,7 @@ from medlake.jobs.views.tables import load_view_tables, rows_from_bronze, view_t
 
 KEY = bytes(range(32))
 EXAMPLES = Path(fhir.__file__).resolve().parents[1] / "views" / "examples"
-BULK = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "fhir" / "synthea_bulk_10pt"
+BULK = Path(__file__).resolve().parents[2] / "corpus" / "fhir" / "synthea_bulk_10pt"
 
 
 @pytest.fixture(scope="module")
