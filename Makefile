@@ -9,6 +9,12 @@ BIN         := $(VENV)/bin
 JARS        := $(VENV)/jars
 DELTA_JARS  := io.delta:delta-spark_4.2_2.13:4.4.0 io.delta:delta-storage:4.4.0
 STAMP       := $(VENV)/.medlake-env
+# the production profile (infra/): versitygw from the Go module proxy, S3A jars from Maven Central
+INFRA_BIN   := $(VENV)/infra-bin
+S3A_JARS    := $(VENV)/jars-s3a
+VERSITYGW   := github.com/versity/versitygw/cmd/versitygw@v1.8.0
+S3A_COORDS  := org.apache.hadoop:hadoop-aws:3.5.0 software.amazon.awssdk:bundle:2.35.4 \
+               software.amazon.s3.analyticsaccelerator:analyticsaccelerator-s3:1.3.1
 DEMO_DIR    ?= .medlake/demo
 PATIENTS    ?= 500
 SEED        ?= 7
@@ -20,7 +26,7 @@ export PYTHONDONTWRITEBYTECODE :=
 export MLFLOW_ALLOW_FILE_STORE := false
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: env browser demo test test-fast airflow bench bench-scale bench-sources bench-clean lint clean
+.PHONY: env infra-deps prod-up prod-down prod-demo browser demo test test-fast airflow bench bench-scale bench-sources bench-clean lint clean
 
 env: $(STAMP)
 
@@ -35,6 +41,31 @@ $(STAMP): pyproject.toml uv.lock
 	done
 	@touch $(STAMP)
 
+# What the production profile runs beyond the venv: built or fetched once, kept under .venv/
+infra-deps: $(INFRA_BIN)/versitygw $(S3A_JARS)/.complete
+
+$(INFRA_BIN)/versitygw:
+	@mkdir -p $(INFRA_BIN)
+	GOBIN=$(abspath $(INFRA_BIN)) GOFLAGS=-buildvcs=false nice -n 10 go install $(VERSITYGW)
+
+$(S3A_JARS)/.complete:
+	@mkdir -p $(S3A_JARS)
+	@for coord in $(S3A_COORDS); do \
+	  mvn -q dependency:copy -Dartifact=$$coord -DoutputDirectory=$(S3A_JARS) || exit 1; \
+	done
+	@touch $@
+
+# The production profile on this machine (infra/README.md): PostgreSQL, versitygw (S3), MLflow,
+# Airflow, Spark standalone + Connect; state in $$MEDLAKE_HOME/prod, stopped by pid
+prod-up: env infra-deps
+	$(BIN)/python infra/prod.py up
+
+prod-down:
+	$(BIN)/python infra/prod.py down
+
+prod-demo: env infra-deps
+	$(BIN)/python infra/demo.py --patients $(or $(DEMO_PATIENTS),100)
+
 # Headless Chromium (Debian's package) for the compliance report's browser test; as root only.
 # Without it that one test is skipped and says so.
 browser:
@@ -46,7 +77,7 @@ browser:
 demo: env
 	$(BIN)/medlake demo --out $(DEMO_DIR) --patients $(PATIENTS) --seed $(SEED)
 
-test: env browser
+test: env browser infra-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: env
