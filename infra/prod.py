@@ -5,7 +5,9 @@
     python infra/prod.py env                                     # the client settings (no secrets)
     python infra/prod.py down                                    # stop what `up` started
 
-State lives under ``$MEDLAKE_PROD_HOME`` (default ``$MEDLAKE_HOME/prod``): ``tls/`` (a CA and the
+State lives under ``$MEDLAKE_PROD_HOME`` (default ``<repo>/.medlake-prod``, git-ignored; not under
+``$MEDLAKE_HOME``, which medlake makes 0700 on every run: PostgreSQL runs as its own user when
+the profile runs as root, and must traverse the folders above its data directory): ``tls/`` (a CA and the
 server certificate, made at set-up), ``secrets/`` (0600 files; ``MEDLAKE_PROD_<NAME>`` in the
 environment wins), ``pids/``, ``logs/`` and each service's data. Ports are ``$MEDLAKE_PROD_PORT_BASE``
 (default 18400) plus a fixed offset. Everything binds to 127.0.0.1.
@@ -66,8 +68,7 @@ class Profile:
 
     @classmethod
     def from_env(cls) -> Profile:
-        medlake_home = Path(os.environ.get("MEDLAKE_HOME", REPO / ".medlake"))
-        home = Path(os.environ.get("MEDLAKE_PROD_HOME", medlake_home / "prod")).resolve()
+        home = Path(os.environ.get("MEDLAKE_PROD_HOME", REPO / ".medlake-prod")).resolve()
         return cls(home=home, base=int(os.environ.get("MEDLAKE_PROD_PORT_BASE", "18400")))
 
     def port(self, service: str) -> int:
@@ -428,12 +429,13 @@ def spark_jars() -> list[Path]:
 
 
 def truststore(profile: Profile) -> Path:
-    """A PKCS#12 truststore holding the profile's CA, for the JVM's S3A client."""
-    store = profile.home / "tls" / "truststore.p12"
+    """A JKS truststore holding the profile's CA, for the JVM's S3A client (JKS: its certificates
+    read without the store password, so no password on a command line; it holds no secret)."""
+    store = profile.home / "tls" / "truststore.jks"
     if not store.exists():
         subprocess.run(
             ["keytool", "-importcert", "-noprompt", "-alias", "medlake-ca", "-file", str(profile.certs.ca),
-             "-keystore", str(store), "-storetype", "PKCS12", "-storepass:file",
+             "-keystore", str(store), "-storetype", "JKS", "-storepass:file",
              str(secret_file(profile, "truststore_password"))],
             check=True, capture_output=True,
         )
@@ -494,7 +496,7 @@ def alive_workers(profile: Profile) -> int:
 def _connect_up(profile: Profile, env: dict[str, str], master: str) -> None:
     classpath = ":".join(str(j) for j in spark_jars())
     store = truststore(profile)
-    java_opts = f"-Djavax.net.ssl.trustStore={store} -Djavax.net.ssl.trustStoreType=PKCS12"
+    java_opts = f"-Djavax.net.ssl.trustStore={store} -Djavax.net.ssl.trustStoreType=JKS"
     s3 = f"https://127.0.0.1:{profile.port('s3')}"
     conf = {
         "spark.driver.extraClassPath": classpath,
@@ -543,8 +545,9 @@ NEEDS = {"mlflow": ("pg", "s3"), "airflow": ("pg",), "spark": ("s3",)}
 def up(profile: Profile, only: list[str]) -> dict[str, float]:
     """Start the services (and what they need) that are not running; returns seconds per service."""
     wanted = [s for s in SERVICES if s in only or any(s in NEEDS.get(o, ()) for o in only)]
-    profile.home.mkdir(parents=True, exist_ok=True)
-    os.chmod(profile.home, 0o700)
+    for folder in (profile.home, profile.logs):  # others (PostgreSQL's user) may traverse, not list
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o711)
     ensure_certs(profile.home / "tls")
     secret(profile, "truststore_password")
     timings: dict[str, float] = {}
