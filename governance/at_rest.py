@@ -61,6 +61,7 @@ from medlake.governance.pseudonyms import scrub_file_names
 from medlake.keys import KEY_BYTES, project_key
 from medlake.lake import Lake
 from medlake.registry import QUARANTINE, TABLES, TS, VITALS_WATERMARK, TableSpec
+from medlake.storage import lake_path
 
 Mode = Literal["random", "deterministic"]
 
@@ -179,7 +180,7 @@ def _wrap_aad(table: str, data_key_id: str, master_key_id: str) -> bytes:
 
 def data_key_rows(root: Path) -> list[dict[str, Any]]:
     """Every wrapped data key of the lake at ``root`` (none before anything was encrypted)."""
-    path = root / DATA_KEYS_TABLE
+    path = lake_path(root) / DATA_KEYS_TABLE
     if not DeltaTable.is_deltatable(str(path)):
         return []
     rows: list[dict[str, Any]] = (
@@ -190,7 +191,7 @@ def data_key_rows(root: Path) -> list[dict[str, Any]]:
 
 def _create_data_key(root: Path, table: str, keyring: Callable[[], Keyring]) -> None:
     """Give ``table`` a data key unless it has one; under the lock a rotation also holds."""
-    path = root / DATA_KEYS_TABLE
+    path = lake_path(root) / DATA_KEYS_TABLE
     with audit.exclusive(path / LOCK_FILE):
         if any(r["table_name"] == table for r in data_key_rows(root)):
             return  # another writer made it first

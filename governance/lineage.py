@@ -144,7 +144,7 @@ class LineageConfig:
 
 def lake_namespace(lake: Lake) -> str:
     """The datasets' namespace of a lake: ``file:///abs/path/to/lake``."""
-    return lake.root.resolve().as_uri()
+    return lake.location if lake.remote else lake.root.resolve().as_uri()
 
 
 def events_path(lake: Lake | Path) -> Path:

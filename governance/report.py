@@ -499,7 +499,7 @@ def audit_result(lake: Lake, *, run_id: str, key: bytes) -> dict[str, Any]:
 
 def dp_budget(lake: Lake) -> dict[str, Any]:
     """Differential-privacy releases recorded under ``<lake>/dp_budget/`` (a Delta table or JSON files)."""
-    root = lake.root / DP_BUDGET_DIR
+    root = lake.path(DP_BUDGET_DIR)
     if not root.exists():
         return {"releases": [], "status": "no releases"}
     rows: list[dict[str, Any]] = []

@@ -196,7 +196,7 @@ def build_gold(
     workdir = private_dir(lake.root / DBT_WORKDIR)  # the DuckDB file holds the marts: owner only
     duckdb_path = workdir / "dbt.duckdb"
     dbt_vars = {
-        "lake": str(lake.root),
+        "lake": lake.location,
         "run_id": run_id,
         "silver_versions": {name.split(".", 1)[1]: v for name, v in pinned.items()},
         "duckdb_path": str(duckdb_path),

@@ -19,7 +19,7 @@ from medlake.commands.identity import identity_app
 from medlake.commands.lineage import app as lineage_app
 from medlake.commands.principal import RoleOpt, acting_as, table_fits
 from medlake.commands.report import report as report_command
-from medlake.config import load_settings, settings_table
+from medlake.config import lake_root, load_settings, settings_table
 from medlake.governance import audit as audit_mod
 from medlake.lake import Lake
 
@@ -46,7 +46,9 @@ app.command("release")(access.release)
 console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
-LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
+LakeOpt = Annotated[
+    Path, typer.Option("--lake", help="Lake root: a folder or s3://bucket/prefix.", parser=lake_root)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
@@ -201,7 +203,10 @@ app.add_typer(quarantine_app, name="quarantine")
 @quarantine_app.callback()
 def quarantine(
     ctx: typer.Context,
-    lake: Annotated[Path | None, typer.Option("--lake", help="Lake root folder.", file_okay=False)] = None,
+    lake: Annotated[
+        Path | None,
+        typer.Option("--lake", help="Lake root: a folder or s3://bucket/prefix.", parser=lake_root),
+    ] = None,
     rule: Annotated[str | None, typer.Option(help="Only this rule id, e.g. parse.bad_json.")] = None,
     run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
     status: Annotated[str | None, typer.Option(help="Only this status: open, accepted, corrected, rejected, released.")] = None,

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,12 +27,79 @@ from pydantic_settings import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("MEDLAKE_HOME", REPO_ROOT / ".medlake"))
+#: object-store schemes a lake root may name (delta-rs and Spark's S3A both read them)
+OBJECT_STORE_SCHEMES = ("s3",)
+
+
+def remote_dir() -> Path:
+    """Where a lake on an object store keeps its local files (``$MEDLAKE_HOME/remote/<scheme>/<bucket>/<prefix>``)."""
+    return Path(os.environ.get("MEDLAKE_HOME", STATE_DIR)) / "remote"
+
+
+def lake_root(value: str | Path) -> Path:
+    """The local folder of a lake given as a folder or as an object-store URI (``s3://bucket/prefix``).
+
+    A lake on an object store keeps its Delta tables there and a few local files (locks, the audit
+    log's signed head, run summaries, reports, archived DICOM files) in this folder; the mapping is
+    one-to-one, so the folder names the URI back (:func:`object_uri`). A ``pathlib.Path`` made of a
+    URI (``s3:/bucket/prefix``, one slash lost) is read as that URI.
+    """
+    text = str(value)
+    for scheme in OBJECT_STORE_SCHEMES:
+        for prefix in (f"{scheme}://", f"{scheme}:/"):
+            if text.startswith(prefix):
+                rest = text[len(prefix):].strip("/")
+                if not rest or rest.startswith(".") or "/../" in f"/{rest}/":
+                    raise ValueError(f"{text!r} names no bucket: use {scheme}://bucket/prefix")
+                return remote_dir() / scheme / rest
+    return Path(value)
+
+
+def object_uri(root: Path) -> str | None:
+    """The object-store URI of a lake folder made by :func:`lake_root`, or None for a local lake."""
+    try:
+        rel = Path(os.path.abspath(root)).relative_to(os.path.abspath(remote_dir()))
+    except ValueError:
+        return None
+    if len(rel.parts) < 2 or rel.parts[0] not in OBJECT_STORE_SCHEMES:
+        return None
+    return f"{rel.parts[0]}://{'/'.join(rel.parts[1:])}"
 
 
 class LakeSettings(BaseModel):
     """Where the Delta tables live."""
 
-    root: Path = Field(default=STATE_DIR / "lake", description="Root of the lake: <root>/<layer>/<table>.")
+    root: Path = Field(
+        default=STATE_DIR / "lake",
+        description="Root of the lake: <root>/<layer>/<table>; a folder or s3://bucket/prefix (see MEDLAKE__S3__*).",
+    )
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _object_store(cls, value: object) -> object:
+        return lake_root(value) if isinstance(value, str | Path) else value
+
+
+class S3Settings(BaseModel):
+    """The S3-compatible object store of a lake at ``s3://…`` (delta-rs storage options, Spark's S3A).
+
+    Credentials come from 0600 files or from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` in the
+    environment, never from this file's values.
+    """
+
+    endpoint: str | None = Field(
+        default=None, description="S3 endpoint URL, e.g. https://127.0.0.1:18470; unset: AWS's own."
+    )
+    region: str = Field(default="us-east-1", description="S3 region.")
+    ca_file: Path | None = Field(
+        default=None, description="PEM file of the CA that signed the endpoint's certificate; unset: the system's CAs."
+    )
+    access_key_file: Path | None = Field(
+        default=None, description="File (0600) holding the access key id; unset: AWS_ACCESS_KEY_ID."
+    )
+    secret_key_file: Path | None = Field(
+        default=None, description="File (0600) holding the secret access key; unset: AWS_SECRET_ACCESS_KEY."
+    )
 
 
 class KeySettings(BaseModel):
@@ -238,6 +305,7 @@ class Settings(BaseSettings):
         description="The engine every stage runs on: embedded (one machine) or spark.",
     )
     lake: LakeSettings = LakeSettings()
+    s3: S3Settings = S3Settings()
     keys: KeySettings = KeySettings()
     deid: DeidSettings = DeidSettings()
     views: ViewsSettings = ViewsSettings()
@@ -264,11 +332,11 @@ class Settings(BaseSettings):
 
 
 def load_settings(*, lake: Path | str | None = None) -> Settings:
-    """Settings with the lake root given as an argument, when it is."""
+    """Settings with the lake root (a folder or ``s3://bucket/prefix``) given as an argument, when it is."""
     settings = Settings()
     if lake is not None:
         settings = settings.model_copy(
-            update={"lake": settings.lake.model_copy(update={"root": Path(lake).resolve()})}
+            update={"lake": settings.lake.model_copy(update={"root": lake_root(lake).resolve()})}
         )
     return settings
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
+from medlake.config import object_uri
 from medlake.registry import TABLES, TableSpec
 
 
@@ -59,9 +60,35 @@ class Lake:
     root: Path
     codec: ColumnCodec | None = None
 
+    def __post_init__(self) -> None:
+        if self.remote:
+            from medlake.storage import use_object_store
+
+            use_object_store()
+
+    @property
+    def location(self) -> str:
+        """Where the tables are: the root folder, or the object-store URI (``s3://bucket/prefix``)
+        of a lake whose root is the local folder of that URI (``medlake.config.lake_root``)."""
+        return object_uri(self.root) or str(self.root)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the tables are on an object store (the root then holds only local files)."""
+        return object_uri(self.root) is not None
+
     def path(self, name: str) -> Path:
-        """Where ``layer.table`` (or ``quarantine``/``ledger``) lives."""
-        return self.root / name.replace(".", "/")
+        """Where ``layer.table`` (or ``quarantine``/``ledger``) lives. On an object store, a
+        ``LakePath``: ``str()`` the table's URI, ``os.fspath()`` its local folder of lock files."""
+        return self._at(name.replace(".", "/"))
+
+    def _at(self, relpath: str) -> Path:
+        path = self.root / relpath
+        if self.remote:
+            from medlake.storage import LakePath
+
+            return LakePath(path)
+        return path
 
     def uri(self, name: str) -> str:
         return str(self.path(name))
@@ -69,19 +96,25 @@ class Lake:
     def scratch_uri(self, name: str, *, run_id: str) -> str:
         """A run's own scratch copy of table ``name`` (``<root>/_scratch/<run>/<table>``): what a
         step stages before a set-based write, so runs and retries never share it."""
-        return str(self.root / "_scratch" / _safe(run_id) / name)
+        return str(self._at(f"_scratch/{_safe(run_id)}/{name}"))
 
     def drop_scratch(self, *, run_id: str) -> None:
         """Remove a run's scratch tables (they hold sealed PHI: nothing keeps them once used)."""
-        import shutil
-
-        shutil.rmtree(self.root / "_scratch" / _safe(run_id), ignore_errors=True)
+        self._drop(str(self._at(f"_scratch/{_safe(run_id)}")))
 
     def drop_scratch_table(self, name: str, *, run_id: str) -> None:
         """Remove one scratch table of a run (see :meth:`scratch_uri`)."""
-        import shutil
+        self._drop(self.scratch_uri(name, run_id=run_id))
 
-        shutil.rmtree(self.scratch_uri(name, run_id=run_id), ignore_errors=True)
+    def _drop(self, uri: str) -> None:
+        if self.remote:
+            from medlake.storage import delete_tree
+
+            delete_tree(uri)
+        else:
+            import shutil
+
+            shutil.rmtree(uri, ignore_errors=True)
 
     def encoder(self, name: str) -> Callable[[pa.Table], pa.Table] | None:
         """Seals the encrypted columns of table ``name`` (for an engine writing it), or None. The
@@ -108,7 +141,7 @@ class Lake:
     def table(self, name: str, *, version: int | None = None) -> DeltaTable:
         """The Delta table, at ``version`` when given (time travel)."""
         if not self.exists(name):
-            raise TableNotFound(f"table {name} does not exist yet under {self.root}")
+            raise TableNotFound(f"table {name} does not exist yet under {self.location}")
         dt = DeltaTable(self.uri(name))
         if version is not None:
             # load_as_version, not DeltaTable(uri, version=...): the latter aborts the
@@ -143,7 +176,7 @@ class Lake:
         if not self.exists(name):
             spec = TABLES.get(name)
             if spec is None:
-                raise TableNotFound(f"table {name} does not exist yet under {self.root}")
+                raise TableNotFound(f"table {name} does not exist yet under {self.location}")
             schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
             return schema.empty_table()
         dataset = self.table(name, version=version).to_pyarrow_dataset()
@@ -278,6 +311,13 @@ class Lake:
     def tables(self) -> list[str]:
         """Every Delta table below the root, as ``layer.table`` names."""
         found: list[str] = []
+        if self.remote:
+            from medlake.storage import delta_tables
+
+            return [
+                ".".join(rel.split("/")) for rel in delta_tables(self.location)
+                if not any(part.startswith("_") for part in rel.split("/"))
+            ]
         if not self.root.exists():
             return found
         for log in sorted(self.root.glob("**/_delta_log")):

@@ -46,7 +46,7 @@ def summarize(lake: Lake, *, run_id: str | None = None) -> dict[str, Any]:
     balanced = all(bool(e["balanced"]) for e in entries)
     return {
         "run_id": run_id,
-        "lake": str(lake.root),
+        "lake": lake.location,
         "tables": tables(lake),
         "quarantine": quarantine_by_rule(lake, run_id=run_id),
         "ledger": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in e.items()} for e in entries],

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medlake.commands.principal import RoleOpt, acting_as, table_fits
-from medlake.config import Settings, load_settings
+from medlake.config import Settings, lake_root, load_settings
 from medlake.governance import audit, dp
 from medlake.governance.access import PURPOSES, AccessDenied, Policy, PolicyError, read_table
 from medlake.keys import KeyMissing, audit_key
@@ -27,7 +27,9 @@ from medlake.lake import Lake, TableNotFound
 console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True)
 
-LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
+LakeOpt = Annotated[
+    Path, typer.Option("--lake", help="Lake root: a folder or s3://bucket/prefix.", parser=lake_root)
+]
 PurposeOpt = Annotated[str, typer.Option("--purpose", help=f"Purpose of use, recorded in the audit log: {', '.join(PURPOSES)}.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medlake.commands.principal import RoleOpt, acting_as, table_fits
-from medlake.config import Settings, load_settings
+from medlake.config import Settings, lake_root, load_settings
 from medlake.governance import at_rest, audit, vault
 from medlake.governance.access import Policy, PolicyError
 from medlake.governance.crypto import KeyringError
@@ -35,7 +35,9 @@ vault_app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True)
 
-LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
+LakeOpt = Annotated[
+    Path, typer.Option("--lake", help="Lake root: a folder or s3://bucket/prefix.", parser=lake_root)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from medlake.config import load_settings
+from medlake.config import lake_root, load_settings
 
 identity_app = typer.Typer(help="Patient identity: the review queue of uncertain pairs, and unmerge.",
                            no_args_is_help=True)
@@ -32,7 +32,9 @@ identity_app.add_typer(review_app, name="review")
 console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True)
 
-LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
+LakeOpt = Annotated[
+    Path, typer.Option("--lake", help="Lake root: a folder or s3://bucket/prefix.", parser=lake_root)
+]
 ReasonOpt = Annotated[str, typer.Option(help="Why: recorded with the decision and in the audit log (no PHI).")]
 ActorOpt = Annotated[str | None, typer.Option(help="Who decides (default: the login name).")]
 

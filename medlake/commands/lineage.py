@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from medlake.commands.principal import RoleOpt, acting_as, table_fits
-from medlake.config import load_settings
+from medlake.config import lake_root, load_settings
 from medlake.governance import audit
 from medlake.governance.access import Policy, PolicyError
 from medlake.governance.lineage import Graph, Link, events_path, lineage_graph
@@ -29,7 +29,9 @@ err = Console(stderr=True)
 @app.command()
 def show(
     table: Annotated[str, typer.Argument(help="Table name, e.g. silver.observations.")],
-    lake: Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)],
+    lake: Annotated[
+        Path, typer.Option("--lake", help="Lake root: a folder or s3://bucket/prefix.", parser=lake_root)
+    ],
     run_id: Annotated[
         str | None,
         typer.Option(

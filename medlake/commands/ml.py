@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from medlake.config import load_settings
+from medlake.config import lake_root, load_settings
 from medlake.errors import BadDataError
 from medlake.lake import Lake
 
@@ -34,7 +34,9 @@ dataset_app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True)
 
-LakeOpt = Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)]
+LakeOpt = Annotated[
+    Path, typer.Option("--lake", help="Lake root: a folder or s3://bucket/prefix.", parser=lake_root)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 RoleOpt = Annotated[
     str | None,

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from medlake.commands.principal import RoleOpt, acting_as
-from medlake.config import load_settings
+from medlake.config import lake_root, load_settings
 from medlake.governance import audit
 from medlake.governance import report as report_mod
 from medlake.governance.access import Policy, PolicyError
@@ -29,7 +29,9 @@ err = Console(stderr=True)
 
 
 def report(
-    lake: Annotated[Path, typer.Option("--lake", help="Lake root folder.", file_okay=False)],
+    lake: Annotated[
+        Path, typer.Option("--lake", help="Lake root: a folder or s3://bucket/prefix.", parser=lake_root)
+    ],
     run_id: Annotated[
         str | None, typer.Option("--run", help="Run id (default: the latest run in the ledger).")
     ] = None,
