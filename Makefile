@@ -13,6 +13,7 @@ STAMP       := $(VENV)/.medlake-env
 INFRA_BIN   := $(VENV)/infra-bin
 S3A_JARS    := $(VENV)/jars-s3a
 VERSITYGW   := github.com/versity/versitygw/cmd/versitygw@v1.8.0
+HELM        := helm.sh/helm/v4/cmd/helm@v4.3.2
 S3A_COORDS  := org.apache.hadoop:hadoop-aws:3.5.0 software.amazon.awssdk:bundle:2.35.4 \
                software.amazon.s3.analyticsaccelerator:analyticsaccelerator-s3:1.3.1
 DEMO_DIR    ?= .medlake/demo
@@ -26,7 +27,7 @@ export PYTHONDONTWRITEBYTECODE :=
 export MLFLOW_ALLOW_FILE_STORE := false
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: env infra-deps prod-up prod-down prod-demo browser demo test test-fast airflow bench bench-scale bench-sources bench-clean lint clean
+.PHONY: env infra-deps infra-check prod-up prod-down prod-demo browser demo test test-fast airflow bench bench-scale bench-sources bench-clean lint clean
 
 env: $(STAMP)
 
@@ -54,6 +55,15 @@ $(S3A_JARS)/.complete:
 	  mvn -q dependency:copy -Dartifact=$$coord -DoutputDirectory=$(S3A_JARS) || exit 1; \
 	done
 	@touch $@
+
+# Kubernetes, checked offline: helm lint + template of infra/helm/medlake, the manifests validated
+# against the schemas kubernetes-validate bundles, the official Airflow chart's values checked
+infra-check: env $(INFRA_BIN)/helm
+	$(BIN)/python infra/check.py
+
+$(INFRA_BIN)/helm:
+	@mkdir -p $(INFRA_BIN)
+	GOBIN=$(abspath $(INFRA_BIN)) GOFLAGS=-buildvcs=false nice -n 10 go install $(HELM)
 
 # The production profile on this machine (infra/README.md): PostgreSQL, versitygw (S3), MLflow,
 # Airflow, Spark standalone + Connect; state in $$MEDLAKE_HOME/prod, stopped by pid
