@@ -42,8 +42,9 @@ $(STAMP): pyproject.toml uv.lock
 	done
 	@touch $(STAMP)
 
-# What the production profile runs beyond the venv: built or fetched once, kept under .venv/
-infra-deps: $(INFRA_BIN)/versitygw $(S3A_JARS)/.complete
+# What the production profile and infra-check run beyond the venv: built (versitygw, helm from the
+# Go module proxy) or fetched (S3A jars, Maven Central) once, kept under .venv/
+infra-deps: $(INFRA_BIN)/versitygw $(INFRA_BIN)/helm $(S3A_JARS)/.complete
 
 $(INFRA_BIN)/versitygw:
 	@mkdir -p $(INFRA_BIN)
