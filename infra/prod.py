@@ -379,6 +379,10 @@ def airflow_env(profile: Profile) -> dict[str, str]:
             # secrets by command: read from their 0600 files, never in the environment or a config file
             "AIRFLOW__API_AUTH__JWT_SECRET_CMD": f"cat {secret_file(profile, 'airflow_jwt_secret')}",
             "AIRFLOW__CORE__FERNET_KEY_CMD": f"cat {secret_file(profile, 'airflow_fernet_key')}",
+            # the UI/API user's password in a 0600 file we write: a password Airflow generates
+            # itself is printed to the api-server's log
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(secret_file(profile, "airflow_users.json")),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(profile.port("airflow_logs")),
         }
@@ -396,6 +400,10 @@ def airflow_up(profile: Profile) -> None:
         from cryptography.fernet import Fernet
 
         _write_private(fernet, Fernet.generate_key().decode() + "\n")
+    _write_private(
+        secret_file(profile, "airflow_users.json"),
+        json.dumps({"admin": secret(profile, "airflow_admin_password")}) + "\n",
+    )
     env = airflow_env(profile)
     airflow = str(VENV_BIN / "airflow")
     with (profile.logs / "airflow-migrate.log").open("ab") as log:

@@ -130,6 +130,18 @@ def test_the_sample_hospital_runs_into_the_object_store(profile, tmp_path):  # t
     assert rows and rows[0][0] == "FINISHED"
     stored = profile["home"] / "s3" / "data" / "mlflow" / "artifacts"
     assert [p.name for p in stored.rglob("summary.json")] == ["summary.json"]
+    assert _secrets_in_logs(profile["home"]) == []
+
+
+def _secrets_in_logs(home: Path) -> list[str]:
+    """The secret files whose value appears in a service's log."""
+    logs = [p.read_text(errors="replace") for p in (home / "logs").glob("*.log")]
+    leaked = []
+    for secret in (home / "secrets").iterdir():
+        value = secret.read_text().strip()
+        if secret.name != "pgpass" and value and any(value in log for log in logs):
+            leaked.append(secret.name)
+    return leaked
 
 
 def _mlflow_run(settings: dict[str, str], summary: dict) -> str:  # type: ignore[type-arg]
