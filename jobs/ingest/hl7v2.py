@@ -49,6 +49,7 @@ from medlake.jobs.ingest.fhir import (
     Pseudonymizer,
     deidentified_notes,
 )
+from medlake.jobs.stage import reader_of
 from medlake.quarantine import Split, quarantine_id, quarantine_rows
 from medlake.registry import (
     BRONZE_HL7V2,
@@ -151,6 +152,11 @@ def read_bytes(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
             "error_rule": None,
             "error_reason": None,
         }
+
+
+#: the reader both engines stream HL7 v2 landing files through: ``(path, name) -> record
+#: batches`` of :data:`RAW_SCHEMA`, one row per message (see :func:`medlake.jobs.stage.read_batches`)
+read_records = reader_of(read_file, RAW_SCHEMA)
 
 
 def decode(data: bytes) -> tuple[str | None, str | None]:
@@ -427,7 +433,8 @@ SHOWN_ID_CHARS = 64
 
 
 def _shown_id(control: str) -> str:
-    """A control id as reasons name it: cut at :data:`SHOWN_ID_CHARS`, so no reason grows with input."""
+    """A control id (or a code) as reasons name it: cut at :data:`SHOWN_ID_CHARS`, so no reason
+    grows with input."""
     return control if len(control) <= SHOWN_ID_CHARS else f"{control[:SHOWN_ID_CHARS]}… ({len(control)} characters)"
 
 
@@ -1091,7 +1098,7 @@ class _Walk:
                 "parse.hl7_bad_segment",
                 f"{self.where(obx)}: OBX-3 (observation identifier) is empty",
             )
-        where = f"{self.where(obx)} ({coding.code})"
+        where = f"{self.where(obx)} ({_shown_id(coding.code)})"  # a sender's text: cut
         value_type = obx.get(2).upper()
         values = observation_values(obx, value_type, where=where)
         effective = self.time(obx, 14, "observation date/time")
