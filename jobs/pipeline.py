@@ -237,11 +237,12 @@ def clean(
     patients_bronze = chain.read_type("Patient")
     aliases = update_patient_aliases(lake, patients_bronze, key=key, run_id=run_id)
     messages = lake.read(BRONZE_HL7V2.name, version=hl7v2_version, where={"_run_id": run_id})
-    from_hl7 = hl7v2.silver_from_bronze(messages, key=key, max_shift_days=max_shift_days)
+    parsed = hl7v2.parse_messages(messages)  # each message parsed once, read by every step
+    from_hl7 = hl7v2.silver_from_bronze(parsed, key=key, max_shift_days=max_shift_days)
     concept_map, maps_version = terminology.concept_maps(lake, version=concept_maps_version)
     log.info("clean: concept maps %s@%d", terminology.CONCEPT_MAPS.name, maps_version)
     identities = fhir.patient_identities(patients_bronze, key=key, aliases=aliases)
-    identities += hl7v2.patient_identities(messages, key=key)
+    identities += hl7v2.patient_identities(parsed, key=key)
     entries: list[Entry] = []
     versions: dict[str, int | None] = {}
     drift: dict[str, int] = {}
@@ -407,7 +408,7 @@ def clean(
         quarantine=chain.quarantine,
     )
     hl7_notes = hl7v2.notes_from_bronze(
-        messages, key=key, max_shift_days=max_shift_days, workers=1, ages=text_ages
+        parsed, key=key, max_shift_days=max_shift_days, workers=1, ages=text_ages
     )
     lake.insert_new(QUARANTINE.name, stamp_run(hl7_notes.quarantined, run_id))
     hl7_rows = dedup.remap(
