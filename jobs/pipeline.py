@@ -197,7 +197,6 @@ def clean(
     concept_maps_version: int | None = None,
     on_unmapped: dict[str, OnUnmapped] | None = None,
     views: Mapping[str, ViewTable] | None = None,
-    text_workers: int = 1,
     text_ages: AgePolicy = "over_89",
     engine: Engine | None = None,
 ) -> StageResult:
@@ -229,9 +228,8 @@ def clean(
     ``reference.person_crosswalk`` stable, and every staging row takes its person's key, its
     dates re-shifted by that person's offset; the links go to ``staging.patient_links``, and
     the survivorship of every person this run touched (one row per person) to ``staging.persons``.
-    ``text_workers`` is kept for callers; the engine's workers de-identify notes in parallel.
+    Free text is de-identified where it is parsed, in the engine's worker processes.
     """
-    del text_workers  # the engine's worker processes spread the notes over the cores
     engine = engine or EmbeddedEngine()
     chain = FhirChain(lake, engine, run_id=run_id, version=bronze_version)
     patients_bronze = chain.read_type("Patient")
@@ -833,7 +831,6 @@ def task_clean(
             bronze_version=bronze_version,
             hl7v2_version=hl7v2_version,
             views=extra,
-            text_workers=settings.deid.workers(),
             text_ages=settings.deid.text_ages,
             engine=runner,
         )

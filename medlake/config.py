@@ -61,7 +61,7 @@ class DeidSettings(BaseModel):
     text_workers: int = Field(
         default=0,
         ge=0,
-        description="Processes de-identifying free text when a run has 2,000 notes or more; 0: one per CPU core, 1: in-process.",
+        description="Processes `medlake deid text` de-identifies a file with (2,000 notes or more); 0: one per CPU core, 1: in-process. The pipeline de-identifies notes in the engine's workers.",
     )
 
     text_ages: AgePolicy = Field(
