@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
@@ -898,11 +899,23 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
     return result.as_xcom()
 
 
-def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
+def dbt_target(settings: Settings, engine: str | None = None) -> Literal["duckdb", "spark"]:
+    """The dbt target gold is built with: ``MEDLAKE__DBT__TARGET`` when it is set, else the one
+    of the run's engine (``spark``: dbt-spark in the engine's session; ``embedded``: DuckDB)."""
+    if "target" in settings.dbt.model_fields_set:
+        return settings.dbt.target
+    return "spark" if (engine or settings.engine) == "spark" else "duckdb"
+
+
+def task_gold(lake: str, *, run_id: str, engine: str | None = None) -> dict[str, object]:
+    """``engine``: the run's choice (``medlake run --engine``), else ``MEDLAKE__ENGINE``; it picks
+    the dbt target unless ``MEDLAKE__DBT__TARGET`` says otherwise (:func:`dbt_target`)."""
     from medlake.jobs.gold import SILVER_SOURCES, build_gold
 
     settings = Settings()
     target = lake_for(settings, Path(lake))
+    built_with = dbt_target(settings, engine)
+    record_engine(target, run_id, "gold", "spark" if built_with == "spark" else "embedded")
     with stage_run(
         target,
         job=lineage_job(settings, "dbt_gold"),
@@ -916,7 +929,7 @@ def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
             Path(lake),
             run_id=run_id,
             project_dir=settings.dbt.project_dir,
-            target=settings.dbt.target,
+            target=built_with,
         )
         run.complete(
             outputs=result.versions,

@@ -206,3 +206,17 @@ spark.stop()
     assert pa.Table.from_pylist(rows(lake, BRONZE_FHIR.name)).num_rows > 20
     ingest = embedded.entries[0]
     assert (ingest.quarantined, ingest.merged) == (2, 2)  # the broken lines; the repeats
+
+
+def test_gold_is_built_on_the_runs_engine_unless_the_dbt_target_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MEDLAKE__DBT__TARGET", raising=False)
+    monkeypatch.delenv("MEDLAKE__ENGINE", raising=False)
+    assert pipeline.dbt_target(Settings()) == "duckdb"
+    assert pipeline.dbt_target(Settings(), "spark") == "spark"
+    monkeypatch.setenv("MEDLAKE__ENGINE", "spark")
+    assert pipeline.dbt_target(Settings()) == "spark"
+    assert pipeline.dbt_target(Settings(), "embedded") == "duckdb"
+    monkeypatch.setenv("MEDLAKE__DBT__TARGET", "duckdb")  # an explicit target wins
+    assert pipeline.dbt_target(Settings(), "spark") == "duckdb"
