@@ -312,6 +312,18 @@ def clean(
         sides=found_notes.sides(lake, run_id=run_id),
     )
     found_notes.add(rest)
+    noted_views = sorted(set(viewed) & set(fhir.NOTE_SOURCES) - set(FHIR_SILVER))
+    if noted_views:  # an extra view's type with free text: its notes too (the view counts it)
+        found_notes.add(
+            chain.step(
+                functools.partial(fhir_steps.notes_only, notes=note_options),
+                types=noted_views,
+                target=Target(
+                    lake.scratch_uri("notes_only", run_id=run_id), fhir_steps.BRONZE_ONLY_SCHEMA
+                ),
+                sides=found_notes.sides(lake, run_id=run_id),
+            )
+        )
     entries.append(
         Entry(
             stage="silver",

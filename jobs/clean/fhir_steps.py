@@ -17,6 +17,7 @@ bronze-only validation) already made, and travels on as Arrow rows.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import pyarrow as pa
@@ -24,7 +25,7 @@ import pyarrow as pa
 from medlake.jobs.clean import dedup
 from medlake.jobs.clean.config import OnUnmapped
 from medlake.jobs.clean.standardize import STANDARDIZE
-from medlake.jobs.ingest import fhir
+from medlake.jobs.ingest import fhir, limits
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from medlake.quarantine import Split
 
@@ -84,4 +85,21 @@ def bronze_only(
         good,
         pa.concat_tables([kept.quarantined, texts.quarantined]),
         sides={fhir.NOTES_SIDE: texts.good},
+    )
+
+
+def notes_only(batch: pa.RecordBatch, *, notes: fhir.NoteOptions) -> Split:
+    """The free text of resources another step turns into rows (an extra view's type), as the
+    side output ``notes``, de-identified; nothing else is kept (the view accounts for them)."""
+    found = fhir.NoteFields(notes.pseudonymizer())
+    for row in _table(batch).to_pylist():
+        try:
+            resource = limits.loads(row["raw"])
+        except json.JSONDecodeError:
+            continue  # refused by the view's own step
+        if isinstance(resource, dict):
+            found.add(row, resource)
+    texts = found.split(notes)
+    return Split(
+        BRONZE_ONLY_SCHEMA.empty_table(), texts.quarantined, sides={fhir.NOTES_SIDE: texts.good}
     )
