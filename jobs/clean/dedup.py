@@ -72,7 +72,7 @@ import re
 import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -186,8 +186,9 @@ M_PRIORS: dict[str, tuple[float, ...]] = {
     # exact, formal form equal, JW≥.92, one edit (short names: Mei/Msi, Ana/Aan), JW≥.85, else
     "given": (0.70, 0.12, 0.06, 0.05, 0.06, 0.01),
     "family": (0.80, 0.12, 0.05, 0.03),  # exact, JW≥.92, JW≥.85, else (a married name)
-    # exact, same year and a typo in month/day (or the two swapped), a typo in the year, else
-    "birth_date": (0.93, 0.05, 0.015, 0.005),
+    # exact, same year and a typo in month/day (or the two swapped), a typo in the year, near
+    # (two slips in one year, or at most NEAR_DAYS apart: a day typo across a month), else
+    "birth_date": (0.93, 0.05, 0.012, 0.005, 0.003),
     "sex": (0.97, 0.03),
     "street": (0.80, 0.10, 0.10),  # exact, JW≥.88, else (people move)
     "zip5": (0.85, 0.05, 0.02, 0.08),  # exact, same ZIP3, same city, else
@@ -197,7 +198,7 @@ M_PRIORS: dict[str, tuple[float, ...]] = {
 U_PRIORS: dict[str, tuple[float, ...]] = {
     "given": (0.004, 0.001, 0.002, 0.002, 0.01, 0.981),
     "family": (0.002, 0.002, 0.01, 0.986),
-    "birth_date": (0.0001, 0.0008, 0.0012, 0.9979),
+    "birth_date": (0.0001, 0.0008, 0.0012, 0.003, 0.9949),
     "sex": (0.5, 0.5),
     "street": (0.0005, 0.002, 0.9975),
     "zip5": (0.01, 0.05, 0.02, 0.92),
@@ -214,16 +215,25 @@ TF_COLUMNS = ("given", "family", "city")
 NONMATCH_RULES: dict[str, str] = {
     "identity.suffix_conflict": "generational suffixes differ (Sr/Jr, II/III)",
     "identity.sex_and_given_conflict": "sex and first name both differ",
-    "identity.birth_date_far": "birth dates differ beyond a typo (more than one digit, not a day/month swap)",
+    "identity.birth_date_far": "birth dates differ beyond a typo: not one keying slip, not two slips in one year, "
+    "more than a month apart",
 }
 #: why a pair waits for a steward instead of merging
 REVIEW_REASONS: dict[str, str] = {
     "identity.review_zone": "match probability between the review and the merge thresholds",
     "identity.possible_twin": "same birth date and family name, first names differ: a twin or a typo",
     "identity.birth_year_far": "birth years ten or more apart by one digit: a typo or a parent",
-    "identity.no_shared_contact": "phone and street both known and both different: a namesake or a move",
+    "identity.birth_date_near": "birth dates two slips or a few days apart, and not the same name with a shared "
+    "phone or street",
+    "identity.no_shared_contact": "phone and street different where known on both (only one known: unless name, "
+    "birth date and sex are all the same): a namesake or a move",
     "identity.cluster_conflict": "merging would put two records a rule keeps apart into one person",
+    "identity.possible_name_change": "same first name, birth date and sex, another family name, no phone against "
+    "it: a married or maiden name (queued from NAME_CHANGE_FLOOR up)",
 }
+#: a pair below the review threshold is still queued from this match probability up when it may be
+#: a name change (:func:`name_change`): a married name and a move leave only name and birth date
+NAME_CHANGE_FLOOR = 0.01
 
 
 @dataclass(frozen=True)
@@ -386,6 +396,28 @@ def date_typo(a: str, b: str) -> bool:
     return _osa(a, b) <= 1 or (a[:4] == b[:4] and a[5:7] == b[8:10] and a[8:10] == b[5:7])
 
 
+#: birth dates at most this many days apart may be one person's (a day typo across a month end)
+NEAR_DAYS = 31
+
+
+def _days_apart(a: str, b: str) -> int | None:
+    try:
+        return abs((date.fromisoformat(a) - date.fromisoformat(b)).days)
+    except ValueError:  # not a calendar date (a typo can make 02-30)
+        return None
+
+
+def date_near(a: str, b: str) -> bool:
+    """Two YYYY-MM-DD dates beyond one keying slip that may still be one person's: in one year
+    with two slips (two digits wrong, or day and month swapped and one digit wrong), or at most
+    :data:`NEAR_DAYS` apart (a day typo across a month or year end). Decades never are."""
+    swapped = f"{b[:4]}-{b[8:10]}-{b[5:7]}"
+    if a[:4] == b[:4] and (_osa(a, b) <= 2 or _osa(a, swapped) <= 1):
+        return True
+    apart = _days_apart(a, b)
+    return apart is not None and apart <= NEAR_DAYS
+
+
 def known_given(name: str) -> bool:
     """Whether a normalized given name is a first name people carry (the Faker name lists the
     free-text de-identification also uses), rather than a keyboard slip."""
@@ -408,9 +440,24 @@ def nonmatch_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | No
     ):
         return "identity.sex_and_given_conflict"
     born_l, born_r = left["birth_date"], right["birth_date"]
-    if born_l and born_r and born_l != born_r and not date_typo(born_l, born_r):
+    if born_l and born_r and born_l != born_r and not date_typo(born_l, born_r) and not date_near(born_l, born_r):
         return "identity.birth_date_far"
     return None
+
+
+def same_name_shared_contact(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
+    """Same formal first name, family name and sex, and the same phone or street."""
+    return all(left[f] and left[f] == right[f] for f in ("given_formal", "family", "sex")) and any(
+        left[f] and left[f] == right[f] for f in ("phone", "street")
+    )
+
+
+def name_change(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
+    """Same first name (as written), birth date and sex, family names known and different, and no
+    phone known on both sides that differs: perhaps one person before and after a marriage."""
+    same = all(left[f] and left[f] == right[f] for f in ("given", "birth_date", "sex"))
+    phones_differ = bool(left["phone"] and right["phone"] and left["phone"] != right["phone"])
+    return same and bool(left["family"] and right["family"]) and left["family"] != right["family"] and not phones_differ
 
 
 def review_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None:
@@ -424,9 +471,15 @@ def review_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None
         return "identity.possible_twin"  # Ava/Eva: two real names, not a slip of the keyboard
     if born_l and born_r and born_l != born_r and abs(int(born_l[:4]) - int(born_r[:4])) >= 10:
         return "identity.birth_year_far"
+    if (
+        born_l and born_r and not date_typo(born_l, born_r) and date_near(born_l, born_r)
+        and not same_name_shared_contact(left, right)
+    ):
+        return "identity.birth_date_near"  # two slips: a steward decides, unless name and home agree
     contact = [(left[f], right[f]) for f in ("phone", "street") if left[f] and right[f]]
-    if contact and all(a != b for a, b in contact):
-        return "identity.no_shared_contact"  # namesakes born the same day, or one who moved
+    exact = all(left[f] and left[f] == right[f] for f in ("given", "family", "birth_date", "sex"))
+    if contact and all(a != b for a, b in contact) and not (len(contact) == 1 and exact):
+        return "identity.no_shared_contact"  # namesakes, or one who moved
     return None
 
 
@@ -447,7 +500,7 @@ def evidence(left: Mapping[str, Any], right: Mapping[str, Any]) -> str:
         "given": judge(left["given_formal"], right["given_formal"], close("given", 2)),
         "family": judge(left["family"], right["family"], close("family", 2)),
         "suffix": judge(left["suffix"], right["suffix"], False),
-        "birth_date": judge(born_l, born_r, bool(born_l and born_r and date_typo(born_l, born_r))),
+        "birth_date": judge(born_l, born_r, bool(born_l and born_r and (date_typo(born_l, born_r) or date_near(born_l, born_r)))),
         "sex": judge(left["sex"], right["sex"], False),
         "street": judge(left["street"], right["street"], close("street", 2)),
         "zip5": judge(left["zip5"], right["zip5"], (left["zip5"] or "")[:3] == (right["zip5"] or "")[:3]),
@@ -482,6 +535,10 @@ def _comparisons(*, tf: bool = False) -> list[Any]:
         "substr(birth_date_l, 6, 2) = substr(birth_date_r, 9, 2) AND "
         "substr(birth_date_l, 9, 2) = substr(birth_date_r, 6, 2)))"
     )
+    same_year_two_slips = (
+        "substr(birth_date_l, 1, 4) = substr(birth_date_r, 1, 4) AND "
+        "damerau_levenshtein(birth_date_l, birth_date_r) <= 2"
+    )
     return [
         comparison(
             "given",
@@ -502,6 +559,11 @@ def _comparisons(*, tf: bool = False) -> list[Any]:
             cll.ExactMatchLevel("birth_date"),
             cll.CustomLevel(same_year_slip, "birth date: same year, a slip in month or day"),
             cll.DamerauLevenshteinLevel("birth_date", 1),
+            cll.Or(
+                cll.CustomLevel(same_year_two_slips),
+                cll.AbsoluteDateDifferenceLevel("birth_date", input_is_string=True, threshold=NEAR_DAYS,
+                                                metric="day"),
+            ),
         ),
         comparison("sex", cll.ExactMatchLevel("sex")),
         comparison("street", cll.ExactMatchLevel("street"), cll.JaroWinklerLevel("street", 0.88)),
@@ -606,7 +668,7 @@ def _splink_pairs(records: pa.Table, options: LinkOptions, spark: Any | None = N
         for rule in (block_on("birth_date"), block_on("family", "given_formal")):
             linker.training.estimate_parameters_using_expectation_maximisation(rule)
     predicted = linker.inference.predict(
-        threshold_match_probability=min(options.review_threshold, options.threshold),
+        threshold_match_probability=min(options.review_threshold, options.threshold, NAME_CHANGE_FLOOR),
         warning_mode="never",
     ).as_pyarrow_table()
     return pa.table(
@@ -691,14 +753,18 @@ def zones(
     pairs: pa.Table, rows: Mapping[str, Mapping[str, Any]], options: LinkOptions
 ) -> Zoned:
     """Splink's pairs → merge (at or above the threshold, no rule against it), review (between the
-    thresholds, or a review rule), or apart (a hard non-match rule: counted, not kept)."""
+    thresholds, or a review rule; below them from :data:`NAME_CHANGE_FLOOR` up when the pair may be a
+    name change), or apart (a hard non-match rule: counted, not kept)."""
     merge, review, refused = [], [], 0
     for pair in pairs.to_pylist():
         left, right = rows[pair["source_key_l"]], rows[pair["source_key_r"]]
         if nonmatch_rule(left, right):
             refused += 1
             continue
-        why = review_rule(left, right)
+        low = pair["match_probability"] < min(options.review_threshold, options.threshold)
+        if low and not name_change(left, right):
+            continue  # apart: scored only because the name-change floor is lower
+        why = "identity.possible_name_change" if low else review_rule(left, right)
         if why is None and pair["match_probability"] >= options.threshold:
             merge.append(pair)
             continue

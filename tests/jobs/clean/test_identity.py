@@ -130,6 +130,12 @@ HARD_NEGATIVES = {
         person_record("sr", "Mary", "Johnson", "1956-02-03", "female"),
         person_record("jr", "Mary", "Johnson", "1984-08-19", "female"),
     ],
+    "namesakes born a week apart in one town, no phone on one": [
+        person_record("sr", "Maria", "Garcia", "1985-04-12", "female", phone=None,
+                      street="4 Pine St", postal="02139"),
+        person_record("jr", "Maria", "Garcia", "1985-04-19", "female", phone="617-555-0972",
+                      street="88 Lake Rd", postal="02141"),
+    ],
     "namesakes born the same day in one town": [
         person_record("sr", "Maria", "Garcia", "1985-04-12", "female", phone="617-555-0161",
                       street="4 Pine St", postal="02139"),
@@ -180,6 +186,19 @@ HARD_POSITIVES = {
         person_record("b", "Priya", "Raman", "1991-01-17", "female", phone="617-555-0555",
                       street="5 Elm Ct", postal="02467", city="Chestnut Hill"),
     ],
+    "a day typo across a month end (two digits), same phone": [
+        person_record("a", "Omar", "Haddad", "1980-03-31", "male"),
+        person_record("b", "Omar", "Haddad", "1980-04-01", "male"),
+    ],
+    "day and month swapped and a day typo, typo in the family name": [
+        person_record("a", "Nadia", "Petrova", "1983-10-12", "female"),
+        person_record("b", "Nadia", "Petorva", "1983-12-11", "female"),
+    ],
+    "married name, moved, no phone": [
+        person_record("a", "Ingrid", "Holm", "1977-06-05", "female", phone=None),
+        person_record("b", "Ingrid", "Vance", "1977-06-05", "female", phone="617-555-0777",
+                      street="9 Bay Rd", postal="02118", city="Boston"),
+    ],
     "HL7 v2 upper case, typo in the family name, no phone": [
         person_record("a", "James", "O'Neil", "1970-03-03", "male"),
         person_record("b", "JAMES", "ONEILL", "19700303", "male", phone=None),
@@ -205,6 +224,61 @@ def test_the_rules_name_why_and_evidence_holds_no_values() -> None:
     assert "CARTER" not in shown.upper() and "1948" not in shown
     assert dedup.date_typo("1983-04-12", "1983-12-04") and dedup.date_typo("1985-07-21", "1958-07-21")
     assert not dedup.date_typo("1948-02-11", "1976-09-23")
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "near"),
+    [
+        ("1980-03-31", "1980-04-01", True),  # a day across a month end: two digits
+        ("1979-12-31", "1980-01-01", True),  # ... and across a year end
+        ("2011-12-10", "2011-11-30", True),  # ten days back
+        ("2017-10-12", "2017-12-11", True),  # day and month swapped, then a day typo
+        ("1985-04-12", "1985-09-30", False),  # same year, three digits, months apart
+        ("1951-05-05", "1981-05-05", False),  # a father's and a son's: one digit, decades (a typo rule)
+        ("1948-02-11", "1976-09-23", False),
+    ],
+)
+def test_birth_dates_a_steward_may_see_are_near_decades_never(a: str, b: str, near: bool) -> None:
+    assert dedup.date_near(a, b) is near
+    if not near and not dedup.date_typo(a, b):
+        assert dedup.nonmatch_rule(
+            {"suffix": None, "sex": None, "given_formal": None, "birth_date": a},
+            {"suffix": None, "sex": None, "given_formal": None, "birth_date": b},
+        ) == "identity.birth_date_far"
+
+
+def test_near_birth_dates_merge_only_with_the_same_name_and_a_shared_home() -> None:
+    """Two slips apart: merged when name, sex and phone agree; otherwise a steward decides."""
+    clusters, _ = outcomes([*town(), *HARD_POSITIVES["a day typo across a month end (two digits), same phone"]])
+    assert clusters["a"] == clusters["b"]
+    clusters, review = outcomes([*town(), *HARD_NEGATIVES["namesakes born a week apart in one town, no phone on one"]])
+    assert clusters["sr"] != clusters["jr"]
+    clusters, review = outcomes(
+        [*town(), *HARD_POSITIVES["day and month swapped and a day typo, typo in the family name"]]
+    )
+    assert clusters["a"] != clusters["b"] and frozenset(("a", "b")) in review
+
+
+def test_a_married_name_with_a_move_waits_for_a_steward() -> None:
+    """Only first name, birth date and sex agree: never merged, queued as a possible name change."""
+    records = [*town(), *HARD_POSITIVES["married name, moved, no phone"]]
+    linkage = dedup.link(dedup.features([r for r, _ in records], sex={r["source_key"]: s for r, s in records}))
+    cluster = {r["source_key"]: r["cluster"] for r in linkage.clusters.to_pylist()}
+    assert cluster["a"] != cluster["b"]
+    queued = {frozenset((r["source_key_l"], r["source_key_r"])) for r in linkage.review.to_pylist()}
+    assert queued == {frozenset(("a", "b"))}  # no stranger of the town is queued with them
+    rows = {r["source_key"]: r for r in dedup.features([r for r, _ in records],
+                                                      sex={r["source_key"]: s for r, s in records}).to_pylist()}
+    low = pa.Table.from_pylist(  # what Splink gives such a pair in a large run: well below review
+        [{"source_key_l": "a", "source_key_r": "b", "match_probability": 0.03, "match_weight": -5.0,
+          "rule": "splink"},
+         {"source_key_l": "town1", "source_key_r": "town2", "match_probability": 0.03, "match_weight": -5.0,
+          "rule": "splink"}],
+        schema=dedup.LINKS,
+    )
+    zoned = dedup.zones(low, rows, dedup.LinkOptions())
+    assert not zoned.merge
+    assert [(r["source_key_l"], r["reason"]) for r in zoned.review] == [("a", "identity.possible_name_change")]
 
 
 def test_a_steward_decision_keeps_a_pair_apart_through_a_third_record() -> None:
