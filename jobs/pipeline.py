@@ -303,6 +303,7 @@ def clean(
         now=datetime.now(UTC),
         prior=prior,
         options=dedup.link_options(Settings().identity),
+        spark=dedup.splink_session(engine),  # Splink's Spark backend when the engine is Spark
     )
     if keyring is not None:  # the vault keys identities by the resolved person
         person = resolved.person_of

@@ -623,6 +623,13 @@ def splink_jar() -> str:
     return str(similarity_jar_location())
 
 
+def splink_session(engine: Any) -> Any | None:
+    """The Spark session entity resolution scores in when the run's engine is Spark (the engine's
+    own session: medlake's :func:`medlake.engines.spark.spark_session` lists Splink's jar in
+    ``spark.jars``), else None: Splink on DuckDB in memory."""
+    return engine.spark if getattr(engine, "name", None) == "spark" else None
+
+
 def _database(spark: Any | None) -> Any:
     """Splink's database: DuckDB in memory, or Spark (its Spark backend) on the given session."""
     from splink import DuckDBAPI
@@ -1256,6 +1263,7 @@ def resolve(
     options: LinkOptions = LinkOptions(),
     now: datetime,
     prior: Sequence[Mapping[str, Any]] = (),
+    spark: Any | None = None,
 ) -> Resolution:
     """Link this run's patient identities, and each to earlier runs' persons, update the crosswalk
     and record the events.
@@ -1267,7 +1275,8 @@ def resolve(
     knows take part as anchors (their prelink key from the crosswalk, their sex from
     silver.patients), so a second registration arriving alone joins the person of its first.
     The crosswalk and events tables are written here (upsert / insert of new events); the links
-    go to ``staging.patient_links`` through the caller, like every silver table.
+    go to ``staging.patient_links`` through the caller, like every silver table. ``spark``: score on
+    Splink's Spark backend in that session (:func:`splink_session`), else on DuckDB in memory.
     """
     staged = {
         r["source_key"]: r
@@ -1299,6 +1308,7 @@ def resolve(
         replace(options, population=population),
         anchors={a["source_key"] for a in anchors},
         apart=decided_apart(lake),
+        spark=spark,
     )
     done = assign(linkage.clusters, crosswalk, run_id=run_id, now=now)
     lake.upsert(PERSON_CROSSWALK.name, done.crosswalk)
@@ -1312,7 +1322,7 @@ def resolve(
     entry = replace(resolve_entry(this_run, done.person_of), details=json.dumps(details, sort_keys=True))
     log.info(
         "resolve: %d patient records (+%d of earlier runs) → %d persons (%d merges, %d joins); "
-        "%d pairs queued for review, %d kept apart by a hard rule; model: %s",
+        "%d pairs queued for review, %d kept apart by a hard rule; Splink on %s; model: %s",
         entry.records_in,
         len(anchors),
         entry.records_out,
@@ -1320,6 +1330,7 @@ def resolve(
         int(pc.sum(pc.equal(done.events.column("event"), "join")).as_py() or 0),
         queued,
         linkage.refused,
+        "Spark" if spark is not None else "DuckDB",
         linkage.model,
     )
     person_of_source = {

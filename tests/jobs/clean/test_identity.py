@@ -543,3 +543,56 @@ def test_splinks_spark_backend_decides_the_hard_cases_as_duckdb_does() -> None:
     assert clusters["sr"] != clusters["jr"] and clusters["tsr"] != clusters["tjr"]
     assert clusters["pa"] == clusters["pb"]
     assert on_spark.links.num_rows == on_duckdb.links.num_rows
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_the_pipeline_links_on_splinks_spark_backend_when_the_engine_is_spark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``MEDLAKE__ENGINE=spark``: clean scores the patient records on Splink's Spark backend in the
+    engine's session and decides every hard case as the embedded engine (Splink on DuckDB) does."""
+    from medlake.config import Settings
+    from medlake.engines import engine_for
+    from medlake.governance.crypto import Keyring
+
+    resources = [
+        *town_patients(),
+        fhir_patient("ava", "A1", "Ava", "Lindqvist", "2015-04-02"),  # twins or a typo: review
+        fhir_patient("eva", "A2", "Eva", "Lindqvist", "2015-04-02"),
+        fhir_patient("dan", "A3", "Daniel", "Okafor", "2003-08-14", gender="male", phone="401-555-0300"),
+        fhir_patient("dani", "A4", "Danielle", "Okafor", "2003-08-14", phone="401-555-0300"),  # apart
+        fhir_patient("bill", "A5", "William", "Foster", "1962-07-09", gender="male", phone="401-555-0123"),
+        fhir_patient("will", "A6", "Bill", "Foster", "1962-07-09", gender="male", phone="(401) 555-0123"),
+        fhir_patient("omar", "A7", "Omar", "Haddad", "1980-03-31", gender="male", phone="401-555-0700"),
+        fhir_patient("omar2", "A8", "Omar", "Haddad", "1980-04-01", gender="male", phone="401-555-0700"),
+    ]
+    landing = tmp_path / "landing" / "fhir"
+    landing.mkdir(parents=True)
+    (landing / "patients.ndjson").write_text("\n".join(json.dumps(r) for r in resources))
+    used: list[str] = []
+    database = dedup._database
+    monkeypatch.setattr(dedup, "_database", lambda spark: used.append(type(db := database(spark)).__name__) or db)
+
+    def decided(kind: str) -> tuple[dict[str, str], set[tuple[str, str, str]]]:
+        monkeypatch.setenv("MEDLAKE__ENGINE", kind)
+        monkeypatch.setenv("MEDLAKE__SPARK__MASTER", "local[2]")
+        engine = engine_for(Settings())
+        assert engine.name == kind
+        lake = Lake(tmp_path / kind / "lake")
+        ingested = pipeline.ingest(tmp_path / "landing", lake, run_id="run1", now=T0)
+        pipeline.clean(lake, run_id="run1", key=KEY, max_shift_days=365, bronze_version=ingested.versions["bronze.fhir_resources"],
+                       keyring=Keyring.from_dir(tmp_path / kind / "keys", create=True), audit_key=AUDIT_KEY,
+                       engine=engine)
+        crosswalk = {r["source_key"]: r["person_key"] for r in lake.read(PERSON_CROSSWALK.name).to_pylist()}
+        return crosswalk, {(q["source_key_l"], q["source_key_r"], q["reason"]) for q in identity.queue(lake)}
+
+    on_duckdb = decided("embedded")
+    assert used == ["DuckDBAPI"]
+    on_spark = decided("spark")
+    assert used == ["DuckDBAPI", "SparkAPI"]
+    assert on_spark == on_duckdb
+    person, review = on_spark
+    assert person[sk("bill")] == person[sk("will")] and person[sk("omar")] == person[sk("omar2")]
+    assert person[sk("dan")] != person[sk("dani")] and person[sk("ava")] != person[sk("eva")]
+    assert review == {(min(sk("ava"), sk("eva")), max(sk("ava"), sk("eva")), "identity.possible_twin")}
