@@ -229,11 +229,8 @@ REVIEW_REASONS: dict[str, str] = {
     "birth date and sex are all the same): a namesake or a move",
     "identity.cluster_conflict": "merging would put two records a rule keeps apart into one person",
     "identity.possible_name_change": "same first name, birth date and sex, another family name, no phone against "
-    "it: a married or maiden name (queued from NAME_CHANGE_FLOOR up)",
+    "it: a married or maiden name (queued below the review threshold, from the name-change floor up)",
 }
-#: a pair below the review threshold is still queued from this match probability up when it may be
-#: a name change (:func:`name_change`): a married name and a move leave only name and birth date
-NAME_CHANGE_FLOOR = 0.01
 
 
 @dataclass(frozen=True)
@@ -243,6 +240,9 @@ class LinkOptions:
 
     threshold: float = config.LINK_THRESHOLD  # merge at or above
     review_threshold: float = config.REVIEW_THRESHOLD  # queue for review at or above, below merge
+    #: below review_threshold, a possible name change (:func:`name_change`, a married name and a
+    #: move leave only first name, birth date and sex) is still queued from this probability up
+    name_change_floor: float = config.NAME_CHANGE_FLOOR
     expected_matches_per_record: float = config.EXPECTED_MATCHES_PER_RECORD
     em_min_records: int = config.EM_MIN_RECORDS
     #: below this many records u stays at its priors: random pairs of a handful of records (a
@@ -259,6 +259,7 @@ def link_options(settings: Any) -> LinkOptions:
     return LinkOptions(
         threshold=settings.merge_threshold,
         review_threshold=min(settings.review_threshold, settings.merge_threshold),
+        name_change_floor=settings.name_change_floor,
         em_min_records=settings.em_min_records,
     )
 
@@ -675,7 +676,7 @@ def _splink_pairs(records: pa.Table, options: LinkOptions, spark: Any | None = N
         for rule in (block_on("birth_date"), block_on("family", "given_formal")):
             linker.training.estimate_parameters_using_expectation_maximisation(rule)
     predicted = linker.inference.predict(
-        threshold_match_probability=min(options.review_threshold, options.threshold, NAME_CHANGE_FLOOR),
+        threshold_match_probability=min(options.review_threshold, options.threshold, options.name_change_floor),
         warning_mode="never",
     ).as_pyarrow_table()
     return pa.table(
@@ -760,8 +761,8 @@ def zones(
     pairs: pa.Table, rows: Mapping[str, Mapping[str, Any]], options: LinkOptions
 ) -> Zoned:
     """Splink's pairs → merge (at or above the threshold, no rule against it), review (between the
-    thresholds, or a review rule; below them from :data:`NAME_CHANGE_FLOOR` up when the pair may be a
-    name change), or apart (a hard non-match rule: counted, not kept)."""
+    thresholds, or a review rule; below them from ``options.name_change_floor`` up when the pair may
+    be a name change), or apart (a hard non-match rule: counted, not kept)."""
     merge, review, refused = [], [], 0
     for pair in pairs.to_pylist():
         left, right = rows[pair["source_key_l"]], rows[pair["source_key_r"]]
@@ -769,7 +770,7 @@ def zones(
             refused += 1
             continue
         low = pair["match_probability"] < min(options.review_threshold, options.threshold)
-        if low and not name_change(left, right):
+        if low and (pair["match_probability"] < options.name_change_floor or not name_change(left, right)):
             continue  # apart: scored only because the name-change floor is lower
         why = "identity.possible_name_change" if low else review_rule(left, right)
         if why is None and pair["match_probability"] >= options.threshold:
