@@ -311,6 +311,8 @@ def clean(
             {**i, "person_key": person.get(i["person_key"], i["person_key"])} for i in identities
         ]
         vault.store(lake, stored, keyring=keyring)
+        if audit_key is not None:  # earlier records of a merged or split person follow it
+            dedup.follow_in_vault(lake, keyring=keyring, audit_key=audit_key, run_id=run_id)
 
     # standardize and re-key every table into staging
     for resource_type, spec in FHIR_SILVER.items():

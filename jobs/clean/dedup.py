@@ -1349,6 +1349,20 @@ def resolve(
     )
 
 
+def follow_in_vault(lake: Lake, *, keyring: Keyring, audit_key: bytes, run_id: str) -> int:
+    """Vault identities follow their record's person in the crosswalk: an earlier record whose
+    person a merge absorbed (in a run, or a steward's approve) or a split moved is re-keyed
+    (:func:`medlake.governance.vault.follow_persons`); returns how many moved."""
+    crosswalk = _plain(lake.read(PERSON_CROSSWALK.name, columns=["source_key", "person_key"]))
+    person_of = dict(
+        zip(crosswalk.column("source_key").to_pylist(), crosswalk.column("person_key").to_pylist(), strict=True)
+    )
+    moved = vault.follow_persons(lake, person_of, keyring=keyring, audit_key=audit_key, run_id=run_id)
+    if moved:
+        log.info("vault: %d identities re-keyed to the person their record now belongs to", moved)
+    return moved
+
+
 def pair_id(a: str, b: str) -> str:
     """The id of an unordered pair of source keys (pseudonyms already: a plain digest suffices)."""
     return hashlib.sha256("\x1f".join(sorted((a, b))).encode()).hexdigest()[:32]

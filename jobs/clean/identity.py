@@ -18,7 +18,8 @@ with ``medlake vault reidentify``, audited there) decides:
   (``_prelink_key``, else their key itself): a row moves when the record it came from moved.
 
 Every decision is audited with who and why, pseudonyms only. The silver rows move at once;
-gold follows at the next run. Each decision that moves rows writes ledger entries under its own
+gold, and the vault identities of the records that changed person (re-encrypted under the new
+person_key, :func:`dedup.follow_in_vault`), follow at the next run. Each decision that moves rows writes ledger entries under its own
 id (``identity-<action>-<time>``): rows in = rows out (+ rows merged on a key collision).
 """
 

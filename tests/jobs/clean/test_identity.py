@@ -596,3 +596,28 @@ def test_the_pipeline_links_on_splinks_spark_backend_when_the_engine_is_spark(
     assert person[sk("bill")] == person[sk("will")] and person[sk("omar")] == person[sk("omar2")]
     assert person[sk("dan")] != person[sk("dani")] and person[sk("ava")] != person[sk("eva")]
     assert review == {(min(sk("ava"), sk("eva")), max(sk("ava"), sk("eva")), "identity.possible_twin")}
+
+
+def test_the_vault_follows_a_merge_to_the_surviving_person(tmp_path: Path) -> None:
+    """After Eva's record is merged into Ava's person (a steward's approve), the next run re-keys
+    Eva's vault identity to the survivor: re-identifying the person finds both records."""
+    from medlake.governance import vault
+    from medlake.governance.crypto import Keyring
+
+    lake, keys = Lake(tmp_path / "lake"), tmp_path / "keys"
+    run(lake, tmp_path / "landing1", [*town_patients(), fhir_patient("ava", "A1", "Ava", "Lindqvist", "2015-04-02")],
+        "run1", keys)
+    run(lake, tmp_path / "landing2", [fhir_patient("eva", "A2", "Eva", "Lindqvist", "2015-04-02")], "run2", keys)
+    [pair] = identity.queue(lake)
+    identity.approve(lake, [pair["pair_id"]], reason="same child", actor="steward1", audit_key=AUDIT_KEY, key=KEY,
+                     max_shift_days=365)
+    ava = person(lake, "ava")
+    run(lake, tmp_path / "landing3", [fhir_patient("zed", "A9", "Zed", "Quill", "1990-02-02")], "run3", keys)
+
+    stored = {r["source_key"]: r["person_key"] for r in lake.read(vault.TABLE).to_pylist()}
+    assert stored[sk("eva")] == stored[sk("ava")] == ava
+    found = vault.linkage_candidates(lake, [sk("eva")], keyring=Keyring.from_dir(keys), audit_key=AUDIT_KEY,
+                                     run_id="check")
+    assert found[0]["names"][0]["given"] == ["Eva"]  # re-encrypted under the new person, still readable
+    moved = [e for e in audit.read(lake) if e.action == "vault.rekey"]
+    assert [json.loads(e.details)["records"] for e in moved] == [1] and "Eva" not in moved[0].details
