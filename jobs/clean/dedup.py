@@ -5,17 +5,21 @@ Three pure steps and one persistent table:
 1. :func:`features`: the identities the vault receives (``fhir.patient_identities``,
    ``hl7v2.patient_identities``: FHIR-shaped names, telecom, address) → one row per source record
    of normalized linkage fields (first given name and its formal form, family name, generational
-   suffix (Sr, Jr, II…), birth date, sex, street line, city, ZIP5, phone as 10 digits), plus its
+   suffix (Sr, Jr, II…), birth date, sex, street line, city, ZIP5, phone as 10 digits, SSN), plus its
    ``prelink_key``: the person key the ingest gave it (the MRN's key when the record carries an
    MRN with its authority, else its source key). This PHI table lives in memory only (DuckDB in-memory), never in the lake.
-2. :func:`link`: Splink 5 on DuckDB scores candidate pairs (Fellegi-Sunter); records sharing a
+2. :func:`link`: Splink 5 on DuckDB (on Spark, in the Spark engine's session: :func:`splink_session`)
+   scores candidate pairs (Fellegi-Sunter); records sharing a
    prelink key are linked deterministically (probability 1: same MRN under the same authority).
    Each scored pair falls in one of three zones (:func:`zones`): **merge** at or above
    ``threshold``; **review** from ``review_threshold`` up, or whenever a review rule fires
    (:data:`REVIEW_REASONS`: same birth date with two real first names, a possible twin; birth
-   years ten or more apart by one digit; phone and street both different); **apart** below, or
+   years ten or more apart by one digit; birth dates two slips or days apart without the same name
+   and home; two full SSNs that differ; no phone or street in common), and below it from
+   ``name_change_floor`` up for a possible name change (:func:`name_change`); **apart** below, or
    whenever a hard non-match rule fires (:data:`NONMATCH_RULES`: generational suffixes differ;
-   sex and first name both differ; birth dates beyond one keying slip). Clusters are built from
+   sex and first name both differ; birth dates neither one slip, two slips in one year, nor a
+   month apart). Clusters are built from
    the merge links in order of probability (:func:`cluster`), refusing a link that would put two
    records a rule or a steward (``apart``) keeps apart into one person: the refused link goes to
    review. Review pairs go to ``reference.identity_review`` (:mod:`.identity`: a steward
@@ -148,6 +152,7 @@ FEATURES = pa.schema(
         pa.field("city", pa.string()),
         pa.field("zip5", pa.string()),
         pa.field("phone", pa.string()),  # 10 digits
+        pa.field("ssn", pa.string()),  # US SSN: 9 digits, or its last 4 when a source carries only those
     ]
 )
 
@@ -193,6 +198,7 @@ M_PRIORS: dict[str, tuple[float, ...]] = {
     "street": (0.80, 0.10, 0.10),  # exact, JW≥.88, else (people move)
     "zip5": (0.85, 0.05, 0.02, 0.08),  # exact, same ZIP3, same city, else
     "phone": (0.75, 0.05, 0.20),  # exact digits, same last 7, else
+    "ssn": (0.90, 0.04, 0.03, 0.03),  # all 9 digits, one slip, the same last 4, else
 }
 #: u fallbacks for levels random sampling never observes (a tiny sample)
 U_PRIORS: dict[str, tuple[float, ...]] = {
@@ -203,6 +209,7 @@ U_PRIORS: dict[str, tuple[float, ...]] = {
     "street": (0.0005, 0.002, 0.9975),
     "zip5": (0.01, 0.05, 0.02, 0.92),
     "phone": (0.0001, 0.0001, 0.9998),
+    "ssn": (0.000001, 0.00001, 0.0001, 0.999889),
 }
 #: m of "given names unrelated": a veto (twins), fixed through EM. Household fields (phone,
 #: street, ZIP) are not independent and at 100k records each exact agreement is worth ~2^23, so
@@ -226,8 +233,9 @@ REVIEW_REASONS: dict[str, str] = {
     "identity.birth_date_near": "birth dates two slips or a few days apart, and not the same name with a shared "
     "phone or street",
     "identity.no_shared_contact": "phone and street different where known on both (only one known: unless name, "
-    "birth date and sex are all the same): a namesake or a move",
+    "birth date and sex are all the same), and no full SSN in common: a namesake or a move",
     "identity.cluster_conflict": "merging would put two records a rule keeps apart into one person",
+    "identity.ssn_conflict": "both records carry a full SSN and they differ beyond a keying slip",
     "identity.possible_name_change": "same first name, birth date and sex, another family name, no phone against "
     "it: a married or maiden name (queued below the review threshold, from the name-change floor up)",
 }
@@ -323,6 +331,37 @@ def _strip_suffix(name: str | None) -> tuple[str | None, str | None]:
     return name, None
 
 
+#: how an SSN is marked: FHIR's identifier system (URI or OID) or the HL7 v2 identifier type SS
+SSN_SYSTEMS = ("http://hl7.org/fhir/sid/us-ssn", "urn:oid:2.16.840.1.113883.4.1", "2.16.840.1.113883.4.1")
+
+
+def normalize_ssn(value: Any) -> str | None:
+    """The 9 digits of a US SSN (or the last 4 when only those are given); None for a placeholder
+    no person carries (area 000, 666 or 9xx, group 00, serial 0000: 999-99-9999, 000-00-0000…)."""
+    digits = re.sub(r"\D", "", value) if isinstance(value, str) else ""
+    if len(digits) == 4:
+        return None if digits == "0000" else digits
+    if len(digits) != 9 or digits[:3] in ("000", "666") or digits[0] == "9" or digits[3:5] == "00" or digits[5:] == "0000":
+        return None
+    return digits
+
+
+def _ssn(identifiers: Any) -> str | None:
+    """The SSN among FHIR Identifier / HL7 v2 CX-shaped identifiers, if any."""
+    for ident in identifiers or []:
+        if not isinstance(ident, dict):
+            continue
+        kind = ident.get("type")
+        codes = (
+            [c.get("code") for c in kind.get("coding") or [] if isinstance(c, dict)] if isinstance(kind, dict) else [kind]
+        )
+        if ident.get("system") in SSN_SYSTEMS or "SS" in codes:
+            found = normalize_ssn(ident.get("value"))
+            if found:
+                return found
+    return None
+
+
 def _pick(entries: Any, *, prefer: str = "official") -> dict[str, Any]:
     """The entry of a FHIR list whose use is ``prefer``, else the first one."""
     items = [e for e in entries or [] if isinstance(e, dict)]
@@ -367,6 +406,7 @@ def features(
             "city": _upper(address.get("city")),
             "zip5": zip_digits if len(zip_digits) == 5 else None,
             "phone": next((p for p in phones if p), None),
+            "ssn": _ssn(ident.get("identifiers")),
         }
     return pa.Table.from_pylist(list(rows.values()), schema=FEATURES)
 
@@ -477,9 +517,13 @@ def review_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None
         and not same_name_shared_contact(left, right)
     ):
         return "identity.birth_date_near"  # two slips: a steward decides, unless name and home agree
+    ssn_l, ssn_r = left.get("ssn"), right.get("ssn")
+    if ssn_l and ssn_r and len(ssn_l) == len(ssn_r) == 9 and _osa(ssn_l, ssn_r) > 1:
+        return "identity.ssn_conflict"  # one of them mistyped, or two people
+    same_ssn = bool(ssn_l and len(ssn_l) == 9 and ssn_l == ssn_r)  # not a namesake: contact may differ
     contact = [(left[f], right[f]) for f in ("phone", "street") if left[f] and right[f]]
     exact = all(left[f] and left[f] == right[f] for f in ("given", "family", "birth_date", "sex"))
-    if contact and all(a != b for a, b in contact) and not (len(contact) == 1 and exact):
+    if contact and all(a != b for a, b in contact) and not (len(contact) == 1 and exact) and not same_ssn:
         return "identity.no_shared_contact"  # namesakes, or one who moved
     return None
 
@@ -506,6 +550,8 @@ def evidence(left: Mapping[str, Any], right: Mapping[str, Any]) -> str:
         "street": judge(left["street"], right["street"], close("street", 2)),
         "zip5": judge(left["zip5"], right["zip5"], (left["zip5"] or "")[:3] == (right["zip5"] or "")[:3]),
         "phone": judge(left["phone"], right["phone"], (left["phone"] or "")[-7:] == (right["phone"] or "")[-7:]),
+        "ssn": judge(left.get("ssn"), right.get("ssn"),
+                     close("ssn", 1) or (left.get("ssn") or "")[-4:] == (right.get("ssn") or "")[-4:]),
     }
     return json.dumps(found, sort_keys=True)
 
@@ -578,6 +624,15 @@ def _comparisons(*, tf: bool = False) -> list[Any]:
             "phone",
             cll.ExactMatchLevel("phone"),
             cll.CustomLevel("right(phone_l, 7) = right(phone_r, 7)", "phone"),
+        ),
+        comparison(
+            "ssn",
+            cll.CustomLevel("ssn_l = ssn_r AND length(ssn_l) = 9", "ssn: all nine digits"),
+            cll.CustomLevel(
+                "length(ssn_l) = 9 AND length(ssn_r) = 9 AND damerau_levenshtein(ssn_l, ssn_r) <= 1",
+                "ssn: one keying slip",
+            ),
+            cll.CustomLevel("right(ssn_l, 4) = right(ssn_r, 4)", "ssn: the same last four"),
         ),
     ]
 

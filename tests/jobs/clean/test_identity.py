@@ -59,6 +59,7 @@ def person_record(
     postal: str = "02139",
     city: str = "Springfield",
     suffix: str | None = None,
+    ssn: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """A vault-shaped identity (what fhir/hl7v2 ``patient_identities`` return) and its sex."""
     name: dict[str, Any] = {"family": family, "given": [given]}
@@ -72,6 +73,7 @@ def person_record(
         "birth_date": birth,
         "telecom": [{"system": "phone", "value": phone}] if phone else [],
         "address": [{"line": [street], "city": city, "postalCode": postal}] if street else [],
+        "identifiers": [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": ssn}] if ssn else [],
     }
     return ident, sex
 
@@ -257,6 +259,29 @@ def test_near_birth_dates_merge_only_with_the_same_name_and_a_shared_home() -> N
         [*town(), *HARD_POSITIVES["day and month swapped and a day typo, typo in the family name"]]
     )
     assert clusters["a"] != clusters["b"] and frozenset(("a", "b")) in review
+
+
+def test_an_ssn_links_a_married_name_and_a_conflicting_one_waits_for_a_steward() -> None:
+    """A full SSN in both records (FHIR us-ssn, HL7 v2 PID-19) is strong evidence either way; a
+    placeholder SSN (999-99-9999) is no evidence at all."""
+    married = [
+        person_record("a", "Ingrid", "Holm", "1977-06-05", "female", phone=None, ssn="123-45-6789"),
+        person_record("b", "Ingrid", "Vance", "1977-06-05", "female", phone="617-555-0777", street="9 Bay Rd",
+                      postal="02118", city="Boston", ssn="123456789"),
+    ]
+    clusters, _ = outcomes([*town(), *married])
+    assert clusters["a"] == clusters["b"]
+    conflict = [
+        person_record("a", "Priya", "Raman", "1991-01-17", "female", ssn="123-45-6789"),
+        person_record("b", "Priya", "Raman", "1991-01-17", "female", ssn="321-54-9876"),
+    ]
+    clusters, review = outcomes([*town(), *conflict])
+    assert clusters["a"] != clusters["b"] and frozenset(("a", "b")) in review
+    twins = [(r, s) for r, s in HARD_NEGATIVES["same-sex twins, Ava and Eva"]]
+    placeholder = [({**r, "identifiers": [{"type": "SS", "value": "999-99-9999"}]}, s) for r, s in twins]
+    assert dedup.features([r for r, _ in placeholder]).column("ssn").to_pylist() == [None, None]
+    clusters, _ = outcomes([*town(), *placeholder])
+    assert clusters["sr"] != clusters["jr"]
 
 
 def test_a_married_name_with_a_move_waits_for_a_steward() -> None:
