@@ -413,6 +413,8 @@ def follow_persons(
     keyring: Keyring,
     audit_key: bytes,
     run_id: str,
+    actor: str = "medlake_pipeline",
+    role: str = "system",
 ) -> int:
     """Vault identities stored under another person than their record's now (``person_of``: source_key →
     person_key, the crosswalk), after a merge or a split: re-encrypted under the record's person (the
@@ -427,7 +429,7 @@ def follow_persons(
 
     def record(outcome: str, records: int) -> None:
         audit.append(
-            lake, key=audit_key, actor="medlake_pipeline", role="system", action="vault.rekey", object=TABLE,
+            lake, key=audit_key, actor=actor, role=role, action="vault.rekey", object=TABLE,
             run_id=run_id, purpose="entity_resolution",
             details={"outcome": outcome, "records": records,
                      "persons": len({person_of[r["source_key"]] for r in stale})},

@@ -1404,7 +1404,10 @@ def resolve(
     )
 
 
-def follow_in_vault(lake: Lake, *, keyring: Keyring, audit_key: bytes, run_id: str) -> int:
+def follow_in_vault(
+    lake: Lake, *, keyring: Keyring, audit_key: bytes, run_id: str, actor: str = "medlake_pipeline",
+    role: str = "system",
+) -> int:
     """Vault identities follow their record's person in the crosswalk: an earlier record whose
     person a merge absorbed (in a run, or a steward's approve) or a split moved is re-keyed
     (:func:`medlake.governance.vault.follow_persons`); returns how many moved."""
@@ -1412,7 +1415,8 @@ def follow_in_vault(lake: Lake, *, keyring: Keyring, audit_key: bytes, run_id: s
     person_of = dict(
         zip(crosswalk.column("source_key").to_pylist(), crosswalk.column("person_key").to_pylist(), strict=True)
     )
-    moved = vault.follow_persons(lake, person_of, keyring=keyring, audit_key=audit_key, run_id=run_id)
+    moved = vault.follow_persons(lake, person_of, keyring=keyring, audit_key=audit_key, run_id=run_id, actor=actor,
+                                 role=role)
     if moved:
         log.info("vault: %d identities re-keyed to the person their record now belongs to", moved)
     return moved
