@@ -153,6 +153,7 @@ FEATURES = pa.schema(
         pa.field("zip5", pa.string()),
         pa.field("phone", pa.string()),  # 10 digits
         pa.field("ssn", pa.string()),  # US SSN: 9 digits, or its last 4 when a source carries only those
+        pa.field("email", pa.string()),  # lower case
     ]
 )
 
@@ -199,6 +200,7 @@ M_PRIORS: dict[str, tuple[float, ...]] = {
     "zip5": (0.85, 0.05, 0.02, 0.08),  # exact, same ZIP3, same city, else
     "phone": (0.75, 0.05, 0.20),  # exact digits, same last 7, else
     "ssn": (0.90, 0.04, 0.03, 0.03),  # all 9 digits, one slip, the same last 4, else
+    "email": (0.70, 0.30),  # exact, else (people change addresses)
 }
 #: u fallbacks for levels random sampling never observes (a tiny sample)
 U_PRIORS: dict[str, tuple[float, ...]] = {
@@ -210,6 +212,7 @@ U_PRIORS: dict[str, tuple[float, ...]] = {
     "zip5": (0.01, 0.05, 0.02, 0.92),
     "phone": (0.0001, 0.0001, 0.9998),
     "ssn": (0.000001, 0.00001, 0.0001, 0.999889),
+    "email": (0.00001, 0.99999),
 }
 #: m of "given names unrelated": a veto (twins), fixed through EM. Household fields (phone,
 #: street, ZIP) are not independent and at 100k records each exact agreement is worth ~2^23, so
@@ -232,8 +235,8 @@ REVIEW_REASONS: dict[str, str] = {
     "identity.birth_year_far": "birth years ten or more apart by one digit: a typo or a parent",
     "identity.birth_date_near": "birth dates two slips or a few days apart, and not the same name with a shared "
     "phone or street",
-    "identity.no_shared_contact": "phone and street different where known on both (only one known: unless name, "
-    "birth date and sex are all the same), and no full SSN in common: a namesake or a move",
+    "identity.no_shared_contact": "phone, street and e-mail different where known on both (only one known: unless "
+    "name, birth date and sex are all the same), and no full SSN in common: a namesake or a move",
     "identity.cluster_conflict": "merging would put two records a rule keeps apart into one person",
     "identity.ssn_conflict": "both records carry a full SSN and they differ beyond a keying slip",
     "identity.possible_name_change": "same first name, birth date and sex, another family name, no phone against "
@@ -362,6 +365,12 @@ def _ssn(identifiers: Any) -> str | None:
     return None
 
 
+def normalize_email(value: Any) -> str | None:
+    """An e-mail address in lower case, without a ``mailto:``; None when it is not one."""
+    text = value.strip().lower().removeprefix("mailto:") if isinstance(value, str) else ""
+    return text if re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", text) else None
+
+
 def _pick(entries: Any, *, prefer: str = "official") -> dict[str, Any]:
     """The entry of a FHIR list whose use is ``prefer``, else the first one."""
     items = [e for e in entries or [] if isinstance(e, dict)]
@@ -407,6 +416,16 @@ def features(
             "zip5": zip_digits if len(zip_digits) == 5 else None,
             "phone": next((p for p in phones if p), None),
             "ssn": _ssn(ident.get("identifiers")),
+            "email": next(  # FHIR system email; HL7 v2 XTN-3 Internet (the address in XTN-4)
+                (
+                    e for e in (
+                        normalize_email(t.get("value"))
+                        for t in ident.get("telecom") or []
+                        if isinstance(t, dict) and t.get("system") in ("email", "Internet", "X.400")
+                    ) if e
+                ),
+                None,
+            ),
         }
     return pa.Table.from_pylist(list(rows.values()), schema=FEATURES)
 
@@ -489,7 +508,7 @@ def nonmatch_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | No
 def same_name_shared_contact(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
     """Same formal first name, family name and sex, and the same phone or street."""
     return all(left[f] and left[f] == right[f] for f in ("given_formal", "family", "sex")) and any(
-        left[f] and left[f] == right[f] for f in ("phone", "street")
+        left.get(f) and left.get(f) == right.get(f) for f in ("phone", "street", "email")
     )
 
 
@@ -521,7 +540,7 @@ def review_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None
     if ssn_l and ssn_r and len(ssn_l) == len(ssn_r) == 9 and _osa(ssn_l, ssn_r) > 1:
         return "identity.ssn_conflict"  # one of them mistyped, or two people
     same_ssn = bool(ssn_l and len(ssn_l) == 9 and ssn_l == ssn_r)  # not a namesake: contact may differ
-    contact = [(left[f], right[f]) for f in ("phone", "street") if left[f] and right[f]]
+    contact = [(left.get(f), right.get(f)) for f in ("phone", "street", "email") if left.get(f) and right.get(f)]
     exact = all(left[f] and left[f] == right[f] for f in ("given", "family", "birth_date", "sex"))
     if contact and all(a != b for a, b in contact) and not (len(contact) == 1 and exact) and not same_ssn:
         return "identity.no_shared_contact"  # namesakes, or one who moved
@@ -550,6 +569,7 @@ def evidence(left: Mapping[str, Any], right: Mapping[str, Any]) -> str:
         "street": judge(left["street"], right["street"], close("street", 2)),
         "zip5": judge(left["zip5"], right["zip5"], (left["zip5"] or "")[:3] == (right["zip5"] or "")[:3]),
         "phone": judge(left["phone"], right["phone"], (left["phone"] or "")[-7:] == (right["phone"] or "")[-7:]),
+        "email": judge(left.get("email"), right.get("email"), False),
         "ssn": judge(left.get("ssn"), right.get("ssn"),
                      close("ssn", 1) or (left.get("ssn") or "")[-4:] == (right.get("ssn") or "")[-4:]),
     }
@@ -634,6 +654,7 @@ def _comparisons(*, tf: bool = False) -> list[Any]:
             ),
             cll.CustomLevel("right(ssn_l, 4) = right(ssn_r, 4)", "ssn: the same last four"),
         ),
+        comparison("email", cll.ExactMatchLevel("email")),
     ]
 
 

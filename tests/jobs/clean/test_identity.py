@@ -60,6 +60,7 @@ def person_record(
     city: str = "Springfield",
     suffix: str | None = None,
     ssn: str | None = None,
+    email: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """A vault-shaped identity (what fhir/hl7v2 ``patient_identities`` return) and its sex."""
     name: dict[str, Any] = {"family": family, "given": [given]}
@@ -71,7 +72,8 @@ def person_record(
         "source_system": "test",
         "names": [name],
         "birth_date": birth,
-        "telecom": [{"system": "phone", "value": phone}] if phone else [],
+        "telecom": ([{"system": "phone", "value": phone}] if phone else [])
+        + ([{"system": "email", "value": email}] if email else []),
         "address": [{"line": [street], "city": city, "postalCode": postal}] if street else [],
         "identifiers": [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": ssn}] if ssn else [],
     }
@@ -282,6 +284,23 @@ def test_an_ssn_links_a_married_name_and_a_conflicting_one_waits_for_a_steward()
     assert dedup.features([r for r, _ in placeholder]).column("ssn").to_pylist() == [None, None]
     clusters, _ = outcomes([*town(), *placeholder])
     assert clusters["sr"] != clusters["jr"]
+
+
+def test_a_move_with_a_new_phone_links_through_the_same_email() -> None:
+    """A new home and a new phone: without anything else in common a steward decides; the same
+    e-mail address (FHIR ``email``, HL7 v2 ``Internet``) is the contact they share."""
+    moved = {"phone": "617-555-0999", "street": "5 Elm Ct", "postal": "02467", "city": "Chestnut Hill"}
+    clusters, review = outcomes([*town(), person_record("a", "Priya", "Raman", "1991-01-17", "female"),
+                                 person_record("b", "Priya", "Raman", "1991-01-17", "female", **moved)])
+    assert clusters["a"] != clusters["b"] and frozenset(("a", "b")) in review
+    clusters, _ = outcomes([
+        *town(), person_record("a", "Priya", "Raman", "1991-01-17", "female", email="Priya.Raman@example.org"),
+        person_record("b", "Priya", "Raman", "1991-01-17", "female", email="mailto:priya.raman@example.org", **moved),
+    ])
+    assert clusters["a"] == clusters["b"]
+    hl7 = {"source_key": "c", "names": [{"family": "RAMAN", "given": ["PRIYA"]}],
+           "telecom": [{"value": "priya.raman@example.org", "system": "Internet", "use": "NET"}]}
+    assert dedup.features([hl7]).column("email").to_pylist() == ["priya.raman@example.org"]
 
 
 def test_a_married_name_with_a_move_waits_for_a_steward() -> None:
