@@ -351,6 +351,7 @@ def clean(
         now=datetime.now(UTC),
         prior=prior,
         options=dedup.link_options(Settings().identity),
+        spark=dedup.splink_session(engine),  # Splink's Spark backend when the engine is Spark
     )
     if keyring is not None:  # the vault keys identities by the resolved person
         person = resolved.person_of
@@ -358,6 +359,8 @@ def clean(
             {**i, "person_key": person.get(i["person_key"], i["person_key"])} for i in identities
         ]
         vault.store(lake, stored, keyring=keyring)
+        if audit_key is not None:  # earlier records of a merged or split person follow it
+            dedup.follow_in_vault(lake, keyring=keyring, audit_key=audit_key, run_id=run_id)
 
     # standardize and re-key every table into staging
     for resource_type, spec in FHIR_SILVER.items():

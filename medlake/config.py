@@ -213,6 +213,11 @@ class IdentitySettings(BaseModel):
         default=0.50, ge=0.0, le=1.0,
         description="A pair from here up to the merge threshold waits in reference.identity_review; below it, apart.",
     )
+    name_change_floor: float = Field(
+        default=0.01, ge=0.0, le=1.0,
+        description="Below the review threshold, a possible name change (same first name, birth date and sex, "
+        "another family name, no phone against it) still waits for review from this match probability up.",
+    )
     em_min_records: int = Field(
         default=5000, ge=2,
         description="Below this many records m stays at its priors and names get no term-frequency adjustment.",
