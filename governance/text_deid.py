@@ -184,7 +184,7 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
     #: :meth:`process_batch`). Empty: every word is read, as Presidio does.
     plain_words: frozenset[str] = frozenset()
     #: Case-folded common English words that are nobody's name: not read by the NER either
-    #: when written in lower case or opening a sentence ("denies", "Today").
+    #: when written in lower case ("denies", "today").
     common_words: frozenset[str] = frozenset()
 
     def process_batch(  # type: ignore[override]  # Presidio's two base classes disagree
@@ -207,17 +207,21 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
         nlp = self.nlp[language]  # type: ignore[index]
         ner = nlp.get_pipe("ner")
         docs = [nlp.make_doc(str(text)) for text in texts]
-        pieces: list[tuple[int, int, Doc]] = []  # (doc index, first token, the stretch's doc)
+        # (doc index, first token read, core from, core to, the stretch's doc)
+        pieces: list[tuple[int, int, int, int, Doc]] = []
         needs = self.__dict__.setdefault("_needs", {})
         for index, doc in enumerate(docs):
-            for start, end in _ner_stretches(doc, self.plain_words, self.common_words, needs):
-                pieces.append((index, start, doc[start:end].as_doc()))
+            for a, core_a, core_b, b in _ner_stretches(
+                doc, self.plain_words, self.common_words, needs
+            ):
+                pieces.append((index, a, core_a, core_b, doc[a:b].as_doc()))
         found: list[list[Any]] = [[] for _ in docs]
-        parsed = ner.pipe((piece for _, _, piece in pieces), batch_size=batch_size)
-        for (index, offset, _), piece in zip(pieces, parsed):
-            found[index].extend(
+        parsed = ner.pipe((piece[-1] for piece in pieces), batch_size=batch_size)
+        for (index, offset, core_a, core_b, _), piece in zip(pieces, parsed):
+            found[index].extend(  # what it found in the context margins is not its to say
                 SpacySpan(docs[index], offset + e.start, offset + e.end, label=e.label)
                 for e in piece.ents
+                if offset + e.start < core_b and core_a < offset + e.end
             )
         for doc, ents in zip(docs, found):
             doc.ents = ents
@@ -268,11 +272,10 @@ _WORD_PARTS = re.compile(r"[-'’/&.]")
 _NEEDS_CACHED = 200_000
 
 
-def _needs_ner(word: str, opening: bool, plain: frozenset[str], common: frozenset[str]) -> bool:
+def _needs_ner(word: str, plain: frozenset[str], common: frozenset[str]) -> bool:
     """Whether a token may be (a part of) a name, place, organisation or date the NER should
-    look at: a word neither clinical nor a stop word (``plain``) nor, written in lower case or
-    opening its sentence, a common English word (``common``); a title, a month or a weekday;
-    a year or an ordinal ("3rd")."""
+    look at: a word neither clinical nor a stop word (``plain``) nor, written in lower case, a
+    common English word (``common``); a title, a month or a weekday; a year or an ordinal."""
     key = word.casefold()
     if key.isspace():
         return False
@@ -280,7 +283,7 @@ def _needs_ner(word: str, opening: bool, plain: frozenset[str], common: frozense
         return True
     if _DIGIT.search(key):
         return False  # a reading, dose, count or identifier: the pattern recognizers' part
-    lower = opening or word.islower()
+    lower = word.islower()
     for part in _WORD_PARTS.split(key):
         if len(part) < 2 or part in plain or (lower and part in common):
             continue
@@ -289,36 +292,31 @@ def _needs_ner(word: str, opening: bool, plain: frozenset[str], common: frozense
 
 
 def _ner_stretches(
-    doc: Doc,
-    plain: frozenset[str],
-    common: frozenset[str],
-    needs: dict[tuple[str, bool], bool],
-) -> list[tuple[int, int]]:
-    """Token ranges of ``doc`` the NER should read: each sentence, clause or line that holds a
-    token :func:`_needs_ner` flags, with :data:`_NER_MARGIN` tokens either side, overlaps
-    joined."""
+    doc: Doc, plain: frozenset[str], common: frozenset[str], needs: dict[str, bool]
+) -> list[tuple[int, int, int, int]]:
+    """The stretches of ``doc`` the NER should read: each sentence, clause or line that holds a
+    token :func:`_needs_ner` flags (its core), read with :data:`_NER_MARGIN` tokens of context
+    either side; as (read from, core from, core to, read to) token indexes, overlaps joined."""
     strings = doc.vocab.strings
     words = [strings[h] for h in doc.to_array(ORTH).tolist()]
-    stretches: list[tuple[int, int]] = []
-    start, wanted, opening, last = 0, False, True, len(words) - 1
+    stretches: list[tuple[int, int, int, int]] = []
+    start, wanted, last = 0, False, len(words) - 1
     for i, word in enumerate(words):
         if not wanted:
-            flag = needs.get((word, opening))
+            flag = needs.get(word)
             if flag is None:
-                flag = _needs_ner(word, opening, plain, common)
+                flag = _needs_ner(word, plain, common)
                 if len(needs) < _NEEDS_CACHED:
-                    needs[(word, opening)] = flag
+                    needs[word] = flag
             wanted = flag
         if i == last or word in _STRETCH_END or (word.isspace() and "\n" in word):
             if wanted:
                 a, b = max(0, start - _NER_MARGIN), min(len(words), i + 1 + _NER_MARGIN)
-                if stretches and a <= stretches[-1][1]:
-                    stretches[-1] = (stretches[-1][0], b)
+                if stretches and a <= stretches[-1][3]:
+                    stretches[-1] = (stretches[-1][0], stretches[-1][1], i + 1, b)
                 else:
-                    stretches.append((a, b))
-            start, wanted, opening = i + 1, False, True
-        elif opening and not word.isspace() and word[:1].isalnum():
-            opening = False
+                    stretches.append((a, start, i + 1, b))
+            start, wanted = i + 1, False
     return stretches
 
 
