@@ -70,6 +70,10 @@ def _alternation(words: frozenset[str]) -> str:
     """A regex alternation of ``words``, longest first, each escaped."""
     return "|".join(re.escape(w) for w in sorted(words, key=lambda w: (-len(w), w)))
 
+
+#: Public name of :func:`_alternation` (the cue patterns of ``governance.text_deid``).
+alternation = _alternation
+
 #: Entity types these recognizers emit, beyond Presidio's own.
 MRN = "MEDICAL_RECORD_NUMBER"
 HOSPITAL = "HOSPITAL"
@@ -810,11 +814,17 @@ class ClinicalCueRecognizer(EntityRecognizer):
         for m in _INVERTED_NAME.finditer(text):
             last, first = m.group(1).casefold(), m.group(2).casefold()
             lower = m.group().islower()  # "jacobs, ernesto": both must be known names
+            if any(self._plain(k) for k in (last, first)):
+                continue
+            # capitalised, a first name no list holds may stand after a known last name
+            # ("Ocasio, Shaunda"); two known names may also be places ("Jenkins, Santos")
+            known = first in self.first and last in self.last
+            given = first in self.first or (not lower and last in self.last and zipf(first) < 2.5)
             if (
-                first in self.first
+                given
                 and (last in self.last if lower else (last in self.last or zipf(last) < 3.0))
                 and (not lower or zipf(last) < 4.0)
-                and not any(self._plain(k) or k in self.places for k in (last, first))
+                and (known or not any(k in self.places for k in (last, first)))
             ):
                 out.append(RecognizerResult("PERSON", m.start(), m.end(), 0.6))
         return out

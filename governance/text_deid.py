@@ -78,6 +78,7 @@ from medlake.governance.recognizers import (
     NameGazetteerRecognizer,
     PlaceGazetteerRecognizer,
     age_recognizer,
+    alternation,
     clinical_abbreviations,
     clinical_rules,
     clinical_words,
@@ -523,6 +524,13 @@ class TextDeidentifier:
             | self._stop_words
             | (clinical_rules()["name_cues"] - {"dr", "doctor", "mr", "mrs", "ms", "miss", "prof"})
         )
+        self._first_names = first
+        rules = clinical_rules()
+        self._cue_words = rules["name_cues"] | rules["credentials"]
+        self._cue_capitalised = re.compile(
+            rf"(?i:\b(?:{alternation(rules['name_cues'])}))[.:]?[ \t]+"
+            r"(?P<w1>[A-Z][a-z'’-]+)(?:[ \t]+(?P<w2>[A-Z][a-z'’-]+))?"
+        )
         registry = CachedRecognizerRegistry(supported_languages=[LANGUAGE])
         registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=self.nlp_engine)
         # Presidio's phone recognizer runs libphonenumber's matcher for eight countries on every
@@ -590,10 +598,16 @@ class TextDeidentifier:
         )
         found: dict[tuple[str, tuple[str, ...]], list[Span]] = {}
         for (text, terms), cased, item in zip(distinct, seen, artifacts):
-            found[(text, terms)] = self._analyze(cased, terms, item[1]) if text.strip() else []
+            found[(text, terms)] = (
+                self._analyze(cased, terms, item[1], original=text) if text.strip() else []
+            )
         return [list(found[key]) for key in keys]
 
-    def _analyze(self, text: str, terms: Sequence[str], nlp_artifacts: NlpArtifacts) -> list[Span]:
+    def _analyze(
+        self, text: str, terms: Sequence[str], nlp_artifacts: NlpArtifacts, *, original: str = ""
+    ) -> list[Span]:
+        """The merged PHI spans of ``text`` (the note as truecased; ``original``, the note as
+        written, tells which words its writer capitalised)."""
         record = self._record_recognizers(terms)
         results = self.analyzer.analyze(
             text=text,
@@ -611,9 +625,38 @@ class TextDeidentifier:
                 if r is not None and is_identifying(text, r, self._stop_words, self._clinical)
             ]
         )
+        results += self._capitalised_after_cue(original or text)
         names = propagate_names(text, results, self._stop_words)
         organisations = contact_block_organisations(text, results + names, self._clinical)
         return merge_spans(text, results + names + organisations)
+
+    def _capitalised_after_cue(self, text: str) -> list[RecognizerResult]:
+        """One or two words its writer capitalised after a name cue, in a note written in
+        ordinary case ("call RN Will at", "husband Manual at bedside", "Family: Genevive
+        Green"): a name even when it is also an English word, unless it is clinical, a stop
+        word that is no first name, or an eponym ("Dr. Foley" aside, :func:`_titled`)."""
+        out: list[RecognizerResult] = []
+        for m in self._cue_capitalised.finditer(text):
+            first = m.group("w1").casefold()
+            if (
+                first in self._clinical
+                or first in self._cue_words
+                or (first in self._stop_words and first not in self._first_names)
+                or EPONYM_AFTER.match(text, m.end("w1"))
+            ):
+                continue
+            end = m.end("w1")
+            second = (m.group("w2") or "").casefold()
+            if (
+                second
+                and second not in self._clinical
+                and second not in self._stop_words
+                and second not in self._cue_words
+                and not EPONYM_AFTER.match(text, m.end("w2"))
+            ):
+                end = m.end("w2")
+            out.append(RecognizerResult("PERSON", m.start("w1"), end, 0.5))
+        return out
 
     def _entities_for(self, text: str, record: set[str]) -> list[str]:
         """The entity types worth looking for in ``text`` (with the ``record`` deny lists' own):
@@ -758,8 +801,8 @@ def _titled(text: str, result: RecognizerResult) -> bool:
 def trim_shorthand(
     text: str, result: RecognizerResult, shorthand: frozenset[str]
 ) -> RecognizerResult | None:
-    """``result`` without the clinical shorthand and stop words at its edges ("RN Holly" is
-    Holly, "VIHC ed w/" is VIHC), or None when nothing else is left."""
+    """``result`` without the clinical shorthand, stop words and words with digits at its edges
+    ("RN Holly" is Holly, "VIHC ed w/" is VIHC), or None when nothing else is left."""
     if result.entity_type not in _TRIMMED or result.score >= 1 or _titled(text, result):
         return result
     words = list(_NAME_WORD.finditer(text, result.start, result.end))
@@ -769,6 +812,7 @@ def trim_shorthand(
         if len(m.group()) > 1
         and m.group().casefold().rstrip("'’") not in shorthand
         and not _COUNT.fullmatch(m.group())
+        and not _DIGIT.search(m.group())  # "Y-257878 / Reichel": a record number, no name
     ]
     if not words or len(keep) == len(words):
         return result
@@ -1051,7 +1095,10 @@ def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
         if merged:
             last = merged[-1]
             gap = text[last.end : span.start]
-            if last.entity_type == span.entity_type and len(gap) <= 2 and not gap.strip(" ."):
+            if last.entity_type == span.entity_type and (
+                (len(gap) <= 2 and not gap.strip(" ."))
+                or (gap == ", " and span.entity_type == "PERSON" and _inverted(text, last, span))
+            ):
                 merged[-1] = Span(
                     last.start, span.end, last.entity_type, max(last.score, span.score)
                 )
@@ -1062,6 +1109,17 @@ def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
         merged.append(span)
     return merged
 
+
+def _inverted(text: str, last: Span, span: Span) -> bool:
+    """Whether two one-word names around a comma are a last and a first name ("Ocasio,
+    Shaunda"), not two items of a list ("Isabel, Teresa and Jodi")."""
+    one_word = all(
+        _NAME_WORD.fullmatch(text, s.start, s.end) for s in (last, span)
+    )
+    return bool(one_word) and not _LIST_GOES_ON.match(text, span.end)
+
+
+_LIST_GOES_ON = re.compile(r",|\s+(?:and|or|&)\b", re.IGNORECASE)
 
 STREET = "STREET_ADDRESS"
 _ADDRESS_GAP = " \t\r\n,>/"
