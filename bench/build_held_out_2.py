@@ -1,5 +1,6 @@
-"""Build ``bench/data/held_out_2_values.json``: the value lists of the second held-out set of
-``bench/clinical_notes.py``, from a source the recognizers and the other sets never used.
+"""Build ``bench/data/held_out_2_values.json`` and ``bench/data/dev_2_values.json``: the value
+lists of the second held-out set of ``bench/clinical_notes.py`` and of a second dev set, from a
+source the recognizers and the first two sets never used.
 
 Names and towns come from the ``mimesis`` package's data (MIT licence; English, British,
 Australian and Canadian locales), not from Faker (the name gazetteer of
@@ -8,6 +9,9 @@ sets): every value either of those sets can plant is removed, so the three sets 
 name, surname, town or hospital. Hospitals are made from these surnames and towns with care-site
 words. Each value is marked with whether the recognizers' own lists (Faker names, GeoNames
 places) hold it, so the benchmark can report names no list of ours knows apart.
+
+The second dev set (to read while tuning, as the first) draws from mimesis's other European
+locales, less every value of the held-out 2 lists, so the two never share a value.
 
 mimesis is not a dependency of the project; this script reads an unpacked wheel, run once:
 
@@ -27,8 +31,11 @@ from clinical_notes import _hospital_names, _synthea_values
 
 from medlake.governance.recognizers import gazetteer, place_names
 
-OUT = Path(__file__).resolve().parent / "data" / "held_out_2_values.json"
+DATA = Path(__file__).resolve().parent / "data"
+OUT = DATA / "held_out_2_values.json"
+DEV_OUT = DATA / "dev_2_values.json"
 LOCALES = ("en", "en-gb", "en-au", "en-ca")
+DEV_LOCALES = ("de", "nl", "it", "es", "fr", "pl", "sv", "da", "no", "fi", "pt", "cs", "hu")
 VERSION = "19.0.0"
 #: Care-site words a hospital name is made of (not the Synthea organisation names).
 SITE_FORMS = (
@@ -43,12 +50,15 @@ SITE_FORMS = (
 )
 
 
-def build(unpacked: Path) -> dict[str, object]:
+def build(
+    unpacked: Path, locales: tuple[str, ...] = LOCALES, exclude: frozenset[str] = frozenset()
+) -> dict[str, object]:
+    """The value lists of ``locales``, less Synthea's values and ``exclude`` (case-folded)."""
     data = unpacked / "mimesis" / "datasets"
     first: set[str] = set()
     last: set[str] = set()
     towns: set[str] = set()
-    for locale in LOCALES:
+    for locale in locales:
         person = json.loads((data / locale / "person.json").read_text(encoding="utf-8"))
         for names in person["names"].values():
             first.update(names)
@@ -59,7 +69,7 @@ def build(unpacked: Path) -> dict[str, object]:
         towns.update(address.get("city", []))
     synthea = _synthea_values()
     used = {v.casefold() for key in ("first", "last", "town") for v in synthea[key]}
-    used |= {v.casefold() for v in _hospital_names(synthea["org"])}
+    used |= {v.casefold() for v in _hospital_names(synthea["org"])} | exclude
     plain = re.compile(r"[A-Za-z][A-Za-z' .-]+")
 
     def fresh(values: set[str]) -> list[str]:
@@ -70,7 +80,7 @@ def build(unpacked: Path) -> dict[str, object]:
     places = place_names()[0]
     first_names, last_names, town_names = fresh(first), fresh(last - first), fresh(towns)
     return {
-        "source": f"mimesis {VERSION} (MIT licence), datasets {', '.join(LOCALES)}: person.json "
+        "source": f"mimesis {VERSION} (MIT licence), datasets {', '.join(locales)}: person.json "
         "names and surnames, address.json cities; less every value of the corpus' Synthea "
         "records (the dev and first held-out sets)",
         "first": first_names,
@@ -87,11 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("unpacked", type=Path, help="an unpacked mimesis wheel")
     args = parser.parse_args(argv)
-    values = build(args.unpacked)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(values, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    counts = {k: len(v) for k, v in values.items() if isinstance(v, list)}
-    print(f"wrote {OUT}: {counts}")
+    held_out = build(args.unpacked)
+    taken = frozenset(
+        v.casefold() for key in ("first", "last", "town") for v in held_out[key]  # type: ignore[attr-defined]
+    )
+    dev = build(args.unpacked, DEV_LOCALES, exclude=taken)  # its towns: Synthea's dev half
+    DATA.mkdir(parents=True, exist_ok=True)
+    for path, values in ((OUT, held_out), (DEV_OUT, dev)):
+        path.write_text(json.dumps(values, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        counts = {k: len(v) for k, v in values.items() if isinstance(v, list)}
+        print(f"wrote {path}: {counts}")
     return 0
 
 

@@ -18,6 +18,8 @@ The labelled sets, printed separately and never pooled:
   source (``mimesis``'s English names and towns, no Synthea value; ``bench/data/``), built after
   ``held_out`` had been used to report. Never read, never tuned on. Names with a word no list of
   the recognizers holds are scored apart as ``PERSON_UNLISTED`` (and count in "names").
+- ``dev_2``: 400 notes with a fourth seed and values of held-out 2's kind (mimesis's other
+  European locales, less every held-out 2 value): read and tuned on, like ``dev``.
 - ``meddocan``: the 50 MEDDOCAN test documents (Spanish clinical cases, BRAT), types mapped to
   the ones below. Real clinical text, held out, in a language the English engine was not built
   for: a floor, not a goal.
@@ -173,6 +175,10 @@ SETS: dict[str, tuple[str, Callable[[int | None], tuple[list[str], list[list[Gol
     "held_out_2": (
         "generated clinical notes, HELD-OUT 2 (other value source, never tuned on)",
         lambda n: load_generated("held_out_2", n),
+    ),
+    "dev_2": (
+        "generated clinical notes, DEV 2 (held-out 2's kind of values, tuned on)",
+        lambda n: load_generated("dev_2", n),
     ),
     "meddocan": ("MEDDOCAN Spanish clinical cases, HELD-OUT", load_meddocan),
 }
