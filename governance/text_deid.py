@@ -73,6 +73,7 @@ from medlake.governance.recognizers import (
     EPONYM_AFTER,
     LANGUAGE,
     MEDICAL_ENDING,
+    NAME_PARTICLES,
     TITLE,
     ClinicalCueRecognizer,
     NameGazetteerRecognizer,
@@ -527,8 +528,9 @@ class TextDeidentifier:
         self._first_names = first
         rules = clinical_rules()
         self._cue_words = rules["name_cues"] | rules["credentials"]
+        # (a dot only after a title: "HCP. Vent:" is a sentence's end, then a section)
         self._cue_capitalised = re.compile(
-            rf"(?i:\b(?:{alternation(rules['name_cues'])}))[.:]?[ \t]+"
+            rf"(?i:\b(?:{TITLE}\.?|(?:{alternation(rules['name_cues'])}):?))[ \t]+"
             r"(?P<w1>[A-Z][a-z'’-]+)(?:[ \t]+(?P<w2>[A-Z][a-z'’-]+))?"
         )
         registry = CachedRecognizerRegistry(supported_languages=[LANGUAGE])
@@ -808,9 +810,13 @@ def trim_shorthand(
     words = list(_NAME_WORD.finditer(text, result.start, result.end))
     keep = [
         m
-        for m in words
+        for i, m in enumerate(words)
         if len(m.group()) > 1
-        and m.group().casefold().rstrip("'’") not in shorthand
+        and (
+            m.group().casefold().rstrip("'’") not in shorthand
+            # "ten Dolle", "van der Halle": a particle before a name is a part of it
+            or (m.group().casefold() in NAME_PARTICLES and i + 1 < len(words))
+        )
         and not _COUNT.fullmatch(m.group())
         and not _DIGIT.search(m.group())  # "Y-257878 / Reichel": a record number, no name
     ]
