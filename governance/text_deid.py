@@ -48,6 +48,7 @@ from html.parser import HTMLParser
 from itertools import chain
 from typing import Any, Literal
 
+import pyarrow as pa
 import tldextract
 from presidio_analyzer import (
     AnalyzerEngine,
@@ -1367,4 +1368,45 @@ def deidentify_attachments(
         surrogate_key=surrogate_key,
         person_keys=person_keys,
         workers=workers,
+    )
+
+
+def deidentify_array(
+    texts: pa.Array | pa.ChunkedArray,
+    *,
+    surrogate_key: bytes,
+    deny_lists: Sequence[Sequence[str]] | None = None,
+    person_keys: Sequence[str] | None = None,
+    workers: int = 1,
+    ages: AgePolicy = "over_89",
+) -> pa.Table:
+    """A column of notes de-identified in one batch (:func:`deidentify_batch`), as a table in
+    the same order: ``text`` (de-identified; a null note stays null), ``phi_replaced`` (spans
+    replaced) and ``phi_entities`` (JSON of the count per entity type: no PHI)."""
+    notes = texts.to_pylist()
+    if deny_lists is not None and len(deny_lists) != len(notes):
+        raise ValueError(f"deny_lists has {len(deny_lists)} entries for {len(notes)} texts")
+    if person_keys is not None and len(person_keys) != len(notes):
+        raise ValueError(f"person_keys has {len(person_keys)} entries for {len(notes)} texts")
+    present = [i for i, note in enumerate(notes) if note is not None]
+    done = deidentify_batch(
+        [notes[i] for i in present],
+        deny_lists=[list(deny_lists[i]) for i in present] if deny_lists is not None else None,
+        surrogate_key=surrogate_key,
+        person_keys=[person_keys[i] for i in present] if person_keys is not None else None,
+        workers=workers,
+        ages=ages,
+    )
+    out: list[DeidText | None] = [None] * len(notes)
+    for i, result in zip(present, done, strict=True):
+        out[i] = result
+    return pa.table(
+        {
+            "text": pa.array([d.text if d else None for d in out], pa.string()),
+            "phi_replaced": pa.array([d.replaced if d else 0 for d in out], pa.int32()),
+            "phi_entities": pa.array(
+                [json.dumps(d.summary()["entities"], sort_keys=True) if d else "{}" for d in out],
+                pa.string(),
+            ),
+        }
     )
