@@ -307,7 +307,7 @@ def bench_corpus(
     """medlake's spans scored against ``gold``, and its speed: analysis alone, then the whole
     de-identification (what the pipeline runs), in one process and with ``workers``."""
     spans, analyse_rate, _ = timed(lambda t: deid.analyze_batch(t), texts)
-    _, deid_rate, deid_cpu_rate = timed(
+    done, deid_rate, deid_cpu_rate = timed(
         lambda t: deid.deidentify_batch(t, surrogate_key=b"bench"), texts
     )
     parallel_rate = 0.0
@@ -327,6 +327,7 @@ def bench_corpus(
         "texts_per_s": round(deid_rate, 1),
         "texts_per_cpu_s": round(deid_cpu_rate, 1),
         "texts_per_s_2_processes": round(parallel_rate, 1),
+        "texts_not_english": sum(1 for d in done if not d.supported),
     }
 
 
@@ -498,6 +499,8 @@ def _print_corpus(title: str, r: dict[str, Any]) -> None:
         f"  key types: {keys}; PHI-free texts with something redacted: "
         f"{r['phi_free_texts_redacted']} of {r['phi_free_texts']}"
     )
+    if "texts_not_english" in r:
+        print(f"  texts read as not English (flagged for review): {r['texts_not_english']}")
     print(
         f"  {'gold type':<20}{'recall':>8}{'found':>8}{'gold':>7}   {'predicted type':<24}{'precision':>10}{'n':>7}"
     )

@@ -36,6 +36,7 @@ import bisect
 import hashlib
 import hmac
 import html
+import importlib
 import json
 import multiprocessing
 import re
@@ -479,6 +480,15 @@ class DeidText:
     text: str
     entities: dict[str, int] = field(default_factory=dict)
     spans: tuple[Span, ...] = ()
+    #: The note's language as :func:`note_language` reads it; the rules are English ones, so a
+    #: note in another language is de-identified less well (see ``supported``).
+    language: str = LANGUAGE
+
+    @property
+    def supported(self) -> bool:
+        """Whether the note is in the language the recognizers were built for (English): a
+        note that is not should be held for review rather than released as de-identified."""
+        return bool(self.language == LANGUAGE)
 
     @property
     def replaced(self) -> int:
@@ -707,8 +717,9 @@ class TextDeidentifier:
         for index, (text, spans) in enumerate(
             zip(texts, self.analyze_batch(texts, deny_lists=deny_lists))
         ):
+            language = note_language(text)
             if not spans:
-                out.append(DeidText(text=text))
+                out.append(DeidText(text=text, language=language))
                 continue
             person_key = person_keys[index] if person_keys is not None else ""
             operators = {
@@ -724,6 +735,7 @@ class TextDeidentifier:
                     text=anonymized.text,
                     entities=dict(Counter(s.entity_type for s in spans)),
                     spans=tuple(spans),
+                    language=language,
                 )
             )
         return out
@@ -738,6 +750,38 @@ class TextDeidentifier:
             return surrogate(surrogate_key, person_key, label, value)
 
         return OperatorConfig("custom", {"lambda": replace})
+
+
+#: Languages told apart from English by their stop words (spaCy's lists, no model needed).
+OTHER_LANGUAGES = ("es", "fr", "de", "it", "pt", "nl")
+#: A note is in another language when that language's stop words occur at least this many
+#: times and at least twice as often as English ones (telegraphic English has few of them).
+_MIN_STOP_WORDS = 5
+_LOWER_WORD = re.compile(r"[^\W\d_]+")
+
+
+@cache
+def _stop_words(language: str) -> frozenset[str]:
+    module = importlib.import_module(f"spacy.lang.{language}.stop_words")
+    return frozenset(module.STOP_WORDS)
+
+
+def note_language(text: str) -> str:
+    """The note's language: English (``"en"``), or one of :data:`OTHER_LANGUAGES` when its stop
+    words outnumber English ones two to one ("el paciente de 45 años ingresa en el hospital con
+    ..."): a cheap guard, not a language identifier for short or mixed notes."""
+    words = _LOWER_WORD.findall(text.casefold())
+    english = sum(1 for w in words if w in _stop_words(LANGUAGE))
+    best: str = str(LANGUAGE)
+    hits = english
+    for language in OTHER_LANGUAGES:
+        stops = _stop_words(language)
+        count = sum(1 for w in words if w in stops)
+        if count > hits:
+            best, hits = language, count
+    if best != LANGUAGE and hits >= _MIN_STOP_WORDS and hits >= 2 * english:
+        return best
+    return str(LANGUAGE)
 
 
 def surrogate(key: bytes, person_key: str, entity: str, value: str) -> str:
@@ -1272,6 +1316,7 @@ def text_row(row_id: Any, done: DeidText) -> dict[str, Any]:
         "id": row_id,
         "text": done.text,
         "spans": [{"start": s.start, "end": s.end, "type": s.entity_type} for s in done.spans],
+        "language": done.language,
     }
 
 
@@ -1382,7 +1427,9 @@ def deidentify_array(
 ) -> pa.Table:
     """A column of notes de-identified in one batch (:func:`deidentify_batch`), as a table in
     the same order: ``text`` (de-identified; a null note stays null), ``phi_replaced`` (spans
-    replaced) and ``phi_entities`` (JSON of the count per entity type: no PHI)."""
+    replaced), ``phi_entities`` (JSON of the count per entity type: no PHI) and ``language``
+    (:func:`note_language`: a note not in English was de-identified by English rules and is
+    best held for review)."""
     notes = texts.to_pylist()
     if deny_lists is not None and len(deny_lists) != len(notes):
         raise ValueError(f"deny_lists has {len(deny_lists)} entries for {len(notes)} texts")
@@ -1408,5 +1455,6 @@ def deidentify_array(
                 [json.dumps(d.summary()["entities"], sort_keys=True) if d else "{}" for d in out],
                 pa.string(),
             ),
+            "language": pa.array([d.language if d else None for d in out], pa.string()),
         }
     )

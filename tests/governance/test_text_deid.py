@@ -810,14 +810,43 @@ def test_an_arrow_column_of_notes_is_deidentified_in_order_nulls_kept() -> None:
         [["Pt seen by Dr. Okafor on 3/4.", None], ["GU: Foley draining clear urine."]]
     )
     out = deidentify_array(notes, surrogate_key=KEY, person_keys=["p1", "p2", "p3"])
-    assert out.column_names == ["text", "phi_replaced", "phi_entities"]
+    assert out.column_names == ["text", "phi_replaced", "phi_entities", "language"]
     first, missing, clean = out.to_pylist()
     assert "Okafor" not in first["text"] and "[DATE]" in first["text"]
     assert first["phi_replaced"] == 2 and json.loads(first["phi_entities"]) == {
         "DATE_TIME": 1,
         "PERSON": 1,
     }
-    assert missing == {"text": None, "phi_replaced": 0, "phi_entities": "{}"}
-    assert clean == {"text": "GU: Foley draining clear urine.", "phi_replaced": 0, "phi_entities": "{}"}
+    assert missing == {"text": None, "phi_replaced": 0, "phi_entities": "{}", "language": None}
+    assert clean == {
+        "text": "GU: Foley draining clear urine.",
+        "phi_replaced": 0,
+        "phi_entities": "{}",
+        "language": "en",
+    }
     with pytest.raises(ValueError, match="person_keys has 1 entries for 3 texts"):
         deidentify_array(notes, surrogate_key=KEY, person_keys=["p1"])
+
+
+@pytest.mark.parametrize(
+    ("note", "language"),
+    [
+        (
+            (
+                "Paciente de 45 años que ingresa en el hospital por dolor abdominal. Se le "
+                "realiza una ecografía y no se observan alteraciones de la vesícula."
+            ),
+            "es",
+        ),
+        ("GU: Foley draining clear yellow urine 40-60cc/hr. Heels offloaded.", "en"),
+        ("Pt seen by Dr. Okafor this am, aware of K 3.2, repleted per protocol.", "en"),
+        ("Le patient est sorti de l'hôpital avec sa fille et il va bien depuis.", "fr"),
+        ("de la", "en"),  # too short to tell: English, the rules' language
+    ],
+)
+def test_a_note_not_in_english_is_flagged(deid: TextDeidentifier, note: str, language: str) -> None:
+    from medlake.governance.text_deid import note_language
+
+    assert note_language(note) == language
+    [out] = deid.deidentify_batch([note], surrogate_key=KEY)
+    assert out.language == language and out.supported is (language == "en")
