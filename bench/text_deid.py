@@ -20,6 +20,8 @@ The labelled sets, printed separately and never pooled:
   the recognizers holds are scored apart as ``PERSON_UNLISTED`` (and count in "names").
 - ``dev_2``: 400 notes with a fourth seed and values of held-out 2's kind (mimesis's other
   European locales, less every held-out 2 value): read and tuned on, like ``dev``.
+- ``synthea_notes`` (speed only, unlabelled): 400 of the corpus' Synthea DocumentReference
+  notes, decoded as the pipeline decodes them (long, structured: the data plane's notes step).
 - ``meddocan``: the 50 MEDDOCAN test documents (Spanish clinical cases, BRAT), types mapped to
   the ones below. Real clinical text, held out, in a language the English engine was not built
   for: a floor, not a goal.
@@ -182,6 +184,47 @@ SETS: dict[str, tuple[str, Callable[[int | None], tuple[list[str], list[list[Gol
     ),
     "meddocan": ("MEDDOCAN Spanish clinical cases, HELD-OUT", load_meddocan),
 }
+
+
+SYNTHEA_NOTES = ROOT / "tests" / "corpus" / "fhir" / "synthea_bulk_10pt" / "DocumentReference.000.ndjson"
+
+
+def load_synthea_notes(limit: int | None) -> list[str]:
+    """The corpus' Synthea DocumentReference notes, decoded as the pipeline decodes them: long
+    structured notes with Synthea's names, unlabelled (a speed set only)."""
+    from medlake.governance.text_deid import decode_attachment
+
+    notes: list[str] = []
+    for line in SYNTHEA_NOTES.read_text(encoding="utf-8").splitlines():
+        for content in json.loads(line).get("content") or []:
+            attachment = content.get("attachment") or {}
+            if attachment.get("data"):
+                notes.append(decode_attachment(attachment))
+    return notes[: limit or SPEED_NOTES]
+
+
+#: Synthea notes timed (of 1,215): enough for a steady rate, short enough on a shared machine.
+SPEED_NOTES = 400
+
+
+def bench_speed_only(deid: TextDeidentifier, texts: list[str], baseline: bool) -> dict[str, Any]:
+    """Texts per CPU-second of medlake's whole de-identification and, beside it, of plain
+    Presidio's analysis (what the pipeline's notes step does, on its kind of note)."""
+    _, rate, cpu_rate = timed(lambda t: deid.deidentify_batch(t, surrogate_key=b"bench"), texts)
+    out: dict[str, Any] = {
+        "texts": len(texts),
+        "mean_chars": round(sum(map(len, texts)) / max(len(texts), 1)),
+        "texts_per_s": round(rate, 1),
+        "texts_per_cpu_s": round(cpu_rate, 1),
+    }
+    if baseline:
+        batch = _plain_presidio()
+        _, _, plain_cpu = timed(
+            lambda t: list(batch.analyze_iterator(t, language=LANGUAGE, batch_size=BATCH)), texts
+        )
+        out["plain_presidio_texts_per_cpu_s"] = round(plain_cpu, 1)
+        out["speedup_cpu"] = round(cpu_rate / plain_cpu, 2)
+    return out
 
 
 def covered(start: int, end: int, spans: Sequence[tuple[int, int]]) -> float:
@@ -527,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, default=None, help="score only the first N texts of each set")
     parser.add_argument("--no-baseline", action="store_true", help="skip plain Presidio")
+    parser.add_argument(
+        "--no-speed-set", action="store_true", help="skip timing the Synthea notes (unlabelled)"
+    )
     parser.add_argument("--workers", action="store_true", help="also time 2 worker processes")
     parser.add_argument("--planted", action="store_true", help="also the sample hospital's planted PHI")
     parser.add_argument("--patients", type=int, default=200, help="sample hospital size for --planted")
@@ -573,6 +619,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers:
             print(f"  with {WORKERS} worker processes: {ours['texts_per_s_2_processes']:.0f} texts/s")
         report["sets"][name] = entry
+    if not args.no_speed_set:
+        texts = load_synthea_notes(args.limit)
+        speed = bench_speed_only(deid, texts, baseline=not args.no_baseline)
+        report["synthea_notes_speed"] = speed
+        versus = (
+            f", plain Presidio {speed['plain_presidio_texts_per_cpu_s']:.1f}: "
+            f"{speed['speedup_cpu']}x"
+            if "speedup_cpu" in speed
+            else ""
+        )
+        print(
+            f"\nsynthea_notes: {speed['texts']} Synthea DocumentReference notes (unlabelled, "
+            f"{speed['mean_chars']} characters on average), speed only: medlake "
+            f"{speed['texts_per_cpu_s']:.1f} per CPU-second ({speed['texts_per_s']:.1f}/s wall)"
+            f"{versus}"
+        )
     if args.planted:
         report["planted"] = bench_planted(deid, patients=args.patients, seed=args.seed)
         planted = report["planted"]
