@@ -19,13 +19,21 @@ surrogate throughout a patient's notes and to a different one for another patien
 structured dates carry the per-patient shift); with the ``ages="all"`` policy every stated age
 becomes ``[AGE]`` (by default only ages over 89 go, as Safe Harbor asks).
 
-Notes go through spaCy's ``nlp.pipe`` in batches, as Presidio's ``BatchAnalyzerEngine`` does,
-each distinct (note, deny list) once; the analyzer is then called per note because each note
-has its own ad-hoc deny-list recognizer. Presidio's per-note overheads are trimmed by the
-``Lean*``/``Cached*`` classes below (same results, measured in ``bench/text_deid.py``). The
+Notes go through spaCy in batches, as Presidio's ``BatchAnalyzerEngine`` does, each distinct
+(note, deny list) once; the analyzer is then called per note because each note has its own
+ad-hoc deny-list recognizer. Every token is kept, but spaCy's NER reads only the sentences,
+clauses and lines holding a word that may name someone or something (one that is not
+clinical, not a stop word and not a common English word written in lower case; or a title, a
+month, a year, an ordinal), with two tokens of context either side: "GU: Foley draining clear
+yellow urine 40-60cc/hr." costs the model nothing, and what it would have called a person or a
+place there is dropped as identifying nobody anyway (:meth:`LeanSpacyNlpEngine.process_batch`).
+A note's language is read from its stop words (:func:`note_language`); the rules are English,
+so a note in another language is flagged (``DeidText.supported``) for review rather than passed
+as de-identified. Presidio's per-note overheads are trimmed by the ``Lean*``/``Cached*`` classes
+below (same results, measured in ``bench/text_deid.py``). The
 engine is built once per process (:func:`text_deidentifier`); a batch of
 :data:`PARALLEL_MIN_TEXTS` notes or more may be cut over worker processes, each with its own
-engine (:func:`deidentify_batch`).
+engine (:func:`deidentify_batch`); :func:`deidentify_array` does the same for an Arrow column.
 """
 
 from __future__ import annotations
