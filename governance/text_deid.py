@@ -195,8 +195,9 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
     #: a note made only of them, numbers and punctuation gets no NER pass (see
     #: :meth:`process_batch`). Empty: every word is read, as Presidio does.
     plain_words: frozenset[str] = frozenset()
-    #: Case-folded common English words that are nobody's name: not read by the NER either
-    #: when written in lower case ("denies", "today").
+    #: Case-folded common English words that are nobody's name, and every clinical word (also
+    #: those that are names too, "kidney"): not read by the NER either when written in lower
+    #: case ("denies", "today", "kidney").
     common_words: frozenset[str] = frozenset()
 
     def process_batch(  # type: ignore[override]  # Presidio's two base classes disagree
@@ -537,7 +538,8 @@ class TextDeidentifier:
         first, last, _ = gazetteer()
         self._clinical = clinical_vocabulary(first | last)
         self.nlp_engine.plain_words = self._clinical | self._stop_words
-        self.nlp_engine.common_words = common_english_words(first | last)
+        # in lower case, a clinical word is no name even when it is one too ("kidney", "bill")
+        self.nlp_engine.common_words = common_english_words(first | last) | clinical_words()
         # trimmed off a name's edges: shorthand, stop words, kin and care words ("sister Karisa")
         self._shorthand = (
             clinical_abbreviations()
@@ -908,7 +910,7 @@ def is_identifying(
         if words and all(w in clinical or _COUNT.fullmatch(w) for w in words):
             return False  # "5 FiO2 40", "40 IV BID": a setting or a dose, no street
     if result.entity_type in _NAMED and result.score < 1 and not _titled(text, result):
-        words = [w.casefold() for w in _NAME_WORD.findall(value)]
+        words = [_POSSESSIVE.sub("", w.casefold()) for w in _NAME_WORD.findall(value)]
         if all(
             w in stop_words
             or w in clinical
@@ -989,6 +991,7 @@ def _eponym(text: str, end: int) -> bool:
 
 _AND_NAME = re.compile(r"\s+(?:and|or|&)\s+[^\W\d_][\w'’-]*")
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]*")
+_POSSESSIVE = re.compile(r"['’]s$")
 _LETTERS = re.compile(r"[^\W\d_]+")
 
 
