@@ -214,7 +214,7 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
         punctuation ("GU: Foley draining clear yellow urine 40-60cc/hr.") is not read by the
         model. Whatever it would find there is dropped later as identifying nobody
         (:func:`is_identifying`), so the spans are the same at a fraction of the model's time."""
-        if as_tuples or not self.plain_words:
+        if as_tuples or n_process != 1 or not self.plain_words:  # Presidio's own way
             yield from super().process_batch(texts, language, batch_size, n_process, as_tuples)
             return
         nlp = self.nlp[language]  # type: ignore[index]
