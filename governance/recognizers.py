@@ -707,7 +707,8 @@ def residence_recognizer() -> PatternRecognizer:
 
 #: Family-name particles ("van der Halle", "ten Venhuijs", "dal Santo"), case-folded.
 NAME_PARTICLES = frozenset(
-    ["van", "von", "de", "der", "den", "del", "della", "dal", "da", "di", "du", "dos", "das", "te", "ten", "ter", "la", "le", "st"]
+    ["van", "von", "de", "der", "den", "del", "della", "dal", "da", "di", "du", "dos", "das"]
+    + ["te", "ten", "ter", "la", "le"]
 )
 _PARTICLE = rf"(?:(?i:{'|'.join(sorted(NAME_PARTICLES))})[ \t]+){{0,2}}"
 _INVERTED_NAME = re.compile(
@@ -852,13 +853,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 break
             if names == 3:
                 break
-        if end is None or not names:
-            return None
         return end
 
     def _inverted_names(self, text: str) -> list[RecognizerResult]:
-        """A last name, a comma and a known first name, as a chart header writes them ("Kulas,
-        Josh", "REICHEL, ARCHIE" once truecased), not a place ("Emporia, Kansas")."""
+        """A last name (with its particles), a comma and a first name, as a chart header writes
+        them ("Kulas, Josh", "REICHEL, ARCHIE" once truecased, "van der Halle, Baltzar"): the
+        first name known, or both words ones English hardly uses ("Maraldo, Araceli"); not a
+        place ("Emporia, Kansas") unless both are known names ("Jenkins, Santos")."""
         out: list[RecognizerResult] = []
         for m in _INVERTED_NAME.finditer(text):
             last = m.group(1).split()[-1].casefold()
