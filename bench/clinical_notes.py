@@ -6,12 +6,20 @@ extensions, record numbers with letters and hyphens, hospital acronyms, towns) a
 clinical shorthand a de-identifier must leave alone ("CV:", "Neuro", "abd", "Foley",
 "5 FiO2 40", clock times "1800", all-caps findings). Every planted value is a labelled span.
 
-Two sets, never mixed:
+Three sets, never mixed:
 
 - **dev** (:data:`DEV_SEED`): what a developer may read while writing recognizers;
 - **held-out** (:data:`HELD_OUT_SEED`): never read, never tuned on. Its names, surnames, towns
   and hospitals are the other half of every value list (split by a hash of the value, so the
   held-out set plants values the dev set never shows), and it draws from its own seed.
+- **held-out 2** (:data:`HELD_OUT_2_SEED`, built after the first held-out set was used up):
+  never read, never tuned on. Its names and towns come from another source, ``mimesis``'s
+  English data (``bench/data/held_out_2_values.json``, :mod:`build_held_out_2`), with every
+  Synthea value removed; its hospitals are made from those surnames and towns. A planted name
+  with a word the recognizers' name lists do not hold is labelled ``PERSON_UNLISTED``.
+- **dev 2** (:data:`DEV_2_SEED`): read and tuned on, like dev, with values of the same kind as
+  held-out 2 (mimesis's other European locales, ``bench/data/dev_2_values.json``, less every
+  held-out 2 value), so the unlisted names' misses can be studied without reading held-out 2.
 
 The values come from the corpus' Synthea records (patients', practitioners' names, towns,
 organisations; digits stripped) and from the short lists below (common-word first names, the
@@ -40,11 +48,24 @@ CORPUS = ROOT / "tests" / "corpus"
 
 DEV_SEED = 20261207
 HELD_OUT_SEED = 91173
+HELD_OUT_2_SEED = 640297
+DEV_2_SEED = 318844
 NOTES_PER_SET = 400
+DATA = Path(__file__).resolve().parent / "data"
 
-Split = Literal["dev", "held_out"]
+Split = Literal["dev", "held_out", "held_out_2", "dev_2"]
+SEEDS: dict[str, int] = {
+    "dev": DEV_SEED,
+    "held_out": HELD_OUT_SEED,
+    "held_out_2": HELD_OUT_2_SEED,
+    "dev_2": DEV_2_SEED,
+}
+#: The sets whose values come from ``bench/data/<set>_values.json`` (not from Synthea).
+OTHER_SOURCE = ("held_out_2", "dev_2")
 
 #: Gold types: what a planted value is.
+#: A planted name with a word no name list of the recognizers holds (held-out 2 only).
+UNLISTED_NAME = "PERSON_UNLISTED"
 NAME, DATE, PHONE, ID, HOSPITAL, LOCATION, ADDRESS, AGE = (
     "PERSON",
     "DATE",
@@ -159,6 +180,37 @@ def _hospital_names(orgs: list[str]) -> list[str]:
     return out
 
 
+@cache
+def _values(split: Split) -> dict[str, list[str]]:
+    """A set's value lists from another source (``bench/data/<split>_values.json``)."""
+    values: dict[str, list[str]] = json.loads(
+        (DATA / f"{split}_values.json").read_text(encoding="utf-8")
+    )
+    return values
+
+
+def _made_hospitals(values: dict[str, list[str]], seed: int, n: int = 300) -> list[str]:
+    """``n`` care-site names made from the set's surnames and towns (its own seeded draw)."""
+    rng = random.Random(seed + 1)
+    return sorted(
+        {
+            rng.choice(values["site_forms"]).format(
+                first=rng.choice(values["first"]),
+                last=rng.choice(values["last"]),
+                town=rng.choice(values["town"]),
+            )
+            for _ in range(n)
+        }
+    )
+
+
+def _unlisted(value: str, split: Split) -> bool:
+    """Whether a planted name has a word the recognizers' name lists do not hold."""
+    values = _values(split)
+    unlisted = {v.casefold() for v in values["unlisted_first"] + values["unlisted_last"]}
+    return any(w.casefold() in unlisted for w in re.findall(r"[A-Za-z'-]+", value))
+
+
 def _acronym(name: str) -> str:
     """ "Hutchinson Regional Medical Center" -> "HRMC"."""
     return "".join(w[0] for w in name.split() if w[0].isalpha() and w.lower() not in ("of", "and"))
@@ -172,8 +224,13 @@ class Slots:
     """Random PHI values of one split."""
 
     def __init__(self, rng: random.Random, split: Split) -> None:
-        values = _synthea_values()
         self.rng = rng
+        if split in OTHER_SOURCE:
+            values = _values(split)
+            self.first, self.last, self.town = values["first"], values["last"], values["town"]
+            self.hospital = _made_hospitals(values, SEEDS[split])
+            return
+        values = _synthea_values()
         self.first = _half(values["first"], split)
         self.last = _half(values["last"], split)
         self.town = _half(values["town"], split)
@@ -404,7 +461,7 @@ def _render(
 
 def generate(split: Split, n: int = NOTES_PER_SET) -> list[Note]:
     """``n`` notes of ``split``: seeded, so the same notes on every run."""
-    rng = random.Random(DEV_SEED if split == "dev" else HELD_OUT_SEED)
+    rng = random.Random(SEEDS[split])
     slots = Slots(rng, split)
     notes: list[Note] = []
     for index in range(n):
@@ -430,21 +487,26 @@ def generate(split: Split, n: int = NOTES_PER_SET) -> list[Note]:
             body = body.upper()
         elif case < 0.45 and len(body.lower()) == len(body):
             body = body.lower()
+        if split in OTHER_SOURCE:
+            spans = [
+                (a, b, UNLISTED_NAME if kind == NAME and _unlisted(body[a:b], split) else kind)
+                for a, b, kind in spans
+            ]
         notes.append(Note(id=f"{split}-{index:04d}", text=body, spans=spans))
     return notes
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print generated notes with their PHI marked.")
-    parser.add_argument("--set", choices=["dev", "held_out"], default="dev")
+    parser.add_argument("--set", choices=list(SEEDS), default="dev")
     parser.add_argument("--n", type=int, default=3)
     args = parser.parse_args(argv)
-    if args.set == "held_out":
-        print("the held-out set is not for reading while tuning; printing counts only")
-        notes = generate("held_out")
+    if args.set.startswith("held_out"):
+        print("the held-out sets are not for reading while tuning; printing counts only")
+        notes = generate(args.set)
         print(len(notes), "notes,", sum(len(n.spans) for n in notes), "PHI spans")
         return 0
-    for note in generate("dev")[: args.n]:
+    for note in generate(args.set)[: args.n]:
         marked = note.text
         for start, end, kind in sorted(note.spans, reverse=True):
             marked = f"{marked[:start]}[[{kind}:{marked[start:end]}]]{marked[end:]}"

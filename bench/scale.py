@@ -55,7 +55,9 @@ def child(args: argparse.Namespace) -> int:
     xcom: dict[str, Any] = {}
     error = None
     stages = [s for s in STAGES if s in args.stages.split(",")]
+    marker = Path(args.lake).parent / f"{Path(args.lake).name}.stage"
     for stage in stages:
+        marker.write_text(stage)  # the parent attributes its memory samples to the stage
         start = time.perf_counter()
         try:
             if stage == "ingest":
@@ -122,11 +124,17 @@ def run_pipeline(landing: Path, lake: Path, *, engine: str, stages: str) -> dict
         "--engine", engine, "--stages", stages,
     ]
     start = time.perf_counter()
+    marker = lake.parent / f"{lake.name}.stage"
+    marker.unlink(missing_ok=True)
+    by_stage: dict[str, int] = {}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(command, stdout=out, stderr=err)
         peak = 0
         while proc.poll() is None:
-            peak = max(peak, tree_rss(proc.pid))
+            rss = tree_rss(proc.pid)
+            peak = max(peak, rss)
+            stage = marker.read_text() if marker.exists() else "start"
+            by_stage[stage] = max(by_stage.get(stage, 0), rss)
             time.sleep(0.1)
         wall = time.perf_counter() - start
         out.seek(0)
@@ -134,7 +142,12 @@ def run_pipeline(landing: Path, lake: Path, *, engine: str, stages: str) -> dict
         lines = out.read().decode().strip().splitlines()
         stderr = err.read().decode(errors="replace")
     result: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": stderr[-2000:]}
-    result.update(wall=wall, peak_rss_mb=peak / 1e6, engine=engine)
+    result.update(
+        wall=wall,
+        peak_rss_mb=peak / 1e6,
+        peak_rss_mb_by_stage={k: v / 1e6 for k, v in by_stage.items()},
+        engine=engine,
+    )
     return result
 
 
@@ -189,11 +202,15 @@ def measure(size: int, work: Path, *, engines: list[str], stages: str) -> dict[s
 def render_run(size: int, floor: dict[str, Any], run: dict[str, Any]) -> str:
     stages = "  ".join(f"{k} {v:,.1f}s" for k, v in run.get("stages", {}).items())
     ratio = run.get("ratio_to_floor")
+    memory = "  ".join(
+        f"{k} {v:,.0f} MB" for k, v in run.get("peak_rss_mb_by_stage", {}).items() if k != "start"
+    )
     return (
         f"{size:>10,} {run['engine']:<9} pipeline {run['seconds']:>8,.1f}s "
         f"({run['records_per_s'] or 0:>8,.0f} rec/s)  floor {floor['seconds']:>6,.1f}s  "
         f"ratio {ratio or 0:>5.1f}x  peak RSS {run['peak_rss_mb']:>7,.0f} MB  "
         f"ledger {'adds up' if run.get('ledger_balanced') else 'DOES NOT ADD UP'}  [{stages}]"
+        f"  [peak RSS by stage: {memory}]"
         + (f"  ERROR {run['error']}" if run.get("error") else "")
     )
 

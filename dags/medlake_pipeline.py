@@ -80,7 +80,7 @@ def medlake_pipeline() -> None:
     def dbt_gold(gated: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_gold
 
-        versions = _call(task_gold, _params()["lake"])
+        versions = _call(task_gold, _params()["lake"], engine=_params().get("engine"))
         # tells the training DAG, scheduled on this asset, which lake the new gold is in
         get_current_context()["outlet_events"][assets.GOLD_FEATURES].extra = {"lake": str(Path(_params()["lake"]).resolve())}
         return versions

@@ -70,6 +70,10 @@ def _alternation(words: frozenset[str]) -> str:
     """A regex alternation of ``words``, longest first, each escaped."""
     return "|".join(re.escape(w) for w in sorted(words, key=lambda w: (-len(w), w)))
 
+
+#: Public name of :func:`_alternation` (the cue patterns of ``governance.text_deid``).
+alternation = _alternation
+
 #: Entity types these recognizers emit, beyond Presidio's own.
 MRN = "MEDICAL_RECORD_NUMBER"
 HOSPITAL = "HOSPITAL"
@@ -701,9 +705,22 @@ def residence_recognizer() -> PatternRecognizer:
     )
 
 
-_INVERTED_NAME = re.compile(
-    r"(?<![\w'’-])([A-Z][a-z'’-]+|[a-z][a-z'’-]+), ([A-Z][a-z'’-]+|[a-z][a-z'’-]+)(?![\w'’-])(?!,)"
+#: Family-name particles ("van der Halle", "ten Venhuijs", "dal Santo"), case-folded.
+NAME_PARTICLES = frozenset(
+    ["van", "von", "de", "der", "den", "del", "della", "dal", "da", "di", "du", "dos", "das"]
+    + ["te", "ten", "ter", "la", "le"]
 )
+_PARTICLE = rf"(?:(?i:{'|'.join(sorted(NAME_PARTICLES))})[ \t]+){{0,2}}"
+_INVERTED_NAME = re.compile(
+    rf"(?<![\w'’-])({_PARTICLE}(?:[A-Z][a-z'’-]+|[a-z][a-z'’-]+)), "
+    r"([A-Z][a-z'’-]+|[a-z][a-z'’-]+)(?![\w'’-])(?!,)"
+)
+#: Below this Zipf frequency (wordfreq) a word is one English text hardly ever uses: two such
+#: words in a name's place make a name no list holds ("Maraldo, Araceli", "Cedrik Drommelers RN").
+UNSEEN_NAME_ZIPF = 2.5
+#: A "Last, First" name's score: above spaCy's, whose parts of it it may call a place.
+INVERTED_NAME_SCORE = 0.86
+_CUED_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
 
 class ClinicalCueRecognizer(EntityRecognizer):
@@ -739,7 +756,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
             regex.IGNORECASE,
         )
         self._credentialed = regex.compile(
-            rf"(?<![\w'’-])(?P<w1>{word})[ \t]+(?P<w2>{word}),?[ \t]+"
+            rf"(?<![\w'’-])(?P<w1>{word})[ \t]+{_PARTICLE}(?P<w2>{word}),?[ \t]+"
             rf"(?:{_alternation(rules['credentials'])})\b",
             regex.IGNORECASE,
         )
@@ -786,12 +803,9 @@ class ClinicalCueRecognizer(EntityRecognizer):
     def _cued_names(self, text: str) -> list[RecognizerResult]:
         out: list[RecognizerResult] = []
         for m in self._named.finditer(text, overlapped=True):
-            if not self._name_like(m.group("w1")) or EPONYM_AFTER.match(text, m.end("w1")):
+            end = self._name_after_cue(text, m.start("w1"))
+            if end is None:
                 continue
-            end = m.end("w1")
-            w2 = m.group("w2")
-            if w2 and self._name_like(w2) and not EPONYM_AFTER.match(text, m.end("w2")):
-                end = m.end("w2")
             start = m.start("initial") if m.group("initial") else m.start("w1")
             out.append(RecognizerResult("PERSON", start, end, 0.6))
         for m in self._credentialed.finditer(text, overlapped=True):  # "teofila tillman rn"
@@ -799,24 +813,76 @@ class ClinicalCueRecognizer(EntityRecognizer):
             if self._plain(w1) or self._plain(w2) or w1 in self.name_cues:
                 continue
             known = w1 in self.first or w2 in self.last
-            if known and self._name_like(w1) and self._name_like(w2):
+            unseen = zipf(w1) < UNSEEN_NAME_ZIPF and zipf(w2) < UNSEEN_NAME_ZIPF
+            if (known or unseen) and self._name_like(w1) and self._name_like(w2):
                 out.append(RecognizerResult("PERSON", m.start("w1"), m.end("w2"), 0.6))
         return out
 
+    def _name_after_cue(self, text: str, start: int) -> int | None:
+        """The end of the name that starts at ``start``, after a name cue: up to three name-like
+        words on the line, family-name particles between them ("elona ten drentel", "mira van
+        rhemen"); a first word that is a common word counts before a word no English text uses
+        ("dine musbrinck"). None when no name starts there."""
+        words: list[re.Match[str]] = []
+        for word in _CUED_WORD.finditer(text, start, min(len(text), start + 80)):
+            if words and text[words[-1].end() : word.start()].strip(" \t"):
+                break  # a comma, a bracket or a line break ends the name
+            words.append(word)
+            if len(words) == 6:
+                break
+        end: int | None = None
+        names = 0
+        for i, word in enumerate(words):
+            key = word.group().casefold().rstrip("'’")
+            if EPONYM_AFTER.match(text, word.end()):
+                break
+            if key in NAME_PARTICLES and i + 1 < len(words):
+                continue  # "ten", "van der": kept only when a name follows
+            if self._name_like(word.group()):
+                end, names = word.end(), names + 1
+            elif (
+                i == 0
+                and len(words) > 1
+                and not self._plain(key)
+                and key not in self.name_cues
+                and zipf(words[1].group().casefold()) < UNSEEN_NAME_ZIPF
+                and self._name_like(words[1].group())
+            ):
+                continue  # "dine musbrinck": the unseen word vouches for the common one
+            else:
+                break
+            if names == 3:
+                break
+        return end
+
     def _inverted_names(self, text: str) -> list[RecognizerResult]:
-        """A last name, a comma and a known first name, as a chart header writes them ("Kulas,
-        Josh", "REICHEL, ARCHIE" once truecased), not a place ("Emporia, Kansas")."""
+        """A last name (with its particles), a comma and a first name, as a chart header writes
+        them ("Kulas, Josh", "REICHEL, ARCHIE" once truecased, "van der Halle, Baltzar"): the
+        first name known, or both words ones English hardly uses ("Maraldo, Araceli"); not a
+        place ("Emporia, Kansas") unless both are known names ("Jenkins, Santos")."""
         out: list[RecognizerResult] = []
         for m in _INVERTED_NAME.finditer(text):
-            last, first = m.group(1).casefold(), m.group(2).casefold()
+            last = m.group(1).split()[-1].casefold()
+            first = m.group(2).casefold()
             lower = m.group().islower()  # "jacobs, ernesto": both must be known names
+            if any(self._plain(k) for k in (last, first)):
+                continue
+            # capitalised, a first name no list holds may stand after a known last name
+            # ("Ocasio, Shaunda"); two known names may also be places ("Jenkins, Santos"); two
+            # words English hardly uses are a name no list holds ("Maraldo, Araceli")
+            known = first in self.first and last in self.last
+            unseen = all(zipf(k) < (2.0 if lower else UNSEEN_NAME_ZIPF) for k in (last, first))
+            given = first in self.first or (not lower and last in self.last and zipf(first) < 2.5)
             if (
-                first in self.first
-                and (last in self.last if lower else (last in self.last or zipf(last) < 3.0))
-                and (not lower or zipf(last) < 4.0)
-                and not any(self._plain(k) or k in self.places for k in (last, first))
-            ):
-                out.append(RecognizerResult("PERSON", m.start(), m.end(), 0.6))
+                (
+                    given
+                    and (last in self.last if lower else (last in self.last or zipf(last) < 3.0))
+                    and (not lower or zipf(last) < 4.0)
+                )
+                or unseen
+            ) and (known or not any(k in self.places for k in (last, first))):
+                # above spaCy's 0.85: its "Maraldo" person and "Araceli" place are one name
+                out.append(RecognizerResult("PERSON", m.start(), m.end(), INVERTED_NAME_SCORE))
         return out
 
     def _site_acronyms(self, text: str) -> list[RecognizerResult]:

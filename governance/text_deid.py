@@ -19,13 +19,21 @@ surrogate throughout a patient's notes and to a different one for another patien
 structured dates carry the per-patient shift); with the ``ages="all"`` policy every stated age
 becomes ``[AGE]`` (by default only ages over 89 go, as Safe Harbor asks).
 
-Notes go through spaCy's ``nlp.pipe`` in batches, as Presidio's ``BatchAnalyzerEngine`` does,
-each distinct (note, deny list) once; the analyzer is then called per note because each note
-has its own ad-hoc deny-list recognizer. Presidio's per-note overheads are trimmed by the
-``Lean*``/``Cached*`` classes below (same results, measured in ``bench/text_deid.py``). The
+Notes go through spaCy in batches, as Presidio's ``BatchAnalyzerEngine`` does, each distinct
+(note, deny list) once; the analyzer is then called per note because each note has its own
+ad-hoc deny-list recognizer. Every token is kept, but spaCy's NER reads only the sentences,
+clauses and lines holding a word that may name someone or something (one that is not
+clinical, not a stop word and not a common English word written in lower case; or a title, a
+month, a year, an ordinal), with two tokens of context either side: "GU: Foley draining clear
+yellow urine 40-60cc/hr." costs the model nothing, and what it would have called a person or a
+place there is dropped as identifying nobody anyway (:meth:`LeanSpacyNlpEngine.process_batch`).
+A note's language is read from its stop words (:func:`note_language`); the rules are English,
+so a note in another language is flagged (``DeidText.supported``) for review rather than passed
+as de-identified. Presidio's per-note overheads are trimmed by the ``Lean*``/``Cached*`` classes
+below (same results, measured in ``bench/text_deid.py``). The
 engine is built once per process (:func:`text_deidentifier`); a batch of
 :data:`PARALLEL_MIN_TEXTS` notes or more may be cut over worker processes, each with its own
-engine (:func:`deidentify_batch`).
+engine (:func:`deidentify_batch`); :func:`deidentify_array` does the same for an Arrow column.
 """
 
 from __future__ import annotations
@@ -36,11 +44,12 @@ import bisect
 import hashlib
 import hmac
 import html
+import importlib
 import json
 import multiprocessing
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -48,6 +57,7 @@ from html.parser import HTMLParser
 from itertools import chain
 from typing import Any, Literal
 
+import pyarrow as pa
 import tldextract
 from presidio_analyzer import (
     AnalyzerEngine,
@@ -61,8 +71,9 @@ from presidio_analyzer.predefined_recognizers import PhoneRecognizer, UrlRecogni
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
 from presidio_anonymizer.entities import RecognizerResult as Replacement
-from spacy.attrs import IDX, IS_PUNCT, IS_SPACE, IS_STOP, LENGTH, LOWER
+from spacy.attrs import IDX, IS_PUNCT, IS_SPACE, IS_STOP, LENGTH, LOWER, ORTH
 from spacy.tokens import Doc
+from spacy.tokens import Span as SpacySpan
 
 from medlake.config import AgePolicy
 from medlake.governance.recognizers import (
@@ -72,11 +83,13 @@ from medlake.governance.recognizers import (
     EPONYM_AFTER,
     LANGUAGE,
     MEDICAL_ENDING,
+    NAME_PARTICLES,
     TITLE,
     ClinicalCueRecognizer,
     NameGazetteerRecognizer,
     PlaceGazetteerRecognizer,
     age_recognizer,
+    alternation,
     clinical_abbreviations,
     clinical_rules,
     clinical_words,
@@ -178,6 +191,54 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
     #: Recognizer context words kept as keywords even when spaCy lists them as stop words
     #: ("call" before a phone number).
     context_words: frozenset[str] = frozenset()
+    #: Case-folded words spaCy's NER need not read (clinical words and stop words): a stretch of
+    #: a note made only of them, numbers and punctuation gets no NER pass (see
+    #: :meth:`process_batch`). Empty: every word is read, as Presidio does.
+    plain_words: frozenset[str] = frozenset()
+    #: Case-folded common English words that are nobody's name, and every clinical word (also
+    #: those that are names too, "kidney"): not read by the NER either when written in lower
+    #: case ("denies", "today", "kidney").
+    common_words: frozenset[str] = frozenset()
+
+    def process_batch(  # type: ignore[override]  # Presidio's two base classes disagree
+        self,
+        texts: list[str] | list[tuple[str, object]],
+        language: str,
+        batch_size: int = 1,
+        n_process: int = 1,
+        as_tuples: bool = False,
+    ) -> Iterator[Any]:
+        """Presidio's batch, with the NER run only on the stretches of each note that may hold
+        a name, a place, an organisation or a date: every token is kept (the context enhancer
+        reads them all), but a sentence or line made only of :attr:`plain_words`, numbers and
+        punctuation ("GU: Foley draining clear yellow urine 40-60cc/hr.") is not read by the
+        model. Whatever it would find there is dropped later as identifying nobody
+        (:func:`is_identifying`), so the spans are the same at a fraction of the model's time."""
+        if as_tuples or n_process != 1 or not self.plain_words:  # Presidio's own way
+            yield from super().process_batch(texts, language, batch_size, n_process, as_tuples)
+            return
+        nlp = self.nlp[language]  # type: ignore[index]
+        ner = nlp.get_pipe("ner")
+        docs = [nlp.make_doc(str(text)) for text in texts]
+        # (doc index, first token read, core from, core to, the stretch's doc)
+        pieces: list[tuple[int, int, int, int, Doc]] = []
+        needs = self.__dict__.setdefault("_needs", {})
+        for index, doc in enumerate(docs):
+            for a, core_a, core_b, b in _ner_stretches(
+                doc, self.plain_words, self.common_words, needs
+            ):
+                pieces.append((index, a, core_a, core_b, doc[a:b].as_doc()))
+        found: list[list[Any]] = [[] for _ in docs]
+        parsed = ner.pipe((piece[-1] for piece in pieces), batch_size=batch_size)
+        for (index, offset, core_a, core_b, _), piece in zip(pieces, parsed):
+            found[index].extend(  # what it found in the context margins is not its to say
+                SpacySpan(docs[index], offset + e.start, offset + e.end, label=e.label)
+                for e in piece.ents
+                if offset + e.start < core_b and core_a < offset + e.end
+            )
+        for doc, ents in zip(docs, found):
+            doc.ents = ents
+            yield doc.text, self._doc_to_nlp_artifact(doc, language)
 
     def _doc_to_nlp_artifact(self, doc: Doc, language: str) -> NlpArtifacts:
         keep = self.context_words
@@ -205,6 +266,71 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
         ]
         artifacts.nlp_engine = self
         return artifacts
+
+
+#: Tokens that end a stretch of text the NER reads as a whole: sentence and clause ends.
+_STRETCH_END = frozenset({".", ";", "!", "?", ":"})
+#: Tokens either side of a stretch the NER reads too, for its context window.
+_NER_MARGIN = 2
+#: Words the NER always reads: courtesy titles, months, weekdays (dates, "Dr. Foley").
+_ALWAYS_READ_WORDS = """
+    mr mrs ms miss mx dr prof sir jan january feb february mar march apr april may jun june
+    jul july aug august sep sept september oct october nov november dec december mon monday
+    tue tues tuesday wed wednesday thu thur thurs thursday fri friday sat saturday sun sunday
+"""
+_ALWAYS_READ = frozenset(_ALWAYS_READ_WORDS.split())
+_YEAR_OR_ORDINAL = re.compile(r"(?:1[89]|20)\d\d|['’]\d\d|\d{1,2}(?:st|nd|rd|th)")
+_WORD_PARTS = re.compile(r"[-'’/&.]")
+#: Distinct words whose :func:`_needs_ner` answer an engine remembers.
+_NEEDS_CACHED = 200_000
+
+
+def _needs_ner(word: str, plain: frozenset[str], common: frozenset[str]) -> bool:
+    """Whether a token may be (a part of) a name, place, organisation or date the NER should
+    look at: a word neither clinical nor a stop word (``plain``) nor, written in lower case, a
+    common English word (``common``); a title, a month or a weekday; a year or an ordinal."""
+    key = word.casefold()
+    if key.isspace():
+        return False
+    if _YEAR_OR_ORDINAL.fullmatch(key):
+        return True
+    if _DIGIT.search(key):
+        return False  # a reading, dose, count or identifier: the pattern recognizers' part
+    lower = word.islower()
+    for part in _WORD_PARTS.split(key):
+        if len(part) < 2 or part in plain or (lower and part in common):
+            continue
+        return True
+    return any(part in _ALWAYS_READ for part in _WORD_PARTS.split(key))
+
+
+def _ner_stretches(
+    doc: Doc, plain: frozenset[str], common: frozenset[str], needs: dict[str, bool]
+) -> list[tuple[int, int, int, int]]:
+    """The stretches of ``doc`` the NER should read: each sentence, clause or line that holds a
+    token :func:`_needs_ner` flags (its core), read with :data:`_NER_MARGIN` tokens of context
+    either side; as (read from, core from, core to, read to) token indexes, overlaps joined."""
+    strings = doc.vocab.strings
+    words = [strings[h] for h in doc.to_array(ORTH).tolist()]
+    stretches: list[tuple[int, int, int, int]] = []
+    start, wanted, last = 0, False, len(words) - 1
+    for i, word in enumerate(words):
+        if not wanted:
+            flag = needs.get(word)
+            if flag is None:
+                flag = _needs_ner(word, plain, common)
+                if len(needs) < _NEEDS_CACHED:
+                    needs[word] = flag
+            wanted = flag
+        if i == last or word in _STRETCH_END or (word.isspace() and "\n" in word):
+            if wanted:
+                a, b = max(0, start - _NER_MARGIN), min(len(words), i + 1 + _NER_MARGIN)
+                if stretches and a <= stretches[-1][3]:
+                    stretches[-1] = (stretches[-1][0], stretches[-1][1], i + 1, b)
+                else:
+                    stretches.append((a, start, i + 1, b))
+            start, wanted = i + 1, False
+    return stretches
 
 
 class LeanContextEnhancer(LemmaContextAwareEnhancer):
@@ -363,6 +489,15 @@ class DeidText:
     text: str
     entities: dict[str, int] = field(default_factory=dict)
     spans: tuple[Span, ...] = ()
+    #: The note's language as :func:`note_language` reads it; the rules are English ones, so a
+    #: note in another language is de-identified less well (see ``supported``).
+    language: str = LANGUAGE
+
+    @property
+    def supported(self) -> bool:
+        """Whether the note is in the language the recognizers were built for (English): a
+        note that is not should be held for review rather than released as de-identified."""
+        return bool(self.language == LANGUAGE)
 
     @property
     def replaced(self) -> int:
@@ -402,11 +537,22 @@ class TextDeidentifier:
         self._stop_words: frozenset[str] = frozenset(nlp.Defaults.stop_words)
         first, last, _ = gazetteer()
         self._clinical = clinical_vocabulary(first | last)
+        self.nlp_engine.plain_words = self._clinical | self._stop_words
+        # in lower case, a clinical word is no name even when it is one too ("kidney", "bill")
+        self.nlp_engine.common_words = common_english_words(first | last) | clinical_words()
         # trimmed off a name's edges: shorthand, stop words, kin and care words ("sister Karisa")
         self._shorthand = (
             clinical_abbreviations()
             | self._stop_words
             | (clinical_rules()["name_cues"] - {"dr", "doctor", "mr", "mrs", "ms", "miss", "prof"})
+        )
+        self._first_names = first
+        rules = clinical_rules()
+        self._cue_words = rules["name_cues"] | rules["credentials"]
+        # (a dot only after a title: "HCP. Vent:" is a sentence's end, then a section)
+        self._cue_capitalised = re.compile(
+            rf"(?i:\b(?:{TITLE}\.?|(?:{alternation(rules['name_cues'])}):?))[ \t]+"
+            r"(?P<w1>[A-Z][a-z'’-]+)(?:[ \t]+(?P<w2>[A-Z][a-z'’-]+))?"
         )
         registry = CachedRecognizerRegistry(supported_languages=[LANGUAGE])
         registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=self.nlp_engine)
@@ -475,10 +621,16 @@ class TextDeidentifier:
         )
         found: dict[tuple[str, tuple[str, ...]], list[Span]] = {}
         for (text, terms), cased, item in zip(distinct, seen, artifacts):
-            found[(text, terms)] = self._analyze(cased, terms, item[1]) if text.strip() else []
+            found[(text, terms)] = (
+                self._analyze(cased, terms, item[1], original=text) if text.strip() else []
+            )
         return [list(found[key]) for key in keys]
 
-    def _analyze(self, text: str, terms: Sequence[str], nlp_artifacts: NlpArtifacts) -> list[Span]:
+    def _analyze(
+        self, text: str, terms: Sequence[str], nlp_artifacts: NlpArtifacts, *, original: str = ""
+    ) -> list[Span]:
+        """The merged PHI spans of ``text`` (the note as truecased; ``original``, the note as
+        written, tells which words its writer capitalised)."""
         record = self._record_recognizers(terms)
         results = self.analyzer.analyze(
             text=text,
@@ -496,9 +648,38 @@ class TextDeidentifier:
                 if r is not None and is_identifying(text, r, self._stop_words, self._clinical)
             ]
         )
+        results += self._capitalised_after_cue(original or text)
         names = propagate_names(text, results, self._stop_words)
         organisations = contact_block_organisations(text, results + names, self._clinical)
         return merge_spans(text, results + names + organisations)
+
+    def _capitalised_after_cue(self, text: str) -> list[RecognizerResult]:
+        """One or two words its writer capitalised after a name cue, in a note written in
+        ordinary case ("call RN Will at", "husband Manual at bedside", "Family: Genevive
+        Green"): a name even when it is also an English word, unless it is clinical, a stop
+        word that is no first name, or an eponym ("Dr. Foley" aside, :func:`_titled`)."""
+        out: list[RecognizerResult] = []
+        for m in self._cue_capitalised.finditer(text):
+            first = m.group("w1").casefold()
+            if (
+                first in self._clinical
+                or first in self._cue_words
+                or (first in self._stop_words and first not in self._first_names)
+                or EPONYM_AFTER.match(text, m.end("w1"))
+            ):
+                continue
+            end = m.end("w1")
+            second = (m.group("w2") or "").casefold()
+            if (
+                second
+                and second not in self._clinical
+                and second not in self._stop_words
+                and second not in self._cue_words
+                and not EPONYM_AFTER.match(text, m.end("w2"))
+            ):
+                end = m.end("w2")
+            out.append(RecognizerResult("PERSON", m.start("w1"), end, 0.5))
+        return out
 
     def _entities_for(self, text: str, record: set[str]) -> list[str]:
         """The entity types worth looking for in ``text`` (with the ``record`` deny lists' own):
@@ -546,8 +727,9 @@ class TextDeidentifier:
         for index, (text, spans) in enumerate(
             zip(texts, self.analyze_batch(texts, deny_lists=deny_lists))
         ):
+            language = note_language(text)
             if not spans:
-                out.append(DeidText(text=text))
+                out.append(DeidText(text=text, language=language))
                 continue
             person_key = person_keys[index] if person_keys is not None else ""
             operators = {
@@ -563,6 +745,7 @@ class TextDeidentifier:
                     text=anonymized.text,
                     entities=dict(Counter(s.entity_type for s in spans)),
                     spans=tuple(spans),
+                    language=language,
                 )
             )
         return out
@@ -577,6 +760,38 @@ class TextDeidentifier:
             return surrogate(surrogate_key, person_key, label, value)
 
         return OperatorConfig("custom", {"lambda": replace})
+
+
+#: Languages told apart from English by their stop words (spaCy's lists, no model needed).
+OTHER_LANGUAGES = ("es", "fr", "de", "it", "pt", "nl")
+#: A note is in another language when that language's stop words occur at least this many
+#: times and at least twice as often as English ones (telegraphic English has few of them).
+_MIN_STOP_WORDS = 5
+_LOWER_WORD = re.compile(r"[^\W\d_]+")
+
+
+@cache
+def _stop_words(language: str) -> frozenset[str]:
+    module = importlib.import_module(f"spacy.lang.{language}.stop_words")
+    return frozenset(module.STOP_WORDS)
+
+
+def note_language(text: str) -> str:
+    """The note's language: English (``"en"``), or one of :data:`OTHER_LANGUAGES` when its stop
+    words outnumber English ones two to one ("el paciente de 45 años ingresa en el hospital con
+    ..."): a cheap guard, not a language identifier for short or mixed notes."""
+    words = _LOWER_WORD.findall(text.casefold())
+    english = sum(1 for w in words if w in _stop_words(LANGUAGE))
+    best: str = str(LANGUAGE)
+    hits = english
+    for language in OTHER_LANGUAGES:
+        stops = _stop_words(language)
+        count = sum(1 for w in words if w in stops)
+        if count > hits:
+            best, hits = language, count
+    if best != LANGUAGE and hits >= _MIN_STOP_WORDS and hits >= 2 * english:
+        return best
+    return str(LANGUAGE)
 
 
 def surrogate(key: bytes, person_key: str, entity: str, value: str) -> str:
@@ -643,17 +858,22 @@ def _titled(text: str, result: RecognizerResult) -> bool:
 def trim_shorthand(
     text: str, result: RecognizerResult, shorthand: frozenset[str]
 ) -> RecognizerResult | None:
-    """``result`` without the clinical shorthand and stop words at its edges ("RN Holly" is
-    Holly, "VIHC ed w/" is VIHC), or None when nothing else is left."""
+    """``result`` without the clinical shorthand, stop words and words with digits at its edges
+    ("RN Holly" is Holly, "VIHC ed w/" is VIHC), or None when nothing else is left."""
     if result.entity_type not in _TRIMMED or result.score >= 1 or _titled(text, result):
         return result
     words = list(_NAME_WORD.finditer(text, result.start, result.end))
     keep = [
         m
-        for m in words
+        for i, m in enumerate(words)
         if len(m.group()) > 1
-        and m.group().casefold().rstrip("'’") not in shorthand
+        and (
+            m.group().casefold().rstrip("'’") not in shorthand
+            # "ten Dolle", "van der Halle": a particle before a name is a part of it
+            or (m.group().casefold() in NAME_PARTICLES and i + 1 < len(words))
+        )
         and not _COUNT.fullmatch(m.group())
+        and not _DIGIT.search(m.group())  # "Y-257878 / Reichel": a record number, no name
     ]
     if not words or len(keep) == len(words):
         return result
@@ -690,7 +910,7 @@ def is_identifying(
         if words and all(w in clinical or _COUNT.fullmatch(w) for w in words):
             return False  # "5 FiO2 40", "40 IV BID": a setting or a dose, no street
     if result.entity_type in _NAMED and result.score < 1 and not _titled(text, result):
-        words = [w.casefold() for w in _NAME_WORD.findall(value)]
+        words = [_POSSESSIVE.sub("", w.casefold()) for w in _NAME_WORD.findall(value)]
         if all(
             w in stop_words
             or w in clinical
@@ -741,6 +961,27 @@ def clinical_vocabulary(name_words: frozenset[str]) -> frozenset[str]:
     )
 
 
+#: Zipf frequency (wordfreq) from which an English word is common enough to leave to the
+#: rules when written in lower case; and from which it is so even when it is also a name.
+COMMON_WORD_ZIPF = 3.0
+COMMON_NAME_WORD_ZIPF = 4.5
+
+
+@cache
+def common_english_words(name_words: frozenset[str]) -> frozenset[str]:
+    """Case-folded common English words (wordfreq's most frequent 40,000 at Zipf 3 or more)
+    that are no name in ``name_words``, or are far commoner as words ("small", "good"): what
+    spaCy's NER need not read when written in lower case."""
+    import wordfreq
+
+    return frozenset(
+        word
+        for word in wordfreq.top_n_list("en", 40_000)
+        if (frequency := wordfreq.zipf_frequency(word, "en")) >= COMMON_WORD_ZIPF
+        and (word not in name_words or frequency >= COMMON_NAME_WORD_ZIPF)
+    )
+
+
 def _eponym(text: str, end: int) -> bool:
     """Whether the name ending at ``end`` names a disease, sign or device ("Parkinson's disease",
     "Parkinson and Alzheimer disease", "Foley catheter")."""
@@ -750,6 +991,7 @@ def _eponym(text: str, end: int) -> bool:
 
 _AND_NAME = re.compile(r"\s+(?:and|or|&)\s+[^\W\d_][\w'’-]*")
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]*")
+_POSSESSIVE = re.compile(r"['’]s$")
 _LETTERS = re.compile(r"[^\W\d_]+")
 
 
@@ -915,7 +1157,10 @@ def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
         if merged:
             last = merged[-1]
             gap = text[last.end : span.start]
-            if last.entity_type == span.entity_type and len(gap) <= 2 and not gap.strip(" ."):
+            if last.entity_type == span.entity_type and (
+                (len(gap) <= 2 and not gap.strip(" ."))
+                or (gap == ", " and span.entity_type == "PERSON" and _inverted(text, last, span))
+            ):
                 merged[-1] = Span(
                     last.start, span.end, last.entity_type, max(last.score, span.score)
                 )
@@ -926,6 +1171,17 @@ def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
         merged.append(span)
     return merged
 
+
+def _inverted(text: str, last: Span, span: Span) -> bool:
+    """Whether two one-word names around a comma are a last and a first name ("Ocasio,
+    Shaunda"), not two items of a list ("Isabel, Teresa and Jodi")."""
+    one_word = all(
+        _NAME_WORD.fullmatch(text, s.start, s.end) for s in (last, span)
+    )
+    return bool(one_word) and not _LIST_GOES_ON.match(text, span.end)
+
+
+_LIST_GOES_ON = re.compile(r",|\s+(?:and|or|&)\b", re.IGNORECASE)
 
 STREET = "STREET_ADDRESS"
 _ADDRESS_GAP = " \t\r\n,>/"
@@ -1071,6 +1327,7 @@ def text_row(row_id: Any, done: DeidText) -> dict[str, Any]:
         "id": row_id,
         "text": done.text,
         "spans": [{"start": s.start, "end": s.end, "type": s.entity_type} for s in done.spans],
+        "language": done.language,
     }
 
 
@@ -1167,4 +1424,48 @@ def deidentify_attachments(
         surrogate_key=surrogate_key,
         person_keys=person_keys,
         workers=workers,
+    )
+
+
+def deidentify_array(
+    texts: pa.Array | pa.ChunkedArray,
+    *,
+    surrogate_key: bytes,
+    deny_lists: Sequence[Sequence[str]] | None = None,
+    person_keys: Sequence[str] | None = None,
+    workers: int = 1,
+    ages: AgePolicy = "over_89",
+) -> pa.Table:
+    """A column of notes de-identified in one batch (:func:`deidentify_batch`), as a table in
+    the same order: ``text`` (de-identified; a null note stays null), ``phi_replaced`` (spans
+    replaced), ``phi_entities`` (JSON of the count per entity type: no PHI) and ``language``
+    (:func:`note_language`: a note not in English was de-identified by English rules and is
+    best held for review)."""
+    notes = texts.to_pylist()
+    if deny_lists is not None and len(deny_lists) != len(notes):
+        raise ValueError(f"deny_lists has {len(deny_lists)} entries for {len(notes)} texts")
+    if person_keys is not None and len(person_keys) != len(notes):
+        raise ValueError(f"person_keys has {len(person_keys)} entries for {len(notes)} texts")
+    present = [i for i, note in enumerate(notes) if note is not None]
+    done = deidentify_batch(
+        [notes[i] for i in present],
+        deny_lists=[list(deny_lists[i]) for i in present] if deny_lists is not None else None,
+        surrogate_key=surrogate_key,
+        person_keys=[person_keys[i] for i in present] if person_keys is not None else None,
+        workers=workers,
+        ages=ages,
+    )
+    out: list[DeidText | None] = [None] * len(notes)
+    for i, result in zip(present, done, strict=True):
+        out[i] = result
+    return pa.table(
+        {
+            "text": pa.array([d.text if d else None for d in out], pa.string()),
+            "phi_replaced": pa.array([d.replaced if d else 0 for d in out], pa.int32()),
+            "phi_entities": pa.array(
+                [json.dumps(d.summary()["entities"], sort_keys=True) if d else "{}" for d in out],
+                pa.string(),
+            ),
+            "language": pa.array([d.language if d else None for d in out], pa.string()),
+        }
     )

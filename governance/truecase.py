@@ -91,7 +91,8 @@ def truecase(text: str, lexicon: Lexicon) -> str:
 
 def _name_pairs(text: str, words: list[re.Match[str]], lex: Lexicon) -> set[int]:
     """Indexes of words that make a name with their neighbour: a known first name then a known
-    last name ("cynthia rath"), or a last name, a comma and a first name ("kulas, josh")."""
+    last name ("cynthia rath"), or a last name, a comma and a first name ("kulas, josh"; both
+    may be unknown when English hardly uses either: "maraldo, araceli")."""
     out: set[int] = set()
     for i in range(len(words) - 1):
         a, b = words[i].group().casefold(), words[i + 1].group().casefold()
@@ -100,8 +101,9 @@ def _name_pairs(text: str, words: list[re.Match[str]], lex: Lexicon) -> set[int]
             continue  # (a pair word is neither clinical shorthand nor a stop word)
         rare_a, rare_b = lex.zipf(a) < UNKNOWN_ZIPF, lex.zipf(b) < UNKNOWN_ZIPF
         known_a, known_b = a in lex.names, b in lex.names
-        # both known, or one known and the other a word English rarely uses ("armandina considine")
-        if (known_a or rare_a) and (known_b or rare_b) and (known_a or known_b):
+        # both known, or one known and the other a word English rarely uses ("armandina considine"),
+        # or a last name, a comma and a first name English rarely uses ("maraldo, araceli")
+        if (known_a or rare_a) and (known_b or rare_b) and (known_a or known_b or gap == ", "):
             out.update((i, i + 1))
     return out
 

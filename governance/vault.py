@@ -406,6 +406,49 @@ def linkage_identities(
     return found
 
 
+def follow_persons(
+    lake: Lake,
+    person_of: Mapping[str, str],
+    *,
+    keyring: Keyring,
+    audit_key: bytes,
+    run_id: str,
+    actor: str = "medlake_pipeline",
+    role: str = "system",
+) -> int:
+    """Vault identities stored under another person than their record's now (``person_of``: source_key →
+    person_key, the crosswalk), after a merge or a split: re-encrypted under the record's person (the
+    AAD binds the person_key). Only those rows are decrypted, in memory; audited once as
+    ``vault.rekey`` with counts only. Returns how many identities moved."""
+    stale = [
+        r for r in _rows(lake)
+        if r["source_key"] in person_of and r["person_key"] != person_of[r["source_key"]]
+    ]
+    if not stale:
+        return 0
+
+    def record(outcome: str, records: int) -> None:
+        audit.append(
+            lake, key=audit_key, actor=actor, role=role, action="vault.rekey", object=TABLE,
+            run_id=run_id, purpose="entity_resolution",
+            details={"outcome": outcome, "records": records,
+                     "persons": len({person_of[r["source_key"]] for r in stale})},
+        )
+
+    try:
+        keyring = keyring.refreshed()
+        moved = [
+            {**json.loads(_open(r, keyring)), "person_key": person_of[r["source_key"]], "source_key": r["source_key"]}
+            for r in stale
+        ]
+    except (VaultKeyError, KeyringError) as exc:
+        record("key_error", 0)
+        raise VaultKeyError(f"the vault cannot be re-keyed to the resolved persons: {exc}") from None
+    store(lake, moved, keyring=keyring)
+    record("ok", len(moved))
+    return len(moved)
+
+
 def source_keys(lake: Lake) -> set[str]:
     """The source keys the vault holds an identity for (nothing decrypted, nothing audited)."""
     return {str(r["source_key"]) for r in _rows(lake, columns=["source_key"])}

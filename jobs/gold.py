@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
 
 from medlake import ledger
 from medlake.config import DbtSettings, Settings
@@ -433,23 +434,61 @@ def _write_marts(
     imputed: dict[str, tuple[ledger.Entry, Mapping[str, float]]] = {}
     from medlake.expectations.gate import validate_gold
 
-    ready: dict[str, pa.Table] = {}
-    for mart in sorted(marts, key=lambda m: m.name):
-        data = read(mart)
-        name = f"gold.{mart.name}"
-        if mart.name in IMPUTED_MARTS:
-            result = impute(data, IMPUTED_MARTS[mart.name])
-            data = result.table
-            imputed[name] = (result.ledger_entry(name), result.fractions)
-        if mart.not_null:
-            data = _with_not_null(data, mart.not_null, name=name)
-        ready[name] = data
-    # the gold suites first: a mart that breaks one (its SQL is wrong) stops the build unwritten
-    validate_gold(lake, run_id=run_id, tables=list(ready), data=ready)
-    for name, data in ready.items():
-        version = lake.write(name, data, mode="overwrite")
-        written.append(GoldTable(name=name, version=version, rows=data.num_rows))
+    ready = StagedMarts(lake, run_id=run_id)  # one mart in memory at a time, not all of them
+    try:
+        for mart in sorted(marts, key=lambda m: m.name):
+            data = read(mart)
+            name = f"gold.{mart.name}"
+            if mart.name in IMPUTED_MARTS:
+                result = impute(data, IMPUTED_MARTS[mart.name])
+                data = result.table
+                imputed[name] = (result.ledger_entry(name), result.fractions)
+            if mart.not_null:
+                data = _with_not_null(data, mart.not_null, name=name)
+            ready.put(name, data)
+            del data
+        # the gold suites first: a mart breaking one (its SQL is wrong) stops the build unwritten
+        validate_gold(lake, run_id=run_id, tables=list(ready), data=ready)
+        for name in ready:
+            data = ready[name]
+            version = lake.write(name, data, mode="overwrite")
+            written.append(GoldTable(name=name, version=version, rows=data.num_rows))
+    finally:
+        ready.drop()
     return tuple(written), imputed
+
+
+class StagedMarts(Mapping[str, pa.Table]):
+    """Marts built and checked but not yet in gold, kept in the run's scratch tables and read
+    back one at a time: a build holds one mart in memory, not all of them."""
+
+    def __init__(self, lake: Lake, *, run_id: str) -> None:
+        self.lake = lake
+        self.run_id = run_id
+        self._names: list[str] = []
+
+    def _uri(self, name: str) -> str:
+        return self.lake.scratch_uri(name, run_id=self.run_id)
+
+    def put(self, name: str, data: pa.Table) -> None:
+        write_deltalake(self._uri(name), data, mode="overwrite", schema_mode="overwrite")
+        if name not in self._names:
+            self._names.append(name)
+
+    def __getitem__(self, name: str) -> pa.Table:
+        if name not in self._names:
+            raise KeyError(name)
+        return DeltaTable(self._uri(name)).to_pyarrow_table()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def drop(self) -> None:
+        for name in self._names:
+            self.lake.drop_scratch_table(name, run_id=self.run_id)
 
 
 def _with_not_null(data: pa.Table, not_null: frozenset[str], *, name: str) -> pa.Table:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
@@ -31,7 +32,6 @@ from medlake.engines import (
     Applied,
     DeltaSource,
     Engine,
-    FileSource,
     QuarantineSink,
     Target,
     engine_for,
@@ -45,7 +45,7 @@ from medlake.jobs.clean import dedup, fhir_steps, terminology
 from medlake.jobs.clean.config import OnUnmapped
 from medlake.jobs.clean.standardize import STANDARDIZE
 from medlake.jobs.ingest import fhir, hl7v2, limits
-from medlake.jobs.stage import StageResult, write_bronze
+from medlake.jobs.stage import StageResult, ingest_files
 from medlake.jobs.views.coverage import describe as describe_drift
 from medlake.jobs.views.tables import ViewTable, load_view_tables, rows_from_bronze
 from medlake.keys import audit_key, project_key
@@ -129,38 +129,21 @@ def ingest(
             "landing/%s holds %d file(s) with no parser yet; they stay in landing", kind, count
         )
     files = fhir.landing_files(landing / "fhir")
-    scratch = lake.scratch_uri(BRONZE_FHIR.name, run_id=run_id)
-    read = engine.batch_local(  # the limits in force travel with the steps to workers
-        limits.bound(functools.partial(fhir.to_bronze, run_id=run_id, ingested_at=now)),
-        source=FileSource(
-            [(str(p), str(p.relative_to(landing))) for p in files],
-            reader=limits.bound(fhir.read_records),
-            schema=fhir.RAW_SCHEMA,
-        ),
-        target=Target(scratch, BRONZE_FHIR.schema, encode=lake.encoder(BRONZE_FHIR.name)),
-        quarantine=QuarantineSink(
-            lake.uri(QUARANTINE.name), run_id=run_id, encode=lake.encoder(QUARANTINE.name)
-        ),
+    done = ingest_files(
+        lake,
+        engine,
+        BRONZE_FHIR,
+        [(str(p), str(p.relative_to(landing))) for p in files],
+        reader=fhir.read_records,
+        schema=fhir.RAW_SCHEMA,
+        to_bronze=functools.partial(fhir.to_bronze, run_id=run_id, ingested_at=now),
+        run_id=run_id,
     )
-    new = engine.insert_new(
-        source=DeltaSource(scratch, where={"_run_id": [run_id]}),
-        target=Target(lake.uri(BRONZE_FHIR.name), BRONZE_FHIR.schema, mode="append"),
-        key=BRONZE_FHIR.key,
-        order=("_source_file", "_source_offset"),
-    )
-    lake.drop_scratch(run_id=run_id)
-    entry = Entry(
-        stage="ingest",
-        table_name=BRONZE_FHIR.name,
-        records_in=read.rows_in,
-        records_out=new.kept,
-        quarantined=read.quarantined,
-        merged=new.duplicates,
-    )
+    entry, new = done.entry, done.new
     ledger.record(lake, run_id, [entry])
     log.info(
         "ingest: %d records from %d files on the %s engine, %d new in bronze, %d duplicates",
-        read.rows_in,
+        entry.records_in,
         len(files),
         engine.name,
         new.kept,
@@ -170,21 +153,36 @@ def ingest(
 
 
 def ingest_hl7v2(
-    landing: Path, lake: Lake, *, run_id: str, now: datetime | None = None
+    landing: Path,
+    lake: Lake,
+    *,
+    run_id: str,
+    now: datetime | None = None,
+    engine: Engine | None = None,
 ) -> StageResult:
-    """Landing HL7 v2 files → bronze, one row per message. A message seen before merges as a duplicate."""
+    """Landing HL7 v2 files → bronze, one row per message, streamed through the engine like FHIR
+    (:func:`~medlake.jobs.stage.ingest_files`). A message seen before merges as a duplicate."""
     files = hl7v2.landing_files(landing / "hl7v2")
-    raw = hl7v2.read_files(files, root=landing)
-    split = hl7v2.to_bronze(raw, run_id=run_id, ingested_at=now or datetime.now(UTC))
-    entry = write_bronze(lake, BRONZE_HL7V2, split, raw, run_id=run_id)
-    ledger.record(lake, run_id, [entry])
+    done = ingest_files(
+        lake,
+        engine or EmbeddedEngine(),
+        BRONZE_HL7V2,
+        [(str(p), p.relative_to(landing).as_posix()) for p in files],
+        reader=hl7v2.read_records,
+        schema=hl7v2.RAW_SCHEMA,
+        to_bronze=functools.partial(
+            hl7v2.to_bronze, run_id=run_id, ingested_at=now or datetime.now(UTC)
+        ),
+        run_id=run_id,
+    )
+    ledger.record(lake, run_id, [done.entry])
     log.info(
         "ingest: %d HL7 v2 messages from %d files, %d new in bronze",
-        raw.num_rows,
+        done.entry.records_in,
         len(files),
-        entry.records_out,
+        done.entry.records_out,
     )
-    return StageResult({BRONZE_HL7V2.name: lake.version(BRONZE_HL7V2.name)}, [entry])
+    return StageResult({BRONZE_HL7V2.name: done.new.target_version}, [done.entry])
 
 
 def clean(
@@ -200,7 +198,6 @@ def clean(
     concept_maps_version: int | None = None,
     on_unmapped: dict[str, OnUnmapped] | None = None,
     views: Mapping[str, ViewTable] | None = None,
-    text_workers: int = 1,
     text_ages: AgePolicy = "over_89",
     engine: Engine | None = None,
 ) -> StageResult:
@@ -232,27 +229,43 @@ def clean(
     ``reference.person_crosswalk`` stable, and every staging row takes its person's key, its
     dates re-shifted by that person's offset; the links go to ``staging.patient_links``, and
     the survivorship of every person this run touched (one row per person) to ``staging.persons``.
-    ``text_workers`` is kept for callers; the engine's workers de-identify notes in parallel.
+    Free text is de-identified where it is parsed, in the engine's worker processes.
     """
-    del text_workers  # the engine's worker processes spread the notes over the cores
     engine = engine or EmbeddedEngine()
     chain = FhirChain(lake, engine, run_id=run_id, version=bronze_version)
     patients_bronze = chain.read_type("Patient")
     aliases = update_patient_aliases(lake, patients_bronze, key=key, run_id=run_id)
     messages = lake.read(BRONZE_HL7V2.name, version=hl7v2_version, where={"_run_id": run_id})
-    from_hl7 = hl7v2.silver_from_bronze(messages, key=key, max_shift_days=max_shift_days)
+    parsed = hl7v2.parse_messages(messages)  # each message parsed once, read by every step
+    from_hl7 = hl7v2.silver_from_bronze(parsed, key=key, max_shift_days=max_shift_days)
     concept_map, maps_version = terminology.concept_maps(lake, version=concept_maps_version)
     log.info("clean: concept maps %s@%d", terminology.CONCEPT_MAPS.name, maps_version)
     identities = fhir.patient_identities(patients_bronze, key=key, aliases=aliases)
-    identities += hl7v2.patient_identities(messages, key=key)
+    identities += hl7v2.patient_identities(parsed, key=key)
     entries: list[Entry] = []
     versions: dict[str, int | None] = {}
     drift: dict[str, int] = {}
+    # the free text of every resource parsed below, de-identified there (a side output of the
+    # step that parses it), gathered in the run's scratch and re-keyed once persons are resolved
+    note_options = fhir.NoteOptions(
+        key=key,
+        max_shift_days=max_shift_days,
+        aliases=aliases,
+        deny_lists={
+            i["person_key"]: text_deid_terms(i)
+            for i in identities
+            if i["source_system"] == fhir.SOURCE_SYSTEM
+        },
+        ages=text_ages,
+    )
+    lake.drop_scratch_table(SILVER_NOTES.name, run_id=run_id)  # a retried run starts it afresh
+    found_notes = NoteCount()
 
     # flatten every silver type into the run's scratch (FHIR rows, then HL7 v2's)
     flat: dict[str, str] = {}
     for resource_type, spec in FHIR_SILVER.items():
         flat[resource_type] = lake.scratch_uri(spec.name, run_id=run_id)
+        with_notes = resource_type in fhir.NOTE_SOURCES
         applied = chain.step(
             functools.partial(
                 fhir.flatten_resources,
@@ -260,10 +273,13 @@ def clean(
                 key=key,
                 max_shift_days=max_shift_days,
                 aliases=aliases,
+                notes=note_options if with_notes else None,
             ),
             types=[resource_type],
             target=Target(flat[resource_type], spec.schema, partition_by=spec.partition_by),
+            sides=found_notes.sides(lake, run_id=run_id) if with_notes else None,
         )
+        found_notes.add(applied)
         for name, count in applied.counters.items():
             drift[name] = drift.get(name, 0) + count
         hl7 = from_hl7[spec.name]
@@ -277,7 +293,8 @@ def clean(
                 table_name=spec.name,
                 records_in=applied.rows_in + hl7.records_in,
                 records_out=produced + hl7.records_out,
-                quarantined=applied.quarantined + hl7.split.quarantined.num_rows,
+                quarantined=applied.quarantined_by.get(spec.name, 0)
+                + hl7.split.quarantined.num_rows,
                 merged=hl7.merged,
             )
         )
@@ -285,6 +302,37 @@ def clean(
     for line in describe_drift(unread):
         log.info("clean: schema drift: %s", line)
     write_drift(lake, run_id, unread)
+    views = views or {}
+    viewed = tuple(t.view.resource for t in views.values())
+    rest = chain.step(  # types no silver table reads (extra views' types: their own entries)
+        functools.partial(fhir_steps.bronze_only, viewed=viewed, notes=note_options),
+        types=[],
+        exclude=sorted({*FHIR_SILVER, *viewed}),
+        target=Target(lake.scratch_uri("bronze_only", run_id=run_id), fhir_steps.BRONZE_ONLY_SCHEMA),
+        sides=found_notes.sides(lake, run_id=run_id),
+    )
+    found_notes.add(rest)
+    noted_views = sorted(set(viewed) & set(fhir.NOTE_SOURCES) - set(FHIR_SILVER))
+    if noted_views:  # an extra view's type with free text: its notes too (the view counts it)
+        found_notes.add(
+            chain.step(
+                functools.partial(fhir_steps.notes_only, notes=note_options),
+                types=noted_views,
+                target=Target(
+                    lake.scratch_uri("notes_only", run_id=run_id), fhir_steps.BRONZE_ONLY_SCHEMA
+                ),
+                sides=found_notes.sides(lake, run_id=run_id),
+            )
+        )
+    entries.append(
+        Entry(
+            stage="silver",
+            table_name=BRONZE_FHIR.name,
+            records_in=rest.rows_in,
+            quarantined=rest.quarantined_by.get(BRONZE_FHIR.name, 0),
+            bronze_only=rest.good,
+        )
+    )
 
     # entity resolution over this run's patient rows (few: held in memory)
     patient_rows = DeltaTable(flat["Patient"]).to_pyarrow_dataset().to_table(use_threads=False)
@@ -303,6 +351,7 @@ def clean(
         now=datetime.now(UTC),
         prior=prior,
         options=dedup.link_options(Settings().identity),
+        spark=dedup.splink_session(engine),  # Splink's Spark backend when the engine is Spark
     )
     if keyring is not None:  # the vault keys identities by the resolved person
         person = resolved.person_of
@@ -310,6 +359,8 @@ def clean(
             {**i, "person_key": person.get(i["person_key"], i["person_key"])} for i in identities
         ]
         vault.store(lake, stored, keyring=keyring)
+        if audit_key is not None:  # earlier records of a merged or split person follow it
+            dedup.follow_in_vault(lake, keyring=keyring, audit_key=audit_key, run_id=run_id)
 
     # standardize and re-key every table into staging
     for resource_type, spec in FHIR_SILVER.items():
@@ -357,23 +408,21 @@ def clean(
                 staging_name(SILVER_PERSONS.name), persons, mode="overwrite", spec=SILVER_PERSONS
             )
 
-    # free text → staging.notes (FHIR streamed, then HL7 v2 NTE / OBX text appended)
-    deny_lists = {i["person_key"]: text_deid_terms(i) for i in identities if i["source_system"] == fhir.SOURCE_SYSTEM}
-    notes = chain.step(
+    # free text → staging.notes: the FHIR notes the steps above de-identified, re-keyed to their
+    # resolved persons, then HL7 v2 NTE / OBX text appended
+    notes = engine.batch_local(
         functools.partial(
-            fhir_steps.notes,
+            fhir_steps.remap_notes,
+            person_of=resolved.person_of,
             key=key,
             max_shift_days=max_shift_days,
-            aliases=aliases,
-            deny_lists=deny_lists,
-            person_of=resolved.person_of,
-            ages=text_ages,
         ),
-        types=list(fhir.NOTE_SOURCES),
+        source=DeltaSource(found_notes.uri(lake, run_id=run_id)),
         target=Target(lake.uri(staging_name(SILVER_NOTES.name)), SILVER_NOTES.schema),
+        quarantine=chain.quarantine,
     )
     hl7_notes = hl7v2.notes_from_bronze(
-        messages, key=key, max_shift_days=max_shift_days, workers=1, ages=text_ages
+        parsed, key=key, max_shift_days=max_shift_days, workers=1, ages=text_ages
     )
     lake.insert_new(QUARANTINE.name, stamp_run(hl7_notes.quarantined, run_id))
     hl7_rows = dedup.remap(
@@ -388,10 +437,12 @@ def clean(
         Entry(
             stage="deid_text",
             table_name=SILVER_NOTES.name,
-            records_in=notes.good + notes.quarantined + hl7_notes.good.num_rows
+            records_in=found_notes.good
+            + found_notes.quarantined
+            + hl7_notes.good.num_rows
             + hl7_notes.quarantined.num_rows,
             records_out=notes.good + hl7_notes.good.num_rows,
-            quarantined=notes.quarantined + hl7_notes.quarantined.num_rows,
+            quarantined=found_notes.quarantined + hl7_notes.quarantined.num_rows,
         )
     )
     entries.append(resolved.entry)
@@ -401,8 +452,6 @@ def clean(
         mode="overwrite",
         spec=SILVER_PATIENT_LINKS,
     )
-    views = views or {}
-    viewed = tuple(t.view.resource for t in views.values())
     staged_views = stage_view_tables(
         lake,
         chain,
@@ -415,21 +464,6 @@ def clean(
     )
     versions.update(staged_views.versions)
     entries += staged_views.entries
-    rest = chain.step(  # types no silver table reads (extra views' types: their own entries)
-        functools.partial(fhir_steps.bronze_only, viewed=viewed),
-        types=[],
-        exclude=sorted({*FHIR_SILVER, *viewed}),
-        target=Target(lake.scratch_uri("bronze_only", run_id=run_id), fhir_steps.BRONZE_ONLY_SCHEMA),
-    )
-    entries.append(
-        Entry(
-            stage="silver",
-            table_name=BRONZE_FHIR.name,
-            records_in=rest.rows_in,
-            quarantined=rest.quarantined,
-            bronze_only=rest.good,
-        )
-    )
     only = hl7v2.bronze_only_from_bronze(messages)  # messages no silver table reads (ACK, …)
     entries.append(
         Entry(
@@ -481,13 +515,18 @@ class FhirChain:
         types: Sequence[str],
         target: Target,
         exclude: Sequence[str] = (),
+        sides: Mapping[str, Target] | None = None,
     ) -> Applied:
         """A batch-local step over this run's resources of ``types`` (all but ``exclude``)."""
         if not self.lake.exists(BRONZE_FHIR.name):
             self.lake.ensure(BRONZE_FHIR.name)
         started = time.perf_counter()
         applied = self.engine.batch_local(
-            fn, source=self.source(types, exclude=exclude), target=target, quarantine=self.quarantine
+            fn,
+            source=self.source(types, exclude=exclude),
+            target=target,
+            quarantine=self.quarantine,
+            sides=sides,
         )
         log.info(
             "clean: %s over %s: %d rows in, %d out, %d quarantined in %.1f s (%s engine)",
@@ -508,6 +547,28 @@ class FhirChain:
             version=self.version,
             where={"_run_id": self.run_id, "resource_type": resource_type},
         )
+
+
+@dataclass
+class NoteCount:
+    """The FHIR notes the clean steps found while parsing (their side output ``notes``, appended
+    to one scratch table of the run), counted as the engine wrote and refused them."""
+
+    good: int = 0
+    quarantined: int = 0
+
+    @staticmethod
+    def uri(lake: Lake, *, run_id: str) -> str:
+        return lake.scratch_uri(SILVER_NOTES.name, run_id=run_id)
+
+    def sides(self, lake: Lake, *, run_id: str) -> dict[str, Target]:
+        return {
+            fhir.NOTES_SIDE: Target(self.uri(lake, run_id=run_id), SILVER_NOTES.schema, mode="append")
+        }
+
+    def add(self, applied: Applied) -> None:
+        self.good += applied.sides.get(fhir.NOTES_SIDE, 0)
+        self.quarantined += applied.quarantined_by.get(SILVER_NOTES.name, 0)
 
 
 def _step_name(fn: Callable[..., object]) -> str:
@@ -736,9 +797,11 @@ def task_ingest(
         with limits.using(settings.limits):  # MEDLAKE__LIMITS__*: what one record may cost
             stages = [
                 ingest(Path(landing), target, run_id=run_id, now=now, engine=runner),
-                ingest_hl7v2(Path(landing), target, run_id=run_id, now=now),
+                ingest_hl7v2(Path(landing), target, run_id=run_id, now=now, engine=runner),
                 *(
-                    source_module(kind).ingest(Path(landing), target, run_id=run_id, now=now)
+                    source_module(kind).ingest(
+                        Path(landing), target, run_id=run_id, now=now, engine=runner
+                    )
                     for kind in SOURCES
                 ),
             ]
@@ -784,18 +847,22 @@ def task_clean(
             bronze_version=bronze_version,
             hl7v2_version=hl7v2_version,
             views=extra,
-            text_workers=settings.deid.workers(),
             text_ages=settings.deid.text_ages,
             engine=runner,
         )
-        runner.close()
         # after clean(): a source feeding a table FHIR and HL7 v2 fill appends to its staging rows
         sources = [
             source_module(kind).to_staging(
-                target, run_id=run_id, key=key, max_shift_days=max_shift_days, versions=versions
+                target,
+                run_id=run_id,
+                key=key,
+                max_shift_days=max_shift_days,
+                versions=versions,
+                engine=runner,
             )
             for kind in SOURCES
         ]
+        runner.close()
         rekeyed = rekey_sources(target, sources, key=key, max_shift_days=max_shift_days)
         result = StageResult.merge([result, *sources, StageResult(rekeyed, [])])
         run.complete(
@@ -847,11 +914,23 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
     return result.as_xcom()
 
 
-def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
+def dbt_target(settings: Settings, engine: str | None = None) -> Literal["duckdb", "spark"]:
+    """The dbt target gold is built with: ``MEDLAKE__DBT__TARGET`` when it is set, else the one
+    of the run's engine (``spark``: dbt-spark in the engine's session; ``embedded``: DuckDB)."""
+    if "target" in settings.dbt.model_fields_set:
+        return settings.dbt.target
+    return "spark" if (engine or settings.engine) == "spark" else "duckdb"
+
+
+def task_gold(lake: str, *, run_id: str, engine: str | None = None) -> dict[str, object]:
+    """``engine``: the run's choice (``medlake run --engine``), else ``MEDLAKE__ENGINE``; it picks
+    the dbt target unless ``MEDLAKE__DBT__TARGET`` says otherwise (:func:`dbt_target`)."""
     from medlake.jobs.gold import SILVER_SOURCES, build_gold
 
     settings = Settings()
     target = lake_for(settings, Path(lake))
+    built_with = dbt_target(settings, engine)
+    record_engine(target, run_id, "gold", "spark" if built_with == "spark" else "embedded")
     with stage_run(
         target,
         job=lineage_job(settings, "dbt_gold"),
@@ -865,7 +944,7 @@ def task_gold(lake: str, *, run_id: str) -> dict[str, object]:
             Path(lake),
             run_id=run_id,
             project_dir=settings.dbt.project_dir,
-            target=settings.dbt.target,
+            target=built_with,
         )
         run.complete(
             outputs=result.versions,

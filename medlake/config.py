@@ -128,7 +128,7 @@ class DeidSettings(BaseModel):
     text_workers: int = Field(
         default=0,
         ge=0,
-        description="Processes de-identifying free text when a run has 2,000 notes or more; 0: one per CPU core, 1: in-process.",
+        description="Processes `medlake deid text` de-identifies a file with (2,000 notes or more); 0: one per CPU core, 1: in-process. The pipeline de-identifies notes in the engine's workers.",
     )
 
     text_ages: AgePolicy = Field(
@@ -279,6 +279,11 @@ class IdentitySettings(BaseModel):
     review_threshold: float = Field(
         default=0.50, ge=0.0, le=1.0,
         description="A pair from here up to the merge threshold waits in reference.identity_review; below it, apart.",
+    )
+    name_change_floor: float = Field(
+        default=0.01, ge=0.0, le=1.0,
+        description="Below the review threshold, a possible name change (same first name, birth date and sex, "
+        "another family name, no phone against it) still waits for review from this match probability up.",
     )
     em_min_records: int = Field(
         default=5000, ge=2,

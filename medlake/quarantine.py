@@ -32,6 +32,10 @@ class Split:
     #: facts a step reports beside its rows (e.g. schema drift: paths seen per type), summed over
     #: every batch by the engine
     counters: Mapping[str, int] = field(default_factory=dict)
+    #: rows for a step's side outputs, by name: what it found while it had a record parsed that
+    #: another table needs (e.g. the free text of a resource being flattened), so the record is
+    #: parsed once; the engine writes each to the side's own target
+    sides: Mapping[str, pa.Table] = field(default_factory=dict)
 
     @property
     def counts(self) -> tuple[int, int]:

@@ -211,6 +211,9 @@ VITALS_GRIDS: dict[str, tuple[timedelta, timedelta]] = {
 LINK_THRESHOLD = 0.90
 #: a pair from this probability up to LINK_THRESHOLD waits for a steward (reference.identity_review)
 REVIEW_THRESHOLD = 0.50
+#: below REVIEW_THRESHOLD, a possible name change (same first name, birth date and sex, another
+#: family name) still waits for a steward from this probability up
+NAME_CHANGE_FLOOR = 0.01
 #: the prior: how many other records of the same person a record has, on average
 EXPECTED_MATCHES_PER_RECORD = 1.0
 #: below this many patient records the m probabilities stay at their documented priors (no EM)

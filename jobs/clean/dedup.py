@@ -5,17 +5,21 @@ Three pure steps and one persistent table:
 1. :func:`features`: the identities the vault receives (``fhir.patient_identities``,
    ``hl7v2.patient_identities``: FHIR-shaped names, telecom, address) → one row per source record
    of normalized linkage fields (first given name and its formal form, family name, generational
-   suffix (Sr, Jr, II…), birth date, sex, street line, city, ZIP5, phone as 10 digits), plus its
+   suffix (Sr, Jr, II…), birth date, sex, street line, city, ZIP5, phone as 10 digits, SSN), plus its
    ``prelink_key``: the person key the ingest gave it (the MRN's key when the record carries an
    MRN with its authority, else its source key). This PHI table lives in memory only (DuckDB in-memory), never in the lake.
-2. :func:`link`: Splink 5 on DuckDB scores candidate pairs (Fellegi-Sunter); records sharing a
+2. :func:`link`: Splink 5 on DuckDB (on Spark, in the Spark engine's session: :func:`splink_session`)
+   scores candidate pairs (Fellegi-Sunter); records sharing a
    prelink key are linked deterministically (probability 1: same MRN under the same authority).
    Each scored pair falls in one of three zones (:func:`zones`): **merge** at or above
    ``threshold``; **review** from ``review_threshold`` up, or whenever a review rule fires
    (:data:`REVIEW_REASONS`: same birth date with two real first names, a possible twin; birth
-   years ten or more apart by one digit; phone and street both different); **apart** below, or
+   years ten or more apart by one digit; birth dates two slips or days apart without the same name
+   and home; two full SSNs that differ; no phone or street in common), and below it from
+   ``name_change_floor`` up for a possible name change (:func:`name_change`); **apart** below, or
    whenever a hard non-match rule fires (:data:`NONMATCH_RULES`: generational suffixes differ;
-   sex and first name both differ; birth dates beyond one keying slip). Clusters are built from
+   sex and first name both differ; birth dates neither one slip, two slips in one year, nor a
+   month apart). Clusters are built from
    the merge links in order of probability (:func:`cluster`), refusing a link that would put two
    records a rule or a steward (``apart``) keeps apart into one person: the refused link goes to
    review. Review pairs go to ``reference.identity_review`` (:mod:`.identity`: a steward
@@ -72,7 +76,7 @@ import re
 import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -148,6 +152,8 @@ FEATURES = pa.schema(
         pa.field("city", pa.string()),
         pa.field("zip5", pa.string()),
         pa.field("phone", pa.string()),  # 10 digits
+        pa.field("ssn", pa.string()),  # US SSN: 9 digits, or its last 4 when a source carries only those
+        pa.field("email", pa.string()),  # lower case
     ]
 )
 
@@ -186,22 +192,27 @@ M_PRIORS: dict[str, tuple[float, ...]] = {
     # exact, formal form equal, JW≥.92, one edit (short names: Mei/Msi, Ana/Aan), JW≥.85, else
     "given": (0.70, 0.12, 0.06, 0.05, 0.06, 0.01),
     "family": (0.80, 0.12, 0.05, 0.03),  # exact, JW≥.92, JW≥.85, else (a married name)
-    # exact, same year and a typo in month/day (or the two swapped), a typo in the year, else
-    "birth_date": (0.93, 0.05, 0.015, 0.005),
+    # exact, same year and a typo in month/day (or the two swapped), a typo in the year, near
+    # (two slips in one year, or at most NEAR_DAYS apart: a day typo across a month), else
+    "birth_date": (0.93, 0.05, 0.012, 0.005, 0.003),
     "sex": (0.97, 0.03),
     "street": (0.80, 0.10, 0.10),  # exact, JW≥.88, else (people move)
     "zip5": (0.85, 0.05, 0.02, 0.08),  # exact, same ZIP3, same city, else
     "phone": (0.75, 0.05, 0.20),  # exact digits, same last 7, else
+    "ssn": (0.90, 0.04, 0.03, 0.03),  # all 9 digits, one slip, the same last 4, else
+    "email": (0.70, 0.30),  # exact, else (people change addresses)
 }
 #: u fallbacks for levels random sampling never observes (a tiny sample)
 U_PRIORS: dict[str, tuple[float, ...]] = {
     "given": (0.004, 0.001, 0.002, 0.002, 0.01, 0.981),
     "family": (0.002, 0.002, 0.01, 0.986),
-    "birth_date": (0.0001, 0.0008, 0.0012, 0.9979),
+    "birth_date": (0.0001, 0.0008, 0.0012, 0.003, 0.9949),
     "sex": (0.5, 0.5),
     "street": (0.0005, 0.002, 0.9975),
     "zip5": (0.01, 0.05, 0.02, 0.92),
     "phone": (0.0001, 0.0001, 0.9998),
+    "ssn": (0.000001, 0.00001, 0.0001, 0.999889),
+    "email": (0.00001, 0.99999),
 }
 #: m of "given names unrelated": a veto (twins), fixed through EM. Household fields (phone,
 #: street, ZIP) are not independent and at 100k records each exact agreement is worth ~2^23, so
@@ -214,15 +225,22 @@ TF_COLUMNS = ("given", "family", "city")
 NONMATCH_RULES: dict[str, str] = {
     "identity.suffix_conflict": "generational suffixes differ (Sr/Jr, II/III)",
     "identity.sex_and_given_conflict": "sex and first name both differ",
-    "identity.birth_date_far": "birth dates differ beyond a typo (more than one digit, not a day/month swap)",
+    "identity.birth_date_far": "birth dates differ beyond a typo: not one keying slip, not two slips in one year, "
+    "more than a month apart",
 }
 #: why a pair waits for a steward instead of merging
 REVIEW_REASONS: dict[str, str] = {
     "identity.review_zone": "match probability between the review and the merge thresholds",
     "identity.possible_twin": "same birth date and family name, first names differ: a twin or a typo",
     "identity.birth_year_far": "birth years ten or more apart by one digit: a typo or a parent",
-    "identity.no_shared_contact": "phone and street both known and both different: a namesake or a move",
+    "identity.birth_date_near": "birth dates two slips or a few days apart, and not the same name with a shared "
+    "phone or street",
+    "identity.no_shared_contact": "phone, street and e-mail different where known on both (only one known: unless "
+    "name, birth date and sex are all the same), and no full SSN in common: a namesake or a move",
     "identity.cluster_conflict": "merging would put two records a rule keeps apart into one person",
+    "identity.ssn_conflict": "both records carry a full SSN and they differ beyond a keying slip",
+    "identity.possible_name_change": "same first name, birth date and sex, another family name, no phone against "
+    "it: a married or maiden name (queued below the review threshold, from the name-change floor up)",
 }
 
 
@@ -233,6 +251,9 @@ class LinkOptions:
 
     threshold: float = config.LINK_THRESHOLD  # merge at or above
     review_threshold: float = config.REVIEW_THRESHOLD  # queue for review at or above, below merge
+    #: below review_threshold, a possible name change (:func:`name_change`, a married name and a
+    #: move leave only first name, birth date and sex) is still queued from this probability up
+    name_change_floor: float = config.NAME_CHANGE_FLOOR
     expected_matches_per_record: float = config.EXPECTED_MATCHES_PER_RECORD
     em_min_records: int = config.EM_MIN_RECORDS
     #: below this many records u stays at its priors: random pairs of a handful of records (a
@@ -249,6 +270,7 @@ def link_options(settings: Any) -> LinkOptions:
     return LinkOptions(
         threshold=settings.merge_threshold,
         review_threshold=min(settings.review_threshold, settings.merge_threshold),
+        name_change_floor=settings.name_change_floor,
         em_min_records=settings.em_min_records,
     )
 
@@ -312,6 +334,43 @@ def _strip_suffix(name: str | None) -> tuple[str | None, str | None]:
     return name, None
 
 
+#: how an SSN is marked: FHIR's identifier system (URI or OID) or the HL7 v2 identifier type SS
+SSN_SYSTEMS = ("http://hl7.org/fhir/sid/us-ssn", "urn:oid:2.16.840.1.113883.4.1", "2.16.840.1.113883.4.1")
+
+
+def normalize_ssn(value: Any) -> str | None:
+    """The 9 digits of a US SSN (or the last 4 when only those are given); None for a placeholder
+    no person carries (area 000, 666 or 9xx, group 00, serial 0000: 999-99-9999, 000-00-0000…)."""
+    digits = re.sub(r"\D", "", value) if isinstance(value, str) else ""
+    if len(digits) == 4:
+        return None if digits == "0000" else digits
+    if len(digits) != 9 or digits[:3] in ("000", "666") or digits[0] == "9" or digits[3:5] == "00" or digits[5:] == "0000":
+        return None
+    return digits
+
+
+def _ssn(identifiers: Any) -> str | None:
+    """The SSN among FHIR Identifier / HL7 v2 CX-shaped identifiers, if any."""
+    for ident in identifiers or []:
+        if not isinstance(ident, dict):
+            continue
+        kind = ident.get("type")
+        codes = (
+            [c.get("code") for c in kind.get("coding") or [] if isinstance(c, dict)] if isinstance(kind, dict) else [kind]
+        )
+        if ident.get("system") in SSN_SYSTEMS or "SS" in codes:
+            found = normalize_ssn(ident.get("value"))
+            if found:
+                return found
+    return None
+
+
+def normalize_email(value: Any) -> str | None:
+    """An e-mail address in lower case, without a ``mailto:``; None when it is not one."""
+    text = value.strip().lower().removeprefix("mailto:") if isinstance(value, str) else ""
+    return text if re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", text) else None
+
+
 def _pick(entries: Any, *, prefer: str = "official") -> dict[str, Any]:
     """The entry of a FHIR list whose use is ``prefer``, else the first one."""
     items = [e for e in entries or [] if isinstance(e, dict)]
@@ -356,6 +415,17 @@ def features(
             "city": _upper(address.get("city")),
             "zip5": zip_digits if len(zip_digits) == 5 else None,
             "phone": next((p for p in phones if p), None),
+            "ssn": _ssn(ident.get("identifiers")),
+            "email": next(  # FHIR system email; HL7 v2 XTN-3 Internet (the address in XTN-4)
+                (
+                    e for e in (
+                        normalize_email(t.get("value"))
+                        for t in ident.get("telecom") or []
+                        if isinstance(t, dict) and t.get("system") in ("email", "Internet", "X.400")
+                    ) if e
+                ),
+                None,
+            ),
         }
     return pa.Table.from_pylist(list(rows.values()), schema=FEATURES)
 
@@ -386,6 +456,28 @@ def date_typo(a: str, b: str) -> bool:
     return _osa(a, b) <= 1 or (a[:4] == b[:4] and a[5:7] == b[8:10] and a[8:10] == b[5:7])
 
 
+#: birth dates at most this many days apart may be one person's (a day typo across a month end)
+NEAR_DAYS = 31
+
+
+def _days_apart(a: str, b: str) -> int | None:
+    try:
+        return abs((date.fromisoformat(a) - date.fromisoformat(b)).days)
+    except ValueError:  # not a calendar date (a typo can make 02-30)
+        return None
+
+
+def date_near(a: str, b: str) -> bool:
+    """Two YYYY-MM-DD dates beyond one keying slip that may still be one person's: in one year
+    with two slips (two digits wrong, or day and month swapped and one digit wrong), or at most
+    :data:`NEAR_DAYS` apart (a day typo across a month or year end). Decades never are."""
+    swapped = f"{b[:4]}-{b[8:10]}-{b[5:7]}"
+    if a[:4] == b[:4] and (_osa(a, b) <= 2 or _osa(a, swapped) <= 1):
+        return True
+    apart = _days_apart(a, b)
+    return apart is not None and apart <= NEAR_DAYS
+
+
 def known_given(name: str) -> bool:
     """Whether a normalized given name is a first name people carry (the Faker name lists the
     free-text de-identification also uses), rather than a keyboard slip."""
@@ -408,9 +500,24 @@ def nonmatch_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | No
     ):
         return "identity.sex_and_given_conflict"
     born_l, born_r = left["birth_date"], right["birth_date"]
-    if born_l and born_r and born_l != born_r and not date_typo(born_l, born_r):
+    if born_l and born_r and born_l != born_r and not date_typo(born_l, born_r) and not date_near(born_l, born_r):
         return "identity.birth_date_far"
     return None
+
+
+def same_name_shared_contact(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
+    """Same formal first name, family name and sex, and the same phone or street."""
+    return all(left[f] and left[f] == right[f] for f in ("given_formal", "family", "sex")) and any(
+        left.get(f) and left.get(f) == right.get(f) for f in ("phone", "street", "email")
+    )
+
+
+def name_change(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
+    """Same first name (as written), birth date and sex, family names known and different, and no
+    phone known on both sides that differs: perhaps one person before and after a marriage."""
+    same = all(left[f] and left[f] == right[f] for f in ("given", "birth_date", "sex"))
+    phones_differ = bool(left["phone"] and right["phone"] and left["phone"] != right["phone"])
+    return same and bool(left["family"] and right["family"]) and left["family"] != right["family"] and not phones_differ
 
 
 def review_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None:
@@ -424,9 +531,19 @@ def review_rule(left: Mapping[str, Any], right: Mapping[str, Any]) -> str | None
         return "identity.possible_twin"  # Ava/Eva: two real names, not a slip of the keyboard
     if born_l and born_r and born_l != born_r and abs(int(born_l[:4]) - int(born_r[:4])) >= 10:
         return "identity.birth_year_far"
-    contact = [(left[f], right[f]) for f in ("phone", "street") if left[f] and right[f]]
-    if contact and all(a != b for a, b in contact):
-        return "identity.no_shared_contact"  # namesakes born the same day, or one who moved
+    if (
+        born_l and born_r and not date_typo(born_l, born_r) and date_near(born_l, born_r)
+        and not same_name_shared_contact(left, right)
+    ):
+        return "identity.birth_date_near"  # two slips: a steward decides, unless name and home agree
+    ssn_l, ssn_r = left.get("ssn"), right.get("ssn")
+    if ssn_l and ssn_r and len(ssn_l) == len(ssn_r) == 9 and _osa(ssn_l, ssn_r) > 1:
+        return "identity.ssn_conflict"  # one of them mistyped, or two people
+    same_ssn = bool(ssn_l and len(ssn_l) == 9 and ssn_l == ssn_r)  # not a namesake: contact may differ
+    contact = [(left.get(f), right.get(f)) for f in ("phone", "street", "email") if left.get(f) and right.get(f)]
+    exact = all(left[f] and left[f] == right[f] for f in ("given", "family", "birth_date", "sex"))
+    if contact and all(a != b for a, b in contact) and not (len(contact) == 1 and exact) and not same_ssn:
+        return "identity.no_shared_contact"  # namesakes, or one who moved
     return None
 
 
@@ -447,11 +564,14 @@ def evidence(left: Mapping[str, Any], right: Mapping[str, Any]) -> str:
         "given": judge(left["given_formal"], right["given_formal"], close("given", 2)),
         "family": judge(left["family"], right["family"], close("family", 2)),
         "suffix": judge(left["suffix"], right["suffix"], False),
-        "birth_date": judge(born_l, born_r, bool(born_l and born_r and date_typo(born_l, born_r))),
+        "birth_date": judge(born_l, born_r, bool(born_l and born_r and (date_typo(born_l, born_r) or date_near(born_l, born_r)))),
         "sex": judge(left["sex"], right["sex"], False),
         "street": judge(left["street"], right["street"], close("street", 2)),
         "zip5": judge(left["zip5"], right["zip5"], (left["zip5"] or "")[:3] == (right["zip5"] or "")[:3]),
         "phone": judge(left["phone"], right["phone"], (left["phone"] or "")[-7:] == (right["phone"] or "")[-7:]),
+        "email": judge(left.get("email"), right.get("email"), False),
+        "ssn": judge(left.get("ssn"), right.get("ssn"),
+                     close("ssn", 1) or (left.get("ssn") or "")[-4:] == (right.get("ssn") or "")[-4:]),
     }
     return json.dumps(found, sort_keys=True)
 
@@ -482,6 +602,10 @@ def _comparisons(*, tf: bool = False) -> list[Any]:
         "substr(birth_date_l, 6, 2) = substr(birth_date_r, 9, 2) AND "
         "substr(birth_date_l, 9, 2) = substr(birth_date_r, 6, 2)))"
     )
+    same_year_two_slips = (
+        "substr(birth_date_l, 1, 4) = substr(birth_date_r, 1, 4) AND "
+        "damerau_levenshtein(birth_date_l, birth_date_r) <= 2"
+    )
     return [
         comparison(
             "given",
@@ -502,6 +626,11 @@ def _comparisons(*, tf: bool = False) -> list[Any]:
             cll.ExactMatchLevel("birth_date"),
             cll.CustomLevel(same_year_slip, "birth date: same year, a slip in month or day"),
             cll.DamerauLevenshteinLevel("birth_date", 1),
+            cll.Or(
+                cll.CustomLevel(same_year_two_slips),
+                cll.AbsoluteDateDifferenceLevel("birth_date", input_is_string=True, threshold=NEAR_DAYS,
+                                                metric="day"),
+            ),
         ),
         comparison("sex", cll.ExactMatchLevel("sex")),
         comparison("street", cll.ExactMatchLevel("street"), cll.JaroWinklerLevel("street", 0.88)),
@@ -516,6 +645,16 @@ def _comparisons(*, tf: bool = False) -> list[Any]:
             cll.ExactMatchLevel("phone"),
             cll.CustomLevel("right(phone_l, 7) = right(phone_r, 7)", "phone"),
         ),
+        comparison(
+            "ssn",
+            cll.CustomLevel("ssn_l = ssn_r AND length(ssn_l) = 9", "ssn: all nine digits"),
+            cll.CustomLevel(
+                "length(ssn_l) = 9 AND length(ssn_r) = 9 AND damerau_levenshtein(ssn_l, ssn_r) <= 1",
+                "ssn: one keying slip",
+            ),
+            cll.CustomLevel("right(ssn_l, 4) = right(ssn_r, 4)", "ssn: the same last four"),
+        ),
+        comparison("email", cll.ExactMatchLevel("email")),
     ]
 
 
@@ -559,6 +698,13 @@ def splink_jar() -> str:
     from splink.backends.spark import similarity_jar_location
 
     return str(similarity_jar_location())
+
+
+def splink_session(engine: Any) -> Any | None:
+    """The Spark session entity resolution scores in when the run's engine is Spark (the engine's
+    own session: medlake's :func:`medlake.engines.spark.spark_session` lists Splink's jar in
+    ``spark.jars``), else None: Splink on DuckDB in memory."""
+    return engine.spark if getattr(engine, "name", None) == "spark" else None
 
 
 def _database(spark: Any | None) -> Any:
@@ -606,7 +752,7 @@ def _splink_pairs(records: pa.Table, options: LinkOptions, spark: Any | None = N
         for rule in (block_on("birth_date"), block_on("family", "given_formal")):
             linker.training.estimate_parameters_using_expectation_maximisation(rule)
     predicted = linker.inference.predict(
-        threshold_match_probability=min(options.review_threshold, options.threshold),
+        threshold_match_probability=min(options.review_threshold, options.threshold, options.name_change_floor),
         warning_mode="never",
     ).as_pyarrow_table()
     return pa.table(
@@ -691,14 +837,18 @@ def zones(
     pairs: pa.Table, rows: Mapping[str, Mapping[str, Any]], options: LinkOptions
 ) -> Zoned:
     """Splink's pairs → merge (at or above the threshold, no rule against it), review (between the
-    thresholds, or a review rule), or apart (a hard non-match rule: counted, not kept)."""
+    thresholds, or a review rule; below them from ``options.name_change_floor`` up when the pair may
+    be a name change), or apart (a hard non-match rule: counted, not kept)."""
     merge, review, refused = [], [], 0
     for pair in pairs.to_pylist():
         left, right = rows[pair["source_key_l"]], rows[pair["source_key_r"]]
         if nonmatch_rule(left, right):
             refused += 1
             continue
-        why = review_rule(left, right)
+        low = pair["match_probability"] < min(options.review_threshold, options.threshold)
+        if low and (pair["match_probability"] < options.name_change_floor or not name_change(left, right)):
+            continue  # apart: scored only because the name-change floor is lower
+        why = "identity.possible_name_change" if low else review_rule(left, right)
         if why is None and pair["match_probability"] >= options.threshold:
             merge.append(pair)
             continue
@@ -1190,6 +1340,7 @@ def resolve(
     options: LinkOptions = LinkOptions(),
     now: datetime,
     prior: Sequence[Mapping[str, Any]] = (),
+    spark: Any | None = None,
 ) -> Resolution:
     """Link this run's patient identities, and each to earlier runs' persons, update the crosswalk
     and record the events.
@@ -1201,7 +1352,8 @@ def resolve(
     knows take part as anchors (their prelink key from the crosswalk, their sex from
     silver.patients), so a second registration arriving alone joins the person of its first.
     The crosswalk and events tables are written here (upsert / insert of new events); the links
-    go to ``staging.patient_links`` through the caller, like every silver table.
+    go to ``staging.patient_links`` through the caller, like every silver table. ``spark``: score on
+    Splink's Spark backend in that session (:func:`splink_session`), else on DuckDB in memory.
     """
     staged = {
         r["source_key"]: r
@@ -1233,6 +1385,7 @@ def resolve(
         replace(options, population=population),
         anchors={a["source_key"] for a in anchors},
         apart=decided_apart(lake),
+        spark=spark,
     )
     done = assign(linkage.clusters, crosswalk, run_id=run_id, now=now)
     lake.upsert(PERSON_CROSSWALK.name, done.crosswalk)
@@ -1246,7 +1399,7 @@ def resolve(
     entry = replace(resolve_entry(this_run, done.person_of), details=json.dumps(details, sort_keys=True))
     log.info(
         "resolve: %d patient records (+%d of earlier runs) → %d persons (%d merges, %d joins); "
-        "%d pairs queued for review, %d kept apart by a hard rule; model: %s",
+        "%d pairs queued for review, %d kept apart by a hard rule; Splink on %s; model: %s",
         entry.records_in,
         len(anchors),
         entry.records_out,
@@ -1254,6 +1407,7 @@ def resolve(
         int(pc.sum(pc.equal(done.events.column("event"), "join")).as_py() or 0),
         queued,
         linkage.refused,
+        "Spark" if spark is not None else "DuckDB",
         linkage.model,
     )
     person_of_source = {
@@ -1269,6 +1423,24 @@ def resolve(
         links=links_rows(linkage.links, person_of_source, staged, run_id=run_id),
         entry=entry,
     )
+
+
+def follow_in_vault(
+    lake: Lake, *, keyring: Keyring, audit_key: bytes, run_id: str, actor: str = "medlake_pipeline",
+    role: str = "system",
+) -> int:
+    """Vault identities follow their record's person in the crosswalk: an earlier record whose
+    person a merge absorbed (in a run, or a steward's approve) or a split moved is re-keyed
+    (:func:`medlake.governance.vault.follow_persons`); returns how many moved."""
+    crosswalk = _plain(lake.read(PERSON_CROSSWALK.name, columns=["source_key", "person_key"]))
+    person_of = dict(
+        zip(crosswalk.column("source_key").to_pylist(), crosswalk.column("person_key").to_pylist(), strict=True)
+    )
+    moved = vault.follow_persons(lake, person_of, keyring=keyring, audit_key=audit_key, run_id=run_id, actor=actor,
+                                 role=role)
+    if moved:
+        log.info("vault: %d identities re-keyed to the person their record now belongs to", moved)
+    return moved
 
 
 def pair_id(a: str, b: str) -> str:

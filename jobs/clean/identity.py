@@ -18,7 +18,9 @@ with ``medlake vault reidentify``, audited there) decides:
   (``_prelink_key``, else their key itself): a row moves when the record it came from moved.
 
 Every decision is audited with who and why, pseudonyms only. The silver rows move at once;
-gold follows at the next run. Each decision that moves rows writes ledger entries under its own
+gold follows at the next run; the vault identities of the records that changed person are
+re-encrypted under their new person_key (:func:`dedup.follow_in_vault`) at once when the decision
+is given the vault keyring, else at the next run. Each decision that moves rows writes ledger entries under its own
 id (``identity-<action>-<time>``): rows in = rows out (+ rows merged on a key collision).
 """
 
@@ -34,6 +36,7 @@ import pyarrow.compute as pc
 
 from medlake import ledger
 from medlake.governance import audit
+from medlake.governance.crypto import Keyring
 from medlake.jobs.clean import dedup
 from medlake.lake import Lake, conform
 from medlake.ledger import Entry
@@ -68,6 +71,7 @@ class Decided:
     status: Status
     merged: tuple[tuple[str, str], ...] = ()  # (absorbed person, survivor)
     rows_moved: int = 0
+    vault_rekeyed: int = 0  # vault identities re-encrypted under the surviving person
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Split:
     #: rows of the split person in a table without provenance (vitals, imaging, variants; a lake
     #: older than ``_prelink_key``): they stay with the person keeping the key, counted here
     unattributed: dict[str, int]
+    vault_rekeyed: int = 0  # vault identities re-encrypted under the new person
 
 
 def _decision_id(action: str, now: datetime) -> str:
@@ -187,8 +192,10 @@ def approve(
     key: bytes,
     max_shift_days: int,
     now: datetime | None = None,
+    keyring: Keyring | None = None,
 ) -> Decided:
-    """One person: the two records' persons merge now and their silver rows move to the survivor."""
+    """One person: the two records' persons merge now and their silver rows move to the survivor
+    (and, given the vault ``keyring``, the absorbed records' vault identities)."""
     if not reason.strip():
         raise DecisionRefused("a decision needs a reason")
     stamp = now or datetime.now(UTC)
@@ -215,12 +222,22 @@ def approve(
     )
     refresh_persons(lake, sorted({s for _, s in merged}), gone=sorted({a for a, _ in merged}),
                     run_id=decision, key=key, max_shift_days=max_shift_days)
+    followed = _follow_in_vault(lake, keyring, audit_key=audit_key, actor=actor, run_id=decision)
     for r in rows:
         _audit(lake, audit_key=audit_key, actor=actor, action="identity.approve", target=r["pair_id"],
                run_id=decision, details={"reason": reason, "queued_because": r["reason"],
                                          "merged": [list(m) for m in merged]})
     return Decided(decision, tuple(r["pair_id"] for r in rows), "approved", merged,
-                   sum(e.records_in for e in rekeyed.entries))
+                   sum(e.records_in for e in rekeyed.entries), followed)
+
+
+def _follow_in_vault(lake: Lake, keyring: Keyring | None, *, audit_key: bytes, actor: str, run_id: str) -> int:
+    """The vault identities that changed person re-encrypted now (none without the keyring: the
+    next run does it)."""
+    if keyring is None:
+        return 0
+    return dedup.follow_in_vault(lake, keyring=keyring, audit_key=audit_key, run_id=run_id, actor=actor,
+                                 role=STEWARD_ROLE)
 
 
 def refresh_persons(
@@ -286,6 +303,7 @@ def split(
     key: bytes,
     max_shift_days: int,
     now: datetime | None = None,
+    keyring: Keyring | None = None,
 ) -> Split:
     """Unmerge: the named records of a person become a person of their own (see the module doc)."""
     if not reason.strip():
@@ -327,10 +345,11 @@ def split(
     if entries:
         ledger.record(lake, decision, entries, now=stamp)
     refresh_persons(lake, [person_key, new_key], run_id=decision, key=key, max_shift_days=max_shift_days)
+    followed = _follow_in_vault(lake, keyring, audit_key=audit_key, actor=actor, run_id=decision)
     _audit(lake, audit_key=audit_key, actor=actor, action="identity.split", target=person_key, run_id=decision,
            details={"reason": reason, "new_person_key": new_key, "records_moved": sorted(leaving_keys),
                     "rows_moved": moved, "rows_unattributed": unattributed})
-    return Split(decision, person_key, new_key, tuple(sorted(leaving_keys)), moved, unattributed)
+    return Split(decision, person_key, new_key, tuple(sorted(leaving_keys)), moved, unattributed, followed)
 
 
 def move_rows(

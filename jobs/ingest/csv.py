@@ -48,18 +48,19 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import hashlib
 import io
 import logging
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from fnmatch import fnmatch
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyarrow as pa
@@ -74,7 +75,7 @@ from medlake.jobs.clean import terminology
 from medlake.jobs.clean.standardize import STANDARDIZE
 from medlake.jobs.ingest import limits
 from medlake.jobs.ingest.fhir import ICD10CM, LOINC, RXNORM, SNOMED
-from medlake.jobs.stage import StageResult, write_bronze
+from medlake.jobs.stage import StageResult, ingest_files, reader_of
 from medlake.lake import Lake
 from medlake.ledger import Entry
 from medlake.quarantine import Split, quarantine_rows, stamp_run
@@ -91,6 +92,9 @@ from medlake.registry import (
     TableSpec,
     staging_name,
 )
+
+if TYPE_CHECKING:
+    from medlake.engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -422,26 +426,46 @@ def read_files(
 ) -> pa.Table:
     """Raw records of many extract files (names relative to the landing root), each read with
     the one mapping whose globs match it."""
-    rows: list[dict[str, Any]] = []
-    for path in paths:
-        name = path.relative_to(root).as_posix()
-        matching = [m for m in mappings if m.mapping.matches(path.relative_to(csv_dir).as_posix())]
-        if len(matching) != 1:
-            rule, said = (
-                (
-                    "ingest.no_mapping",
-                    "no mapping file's 'files' globs match it; it stays in landing",
-                )
-                if not matching
-                else (
-                    "ingest.csv_ambiguous_mapping",
-                    f"the mapping files {', '.join(m.name for m in matching)} all match it",
-                )
-            )
-            rows.append(_file_error(name, rule, f"{name}: {said}", data=_head(path)))
-            continue
-        rows.extend(read_bytes(limits.read_bounded(path, name=name), name=name, mapping=matching[0]))
+    rows = [
+        record
+        for path in paths
+        for record in read_file(
+            path, name=path.relative_to(root).as_posix(), csv_dir=csv_dir, mappings=mappings
+        )
+    ]
     return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+
+
+def read_file(
+    path: Path, *, name: str, csv_dir: Path, mappings: Sequence[MappingFile]
+) -> Iterator[dict[str, Any]]:
+    """Raw records of one extract file (``name``: how bronze and quarantine name it), read with
+    the one mapping whose globs match its path under ``csv_dir``; a file no mapping or several
+    mappings match is one refused whole-file record."""
+    matching = [m for m in mappings if m.mapping.matches(path.relative_to(csv_dir).as_posix())]
+    if len(matching) != 1:
+        rule, said = (
+            ("ingest.no_mapping", "no mapping file's 'files' globs match it; it stays in landing")
+            if not matching
+            else (
+                "ingest.csv_ambiguous_mapping",
+                f"the mapping files {', '.join(m.name for m in matching)} all match it",
+            )
+        )
+        yield _file_error(name, rule, f"{name}: {said}", data=_head(path))
+        return
+    yield from read_bytes(limits.read_bounded(path, name=name), name=name, mapping=matching[0])
+
+
+def reader(
+    csv_dir: Path, mappings: Sequence[MappingFile]
+) -> Callable[..., Iterator[pa.RecordBatch]]:
+    """The reader both engines stream the extracts of ``csv_dir`` through, with its mappings:
+    ``(path, name) -> record batches`` of :data:`RAW_SCHEMA`."""
+    read: Callable[..., Iterator[pa.RecordBatch]] = reader_of(
+        functools.partial(read_file, csv_dir=csv_dir, mappings=tuple(mappings)), RAW_SCHEMA
+    )
+    return read
 
 
 def _head(path: Path) -> bytes:
@@ -703,10 +727,16 @@ def to_bronze(raw: pa.Table, *, run_id: str, ingested_at: datetime) -> Split:
             ["source_file", "source_offset", "text", "error_rule", "error_reason"]
         ).to_pylist()
     ]
+    unmapped = sum(1 for rec in records if rec["rule_id"] == "ingest.no_mapping")
     return Split(
         bronze.cast(BRONZE_CSV.schema),
         quarantine_rows(records, table_name=BRONZE_CSV.name, run_id=run_id, now=ingested_at),
+        {UNMAPPED: unmapped} if unmapped else {},
     )
+
+
+#: the counter of files no mapping file matches (quarantined, left in landing)
+UNMAPPED = "csv.unmapped_files"
 
 
 def ingest(
@@ -716,16 +746,28 @@ def ingest(
     run_id: str,
     now: datetime,
     mappings: Sequence[MappingFile] | None = None,
+    engine: Engine | None = None,
 ) -> StageResult:
-    """Landing CSV extracts → ``bronze.csv_rows`` (stage contract of jobs/stage.py).
+    """Landing CSV extracts → ``bronze.csv_rows`` (stage contract of jobs/stage.py), streamed
+    through the engine a batch of records at a time (:func:`~medlake.jobs.stage.ingest_files`).
 
     ``mappings`` default to the mapping files in ``landing/csv``.
     """
+    from medlake.engines.embedded import EmbeddedEngine
+
     csv_dir = landing / SOURCE_KIND
     found = load_mappings(csv_dir) if mappings is None else list(mappings)
     files = landing_files(csv_dir)
-    raw = read_files(files, root=landing, csv_dir=csv_dir, mappings=found)
-    split = to_bronze(raw, run_id=run_id, ingested_at=now)
+    done = ingest_files(
+        lake,
+        engine or EmbeddedEngine(),
+        BRONZE_CSV,
+        [(str(p), p.relative_to(landing).as_posix()) for p in files],
+        reader=reader(csv_dir, found),
+        schema=RAW_SCHEMA,
+        to_bronze=functools.partial(to_bronze, run_id=run_id, ingested_at=now),
+        run_id=run_id,
+    )
     lake.insert_new(
         BRONZE_CSV_MAPPINGS.name,
         pa.Table.from_pylist(
@@ -733,21 +775,21 @@ def ingest(
             schema=BRONZE_CSV_MAPPINGS.schema,
         ),
     )
-    entry = write_bronze(lake, BRONZE_CSV, split, raw, run_id=run_id)
-    ledger.record(lake, run_id, [entry])
-    unmapped = int(pc.sum(pc.equal(raw.column("error_rule"), "ingest.no_mapping")).as_py() or 0)
+    ledger.record(lake, run_id, [done.entry])
+    unmapped = done.read.counters.get(UNMAPPED, 0)
     if unmapped:
         log.warning(
             "landing/csv: %d file(s) match no mapping file; quarantined, left in landing", unmapped
         )
     log.info(
         "ingest: %d CSV records from %d files, %d new in bronze",
-        raw.num_rows,
+        done.entry.records_in,
         len(files),
-        entry.records_out,
+        done.entry.records_out,
     )
     return StageResult(
-        {name: lake.version(name) for name in (BRONZE_CSV.name, BRONZE_CSV_MAPPINGS.name)}, [entry]
+        {name: lake.version(name) for name in (BRONZE_CSV.name, BRONZE_CSV_MAPPINGS.name)},
+        [done.entry],
     )
 
 
@@ -1026,8 +1068,10 @@ def to_staging(
     key: bytes,
     max_shift_days: int,
     versions: dict[str, int | None],
+    engine: Engine | None = None,
 ) -> StageResult:
-    """This run's CSV bronze records → staging (appended after FHIR and HL7 v2), standardized."""
+    """This run's CSV bronze records → staging (appended after FHIR and HL7 v2), standardized.
+    ``engine`` is unused: the rows are built in memory (the data plane's next step)."""
     bronze = lake.read(
         BRONZE_CSV.name, version=versions.get(BRONZE_CSV.name), where={"_run_id": run_id}
     )

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -74,6 +74,9 @@ from medlake.registry import (
     SILVER_IMAGING_STUDIES,
     staging_name,
 )
+
+if TYPE_CHECKING:
+    from medlake.engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -341,11 +344,13 @@ def keep(path: Path, data: bytes) -> None:
     partial.replace(path)
 
 
-def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime) -> StageResult:
+def ingest(
+    landing: Path, lake: Lake, *, run_id: str, now: datetime, engine: Engine | None = None
+) -> StageResult:
     """landing/dicom → bronze.dicom_files (+ the archived originals) + quarantine + ledger."""
     files = landing_files(landing / SOURCE_KIND)
     raw, split = read_files(files, root=landing, run_id=run_id, ingested_at=now, archive=lake)
-    entry = write_bronze(lake, BRONZE_DICOM, split, raw, run_id=run_id)
+    entry = write_bronze(lake, BRONZE_DICOM, split, raw, run_id=run_id, engine=engine)
     ledger.record(lake, run_id, [entry])
     log.info(
         "ingest: %d DICOM files, %d new in bronze, %d quarantined",
@@ -1058,8 +1063,10 @@ def to_staging(
     key: bytes,
     max_shift_days: int,
     versions: dict[str, int | None],
+    engine: Engine | None = None,
 ) -> StageResult:
-    """This run's bronze files → staging.imaging_{studies,series,instances} + de-identified copies.
+    """This run's bronze files → staging.imaging_{studies,series,instances} + de-identified copies
+    (built in memory: ``engine`` is unused yet).
 
     Ledger: ``silver.imaging_instances`` counts bronze files (out, quarantined, or merged into an
     instance seen earlier in the run); the studies and series tables count the rows built from

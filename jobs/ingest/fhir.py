@@ -31,6 +31,7 @@ from medlake.config import AgePolicy
 from medlake.governance.deid import date_shift_days, shift_date, shift_datetime, zip3
 from medlake.governance.pseudonyms import mrn_key, record_key, source_key
 from medlake.jobs.ingest import limits
+from medlake.jobs.stage import reader_of
 from medlake.jobs.views import coverage
 from medlake.jobs.views.engine import View, ViewError, load_views
 from medlake.quarantine import Split, quarantine_rows
@@ -137,21 +138,9 @@ def read_file(path: Path, *, name: str) -> Iterator[dict[str, Any]]:
     yield from _json_records(data, name=name)
 
 
-#: records per batch a landing file is cut into
-RECORDS_PER_BATCH = 5_000
-
-
-def read_records(path: str, name: str) -> Iterator[pa.RecordBatch]:
-    """The raw records of one landing file as record batches of :data:`RAW_SCHEMA` (the reader
-    both engines stream landing files through)."""
-    rows: list[dict[str, Any]] = []
-    for record in read_file(Path(path), name=name):
-        rows.append(record)
-        if len(rows) == RECORDS_PER_BATCH:
-            yield pa.RecordBatch.from_pylist(rows, schema=RAW_SCHEMA)
-            rows = []
-    if rows:
-        yield pa.RecordBatch.from_pylist(rows, schema=RAW_SCHEMA)
+#: the reader both engines stream FHIR landing files through: ``(path, name) -> record batches``
+#: of :data:`RAW_SCHEMA` (see :func:`medlake.jobs.stage.read_batches`)
+read_records = reader_of(read_file, RAW_SCHEMA)
 
 
 def read_files(paths: list[Path], *, root: Path) -> pa.Table:
@@ -370,10 +359,11 @@ def flatten_split(
     flatten: Flatten,
     target: TableSpec,
     pseudo: Pseudonymizer,
-    on_parsed: Callable[[dict[str, Any]], None] | None = None,
+    on_parsed: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
 ) -> Split:
     """Validate each bronze row as FHIR R4 and flatten it into ``target`` rows; quarantine the rest.
-    ``on_parsed`` sees every resource that parsed (what else the step wants from the one parse)."""
+    ``on_parsed(row, resource)`` sees every resource that parsed, with its bronze row (what else
+    the step wants from the one parse)."""
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
     for row in bronze.to_pylist():
@@ -392,7 +382,7 @@ def flatten_split(
             bad.append({**locate, "rule_id": "parse.bad_json", "reason": f"{label}: not valid JSON ({exc.msg})"})
             continue
         if on_parsed is not None and isinstance(resource, dict):
-            on_parsed(resource)
+            on_parsed(row, resource)
         problem = validation_problem(resource)
         if problem:
             bad.append({**locate, "rule_id": "validate.fhir_r4", "reason": f"{label}: {problem}"})
@@ -803,19 +793,31 @@ def flatten_resources(
     key: bytes,
     max_shift_days: int = 365,
     aliases: Mapping[str, str] | None = None,
+    notes: NoteOptions | None = None,
 ) -> Split:
     """The ``resource_type`` rows of a bronze batch validated and flattened into its silver table
     (the batch-local step the engines run), each resource parsed once; the elements no view
-    reads come back as counters ``drift|<type>|<path>`` (see :func:`unread_elements`)."""
+    reads come back as counters ``drift|<type>|<path>`` (see :func:`unread_elements`).
+
+    With ``notes``, the free text of the same parsed resources comes back de-identified as the
+    side output ``notes`` (``silver.notes`` rows on the patient's own key, not yet re-keyed to its
+    resolved person), its undecodable attachments quarantined beside the flattener's refusals."""
     rows = bronze.filter(pc.equal(bronze.column("resource_type"), resource_type))
     pseudo = Pseudonymizer(key=key, max_shift_days=max_shift_days, aliases=aliases or {})
     parsed: list[dict[str, Any]] = []
+    found = NoteFields(pseudo) if notes is not None else None
+
+    def seen(row: dict[str, Any], resource: dict[str, Any]) -> None:
+        parsed.append(resource)
+        if found is not None:
+            found.add(row, resource)
+
     split = flatten_split(
         rows,
         flatten=FLATTEN[resource_type],
         target=FHIR_SILVER[resource_type],
         pseudo=pseudo,
-        on_parsed=parsed.append,
+        on_parsed=seen,
     )
     drift = coverage.unread_elements(parsed, silver_views().values())
     counters = {
@@ -823,7 +825,15 @@ def flatten_resources(
         for rtype, paths in drift.items()
         for path, count in paths.items()
     }
-    return Split(split.good, split.quarantined, counters)
+    if found is None or notes is None:
+        return Split(split.good, split.quarantined, counters)
+    texts = found.split(notes)
+    return Split(
+        split.good,
+        pa.concat_tables([split.quarantined, texts.quarantined]),
+        counters,
+        sides={NOTES_SIDE: texts.good},
+    )
 
 
 #: the counter prefix of schema drift (an element path no view reads, per resource type)
@@ -888,16 +898,25 @@ conditions_from_bronze = _by_type("Condition")
 medications_from_bronze = _by_type("MedicationRequest")
 
 
-def bronze_only_from_bronze(bronze: pa.Table, *, viewed: Iterable[str] = ()) -> Split:
+def bronze_only_from_bronze(
+    bronze: pa.Table,
+    *,
+    viewed: Iterable[str] = (),
+    on_parsed: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+) -> Split:
     """Resources of types with no silver table yet: validated, then kept in bronze only.
-    ``viewed``: resource types that extra views (medlake.jobs.views.tables) put in silver."""
+    ``viewed``: resource types that extra views (medlake.jobs.views.tables) put in silver;
+    ``on_parsed(row, resource)`` sees every resource that parsed (e.g. for its free text)."""
     silver_types = pa.array(sorted({*FHIR_SILVER, *viewed}))
     rows = bronze.filter(pc.invert(pc.is_in(bronze.column("resource_type"), silver_types)))
     valid: list[int] = []
     bad: list[dict[str, Any]] = []
     for i, row in enumerate(rows.to_pylist()):
         try:
-            problem = validation_problem(json.loads(row["raw"]))
+            resource = json.loads(row["raw"])
+            if on_parsed is not None and isinstance(resource, dict):
+                on_parsed(row, resource)
+            problem = validation_problem(resource)
         except json.JSONDecodeError as exc:
             problem = f"not valid JSON ({exc.msg})"
         if problem is None:
@@ -960,6 +979,98 @@ def record_terms(
     return {identity["person_key"]: record_deny_list(identity) for identity in identities}
 
 
+#: the side output a FHIR step gives its notes under (:attr:`Split.sides`)
+NOTES_SIDE = "notes"
+
+
+@dataclass(frozen=True)
+class NoteOptions:
+    """How a step keys and de-identifies the free text it finds: the project key (pseudonyms and
+    surrogates), the date shift, the patient aliases, the patients' deny lists (person key →
+    names and identifiers) and the age policy."""
+
+    key: bytes
+    max_shift_days: int = 365
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    deny_lists: Mapping[str, list[str]] = field(default_factory=dict)
+    ages: AgePolicy = "over_89"
+
+    def pseudonymizer(self) -> Pseudonymizer:
+        return Pseudonymizer(key=self.key, max_shift_days=self.max_shift_days, aliases=self.aliases)
+
+
+class NoteFields:
+    """The free-text fields of the resources a step parsed, gathered one resource at a time and
+    de-identified in one batch (:meth:`split`)."""
+
+    def __init__(self, pseudo: Pseudonymizer) -> None:
+        self.pseudo = pseudo
+        self.meta: list[dict[str, Any]] = []
+        self.texts: list[str] = []
+        self.bad: list[dict[str, Any]] = []
+
+    def add(self, row: Mapping[str, Any], resource: dict[str, Any]) -> None:
+        """The fields of one parsed resource (with its bronze row); a resource with no subject
+        gives none (its own table's flattener quarantines it)."""
+        if row["resource_type"] not in NOTE_SOURCES:
+            return
+        try:
+            person, _ = _subject(resource, self.pseudo)
+        except Reject:
+            return
+        rtype, local_id = row["resource_type"], resource.get("id") or row["_record_hash"]
+        from medlake.governance.text_deid import AttachmentError, decode_attachment, narrative_text
+
+        for path, value in free_text_fields(resource):
+            try:
+                if isinstance(value, dict):
+                    text = decode_attachment(value)
+                else:
+                    text = narrative_text(value) if path.endswith(".div") else value
+            except AttachmentError as exc:
+                self.bad.append(
+                    {
+                        "rule_id": "deid.attachment_undecodable",
+                        "reason": f"{row['_source_file']} record {row['_source_offset']} ({rtype}/{local_id}) {path}: {exc}",
+                        "source_file": row["_source_file"],
+                        "source_offset": row["_source_offset"],
+                        "record_id": row["resource_id"],
+                        "record_hash": row["_record_hash"],
+                        "raw_record": row["raw"],
+                    }
+                )
+                continue
+            self.texts.append(text)
+            self.meta.append(
+                {
+                    "note_key": self.pseudo.record("Note", f"{rtype}/{local_id}#{path}"),
+                    "person_key": person,
+                    "encounter_key": _encounter_key(resource, self.pseudo),
+                    "resource_type": rtype,
+                    "resource_key": self.pseudo.record(rtype, local_id),
+                    "note_path": path,
+                    "_record_hash": row["_record_hash"],
+                    "_source_kind": SOURCE_KIND,
+                    "_run_id": row["_run_id"],
+                }
+            )
+
+    def split(self, options: NoteOptions, *, workers: int = 1) -> Split:
+        """``silver.notes`` rows for every field gathered, de-identified in one batch; the
+        undecodable attachments quarantined."""
+        return Split(
+            deidentified_notes(
+                self.meta,
+                self.texts,
+                options.deny_lists,
+                key=options.key,
+                workers=workers,
+                ages=options.ages,
+            ),
+            quarantine_rows(self.bad, table_name=SILVER_NOTES.name),
+        )
+
+
 def notes_from_bronze(
     bronze: pa.Table,
     *,
@@ -974,62 +1085,29 @@ def notes_from_bronze(
     (by ``workers`` processes when the batch is large: see ``text_deid.deidentify_batch``).
 
     ``deny_lists`` maps a person key to the patient's known names and identifiers (this run's
-    Patient rows by default; the pipeline adds the vault's for patients ingested earlier).
-    Undecodable attachments are quarantined (``deid.attachment_undecodable``); resources that do
-    not parse or have no subject are quarantined by their own table's flattener, not here.
+    Patient rows by default). Undecodable attachments are quarantined
+    (``deid.attachment_undecodable``); resources that do not parse or have no subject are
+    quarantined by their own table's flattener, not here. The pipeline gathers the same fields
+    while it flattens (:func:`flatten_resources` with ``notes``), parsing each resource once.
     """
-    from medlake.governance.text_deid import AttachmentError, decode_attachment, narrative_text
-
     deny_lists = record_terms(bronze, key=key, aliases=aliases) if deny_lists is None else deny_lists
-    pseudo = Pseudonymizer(key=key, max_shift_days=max_shift_days, aliases=aliases or {})
+    options = NoteOptions(
+        key=key,
+        max_shift_days=max_shift_days,
+        aliases=aliases or {},
+        deny_lists=deny_lists,
+        ages=ages,
+    )
+    found = NoteFields(options.pseudonymizer())
     rows = bronze.filter(pc.is_in(bronze.column("resource_type"), pa.array(NOTE_SOURCES)))
-    meta: list[dict[str, Any]] = []
-    texts: list[str] = []
-    bad: list[dict[str, Any]] = []
     for row in rows.to_pylist():
         try:
             resource = json.loads(row["raw"])
-            person, _ = _subject(resource, pseudo)
-        except (json.JSONDecodeError, Reject):
+        except json.JSONDecodeError:
             continue
-        rtype, local_id = row["resource_type"], resource.get("id") or row["_record_hash"]
-        for path, value in free_text_fields(resource):
-            try:
-                if isinstance(value, dict):
-                    text = decode_attachment(value)
-                else:
-                    text = narrative_text(value) if path.endswith(".div") else value
-            except AttachmentError as exc:
-                bad.append(
-                    {
-                        "rule_id": "deid.attachment_undecodable",
-                        "reason": f"{row['_source_file']} record {row['_source_offset']} ({rtype}/{local_id}) {path}: {exc}",
-                        "source_file": row["_source_file"],
-                        "source_offset": row["_source_offset"],
-                        "record_id": row["resource_id"],
-                        "record_hash": row["_record_hash"],
-                        "raw_record": row["raw"],
-                    }
-                )
-                continue
-            texts.append(text)
-            meta.append(
-                {
-                    "note_key": pseudo.record("Note", f"{rtype}/{local_id}#{path}"),
-                    "person_key": person,
-                    "encounter_key": _encounter_key(resource, pseudo),
-                    "resource_type": rtype,
-                    "resource_key": pseudo.record(rtype, local_id),
-                    "note_path": path,
-                    "_record_hash": row["_record_hash"],
-                    "_source_kind": SOURCE_KIND,
-                    "_run_id": row["_run_id"],
-                }
-            )
-    return Split(
-        deidentified_notes(meta, texts, deny_lists, key=key, workers=workers, ages=ages),
-        quarantine_rows(bad, table_name=SILVER_NOTES.name),
-    )
+        if isinstance(resource, dict):
+            found.add(row, resource)
+    return found.split(options, workers=workers)
 
 
 def deidentified_notes(

@@ -27,7 +27,7 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +49,7 @@ from medlake.jobs.ingest.fhir import (
     Pseudonymizer,
     deidentified_notes,
 )
+from medlake.jobs.stage import reader_of
 from medlake.quarantine import Split, quarantine_id, quarantine_rows
 from medlake.registry import (
     BRONZE_HL7V2,
@@ -151,6 +152,11 @@ def read_bytes(data: bytes, *, name: str) -> Iterator[dict[str, Any]]:
             "error_rule": None,
             "error_reason": None,
         }
+
+
+#: the reader both engines stream HL7 v2 landing files through: ``(path, name) -> record
+#: batches`` of :data:`RAW_SCHEMA`, one row per message (see :func:`medlake.jobs.stage.read_batches`)
+read_records = reader_of(read_file, RAW_SCHEMA)
 
 
 def decode(data: bytes) -> tuple[str | None, str | None]:
@@ -427,7 +433,8 @@ SHOWN_ID_CHARS = 64
 
 
 def _shown_id(control: str) -> str:
-    """A control id as reasons name it: cut at :data:`SHOWN_ID_CHARS`, so no reason grows with input."""
+    """A control id (or a code) as reasons name it: cut at :data:`SHOWN_ID_CHARS`, so no reason
+    grows with input."""
     return control if len(control) <= SHOWN_ID_CHARS else f"{control[:SHOWN_ID_CHARS]}… ({len(control)} characters)"
 
 
@@ -885,6 +892,31 @@ class _Message:
         facility = row["sending_facility"] or hd_system(msh.components(3)) or "unknown"
         return _Message(row, segments, f"hl7v2:{facility}", zone, sent_at, label)
 
+    def only(self, names: frozenset[str]) -> _Message:
+        """The same parsed message seen through MSH and the ``names`` segments only (each keeps
+        its position in the whole message): what ``of(row, only=names)`` gives, without a parse."""
+        return replace(self, segments=[s for s in self.segments if s.position == 1 or s.name in names])
+
+
+#: a bronze message parsed once (:func:`parse_messages`), for every step that reads it
+Message = _Message
+
+
+def parse_messages(bronze: pa.Table) -> list[Message]:
+    """Each bronze message parsed once by python-hl7: silver rows, patient identities and notes
+    all read the same parse (pass the list where those functions take bronze)."""
+    return [_Message.of(row) for row in bronze.to_pylist()]
+
+
+def _parsed(messages: pa.Table | Sequence[Message], only: frozenset[str] | None = None) -> Iterator[Message]:
+    """Parsed messages from bronze rows (parsed now) or from :func:`parse_messages`."""
+    if isinstance(messages, pa.Table):
+        for row in messages.to_pylist():
+            yield _Message.of(row, only=only)
+        return
+    for msg in messages:
+        yield msg if only is None else msg.only(only)
+
 
 class _Walk:
     """Walks one message's segments in order, keeping the patient, visit and order they belong to,
@@ -1091,7 +1123,7 @@ class _Walk:
                 "parse.hl7_bad_segment",
                 f"{self.where(obx)}: OBX-3 (observation identifier) is empty",
             )
-        where = f"{self.where(obx)} ({coding.code})"
+        where = f"{self.where(obx)} ({_shown_id(coding.code)})"  # a sender's text: cut
         value_type = obx.get(2).upper()
         values = observation_values(obx, value_type, where=where)
         effective = self.time(obx, 14, "observation date/time")
@@ -1401,7 +1433,7 @@ WALKED_SEGMENTS = MAPPED_SEGMENTS | {"ORC", "OBR"}
 
 
 def silver_from_bronze(
-    bronze: pa.Table,
+    bronze: pa.Table | Sequence[Message],
     *,
     key: bytes,
     max_shift_days: int = 365,
@@ -1415,8 +1447,7 @@ def silver_from_bronze(
     """
     wanted = frozenset(tables)
     outcomes: dict[str, list[tuple[_Message, _Outcome]]] = {t: [] for t in wanted}
-    for row in bronze.to_pylist():
-        msg = _Message.of(row, only=WALKED_SEGMENTS)
+    for msg in _parsed(bronze, WALKED_SEGMENTS):
         for table, found in (
             _Walk(msg, key=key, max_shift_days=max_shift_days, tables=wanted).run().items()
         ):
@@ -1499,15 +1530,14 @@ medications_from_bronze = _one("medications")
 conditions_from_bronze = _one("conditions")
 
 
-def patient_identities(bronze: pa.Table, *, key: bytes) -> list[dict[str, Any]]:
+def patient_identities(bronze: pa.Table | Sequence[Message], *, key: bytes) -> list[dict[str, Any]]:
     """The direct identifiers of each patient record in HL7 v2 bronze, keyed by its pseudonyms, for
     the encrypted vault: FHIR-shaped names (PID-5), identifiers (PID-2/3/4, SSN PID-19), birth and
     death (PID-7/29/30), address (PID-11) and phones (PID-13/14), per XPN[HumanName], CX[Identifier],
     XAD[Address], XTN[ContactPoint]. The newest message (MSH-7) of each record wins.
     """
     found: dict[str, tuple[datetime, dict[str, Any]]] = {}
-    for row in bronze.to_pylist():
-        msg = _Message.of(row, only=frozenset({"PID"}))
+    for msg in _parsed(bronze, frozenset({"PID"})):
         for pid in (s for s in msg.segments if s.name == "PID"):
             keys = patient_keys(pid, key=key, source_system=msg.source_system)
             if keys is None:
@@ -1620,7 +1650,7 @@ def note_texts(msg: _Message) -> Iterator[tuple[_Segment, str, str]]:
 
 
 def notes_from_bronze(
-    messages: pa.Table,
+    messages: pa.Table | Sequence[Message],
     *,
     key: bytes,
     max_shift_days: int = 365,
@@ -1638,14 +1668,15 @@ def notes_from_bronze(
     """
     from medlake.governance.text_deid import record_deny_list
 
+    parsed = list(_parsed(messages))
     deny_lists: dict[str, list[str]] = {}
-    for identity in patient_identities(messages, key=key):
+    for identity in patient_identities(parsed, key=key):
         deny_lists.setdefault(identity["person_key"], []).extend(record_deny_list(identity))
     meta: list[dict[str, Any]] = []
     texts: list[str] = []
     bad: list[dict[str, Any]] = []
-    for row in messages.to_pylist():
-        msg = _Message.of(row)
+    for msg in parsed:
+        row = msg.row
         pseudo = Pseudonymizer(
             key=key, max_shift_days=max_shift_days, source_system=msg.source_system
         )

@@ -97,7 +97,22 @@ class Bound:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with using(self.limits):
-            return self.fn(*args, **kwargs)
+            result = self.fn(*args, **kwargs)
+        if isinstance(result, Iterator):  # a reader: its body runs as it is iterated
+            return _iterated_under(result, self.limits)
+        return result
+
+
+def _iterated_under(items: Iterator[Any], limits: LimitsSettings) -> Iterator[Any]:
+    """The items, each produced under ``limits`` (a generator's body runs at each ``next``, after
+    the call that made it has returned)."""
+    while True:
+        with using(limits):
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+        yield item
 
 
 def bound(fn: Callable[..., Any]) -> Bound:

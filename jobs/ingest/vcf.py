@@ -62,7 +62,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +82,9 @@ from medlake.registry import (
     SILVER_VARIANTS,
     staging_name,
 )
+
+if TYPE_CHECKING:
+    from medlake.engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -915,14 +918,21 @@ def info_map(info: str, header: Header, *, allele: int, alleles: int) -> list[tu
 # stage functions (jobs/stage.py contract)
 
 
-def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = None) -> StageResult:
+def ingest(
+    landing: Path,
+    lake: Lake,
+    *,
+    run_id: str,
+    now: datetime | None = None,
+    engine: Engine | None = None,
+) -> StageResult:
     """landing/vcf → bronze.vcf_headers + bronze.vcf_records (raw kept) + quarantine + ledger."""
     files = landing_files(landing / SOURCE_KIND)
     raw = read_files(files, root=landing)
     splits = to_bronze(raw, run_id=run_id, ingested_at=now or datetime.now(UTC))
     entries = [
-        write_bronze(lake, BRONZE_VCF_HEADERS, splits.headers, splits.raw_headers, run_id=run_id),
-        write_bronze(lake, BRONZE_VCF, splits.records, splits.raw_records, run_id=run_id),
+        write_bronze(lake, BRONZE_VCF_HEADERS, splits.headers, splits.raw_headers, run_id=run_id, engine=engine),
+        write_bronze(lake, BRONZE_VCF, splits.records, splits.raw_records, run_id=run_id, engine=engine),
     ]
     ledger.record(lake, run_id, entries)
     log.info(
@@ -943,9 +953,11 @@ def to_staging(
     key: bytes,
     max_shift_days: int,
     versions: dict[str, int | None],
+    engine: Engine | None = None,
 ) -> StageResult:
     """This run's bronze VCF lines → staging.variants (overwritten, possibly empty) + quarantine +
-    ledger. ``max_shift_days`` is unused: VCF lines carry no clinical dates.
+    ledger. ``max_shift_days`` is unused: VCF lines carry no clinical dates; ``engine`` too: the
+    lines are flattened in memory batches (the data plane's next step).
 
     Lines are flattened in batches of about :data:`ROWS_PER_BATCH` silver rows, each appended to
     staging as it is made, so memory follows the batch, not the run.

@@ -52,6 +52,7 @@ of ``-1`` means missing: on a vital it is quarantined (``parse.vitals_missing_va
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -61,7 +62,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -91,6 +92,9 @@ from medlake.registry import (
     TableSpec,
     staging_name,
 )
+
+if TYPE_CHECKING:
+    from medlake.engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -439,13 +443,25 @@ def to_bronze(records: list[dict[str, Any]], *, run_id: str, ingested_at: dateti
     )
 
 
-def ingest(landing: Path, lake: Lake, *, run_id: str, now: datetime | None = None) -> StageResult:
+def ingest(
+    landing: Path,
+    lake: Lake,
+    *,
+    run_id: str,
+    now: datetime | None = None,
+    engine: Engine | None = None,
+) -> StageResult:
     """New vitals lines → bronze (MERGE on the sample hash), then the watermarks move on."""
     now = now or datetime.now(UTC)
     records, marks = read_landing(landing, marks=watermarks(lake))
     split = to_bronze(records, run_id=run_id, ingested_at=now)
     entry = write_bronze(
-        lake, BRONZE_VITALS, split, pa.table({"n": pa.nulls(len(records))}), run_id=run_id
+        lake,
+        BRONZE_VITALS,
+        split,
+        pa.table({"n": pa.nulls(len(records))}),
+        run_id=run_id,
+        engine=engine,
     )
     if marks:  # after bronze: a crash in between re-reads lines that then merge as duplicates
         rows = [{**m.__dict__, "run_id": run_id, "updated_at": now} for m in marks]
@@ -703,6 +719,42 @@ def resample_touched(
     return rows, entry, result.quarantined
 
 
+#: the column of a resampling window row saying it is one of this run's new samples
+NEW_SAMPLE = "_new"
+#: counters of the keyed resampling step (summed over every person)
+SAMPLES_IN, COUNTED, MERGED = "resample.samples_in", "resample.counted", "resample.merged"
+
+
+def resample_person(
+    key: tuple[Any, ...],
+    rows: pa.Table,
+    *,
+    table_name: str,
+    run_id: str,
+    every: timedelta,
+    max_gap: timedelta,
+    clock_offsets: Mapping[str, timedelta] = VITALS_CLOCK_OFFSETS,
+) -> Split:
+    """The keyed step of resampling: one person's promoted and new samples (``_new``) → the grid
+    rows their new samples touch, the samples refused, and the counts of the ledger entry."""
+    del key  # the rows are the person's: every grid key is (person, device, code)
+    is_new = rows.column(NEW_SAMPLE)
+    new = rows.filter(is_new).drop_columns([NEW_SAMPLE])
+    previous = rows.filter(pc.invert(is_new)).drop_columns([NEW_SAMPLE])
+    spec = SILVER_VITALS_1MIN if table_name == SILVER_VITALS_1MIN.name else SILVER_VITALS_1H
+    grid, entry, refused = resample_touched(
+        previous,
+        new,
+        spec=spec,
+        run_id=run_id,
+        every=every,
+        max_gap=max_gap,
+        clock_offsets=clock_offsets,
+    )
+    counters = {SAMPLES_IN: entry.records_in, COUNTED: entry.records_out, MERGED: entry.merged}
+    return Split(grid, refused, counters)
+
+
 def to_staging(
     lake: Lake,
     *,
@@ -710,9 +762,20 @@ def to_staging(
     key: bytes,
     max_shift_days: int,
     versions: dict[str, int | None],
+    engine: Engine | None = None,
 ) -> StageResult:
     """This run's bronze samples → staging.vitals_raw, and the grid buckets they touch →
-    staging.vitals_1min / staging.vitals_1h (overwritten every run; the gate upserts them)."""
+    staging.vitals_1min / staging.vitals_1h (overwritten every run; the gate upserts them).
+
+    Resampling is keyed by person on ``engine`` (embedded: hash buckets, one in memory at a time;
+    Spark: ``applyInArrow``): each person's promoted samples and new ones, from the run's
+    scratch window, give the buckets the new ones touch."""
+    from deltalake import write_deltalake
+
+    from medlake.engines import DeltaSource, QuarantineSink, Target
+    from medlake.engines.embedded import EmbeddedEngine
+
+    engine = engine or EmbeddedEngine()
     bronze = lake.read(
         BRONZE_VITALS.name, version=versions.get(BRONZE_VITALS.name), where={"_run_id": run_id}
     )
@@ -735,19 +798,54 @@ def to_staging(
             staging_name(SILVER_VITALS_RAW.name), new, mode="overwrite", spec=SILVER_VITALS_RAW
         )
     }
-    previous = _promoted_samples(lake, new)
+    window = lake.scratch_uri("vitals_window", run_id=run_id)
+    write_deltalake(window, resampling_window(_promoted_samples(lake, new), new), mode="overwrite")
     for spec in (SILVER_VITALS_1MIN, SILVER_VITALS_1H):
         every, max_gap = VITALS_GRIDS[spec.name]
-        rows, entry, refused = resample_touched(
-            previous, new, spec=spec, run_id=run_id, every=every, max_gap=max_gap
+        name = staging_name(spec.name)
+        applied = engine.keyed(
+            functools.partial(
+                resample_person,
+                table_name=spec.name,
+                run_id=run_id,
+                every=every,
+                max_gap=max_gap,
+            ),
+            source=DeltaSource(window),
+            keys=("person_key",),
+            target=Target(lake.uri(name), spec.schema, encode=lake.encoder(name)),
+            quarantine=QuarantineSink(
+                lake.uri(QUARANTINE.name), run_id=run_id, encode=lake.encoder(QUARANTINE.name)
+            ),
         )
-        lake.insert_new(QUARANTINE.name, stamp_run(refused, run_id))
-        entries.append(entry)
-        out[staging_name(spec.name)] = lake.write(
-            staging_name(spec.name), rows, mode="overwrite", spec=spec
+        entries.append(
+            Entry(
+                stage="resample",
+                table_name=spec.name,
+                records_in=applied.counters.get(SAMPLES_IN, 0),
+                records_out=applied.counters.get(COUNTED, 0),
+                quarantined=applied.quarantined,
+                merged=applied.counters.get(MERGED, 0),
+            )
         )
+        out[name] = applied.target_version
+    lake.drop_scratch_table("vitals_window", run_id=run_id)
     ledger.record(lake, run_id, entries)
     return StageResult(out, entries)
+
+
+def resampling_window(previous: pa.Table, new: pa.Table) -> pa.Table:
+    """The samples resampling reads: the promoted ones of the people with new samples and the new
+    ones, marked (``_new``)."""
+    columns = [*rs.KEY, "sample_key", "value_num", "value_unit", "measured_at"]
+    new = new.select(columns)
+    previous = previous.select(columns).cast(new.schema)
+    return pa.concat_tables(
+        [
+            previous.append_column(NEW_SAMPLE, pa.array([False] * previous.num_rows, pa.bool_())),
+            new.append_column(NEW_SAMPLE, pa.array([True] * new.num_rows, pa.bool_())),
+        ]
+    )
 
 
 def _promoted_samples(lake: Lake, new: pa.Table) -> pa.Table:

@@ -137,8 +137,22 @@ def _select_paths(reader: _Reader, sel: Select, focus: set[Path]) -> None:
         _select_paths(reader, child, focus)
 
 
+#: read_paths by view (the view kept with them, so a recycled id never matches another view)
+_READ: dict[int, tuple[View, frozenset[Path]]] = {}
+
+
 def read_paths(view: View) -> frozenset[Path]:
-    """The element paths (from the resource root) that a view reads."""
+    """The element paths (from the resource root) that a view reads; worked out once per view
+    (its FHIRPath expressions parsed), not once per batch of resources."""
+    known = _READ.get(id(view))
+    if known is not None and known[0] is view:
+        return known[1]
+    paths = _read_paths(view)
+    _READ[id(view)] = (view, paths)
+    return paths
+
+
+def _read_paths(view: View) -> frozenset[Path]:
     constants = {k: str(v) for k, v in view.constants.items()}
     reader = _Reader(constants)
     for text, _ in view.where:

@@ -42,7 +42,7 @@ def text(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", help='JSON lines to write: {"id", "text", "spans"} a line.', dir_okay=False
+            "--out", help='JSON lines to write: {"id", "text", "spans", "language"} a line.', dir_okay=False
         ),
     ],
     workers: Annotated[
@@ -54,9 +54,11 @@ def text(
     batch: Annotated[int, typer.Option(min=1, help="Notes per batch.")] = BATCH,
 ) -> None:
     """De-identify the notes of a JSON-lines file: each output row holds the note's id, its
-    de-identified text and the spans removed ({"start", "end", "type"}, offsets into the input
-    text). A malformed row is reported on stderr with its line number and skipped; the others
-    are written in input order. Surrogates are keyed by the project key, as in the pipeline.
+    de-identified text, the spans removed ({"start", "end", "type"}, offsets into the input
+    text) and its language ("en", or e.g. "es" for a note the English rules serve less well:
+    hold those for review). A malformed row is reported on stderr with its line number and
+    skipped; the others are written in input order. Surrogates are keyed by the project key,
+    as in the pipeline.
 
     Example: medlake deid text --in notes.jsonl --out notes.deid.jsonl
     """

@@ -52,6 +52,19 @@ def _keys(lake: Path) -> tuple[bytes, bytes, int]:
     return audit_key(settings), project_key(settings), settings.deid.date_shift_max_days
 
 
+def _vault_keyring(lake: Path) -> Any:
+    """The vault keyring, so a decision re-keys the vault at once; None (said) when this machine has
+    none: the next pipeline run re-keys it."""
+    from medlake.governance.crypto import KeyringError
+    from medlake.governance.vault import vault_keyring
+
+    try:
+        return vault_keyring(load_settings(lake=lake), create=False)
+    except KeyringError as exc:
+        err.print(f"[yellow]no vault keyring here ({escape(str(exc))}): the vault follows at the next run[/yellow]")
+        return None
+
+
 @review_app.command("list")
 def review_list(
     lake: LakeOpt,
@@ -96,13 +109,13 @@ def review_approve(
     audit_key, key, max_shift_days = _keys(lake)
     try:
         done = approve(_lake(lake), pair_ids, reason=reason, actor=actor or getpass.getuser(),
-                       audit_key=audit_key, key=key, max_shift_days=max_shift_days)
+                       audit_key=audit_key, key=key, max_shift_days=max_shift_days, keyring=_vault_keyring(lake))
     except DecisionRefused as exc:
         err.print(f"[red]refused:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     merged = ", ".join(f"{a} → {s}" for a, s in done.merged) or "already one person"
     console.print(f"approved {len(done.pairs)} pair(s) ({done.decision_id}): {merged}; "
-                  f"{done.rows_moved} silver rows moved")
+                  f"{done.rows_moved} silver rows moved, {done.vault_rekeyed} vault identities re-keyed")
 
 
 @review_app.command("reject")
@@ -145,11 +158,12 @@ def split_command(
     audit_key, key, max_shift_days = _keys(lake)
     try:
         done = split(_lake(lake), person_key, records, reason=reason, actor=actor or getpass.getuser(),
-                     audit_key=audit_key, key=key, max_shift_days=max_shift_days)
+                     audit_key=audit_key, key=key, max_shift_days=max_shift_days, keyring=_vault_keyring(lake))
     except DecisionRefused as exc:
         err.print(f"[red]refused:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     console.print(f"split {done.person_key}: {len(done.moved_records)} record(s) → new person {done.new_person_key} "
-                  f"({done.decision_id}); silver rows moved: {sum(done.rows_moved.values())}")
+                  f"({done.decision_id}); silver rows moved: {sum(done.rows_moved.values())}, vault identities re-keyed: "
+                  f"{done.vault_rekeyed}")
     if done.unattributed:
         err.print(f"[yellow]rows without provenance left with {done.person_key}:[/yellow] {done.unattributed}")

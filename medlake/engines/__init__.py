@@ -24,7 +24,7 @@ Which engine runs a stage is configuration (``MEDLAKE__ENGINE=embedded|spark``, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -109,6 +109,11 @@ class Applied:
     target_version: int
     #: the transform's counters (:attr:`Split.counters`), summed over every batch
     counters: dict[str, int] = field(default_factory=dict)
+    #: rows written to each side output (:attr:`Split.sides`), counted as written
+    sides: dict[str, int] = field(default_factory=dict)
+    #: the quarantine rows by the table they were refused for (their ``table_name``): a step
+    #: with side outputs refuses for more than one table
+    quarantined_by: dict[str, int] = field(default_factory=dict)
 
 
 class Engine(Protocol):
@@ -123,7 +128,12 @@ class Engine(Protocol):
         source: Source,
         target: Target,
         quarantine: QuarantineSink,
-    ) -> Applied: ...
+        sides: Mapping[str, Target] | None = None,
+    ) -> Applied:
+        """``fn`` over every batch of ``source``: its good rows to ``target`` (one commit), its
+        quarantine rows to ``quarantine``, and the rows of each side output it names
+        (:attr:`Split.sides`) to that side's target (one commit each, an empty table when none)."""
+        ...
 
     def keyed(
         self,

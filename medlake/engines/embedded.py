@@ -99,20 +99,24 @@ class EmbeddedEngine:
         source: Source,
         target: Target,
         quarantine: QuarantineSink,
+        sides: Mapping[str, Target] | None = None,
     ) -> Applied:
         counts = _Counts()
         batches = _counted(self._read(source), counts)
-        with _Spool(quarantine) as spool:
+        with _Spool(quarantine) as spool, _SideSpools(sides or {}) as extra:
             splits = self._map(fn, batches, parallel=self._parallel(source))
-            good = _good_batches(splits, target, spool, counts)
+            good = _good_batches(splits, target, spool, counts, extra)
             _write(target, good)
             counts.quarantined = spool.close_and_merge()
+            written = extra.write()
         return Applied(
             rows_in=counts.rows_in,
             good=counts.good,
             quarantined=counts.quarantined,
             target_version=DeltaTable(target.uri).version(),
             counters=counts.counters,
+            sides=written,
+            quarantined_by=spool.by_table,
         )
 
     def _parallel(self, source: Source) -> bool:
@@ -450,10 +454,18 @@ def conform_batch(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Tab
 
 
 def _good_batches(
-    splits: Iterable[Split], target: Target, spool: _Spool, counts: _Counts
+    splits: Iterable[Split],
+    target: Target,
+    spool: _Spool,
+    counts: _Counts,
+    sides: _SideSpools | None = None,
 ) -> Iterator[pa.Table]:
     for split in splits:
         counts.add(split.counters)
+        if split.sides:
+            if sides is None:
+                raise ValueError(f"the step produced side outputs {sorted(split.sides)} here")
+            sides.add(split.sides)
         if split.quarantined.num_rows:
             spool.add(split.quarantined)
         if split.good.num_rows:
@@ -538,6 +550,8 @@ class _Spool:
         self._dir = tempfile.TemporaryDirectory(prefix="medlake-quarantine-")
         self._path = Path(self._dir.name) / "spool.arrow"
         self._writer: ipc.RecordBatchStreamWriter | None = None
+        #: rows spooled per table they were refused for
+        self.by_table: dict[str, int] = {}
 
     def __enter__(self) -> Self:
         return self
@@ -550,6 +564,8 @@ class _Spool:
 
     def add(self, rows: pa.Table) -> None:
         rows = conform(stamp_run(rows, self.sink.run_id), QUARANTINE_SCHEMA)
+        for name in rows.column("table_name").to_pylist():
+            self.by_table[name] = self.by_table.get(name, 0) + 1
         if self._writer is None:
             self._writer = ipc.new_stream(self._path, QUARANTINE_SCHEMA)
         self._writer.write_table(rows)
@@ -564,6 +580,56 @@ class _Spool:
             rows = reader.read_all()
         insert_new_rows(self.sink.uri, rows, key=["quarantine_id"], encode=self.sink.encode)
         return int(rows.num_rows)
+
+
+class _SideSpools:
+    """The side outputs of one step (:attr:`Split.sides`), each spooled to disk as the batches
+    come, then streamed into its own target in one commit."""
+
+    def __init__(self, targets: Mapping[str, Target]) -> None:
+        self.targets = dict(targets)
+        self.rows = dict.fromkeys(self.targets, 0)
+        self._dir = tempfile.TemporaryDirectory(prefix="medlake-sides-")
+        self._writers: dict[str, ipc.RecordBatchStreamWriter] = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        self._dir.cleanup()
+
+    def _path(self, name: str) -> Path:
+        return Path(self._dir.name) / f"side-{sorted(self.targets).index(name)}.arrow"
+
+    def add(self, sides: Mapping[str, pa.Table]) -> None:
+        for name, rows in sides.items():
+            target = self.targets.get(name)
+            if target is None:
+                raise ValueError(f"the step produced side output {name!r}, which has no target")
+            if not rows.num_rows:
+                continue
+            rows = conform(rows, target.schema)
+            self.rows[name] += rows.num_rows
+            if target.encode is not None:
+                rows = target.encode(rows).cast(target.schema)
+            if name not in self._writers:
+                self._writers[name] = ipc.new_stream(self._path(name), target.schema)
+            self._writers[name].write_table(rows)
+
+    def write(self) -> dict[str, int]:
+        """Write every side's spooled rows to its target; the rows written per side."""
+        for name, target in self.targets.items():
+            writer = self._writers.pop(name, None)
+            if writer is None:
+                _write(target, [])
+                continue
+            writer.close()
+            with ipc.open_stream(self._path(name)) as reader:
+                _write(target, (pa.Table.from_batches([batch]) for batch in reader))
+        return dict(self.rows)
 
 
 def insert_new_rows(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,14 +173,16 @@ class SparkEngine:
         source: Source,
         target: Target,
         quarantine: QuarantineSink,
+        sides: Mapping[str, Target] | None = None,
     ) -> Applied:
+        sides = dict(sides or {})
         if isinstance(source, FileSource):
             frame = self._files(source)
             rows_in = None
         else:
             frame = self._read(source)
             rows_in = frame.count()
-        tagged_type = _tagged_type(target.schema)
+        tagged_type = _tagged_type(target.schema, {n: t.schema for n, t in sides.items()})
         run = _tagged_batches(
             _decoded(fn, source.decode) if isinstance(source, DeltaSource) else fn,
             # the transform sees the Arrow types the embedded engine's delta-rs reader gives it
@@ -192,8 +194,11 @@ class SparkEngine:
             run_id=quarantine.run_id,
             encode_good=target.encode,
             encode_bad=quarantine.encode,
+            sides={n: (t.schema, t.encode) for n, t in sides.items()},
         )
-        return self._write_tagged(frame.mapInArrow(run, tagged_type), target, quarantine, rows_in)
+        return self._write_tagged(
+            frame.mapInArrow(run, tagged_type), target, quarantine, rows_in, sides=sides
+        )
 
     def _files(self, source: FileSource) -> DataFrame:
         """One row per landing file, read (and cut into records) on the executors."""
@@ -223,14 +228,22 @@ class SparkEngine:
         return to_arrow_schema(struct, timezone="UTC", prefers_large_types=large == "true")
 
     def _write_tagged(
-        self, tagged: DataFrame, target: Target, quarantine: QuarantineSink, rows_in: int | None
+        self,
+        tagged: DataFrame,
+        target: Target,
+        quarantine: QuarantineSink,
+        rows_in: int | None,
+        *,
+        sides: Mapping[str, Target] | None = None,
     ) -> Applied:
+        sides = dict(sides or {})
         tagged = tagged.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             counted = tagged.agg(
                 F.count(_GOOD).alias(_GOOD),
                 F.count(_QUARANTINED).alias(_QUARANTINED),
                 F.sum(F.col("_in")).alias("_in"),
+                *(F.count(_side(n)).alias(_side(n)) for n in sides),
             ).collect()[0]
             good_rows, quarantined_rows = int(counted[_GOOD]), int(counted[_QUARANTINED])
             counters: dict[str, int] = {}
@@ -239,9 +252,15 @@ class SparkEngine:
                     counters[name] = counters.get(name, 0) + int(value)
             good = tagged.where(F.col(_GOOD).isNotNull()).select(f"{_GOOD}.*")
             self.write(good, target)
+            by_table: dict[str, int] = {}
             if quarantined_rows:
                 bad = tagged.where(F.col(_QUARANTINED).isNotNull()).select(f"{_QUARANTINED}.*")
+                for row in bad.groupBy("table_name").count().collect():
+                    by_table[row["table_name"]] = int(row["count"])
                 self._insert_quarantine(bad, quarantine.uri)
+            for name, side in sides.items():
+                rows = tagged.where(F.col(_side(name)).isNotNull()).select(f"{_side(name)}.*")
+                self.write(rows, side)
         finally:
             tagged.unpersist()
         return Applied(
@@ -250,6 +269,8 @@ class SparkEngine:
             quarantined=quarantined_rows,
             target_version=self.version(target.uri) or 0,
             counters=counters,
+            sides={name: int(counted[_side(name)]) for name in sides},
+            quarantined_by=by_table,
         )
 
     # -- keyed -------------------------------------------------------------------------------
@@ -398,11 +419,26 @@ def _ddl(schema: StructType) -> str:
     )
 
 
-def _tagged_type(good_schema: pa.Schema) -> StructType:
+def _side(name: str) -> str:
+    """The tagged stream's column of a side output."""
+    if not name.isidentifier():
+        raise ValueError(f"a side output's name must be an identifier, not {name!r}")
+    return f"side_{name}"
+
+
+def _tagged_type(
+    good_schema: pa.Schema, sides: Mapping[str, pa.Schema] | None = None
+) -> StructType:
+    """One struct column per output (good, quarantined, each side, in name order), the batch's
+    input row count and its counters; every row fills one of them."""
     return StructType(
         [
             StructField(_GOOD, _nullable(spark_schema(good_schema)), nullable=True),
             StructField(_QUARANTINED, _nullable(spark_schema(QUARANTINE_SCHEMA)), nullable=True),
+            *(
+                StructField(_side(name), _nullable(spark_schema(schema)), nullable=True)
+                for name, schema in sorted((sides or {}).items())
+            ),
             StructField("_in", LongType(), nullable=True),
             StructField("_counters", StringType(), nullable=True),
         ]
@@ -452,16 +488,26 @@ def _tagged_batches(
     run_id: str,
     encode_good: Encode | None = None,
     encode_bad: Encode | None = None,
+    sides: Mapping[str, tuple[pa.Schema, Encode | None]] | None = None,
 ) -> ArrowBatches:
-    """The ``mapInArrow`` function: each batch's good rows, then its quarantine rows, tagged, and
-    one row counting the batch's input rows (``_in``)."""
+    """The ``mapInArrow`` function: each batch's good rows, then its quarantine rows and its side
+    outputs' rows, tagged, and one row counting the batch's input rows (``_in``)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             if batch.num_rows == 0:
                 continue
             split = fn(pa.Table.from_batches([batch]).cast(source_schema).combine_chunks().to_batches()[0])
-            yield from _tag(split, batch.num_rows, good_schema, out_schema, run_id, encode_good, encode_bad)
+            yield from _tag(
+                split,
+                batch.num_rows,
+                good_schema,
+                out_schema,
+                run_id,
+                encode_good,
+                encode_bad,
+                sides,
+            )
 
     return run
 
@@ -498,35 +544,46 @@ def _tag(
     run_id: str,
     encode_good: Encode | None,
     encode_bad: Encode | None,
+    sides: Mapping[str, tuple[pa.Schema, Encode | None]] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    good_type = out_schema.field(_GOOD).type
-    quarantine_type = out_schema.field(_QUARANTINED).type
-    good_rows = conform(split.good, good_schema)
-    bad_rows = conform(stamp_run(split.quarantined, run_id), QUARANTINE_SCHEMA)
-    if encode_good is not None and good_rows.num_rows:
-        good_rows = conform(encode_good(good_rows), good_schema)
-    if encode_bad is not None and bad_rows.num_rows:
-        bad_rows = conform(encode_bad(bad_rows), QUARANTINE_SCHEMA)
-    good, bad = _struct(good_rows, good_type), _struct(bad_rows, quarantine_type)
-    count, text = out_schema.field("_in").type, out_schema.field("_counters").type
+    outputs = [
+        (_GOOD, split.good, good_schema, encode_good),
+        (_QUARANTINED, stamp_run(split.quarantined, run_id), QUARANTINE_SCHEMA, encode_bad),
+    ]
+    sides = sides or {}
+    unknown = set(split.sides) - set(sides)
+    if unknown:
+        raise ValueError(f"the step produced side outputs {sorted(unknown)}, which have no target")
+    for name, (schema, encode) in sorted(sides.items()):
+        rows = split.sides.get(name)
+        outputs.append(
+            (_side(name), schema.empty_table() if rows is None else rows, schema, encode)
+        )
+    segments: list[tuple[str, pa.Array]] = []
+    for column, rows, schema, encode in outputs:
+        conformed = conform(rows, schema)
+        if encode is not None and conformed.num_rows:
+            conformed = conform(encode(conformed), schema)
+        if conformed.num_rows:
+            segments.append((column, _struct(conformed, out_schema.field(column).type)))
     facts = json.dumps(dict(split.counters), sort_keys=True) if split.counters else None
-    tagged = pa.concat_tables(
-        [
-            pa.table(
-                [good, pa.nulls(len(good), quarantine_type), pa.nulls(len(good), count), pa.nulls(len(good), text)],
-                schema=out_schema,
-            ),
-            pa.table(
-                [pa.nulls(len(bad), good_type), bad, pa.nulls(len(bad), count), pa.nulls(len(bad), text)],
-                schema=out_schema,
-            ),
-            pa.table(
-                [pa.nulls(1, good_type), pa.nulls(1, quarantine_type), pa.array([rows_in], count), pa.array([facts], text)],
-                schema=out_schema,
-            ),
-        ]
+    parts = [_only(out_schema, {column: values}) for column, values in segments]
+    parts.append(
+        _only(out_schema, {"_in": pa.array([rows_in], pa.int64()), "_counters": pa.array([facts])})
     )
-    yield from tagged.combine_chunks().to_batches()
+    yield from pa.concat_tables(parts).combine_chunks().to_batches()
+
+
+def _only(schema: pa.Schema, columns: Mapping[str, pa.Array]) -> pa.Table:
+    """Rows of the tagged stream holding ``columns``, every other column null."""
+    length = len(next(iter(columns.values())))
+    return pa.table(
+        [
+            columns[f.name].cast(f.type) if f.name in columns else pa.nulls(length, f.type)
+            for f in schema
+        ],
+        schema=schema,
+    )
 
 
 def _struct(rows: pa.Table, struct_type: pa.DataType) -> pa.Array:

@@ -1,5 +1,6 @@
 """The FHIR chain on both engines: the same landing through the embedded engine and through Spark
-``local[2]`` writes the same bronze, staging and quarantine tables and the same ledger counts.
+``local[2]`` writes the same bronze, staging and quarantine tables and the same ledger counts;
+every source's ingest writes the same bronze tables.
 
 Both lakes use the same project key (same pseudonyms and date shifts) and seal their raw PHI at
 rest with data keys of their own, so the tables are compared as the lake reads them (opened).
@@ -28,8 +29,17 @@ from medlake.engines.embedded import EmbeddedEngine
 from medlake.engines.spark import SparkEngine
 from medlake.governance.at_rest import DATA_KEYS_TABLE, lake_for
 from medlake.jobs import pipeline
+from medlake.jobs.ingest import vitals
 from medlake.lake import Lake
-from medlake.registry import BRONZE_FHIR, FHIR_SILVER, QUARANTINE, SILVER_NOTES, staging_name
+from medlake.registry import (
+    BRONZE_FHIR,
+    FHIR_SILVER,
+    QUARANTINE,
+    SILVER_NOTES,
+    SILVER_VITALS_1H,
+    SILVER_VITALS_1MIN,
+    staging_name,
+)
 from medlake.sample import generate
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -111,6 +121,57 @@ def test_the_fhir_chain_writes_the_same_tables_on_both_engines(
     assert Counter(r["rule_id"] for r in quarantine)["parse.bad_json"] >= 1
 
 
+def ingest_every_source(landing: Path, root: Path, engine: Engine) -> tuple[Lake, list[dict[str, Any]]]:
+    """Ingest all six sources of the landing on ``engine``; the lake and its ledger."""
+    lake = lake_for(Settings(), root)
+    stages = [
+        pipeline.ingest(landing, lake, run_id=RUN_ID, now=NOW, engine=engine),
+        pipeline.ingest_hl7v2(landing, lake, run_id=RUN_ID, now=NOW, engine=engine),
+        *(
+            pipeline.source_module(kind).ingest(landing, lake, run_id=RUN_ID, now=NOW, engine=engine)
+            for kind in pipeline.SOURCES
+        ),
+    ]
+    return lake, [e.__dict__ for stage in stages for e in stage.entries]
+
+
+def test_every_source_ingests_the_same_bronze_on_both_engines(
+    spark: SparkSession, landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDLAKE__KEYS__DIR", str(tmp_path / "keys"))
+    embedded, embedded_ledger = ingest_every_source(
+        landing, tmp_path / "embedded" / "lake", EmbeddedEngine(batch_rows=53)
+    )
+    shutil.copytree(embedded.root / DATA_KEYS_TABLE, tmp_path / "spark" / "lake" / DATA_KEYS_TABLE)
+    on_spark, spark_ledger = ingest_every_source(landing, tmp_path / "spark" / "lake", SparkEngine(spark))
+
+    assert spark_ledger == embedded_ledger
+    by_table = {e["table_name"]: e for e in embedded_ledger}
+    bronze = [name for name in by_table if name.startswith("bronze.")]
+    assert {"bronze.fhir_resources", "bronze.hl7v2_messages", "bronze.csv_rows"} <= set(bronze)
+    assert len(bronze) >= 6, bronze  # every source wrote its bronze table
+    for name in bronze:
+        entry = by_table[name]
+        assert entry["records_in"] == entry["records_out"] + entry["quarantined"] + entry["merged"], name
+        assert rows(on_spark, name) == rows(embedded, name), name
+        assert len(rows(embedded, name)) == entry["records_out"], name
+    assert rows(on_spark, QUARANTINE.name) == rows(embedded, QUARANTINE.name)
+
+    # vitals resampling, keyed by person (embedded hash buckets, Spark applyInArrow)
+    staged = {}
+    for lake, engine in ((embedded, EmbeddedEngine(batch_rows=53)), (on_spark, SparkEngine(spark))):
+        result = vitals.to_staging(
+            lake, run_id=RUN_ID, key=KEY, max_shift_days=365, versions={}, engine=engine
+        )
+        staged[engine.name] = [e.__dict__ for e in result.entries]
+    assert staged["spark"] == staged["embedded"]
+    resampled = [e for e in staged["embedded"] if e["stage"] == "resample"]
+    assert len(resampled) == 2 and all(e["records_in"] > 0 for e in resampled), resampled
+    for spec in (SILVER_VITALS_1MIN, SILVER_VITALS_1H):
+        grid = rows(embedded, staging_name(spec.name))
+        assert grid and rows(on_spark, staging_name(spec.name)) == grid, spec.name
+
+
 def test_a_spark_connect_session_ingests_like_the_embedded_engine(tmp_path: Path) -> None:
     landing = tmp_path / "landing"
     generate(landing, patients=4, seed=3)
@@ -145,3 +206,17 @@ spark.stop()
     assert pa.Table.from_pylist(rows(lake, BRONZE_FHIR.name)).num_rows > 20
     ingest = embedded.entries[0]
     assert (ingest.quarantined, ingest.merged) == (2, 2)  # the broken lines; the repeats
+
+
+def test_gold_is_built_on_the_runs_engine_unless_the_dbt_target_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MEDLAKE__DBT__TARGET", raising=False)
+    monkeypatch.delenv("MEDLAKE__ENGINE", raising=False)
+    assert pipeline.dbt_target(Settings()) == "duckdb"
+    assert pipeline.dbt_target(Settings(), "spark") == "spark"
+    monkeypatch.setenv("MEDLAKE__ENGINE", "spark")
+    assert pipeline.dbt_target(Settings()) == "spark"
+    assert pipeline.dbt_target(Settings(), "embedded") == "duckdb"
+    monkeypatch.setenv("MEDLAKE__DBT__TARGET", "duckdb")  # an explicit target wins
+    assert pipeline.dbt_target(Settings(), "spark") == "duckdb"

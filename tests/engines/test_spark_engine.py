@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute
 import pytest
 from deltalake import DeltaTable, write_deltalake
 from pyspark import cloudpickle
@@ -322,3 +323,70 @@ def test_missing_delta_jars_say_how_to_fetch_them(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"delta-spark_\*\.jar.*make env") as err:
         delta_jars(tmp_path / "jars")
     assert str(tmp_path / "jars") in str(err.value)
+
+
+#: a side output of the test transform: each accepted Observation's units, found while parsed
+UNIT_ROWS = pa.schema(
+    [pa.field("_record_hash", pa.string(), nullable=False), pa.field("unit", pa.string())]
+)
+
+
+def observation_rows_and_units(bronze: pa.Table) -> Split:
+    """The test transform, with a side output: the unit of every accepted row that has one, and
+    an empty side output ``none`` (its table must still be written)."""
+    split = observation_rows(bronze)
+    with_unit = split.good.filter(pa.compute.is_valid(split.good.column("value_unit")))
+    units = pa.table(
+        {"_record_hash": with_unit.column("_record_hash"), "unit": with_unit.column("value_unit")},
+        schema=UNIT_ROWS,
+    )
+    return Split(split.good, split.quarantined, sides={"units": units, "none": UNIT_ROWS.empty_table()})
+
+
+def test_side_outputs_are_written_and_counted_alike_on_both_engines(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    bronze = bronze_observations()
+    lake.write("bronze.fhir_resources", bronze, mode="overwrite")
+    applied: dict[str, Applied] = {}
+    for engine in (EmbeddedEngine(batch_rows=16), SparkEngine(spark)):
+        out = tmp_path / engine.name
+        applied[engine.name] = engine.batch_local(
+            observation_rows_and_units,
+            source=DeltaSource(lake.uri("bronze.fhir_resources")),
+            target=Target(str(out / "observations"), OBSERVATION_ROWS),
+            quarantine=QuarantineSink(str(out / "quarantine"), run_id="test-run"),
+            sides={
+                "units": Target(str(out / "units"), UNIT_ROWS),
+                "none": Target(str(out / "none"), UNIT_ROWS),
+            },
+        )
+    embedded, on_spark = applied["embedded"], applied["spark"]
+    assert embedded.sides == on_spark.sides
+    assert 0 < embedded.sides["units"] <= embedded.good and embedded.sides["none"] == 0
+    assert embedded.quarantined_by == on_spark.quarantined_by == {"silver.observations": 2}
+    units = {name: read_sorted(str(tmp_path / name / "units"), "_record_hash") for name in applied}
+    assert units["embedded"].num_rows == embedded.sides["units"]
+    assert units["spark"].to_pylist() == units["embedded"].to_pylist()
+    good_units = read_sorted(str(tmp_path / "embedded" / "observations"), "_record_hash")
+    expected = good_units.filter(pa.compute.is_valid(good_units.column("value_unit")))
+    assert units["embedded"].column("unit").to_pylist() == expected.column("value_unit").to_pylist()
+    for name in applied:  # an empty side is still a table a reader finds
+        none = DeltaTable(str(tmp_path / name / "none"))
+        assert none.to_pyarrow_dataset().count_rows() == 0
+        assert none.schema().to_arrow().names == UNIT_ROWS.names
+
+
+def test_a_side_output_without_a_target_is_refused(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    lake.write("bronze.fhir_resources", bronze_observations(10), mode="overwrite")
+    # raised in the step, surfacing through delta-rs's writer (which wraps it)
+    with pytest.raises(Exception, match="side output 'none', which has no target"):
+        EmbeddedEngine().batch_local(
+            observation_rows_and_units,
+            source=DeltaSource(lake.uri("bronze.fhir_resources")),
+            target=Target(str(tmp_path / "observations"), OBSERVATION_ROWS),
+            quarantine=QuarantineSink(str(tmp_path / "quarantine"), run_id="test-run"),
+            sides={"units": Target(str(tmp_path / "units"), UNIT_ROWS)},
+        )

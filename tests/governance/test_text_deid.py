@@ -17,6 +17,7 @@ from medlake.governance.recognizers import (
 from medlake.governance.text_deid import (
     AttachmentError,
     DeidText,
+    Span,
     TextDeidentifier,
     contact_block_organisations,
     decode_attachment,
@@ -708,3 +709,144 @@ def test_production_code_reads_no_sample_vocabulary() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr[-500:]
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 16, second pass: the NER reads only what may hold PHI; unlisted names; Arrow batches
+
+
+def test_the_ner_skips_stretches_of_clinical_words_only(deid: TextDeidentifier) -> None:
+    from medlake.governance.text_deid import _ner_stretches
+
+    engine = deid.nlp_engine
+    nlp = engine.nlp["en"]  # type: ignore[index]
+    # clinical words in any case, common English words in lower case: no NER pass at all
+    shorthand = nlp.make_doc("GU: Foley draining clear yellow urine 40-60cc/hr, heels offloaded.")
+    assert _ner_stretches(shorthand, engine.plain_words, engine.common_words, {}) == []
+    doc = nlp.make_doc("GU: Foley draining. Pt seen by Dr. Okafor today. heels offloaded.")
+    [(start, core_start, core_end, end)] = _ner_stretches(
+        doc, engine.plain_words, engine.common_words, {}
+    )
+    assert doc[core_start:core_end].text == "Pt seen by Dr. Okafor today."
+    assert core_start - start == 2 and end - core_end == 2  # context either side, not read for PHI
+
+
+def test_skipping_clinical_stretches_finds_the_same_spans(deid: TextDeidentifier) -> None:
+    """The same notes through the full NER (as Presidio runs it) and through the stretches give
+    the same spans (a date the NER also saw may keep the pattern's lower score)."""
+    notes = [n for n, _ in NOTES] + [n for n, _ in CLINICAL_PHI] + CLINICAL_SHORTHAND
+    stretched = deid.analyze_batch(notes)
+    plain = deid.nlp_engine.plain_words
+    deid.nlp_engine.plain_words = frozenset()  # every word read
+    try:
+        full = deid.analyze_batch(notes)
+    finally:
+        deid.nlp_engine.plain_words = plain
+    def bounds(spans: list[list[Span]]) -> list[list[tuple[int, int, str]]]:
+        return [[(s.start, s.end, s.entity_type) for s in row] for row in spans]
+
+    assert bounds(stretched) == bounds(full)
+
+
+UNLISTED_NAMES = [
+    # a last name, a comma and a first name, both words English hardly uses: one span
+    ("MR# 8365945 / Maraldo, Araceli / A/P: stable.", "Maraldo, Araceli"),
+    ("MR# 8365945 / MARALDO, ARACELI / A/P: STABLE.", "MARALDO, ARACELI"),
+    ("MR# CL96-3359 / Ocasio, Shaunda / lives alone.", "Ocasio, Shaunda"),
+    ("MR# 28729134 / Jenkins, Santos / MICU note.", "Jenkins, Santos"),
+    # family-name particles, and names of up to three words after a cue
+    ("Reviewed with attending mira van rhemen.", "mira van rhemen"),
+    ("SIGNED: M. TEN DOLLE, NP  PGR 1546", "TEN DOLLE"),
+    ("Pt seen by Dr. ten Pennewijk this am.", "ten Pennewijk"),
+    # two words no English text uses before a credential
+    ("Cedrik Drommelers RN", "Cedrik Drommelers"),
+    ("Discussed w/ Belchior Colasuonno, MD (cardiology fellow).", "Belchior Colasuonno"),
+    # capitalised by the writer after a cue, though also an English word
+    ("for questions call RN Will at ext. 3-7428.", "Will"),
+    ("Family: Genevive Green (daughter) cell 537-222-1111.", "Genevive Green"),
+    ("family: dine musbrinck (wife) cell 476.852.1111", "dine musbrinck"),
+]
+
+
+@pytest.mark.parametrize(("note", "name"), UNLISTED_NAMES)
+def test_names_no_list_holds_are_found_whole(deid: TextDeidentifier, note: str, name: str) -> None:
+    [spans] = deid.analyze_batch([note])
+    start = note.index(name)
+    assert any(
+        s.start <= start and start + len(name) <= s.end and s.entity_type == "PERSON"
+        for s in spans
+    ), [(note[s.start : s.end], s.entity_type) for s in spans]
+
+
+def test_a_record_number_is_no_part_of_a_name(deid: TextDeidentifier) -> None:
+    note = "MR# Y-257878 / Reichel, Archie Neuro: A&Ox3, MAE, PERRLA"
+    spans = {(note[s.start : s.end], s.entity_type) for s in deid.analyze_batch([note])[0]}
+    assert ("Reichel, Archie", "PERSON") in spans
+    assert ("Y-257878", "MEDICAL_RECORD_NUMBER") in spans
+
+
+@pytest.mark.parametrize(
+    "note",
+    [
+        "Code status: DNR/DNI, confirmed w/ HCP.  Vent: AC 500 x 14, PEEP 5.",
+        "Pt lives in Emporia, Kansas w/ son. Son At bedside, very supportive.",
+        "Neuro, Resp, CV stable. Lasix, metoprolol held.",
+        "Family meeting held, family aware of plan.",
+    ],
+)
+def test_name_cue_rules_leave_clinical_text(deid: TextDeidentifier, note: str) -> None:
+    [spans] = deid.analyze_batch([note])
+    assert not [s for s in spans if s.entity_type == "PERSON"], [
+        note[s.start : s.end] for s in spans
+    ]
+
+
+def test_an_arrow_column_of_notes_is_deidentified_in_order_nulls_kept() -> None:
+    import pyarrow as pa
+
+    from medlake.governance.text_deid import deidentify_array
+
+    notes = pa.chunked_array(
+        [["Pt seen by Dr. Okafor on 3/4.", None], ["GU: Foley draining clear urine."]]
+    )
+    out = deidentify_array(notes, surrogate_key=KEY, person_keys=["p1", "p2", "p3"])
+    assert out.column_names == ["text", "phi_replaced", "phi_entities", "language"]
+    first, missing, clean = out.to_pylist()
+    assert "Okafor" not in first["text"] and "[DATE]" in first["text"]
+    assert first["phi_replaced"] == 2 and json.loads(first["phi_entities"]) == {
+        "DATE_TIME": 1,
+        "PERSON": 1,
+    }
+    assert missing == {"text": None, "phi_replaced": 0, "phi_entities": "{}", "language": None}
+    assert clean == {
+        "text": "GU: Foley draining clear urine.",
+        "phi_replaced": 0,
+        "phi_entities": "{}",
+        "language": "en",
+    }
+    with pytest.raises(ValueError, match="person_keys has 1 entries for 3 texts"):
+        deidentify_array(notes, surrogate_key=KEY, person_keys=["p1"])
+
+
+@pytest.mark.parametrize(
+    ("note", "language"),
+    [
+        (
+            (
+                "Paciente de 45 años que ingresa en el hospital por dolor abdominal. Se le "
+                "realiza una ecografía y no se observan alteraciones de la vesícula."
+            ),
+            "es",
+        ),
+        ("GU: Foley draining clear yellow urine 40-60cc/hr. Heels offloaded.", "en"),
+        ("Pt seen by Dr. Okafor this am, aware of K 3.2, repleted per protocol.", "en"),
+        ("Le patient est sorti de l'hôpital avec sa fille et il va bien depuis.", "fr"),
+        ("de la", "en"),  # too short to tell: English, the rules' language
+    ],
+)
+def test_a_note_not_in_english_is_flagged(deid: TextDeidentifier, note: str, language: str) -> None:
+    from medlake.governance.text_deid import note_language
+
+    assert note_language(note) == language
+    [out] = deid.deidentify_batch([note], surrogate_key=KEY)
+    assert out.language == language and out.supported is (language == "en")

@@ -59,6 +59,8 @@ def person_record(
     postal: str = "02139",
     city: str = "Springfield",
     suffix: str | None = None,
+    ssn: str | None = None,
+    email: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """A vault-shaped identity (what fhir/hl7v2 ``patient_identities`` return) and its sex."""
     name: dict[str, Any] = {"family": family, "given": [given]}
@@ -70,8 +72,10 @@ def person_record(
         "source_system": "test",
         "names": [name],
         "birth_date": birth,
-        "telecom": [{"system": "phone", "value": phone}] if phone else [],
+        "telecom": ([{"system": "phone", "value": phone}] if phone else [])
+        + ([{"system": "email", "value": email}] if email else []),
         "address": [{"line": [street], "city": city, "postalCode": postal}] if street else [],
+        "identifiers": [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": ssn}] if ssn else [],
     }
     return ident, sex
 
@@ -130,6 +134,12 @@ HARD_NEGATIVES = {
         person_record("sr", "Mary", "Johnson", "1956-02-03", "female"),
         person_record("jr", "Mary", "Johnson", "1984-08-19", "female"),
     ],
+    "namesakes born a week apart in one town, no phone on one": [
+        person_record("sr", "Maria", "Garcia", "1985-04-12", "female", phone=None,
+                      street="4 Pine St", postal="02139"),
+        person_record("jr", "Maria", "Garcia", "1985-04-19", "female", phone="617-555-0972",
+                      street="88 Lake Rd", postal="02141"),
+    ],
     "namesakes born the same day in one town": [
         person_record("sr", "Maria", "Garcia", "1985-04-12", "female", phone="617-555-0161",
                       street="4 Pine St", postal="02139"),
@@ -180,6 +190,19 @@ HARD_POSITIVES = {
         person_record("b", "Priya", "Raman", "1991-01-17", "female", phone="617-555-0555",
                       street="5 Elm Ct", postal="02467", city="Chestnut Hill"),
     ],
+    "a day typo across a month end (two digits), same phone": [
+        person_record("a", "Omar", "Haddad", "1980-03-31", "male"),
+        person_record("b", "Omar", "Haddad", "1980-04-01", "male"),
+    ],
+    "day and month swapped and a day typo, typo in the family name": [
+        person_record("a", "Nadia", "Petrova", "1983-10-12", "female"),
+        person_record("b", "Nadia", "Petorva", "1983-12-11", "female"),
+    ],
+    "married name, moved, no phone": [
+        person_record("a", "Ingrid", "Holm", "1977-06-05", "female", phone=None),
+        person_record("b", "Ingrid", "Vance", "1977-06-05", "female", phone="617-555-0777",
+                      street="9 Bay Rd", postal="02118", city="Boston"),
+    ],
     "HL7 v2 upper case, typo in the family name, no phone": [
         person_record("a", "James", "O'Neil", "1970-03-03", "male"),
         person_record("b", "JAMES", "ONEILL", "19700303", "male", phone=None),
@@ -205,6 +228,101 @@ def test_the_rules_name_why_and_evidence_holds_no_values() -> None:
     assert "CARTER" not in shown.upper() and "1948" not in shown
     assert dedup.date_typo("1983-04-12", "1983-12-04") and dedup.date_typo("1985-07-21", "1958-07-21")
     assert not dedup.date_typo("1948-02-11", "1976-09-23")
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "near"),
+    [
+        ("1980-03-31", "1980-04-01", True),  # a day across a month end: two digits
+        ("1979-12-31", "1980-01-01", True),  # ... and across a year end
+        ("2011-12-10", "2011-11-30", True),  # ten days back
+        ("2017-10-12", "2017-12-11", True),  # day and month swapped, then a day typo
+        ("1985-04-12", "1985-09-30", False),  # same year, three digits, months apart
+        ("1951-05-05", "1981-05-05", False),  # a father's and a son's: one digit, decades (a typo rule)
+        ("1948-02-11", "1976-09-23", False),
+    ],
+)
+def test_birth_dates_a_steward_may_see_are_near_decades_never(a: str, b: str, near: bool) -> None:
+    assert dedup.date_near(a, b) is near
+    if not near and not dedup.date_typo(a, b):
+        assert dedup.nonmatch_rule(
+            {"suffix": None, "sex": None, "given_formal": None, "birth_date": a},
+            {"suffix": None, "sex": None, "given_formal": None, "birth_date": b},
+        ) == "identity.birth_date_far"
+
+
+def test_near_birth_dates_merge_only_with_the_same_name_and_a_shared_home() -> None:
+    """Two slips apart: merged when name, sex and phone agree; otherwise a steward decides."""
+    clusters, _ = outcomes([*town(), *HARD_POSITIVES["a day typo across a month end (two digits), same phone"]])
+    assert clusters["a"] == clusters["b"]
+    clusters, review = outcomes([*town(), *HARD_NEGATIVES["namesakes born a week apart in one town, no phone on one"]])
+    assert clusters["sr"] != clusters["jr"]
+    clusters, review = outcomes(
+        [*town(), *HARD_POSITIVES["day and month swapped and a day typo, typo in the family name"]]
+    )
+    assert clusters["a"] != clusters["b"] and frozenset(("a", "b")) in review
+
+
+def test_an_ssn_links_a_married_name_and_a_conflicting_one_waits_for_a_steward() -> None:
+    """A full SSN in both records (FHIR us-ssn, HL7 v2 PID-19) is strong evidence either way; a
+    placeholder SSN (999-99-9999) is no evidence at all."""
+    married = [
+        person_record("a", "Ingrid", "Holm", "1977-06-05", "female", phone=None, ssn="123-45-6789"),
+        person_record("b", "Ingrid", "Vance", "1977-06-05", "female", phone="617-555-0777", street="9 Bay Rd",
+                      postal="02118", city="Boston", ssn="123456789"),
+    ]
+    clusters, _ = outcomes([*town(), *married])
+    assert clusters["a"] == clusters["b"]
+    conflict = [
+        person_record("a", "Priya", "Raman", "1991-01-17", "female", ssn="123-45-6789"),
+        person_record("b", "Priya", "Raman", "1991-01-17", "female", ssn="321-54-9876"),
+    ]
+    clusters, review = outcomes([*town(), *conflict])
+    assert clusters["a"] != clusters["b"] and frozenset(("a", "b")) in review
+    twins = [(r, s) for r, s in HARD_NEGATIVES["same-sex twins, Ava and Eva"]]
+    placeholder = [({**r, "identifiers": [{"type": "SS", "value": "999-99-9999"}]}, s) for r, s in twins]
+    assert dedup.features([r for r, _ in placeholder]).column("ssn").to_pylist() == [None, None]
+    clusters, _ = outcomes([*town(), *placeholder])
+    assert clusters["sr"] != clusters["jr"]
+
+
+def test_a_move_with_a_new_phone_links_through_the_same_email() -> None:
+    """A new home and a new phone: without anything else in common a steward decides; the same
+    e-mail address (FHIR ``email``, HL7 v2 ``Internet``) is the contact they share."""
+    moved = {"phone": "617-555-0999", "street": "5 Elm Ct", "postal": "02467", "city": "Chestnut Hill"}
+    clusters, review = outcomes([*town(), person_record("a", "Priya", "Raman", "1991-01-17", "female"),
+                                 person_record("b", "Priya", "Raman", "1991-01-17", "female", **moved)])
+    assert clusters["a"] != clusters["b"] and frozenset(("a", "b")) in review
+    clusters, _ = outcomes([
+        *town(), person_record("a", "Priya", "Raman", "1991-01-17", "female", email="Priya.Raman@example.org"),
+        person_record("b", "Priya", "Raman", "1991-01-17", "female", email="mailto:priya.raman@example.org", **moved),
+    ])
+    assert clusters["a"] == clusters["b"]
+    hl7 = {"source_key": "c", "names": [{"family": "RAMAN", "given": ["PRIYA"]}],
+           "telecom": [{"value": "priya.raman@example.org", "system": "Internet", "use": "NET"}]}
+    assert dedup.features([hl7]).column("email").to_pylist() == ["priya.raman@example.org"]
+
+
+def test_a_married_name_with_a_move_waits_for_a_steward() -> None:
+    """Only first name, birth date and sex agree: never merged, queued as a possible name change."""
+    records = [*town(), *HARD_POSITIVES["married name, moved, no phone"]]
+    linkage = dedup.link(dedup.features([r for r, _ in records], sex={r["source_key"]: s for r, s in records}))
+    cluster = {r["source_key"]: r["cluster"] for r in linkage.clusters.to_pylist()}
+    assert cluster["a"] != cluster["b"]
+    queued = {frozenset((r["source_key_l"], r["source_key_r"])) for r in linkage.review.to_pylist()}
+    assert queued == {frozenset(("a", "b"))}  # no stranger of the town is queued with them
+    rows = {r["source_key"]: r for r in dedup.features([r for r, _ in records],
+                                                      sex={r["source_key"]: s for r, s in records}).to_pylist()}
+    low = pa.Table.from_pylist(  # what Splink gives such a pair in a large run: well below review
+        [{"source_key_l": "a", "source_key_r": "b", "match_probability": 0.03, "match_weight": -5.0,
+          "rule": "splink"},
+         {"source_key_l": "town1", "source_key_r": "town2", "match_probability": 0.03, "match_weight": -5.0,
+          "rule": "splink"}],
+        schema=dedup.LINKS,
+    )
+    zoned = dedup.zones(low, rows, dedup.LinkOptions())
+    assert not zoned.merge
+    assert [(r["source_key_l"], r["reason"]) for r in zoned.review] == [("a", "identity.possible_name_change")]
 
 
 def test_a_steward_decision_keeps_a_pair_apart_through_a_third_record() -> None:
@@ -349,9 +467,14 @@ def test_approve_merges_then_split_restores_both_people(queued: tuple[Lake, Path
     ava, eva = person(lake, "ava"), person(lake, "eva")
     [pair] = identity.queue(lake)
 
+    from medlake.governance import vault
+    from medlake.governance.crypto import Keyring
+
     done = identity.approve(lake, [pair["pair_id"]], reason="registration desk: same child", actor="steward1",
-                            audit_key=AUDIT_KEY, key=KEY, max_shift_days=365)
+                            audit_key=AUDIT_KEY, key=KEY, max_shift_days=365, keyring=Keyring.from_dir(root / "keys"))
     assert done.merged == ((eva, ava),)
+    stored = {r["source_key"]: r["person_key"] for r in lake.read(vault.TABLE).to_pylist()}
+    assert done.vault_rekeyed == 1 and stored[sk("eva")] == ava  # the vault follows at once
     assert person(lake, "eva") == person(lake, "ava") == ava
     after = encounter_starts(lake)
     assert {p for p, _ in after.values() if p in (ava, eva)} == {ava}
@@ -380,8 +503,11 @@ def test_approve_merges_then_split_restores_both_people(queued: tuple[Lake, Path
     assert not pipeline.rekey_silver(lake, run_id="after-split", key=KEY, max_shift_days=365).entries
 
     # run 3: a new registration of Eva links to Eva; Ava and Eva stay two people
+    assert "no vault keyring here" in result.output  # the CLI: the vault follows at the next run
     run(lake, root / "landing3", [fhir_patient("eva-2", "A3", "Eva", "Lindqvist", "2015-04-02")], "run3",
         root / "keys")
+    stored = {r["source_key"]: r["person_key"] for r in lake.read(vault.TABLE).to_pylist()}
+    assert stored[sk("eva")] == eva and stored[sk("ava")] == ava  # the run re-keyed the split
     assert person(lake, "eva-2") in (eva, person(lake, "eva-2"))
     assert person(lake, "ava") != person(lake, "eva")
     assert person(lake, "eva-2") != person(lake, "ava")
@@ -469,3 +595,81 @@ def test_splinks_spark_backend_decides_the_hard_cases_as_duckdb_does() -> None:
     assert clusters["sr"] != clusters["jr"] and clusters["tsr"] != clusters["tjr"]
     assert clusters["pa"] == clusters["pb"]
     assert on_spark.links.num_rows == on_duckdb.links.num_rows
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_the_pipeline_links_on_splinks_spark_backend_when_the_engine_is_spark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``MEDLAKE__ENGINE=spark``: clean scores the patient records on Splink's Spark backend in the
+    engine's session and decides every hard case as the embedded engine (Splink on DuckDB) does."""
+    from medlake.config import Settings
+    from medlake.engines import engine_for
+    from medlake.governance.crypto import Keyring
+
+    resources = [
+        *town_patients(),
+        fhir_patient("ava", "A1", "Ava", "Lindqvist", "2015-04-02"),  # twins or a typo: review
+        fhir_patient("eva", "A2", "Eva", "Lindqvist", "2015-04-02"),
+        fhir_patient("dan", "A3", "Daniel", "Okafor", "2003-08-14", gender="male", phone="401-555-0300"),
+        fhir_patient("dani", "A4", "Danielle", "Okafor", "2003-08-14", phone="401-555-0300"),  # apart
+        fhir_patient("bill", "A5", "William", "Foster", "1962-07-09", gender="male", phone="401-555-0123"),
+        fhir_patient("will", "A6", "Bill", "Foster", "1962-07-09", gender="male", phone="(401) 555-0123"),
+        fhir_patient("omar", "A7", "Omar", "Haddad", "1980-03-31", gender="male", phone="401-555-0700"),
+        fhir_patient("omar2", "A8", "Omar", "Haddad", "1980-04-01", gender="male", phone="401-555-0700"),
+    ]
+    landing = tmp_path / "landing" / "fhir"
+    landing.mkdir(parents=True)
+    (landing / "patients.ndjson").write_text("\n".join(json.dumps(r) for r in resources))
+    used: list[str] = []
+    database = dedup._database
+    monkeypatch.setattr(dedup, "_database", lambda spark: used.append(type(db := database(spark)).__name__) or db)
+
+    def decided(kind: str) -> tuple[dict[str, str], set[tuple[str, str, str]]]:
+        monkeypatch.setenv("MEDLAKE__ENGINE", kind)
+        monkeypatch.setenv("MEDLAKE__SPARK__MASTER", "local[2]")
+        engine = engine_for(Settings())
+        assert engine.name == kind
+        lake = Lake(tmp_path / kind / "lake")
+        ingested = pipeline.ingest(tmp_path / "landing", lake, run_id="run1", now=T0)
+        pipeline.clean(lake, run_id="run1", key=KEY, max_shift_days=365, bronze_version=ingested.versions["bronze.fhir_resources"],
+                       keyring=Keyring.from_dir(tmp_path / kind / "keys", create=True), audit_key=AUDIT_KEY,
+                       engine=engine)
+        crosswalk = {r["source_key"]: r["person_key"] for r in lake.read(PERSON_CROSSWALK.name).to_pylist()}
+        return crosswalk, {(q["source_key_l"], q["source_key_r"], q["reason"]) for q in identity.queue(lake)}
+
+    on_duckdb = decided("embedded")
+    assert used == ["DuckDBAPI"]
+    on_spark = decided("spark")
+    assert used == ["DuckDBAPI", "SparkAPI"]
+    assert on_spark == on_duckdb
+    person, review = on_spark
+    assert person[sk("bill")] == person[sk("will")] and person[sk("omar")] == person[sk("omar2")]
+    assert person[sk("dan")] != person[sk("dani")] and person[sk("ava")] != person[sk("eva")]
+    assert review == {(min(sk("ava"), sk("eva")), max(sk("ava"), sk("eva")), "identity.possible_twin")}
+
+
+def test_the_vault_follows_a_merge_to_the_surviving_person(tmp_path: Path) -> None:
+    """After Eva's record is merged into Ava's person (a steward's approve), the next run re-keys
+    Eva's vault identity to the survivor: re-identifying the person finds both records."""
+    from medlake.governance import vault
+    from medlake.governance.crypto import Keyring
+
+    lake, keys = Lake(tmp_path / "lake"), tmp_path / "keys"
+    run(lake, tmp_path / "landing1", [*town_patients(), fhir_patient("ava", "A1", "Ava", "Lindqvist", "2015-04-02")],
+        "run1", keys)
+    run(lake, tmp_path / "landing2", [fhir_patient("eva", "A2", "Eva", "Lindqvist", "2015-04-02")], "run2", keys)
+    [pair] = identity.queue(lake)
+    identity.approve(lake, [pair["pair_id"]], reason="same child", actor="steward1", audit_key=AUDIT_KEY, key=KEY,
+                     max_shift_days=365)
+    ava = person(lake, "ava")
+    run(lake, tmp_path / "landing3", [fhir_patient("zed", "A9", "Zed", "Quill", "1990-02-02")], "run3", keys)
+
+    stored = {r["source_key"]: r["person_key"] for r in lake.read(vault.TABLE).to_pylist()}
+    assert stored[sk("eva")] == stored[sk("ava")] == ava
+    found = vault.linkage_candidates(lake, [sk("eva")], keyring=Keyring.from_dir(keys), audit_key=AUDIT_KEY,
+                                     run_id="check")
+    assert found[0]["names"][0]["given"] == ["Eva"]  # re-encrypted under the new person, still readable
+    moved = [e for e in audit.read(lake) if e.action == "vault.rekey"]
+    assert [json.loads(e.details)["records"] for e in moved] == [1] and "Eva" not in moved[0].details

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute
 import pytest
 
 from medlake.jobs.ingest import fhir
@@ -71,3 +72,55 @@ def test_an_undecodable_attachment_is_quarantined_with_a_reason() -> None:
     [reason] = split.quarantined.column("reason").to_pylist()
     assert "DocumentReference.content[0].attachment" in reason and "not valid base64" in reason
     assert split.quarantined.column("rule_id").to_pylist() == ["deid.attachment_undecodable"]
+
+
+def _bronze_row(resource: dict, offset: int) -> dict:
+    return {
+        "resource_type": resource["resourceType"],
+        "resource_id": resource["id"],
+        "raw": json.dumps(resource),
+        "_source_file": "fhir/extra.ndjson",
+        "_source_offset": offset,
+        "_record_hash": fhir.record_hash(resource),
+        "_run_id": "r1",
+    }
+
+
+def test_the_clean_steps_find_the_same_notes_where_they_parse_each_resource(bronze: pa.Table) -> None:
+    """The pipeline takes notes from the parse its steps already make (the flattener, the
+    bronze-only validation, an extra view's type): together the same notes as one pass over
+    every resource, each exactly once."""
+    import base64
+
+    from medlake.jobs.clean import fhir_steps
+
+    patient = "Patient/" + bronze.filter(pa.compute.equal(bronze.column("resource_type"), "Patient")).column("resource_id")[0].as_py()
+    note = base64.b64encode(b"Seen today by Dr. Alice Smith, follow up in 2 weeks.").decode()
+    extra = [
+        {"resourceType": "DocumentReference", "id": "doc-1", "status": "current", "subject": {"reference": patient},
+         "content": [{"attachment": {"contentType": "text/plain", "data": note}}]},
+        {"resourceType": "Procedure", "id": "proc-1", "status": "completed", "subject": {"reference": patient},
+         "code": {"text": "x"}, "note": [{"text": "Patient tolerated the procedure well."}]},
+    ]
+    bronze = pa.concat_tables(
+        [bronze, pa.Table.from_pylist([_bronze_row(r, i) for i, r in enumerate(extra)], schema=bronze.schema)]
+    ).combine_chunks()
+    options = fhir.NoteOptions(key=KEY, deny_lists=fhir.record_terms(bronze, key=KEY))
+    expected = fhir.notes_from_bronze(bronze, key=KEY).good
+    found = []
+    for rtype in sorted(set(fhir.NOTE_SOURCES) & set(fhir.FHIR_SILVER)):
+        split = fhir.flatten_resources(bronze, resource_type=rtype, key=KEY, notes=options)
+        found.append(split.sides[fhir.NOTES_SIDE])
+    types = bronze.column("resource_type")
+    docs = bronze.filter(pa.compute.equal(types, "DocumentReference")).to_batches()[0]
+    procedures = bronze.filter(pa.compute.equal(types, "Procedure")).to_batches()[0]
+    found.append(fhir_steps.notes_only(docs, notes=options).sides[fhir.NOTES_SIDE])  # a viewed type
+    found.append(
+        fhir_steps.bronze_only(procedures, viewed=("DocumentReference",), notes=options).sides[fhir.NOTES_SIDE]
+    )
+    got = pa.concat_tables(found)
+    assert {"DocumentReference", "Procedure"} <= set(got.column("resource_type").to_pylist())
+    assert got.num_rows == expected.num_rows
+    by_key = sorted(got.to_pylist(), key=lambda r: r["note_key"])
+    assert by_key == sorted(expected.to_pylist(), key=lambda r: r["note_key"])
+    assert "Alice Smith" not in "\n".join(got.column("note_text_deid").to_pylist())

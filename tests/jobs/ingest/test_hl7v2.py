@@ -843,3 +843,27 @@ def test_bronze_spec_names_every_column_the_rows_have(tmp_path):
         "GOOD_HOSP",
     )
     assert re.fullmatch(r"[0-9a-f]{64}", row["_record_hash"])
+
+
+def refused(split: Split) -> list[dict[str, Any]]:
+    """Quarantine rows without the time they were made."""
+    return rows(split.quarantined.drop_columns(["quarantined_at"]))
+
+
+def test_one_parse_of_each_message_serves_silver_identities_and_notes(corpus_lake):
+    """The pipeline parses each message once (``parse_messages``) and hands the parse to every
+    step: the same silver rows, identities and notes as each step parsing bronze itself."""
+    _, split, _ = corpus_lake
+    bronze = split.good
+    parsed = hl7v2.parse_messages(bronze)
+    assert len(parsed) == bronze.num_rows > 20
+    from_rows = hl7v2.silver_from_bronze(bronze, key=KEY)
+    from_parse = hl7v2.silver_from_bronze(parsed, key=KEY)
+    assert from_parse.keys() == from_rows.keys()
+    for name, flat in from_rows.items():
+        assert rows(from_parse[name].split.good) == rows(flat.split.good), name
+        assert refused(from_parse[name].split) == refused(flat.split), name
+    assert hl7v2.patient_identities(parsed, key=KEY) == hl7v2.patient_identities(bronze, key=KEY)
+    notes = hl7v2.notes_from_bronze(parsed, key=KEY)
+    assert notes.good.num_rows > 0
+    assert rows(notes.good) == rows(hl7v2.notes_from_bronze(bronze, key=KEY).good)

@@ -847,3 +847,19 @@ def test_vcf_a_nul_byte_in_a_data_line_quarantines_the_line() -> None:
     seed = VCF_SEED.encode()
     with limits.using(SMALL):
         vcf_run(seed[:419] + b"\x00" + seed[419:])
+
+
+def test_hl7v2_a_huge_observation_code_is_cut_in_reasons() -> None:
+    """Regression (deep fuzz run): a reason about an OBX repeated its OBX-3 code whole, however long."""
+    text = HL7_MSG.format(msh7="", dob="19500315", obs="20240105", value="1^2")
+    text = text.replace("OBX|1|NM|2345-7^", f"OBX|1|ST|{CANARY * 100}2345-7^")
+    raw = pa.Table.from_pylist(list(hl7v2.read_bytes(text.encode(), name="hl7v2/x.hl7")), schema=hl7v2.RAW_SCHEMA)
+    bronze = hl7v2.to_bronze(raw, run_id="r1", ingested_at=NOW).good
+    refused = [
+        row
+        for flat in hl7v2.silver_from_bronze(bronze, key=KEY, max_shift_days=365).values()
+        for row in flat.split.quarantined.to_pylist()
+    ]
+    assert refused, "the OBX-5 with components under a primitive OBX-2 must be refused"
+    assert all(CANARY * 6 not in row["reason"] for row in refused)
+    assert any(CANARY in row["reason"] for row in refused)  # named, but cut
