@@ -27,7 +27,7 @@ export PYTHONDONTWRITEBYTECODE :=
 export MLFLOW_ALLOW_FILE_STORE := false
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: env infra-deps infra-check prod-up prod-down prod-demo browser demo test test-fast airflow bench bench-scale bench-sources bench-clean lint clean
+.PHONY: env postgres infra-deps infra-test-deps infra-check prod-up prod-down prod-demo browser demo test test-fast airflow bench bench-scale bench-sources bench-clean lint clean
 
 env: $(STAMP)
 
@@ -43,8 +43,15 @@ $(STAMP): pyproject.toml uv.lock
 	@touch $(STAMP)
 
 # What the production profile and infra-check run beyond the venv: built (versitygw, helm from the
-# Go module proxy) or fetched (S3A jars, Maven Central) once, kept under .venv/
-infra-deps: $(INFRA_BIN)/versitygw $(INFRA_BIN)/helm $(S3A_JARS)/.complete
+# Go module proxy) or fetched (S3A jars, Maven Central) once, kept under .venv/. The tests need the
+# first two only (their profile runs PostgreSQL, S3 and MLflow, not Spark): `make test` does not
+# fetch the ~700 MB of S3A jars.
+infra-deps: infra-test-deps $(S3A_JARS)/.complete
+infra-test-deps: postgres $(INFRA_BIN)/versitygw $(INFRA_BIN)/helm
+
+# PostgreSQL 15 from Debian's packages, when the machine lacks it (as root only).
+postgres:
+	@[ -x /usr/lib/postgresql/15/bin/initdb ] || { 	  if [ "$$(id -u)" -eq 0 ]; then 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; 	  else echo "PostgreSQL 15 is not installed (needs root): the production-profile test will fail"; fi; }
 
 $(INFRA_BIN)/versitygw:
 	@mkdir -p $(INFRA_BIN)
@@ -88,7 +95,7 @@ browser:
 demo: env
 	$(BIN)/medlake demo --out $(DEMO_DIR) --patients $(PATIENTS) --seed $(SEED)
 
-test: env browser infra-deps
+test: env browser infra-test-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: env
