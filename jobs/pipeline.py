@@ -25,7 +25,7 @@ from types import ModuleType
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
-from medlake import ledger, registry
+from medlake import ledger, pending, registry
 from medlake.config import AgePolicy, Settings
 from medlake.engines import (
     Applied,
@@ -203,6 +203,7 @@ def clean(
     text_workers: int = 1,
     text_ages: AgePolicy = "over_89",
     engine: Engine | None = None,
+    batches: Mapping[str, Sequence[str]] | None = None,
 ) -> StageResult:
     """This run's bronze rows → validated, pseudonymized, date-shifted, standardized rows in staging,
     awaiting the gate.
@@ -233,13 +234,26 @@ def clean(
     dates re-shifted by that person's offset; the links go to ``staging.patient_links``, and
     the survivorship of every person this run touched (one row per person) to ``staging.persons``.
     ``text_workers`` is kept for callers; the engine's workers de-identify notes in parallel.
+    ``batches``: per bronze table, the ingest runs whose rows this run curates (its own and any
+    left pending by a run that did not finish, :func:`medlake.pending.take`); default its own.
     """
     del text_workers  # the engine's worker processes spread the notes over the cores
     engine = engine or EmbeddedEngine()
-    chain = FhirChain(lake, engine, run_id=run_id, version=bronze_version)
+    batches = batches or {}
+    chain = FhirChain(
+        lake,
+        engine,
+        run_id=run_id,
+        version=bronze_version,
+        batches=pending.batches_of(batches, BRONZE_FHIR.name, run_id),
+    )
     patients_bronze = chain.read_type("Patient")
     aliases = update_patient_aliases(lake, patients_bronze, key=key, run_id=run_id)
-    messages = lake.read(BRONZE_HL7V2.name, version=hl7v2_version, where={"_run_id": run_id})
+    messages = lake.read(
+        BRONZE_HL7V2.name,
+        version=hl7v2_version,
+        where={"_run_id": pending.batches_of(batches, BRONZE_HL7V2.name, run_id)},
+    )
     from_hl7 = hl7v2.silver_from_bronze(messages, key=key, max_shift_days=max_shift_days)
     concept_map, maps_version = terminology.concept_maps(lake, version=concept_maps_version)
     log.info("clean: concept maps %s@%d", terminology.CONCEPT_MAPS.name, maps_version)
@@ -453,9 +467,11 @@ class FhirChain:
     engine: Engine
     run_id: str
     version: int | None = None
+    #: the ingest runs whose rows the chain reads (default: this run's)
+    batches: Sequence[str] = ()
 
     def source(self, types: Sequence[str], *, exclude: Sequence[str] = ()) -> DeltaSource:
-        where: dict[str, Sequence[str]] = {"_run_id": [self.run_id]}
+        where: dict[str, Sequence[str]] = {"_run_id": list(self.batches or [self.run_id])}
         if types:
             where["resource_type"] = list(types)
         return DeltaSource(
@@ -506,7 +522,7 @@ class FhirChain:
         return self.lake.read(
             BRONZE_FHIR.name,
             version=self.version,
-            where={"_run_id": self.run_id, "resource_type": resource_type},
+            where={"_run_id": list(self.batches or [self.run_id]), "resource_type": resource_type},
         )
 
 
@@ -774,6 +790,7 @@ def task_clean(
     ) as run:
         key, max_shift_days = project_key(settings), settings.deid.date_shift_max_days
         extra = extra_view_tables(settings)
+        taken = pending.take(target, run_id=run_id)  # its own batches and any left pending
         result = clean(
             target,
             run_id=run_id,
@@ -787,12 +804,18 @@ def task_clean(
             text_workers=settings.deid.workers(),
             text_ages=settings.deid.text_ages,
             engine=runner,
+            batches=taken,
         )
         runner.close()
         # after clean(): a source feeding a table FHIR and HL7 v2 fill appends to its staging rows
         sources = [
             source_module(kind).to_staging(
-                target, run_id=run_id, key=key, max_shift_days=max_shift_days, versions=versions
+                target,
+                run_id=run_id,
+                key=key,
+                max_shift_days=max_shift_days,
+                versions=versions,
+                bronze_batches=taken,
             )
             for kind in SOURCES
         ]
@@ -827,6 +850,7 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
                 run_id,
                 run_gate(target, run_id=run_id, tables=tables, results=results),
             )
+            pending.mark_curated(target, run_id=run_id)  # promoted: its batches are past bronze
         finally:  # the quality results go on FAIL too, when a table-level rule refused promotion
             run.add_quality({staging_name(r.table_name): r for r in results})
             if data_docs.index_path(target).is_file():

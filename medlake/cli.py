@@ -126,6 +126,56 @@ def run(
         raise typer.Exit(1)
 
 
+STAGES = ("ingest", "clean", "gate", "gold", "summary")
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help=f"One of {', '.join(STAGES)}.")],
+    lake: LakeOpt,
+    run_id: Annotated[str, typer.Option("--run-id", help="The pipeline run this stage belongs to.")],
+    landing: Annotated[Path | None, typer.Option(help="Landing folder (ingest only).")] = None,
+    engine: Annotated[str | None, typer.Option(help="embedded or spark (default: MEDLAKE__ENGINE).")] = None,
+) -> None:
+    """Run one pipeline stage outside Airflow, under a run id (what a DAG task calls): to redo a
+    stage by hand, or retry one after a crash. Stages are idempotent under one run id.
+
+    Example: medlake stage clean --lake /tmp/lake --run-id manual__2026-12-07
+    """
+    import logging
+
+    from medlake.jobs import pipeline
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if name not in STAGES:
+        err.print(f"[red]stage is one of {', '.join(STAGES)}, not {name!r}[/red]")
+        raise typer.Exit(2)
+    if name == "ingest" and landing is None:
+        err.print("[red]ingest needs --landing[/red]")
+        raise typer.Exit(2)
+    root = str(lake.resolve())
+    if name == "ingest":
+        assert landing is not None
+        out = pipeline.task_ingest(str(landing.resolve()), root, run_id=run_id, engine=engine)
+    elif name == "clean":
+        versions = {t: Lake(lake.resolve()).version(t) for t in Lake(lake.resolve()).tables() if t.startswith("bronze.")}
+        out = pipeline.task_clean(
+            root,
+            run_id=run_id,
+            bronze_version=versions.get("bronze.fhir_resources"),
+            hl7v2_version=versions.get("bronze.hl7v2_messages"),
+            versions=versions,
+            engine=engine,
+        )
+    elif name == "gate":
+        out = pipeline.task_gate(root, run_id=run_id)
+    elif name == "gold":
+        out = pipeline.task_gold(root, run_id=run_id)
+    else:
+        out = pipeline.task_summary(root, run_id=run_id, actor="medlake stage")
+    _print_json(out)
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's landing/ and lake/.")] = Path(".medlake/demo"),
@@ -443,6 +493,12 @@ def _print_summary(data: dict[str, Any]) -> None:
     )
     verdict = "[green]adds up[/green]" if data["ledger_balanced"] else "[red]DOES NOT ADD UP[/red]"
     console.print(f"ledger check: {verdict}")
+    waiting = {t: n for t, n in data.get("pending", {}).items() if n}
+    if waiting:
+        shown = ", ".join(f"{t} {n}" for t, n in waiting.items())
+        console.print(f"[yellow]pending[/yellow] (in bronze, not yet curated; the next run takes them): {shown}")
+    else:
+        console.print("pending: none (every bronze record is curated, quarantined, merged or bronze-only)")
     console.print(f"outputs: lake at {data['lake']} (bronze/, silver/, gold/, quarantine/, ledger/)")
     console.print(
         f"compliance report (HTML + JSON): `medlake report --lake {data['lake']} --run {data['run_id']}` "

@@ -127,18 +127,23 @@ class Lake:
         version: int | None = None,
         columns: Sequence[str] | None = None,
         filter: Any = None,
-        where: Mapping[str, str] | None = None,
+        where: Mapping[str, str | Sequence[str]] | None = None,
     ) -> pa.Table:
         """The rows of a table (empty with its registered schema when it does not exist yet).
 
-        ``where`` keeps rows whose string columns equal the given values. Prefer it to a raw
-        ``filter`` on strings: files written by delta-rs MERGE hold ``string_view`` columns, which
-        a plain ``pc.field(c) == v`` cannot compare; ``where`` casts first.
+        ``where`` keeps rows whose string columns equal the given value (or one of the given
+        values). Prefer it to a raw ``filter`` on strings: files written by delta-rs MERGE hold
+        ``string_view`` columns, which a plain ``pc.field(c) == v`` cannot compare; ``where``
+        casts first.
         """
         for column, value in (where or {}).items():
-            stored = self.codec.lookup(name, column, value) if self.codec else None
             field = pc.field(column).cast(pa.string())
-            condition = field == value if stored is None else field.isin(stored)
+            if isinstance(value, str):
+                stored = self.codec.lookup(name, column, value) if self.codec else None
+                condition = field == value if stored is None else field.isin(stored)
+            else:
+                forms = [f for v in value for f in self.stored_values(name, column, v)]
+                condition = field.isin(forms)
             filter = condition if filter is None else filter & condition
         if not self.exists(name):
             spec = TABLES.get(name)
