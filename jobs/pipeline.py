@@ -37,6 +37,7 @@ from medlake.engines import (
     engine_for,
 )
 from medlake.engines.embedded import EmbeddedEngine
+from medlake.expectations.volume import VolumePolicy
 from medlake.governance import vault
 from medlake.governance.at_rest import lake_for
 from medlake.governance.crypto import Keyring
@@ -828,6 +829,15 @@ def task_clean(
     return result.as_xcom()
 
 
+def volume_policy(settings: Settings) -> VolumePolicy:
+    """Where the gate blocks on delivery volume, and how it learns bands (``MEDLAKE__GATE__*``)."""
+    return VolumePolicy(
+        block=VolumePolicy.parse_block(settings.gate.volume_block),
+        min_history=settings.gate.volume_min_history,
+        tolerance=settings.gate.volume_tolerance,
+    )
+
+
 def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
     from medlake.expectations import data_docs
     from medlake.expectations.gate import GateResult, run_gate
@@ -848,7 +858,13 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
             entries = ledger.record(
                 target,
                 run_id,
-                run_gate(target, run_id=run_id, tables=tables, results=results),
+                run_gate(
+                    target,
+                    run_id=run_id,
+                    tables=tables,
+                    results=results,
+                    volume_policy=volume_policy(settings),
+                ),
             )
             pending.mark_curated(target, run_id=run_id)  # promoted: its batches are past bronze
         finally:  # the quality results go on FAIL too, when a table-level rule refused promotion
