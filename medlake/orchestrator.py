@@ -7,12 +7,14 @@ the metadata DB and listed afterwards by ``airflow dags list-runs``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,32 @@ from medlake.config import Settings
 
 class PipelineFailed(RuntimeError):
     """The DAG run did not succeed."""
+
+
+@contextlib.contextmanager
+def held(path: Path, *, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+    """An exclusive lock on ``path`` (flock) for as long as the block runs; waits for it.
+
+    The kernel drops the lock with its process, so a run killed with SIGKILL never leaves it
+    behind. ``waiting`` hears once when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                waiting(f"waiting for {path} (another run holds it)")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lake_lock(lake: Path) -> Path:
+    """The lock one run on a lake holds from its ingest to its summary: curation (clean → gate)
+    is one run at a time per lake, and the Airflow DAGs say the same with ``max_active_runs``."""
+    return lake.resolve() / "_locks" / "run.lock"
 
 
 @dataclass(frozen=True)
@@ -127,6 +155,21 @@ def run_pipeline(
 
     for folder in (STATE_DIR, settings.airflow.home, lake):  # nobody but the service principal reads under them
         private_dir(folder.resolve())
+    # one run per lake at a time; one inline `airflow dags test` per metadata DB (SQLite)
+    with held(lake_lock(lake), waiting=progress), held(
+        settings.airflow.home.resolve() / "inline-run.lock", waiting=progress
+    ):
+        return _run_inline(settings, landing=landing, lake=lake, progress=progress, engine=engine)
+
+
+def _run_inline(
+    settings: Settings,
+    *,
+    landing: Path,
+    lake: Path,
+    progress: Callable[[str], None] | None,
+    engine: str | None,
+) -> DagRun:
     ensure_db(settings)
     parsed = _airflow(settings, "dags", "reserialize", capture=True)  # Airflow 3 runs DAGs from the DB
     if parsed.returncode != 0:
