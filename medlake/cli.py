@@ -453,6 +453,27 @@ def airflow_runs(as_json: JsonOpt = False) -> None:
     _print_json(rows) if as_json else _print_rows("DAG runs", rows, ["dag_id", "run_id", "state"])
 
 
+@airflow_app.command("dags")
+def airflow_dags(as_json: JsonOpt = False) -> None:
+    """List the DAGs: schedule, tags, max active runs, and the assets (Delta tables) each consumes,
+    reads and produces.
+
+    Example: medlake airflow dags --json
+    """
+    from medlake.orchestrator import list_dags
+
+    rows = list_dags(load_settings())
+    if as_json:
+        _print_json(rows)
+        return
+    shown = [
+        {**r, "tags": ", ".join(r["tags"]), "consumes": ", ".join(r["consumes"]) or "-",  # type: ignore[arg-type]
+         "produces": ", ".join(r["produces"]) or "-"}  # type: ignore[arg-type]
+        for r in rows
+    ]
+    _print_rows("DAGs", shown, ["dag_id", "schedule", "tags", "max_active_runs", "consumes", "produces"])
+
+
 def _demo_training(lake: Path) -> None:
     """Publish gold.ml_patient_features as the next dataset version and train on it."""
     from medlake.commands.ml import privacy_line

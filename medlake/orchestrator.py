@@ -224,3 +224,49 @@ def standalone(settings: Settings) -> int:
     """Start Airflow standalone (API server, scheduler, DAG processor) on this machine."""
     ensure_db(settings)
     return _airflow(settings, "standalone").returncode
+
+
+def _asset_names(items: object) -> list[str]:
+    """Names of the assets in a list of inlets/outlets or an asset condition (AND/OR of assets)."""
+    if items is None:
+        return []
+    nested = getattr(items, "objects", None)
+    if nested is not None:
+        return [n for item in nested for n in _asset_names(item)]
+    if isinstance(items, list | tuple):
+        return [n for item in items for n in _asset_names(item)]
+    name = getattr(items, "name", None)
+    return [str(name)] if name is not None and hasattr(items, "uri") else []
+
+
+def list_dags(settings: Settings) -> list[dict[str, object]]:
+    """Every DAG in the DAG folder: schedule, tags, max active runs, the assets it consumes (its
+    schedule) and the assets its tasks read and write. Parses the files; touches no database."""
+    for name, value in airflow_env(settings).items():
+        if name.startswith("AIRFLOW"):
+            os.environ.setdefault(name, value)
+    from airflow.dag_processing.dagbag import DagBag
+
+    with contextlib.redirect_stdout(sys.stderr):  # Airflow logs while it parses; stdout stays JSON
+        bag = DagBag(dag_folder=str(settings.airflow.dags_folder.resolve()))
+    if bag.import_errors:
+        raise PipelineFailed(f"DAG files that do not import: {sorted(bag.import_errors)}")
+    rows: list[dict[str, object]] = []
+    for dag_id, dag in sorted(bag.dags.items()):
+        condition = getattr(dag.timetable, "asset_condition", None)
+        schedule = "assets" if condition is not None else str(getattr(dag.timetable, "summary", None) or "manual")
+        reads = sorted({n for t in dag.tasks for n in _asset_names(t.inlets)})
+        writes = sorted({n for t in dag.tasks for n in _asset_names(t.outlets)})
+        rows.append(
+            {
+                "dag_id": dag_id,
+                "schedule": schedule,
+                "tags": sorted(dag.tags),
+                "max_active_runs": dag.max_active_runs,
+                "consumes": sorted(set(_asset_names(condition))),
+                "reads": reads,
+                "produces": writes,
+                "tasks": [t.task_id for t in dag.topological_sort()],  # type: ignore[no-untyped-call]
+            }
+        )
+    return rows

@@ -39,3 +39,17 @@ def test_pipeline_runs_ingest_clean_gate_gold_summary_in_order(dagbag):
 def test_dag_files_stay_thin():
     for path in DAGS.glob("*.py"):
         assert len(path.read_text().splitlines()) <= 100, f"{path.name}: logic has leaked into dags/"
+
+
+def test_medlake_airflow_dags_lists_schedules_tags_and_assets():
+    import json
+    import subprocess
+    import sys
+
+    medlake = str(Path(sys.executable).with_name("medlake"))
+    done = subprocess.run([medlake, "airflow", "dags", "--json"], capture_output=True, text=True, check=True)
+    dags = {d["dag_id"]: d for d in json.loads(done.stdout)}
+    assert dags["medlake_pipeline"]["max_active_runs"] == 1  # curation is one run at a time per lake
+    assert "bronze.fhir_resources" in dags["medlake_pipeline"]["produces"]
+    assert dags["medlake_training"]["schedule"] == "assets"
+    assert dags["medlake_training"]["consumes"] == ["gold.ml_patient_features"]
