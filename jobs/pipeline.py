@@ -765,6 +765,56 @@ def task_ingest(
     return result.as_xcom()
 
 
+#: the source DAGs: DAG id → landing kind (one DAG per source domain, landing → bronze)
+SOURCE_DAGS: dict[str, str] = {
+    "ehr_fhir": "fhir",
+    "ehr_hl7v2": "hl7v2",
+    "ehr_csv": "csv",
+    "pacs_dicom": "dicom",
+    "iot_vitals": "vitals",
+    "genomics_vcf": "vcf",
+}
+#: the bronze tables each landing kind's ingest writes (its DAG's outlets)
+BRONZE_OF: dict[str, tuple[str, ...]] = {
+    "fhir": (BRONZE_FHIR.name,),
+    "hl7v2": (BRONZE_HL7V2.name,),
+    "csv": (registry.BRONZE_CSV.name, registry.BRONZE_CSV_MAPPINGS.name),
+    "dicom": (registry.BRONZE_DICOM.name,),
+    "vitals": (registry.BRONZE_VITALS.name, registry.VITALS_WATERMARK.name),
+    "vcf": (registry.BRONZE_VCF.name, registry.BRONZE_VCF_HEADERS.name),
+}
+
+
+def task_ingest_source(
+    kind: str, landing: str, lake: str, *, run_id: str, dag_id: str, engine: str | None = None
+) -> dict[str, object]:
+    """One source DAG's ingest: ``landing/<kind>/`` → its bronze tables, a batch under ``run_id``
+    that stays pending until a curation run's gate carries it (:mod:`medlake.pending`)."""
+    settings = Settings()
+    target = lake_for(settings, Path(lake))
+    runner = engine_for(settings, kind=engine or None)
+    with stage_run(
+        target,
+        job=f"{dag_id}.ingest",
+        run_id=run_id,
+        sources=[Path(landing) / kind],
+        config=lineage_config(settings),
+        engine=runner.name,
+    ) as run:
+        now = datetime.now(UTC)
+        result: StageResult
+        with limits.using(settings.limits):
+            if kind == "fhir":
+                result = ingest(Path(landing), target, run_id=run_id, now=now, engine=runner)
+            elif kind == "hl7v2":
+                result = ingest_hl7v2(Path(landing), target, run_id=run_id, now=now)
+            else:
+                result = source_module(kind).ingest(Path(landing), target, run_id=run_id, now=now)
+        runner.close()
+        run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=result.entries)
+    return result.as_xcom()
+
+
 def task_clean(
     lake: str,
     *,
