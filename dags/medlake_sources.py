@@ -1,5 +1,5 @@
 """One DAG per source domain — ehr_fhir, ehr_hl7v2, ehr_csv, pacs_dicom, iot_vitals, genomics_vcf —
-each landing/<kind>/ → its bronze tables, generated from `jobs/pipeline.py` SOURCE_DAGS.
+each landing/<kind>/ → its bronze tables, generated from `medlake/registry.py` SOURCE_DAGS.
 
 Each run appends a batch under its run id; the batch stays pending until the curation DAG
 (`medlake_curation`, scheduled on these bronze assets) carries it to silver. Source DAGs run in
@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from medlake import assets
 from medlake.errors import BadDataError
-from medlake.jobs.pipeline import BRONZE_OF, SOURCE_DAGS
+from medlake.registry import BRONZE_OF, SOURCE_DAGS
 
 DEFAULT_ARGS = {"owner": "medlake", "retries": 2, "retry_delay": timedelta(seconds=20)}
 

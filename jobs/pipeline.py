@@ -765,26 +765,6 @@ def task_ingest(
     return result.as_xcom()
 
 
-#: the source DAGs: DAG id → landing kind (one DAG per source domain, landing → bronze)
-SOURCE_DAGS: dict[str, str] = {
-    "ehr_fhir": "fhir",
-    "ehr_hl7v2": "hl7v2",
-    "ehr_csv": "csv",
-    "pacs_dicom": "dicom",
-    "iot_vitals": "vitals",
-    "genomics_vcf": "vcf",
-}
-#: the bronze tables each landing kind's ingest writes (its DAG's outlets)
-BRONZE_OF: dict[str, tuple[str, ...]] = {
-    "fhir": (BRONZE_FHIR.name,),
-    "hl7v2": (BRONZE_HL7V2.name,),
-    "csv": (registry.BRONZE_CSV.name, registry.BRONZE_CSV_MAPPINGS.name),
-    "dicom": (registry.BRONZE_DICOM.name,),
-    "vitals": (registry.BRONZE_VITALS.name, registry.VITALS_WATERMARK.name),
-    "vcf": (registry.BRONZE_VCF.name, registry.BRONZE_VCF_HEADERS.name),
-}
-
-
 def task_ingest_source(
     kind: str, landing: str, lake: str, *, run_id: str, dag_id: str, engine: str | None = None
 ) -> dict[str, object]:

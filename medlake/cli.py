@@ -88,8 +88,17 @@ def run(
         str | None,
         typer.Option(help="Engine of this run: embedded or spark (default: MEDLAKE__ENGINE)."),
     ] = None,
+    inline: Annotated[
+        bool,
+        typer.Option("--inline", help="Debug path: run the one-DAG pipeline with `airflow dags test`, no scheduler."),
+    ] = False,
 ) -> None:
-    """Run the pipeline DAG through Airflow on a landing folder; exits non-zero if the run failed.
+    """Run the pipeline through Airflow on a landing folder; exits non-zero if a run failed, the
+    ledger does not add up or records are left pending.
+
+    By default the source DAGs (one per landing sub-folder) are triggered through the REST API of
+    a local scheduler and API server (started when none is up; `medlake airflow stop` stops
+    them) and the curation runs their bronze assets trigger are followed to the end.
 
     Example: medlake run --landing /tmp/landing --lake /tmp/lake --engine spark
     """
@@ -103,26 +112,37 @@ def run(
         err.print(f"[red]landing folder {landing} does not exist[/red]")
         raise typer.Exit(2)
     settings = load_settings(lake=lake)
-    if not as_json:
-        err.print(f"running DAG {settings.airflow.pipeline_dag_id} through Airflow on {landing} …")
+    progress = None if as_json else (lambda line: err.print(f"  {line}"))
     try:
-        dag_run = run_pipeline(
-            settings,
-            landing=landing,
-            lake=lake,
-            progress=None if as_json else lambda line: err.print(f"  {line}"),
-            engine=engine,
-        )
+        if inline:
+            if not as_json:
+                err.print(f"running DAG {settings.airflow.pipeline_dag_id} inline (airflow dags test) on {landing} …")
+            dag_run = run_pipeline(settings, landing=landing, lake=lake, progress=progress, engine=engine)
+            runs = [dag_run]
+        else:
+            from medlake.scheduler import run_scheduled
+
+            if not as_json:
+                err.print(f"triggering the source DAGs on {landing} through the local Airflow scheduler …")
+            scheduled = run_scheduled(settings, landing=landing, lake=lake, progress=progress, engine=engine)
+            runs = scheduled.runs
+            dag_run = scheduled.curation[-1]
     except PipelineFailed as exc:
         err.print(f"[red]pipeline failed:[/red] {exc}")
         raise typer.Exit(1) from exc
-    summary = summarize(Lake(lake.resolve()), run_id=dag_run.run_id)
+    target = Lake(lake.resolve())
+    summary = summarize(target, run_id=dag_run.run_id if ledger_mod.for_run(target, dag_run.run_id) else None)
     summary["dag_run"] = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "state": dag_run.state}
+    summary["dag_runs"] = [r.__dict__ for r in runs]
+    # every run this command set off adds up, not only the one summarized
+    summary["ledger_balanced"] = summary["ledger_balanced"] and all(
+        bool(e["balanced"]) for r in runs for e in ledger_mod.for_run(target, r.run_id)
+    )
     if as_json:
         _print_json(summary)
     else:
         _print_summary(summary)
-    if not summary["ledger_balanced"]:
+    if not summary["ledger_balanced"] or summary["pending"]:
         raise typer.Exit(1)
 
 
@@ -193,7 +213,7 @@ def demo(
     shutil.rmtree(landing, ignore_errors=True)
     shutil.rmtree(lake, ignore_errors=True)  # a demo starts from an empty lake
     sample(out=landing, patients=patients, seed=seed)
-    run(landing=landing, lake=lake, as_json=False)
+    run(landing=landing, lake=lake, as_json=False, inline=True)  # one process, no services left running
     report_command(lake=lake, run_id=None, out=None, as_json=False, record=None, landing=None, role=None)
     _demo_training(lake)
     console.print(
@@ -439,6 +459,18 @@ def airflow_standalone() -> None:
     from medlake.orchestrator import standalone
 
     raise typer.Exit(standalone(load_settings()))
+
+
+@airflow_app.command("stop")
+def airflow_stop() -> None:
+    """Stop the local Airflow (scheduler, DAG processor, API server) `medlake run` started.
+
+    Example: medlake airflow stop
+    """
+    from medlake.scheduler import stop
+
+    stopped = stop(load_settings())
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "no local Airflow was running")
 
 
 @airflow_app.command("runs")

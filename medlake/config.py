@@ -147,7 +147,13 @@ class AirflowSettings(BaseModel):
 
     home: Path = Field(default=STATE_DIR / "airflow", description="AIRFLOW_HOME (SQLite metadata DB locally).")
     dags_folder: Path = Field(default=REPO_ROOT / "dags", description="Folder of the DAG files.")
-    pipeline_dag_id: str = Field(default="medlake_pipeline", description="The DAG `medlake run` triggers.")
+    pipeline_dag_id: str = Field(default="medlake_pipeline", description="The DAG `medlake run --inline` runs.")
+    api_port: int = Field(
+        default=8080,
+        ge=1,
+        le=65535,
+        description="Port of the local Airflow API server `medlake run` starts and triggers DAGs through (127.0.0.1 only).",
+    )
 
 
 class DbtSettings(BaseModel):

@@ -825,3 +825,23 @@ def spec(name: str) -> TableSpec:
 def staging_name(silver_name: str) -> str:
     """Where a silver table's rows wait for the quality gate before promotion."""
     return "staging." + silver_name.split(".", 1)[1]
+
+
+#: the source DAGs: DAG id → landing kind (one DAG per source domain, landing → bronze)
+SOURCE_DAGS: dict[str, str] = {
+    "ehr_fhir": "fhir",
+    "ehr_hl7v2": "hl7v2",
+    "ehr_csv": "csv",
+    "pacs_dicom": "dicom",
+    "iot_vitals": "vitals",
+    "genomics_vcf": "vcf",
+}
+#: the bronze tables each landing kind's ingest writes (its DAG's outlets)
+BRONZE_OF: dict[str, tuple[str, ...]] = {
+    "fhir": (BRONZE_FHIR.name,),
+    "hl7v2": (BRONZE_HL7V2.name,),
+    "csv": (BRONZE_CSV.name, BRONZE_CSV_MAPPINGS.name),
+    "dicom": (BRONZE_DICOM.name,),
+    "vitals": (BRONZE_VITALS.name, VITALS_WATERMARK.name),
+    "vcf": (BRONZE_VCF.name, BRONZE_VCF_HEADERS.name),
+}

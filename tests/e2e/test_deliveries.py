@@ -91,7 +91,7 @@ def test_deliveries_large_small_empty_and_again_all_land(tmp_path: Path) -> None
 
 def medlake_run(landing: Path, lake: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [MEDLAKE, "run", "--landing", str(landing), "--lake", str(lake), "--json"],
+        [MEDLAKE, "run", "--inline", "--landing", str(landing), "--lake", str(lake), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
