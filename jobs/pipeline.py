@@ -815,7 +815,12 @@ def task_clean(
         target,
         job=lineage_job(settings, "clean"),
         run_id=run_id,
-        inputs={BRONZE_FHIR.name: bronze_version, BRONZE_HL7V2.name: hl7v2_version, **versions},
+        inputs={  # every bronze table a pending batch may be in, at the version given or now
+            **{name: target.version(name) for name in pending.BATCHED},
+            **{k: v for k, v in versions.items() if v is not None},
+            **({BRONZE_FHIR.name: bronze_version} if bronze_version is not None else {}),
+            **({BRONZE_HL7V2.name: hl7v2_version} if hl7v2_version is not None else {}),
+        },
         config=lineage_config(settings),
         engine=runner.name,
     ) as run:
