@@ -792,7 +792,8 @@ def task_ingest_source(
                 result = source_module(kind).ingest(Path(landing), target, run_id=run_id, now=now)
         runner.close()
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=result.entries)
-    return result.as_xcom()
+    xcom: dict[str, object] = result.as_xcom()
+    return xcom
 
 
 def task_clean(

@@ -13,7 +13,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_settings() -> dict[str, str]:
-    rows = re.findall(r"^\| `([A-Z0-9_]+)`[^|]* \| ([^|]*) \|", README.read_text(), re.M)
+    rows = re.findall(r"^\| `([A-Z0-9_]+)`[^|]* \| ([^|]*) \|", README.read_text(), re.MULTILINE)
     return {name: default.strip() for name, default in rows}
 
 
