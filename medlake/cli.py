@@ -546,6 +546,11 @@ def _print_summary(data: dict[str, Any]) -> None:
     )
     verdict = "[green]adds up[/green]" if data["ledger_balanced"] else "[red]DOES NOT ADD UP[/red]"
     console.print(f"ledger check: {verdict}")
+    for finding in data.get("volume_warnings", []):
+        console.print(
+            f"[yellow]delivery volume[/yellow]: {finding['table']} from {finding['source']}: {finding['rows']} rows, "
+            f"{finding['verdict']} (band {finding['low']:.0f}–{finding['high']:.0f}, {finding['basis']})"
+        )
     waiting = {t: n for t, n in data.get("pending", {}).items() if n}
     if waiting:
         shown = ", ".join(f"{t} {n}" for t, n in waiting.items())

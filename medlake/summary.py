@@ -55,9 +55,23 @@ def summarize(lake: Lake, *, run_id: str | None = None) -> dict[str, Any]:
         "ledger": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in e.items()} for e in entries],
         "ledger_balanced": balanced,
         "pending": pending_counts(lake),
+        "volume_warnings": volume_warnings(entries),
         "schema_drift": read_drift(lake, run_id) if run_id else {},
         "engines": read_engines(lake, run_id) if run_id else {},
     }
+
+
+def volume_warnings(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's deliveries outside their volume band (the gate's findings, kept in its ledger
+    entries' details): warnings, unless the gate was configured to block on them."""
+    found = []
+    for entry in entries:
+        if entry["stage"] != "gate" or not entry.get("details"):
+            continue
+        for finding in json.loads(str(entry["details"])).get("volume_findings", []):
+            if finding.get("verdict") in ("low", "high"):
+                found.append(finding)
+    return found
 
 
 def summary_path(lake: Lake, run_id: str) -> Path:
