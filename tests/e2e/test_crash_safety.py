@@ -171,3 +171,24 @@ def test_a_stage_killed_then_recovered_leaves_the_tables_of_an_uninterrupted_run
         [MEDLAKE, "audit", "verify", "--lake", str(lake)], check=False, capture_output=True, text=True
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.fixture(scope="module")
+def reference_with_gold(landing: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    lake = tmp_path_factory.mktemp("reference-gold") / "lake"
+    for name in ("ingest", "clean", "gate", "gold"):
+        finish(name, lake, "crashrun-ref", landing)
+    return {name: rows for name, rows in snapshot(lake).items() if name.startswith("gold.")}
+
+
+def test_gold_killed_mid_build_and_retried_equals_an_uninterrupted_build(
+    landing: Path, reference_with_gold: dict[str, list[str]], tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    for name in ("ingest", "clean", "gate"):
+        finish(name, lake, "crashrun-a", landing)
+    kill_when("gold", lake, "crashrun-a", landing, lambda: any((lake / "gold").glob("*/_delta_log")))
+    finish("gold", lake, "crashrun-a", landing)
+    gold = {name: rows for name, rows in snapshot(lake).items() if name.startswith("gold.")}
+    assert len(gold) == 10
+    assert differences(reference_with_gold, gold) == []
