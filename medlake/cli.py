@@ -164,7 +164,6 @@ def stage(
     """
     import logging
 
-    from medlake.jobs import pipeline
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if name not in STAGES:
@@ -173,7 +172,18 @@ def stage(
     if name == "ingest" and landing is None:
         err.print("[red]ingest needs --landing[/red]")
         raise typer.Exit(2)
+    from medlake.orchestrator import held, lake_lock
+
+    with held(lake_lock(lake), waiting=err.print):  # never beside a `medlake run` on this lake
+        out = _stage(name, lake, run_id=run_id, landing=landing, engine=engine)
+    _print_json(out)
+
+
+def _stage(name: str, lake: Path, *, run_id: str, landing: Path | None, engine: str | None) -> dict[str, object]:
+    from medlake.jobs import pipeline
+
     root = str(lake.resolve())
+    out: dict[str, object]
     if name == "ingest":
         assert landing is not None
         out = pipeline.task_ingest(str(landing.resolve()), root, run_id=run_id, engine=engine)
@@ -193,7 +203,7 @@ def stage(
         out = pipeline.task_gold(root, run_id=run_id)
     else:
         out = pipeline.task_summary(root, run_id=run_id, actor="medlake stage")
-    _print_json(out)
+    return out
 
 
 @app.command()
