@@ -37,6 +37,7 @@ def _params() -> dict[str, str]:
     dag_id="medlake_pipeline",
     schedule=None,
     catchup=False,
+    max_active_runs=1,  # curation (clean → gate) is one run at a time per lake: see medlake/pending.py
     tags=["pipeline", "ehr"],
     doc_md=__doc__,
     default_args=DEFAULT_ARGS,

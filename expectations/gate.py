@@ -8,10 +8,9 @@ Every other expectation (row count, share of non-null values, a column that must
 below 1) is a *table-level* rule: when it fails, nothing of that run is promoted and
 :class:`GateFailed` says why. A table without a suite is promoted whole.
 
-A ``expect_table_row_count_to_be_between`` whose ``meta.max_drop_ratio`` is set compares this
-run with the previous one: its ``min_value`` is resolved at run time to
-``ceil(previous * (1 - max_drop_ratio))``, where ``previous`` is the ``records_in`` of the table's
-latest gate ledger entry, of an earlier run, that staged any rows (see :func:`previous_run`).
+Delivery volume is judged per source against a band learned from that source's own history
+(:mod:`medlake.expectations.volume`): a warning by default, a table-level refusal only where the
+policy says so. The rows staged per source are kept in the gate's ledger entry (``details``).
 
 Gold is validated by :func:`validate_gold` after dbt built it; it is not split row-wise: any
 failing rule means the mart SQL is wrong, and :class:`GateFailed` stops the task.
@@ -27,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from medlake.errors import BadDataError
-from medlake.expectations import data_docs
+from medlake.expectations import data_docs, volume
+from medlake.expectations.volume import Finding, VolumePolicy, by_source
 from medlake.lake import Lake, TableNotFound, conform
 from medlake.ledger import Entry
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from medlake.quarantine import Split, silver_rejects, stamp_run
-from medlake.registry import LEDGER, QUARANTINE, TableSpec, staging_name
+from medlake.registry import QUARANTINE, TableSpec, staging_name
 from medlake.registry import spec as registered
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+log = logging.getLogger(__name__)
 
 STAGE = "gate"
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -123,45 +127,6 @@ class GateResult:
         raise KeyError(f"{self.table_name} has no rule {rule!r}")
 
 
-@dataclass(frozen=True)
-class PreviousRun:
-    """What the gate staged for a table in the run it compares this one with."""
-
-    run_id: str
-    rows: int
-
-
-def previous_run(lake: Lake, table_name: str, *, run_id: str) -> PreviousRun | None:
-    """The baseline of a row-count-change rule: the latest earlier run whose gate staged rows of
-    the table (its ledger ``records_in``), or None.
-
-    None also when this run's ingest is in the ledger and added no new bronze records (a landing
-    delivered again): such a run stages nothing, and that is not a collapse. Runs that staged
-    nothing are never a baseline, so the run after one compares with the last delivery.
-    """
-    if not lake.exists(LEDGER.name):
-        return None
-    rows = lake.read(
-        LEDGER.name,
-        columns=["run_id", "stage", "table_name", "records_in", "records_out", "recorded_at"],
-    ).to_pylist()
-    ingested = [r["records_out"] for r in rows if r["run_id"] == run_id and r["stage"] == "ingest"]
-    if ingested and sum(ingested) == 0:
-        return None
-    earlier = [
-        r
-        for r in rows
-        if r["stage"] == STAGE
-        and r["table_name"] == table_name
-        and r["run_id"] != run_id
-        and r["records_in"] > 0
-    ]
-    if not earlier:
-        return None
-    latest = max(earlier, key=lambda r: r["recorded_at"])
-    return PreviousRun(run_id=str(latest["run_id"]), rows=int(latest["records_in"]))
-
-
 def suite_path(table_name: str, *, suites_dir: Path = SUITES_DIR) -> Path:
     """Where a table's suite lives: ``silver.observations`` → ``suites/silver_observations.json``."""
     return suites_dir / (table_name.replace(".", "_") + ".json")
@@ -183,36 +148,7 @@ def load_suite(suite: Mapping[str, Any] | Path) -> dict[str, Any]:
         if rule in seen:
             raise ValueError(f"{where}: rule id {rule!r} is used twice")
         seen.add(rule)
-        ratio = exp["meta"].get("max_drop_ratio")
-        if ratio is not None and (
-            exp.get("type") != "expect_table_row_count_to_be_between"
-            or not isinstance(ratio, int | float)
-            or not 0 <= ratio <= 1
-        ):
-            raise ValueError(
-                f"{where}: rule {rule!r}: meta.max_drop_ratio needs a number from 0 to 1 on an "
-                "expect_table_row_count_to_be_between"
-            )
     return data
-
-
-def _resolve_row_count_change(
-    suite_data: dict[str, Any], previous: PreviousRun | None
-) -> dict[str, Any]:
-    """The suite with each row-count-change rule's ``min_value`` set from the previous run.
-
-    Without a previous run the suite's own ``min_value`` stays (0 in the shipped suites). The
-    baseline goes into the rule's meta, so the reason and Data Docs can name both counts.
-    """
-    for exp in suite_data.get("expectations", []):
-        meta = exp["meta"]
-        ratio = meta.get("max_drop_ratio")
-        if ratio is None or previous is None:
-            continue
-        exp.setdefault("kwargs", {})["min_value"] = math.ceil(previous.rows * (1 - ratio))
-        meta["previous_run_id"] = previous.run_id
-        meta["previous_rows"] = previous.rows
-    return suite_data
 
 
 def resolve_references(suite_data: dict[str, Any], lake: Lake | None) -> dict[str, Any]:
@@ -251,7 +187,6 @@ def validate(
     suite: Mapping[str, Any] | Path,
     *,
     table_name: str,
-    previous: PreviousRun | None = None,
     context: Any = None,
     run_name: str | None = None,
     lake: Lake | None = None,
@@ -260,12 +195,11 @@ def validate(
 
     A quarantined row's rule id is its first failing rule in suite order; its reason lists every
     rule it failed with the observed value, the expected range or set and the row's key.
-    ``previous`` is the baseline of row-count-change rules (none: they compare with nothing).
     ``context`` is the GX context to validate in (one per gate task, whose Data Docs show every
     table; a fresh one when not given); ``run_name`` names the validation there. ``lake`` holds
     the tables referential-integrity rules refer to (:func:`resolve_references`).
     """
-    suite_data = resolve_references(_resolve_row_count_change(load_suite(suite), previous), lake)
+    suite_data = resolve_references(load_suite(suite), lake)
     expectations: list[dict[str, Any]] = suite_data.get("expectations", [])
     order = {exp["meta"]["rule"]: i for i, exp in enumerate(expectations)}
     raw_results = _run_gx(rows, suite_data, context=context, run_name=run_name)
@@ -303,6 +237,8 @@ def run_gate(
     tables: Sequence[str],
     suites_dir: Path = SUITES_DIR,
     results: list[GateResult] | None = None,
+    volume_policy: VolumePolicy | None = None,
+    now: datetime | None = None,
 ) -> list[Entry]:
     """Validate each silver table's staging rows, then promote the good ones and quarantine the rest.
 
@@ -313,8 +249,15 @@ def run_gate(
     counts rows of this run repeating a key already promoted or quarantined in it).
     ``results``, when given, receives each validated table's :class:`GateResult` as it is
     validated, also when :class:`GateFailed` is raised (the lineage's data-quality facets).
+
+    Each source's delivery into each table is checked against its volume band
+    (:mod:`medlake.expectations.volume`, ``volume_policy``, default: warn everywhere); an
+    out-of-band delivery is logged and kept in the ledger entry's details, and fails the table
+    (rule ``volume_in_band``) only where the policy blocks it.
     """
-    staged: list[tuple[TableSpec, int, Split]] = []
+    policy = volume_policy or VolumePolicy()
+    stamp = now or datetime.now(UTC)
+    staged: list[tuple[TableSpec, int, Split, dict[str, int], list[Finding]]] = []
     refused: list[GateResult] = []
     context = None
     for name in tables:
@@ -322,33 +265,43 @@ def run_gate(
         if spec.layer != "silver":
             raise ValueError(f"the gate promotes silver tables only, not {name}")
         rows = _read_staging(lake, name)
+        delivered = by_source(rows)
+        findings = volume.check(lake, name, delivered, run_id=run_id, now=stamp, policy=policy)
+        for finding in findings:
+            if finding.out_of_band:
+                log.warning("gate: delivery volume: %s", finding.explain())
         path = suite_path(name, suites_dir=suites_dir)
+        result: GateResult | None = None
         if path.exists():
             context = context or _gx_context(data_docs.site_dir(lake))
             result = validate(
                 rows,
                 path,
                 table_name=name,
-                previous=previous_run(lake, name, run_id=run_id),
                 context=context,
                 run_name=run_id,
                 lake=lake,
             )
+            split = result.split
+        else:
+            split = Split(rows, QUARANTINE_SCHEMA.empty_table())
+        blocking = [f for f in findings if f.out_of_band and policy.blocks(name)]
+        if blocking:
+            result = result or GateResult(table_name=name, split=split)
+            result = dataclasses.replace(result, rules=(*result.rules, _volume_rule(blocking)))
+        if result is not None:
             if results is not None:
                 results.append(result)
             if not result.promotable:
                 refused.append(result)
-            split = result.split
-        else:
-            split = Split(rows, QUARANTINE_SCHEMA.empty_table())
-        staged.append((spec, rows.num_rows, split))
+        staged.append((spec, rows.num_rows, split, delivered, findings))
     if context is not None:  # once per gate task, before a refusal, so the docs show why
         data_docs.build(context, data_docs.site_dir(lake))
     if refused:
         raise GateFailed(refused)
 
     entries: list[Entry] = []
-    for spec, records_in, split in staged:
+    for spec, records_in, split, delivered, findings in staged:
         good = _first_per_key(conform(split.good, spec.schema), spec.key)
         bad = _first_per_key(stamp_run(split.quarantined, run_id), QUARANTINE.key)
         lake.insert_new(QUARANTINE.name, bad)
@@ -362,9 +315,29 @@ def run_gate(
                 records_out=good.num_rows,
                 quarantined=bad.num_rows,
                 merged=merged,
+                details=json.dumps(
+                    {"volume": delivered, "volume_findings": [f.as_json() for f in findings]}
+                ),
             )
         )
     return entries
+
+
+def _volume_rule(findings: Sequence[Finding]) -> RuleResult:
+    """The table-level refusal of deliveries outside their volume band, where the policy blocks."""
+    return RuleResult(
+        rule="volume_in_band",
+        expectation="volume_band",
+        column=None,
+        row_level=False,
+        success=False,
+        element_count=None,
+        unexpected_count=0,
+        unexpected_rows=(),
+        observed={f.source: f.rows for f in findings},
+        expected="each source's rows within the band of its earlier deliveries",
+        message="; ".join(f.explain() for f in findings),
+    )
 
 
 def validate_gold(
@@ -515,15 +488,6 @@ def _expected(exp: Mapping[str, Any]) -> str:
     elif kind in ("expect_column_values_to_be_between", "expect_table_row_count_to_be_between"):
         subject = col if kind.startswith("expect_column") else "row count"
         text = f"{subject} {_bounds(kw)}"
-        meta = exp.get("meta") or {}
-        if meta.get("max_drop_ratio") is not None:
-            if "previous_rows" in meta:
-                text += (
-                    f" (at most {meta['max_drop_ratio']:.0%} below the {meta['previous_rows']} "
-                    f"rows staged in run {meta['previous_run_id']})"
-                )
-            else:
-                text += " (no earlier run staged rows to compare with)"
     elif kind == "expect_column_proportion_of_non_null_values_to_be_between":
         text = f"share of non-null {col} {_bounds(kw)}"
     elif kind == "expect_column_values_to_be_in_set" and (exp.get("meta") or {}).get("references"):

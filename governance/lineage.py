@@ -327,6 +327,15 @@ _KIND_WORDS: dict[Kind, tuple[str, bool]] = {
 }
 
 
+#: the silver tables FHIR fills that other sources' rows also reach (HL7 v2 segments; CSV extracts
+#: through their mapping files): their staging tables are made from those bronze tables too
+ALSO_FED_BY: dict[str, tuple[str, ...]] = {
+    name: ("bronze.hl7v2_messages", "bronze.csv_rows")
+    for name in ("silver.patients", "silver.encounters", "silver.observations", "silver.conditions",
+                 "silver.medications")
+}
+
+
 def column_lineage(
     output: str, inputs: Iterable[str], *, namespace: str
 ) -> column_lineage_dataset.ColumnLineageDatasetFacet | None:
@@ -356,6 +365,18 @@ def column_lineage(
             fields[column] = _fields(
                 namespace, BRONZE_FHIR.name, column, kind="DIRECT", subtype="IDENTITY"
             )
+        also = [
+            _input_field(
+                namespace,
+                bronze,
+                "raw",
+                kind="INDIRECT",
+                subtype="TRANSFORMATION",
+                description=f"rows mapped into the same columns from {bronze}",
+            )
+            for bronze in ALSO_FED_BY.get(silver, ())
+            if bronze in inputs
+        ]
         return column_lineage_dataset.ColumnLineageDatasetFacet(
             fields=fields,
             dataset=[
@@ -366,7 +387,8 @@ def column_lineage(
                     kind="INDIRECT",
                     subtype="FILTER",
                     description="rows of this resource type",
-                )
+                ),
+                *also,
             ],
             producer=PRODUCER,
         )

@@ -40,6 +40,7 @@ from medlake.governance.pseudonyms import (
     scrub_file_names,
 )
 from medlake.lake import Lake
+from medlake.pending import pending_counts
 from medlake.registry import BRONZE_FHIR, QUARANTINE, staging_name
 
 from . import audit
@@ -107,6 +108,8 @@ class RunReport:
     dp_budget: dict[str, Any]
     quality_over_time: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    #: per bronze table, records no run has carried past bronze yet (across runs, counted)
+    pending: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,6 +195,7 @@ def gather(
         audit=audit_result(lake, run_id=run_id, key=audit_key),
         dp_budget=dp_budget(lake),
         quality_over_time=quality_over_time(lake, runs[: runs.index(run_id) + 1][-trend_runs:]),
+        pending=pending_counts(lake),
         notes=[
             (
                 f"Files are shown as file#<HMAC of the name under the project key>[:{FILE_HASH_CHARS}] (the same "
@@ -872,6 +876,12 @@ def _section_ledger(r: RunReport) -> str:
     overall = f'<p id="ledger-check">overall: {_yes(r.ledger_balanced, "every row adds up", "the ledger DOES NOT add up")} (in = out + quarantined + merged + bronze_only)</p>'
     if not r.ledger:
         overall = '<p id="ledger-check" class="bad">no ledger entries for this run: it stopped before any stage recorded its counts</p>'
+    waiting = ", ".join(f"<code>{escape(t)}</code> {n:,}" for t, n in sorted(r.pending.items()) if n)
+    overall += (
+        f'<p id="pending" class="bad">pending (in bronze, not yet curated by any run; the next run takes them): {waiting}</p>'
+        if waiting
+        else '<p id="pending">pending: none (every bronze record is curated, quarantined, merged or bronze-only)</p>'
+    )
     return _section(
         "ledger",
         "Ledger",

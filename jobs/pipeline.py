@@ -26,7 +26,7 @@ from typing import Literal
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
-from medlake import ledger, registry
+from medlake import ledger, pending, registry
 from medlake.config import AgePolicy, Settings
 from medlake.engines import (
     Applied,
@@ -37,6 +37,7 @@ from medlake.engines import (
     engine_for,
 )
 from medlake.engines.embedded import EmbeddedEngine
+from medlake.expectations.volume import VolumePolicy
 from medlake.governance import vault
 from medlake.governance.at_rest import lake_for
 from medlake.governance.crypto import Keyring
@@ -200,6 +201,7 @@ def clean(
     views: Mapping[str, ViewTable] | None = None,
     text_ages: AgePolicy = "over_89",
     engine: Engine | None = None,
+    batches: Mapping[str, Sequence[str]] | None = None,
 ) -> StageResult:
     """This run's bronze rows → validated, pseudonymized, date-shifted, standardized rows in staging,
     awaiting the gate.
@@ -230,12 +232,25 @@ def clean(
     dates re-shifted by that person's offset; the links go to ``staging.patient_links``, and
     the survivorship of every person this run touched (one row per person) to ``staging.persons``.
     Free text is de-identified where it is parsed, in the engine's worker processes.
+    ``batches``: per bronze table, the ingest runs whose rows this run curates (its own and any
+    left pending by a run that did not finish, :func:`medlake.pending.take`); default its own.
     """
     engine = engine or EmbeddedEngine()
-    chain = FhirChain(lake, engine, run_id=run_id, version=bronze_version)
+    batches = batches or {}
+    chain = FhirChain(
+        lake,
+        engine,
+        run_id=run_id,
+        version=bronze_version,
+        batches=pending.batches_of(batches, BRONZE_FHIR.name, run_id),
+    )
     patients_bronze = chain.read_type("Patient")
     aliases = update_patient_aliases(lake, patients_bronze, key=key, run_id=run_id)
-    messages = lake.read(BRONZE_HL7V2.name, version=hl7v2_version, where={"_run_id": run_id})
+    messages = lake.read(
+        BRONZE_HL7V2.name,
+        version=hl7v2_version,
+        where={"_run_id": pending.batches_of(batches, BRONZE_HL7V2.name, run_id)},
+    )
     parsed = hl7v2.parse_messages(messages)  # each message parsed once, read by every step
     from_hl7 = hl7v2.silver_from_bronze(parsed, key=key, max_shift_days=max_shift_days)
     concept_map, maps_version = terminology.concept_maps(lake, version=concept_maps_version)
@@ -487,9 +502,11 @@ class FhirChain:
     engine: Engine
     run_id: str
     version: int | None = None
+    #: the ingest runs whose rows the chain reads (default: this run's)
+    batches: Sequence[str] = ()
 
     def source(self, types: Sequence[str], *, exclude: Sequence[str] = ()) -> DeltaSource:
-        where: dict[str, Sequence[str]] = {"_run_id": [self.run_id]}
+        where: dict[str, Sequence[str]] = {"_run_id": list(self.batches or [self.run_id])}
         if types:
             where["resource_type"] = list(types)
         return DeltaSource(
@@ -545,7 +562,7 @@ class FhirChain:
         return self.lake.read(
             BRONZE_FHIR.name,
             version=self.version,
-            where={"_run_id": self.run_id, "resource_type": resource_type},
+            where={"_run_id": list(self.batches or [self.run_id]), "resource_type": resource_type},
         )
 
 
@@ -811,6 +828,41 @@ def task_ingest(
     return result.as_xcom()
 
 
+def task_ingest_source(
+    kind: str, landing: str, lake: str, *, run_id: str, dag_id: str, engine: str | None = None
+) -> dict[str, object]:
+    """One source DAG's ingest: ``landing/<kind>/`` → its bronze tables, a batch under ``run_id``
+    that stays pending until a curation run's gate carries it (:mod:`medlake.pending`)."""
+    settings = Settings()
+    target = lake_for(settings, Path(lake))
+    runner = engine_for(settings, kind=engine or None)
+    with stage_run(
+        target,
+        job=f"{dag_id}.ingest",
+        run_id=run_id,
+        sources=[Path(landing) / kind],
+        config=lineage_config(settings),
+        engine=runner.name,
+    ) as run:
+        now = datetime.now(UTC)
+        result: StageResult
+        with limits.using(settings.limits):
+            if kind == "fhir":
+                result = ingest(Path(landing), target, run_id=run_id, now=now, engine=runner)
+            elif kind == "hl7v2":
+                result = ingest_hl7v2(
+                    Path(landing), target, run_id=run_id, now=now, engine=runner
+                )
+            else:
+                result = source_module(kind).ingest(
+                    Path(landing), target, run_id=run_id, now=now, engine=runner
+                )
+        runner.close()
+        run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=result.entries)
+    xcom: dict[str, object] = result.as_xcom()
+    return xcom
+
+
 def task_clean(
     lake: str,
     *,
@@ -831,12 +883,18 @@ def task_clean(
         target,
         job=lineage_job(settings, "clean"),
         run_id=run_id,
-        inputs={BRONZE_FHIR.name: bronze_version, BRONZE_HL7V2.name: hl7v2_version, **versions},
+        inputs={  # every bronze table a pending batch may be in, at the version given or now
+            **{name: target.version(name) for name in pending.BATCHED},
+            **{k: v for k, v in versions.items() if v is not None},
+            **({BRONZE_FHIR.name: bronze_version} if bronze_version is not None else {}),
+            **({BRONZE_HL7V2.name: hl7v2_version} if hl7v2_version is not None else {}),
+        },
         config=lineage_config(settings),
         engine=runner.name,
     ) as run:
         key, max_shift_days = project_key(settings), settings.deid.date_shift_max_days
         extra = extra_view_tables(settings)
+        taken = pending.take(target, run_id=run_id)  # its own batches and any left pending
         result = clean(
             target,
             run_id=run_id,
@@ -849,6 +907,7 @@ def task_clean(
             views=extra,
             text_ages=settings.deid.text_ages,
             engine=runner,
+            batches=taken,
         )
         # after clean(): a source feeding a table FHIR and HL7 v2 fill appends to its staging rows
         sources = [
@@ -858,6 +917,7 @@ def task_clean(
                 key=key,
                 max_shift_days=max_shift_days,
                 versions=versions,
+                bronze_batches=taken,
                 engine=runner,
             )
             for kind in SOURCES
@@ -870,6 +930,15 @@ def task_clean(
             ledger=result.entries,
         )
     return result.as_xcom()
+
+
+def volume_policy(settings: Settings) -> VolumePolicy:
+    """Where the gate blocks on delivery volume, and how it learns bands (``MEDLAKE__GATE__*``)."""
+    return VolumePolicy(
+        block=VolumePolicy.parse_block(settings.gate.volume_block),
+        min_history=settings.gate.volume_min_history,
+        tolerance=settings.gate.volume_tolerance,
+    )
 
 
 def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
@@ -892,8 +961,15 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
             entries = ledger.record(
                 target,
                 run_id,
-                run_gate(target, run_id=run_id, tables=tables, results=results),
+                run_gate(
+                    target,
+                    run_id=run_id,
+                    tables=tables,
+                    results=results,
+                    volume_policy=volume_policy(settings),
+                ),
             )
+            pending.mark_curated(target, run_id=run_id)  # promoted: its batches are past bronze
         finally:  # the quality results go on FAIL too, when a table-level rule refused promotion
             run.add_quality({staging_name(r.table_name): r for r in results})
             if data_docs.index_path(target).is_file():

@@ -90,8 +90,17 @@ def run(
         str | None,
         typer.Option(help="Engine of this run: embedded or spark (default: MEDLAKE__ENGINE)."),
     ] = None,
+    inline: Annotated[
+        bool,
+        typer.Option("--inline", help="Debug path: run the one-DAG pipeline with `airflow dags test`, no scheduler."),
+    ] = False,
 ) -> None:
-    """Run the pipeline DAG through Airflow on a landing folder; exits non-zero if the run failed.
+    """Run the pipeline through Airflow on a landing folder; exits non-zero if a run failed, the
+    ledger does not add up or records are left pending.
+
+    By default the source DAGs (one per landing sub-folder) are triggered through the REST API of
+    a local scheduler and API server (started when none is up; `medlake airflow stop` stops
+    them) and the curation runs their bronze assets trigger are followed to the end.
 
     Example: medlake run --landing /tmp/landing --lake /tmp/lake --engine spark
     """
@@ -105,27 +114,98 @@ def run(
         err.print(f"[red]landing folder {landing} does not exist[/red]")
         raise typer.Exit(2)
     settings = load_settings(lake=lake)
-    if not as_json:
-        err.print(f"running DAG {settings.airflow.pipeline_dag_id} through Airflow on {landing} …")
+    progress = None if as_json else (lambda line: err.print(f"  {line}"))
     try:
-        dag_run = run_pipeline(
-            settings,
-            landing=landing,
-            lake=lake,
-            progress=None if as_json else lambda line: err.print(f"  {line}"),
-            engine=engine,
-        )
+        if inline:
+            if not as_json:
+                err.print(f"running DAG {settings.airflow.pipeline_dag_id} inline (airflow dags test) on {landing} …")
+            dag_run = run_pipeline(settings, landing=landing, lake=lake, progress=progress, engine=engine)
+            runs = [dag_run]
+        else:
+            from medlake.scheduler import run_scheduled
+
+            if not as_json:
+                err.print(f"triggering the source DAGs on {landing} through the local Airflow scheduler …")
+            scheduled = run_scheduled(settings, landing=landing, lake=lake, progress=progress, engine=engine)
+            runs = scheduled.runs
+            dag_run = scheduled.curation[-1]
     except PipelineFailed as exc:
         err.print(f"[red]pipeline failed:[/red] {exc}")
         raise typer.Exit(1) from exc
-    summary = summarize(Lake(lake.resolve()), run_id=dag_run.run_id)
+    target = Lake(lake.resolve())
+    summary = summarize(target, run_id=dag_run.run_id if ledger_mod.for_run(target, dag_run.run_id) else None)
     summary["dag_run"] = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "state": dag_run.state}
+    summary["dag_runs"] = [r.__dict__ for r in runs]
+    # every run this command set off adds up, not only the one summarized
+    summary["ledger_balanced"] = summary["ledger_balanced"] and all(
+        bool(e["balanced"]) for r in runs for e in ledger_mod.for_run(target, r.run_id)
+    )
     if as_json:
         _print_json(summary)
     else:
         _print_summary(summary)
-    if not summary["ledger_balanced"]:
+    if not summary["ledger_balanced"] or summary["pending"]:
         raise typer.Exit(1)
+
+
+STAGES = ("ingest", "clean", "gate", "gold", "summary")
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help=f"One of {', '.join(STAGES)}.")],
+    lake: LakeOpt,
+    run_id: Annotated[str, typer.Option("--run-id", help="The pipeline run this stage belongs to.")],
+    landing: Annotated[Path | None, typer.Option(help="Landing folder (ingest only).")] = None,
+    engine: Annotated[str | None, typer.Option(help="embedded or spark (default: MEDLAKE__ENGINE).")] = None,
+) -> None:
+    """Run one pipeline stage outside Airflow, under a run id (what a DAG task calls): to redo a
+    stage by hand, or retry one after a crash. Stages are idempotent under one run id.
+
+    Example: medlake stage clean --lake /tmp/lake --run-id manual__2026-12-07
+    """
+    import logging
+
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if name not in STAGES:
+        err.print(f"[red]stage is one of {', '.join(STAGES)}, not {name!r}[/red]")
+        raise typer.Exit(2)
+    if name == "ingest" and landing is None:
+        err.print("[red]ingest needs --landing[/red]")
+        raise typer.Exit(2)
+    from medlake.orchestrator import held, lake_lock
+
+    with held(lake_lock(lake), waiting=err.print):  # never beside a `medlake run` on this lake
+        out = _stage(name, lake, run_id=run_id, landing=landing, engine=engine)
+    _print_json(out)
+
+
+def _stage(name: str, lake: Path, *, run_id: str, landing: Path | None, engine: str | None) -> dict[str, object]:
+    from medlake.jobs import pipeline
+
+    root = str(lake.resolve())
+    out: dict[str, object]
+    if name == "ingest":
+        assert landing is not None
+        out = pipeline.task_ingest(str(landing.resolve()), root, run_id=run_id, engine=engine)
+    elif name == "clean":
+        versions = {t: Lake(lake.resolve()).version(t) for t in Lake(lake.resolve()).tables() if t.startswith("bronze.")}
+        out = pipeline.task_clean(
+            root,
+            run_id=run_id,
+            bronze_version=versions.get("bronze.fhir_resources"),
+            hl7v2_version=versions.get("bronze.hl7v2_messages"),
+            versions=versions,
+            engine=engine,
+        )
+    elif name == "gate":
+        out = pipeline.task_gate(root, run_id=run_id)
+    elif name == "gold":
+        out = pipeline.task_gold(root, run_id=run_id)
+    else:
+        out = pipeline.task_summary(root, run_id=run_id, actor="medlake stage")
+    return out
 
 
 @app.command()
@@ -145,7 +225,7 @@ def demo(
     shutil.rmtree(landing, ignore_errors=True)
     shutil.rmtree(lake, ignore_errors=True)  # a demo starts from an empty lake
     sample(out=landing, patients=patients, seed=seed)
-    run(landing=landing, lake=lake, as_json=False)
+    run(landing=landing, lake=lake, as_json=False, inline=True)  # one process, no services left running
     report_command(lake=lake, run_id=None, out=None, as_json=False, record=None, landing=None, role=None)
     _demo_training(lake)
     console.print(
@@ -396,6 +476,18 @@ def airflow_standalone() -> None:
     raise typer.Exit(standalone(load_settings()))
 
 
+@airflow_app.command("stop")
+def airflow_stop() -> None:
+    """Stop the local Airflow (scheduler, DAG processor, API server) `medlake run` started.
+
+    Example: medlake airflow stop
+    """
+    from medlake.scheduler import stop
+
+    stopped = stop(load_settings())
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "no local Airflow was running")
+
+
 @airflow_app.command("runs")
 def airflow_runs(as_json: JsonOpt = False) -> None:
     """List the pipeline's DAG runs recorded in Airflow's metadata DB.
@@ -406,6 +498,27 @@ def airflow_runs(as_json: JsonOpt = False) -> None:
 
     rows = [r.__dict__ for r in list_runs(load_settings())]
     _print_json(rows) if as_json else _print_rows("DAG runs", rows, ["dag_id", "run_id", "state"])
+
+
+@airflow_app.command("dags")
+def airflow_dags(as_json: JsonOpt = False) -> None:
+    """List the DAGs: schedule, tags, max active runs, and the assets (Delta tables) each consumes,
+    reads and produces.
+
+    Example: medlake airflow dags --json
+    """
+    from medlake.orchestrator import list_dags
+
+    rows = list_dags(load_settings())
+    if as_json:
+        _print_json(rows)
+        return
+    shown = [
+        {**r, "tags": ", ".join(r["tags"]), "consumes": ", ".join(r["consumes"]) or "-",  # type: ignore[arg-type]
+         "produces": ", ".join(r["produces"]) or "-"}  # type: ignore[arg-type]
+        for r in rows
+    ]
+    _print_rows("DAGs", shown, ["dag_id", "schedule", "tags", "max_active_runs", "consumes", "produces"])
 
 
 def _demo_training(lake: Path) -> None:
@@ -448,6 +561,17 @@ def _print_summary(data: dict[str, Any]) -> None:
     )
     verdict = "[green]adds up[/green]" if data["ledger_balanced"] else "[red]DOES NOT ADD UP[/red]"
     console.print(f"ledger check: {verdict}")
+    for finding in data.get("volume_warnings", []):
+        console.print(
+            f"[yellow]delivery volume[/yellow]: {finding['table']} from {finding['source']}: {finding['rows']} rows, "
+            f"{finding['verdict']} (band {finding['low']:.0f}–{finding['high']:.0f}, {finding['basis']})"
+        )
+    waiting = {t: n for t, n in data.get("pending", {}).items() if n}
+    if waiting:
+        shown = ", ".join(f"{t} {n}" for t, n in waiting.items())
+        console.print(f"[yellow]pending[/yellow] (in bronze, not yet curated; the next run takes them): {shown}")
+    else:
+        console.print("pending: none (every bronze record is curated, quarantined, merged or bronze-only)")
     console.print(f"outputs: lake at {data['lake']} (bronze/, silver/, gold/, quarantine/, ledger/)")
     console.print(
         f"compliance report (HTML + JSON): `medlake report --lake {data['lake']} --run {data['run_id']}` "

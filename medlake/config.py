@@ -190,12 +190,37 @@ class LimitsSettings(BaseModel):
     )
 
 
+class GateSettings(BaseModel):
+    """The quality gate's delivery-volume check (expectations/volume.py)."""
+
+    volume_block: str = Field(
+        default="",
+        description="Silver tables (comma-separated, or *) where a source's delivery outside its volume band stops promotion; elsewhere it only warns.",
+    )
+    volume_min_history: int = Field(
+        default=5,
+        ge=1,
+        description="Earlier deliveries of a source into a table before its volume band is judged (the same weekday's once there are this many).",
+    )
+    volume_tolerance: float = Field(
+        default=3.0,
+        gt=0,
+        description="Half-width of the volume band in robust standard deviations (1.4826 × MAD, at least 10% of the median) around the median delivery.",
+    )
+
+
 class AirflowSettings(BaseModel):
     """The local Airflow installation that runs the DAGs."""
 
     home: Path = Field(default=STATE_DIR / "airflow", description="AIRFLOW_HOME (SQLite metadata DB locally).")
     dags_folder: Path = Field(default=REPO_ROOT / "dags", description="Folder of the DAG files.")
-    pipeline_dag_id: str = Field(default="medlake_pipeline", description="The DAG `medlake run` triggers.")
+    pipeline_dag_id: str = Field(default="medlake_pipeline", description="The DAG `medlake run --inline` runs.")
+    api_port: int = Field(
+        default=8080,
+        ge=1,
+        le=65535,
+        description="Port of the local Airflow API server `medlake run` starts and triggers DAGs through (127.0.0.1 only).",
+    )
 
 
 class DbtSettings(BaseModel):
@@ -323,6 +348,7 @@ class Settings(BaseSettings):
     lineage: LineageSettings = LineageSettings()
     identity: IdentitySettings = IdentitySettings()
     limits: LimitsSettings = LimitsSettings()
+    gate: GateSettings = GateSettings()
 
     @classmethod
     def settings_customise_sources(

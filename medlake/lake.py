@@ -1,7 +1,8 @@
 """The lake on disk: registered Delta tables read and written with delta-rs (no JVM).
 
 Every write is one Delta transaction; keyed writes are MERGEs, so a task re-run after a crash
-gives the same tables.
+gives the same tables. A keyed write or delete that loses a commit race to another writer (two
+runs or two source DAGs on one lake) is redone on the new table state (:func:`retried`).
 
 A lake may carry a :class:`ColumnCodec` that encrypts named columns of named tables on every
 write and decrypts them on every read (``governance/at_rest.py`` implements it for the raw PHI of
@@ -160,18 +161,23 @@ class Lake:
         version: int | None = None,
         columns: Sequence[str] | None = None,
         filter: Any = None,
-        where: Mapping[str, str] | None = None,
+        where: Mapping[str, str | Sequence[str]] | None = None,
     ) -> pa.Table:
         """The rows of a table (empty with its registered schema when it does not exist yet).
 
-        ``where`` keeps rows whose string columns equal the given values. Prefer it to a raw
-        ``filter`` on strings: files written by delta-rs MERGE hold ``string_view`` columns, which
-        a plain ``pc.field(c) == v`` cannot compare; ``where`` casts first.
+        ``where`` keeps rows whose string columns equal the given value (or one of the given
+        values). Prefer it to a raw ``filter`` on strings: files written by delta-rs MERGE hold
+        ``string_view`` columns, which a plain ``pc.field(c) == v`` cannot compare; ``where``
+        casts first.
         """
         for column, value in (where or {}).items():
-            stored = self.codec.lookup(name, column, value) if self.codec else None
             field = pc.field(column).cast(pa.string())
-            condition = field == value if stored is None else field.isin(stored)
+            if isinstance(value, str):
+                stored = self.codec.lookup(name, column, value) if self.codec else None
+                condition = field == value if stored is None else field.isin(stored)
+            else:
+                forms = [f for v in value for f in self.stored_values(name, column, v)]
+                condition = field.isin(forms)
             filter = condition if filter is None else filter & condition
         if not self.exists(name):
             spec = TABLES.get(name)
@@ -239,15 +245,10 @@ class Lake:
         if data.num_rows == 0:
             return 0
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
-        metrics = (
-            self.table(name)
-            .merge(
-                self._encoded(name, data),
-                predicate=predicate,
-                source_alias="s",
-                target_alias="t",
-                merge_schema=True,
-            )
+        stored = self._encoded(name, data)
+        metrics = retried(
+            lambda: self.table(name)
+            .merge(stored, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
             .when_not_matched_insert_all()
             .execute()
         )
@@ -264,15 +265,10 @@ class Lake:
         if data.num_rows == 0:
             return 0, 0
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
-        metrics = (
-            self.table(name)
-            .merge(
-                self._encoded(name, data),
-                predicate=predicate,
-                source_alias="s",
-                target_alias="t",
-                merge_schema=True,
-            )
+        stored = self._encoded(name, data)
+        metrics = retried(
+            lambda: self.table(name)
+            .merge(stored, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .execute()
@@ -296,7 +292,7 @@ class Lake:
         """Delete the rows matching a SQL predicate; returns how many."""
         if not self.exists(name):
             return 0
-        metrics = self.table(name).delete(predicate)
+        metrics = retried(lambda: self.table(name).delete(predicate))
         return int(metrics.get("num_deleted_rows", 0))
 
     def ensure(self, name: str) -> None:
@@ -326,6 +322,30 @@ class Lake:
                 continue  # a run's scratch (_scratch/), not a table of the lake
             found.append(".".join(rel.parts))
         return found
+
+
+#: commit races a keyed write retries before it gives up
+COMMIT_ATTEMPTS = 8
+
+
+def retried(write: Callable[[], dict[str, Any]], *, attempts: int | None = None) -> dict[str, Any]:
+    """Run a Delta write that reads the table first (MERGE, DELETE); when another writer committed
+    in between (``CommitFailedError``), run it again on the new state, after a short random pause.
+    Safe for keyed writes only: redoing them gives the same table."""
+    import random
+    import time
+
+    from deltalake.exceptions import CommitFailedError
+
+    attempts = attempts or COMMIT_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except CommitFailedError:
+            if attempt == attempts:
+                raise
+            time.sleep(random.uniform(0.05, 0.2) * attempt)
+    raise AssertionError("unreachable")
 
 
 def _safe(run_id: str) -> str:

@@ -7,12 +7,14 @@ the metadata DB and listed afterwards by ``airflow dags list-runs``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,32 @@ from medlake.config import Settings
 
 class PipelineFailed(RuntimeError):
     """The DAG run did not succeed."""
+
+
+@contextlib.contextmanager
+def held(path: Path, *, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+    """An exclusive lock on ``path`` (flock) for as long as the block runs; waits for it.
+
+    The kernel drops the lock with its process, so a run killed with SIGKILL never leaves it
+    behind. ``waiting`` hears once when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                waiting(f"waiting for {path} (another run holds it)")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lake_lock(lake: Path) -> Path:
+    """The lock one run on a lake holds from its ingest to its summary: curation (clean → gate)
+    is one run at a time per lake, and the Airflow DAGs say the same with ``max_active_runs``."""
+    return lake.resolve() / "_locks" / "run.lock"
 
 
 @dataclass(frozen=True)
@@ -127,6 +155,21 @@ def run_pipeline(
 
     for folder in (STATE_DIR, settings.airflow.home, lake):  # nobody but the service principal reads under them
         private_dir(folder.resolve())
+    # one run per lake at a time; one inline `airflow dags test` per metadata DB (SQLite)
+    with held(lake_lock(lake), waiting=progress), held(
+        settings.airflow.home.resolve() / "inline-run.lock", waiting=progress
+    ):
+        return _run_inline(settings, landing=landing, lake=lake, progress=progress, engine=engine)
+
+
+def _run_inline(
+    settings: Settings,
+    *,
+    landing: Path,
+    lake: Path,
+    progress: Callable[[str], None] | None,
+    engine: str | None,
+) -> DagRun:
     ensure_db(settings)
     parsed = _airflow(settings, "dags", "reserialize", capture=True)  # Airflow 3 runs DAGs from the DB
     if parsed.returncode != 0:
@@ -181,3 +224,49 @@ def standalone(settings: Settings) -> int:
     """Start Airflow standalone (API server, scheduler, DAG processor) on this machine."""
     ensure_db(settings)
     return _airflow(settings, "standalone").returncode
+
+
+def _asset_names(items: object) -> list[str]:
+    """Names of the assets in a list of inlets/outlets or an asset condition (AND/OR of assets)."""
+    if items is None:
+        return []
+    nested = getattr(items, "objects", None)
+    if nested is not None:
+        return [n for item in nested for n in _asset_names(item)]
+    if isinstance(items, list | tuple):
+        return [n for item in items for n in _asset_names(item)]
+    name = getattr(items, "name", None)
+    return [str(name)] if name is not None and hasattr(items, "uri") else []
+
+
+def list_dags(settings: Settings) -> list[dict[str, object]]:
+    """Every DAG in the DAG folder: schedule, tags, max active runs, the assets it consumes (its
+    schedule) and the assets its tasks read and write. Parses the files; touches no database."""
+    for name, value in airflow_env(settings).items():
+        if name.startswith("AIRFLOW"):
+            os.environ.setdefault(name, value)
+    from airflow.dag_processing.dagbag import DagBag
+
+    with contextlib.redirect_stdout(sys.stderr):  # Airflow logs while it parses; stdout stays JSON
+        bag = DagBag(dag_folder=str(settings.airflow.dags_folder.resolve()))
+    if bag.import_errors:
+        raise PipelineFailed(f"DAG files that do not import: {sorted(bag.import_errors)}")
+    rows: list[dict[str, object]] = []
+    for dag_id, dag in sorted(bag.dags.items()):
+        condition = getattr(dag.timetable, "asset_condition", None)
+        schedule = "assets" if condition is not None else str(getattr(dag.timetable, "summary", None) or "manual")
+        reads = sorted({n for t in dag.tasks for n in _asset_names(t.inlets)})
+        writes = sorted({n for t in dag.tasks for n in _asset_names(t.outlets)})
+        rows.append(
+            {
+                "dag_id": dag_id,
+                "schedule": schedule,
+                "tags": sorted(dag.tags),
+                "max_active_runs": dag.max_active_runs,
+                "consumes": sorted(set(_asset_names(condition))),
+                "reads": reads,
+                "produces": writes,
+                "tasks": [t.task_id for t in dag.topological_sort()],  # type: ignore[no-untyped-call]
+            }
+        )
+    return rows

@@ -730,6 +730,25 @@ LEDGER = TableSpec(
     description="Per run, stage and table: records in = out + quarantined + merged + bronze_only.",
 )
 
+CURATION = TableSpec(
+    name="reference.curation",
+    schema=pa.schema(
+        [
+            _f("bronze_table", nullable=False),
+            _f("batch_run_id", nullable=False),  # the run whose ingest put the rows in bronze
+            _f("state", nullable=False),  # 'staged' (a clean took it) | 'curated' (its gate promoted it)
+            _f("run_id", nullable=False),  # the run that staged or curated it
+            _f("records", pa.int64(), nullable=False),  # bronze rows of the batch, counted
+            _f("updated_at", TS, nullable=False),
+        ]
+    ),
+    key=("bronze_table", "batch_run_id"),
+    description=(
+        "Per bronze table and ingest run (a batch): which run carried its records past bronze. "
+        "A batch no gate has curated yet is pending: the next run's clean takes it."
+    ),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -762,6 +781,7 @@ TABLES: dict[str, TableSpec] = {
         PERSON_EVENTS,
         IDENTITY_REVIEW,
         IDENTITY_TOKENS,
+        CURATION,
         QUARANTINE,
         LEDGER,
     )
@@ -805,3 +825,23 @@ def spec(name: str) -> TableSpec:
 def staging_name(silver_name: str) -> str:
     """Where a silver table's rows wait for the quality gate before promotion."""
     return "staging." + silver_name.split(".", 1)[1]
+
+
+#: the source DAGs: DAG id → landing kind (one DAG per source domain, landing → bronze)
+SOURCE_DAGS: dict[str, str] = {
+    "ehr_fhir": "fhir",
+    "ehr_hl7v2": "hl7v2",
+    "ehr_csv": "csv",
+    "pacs_dicom": "dicom",
+    "iot_vitals": "vitals",
+    "genomics_vcf": "vcf",
+}
+#: the bronze tables each landing kind's ingest writes (its DAG's outlets)
+BRONZE_OF: dict[str, tuple[str, ...]] = {
+    "fhir": (BRONZE_FHIR.name,),
+    "hl7v2": (BRONZE_HL7V2.name,),
+    "csv": (BRONZE_CSV.name, BRONZE_CSV_MAPPINGS.name),
+    "dicom": (BRONZE_DICOM.name,),
+    "vitals": (BRONZE_VITALS.name, VITALS_WATERMARK.name),
+    "vcf": (BRONZE_VCF.name, BRONZE_VCF_HEADERS.name),
+}

@@ -40,7 +40,10 @@ def quarantine_by_rule(lake: Lake, *, run_id: str | None = None) -> list[dict[st
 
 
 def summarize(lake: Lake, *, run_id: str | None = None) -> dict[str, Any]:
-    """The run summary as a JSON-ready dict."""
+    """The run summary as a JSON-ready dict. ``pending``: per bronze table, the records no run has
+    carried past bronze yet (across runs, counted; see :mod:`medlake.pending`)."""
+    from medlake.pending import pending_counts
+
     run_id = run_id or next(reversed(ledger.runs(lake)), None)
     entries = ledger.for_run(lake, run_id) if run_id else []
     balanced = all(bool(e["balanced"]) for e in entries)
@@ -51,9 +54,24 @@ def summarize(lake: Lake, *, run_id: str | None = None) -> dict[str, Any]:
         "quarantine": quarantine_by_rule(lake, run_id=run_id),
         "ledger": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in e.items()} for e in entries],
         "ledger_balanced": balanced,
+        "pending": pending_counts(lake),
+        "volume_warnings": volume_warnings(entries),
         "schema_drift": read_drift(lake, run_id) if run_id else {},
         "engines": read_engines(lake, run_id) if run_id else {},
     }
+
+
+def volume_warnings(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's deliveries outside their volume band (the gate's findings, kept in its ledger
+    entries' details): warnings, unless the gate was configured to block on them."""
+    found = []
+    for entry in entries:
+        if entry["stage"] != "gate" or not entry.get("details"):
+            continue
+        for finding in json.loads(str(entry["details"])).get("volume_findings", []):
+            if finding.get("verdict") in ("low", "high"):
+                found.append(finding)
+    return found
 
 
 def summary_path(lake: Lake, run_id: str) -> Path:

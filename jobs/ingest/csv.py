@@ -1068,12 +1068,15 @@ def to_staging(
     key: bytes,
     max_shift_days: int,
     versions: dict[str, int | None],
+    bronze_batches: dict[str, list[str]] | None = None,
     engine: Engine | None = None,
 ) -> StageResult:
     """This run's CSV bronze records → staging (appended after FHIR and HL7 v2), standardized.
     ``engine`` is unused: the rows are built in memory (the data plane's next step)."""
     bronze = lake.read(
-        BRONZE_CSV.name, version=versions.get(BRONZE_CSV.name), where={"_run_id": run_id}
+        BRONZE_CSV.name,
+        version=versions.get(BRONZE_CSV.name),
+        where={"_run_id": list((bronze_batches or {}).get(BRONZE_CSV.name) or [run_id])},
     )
     concept_map, _ = terminology.concept_maps(lake)
     resource_types = {spec.name: rtype for rtype, spec in FHIR_SILVER.items()}

@@ -1063,6 +1063,7 @@ def to_staging(
     key: bytes,
     max_shift_days: int,
     versions: dict[str, int | None],
+    bronze_batches: Mapping[str, Sequence[str]] | None = None,
     engine: Engine | None = None,
 ) -> StageResult:
     """This run's bronze files → staging.imaging_{studies,series,instances} + de-identified copies
@@ -1073,7 +1074,9 @@ def to_staging(
     the run's instances, all staged.
     """
     bronze = lake.read(
-        BRONZE_DICOM.name, version=versions.get(BRONZE_DICOM.name), where={"_run_id": run_id}
+        BRONZE_DICOM.name,
+        version=versions.get(BRONZE_DICOM.name),
+        where={"_run_id": list((bronze_batches or {}).get(BRONZE_DICOM.name) or [run_id])},
     )
     imaging = instances_from_bronze(bronze, key=key, max_shift_days=max_shift_days)
     written, kept = deid_copies(lake, imaging.instances, key=key)

@@ -953,6 +953,7 @@ def to_staging(
     key: bytes,
     max_shift_days: int,
     versions: dict[str, int | None],
+    bronze_batches: Mapping[str, Sequence[str]] | None = None,
     engine: Engine | None = None,
 ) -> StageResult:
     """This run's bronze VCF lines → staging.variants (overwritten, possibly empty) + quarantine +
@@ -963,7 +964,9 @@ def to_staging(
     staging as it is made, so memory follows the batch, not the run.
     """
     records = lake.read(
-        BRONZE_VCF.name, version=versions.get(BRONZE_VCF.name), where={"_run_id": run_id}
+        BRONZE_VCF.name,
+        version=versions.get(BRONZE_VCF.name),
+        where={"_run_id": list((bronze_batches or {}).get(BRONZE_VCF.name) or [run_id])},
     )
     headers = lake.read(BRONZE_VCF_HEADERS.name, version=versions.get(BRONZE_VCF_HEADERS.name))
     name = staging_name(SILVER_VARIANTS.name)

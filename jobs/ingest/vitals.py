@@ -58,7 +58,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -762,6 +762,7 @@ def to_staging(
     key: bytes,
     max_shift_days: int,
     versions: dict[str, int | None],
+    bronze_batches: Mapping[str, Sequence[str]] | None = None,
     engine: Engine | None = None,
 ) -> StageResult:
     """This run's bronze samples → staging.vitals_raw, and the grid buckets they touch →
@@ -777,7 +778,9 @@ def to_staging(
 
     engine = engine or EmbeddedEngine()
     bronze = lake.read(
-        BRONZE_VITALS.name, version=versions.get(BRONZE_VITALS.name), where={"_run_id": run_id}
+        BRONZE_VITALS.name,
+        version=versions.get(BRONZE_VITALS.name),
+        where={"_run_id": list((bronze_batches or {}).get(BRONZE_VITALS.name) or [run_id])},
     )
     samples = samples_from_bronze(bronze, key=key, max_shift_days=max_shift_days)
     new = samples.split.good

@@ -39,3 +39,49 @@ def test_pipeline_runs_ingest_clean_gate_gold_summary_in_order(dagbag):
 def test_dag_files_stay_thin():
     for path in DAGS.glob("*.py"):
         assert len(path.read_text().splitlines()) <= 100, f"{path.name}: logic has leaked into dags/"
+
+
+def test_medlake_airflow_dags_lists_schedules_tags_and_assets():
+    import json
+    import subprocess
+    import sys
+
+    medlake = str(Path(sys.executable).with_name("medlake"))
+    done = subprocess.run([medlake, "airflow", "dags", "--json"], capture_output=True, text=True, check=True)
+    dags = {d["dag_id"]: d for d in json.loads(done.stdout)}
+    assert dags["medlake_pipeline"]["max_active_runs"] == 1  # curation is one run at a time per lake
+    assert "bronze.fhir_resources" in dags["medlake_pipeline"]["produces"]
+    assert dags["medlake_training"]["schedule"] == "assets"
+    assert dags["medlake_training"]["consumes"] == ["gold.ml_patient_features"]
+
+
+SOURCE_DAGS = {"ehr_fhir": "bronze.fhir_resources", "ehr_hl7v2": "bronze.hl7v2_messages",
+               "ehr_csv": "bronze.csv_rows", "pacs_dicom": "bronze.dicom_files",
+               "iot_vitals": "bronze.vitals_samples", "genomics_vcf": "bronze.vcf_records"}
+
+
+def test_a_dag_per_source_domain_writes_its_bronze_tables(dagbag):
+    for dag_id, bronze in SOURCE_DAGS.items():
+        dag = dagbag.dags[dag_id]
+        (ingest,) = dag.tasks
+        assert bronze in {a.name for a in ingest.outlets}, dag_id
+        assert {"quarantine", "ledger"} <= {a.name for a in ingest.outlets}, dag_id
+        assert dag.max_active_runs == 1, dag_id
+
+
+def test_the_curation_dag_is_scheduled_on_every_source_dags_bronze_and_runs_alone(dagbag):
+    dag = dagbag.dags["medlake_curation"]
+    consumed = {a.name for a in dag.timetable.asset_condition.objects}
+    assert consumed == set(SOURCE_DAGS.values())
+    assert dag.max_active_runs == 1
+    assert [t.task_id for t in dag.topological_sort()] == ["clean", "gate", "dbt_gold", "summary"]
+    gate = dag.get_task("gate")
+    assert "silver.observations" in {a.name for a in gate.outlets}
+    assert "staging.observations" in {a.name for a in gate.inlets}
+
+
+def test_the_gold_assets_are_the_marts_dbt_builds():
+    from medlake.assets import GOLD_MARTS
+
+    marts = Path(__file__).resolve().parents[2] / "dbt" / "models" / "marts"
+    assert sorted(GOLD_MARTS) == sorted(p.stem for p in marts.glob("*/*.sql"))

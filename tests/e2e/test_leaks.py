@@ -60,7 +60,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ds.PatientName = f"{family}^{given}"
     (landing / "dicom").mkdir(parents=True, exist_ok=True)
     ds.save_as(landing / "dicom" / f"{family}_{given}_screenshot.dcm")
-    run = json.loads(medlake("run", "--landing", str(landing), "--lake", str(lake), "--json").stdout)
+    run = json.loads(medlake("run", "--inline", "--landing", str(landing), "--lake", str(lake), "--json").stdout)
     medlake("report", "--lake", str(lake))
     medlake("dataset", "publish", "ml_patient_features", "--name", "leakcheck", "--lake", str(lake))
     trained = medlake("train", "--lake", str(lake), "--dataset", "leakcheck@1", "--json", check=False)

@@ -42,9 +42,9 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     landing, lake = root / "landing", root / "lake"
     generate(landing, patients=50, seed=11)
     truth = json.loads((landing / "_truth.json").read_text())
-    first = medlake("run", "--landing", str(landing), "--lake", str(lake), "--json")
+    first = medlake("run", "--inline", "--landing", str(landing), "--lake", str(lake), "--json")
     snapshot = {name: Lake(lake).count(name) for name in Lake(lake).tables()}
-    second = medlake("run", "--landing", str(landing), "--lake", str(lake), "--json")
+    second = medlake("run", "--inline", "--landing", str(landing), "--lake", str(lake), "--json")
     # bronze and quarantine PHI is encrypted at rest: read the lake with the keys the CLI uses
     return {"landing": landing, "lake": lake_for(load_settings(), lake), "truth": truth, "first": first,
             "second": second, "counts_after_first": snapshot}
@@ -206,7 +206,7 @@ def test_a_table_level_gate_failure_fails_the_run_loudly_without_retrying(tmp_pa
                                  "subject": {"reference": "Patient/p1"}, "class": {"code": f"LOCAL-{i}"},
                                  "period": {"start": "2020-01-01T10:00:00Z"}}))
     (landing / "fhir" / "export.ndjson").write_text("\n".join(lines) + "\n")
-    done = subprocess.run([MEDLAKE, "run", "--landing", str(landing), "--lake", str(tmp_path / "lake")],
+    done = subprocess.run([MEDLAKE, "run", "--inline", "--landing", str(landing), "--lake", str(tmp_path / "lake")],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 1
     assert "class_mostly_known" in done.stderr and "silver.encounters" in done.stderr

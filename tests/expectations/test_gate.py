@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,14 @@ from medlake.expectations.gate import (
     SUITES_DIR,
     GateFailed,
     GateResult,
-    PreviousRun,
     load_suite,
-    previous_run,
     run_gate,
     suite_path,
     validate,
     validate_gold,
 )
+from medlake.expectations.volume import Delivery, VolumePolicy, band
+from medlake.expectations.volume import history as volume_history
 from medlake.lake import Lake, TableNotFound
 from medlake.ledger import Entry, check, record
 from medlake.registry import (
@@ -478,109 +478,126 @@ def test_every_silver_table_has_a_suite(table):
     assert suite_path(table).is_file()
 
 
-# --- row count against the previous run ---------------------------------------------------------
+# --- delivery volume against each source's own history -----------------------------------------
 
 
-def valid_observations(n: int, *, prefix: str) -> pa.Table:
-    return observations(*(obs(f"{prefix}{i}", _record_hash=f"rh-{prefix}{i}") for i in range(n)))
+def valid_observations(n: int, *, prefix: str, source: str = "fhir") -> pa.Table:
+    return observations(
+        *(obs(f"{prefix}{i}", _record_hash=f"rh-{prefix}{i}", _source_kind=source) for i in range(n))
+    )
 
 
-def gate_and_record(lake: Lake, run_id: str, *, now: datetime) -> list[Any]:
-    return record(lake, run_id, run_gate(lake, run_id=run_id, tables=[OBS]), now=now)
+def delivered(lake: Lake, run_id: str, volume: dict[str, int], *, on: datetime) -> None:
+    """An earlier run's gate entry, as the gate records it: its rows per source."""
+    entry = Entry(
+        stage="gate",
+        table_name=OBS,
+        records_in=sum(volume.values()),
+        records_out=sum(volume.values()),
+        details=json.dumps({"volume": volume}),
+    )
+    record(lake, run_id, [entry], now=on)
 
 
-def test_a_first_run_has_no_baseline_and_passes(tmp_path: Path) -> None:
+def history(lake: Lake, sizes: list[int], *, source: str = "fhir", start: datetime) -> None:
+    for i, n in enumerate(sizes):
+        delivered(lake, f"past-{source}-{i}", {source: n}, on=start + timedelta(days=i))
+
+
+MONDAY = datetime(2024, 3, 4, 9, tzinfo=UTC)
+
+
+def findings(entry: Entry) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = json.loads(entry.details or "{}")["volume_findings"]
+    return found
+
+
+def test_first_deliveries_have_no_band_and_are_promoted_whatever_their_size(tmp_path: Path) -> None:
     lake = Lake(tmp_path / "lake")
+    history(lake, [1000, 1000], start=MONDAY)
+    stage(lake, SILVER_OBSERVATIONS, valid_observations(3, prefix="a"))
+
+    (entry,) = run_gate(lake, run_id="run-1", tables=[OBS], now=MONDAY)
+
+    assert entry.records_out == 3 and lake.count(OBS) == 3
+    assert json.loads(entry.details or "{}")["volume"] == {"fhir": 3}
+    assert [(f["source"], f["verdict"], f["deliveries"]) for f in findings(entry)] == [("fhir", "no band", 2)]
+
+
+def test_a_small_delivery_outside_its_band_warns_and_is_promoted_by_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    history(lake, [1000, 980, 1020, 1010, 990], start=MONDAY)
+    stage(lake, SILVER_OBSERVATIONS, valid_observations(10, prefix="a"))
+
+    with caplog.at_level("WARNING"):
+        (entry,) = run_gate(lake, run_id="run-1", tables=[OBS], now=MONDAY)
+
+    assert entry.records_out == 10 and lake.count(OBS) == 10
+    (found,) = findings(entry)
+    assert (found["verdict"], found["basis"], found["deliveries"]) == ("low", "all days", 5)
+    assert found["low"] > 10
+    assert "silver.observations from fhir: 10 rows, low" in caplog.text
+
+
+def test_where_the_policy_blocks_an_out_of_band_delivery_stops_the_table(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    history(lake, [1000, 980, 1020, 1010, 990], start=MONDAY)
     stage(lake, SILVER_OBSERVATIONS, valid_observations(10, prefix="a"))
     results: list[GateResult] = []
 
-    (entry,) = run_gate(lake, run_id="run-1", tables=[OBS], results=results)
-
-    assert entry.records_out == 10
-    rule = results[0].rule("row_count_not_collapsed")
-    assert (rule.success, rule.row_level, rule.observed) == (True, False, 10)
-    assert rule.expected == "row count ≥ 0 (no earlier run staged rows to compare with)"
-
-
-def test_a_collapsed_row_count_fails_naming_both_counts_and_promotes_nothing(
-    tmp_path: Path,
-) -> None:
-    lake = Lake(tmp_path / "lake")
-    stage(lake, SILVER_OBSERVATIONS, valid_observations(1000, prefix="a"))
-    gate_and_record(lake, "run-1", now=datetime(2024, 3, 1, tzinfo=UTC))
-    silver_version, quarantined = lake.version(OBS), lake.count("quarantine")
-    stage(lake, SILVER_OBSERVATIONS, valid_observations(10, prefix="b"))
-    results: list[GateResult] = []
-
     with pytest.raises(GateFailed) as refused:
-        run_gate(lake, run_id="run-2", tables=[OBS], results=results)
+        run_gate(
+            lake,
+            run_id="run-1",
+            tables=[OBS],
+            results=results,
+            volume_policy=VolumePolicy(block=frozenset({OBS})),
+            now=MONDAY,
+        )
 
-    message = str(refused.value)
-    assert "silver.observations: row_count_not_collapsed — row count is 10" in message
-    assert (
-        "expected row count ≥ 500 (at most 50% below the 1000 rows staged in run run-1)" in message
-    )
-    assert lake.version(OBS) == silver_version and lake.count(OBS) == 1000
-    assert lake.count("quarantine") == quarantined
+    assert "silver.observations: volume_in_band — silver.observations from fhir: 10 rows, low" in str(refused.value)
+    assert not lake.exists(OBS) or lake.count(OBS) == 0
     assert not results[0].promotable
 
 
-def test_a_drop_within_the_bound_is_promoted(tmp_path: Path) -> None:
+def test_each_source_is_compared_with_its_own_deliveries_not_the_table_total(tmp_path: Path) -> None:
     lake = Lake(tmp_path / "lake")
-    stage(lake, SILVER_OBSERVATIONS, valid_observations(100, prefix="a"))
-    gate_and_record(lake, "run-1", now=datetime(2024, 3, 1, tzinfo=UTC))
-    stage(lake, SILVER_OBSERVATIONS, valid_observations(50, prefix="b"))
+    for i in range(5):  # every day: 1000 rows from FHIR and 12 from HL7 v2
+        delivered(lake, f"past-{i}", {"fhir": 1000, "hl7v2": 12}, on=MONDAY + timedelta(days=i))
+    stage(lake, SILVER_OBSERVATIONS, valid_observations(11, prefix="h", source="hl7v2"))
 
-    (entry,) = run_gate(lake, run_id="run-2", tables=[OBS])
-
-    assert entry.records_out == 50 and lake.count(OBS) == 150
-
-
-def test_a_landing_delivered_again_stages_nothing_and_passes(tmp_path: Path) -> None:
-    lake = Lake(tmp_path / "lake")
-    stage(lake, SILVER_OBSERVATIONS, valid_observations(100, prefix="a"))
-    gate_and_record(lake, "run-1", now=datetime(2024, 3, 1, tzinfo=UTC))
-    redelivered = Entry(
-        stage="ingest", table_name="bronze.fhir_resources", records_in=100, merged=100
+    (entry,) = run_gate(
+        lake, run_id="run-1", tables=[OBS], volume_policy=VolumePolicy(block=frozenset({"*"})), now=MONDAY
     )
-    record(lake, "run-2", [redelivered], now=datetime(2024, 3, 2, tzinfo=UTC))
+
+    assert [(f["source"], f["verdict"]) for f in findings(entry)] == [("hl7v2", "in band")]
+    assert lake.count(OBS) == 11
+
+
+def test_the_band_is_the_same_weekdays_once_there_are_enough_of_them() -> None:
+    saturday = MONDAY + timedelta(days=5)
+    weeks = [
+        Delivery(f"r{w}{d}", d, 100 if d >= 5 else 1000) for w in range(5) for d in range(7)
+    ]
+    policy = VolumePolicy(min_history=5)
+    low, high, basis, used = band(weeks, saturday.weekday(), policy=policy) or (0, 0, "", 0)
+    assert basis == "Saturdays" and used == 5 and low <= 100 <= high < 1000
+    low, high, basis, _ = band(weeks, MONDAY.weekday(), policy=policy) or (0, 0, "", 0)
+    assert basis == "Mondays" and not low <= 100 <= high
+    assert band(weeks[:4], 0, policy=policy) is None  # too little history: no band
+
+
+def test_a_run_that_staged_nothing_is_no_delivery_neither_judged_nor_learned(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    history(lake, [100, 100, 100, 100, 100], start=MONDAY)
     stage(lake, SILVER_OBSERVATIONS, observations())
 
-    (entry,) = run_gate(lake, run_id="run-2", tables=[OBS])
+    (entry,) = record(lake, "run-1", run_gate(lake, run_id="run-1", tables=[OBS], now=MONDAY))
 
-    assert (entry.records_in, entry.records_out) == (0, 0) and lake.count(OBS) == 100
-
-
-def test_the_baseline_is_the_latest_earlier_run_that_staged_rows(tmp_path: Path) -> None:
-    lake = Lake(tmp_path / "lake")
-
-    def gate(n: int) -> list[Entry]:
-        return [Entry(stage="gate", table_name=OBS, records_in=n, records_out=n)]
-
-    record(lake, "run-1", gate(1000), now=datetime(2024, 3, 1, tzinfo=UTC))
-    record(lake, "run-2", gate(0), now=datetime(2024, 3, 2, tzinfo=UTC))
-    record(lake, "run-3", gate(7), now=datetime(2024, 3, 3, tzinfo=UTC))
-
-    assert previous_run(lake, OBS, run_id="run-3") == PreviousRun("run-1", 1000)  # not itself
-    assert previous_run(lake, OBS, run_id="run-4") == PreviousRun("run-3", 7)
-    assert previous_run(lake, SILVER_CONDITIONS.name, run_id="run-4") is None
-    assert previous_run(Lake(tmp_path / "empty"), OBS, run_id="run-1") is None
-
-
-@pytest.mark.parametrize("ratio", [-0.1, 1.5, "half"])
-def test_a_drop_ratio_outside_0_to_1_is_refused(ratio: Any) -> None:
-    suite = {
-        "name": "s",
-        "expectations": [
-            {
-                "type": "expect_table_row_count_to_be_between",
-                "kwargs": {"min_value": 0},
-                "meta": {"rule": "row_count_not_collapsed", "max_drop_ratio": ratio},
-            }
-        ],
-    }
-    with pytest.raises(ValueError, match="max_drop_ratio needs a number from 0 to 1"):
-        load_suite(suite)
+    assert (entry.records_in, findings(entry)) == (0, [])
+    assert [d.rows for d in volume_history(lake, OBS, run_id="run-2")["fhir"]] == [100] * 5
 
 
 # --- gold --------------------------------------------------------------------------------------

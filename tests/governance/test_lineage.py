@@ -23,6 +23,7 @@ from medlake.governance.lineage import (
     FHIR_COLUMNS,
     LineageConfig,
     LineageError,
+    column_lineage,
     events_path,
     lineage_graph,
     read_events,
@@ -396,6 +397,15 @@ def test_column_lineage_of_staging_and_silver(lake, tmp_path):
         "value_num",
         "IDENTITY",
     )
+
+
+def test_a_staging_table_hl7v2_and_csv_also_fill_names_them_upstream():
+    inputs = ["bronze.fhir_resources", "bronze.hl7v2_messages", "bronze.csv_rows", "bronze.vcf_records"]
+    facet = column_lineage("staging.observations", inputs, namespace="file:///lake")
+    assert facet is not None
+    assert {f.name for f in facet.dataset} == {"bronze.fhir_resources", "bronze.hl7v2_messages", "bronze.csv_rows"}
+    variants = column_lineage("staging.variants", inputs, namespace="file:///lake")
+    assert variants is None  # no column lineage stated: made from every input of its job
 
 
 @pytest.mark.parametrize("spec", list(FHIR_SILVER.values()), ids=lambda s: s.name)

@@ -161,6 +161,16 @@ def test_ledger_numbers_on_the_page_are_the_ledger_table(built: dict[str, Any], 
     assert "every row adds up" in page
 
 
+def test_pending_records_are_shown_and_none_are_left_after_curated_runs(
+    run_report: report.RunReport, page: str
+) -> None:
+    assert run_report.pending == {}
+    assert 'id="pending">pending: none' in page
+    waiting = report.RunReport(**{**run_report.as_dict(), "pending": {"bronze.fhir_resources": 1234}})
+    html = report.render_html(waiting)
+    assert "not yet curated by any run" in html and "<code>bronze.fhir_resources</code> 1,234" in html
+
+
 def test_an_unbalanced_ledger_row_is_flagged(run_report: report.RunReport) -> None:
     row = dict(run_report.ledger[0], records_in=run_report.ledger[0]["records_in"] + 1)
     row["adds_up"] = False

@@ -1,14 +1,14 @@
-"""Settings: every one documented in the README, and lake roots on an object store."""
+"""Settings: every one in the README's table with its default, and lake roots on an object store."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from medlake.config import (
-    REPO_ROOT,
     lake_root,
     load_settings,
     object_uri,
@@ -18,11 +18,20 @@ from medlake.config import (
 from medlake.lake import Lake
 from medlake.storage import LakePath, lake_path
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 
-def test_every_setting_is_in_the_readme_table():
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    missing = [name for name, _, _ in settings_table() if f"`{name}`" not in readme]
-    assert not missing, f"add these settings to the README's table: {missing}"
+
+def readme_settings() -> dict[str, str]:
+    rows = re.findall(r"^\| `([A-Z0-9_]+)`[^|]* \| ([^|]*) \|", README.read_text(), re.MULTILINE)
+    return {name: default.strip() for name, default in rows}
+
+
+@pytest.mark.parametrize(("name", "default"), [(n, d) for n, d, _ in settings_table()])
+def test_every_setting_is_in_the_readme_table_with_its_default(name: str, default: str) -> None:
+    documented = readme_settings()
+    assert name in documented, f"{name} is missing from the README's settings table"
+    shown = "unset" if default in ("None", "") else default  # no value: the README says unset
+    assert documented[name] == shown
 
 
 @pytest.mark.parametrize("given", ["s3://lake/prod/a", "s3:/lake/prod/a", Path("s3://lake/prod/a")])

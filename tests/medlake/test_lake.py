@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 
 from medlake.lake import Lake
@@ -40,3 +42,35 @@ def test_where_filters_rows_written_by_a_merge(tmp_path):
     lake.upsert("quarantine", row(3, "b"))
     assert sorted(lake.read("quarantine", where={"run_id": "b"}).column("source_offset").to_pylist()) == [2, 3]
     assert lake.read("quarantine", columns=["run_id"], where={"run_id": "a"}).num_rows == 1
+
+
+RACER = """
+import sys
+from pathlib import Path
+
+from medlake import lake as lake_module
+from medlake.lake import Lake
+from medlake.ledger import Entry, record
+
+lake_module.COMMIT_ATTEMPTS = int(sys.argv[3])
+lake = Lake(Path(sys.argv[1]))
+for i in range(12):
+    record(lake, f"{sys.argv[2]}-{i}", [Entry("ingest", "bronze.fhir_resources", 1, records_out=1)])
+"""
+
+
+def test_keyed_writes_racing_from_two_processes_on_one_table_all_land(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from medlake.ledger import Entry, record
+
+    lake = Lake(tmp_path / "lake")
+    record(lake, "first", [Entry("ingest", "bronze.fhir_resources", 1, records_out=1)])
+    racers = [
+        subprocess.Popen([sys.executable, "-c", RACER, str(lake.root), name, "8"], stderr=subprocess.PIPE, text=True)
+        for name in ("north", "south")
+    ]
+    errors = [r.communicate()[1] for r in racers]
+    assert [r.returncode for r in racers] == [0, 0], errors
+    assert lake.count("ledger") == 1 + 2 * 12

@@ -41,3 +41,23 @@ def test_rerecording_a_stage_replaces_its_entry(tmp_path):
     assert [(r["records_out"], r["merged"]) for r in rows] == [(0, 3)]
     assert ledger.runs(lake) == ["run-1", "run-2"]
     assert ledger.for_run(lake)[0]["run_id"] == "run-2"
+
+
+def test_the_run_summary_lists_deliveries_outside_their_volume_band(tmp_path) -> None:
+    import json
+
+    from medlake.ledger import Entry, record
+    from medlake.summary import summarize
+
+    lake = Lake(tmp_path / "lake")
+    low = {"table": "silver.observations", "source": "fhir", "rows": 10, "low": 900.0, "high": 1100.0,
+           "basis": "all days", "deliveries": 5, "verdict": "low"}
+    fine = {**low, "source": "csv", "rows": 1000, "verdict": "in band"}
+    gate = Entry("gate", "silver.observations", 1010, records_out=1010,
+                 details=json.dumps({"volume": {"fhir": 10, "csv": 1000}, "volume_findings": [low, fine]}))
+    record(lake, "run-1", [gate])
+
+    summary = summarize(lake, run_id="run-1")
+
+    assert summary["volume_warnings"] == [low]
+    assert summary["pending"] == {}
