@@ -33,10 +33,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import DeltaTable, write_deltalake
 
 from medlake.errors import BadDataError
 from medlake.expectations import data_docs, volume
@@ -109,6 +110,15 @@ class GateResult:
     rules: tuple[RuleResult, ...] = field(default=())
     #: False for gold: a failing row-level rule stops the table like a table-level one
     split_rows: bool = True
+    #: rows validated, when ``split`` no longer holds them (the gate keeps its rows on disk)
+    rows_validated: int | None = None
+
+    @property
+    def validated(self) -> int:
+        """How many rows the suite validated."""
+        if self.rows_validated is not None:
+            return self.rows_validated
+        return int(self.split.good.num_rows + self.split.quarantined.num_rows)
 
     @property
     def table_failures(self) -> list[RuleResult]:
@@ -257,7 +267,8 @@ def run_gate(
     """
     policy = volume_policy or VolumePolicy()
     stamp = now or datetime.now(UTC)
-    staged: list[tuple[TableSpec, int, Split, dict[str, int], list[Finding]]] = []
+    staged: list[_Staged] = []
+    lake.drop_scratch_table(_Staged.FOLDER, run_id=run_id)  # a retried gate starts afresh
     refused: list[GateResult] = []
     context = None
     for name in tables:
@@ -290,18 +301,27 @@ def run_gate(
             result = result or GateResult(table_name=name, split=split)
             result = dataclasses.replace(result, rules=(*result.rules, _volume_rule(blocking)))
         if result is not None:
-            if results is not None:
-                results.append(result)
             if not result.promotable:
                 refused.append(result)
-        staged.append((spec, rows.num_rows, split, delivered, findings))
+            if results is not None:  # the rules and counts, not the rows (they go to disk)
+                results.append(result if not result.promotable else _without_rows(result))
+        staged.append(_Staged.keep(lake, run_id, spec, split, rows.num_rows, delivered, findings))
+        del rows, split, result
     if context is not None:  # once per gate task, before a refusal, so the docs show why
         data_docs.build(context, data_docs.site_dir(lake))
     if refused:
+        lake.drop_scratch_table(_Staged.FOLDER, run_id=run_id)
         raise GateFailed(refused)
 
     entries: list[Entry] = []
-    for spec, records_in, split, delivered, findings in staged:
+    for kept in staged:
+        spec, records_in, delivered, findings = (
+            kept.spec,
+            kept.records_in,
+            kept.delivered,
+            kept.findings,
+        )
+        split = kept.read(lake)
         good = _first_per_key(conform(split.good, spec.schema), spec.key)
         bad = _first_per_key(stamp_run(split.quarantined, run_id), QUARANTINE.key)
         lake.insert_new(QUARANTINE.name, bad)
@@ -320,7 +340,71 @@ def run_gate(
                 ),
             )
         )
+        del split, good, bad
+    lake.drop_scratch_table(_Staged.FOLDER, run_id=run_id)
     return entries
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A validated table's split, kept in the run's scratch (sealed like the tables it goes to)
+    until every table is validated: the gate holds one table's rows at a time, not the run's."""
+
+    spec: TableSpec
+    records_in: int
+    delivered: dict[str, int]
+    findings: list[Finding]
+    run_id: str
+
+    #: the run's scratch folder of the gate's tables
+    FOLDER: ClassVar[str] = "gate"
+
+    @staticmethod
+    def keep(
+        lake: Lake,
+        run_id: str,
+        spec: TableSpec,
+        split: Split,
+        records_in: int,
+        delivered: dict[str, int],
+        findings: list[Finding],
+    ) -> _Staged:
+        kept = _Staged(spec, records_in, delivered, findings, run_id)
+        for part, rows, name, schema in kept._parts(split):
+            sealed = conform(rows, schema)
+            encode = lake.encoder(name)
+            if encode is not None and sealed.num_rows:
+                sealed = encode(sealed)
+            write_deltalake(
+                lake.scratch_uri(part, run_id=run_id), sealed, mode="overwrite", schema_mode="overwrite"
+            )
+        return kept
+
+    def _parts(self, split: Split | None = None) -> list[tuple[str, pa.Table, str, pa.Schema]]:
+        good = split.good if split is not None else pa.table({})
+        bad = split.quarantined if split is not None else pa.table({})
+        return [
+            (f"{self.FOLDER}/{self.spec.name}/good", good, self.spec.name, self.spec.schema),
+            (f"{self.FOLDER}/{self.spec.name}/quarantined", bad, QUARANTINE.name, QUARANTINE_SCHEMA),
+        ]
+
+    def read(self, lake: Lake) -> Split:
+        tables = []
+        for part, _, name, schema in self._parts():
+            rows = DeltaTable(lake.scratch_uri(part, run_id=self.run_id)).to_pyarrow_table()
+            decode = lake.decoder(name)
+            tables.append(conform(decode(rows) if decode is not None and rows.num_rows else rows, schema))
+        return Split(tables[0], tables[1])
+
+
+
+def _without_rows(result: GateResult) -> GateResult:
+    """The result with its rules and counts but not its rows."""
+    return dataclasses.replace(
+        result,
+        split=Split(result.split.good.slice(0, 0), result.split.quarantined.slice(0, 0)),
+        rows_validated=result.validated,
+    )
 
 
 def _volume_rule(findings: Sequence[Finding]) -> RuleResult:

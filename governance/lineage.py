@@ -573,7 +573,7 @@ class StageRun:
             facets["dataQualityMetrics"] = (
                 data_quality_metrics_input_dataset.DataQualityMetricsInputDatasetFacet(
                     columnMetrics={},
-                    rowCount=result.split.good.num_rows + result.split.quarantined.num_rows,
+                    rowCount=result.validated,
                     producer=PRODUCER,
                 )
             )

@@ -815,3 +815,24 @@ def test_an_omop_visit_ending_before_it_starts_stops_the_gold_task(tmp_path: Pat
         validate_gold(lake, run_id="run-1", tables=["gold.omop_visit_occurrence"],
                       data={"gold.omop_visit_occurrence": pa.Table.from_pylist([visit])})
     assert not lake.exists("gold.omop_visit_occurrence")
+
+
+def test_the_gate_keeps_validated_rows_on_disk_sealed_and_leaves_no_scratch(tmp_path: Path) -> None:
+    """Every table is validated before any is promoted, one table's rows in memory at a time:
+    the others wait in the run's scratch, sealed like the tables they go to, removed after."""
+    from medlake.config import Settings
+    from medlake.governance.at_rest import lake_for
+
+    lake = lake_for(Settings(), tmp_path / "lake")
+    bad = obs("bad", value=900.0, _record_hash="rh-bad")
+    stage(lake, SILVER_OBSERVATIONS, observations(*valid_observations(3, prefix="a").to_pylist(), bad))
+    results: list[GateResult] = []
+
+    (entry,) = run_gate(lake, run_id="run-1", tables=[OBS], results=results, now=MONDAY)
+
+    assert (entry.records_in, entry.records_out, entry.quarantined) == (4, 3, 1)
+    assert lake.count(OBS) == 3
+    (refused,) = [q for q in lake.read("quarantine").to_pylist() if q["run_id"] == "run-1"]
+    assert refused["record_hash"] == "rh-bad" and refused["raw_record"]  # read back opened
+    assert results[0].validated == 4 and results[0].split.good.num_rows == 0  # counts, not rows
+    assert not (lake.root / "_scratch" / "run-1" / "gate").exists()
