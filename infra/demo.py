@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if medlake(env, "sample", "--patients", str(args.patients), "--seed", str(args.seed), "--out", str(landing)).returncode:
         return 1
     print("the pipeline runs inline (`medlake run`: airflow dags test); the scheduler-driven trigger is issue #14")
-    run = medlake(env, "run", "--landing", str(landing), "--lake", lake, "--engine", args.engine)
+    run = medlake(env, "run", "--inline", "--landing", str(landing), "--lake", lake, "--engine", args.engine)
     summary = subprocess.run([str(BIN / "medlake"), "summary", "--lake", lake, "--json"], env=env,
                              capture_output=True, text=True, check=False)
     if summary.returncode == 0:

@@ -93,7 +93,7 @@ def test_the_sample_hospital_runs_into_the_object_store(profile, tmp_path):  # t
     medlake = str(BIN / "medlake")
     subprocess.run([medlake, "sample", "--patients", "20", "--seed", "11", "--out", str(tmp_path / "landing")],
                    env=env, check=True, capture_output=True)
-    run = _run([medlake, "run", "--landing", str(tmp_path / "landing"), "--lake", lake, "--json"], env)
+    run = _run([medlake, "run", "--inline", "--landing", str(tmp_path / "landing"), "--lake", lake, "--json"], env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = json.loads(run.stdout[run.stdout.index("{"):])
     assert summary["lake"] == lake

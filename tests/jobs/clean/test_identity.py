@@ -463,6 +463,9 @@ def test_approve_merges_then_split_restores_both_people(queued: tuple[Lake, Path
     lake, root = queued
     monkeypatch.setenv("MEDLAKE_PROJECT_KEY", KEY.hex())
     monkeypatch.setenv("MEDLAKE_AUDIT_KEY", AUDIT_KEY.hex())
+    # no vault keyring where the CLI looks (whatever earlier tests left in the session's home)
+    monkeypatch.setenv("MEDLAKE__KEYS__DIR", str(root / "no-keys-here"))
+    monkeypatch.delenv("MEDLAKE_VAULT_KEYS", raising=False)
     before = encounter_starts(lake)
     ava, eva = person(lake, "ava"), person(lake, "eva")
     [pair] = identity.queue(lake)
