@@ -221,6 +221,11 @@ class AirflowSettings(BaseModel):
         le=65535,
         description="Port of the local Airflow API server `medlake run` starts and triggers DAGs through (127.0.0.1 only).",
     )
+    asset_grace: float = Field(
+        default=180,
+        gt=0,
+        description="Seconds `medlake run` waits for the bronze assets to trigger curation before it triggers a run itself.",
+    )
 
 
 class DbtSettings(BaseModel):

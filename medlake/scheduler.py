@@ -285,7 +285,7 @@ def run_scheduled(
             active = [r for r in curation if r.state not in TERMINAL]
             if not active and curation and not pending_counts(Lake(lake.resolve())):
                 break
-            if not curation and time.monotonic() - asked > 60:  # the asset schedule made no run
+            if not curation and time.monotonic() - asked > settings.airflow.asset_grace:  # no asset-triggered run
                 client.trigger(CURATION, {"lake": str(lake.resolve()), "engine": engine or ""})
                 asked = time.monotonic()
             if time.monotonic() > deadline:
