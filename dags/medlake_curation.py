@@ -62,7 +62,7 @@ def medlake_curation() -> None:
     def gate(cleaned: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_gate
 
-        return _call(task_gate)
+        return _call(task_gate, engine=get_current_context()["params"].get("engine") or None)
 
     @task(inlets=assets.SILVER, outlets=assets.GOLD)
     def dbt_gold(gated: dict[str, object]) -> dict[str, object]:

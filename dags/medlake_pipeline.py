@@ -75,7 +75,7 @@ def medlake_pipeline() -> None:
     def gate(cleaned: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_gate
 
-        return _call(task_gate, _params()["lake"])
+        return _call(task_gate, _params()["lake"], engine=_params().get("engine"))
 
     @task(inlets=assets.SILVER, outlets=[assets.GOLD_FEATURES])
     def dbt_gold(gated: dict[str, object]) -> dict[str, object]:

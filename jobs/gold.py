@@ -206,6 +206,10 @@ def build_gold(
     if vocabulary_dir is not None:
         dbt_vars["vocabulary_dir"] = str(vocabulary_dir)
     spark = _spark_for_dbt(dbt_vars) if target == "spark" else None
+    if spark is not None:  # the marts (and the gold ledger) commit through delta-spark too
+        from medlake.engines.spark import SparkTableWriter
+
+        lake = lake.on(SparkTableWriter(spark))
     options = {
         "--project-dir": str(project),
         "--profiles-dir": str(project),

@@ -654,7 +654,7 @@ def extra_view_tables(settings: Settings) -> dict[str, ViewTable]:
     folder = settings.views.extra_dir
     if folder is None:
         return {}
-    tables = load_view_tables(Path(folder), reserved=set(registry.BUILTIN_TABLES))
+    tables: dict[str, ViewTable] = load_view_tables(Path(folder), reserved=set(registry.BUILTIN_TABLES))
     for table in tables.values():
         registry.register(table.spec)
     return tables
@@ -799,8 +799,8 @@ def task_ingest(
 ) -> dict[str, object]:
     """``engine``: the run's choice (``medlake run --engine``), else ``MEDLAKE__ENGINE``."""
     settings = Settings()
-    target = lake_for(settings, Path(lake))
     runner = engine_for(settings, kind=engine or None)
+    target = lake_for(settings, Path(lake)).on(runner.writer)  # its writes commit on the engine
     record_engine(target, run_id, "ingest", runner.name)
     with stage_run(
         target,
@@ -825,7 +825,8 @@ def task_ingest(
         runner.close()
         result = StageResult.merge(stages)
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=result.entries)
-    return result.as_xcom()
+    xcom: dict[str, object] = result.as_xcom()  # typed here: mypy sees medlake.jobs as untyped
+    return xcom
 
 
 def task_ingest_source(
@@ -834,8 +835,8 @@ def task_ingest_source(
     """One source DAG's ingest: ``landing/<kind>/`` → its bronze tables, a batch under ``run_id``
     that stays pending until a curation run's gate carries it (:mod:`medlake.pending`)."""
     settings = Settings()
-    target = lake_for(settings, Path(lake))
     runner = engine_for(settings, kind=engine or None)
+    target = lake_for(settings, Path(lake)).on(runner.writer)
     with stage_run(
         target,
         job=f"{dag_id}.ingest",
@@ -875,9 +876,9 @@ def task_clean(
     """``versions``: the bronze versions ingest wrote (its XCom), read by the plug-in sources;
     ``engine``: the run's choice (``medlake run --engine``), else ``MEDLAKE__ENGINE``."""
     settings = Settings()
-    target = lake_for(settings, Path(lake))
     versions = versions or {}
     runner = engine_for(settings, kind=engine or None)
+    target = lake_for(settings, Path(lake)).on(runner.writer)
     record_engine(target, run_id, "clean", runner.name)
     with stage_run(
         target,
@@ -929,7 +930,8 @@ def task_clean(
             outputs={**result.versions, **BOOKKEEPING, **RESOLUTION, "vault": None},
             ledger=result.entries,
         )
-    return result.as_xcom()
+    xcom: dict[str, object] = result.as_xcom()  # typed here: mypy sees medlake.jobs as untyped
+    return xcom
 
 
 def volume_policy(settings: Settings) -> VolumePolicy:
@@ -941,12 +943,17 @@ def volume_policy(settings: Settings) -> VolumePolicy:
     )
 
 
-def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
+def task_gate(lake: str, *, run_id: str, engine: str | None = None) -> dict[str, object]:
+    """``engine``: the run's choice, else ``MEDLAKE__ENGINE``. The suites run in this process
+    (Great Expectations over one table's rows at a time); what the gate writes (silver, the
+    quarantine, the ledger) commits on the engine."""
     from medlake.expectations import data_docs
     from medlake.expectations.gate import GateResult, run_gate
 
     settings = Settings()
-    target = lake_for(settings, Path(lake))
+    runner = engine_for(settings, kind=engine or None)
+    target = lake_for(settings, Path(lake)).on(runner.writer)
+    record_engine(target, run_id, "gate", runner.name)
     tables = (*SILVER_TABLES, *(t.spec.name for t in extra_view_tables(settings).values()))
     staged = {staging_name(name): target.version(staging_name(name)) for name in tables}
     with stage_run(
@@ -955,6 +962,7 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
         run_id=run_id,
         inputs=staged,
         config=lineage_config(settings),
+        engine=runner.name,
     ) as run:
         results: list[GateResult] = []
         try:
@@ -987,7 +995,8 @@ def task_gate(lake: str, *, run_id: str) -> dict[str, object]:
             {name: target.version(name) for name in tables} | rekeyed.versions, entries
         )
         run.complete(outputs={**result.versions, **BOOKKEEPING}, ledger=entries)
-    return result.as_xcom()
+    xcom: dict[str, object] = result.as_xcom()  # typed here: mypy sees medlake.jobs as untyped
+    return xcom
 
 
 def dbt_target(settings: Settings, engine: str | None = None) -> Literal["duckdb", "spark"]:

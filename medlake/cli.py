@@ -200,9 +200,9 @@ def _stage(name: str, lake: Path, *, run_id: str, landing: Path | None, engine: 
             engine=engine,
         )
     elif name == "gate":
-        out = pipeline.task_gate(root, run_id=run_id)
+        out = pipeline.task_gate(root, run_id=run_id, engine=engine)
     elif name == "gold":
-        out = pipeline.task_gold(root, run_id=run_id)
+        out = pipeline.task_gold(root, run_id=run_id, engine=engine)
     else:
         out = pipeline.task_summary(root, run_id=run_id, actor="medlake stage")
     return out

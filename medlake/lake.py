@@ -1,4 +1,7 @@
-"""The lake on disk: registered Delta tables read and written with delta-rs (no JVM).
+"""The lake on disk: registered Delta tables, read with delta-rs (no JVM) and written by the
+stage's engine: delta-rs by default, delta-spark when a Spark stage holds the lake
+(:meth:`Lake.on` with the engine's :class:`TableWriter`), so a table has one writer engine per
+stage (shared/DESIGN.md, "Engines").
 
 Every write is one Delta transaction; keyed writes are MERGEs, so a task re-run after a crash
 gives the same tables. A keyed write or delete that loses a commit race to another writer (two
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -54,12 +57,90 @@ class ColumnCodec(Protocol):
         ...
 
 
+class TableWriter(Protocol):
+    """Commits rows (already as stored: sealed, conformed) to the Delta table at a URI, each call
+    one transaction. :class:`DeltaRsWriter` here; the Spark engine's commits through delta-spark."""
+
+    @property
+    def name(self) -> str:
+        """The engine that commits: ``delta-rs`` or ``delta-spark``."""
+        ...
+
+    def write(
+        self, uri: str, data: pa.Table, *, mode: Literal["append", "overwrite"], partition_by: Sequence[str] = ()
+    ) -> int:
+        """Append or overwrite (the schema of ``data`` replaces the table's); the new version."""
+        ...
+
+    def merge(self, uri: str, data: pa.Table, *, key: Sequence[str], update: bool) -> tuple[int, int]:
+        """Insert the rows whose key the table lacks and, with ``update``, replace the rows whose
+        key it holds; (inserted, updated). ``data`` holds each key once."""
+        ...
+
+    def delete(self, uri: str, predicate: str) -> int:
+        """Delete the rows matching a SQL predicate; how many."""
+        ...
+
+    def create(self, uri: str, schema: pa.Schema) -> None:
+        """Create the table empty when it does not exist."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeltaRsWriter:
+    """Commits with delta-rs, in this process (the embedded engine's writer)."""
+
+    name: str = "delta-rs"
+
+    def write(
+        self, uri: str, data: pa.Table, *, mode: Literal["append", "overwrite"], partition_by: Sequence[str] = ()
+    ) -> int:
+        write_deltalake(
+            uri,
+            data,
+            mode=mode,
+            partition_by=list(partition_by) or None,
+            schema_mode="overwrite" if mode == "overwrite" else "merge",
+        )
+        return DeltaTable(uri).version()
+
+    def merge(self, uri: str, data: pa.Table, *, key: Sequence[str], update: bool) -> tuple[int, int]:
+        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
+
+        def commit() -> dict[str, Any]:
+            merger = DeltaTable(uri).merge(
+                data, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True
+            )
+            if update:
+                merger = merger.when_matched_update_all()
+            return merger.when_not_matched_insert_all().execute()
+
+        metrics = retried(commit)
+        return int(metrics["num_target_rows_inserted"]), int(metrics.get("num_target_rows_updated", 0))
+
+    def delete(self, uri: str, predicate: str) -> int:
+        metrics = retried(lambda: DeltaTable(uri).delete(predicate))
+        return int(metrics.get("num_deleted_rows", 0))
+
+    def create(self, uri: str, schema: pa.Schema) -> None:
+        DeltaTable.create(uri, schema=schema, mode="ignore")
+
+
+DELTA_RS = DeltaRsWriter()
+
+
 @dataclass(frozen=True)
 class Lake:
-    """A lake root and the registered tables below it (and the codec of its encrypted columns)."""
+    """A lake root and the registered tables below it (the codec of its encrypted columns, and
+    the writer its writes commit through)."""
 
     root: Path
     codec: ColumnCodec | None = None
+    writer: TableWriter = field(default=DELTA_RS, compare=False)
+
+    def on(self, writer: TableWriter) -> Lake:
+        """The same lake, its writes committed by ``writer`` (a stage's engine's)."""
+        return replace(self, writer=writer)
 
     def __post_init__(self) -> None:
         if self.remote:
@@ -220,14 +301,8 @@ class Lake:
         """Append or overwrite; returns the new Delta version."""
         spec = spec or TABLES.get(name)
         data = self._encoded(name, conform(data, spec.schema) if spec else data)
-        write_deltalake(
-            self.uri(name),
-            data,
-            mode=mode,
-            partition_by=list(spec.partition_by) if spec and spec.partition_by else None,
-            schema_mode="overwrite" if mode == "overwrite" else "merge",
-        )
-        return DeltaTable(self.uri(name)).version()
+        partition_by = spec.partition_by if spec and spec.partition_by else ()
+        return self.writer.write(self.uri(name), data, mode=mode, partition_by=partition_by)
 
     def insert_new(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None) -> int:
         """Insert the rows whose key is not in the table yet; returns how many were inserted."""
@@ -244,15 +319,8 @@ class Lake:
             return int(data.num_rows)
         if data.num_rows == 0:
             return 0
-        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
-        stored = self._encoded(name, data)
-        metrics = retried(
-            lambda: self.table(name)
-            .merge(stored, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
-            .when_not_matched_insert_all()
-            .execute()
-        )
-        return int(metrics["num_target_rows_inserted"])
+        inserted, _ = self.writer.merge(self.uri(name), self._encoded(name, data), key=key, update=False)
+        return inserted
 
     def upsert(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None) -> tuple[int, int]:
         """Insert new keys and update existing ones; returns (inserted, updated)."""
@@ -264,16 +332,7 @@ class Lake:
             return data.num_rows, 0
         if data.num_rows == 0:
             return 0, 0
-        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
-        stored = self._encoded(name, data)
-        metrics = retried(
-            lambda: self.table(name)
-            .merge(stored, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute()
-        )
-        return int(metrics["num_target_rows_inserted"]), int(metrics["num_target_rows_updated"])
+        return self.writer.merge(self.uri(name), self._encoded(name, data), key=key, update=True)
 
     def seal_file(self, relpath: str, data: bytes) -> bytes:
         """How a file kept at ``<root>/<relpath>`` is stored: through the codec when the lake has one."""
@@ -292,14 +351,12 @@ class Lake:
         """Delete the rows matching a SQL predicate; returns how many."""
         if not self.exists(name):
             return 0
-        metrics = retried(lambda: self.table(name).delete(predicate))
-        return int(metrics.get("num_deleted_rows", 0))
+        return self.writer.delete(self.uri(name), predicate)
 
     def ensure(self, name: str) -> None:
         """Create the registered table empty if it does not exist, so readers find it."""
         if not self.exists(name):
-            spec = TABLES[name]
-            DeltaTable.create(self.uri(name), schema=spec.schema, mode="ignore")
+            self.writer.create(self.uri(name), TABLES[name].schema)
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self.table(name).history(limit)

@@ -505,6 +505,12 @@ def person_key_of(header: Mapping[str, Any], *, key: bytes) -> str | None:
     return person
 
 
+def _in_uid_order(instances: Sequence[Instance]) -> list[Instance]:
+    """The instances by UID: a study's or series' row takes its lineage (``_record_hash``, source
+    file) from the same instance whatever order the files were read in (engines, batch cuts)."""
+    return sorted(instances, key=lambda i: str(i.row["instance_uid"]))
+
+
 def series_rows(instances: Sequence[Instance], known: pa.Table) -> pa.Table:
     """One row per series the run's instances belong to; counts over silver's instances and these.
 
@@ -513,7 +519,7 @@ def series_rows(instances: Sequence[Instance], known: pa.Table) -> pa.Table:
     """
     members = _members(instances, known, "series_uid")
     rows: dict[str, dict[str, Any]] = {}
-    for inst in instances:
+    for inst in _in_uid_order(instances):  # the row's lineage: its first instance by UID
         uid = inst.row["series_uid"]
         if uid in rows:
             continue
@@ -542,7 +548,7 @@ def study_rows(instances: Sequence[Instance], known: pa.Table) -> pa.Table:
                 modalities.setdefault(row["study_uid"], set()).add(row["modality"])
             series.setdefault(row["study_uid"], set()).add(row["series_uid"])
     rows: dict[str, dict[str, Any]] = {}
-    for inst in instances:
+    for inst in _in_uid_order(instances):
         uid = inst.row["study_uid"]
         if uid in rows:
             continue

@@ -34,6 +34,7 @@ from medlake.quarantine import Split
 
 if TYPE_CHECKING:
     from medlake.config import Settings
+    from medlake.lake import TableWriter
 
 #: batch-local: one record batch in, the rows accepted and the quarantine rows out
 BatchTransform = Callable[[pa.RecordBatch], Split]
@@ -120,6 +121,9 @@ class Engine(Protocol):
     """Applies pure Arrow transforms from Delta tables (or landing files) to Delta tables."""
 
     name: str
+    #: commits the stage's own writes to lake tables (:meth:`medlake.lake.Lake.on`): the tables a
+    #: stage writes have one writer engine, delta-rs embedded and delta-spark on Spark
+    writer: TableWriter
 
     def batch_local(
         self,

@@ -45,7 +45,7 @@ from medlake.engines import (
     Source,
     Target,
 )
-from medlake.lake import conform
+from medlake.lake import DELTA_RS, TableWriter, conform
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from medlake.quarantine import Split, stamp_run
 
@@ -65,6 +65,8 @@ class EmbeddedEngine:
     parallel_min_rows: int = 50_000
     buckets: int = 16
     name: str = "embedded"
+    #: commits the stage's own table writes (ledger, quarantine, staging): delta-rs, here
+    writer: TableWriter = field(default=DELTA_RS, repr=False, compare=False)
     #: the worker processes, started on first use and kept for the engine's next steps (each
     #: worker imports medlake and loads models once, not once per step)
     _pool: ProcessPoolExecutor | None = field(default=None, repr=False, compare=False)

@@ -48,7 +48,7 @@ from medlake.engines import (
     Source,
     Target,
 )
-from medlake.lake import conform
+from medlake.lake import TableWriter, conform
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from medlake.quarantine import Split, stamp_run
 
@@ -163,6 +163,8 @@ class SparkEngine:
     ) -> None:
         self.spark = spark if spark is not None else spark_session(settings)
         require_delta(self.spark)
+        #: commits the stage's own table writes (ledger, quarantine, staging) through delta-spark
+        self.writer: TableWriter = SparkTableWriter(self.spark)
 
     # -- batch-local -------------------------------------------------------------------------
 
@@ -363,32 +365,18 @@ class SparkEngine:
 
     def exists(self, uri: str) -> bool:
         """Whether a Delta table is at ``uri`` (``DESCRIBE DETAIL`` fails on anything else)."""
-        try:
-            detail = self.spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").collect()
-        except Exception:  # noqa: BLE001 - AnalysisException classic, SparkConnectException remote
-            return False
-        return bool(detail) and (detail[0]["format"] or "delta") == "delta"
+        return _exists(self.spark, uri)
 
     def version(self, uri: str) -> int | None:
-        if not self.exists(uri):
-            return None
-        last = self.spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").select("version").collect()
-        return int(last[0]["version"])
+        return _version(self.spark, uri) if self.exists(uri) else None
 
     def _table_rows(self, uri: str) -> int:
         return int(self.spark.read.format("delta").load(uri).count())
 
     def write(self, frame: DataFrame, target: Target) -> None:
-        """Write rows to a Delta table that has exactly ``target.schema``, creating or replacing
-        it first (``overwriteSchema`` would drop every NOT NULL); an unchanged schema is
-        overwritten in one commit, as delta-rs does."""
-        schema = spark_schema(target.schema)
-        exists = self.exists(target.uri)
-        if not exists or (
-            target.mode == "overwrite" and not _same_columns(self._schema_of(target.uri), schema)
-        ):
-            self._create(target.uri, schema, partition_by=target.partition_by, replace=exists)
-        frame.write.format("delta").mode(target.mode).save(target.uri)
+        """Write rows to a Delta table that has exactly ``target.schema`` (:func:`_save`)."""
+        _save(self.spark, frame, target.uri, spark_schema(target.schema), mode=target.mode,
+              partition_by=target.partition_by)
 
     def _insert_quarantine(self, rows: DataFrame, uri: str) -> None:
         """The quarantine rows whose id the table does not hold yet (a retried step adds none)."""
@@ -401,15 +389,129 @@ class SparkEngine:
             "WHEN NOT MATCHED THEN INSERT *"
         )
 
-    def _create(
-        self, uri: str, schema: StructType, *, partition_by: Sequence[str] = (), replace: bool = False
-    ) -> None:
-        verb = "REPLACE TABLE" if replace else "CREATE TABLE IF NOT EXISTS"
-        parts = f" PARTITIONED BY ({', '.join(f'`{c}`' for c in partition_by)})" if partition_by else ""
-        self.spark.sql(f"{verb} delta.`{uri}` ({_ddl(schema)}) USING delta{parts}")
+    def _create(self, uri: str, schema: StructType, *, partition_by: Sequence[str] = ()) -> None:
+        _create(self.spark, uri, schema, partition_by=partition_by)
 
-    def _schema_of(self, uri: str) -> StructType:
-        return self.spark.read.format("delta").load(uri).schema
+
+class SparkTableWriter:
+    """Commits a stage's table writes through delta-spark (:class:`medlake.lake.TableWriter`):
+    the rows travel as Arrow into a DataFrame, appended or overwritten with the DataFrame writer,
+    merged with ``MERGE INTO`` and deleted with ``DELETE FROM``; SQL and DataFrames only, so a
+    Spark Connect session commits them too. Tables are created from the Arrow schema first (NOT
+    NULL kept), as :meth:`SparkEngine.write` does."""
+
+    name = "delta-spark"
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a lake sent to a worker (an executor, a process) writes there with the active session
+        return (_active_writer, ())
+
+    def _frame(self, data: pa.Table, uri: str | None = None) -> DataFrame:
+        """The rows as a DataFrame, cast to the types of the table at ``uri`` when it exists (a
+        table another engine created may store a type under another name, e.g. timestamp_ntz)."""
+        frame = self.spark.createDataFrame(data, schema=spark_schema(data.schema))
+        if uri is None or not _exists(self.spark, uri):
+            return frame
+        stored = {f.name: f.dataType for f in self.spark.read.format("delta").load(uri).schema}
+        return frame.select(
+            *[F.col(f"`{c}`").cast(stored[c]).alias(c) if c in stored else F.col(f"`{c}`") for c in frame.columns]
+        )
+
+    def write(
+        self, uri: str, data: pa.Table, *, mode: Any, partition_by: Sequence[str] = ()
+    ) -> int:
+        frame = self._frame(data, uri if mode == "append" else None)
+        _save(self.spark, frame, uri, spark_schema(data.schema), mode=mode,
+              partition_by=partition_by)
+        return _version(self.spark, uri)
+
+    def merge(self, uri: str, data: pa.Table, *, key: Sequence[str], update: bool) -> tuple[int, int]:
+        view = f"medlake_merge_{os.getpid()}_{abs(hash((uri, data.num_rows))) % 10**9}"
+        self._frame(data, uri).createOrReplaceTempView(view)
+        on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
+        matched = "WHEN MATCHED THEN UPDATE SET * " if update else ""
+        try:
+            row = _retried(
+                lambda: self.spark.sql(
+                    f"MERGE INTO delta.`{uri}` t USING {view} s ON {on} {matched}WHEN NOT MATCHED THEN INSERT *"
+                ).collect()
+            )[0]
+        finally:
+            self.spark.catalog.dropTempView(view)
+        return int(row["num_inserted_rows"]), int(row["num_updated_rows"])
+
+    def delete(self, uri: str, predicate: str) -> int:
+        rows = _retried(lambda: self.spark.sql(f"DELETE FROM delta.`{uri}` WHERE {predicate}").collect())
+        return int(rows[0]["num_affected_rows"]) if rows else 0
+
+    def create(self, uri: str, schema: pa.Schema) -> None:
+        _create(self.spark, uri, spark_schema(schema))
+
+
+def _active_writer() -> SparkTableWriter:
+    active = SparkSession.getActiveSession()
+    if active is None:
+        raise RuntimeError("a lake holding the Spark writer was sent where no Spark session runs")
+    return SparkTableWriter(active)
+
+
+def _save(
+    spark: SparkSession, frame: DataFrame, uri: str, schema: StructType, *, mode: str,
+    partition_by: Sequence[str] = (),
+) -> None:
+    """Write rows to a Delta table that has exactly ``schema``, creating or replacing it first
+    (``overwriteSchema`` would drop every NOT NULL); an unchanged schema is overwritten in one
+    commit, as delta-rs does. A commit race is retried (:func:`_retried`)."""
+    exists = _exists(spark, uri)
+    if not exists or (
+        mode == "overwrite" and not _same_columns(spark.read.format("delta").load(uri).schema, schema)
+    ):
+        _create(spark, uri, schema, partition_by=partition_by, replace=exists)
+    _retried(lambda: frame.write.format("delta").mode(mode).save(uri))
+
+
+def _exists(spark: SparkSession, uri: str) -> bool:
+    try:
+        detail = spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").select("format").collect()
+    except Exception:  # noqa: BLE001 - not a Delta table (Spark raises AnalysisException)
+        return False
+    return bool(detail) and (detail[0]["format"] or "delta") == "delta"
+
+
+def _version(spark: SparkSession, uri: str) -> int:
+    last = spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").select("version").collect()
+    return int(last[0]["version"])
+
+
+def _create(
+    spark: SparkSession, uri: str, schema: StructType, *, partition_by: Sequence[str] = (), replace: bool = False
+) -> None:
+    verb = "REPLACE TABLE" if replace else "CREATE TABLE IF NOT EXISTS"
+    parts = f" PARTITIONED BY ({', '.join(f'`{c}`' for c in partition_by)})" if partition_by else ""
+    spark.sql(f"{verb} delta.`{uri}` ({_ddl(schema)}) USING delta{parts}")
+
+
+#: commit races a delta-spark write retries (another run or source DAG committed in between)
+_ATTEMPTS = 8
+
+
+def _retried(commit: Callable[[], Any]) -> Any:
+    """Run a delta-spark commit again when it lost a race to another writer (Delta's
+    ``Concurrent…Exception``s): keyed writes give the same table when redone."""
+    import random
+    import time
+
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            return commit()
+        except Exception as exc:  # Py4J / Spark Connect wrap Delta's exception
+            if attempt == _ATTEMPTS or "Concurrent" not in f"{type(exc).__name__} {exc}"[:2000]:
+                raise
+            time.sleep(random.uniform(0.05, 0.2) * attempt)
+    raise AssertionError("unreachable")
 
 
 def _ddl(schema: StructType) -> str:

@@ -1,6 +1,8 @@
 """The FHIR chain on both engines: the same landing through the embedded engine and through Spark
 ``local[2]`` writes the same bronze, staging and quarantine tables and the same ledger counts;
-every source's ingest writes the same bronze tables.
+every source's ingest writes the same bronze tables; and the whole pipeline (the DAGs' task
+functions, every source, ingest → clean → gate → gold) writes the same silver, gold and ledger,
+the Spark run committing every table it writes through delta-spark.
 
 Both lakes use the same project key (same pseudonyms and date shifts) and seal their raw PHI at
 rest with data keys of their own, so the tables are compared as the lake reads them (opened).
@@ -220,3 +222,76 @@ def test_gold_is_built_on_the_runs_engine_unless_the_dbt_target_is_set(
     assert pipeline.dbt_target(Settings(), "embedded") == "duckdb"
     monkeypatch.setenv("MEDLAKE__DBT__TARGET", "duckdb")  # an explicit target wins
     assert pipeline.dbt_target(Settings(), "spark") == "duckdb"
+
+
+def run_whole_pipeline(landing: Path, root: Path, engine: str, *, keys_from: Path | None = None) -> None:
+    """The pipeline's own task functions (as the DAGs call them) over every source, on ``engine``;
+    ``keys_from``: a lake whose data keys this one takes before it ingests (see above)."""
+    if keys_from is not None:
+        shutil.copytree(keys_from / DATA_KEYS_TABLE, root / DATA_KEYS_TABLE)
+    lake = str(root)
+    pipeline.task_ingest(str(landing), lake, run_id=WHOLE_RUN, engine=engine)
+    pipeline.task_clean(lake, run_id=WHOLE_RUN, bronze_version=None, engine=engine)
+    pipeline.task_gate(lake, run_id=WHOLE_RUN, engine=engine)
+    pipeline.task_gold(lake, run_id=WHOLE_RUN, engine=engine)
+
+
+WHOLE_RUN = "equivalence__whole"
+#: columns that say when a row was ingested (each run ingests at its own clock)
+INGESTED = ("_ingested_at",)
+
+
+def test_the_whole_pipeline_writes_the_same_silver_gold_and_ledger_on_both_engines(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every source through ingest → clean → gate → gold with the embedded engine (dbt-duckdb)
+    and with Spark local[2] (dbt-spark): the same silver and gold rows, ledger counts and
+    quarantine rules; and every commit the Spark run made to a table of the lake is delta-spark's
+    (a stage's tables have one writer engine)."""
+    from medlake.registry import LEDGER, SILVER_TABLES
+
+    monkeypatch.setenv("MEDLAKE__KEYS__DIR", str(tmp_path / "keys"))
+    monkeypatch.delenv("MEDLAKE__DBT__TARGET", raising=False)
+    landing = tmp_path / "landing"
+    generate(landing, patients=4, seed=11)
+    embedded_root, spark_root = tmp_path / "embedded" / "lake", tmp_path / "spark" / "lake"
+    run_whole_pipeline(landing, embedded_root, "embedded")
+    run_whole_pipeline(landing, spark_root, "spark", keys_from=embedded_root)
+    embedded, on_spark = lake_for(Settings(), embedded_root), lake_for(Settings(), spark_root)
+
+    for name in SILVER_TABLES:
+        assert rows(on_spark, name, drop=INGESTED) == rows(embedded, name, drop=INGESTED), name
+    assert rows(embedded, "silver.observations") and rows(embedded, "silver.notes")
+    gold = sorted(t for t in embedded.tables() if t.startswith("gold."))
+    assert len(gold) >= 10 and gold == sorted(t for t in on_spark.tables() if t.startswith("gold."))
+    for name in gold:
+        assert rows(on_spark, name) == rows(embedded, name), name
+    counts = ("run_id", "stage", "table_name", "records_in", "records_out", "quarantined", "merged",
+              "bronze_only", "balanced")
+    ledger = sorted(
+        (tuple(r[c] for c in counts) for r in embedded.read(LEDGER.name).to_pylist()), key=str
+    )
+    assert ledger and all(r[-1] for r in ledger)  # every entry balances
+    assert sorted(
+        (tuple(r[c] for c in counts) for r in on_spark.read(LEDGER.name).to_pylist()), key=str
+    ) == ledger
+    rules = Counter(r["rule_id"] for r in embedded.read(QUARANTINE.name).to_pylist())
+    assert Counter(r["rule_id"] for r in on_spark.read(QUARANTINE.name).to_pylist()) == rules
+
+    # the Spark run's commits: every table of the lake it wrote, through delta-spark alone; the
+    # governance stores (data keys, the vault, the audit log) keep their own delta-rs commits,
+    # made under their lock files with no retry (the audit chain, key rotation)
+    from deltalake import DeltaTable
+
+    from medlake.governance import audit, vault
+
+    stores = {DATA_KEYS_TABLE, vault.TABLE, audit.TABLE}
+    written = [t for t in on_spark.tables() if t not in stores]
+    assert {"bronze.fhir_resources", "silver.observations", "gold.omop_person", QUARANTINE.name,
+            LEDGER.name} <= set(written)
+    for name in written:
+        engines = {
+            "delta-spark" if "Apache-Spark" in str(c.get("engineInfo", "")) else "delta-rs"
+            for c in DeltaTable(on_spark.uri(name)).history()
+        }
+        assert engines == {"delta-spark"}, (name, engines)

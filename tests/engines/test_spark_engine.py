@@ -390,3 +390,53 @@ def test_a_side_output_without_a_target_is_refused(tmp_path: Path) -> None:
             quarantine=QuarantineSink(str(tmp_path / "quarantine"), run_id="test-run"),
             sides={"units": Target(str(tmp_path / "units"), UNIT_ROWS)},
         )
+
+
+def committed_by(uri: str) -> list[str]:
+    """Which engine made each commit of a Delta table, oldest first (delta-spark writes
+    ``engineInfo``, delta-rs ``clientVersion``)."""
+    history = sorted(DeltaTable(uri).history(), key=lambda c: c["version"])
+    return [
+        "delta-spark" if "Apache-Spark" in str(c.get("engineInfo", "")) else "delta-rs" for c in history
+    ]
+
+
+def test_a_lake_on_the_spark_engine_commits_its_writes_through_delta_spark(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from medlake.registry import LEDGER, QUARANTINE
+
+    embedded = Lake(tmp_path / "embedded")
+    on_spark = Lake(tmp_path / "spark").on(SparkEngine(spark).writer)
+    bad = [
+        {"quarantine_id": f"q{i}", "run_id": "r1", "stage": "silver", "table_name": "silver.observations",
+         "rule_id": "r", "reason": f"bad {i}", "raw_record": "{}", "quarantined_at": INGESTED_AT,
+         "status": "open"}
+        for i in range(3)
+    ]
+    ledger_rows = [
+        {"run_id": "r1", "stage": "ingest", "table_name": "bronze.fhir_resources", "records_in": n,
+         "records_out": n, "quarantined": 0, "merged": 0, "bronze_only": 0, "balanced": True,
+         "recorded_at": INGESTED_AT}
+        for n in (5,)
+    ]
+    for lake in (embedded, on_spark):
+        assert lake.insert_new(QUARANTINE.name, pa.Table.from_pylist(bad[:2])) == 2
+        # a retried step: the two it inserted are not inserted again, the new one is
+        assert lake.insert_new(QUARANTINE.name, pa.Table.from_pylist(bad)) == 1
+        lake.ensure(LEDGER.name)
+        assert lake.upsert(LEDGER.name, pa.Table.from_pylist(ledger_rows, schema=LEDGER.schema)) == (1, 0)
+        redone = [{**ledger_rows[0], "records_out": 4, "quarantined": 1}]
+        assert lake.upsert(LEDGER.name, pa.Table.from_pylist(redone, schema=LEDGER.schema)) == (0, 1)
+        assert lake.delete(QUARANTINE.name, "quarantine_id = 'q0'") == 1
+        lake.write("gold.test_overwrite", pa.table({"n": [1, 2]}), mode="overwrite")
+        lake.write("gold.test_overwrite", pa.table({"n": [3], "m": ["x"]}), mode="overwrite")
+
+    for name in (QUARANTINE.name, LEDGER.name, "gold.test_overwrite"):
+        assert sorted(on_spark.read(name).to_pylist(), key=str) == sorted(
+            embedded.read(name).to_pylist(), key=str
+        ), name
+        assert set(committed_by(on_spark.uri(name))) == {"delta-spark"}, name
+        assert set(committed_by(embedded.uri(name))) == {"delta-rs"}, name
+    assert on_spark.read(LEDGER.name).to_pylist()[0]["records_out"] == 4
+    assert on_spark.read("gold.test_overwrite").to_pylist() == [{"n": 3, "m": "x"}]
