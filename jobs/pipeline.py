@@ -871,11 +871,18 @@ def task_clean(
     hl7v2_version: int | None = None,
     versions: dict[str, int | None] | None = None,
     engine: str | None = None,
+    trigger: dict[str, int] | None = None,
 ) -> dict[str, object]:
     """``versions``: the bronze versions ingest wrote (its XCom), read by the plug-in sources;
-    ``engine``: the run's choice (``medlake run --engine``), else ``MEDLAKE__ENGINE``."""
+    ``engine``: the run's choice (``medlake run --engine``), else ``MEDLAKE__ENGINE``;
+    ``trigger``: the bronze versions a curation run's asset events name: only those tables are
+    read, at those versions, and only their batches committed by then (returned as ``read``)."""
     settings = Settings()
     target = lake_for(settings, Path(lake))
+    if trigger is not None:
+        versions = {**trigger, **(versions or {})}
+        bronze_version = versions.get(BRONZE_FHIR.name) if bronze_version is None else bronze_version
+        hl7v2_version = versions.get(BRONZE_HL7V2.name) if hl7v2_version is None else hl7v2_version
     versions = versions or {}
     runner = engine_for(settings, kind=engine or None)
     record_engine(target, run_id, "clean", runner.name)
@@ -883,8 +890,8 @@ def task_clean(
         target,
         job=lineage_job(settings, "clean"),
         run_id=run_id,
-        inputs={  # every bronze table a pending batch may be in, at the version given or now
-            **{name: target.version(name) for name in pending.BATCHED},
+        inputs={  # every bronze table a pending batch may be in (the trigger's), at the version given or now
+            **{name: target.version(name) for name in pending.BATCHED if trigger is None},
             **{k: v for k, v in versions.items() if v is not None},
             **({BRONZE_FHIR.name: bronze_version} if bronze_version is not None else {}),
             **({BRONZE_HL7V2.name: hl7v2_version} if hl7v2_version is not None else {}),
@@ -894,7 +901,7 @@ def task_clean(
     ) as run:
         key, max_shift_days = project_key(settings), settings.deid.date_shift_max_days
         extra = extra_view_tables(settings)
-        taken = pending.take(target, run_id=run_id)  # its own batches and any left pending
+        taken = pending.take(target, run_id=run_id, versions=trigger)  # its own and any left pending
         result = clean(
             target,
             run_id=run_id,
@@ -929,7 +936,7 @@ def task_clean(
             outputs={**result.versions, **BOOKKEEPING, **RESOLUTION, "vault": None},
             ledger=result.entries,
         )
-    return result.as_xcom()
+    return {**result.as_xcom(), "read": {"versions": dict(run.inputs), "batches": taken}}
 
 
 def volume_policy(settings: Settings) -> VolumePolicy:

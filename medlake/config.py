@@ -226,6 +226,32 @@ class AirflowSettings(BaseModel):
         gt=0,
         description="Seconds `medlake run` waits for the bronze assets to trigger curation before it triggers a run itself.",
     )
+    source_schedule: str | None = Field(
+        default=None,
+        description="When the source DAGs run by themselves: unset, only when `medlake run` triggers them; a cron "
+        "expression or preset (`@hourly`): on that schedule, each run waiting for files in its landing folder "
+        "(a sensor); `asset`: on an event of its landing folder's asset (`landing.<kind>`).",
+    )
+    landing: Path = Field(
+        default=STATE_DIR / "landing",
+        description="Landing folder a scheduled source DAG run reads (`medlake run --landing` passes its own).",
+    )
+    sensor_timeout: float = Field(
+        default=3600,
+        gt=0,
+        description="Seconds a scheduled source DAG run waits for files in its landing folder before it gives up.",
+    )
+    pool_slots: int = Field(
+        default=2,
+        ge=1,
+        description="Slots of each source's Airflow pool (`medlake_<kind>`, made when `medlake run` starts Airflow): "
+        "how many of that source's tasks run at once.",
+    )
+    retries: int = Field(default=2, ge=0, description="Retries of every source and curation task.")
+    source_retries: dict[str, int] = Field(
+        default={},
+        description='Retries per source landing kind, over `MEDLAKE__AIRFLOW__RETRIES`, as JSON: `{"dicom": 4}`.',
+    )
 
 
 class DbtSettings(BaseModel):

@@ -115,6 +115,7 @@ def start(settings: Settings, *, progress: Callable[[str], None] | None = None, 
             progress(f"started Airflow (scheduler, DAG processor, API server on 127.0.0.1:{settings.airflow.api_port}); logs in {logs}")
     client = Client(settings)
     client.wait_healthy(timeout=timeout)
+    client.ensure_pools()
     return client
 
 
@@ -199,6 +200,26 @@ class Client:
                 time.sleep(1)
         if missing:
             raise PipelineFailed(f"Airflow has not parsed the DAGs {missing} in {timeout:.0f} s")
+
+    def ensure_pools(self) -> None:
+        """Each source's pool (medlake/sources.py), made or resized to ``MEDLAKE__AIRFLOW__POOL_SLOTS``."""
+        from medlake.sources import pools
+
+        for name, slots in pools(self.settings).items():
+            body = {"name": name, "slots": slots, "description": "medlake: one source's tasks",
+                    "include_deferred": False}
+            try:
+                self._request("POST", "/api/v2/pools", body)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 409:  # exists already: set its slots
+                    raise
+                self._request("PATCH", f"/api/v2/pools/{name}", body)
+
+    def asset_events(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """The asset events that triggered a run (their ``extra`` included)."""
+        quoted = urllib.parse.quote(run_id, safe="")
+        found = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/upstreamAssetEvents")
+        return list(found["asset_events"])
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
         run = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": dict(conf)})

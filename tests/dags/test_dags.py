@@ -85,3 +85,52 @@ def test_the_gold_assets_are_the_marts_dbt_builds():
 
     marts = Path(__file__).resolve().parents[2] / "dbt" / "models" / "marts"
     assert sorted(GOLD_MARTS) == sorted(p.stem for p in marts.glob("*/*.sql"))
+
+
+def test_every_table_asset_is_named_and_addressed_as_its_lineage_dataset(dagbag):
+    from medlake.registry import TABLES, dataset_name
+
+    for dag_id, dag in dagbag.dags.items():
+        for task in dag.tasks:
+            for item in [*task.inlets, *task.outlets]:
+                if item.name.startswith("landing."):
+                    continue
+                assert item.name in TABLES or item.name in {"quarantine", "ledger"} or \
+                    item.name.startswith("staging."), (dag_id, item.name)
+                assert item.uri == item.name == dataset_name(item.name), (dag_id, item.uri)
+
+
+def test_source_dags_have_a_pool_each_and_their_retries(dagbag):
+    from medlake.registry import SOURCE_DAGS
+
+    for dag_id, kind in SOURCE_DAGS.items():
+        (ingest,) = dagbag.dags[dag_id].tasks
+        assert ingest.pool == f"medlake_{kind}" and ingest.retries == 2, dag_id
+        assert ingest.inlets[0].name == f"landing.{kind}"
+
+
+@pytest.mark.parametrize("schedule", ["@hourly", "asset"])
+def test_a_source_schedule_of_its_own_cron_with_a_sensor_or_its_landing_asset(schedule, monkeypatch):
+    monkeypatch.setenv("MEDLAKE__AIRFLOW__SOURCE_SCHEDULE", schedule)
+    monkeypatch.setenv("MEDLAKE__AIRFLOW__SOURCE_RETRIES", '{"dicom": 5}')
+    bag = DagBag(dag_folder=str(DAGS / "medlake_sources.py"))
+    assert bag.import_errors == {}
+    dag = bag.dags["ehr_fhir"]
+    if schedule == "asset":
+        assert [a.name for a in dag.timetable.asset_condition.objects] == ["landing.fhir"]
+        assert [t.task_id for t in dag.tasks] == ["ingest"]
+    else:
+        assert [t.task_id for t in dag.topological_sort()] == ["wait_for_files", "ingest"]
+        sensor = dag.get_task("wait_for_files")
+        assert sensor.mode == "reschedule" and sensor.pool == "medlake_fhir"
+    assert bag.dags["pacs_dicom"].get_task("ingest").retries == 5
+
+
+def test_the_landing_sensor_waits_for_a_file_not_a_folder(tmp_path):
+    from medlake.sources import has_files
+
+    (tmp_path / "fhir" / "bulk").mkdir(parents=True)
+    (tmp_path / "fhir" / ".partial").write_text("copying")
+    assert not has_files(tmp_path, "fhir") and not has_files(tmp_path, "csv")
+    (tmp_path / "fhir" / "bulk" / "Patient.ndjson").write_text("{}\n")
+    assert has_files(tmp_path, "fhir")

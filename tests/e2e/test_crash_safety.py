@@ -85,6 +85,9 @@ def snapshot(root: Path) -> dict[str, list[str]]:
                 text = text.replace(run, "<run>")
             rows.append(text)
         out[name] = sorted(rows)
+    if (root / "vault" / "_delta_log").is_dir():  # nonces differ run to run: whose identities it holds
+        keys = Lake(root).read("vault", columns=["person_key", "source_key"]).to_pylist()
+        out["vault (keys)"] = sorted(f"{r['person_key']}|{r['source_key']}" for r in keys)
     return out
 
 
@@ -118,28 +121,47 @@ def _exists(path: Path) -> Callable[[], bool]:
     return lambda: (path / "_delta_log").is_dir()
 
 
+def _new_data_file(table: Path) -> Callable[[], bool]:
+    """True once a data file appears in the table that was not there when this was made: a MERGE
+    writes its files before it commits them to the log."""
+    before = set(table.rglob("*.parquet"))
+    return lambda: any(p not in before for p in table.rglob("*.parquet"))
+
+
 #: where each kill lands: ingest after FHIR reached bronze (five sources to go); clean after the
-#: identities went to the vault and the crosswalk, while it standardizes into staging; the gate
-#: after silver.patients was promoted, before the other tables
+#: identities went to the vault and the crosswalk, while it standardizes into staging; clean in its
+#: vault write (the vault table made, its encrypted identities being merged or just merged); the
+#: gate after silver.patients was promoted, before the other tables; the gate in a MERGE into
+#: silver.observations (a gate run again under the same run id after it had promoted everything,
+#: as Airflow does when a task's success was lost: every silver table is MERGEd, and the kill
+#: comes when that MERGE's first data file is on disk)
 KILL_POINTS: dict[str, Callable[[Path], Callable[[], bool]]] = {
     "ingest": lambda lake: _exists(lake / "bronze" / "fhir_resources"),
     "clean": lambda lake: _exists(lake / "staging" / "observations"),
+    "vault": lambda lake: _exists(lake / "vault"),
     "gate": lambda lake: _exists(lake / "silver" / "patients"),
+    "merge": lambda lake: _new_data_file(lake / "silver" / "observations"),
 }
 ORDER = ("ingest", "clean", "gate")
+#: the stage each kill point is in, and the stages that ran to the end before it
+STAGE_OF = {"vault": "clean", "merge": "gate"}
+BEFORE = {"merge": ("ingest", "clean", "gate")}
 
 
 @pytest.mark.parametrize(
     ("killed", "recovery"),
-    [("ingest", "new run"), ("clean", "new run"), ("clean", "retry"), ("gate", "retry")],
+    [("ingest", "new run"), ("clean", "new run"), ("clean", "retry"), ("gate", "retry"),
+     ("vault", "retry"), ("merge", "retry")],
 )
 def test_a_stage_killed_then_recovered_leaves_the_tables_of_an_uninterrupted_run(
     killed: str, recovery: str, landing: Path, reference: dict[str, list[str]], tmp_path: Path
 ) -> None:
     lake = tmp_path / "lake"
-    for name in ORDER[: ORDER.index(killed)]:
+    stage_name = STAGE_OF.get(killed, killed)
+    for name in BEFORE.get(killed, ORDER[: ORDER.index(stage_name)]):
         finish(name, lake, "crashrun-a", landing)
-    kill_when(killed, lake, "crashrun-a", landing, KILL_POINTS[killed](lake))
+    kill_when(stage_name, lake, "crashrun-a", landing, KILL_POINTS[killed](lake))
+    killed = stage_name
 
     if recovery == "retry":  # Airflow retries the task, then runs the rest, under the same run id
         final = "crashrun-a"

@@ -1,0 +1,99 @@
+"""What a source DAG (dags/medlake_sources.py) is made of beyond its task: its schedule, sensor,
+pool and retries (``MEDLAKE__AIRFLOW__*``), and the bronze asset events it emits.
+
+- Schedule (``MEDLAKE__AIRFLOW__SOURCE_SCHEDULE``): unset, the DAG runs when `medlake run`
+  triggers it; a cron expression or preset, on that schedule, each run first waiting (a sensor,
+  rescheduled so it holds no worker slot) for files in its landing folder; ``asset``, on an event
+  of its landing folder's asset ``landing.<kind>`` (a delivery system posts it through the REST API).
+- Pool: one per source, ``medlake_<kind>`` with ``MEDLAKE__AIRFLOW__POOL_SLOTS`` slots, made by
+  `medlake run` when it starts the local Airflow (:func:`pools`), so one source's backlog cannot
+  take every worker slot from the others.
+- Retries: ``MEDLAKE__AIRFLOW__RETRIES``, per source over it ``MEDLAKE__AIRFLOW__SOURCE_RETRIES``.
+- Asset events: each bronze table the ingest wrote, with the lake, the Delta version it left and
+  the run id in ``extra``; the curation run they trigger reads bronze at exactly those versions
+  (:func:`trigger_versions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from medlake.config import Settings
+from medlake.registry import SOURCE_DAGS
+
+#: the schedule setting's value that schedules a source DAG on its landing folder's asset
+ASSET = "asset"
+
+
+def pool(kind: str) -> str:
+    """The Airflow pool of a source's tasks: ``medlake_fhir``."""
+    return f"medlake_{kind}"
+
+
+def pools(settings: Settings) -> dict[str, int]:
+    """Every source's pool and its slots."""
+    return {pool(kind): settings.airflow.pool_slots for kind in SOURCE_DAGS.values()}
+
+
+def retries(settings: Settings, kind: str) -> int:
+    return settings.airflow.source_retries.get(kind, settings.airflow.retries)
+
+
+def schedule(settings: Settings) -> str | None:
+    """The cron schedule of the source DAGs, ``asset``, or None (triggered only)."""
+    value = (settings.airflow.source_schedule or "").strip()
+    return value or None
+
+
+def sensed(settings: Settings) -> bool:
+    """A cron-scheduled run waits for files in its landing folder first."""
+    found = schedule(settings)
+    return found is not None and found != ASSET
+
+
+def has_files(landing: str | Path, kind: str) -> bool:
+    """Whether ``landing/<kind>/`` holds a file (hidden ones, a delivery still being copied, aside)."""
+    folder = Path(landing) / kind
+    if not folder.is_dir():
+        return False
+    return any(
+        p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        for p in folder.rglob("*")
+    )
+
+
+def bronze_events(
+    lake: str | Path, tables: Iterable[str], versions: Mapping[str, object], *, run_id: str
+) -> dict[str, dict[str, Any]]:
+    """The ``extra`` of each bronze table's asset event: the lake, the table's Delta version after
+    this ingest (the version it wrote, else the current one), and the run id. A table that does
+    not exist yet (nothing ever landed) gets no version."""
+    from medlake.lake import Lake
+
+    root = Path(lake).resolve()
+    target = Lake(root)
+    events: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        wrote = versions.get(table)
+        version = wrote if isinstance(wrote, int) else target.version(table)
+        events[table] = {"lake": str(root), "run_id": run_id, "version": version}
+    return events
+
+
+def trigger_versions(
+    events: Mapping[Any, Iterable[Any]], lake: str
+) -> dict[str, int]:
+    """From a run's triggering asset events: each bronze table → the highest version its events
+    name for this lake (events of several source runs may have queued up before the run)."""
+    found: dict[str, int] = {}
+    for asset, queued in events.items():
+        name = getattr(asset, "name", None) or str(asset)
+        for event in queued:
+            extra = getattr(event, "extra", None) or {}
+            version = extra.get("version")
+            if extra.get("lake") != lake or not isinstance(version, int):
+                continue
+            found[name] = max(version, found.get(name, version))
+    return found
