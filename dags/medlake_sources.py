@@ -4,9 +4,10 @@ each landing/<kind>/ → its bronze tables, generated from `medlake/registry.py`
 Each run appends a batch under its run id; the batch stays pending until the curation DAG
 (`medlake_curation`, scheduled on these bronze assets) carries it to silver. Each bronze asset
 event names the Delta version the run left, and the curation run reads bronze at those versions.
-Source DAGs run in parallel with each other, each in its own pool (`medlake_<kind>`): each writes
-its own bronze tables, and commit races on the shared quarantine and ledger are retried.
-Schedule, pools and retries: `MEDLAKE__AIRFLOW__*` (medlake/sources.py).
+A large landing fans out: `plan` splits it into batches of files, `ingest` is mapped over them
+(one at a time per run; each its own batch `<run id>.b<n>`). Source DAGs run side by side, each
+in its own pool (`medlake_<kind>`); commit races on the shared quarantine and ledger are retried.
+Schedule, pools, retries, batch size: `MEDLAKE__AIRFLOW__*` (medlake/sources.py).
 """
 
 from __future__ import annotations
@@ -48,17 +49,28 @@ def source_dag(dag_id: str, kind: str) -> DAG:
         def wait_for_files() -> bool:
             return sources.has_files(get_current_context()["params"]["landing"], kind)
 
-        @task(task_id="ingest", inlets=[assets.landing(kind)], outlets=[*bronze, assets.QUARANTINE, assets.LEDGER])
-        def ingest() -> dict[str, object]:
+        @task(task_id="plan")
+        def plan() -> list[int]:
+            context = get_current_context()
+            return sources.plan_batches(context["params"]["landing"], kind, context["params"]["lake"],
+                                        run_id=context["run_id"], size=SETTINGS.airflow.batch_files)
+
+        @task(task_id="ingest", inlets=[assets.landing(kind)], outlets=[*bronze, assets.QUARANTINE, assets.LEDGER],
+              max_active_tis_per_dagrun=1)
+        def ingest(batch: int) -> dict[str, object]:
             from medlake.jobs.pipeline import task_ingest_source
 
             context = get_current_context()
-            params, run_id = context["params"], context["run_id"]
+            params = context["params"]
+            landing, run_id = sources.batch_landing(params["lake"], kind, run_id=context["run_id"],
+                                                    batch=batch, landing=params["landing"])
             try:
-                result = task_ingest_source(kind, params["landing"], params["lake"], run_id=run_id,
-                                            dag_id=dag_id, engine=params.get("engine") or None)
+                result = task_ingest_source(kind, landing, params["lake"], run_id=run_id, dag_id=dag_id,
+                                            engine=params.get("engine") or None)
             except BadDataError as exc:
                 raise AirflowFailException(str(exc)) from exc
+            finally:
+                sources.drop_batch_landing(landing)
             versions = result.get("versions")
             # the lake and each bronze table's version: the curation run reads exactly those
             extras = sources.bronze_events(params["lake"], BRONZE_OF[kind],
@@ -67,10 +79,10 @@ def source_dag(dag_id: str, kind: str) -> DAG:
                 context["outlet_events"][outlet].extra = extras[outlet.name]
             return result
 
+        batches = plan()
+        ingest.expand(batch=batches)
         if sources.sensed(SETTINGS):
-            wait_for_files() >> ingest()
-        else:
-            ingest()
+            wait_for_files() >> batches
     return dag
 
 

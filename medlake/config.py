@@ -247,6 +247,12 @@ class AirflowSettings(BaseModel):
         description="Slots of each source's Airflow pool (`medlake_<kind>`, made when `medlake run` starts Airflow): "
         "how many of that source's tasks run at once.",
     )
+    batch_files: int = Field(
+        default=1000,
+        ge=0,
+        description="Files per mapped ingest task of a source DAG: a larger landing folder fans out over batches "
+        "of this many files (dynamic task mapping), each its own batch in bronze; 0: one task per folder.",
+    )
     retries: int = Field(default=2, ge=0, description="Retries of every source and curation task.")
     source_retries: dict[str, int] = Field(
         default={},

@@ -16,6 +16,8 @@ pool and retries (``MEDLAKE__AIRFLOW__*``), and the bronze asset events it emits
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -97,3 +99,80 @@ def trigger_versions(
                 continue
             found[name] = max(version, found.get(name, version))
     return found
+
+
+# --- large landings: file batches, one mapped ingest task each -----------------------------------
+
+#: files every batch of a kind carries (the CSV mapping files say how to read the extracts)
+SHARED_SUFFIXES: dict[str, tuple[str, ...]] = {"csv": (".mapping.yaml", ".mapping.yml")}
+PLANS = "_landing_batches"
+
+
+def _units(folder: Path, kind: str) -> tuple[list[list[str]], list[str]]:
+    """The landing files of a kind as units that stay together (a file and its companions with the
+    same stem in the same folder: a PhysioNet header and its signal, a VCF and its index), and the
+    files every batch carries; paths relative to the landing folder, hidden ones left out."""
+    shared_suffixes = SHARED_SUFFIXES.get(kind, ())
+    units: dict[tuple[str, str], list[str]] = {}
+    shared: list[str] = []
+    if not folder.is_dir():
+        return [], []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        name = f"{kind}/{relative.as_posix()}"
+        if path.name.endswith(shared_suffixes):
+            shared.append(name)
+        else:
+            units.setdefault((relative.parent.as_posix(), path.name.split(".")[0]), []).append(name)
+    return list(units.values()), shared
+
+
+def plan_batches(landing: str | Path, kind: str, lake: str | Path, *, run_id: str, size: int) -> list[int]:
+    """Split ``landing/<kind>/`` into batches of about ``size`` files (0: one batch), written to
+    ``<lake>/_landing_batches/<run>/<kind>.json`` so a retried task reads the same batch; returns the
+    batch numbers (what the ingest task is mapped over). One batch: the folder itself is ingested."""
+    units, shared = _units(Path(landing) / kind, kind)
+    batches: list[list[str]] = []
+    for unit in units:
+        if not batches or (size and len(batches[-1]) + len(unit) > size):
+            batches.append([])
+        batches[-1].extend(unit)
+    if len(batches) <= 1:
+        return [0]
+    path = _plan_path(lake, run_id, kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"landing": str(Path(landing).resolve()), "shared": shared, "batches": batches}))
+    return list(range(len(batches)))
+
+
+def batch_landing(lake: str | Path, kind: str, *, run_id: str, batch: int, landing: str | Path) -> tuple[str, str]:
+    """The landing folder and batch id of one mapped ingest: the landing folder itself under the run
+    id when there is one batch; else a folder of links to the batch's files (the same relative
+    names, so bronze and the quarantine name files as an unbatched run does) under the batch id
+    ``<run id>.b<n>``, its own batch in bronze and in the pending ledger."""
+    path = _plan_path(lake, run_id, kind)
+    if not path.is_file():
+        return str(landing), run_id
+    plan = json.loads(path.read_text())
+    view = path.parent / f"{kind}-{batch:05d}"
+    if view.exists():
+        shutil.rmtree(view)
+    for name in [*plan["shared"], *plan["batches"][batch]]:
+        link = view / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(plan["landing"]) / name)
+    return str(view), f"{run_id}.b{batch:05d}"
+
+
+def _plan_path(lake: str | Path, run_id: str, kind: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    return Path(lake).resolve() / PLANS / safe / f"{kind}.json"
+
+
+def drop_batch_landing(landing: str | Path) -> None:
+    """Remove a batch's folder of links after its ingest (never the landing folder itself)."""
+    path = Path(landing)
+    if path.parent.parent.name == PLANS and path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)

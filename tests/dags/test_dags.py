@@ -63,7 +63,8 @@ SOURCE_DAGS = {"ehr_fhir": "bronze.fhir_resources", "ehr_hl7v2": "bronze.hl7v2_m
 def test_a_dag_per_source_domain_writes_its_bronze_tables(dagbag):
     for dag_id, bronze in SOURCE_DAGS.items():
         dag = dagbag.dags[dag_id]
-        (ingest,) = dag.tasks
+        ingest = dag.get_task("ingest")
+        assert [t.task_id for t in dag.topological_sort()] == ["plan", "ingest"], dag_id
         assert bronze in {a.name for a in ingest.outlets}, dag_id
         assert {"quarantine", "ledger"} <= {a.name for a in ingest.outlets}, dag_id
         assert dag.max_active_runs == 1, dag_id
@@ -104,8 +105,9 @@ def test_source_dags_have_a_pool_each_and_their_retries(dagbag):
     from medlake.registry import SOURCE_DAGS
 
     for dag_id, kind in SOURCE_DAGS.items():
-        (ingest,) = dagbag.dags[dag_id].tasks
-        assert ingest.pool == f"medlake_{kind}" and ingest.retries == 2, dag_id
+        for task in dagbag.dags[dag_id].tasks:
+            assert task.pool == f"medlake_{kind}" and task.retries == 2, (dag_id, task.task_id)
+        ingest = dagbag.dags[dag_id].get_task("ingest")
         assert ingest.inlets[0].name == f"landing.{kind}"
 
 
@@ -118,9 +120,9 @@ def test_a_source_schedule_of_its_own_cron_with_a_sensor_or_its_landing_asset(sc
     dag = bag.dags["ehr_fhir"]
     if schedule == "asset":
         assert [a.name for a in dag.timetable.asset_condition.objects] == ["landing.fhir"]
-        assert [t.task_id for t in dag.tasks] == ["ingest"]
+        assert [t.task_id for t in dag.topological_sort()] == ["plan", "ingest"]
     else:
-        assert [t.task_id for t in dag.topological_sort()] == ["wait_for_files", "ingest"]
+        assert [t.task_id for t in dag.topological_sort()] == ["wait_for_files", "plan", "ingest"]
         sensor = dag.get_task("wait_for_files")
         assert sensor.mode == "reschedule" and sensor.pool == "medlake_fhir"
     assert bag.dags["pacs_dicom"].get_task("ingest").retries == 5
@@ -134,3 +136,24 @@ def test_the_landing_sensor_waits_for_a_file_not_a_folder(tmp_path):
     assert not has_files(tmp_path, "fhir") and not has_files(tmp_path, "csv")
     (tmp_path / "fhir" / "bulk" / "Patient.ndjson").write_text("{}\n")
     assert has_files(tmp_path, "fhir")
+
+
+def test_a_large_landing_is_planned_as_batches_each_a_folder_of_its_files(tmp_path):
+    from medlake.sources import batch_landing, drop_batch_landing, plan_batches
+
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    for name in ("a.csv", "b.csv", "c.csv", "lab.mapping.yaml", "sub/d.csv"):
+        (landing / "csv" / name).parent.mkdir(parents=True, exist_ok=True)
+        (landing / "csv" / name).write_text(name)
+    assert plan_batches(landing, "csv", lake, run_id="manual__1", size=0) == [0]
+    assert batch_landing(lake, "csv", run_id="manual__1", batch=0, landing=landing) == (str(landing), "manual__1")
+    assert plan_batches(landing, "csv", lake, run_id="manual__2", size=2) == [0, 1]
+    views = [batch_landing(lake, "csv", run_id="manual__2", batch=b, landing=landing) for b in (0, 1)]
+    assert [run for _, run in views] == ["manual__2.b00000", "manual__2.b00001"]
+    seen = [sorted(p.relative_to(Path(view) / "csv").as_posix() for p in (Path(view) / "csv").rglob("*") if p.is_file())
+            for view, _ in views]
+    assert seen == [["a.csv", "b.csv", "lab.mapping.yaml"], ["c.csv", "lab.mapping.yaml", "sub/d.csv"]]
+    assert (Path(views[0][0]) / "csv" / "a.csv").read_text() == "a.csv"
+    drop_batch_landing(views[0][0])
+    drop_batch_landing(landing)  # never the landing folder itself
+    assert not Path(views[0][0]).exists() and (landing / "csv" / "a.csv").exists()
