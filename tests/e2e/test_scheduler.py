@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from medlake.sources import pool
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MEDLAKE = str(Path(sys.executable).with_name("medlake"))
+FHIR_BATCH = 12
 
 
 def free_port() -> int:
@@ -43,6 +46,8 @@ def scheduler_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     # a loaded CI machine can take minutes to turn asset events into a run; the test proves the
     # asset schedule, so `medlake run` must not step in with a run of its own
     monkeypatch.setenv("MEDLAKE__AIRFLOW__ASSET_GRACE", "1200")
+    # FHIR's landing fans out over two or more mapped ingest tasks; the other sources' fit in one
+    monkeypatch.setenv("MEDLAKE__AIRFLOW__BATCH_FILES", str(FHIR_BATCH))
     yield port
     subprocess.run([MEDLAKE, "airflow", "stop"], check=False, capture_output=True)
 
@@ -75,10 +80,21 @@ def test_medlake_run_triggers_two_source_dags_at_once_on_a_started_scheduler(
     # the source runs' ingest batches are curated, in the ledger under the source runs' ids
     ledger = Lake(lake).read("ledger").to_pylist()
     ingest_runs = {r["run_id"] for r in ledger if r["stage"] == "ingest" and r["records_out"] > 0}
-    assert ingest_runs == {r["run_id"] for d in ("ehr_fhir", "ehr_hl7v2", "ehr_csv") for r in by_dag[d]}
+    # a mapped ingest's batch is `<run id>.b<n>`; FHIR's landing was ingested in batches
+    assert {re.sub(r"\.b\d{5}$", "", r) for r in ingest_runs} == {
+        r["run_id"] for d in ("ehr_fhir", "ehr_hl7v2", "ehr_csv") for r in by_dag[d]}
+    fhir_files = sum(1 for p in (landing / "fhir").rglob("*") if p.is_file())
+    assert fhir_files > FHIR_BATCH
+    [fhir_run] = by_dag["ehr_fhir"]
+    assert sorted(r for r in ingest_runs if r.startswith(fhir_run["run_id"] + ".b"))[0].endswith(".b00000")
 
     # each curation run read exactly the bronze versions its triggering asset events name
     client = Client(load_settings())
+    quoted = urllib.parse.quote(fhir_run["run_id"], safe="")
+    tasks = client._request("GET", f"/api/v2/dags/ehr_fhir/dagRuns/{quoted}/taskInstances")["task_instances"]
+    mapped = [t for t in tasks if t["task_id"] == "ingest"]
+    assert len(mapped) >= 2 and {t["state"] for t in mapped} == {"success"}
+    assert {t["pool"] for t in tasks} == {pool("fhir")}
     cleaned = {e["run"]["facets"]["medlake_run"]["airflow_run_id"]: e for e in read_events(lake)
                if e["eventType"] == "COMPLETE" and e["job"]["name"].endswith(".clean")}
     fed: dict[str, set[str]] = {}
