@@ -91,13 +91,13 @@ def trigger_versions(
     name for this lake (events of several source runs may have queued up before the run)."""
     found: dict[str, int] = {}
     for asset, queued in events.items():
-        name = getattr(asset, "name", None) or str(asset)
         for event in queued:
+            name = getattr(getattr(event, "asset", None), "name", None) or getattr(asset, "name", None)
             extra = getattr(event, "extra", None) or {}
             version = extra.get("version")
-            if extra.get("lake") != lake or not isinstance(version, int):
+            if name is None or extra.get("lake") != lake or not isinstance(version, int):
                 continue
-            found[name] = max(version, found.get(name, version))
+            found[str(name)] = max(version, found.get(str(name), version))
     return found
 
 

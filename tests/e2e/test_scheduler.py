@@ -86,7 +86,7 @@ def test_medlake_run_triggers_two_source_dags_at_once_on_a_started_scheduler(
     fhir_files = sum(1 for p in (landing / "fhir").rglob("*") if p.is_file())
     assert fhir_files > FHIR_BATCH
     [fhir_run] = by_dag["ehr_fhir"]
-    assert sorted(r for r in ingest_runs if r.startswith(fhir_run["run_id"] + ".b"))[0].endswith(".b00000")
+    assert min(r for r in ingest_runs if r.startswith(fhir_run["run_id"] + ".b")).endswith(".b00000")
 
     # each curation run read exactly the bronze versions its triggering asset events name
     client = Client(load_settings())
