@@ -5,7 +5,8 @@ Each run appends a batch under its run id; the batch stays pending until the cur
 (`medlake_curation`, scheduled on these bronze assets) carries it to silver. Each bronze asset
 event names the Delta version the run left, and the curation run reads bronze at those versions.
 A large landing fans out: `plan` splits it into batches of files, `ingest` is mapped over them
-(one at a time per run; each its own batch `<run id>.b<n>`). Source DAGs run side by side, each
+(one at a time per run; each its own batch `<run id>.b<n>`), and `publish` announces the bronze
+tables once per run (their asset events). Source DAGs run side by side, each
 in its own pool (`medlake_<kind>`); commit races on the shared quarantine and ledger are retried.
 Schedule, pools, retries, batch size: `MEDLAKE__AIRFLOW__*` (medlake/sources.py).
 """
@@ -55,7 +56,7 @@ def source_dag(dag_id: str, kind: str) -> DAG:
             return sources.plan_batches(context["params"]["landing"], kind, context["params"]["lake"],
                                         run_id=context["run_id"], size=SETTINGS.airflow.batch_files)
 
-        @task(task_id="ingest", inlets=[assets.landing(kind)], outlets=[*bronze, assets.QUARANTINE, assets.LEDGER],
+        @task(task_id="ingest", inlets=[assets.landing(kind)], outlets=[assets.QUARANTINE, assets.LEDGER],
               max_active_tis_per_dagrun=1)
         def ingest(batch: int) -> dict[str, object]:
             from medlake.jobs.pipeline import task_ingest_source
@@ -65,22 +66,26 @@ def source_dag(dag_id: str, kind: str) -> DAG:
             landing, run_id = sources.batch_landing(params["lake"], kind, run_id=context["run_id"],
                                                     batch=batch, landing=params["landing"])
             try:
-                result = task_ingest_source(kind, landing, params["lake"], run_id=run_id, dag_id=dag_id,
-                                            engine=params.get("engine") or None)
+                return task_ingest_source(kind, landing, params["lake"], run_id=run_id, dag_id=dag_id,
+                                          engine=params.get("engine") or None)
             except BadDataError as exc:
                 raise AirflowFailException(str(exc)) from exc
             finally:
                 sources.drop_batch_landing(landing)
-            versions = result.get("versions")
-            # the lake and each bronze table's version: the curation run reads exactly those
-            extras = sources.bronze_events(params["lake"], BRONZE_OF[kind],
-                                           versions if isinstance(versions, dict) else {}, run_id=run_id)
+
+        @task(task_id="publish", outlets=bronze)
+        def publish(ingested: list[dict[str, object]]) -> dict[str, object]:
+            """One event per bronze table per run (not per batch), naming the lake and the version
+            the run's last batch left: the curation run it triggers reads exactly that version."""
+            context = get_current_context()
+            extras = sources.bronze_events(context["params"]["lake"], BRONZE_OF[kind],
+                                           sources.last_versions(ingested), run_id=context["run_id"])
             for outlet in bronze:
                 context["outlet_events"][outlet].extra = extras[outlet.name]
-            return result
+            return {"versions": {name: extra["version"] for name, extra in extras.items()}}
 
         batches = plan()
-        ingest.expand(batch=batches)
+        publish(ingest.expand(batch=batches))
         if sources.sensed(SETTINGS):
             wait_for_files() >> batches
     return dag

@@ -84,6 +84,18 @@ def bronze_events(
     return events
 
 
+def last_versions(ingested: Iterable[Mapping[str, object]]) -> dict[str, int]:
+    """The bronze versions a run's mapped ingests left (their XComs, in batch order): the last
+    version each table got."""
+    found: dict[str, int] = {}
+    for result in ingested:
+        versions = result.get("versions") if isinstance(result, Mapping) else None
+        for name, version in (versions or {}).items() if isinstance(versions, Mapping) else ():
+            if isinstance(version, int):
+                found[str(name)] = max(version, found.get(str(name), version))
+    return found
+
+
 def trigger_versions(
     events: Mapping[Any, Iterable[Any]], lake: str
 ) -> dict[str, int]:

@@ -63,9 +63,11 @@ SOURCE_DAGS = {"ehr_fhir": "bronze.fhir_resources", "ehr_hl7v2": "bronze.hl7v2_m
 def test_a_dag_per_source_domain_writes_its_bronze_tables(dagbag):
     for dag_id, bronze in SOURCE_DAGS.items():
         dag = dagbag.dags[dag_id]
-        ingest = dag.get_task("ingest")
-        assert [t.task_id for t in dag.topological_sort()] == ["plan", "ingest"], dag_id
-        assert bronze in {a.name for a in ingest.outlets}, dag_id
+        ingest, publish = dag.get_task("ingest"), dag.get_task("publish")
+        assert [t.task_id for t in dag.topological_sort()] == ["plan", "ingest", "publish"], dag_id
+        # the mapped ingest writes the batches; publish announces the bronze tables once per run
+        assert bronze in {a.name for a in publish.outlets}, dag_id
+        assert not {a.name for a in ingest.outlets} & {a.name for a in publish.outlets}, dag_id
         assert {"quarantine", "ledger"} <= {a.name for a in ingest.outlets}, dag_id
         assert dag.max_active_runs == 1, dag_id
 
@@ -120,9 +122,9 @@ def test_a_source_schedule_of_its_own_cron_with_a_sensor_or_its_landing_asset(sc
     dag = bag.dags["ehr_fhir"]
     if schedule == "asset":
         assert [a.name for a in dag.timetable.asset_condition.objects] == ["landing.fhir"]
-        assert [t.task_id for t in dag.topological_sort()] == ["plan", "ingest"]
+        assert [t.task_id for t in dag.topological_sort()] == ["plan", "ingest", "publish"]
     else:
-        assert [t.task_id for t in dag.topological_sort()] == ["wait_for_files", "plan", "ingest"]
+        assert [t.task_id for t in dag.topological_sort()] == ["wait_for_files", "plan", "ingest", "publish"]
         sensor = dag.get_task("wait_for_files")
         assert sensor.mode == "reschedule" and sensor.pool == "medlake_fhir"
     assert bag.dags["pacs_dicom"].get_task("ingest").retries == 5

@@ -30,7 +30,7 @@ from medlake.sources import pool
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MEDLAKE = str(Path(sys.executable).with_name("medlake"))
-FHIR_BATCH = 12
+FHIR_BATCH = 6
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import pyarrow as pa
 from medlake import pending
 from medlake.lake import Lake
 from medlake.registry import BRONZE_FHIR, BRONZE_HL7V2, CURATION
-from medlake.sources import trigger_versions
+from medlake.sources import last_versions, trigger_versions
 
 NOW = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
 
@@ -69,3 +69,8 @@ def test_the_trigger_versions_are_the_highest_each_table_names_for_the_lake():
         Named(BRONZE_HL7V2.name): [event(None)],
     }
     assert trigger_versions(events, "/lake") == {BRONZE_FHIR.name: 5}
+
+
+def test_a_run_announces_the_last_version_its_batches_left():
+    ingested = [{"versions": {BRONZE_FHIR.name: 4, "ledger": None}}, {"versions": {BRONZE_FHIR.name: 6}}]
+    assert last_versions(ingested) == {BRONZE_FHIR.name: 6}
