@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from medlake import assets, sources
 from medlake.config import Settings
@@ -64,6 +64,8 @@ def medlake_curation() -> None:
         context = get_current_context()
         events = context.get("triggering_asset_events") or {}
         trigger = sources.trigger_versions(events, _lake()) or None  # none named: all pending
+        if trigger is not None and not sources.pending_at(_lake(), trigger):
+            raise AirflowSkipException(f"the bronze versions this run's events name are curated: {trigger}")
         return _call(task_clean, bronze_version=None, engine=context["params"].get("engine") or None,
                      trigger=trigger)
 

@@ -42,6 +42,8 @@ def source_dag(dag_id: str, kind: str) -> DAG:
             "landing": Param(str(SETTINGS.airflow.landing), type="string", description="Landing folder"),
             "lake": Param(str(SETTINGS.lake.root), type="string", description="Lake root"),
             "engine": Param("", type="string", enum=["", "embedded", "spark"]),
+            "delivery": Param("", type="string", description="Delivery id (`medlake run`)"),
+            "sources": Param("", type="string", description="Landing kinds of the delivery"),
         },
     ) as dag:
 
@@ -75,14 +77,17 @@ def source_dag(dag_id: str, kind: str) -> DAG:
 
         @task(task_id="publish", outlets=bronze)
         def publish(ingested: list[dict[str, object]]) -> dict[str, object]:
-            """One event per bronze table per run (not per batch), naming the lake and the version
-            the run's last batch left: the curation run it triggers reads exactly that version."""
+            """One event per bronze table per run: the versions its curation run reads (medlake/sources.py)."""
             context = get_current_context()
-            extras = sources.bronze_events(context["params"]["lake"], BRONZE_OF[kind],
-                                           sources.last_versions(ingested), run_id=context["run_id"])
+            params = context["params"]
+            own = sources.bronze_versions(params["lake"], BRONZE_OF[kind], sources.last_versions(ingested))
+            named = sources.announce(params["lake"], kind, own, delivery=params.get("delivery") or "",
+                                     sources=[k for k in (params.get("sources") or "").split(",") if k],
+                                     timeout=SETTINGS.airflow.delivery_wait)
+            extras = sources.bronze_events(params["lake"], own, run_id=context["run_id"], named=named)
             for outlet in bronze:
                 context["outlet_events"][outlet].extra = extras[outlet.name]
-            return {"versions": {name: extra["version"] for name, extra in extras.items()}}
+            return {"versions": named}
 
         batches = plan()
         publish(ingest.expand(batch=batches))

@@ -253,6 +253,12 @@ class AirflowSettings(BaseModel):
         description="Files per mapped ingest task of a source DAG: a larger landing folder fans out over batches "
         "of this many files (dynamic task mapping), each its own batch in bronze; 0: one task per folder.",
     )
+    delivery_wait: float = Field(
+        default=900,
+        gt=0,
+        description="Seconds a source run `medlake run` started waits for the other sources of its delivery to reach "
+        "bronze before it announces its bronze tables, so the delivery is curated together.",
+    )
     retries: int = Field(default=2, ge=0, description="Retries of every source and curation task.")
     source_retries: dict[str, int] = Field(
         default={},

@@ -288,12 +288,16 @@ def run_scheduled(
         client = start(settings, progress=progress)
         client.wait_dags([*SOURCE_DAGS, CURATION])
         earlier = {r.run_id for r in client.runs(CURATION)}
-        conf = {"landing": str(landing.resolve()), "lake": str(lake.resolve()), "engine": engine or ""}
+        kinds = [kind for kind in SOURCE_DAGS.values() if (landing / kind).is_dir()]
+        # one delivery: each source run announces its bronze tables once all have reached bronze,
+        # naming every source's versions, so the delivery is curated together (medlake/sources.py)
+        conf = {"landing": str(landing.resolve()), "lake": str(lake.resolve()), "engine": engine or "",
+                "delivery": f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}", "sources": ",".join(kinds)}
         (lake.resolve() / "_lineage").mkdir(parents=True, exist_ok=True)
         triggered = [
             (dag_id, client.trigger(dag_id, conf))
             for dag_id, kind in SOURCE_DAGS.items()
-            if (landing / kind).is_dir()
+            if kind in kinds
         ]
         sources = client.follow(triggered, progress=progress)
         failed = [r for r in sources if r.state != "success"]

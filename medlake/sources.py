@@ -66,22 +66,31 @@ def has_files(landing: str | Path, kind: str) -> bool:
     )
 
 
-def bronze_events(
-    lake: str | Path, tables: Iterable[str], versions: Mapping[str, object], *, run_id: str
-) -> dict[str, dict[str, Any]]:
-    """The ``extra`` of each bronze table's asset event: the lake, the table's Delta version after
-    this ingest (the version it wrote, else the current one), and the run id. A table that does
-    not exist yet (nothing ever landed) gets no version."""
+def bronze_versions(lake: str | Path, tables: Iterable[str], versions: Mapping[str, object]) -> dict[str, int | None]:
+    """Each bronze table's Delta version after this run's ingest: the version it wrote, else the
+    current one (None: the table does not exist yet, nothing ever landed)."""
     from medlake.lake import Lake
 
-    root = Path(lake).resolve()
-    target = Lake(root)
-    events: dict[str, dict[str, Any]] = {}
+    target = Lake(Path(lake).resolve())
+    found: dict[str, int | None] = {}
     for table in tables:
         wrote = versions.get(table)
-        version = wrote if isinstance(wrote, int) else target.version(table)
-        events[table] = {"lake": str(root), "run_id": run_id, "version": version}
-    return events
+        found[table] = wrote if isinstance(wrote, int) else target.version(table)
+    return found
+
+
+def bronze_events(
+    lake: str | Path, own: Mapping[str, int | None], *, run_id: str, named: Mapping[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The ``extra`` of each of a run's bronze tables' asset event: the lake, the table's version
+    (``own``), the run id, and ``versions``: every bronze version the event names for curation
+    (its own, and those of the other sources of the same delivery, :func:`announce`)."""
+    root = str(Path(lake).resolve())
+    versions = dict(named or {name: v for name, v in own.items() if v is not None})
+    return {
+        table: {"lake": root, "run_id": run_id, "version": version, "versions": versions}
+        for table, version in own.items()
+    }
 
 
 def last_versions(ingested: Iterable[Mapping[str, object]]) -> dict[str, int]:
@@ -106,10 +115,14 @@ def trigger_versions(
         for event in queued:
             name = getattr(getattr(event, "asset", None), "name", None) or getattr(asset, "name", None)
             extra = getattr(event, "extra", None) or {}
-            version = extra.get("version")
-            if name is None or extra.get("lake") != lake or not isinstance(version, int):
+            if extra.get("lake") != lake:
                 continue
-            found[str(name)] = max(version, found.get(str(name), version))
+            named = dict(extra.get("versions") or {})
+            if name is not None:
+                named[str(name)] = extra.get("version")
+            for table, version in named.items():
+                if isinstance(version, int):
+                    found[table] = max(version, found.get(table, version))
     return found
 
 
@@ -188,3 +201,49 @@ def drop_batch_landing(landing: str | Path) -> None:
     path = Path(landing)
     if path.parent.parent.name == PLANS and path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
+
+
+# --- one delivery, several sources: announced together -------------------------------------------
+
+DELIVERIES = "_deliveries"
+
+
+def announce(
+    lake: str | Path, kind: str, versions: Mapping[str, int | None], *, delivery: str,
+    sources: Iterable[str], timeout: float, poll: float = 2.0,
+) -> dict[str, int]:
+    """The bronze versions a source run's event names when `medlake run` delivered several sources
+    at once (``delivery``: its id; ``sources``: the kinds it triggered): this source's, and those
+    of every other source of the delivery that has published by the time all have, or ``timeout``
+    seconds have passed (a failed source names nothing). Each source run writes its versions to
+    ``<lake>/_deliveries/<delivery>/<kind>.json`` and waits for the others, so the curation run the
+    first event triggers reads the whole delivery (a lab row and its patient's record, from two
+    sources, curated together) and the later ones find it curated. No delivery: this source's."""
+    import time
+
+    own = {name: v for name, v in versions.items() if isinstance(v, int)}
+    if not delivery:
+        return own
+    folder = Path(lake).resolve() / DELIVERIES / "".join(c if c.isalnum() or c in "-_." else "_" for c in delivery)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f"{kind}.json"
+    (folder / f".{kind}.tmp").write_text(json.dumps(own))
+    (folder / f".{kind}.tmp").replace(marker)
+    wanted = set(sources) | {kind}
+    deadline = time.monotonic() + timeout
+    while not all((folder / f"{k}.json").is_file() for k in wanted) and time.monotonic() < deadline:
+        time.sleep(poll)
+    found: dict[str, int] = {}
+    for k in sorted(wanted):
+        path = folder / f"{k}.json"
+        if path.is_file():
+            found.update(json.loads(path.read_text()))
+    return {**found, **own}
+
+
+def pending_at(lake: str | Path, versions: Mapping[str, int]) -> dict[str, list[str]]:
+    """The batches not yet curated in the bronze tables at the versions a trigger names."""
+    from medlake.lake import Lake
+    from medlake.pending import pending
+
+    return pending(Lake(Path(lake).resolve()), versions=versions)

@@ -74,3 +74,21 @@ def test_the_trigger_versions_are_the_highest_each_table_names_for_the_lake():
 def test_a_run_announces_the_last_version_its_batches_left():
     ingested = [{"versions": {BRONZE_FHIR.name: 4, "ledger": None}}, {"versions": {BRONZE_FHIR.name: 6}}]
     assert last_versions(ingested) == {BRONZE_FHIR.name: 6}
+
+
+def test_a_delivery_is_announced_with_every_source_that_reached_bronze(tmp_path: Path):
+    from medlake.sources import announce, bronze_events
+
+    lake = tmp_path / "lake"
+    # csv finishes first and waits; fhir publishes; then csv names both (here: in turn, no threads)
+    first = announce(lake, "csv", {"bronze.csv_rows": 2}, delivery="d1", sources=["csv", "fhir"], timeout=0.01)
+    assert first == {"bronze.csv_rows": 2}  # fhir had not published: it named its own only
+    both = announce(lake, "fhir", {BRONZE_FHIR.name: 7}, delivery="d1", sources=["csv", "fhir"], timeout=5)
+    assert both == {"bronze.csv_rows": 2, BRONZE_FHIR.name: 7}
+    alone = announce(lake, "fhir", {BRONZE_FHIR.name: 8}, delivery="", sources=[], timeout=5)
+    assert alone == {BRONZE_FHIR.name: 8}
+    extra = bronze_events(lake, {BRONZE_FHIR.name: 7}, run_id="r", named=both)[BRONZE_FHIR.name]
+    assert extra["version"] == 7 and extra["versions"] == both and extra["lake"] == str(lake.resolve())
+    # the curation run an event of the delivery triggers reads every version it names
+    events = {Named(BRONZE_FHIR.name): [SimpleNamespace(extra=extra)]}
+    assert trigger_versions(events, str(lake.resolve())) == both
