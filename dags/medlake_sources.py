@@ -69,7 +69,7 @@ def source_dag(dag_id: str, kind: str) -> DAG:
                                                     batch=batch, landing=params["landing"])
             try:
                 return task_ingest_source(kind, landing, params["lake"], run_id=run_id, dag_id=dag_id,
-                                          engine=params.get("engine") or None)
+                                          engine=params.get("engine") or None, lineage_landing=params["landing"])
             except BadDataError as exc:
                 raise AirflowFailException(str(exc)) from exc
             finally:

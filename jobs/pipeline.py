@@ -829,10 +829,13 @@ def task_ingest(
 
 
 def task_ingest_source(
-    kind: str, landing: str, lake: str, *, run_id: str, dag_id: str, engine: str | None = None
+    kind: str, landing: str, lake: str, *, run_id: str, dag_id: str, engine: str | None = None,
+    lineage_landing: str | None = None,
 ) -> dict[str, object]:
     """One source DAG's ingest: ``landing/<kind>/`` → its bronze tables, a batch under ``run_id``
-    that stays pending until a curation run's gate carries it (:mod:`medlake.pending`)."""
+    that stays pending until a curation run's gate carries it (:mod:`medlake.pending`).
+    ``lineage_landing``: the landing folder the lineage names, when ``landing`` is a batch's
+    folder of links to some of its files (medlake/sources.py)."""
     settings = Settings()
     target = lake_for(settings, Path(lake))
     runner = engine_for(settings, kind=engine or None)
@@ -840,7 +843,7 @@ def task_ingest_source(
         target,
         job=f"{dag_id}.ingest",
         run_id=run_id,
-        sources=[Path(landing) / kind],
+        sources=[Path(lineage_landing or landing) / kind],
         config=lineage_config(settings),
         engine=runner.name,
     ) as run:
