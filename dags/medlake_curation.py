@@ -1,7 +1,12 @@
-"""Curation: every pending bronze batch → staging (clean, entity resolution) → silver (gate) →
-gold (dbt) → the run summary. Scheduled on the bronze assets the source DAGs produce; one run at
-a time per deployment (max_active_runs=1), so a batch is curated once, by whichever run comes
-next after it landed — also a batch a killed run left behind (medlake/pending.py).
+"""Curation: bronze batches → staging (clean, entity resolution) → silver (gate) → gold (dbt) →
+the run summary. Scheduled on the bronze assets the source DAGs produce; one run at a time per
+deployment (max_active_runs=1), so a batch is curated once (medlake/pending.py).
+
+An asset-triggered run reads exactly the bronze versions its triggering events name
+(`extra["version"]`): the pending batches in those tables at those versions — the trigger's, and
+any a killed run left before them — and records the versions in its clean stage's lineage and
+XCom. A batch a source run commits later waits for the run its own event triggers. A run
+triggered by hand (no events) takes every pending batch at the tables' current versions.
 
 The lake is the triggering asset events' `extra["lake"]`, else the `lake` param.
 """
@@ -13,12 +18,13 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from medlake import assets
+from medlake import assets, sources
+from medlake.config import Settings
 from medlake.errors import BadDataError
 
-DEFAULT_ARGS = {"owner": "medlake", "retries": 2, "retry_delay": timedelta(seconds=20)}
+DEFAULT_ARGS = {"owner": "medlake", "retries": Settings().airflow.retries, "retry_delay": timedelta(seconds=20)}
 
 
 def _lake() -> str:
@@ -55,8 +61,13 @@ def medlake_curation() -> None:
     def clean() -> dict[str, object]:
         from medlake.jobs.pipeline import task_clean
 
-        engine = get_current_context()["params"].get("engine") or None
-        return _call(task_clean, bronze_version=None, engine=engine)
+        context = get_current_context()
+        events = context.get("triggering_asset_events") or {}
+        trigger = sources.trigger_versions(events, _lake()) or None  # none named: all pending
+        if trigger is not None and not sources.pending_at(_lake(), trigger):
+            raise AirflowSkipException(f"the bronze versions this run's events name are curated: {trigger}")
+        return _call(task_clean, bronze_version=None, engine=context["params"].get("engine") or None,
+                     trigger=trigger)
 
     @task(inlets=assets.STAGING, outlets=[*assets.SILVER, assets.QUARANTINE, assets.LEDGER])
     def gate(cleaned: dict[str, object]) -> dict[str, object]:

@@ -72,7 +72,7 @@ from openlineage.client.transport import get_default_factory
 
 from medlake.lake import Lake
 from medlake.ledger import Entry
-from medlake.registry import BRONZE_FHIR, TABLES
+from medlake.registry import BRONZE_FHIR, BRONZE_OF, TABLES, dataset_name
 
 if TYPE_CHECKING:
     from medlake.expectations.gate import GateResult
@@ -392,6 +392,23 @@ def column_lineage(
             ],
             producer=PRODUCER,
         )
+    others = [b for b in ALSO_FED_BY.get(silver, ()) if b in inputs]
+    if layer == "staging" and others:  # a run that read no FHIR (its trigger named HL7 v2 or CSV only)
+        return column_lineage_dataset.ColumnLineageDatasetFacet(
+            fields={},
+            dataset=[
+                _input_field(
+                    namespace,
+                    bronze,
+                    "raw",
+                    kind="INDIRECT",
+                    subtype="TRANSFORMATION",
+                    description=f"rows mapped into the same columns from {bronze}",
+                )
+                for bronze in others
+            ],
+            producer=PRODUCER,
+        )
     staging = f"staging.{table}"
     if layer == "silver" and silver in TABLES and staging in inputs:
         return column_lineage_dataset.ColumnLineageDatasetFacet(
@@ -402,6 +419,33 @@ def column_lineage(
             producer=PRODUCER,
         )
     return None
+
+
+def landing_lineage(
+    output: str, sources: Sequence[Path]
+) -> column_lineage_dataset.ColumnLineageDatasetFacet | None:
+    """A bronze table is made from its own landing folder only (``landing/<kind>/``, by
+    ``BRONZE_OF``), not from every folder the ingest stage read: ``bronze.fhir_resources`` ←
+    ``landing/fhir``. None for other tables, or when that folder is not among the sources."""
+    kinds = [kind for kind, tables in BRONZE_OF.items() if output in tables]
+    own = [p for p in sources if p.name in kinds]
+    if not own:
+        return None
+    return column_lineage_dataset.ColumnLineageDatasetFacet(
+        fields={},
+        dataset=[
+            _input_field(
+                "file",
+                str(path.resolve()),
+                "content",
+                kind="DIRECT",
+                subtype="TRANSFORMATION",
+                description="the files of this landing folder, parsed",
+            )
+            for path in own
+        ],
+        producer=PRODUCER,
+    )
 
 
 def _input_field(
@@ -579,7 +623,7 @@ class StageRun:
             )
         return InputDataset(
             namespace=namespace,
-            name=name,
+            name=dataset_name(name),
             facets=self._dataset_facets(name, version, namespace),
             inputFacets=facets,
         )
@@ -590,7 +634,9 @@ class StageRun:
         if version is None:
             version = self.lake.version(name)
         facets = self._dataset_facets(name, version, namespace)
-        lineage = column_lineage(name, read, namespace=namespace)
+        lineage = column_lineage(name, read, namespace=namespace) or landing_lineage(
+            name, self.sources
+        )
         if lineage is not None:
             facets["columnLineage"] = lineage
         output_facets: dict[str, OutputDatasetFacet] = {}
@@ -607,7 +653,7 @@ class StageRun:
                 **_ledger_dict(entry), producer=PRODUCER
             )
         return OutputDataset(
-            namespace=namespace, name=name, facets=facets, outputFacets=output_facets
+            namespace=namespace, name=dataset_name(name), facets=facets, outputFacets=output_facets
         )
 
     def _dataset_facets(
@@ -771,8 +817,14 @@ def lineage_graph(lake: Lake | Path, table: str, *, run_id: str | None = None) -
 
     Built from COMPLETE events only; when a task ran more than once in the run (a retry), its
     last COMPLETE counts. An output made from some of its job's inputs (its column lineage says
-    which, e.g. ``silver.observations`` from ``staging.observations`` only) links to those; any
-    other output to all of them. Versions are those the jobs read (upstream) and wrote (downstream).
+    which, e.g. ``silver.observations`` from ``staging.observations`` only, ``bronze.csv_rows``
+    from ``landing/csv`` only) links to those; any other output to all of them. Versions are
+    those the jobs read (upstream) and wrote (downstream).
+
+    Upstream crosses runs: a table the run read but did not write (the curation run reading
+    ``bronze.fhir_resources`` at version 7) continues in the run that wrote that version (the
+    ``ehr_fhir`` run whose ingest committed it; the last writer at or before it), so a silver
+    table's lineage reaches the landing folders of the source DAG runs that fed it.
     """
     completed: dict[tuple[str, str], dict[str, Any]] = {}
     for event in read_events(lake):
@@ -787,20 +839,38 @@ def lineage_graph(lake: Lake | Path, table: str, *, run_id: str | None = None) -
     if not touching:
         return Graph(table, None, None, run_id, (), ())
     chosen = run_id or _airflow_run_id(max(touching, key=lambda e: e["eventTime"]))
-    # (job, input dataset, output dataset): one edge per output and the inputs it was made from
-    edges = [
-        (e["job"]["name"], i, o)
+    # (run, job, input dataset, output dataset): one edge per output and the inputs it was made from
+    every = [
+        (_airflow_run_id(e) or "", e["job"]["name"], i, o)
         for e in completed.values()
-        if _airflow_run_id(e) == chosen
         for o in e.get("outputs", [])
         for i in _made_from(o, e.get("inputs", []))
     ]
+    edges = [(job, i, o) for run, job, i, o in every if run == chosen]
 
-    def upstream(name: str, seen: frozenset[str]) -> tuple[Link, ...]:
+    def made(name: str, version: int | None, run: str) -> tuple[str, list[tuple[str, Any, Any]]]:
+        """The edges that made ``name`` in ``run``; else those of the run that wrote that version."""
+        here = [(job, i, o) for r, job, i, o in every if r == run and o["name"] == name]
+        if here or version is None:
+            return run, here
+        written = [
+            (v, r) for r, _, _, o in every
+            if o["name"] == name and (v := _dataset_version(o)) is not None and v <= version
+        ]
+        if not written:
+            return run, []
+        last, writer = max(written)
+        return writer, [
+            (job, i, o) for r, job, i, o in every
+            if r == writer and o["name"] == name and _dataset_version(o) == last
+        ]
+
+    def upstream(name: str, version: int | None, run: str, seen: frozenset[str]) -> tuple[Link, ...]:
+        writer, found = made(name, version, run)
         return tuple(
-            _link(job, i, upstream(i["name"], seen | {i["name"]}))
-            for job, i, o in edges
-            if o["name"] == name and i["name"] not in seen
+            _link(job, i, upstream(i["name"], _dataset_version(i), writer, seen | {i["name"]}))
+            for job, i, _ in found
+            if i["name"] not in seen
         )
 
     def downstream(name: str, seen: frozenset[str]) -> tuple[Link, ...]:
@@ -819,7 +889,7 @@ def lineage_graph(lake: Lake | Path, table: str, *, run_id: str | None = None) -
         namespace=own[-1]["namespace"],
         version=_dataset_version(own[-1]),
         airflow_run_id=chosen,
-        upstream=upstream(table, frozenset({table})),
+        upstream=upstream(table, None, chosen or "", frozenset({table})),
         downstream=downstream(table, frozenset({table})),
     )
 

@@ -830,10 +830,13 @@ def task_ingest(
 
 
 def task_ingest_source(
-    kind: str, landing: str, lake: str, *, run_id: str, dag_id: str, engine: str | None = None
+    kind: str, landing: str, lake: str, *, run_id: str, dag_id: str, engine: str | None = None,
+    lineage_landing: str | None = None,
 ) -> dict[str, object]:
     """One source DAG's ingest: ``landing/<kind>/`` → its bronze tables, a batch under ``run_id``
-    that stays pending until a curation run's gate carries it (:mod:`medlake.pending`)."""
+    that stays pending until a curation run's gate carries it (:mod:`medlake.pending`).
+    ``lineage_landing``: the landing folder the lineage names, when ``landing`` is a batch's
+    folder of links to some of its files (medlake/sources.py)."""
     settings = Settings()
     runner = engine_for(settings, kind=engine or None)
     target = lake_for(settings, Path(lake)).on(runner.writer)
@@ -841,7 +844,7 @@ def task_ingest_source(
         target,
         job=f"{dag_id}.ingest",
         run_id=run_id,
-        sources=[Path(landing) / kind],
+        sources=[Path(lineage_landing or landing) / kind],
         config=lineage_config(settings),
         engine=runner.name,
     ) as run:
@@ -872,10 +875,17 @@ def task_clean(
     hl7v2_version: int | None = None,
     versions: dict[str, int | None] | None = None,
     engine: str | None = None,
+    trigger: dict[str, int] | None = None,
 ) -> dict[str, object]:
     """``versions``: the bronze versions ingest wrote (its XCom), read by the plug-in sources;
-    ``engine``: the run's choice (``medlake run --engine``), else ``MEDLAKE__ENGINE``."""
+    ``engine``: the run's choice (``medlake run --engine``), else ``MEDLAKE__ENGINE``;
+    ``trigger``: the bronze versions a curation run's asset events name: only those tables are
+    read, at those versions, and only their batches committed by then (returned as ``read``)."""
     settings = Settings()
+    if trigger is not None:
+        versions = {**trigger, **(versions or {})}
+        bronze_version = versions.get(BRONZE_FHIR.name) if bronze_version is None else bronze_version
+        hl7v2_version = versions.get(BRONZE_HL7V2.name) if hl7v2_version is None else hl7v2_version
     versions = versions or {}
     runner = engine_for(settings, kind=engine or None)
     target = lake_for(settings, Path(lake)).on(runner.writer)
@@ -884,8 +894,8 @@ def task_clean(
         target,
         job=lineage_job(settings, "clean"),
         run_id=run_id,
-        inputs={  # every bronze table a pending batch may be in, at the version given or now
-            **{name: target.version(name) for name in pending.BATCHED},
+        inputs={  # every bronze table a pending batch may be in (the trigger's), at the version given or now
+            **{name: target.version(name) for name in pending.BATCHED if trigger is None},
             **{k: v for k, v in versions.items() if v is not None},
             **({BRONZE_FHIR.name: bronze_version} if bronze_version is not None else {}),
             **({BRONZE_HL7V2.name: hl7v2_version} if hl7v2_version is not None else {}),
@@ -895,7 +905,7 @@ def task_clean(
     ) as run:
         key, max_shift_days = project_key(settings), settings.deid.date_shift_max_days
         extra = extra_view_tables(settings)
-        taken = pending.take(target, run_id=run_id)  # its own batches and any left pending
+        taken = pending.take(target, run_id=run_id, versions=trigger)  # its own and any left pending
         result = clean(
             target,
             run_id=run_id,
@@ -931,7 +941,7 @@ def task_clean(
             ledger=result.entries,
         )
     xcom: dict[str, object] = result.as_xcom()  # typed here: mypy sees medlake.jobs as untyped
-    return xcom
+    return {**xcom, "read": {"versions": dict(run.inputs), "batches": taken}}
 
 
 def volume_policy(settings: Settings) -> VolumePolicy:

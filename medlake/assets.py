@@ -1,7 +1,10 @@
 """Airflow assets: one per registered Delta table, named like the table.
 
-The asset name is the table name (``silver.observations``), the same name the lake, the ledger
-and the lineage events use; the URI is the table's place below any lake root.
+An asset's name and URI are the table's OpenLineage dataset name (``silver.observations``): the
+name medlake's lineage events give the table (governance/lineage.py), and the one the lake, the
+ledger and the registry use, so an asset and a lineage dataset join on it. The lineage events'
+namespace is the lake (``file://<lake root>``); the DAGs serve any lake, so it is not in the URI:
+each asset event carries the lake in ``extra["lake"]``.
 """
 
 from __future__ import annotations
@@ -9,16 +12,18 @@ from __future__ import annotations
 from airflow.sdk import Asset, AssetAny
 
 from medlake.pending import BATCHED as BATCHED_TABLES
-from medlake.registry import TABLES, staging_name
+from medlake.registry import TABLES, dataset_name, staging_name
 
 
 def asset(name: str) -> Asset:
-    """The asset of a table, e.g. ``asset("silver.observations")``."""
-    return Asset(name=name, uri=f"medlake://lake/{name.replace('.', '/')}")
+    """The asset of a table, e.g. ``asset("silver.observations")``: named, and with the URI, as
+    the table's OpenLineage dataset."""
+    return Asset(name=dataset_name(name), uri=dataset_name(name))
 
 
 def landing(kind: str) -> Asset:
-    """A landing sub-folder (``landing/fhir``): what a source DAG reads."""
+    """A landing sub-folder (``landing/fhir``): what a source DAG reads. Its lineage dataset is the
+    folder's path (namespace ``file``), which only a run knows, so this URI is medlake's own."""
     return Asset(name=f"landing.{kind}", uri=f"medlake://landing/{kind}")
 
 

@@ -226,6 +226,44 @@ class AirflowSettings(BaseModel):
         gt=0,
         description="Seconds `medlake run` waits for the bronze assets to trigger curation before it triggers a run itself.",
     )
+    source_schedule: str | None = Field(
+        default=None,
+        description="When the source DAGs run by themselves: unset, only when `medlake run` triggers them; a cron "
+        "expression or preset (`@hourly`): on that schedule, each run waiting for files in its landing folder "
+        "(a sensor); `asset`: on an event of its landing folder's asset (`landing.<kind>`).",
+    )
+    landing: Path = Field(
+        default=STATE_DIR / "landing",
+        description="Landing folder a scheduled source DAG run reads (`medlake run --landing` passes its own).",
+    )
+    sensor_timeout: float = Field(
+        default=3600,
+        gt=0,
+        description="Seconds a scheduled source DAG run waits for files in its landing folder before it gives up.",
+    )
+    pool_slots: int = Field(
+        default=2,
+        ge=1,
+        description="Slots of each source's Airflow pool (`medlake_<kind>`, made when `medlake run` starts Airflow): "
+        "how many of that source's tasks run at once.",
+    )
+    batch_files: int = Field(
+        default=1000,
+        ge=0,
+        description="Files per mapped ingest task of a source DAG: a larger landing folder fans out over batches "
+        "of this many files (dynamic task mapping), each its own batch in bronze; 0: one task per folder.",
+    )
+    delivery_wait: float = Field(
+        default=900,
+        gt=0,
+        description="Seconds a source run `medlake run` started waits for the other sources of its delivery to reach "
+        "bronze before it announces its bronze tables, so the delivery is curated together.",
+    )
+    retries: int = Field(default=2, ge=0, description="Retries of every source and curation task.")
+    source_retries: dict[str, int] = Field(
+        default={},
+        description='Retries per source landing kind, over `MEDLAKE__AIRFLOW__RETRIES`, as JSON: `{"dicom": 4}`.',
+    )
 
 
 class DbtSettings(BaseModel):

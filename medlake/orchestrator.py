@@ -221,8 +221,17 @@ def _run_inline(
 
 
 def standalone(settings: Settings) -> int:
-    """Start Airflow standalone (API server, scheduler, DAG processor) on this machine."""
+    """Start Airflow standalone (API server, scheduler, DAG processor) on this machine, with each
+    source's pool (medlake/sources.py) made first."""
+    from medlake.sources import pools
+
     ensure_db(settings)
+    spec = settings.airflow.home.resolve() / "pools.json"
+    spec.write_text(json.dumps({name: {"slots": slots, "description": "medlake: one source's tasks",
+                                       "include_deferred": False} for name, slots in pools(settings).items()}))
+    done = _airflow(settings, "pools", "import", str(spec), capture=True)
+    if done.returncode != 0:
+        raise PipelineFailed(f"airflow pools import failed:\n{done.stderr[-2000:]}")
     return _airflow(settings, "standalone").returncode
 
 

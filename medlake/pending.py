@@ -51,14 +51,14 @@ STAGED, CURATED = "staged", "curated"
 CURATING_STAGES: tuple[str, ...] = ("silver", "standardize", "deid_text", "resolve", "resample", "gate")
 
 
-def batches_in(lake: Lake, table: str) -> set[str]:
-    """The ingest runs that hold rows in a bronze table.
+def batches_in(lake: Lake, table: str, *, version: int | None = None) -> set[str]:
+    """The ingest runs that hold rows in a bronze table (at ``version``, else now).
 
     Read from the Delta log's file statistics (each ingest appends files of one run); a file
     without statistics, or holding several runs, has its ``_run_id`` column read."""
     if not lake.exists(table):
         return set()
-    dt = lake.table(table)
+    dt = lake.table(table, version=version)
     actions = pa.table(dt.get_add_actions(flatten=True))
     found: set[str] = set()
     unknown: list[str] = []
@@ -82,12 +82,19 @@ def _states(lake: Lake) -> dict[tuple[str, str], dict[str, object]]:
     return {(str(r["bronze_table"]), str(r["batch_run_id"])): r for r in lake.read(CURATION.name).to_pylist()}
 
 
-def pending(lake: Lake, *, tables: Sequence[str] = BATCHED) -> dict[str, list[str]]:
-    """Per bronze table, the batches no gate has curated yet (oldest run id first)."""
+def pending(
+    lake: Lake, *, tables: Sequence[str] = BATCHED, versions: Mapping[str, int] | None = None
+) -> dict[str, list[str]]:
+    """Per bronze table, the batches no gate has curated yet (oldest run id first).
+
+    ``versions``: only these tables, each as of that Delta version (the batches committed by then)."""
     states = _states(lake)
     out: dict[str, list[str]] = {}
+    if versions is not None:
+        tables = [t for t in tables if t in versions]
     for table in tables:
-        left = sorted(b for b in batches_in(lake, table) if states.get((table, b), {}).get("state") != CURATED)
+        found = batches_in(lake, table, version=None if versions is None else versions[table])
+        left = sorted(b for b in found if states.get((table, b), {}).get("state") != CURATED)
         if left:
             out[table] = left
     return out
@@ -108,12 +115,18 @@ def pending_counts(lake: Lake) -> dict[str, int]:
     return {table: count(lake, table, batches) for table, batches in pending(lake).items()}
 
 
-def take(lake: Lake, *, run_id: str, now: datetime | None = None) -> dict[str, list[str]]:
+def take(
+    lake: Lake, *, run_id: str, now: datetime | None = None, versions: Mapping[str, int] | None = None
+) -> dict[str, list[str]]:
     """The batches this run's clean curates: every pending one (its own among them), marked
     staged by this run. Batches another run staged and did not curate were left by a run that
-    died: their partial clean and gate ledger entries are withdrawn (this run counts them again)."""
+    died: their partial clean and gate ledger entries are withdrawn (this run counts them again).
+
+    ``versions``: the bronze versions the run's trigger names (the curation DAG's asset events):
+    only those tables, only the batches committed by those versions — a source run still ingesting
+    commits later, and its own event triggers the run that curates it."""
     states = _states(lake)
-    taken = pending(lake)
+    taken = pending(lake, versions=versions)
     stamp = now or datetime.now(UTC)
     rows = []
     abandoned: set[str] = set()

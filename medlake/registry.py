@@ -836,6 +836,15 @@ SOURCE_DAGS: dict[str, str] = {
     "iot_vitals": "vitals",
     "genomics_vcf": "vcf",
 }
+
+
+def dataset_name(table: str) -> str:
+    """A table's OpenLineage dataset name: its registry name (``silver.observations``), which is
+    also its Airflow asset's name and URI (medlake/assets.py); the namespace is the lake's
+    (governance/lineage.py)."""
+    return table
+
+
 #: the bronze tables each landing kind's ingest writes (its DAG's outlets)
 BRONZE_OF: dict[str, tuple[str, ...]] = {
     "fhir": (BRONZE_FHIR.name,),

@@ -115,6 +115,7 @@ def start(settings: Settings, *, progress: Callable[[str], None] | None = None, 
             progress(f"started Airflow (scheduler, DAG processor, API server on 127.0.0.1:{settings.airflow.api_port}); logs in {logs}")
     client = Client(settings)
     client.wait_healthy(timeout=timeout)
+    client.ensure_pools()
     return client
 
 
@@ -200,6 +201,26 @@ class Client:
         if missing:
             raise PipelineFailed(f"Airflow has not parsed the DAGs {missing} in {timeout:.0f} s")
 
+    def ensure_pools(self) -> None:
+        """Each source's pool (medlake/sources.py), made or resized to ``MEDLAKE__AIRFLOW__POOL_SLOTS``."""
+        from medlake.sources import pools
+
+        for name, slots in pools(self.settings).items():
+            body = {"name": name, "slots": slots, "description": "medlake: one source's tasks",
+                    "include_deferred": False}
+            try:
+                self._request("POST", "/api/v2/pools", body)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 409:  # exists already: set its slots
+                    raise
+                self._request("PATCH", f"/api/v2/pools/{name}", body)
+
+    def asset_events(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """The asset events that triggered a run (their ``extra`` included)."""
+        quoted = urllib.parse.quote(run_id, safe="")
+        found = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/upstreamAssetEvents")
+        return list(found["asset_events"])
+
     def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
         run = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": dict(conf)})
         return str(run["dag_run_id"])
@@ -267,12 +288,16 @@ def run_scheduled(
         client = start(settings, progress=progress)
         client.wait_dags([*SOURCE_DAGS, CURATION])
         earlier = {r.run_id for r in client.runs(CURATION)}
-        conf = {"landing": str(landing.resolve()), "lake": str(lake.resolve()), "engine": engine or ""}
+        kinds = [kind for kind in SOURCE_DAGS.values() if (landing / kind).is_dir()]
+        # one delivery: each source run announces its bronze tables once all have reached bronze,
+        # naming every source's versions, so the delivery is curated together (medlake/sources.py)
+        conf = {"landing": str(landing.resolve()), "lake": str(lake.resolve()), "engine": engine or "",
+                "delivery": f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}", "sources": ",".join(kinds)}
         (lake.resolve() / "_lineage").mkdir(parents=True, exist_ok=True)
         triggered = [
             (dag_id, client.trigger(dag_id, conf))
             for dag_id, kind in SOURCE_DAGS.items()
-            if (landing / kind).is_dir()
+            if kind in kinds
         ]
         sources = client.follow(triggered, progress=progress)
         failed = [r for r in sources if r.state != "success"]

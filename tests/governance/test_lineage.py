@@ -35,7 +35,9 @@ from medlake.ledger import Entry
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from medlake.quarantine import Split
 from medlake.registry import (
+    BRONZE_CSV,
     BRONZE_FHIR,
+    BRONZE_HL7V2,
     FHIR_SILVER,
     QUARANTINE,
     SILVER_OBSERVATIONS,
@@ -450,6 +452,51 @@ def test_lineage_graph_walks_up_and_down_with_the_versions_of_the_last_run(lake,
         "staging.patients",
     ]
     assert not lineage_graph(lake, "silver.conditions").found
+
+
+def test_each_bronze_table_comes_from_its_own_landing_folder_only(lake, tmp_path):
+    landing = tmp_path / "landing"
+    folders = [landing / kind for kind in ("fhir", "hl7v2", "csv", "dicom", "vitals", "vcf")]
+    with stage_run(lake, job="medlake_pipeline.ingest", run_id=RUN, sources=folders) as run:
+        fhir = lake.write(BRONZE_FHIR.name, bronze_rows(2), mode="append")
+        csv = lake.write(BRONZE_CSV.name, BRONZE_CSV.schema.empty_table(), mode="append")
+        run.complete(outputs={BRONZE_FHIR.name: fhir, BRONZE_CSV.name: csv})
+    for table, kind in ((BRONZE_FHIR.name, "fhir"), (BRONZE_CSV.name, "csv")):
+        [source] = lineage_graph(lake, table).upstream
+        assert source.table == str((landing / kind).resolve()), table
+
+
+def test_silver_lineage_crosses_from_the_curation_run_to_each_source_run_that_fed_it(lake, tmp_path):
+    """The source DAGs and the curation DAG are separate Airflow runs: a silver table's upstream
+    follows each bronze version the curation run read to the source run that wrote it."""
+    landing = tmp_path / "landing"
+    written: dict[str, int] = {}
+    for table, kind in ((BRONZE_FHIR, "fhir"), (BRONZE_HL7V2, "hl7v2"), (BRONZE_CSV, "csv")):
+        with stage_run(lake, job=f"src_{kind}.ingest", run_id=f"manual__{kind}",
+                       sources=[landing / kind]) as run:
+            rows = bronze_rows(1) if table is BRONZE_FHIR else table.schema.empty_table()
+            written[table.name] = lake.write(table.name, rows, mode="append")
+            run.complete(outputs={table.name: written[table.name]})
+    lake.write(BRONZE_FHIR.name, bronze_rows(1, run_id="later"), mode="append")  # after the trigger
+    curation = "asset_triggered__2026-11-24T10:05:00+00:00"
+    with stage_run(lake, job="medlake_curation.clean", run_id=curation, inputs=written) as run:
+        staged = lake.write("staging.observations", observations(2), mode="overwrite", spec=SILVER_OBSERVATIONS)
+        run.complete(outputs={"staging.observations": staged})
+    with stage_run(lake, job="medlake_curation.gate", run_id=curation,
+                   inputs={"staging.observations": staged}) as run:
+        silver = lake.write(SILVER_OBSERVATIONS.name, observations(2), mode="append")
+        run.complete(outputs={SILVER_OBSERVATIONS.name: silver})
+
+    graph = lineage_graph(lake, SILVER_OBSERVATIONS.name)
+    assert graph.airflow_run_id == curation
+    [staging] = graph.upstream
+    bronze = {link.table: link for link in staging.links}
+    assert set(bronze) == {BRONZE_FHIR.name, BRONZE_HL7V2.name, BRONZE_CSV.name}
+    for table, kind in ((BRONZE_FHIR, "fhir"), (BRONZE_HL7V2, "hl7v2"), (BRONZE_CSV, "csv")):
+        link = bronze[table.name]
+        assert link.version == written[table.name]  # the version the curation run read
+        [source] = link.links
+        assert (source.table, source.job) == (str((landing / kind).resolve()), f"src_{kind}.ingest")
 
 
 def cli() -> typer.Typer:
