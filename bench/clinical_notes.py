@@ -552,7 +552,7 @@ def _fixed(value: str) -> Callable[[Slots], str]:
 def _documents(s: DocSlots) -> list[list[list[Piece]]]:
     """One document of each kind, its lines as pieces; the cast drawn here."""
     r = s.rng
-    (pf, pl), (af, al), (cf, cl), (kf, kl) = s.person(), s.person(), s.person(), s.person()
+    (pf, pl), (af, al), (cf, cl), (kf, _kl) = s.person(), s.person(), s.person(), s.person()
     site, other_site, town = s.pick(s.hospital), s.pick(s.hospital), s.pick(s.town)
     sex = r.choice(["male", "female"])
     title, pronoun = ("Mr.", "He") if sex == "male" else ("Ms.", "She")
@@ -570,25 +570,25 @@ def _documents(s: DocSlots) -> list[list[list[Piece]]]:
         ["Patient: ", n(f"{pl}, {pf}"), "    MRN: ", rid(), "    DOB: ", dd()],
         ["Admission date: ", dd(), "    Discharge date: ", dd()],
         ["Attending: ", n(f"{af} {al}"), ", MD    Service: Medicine"],
-        [f"Brief hospital course: {title} ", n(pl), f" is a {age} y/o {sex} with HFrEF (EF 30%), "
-         "AFib on apixaban and CKD 3b admitted with volume overload."],  # fmt: skip
+        [f"Brief hospital course: {title} ", n(pl), (f" is a {age} y/o {sex} with HFrEF (EF 30%), "
+         "AFib on apixaban and CKD 3b admitted with volume overload.")],
         ["Diuresed with IV furosemide, net -6 L; creatinine peaked at 2.1 and returned to 1.6."],
         [f"{pronoun} will follow up with Dr. ", n(cl), " in the ", (HOSPITAL, _fixed(site)),
-         " heart failure clinic on ", d(), "; call ", ph(), " with weight gain > 3 lb."],  # fmt: skip
-        ["Discharge medications: furosemide 40 mg PO BID, metoprolol succinate 50 mg daily, "
-         "apixaban 5 mg BID, spironolactone 25 mg daily."],  # fmt: skip
+         " heart failure clinic on ", d(), "; call ", ph(), " with weight gain > 3 lb."],
+        [("Discharge medications: furosemide 40 mg PO BID, metoprolol succinate 50 mg daily, "
+         "apixaban 5 mg BID, spironolactone 25 mg daily.")],
         ["Disposition: home with services. ", kin.capitalize(), " ", n(kf),
-         " will drive. Code status: full."],  # fmt: skip
+         " will drive. Code status: full."],
     ]
     radiology: list[list[Piece]] = [
         ["EXAM: CT CHEST WITH CONTRAST    ACCESSION: ", acc()],
         ["DATE OF SERVICE: ", dd(), "    ORDERING: ", n(f"{cf.upper()} {cl.upper()}"), ", MD"],
         ["COMPARISON: ", d(), "."],
-        ["FINDINGS: 6 MM RIGHT UPPER LOBE NODULE, UNCHANGED. NO PLEURAL EFFUSION. "
-         "MILD CENTRILOBULAR EMPHYSEMA. HEART SIZE NORMAL."],  # fmt: skip
+        [("FINDINGS: 6 MM RIGHT UPPER LOBE NODULE, UNCHANGED. NO PLEURAL EFFUSION. "
+         "MILD CENTRILOBULAR EMPHYSEMA. HEART SIZE NORMAL.")],
         ["IMPRESSION: STABLE PULMONARY NODULE. FLEISCHNER FOLLOW-UP IN 12 MONTHS."],
         ["Critical result called to ", n(f"{af} {al}"), " at 14:32 on ", d(), " by ",
-         n(f"{cf[0]}. {cl}"), ", MD."],  # fmt: skip
+         n(f"{cf[0]}. {cl}"), ", MD."],
         ["Electronically signed: ", n(f"{cl}, {cf}"), " MD ", dd(), " 15:07"],
     ]
     pathology: list[list[Piece]] = [
@@ -597,8 +597,8 @@ def _documents(s: DocSlots) -> list[list[list[Piece]]]:
         ["Collected: ", dd(), "    Received: ", dd()],
         ["Submitting physician: ", n(f"{af} {al}"), ", MD (", (HOSPITAL, _fixed(site)), ")"],
         ["SPECIMEN: Prostate, needle core biopsies x 12."],
-        ["DIAGNOSIS: Prostatic adenocarcinoma, Gleason score 3+4=7 (Grade Group 2), "
-         "in 4 of 12 cores. Perineural invasion present."],  # fmt: skip
+        [("DIAGNOSIS: Prostatic adenocarcinoma, Gleason score 3+4=7 (Grade Group 2), "
+         "in 4 of 12 cores. Perineural invasion present.")],
         ["Case reviewed at intradepartmental consensus conference with Dr. ", n(cl), "."],
         ["Pathologist: ", n(f"{cf} {cl}"), ", MD    Signed out ", d()],
     ]
@@ -613,10 +613,10 @@ def _documents(s: DocSlots) -> list[list[list[Piece]]]:
     portal: list[list[Piece]] = [
         ["Subject: question about my dad's meds"],
         ["Hi Dr. ", n(al), ","],
-        ["This is ", n(kf), ", ", n(f"{pf} {pl}"), f"'s {kin}. Since the new lisinopril dose he "
-         "has been dizzy when he stands up, and his BP this morning was 98/60."],  # fmt: skip
-        ["Should he keep taking it until his appointment on ", d(), "? He also asked if the "
-         "cardiology referral to ", (HOSPITAL, _fixed(other_site)), " went through."],  # fmt: skip
+        ["This is ", n(kf), ", ", n(f"{pf} {pl}"), (f"'s {kin}. Since the new lisinopril dose he "
+         "has been dizzy when he stands up, and his BP this morning was 98/60.")],
+        ["Should he keep taking it until his appointment on ", d(), ("? He also asked if the "
+         "cardiology referral to "), (HOSPITAL, _fixed(other_site)), " went through."],
         ["You can reach me at ", ph(), " or on his line ", ph(), "."],
         ["Thank you,"],
         [n(kf)],
@@ -627,8 +627,8 @@ def _documents(s: DocSlots) -> list[list[list[Piece]]]:
         ["Tel ", ph(), "    Fax ", ph()],
         [dd()],
         ["Dear Dr. ", n(al), ","],
-        ["Thank you for referring ", n(f"{pf} {pl}"), f", a {age}-year-old right-handed {sex}, "
-         "whom I saw in clinic today for episodic vertigo."],  # fmt: skip
+        ["Thank you for referring ", n(f"{pf} {pl}"), (f", a {age}-year-old right-handed {sex}, "
+         "whom I saw in clinic today for episodic vertigo.")],
         ["Exam showed a positive Dix-Hallpike to the right; Romberg negative; gait normal."],
         ["Impression: right posterior canal BPPV. Epley maneuver performed with relief."],
         ["Please do not hesitate to contact me with any questions."],
@@ -648,7 +648,7 @@ def _documents(s: DocSlots) -> list[list[list[Piece]]]:
             ["When is ", n(pf), "'s follow-up at ", (HOSPITAL, _fixed(other_site)), "? Her ",
              kin, " ", n(kf), " keeps calling ", ph(), "."],
             ["Summarize the hospital course for ", n(f"{pf} {pl}"), " admitted ", d(), "."],
-        ]),  # fmt: skip
+        ]),
     ]
     return [discharge, radiology, pathology, triage, portal, consult, question]
 
@@ -666,19 +666,19 @@ def _ages(pieces: list[Piece]) -> list[Piece]:
 
 #: Documents of these kinds with no PHI at all: what must come through untouched.
 CLEAN_DOCUMENTS = [
-    "CHEST X-RAY, PORTABLE AP\nFINDINGS: ENDOTRACHEAL TUBE 4 CM ABOVE THE CARINA. RIGHT IJ "
-    "CATHETER TIP IN THE SVC. NO PNEUMOTHORAX.\nIMPRESSION: LINES AND TUBES IN STANDARD POSITION.",
-    "Nursing: Foley draining amber urine. Bair Hugger on for T 35.6. Turned q2h, Braden 14.\n"
-    "Plan: wean FiO2 as tolerated, SBT in AM.",
-    "Pathology addendum: Immunostains for p63 and CK5/6 show loss of basal cells in the "
-    "atypical glands, supporting the diagnosis. Gleason pattern 4 comprises 20%.",
-    "Hi, I picked up the new inhaler but the pharmacy said prior authorization is needed. "
-    "Should I keep using the old one until then? Thanks.",
+    ("CHEST X-RAY, PORTABLE AP\nFINDINGS: ENDOTRACHEAL TUBE 4 CM ABOVE THE CARINA. RIGHT IJ "
+    "CATHETER TIP IN THE SVC. NO PNEUMOTHORAX.\nIMPRESSION: LINES AND TUBES IN STANDARD POSITION."),
+    ("Nursing: Foley draining amber urine. Bair Hugger on for T 35.6. Turned q2h, Braden 14.\n"
+    "Plan: wean FiO2 as tolerated, SBT in AM."),
+    ("Pathology addendum: Immunostains for p63 and CK5/6 show loss of basal cells in the "
+    "atypical glands, supporting the diagnosis. Gleason pattern 4 comprises 20%."),
+    ("Hi, I picked up the new inhaler but the pharmacy said prior authorization is needed. "
+    "Should I keep using the old one until then? Thanks."),
     "What is the recommended dose of ceftriaxone for bacterial meningitis in adults?",
-    "Discharge instructions: Take all medications as prescribed. Call your doctor for fever "
-    "over 101, chest pain, or shortness of breath. Low salt diet, 2 g sodium.",
-    "Triage: L ankle inversion injury playing basketball. Ottawa rules negative. Ice, "
-    "elevation, ibuprofen. ESI 5.",
+    ("Discharge instructions: Take all medications as prescribed. Call your doctor for fever "
+    "over 101, chest pain, or shortness of breath. Low salt diet, 2 g sodium."),
+    ("Triage: L ankle inversion injury playing basketball. Ottawa rules negative. Ice, "
+    "elevation, ibuprofen. ESI 5."),
 ]
 
 

@@ -745,7 +745,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
 
     def load(self) -> None:
         rules = clinical_rules()
-        self.first, self.last, _ = gazetteer()
+        self.first, self.last = name_lists()
         self.not_names = rules["not_names_after_cue"]
         self.name_cues = rules["name_cues"]
         self.site_words = rules["site_name_words"]
@@ -1138,6 +1138,31 @@ def gazetteer() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
     return frozenset(first), frozenset(last), frozenset(common)
 
 
+@cache
+def census_names() -> tuple[frozenset[str], frozenset[str]]:
+    """Case-folded (first names, surnames) of the US population that are no clinical word:
+    ``deid_words/census_first_names.txt`` and ``census_last_names.txt`` (1990 and 2010 Census,
+    SSA card applications; built by ``build_name_lists.py``, which already left out common
+    English words) less the clinical keep-lists, section headers and the common clinical words
+    above, so that "Stable", "Plan", "Colace" or "Senna" never become names by this list."""
+    plain = (
+        clinical_words() | clinical_abbreviations() | CLINICAL_WORDS | SECTION_HEADERS
+    )
+    return (
+        _word_file("census_first_names.txt") - plain,
+        _word_file("census_last_names.txt") - plain,
+    )
+
+
+@cache
+def name_lists() -> tuple[frozenset[str], frozenset[str]]:
+    """Case-folded (first names, last names) the name rules know: Faker's (:func:`gazetteer`) and
+    the census lists (:func:`census_names`)."""
+    first, last, _ = gazetteer()
+    census_first, census_last = census_names()
+    return first | census_first, last | census_last
+
+
 class NameGazetteerRecognizer(EntityRecognizer):
     """Person names spaCy's small model misses, from a name list rather than a model: a run of two
     or more known names ("Maureen Thibault", "leone mazzi", "Codey M Ross"), one capitalised
@@ -1156,7 +1181,11 @@ class NameGazetteerRecognizer(EntityRecognizer):
         self.stop_words = stop_words
 
     def load(self) -> None:
-        self.first, self.last, self.common = gazetteer()
+        # a word the census lists alone know is a name beside another name, or where its writer
+        # capitalised it inside a sentence, not alone at a line's start or in lower case: many
+        # rare surnames are shorthand too ("Vent:", "sitter is at bedside")
+        self.lone_first, self.lone_last, self.common = gazetteer()
+        self.first, self.last = name_lists()
         self.places = place_names()[0]
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
@@ -1197,7 +1226,7 @@ class NameGazetteerRecognizer(EntityRecognizer):
         out: list[RecognizerResult] = []
         for match in _LOWER_OPENING_WORD.finditer(text):
             word, end = match.group(1), match.end(1)
-            known = word in self.first and self._rare(word, 3.5)
+            known = word in self.lone_first and self._rare(word, 3.5)
             if _SUBJECT_VERB.match(text, end) and (known or self._rare(word, 1.0)):
                 out.append(RecognizerResult("PERSON", match.start(1), end, 0.45))
         return out
@@ -1234,7 +1263,7 @@ class NameGazetteerRecognizer(EntityRecognizer):
         return [
             RecognizerResult("PERSON", m.start(1), m.end(1), 0.45)
             for m in _LOWER_NAME_LINE.finditer(text)
-            if m.group(2) in self.first
+            if m.group(2) in self.lone_first
             and self._rare(m.group(2), 3.5)
             and self._rare(m.group(3), 2.0)
         ]
@@ -1383,6 +1412,10 @@ class NameGazetteerRecognizer(EntityRecognizer):
                 )
         return out
 
+    def _lone(self, key: str) -> bool:
+        """Whether ``key`` is a name by Faker's lists, not only by the census lists."""
+        return key in self.lone_first or key in self.lone_last
+
     def _is_name(self, word: str) -> bool:
         key = word.casefold()
         if key in self.stop_words or len(key) < 2:
@@ -1411,6 +1444,8 @@ class NameGazetteerRecognizer(EntityRecognizer):
         keys = [w.casefold() for w in names]
         if len(names) >= 2 and len(shapes) == 1 and not all(k in self.common for k in keys):
             full = keys[0] in self.first and keys[-1] in self.last
+            if shapes == {"lower"} and full:  # "ross geller"; not "dex roc", census-only words
+                full = all(self._lone(k) or zipf(k) < UNSEEN_NAME_ZIPF for k in (keys[0], keys[-1]))
             if shapes == {"title"} or full:
                 score = 0.65 if full else 0.5
                 return [
@@ -1420,6 +1455,8 @@ class NameGazetteerRecognizer(EntityRecognizer):
             return []
         if not _sentence_start(text, start):
             return [RecognizerResult("PERSON", start, end, 0.5)]
+        if not self._lone(keys[0]):
+            return []  # "Vent:", "Dex was increased": a census-only word opening a line
         after = text[end : end + 3]
         if after[:1] in (":", ",") or after[:2] in ("'s", "’s") or _SUBJECT_VERB.match(text, end):
             return [RecognizerResult("PERSON", start, end, 0.45)]

@@ -96,6 +96,7 @@ from medlake.governance.recognizers import (
     gazetteer,
     make_lean,
     medical_recognizers,
+    name_lists,
     place_names,
     record_recognizer,
     zipf,
@@ -546,6 +547,10 @@ class TextDeidentifier:
             | self._stop_words
             | (clinical_rules()["name_cues"] - {"dr", "doctor", "mr", "mrs", "ms", "miss", "prof"})
         )
+        # the names the rules know: Faker's and the census lists (which hold no clinical word,
+        # so the keep-lists above are Faker's alone to trim)
+        self._lone_names = first | last
+        first, last = name_lists()
         self._first_names = first
         rules = clinical_rules()
         self._cue_words = rules["name_cues"] | rules["credentials"]
@@ -577,6 +582,7 @@ class TextDeidentifier:
         registry.add_recognizer(ClinicalCueRecognizer(self._clinical, self._stop_words))
         self._lexicon = Lexicon(
             names=first | last,
+            lone_names=self._lone_names,
             places=place_names()[0],
             clinical=self._clinical,
             stop_words=self._stop_words,
