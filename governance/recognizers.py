@@ -295,7 +295,8 @@ def date_recognizer() -> PatternRecognizer:
             ("m/d, no year", rf"{not_reading}{md_slash}", 0.6),
             ("m-d, no year", rf"{not_reading}{md_dash}", 0.45),
             ("month d, no year", rf"\b{month_any_case}\.?\s+{day}(?:st|nd|rd|th)?\b(?![:.,]?\d)", 0.6),
-            ("d month, no year", rf"\b{day}(?:st|nd|rd|th)?(?:\s+|-)(?:of\s+)?{month_any_case}\b\.?", 0.6),
+            # "11-May": "may" after a day and a hyphen is the month
+            ("d month, no year", rf"\b{day}(?:st|nd|rd|th)?(?:(?:\s+|-)(?:of\s+)?{month_any_case}|-(?i:may))\b\.?", 0.6),
             ("'yy", r"(?<![\w'’])['’]\d{2}\b(?!['’\w])", 0.6),
         ],
         context=["dob", "born", "date", "seen", "on", "since", "admitted", "discharged"],
@@ -329,6 +330,13 @@ def phone_recognizer() -> PatternRecognizer:
                 0.7,
             ),
             ("nnn-nnnn", r"(?<![\d/.-])\b\d{3}-\d{4}\b(?![-/.]\d)", 0.5),
+            # "page Dr. Valdez at 4627", "please page me @ #38987": a number to page ("paged
+            # him at 1800" is a clock time)
+            (
+                "page ... at",
+                r"(?i:\bpage\b)[^\n\d]{1,40}?(?i:\b(?:at|@|on)\b|@)[ \t]*#?(?P<value>\d(?:-?\d){3,6})\b(?![/.:]\d)",
+                0.6,
+            ),
         ],
         context=[
             "phone",
@@ -712,8 +720,8 @@ NAME_PARTICLES = frozenset(
 )
 _PARTICLE = rf"(?:(?i:{'|'.join(sorted(NAME_PARTICLES))})[ \t]+){{0,2}}"
 _INVERTED_NAME = re.compile(
-    rf"(?<![\w'’-])({_PARTICLE}(?:[A-Z][a-z'’-]+|[a-z][a-z'’-]+)), "
-    r"([A-Z][a-z'’-]+|[a-z][a-z'’-]+)(?![\w'’-])(?!,)"
+    rf"(?<![\w'’-])({_PARTICLE}(?:[A-Z][a-z'’-]+|[a-z][a-z'’-]+|[A-Z][A-Z'’-]+)), "
+    r"([A-Z][a-z'’-]+|[a-z][a-z'’-]+|[A-Z][A-Z'’-]+)(?![\w'’-])(?!,)"
 )
 #: Below this Zipf frequency (wordfreq) a word is one English text hardly ever uses: two such
 #: words in a name's place make a name no list holds ("Maraldo, Araceli", "Cedrik Drommelers RN").
@@ -775,7 +783,8 @@ class ClinicalCueRecognizer(EntityRecognizer):
         self._word_before = regex.compile(rf"(?:^|(?<=[ \t]))({word}\.?)[ \t]+$")
         self._of_place = regex.compile(rf"[ \t]+(?i:of)[ \t]+({word}(?:[ \t]+{word})?)")
         self._residence = regex.compile(
-            r"\b(?:(?P<strong>lives|living|resides|residing|moved|relocated)|home|originally|is|was|came)"
+            r"\b(?:(?P<strong>lives|living|resides|residing|moved|relocated|biba|bibems|brought)"
+            r"|home|originally|is|was|came)"
             r"[ \t]+(?:(?:alone|here|there)[ \t]+)?(?:in|to|from|near)[ \t]+(?:the[ \t]+)?",
             regex.IGNORECASE,
         )
@@ -866,6 +875,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
             first = m.group(2).casefold()
             lower = m.group().islower()  # "jacobs, ernesto": both must be known names
             if any(self._plain(k) for k in (last, first)):
+                continue
+            if m.group().isupper():  # "PUGH, ELINA" in a line of ordinary case: one known name
+                # and the other known or a word English hardly uses ("CP, SOB" is no name)
+                if (first in self.first or zipf(first) < UNSEEN_NAME_ZIPF) and (
+                    last in self.last or zipf(last) < UNSEEN_NAME_ZIPF
+                ) and (first in self.first or last in self.last):
+                    out.append(RecognizerResult("PERSON", m.start(), m.end(), INVERTED_NAME_SCORE))
                 continue
             # capitalised, a first name no list holds may stand after a known last name
             # ("Ocasio, Shaunda"); two known names may also be places ("Jenkins, Santos"); two

@@ -646,7 +646,9 @@ class TextDeidentifier:
             score_threshold=self.score_threshold,
             ad_hoc_recognizers=record,
         )
-        trimmed = (trim_shorthand(text, r, self._shorthand) for r in results)
+        trimmed = (
+            trim_shorthand(text, trim_clock_tail(text, r), self._shorthand) for r in results
+        )
         results = relabel_record_hits(
             [
                 r
@@ -888,6 +890,21 @@ def trim_shorthand(
     start = min(result.start, keep[0].start()) if keep[0] is words[0] else keep[0].start()
     end = max(result.end, keep[-1].end()) if keep[-1] is words[-1] else keep[-1].end()
     result.start, result.end = start, end
+    return result
+
+
+_CLOCK_TAIL = re.compile(r"(.+?)[ \t]+(?:at[ \t]+|@[ \t]*)?\d{4}(?:[ \t]*(?:h|hrs?|hours))?")
+
+
+def trim_clock_tail(text: str, result: RecognizerResult) -> RecognizerResult:
+    """A date without a year and the clock time after it ("10/27 0342", spaCy's one span that
+    hides the date pattern's) is the date: ``result`` cut to it; any other result as it is."""
+    if result.entity_type != "DATE_TIME":
+        return result
+    value = text[result.start : result.end]
+    m = _CLOCK_TAIL.fullmatch(value)
+    if m and not _DATE_SHAPE.search(value) and _DATE_SHAPE.search(m.group(1).strip()):
+        result.end = result.start + len(m.group(1))
     return result
 
 
