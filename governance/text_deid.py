@@ -363,7 +363,6 @@ class LeanContextEnhancer(LemmaContextAwareEnhancer):
         )
         return rest + list(enhanced)
 
-
     #: The token ends of the last document asked about (the enhancer asks once per result).
     _ends: tuple[Any, list[int]] = (None, [])
 
@@ -646,9 +645,7 @@ class TextDeidentifier:
             score_threshold=self.score_threshold,
             ad_hoc_recognizers=record,
         )
-        trimmed = (
-            trim_shorthand(text, trim_clock_tail(text, r), self._shorthand) for r in results
-        )
+        trimmed = (trim_shorthand(text, trim_clock_tail(text, r), self._shorthand) for r in results)
         results = relabel_record_hits(
             [
                 r
@@ -659,7 +656,7 @@ class TextDeidentifier:
         results += self._capitalised_after_cue(original or text)
         names = propagate_names(text, results, self._stop_words)
         organisations = contact_block_organisations(text, results + names, self._clinical)
-        return merge_spans(text, results + names + organisations)
+        return merge_spans(text, results + names + organisations, self._clinical | self._stop_words)
 
     def _capitalised_after_cue(self, text: str) -> list[RecognizerResult]:
         """One or two words its writer capitalised after a name cue, in a note written in
@@ -979,9 +976,7 @@ def clinical_vocabulary(name_words: frozenset[str]) -> frozenset[str]:
     (``deid_words/clinical_abbreviations.txt``); and the department, note and sig words above
     (even "max" of "max 3 g")."""
     words = clinical_words() - name_words
-    return frozenset(
-        words | clinical_abbreviations() | set(_CLINICAL_TERMS.split()) | DRUG_FORMS
-    )
+    return frozenset(words | clinical_abbreviations() | set(_CLINICAL_TERMS.split()) | DRUG_FORMS)
 
 
 #: Zipf frequency (wordfreq) from which an English word is common enough to leave to the
@@ -1139,12 +1134,16 @@ def _absorbs(outer: RecognizerResult, results: list[RecognizerResult]) -> bool:
     return len(better) < 0.6 * (outer.end - outer.start)
 
 
-def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
+def merge_spans(
+    text: str, results: Iterable[RecognizerResult], plain: frozenset[str] = frozenset()
+) -> list[Span]:
     """Non-overlapping PHI spans. A detection inside a longer one is absorbed by it (a town inside
     an address); of two that partly overlap, the better-scoring one claims its characters first
     and the other keeps what is left; spans of one type separated only by a space or a dot (a
     first and a last name found apart, a title and its name) become one span, and so do an
-    address's lines and parts (street, unit, town, ZIP) separated by line breaks or commas."""
+    address's lines and parts (street, unit, town, ZIP) separated by line breaks or commas.
+    What a named span keeps after another claimed a part of it is dropped when its words are
+    all ``plain`` (clinical or stop words: "Neurology" of "Toledo Urgent Care Neurology")."""
     results = list(results)
     containers: list[RecognizerResult] = []
     for r in sorted(results, key=lambda r: (-(r.end - r.start), -r.score)):
@@ -1166,7 +1165,15 @@ def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
             piece = text[pos:stop]
             lead = len(piece) - len(piece.lstrip(_LEADING))
             trail = len(piece.rstrip(_TRAILING))
-            if trail - lead >= 2 or (trail - lead >= 1 and stop - pos == r.end - r.start):
+            whole = stop - pos == r.end - r.start
+            if (
+                not whole
+                and r.entity_type in _NAMED
+                and all(w.casefold() in plain for w in _NAME_WORD.findall(piece))
+            ):
+                pos = stop
+                continue  # a department or a header word left over
+            if trail - lead >= 2 or (trail - lead >= 1 and whole):
                 claimed.append(Span(pos + lead, pos + trail, r.entity_type, r.score))
                 for i in range(pos + lead, pos + trail):
                     taken[i] = True
@@ -1198,9 +1205,7 @@ def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
 def _inverted(text: str, last: Span, span: Span) -> bool:
     """Whether two one-word names around a comma are a last and a first name ("Ocasio,
     Shaunda"), not two items of a list ("Isabel, Teresa and Jodi")."""
-    one_word = all(
-        _NAME_WORD.fullmatch(text, s.start, s.end) for s in (last, span)
-    )
+    one_word = all(_NAME_WORD.fullmatch(text, s.start, s.end) for s in (last, span))
     return bool(one_word) and not _LIST_GOES_ON.match(text, span.end)
 
 
