@@ -441,7 +441,8 @@ def street_address_recognizer() -> PatternRecognizer:
         rf"|{after_unit}(?:[ \t]+{name}(?:[ \t]+{word}){{0,3}}){line_end}|{follow})"
     )
     # at least one word between: "3 ST elevation" is an ECG finding
-    by_suffix = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?(?:{word}\s+){{1,4}}(?i:{_STREET_SUFFIX})\b\.?"
+    # (on one line: "2017-05-11\nDear Dr." is a date, then a letter's greeting)
+    by_suffix = rf"\d{{1,6}}[ \t]+(?:\d{{1,6}}[ \t]+)?(?:{word}[ \t]+){{1,4}}(?i:{_STREET_SUFFIX})\b\.?"
     not_month = rf"(?!(?i:{_MONTH})\b)"
     not_unit = rf"(?!(?i:{_DOSE_UNIT})\b)"  # "325 MG Oral Tablet. Take 2" is a dose
     by_number = (
