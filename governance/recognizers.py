@@ -276,12 +276,16 @@ def date_recognizer() -> PatternRecognizer:
     a month only capitalised."""
     day = r"(?:0?[1-9]|[12]\d|3[01])"
     month_number = r"(?:0?[1-9]|1[0-2])"
-    not_reading = rf"(?<!(?i:\b(?:{_alternation(clinical_rules()['not_a_date_before'])}))[\s:=]{{0,3}})"
+    not_reading = (
+        rf"(?<!(?i:\b(?:{_alternation(clinical_rules()['not_a_date_before'])}))[\s:=]{{0,3}})"
+    )
     # not inside a longer number group ("7.38/40/90", "120/70/12", "40-60cc", "0700-1900")
-    md_slash = rf"(?<![\d/.,-]){month_number}/{day}\b(?![/.,]?\d|\s*(?:mm|cm|%))"
+    md_slash = rf"(?<![\w/.,-]){month_number}/{day}\b(?![/.,]?\d|\s*(?:mm|cm|%))"
     md_dash = rf"(?<![\d/.,:-]){month_number}-{day}\b(?![-/.,:]?\d|[a-z%]|\s*(?i:[a-z]*/|mm|cm|mg|ml|cc|s\b|min|hr|hours?|days?|weeks?|yo|years?|%|mcg|units?|bpm|x\b))"
     # "may" is a month before a day that is no dose ("may 3", not "may 2 tabs")
-    month_any_case = rf"(?:may(?=\s+{day}\b(?!\s*(?i:{_DOSE_UNIT}|to|or|-)\b))|(?!(?i:may)\b){_MONTH})"
+    month_any_case = (
+        rf"(?:may(?=\s+{day}\b(?!\s*(?i:{_DOSE_UNIT}|to|or|-)\b))|(?!(?i:may)\b){_MONTH})"
+    )
     return _recognizer(
         "DATE_TIME",
         "ClinicalDateRecognizer",
@@ -298,9 +302,17 @@ def date_recognizer() -> PatternRecognizer:
             # Safe Harbor removes every element of a date but the year: no year at all too
             ("m/d, no year", rf"{not_reading}{md_slash}", 0.6),
             ("m-d, no year", rf"{not_reading}{md_dash}", 0.45),
-            ("month d, no year", rf"\b{month_any_case}\.?\s+{day}(?:st|nd|rd|th)?\b(?![:.,]?\d)", 0.6),
+            (
+                "month d, no year",
+                rf"\b{month_any_case}\.?\s+{day}(?:st|nd|rd|th)?\b(?![:.,]?\d)",
+                0.6,
+            ),
             # "11-May": "may" after a day and a hyphen is the month
-            ("d month, no year", rf"\b{day}(?:st|nd|rd|th)?(?:(?:\s+|-)(?:of\s+)?{month_any_case}|-(?i:may))\b\.?", 0.6),
+            (
+                "d month, no year",
+                rf"\b{day}(?:st|nd|rd|th)?(?:(?:\s+|-)(?:of\s+)?{month_any_case}|-(?i:may))\b\.?",
+                0.6,
+            ),
             ("'yy", r"(?<![\w'’])['’]\d{2}\b(?!['’\w])", 0.6),
         ],
         context=["dob", "born", "date", "seen", "on", "since", "admitted", "discharged"],
@@ -446,7 +458,9 @@ def street_address_recognizer() -> PatternRecognizer:
     )
     # at least one word between: "3 ST elevation" is an ECG finding
     # (on one line: "2017-05-11\nDear Dr." is a date, then a letter's greeting)
-    by_suffix = rf"\d{{1,6}}[ \t]+(?:\d{{1,6}}[ \t]+)?(?:{word}[ \t]+){{1,4}}(?i:{_STREET_SUFFIX})\b\.?"
+    by_suffix = (
+        rf"\d{{1,6}}[ \t]+(?:\d{{1,6}}[ \t]+)?(?:{word}[ \t]+){{1,4}}(?i:{_STREET_SUFFIX})\b\.?"
+    )
     not_month = rf"(?!(?i:{_MONTH})\b)"
     not_unit = rf"(?!(?i:{_DOSE_UNIT})\b)"  # "325 MG Oral Tablet. Take 2" is a dose
     by_number = (
@@ -876,16 +890,18 @@ class ClinicalCueRecognizer(EntityRecognizer):
         place ("Emporia, Kansas") unless both are known names ("Jenkins, Santos")."""
         out: list[RecognizerResult] = []
         for m in _INVERTED_NAME.finditer(text):
-            last = m.group(1).split()[-1].casefold()
+            last = _unquoted(m.group(1).split()[-1].casefold())  # "O'NEIL": the lists' "oneil"
             first = m.group(2).casefold()
             lower = m.group().islower()  # "jacobs, ernesto": both must be known names
             if any(self._plain(k) for k in (last, first)):
                 continue
             if m.group().isupper():  # "PUGH, ELINA" in a line of ordinary case: one known name
                 # and the other known or a word English hardly uses ("CP, SOB" is no name)
-                if (first in self.first or zipf(first) < UNSEEN_NAME_ZIPF) and (
-                    last in self.last or zipf(last) < UNSEEN_NAME_ZIPF
-                ) and (first in self.first or last in self.last):
+                if (
+                    (first in self.first or zipf(first) < UNSEEN_NAME_ZIPF)
+                    and (last in self.last or zipf(last) < UNSEEN_NAME_ZIPF)
+                    and (first in self.first or last in self.last)
+                ):
                     out.append(RecognizerResult("PERSON", m.start(), m.end(), INVERTED_NAME_SCORE))
                 continue
             # capitalised, a first name no list holds may stand after a known last name
@@ -979,14 +995,20 @@ class ClinicalCueRecognizer(EntityRecognizer):
             else:  # a town no list holds: one or two uncommon words ("lives in mulvane")
                 town = [w for w in words[:2] if self._town_word(w.group())]
                 if town and town[0] is words[0]:
-                    last = town[1] if len(town) == 2 and text[words[0].end() : words[1].start()] == " " else town[0]
+                    last = (
+                        town[1]
+                        if len(town) == 2 and text[words[0].end() : words[1].start()] == " "
+                        else town[0]
+                    )
                     if cue.group("strong"):
                         out.append(RecognizerResult(LOCATION, town[0].start(), last.end(), 0.5))
         return out
 
     def _town_word(self, word: str) -> bool:
         key = word.casefold()
-        return len(key) > 2 and not self._plain(key) and key not in self.name_cues and zipf(key) < 4.0
+        return (
+            len(key) > 2 and not self._plain(key) and key not in self.name_cues and zipf(key) < 4.0
+        )
 
 
 def medical_recognizers() -> list[EntityRecognizer]:
@@ -1054,7 +1076,7 @@ EPONYM_AFTER = re.compile(
     r"(?:['’]s)?[ \t]+(?:disease|syndrome|sign|test|palsy|reflex|score|scale|criteria|classification"
     r"|procedure|operation|catheter|tube|maneuver|manoeuvre|phenomenon|fracture|tumou?r|lymphoma"
     r"|ulcer|node|triad|law|position|disorder|anomaly|deformity|contracture|esophagus|oesophagus"
-    r"|thyroiditis|encephalopathy|ataxia|dystrophy|stain|solution|formula|equation|method)\b",
+    r"|thyroiditis|encephalopathy|ataxia|dystrophy|stain|solution|formula|equation|method|rules?)\b",
     re.IGNORECASE,
 )
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
@@ -1166,9 +1188,7 @@ def census_names() -> tuple[frozenset[str], frozenset[str]]:
     SSA card applications; built by ``build_name_lists.py``, which already left out common
     English words) less the clinical keep-lists, section headers and the common clinical words
     above, so that "Stable", "Plan", "Colace" or "Senna" never become names by this list."""
-    plain = (
-        clinical_words() | clinical_abbreviations() | CLINICAL_WORDS | SECTION_HEADERS
-    )
+    plain = clinical_words() | clinical_abbreviations() | CLINICAL_WORDS | SECTION_HEADERS
     return (
         _word_file("census_first_names.txt") - plain,
         _word_file("census_last_names.txt") - plain,
@@ -1442,7 +1462,12 @@ class NameGazetteerRecognizer(EntityRecognizer):
         if key in self.stop_words or len(key) < 2:
             return False
         parts = re.split(r"['’-]", key)
-        return key in self.first or key in self.last or all(p in self.last for p in parts)
+        return (
+            key in self.first
+            or key in self.last
+            or all(p in self.last for p in parts)
+            or _unquoted(key) in self.last  # "O'Neil": the census writes "ONEIL"
+        )
 
     def _continues(self, text: str, previous: re.Match[str], match: re.Match[str]) -> bool:
         gap = text[previous.end() : match.start()]
@@ -1482,6 +1507,11 @@ class NameGazetteerRecognizer(EntityRecognizer):
         if after[:1] in (":", ",") or after[:2] in ("'s", "’s") or _SUBJECT_VERB.match(text, end):
             return [RecognizerResult("PERSON", start, end, 0.45)]
         return []
+
+
+def _unquoted(key: str) -> str:
+    """``key`` without apostrophes, as the census lists write names ("o'neil" is "oneil")."""
+    return key.replace("'", "").replace("’", "")
 
 
 def _shape(word: str) -> str:

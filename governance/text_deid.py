@@ -1167,10 +1167,13 @@ def merge_spans(
             lead = len(piece) - len(piece.lstrip(_LEADING))
             trail = len(piece.rstrip(_TRAILING))
             whole = stop - pos == r.end - r.start
-            if (
-                not whole
-                and r.entity_type in _NAMED
-                and all(w.casefold() in plain for w in _NAME_WORD.findall(piece))
+            words = _NAME_WORD.findall(piece)
+            if not whole and (
+                (
+                    r.entity_type in _NAMED
+                    and all(w.casefold() in plain or len(w) < 2 for w in words)
+                )
+                or (r.entity_type == "DATE_TIME" and not _DIGIT.search(piece))
             ):
                 pos = stop
                 continue  # a department or a header word left over

@@ -662,6 +662,7 @@ CLINICAL_PHI = [
     ("Can you page Dr. Valdez at 4627 about the troponin?", "4627"),
     ("Patient: PUGH, ELINA    Med Rec #: K17-1023", "PUGH, ELINA"),
     ("CC: CP X 2H. BIBA FROM LONGRIDGE.", "LONGRIDGE"),
+    ("Patient: O'NEIL, GAVIN    Med Rec #: 738-6", "O'NEIL"),
 ]
 
 
@@ -686,6 +687,7 @@ CLINICAL_SHORTHAND = [
     "VENT: AC 500 X 14. SITTER AT BEDSIDE. PT FRAIL, S/P LAP CHOLE.",
     "Exam: positive Dix-Hallpike on the right. Bair Hugger on. NKDA. ESI 2.",
     "paged Dr at 1800, no answer; will re-page.",
+    "Immunostains for p63 and CK5/6 show loss of basal cells. Ottawa rules negative.",
 ]
 
 
