@@ -21,6 +21,11 @@ Three sets, never mixed:
   held-out 2 (mimesis's other European locales, ``bench/data/dev_2_values.json``, less every
   held-out 2 value), so the unlisted names' misses can be studied without reading held-out 2.
 
+- **dev 3 / held-out 3** (:func:`generate_kinds`): documents of seven other kinds (discharge
+  summaries, radiology and pathology reports, ED triage in capitals, portal messages, consult
+  letters, clinician questions), written once; values from held-out 2's lists split in halves
+  by hash. Held-out 3 is never read, never tuned on.
+
 The values come from the corpus' Synthea records (patients', practitioners' names, towns,
 organisations; digits stripped) and from the short lists below (common-word first names, the
 failure cases of issue 16); the note lines are this module's templates. Nothing here is
