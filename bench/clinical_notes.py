@@ -520,7 +520,7 @@ class DocSlots(Slots):
 
     def __init__(self, rng: random.Random, split: str) -> None:
         self.rng = rng
-        values = _values(KINDS_VALUES)  # type: ignore[arg-type]
+        values = _values(KINDS_VALUES)
         want = "dev" if split == "dev_3" else "held_out"
         self.first = _half(values["first"], want)  # type: ignore[arg-type]
         self.last = _half(values["last"], want)  # type: ignore[arg-type]
@@ -564,12 +564,25 @@ def _documents(s: DocSlots) -> list[list[list[Piece]]]:
     kin = r.choice(["wife", "husband", "daughter", "son", "mother", "sister"])
     age = str(r.randint(19, 88))
     old = str(r.randint(90, 103))
-    n = lambda v: (NAME, _fixed(v))
-    d = lambda: (DATE, Slots.date)
-    dd = lambda: (DATE, DocSlots.long_date)  # type: ignore[arg-type]
-    ph = lambda: (PHONE, Slots.phone)
-    rid = lambda: (ID, Slots.record_number)
-    acc = lambda: (ID, DocSlots.accession)  # type: ignore[arg-type]
+
+    def n(value: str) -> Piece:
+        return (NAME, _fixed(value))
+
+    def d() -> Piece:
+        return (DATE, Slots.date)
+
+    def dd() -> Piece:
+        return (DATE, lambda _x: s.long_date())
+
+    def ph() -> Piece:
+        return (PHONE, Slots.phone)
+
+    def rid() -> Piece:
+        return (ID, Slots.record_number)
+
+    def acc() -> Piece:
+        return (ID, lambda _x: s.accession())
+
     discharge: list[list[Piece]] = [
         ["DISCHARGE SUMMARY"],
         ["Patient: ", n(f"{pl}, {pf}"), "    MRN: ", rid(), "    DOB: ", dd()],
