@@ -1187,7 +1187,8 @@ def census_names() -> tuple[frozenset[str], frozenset[str]]:
     ``deid_words/census_first_names.txt`` and ``census_last_names.txt`` (1990 and 2010 Census,
     SSA card applications; built by ``build_name_lists.py``, which already left out common
     English words) less the clinical keep-lists, section headers and the common clinical words
-    above, so that "Stable", "Plan", "Colace" or "Senna" never become names by this list."""
+    above, so that "Stable", "Plan", "Foley" or "Vent" never become names by this list (brand
+    drug names and eponyms no keep-list holds, "Colace", "Gleason", still do)."""
     plain = clinical_words() | clinical_abbreviations() | CLINICAL_WORDS | SECTION_HEADERS
     return (
         _word_file("census_first_names.txt") - plain,
