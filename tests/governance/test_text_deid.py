@@ -657,6 +657,12 @@ CLINICAL_PHI = [
     ("pt lives in derby w/ son.", "derby"),
     ("FAMILY: CYNTHIA RATH (WIFE) CELL (620) 555-0199.", "CYNTHIA RATH"),
     ("lives at 216 pleasant st, liberal.", "216 pleasant st"),
+    ("ED TRIAGE 10/27 0342\nCC: CP X 2H.", "10/27"),
+    ("Pathologist: A. Peck, MD    Signed out 11-May", "11-May"),
+    ("Can you page Dr. Valdez at 4627 about the troponin?", "4627"),
+    ("Patient: PUGH, ELINA    Med Rec #: K17-1023", "PUGH, ELINA"),
+    ("CC: CP X 2H. BIBA FROM LONGRIDGE.", "LONGRIDGE"),
+    ("Patient: O'NEIL, GAVIN    Med Rec #: 738-6", "O'NEIL"),
 ]
 
 
@@ -676,6 +682,12 @@ CLINICAL_SHORTHAND = [
     "IMPRESSION: LEFT LOWER LOBE CONSOLIDATION, SMALL LEFT PLEURAL EFFUSION.",
     "GI: ABD SOFT, NT/ND, +BS. TF AT GOAL 60CC/HR. GU: FOLEY IN PLACE.",
     "Gtts: levophed 0.05 mcg/kg/min, weaned off at 2200. PIV x2, R IJ TLC.",
+    # census surnames or first names that are shorthand, devices or tests
+    "Vent: AC 500 x 14. Dex was increased, sitter at bedside.",
+    "VENT: AC 500 X 14. SITTER AT BEDSIDE. PT FRAIL, S/P LAP CHOLE.",
+    "Exam: positive Dix-Hallpike on the right. Bair Hugger on. NKDA. ESI 2.",
+    "paged Dr at 1800, no answer; will re-page.",
+    "Immunostains for p63 and CK5/6 show loss of basal cells. Ottawa rules negative.",
 ]
 
 
@@ -850,3 +862,46 @@ def test_a_note_not_in_english_is_flagged(deid: TextDeidentifier, note: str, lan
     assert note_language(note) == language
     [out] = deid.deidentify_batch([note], surrogate_key=KEY)
     assert out.language == language and out.supported is (language == "en")
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 16, third pass: the census name lists
+
+
+def test_census_lists_know_names_faker_lacks_but_no_clinical_word() -> None:
+    from medlake.governance.recognizers import census_names, gazetteer, name_lists
+
+    _, faker_last, _ = gazetteer()
+    census_first, census_last = census_names()
+    assert "kimbrough" in census_last and "kimbrough" not in faker_last
+    assert "kimbrough" in name_lists()[1] and "kimbrough" not in gazetteer()[1]
+    # each of these is a census surname or first name, and a clinical word: not a name here
+    for word in ("stable", "plan", "vent", "foley", "sitter", "triage", "hugger"):
+        assert word not in census_first and word not in census_last, word
+
+
+def test_a_census_only_name_in_a_shouted_note_is_truecased_and_redacted(
+    deid: TextDeidentifier,
+) -> None:
+    from medlake.governance.truecase import truecase
+
+    note = "PT SEEN W/ WIFE. DISCUSSED WITH DUNAWAY KIMBROUGH AT BEDSIDE."
+    # both names are known from the census lists only, and rare enough to be no English word
+    assert "Dunaway Kimbrough" in truecase(note, deid._lexicon)
+    [out] = deid.deidentify_batch([note], surrogate_key=KEY)
+    assert "DUNAWAY" not in out.text and "KIMBROUGH" not in out.text, out.text
+    assert out.text.startswith("PT SEEN W/ WIFE. DISCUSSED WITH ")
+
+
+def test_a_census_only_word_alone_at_a_lines_start_is_no_name(deid: TextDeidentifier) -> None:
+    from medlake.governance.truecase import truecase
+
+    # "sitter" and "frail" are census names too, yet alone in a shouted line stay words
+    cased = truecase("SITTER AT BEDSIDE, PT FRAIL.", deid._lexicon)
+    assert cased == "sitter at bedside, pt frail."
+
+
+def test_a_department_left_over_from_a_care_site_is_kept(deid: TextDeidentifier) -> None:
+    note = "Toledo Urgent Care Neurology\n265 Maple Rd, Leighton Buzzard"
+    [out] = deid.deidentify_batch([note], surrogate_key=KEY)
+    assert "Toledo" not in out.text and "Neurology" in out.text, out.text
