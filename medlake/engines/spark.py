@@ -343,9 +343,11 @@ class SparkEngine:
             view = f"medlake_insert_{abs(hash((target.uri, str(runs)))) % 10**9}"
             kept_rows.createOrReplaceTempView(view)
             on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
-            self.spark.sql(
-                f"MERGE INTO delta.`{target.uri}` t USING {view} s ON {on} "
-                "WHEN NOT MATCHED THEN INSERT *"
+            _retried(
+                lambda: self.spark.sql(
+                    f"MERGE INTO delta.`{target.uri}` t USING {view} s ON {on} "
+                    "WHEN NOT MATCHED THEN INSERT *"
+                ).collect()
             )
             appended = self._table_rows(target.uri) - before
         finally:
@@ -384,9 +386,11 @@ class SparkEngine:
             self._create(uri, spark_schema(QUARANTINE_SCHEMA))
         view = f"medlake_quarantine_{abs(hash(uri)) % 10**9}"
         rows.dropDuplicates(["quarantine_id"]).createOrReplaceTempView(view)
-        self.spark.sql(
-            f"MERGE INTO delta.`{uri}` t USING {view} s ON t.quarantine_id = s.quarantine_id "
-            "WHEN NOT MATCHED THEN INSERT *"
+        _retried(  # two source DAGs may refuse records at once: a lost race is redone
+            lambda: self.spark.sql(
+                f"MERGE INTO delta.`{uri}` t USING {view} s ON t.quarantine_id = s.quarantine_id "
+                "WHEN NOT MATCHED THEN INSERT *"
+            ).collect()
         )
 
     def _create(self, uri: str, schema: StructType, *, partition_by: Sequence[str] = ()) -> None:
