@@ -43,11 +43,10 @@ $(STAMP): pyproject.toml uv.lock
 	@touch $(STAMP)
 
 # What the production profile and infra-check run beyond the venv: built (versitygw, helm from the
-# Go module proxy) or fetched (S3A jars, Maven Central) once, kept under .venv/. The tests need the
-# first two only (their profile runs PostgreSQL, S3 and MLflow, not Spark): `make test` does not
-# fetch the ~700 MB of S3A jars.
-infra-deps: infra-test-deps $(S3A_JARS)/.complete
-infra-test-deps: postgres $(INFRA_BIN)/versitygw $(INFRA_BIN)/helm
+# Go module proxy) or fetched (S3A jars, Maven Central) once, kept under .venv/. The tests need all
+# of it: tests/infra/test_prod_spark.py runs the Spark daemons against versitygw through S3A.
+infra-deps: infra-test-deps
+infra-test-deps: postgres $(INFRA_BIN)/versitygw $(INFRA_BIN)/helm $(S3A_JARS)/.complete
 
 # PostgreSQL 15 from Debian's packages, when the machine lacks it (as root only).
 postgres:
