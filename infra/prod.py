@@ -456,10 +456,15 @@ def spark_home() -> Path:
 
 
 def spark_jars() -> list[Path]:
+    """The Connect server's classpath: delta-spark, S3A, and Splink's similarity functions (entity
+    resolution on the Spark engine registers them in its session: a Connect client cannot add jars
+    to the server, so the server carries them, as medlake's own local sessions do)."""
     jars = sorted(DELTA_JARS.glob("delta-*.jar")) + sorted(S3A_JARS.glob("*.jar"))
     if len(jars) < 5:
         raise procs.ServiceFailed(f"delta or S3A jars missing in {DELTA_JARS} / {S3A_JARS}: run `make infra-deps`")
-    return jars
+    from splink.backends.spark import similarity_jar_location
+
+    return [*jars, Path(similarity_jar_location())]
 
 
 def truststore(profile: Profile) -> Path:
@@ -543,7 +548,10 @@ def _connect_up(profile: Profile, env: dict[str, str], master: str) -> None:
         "spark.executor.memory": "1g",
         "spark.driver.memory": "1g",
         "spark.cores.max": str(profile.spark_workers),
-        "spark.sql.shuffle.partitions": "4",
+        # one partition per executor core: Spark's 200 shuffle partitions and Delta's 50 log-replay
+        # partitions are for clusters (with 50, every Delta snapshot of a small table is 50 tasks)
+        "spark.sql.shuffle.partitions": str(profile.spark_workers),
+        "spark.databricks.delta.snapshotPartitions": str(profile.spark_workers),
         "spark.ui.port": str(profile.port("spark_ui")),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",

@@ -75,6 +75,15 @@ def service_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _free_port() -> int:
+    """A port nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -106,6 +115,10 @@ def start(settings: Settings, *, progress: Callable[[str], None] | None = None, 
         stop(settings)
         ensure_db(settings)
         env = service_env(settings)
+        # the scheduler's log server and health check bind ports of their own (8793 and 8974 by
+        # default): another Airflow on this machine holds them, so take free ones for this start
+        env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(_free_port())
+        env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"] = str(_free_port())
         logs = _home(settings) / "services"
         logs.mkdir(parents=True, exist_ok=True)
         exe = str(Path(sys.executable).with_name("airflow"))
