@@ -409,7 +409,8 @@ def settings_table() -> list[tuple[str, str, str]]:
     """Every setting as (environment name, default, meaning), for the README and `medlake config`."""
 
     def shown(value: object) -> str:
-        return str(value).replace(str(STATE_DIR), "$MEDLAKE_HOME").replace(str(REPO_ROOT), "<repo>")
+        text = str(value).replace(str(STATE_DIR), "$MEDLAKE_HOME")
+        return text.replace(str(REPO_ROOT), "<repo>") if IN_CHECKOUT else text
 
     rows: list[tuple[str, str, str]] = []
     for name, field in Settings.model_fields.items():
