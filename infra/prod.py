@@ -397,7 +397,11 @@ def airflow_env(profile: Profile) -> dict[str, str]:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__PARALLELISM": "4",
+            # one task at a time: on the Spark engine, two source DAGs ingesting at once race on the
+            # shared quarantine table (delta-spark's MERGE fails with ConcurrentAppendException and the
+            # engine does not retry it; the embedded engine retries its commit races), and two cores
+            # run one Spark task at a time anyway. MEDLAKE_PROD_AIRFLOW_PARALLELISM overrides it.
+            "AIRFLOW__CORE__PARALLELISM": os.environ.get("MEDLAKE_PROD_AIRFLOW_PARALLELISM", "1"),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{profile.port('airflow')}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(profile.port("airflow")),
