@@ -391,6 +391,9 @@ def airflow_env(profile: Profile) -> dict[str, str]:
     # the tasks are medlake clients of the profile (object store, Spark Connect, MLflow, MEDLAKE_HOME)
     env.update({k: v for k, v in client_settings(profile).items() if not k.startswith("MEDLAKE__AIRFLOW__")})
     env.pop("MEDLAKE__LAKE__ROOT")  # each run names its lake in its params
+    # dbt-spark (gold on the Spark engine) opens its session with the builder's getOrCreate(): in a
+    # process already on Spark Connect that needs the server's URL from SPARK_REMOTE
+    env["SPARK_REMOTE"] = env["MEDLAKE__SPARK__REMOTE"]
     env.update(
         {
             "AIRFLOW_HOME": str(home),
