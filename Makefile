@@ -43,9 +43,9 @@ $(STAMP): pyproject.toml uv.lock
 	@touch $(STAMP)
 
 # What the production profile and infra-check run beyond the venv: built (versitygw, helm from the
-# Go module proxy) or fetched (S3A jars, Maven Central) once, kept under .venv/. The tests need the
-# first two only (their profile runs PostgreSQL, S3 and MLflow, not Spark): `make test` does not
-# fetch the ~700 MB of S3A jars.
+# Go module proxy) or fetched (S3A jars, Maven Central) once, kept under .venv/. `make test` builds
+# the first two; the S3A jars (about 690 MB) only come with infra-deps, and the Spark-daemons test
+# (tests/infra/test_prod_spark.py) runs where they were fetched, else it is skipped and says so.
 infra-deps: infra-test-deps $(S3A_JARS)/.complete
 infra-test-deps: postgres $(INFRA_BIN)/versitygw $(INFRA_BIN)/helm
 

@@ -1,13 +1,14 @@
 """`make prod-demo`: the sample hospital through the running production profile into s3://.
 
-Starts the profile when it is not running (infra/prod.py up), generates the sample hospital, runs
-the pipeline on the Spark engine (the Spark Connect server of the profile, writing Delta on the
-object store over S3A) into ``s3://lake/demo-<time>``, prints the lake URI and the run summary, then
-publishes the gold features as a dataset and trains a model tracked by the profile's MLflow server
-(PostgreSQL + artifacts on S3) when the sample holds enough cases of each class.
-
-The run is triggered inline with ``medlake run`` (``airflow dags test`` in this process's Airflow
-home): a run driven by the profile's scheduler through the REST API is the work of issue #14.
+Starts the profile when it is not running (infra/prod.py up), generates the sample hospital and
+runs the pipeline through the profile's running Airflow: ``medlake run --engine spark`` triggers
+the source DAGs through its API server (``MEDLAKE__AIRFLOW__API_URL``), its scheduler
+(LocalExecutor, PostgreSQL) runs them and the curation runs their bronze assets trigger, each task
+on the Spark engine (the profile's Spark Connect server, ``MEDLAKE__SPARK__REMOTE``, on the
+standalone master and its workers, writing Delta on the object store over S3A) into
+``s3://lake/demo-<time>``. Prints the lake URI and the run summary, then publishes the gold
+features as a dataset and trains a model tracked by the profile's MLflow server (PostgreSQL +
+artifacts on S3) when the sample holds enough cases of each class.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--engine", choices=("spark", "embedded"), default="spark")
+    parser.add_argument("--engine", choices=("spark", "embedded"), default=os.environ.get("MEDLAKE_PROD_ENGINE", "spark"),
+                        help="the profile's engine (MEDLAKE_PROD_ENGINE, default spark): its Airflow workers' too")
     args = parser.parse_args(argv)
+    os.environ["MEDLAKE_PROD_ENGINE"] = args.engine  # the engine of an Airflow started now
     profile = prod.Profile.from_env()
     began = time.monotonic()
     timings = prod.up(profile, ["pg", "s3", "mlflow", "airflow", "spark"] if args.engine == "spark"
@@ -61,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     landing = profile.home / "demo" / f"landing-{stamp}"
     if medlake(env, "sample", "--patients", str(args.patients), "--seed", str(args.seed), "--out", str(landing)).returncode:
         return 1
-    print("the pipeline runs inline (`medlake run`: airflow dags test); the scheduler-driven trigger is issue #14")
-    run = medlake(env, "run", "--inline", "--landing", str(landing), "--lake", lake, "--engine", args.engine)
+    print(f"the pipeline runs on the profile's scheduler ({env['MEDLAKE__AIRFLOW__API_URL']}) on the "
+          f"{args.engine} engine" + (f" ({env['MEDLAKE__SPARK__REMOTE']})" if args.engine == "spark" else ""),
+          flush=True)
+    ran = time.monotonic()
+    run = medlake(env, "run", "--landing", str(landing), "--lake", lake, "--engine", args.engine)
+    print(f"medlake run: exit {run.returncode} in {time.monotonic() - ran:.0f} s", flush=True)
     summary = subprocess.run([str(BIN / "medlake"), "summary", "--lake", lake, "--json"], env=env,
                              capture_output=True, text=True, check=False)
     if summary.returncode == 0:
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = medlake(env, "train", "--lake", lake, "--dataset", "patient_features@1")
     if trained.returncode:
         print("training skipped or failed (it needs 25 cases of each class: try DEMO_PATIENTS=500)")
-    print(f"\nlake: {lake}\nMLflow: {prod.client_settings(profile)['MEDLAKE__MLFLOW__TRACKING_URI']}"
+    print(f"\nlake: {lake}  (in {time.monotonic() - began:.0f} s)\nMLflow: {prod.client_settings(profile)['MEDLAKE__MLFLOW__TRACKING_URI']}"
           f"\nstop the services: make prod-down")
     return 0
 

@@ -57,6 +57,9 @@ PROCESSES = {
     "airflow": ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor"),
     "spark": ("spark-master", "spark-worker-1", "spark-worker-2", "spark-connect"),
 }
+#: Spark workers (``MEDLAKE_PROD_SPARK_WORKERS``, default 2; the test starts one): their UIs take
+#: the ports after the worker UI's, 10 apart
+MAX_SPARK_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,22 @@ class Profile:
 
     home: Path
     base: int
+    spark_workers: int = 2
 
     @classmethod
     def from_env(cls) -> Profile:
         home = Path(os.environ.get("MEDLAKE_PROD_HOME", REPO / ".medlake-prod")).resolve()
-        return cls(home=home, base=int(os.environ.get("MEDLAKE_PROD_PORT_BASE", "18400")))
+        workers = int(os.environ.get("MEDLAKE_PROD_SPARK_WORKERS", "2"))
+        if not 1 <= workers <= MAX_SPARK_WORKERS:
+            raise ValueError(f"MEDLAKE_PROD_SPARK_WORKERS is 1 to {MAX_SPARK_WORKERS}, not {workers}")
+        return cls(home=home, base=int(os.environ.get("MEDLAKE_PROD_PORT_BASE", "18400")), spark_workers=workers)
+
+    def processes(self, service: str) -> tuple[str, ...]:
+        """The processes ``service`` runs here, in start order."""
+        if service == "spark":
+            workers = tuple(f"spark-worker-{n}" for n in range(1, self.spark_workers + 1))
+            return ("spark-master", *workers, "spark-connect")
+        return PROCESSES[service]
 
     def port(self, service: str) -> int:
         offsets = {
@@ -165,8 +179,16 @@ def base_env(profile: Profile) -> dict[str, str]:
 
 
 def client_settings(profile: Profile) -> dict[str, str]:
-    """medlake's settings for a client of the running profile (paths to secrets, never values)."""
+    """medlake's settings for a client of the running profile (paths to secrets, never values).
+
+    The profile's Airflow tasks run with the same settings and ``MEDLAKE_HOME``: an ``s3://`` lake
+    maps to one local folder there (its locks, run summaries, audit head) and the keys are one set.
+    """
     return {
+        "MEDLAKE_HOME": str(profile.home / "medlake"),
+        # the deployment's engine: the asset-triggered curation runs take it from the workers'
+        # settings (a run's --engine reaches only the source DAGs it triggers)
+        "MEDLAKE__ENGINE": os.environ.get("MEDLAKE_PROD_ENGINE", "spark"),
         "MEDLAKE__LAKE__ROOT": LAKE_URI,
         "MEDLAKE__S3__ENDPOINT": f"https://127.0.0.1:{profile.port('s3')}",
         "MEDLAKE__S3__CA_FILE": str(profile.certs.ca),
@@ -175,6 +197,10 @@ def client_settings(profile: Profile) -> dict[str, str]:
         "MEDLAKE__MLFLOW__TRACKING_URI": f"http://127.0.0.1:{profile.port('mlflow')}",
         "MEDLAKE__SPARK__REMOTE": f"sc://127.0.0.1:{profile.port('spark_connect')}",
         "MEDLAKE__SPARK__MASTER": f"spark://127.0.0.1:{profile.port('spark_master')}",
+        # `medlake run` triggers the DAGs on the profile's scheduler through its API server
+        "MEDLAKE__AIRFLOW__API_URL": f"http://127.0.0.1:{profile.port('airflow')}",
+        "MEDLAKE__AIRFLOW__API_USER": "admin",
+        "MEDLAKE__AIRFLOW__API_PASSWORD_FILE": str(secret_file(profile, "airflow_admin_password")),
         "MLFLOW_S3_ENDPOINT_URL": f"https://127.0.0.1:{profile.port('s3')}",
         "AWS_CA_BUNDLE": str(profile.certs.ca),
     }
@@ -362,6 +388,12 @@ def mlflow_up(profile: Profile) -> None:
 def airflow_env(profile: Profile) -> dict[str, str]:
     home = profile.home / "airflow"
     env = base_env(profile)
+    # the tasks are medlake clients of the profile (object store, Spark Connect, MLflow, MEDLAKE_HOME)
+    env.update({k: v for k, v in client_settings(profile).items() if not k.startswith("MEDLAKE__AIRFLOW__")})
+    env.pop("MEDLAKE__LAKE__ROOT")  # each run names its lake in its params
+    # dbt-spark (gold on the Spark engine) opens its session with the builder's getOrCreate(): in a
+    # process already on Spark Connect that needs the server's URL from SPARK_REMOTE
+    env["SPARK_REMOTE"] = env["MEDLAKE__SPARK__REMOTE"]
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -371,7 +403,11 @@ def airflow_env(profile: Profile) -> dict[str, str]:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__PARALLELISM": "4",
+            # one task at a time: on the Spark engine, two source DAGs ingesting at once race on the
+            # shared quarantine table (delta-spark's MERGE fails with ConcurrentAppendException and the
+            # engine does not retry it; the embedded engine retries its commit races), and two cores
+            # run one Spark task at a time anyway. MEDLAKE_PROD_AIRFLOW_PARALLELISM overrides it.
+            "AIRFLOW__CORE__PARALLELISM": os.environ.get("MEDLAKE_PROD_AIRFLOW_PARALLELISM", "1"),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{profile.port('airflow')}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(profile.port("airflow")),
@@ -430,10 +466,15 @@ def spark_home() -> Path:
 
 
 def spark_jars() -> list[Path]:
+    """The Connect server's classpath: delta-spark, S3A, and Splink's similarity functions (entity
+    resolution on the Spark engine registers them in its session: a Connect client cannot add jars
+    to the server, so the server carries them, as medlake's own local sessions do)."""
     jars = sorted(DELTA_JARS.glob("delta-*.jar")) + sorted(S3A_JARS.glob("*.jar"))
     if len(jars) < 5:
         raise procs.ServiceFailed(f"delta or S3A jars missing in {DELTA_JARS} / {S3A_JARS}: run `make infra-deps`")
-    return jars
+    from splink.backends.spark import similarity_jar_location
+
+    return [*jars, Path(similarity_jar_location())]
 
 
 def truststore(profile: Profile) -> Path:
@@ -481,14 +522,17 @@ def spark_up(profile: Profile) -> None:
     )
     ui = f"http://127.0.0.1:{profile.port('spark_master_ui')}/json/"
     procs.wait_for("spark master", lambda: procs.http_ok(ui), log=profile.logs / "spark-master.log")
-    for n in (1, 2):
+    for n in range(1, profile.spark_workers + 1):
         procs.start(
             f"spark-worker-{n}",
             [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
              "--memory", "1536m", "--webui-port", str(profile.port("spark_worker_ui") + 10 * (n - 1)), master],
             pids=profile.pids, logs=profile.logs, env=env,
         )
-    procs.wait_for("2 spark workers", lambda: alive_workers(profile) >= 2, log=profile.logs / "spark-worker-2.log")
+    procs.wait_for(
+        f"{profile.spark_workers} spark worker(s)", lambda: alive_workers(profile) >= profile.spark_workers,
+        log=profile.logs / f"spark-worker-{profile.spark_workers}.log",
+    )
     _connect_up(profile, env, master)
 
 
@@ -513,8 +557,11 @@ def _connect_up(profile: Profile, env: dict[str, str], master: str) -> None:
         "spark.executor.extraJavaOptions": java_opts,
         "spark.executor.memory": "1g",
         "spark.driver.memory": "1g",
-        "spark.cores.max": "2",
-        "spark.sql.shuffle.partitions": "4",
+        "spark.cores.max": str(profile.spark_workers),
+        # one partition per executor core: Spark's 200 shuffle partitions and Delta's 50 log-replay
+        # partitions are for clusters (with 50, every Delta snapshot of a small table is 50 tasks)
+        "spark.sql.shuffle.partitions": str(profile.spark_workers),
+        "spark.databricks.delta.snapshotPartitions": str(profile.spark_workers),
         "spark.ui.port": str(profile.port("spark_ui")),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -560,7 +607,7 @@ def up(profile: Profile, only: list[str]) -> dict[str, float]:
     secret(profile, "truststore_password")
     timings: dict[str, float] = {}
     for service in wanted:
-        if all(procs.running(p, pids=profile.pids) for p in PROCESSES[service]):
+        if all(procs.running(p, pids=profile.pids) for p in profile.processes(service)):
             continue
         start = time.monotonic()
         try:

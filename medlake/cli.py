@@ -125,7 +125,9 @@ def run(
             from medlake.scheduler import run_scheduled
 
             if not as_json:
-                err.print(f"triggering the source DAGs on {landing} through the local Airflow scheduler …")
+                where = (f"the Airflow at {settings.airflow.api_url}" if settings.airflow.api_url
+                         else "the local Airflow scheduler")
+                err.print(f"triggering the source DAGs on {landing} through {where} …")
             scheduled = run_scheduled(settings, landing=landing, lake=lake, progress=progress, engine=engine)
             runs = scheduled.runs
             dag_run = scheduled.curation[-1]

@@ -14,6 +14,7 @@ secrets themselves: callers pass what they need as arguments.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +27,25 @@ from pydantic_settings import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STATE_DIR = Path(os.environ.get("MEDLAKE_HOME", REPO_ROOT / ".medlake"))
+#: whether medlake runs from its source tree (``make env``'s editable install) rather than from a
+#: wheel installed into site-packages, where nothing may hang off the folder above the package
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "dags").is_dir()
+PACKAGE_DIR = Path(__file__).resolve().parent
+STATE_DIR = Path(
+    os.environ.get("MEDLAKE_HOME", REPO_ROOT / ".medlake" if IN_CHECKOUT else Path.home() / ".medlake")
+)
+
+
+def shipped(name: str) -> Path:
+    """A folder medlake ships (``dags``, ``dbt``): the checkout's top-level folder, or the copy a
+    wheel carries inside the package (``medlake/dags``, ``medlake/dbt``)."""
+    return REPO_ROOT / name if IN_CHECKOUT else PACKAGE_DIR / name
+
+
+def default_jars_dir() -> Path:
+    """Where ``make env`` puts the delta-spark jars: ``<repo>/.venv/jars``; for a wheel, ``jars/``
+    in the environment it is installed into (``sys.prefix``)."""
+    return REPO_ROOT / ".venv" / "jars" if IN_CHECKOUT else Path(sys.prefix) / "jars"
 #: object-store schemes a lake root may name (delta-rs and Spark's S3A both read them)
 OBJECT_STORE_SCHEMES = ("s3",)
 
@@ -213,13 +232,22 @@ class AirflowSettings(BaseModel):
     """The local Airflow installation that runs the DAGs."""
 
     home: Path = Field(default=STATE_DIR / "airflow", description="AIRFLOW_HOME (SQLite metadata DB locally).")
-    dags_folder: Path = Field(default=REPO_ROOT / "dags", description="Folder of the DAG files.")
+    dags_folder: Path = Field(default=shipped("dags"), description="Folder of the DAG files (a wheel: its medlake/dags).")
     pipeline_dag_id: str = Field(default="medlake_pipeline", description="The DAG `medlake run --inline` runs.")
     api_port: int = Field(
         default=8080,
         ge=1,
         le=65535,
         description="Port of the local Airflow API server `medlake run` starts and triggers DAGs through (127.0.0.1 only).",
+    )
+    api_url: str | None = Field(
+        default=None,
+        description="API server of a running Airflow that runs medlake's DAGs (a deployment's, e.g. http://127.0.0.1:18480): `medlake run` triggers through it and starts nothing; unset: a local one on the API port.",
+    )
+    api_user: str = Field(default="medlake", description="User `medlake run` signs in to the Airflow API as.")
+    api_password_file: Path | None = Field(
+        default=None,
+        description="File (0600) holding that user's password; unset: the one the local Airflow generated in its home.",
     )
     asset_grace: float = Field(
         default=180,
@@ -269,7 +297,7 @@ class AirflowSettings(BaseModel):
 class DbtSettings(BaseModel):
     """The dbt project that builds the gold marts."""
 
-    project_dir: Path = Field(default=REPO_ROOT / "dbt", description="dbt project folder.")
+    project_dir: Path = Field(default=shipped("dbt"), description="dbt project folder (a wheel: its medlake/dbt).")
     target: Literal["duckdb", "spark"] = Field(default="duckdb", description="dbt profile target.")
 
 
@@ -283,7 +311,7 @@ class SparkSettings(BaseModel):
         default=None,
         description="Spark Connect URL (sc://host:15002); when set it wins over the master.",
     )
-    jars_dir: Path = Field(default=REPO_ROOT / ".venv" / "jars", description="delta-spark jars fetched at install.")
+    jars_dir: Path = Field(default=default_jars_dir(), description="delta-spark jars fetched at install (a wheel: <sys.prefix>/jars).")
 
 
 class EmbeddedSettings(BaseModel):
@@ -419,7 +447,8 @@ def settings_table() -> list[tuple[str, str, str]]:
     """Every setting as (environment name, default, meaning), for the README and `medlake config`."""
 
     def shown(value: object) -> str:
-        return str(value).replace(str(STATE_DIR), "$MEDLAKE_HOME").replace(str(REPO_ROOT), "<repo>")
+        text = str(value).replace(str(STATE_DIR), "$MEDLAKE_HOME")
+        return text.replace(str(REPO_ROOT), "<repo>") if IN_CHECKOUT else text
 
     rows: list[tuple[str, str, str]] = []
     for name, field in Settings.model_fields.items():

@@ -6,6 +6,13 @@ The API server listens on 127.0.0.1 only. Its one user (``medlake``, admin) has 
 Airflow's simple auth manager generates into the Airflow home (0700): the service principal reads
 it to get a JWT from ``/auth/token``. The scheduler and the API server share a JWT secret kept
 there too (0600), so tasks the LocalExecutor starts can talk to the execution API.
+
+With ``MEDLAKE__AIRFLOW__API_URL`` set, `medlake run` starts nothing: it triggers and follows the
+DAG runs through that Airflow (a deployment's, e.g. the production profile's scheduler on
+PostgreSQL, ``infra/prod.py``), as ``MEDLAKE__AIRFLOW__API_USER`` with the password in
+``MEDLAKE__AIRFLOW__API_PASSWORD_FILE``. Its tasks read the lake named in the run's params, so
+the deployment's workers must map an ``s3://`` lake to the same local folder (one
+``MEDLAKE_HOME``) and hold the same keys.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ from typing import Any
 from medlake.config import Settings
 from medlake.orchestrator import DagRun, PipelineFailed, airflow_env, ensure_db
 
-USER = "medlake"
 COMPONENTS = ("scheduler", "dag-processor", "api-server")
 TERMINAL = ("success", "failed")
 
@@ -58,7 +64,7 @@ def service_env(settings: Settings) -> dict[str, str]:
     secret = _secret(settings)
     env.update(
         {
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow.api_user}:admin",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": secret,
             "AIRFLOW__API__SECRET_KEY": secret,
@@ -67,6 +73,15 @@ def service_env(settings: Settings) -> dict[str, str]:
         }
     )
     return env
+
+
+def _free_port() -> int:
+    """A port nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -89,12 +104,21 @@ def running(settings: Settings) -> dict[str, int]:
 
 
 def start(settings: Settings, *, progress: Callable[[str], None] | None = None, timeout: float = 240) -> Client:
-    """The API client of the local services, started first when they are not all up."""
+    """The API client of the local services, started first when they are not all up; of the
+    deployment's Airflow (``MEDLAKE__AIRFLOW__API_URL``), started by nobody here, when one is set."""
+    if settings.airflow.api_url:
+        client = Client(settings)
+        client.wait_healthy(timeout=timeout)
+        return client
     up = running(settings)
     if set(up) != set(COMPONENTS):
         stop(settings)
         ensure_db(settings)
         env = service_env(settings)
+        # the scheduler's log server and health check bind ports of their own (8793 and 8974 by
+        # default): another Airflow on this machine holds them, so take free ones for this start
+        env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(_free_port())
+        env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"] = str(_free_port())
         logs = _home(settings) / "services"
         logs.mkdir(parents=True, exist_ok=True)
         exe = str(Path(sys.executable).with_name("airflow"))
@@ -147,12 +171,16 @@ class Client:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.settings.airflow.api_port}"
+        return (self.settings.airflow.api_url or f"http://127.0.0.1:{self.settings.airflow.api_port}").rstrip("/")
 
     def _password(self) -> str:
+        if self.settings.airflow.api_password_file is not None:
+            from medlake.storage import _read_secret
+
+            return _read_secret(self.settings.airflow.api_password_file)
         path = _home(self.settings) / "simple_auth_manager_passwords.json.generated"
         passwords: dict[str, str] = json.loads(path.read_text())
-        return passwords[USER]
+        return passwords[self.settings.airflow.api_user]
 
     def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None, *, auth: bool = True) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -161,7 +189,8 @@ class Client:
         if auth:
             if self.token is None:
                 self.token = self._request(
-                    "POST", "/auth/token", {"username": USER, "password": self._password()}, auth=False
+                    "POST", "/auth/token", {"username": self.settings.airflow.api_user, "password": self._password()},
+                    auth=False,
                 )["access_token"]
             request.add_header("Authorization", f"Bearer {self.token}")
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -182,6 +211,8 @@ class Client:
             except (urllib.error.URLError, ConnectionError, KeyError, FileNotFoundError, TimeoutError) as exc:
                 last = repr(exc)
             time.sleep(1)
+        if self.settings.airflow.api_url:
+            raise PipelineFailed(f"the Airflow at {self.base} is not healthy after {timeout:.0f} s ({last})")
         raise PipelineFailed(f"the local Airflow did not come up in {timeout:.0f} s ({last}); logs in {_home(self.settings) / 'services'}")
 
     def wait_dags(self, dag_ids: Sequence[str], *, timeout: float = 120) -> None:
