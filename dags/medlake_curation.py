@@ -37,6 +37,11 @@ def _lake() -> str:
     return str(lakes[0] if lakes else context["params"]["lake"])
 
 
+def _engine() -> str | None:  # the `engine` param, else the one the triggering source runs ran on
+    ctx = get_current_context()
+    return ctx["params"].get("engine") or sources.trigger_engine(ctx.get("triggering_asset_events") or {})
+
+
 def _call(step: Callable[..., dict[str, object]], **kwargs: Any) -> dict[str, object]:
     """One stage on the lake under this run's id; bad data fails at once."""
     try:
@@ -66,20 +71,19 @@ def medlake_curation() -> None:
         trigger = sources.trigger_versions(events, _lake()) or None  # none named: all pending
         if trigger is not None and not sources.pending_at(_lake(), trigger):
             raise AirflowSkipException(f"the bronze versions this run's events name are curated: {trigger}")
-        return _call(task_clean, bronze_version=None, engine=context["params"].get("engine") or None,
-                     trigger=trigger)
+        return _call(task_clean, bronze_version=None, engine=_engine(), trigger=trigger)
 
     @task(inlets=assets.STAGING, outlets=[*assets.SILVER, assets.QUARANTINE, assets.LEDGER])
     def gate(cleaned: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_gate
 
-        return _call(task_gate, engine=get_current_context()["params"].get("engine") or None)
+        return _call(task_gate, engine=_engine())
 
     @task(inlets=assets.SILVER, outlets=assets.GOLD)
     def dbt_gold(gated: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_gold
 
-        versions = _call(task_gold, engine=get_current_context()["params"].get("engine") or None)
+        versions = _call(task_gold, engine=_engine())
         # the training DAG, scheduled on the features asset, reads which lake from here
         get_current_context()["outlet_events"][assets.GOLD_FEATURES].extra = {"lake": _lake()}
         return versions

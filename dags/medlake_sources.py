@@ -84,7 +84,7 @@ def source_dag(dag_id: str, kind: str) -> DAG:
             named = sources.announce(params["lake"], kind, own, delivery=params.get("delivery") or "",
                                      sources=[k for k in (params.get("sources") or "").split(",") if k],
                                      timeout=SETTINGS.airflow.delivery_wait)
-            extras = sources.bronze_events(params["lake"], own, run_id=context["run_id"], named=named)
+            extras = sources.bronze_events(params["lake"], own, context["run_id"], named, params.get("engine"))
             for outlet in bronze:
                 context["outlet_events"][outlet].extra = extras[outlet.name]
             return {"versions": named}

@@ -80,17 +80,33 @@ def bronze_versions(lake: str | Path, tables: Iterable[str], versions: Mapping[s
 
 
 def bronze_events(
-    lake: str | Path, own: Mapping[str, int | None], *, run_id: str, named: Mapping[str, int] | None = None
+    lake: str | Path,
+    own: Mapping[str, int | None],
+    run_id: str,
+    named: Mapping[str, int] | None = None,
+    engine: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The ``extra`` of each of a run's bronze tables' asset event: the lake, the table's version
-    (``own``), the run id, and ``versions``: every bronze version the event names for curation
-    (its own, and those of the other sources of the same delivery, :func:`announce`)."""
+    (``own``), the run id, ``versions``: every bronze version the event names for curation
+    (its own, and those of the other sources of the same delivery, :func:`announce`), and the
+    engine the run was asked for (``medlake run --engine``; empty: the setting), which the
+    curation run it triggers runs on too (:func:`trigger_engine`)."""
     root = str(Path(lake).resolve())
     versions = dict(named or {name: v for name, v in own.items() if v is not None})
     return {
-        table: {"lake": root, "run_id": run_id, "version": version, "versions": versions}
+        table: {"lake": root, "run_id": run_id, "version": version, "versions": versions, "engine": engine or ""}
         for table, version in own.items()
     }
+
+
+def trigger_engine(events: Mapping[Any, Iterable[Any]]) -> str | None:
+    """The engine the triggering bronze events name (one; none named: None, the setting's)."""
+    named = {
+        str((getattr(e, "extra", None) or {}).get("engine") or "") for found in events.values() for e in found
+    } - {""}
+    if len(named) > 1:
+        raise ValueError(f"one curation run runs on one engine; its triggers name {sorted(named)}")
+    return named.pop() if named else None
 
 
 def last_versions(ingested: Iterable[Mapping[str, object]]) -> dict[str, int]:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 import pyarrow as pa
+import pytest
 
 from medlake import pending
 from medlake.lake import Lake
@@ -92,3 +93,21 @@ def test_a_delivery_is_announced_with_every_source_that_reached_bronze(tmp_path:
     # the curation run an event of the delivery triggers reads every version it names
     events = {Named(BRONZE_FHIR.name): [SimpleNamespace(extra=extra)]}
     assert trigger_versions(events, str(lake.resolve())) == both
+
+
+def test_the_curation_run_runs_on_the_engine_its_triggering_source_runs_were_asked_for(
+    tmp_path: Path,
+) -> None:
+    from medlake.sources import bronze_events, trigger_engine
+
+    on_spark = bronze_events(tmp_path, {BRONZE_FHIR.name: 3}, "r1", engine="spark")[BRONZE_FHIR.name]
+    unset = bronze_events(tmp_path, {BRONZE_HL7V2.name: 4}, "r2")[BRONZE_HL7V2.name]
+    assert trigger_engine({Named(BRONZE_FHIR.name): [SimpleNamespace(extra=on_spark)]}) == "spark"
+    # a source run without --engine names none: the setting's engine, not a conflict
+    both = {Named(BRONZE_FHIR.name): [SimpleNamespace(extra=on_spark)],
+            Named(BRONZE_HL7V2.name): [SimpleNamespace(extra=unset)]}
+    assert trigger_engine(both) == "spark"
+    assert trigger_engine({Named(BRONZE_HL7V2.name): [SimpleNamespace(extra=unset)]}) is None
+    embedded = {**on_spark, "engine": "embedded"}
+    with pytest.raises(ValueError, match="one engine"):
+        trigger_engine({Named(BRONZE_FHIR.name): [SimpleNamespace(extra=on_spark), SimpleNamespace(extra=embedded)]})
