@@ -95,8 +95,10 @@ browser:
 demo: env
 	$(BIN)/medlake demo --out $(DEMO_DIR) --patients $(PATIENTS) --seed $(SEED)
 
+# Two pytest workers (pytest-xdist), a test file per worker at a time: module fixtures run once,
+# and each worker has its own medlake home, Airflow home and keys (tests/conftest.py).
 test: env browser infra-test-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
 
 test-fast: env
 	$(BIN)/python -m pytest -q -m "not e2e and not spark"
