@@ -8,7 +8,8 @@ any a killed run left before them — and records the versions in its clean stag
 XCom. A batch a source run commits later waits for the run its own event triggers. A run
 triggered by hand (no events) takes every pending batch at the tables' current versions.
 
-The lake is the triggering asset events' `extra["lake"]`, else the `lake` param.
+The lake is the triggering asset events' `extra["lake"]`, else the `lake` param; events that name
+no lake (the one-DAG pipeline's, which curates its own batches) make a run that skips.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from medlake.errors import BadDataError
 DEFAULT_ARGS = {"owner": "medlake", "retries": Settings().airflow.retries, "retry_delay": timedelta(seconds=20)}
 
 
-def _lake() -> str:
-    """The lake the triggering bronze updates name, else the `lake` param."""
+def _lake() -> str:  # the lake the triggering bronze updates name, else the `lake` param
     context = get_current_context()
     lakes = sorted({e.extra["lake"] for events in context.get("triggering_asset_events", {}).values()
                     for e in events if e.extra.get("lake")})
     if len(lakes) > 1:
         raise AirflowFailException(f"one curation run per lake; triggered by {lakes}")
+    if context.get("triggering_asset_events") and not lakes:
+        raise AirflowSkipException("triggered by bronze updates naming no lake (the one-DAG pipeline's)")
     return str(lakes[0] if lakes else context["params"]["lake"])
 
 
@@ -76,7 +78,6 @@ def medlake_curation() -> None:
     @task(inlets=assets.STAGING, outlets=[*assets.SILVER, assets.QUARANTINE, assets.LEDGER])
     def gate(cleaned: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_gate
-
         return _call(task_gate, engine=_engine())
 
     @task(inlets=assets.SILVER, outlets=assets.GOLD)
@@ -91,7 +92,6 @@ def medlake_curation() -> None:
     @task(inlets=[assets.LEDGER, assets.QUARANTINE])
     def summary(gold: dict[str, object]) -> dict[str, object]:
         from medlake.jobs.pipeline import task_summary
-
         return _call(task_summary)
 
     summary(dbt_gold(gate(clean())))

@@ -72,6 +72,8 @@ DBT_WORKDIR = "gold/_dbt"
 #: the session catalog databases the project's models and seeds go to on the spark target
 #: (generate_schema_name: each layer's +schema as is; seeds in the target schema, gold)
 SPARK_SCHEMAS: tuple[str, ...] = ("staging", "intermediate", "gold")
+#: where dbt-spark puts the seeds' Delta tables below the lake (dbt_project.yml, location_root)
+SPARK_SEEDS = "gold/_dbt/spark/seeds"
 
 #: reads one built mart as Arrow, rows ordered by its grain
 MartReader = Callable[["_Mart"], pa.Table]
@@ -224,6 +226,9 @@ def build_gold(
     with _DBT_LOCK:
         if spark is not None:
             _forget_spark_schemas(spark)
+            # a seed is created at its location, where a Delta table of the last build adopts it,
+            # then loaded again: rows twice. Seeds come from the CSVs every build: start afresh
+            lake.drop_folder(SPARK_SEEDS)
         marts, passed, warned = _run_dbt(args, log_path=workdir / "logs" / "dbt.log")
     log.info(
         "dbt build of %s took %.1f s: %d tests passed, %d warned",

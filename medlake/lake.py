@@ -188,6 +188,10 @@ class Lake:
         """Remove one scratch table of a run (see :meth:`scratch_uri`)."""
         self._drop(self.scratch_uri(name, run_id=run_id))
 
+    def drop_folder(self, relpath: str) -> None:
+        """Remove a folder below the root and every table in it, on disk or on the object store."""
+        self._drop(str(self._at(relpath)))
+
     def _drop(self, uri: str) -> None:
         if self.remote:
             from medlake.storage import delete_tree

@@ -40,9 +40,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def scheduler_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+def scheduler_port(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[int]:
     port = free_port()
     monkeypatch.setenv("MEDLAKE__AIRFLOW__API_PORT", str(port))
+    # an Airflow of its own: the asset events earlier tests' inline runs left in the session's
+    # metadata DB would trigger curation runs of their own once a scheduler starts
+    monkeypatch.setenv("MEDLAKE__AIRFLOW__HOME", str(tmp_path / "airflow"))
     # a loaded CI machine can take minutes to turn asset events into a run; the test proves the
     # asset schedule, so `medlake run` must not step in with a run of its own
     monkeypatch.setenv("MEDLAKE__AIRFLOW__ASSET_GRACE", "1200")

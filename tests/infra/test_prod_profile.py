@@ -43,7 +43,8 @@ def profile():  # type: ignore[no-untyped-def]
     # under the repository's git-ignored build/: PostgreSQL's user must traverse to its data
     # folder, which pytest's 0700 temporary folders do not allow
     home = REPO / "build" / f"test-prod-{os.getpid()}"
-    env = {**os.environ, "MEDLAKE_PROD_HOME": str(home), "MEDLAKE_PROD_PORT_BASE": str(_free_base())}
+    env = {**os.environ, "MEDLAKE_PROD_HOME": str(home), "MEDLAKE_PROD_PORT_BASE": str(_free_base()),
+           "MEDLAKE_PROD_ENGINE": "embedded"}  # this profile starts no Spark (tests/infra/test_prod_spark.py does)
     up = _run([sys.executable, str(PROD), "up", "--only", "pg,s3,mlflow"], env)
     try:
         assert up.returncode == 0, up.stdout + up.stderr

@@ -363,6 +363,21 @@ def test_spark_build_reports_tests_and_imputation(
     assert dict(spark_result.imputed) == dict(duck_result.imputed)
 
 
+def test_a_second_spark_build_in_the_same_lake_loads_each_seed_once(
+    built: dict[str, tuple[Lake, GoldResult]],
+) -> None:
+    """The next run's gold: dbt-spark finds last build's seed tables at their locations, which
+    must not keep their rows under the new load (the seed's uniqueness test failed the build)."""
+    lake, first = built["spark"]
+    again = build_gold(lake.root, run_id="run-again", target="spark", silver_versions={"silver.patients": 0})
+    assert again.tests_passed == first.tests_passed and again.tests_failed == 0
+    seed = DeltaTable(str(lake.root / "gold" / "_dbt" / "spark" / "seeds" / "omop_source_to_concept"))
+    rows_now = seed.to_pyarrow_dataset().to_table(use_threads=False).num_rows
+    csv = Path(__file__).resolve().parents[2] / "dbt" / "seeds" / "omop_source_to_concept.csv"
+    assert rows_now == len(csv.read_text().strip().splitlines()) - 1  # the CSV's rows, once
+    assert {t.name: t.rows for t in again.tables} == {t.name: t.rows for t in first.tables}
+
+
 def test_spark_target_refuses_an_athena_vocabulary(tmp_path: Path) -> None:
     """Refused before anything runs, rather than a dbt compile error halfway through."""
     with pytest.raises(ValueError, match="vocabulary_dir is not supported on the spark target"):
