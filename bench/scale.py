@@ -141,6 +141,8 @@ def run_pipeline(landing: Path, lake: Path, *, engine: str, stages: str) -> dict
         err.seek(0)
         lines = out.read().decode().strip().splitlines()
         stderr = err.read().decode(errors="replace")
+    OUT.mkdir(exist_ok=True)  # the child's log: each step's time (e.g. "clean: flatten_resources …")
+    (OUT / f"{lake.name}.log").write_text(stderr)
     result: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": stderr[-2000:]}
     result.update(
         wall=wall,

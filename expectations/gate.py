@@ -42,7 +42,7 @@ from deltalake import DeltaTable, write_deltalake
 from medlake.errors import BadDataError
 from medlake.expectations import data_docs, volume
 from medlake.expectations.volume import Finding, VolumePolicy, by_source
-from medlake.lake import Lake, TableNotFound, conform
+from medlake.lake import Lake, TableNotFound, conform, writer_properties
 from medlake.ledger import Entry
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from medlake.quarantine import Split, silver_rejects, stamp_run
@@ -322,11 +322,11 @@ def run_gate(
             kept.findings,
         )
         split = kept.read(lake)
-        good = _first_per_key(conform(split.good, spec.schema), spec.key)
-        bad = _first_per_key(stamp_run(split.quarantined, run_id), QUARANTINE.key)
+        good, repeated_good = _first_per_key(conform(split.good, spec.schema), spec.key)
+        bad, repeated_bad = _first_per_key(stamp_run(split.quarantined, run_id), QUARANTINE.key)
         lake.insert_new(QUARANTINE.name, bad)
         lake.upsert(spec.name, good)
-        merged = (split.good.num_rows - good.num_rows) + (split.quarantined.num_rows - bad.num_rows)
+        merged = repeated_good + repeated_bad
         entries.append(
             Entry(
                 stage=STAGE,
@@ -376,7 +376,11 @@ class _Staged:
             if encode is not None and sealed.num_rows:
                 sealed = encode(sealed)
             write_deltalake(
-                lake.scratch_uri(part, run_id=run_id), sealed, mode="overwrite", schema_mode="overwrite"
+                lake.scratch_uri(part, run_id=run_id),
+                sealed,
+                mode="overwrite",
+                schema_mode="overwrite",
+                writer_properties=writer_properties(),
             )
         return kept
 
@@ -730,15 +734,17 @@ def _quarantine(
     )
 
 
-def _first_per_key(table: pa.Table, key: Sequence[str]) -> pa.Table:
-    """The first row of each key, in the original order."""
+def _first_per_key(table: pa.Table, key: Sequence[str]) -> tuple[pa.Table, int]:
+    """The first row of each key, in the original order, and the rows that repeated a key earlier
+    in the table (counted as the rows left out, not derived from the totals)."""
     if table.num_rows == 0 or not key:
-        return table
+        return table, 0
     index = "__gate_row"
     numbered = table.append_column(index, pa.array(range(table.num_rows), pa.int64()))
     firsts = numbered.group_by(list(key), use_threads=False).aggregate([(index, "min")])
-    keep = sorted(firsts.column(f"{index}_min").to_pylist())
-    return table.take(pa.array(keep, pa.int64()))
+    first = pc.is_in(numbered.column(index), value_set=firsts.column(f"{index}_min"))
+    repeated = pc.sum(pc.invert(first)).as_py() or 0
+    return table.filter(first), int(repeated)
 
 
 def _read_staging(lake: Lake, silver_name: str) -> pa.Table:

@@ -336,6 +336,21 @@ ALSO_FED_BY: dict[str, tuple[str, ...]] = {
 }
 
 
+def _also_fed(namespace: str, bronze_tables: Iterable[str]) -> list[column_lineage_dataset.InputField]:
+    """The other bronze tables a staging table's rows were mapped from, as dataset-level inputs."""
+    return [
+        _input_field(
+            namespace,
+            bronze,
+            "raw",
+            kind="INDIRECT",
+            subtype="TRANSFORMATION",
+            description=f"rows mapped into the same columns from {bronze}",
+        )
+        for bronze in bronze_tables
+    ]
+
+
 def column_lineage(
     output: str, inputs: Iterable[str], *, namespace: str
 ) -> column_lineage_dataset.ColumnLineageDatasetFacet | None:
@@ -348,6 +363,7 @@ def column_lineage(
     inputs = set(inputs)
     layer, _, table = output.partition(".")
     silver = f"silver.{table}"
+    others = [b for b in ALSO_FED_BY.get(silver, ()) if b in inputs]
     if layer == "staging" and silver in FHIR_COLUMNS and BRONZE_FHIR.name in inputs:
         fields: dict[str, column_lineage_dataset.Fields] = {}
         for column, (path, kind) in FHIR_COLUMNS[silver].items():
@@ -365,18 +381,6 @@ def column_lineage(
             fields[column] = _fields(
                 namespace, BRONZE_FHIR.name, column, kind="DIRECT", subtype="IDENTITY"
             )
-        also = [
-            _input_field(
-                namespace,
-                bronze,
-                "raw",
-                kind="INDIRECT",
-                subtype="TRANSFORMATION",
-                description=f"rows mapped into the same columns from {bronze}",
-            )
-            for bronze in ALSO_FED_BY.get(silver, ())
-            if bronze in inputs
-        ]
         return column_lineage_dataset.ColumnLineageDatasetFacet(
             fields=fields,
             dataset=[
@@ -388,26 +392,13 @@ def column_lineage(
                     subtype="FILTER",
                     description="rows of this resource type",
                 ),
-                *also,
+                *_also_fed(namespace, others),
             ],
             producer=PRODUCER,
         )
-    others = [b for b in ALSO_FED_BY.get(silver, ()) if b in inputs]
     if layer == "staging" and others:  # a run that read no FHIR (its trigger named HL7 v2 or CSV only)
         return column_lineage_dataset.ColumnLineageDatasetFacet(
-            fields={},
-            dataset=[
-                _input_field(
-                    namespace,
-                    bronze,
-                    "raw",
-                    kind="INDIRECT",
-                    subtype="TRANSFORMATION",
-                    description=f"rows mapped into the same columns from {bronze}",
-                )
-                for bronze in others
-            ],
-            producer=PRODUCER,
+            fields={}, dataset=_also_fed(namespace, others), producer=PRODUCER
         )
     staging = f"staging.{table}"
     if layer == "silver" and silver in TABLES and staging in inputs:

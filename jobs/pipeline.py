@@ -50,7 +50,7 @@ from medlake.jobs.stage import StageResult, ingest_files
 from medlake.jobs.views.coverage import describe as describe_drift
 from medlake.jobs.views.tables import ViewTable, load_view_tables, rows_from_bronze
 from medlake.keys import audit_key, project_key
-from medlake.lake import Lake, conform
+from medlake.lake import Lake, conform, writer_properties
 from medlake.ledger import Entry
 from medlake.quarantine import Split, stamp_run
 from medlake.registry import (
@@ -645,7 +645,7 @@ def distinct_count(uri: str, column: str) -> int:
 
 def lake_write_uri(uri: str, rows: pa.Table, spec: registry.TableSpec) -> None:
     """Append rows conformed to ``spec`` to the Delta table at ``uri`` (a scratch table)."""
-    write_deltalake(uri, conform(rows, spec.schema), mode="append")
+    write_deltalake(uri, conform(rows, spec.schema), mode="append", writer_properties=writer_properties())
 
 
 def extra_view_tables(settings: Settings) -> dict[str, ViewTable]:

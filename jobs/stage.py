@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from medlake.lake import Lake, conform
+from medlake.lake import Lake, conform, writer_properties
 from medlake.ledger import Entry
 from medlake.quarantine import Split, stamp_run
 from medlake.registry import QUARANTINE, TableSpec
@@ -186,6 +186,7 @@ def write_bronze(
         conform(_encoded(lake, spec.name, split.good), spec.schema),
         mode="overwrite",
         schema_mode="overwrite",
+        writer_properties=writer_properties(),
     )
     order = tuple(c for c in ("_source_file", "_source_offset") if c in spec.schema.names)
     new = (engine or EmbeddedEngine()).insert_new(

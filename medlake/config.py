@@ -328,7 +328,10 @@ class EmbeddedSettings(BaseModel):
     parallel_min_rows: int = Field(
         default=50_000,
         ge=0,
-        description="Below this many source rows a batch step runs in-process (workers cost ~1 s to start).",
+        description=(
+            "Below this many source rows a batch step runs in-process (workers cost ~1 s to start); "
+            "once an earlier step of the process started them, any step of two batches or more runs in them."
+        ),
     )
     buckets: int = Field(
         default=16, ge=1, description="Hash buckets of a keyed step: one bucket in memory at a time."

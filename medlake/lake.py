@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, WriterProperties, write_deltalake
 
 from medlake.config import object_uri
 from medlake.registry import TABLES, TableSpec
@@ -86,6 +86,17 @@ class TableWriter(Protocol):
         ...
 
 
+#: every delta-rs write cuts its Parquet files into row groups of at most this many rows. delta-rs's
+#: default (one row group per file, ~100 MB) made each write buffer, and each later read decode,
+#: a whole file at once: 1.4 GB against 1.0 GB to copy a million-resource bronze table.
+ROW_GROUP_ROWS = 16_384
+
+
+def writer_properties() -> WriterProperties:
+    """The Parquet writer settings of every delta-rs write of the lake (:data:`ROW_GROUP_ROWS`)."""
+    return WriterProperties(max_row_group_size=ROW_GROUP_ROWS)
+
+
 @dataclass(frozen=True)
 class DeltaRsWriter:
     """Commits with delta-rs, in this process (the embedded engine's writer)."""
@@ -101,6 +112,7 @@ class DeltaRsWriter:
             mode=mode,
             partition_by=list(partition_by) or None,
             schema_mode="overwrite" if mode == "overwrite" else "merge",
+            writer_properties=writer_properties(),
         )
         return DeltaTable(uri).version()
 
@@ -109,7 +121,12 @@ class DeltaRsWriter:
 
         def commit() -> dict[str, Any]:
             merger = DeltaTable(uri).merge(
-                data, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True
+                data,
+                predicate=predicate,
+                source_alias="s",
+                target_alias="t",
+                merge_schema=True,
+                writer_properties=writer_properties(),
             )
             if update:
                 merger = merger.when_matched_update_all()

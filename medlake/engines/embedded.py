@@ -22,7 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from queue import Full, Queue
@@ -45,7 +45,7 @@ from medlake.engines import (
     Source,
     Target,
 )
-from medlake.lake import DELTA_RS, TableWriter, conform
+from medlake.lake import DELTA_RS, TableWriter, conform, writer_properties
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from medlake.quarantine import Split, stamp_run
 
@@ -104,10 +104,13 @@ class EmbeddedEngine:
         sides: Mapping[str, Target] | None = None,
     ) -> Applied:
         counts = _Counts()
-        batches = _counted(self._read(source), counts)
+        # the whole step (open, transform, seal) runs where the transform runs: in the workers
+        # when the step is parallel, so the main process only reads, spools and writes
+        step = _Sealed(fn, target.schema, target.encode, _decoder(source))
+        batches = _counted(self._read(_undecoded(source)), counts)
         with _Spool(quarantine) as spool, _SideSpools(sides or {}) as extra:
-            splits = self._map(fn, batches, parallel=self._parallel(source))
-            good = _good_batches(splits, target, spool, counts, extra)
+            splits = self._map(step, batches, parallel=self._parallel(source))
+            good = _good_batches(splits, spool, counts, extra)
             _write(target, good)
             counts.quarantined = spool.close_and_merge()
             written = extra.write()
@@ -122,12 +125,15 @@ class EmbeddedEngine:
         )
 
     def _parallel(self, source: Source) -> bool:
+        """Whether a step over ``source`` runs in the workers: from ``parallel_min_rows`` on, or
+        from two batches on once the workers are started (an earlier step paid for that)."""
         if self.workers <= 1:
             return False
+        least = self.parallel_min_rows if self._pool is None else self.batch_rows + 1
         if isinstance(source, FileSource):
             size = sum(os.path.getsize(path) for path, _ in source.files if os.path.exists(path))
-            return size >= self.parallel_min_rows * 1_000  # about a kilobyte a record
-        return _row_count(source) >= self.parallel_min_rows
+            return size >= least * 1_000  # about a kilobyte a record
+        return _row_count(source) >= least
 
     def _read(self, source: Source) -> Iterator[pa.RecordBatch]:
         if isinstance(source, FileSource):
@@ -176,7 +182,8 @@ class EmbeddedEngine:
                     )
                 else:
                     splits = (_KeyedBucket(fn, tuple(keys)).apply(p) for p in paths)
-                _write(target, _good_batches(splits, target, spool, counts))
+                sealed = (_seal(split, target.schema, target.encode) for split in splits)
+                _write(target, _good_batches(sealed, spool, counts))
                 counts.quarantined = spool.close_and_merge()
         return Applied(
             rows_in=counts.rows_in,
@@ -202,45 +209,52 @@ class EmbeddedEngine:
         the run ``source`` is filtered on).
 
         Counted, not derived: rows read, rows kept (new keys, first of each), duplicates (rows of
-        the source not kept), and the rows this call appended (fewer than kept on a retry)."""
+        the source not kept), and the rows this call appended (fewer than kept on a retry).
+
+        Memory stays flat in the source's size: DuckDB decides on the key and order columns only
+        (a table it spills past :data:`DUCKDB_MEMORY`), and the whole rows stream past that
+        decision a batch at a time on their way into the target's one commit."""
         import duckdb
 
         run_id = run_id or _single(source.where.get("_run_id"))
+        narrow = list(dict.fromkeys([*key, *order]))
         with tempfile.TemporaryDirectory(prefix="medlake-duckdb-") as spill:
             con = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": spill})
-            src = _dataset(source)
-            con.register("src", src)
-            keys = ", ".join(f'"{k}"' for k in key)
+            con.register("src", _dataset(replace(source, columns=narrow)))
+            con.execute(f"CREATE TEMP TABLE rows AS SELECT {_columns(narrow)} FROM src")
+            con.unregister("src")
+            keys = _columns(key)
             position = ", ".join(f'"{c}" := "{c}"' for c in order)
             at = ", ".join(f'"{c}" := s."{c}"' for c in order)
             earlier = absent = ""
             if DeltaTable.is_deltatable(target.uri):
-                con.register("tgt", DeltaTable(target.uri).to_pyarrow_dataset())
+                held = DeltaTable(target.uri).to_pyarrow_dataset()
+                held_columns = [*key, *(["_run_id"] if "_run_id" in held.schema.names else [])]
+                con.register("held", held)
+                con.execute(f"CREATE TEMP TABLE tgt AS SELECT DISTINCT {_columns(held_columns)} FROM held")
+                con.unregister("held")
                 other_run = (
                     f"AND coalesce(CAST(t._run_id AS VARCHAR), '') <> '{_quoted(run_id)}'"
-                    if run_id
+                    if run_id and "_run_id" in held_columns
                     else ""
                 )
                 earlier = f"WHERE NOT EXISTS (SELECT 1 FROM tgt t WHERE {_on(key, 't', 'f')} {other_run})"
-                absent = f"WHERE NOT EXISTS (SELECT 1 FROM tgt t WHERE {_on(key, 't', 's')})"
+                absent = f"WHERE NOT EXISTS (SELECT 1 FROM tgt t WHERE {_on(key, 't', 'k')})"
             con.execute(
                 f"""CREATE TEMP TABLE keep AS SELECT * FROM (
-                      SELECT {keys}, min(struct_pack({position})) AS _pos FROM src GROUP BY {keys}
+                      SELECT {keys}, min(struct_pack({position})) AS _pos FROM rows GROUP BY {keys}
                     ) f {earlier}"""
-            ).fetchall()
-            kept_row = f"{_on(key, 'k', 's')} AND k._pos = struct_pack({at})"
-            rows_in = _scalar(con, "SELECT count(*) FROM src")
-            kept = _scalar(con, "SELECT count(*) FROM keep")
-            duplicates = _scalar(
-                con, f"SELECT count(*) FROM src s WHERE NOT EXISTS (SELECT 1 FROM keep k WHERE {kept_row})"
             )
-            columns = ", ".join(f's."{c}"' for c in target.schema.names if c in src.schema.names)
-            reader = con.sql(
-                f"SELECT {columns} FROM src s SEMI JOIN keep k ON {kept_row} {absent}"
-            ).to_arrow_reader(self.batch_rows)
+            kept_row = f"{_on(key, 'k', 's')} AND k._pos = struct_pack({at})"
+            rows_in = _scalar(con, "SELECT count(*) FROM rows")
+            kept = _scalar(con, "SELECT count(*) FROM keep")
+            duplicates = _scalar(con, f"SELECT count(*) FROM rows s ANTI JOIN keep k ON {kept_row}")
+            con.execute(f"CREATE TEMP TABLE fresh AS SELECT * FROM keep k {absent}")
+            con.execute("DROP TABLE rows")
             counts = _Counts()
             append = Target(target.uri, target.schema, mode="append", partition_by=target.partition_by)
-            _write(append, (conform_batch(b, target.schema) for b in _counted(reader, counts)))
+            whole = read_batches(replace(source, where={}, where_not={}), batch_rows=self.batch_rows)
+            _write(append, _counted(_fresh_rows(con, whole, kept_row, target.schema), counts))
             con.close()
         return Inserted(
             rows_in=rows_in,
@@ -275,6 +289,10 @@ def _scan(source: DeltaSource, dataset: ds.Dataset, batch_rows: int) -> Iterator
         filter=_filter(source),
         batch_size=batch_rows,
         use_threads=False,  # see Lake.read: threaded scans over delta-rs can abort at exit
+        # no read-ahead: pyarrow's default (16 batches, 4 files) held up to 1.9 GB of a bronze
+        # table's decoded row groups at once, whatever ``batch_rows`` is
+        batch_readahead=0,
+        fragment_readahead=0,
     )
     for batch in scanner.to_batches():
         if batch.num_rows == 0:
@@ -455,13 +473,47 @@ def conform_batch(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Tab
     return conform(table, schema)
 
 
+@dataclass(frozen=True)
+class _Sealed:
+    """A batch-local transform with its source's decoding before it and its target's conforming
+    and sealing after it: one picklable call, so a worker does all three."""
+
+    fn: BatchTransform
+    schema: pa.Schema
+    encode: Any = None
+    decode: Any = None
+
+    def __call__(self, batch: pa.RecordBatch) -> Split:
+        if self.decode is not None:
+            batch = self.decode(pa.Table.from_batches([batch])).combine_chunks().to_batches()[0]
+        return _seal(self.fn(batch), self.schema, self.encode)
+
+
+def _seal(split: Split, schema: pa.Schema, encode: Any) -> Split:
+    """The split with its good rows conformed to ``schema`` and sealed by ``encode``."""
+    if not split.good.num_rows:
+        return split
+    good = conform(split.good, schema)
+    return Split(encode(good) if encode is not None else good, split.quarantined, split.counters, split.sides)
+
+
+def _decoder(source: Source) -> Any:
+    return source.decode if isinstance(source, DeltaSource) else None
+
+
+def _undecoded(source: Source) -> Source:
+    """The source read as stored (its encrypted columns opened later, by the step)."""
+    return replace(source, decode=None) if isinstance(source, DeltaSource) else source
+
+
 def _good_batches(
     splits: Iterable[Split],
-    target: Target,
     spool: _Spool,
     counts: _Counts,
     sides: _SideSpools | None = None,
 ) -> Iterator[pa.Table]:
+    """The good rows of each split (conformed and sealed by the step already), its quarantine
+    rows spooled, its side rows spooled, its counters and rows counted."""
     for split in splits:
         counts.add(split.counters)
         if split.sides:
@@ -471,9 +523,8 @@ def _good_batches(
         if split.quarantined.num_rows:
             spool.add(split.quarantined)
         if split.good.num_rows:
-            good = conform(split.good, target.schema)
-            counts.good += good.num_rows
-            yield target.encode(good) if target.encode is not None else good
+            counts.good += split.good.num_rows
+            yield split.good
 
 
 def _write(target: Target, tables: Iterable[pa.Table]) -> None:
@@ -494,6 +545,7 @@ def _write(target: Target, tables: Iterable[pa.Table]) -> None:
         mode=target.mode,
         partition_by=list(target.partition_by) or None,
         schema_mode="overwrite" if target.mode == "overwrite" else None,
+        writer_properties=writer_properties(),
     )
 
 
@@ -645,16 +697,39 @@ def insert_new_rows(
     rows = frame.unique(subset=list(key), keep="first", maintain_order=True).to_arrow().cast(rows.schema)
     stored = encode(rows) if encode is not None else rows
     if not DeltaTable.is_deltatable(uri):
-        write_deltalake(uri, stored, mode="append")
+        write_deltalake(uri, stored, mode="append", writer_properties=writer_properties())
         return int(rows.num_rows)
     predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
     metrics = (
         DeltaTable(uri)
-        .merge(stored, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
+        .merge(
+            stored,
+            predicate=predicate,
+            source_alias="s",
+            target_alias="t",
+            merge_schema=True,
+            writer_properties=writer_properties(),
+        )
         .when_not_matched_insert_all()
         .execute()
     )
     return int(metrics["num_target_rows_inserted"])
+
+
+def _fresh_rows(
+    con: Any, batches: Iterable[pa.RecordBatch], kept_row: str, schema: pa.Schema
+) -> Iterator[pa.Table]:
+    """The rows of each batch that table ``fresh`` (on ``con``) names by key and position."""
+    for batch in batches:
+        con.register("s", batch)
+        rows = con.sql(f"SELECT s.* FROM s SEMI JOIN fresh k ON {kept_row}").to_arrow_table()
+        con.unregister("s")
+        if rows.num_rows:
+            yield conform_batch(rows, schema)
+
+
+def _columns(names: Sequence[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
 
 
 def _scalar(con: Any, sql: str) -> int:

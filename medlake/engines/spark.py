@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -339,17 +340,7 @@ class SparkEngine:
             rows_in = src.count()
             kept = keep.count()
             duplicates = marked.join(keep, on=[*key, "_pos"], how="left_anti").count()
-            before = self._table_rows(target.uri)
-            view = f"medlake_insert_{abs(hash((target.uri, str(runs)))) % 10**9}"
-            kept_rows.createOrReplaceTempView(view)
-            on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
-            _retried(
-                lambda: self.spark.sql(
-                    f"MERGE INTO delta.`{target.uri}` t USING {view} s ON {on} "
-                    "WHEN NOT MATCHED THEN INSERT *"
-                ).collect()
-            )
-            appended = self._table_rows(target.uri) - before
+            appended, _ = _merge_frame(self.spark, kept_rows, target.uri, key=key, update=False)
         finally:
             keep.unpersist()
         return Inserted(
@@ -372,9 +363,6 @@ class SparkEngine:
     def version(self, uri: str) -> int | None:
         return _version(self.spark, uri) if self.exists(uri) else None
 
-    def _table_rows(self, uri: str) -> int:
-        return int(self.spark.read.format("delta").load(uri).count())
-
     def write(self, frame: DataFrame, target: Target) -> None:
         """Write rows to a Delta table that has exactly ``target.schema`` (:func:`_save`)."""
         _save(self.spark, frame, target.uri, spark_schema(target.schema), mode=target.mode,
@@ -384,14 +372,8 @@ class SparkEngine:
         """The quarantine rows whose id the table does not hold yet (a retried step adds none)."""
         if not self.exists(uri):
             self._create(uri, spark_schema(QUARANTINE_SCHEMA))
-        view = f"medlake_quarantine_{abs(hash(uri)) % 10**9}"
-        rows.dropDuplicates(["quarantine_id"]).createOrReplaceTempView(view)
-        _retried(  # two source DAGs may refuse records at once: a lost race is redone
-            lambda: self.spark.sql(
-                f"MERGE INTO delta.`{uri}` t USING {view} s ON t.quarantine_id = s.quarantine_id "
-                "WHEN NOT MATCHED THEN INSERT *"
-            ).collect()
-        )
+        # two source DAGs may refuse records at once: a lost race is redone
+        _merge_frame(self.spark, rows.dropDuplicates(["quarantine_id"]), uri, key=["quarantine_id"], update=False)
 
     def _create(self, uri: str, schema: StructType, *, partition_by: Sequence[str] = ()) -> None:
         _create(self.spark, uri, schema, partition_by=partition_by)
@@ -433,19 +415,7 @@ class SparkTableWriter:
         return _version(self.spark, uri)
 
     def merge(self, uri: str, data: pa.Table, *, key: Sequence[str], update: bool) -> tuple[int, int]:
-        view = f"medlake_merge_{os.getpid()}_{abs(hash((uri, data.num_rows))) % 10**9}"
-        self._frame(data, uri).createOrReplaceTempView(view)
-        on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
-        matched = "WHEN MATCHED THEN UPDATE SET * " if update else ""
-        try:
-            row = _retried(
-                lambda: self.spark.sql(
-                    f"MERGE INTO delta.`{uri}` t USING {view} s ON {on} {matched}WHEN NOT MATCHED THEN INSERT *"
-                ).collect()
-            )[0]
-        finally:
-            self.spark.catalog.dropTempView(view)
-        return int(row["num_inserted_rows"]), int(row["num_updated_rows"])
+        return _merge_frame(self.spark, self._frame(data, uri), uri, key=key, update=update)
 
     def delete(self, uri: str, predicate: str) -> int:
         rows = _retried(lambda: self.spark.sql(f"DELETE FROM delta.`{uri}` WHERE {predicate}").collect())
@@ -453,6 +423,27 @@ class SparkTableWriter:
 
     def create(self, uri: str, schema: pa.Schema) -> None:
         _create(self.spark, uri, spark_schema(schema))
+
+
+def _merge_frame(
+    spark: SparkSession, frame: DataFrame, uri: str, *, key: Sequence[str], update: bool
+) -> tuple[int, int]:
+    """``MERGE INTO`` the Delta table at ``uri`` on ``key``: the frame's new keys inserted, its
+    matched ones updated when ``update``; a commit that lost a race is redone. Returns the rows
+    inserted and updated, as the MERGE counted them."""
+    view = f"medlake_merge_{os.getpid()}_{uuid.uuid4().hex}"
+    frame.createOrReplaceTempView(view)
+    on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
+    matched = "WHEN MATCHED THEN UPDATE SET * " if update else ""
+    try:
+        row = _retried(
+            lambda: spark.sql(
+                f"MERGE INTO delta.`{uri}` t USING {view} s ON {on} {matched}WHEN NOT MATCHED THEN INSERT *"
+            ).collect()
+        )[0]
+    finally:
+        spark.catalog.dropTempView(view)
+    return int(row["num_inserted_rows"]), int(row["num_updated_rows"])
 
 
 def _active_writer() -> SparkTableWriter:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from medlake.lake import Lake
+from medlake.lake import ROW_GROUP_ROWS, Lake
 from medlake.quarantine import quarantine_rows
 
 
@@ -74,3 +74,23 @@ def test_keyed_writes_racing_from_two_processes_on_one_table_all_land(tmp_path: 
     errors = [r.communicate()[1] for r in racers]
     assert [r.returncode for r in racers] == [0, 0], errors
     assert lake.count("ledger") == 1 + 2 * 12
+
+
+def test_lake_writes_cut_parquet_files_into_bounded_row_groups(tmp_path: Path) -> None:
+    """A write, and a merge into it, keep every row group at most ROW_GROUP_ROWS rows, so a reader
+    decodes a bounded slice at a time (delta-rs's default wrote one row group per file)."""
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+
+    lake = Lake(tmp_path / "lake")
+    rows = ROW_GROUP_ROWS * 3 + 5
+    lake.write("scratch.rows", pa.table({"k": list(range(rows)), "v": ["x" * 20] * rows}), mode="overwrite")
+    lake.insert_new("scratch.rows", pa.table({"k": list(range(rows, 2 * rows)), "v": ["y"] * rows}), key=["k"])
+    table = DeltaTable(lake.uri("scratch.rows"))
+    groups = [
+        pq.ParquetFile(Path(lake.uri("scratch.rows")) / f).metadata.row_group(g).num_rows
+        for f in table.file_uris()
+        for g in range(pq.ParquetFile(Path(lake.uri("scratch.rows")) / f).metadata.num_row_groups)
+    ]
+    assert sum(groups) == 2 * rows
+    assert max(groups) <= ROW_GROUP_ROWS
