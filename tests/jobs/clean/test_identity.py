@@ -676,3 +676,40 @@ def test_the_vault_follows_a_merge_to_the_surviving_person(tmp_path: Path) -> No
     assert found[0]["names"][0]["given"] == ["Eva"]  # re-encrypted under the new person, still readable
     moved = [e for e in audit.read(lake) if e.action == "vault.rekey"]
     assert [json.loads(e.details)["records"] for e in moved] == [1] and "Eva" not in moved[0].details
+
+
+def test_reidentifying_the_survivor_of_a_merge_in_a_run_finds_the_absorbed_persons_identities(
+    tmp_path: Path,
+) -> None:
+    """Run 1 keeps two Nadia Petrovas apart (no contact in common: a steward decides). Run 2's record
+    shares a phone with one and a street with the other: the run merges the two persons. The vault
+    identity stored under the absorbed key follows in that run, so ``vault reidentify`` of the
+    surviving person returns all three records (it returned two when the vault kept old keys)."""
+    from medlake.governance import vault
+    from medlake.governance.crypto import Keyring
+
+    lake, keys = Lake(tmp_path / "lake"), tmp_path / "keys"
+    run(lake, tmp_path / "landing1", [
+        *town_patients(),
+        fhir_patient("nadia-a", "N1", "Nadia", "Petrova", "1983-04-12", phone="401-555-0301", street="1 Elm St"),
+        fhir_patient("nadia-c", "N2", "Nadia", "Petrova", "1983-04-12", phone="401-555-0302", street="2 Oak St"),
+    ], "run1", keys)
+    first, second = person(lake, "nadia-a"), person(lake, "nadia-c")
+    assert first != second
+    run(lake, tmp_path / "landing2",
+        [fhir_patient("nadia-b", "N3", "Nadia", "Petrova", "1983-04-12", phone="401-555-0301", street="2 Oak St")],
+        "run2", keys)
+    survivor = person(lake, "nadia-b")
+    assert person(lake, "nadia-a") == person(lake, "nadia-c") == survivor
+    merges = [e for e in lake.read(PERSON_EVENTS.name).to_pylist() if e["event"] == "merge"]
+    assert [(e["from_person_key"], e["person_key"]) for e in merges] == [
+        (({first, second} - {survivor}).pop(), survivor)]
+
+    found = vault.reidentify(lake, survivor, keyring=Keyring.from_dir(keys), role="reidentifier",
+                             reason="ticket 12: duplicate charts", actor="dr-who", audit_key=AUDIT_KEY, break_glass=True)
+    assert sorted(r["source_key"] for r in found["records"]) == sorted(sk(p) for p in ("nadia-a", "nadia-b", "nadia-c"))
+    assert {r["identity"]["names"][0]["given"][0] for r in found["records"]} == {"Nadia"}
+    absorbed = ({first, second} - {survivor}).pop()
+    with pytest.raises(vault.NotInVault):
+        vault.reidentify(lake, absorbed, keyring=Keyring.from_dir(keys), role="reidentifier", reason="ticket 12",
+                         actor="dr-who", audit_key=AUDIT_KEY, break_glass=True)
