@@ -771,3 +771,85 @@ def test_a_split_moves_the_vitals_imaging_and_variant_rows_of_the_records_that_l
         assert sorted(r["person_key"] for r in rows) == sorted([ava] * 2 + [eva] * 3)
         back = sorted(map(str, [{**r, "_prelink_key": None} for r in lake.read(spec.name).to_pylist()]))
         assert back == before[spec.name], spec.name  # the same keys and dates as before the merge
+
+
+# -- the model is estimated on the data ----------------------------------------------------------
+
+
+def registrations(people: int, duplicates: int, seed: int, *, varied: bool = True) -> pa.Table:
+    """Feature rows of Faker people, the first ``duplicates`` registered twice: a family-name typo
+    or no phone on the second, and (``varied``) some moved, some with a birth-date slip, some
+    without a sex; not ``varied``: every second registration agrees on sex, birth date and home."""
+    import random
+
+    from faker import Faker
+
+    rng, fake = random.Random(seed), Faker("en_US")
+    fake.seed_instance(seed)
+    records = []
+    for i in range(people):
+        sex = rng.choice(("male", "female"))
+        given = fake.first_name_male() if sex == "male" else fake.first_name_female()
+        records.append(person_record(
+            f"p{i}", given, fake.last_name(), fake.date_of_birth(minimum_age=1, maximum_age=90).isoformat(), sex,
+            phone=f"{rng.randrange(201, 989)}-555-{rng.randrange(10**4):04d}", street=fake.street_address(),
+            postal=fake.zipcode(), city=fake.city()))
+    for j in range(duplicates):
+        ident, sex = records[j]
+        family = ident["names"][0]["family"]
+        cut = rng.randrange(1, len(family))
+        second = {**ident, "source_key": f"d{j}", "person_key": f"d{j}",
+                  "names": [{"family": family[:cut] + "x" + family[cut + 1:] if j % 2 else family,
+                             "given": ident["names"][0]["given"]}],
+                  "telecom": ident["telecom"] if j % 2 else []}
+        if varied and j % 5 == 0:
+            second["address"] = [{"line": [fake.street_address()], "city": fake.city(), "postalCode": fake.zipcode()}]
+        if varied and j % 7 == 0:
+            second["birth_date"] = ident["birth_date"][:-1] + str((int(ident["birth_date"][-1]) + 1) % 10)
+        records.append((second, "unknown" if varied and j % 11 == 0 else sex))
+    return dedup.features([r for r, _ in records], sex={r["source_key"]: s for r, s in records})
+
+
+def model_levels(linker: Any) -> dict[str, list[dict[str, Any]]]:
+    """Comparison → its non-null levels (m, u, term-frequency column) as the linker holds them."""
+    return {c["output_column_name"]: [lvl for lvl in c["comparison_levels"] if not lvl.get("is_null_level")]
+            for c in linker.misc.save_model_to_json()["comparisons"]}
+
+
+def test_a_large_run_estimates_m_by_em_and_u_by_sampling_and_adjusts_names_and_city_for_frequency() -> None:
+    """From ``em_min_records`` records: u by random sampling and m by EM on the run's own records
+    (not the documented priors), exact given name, family name and city agreement weighted by how
+    common the value is; the given-name veto stays fixed through EM. Below it: m at the priors."""
+    records = registrations(600, 200, seed=4)
+    trained = dedup.trained_linker(records, dedup.LinkOptions(em_min_records=records.num_rows))
+    assert "refused" not in trained.model and trained.model.startswith("m by EM")
+    large = model_levels(trained.linker)
+    for name in ("given", "family", "birth_date", "phone", "street"):
+        m = tuple(lvl["m_probability"] for lvl in large[name])
+        u = tuple(lvl["u_probability"] for lvl in large[name])
+        assert m != pytest.approx(dedup.M_PRIORS[name], rel=1e-3), name  # EM moved m
+        assert u != pytest.approx(dedup.U_PRIORS[name], rel=1e-3), name  # sampled, not the fallbacks
+    assert large["family"][0]["m_probability"] < 0.95  # the typos EM saw in the second registrations
+    assert {lvl.get("tf_adjustment_column") for c in large.values() for lvl in c} - {None} == {
+        "given", "family", "city"}
+    assert large["given"][-1]["m_probability"] == dedup.GIVEN_VETO_M  # the twins' veto, not learned away
+
+    small = model_levels(dedup.trained_linker(records, dedup.LinkOptions(em_min_records=records.num_rows + 1)).linker)
+    for name in ("given", "family", "birth_date"):
+        m = tuple(lvl["m_probability"] for lvl in small[name])
+        priors = dedup.M_PRIORS[name][:-1] + (dedup.GIVEN_VETO_M,) if name == "given" else dedup.M_PRIORS[name]
+        assert m == pytest.approx(priors), name
+    assert all(lvl.get("tf_adjustment_column") is None for c in small.values() for lvl in c)
+
+
+def test_an_em_session_splink_refuses_changes_nothing_and_the_model_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """Second registrations that never disagree on sex, birth date or home drive EM's m of those
+    disagreements towards 0; when Splink refuses an m that underflowed to 0, that session changes
+    nothing, the run still links, and the model description (the resolve ledger entry) says so."""
+    records = registrations(400, 150, seed=3, varied=False)
+    options = dedup.LinkOptions(em_min_records=records.num_rows)
+    linkage = dedup.link(records, options)
+    assert "refused (an m underflowed to 0)" in linkage.model and linkage.model.startswith("m by EM")
+    assert "EM blocked on" in caplog.text and "Faker" not in caplog.text
+    clusters = {r["source_key"]: r["cluster"] for r in linkage.clusters.to_pylist()}
+    assert sum(clusters[f"p{j}"] == clusters[f"d{j}"] for j in range(150)) >= 140
