@@ -735,11 +735,14 @@ def person_rows(spec: Any, person_key: str, n: int) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=spec.schema)
 
 
-def test_a_split_moves_the_vitals_imaging_and_variant_rows_of_the_records_that_leave(tmp_path: Path) -> None:
+def test_a_split_moves_the_vitals_imaging_and_variant_rows_of_the_records_that_leave(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Eva's vitals grid, imaging study and variant rows (keyed by her MRN's key, as their ingest
-    writes them) move to Ava's person when a steward approves the pair, keeping where they came
-    from in ``_prelink_key``; splitting Eva out moves every one of them back: none is left behind
-    unattributed, dates and all."""
+    writes them) move to Ava's person when a steward approves the pair (``medlake identity review
+    approve``, audited), keeping where they came from in ``_prelink_key``; splitting Eva out moves
+    every one of them back: none is left behind unattributed, dates and all."""
+    from medlake.cli import app
     from medlake.registry import SILVER_IMAGING_STUDIES, SILVER_VARIANTS, SILVER_VITALS_1H
 
     lake, keys = Lake(tmp_path / "lake"), tmp_path / "keys"
@@ -755,8 +758,16 @@ def test_a_split_moves_the_vitals_imaging_and_variant_rows_of_the_records_that_l
     before = {s.name: sorted(map(str, lake.read(s.name).to_pylist())) for s in specs}
 
     [pair] = identity.queue(lake)
-    identity.approve(lake, [pair["pair_id"]], reason="same child", actor="steward1", audit_key=AUDIT_KEY, key=KEY,
-                     max_shift_days=365)
+    monkeypatch.setenv("MEDLAKE_PROJECT_KEY", KEY.hex())
+    monkeypatch.setenv("MEDLAKE_AUDIT_KEY", AUDIT_KEY.hex())
+    monkeypatch.setenv("MEDLAKE__KEYS__DIR", str(keys))  # the vault keyring: the vault follows at once
+    monkeypatch.delenv("MEDLAKE_VAULT_KEYS", raising=False)
+    approved = CliRunner().invoke(app, ["identity", "review", "approve", pair["pair_id"], "--reason", "same child",
+                                        "--actor", "steward1", "--lake", str(lake.root)])
+    assert approved.exit_code == 0, approved.output
+    [entry] = [e for e in audit.read(lake) if e.action == "identity.approve"]
+    assert (entry.actor, entry.object, json.loads(entry.details)["reason"]) == ("steward1", pair["pair_id"],
+                                                                                 "same child")
     for spec in specs:
         rows = lake.read(spec.name).to_pylist()
         assert {r["person_key"] for r in rows} == {ava}
