@@ -864,3 +864,32 @@ def test_an_em_session_splink_refuses_changes_nothing_and_the_model_says_so(capl
     assert "EM blocked on" in caplog.text and "Faker" not in caplog.text
     clusters = {r["source_key"]: r["cluster"] for r in linkage.clusters.to_pylist()}
     assert sum(clusters[f"p{j}"] == clusters[f"d{j}"] for j in range(150)) >= 140
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_gold_follows_an_approve_and_a_split_at_its_next_build(tmp_path: Path) -> None:
+    """Gold marts are rebuilt from silver: after a steward's approve the next build has one person
+    with both visits; after the split, two persons with one visit each."""
+    from medlake.jobs.gold import build_gold
+
+    lake, keys = Lake(tmp_path / "lake"), tmp_path / "keys"
+    run(lake, tmp_path / "landing1", [*town_patients(), fhir_patient("ava", "A1", "Ava", "Lindqvist", "2015-04-02"),
+                                      visit("ava", "enc-ava", "2024-02-01T09:00:00+00:00")], "run1", keys)
+    run(lake, tmp_path / "landing2", [fhir_patient("eva", "A2", "Eva", "Lindqvist", "2015-04-02"),
+                                      visit("eva", "enc-eva", "2024-02-20T14:00:00+00:00")], "run2", keys)
+    ava, eva = person(lake, "ava"), person(lake, "eva")
+
+    def visits() -> dict[str, int]:
+        rows = lake.read("gold.ml_patient_features").to_pylist()
+        return {r["person_key"]: r["encounter_count"] for r in rows if r["person_key"] in (ava, eva)}
+
+    [pair] = identity.queue(lake)
+    identity.approve(lake, [pair["pair_id"]], reason="same child", actor="steward1", audit_key=AUDIT_KEY, key=KEY,
+                     max_shift_days=365)
+    build_gold(lake.root, run_id="gold-after-approve")
+    assert visits() == {ava: 2}
+    identity.split(lake, ava, [sk("eva")], reason="twins", actor="steward2", audit_key=AUDIT_KEY, key=KEY,
+                   max_shift_days=365)
+    build_gold(lake.root, run_id="gold-after-split")
+    assert visits() == {ava: 1, eva: 1}
