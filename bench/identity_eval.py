@@ -68,8 +68,10 @@ def _swap(rng: random.Random, text: str) -> str:
 class People:
     """Held-out people and their records (FHIR Patient resources and HL7 v2 ADT messages)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, *, negative_rounds: int = 1) -> None:
         from faker import Faker
+
+        self.negative_rounds = negative_rounds  # rounds of the 27 hard-negative pairs (1: the measured set)
 
         self.rng = random.Random(seed)
         self.fake = Faker("en_US")
@@ -172,6 +174,12 @@ class People:
                 self.hl7(self.variant(p, rng.choice((0, 1, 1, 2))), p["id"])
             if rng.random() < 0.15:
                 self.fhir(self.variant(p, rng.choice((1, 2))), p["id"])
+        for _ in range(self.negative_rounds):
+            self.hard_negatives()
+
+    def hard_negatives(self) -> None:
+        """One round of the 27 hard-negative pairs (fathers and sons, twins, mothers and daughters, namesakes)."""
+        rng = self.rng
         for case in range(8):  # fathers and sons at one home
             father = self.person(sex="male", suffix=rng.choice(("Sr", "Sr.", None)))
             son = self.person(sex="male", given=father["given"], family=father["family"],
@@ -189,6 +197,8 @@ class People:
             one = self.person()
             two = self.person(sex=one["sex"], family=one["family"], born=one["born"], home=one["home"],
                               phone=one["phone"])
+            while two["given"] == one["given"]:  # twins never share a first name: such a pair is a duplicate
+                two["given"] = self.fake.first_name_male() if one["sex"] == "male" else self.fake.first_name_female()
             self.hard_negative_pairs.append((self.fhir(one, one["id"]), self.fhir(two, two["id"]),
                                              "same-sex twins"))
         for _ in range(4):  # mothers and daughters sharing a name and a home
@@ -288,11 +298,11 @@ def _fhir_patient_ids(lake: Any) -> list[str]:
     return sorted({str(r) for r in rows.column("resource_id").to_pylist()})
 
 
-def heldout(seed: int, work: Path) -> dict[str, Any]:
+def heldout(seed: int, work: Path, *, negative_rounds: int = 1) -> dict[str, Any]:
     from medlake.governance.pseudonyms import source_key
     from medlake.jobs.ingest import fhir, hl7v2
 
-    people = People(seed)
+    people = People(seed, negative_rounds=negative_rounds)
     people.build()
     people.write(work / "landing")
     lake = run_pipeline(work / "landing", work / "lake")
@@ -313,22 +323,31 @@ def heldout(seed: int, work: Path) -> dict[str, Any]:
         negatives[case][2] += pair in result["_queued"]
     result["hard_negatives"] = {case: dict(zip(("pairs", "merged", "queued"), v, strict=True))
                                 for case, v in negatives.items()}
+    if seed in DEV_SEEDS:  # what a merged hard negative looked like: development seeds only
+        result["_merged_negatives"] = [
+            (case, [r["payload"] for r in people.records if r["id"] in (a, b)])
+            for a, b, case in people.hard_negative_pairs if frozenset((a, b)) in result["_merged"]
+        ]
     return result
 
 
-def table(seeds: list[int]) -> None:
+def table(seeds: list[int], *, negative_rounds: int = 1) -> None:
     """One row per held-out seed (a fresh lake each), then the hard negatives merged in all."""
     columns = ("precision", "recall", "f1", "false_merges", "review_queue", "caught_for_review",
                "queued_false", "recall_merged_or_queued")
     print(f"{'seed':>6} {'set':9} " + " ".join(columns) + " hard_negatives_merged")
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix="identity-eval-") as tmp:
-            result = heldout(seed, Path(tmp))
+            result = heldout(seed, Path(tmp), negative_rounds=negative_rounds)
         negatives = sum(v["merged"] for v in result["hard_negatives"].values())
         cells = " ".join(
             f"{result[c]:>{len(c)}.3f}" if isinstance(result[c], float) else f"{result[c]:>{len(c)}}" for c in columns
         )
         print(f"{seed:>6} {'tuning' if seed in DEV_SEEDS else 'held-out':9} {cells} {negatives:>21}", flush=True)
+        if negative_rounds > 1:
+            print("        by case (pairs, merged, queued):", result["hard_negatives"], flush=True)
+        for case, payloads in result.get("_merged_negatives", []):
+            print(f"        merged {case}:", json.dumps(payloads), flush=True)
 
 
 def main() -> None:
@@ -337,9 +356,11 @@ def main() -> None:
     parser.add_argument("--heldout", action="store_true", help="the held-out cross-source set")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--seeds", help="held-out seeds, comma-separated: one table row each")
+    parser.add_argument("--negative-rounds", type=int, default=1,
+                        help="rounds of the 27 hard-negative pairs (1: the measured set; more: a stress test)")
     args = parser.parse_args()
     if args.seeds:
-        table([int(s) for s in args.seeds.split(",")])
+        table([int(s) for s in args.seeds.split(",")], negative_rounds=args.negative_rounds)
         return
     with tempfile.TemporaryDirectory(prefix="identity-eval-") as tmp:
         work = Path(tmp)

@@ -49,10 +49,10 @@ class TableSpec:
         return self.name.replace(".", "/")
 
 
-#: on the silver rows FHIR and HL7 v2 feed (rekeyable=True): the person key ingest gave the row (its
-#: MRN's key, else its source key), kept when entity resolution moved the row to another person;
-#: null while the row is under that key. An unmerge (jobs/clean/identity.py split) moves rows back
-#: by it. (Vitals, imaging and variants do not carry it yet: their writers build exact schemas.)
+#: on every silver row keyed by person (rekeyable=True: FHIR, HL7 v2, vitals, imaging, variants): the
+#: person key ingest gave the row (its MRN's key, else its source key), kept when entity resolution
+#: moved the row to another person; null while the row is under that key. An unmerge
+#: (jobs/clean/identity.py split) moves rows back by it.
 PRELINK_FIELD = pa.field("_prelink_key", pa.string())
 
 
@@ -372,6 +372,7 @@ SILVER_VITALS_RAW = TableSpec(
         _f("_unit_converted_from"),
         _f("_value_original", pa.float64()),
         _f("_range_flag"),
+        rekeyable=True,
     ),
     key=("sample_key",),
     description="One row per vital-sign sample (person, device, LOINC, time): typed, UCUM, date-shifted.",
@@ -393,6 +394,7 @@ def _resampled(name: str, grid: str) -> TableSpec:
             _f("value_last", pa.float64()),  # carried forward into an empty bucket of a short gap
             _f("sample_count", pa.int64(), nullable=False),
             _f("filled", pa.bool_(), nullable=False),  # value_last carried, no sample in the bucket
+            rekeyable=True,
         ),
         key=("person_key", "device_id", "code", "bucket_start"),
         description=f"Vital signs on a fixed {grid} grid per person, device and LOINC code; "
@@ -412,6 +414,7 @@ SILVER_IMAGING_STUDIES = TableSpec(
         _f("modalities"),
         _f("number_of_series", pa.int32()),
         _f("number_of_instances", pa.int32()),
+        rekeyable=True,
     ),
     key=("study_uid",),
     description=(
@@ -431,6 +434,7 @@ SILVER_IMAGING_SERIES = TableSpec(
         _f("series_number", pa.int32()),
         _f("started_at", TS),
         _f("number_of_instances", pa.int32()),
+        rekeyable=True,
     ),
     key=("series_uid",),
     description="One row per imaging series (FHIR ImagingStudy.series); UIDs remapped, time shifted.",
@@ -453,6 +457,7 @@ SILVER_IMAGING_INSTANCES = TableSpec(
         _f("pixel_spacing_col_mm", pa.float64()),
         _f("transfer_syntax_uid"),
         _f("deid_path", nullable=False),
+        rekeyable=True,
     ),
     key=("instance_uid",),
     description=(
@@ -528,6 +533,7 @@ SILVER_VARIANTS = TableSpec(
         _f("qual", pa.float64()),
         _f("filter"),
         _f("info", pa.map_(pa.string(), pa.string())),
+        rekeyable=True,
     ),
     key=("variant_key",),
     description=(

@@ -55,7 +55,8 @@ estimated by random sampling (fallback: :data:`U_PRIORS` when a level is never s
 smaller run, whose few records and their token candidates, all alike, say nothing about
 strangers); with at least ``em_min_records`` records the m probabilities are re-estimated by EM
 on two blocking rules and exact agreement on given name, family name and city is adjusted for
-how common the value is (term frequencies). :attr:`Linkage.model` says which, in words; the
+how common the value is (term frequencies); an EM session Splink refuses (an m underflowed to 0)
+changes nothing (:func:`trained_linker`). :attr:`Linkage.model` says which, in words; the
 resolve ledger entry carries it. The prior match probability is
 ``expected_matches_per_record / (population - 1)``, the population being every record the lake
 knows, not only those linked in this run.
@@ -719,10 +720,25 @@ def _database(spark: Any | None) -> Any:
     return SparkAPI(spark_session=spark, break_lineage_method="persist")  # type: ignore[no-untyped-call]
 
 
-def _splink_pairs(records: pa.Table, options: LinkOptions, spark: Any | None = None) -> pa.Table:
-    """Splink's scored pairs at or above the review threshold (columns of :data:`LINKS`), on DuckDB
-    or, given a Spark session, on Splink's Spark backend (same comparisons, same SQL)."""
-    from splink import Linker, SettingsCreator, block_on
+@dataclass(frozen=True)
+class Trained:
+    linker: Any  # Splink's Linker, its model estimated
+    model: str  # how m and u were estimated, in words (:attr:`Linkage.model`)
+
+
+#: the blocking rules EM estimates m under (each leaves its own columns' m as they were)
+EM_RULES: tuple[tuple[str, ...], ...] = (("birth_date",), ("family", "given_formal"))
+
+
+def trained_linker(records: pa.Table, options: LinkOptions, spark: Any | None = None) -> Trained:
+    """Splink's linker over :data:`FEATURES` rows, its model estimated on them as
+    :func:`model_description` says (u by random sampling, m by EM on two blocking rules, names and
+    city term-frequency adjusted, from the options' record counts up), on DuckDB or Spark.
+
+    An EM session Splink refuses because an m underflowed to 0 (a level seen only in pairs of
+    match probability 0, e.g. behind the given-name veto) changes nothing: the m values stay
+    those of the session before (or the priors), and the model description says so."""
+    from splink import Linker, SettingsCreator
 
     n = records.num_rows
     large = n >= options.em_min_records
@@ -748,14 +764,37 @@ def _splink_pairs(records: pa.Table, options: LinkOptions, spark: Any | None = N
         linker.training.estimate_u_using_random_sampling(
             max_pairs=options.u_max_pairs, seed=options.seed
         )
-    if large:
-        for rule in (block_on("birth_date"), block_on("family", "given_formal")):
-            linker.training.estimate_parameters_using_expectation_maximisation(rule)
-    predicted = linker.inference.predict(
+    refused = [columns for columns in EM_RULES if large and not _em_session(linker, columns)]
+    model = model_description(n, options)
+    if refused:
+        model += "; EM blocked on " + ", ".join("+".join(c) for c in refused) + " refused (an m underflowed to 0)"
+    return Trained(linker, model)
+
+
+def _em_session(linker: Any, columns: tuple[str, ...]) -> bool:
+    """One EM session blocked on ``columns``; False (logged) when Splink refuses an m of 0."""
+    from splink import block_on
+
+    try:
+        linker.training.estimate_parameters_using_expectation_maximisation(block_on(*columns))
+    except ValueError as exc:
+        if "below the minimum allowed" not in str(exc):
+            raise
+        log.warning("resolve: EM blocked on %s refused, m kept as before it: %s", "+".join(columns), exc)
+        return False
+    return True
+
+
+def _splink_pairs(records: pa.Table, options: LinkOptions, spark: Any | None = None) -> tuple[pa.Table, str]:
+    """Splink's scored pairs at or above the review threshold (columns of :data:`LINKS`), on DuckDB
+    or, given a Spark session, on Splink's Spark backend (same comparisons, same SQL); and how the
+    model was estimated, in words."""
+    trained = trained_linker(records, options, spark)
+    predicted = trained.linker.inference.predict(
         threshold_match_probability=min(options.review_threshold, options.threshold, options.name_change_floor),
         warning_mode="never",
     ).as_pyarrow_table()
-    return pa.table(
+    pairs = pa.table(
         {
             "source_key_l": predicted.column("source_key_l").cast(pa.string()),
             "source_key_r": predicted.column("source_key_r").cast(pa.string()),
@@ -765,6 +804,7 @@ def _splink_pairs(records: pa.Table, options: LinkOptions, spark: Any | None = N
         },
         schema=LINKS,
     )
+    return pairs, trained.model
 
 
 def _prelink_pairs(records: pa.Table) -> pa.Table:
@@ -934,7 +974,11 @@ def link(
     Spark backend instead of DuckDB.
     """
     rows = {r["source_key"]: r for r in records.to_pylist()}
-    splink = _splink_pairs(records, options, spark) if records.num_rows >= 2 else LINKS.empty_table()
+    splink, model = (
+        _splink_pairs(records, options, spark)
+        if records.num_rows >= 2
+        else (LINKS.empty_table(), model_description(records.num_rows, options))
+    )
     prelinked = _prelink_pairs(records)
     if anchors:
         splink, prelinked = (_anchored(t, set(anchors)) for t in (splink, prelinked))
@@ -979,7 +1023,7 @@ def link(
         clusters=clusters,
         review=pa.Table.from_pylist(review, schema=REVIEW),
         refused=zoned.refused,
-        model=model_description(records.num_rows, options),
+        model=model,
     )
 
 

@@ -83,8 +83,8 @@ class Split:
     new_person_key: str
     moved_records: tuple[str, ...]
     rows_moved: dict[str, int]
-    #: rows of the split person in a table without provenance (vitals, imaging, variants; a lake
-    #: older than ``_prelink_key``): they stay with the person keeping the key, counted here
+    #: rows of the split person in a table without provenance (a lake written before the table had
+    #: ``_prelink_key``): they stay with the person keeping the key, counted here
     unattributed: dict[str, int]
     vault_rekeyed: int = 0  # vault identities re-encrypted under the new person
 
@@ -370,7 +370,7 @@ def move_rows(
         )
         if rows.num_rows == 0:
             continue
-        if PRELINK_FIELD.name not in rows.column_names:  # vitals, imaging, variants; an older lake
+        if PRELINK_FIELD.name not in rows.column_names:  # a lake older than the column
             unattributed[name] = rows.num_rows
             continue
         origin = pc.coalesce(rows.column(PRELINK_FIELD.name), rows.column("person_key"))

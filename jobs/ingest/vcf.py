@@ -72,12 +72,13 @@ from medlake import ledger
 from medlake.governance.pseudonyms import mrn_key, record_key, source_key
 from medlake.jobs.ingest import limits
 from medlake.jobs.stage import StageResult, write_bronze
-from medlake.lake import Lake
+from medlake.lake import Lake, conform
 from medlake.ledger import Entry
 from medlake.quarantine import Split, quarantine_rows, stamp_run
 from medlake.registry import (
     BRONZE_VCF,
     BRONZE_VCF_HEADERS,
+    PRELINK_FIELD,
     QUARANTINE,
     SILVER_VARIANTS,
     staging_name,
@@ -689,6 +690,8 @@ def variants_from_bronze(records: pa.Table, headers: pa.Table, *, key: bytes) ->
 
 
 NUMERIC_FORMAT = {"depth": "DP", "genotype_quality": "GQ"}
+#: silver.variants columns no VCF line fills: the provenance a re-key sets (null at ingest)
+FILLED_LATER = (PRELINK_FIELD.name,)
 
 
 @dataclass
@@ -698,7 +701,7 @@ class _Rows:
 
     columns: dict[str, list[Any]] = field(
         default_factory=lambda: {
-            name: [] for name in SILVER_VARIANTS.schema.names if name not in NUMERIC_FORMAT
+            name: [] for name in SILVER_VARIANTS.schema.names if name not in NUMERIC_FORMAT and name not in FILLED_LATER
         }
     )
     numbers: dict[str, list[np.ndarray]] = field(
@@ -718,9 +721,9 @@ class _Rows:
                 chunks = self.numbers[name]
                 values = np.concatenate(chunks) if chunks else np.empty(0)
                 arrays[name] = pa.array(values, mask=np.isnan(values)).cast(type_)
-            else:
+            elif name in self.columns:
                 arrays[name] = pa.array(self.columns[name], type_)
-        return pa.table(arrays, schema=schema)
+        return conform(pa.table(arrays), schema)  # columns ingest does not fill (_prelink_key): null
 
 
 def _sample_keys(header: Header, *, key: bytes) -> list[tuple[str, str]]:

@@ -597,10 +597,11 @@ def samples_from_bronze(bronze: pa.Table, *, key: bytes, max_shift_days: int) ->
     )
     good = silver.filter(~pl.col("_refused")).sort("_source_file", "_source_offset")
     kept = good.unique(subset=["sample_key"], keep="last", maintain_order=True)
-    columns = SILVER_VITALS_RAW.schema.names
+    # the silver columns ingest knows; the rest (``_prelink_key``, set by a re-key) start null
+    columns = [c for c in SILVER_VITALS_RAW.schema.names if c in silver.columns]
     bad = silver.filter(pl.col("_refused"))
     quarantined = _refused(bad, columns) if bad.height else QUARANTINE_SCHEMA.empty_table()
-    table = kept.select(columns).to_arrow().cast(SILVER_VITALS_RAW.schema)
+    table = conform(kept.select(columns).to_arrow(), SILVER_VITALS_RAW.schema)
     return Samples(
         Split(table, quarantined), bronze.num_rows, good.height - kept.height, bronze_only
     )

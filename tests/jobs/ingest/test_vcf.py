@@ -180,6 +180,7 @@ def test_a_linked_sample_is_the_person_fhir_gives_the_same_mrn(tmp_path: Path) -
         pa.table({"resource_id": ["p1"], "raw": [json.dumps(patient)]}), key=KEY
     )["p1"]
     persons = {r["sample_key"]: r["person_key"] for r in staged_rows(lake)}
+    assert {r["_prelink_key"] for r in staged_rows(lake)} == {None}  # set by a re-key, not by ingest
     assert persons[source_key(KEY, "vcf", "S1")] == fhir_person
     assert persons[source_key(KEY, "vcf", "S2")] == mrn_key(KEY, AUTHORITY, "MRN-0000002")
     control = source_key(KEY, "vcf", "CTRL")  # no ##SAMPLE MRN: its own pseudonym

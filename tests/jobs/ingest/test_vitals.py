@@ -229,6 +229,8 @@ def test_silver_samples_are_the_mrn_person_shifted_typed_and_deduplicated(tmp_pa
     shift = date_shift_days(KEY, person, max_days=MAX_SHIFT)
     rows = {r["code"]: r for r in lake.read(SILVER_VITALS_RAW.name).to_pylist()}
     assert {r["person_key"] for r in rows.values()} == {person}
+    # a silver column ingest does not fill (the provenance a re-key sets) is there, null
+    assert {r["_prelink_key"] for r in rows.values()} == {None}
     assert rows["8867-4"]["measured_at"] == T0 + timedelta(days=shift)
     assert rows["8867-4"]["value_num"] == 71  # the last one received
     assert (rows["8310-5"]["value_unit"], rows["8310-5"]["value_num"]) == ("Cel", 37)
