@@ -15,7 +15,8 @@ derby", "teofila tillman rn"), is read by :class:`ClinicalCueRecognizer`.
 
 The rules' words are data files in ``governance/deid_words/``: ``clinical_rules.toml`` (name,
 site, record, pager, clock and reading cues), ``clinical_abbreviations.txt`` (clinical shorthand)
-``clinical_words.txt`` (ICD-10-CM, RxNorm, LOINC, SNOMED CT and CVX words) and
+``clinical_words.txt`` (ICD-10-CM, RxNorm, LOINC, SNOMED CT and CVX words),
+``drug_names.txt`` (the FDA UNII list's drug and brand names), ``clinical_eponyms.txt`` and
 ``census_first_names.txt`` / ``census_last_names.txt`` (1990 and 2010 Census, SSA; public domain;
 ``build_name_lists.py`` says where from).
 
@@ -53,8 +54,17 @@ def _word_file(name: str) -> frozenset[str]:
 
 @cache
 def clinical_words() -> frozenset[str]:
-    """Words of ICD-10-CM diagnoses and RxNorm drug names (``deid_words/clinical_words.txt``)."""
-    return _word_file("clinical_words.txt")
+    """Words of ICD-10-CM diagnoses and RxNorm drug names (``deid_words/clinical_words.txt``)
+    and the FDA UNII list's one-word drug and brand names (``deid_words/drug_names.txt``:
+    "Colace", "Cipro", "apixaban"; names of 1,000 people or more left out)."""
+    return _word_file("clinical_words.txt") | _word_file("drug_names.txt")
+
+
+@cache
+def clinical_eponyms() -> frozenset[str]:
+    """Eponyms of scores, signs, tests, operations and devices that alone name no one
+    (``deid_words/clinical_eponyms.txt``: "Gleason", "Epley", "Fleischner")."""
+    return _word_file("clinical_eponyms.txt")
 
 
 @cache
@@ -1189,7 +1199,13 @@ def census_names() -> tuple[frozenset[str], frozenset[str]]:
     English words) less the clinical keep-lists, section headers and the common clinical words
     above, so that "Stable", "Plan", "Foley" or "Vent" never become names by this list (brand
     drug names and eponyms no keep-list holds, "Colace", "Gleason", still do)."""
-    plain = clinical_words() | clinical_abbreviations() | CLINICAL_WORDS | SECTION_HEADERS
+    plain = (
+        clinical_words()
+        | clinical_abbreviations()
+        | clinical_eponyms()
+        | CLINICAL_WORDS
+        | SECTION_HEADERS
+    )
     return (
         _word_file("census_first_names.txt") - plain,
         _word_file("census_last_names.txt") - plain,

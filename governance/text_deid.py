@@ -92,6 +92,7 @@ from medlake.governance.recognizers import (
     age_recognizer,
     alternation,
     clinical_abbreviations,
+    clinical_eponyms,
     clinical_rules,
     clinical_words,
     gazetteer,
@@ -972,12 +973,20 @@ qhs sig
 @cache
 def clinical_vocabulary(name_words: frozenset[str]) -> frozenset[str]:
     """Case-folded clinical words that are nobody's name: the words of ICD-10-CM diagnoses and
-    RxNorm drug names (``governance/deid_words/clinical_words.txt``) less any word that is also
-    a name in ``name_words``; the clinical shorthand of notes
-    (``deid_words/clinical_abbreviations.txt``); and the department, note and sig words above
-    (even "max" of "max 3 g")."""
+    RxNorm drug names (``governance/deid_words/clinical_words.txt``) and the FDA UNII list's
+    drug names (``drug_names.txt``) less any word that is also a name in ``name_words``; the
+    clinical shorthand of notes (``deid_words/clinical_abbreviations.txt``) and eponyms that
+    alone name no one (``clinical_eponyms.txt``: "Gleason", "Epley", even though they are
+    surnames too: a courtesy title or a first name beside them still makes a person); and the
+    department, note and sig words above (even "max" of "max 3 g")."""
     words = clinical_words() - name_words
-    return frozenset(words | clinical_abbreviations() | set(_CLINICAL_TERMS.split()) | DRUG_FORMS)
+    return frozenset(
+        words
+        | clinical_abbreviations()
+        | clinical_eponyms()
+        | set(_CLINICAL_TERMS.split())
+        | DRUG_FORMS
+    )
 
 
 #: Zipf frequency (wordfreq) from which an English word is common enough to leave to the
