@@ -568,7 +568,11 @@ def street_address_recognizer() -> PatternRecognizer:
             ("zip (weak)", r"\b\d{5}(?:-\d{4})?\b", 0.05),
             (
                 "after zip",
-                r"(?:(?<=zip:\s)|(?<=zip code is )|(?<=zip code: )|(?<=postal code: ))[\dA-Z]{2,5}(?:[ -][\dA-Z]{2,4})?\b",
+                # the cue, then the value (a look-behind at every position cost more)
+                (
+                    r"(?:zip:\s|zip code is |zip code: |postal code: )"
+                    r"(?P<value>[\dA-Z]{2,5}(?:[ -][\dA-Z]{2,4})?)\b"
+                ),
                 0.6,
             ),
         ],
