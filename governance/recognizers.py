@@ -910,12 +910,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
             if any(self._plain(k) for k in (last, first)):
                 continue
             if m.group().isupper():  # "PUGH, ELINA" in a line of ordinary case: one known name
-                # and the other known or a word English hardly uses ("CP, SOB" is no name)
+                # and the other known or a word English hardly uses ("CP, SOB" is no name); or
+                # any surname before a first name English does not use ("CASH, JARRED")
                 if (
                     (first in self.first or zipf(first) < UNSEEN_NAME_ZIPF)
                     and (last in self.last or zipf(last) < UNSEEN_NAME_ZIPF)
                     and (first in self.first or last in self.last)
-                ):
+                ) or (first in self.first and zipf(first) < UNSEEN_NAME_ZIPF):
                     out.append(RecognizerResult("PERSON", m.start(), m.end(), INVERTED_NAME_SCORE))
                 continue
             # capitalised, a first name no list holds may stand after a known last name
@@ -1443,8 +1444,9 @@ class NameGazetteerRecognizer(EntityRecognizer):
         out: list[RecognizerResult] = []
         for pair in _CAPITALISED_PAIR.finditer(text, overlapped=True):  # "The Lina Artemova"
             first, last = pair.group(1).casefold(), pair.group(2).casefold()
-            if {first, last} & (self.common | self.stop_words) or EPONYM_AFTER.match(
-                text, pair.end()
+            if (
+                any(w in self.common or w in self.stop_words for w in (first, last))
+                or EPONYM_AFTER.match(text, pair.end())
             ):
                 continue
             first_known = first in self.first or first in self.last

@@ -587,7 +587,8 @@ class TextDeidentifier:
         self._stop_words: frozenset[str] = frozenset(nlp.Defaults.stop_words)
         first, last, _ = gazetteer()
         self._clinical = clinical_vocabulary(first | last)
-        self.nlp_engine.plain_words = self._clinical | self._stop_words
+        self._plain = self._clinical | self._stop_words  # (one union, not one per note)
+        self.nlp_engine.plain_words = self._plain
         every_name = frozenset(chain(first, last, *name_lists()))
         self.nlp_engine.opening_words = nameless_words(every_name, place_words())
         # in lower case, a clinical word is no name even when it is one too ("kidney", "bill")
@@ -603,6 +604,7 @@ class TextDeidentifier:
         self._lone_names = first | last
         first, last = name_lists()
         self._first_names = first
+        self._names = (first, last)
         rules = clinical_rules()
         self._cue_words = rules["name_cues"] | rules["credentials"]
         # (a dot only after a title: "HCP. Vent:" is a sentence's end, then a section)
@@ -697,7 +699,10 @@ class TextDeidentifier:
             score_threshold=self.score_threshold,
             ad_hoc_recognizers=record,
         )
-        trimmed = (trim_shorthand(text, trim_clock_tail(text, r), self._shorthand) for r in results)
+        trimmed = (
+            trim_shorthand(text, trim_clock_tail(text, r), self._shorthand, self._names)
+            for r in results
+        )
         results = relabel_record_hits(
             [
                 r
@@ -708,7 +713,7 @@ class TextDeidentifier:
         results += self._capitalised_after_cue(original or text)
         names = propagate_names(text, results, self._stop_words)
         organisations = contact_block_organisations(text, results + names, self._clinical)
-        return merge_spans(text, results + names + organisations, self._clinical | self._stop_words)
+        return merge_spans(text, results + names + organisations, self._plain)
 
     def _capitalised_after_cue(self, text: str) -> list[RecognizerResult]:
         """One or two words its writer capitalised after a name cue, in a note written in
@@ -913,10 +918,15 @@ def _titled(text: str, result: RecognizerResult) -> bool:
 
 
 def trim_shorthand(
-    text: str, result: RecognizerResult, shorthand: frozenset[str]
+    text: str,
+    result: RecognizerResult,
+    shorthand: frozenset[str],
+    names: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset()),
 ) -> RecognizerResult | None:
     """``result`` without the clinical shorthand, stop words and words with digits at its edges
-    ("RN Holly" is Holly, "VIHC ed w/" is VIHC), or None when nothing else is left."""
+    ("RN Holly" is Holly, "VIHC ed w/" is VIHC), or None when nothing else is left; but a
+    capitalised surname (of ``names``, the first and last names known) after a known first name
+    stays, shorthand or not ("Clemmie Richmond", "Mary Foley")."""
     if result.entity_type not in _TRIMMED or result.score >= 1 or _titled(text, result):
         return result
     words = list(_NAME_WORD.finditer(text, result.start, result.end))
@@ -928,6 +938,7 @@ def trim_shorthand(
             m.group().casefold().rstrip("'’") not in shorthand
             # "ten Dolle", "van der Halle": a particle before a name is a part of it
             or (m.group().casefold() in NAME_PARTICLES and i + 1 < len(words))
+            or (i > 0 and _surname_after_first_name(words[i - 1], m, names))
         )
         and not _COUNT.fullmatch(m.group())
         and not _DIGIT.search(m.group())  # "Y-257878 / Reichel": a record number, no name
@@ -940,6 +951,20 @@ def trim_shorthand(
     end = max(result.end, keep[-1].end()) if keep[-1] is words[-1] else keep[-1].end()
     result.start, result.end = start, end
     return result
+
+
+def _surname_after_first_name(
+    before: re.Match[str], word: re.Match[str], names: tuple[frozenset[str], frozenset[str]]
+) -> bool:
+    """Whether ``word`` is a capitalised known surname right after a capitalised known first
+    name ("Clemmie Richmond": the RASS scale's name is a surname here)."""
+    first, last = names
+    return (
+        word.group()[:1].isupper()
+        and before.group()[:1].isupper()
+        and word.group().casefold() in last
+        and before.group().casefold() in first
+    )
 
 
 _CLOCK_TAIL = re.compile(r"(.+?)[ \t]+(?:at[ \t]+|@[ \t]*)?\d{4}(?:[ \t]*(?:h|hrs?|hours))?")

@@ -663,6 +663,11 @@ CLINICAL_PHI = [
     ("Patient: PUGH, ELINA    Med Rec #: K17-1023", "PUGH, ELINA"),
     ("CC: CP X 2H. BIBA FROM LONGRIDGE.", "LONGRIDGE"),
     ("Patient: O'NEIL, GAVIN    Med Rec #: 738-6", "O'NEIL"),
+    # a surname that is also shorthand or a scale, after a known first name
+    ("Please summarize the hospital course for Clemmie Richmond admitted Aug-2020.", "Richmond"),
+    ("Spoke with Mary Foley, the patient's niece, about the Foley catheter.", "Mary Foley"),
+    # an inverted name whose surname is an English word or a place, before a rare first name
+    ("Patient: ENGLAND, MARGIT    Med Rec #: PW-57", "ENGLAND"),
 ]
 
 
