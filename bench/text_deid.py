@@ -25,6 +25,12 @@ The labelled sets, printed separately and never pooled:
   clinician questions; about one in eight with no PHI) from ``clinical_notes.generate_kinds``:
   other templates, their own seeds, held-out 2's value lists split in halves by hash (dev 3
   one half, held-out 3 the other). ``held_out_3`` is never read and never tuned on.
+- ``hard``: 60 ICU and nursing lines written by hand, no generator (``bench/data/
+  hard_icu_lines.jsonl``): upper case and shorthand, dates without a year, two-digit years,
+  lower-case names and towns, common-word first names ("son bill", "wife joy"), pagers and
+  extensions, phones with odd spacing, record numbers with letters and hyphens, hospital
+  acronyms; 14 lines with no PHI (vent settings, clock times, brand drugs, eponyms). Written
+  and committed before it was first run; run once, never tuned on.
 - ``synthea_notes`` (speed only, unlabelled): 400 of the corpus' Synthea DocumentReference
   notes, decoded as the pipeline decodes them (long, structured: the data plane's notes step).
 - ``meddocan``: the 50 MEDDOCAN test documents (Spanish clinical cases, BRAT), types mapped to
@@ -142,6 +148,26 @@ def load_kinds(split: str, limit: int | None) -> tuple[list[str], list[list[Gold
     return [n.text for n in notes], [[Gold(*span) for span in n.spans] for n in notes]
 
 
+HARD = ROOT / "bench" / "data" / "hard_icu_lines.jsonl"
+
+
+def load_hard(limit: int | None) -> tuple[list[str], list[list[Gold]]]:
+    """The 60 handwritten ICU and nursing lines of ``bench/data/hard_icu_lines.jsonl``: each
+    row's ``phi`` lists [value, type] pairs, every whole-word occurrence of a value is gold."""
+    texts: list[str] = []
+    gold: list[list[Gold]] = []
+    for line in HARD.read_text(encoding="utf-8").splitlines()[:limit]:
+        row = json.loads(line)
+        texts.append(row["text"])
+        spans = {
+            Gold(m.start(), m.end(), kind)
+            for value, kind in row["phi"]
+            for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", row["text"])
+        }
+        gold.append(sorted(spans, key=lambda g: g.start))
+    return texts, gold
+
+
 #: MEDDOCAN's 20 types mapped to this benchmark's: who they identify, not how Spanish names them.
 MEDDOCAN_TYPES = {
     "NOMBRE_SUJETO_ASISTENCIA": "PERSON",
@@ -205,6 +231,10 @@ SETS: dict[str, tuple[str, Callable[[int | None], tuple[list[str], list[list[Gol
     "held_out_3": (
         "generated documents of other kinds, HELD-OUT 3 (other templates, never tuned on)",
         lambda n: load_kinds("held_out_3", n),
+    ),
+    "hard": (
+        "handwritten ICU lines, HARD (no generator, written once, run once, never tuned on)",
+        load_hard,
     ),
     "meddocan": ("MEDDOCAN Spanish clinical cases, HELD-OUT", load_meddocan),
 }

@@ -15,7 +15,8 @@ derby", "teofila tillman rn"), is read by :class:`ClinicalCueRecognizer`.
 
 The rules' words are data files in ``governance/deid_words/``: ``clinical_rules.toml`` (name,
 site, record, pager, clock and reading cues), ``clinical_abbreviations.txt`` (clinical shorthand)
-``clinical_words.txt`` (ICD-10-CM, RxNorm, LOINC, SNOMED CT and CVX words) and
+``clinical_words.txt`` (ICD-10-CM, RxNorm, LOINC, SNOMED CT and CVX words),
+``drug_names.txt`` (the FDA UNII list's drug and brand names), ``clinical_eponyms.txt`` and
 ``census_first_names.txt`` / ``census_last_names.txt`` (1990 and 2010 Census, SSA; public domain;
 ``build_name_lists.py`` says where from).
 
@@ -53,8 +54,17 @@ def _word_file(name: str) -> frozenset[str]:
 
 @cache
 def clinical_words() -> frozenset[str]:
-    """Words of ICD-10-CM diagnoses and RxNorm drug names (``deid_words/clinical_words.txt``)."""
-    return _word_file("clinical_words.txt")
+    """Words of ICD-10-CM diagnoses and RxNorm drug names (``deid_words/clinical_words.txt``)
+    and the FDA UNII list's one-word drug and brand names (``deid_words/drug_names.txt``:
+    "Colace", "Cipro", "apixaban"; names of 1,000 people or more left out)."""
+    return _word_file("clinical_words.txt") | _word_file("drug_names.txt")
+
+
+@cache
+def clinical_eponyms() -> frozenset[str]:
+    """Eponyms of scores, signs, tests, operations and devices that alone name no one
+    (``deid_words/clinical_eponyms.txt``: "Gleason", "Epley", "Fleischner")."""
+    return _word_file("clinical_eponyms.txt")
 
 
 @cache
@@ -558,7 +568,11 @@ def street_address_recognizer() -> PatternRecognizer:
             ("zip (weak)", r"\b\d{5}(?:-\d{4})?\b", 0.05),
             (
                 "after zip",
-                r"(?:(?<=zip:\s)|(?<=zip code is )|(?<=zip code: )|(?<=postal code: ))[\dA-Z]{2,5}(?:[ -][\dA-Z]{2,4})?\b",
+                # the cue, then the value (a look-behind at every position cost more)
+                (
+                    r"(?:zip:\s|zip code is |zip code: |postal code: )"
+                    r"(?P<value>[\dA-Z]{2,5}(?:[ -][\dA-Z]{2,4})?)\b"
+                ),
                 0.6,
             ),
         ],
@@ -896,12 +910,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
             if any(self._plain(k) for k in (last, first)):
                 continue
             if m.group().isupper():  # "PUGH, ELINA" in a line of ordinary case: one known name
-                # and the other known or a word English hardly uses ("CP, SOB" is no name)
+                # and the other known or a word English hardly uses ("CP, SOB" is no name); or
+                # any surname before a first name English does not use ("CASH, JARRED")
                 if (
                     (first in self.first or zipf(first) < UNSEEN_NAME_ZIPF)
                     and (last in self.last or zipf(last) < UNSEEN_NAME_ZIPF)
                     and (first in self.first or last in self.last)
-                ):
+                ) or (first in self.first and zipf(first) < UNSEEN_NAME_ZIPF):
                     out.append(RecognizerResult("PERSON", m.start(), m.end(), INVERTED_NAME_SCORE))
                 continue
             # capitalised, a first name no list holds may stand after a known last name
@@ -1189,7 +1204,13 @@ def census_names() -> tuple[frozenset[str], frozenset[str]]:
     English words) less the clinical keep-lists, section headers and the common clinical words
     above, so that "Stable", "Plan", "Foley" or "Vent" never become names by this list (brand
     drug names and eponyms no keep-list holds, "Colace", "Gleason", still do)."""
-    plain = clinical_words() | clinical_abbreviations() | CLINICAL_WORDS | SECTION_HEADERS
+    plain = (
+        clinical_words()
+        | clinical_abbreviations()
+        | clinical_eponyms()
+        | CLINICAL_WORDS
+        | SECTION_HEADERS
+    )
     return (
         _word_file("census_first_names.txt") - plain,
         _word_file("census_last_names.txt") - plain,
@@ -1423,8 +1444,9 @@ class NameGazetteerRecognizer(EntityRecognizer):
         out: list[RecognizerResult] = []
         for pair in _CAPITALISED_PAIR.finditer(text, overlapped=True):  # "The Lina Artemova"
             first, last = pair.group(1).casefold(), pair.group(2).casefold()
-            if {first, last} & (self.common | self.stop_words) or EPONYM_AFTER.match(
-                text, pair.end()
+            if (
+                any(w in self.common or w in self.stop_words for w in (first, last))
+                or EPONYM_AFTER.match(text, pair.end())
             ):
                 continue
             first_known = first in self.first or first in self.last

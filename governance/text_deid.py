@@ -72,7 +72,7 @@ from presidio_analyzer.predefined_recognizers import PhoneRecognizer, UrlRecogni
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
 from presidio_anonymizer.entities import RecognizerResult as Replacement
-from spacy.attrs import IDX, IS_PUNCT, IS_SPACE, IS_STOP, LENGTH, LOWER, ORTH
+from spacy.attrs import IDX, IS_PUNCT, IS_SPACE, IS_STOP, LENGTH, LOWER, ORTH, SPACY
 from spacy.tokens import Doc
 from spacy.tokens import Span as SpacySpan
 
@@ -92,6 +92,7 @@ from medlake.governance.recognizers import (
     age_recognizer,
     alternation,
     clinical_abbreviations,
+    clinical_eponyms,
     clinical_rules,
     clinical_words,
     gazetteer,
@@ -202,6 +203,11 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
     #: case ("denies", "today", "kidney").
     common_words: frozenset[str] = frozenset()
 
+    #: Case-folded common English words that no name or place list holds: not read by the NER
+    #: either when they open a clause or a line ("Thank you", "Subject:", "Collected:"); inside
+    #: one a capitalised word may still be a name no list holds ("G. Boomers").
+    opening_words: frozenset[str] = frozenset()
+
     def process_batch(  # type: ignore[override]  # Presidio's two base classes disagree
         self,
         texts: list[str] | list[tuple[str, object]],
@@ -226,10 +232,14 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
         pieces: list[tuple[int, int, int, int, Doc]] = []
         needs = self.__dict__.setdefault("_needs", {})
         for index, doc in enumerate(docs):
-            for a, core_a, core_b, b in _ner_stretches(
-                doc, self.plain_words, self.common_words, needs
-            ):
-                pieces.append((index, a, core_a, core_b, doc[a:b].as_doc()))
+            stretches = _ner_stretches(
+                doc, self.plain_words, self.common_words, needs, self.opening_words
+            )
+            if not stretches:
+                continue
+            rows = doc.to_array([ORTH, SPACY]).tolist()
+            for a, core_a, core_b, b in stretches:
+                pieces.append((index, a, core_a, core_b, _piece(doc, rows[a:b])))
         found: list[list[Any]] = [[] for _ in docs]
         parsed = ner.pipe((piece[-1] for piece in pieces), batch_size=batch_size)
         for (index, offset, core_a, core_b, _), piece in zip(pieces, parsed):
@@ -238,18 +248,24 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
                 for e in piece.ents
                 if offset + e.start < core_b and core_a < offset + e.end
             )
-        for doc, ents in zip(docs, found):
-            doc.ents = ents
-            yield doc.text, self._doc_to_nlp_artifact(doc, language)
+        # (doc.ents stays unset: only the artifacts are read; and the text is the one given,
+        # as spaCy's ``doc.text`` joins every token again)
+        for text, doc, ents in zip(texts, docs, found):
+            yield str(text), self._doc_to_nlp_artifact(doc, language, ents)
 
-    def _doc_to_nlp_artifact(self, doc: Doc, language: str) -> NlpArtifacts:
+    def _doc_to_nlp_artifact(
+        self, doc: Doc, language: str, ents: list[SpacySpan] | None = None
+    ) -> NlpArtifacts:
+        """Presidio's artifacts of ``doc`` (its entities ``ents`` when the NER read stretches of
+        it: spaCy's ``doc.ents`` walks every token each time it is read)."""
         keep = self.context_words
         strings = doc.vocab.strings
         # one array read instead of a Python Token object per word
         rows = doc.to_array([IDX, LOWER, IS_PUNCT, IS_SPACE, IS_STOP]).tolist()
         lemmas = [strings[row[1]] for row in rows]
+        ents = list(doc.ents) if ents is None else ents
         entities, scores = self._get_updated_entities(
-            list(doc.ents), self._get_scores_for_entities(doc)
+            ents, [self.ner_model_configuration.default_score] * len(ents)
         )
         artifacts = NlpArtifacts(
             entities=entities,
@@ -270,8 +286,17 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
         return artifacts
 
 
+def _piece(doc: Doc, rows: list[list[int]]) -> Doc:
+    """A new document of ``doc``'s tokens given as (ORTH, SPACY) rows: what the NER reads of a
+    stretch (six times cheaper than ``Span.as_doc``, which copies every attribute)."""
+    strings = doc.vocab.strings
+    return Doc(doc.vocab, words=[strings[o] for o, _ in rows], spaces=[bool(s) for _, s in rows])
+
+
 #: Tokens that end a stretch of text the NER reads as a whole: sentence and clause ends.
 _STRETCH_END = frozenset({".", ";", "!", "?", ":"})
+#: Tokens either side of a word that may be PHI the NER reads for it (within its clause).
+_NER_WINDOW = 6
 #: Tokens either side of a stretch the NER reads too, for its context window.
 _NER_MARGIN = 2
 #: Words the NER always reads: courtesy titles, months, weekdays (dates, "Dr. Foley").
@@ -307,31 +332,55 @@ def _needs_ner(word: str, plain: frozenset[str], common: frozenset[str]) -> bool
 
 
 def _ner_stretches(
-    doc: Doc, plain: frozenset[str], common: frozenset[str], needs: dict[str, bool]
+    doc: Doc,
+    plain: frozenset[str],
+    common: frozenset[str],
+    needs: dict[str, bool],
+    opening: frozenset[str] = frozenset(),
 ) -> list[tuple[int, int, int, int]]:
-    """The stretches of ``doc`` the NER should read: each sentence, clause or line that holds a
-    token :func:`_needs_ner` flags (its core), read with :data:`_NER_MARGIN` tokens of context
-    either side; as (read from, core from, core to, read to) token indexes, overlaps joined."""
+    """The stretches of ``doc`` the NER should read: around each token :func:`_needs_ner` flags
+    (but an ``opening`` word opening its clause or line), :data:`_NER_WINDOW` tokens either
+    side within its sentence, clause or line (the core), read with :data:`_NER_MARGIN` tokens
+    of context either side; as (read from, core from, core to, read to) token indexes, overlaps
+    joined."""
     strings = doc.vocab.strings
     words = [strings[h] for h in doc.to_array(ORTH).tolist()]
-    stretches: list[tuple[int, int, int, int]] = []
-    start, wanted, last = 0, False, len(words) - 1
+    cores: list[tuple[int, int]] = []
+    start, first, last = 0, 0, len(words) - 1  # the clause's first token and first core
     for i, word in enumerate(words):
-        if not wanted:
-            flag = needs.get(word)
-            if flag is None:
-                flag = _needs_ner(word, plain, common)
-                if len(needs) < _NEEDS_CACHED:
-                    needs[word] = flag
-            wanted = flag
+        flag = needs.get(word)
+        if flag is None:
+            flag = _needs_ner(word, plain, common)
+            if len(needs) < _NEEDS_CACHED:
+                needs[word] = flag
+        if flag and not (_opens(words, i, start) and word.casefold() in opening):
+            cores.append((max(start, i - _NER_WINDOW), i + 1 + _NER_WINDOW))
         if i == last or word in _STRETCH_END or (word.isspace() and "\n" in word):
-            if wanted:
-                a, b = max(0, start - _NER_MARGIN), min(len(words), i + 1 + _NER_MARGIN)
-                if stretches and a <= stretches[-1][3]:
-                    stretches[-1] = (stretches[-1][0], stretches[-1][1], i + 1, b)
-                else:
-                    stretches.append((a, start, i + 1, b))
-            start, wanted = i + 1, False
+            # a core ends with its clause, the clause's end included
+            cores[first:] = [(a, min(b, i + 1)) for a, b in cores[first:]]
+            start, first = i + 1, len(cores)
+    return _joined(cores, len(words))
+
+
+#: Tokens a clause's first word may follow: blanks, bullets, quotes, brackets.
+_OPENERS = frozenset({"-", "*", "•", ">", "(", '"', "“"})
+
+
+def _opens(words: list[str], i: int, start: int) -> bool:
+    """Whether token ``i`` opens the clause or line that starts at token ``start``."""
+    return all(w.isspace() or w in _OPENERS for w in words[start:i])
+
+
+def _joined(cores: list[tuple[int, int]], size: int) -> list[tuple[int, int, int, int]]:
+    """Cores with their context margins, those whose read stretches overlap joined."""
+    stretches: list[tuple[int, int, int, int]] = []
+    for core_a, core_b in cores:
+        a, b = max(0, core_a - _NER_MARGIN), min(size, core_b + _NER_MARGIN)
+        if stretches and a <= stretches[-1][3]:
+            first = stretches[-1]
+            stretches[-1] = (first[0], first[1], max(first[2], core_b), max(first[3], b))
+        else:
+            stretches.append((a, core_a, core_b, b))
     return stretches
 
 
@@ -538,7 +587,10 @@ class TextDeidentifier:
         self._stop_words: frozenset[str] = frozenset(nlp.Defaults.stop_words)
         first, last, _ = gazetteer()
         self._clinical = clinical_vocabulary(first | last)
-        self.nlp_engine.plain_words = self._clinical | self._stop_words
+        self._plain = self._clinical | self._stop_words  # (one union, not one per note)
+        self.nlp_engine.plain_words = self._plain
+        every_name = frozenset(chain(first, last, *name_lists()))
+        self.nlp_engine.opening_words = nameless_words(every_name, place_words())
         # in lower case, a clinical word is no name even when it is one too ("kidney", "bill")
         self.nlp_engine.common_words = common_english_words(first | last) | clinical_words()
         # trimmed off a name's edges: shorthand, stop words, kin and care words ("sister Karisa")
@@ -552,6 +604,7 @@ class TextDeidentifier:
         self._lone_names = first | last
         first, last = name_lists()
         self._first_names = first
+        self._names = (first, last)
         rules = clinical_rules()
         self._cue_words = rules["name_cues"] | rules["credentials"]
         # (a dot only after a title: "HCP. Vent:" is a sentence's end, then a section)
@@ -646,7 +699,10 @@ class TextDeidentifier:
             score_threshold=self.score_threshold,
             ad_hoc_recognizers=record,
         )
-        trimmed = (trim_shorthand(text, trim_clock_tail(text, r), self._shorthand) for r in results)
+        trimmed = (
+            trim_shorthand(text, trim_clock_tail(text, r), self._shorthand, self._names)
+            for r in results
+        )
         results = relabel_record_hits(
             [
                 r
@@ -657,7 +713,7 @@ class TextDeidentifier:
         results += self._capitalised_after_cue(original or text)
         names = propagate_names(text, results, self._stop_words)
         organisations = contact_block_organisations(text, results + names, self._clinical)
-        return merge_spans(text, results + names + organisations, self._clinical | self._stop_words)
+        return merge_spans(text, results + names + organisations, self._plain)
 
     def _capitalised_after_cue(self, text: str) -> list[RecognizerResult]:
         """One or two words its writer capitalised after a name cue, in a note written in
@@ -862,10 +918,15 @@ def _titled(text: str, result: RecognizerResult) -> bool:
 
 
 def trim_shorthand(
-    text: str, result: RecognizerResult, shorthand: frozenset[str]
+    text: str,
+    result: RecognizerResult,
+    shorthand: frozenset[str],
+    names: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset()),
 ) -> RecognizerResult | None:
     """``result`` without the clinical shorthand, stop words and words with digits at its edges
-    ("RN Holly" is Holly, "VIHC ed w/" is VIHC), or None when nothing else is left."""
+    ("RN Holly" is Holly, "VIHC ed w/" is VIHC), or None when nothing else is left; but a
+    capitalised surname (of ``names``, the first and last names known) after a known first name
+    stays, shorthand or not ("Clemmie Richmond", "Mary Foley")."""
     if result.entity_type not in _TRIMMED or result.score >= 1 or _titled(text, result):
         return result
     words = list(_NAME_WORD.finditer(text, result.start, result.end))
@@ -877,6 +938,7 @@ def trim_shorthand(
             m.group().casefold().rstrip("'’") not in shorthand
             # "ten Dolle", "van der Halle": a particle before a name is a part of it
             or (m.group().casefold() in NAME_PARTICLES and i + 1 < len(words))
+            or (i > 0 and _surname_after_first_name(words[i - 1], m, names))
         )
         and not _COUNT.fullmatch(m.group())
         and not _DIGIT.search(m.group())  # "Y-257878 / Reichel": a record number, no name
@@ -889,6 +951,20 @@ def trim_shorthand(
     end = max(result.end, keep[-1].end()) if keep[-1] is words[-1] else keep[-1].end()
     result.start, result.end = start, end
     return result
+
+
+def _surname_after_first_name(
+    before: re.Match[str], word: re.Match[str], names: tuple[frozenset[str], frozenset[str]]
+) -> bool:
+    """Whether ``word`` is a capitalised known surname right after a capitalised known first
+    name ("Clemmie Richmond": the RASS scale's name is a surname here)."""
+    first, last = names
+    return (
+        word.group()[:1].isupper()
+        and before.group()[:1].isupper()
+        and word.group().casefold() in last
+        and before.group().casefold() in first
+    )
 
 
 _CLOCK_TAIL = re.compile(r"(.+?)[ \t]+(?:at[ \t]+|@[ \t]*)?\d{4}(?:[ \t]*(?:h|hrs?|hours))?")
@@ -972,12 +1048,20 @@ qhs sig
 @cache
 def clinical_vocabulary(name_words: frozenset[str]) -> frozenset[str]:
     """Case-folded clinical words that are nobody's name: the words of ICD-10-CM diagnoses and
-    RxNorm drug names (``governance/deid_words/clinical_words.txt``) less any word that is also
-    a name in ``name_words``; the clinical shorthand of notes
-    (``deid_words/clinical_abbreviations.txt``); and the department, note and sig words above
-    (even "max" of "max 3 g")."""
+    RxNorm drug names (``governance/deid_words/clinical_words.txt``) and the FDA UNII list's
+    drug names (``drug_names.txt``) less any word that is also a name in ``name_words``; the
+    clinical shorthand of notes (``deid_words/clinical_abbreviations.txt``) and eponyms that
+    alone name no one (``clinical_eponyms.txt``: "Gleason", "Epley", even though they are
+    surnames too: a courtesy title or a first name beside them still makes a person); and the
+    department, note and sig words above (even "max" of "max 3 g")."""
     words = clinical_words() - name_words
-    return frozenset(words | clinical_abbreviations() | set(_CLINICAL_TERMS.split()) | DRUG_FORMS)
+    return frozenset(
+        words
+        | clinical_abbreviations()
+        | clinical_eponyms()
+        | set(_CLINICAL_TERMS.split())
+        | DRUG_FORMS
+    )
 
 
 #: Zipf frequency (wordfreq) from which an English word is common enough to leave to the
@@ -999,6 +1083,29 @@ def common_english_words(name_words: frozenset[str]) -> frozenset[str]:
         if (frequency := wordfreq.zipf_frequency(word, "en")) >= COMMON_WORD_ZIPF
         and (word not in name_words or frequency >= COMMON_NAME_WORD_ZIPF)
     )
+
+
+@cache
+def nameless_words(name_words: frozenset[str], places: frozenset[str]) -> frozenset[str]:
+    """Case-folded common English words (wordfreq's most frequent 40,000 at Zipf 3 or more)
+    that no name list and no place name holds ("Thank", "Subject", "Collected", "REPORT"):
+    what spaCy's NER need not read in any case (a capitalised one opens a sentence or a
+    header; spaCy's persons, places and organisations made of them are dropped anyway)."""
+    import wordfreq
+
+    return frozenset(
+        word
+        for word in wordfreq.top_n_list("en", 40_000)
+        if word not in name_words
+        and word not in places
+        and wordfreq.zipf_frequency(word, "en") >= COMMON_WORD_ZIPF
+    )
+
+
+@cache
+def place_words() -> frozenset[str]:
+    """The case-folded words of every place name the place rules know."""
+    return frozenset(w for name in place_names()[0] for w in name.split())
 
 
 def _eponym(text: str, end: int) -> bool:
@@ -1147,11 +1254,12 @@ def merge_spans(
     all ``plain`` (clinical or stop words: "Neurology" of "Toledo Urgent Care Neurology")."""
     results = list(results)
     containers: list[RecognizerResult] = []
+    absorbing: list[RecognizerResult] = []  # the containers that absorb what lies inside
     for r in sorted(results, key=lambda r: (-(r.end - r.start), -r.score)):
-        if not any(
-            c.start <= r.start and r.end <= c.end for c in containers if _absorbs(c, results)
-        ):
+        if not any(c.start <= r.start and r.end <= c.end for c in absorbing):
             containers.append(r)
+            if _absorbs(r, results):
+                absorbing.append(r)
     taken = [False] * len(text)
     claimed: list[Span] = []
     for r in sorted(containers, key=lambda r: (-r.score, -(r.end - r.start), r.start)):

@@ -663,6 +663,11 @@ CLINICAL_PHI = [
     ("Patient: PUGH, ELINA    Med Rec #: K17-1023", "PUGH, ELINA"),
     ("CC: CP X 2H. BIBA FROM LONGRIDGE.", "LONGRIDGE"),
     ("Patient: O'NEIL, GAVIN    Med Rec #: 738-6", "O'NEIL"),
+    # a surname that is also shorthand or a scale, after a known first name
+    ("Please summarize the hospital course for Clemmie Richmond admitted Aug-2020.", "Richmond"),
+    ("Spoke with Mary Foley, the patient's niece, about the Foley catheter.", "Mary Foley"),
+    # an inverted name whose surname is an English word or a place, before a rare first name
+    ("Patient: ENGLAND, MARGIT    Med Rec #: PW-57", "ENGLAND"),
 ]
 
 
@@ -689,6 +694,55 @@ CLINICAL_SHORTHAND = [
     "paged Dr at 1800, no answer; will re-page.",
     "Immunostains for p63 and CK5/6 show loss of basal cells. Ottawa rules negative.",
 ]
+
+
+#: Brand drugs and eponyms that are census surnames too ("Colace", "Cipro", "Gleason", "Epley"):
+#: the FDA UNII drug names and the eponym list keep them (issue 16, fourth pass).
+DRUGS_AND_EPONYMS = [
+    "Started Colace 100mg PO BID and Cipro 500 mg.",
+    "Prostate biopsy: Gleason 3+4=7 in 4 of 12 cores.",
+    "Dizziness resolved after Epley maneuver; Dix-Hallpike negative.",
+    "Foley in place, draining clear urine.",
+    "Fleischner criteria: no follow-up needed.",
+    "GLEASON 4+3. STARTED COLACE AND SENNA.",
+    "Lyrica 75 mg BID for neuropathy.",
+    "pt given lasix 40 iv, Zofran prn, docusate held",
+]
+
+
+@pytest.mark.parametrize("note", DRUGS_AND_EPONYMS)
+def test_brand_drugs_and_eponyms_are_kept(deid: TextDeidentifier, note: str) -> None:
+    [out] = deid.deidentify_batch([note], surrogate_key=KEY)
+    assert out.text == note and out.replaced == 0
+
+
+@pytest.mark.parametrize(
+    ("note", "person"),
+    [
+        ("Mr. Gleason called about his results.", "Gleason"),
+        ("Spoke with Dr. Epley re: plan.", "Epley"),
+        ("John Gleason at bedside, asked about Colace.", "John Gleason"),
+    ],
+)
+def test_an_eponym_with_a_title_or_first_name_is_a_person(
+    deid: TextDeidentifier, note: str, person: str
+) -> None:
+    [out] = deid.deidentify_batch([note], surrogate_key=KEY)
+    assert person not in out.text and out.entities.get("PERSON") == 1, out.text
+
+
+def test_drug_and_eponym_lists_leave_common_names_to_the_rules() -> None:
+    """The lists are data with a rule: a drug that is the name of many people (the census
+    counts, applied when the list was built) or an eponym that is a common first name is not
+    in them."""
+    from medlake.governance.recognizers import clinical_eponyms, clinical_words, gazetteer
+
+    drugs, eponyms = clinical_words(), clinical_eponyms()
+    assert {"colace", "cipro", "apixaban", "furosemide", "docusate"} <= drugs
+    assert {"gleason", "epley", "fleischner", "hallpike"} <= eponyms
+    assert not {"allegra", "cantor", "heather"} & drugs
+    first, _, _ = gazetteer()
+    assert not eponyms & first
 
 
 @pytest.mark.parametrize("note", CLINICAL_SHORTHAND)
