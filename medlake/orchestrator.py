@@ -119,6 +119,40 @@ def ensure_db(settings: Settings) -> None:
     marker.touch()
 
 
+#: bumped when the DAGs' asset names or URIs change (a new marker makes an old Airflow home forget
+#: the assets it holds as active once); 2: assets named and addressed by the table (issue #14)
+ASSET_SCHEME = 2
+
+_FORGET_ACTIVE_ASSETS = """
+from sqlalchemy import delete
+from airflow.models.asset import AssetActive
+from airflow.utils.session import create_session
+with create_session() as session:
+    print(session.execute(delete(AssetActive)).rowcount)
+"""
+
+
+def forget_stale_assets(settings: Settings) -> None:
+    """Once per asset scheme, empty the Airflow home's list of active assets, so the next parse
+    activates the DAGs' assets afresh. An Airflow home from before a rename held the old assets
+    active, the new ones (same names, other URIs) could not be activated, and every task with
+    such an outlet failed (``AirflowInactiveAssetInInletOrOutletException``). Inline runs never
+    run the scheduler's orphanage pass that would fix it. Asset events and history are kept."""
+    marker = settings.airflow.home.resolve() / f".asset-scheme-{ASSET_SCHEME}"
+    if marker.exists():
+        return
+    done = subprocess.run(
+        [sys.executable, "-c", _FORGET_ACTIVE_ASSETS],
+        env=airflow_env(settings),
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise PipelineFailed(f"could not reset the Airflow home's active assets:\n{done.stderr[-2000:]}")
+    marker.touch()
+
+
 def list_runs(settings: Settings, dag_id: str | None = None) -> list[DagRun]:
     """The DAG runs in the metadata DB, newest first."""
     dag_id = dag_id or settings.airflow.pipeline_dag_id
@@ -171,6 +205,7 @@ def _run_inline(
     engine: str | None,
 ) -> DagRun:
     ensure_db(settings)
+    forget_stale_assets(settings)
     parsed = _airflow(settings, "dags", "reserialize", capture=True)  # Airflow 3 runs DAGs from the DB
     if parsed.returncode != 0:
         raise PipelineFailed(f"airflow could not parse the DAG files:\n{parsed.stderr[-2000:]}")
