@@ -186,9 +186,6 @@ def client_settings(profile: Profile) -> dict[str, str]:
     """
     return {
         "MEDLAKE_HOME": str(profile.home / "medlake"),
-        # the deployment's engine: the asset-triggered curation runs take it from the workers'
-        # settings (a run's --engine reaches only the source DAGs it triggers)
-        "MEDLAKE__ENGINE": os.environ.get("MEDLAKE_PROD_ENGINE", "spark"),
         "MEDLAKE__LAKE__ROOT": LAKE_URI,
         "MEDLAKE__S3__ENDPOINT": f"https://127.0.0.1:{profile.port('s3')}",
         "MEDLAKE__S3__CA_FILE": str(profile.certs.ca),
