@@ -443,6 +443,7 @@ def airflow_up(profile: Profile) -> None:
         done = subprocess.run([airflow, "db", "migrate"], env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise procs.ServiceFailed(f"airflow db migrate failed; see {profile.logs / 'airflow-migrate.log'}")
+    _airflow_pools(profile, env)
     for name, args in (
         ("airflow-api-server", ["api-server"]),
         ("airflow-scheduler", ["scheduler"]),
@@ -451,6 +452,23 @@ def airflow_up(profile: Profile) -> None:
         procs.start(name, [airflow, *args], pids=profile.pids, logs=profile.logs, env=env, cwd=home)
     url = f"http://127.0.0.1:{profile.port('airflow')}/api/v2/monitor/health"
     procs.wait_for("airflow api-server", lambda: procs.http_ok(url), log=profile.logs / "airflow-api-server.log")
+
+
+def _airflow_pools(profile: Profile, env: dict[str, str]) -> None:
+    """Each source's pool (``medlake_<kind>``, ``MEDLAKE__AIRFLOW__POOL_SLOTS`` slots): the source
+    DAGs' tasks name them, and the scheduler queues no task of a pool that does not exist. A
+    deployment's Airflow is made by its operator, not by ``medlake run``, so the profile makes them."""
+    from medlake.config import Settings
+    from medlake.sources import pools
+
+    spec = profile.home / "airflow" / "pools.json"
+    spec.write_text(json.dumps({name: {"slots": slots, "description": "medlake: one source's tasks",
+                                       "include_deferred": False} for name, slots in pools(Settings()).items()}))
+    with (profile.logs / "airflow-migrate.log").open("ab") as log:
+        done = subprocess.run([str(VENV_BIN / "airflow"), "pools", "import", str(spec)], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise procs.ServiceFailed(f"airflow pools import failed; see {profile.logs / 'airflow-migrate.log'}")
 
 
 # --- Spark ------------------------------------------------------------------------------------
