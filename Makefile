@@ -73,7 +73,7 @@ $(INFRA_BIN)/helm:
 	GOBIN=$(abspath $(INFRA_BIN)) GOFLAGS=-buildvcs=false nice -n 10 go install $(HELM)
 
 # The production profile on this machine (infra/README.md): PostgreSQL, versitygw (S3), MLflow,
-# Airflow, Spark standalone + Connect; state in $$MEDLAKE_HOME/prod, stopped by pid
+# Airflow, Spark standalone + Connect; state in .medlake-prod/ ($$MEDLAKE_PROD_HOME), stopped by pid
 prod-up: env infra-deps
 	$(BIN)/python infra/prod.py up
 
@@ -95,7 +95,8 @@ demo: env
 	$(BIN)/medlake demo --out $(DEMO_DIR) --patients $(PATIENTS) --seed $(SEED)
 
 # Two pytest workers (pytest-xdist), a test file per worker at a time: module fixtures run once,
-# and each worker has its own medlake home, Airflow home and keys (tests/conftest.py).
+# and each worker has its own medlake home, Airflow home and keys (tests/conftest.py). The profile
+# tests (tests/infra/) start PostgreSQL, versitygw, MLflow and the Spark daemons from infra-test-deps.
 test: env browser infra-test-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
 

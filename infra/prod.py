@@ -391,6 +391,12 @@ def airflow_env(profile: Profile) -> dict[str, str]:
     # dbt-spark (gold on the Spark engine) opens its session with the builder's getOrCreate(): in a
     # process already on Spark Connect that needs the server's URL from SPARK_REMOTE
     env["SPARK_REMOTE"] = env["MEDLAKE__SPARK__REMOTE"]
+    parallelism = os.environ.get("MEDLAKE_PROD_AIRFLOW_PARALLELISM", "1")
+    if parallelism == "1":
+        # a source run's publish task waits (MEDLAKE__AIRFLOW__DELIVERY_WAIT, 900 s) for the other
+        # sources of its delivery to publish, holding the one task slot their publish tasks need:
+        # one task at a time, each source announces its own bronze at once (curated in runs of its own)
+        env.setdefault("MEDLAKE__AIRFLOW__DELIVERY_WAIT", "1")
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -404,7 +410,7 @@ def airflow_env(profile: Profile) -> dict[str, str]:
             # shared quarantine table (delta-spark's MERGE fails with ConcurrentAppendException and the
             # engine does not retry it; the embedded engine retries its commit races), and two cores
             # run one Spark task at a time anyway. MEDLAKE_PROD_AIRFLOW_PARALLELISM overrides it.
-            "AIRFLOW__CORE__PARALLELISM": os.environ.get("MEDLAKE_PROD_AIRFLOW_PARALLELISM", "1"),
+            "AIRFLOW__CORE__PARALLELISM": parallelism,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{profile.port('airflow')}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(profile.port("airflow")),
