@@ -1,13 +1,14 @@
 """The Spark part of the production profile on real daemons: infra/prod.py starts versitygw (S3 over
 TLS), a Spark standalone master, one worker and a Spark Connect server from the pip-installed pyspark
 (delta-spark and the S3A jars from Maven Central, fetched by `make test`); three patients' FHIR files
-go through ingest and clean on the Spark engine into s3://, and everything is stopped by pid.
+go through ingest, clean and the gate (which publishes silver) on the Spark engine into s3://, and
+everything is stopped by pid.
 
 Asserts the silver rows against the sample's answer key and that bronze on the object store holds
 PHI only as ciphertext. The fewest daemons and stages that prove the deployment: executors on a
-standalone worker write and read Delta on the object store over S3A, driven through Connect. The
-gate and gold on Spark are tests/engines/test_equivalence.py's (a local session); the other profile
-test runs the whole pipeline on the embedded engine.
+standalone worker write and read Delta on the object store over S3A, driven through Connect. Gold
+on Spark is tests/engines/test_equivalence.py's (a local session); the other profile test runs the
+whole pipeline on the embedded engine.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def test_a_few_patients_run_on_the_spark_daemons_into_the_object_store(spark_pro
             shutil.rmtree(folder)
     truth = json.loads((landing / "_truth.json").read_text())
 
-    for stage in ("ingest", "clean"):
+    for stage in ("ingest", "clean", "gate"):
         argv = [medlake, "stage", stage, "--lake", LAKE, "--run-id", RUN_ID, "--engine", "spark"]
         if stage == "ingest":
             argv += ["--landing", str(landing)]
