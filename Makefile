@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml uv.lock
 
 # What the production profile and infra-check run beyond the venv: built (versitygw, helm from the
 # Go module proxy) or fetched (the S3A jars, 36 jars / 13 MB from Maven Central, ~12 s) once, kept
-# under .venv/. `make test` builds and fetches them all (the Spark-daemons test runs with SPARK_PROFILE=1).
+# under .venv/. `make test` builds and fetches them all: the profile tests start versitygw and Spark.
 infra-deps: infra-test-deps
 infra-test-deps: postgres $(INFRA_BIN)/versitygw $(INFRA_BIN)/helm $(S3A_JARS)/.complete
 
@@ -97,9 +97,9 @@ demo: env
 # Two pytest workers (pytest-xdist), a test file per worker at a time: module fixtures run once,
 # and each worker has its own medlake home, Airflow home and keys (tests/conftest.py). The profile
 # tests (tests/infra/) start PostgreSQL, versitygw, MLflow and the Spark daemons from infra-test-deps.
-# SPARK_PROFILE=1 adds tests/infra/test_prod_spark.py (the Spark daemons, ~7 min on 2 shared cores).
+# tests/infra/test_prod_spark.py (the Spark daemons) takes 3-7 min of one worker (infra/README.md).
 test: env browser infra-test-deps
-	MEDLAKE_TEST_SPARK_PROFILE=$(SPARK_PROFILE) $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
 
 test-fast: env
 	$(BIN)/python -m pytest -q -m "not e2e and not spark"

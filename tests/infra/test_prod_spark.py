@@ -33,10 +33,6 @@ pytestmark = [pytest.mark.infra, pytest.mark.spark, pytest.mark.slow, pytest.mar
 if not all((REPO / ".venv" / need).exists() for need in ("infra-bin/versitygw", "jars-s3a/.complete")):  # pragma: no cover
     # make test builds and fetches them first (make infra-test-deps)
     pytest.skip("versitygw or the S3A jars missing: run `make infra-test-deps`", allow_module_level=True)
-if os.environ.get("MEDLAKE_TEST_SPARK_PROFILE") != "1":  # pragma: no cover
-    # 7 min on 2 shared cores (infra/README.md), over what make test's two workers can spare
-    pytest.skip("the Spark daemons test runs with MEDLAKE_TEST_SPARK_PROFILE=1 (make test SPARK_PROFILE=1)",
-                allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
