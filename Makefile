@@ -14,8 +14,8 @@ INFRA_BIN   := $(VENV)/infra-bin
 S3A_JARS    := $(VENV)/jars-s3a
 VERSITYGW   := github.com/versity/versitygw/cmd/versitygw@v1.8.0
 HELM        := helm.sh/helm/v4/cmd/helm@v4.3.2
-S3A_COORDS  := org.apache.hadoop:hadoop-aws:3.5.0 software.amazon.awssdk:bundle:2.35.4 \
-               software.amazon.s3.analyticsaccelerator:analyticsaccelerator-s3:1.3.1
+# hadoop-aws 3.5.0 (pyspark's Hadoop) and the AWS SDK v2 modules S3A loads, pinned in infra/s3a/pom.xml
+S3A_POM     := infra/s3a/pom.xml
 DEMO_DIR    ?= .medlake/demo
 PATIENTS    ?= 500
 SEED        ?= 7
@@ -43,11 +43,10 @@ $(STAMP): pyproject.toml uv.lock
 	@touch $(STAMP)
 
 # What the production profile and infra-check run beyond the venv: built (versitygw, helm from the
-# Go module proxy) or fetched (S3A jars, Maven Central) once, kept under .venv/. `make test` builds
-# the first two; the S3A jars (about 690 MB) only come with infra-deps, and the Spark-daemons test
-# (tests/infra/test_prod_spark.py) runs where they were fetched, else it is skipped and says so.
-infra-deps: infra-test-deps $(S3A_JARS)/.complete
-infra-test-deps: postgres $(INFRA_BIN)/versitygw $(INFRA_BIN)/helm
+# Go module proxy) or fetched (the S3A jars, 36 jars / 13 MB from Maven Central, ~12 s) once, kept
+# under .venv/. `make test` builds and fetches them all: the profile tests start versitygw and Spark.
+infra-deps: infra-test-deps
+infra-test-deps: postgres $(INFRA_BIN)/versitygw $(INFRA_BIN)/helm $(S3A_JARS)/.complete
 
 # PostgreSQL 15 from Debian's packages, when the machine lacks it (as root only).
 postgres:
@@ -57,11 +56,11 @@ $(INFRA_BIN)/versitygw:
 	@mkdir -p $(INFRA_BIN)
 	GOBIN=$(abspath $(INFRA_BIN)) GOFLAGS=-buildvcs=false nice -n 10 go install $(VERSITYGW)
 
-$(S3A_JARS)/.complete:
-	@mkdir -p $(S3A_JARS)
-	@for coord in $(S3A_COORDS); do \
-	  mvn -q dependency:copy -Dartifact=$$coord -DoutputDirectory=$(S3A_JARS) || exit 1; \
-	done
+# hadoop-aws and the SDK modules, not the SDK's 650 MB `bundle` (infra/README.md, "S3A jars");
+# a changed pom replaces the whole set
+$(S3A_JARS)/.complete: $(S3A_POM)
+	@rm -rf $(S3A_JARS) && mkdir -p $(S3A_JARS)
+	mvn -q -f $(S3A_POM) dependency:copy-dependencies -DoutputDirectory=$(abspath $(S3A_JARS))
 	@touch $@
 
 # Kubernetes, checked offline: helm lint + template of infra/helm/medlake, the manifests validated
@@ -74,7 +73,7 @@ $(INFRA_BIN)/helm:
 	GOBIN=$(abspath $(INFRA_BIN)) GOFLAGS=-buildvcs=false nice -n 10 go install $(HELM)
 
 # The production profile on this machine (infra/README.md): PostgreSQL, versitygw (S3), MLflow,
-# Airflow, Spark standalone + Connect; state in $$MEDLAKE_HOME/prod, stopped by pid
+# Airflow, Spark standalone + Connect; state in .medlake-prod/ ($$MEDLAKE_PROD_HOME), stopped by pid
 prod-up: env infra-deps
 	$(BIN)/python infra/prod.py up
 
@@ -96,7 +95,9 @@ demo: env
 	$(BIN)/medlake demo --out $(DEMO_DIR) --patients $(PATIENTS) --seed $(SEED)
 
 # Two pytest workers (pytest-xdist), a test file per worker at a time: module fixtures run once,
-# and each worker has its own medlake home, Airflow home and keys (tests/conftest.py).
+# and each worker has its own medlake home, Airflow home and keys (tests/conftest.py). The profile
+# tests (tests/infra/) start PostgreSQL, versitygw, MLflow and the Spark daemons from infra-test-deps.
+# tests/infra/test_prod_spark.py (the Spark daemons) takes 3-7 min of one worker (infra/README.md).
 test: env browser infra-test-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
 

@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--engine", choices=("spark", "embedded"), default=os.environ.get("MEDLAKE_PROD_ENGINE", "spark"),
-                        help="the profile's engine (MEDLAKE_PROD_ENGINE, default spark): its Airflow workers' too")
+    parser.add_argument("--engine", choices=("spark", "embedded"), default="spark",
+                        help="the run's engine: the source DAGs get it in their run's conf, the curation "
+                             "runs in the bronze asset events that trigger them")
     args = parser.parse_args(argv)
-    os.environ["MEDLAKE_PROD_ENGINE"] = args.engine  # the engine of an Airflow started now
     profile = prod.Profile.from_env()
     began = time.monotonic()
     timings = prod.up(profile, ["pg", "s3", "mlflow", "airflow", "spark"] if args.engine == "spark"

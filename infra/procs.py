@@ -1,7 +1,8 @@
 """Processes of the production profile: started detached with a pid file, stopped by that pid only.
 
 A service is started as the leader of its own session (``start_new_session``), so stopping it
-signals that process group — the service and the workers it forked — and nothing else. A pid file
+signals that process group — the service and the workers it forked — and the processes of its
+session that made a group of their own (Airflow's task runners), and nothing else. A pid file
 also records the command's first words; a pid reused by an unrelated process is never signalled.
 """
 
@@ -81,15 +82,36 @@ def stop(name: str, *, pids: Path, sig: int = signal.SIGTERM, grace: float = 30.
         path.unlink(missing_ok=True)
         return False
     group = os.getpgid(pid) == pid
+    strays = _outside_group(pid) if group else []
     _signal(pid, sig, group=group)
+    for stray in strays:
+        _signal(stray, sig, group=False)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and (_alive(pid) or any(_alive(s) for s in strays)):
         time.sleep(0.2)
     if _alive(pid) or (group and _group_alive(pid)):
         _signal(pid, signal.SIGKILL, group=group)
         time.sleep(0.5)
+    for stray in _outside_group(pid) if group else []:
+        _signal(stray, signal.SIGKILL, group=False)
     path.unlink(missing_ok=True)
     return True
+
+
+def _outside_group(sid: int) -> list[int]:
+    """Processes of the session ``sid`` leads that left its process group: Airflow's task
+    supervisor puts each task in a group of its own, which signalling the scheduler's group misses."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == sid:
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and int(fields[2]) != sid:
+            found.append(int(proc.name))
+    return found
 
 
 def _signal(pid: int, sig: int, *, group: bool) -> None:

@@ -186,9 +186,6 @@ def client_settings(profile: Profile) -> dict[str, str]:
     """
     return {
         "MEDLAKE_HOME": str(profile.home / "medlake"),
-        # the deployment's engine: the asset-triggered curation runs take it from the workers'
-        # settings (a run's --engine reaches only the source DAGs it triggers)
-        "MEDLAKE__ENGINE": os.environ.get("MEDLAKE_PROD_ENGINE", "spark"),
         "MEDLAKE__LAKE__ROOT": LAKE_URI,
         "MEDLAKE__S3__ENDPOINT": f"https://127.0.0.1:{profile.port('s3')}",
         "MEDLAKE__S3__CA_FILE": str(profile.certs.ca),
@@ -394,6 +391,12 @@ def airflow_env(profile: Profile) -> dict[str, str]:
     # dbt-spark (gold on the Spark engine) opens its session with the builder's getOrCreate(): in a
     # process already on Spark Connect that needs the server's URL from SPARK_REMOTE
     env["SPARK_REMOTE"] = env["MEDLAKE__SPARK__REMOTE"]
+    parallelism = os.environ.get("MEDLAKE_PROD_AIRFLOW_PARALLELISM", "1")
+    if parallelism == "1":
+        # a source run's publish task waits (MEDLAKE__AIRFLOW__DELIVERY_WAIT, 900 s) for the other
+        # sources of its delivery to publish, holding the one task slot their publish tasks need:
+        # one task at a time, each source announces its own bronze at once (curated in runs of its own)
+        env.setdefault("MEDLAKE__AIRFLOW__DELIVERY_WAIT", "1")
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -407,7 +410,7 @@ def airflow_env(profile: Profile) -> dict[str, str]:
             # shared quarantine table (delta-spark's MERGE fails with ConcurrentAppendException and the
             # engine does not retry it; the embedded engine retries its commit races), and two cores
             # run one Spark task at a time anyway. MEDLAKE_PROD_AIRFLOW_PARALLELISM overrides it.
-            "AIRFLOW__CORE__PARALLELISM": os.environ.get("MEDLAKE_PROD_AIRFLOW_PARALLELISM", "1"),
+            "AIRFLOW__CORE__PARALLELISM": parallelism,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{profile.port('airflow')}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(profile.port("airflow")),
@@ -446,6 +449,7 @@ def airflow_up(profile: Profile) -> None:
         done = subprocess.run([airflow, "db", "migrate"], env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise procs.ServiceFailed(f"airflow db migrate failed; see {profile.logs / 'airflow-migrate.log'}")
+    _airflow_pools(profile, env)
     for name, args in (
         ("airflow-api-server", ["api-server"]),
         ("airflow-scheduler", ["scheduler"]),
@@ -454,6 +458,23 @@ def airflow_up(profile: Profile) -> None:
         procs.start(name, [airflow, *args], pids=profile.pids, logs=profile.logs, env=env, cwd=home)
     url = f"http://127.0.0.1:{profile.port('airflow')}/api/v2/monitor/health"
     procs.wait_for("airflow api-server", lambda: procs.http_ok(url), log=profile.logs / "airflow-api-server.log")
+
+
+def _airflow_pools(profile: Profile, env: dict[str, str]) -> None:
+    """Each source's pool (``medlake_<kind>``, ``MEDLAKE__AIRFLOW__POOL_SLOTS`` slots): the source
+    DAGs' tasks name them, and the scheduler queues no task of a pool that does not exist. A
+    deployment's Airflow is made by its operator, not by ``medlake run``, so the profile makes them."""
+    from medlake.config import Settings
+    from medlake.sources import pools
+
+    spec = profile.home / "airflow" / "pools.json"
+    spec.write_text(json.dumps({name: {"slots": slots, "description": "medlake: one source's tasks",
+                                       "include_deferred": False} for name, slots in pools(Settings()).items()}))
+    with (profile.logs / "airflow-migrate.log").open("ab") as log:
+        done = subprocess.run([str(VENV_BIN / "airflow"), "pools", "import", str(spec)], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise procs.ServiceFailed(f"airflow pools import failed; see {profile.logs / 'airflow-migrate.log'}")
 
 
 # --- Spark ------------------------------------------------------------------------------------

@@ -1,15 +1,12 @@
 """The production profile for real: PostgreSQL, versitygw (S3) and the MLflow server are started by
 infra/prod.py, the sample hospital runs into s3://, and everything is stopped by pid afterwards.
 
-Needs `make infra-deps` (versitygw from the Go module proxy), which `make test` runs first.
+Needs versitygw (from the Go module proxy), which `make test` builds first (`make infra-test-deps`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,70 +14,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PROD = REPO / "infra" / "prod.py"
 BIN = Path(sys.executable).parent
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow, pytest.mark.e2e]
 
 if not (REPO / ".venv" / "infra-bin" / "versitygw").exists():  # pragma: no cover - make test builds it
-    pytest.skip("versitygw not built: run `make infra-deps`", allow_module_level=True)
-
-
-def _free_base() -> int:
-    sys.path.insert(0, str(REPO / "infra"))
-    import procs
-
-    for _ in range(50):
-        base = random.randrange(20000, 40000, 100)
-        if all(procs.free_port(base + offset) for offset in (2, 32, 40, 50, 70, 77, 80, 81, 82, 93)):
-            return base
-    raise RuntimeError("no free port range")
+    pytest.skip("versitygw not built: run `make infra-test-deps`", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
-def profile():  # type: ignore[no-untyped-def]
+def profile(start_profile):  # type: ignore[no-untyped-def]
     """A running profile (pg, s3, mlflow) in its own folder and ports; stopped and removed after."""
-    # under the repository's git-ignored build/: PostgreSQL's user must traverse to its data
-    # folder, which pytest's 0700 temporary folders do not allow
-    home = REPO / "build" / f"test-prod-{os.getpid()}"
-    env = {**os.environ, "MEDLAKE_PROD_HOME": str(home), "MEDLAKE_PROD_PORT_BASE": str(_free_base()),
-           "MEDLAKE_PROD_ENGINE": "embedded"}  # this profile starts no Spark (tests/infra/test_prod_spark.py does)
-    up = _run([sys.executable, str(PROD), "up", "--only", "pg,s3,mlflow"], env)
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        client = subprocess.run(
-            [sys.executable, str(PROD), "env"], env=env, capture_output=True, text=True, check=True
-        ).stdout
-        settings = dict(line.removeprefix("export ").split("=", 1) for line in client.splitlines())
-        yield {"home": home, "env": env, "settings": settings, "up": up.stdout}
-    finally:
-        down = _run([sys.executable, str(PROD), "down"], env)
-        leftover = _processes_under(home)
-        shutil.rmtree(home, ignore_errors=True)
-        assert down.returncode == 0, down.stderr
-        assert not leftover, f"processes left running: {leftover}"
+    with start_profile("prod", "pg,s3,mlflow") as running:
+        yield running
 
 
-def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-
-
-def _processes_under(home: Path) -> list[str]:
-    """Command lines of running processes that name the profile's folder."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(home) in cmdline:
-            found.append(f"{proc.name}: {cmdline[:120]}")
-    return found
-
-
-def test_the_sample_hospital_runs_into_the_object_store(profile, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_the_sample_hospital_runs_into_the_object_store(profile, run_command, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     settings = profile["settings"]
     env = {
         **profile["env"],
@@ -94,7 +43,7 @@ def test_the_sample_hospital_runs_into_the_object_store(profile, tmp_path, monke
     medlake = str(BIN / "medlake")
     subprocess.run([medlake, "sample", "--patients", "20", "--seed", "11", "--out", str(tmp_path / "landing")],
                    env=env, check=True, capture_output=True)
-    run = _run([medlake, "run", "--inline", "--landing", str(tmp_path / "landing"), "--lake", lake, "--json"], env)
+    run = run_command([medlake, "run", "--inline", "--landing", str(tmp_path / "landing"), "--lake", lake, "--json"], env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = json.loads(run.stdout[run.stdout.index("{"):])
     assert summary["lake"] == lake
@@ -119,9 +68,9 @@ def test_the_sample_hospital_runs_into_the_object_store(profile, tmp_path, monke
     assert not list((tmp_path / "home").rglob("*.parquet")), "a Delta file was written locally"
 
     # every command reads the same lake: tables, audit, report
-    tables = _run([medlake, "tables", "--lake", lake, "--json"], env)
+    tables = run_command([medlake, "tables", "--lake", lake, "--json"], env)
     assert {t["table"] for t in json.loads(tables.stdout)} >= {"silver.persons", "gold.ml_patient_features"}
-    verify = _run([medlake, "audit", "verify", "--lake", lake], env)
+    verify = run_command([medlake, "audit", "verify", "--lake", lake], env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "intact" in verify.stdout
 

@@ -1,17 +1,20 @@
 """The Spark part of the production profile on real daemons: infra/prod.py starts versitygw (S3 over
 TLS), a Spark standalone master, one worker and a Spark Connect server from the pip-installed pyspark
-(delta-spark and S3A jars from Maven Central, `make infra-deps`); a few patients' FHIR files go
-through ingest, clean and the gate on the Spark engine into s3://, and everything is stopped by pid.
+(delta-spark and the S3A jars from Maven Central, fetched by `make test`); three patients' FHIR files
+go through ingest, clean and the gate (which publishes silver) on the Spark engine into s3://, and
+everything is stopped by pid.
 
 Asserts the silver rows against the sample's answer key and that bronze on the object store holds
-PHI only as ciphertext (the other profile test runs the whole pipeline on the embedded engine).
+PHI only as ciphertext. The fewest daemons and stages that prove the deployment: executors on a
+standalone worker write and read Delta on the object store over S3A, driven through Connect. Gold
+on Spark is tests/engines/test_equivalence.py's (a local session); the other profile test runs the
+whole pipeline on the embedded engine.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -21,69 +24,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PROD = REPO / "infra" / "prod.py"
 BIN = Path(sys.executable).parent
 LAKE = "s3://lake/spark-test"
 RUN_ID = "manual__spark_profile"
 
 pytestmark = [pytest.mark.infra, pytest.mark.spark, pytest.mark.slow, pytest.mark.e2e]
 
-if not (REPO / ".venv" / "infra-bin" / "versitygw").exists():  # pragma: no cover - make test builds it
-    pytest.skip("versitygw not built: run `make infra-test-deps`", allow_module_level=True)
-if not (REPO / ".venv" / "jars-s3a" / ".complete").exists():  # pragma: no cover
-    # 690 MB and 5-17 minutes on 2 cores: fetched by `make infra-deps`, not by `make test`
-    pytest.skip("S3A jars not fetched: run `make infra-deps` to run the Spark daemons test", allow_module_level=True)
-
-
-def _free_base() -> int:
-    sys.path.insert(0, str(REPO / "infra"))
-    import procs
-
-    for _ in range(50):
-        base = random.randrange(20000, 40000, 100)
-        if all(procs.free_port(base + offset) for offset in (2, 40, 41, 70, 77, 81, 82)):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-
-
-def _processes_under(home: Path) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(home) in cmdline:
-            found.append(f"{proc.name}: {cmdline[:120]}")
-    return found
+if not all((REPO / ".venv" / need).exists() for need in ("infra-bin/versitygw", "jars-s3a/.complete")):  # pragma: no cover
+    # make test builds and fetches them first (make infra-test-deps)
+    pytest.skip("versitygw or the S3A jars missing: run `make infra-test-deps`", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
-def spark_profile():  # type: ignore[no-untyped-def]
+def spark_profile(start_profile):  # type: ignore[no-untyped-def]
     """versitygw + Spark master, one worker and the Connect server in their own folder and ports."""
-    home = REPO / "build" / f"test-spark-{os.getpid()}"
-    env = {
-        **os.environ, "MEDLAKE_PROD_HOME": str(home), "MEDLAKE_PROD_PORT_BASE": str(_free_base()),
-        "MEDLAKE_PROD_SPARK_WORKERS": "1",
-    }
-    up = _run([sys.executable, str(PROD), "up", "--only", "s3,spark"], env)
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        client = _run([sys.executable, str(PROD), "env"], env).stdout
-        settings = dict(line.removeprefix("export ").split("=", 1) for line in client.splitlines())
-        yield {"home": home, "env": env, "settings": settings}
-    finally:
-        down = _run([sys.executable, str(PROD), "down"], env)
-        leftover = _processes_under(home)
-        shutil.rmtree(home, ignore_errors=True)
-        assert down.returncode == 0, down.stderr
-        assert not leftover, f"processes left running: {leftover}"
+    with start_profile("spark", "s3,spark", MEDLAKE_PROD_SPARK_WORKERS="1") as profile:
+        yield profile
 
 
 READ_BACK = """
@@ -110,7 +66,7 @@ print(json.dumps(out))
 """
 
 
-def test_a_few_patients_run_on_the_spark_daemons_into_the_object_store(spark_profile, tmp_path):  # type: ignore[no-untyped-def]
+def test_a_few_patients_run_on_the_spark_daemons_into_the_object_store(spark_profile, run_command, tmp_path):  # type: ignore[no-untyped-def]
     settings = spark_profile["settings"]
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MEDLAKE__"))},
@@ -130,17 +86,15 @@ def test_a_few_patients_run_on_the_spark_daemons_into_the_object_store(spark_pro
             shutil.rmtree(folder)
     truth = json.loads((landing / "_truth.json").read_text())
 
-    outputs = {}
     for stage in ("ingest", "clean", "gate"):
         argv = [medlake, "stage", stage, "--lake", LAKE, "--run-id", RUN_ID, "--engine", "spark"]
         if stage == "ingest":
             argv += ["--landing", str(landing)]
-        done = _run(argv, env)
+        done = run_command(argv, env)
         errors = [line for line in done.stderr.splitlines() if "Exception" in line or "Error" in line]
         assert done.returncode == 0, f"{stage}:\n{done.stdout[-2000:]}\n{errors[:10]}\n{done.stderr[-3000:]}"
-        outputs[stage] = done.stdout
 
-    read = _run([sys.executable, "-c", READ_BACK, LAKE], env)
+    read = run_command([sys.executable, "-c", READ_BACK, LAKE], env)
     assert read.returncode == 0, read.stderr[-3000:]
     found = json.loads(read.stdout.strip().splitlines()[-1])
     tables = found["tables"]
