@@ -105,13 +105,41 @@ def delta_tables(location: str) -> list[str]:
 
 
 def delete_tree(location: str) -> None:
-    """Remove every object below ``location`` (a run's scratch tables)."""
+    """Remove every object below ``location`` (a run's scratch tables, dbt-spark's seeds), and the
+    folder markers the store keeps below it: versitygw keeps ``…/_delta_log/_staged_commits/``
+    once its files are gone, which object_store neither lists nor deletes, and dbt-spark then
+    refuses to create a table over a folder that is "not empty and also not a Delta table"."""
     import pyarrow.fs as pafs
 
     fs, prefix = filesystem(location)
     for info in fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True)):
         if info.type == pafs.FileType.File:
             fs.delete_file(info.path)
+    if location.partition("://")[0] in ("s3", "s3a"):
+        _delete_folder_markers(location)
+
+
+def _delete_folder_markers(location: str) -> None:
+    """Delete every key left below an ``s3://`` location (folder markers), deepest first, through
+    the S3 API itself (boto3, in the ``infra`` extra that an object-store lake is deployed with)."""
+    import boto3
+
+    env = storage_options_from_env()
+    bucket, _, prefix = location.partition("://")[2].partition("/")
+    client = boto3.client(
+        "s3",
+        endpoint_url=env.get("AWS_ENDPOINT_URL"),
+        region_name=env.get("AWS_REGION"),
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+    )
+    keys = [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+        for item in page.get("Contents", [])
+    ]
+    for key in sorted(keys, reverse=True):  # a folder's keys before the folder's own marker
+        client.delete_object(Bucket=bucket, Key=key)
 
 
 def _read_secret(path: Path) -> str:
