@@ -99,7 +99,7 @@ demo: env
 # tests (tests/infra/) start PostgreSQL, versitygw, MLflow and the Spark daemons from infra-test-deps.
 # tests/infra/test_prod_spark.py (the Spark daemons) takes 3-7 min of one worker (infra/README.md).
 test: env browser infra-test-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: env
 	$(BIN)/python -m pytest -q -m "not e2e and not spark"

@@ -40,7 +40,7 @@ from medlake.quarantine import Split, stamp_run
 from medlake.registry import QUARANTINE, TableSpec
 
 if TYPE_CHECKING:
-    from medlake.engines import Applied, Engine, Inserted
+    from medlake.engines import Applied, DeltaSource, Engine, Inserted
 
 #: records per batch a landing file is cut into (one file may hold millions)
 RECORDS_PER_BATCH = 5_000
@@ -136,17 +136,7 @@ def ingest_files(
             lake.uri(QUARANTINE.name), run_id=run_id, encode=lake.encoder(QUARANTINE.name)
         ),
     )
-    order = tuple(c for c in ("_source_file", "_source_offset") if c in spec.schema.names)
-    new = engine.insert_new(
-        source=DeltaSource(scratch, where={"_run_id": [run_id]}),
-        target=Target(
-            lake.uri(spec.name), spec.schema, mode="append", partition_by=spec.partition_by
-        ),
-        key=spec.key,
-        order=order or spec.key,
-        run_id=run_id,
-    )
-    lake.drop_scratch_table(spec.name, run_id=run_id)
+    new = _promote(lake, engine, spec, DeltaSource(scratch, where={"_run_id": [run_id]}), run_id=run_id)
     entry = Entry(
         stage="ingest",
         table_name=spec.name,
@@ -176,7 +166,7 @@ def write_bronze(
     or a record bronze held before; a file ingested twice adds nothing). A retried run counts the
     same: its own earlier rows in bronze are not "before".
     """
-    from medlake.engines import DeltaSource, Target
+    from medlake.engines import DeltaSource
     from medlake.engines.embedded import EmbeddedEngine
 
     lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
@@ -188,15 +178,7 @@ def write_bronze(
         schema_mode="overwrite",
         writer_properties=writer_properties(),
     )
-    order = tuple(c for c in ("_source_file", "_source_offset") if c in spec.schema.names)
-    new = (engine or EmbeddedEngine()).insert_new(
-        source=DeltaSource(scratch),
-        target=Target(lake.uri(spec.name), spec.schema, partition_by=spec.partition_by),
-        key=spec.key,
-        order=order or spec.key,
-        run_id=run_id,
-    )
-    lake.drop_scratch_table(spec.name, run_id=run_id)
+    new = _promote(lake, engine or EmbeddedEngine(), spec, DeltaSource(scratch), run_id=run_id)
     return Entry(
         stage="ingest",
         table_name=spec.name,
@@ -205,6 +187,23 @@ def write_bronze(
         quarantined=split.quarantined.num_rows,
         merged=new.duplicates,
     )
+
+
+def _promote(lake: Lake, engine: Engine, spec: TableSpec, scratch: DeltaSource, *, run_id: str) -> Inserted:
+    """The first copy (by file, then offset) of each key of the run's scratch rows that bronze
+    lacks, appended to bronze by the engine's set-based insert; the scratch table dropped."""
+    from medlake.engines import Target
+
+    order = tuple(c for c in ("_source_file", "_source_offset") if c in spec.schema.names)
+    new = engine.insert_new(
+        source=scratch,
+        target=Target(lake.uri(spec.name), spec.schema, mode="append", partition_by=spec.partition_by),
+        key=spec.key,
+        order=order or spec.key,
+        run_id=run_id,
+    )
+    lake.drop_scratch_table(spec.name, run_id=run_id)
+    return new
 
 
 def _encoded(lake: Lake, name: str, rows: pa.Table) -> pa.Table:

@@ -50,6 +50,8 @@ from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from medlake.quarantine import Split, stamp_run
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from medlake.config import EmbeddedSettings
 
 #: DuckDB's memory for set-based steps; beyond it, it spills to a temporary folder
@@ -106,7 +108,7 @@ class EmbeddedEngine:
         counts = _Counts()
         # the whole step (open, transform, seal) runs where the transform runs: in the workers
         # when the step is parallel, so the main process only reads, spools and writes
-        step = _Sealed(fn, target.schema, target.encode, _decoder(source))
+        step = _Sealed(fn, target.schema, target.encode, _decoder(source), dict(sides or {}))
         batches = _counted(self._read(_undecoded(source)), counts)
         with _Spool(quarantine) as spool, _SideSpools(sides or {}) as extra:
             splits = self._map(step, batches, parallel=self._parallel(source))
@@ -211,27 +213,29 @@ class EmbeddedEngine:
         Counted, not derived: rows read, rows kept (new keys, first of each), duplicates (rows of
         the source not kept), and the rows this call appended (fewer than kept on a retry).
 
-        Memory stays flat in the source's size: DuckDB decides on the key and order columns only
-        (a table it spills past :data:`DUCKDB_MEMORY`), and the whole rows stream past that
-        decision a batch at a time on their way into the target's one commit."""
+        Memory and time stay linear in the source's size: DuckDB decides on the key and order
+        columns only, each row numbered by its place in one ordered scan of the source (a table
+        it spills past :data:`DUCKDB_MEMORY`); the decision comes back as the sorted numbers of
+        the rows to append, and a second scan in the same order streams the whole rows past
+        it a batch at a time into the target's one commit."""
         import duckdb
+        import numpy as np
 
         run_id = run_id or _single(source.where.get("_run_id"))
         narrow = list(dict.fromkeys([*key, *order]))
         with tempfile.TemporaryDirectory(prefix="medlake-duckdb-") as spill:
             con = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": spill})
-            con.register("src", _dataset(replace(source, columns=narrow)))
-            con.execute(f"CREATE TEMP TABLE rows AS SELECT {_columns(narrow)} FROM src")
-            con.unregister("src")
+            rows_in = _numbered_into(con, "rows", replace(source, columns=narrow), self.batch_rows)
             keys = _columns(key)
-            position = ", ".join(f'"{c}" := "{c}"' for c in order)
-            at = ", ".join(f'"{c}" := s."{c}"' for c in order)
+            position = ", ".join([*(f'"{c}" := "{c}"' for c in order), "_row := _row"])
             earlier = absent = ""
             if DeltaTable.is_deltatable(target.uri):
                 held = DeltaTable(target.uri).to_pyarrow_dataset()
                 held_columns = [*key, *(["_run_id"] if "_run_id" in held.schema.names else [])]
                 con.register("held", held)
-                con.execute(f"CREATE TEMP TABLE tgt AS SELECT DISTINCT {_columns(held_columns)} FROM held")
+                con.execute(
+                    f"CREATE TEMP TABLE tgt AS SELECT DISTINCT {_columns(held_columns)} FROM held"
+                )
                 con.unregister("held")
                 other_run = (
                     f"AND coalesce(CAST(t._run_id AS VARCHAR), '') <> '{_quoted(run_id)}'"
@@ -240,22 +244,21 @@ class EmbeddedEngine:
                 )
                 earlier = f"WHERE NOT EXISTS (SELECT 1 FROM tgt t WHERE {_on(key, 't', 'f')} {other_run})"
                 absent = f"WHERE NOT EXISTS (SELECT 1 FROM tgt t WHERE {_on(key, 't', 'k')})"
+            # the first row of each key by ``order`` (its number breaks a tie), unless an earlier
+            # run put the key in the target
             con.execute(
-                f"""CREATE TEMP TABLE keep AS SELECT * FROM (
-                      SELECT {keys}, min(struct_pack({position})) AS _pos FROM rows GROUP BY {keys}
+                f"""CREATE TEMP TABLE keep AS SELECT {keys}, first._row AS _row FROM (
+                      SELECT {keys}, min(struct_pack({position})) AS first FROM rows GROUP BY {keys}
                     ) f {earlier}"""
             )
-            kept_row = f"{_on(key, 'k', 's')} AND k._pos = struct_pack({at})"
-            rows_in = _scalar(con, "SELECT count(*) FROM rows")
             kept = _scalar(con, "SELECT count(*) FROM keep")
-            duplicates = _scalar(con, f"SELECT count(*) FROM rows s ANTI JOIN keep k ON {kept_row}")
-            con.execute(f"CREATE TEMP TABLE fresh AS SELECT * FROM keep k {absent}")
-            con.execute("DROP TABLE rows")
-            counts = _Counts()
-            append = Target(target.uri, target.schema, mode="append", partition_by=target.partition_by)
-            whole = read_batches(replace(source, where={}, where_not={}), batch_rows=self.batch_rows)
-            _write(append, _counted(_fresh_rows(con, whole, kept_row, target.schema), counts))
+            duplicates = _scalar(con, "SELECT count(*) FROM rows s ANTI JOIN keep k USING (_row)")
+            fresh = con.execute(f"SELECT _row FROM keep k {absent} ORDER BY _row").fetchnumpy()["_row"]
             con.close()
+        counts = _Counts()
+        append = Target(target.uri, target.schema, mode="append", partition_by=target.partition_by)
+        whole = read_batches(replace(source, columns=None), batch_rows=self.batch_rows)
+        _write(append, _counted(_rows_numbered(whole, np.asarray(fresh, np.int64), target.schema), counts))
         return Inserted(
             rows_in=rows_in,
             kept=kept,
@@ -482,19 +485,38 @@ class _Sealed:
     schema: pa.Schema
     encode: Any = None
     decode: Any = None
+    #: the side outputs' targets by name: their rows are conformed and sealed here too
+    sides: Mapping[str, Target] = field(default_factory=dict)
 
     def __call__(self, batch: pa.RecordBatch) -> Split:
         if self.decode is not None:
             batch = self.decode(pa.Table.from_batches([batch])).combine_chunks().to_batches()[0]
-        return _seal(self.fn(batch), self.schema, self.encode)
+        return _seal(self.fn(batch), self.schema, self.encode, self.sides)
 
 
-def _seal(split: Split, schema: pa.Schema, encode: Any) -> Split:
-    """The split with its good rows conformed to ``schema`` and sealed by ``encode``."""
-    if not split.good.num_rows:
-        return split
-    good = conform(split.good, schema)
-    return Split(encode(good) if encode is not None else good, split.quarantined, split.counters, split.sides)
+def _seal(
+    split: Split, schema: pa.Schema, encode: Any, sides: Mapping[str, Target] | None = None
+) -> Split:
+    """The split with its good rows, and the rows of each side output with a target, conformed
+    and sealed (a side without one is left for the spool to refuse)."""
+    targets = sides or {}
+    return Split(
+        _sealed(split.good, schema, encode),
+        split.quarantined,
+        split.counters,
+        {
+            name: _sealed(rows, targets[name].schema, targets[name].encode) if name in targets else rows
+            for name, rows in split.sides.items()
+        },
+    )
+
+
+def _sealed(rows: pa.Table, schema: pa.Schema, encode: Any) -> pa.Table:
+    """The rows conformed to ``schema`` and sealed by ``encode`` (exactly ``schema`` after)."""
+    if not rows.num_rows:
+        return rows
+    good = conform(rows, schema)
+    return encode(good).cast(schema) if encode is not None else good
 
 
 def _decoder(source: Source) -> Any:
@@ -665,10 +687,7 @@ class _SideSpools:
                 raise ValueError(f"the step produced side output {name!r}, which has no target")
             if not rows.num_rows:
                 continue
-            rows = conform(rows, target.schema)
-            self.rows[name] += rows.num_rows
-            if target.encode is not None:
-                rows = target.encode(rows).cast(target.schema)
+            self.rows[name] += rows.num_rows  # conformed and sealed by the step (_Sealed)
             if name not in self._writers:
                 self._writers[name] = ipc.new_stream(self._path(name), target.schema)
             self._writers[name].write_table(rows)
@@ -697,35 +716,46 @@ def insert_new_rows(
     rows = frame.unique(subset=list(key), keep="first", maintain_order=True).to_arrow().cast(rows.schema)
     stored = encode(rows) if encode is not None else rows
     if not DeltaTable.is_deltatable(uri):
-        write_deltalake(uri, stored, mode="append", writer_properties=writer_properties())
+        DELTA_RS.write(uri, stored, mode="append")
         return int(rows.num_rows)
-    predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
-    metrics = (
-        DeltaTable(uri)
-        .merge(
-            stored,
-            predicate=predicate,
-            source_alias="s",
-            target_alias="t",
-            merge_schema=True,
-            writer_properties=writer_properties(),
-        )
-        .when_not_matched_insert_all()
-        .execute()
-    )
-    return int(metrics["num_target_rows_inserted"])
+    inserted, _ = DELTA_RS.merge(uri, stored, key=key, update=False)
+    return inserted
 
 
-def _fresh_rows(
-    con: Any, batches: Iterable[pa.RecordBatch], kept_row: str, schema: pa.Schema
+def _numbered_into(con: Any, name: str, source: DeltaSource, batch_rows: int) -> int:
+    """Create table ``name`` on ``con`` from the source's rows, each numbered ``_row`` by its
+    place in the source's ordered scan (:func:`read_batches`); how many rows."""
+    row = 0
+    for batch in read_batches(source, batch_rows=batch_rows):
+        numbered = batch.append_column("_row", pa.array(range(row, row + batch.num_rows), pa.int64()))
+        con.register("batch", numbered)
+        if row == 0:
+            con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM batch")
+        else:
+            con.execute(f"INSERT INTO {name} SELECT * FROM batch")
+        con.unregister("batch")
+        row += batch.num_rows
+    if row == 0:  # no rows: the table still has the columns
+        con.register("src", _dataset(source))
+        columns = _columns(source.columns) if source.columns is not None else "*"
+        con.execute(f"CREATE TEMP TABLE {name} AS SELECT {columns}, 0::BIGINT AS _row FROM src LIMIT 0")
+        con.unregister("src")
+    return row
+
+
+def _rows_numbered(
+    batches: Iterable[pa.RecordBatch], wanted: np.ndarray, schema: pa.Schema
 ) -> Iterator[pa.Table]:
-    """The rows of each batch that table ``fresh`` (on ``con``) names by key and position."""
+    """The rows whose place in the ordered scan ``batches`` is in ``wanted`` (sorted numbers)."""
+    import numpy as np
+
+    start = 0
     for batch in batches:
-        con.register("s", batch)
-        rows = con.sql(f"SELECT s.* FROM s SEMI JOIN fresh k ON {kept_row}").to_arrow_table()
-        con.unregister("s")
-        if rows.num_rows:
-            yield conform_batch(rows, schema)
+        end = start + batch.num_rows
+        lo, hi = np.searchsorted(wanted, [start, end])
+        if hi > lo:
+            yield conform_batch(batch.take(pa.array(wanted[lo:hi] - start)), schema)
+        start = end
 
 
 def _columns(names: Sequence[str]) -> str:

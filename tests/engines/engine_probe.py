@@ -12,10 +12,24 @@ from medlake.quarantine import Split
 
 
 def copied_in(batch: pa.RecordBatch) -> Split:
-    """The batch unchanged; counters name the process that ran it and whether ``raw`` was open."""
+    """The batch unchanged, and again as the side output ``copy``; counters name the process
+    that ran it and whether ``raw`` was open."""
     plain = sum(1 for raw in batch.column("raw").to_pylist() if raw.startswith("{"))
+    rows = pa.Table.from_batches([batch])
     return Split(
-        pa.Table.from_batches([batch]),
+        rows,
         QUARANTINE_SCHEMA.empty_table(),
         {f"pid:{os.getpid()}": batch.num_rows, "plain": plain},
+        sides={"copy": rows},
     )
+
+
+#: the environment variable naming the test's own process (the main process of the engine)
+MAIN_PID = "MEDLAKE_TEST_MAIN_PID"
+
+
+def sealed_in_a_worker(rows: pa.Table) -> pa.Table:
+    """An encoder that refuses to run in the process named by :data:`MAIN_PID`."""
+    if os.environ.get(MAIN_PID) == str(os.getpid()):
+        raise AssertionError("sealed in the main process")
+    return rows

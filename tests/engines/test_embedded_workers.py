@@ -1,7 +1,7 @@
 """The embedded engine's worker processes: which steps run in them, and what they do there.
 
-A parallel step opens its source's sealed columns, transforms and seals its target's columns in
-the worker (the main process only reads, spools and writes): what lands on disk is ciphertext,
+A parallel step opens its source's sealed columns, transforms and seals its target's and its side
+outputs' columns in the worker (the main process only reads, spools and writes): what lands on disk is ciphertext,
 and what it opens is what one process would have written. Workers start for a step of
 ``parallel_min_rows`` rows; once started, any later step of two batches or more uses them.
 """
@@ -54,8 +54,13 @@ def _copy(engine: EmbeddedEngine, lake: Lake, out: Path) -> dict[str, int]:
         source=DeltaSource(lake.uri(BRONZE_FHIR.name), decode=lake.decoder(BRONZE_FHIR.name)),
         target=Target(str(out), BRONZE_FHIR.schema, encode=lake.encoder(BRONZE_FHIR.name)),
         quarantine=QuarantineSink(str(out.parent / f"{out.name}-quarantine"), run_id="r"),
+        sides={
+            "copy": Target(
+                str(out.parent / f"{out.name}-side"), BRONZE_FHIR.schema, encode=lake.encoder(BRONZE_FHIR.name)
+            )
+        },
     )
-    assert applied.rows_in == applied.good == ROWS
+    assert applied.rows_in == applied.good == applied.sides["copy"] == ROWS
     return dict(applied.counters)
 
 
@@ -80,11 +85,12 @@ def test_workers_open_transform_and_seal_what_one_process_would(sealed: Lake, tm
         engine.close()
     assert os.getpid() not in _processes(counters) and len(_processes(counters)) >= 1
     assert counters["plain"] == ROWS  # the step saw the opened records
-    on_disk = DeltaTable(str(tmp_path / "copy")).to_pyarrow_table()
-    assert all(r.startswith(PREFIX) for r in on_disk.column("raw").to_pylist())  # sealed there
     opened = sealed.decoder(BRONZE_FHIR.name)
     assert opened is not None
-    assert opened(on_disk).sort_by("_record_hash").to_pylist() == _bronze_rows().to_pylist()
+    for written in ("copy", "copy-side"):  # the target's rows and the side output's alike
+        on_disk = DeltaTable(str(tmp_path / written)).to_pyarrow_table()
+        assert all(r.startswith(PREFIX) for r in on_disk.column("raw").to_pylist())  # sealed there
+        assert opened(on_disk).sort_by("_record_hash").to_pylist() == _bronze_rows().to_pylist()
 
 
 def test_started_workers_take_later_steps_of_two_batches_or_more(sealed: Lake, tmp_path: Path) -> None:
@@ -98,3 +104,24 @@ def test_started_workers_take_later_steps_of_two_batches_or_more(sealed: Lake, t
         assert _processes(_copy(one_batch, sealed, tmp_path / "one-batch")) == {os.getpid()}
     finally:
         engine.close()
+
+
+def test_side_outputs_are_sealed_in_the_workers(
+    sealed: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine_probe import MAIN_PID, copied_in, sealed_in_a_worker
+
+    monkeypatch.setenv(MAIN_PID, str(os.getpid()))  # the spawned workers inherit it
+    engine = EmbeddedEngine(batch_rows=7, workers=2, parallel_min_rows=0)
+    try:
+        applied = engine.batch_local(
+            copied_in,
+            source=DeltaSource(sealed.uri(BRONZE_FHIR.name), decode=sealed.decoder(BRONZE_FHIR.name)),
+            target=Target(str(tmp_path / "copy"), BRONZE_FHIR.schema),
+            quarantine=QuarantineSink(str(tmp_path / "quarantine"), run_id="r"),
+            sides={"copy": Target(str(tmp_path / "side"), BRONZE_FHIR.schema, encode=sealed_in_a_worker)},
+        )
+    finally:
+        engine.close()
+    assert applied.sides["copy"] == ROWS
+    assert DeltaTable(str(tmp_path / "side")).to_pyarrow_dataset().count_rows() == ROWS
