@@ -255,7 +255,7 @@ SETS: dict[str, tuple[str, Callable[[int | None], tuple[list[str], list[list[Gol
         lambda n: load_kinds("held_out_3", n),
     ),
     "hard": (
-        "handwritten ICU lines, HARD (no generator, written once, run once, never tuned on)",
+        "handwritten ICU lines, HARD (run once held out, then tuned on: IN-SAMPLE since the fifth pass)",
         load_hard,
     ),
     "hard_2": (
