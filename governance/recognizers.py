@@ -334,6 +334,8 @@ def phone_recognizer() -> PatternRecognizer:
     local numbers, pagers and extensions after their cue."""
     # "x" alone only right before its number ("x4-5321", "x 62944"): "x 2 days" is too short
     pager = _alternation(clinical_rules()["pager_cues"] - {"x"}) + r"|x(?=[ \t]?\d)"
+    # a dose after the number ("x 1000 ml") makes no extension; "pgr 22070 Unit No:" still is
+    dose = rf"[ \t]*(?i:{_DOSE_UNIT})\b(?![ \t]*(?i:no\b|#|number|:))"
     return _recognizer(
         "PHONE_NUMBER",
         "ClinicalPhoneRecognizer",
@@ -353,7 +355,7 @@ def phone_recognizer() -> PatternRecognizer:
             # a pager or an extension after its cue: "pager 47321", "pgr #4-5321", "x54321"
             (
                 "pager or extension",
-                rf"\b(?:{pager})\.?[ \t]*(?:#|no\.?|number|:)?[ \t]*(?P<value>\d(?:-?\d){{3,6}})\b(?![/.]\d|[ \t]*(?i:{_DOSE_UNIT})\b)",
+                rf"\b(?:{pager})\.?[ \t]*(?:#|no\.?|number|:)?[ \t]*(?P<value>\d(?:-?\d){{3,6}})\b(?![/.]\d|{dose})",
                 0.7,
             ),
             ("nnn-nnnn", r"(?<![\d/.-])\b\d{3}-\d{4}\b(?![-/.]\d)", 0.5),

@@ -972,6 +972,8 @@ FIFTH_PASS_FOUND = [
     # extensions and pagers with a space or after "page"
     ("pharmacy called x 5-3370 re: dosing", [("5-3370", "PHONE_NUMBER")]),
     ("if questions page 2-4417 overnight", [("2-4417", "PHONE_NUMBER")]),
+    # (guard: the dose check after a pager's number spares "Unit No")
+    ("pgr 40711 Unit No: AB-55012", [("40711", "PHONE_NUMBER"), ("AB-55012", "MEDICAL_RECORD_NUMBER")]),
     # record numbers after an encounter or case cue
     ("Enc 77B-204518 opened", [("77B-204518", "MEDICAL_RECORD_NUMBER")]),
     ("called poison control, case # TX-19-00731", [("TX-19-00731", "MEDICAL_RECORD_NUMBER")]),
