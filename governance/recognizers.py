@@ -332,7 +332,10 @@ def date_recognizer() -> PatternRecognizer:
 def phone_recognizer() -> PatternRecognizer:
     """North American phones incl. the fictional 555 exchange Presidio's validator rejects,
     local numbers, pagers and extensions after their cue."""
-    pager = _alternation(clinical_rules()["pager_cues"] - {"x"}) + r"|x(?=\d)"
+    # "x" alone only right before its number ("x4-5321", "x 62944"): "x 2 days" is too short
+    pager = _alternation(clinical_rules()["pager_cues"] - {"x"}) + r"|x(?=[ \t]?\d)"
+    # a dose after the number ("x 1000 ml") makes no extension; "pgr 22070 Unit No:" still is
+    dose = rf"[ \t]*(?i:{_DOSE_UNIT})\b(?![ \t]*(?i:no\b|#|number|:))"
     return _recognizer(
         "PHONE_NUMBER",
         "ClinicalPhoneRecognizer",
@@ -352,7 +355,7 @@ def phone_recognizer() -> PatternRecognizer:
             # a pager or an extension after its cue: "pager 47321", "pgr #4-5321", "x54321"
             (
                 "pager or extension",
-                rf"\b(?:{pager})\.?[ \t]*(?:#|no\.?|number|:)?[ \t]*(?P<value>\d(?:-?\d){{3,6}})\b(?![/.]\d)",
+                rf"\b(?:{pager})\.?[ \t]*(?:#|no\.?|number|:)?[ \t]*(?P<value>\d(?:-?\d){{3,6}})\b(?![/.]\d|{dose})",
                 0.7,
             ),
             ("nnn-nnnn", r"(?<![\d/.-])\b\d{3}-\d{4}\b(?![-/.]\d)", 0.5),
@@ -385,23 +388,25 @@ def phone_recognizer() -> PatternRecognizer:
 def age_over_89_recognizer() -> PatternRecognizer:
     """Ages over 89, which Safe Harbor treats as identifying: ``92-year-old``, ``aged 93``,
     ``95 y/o``, ``turned 94``, ``at the age of 91``. Younger ages stay: Safe Harbor keeps them
-    and a note needs them."""
+    and a note needs them. The span is the number alone ("[AGE] yo F"): the unit and the cue
+    identify no one."""
     age = r"(?:9\d|1[0-2]\d)"
+    value = rf"(?P<value>{age})"
     return _recognizer(
         AGE_OVER_89,
         "AgeOver89Recognizer",
         [
-            ("n-year-old", rf"\b{age}[-\s]?(?:year|yr)s?[-\s]?old\b", 0.9),
-            ("aged n", rf"\b(?:aged?|age:)\s*{age}\b", 0.9),
-            ("n y/o", rf"\b{age}\s*(?:y/?o|yo|years? of age)\b", 0.9),
+            ("n-year-old", rf"\b{age}(?=[-\s]?(?:year|yr)s?[-\s]?old\b)", 0.9),
+            ("aged n", rf"\b(?:aged?|age:)\s*{value}\b", 0.9),
+            ("n y/o", rf"\b{age}(?=\s*(?:y/?o|yo|years? of age)\b)", 0.9),
             (
                 "turned n",
-                rf"\b(?:turned|turns|turning|age of|was|is)\s+{age}(?=\s+(?:years?|yrs?)\b)",
+                rf"\b(?:turned|turns|turning|age of|was|is)\s+{value}(?=\s+(?:years?|yrs?)\b)",
                 0.9,
             ),
             (
                 "turned n (alone)",
-                rf"\b(?:turned|turns|turning|at the age of)\s+{age}\b(?![./:-]?\d)",
+                rf"\b(?:turned|turns|turning|at the age of)\s+{value}\b(?![./:-]?\d)",
                 0.8,
             ),
         ],
@@ -788,14 +793,17 @@ class ClinicalCueRecognizer(EntityRecognizer):
         rules = clinical_rules()
         self.first, self.last = name_lists()
         self.not_names = rules["not_names_after_cue"]
-        self.name_cues = rules["name_cues"]
+        self.name_cues = rules["name_cues"] | rules["plural_name_cues"]
         self.site_words = rules["site_name_words"]
         word = r"[^\W\d_][\w'’-]*"
+        # the name may stand in brackets or after a comma: "son (rusty)", "wife, summer, states"
         self._named = regex.compile(
-            rf"\b(?:{_alternation(rules['name_cues'])})[.:]?[ \t]+(?P<initial>[^\W\d_]\.[ \t]*)?"
-            rf"(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
+            rf"\b(?:{_alternation(self.name_cues)})(?:[.:]?[ \t]+\(?|,[ \t]+|[ \t]*\()"
+            rf"(?P<initial>[^\W\d_]\.[ \t]*)?(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
             regex.IGNORECASE,
         )
+        # more names after a cued one: "sons dale and wade", "dtr jo & son al", "kids amy, ben"
+        self._and_name = regex.compile(rf"(?:[ \t]*,[ \t]*|[ \t]+(?:and|&|\+)[ \t]+)(?={word})", regex.IGNORECASE)
         self._credentialed = regex.compile(
             rf"(?<![\w'’-])(?P<w1>{word})[ \t]+{_PARTICLE}(?P<w2>{word}),?[ \t]+"
             rf"(?:{_alternation(rules['credentials'])})\b",
@@ -810,6 +818,16 @@ class ClinicalCueRecognizer(EntityRecognizer):
             rf"(?:{_alternation(rules['care_units'])})\b",
             regex.IGNORECASE,
         )
+        # any case after a cue that places care ("followed at baystate", "AT UMASS: 3VD");
+        # not "to"/"via" ("switched to", "via PIV")
+        self._rare_site = regex.compile(
+            rf"\b(?:{_alternation(rules['site_cues'] - {'to', 'via'})})[ \t]+(?P<v>[^\W\d_]{{3,12}})\b(?![-'’])",
+            regex.IGNORECASE,
+        )
+        # an acronym before a record word: "(MGH MRN 3348-118-2)", "BWH records"
+        self._acronym_record = regex.compile(
+            r"\b(?P<v>[A-Z]{2,6})[ \t]+(?i:mrn|mr#|records?|chart)\b"
+        )
         self._kind = regex.compile(
             rf"\b(?:{_alternation(rules['site_kinds'])})\b", regex.IGNORECASE
         )
@@ -821,6 +839,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
             r"[ \t]+(?:(?:alone|here|there)[ \t]+)?(?:in|to|from|near)[ \t]+(?:the[ \t]+)?",
             regex.IGNORECASE,
         )
+        self._from = regex.compile(r"\bfrom[ \t]+", regex.IGNORECASE)
         self.places = place_names()[0]
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
@@ -850,6 +869,18 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 continue
             start = m.start("initial") if m.group("initial") else m.start("w1")
             out.append(RecognizerResult("PERSON", start, end, 0.6))
+            for _ in range(3):  # a list of first names after the cued one
+                more = self._and_name.match(text, end)
+                if not more:
+                    break
+                then = _CUED_WORD.match(text, more.end())
+                if then is None or then.group().casefold() not in self.first:
+                    break
+                after = self._name_after_cue(text, more.end())
+                if after is None:
+                    break
+                out.append(RecognizerResult("PERSON", more.end(), after, 0.6))
+                end = after
         for m in self._credentialed.finditer(text, overlapped=True):  # "teofila tillman rn"
             w1, w2 = m.group("w1").casefold(), m.group("w2").casefold()
             if self._plain(w1) or self._plain(w2) or w1 in self.name_cues:
@@ -950,7 +981,25 @@ class ClinicalCueRecognizer(EntityRecognizer):
             for m in self._acronym_unit.finditer(text)
             if not self._plain(m.group("v").casefold()) and zipf(m.group("v").casefold()) < 4.5
         )
+        out.extend(
+            RecognizerResult(HOSPITAL, m.start("v"), m.end("v"), 0.5)
+            for m in [*self._rare_site.finditer(text), *self._acronym_record.finditer(text)]
+            if self._rare_site_word(m.group("v"))
+        )
         return out
+
+    def _rare_site_word(self, word: str) -> bool:
+        """A word English hardly uses that is no clinical shorthand, name or place: a care
+        site's name or acronym when a site cue stands before it ("baystate", "umass", "MGH")."""
+        key = word.casefold()
+        return (
+            not self._plain(key)
+            and key not in self.name_cues
+            and key not in self.first
+            and key not in self.last
+            and key not in self.places
+            and zipf(key) < 3.0
+        )
 
     def _named_sites(self, text: str) -> list[RecognizerResult]:
         out: list[RecognizerResult] = []
@@ -1017,6 +1066,23 @@ class ClinicalCueRecognizer(EntityRecognizer):
                     )
                     if cue.group("strong"):
                         out.append(RecognizerResult(LOCATION, town[0].start(), last.end(), 0.5))
+        # "from" and a known town, in any case ("retired mill worker from ware", "visiting from
+        # worcester"): one word English uses little ("from bath", "from reading" stay)
+        for cue in self._from.finditer(text):
+            words = list(_WORD.finditer(text, cue.end(), min(len(text), cue.end() + 40)))[:2]
+            for n in range(len(words), 0, -1):
+                run = words[:n]
+                if any(text[a.end() : b.start()] != " " for a, b in pairwise(run)):
+                    continue
+                key = " ".join(m.group().casefold() for m in run)
+                if (
+                    key in self.places
+                    and key not in self.clinical
+                    and not any(self._plain(m.group().casefold()) for m in run)
+                    and (n > 1 or zipf(key) < 4.0)
+                ):
+                    out.append(RecognizerResult(LOCATION, run[0].start(), run[-1].end(), 0.5))
+                    break
         return out
 
     def _town_word(self, word: str) -> bool:
@@ -1249,6 +1315,7 @@ class NameGazetteerRecognizer(EntityRecognizer):
         # rare surnames are shorthand too ("Vent:", "sitter is at bedside")
         self.lone_first, self.lone_last, self.common = gazetteer()
         self.first, self.last = name_lists()
+        self._from = regex.compile(r"\bfrom[ \t]+", regex.IGNORECASE)
         self.places = place_names()[0]
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:

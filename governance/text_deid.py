@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from html.parser import HTMLParser
 from itertools import chain
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pyarrow as pa
 import tldextract
@@ -265,7 +265,7 @@ class LeanSpacyNlpEngine(SpacyNlpEngine):
         lemmas = [strings[row[1]] for row in rows]
         ents = list(doc.ents) if ents is None else ents
         entities, scores = self._get_updated_entities(
-            ents, [self.ner_model_configuration.default_score] * len(ents)
+            ents, [cast(float, self.ner_model_configuration.default_score)] * len(ents)
         )
         artifacts = NlpArtifacts(
             entities=entities,
@@ -609,7 +609,7 @@ class TextDeidentifier:
         self._cue_words = rules["name_cues"] | rules["credentials"]
         # (a dot only after a title: "HCP. Vent:" is a sentence's end, then a section)
         self._cue_capitalised = re.compile(
-            rf"(?i:\b(?:{TITLE}\.?|(?:{alternation(rules['name_cues'])}):?))[ \t]+"
+            rf"(?i:\b(?:{TITLE}\.?|(?:{alternation(rules['name_cues'])}):?))(?:[ \t]+\(?|[ \t]*\()"
             r"(?P<w1>[A-Z][a-z'’-]+)(?:[ \t]+(?P<w2>[A-Z][a-z'’-]+))?"
         )
         registry = CachedRecognizerRegistry(supported_languages=[LANGUAGE])
@@ -908,13 +908,25 @@ _READING_BEFORE = re.compile(r"\d[/.]$")
 _TRIMMED = frozenset({"PERSON", "ORGANIZATION", "NRP", "LOCATION"})
 
 
+#: A grade before "MR"/"MS"/"TR" makes it a valve's regurgitation or stenosis, not a title
+#: ("MOD MR. CATH 2/2/20", "mild MS").
+_VALVE_GRADE = re.compile(
+    r"(?i:\b(?:trace|trivial|mild|mod|moderate|severe|sev|significant|\d\+)[ \t-]+)$"
+)
+
+
 def _titled(text: str, result: RecognizerResult) -> bool:
     """Whether a courtesy title opens or precedes a detected person: "Dr. Foley" is a name
-    even though "Foley" alone is a catheter."""
-    return result.entity_type == "PERSON" and bool(
-        _TITLE_START.match(text, result.start, result.end)
-        or _TITLE_BEFORE.search(text, max(0, result.start - 8), result.start)
-    )
+    even though "Foley" alone is a catheter; "mod MR. cath" is a valve finding."""
+    if result.entity_type != "PERSON":
+        return False
+    opens = _TITLE_START.match(text, result.start, result.end)
+    if opens:
+        return not _VALVE_GRADE.search(text, max(0, result.start - 14), result.start)
+    before = _TITLE_BEFORE.search(text, max(0, result.start - 8), result.start)
+    if before is None:
+        return False
+    return not _VALVE_GRADE.search(text, max(0, before.start() - 14), before.start())
 
 
 def trim_shorthand(
@@ -1018,6 +1030,9 @@ def is_identifying(
             return False
         if _eponym(text, result.end):
             return False  # "Parkinson's disease", "Foley catheter", spaCy's "Addison" organisation
+        tokens = [t.strip(".,;:()[]").casefold() for t in value.split()]
+        if all(t in clinical or t in stop_words or not _LETTERS.search(t) for t in tokens):
+            return False  # "CO/CI 4.1/2.2", "LVEF 25-30%": shorthand joined by a slash, readings
     if result.entity_type in ("ORGANIZATION", "NRP", "LOCATION"):
         named = result.recognition_metadata or {}
         if named.get(RecognizerResult.RECOGNIZER_NAME_KEY) == "PlaceGazetteerRecognizer":

@@ -303,7 +303,7 @@ def test_drug_names_and_eponyms_survive_but_the_doctor_does_not(deid: TextDeiden
         ),
         ("Personal info:\nPhone:\n\n467 3395\n", ("467 3395", "PHONE_NUMBER")),
         ("Can someone call me on 9472 7916? I have questions.", ("9472 7916", "PHONE_NUMBER")),
-        ("He just turned 94 last month.", ("turned 94", "AGE_OVER_89")),
+        ("He just turned 94 last month.", ("94", "AGE_OVER_89")),
         # street addresses abroad: the street type before the name, glued to it, after it
         ("Please send the letter to 14 Rue des Lilas, thank you.", ("14 Rue des Lilas", STREET)),
         ("The flat is at 7 ul. Kwiatowa 12 on the second floor.", ("7 ul. Kwiatowa 12", STREET)),
@@ -959,3 +959,58 @@ def test_a_department_left_over_from_a_care_site_is_kept(deid: TextDeidentifier)
     note = "Toledo Urgent Care Neurology\n265 Maple Rd, Leighton Buzzard"
     [out] = deid.deidentify_batch([note], surrogate_key=KEY)
     assert "Toledo" not in out.text and "Neurology" in out.text, out.text
+
+
+# -- fifth pass: shapes of the hand-written `hard` set (bench/data/hard_icu_lines.jsonl) -------
+
+FIFTH_PASS_FOUND = [
+    # a kin cue before a bracketed or comma-set name, in lower case
+    ("nephew (rusty) wants a call back", [("rusty", "PERSON")]),
+    ("pt's wife, summer, was at bedside", [("summer", "PERSON")]),
+    # plural kin before a list of first names
+    ("family mtg w/ daughters dale and wade", [("dale", "PERSON"), ("wade", "PERSON")]),
+    # extensions and pagers with a space or after "page"
+    ("pharmacy called x 5-3370 re: dosing", [("5-3370", "PHONE_NUMBER")]),
+    ("if questions page 2-4417 overnight", [("2-4417", "PHONE_NUMBER")]),
+    # (guard: the dose check after a pager's number spares "Unit No")
+    ("pgr 40711 Unit No: AB-55012", [("40711", "PHONE_NUMBER"), ("AB-55012", "MEDICAL_RECORD_NUMBER")]),
+    # record numbers after an encounter or case cue
+    ("Enc 77B-204518 opened", [("77B-204518", "MEDICAL_RECORD_NUMBER")]),
+    ("called poison control, case # TX-19-00731", [("TX-19-00731", "MEDICAL_RECORD_NUMBER")]),
+    # a care site's name or acronym after a site cue, in any case, or before a record word
+    ("pt previously followed at baystate for chf", [("baystate", "HOSPITAL")]),
+    ("CATH AT UMASS: 2VD.", [("UMASS", "HOSPITAL")]),
+    ("old chart (BWH MRN 3381-207-9)", [("BWH", "HOSPITAL"), ("MRN 3381-207-9", "MEDICAL_RECORD_NUMBER")]),
+    # a known town after "from", in lower case
+    ("retired teacher from ware, quit smoking", [("ware", "LOCATION")]),
+    # an age over 89: the number alone
+    ("PT IS A 93 YO M", [("93", "AGE_OVER_89")]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FIFTH_PASS_FOUND)
+def test_hard_set_shapes_are_found(
+    deid: TextDeidentifier, text: str, expected: list[tuple[str, str]]
+) -> None:
+    assert _found(deid, text) == expected
+
+
+FIFTH_PASS_KEPT = [
+    "wife, who is at bedside, aware",  # a comma after a cue, no name
+    "NS x 1000 ml bolus given",  # a dose after "x", no extension
+    "seen at bedside, from home, at baseline, at hs, transferred from snf",  # no site
+    "retired from bath duty, from reading glasses",  # common words, no town
+    "Vent: PS 10/5, RSBI 62",  # pressure support over PEEP, no date
+    "wants a call back after 1900",  # a clock time
+    "ECHO: LVEF 25-30%, MOD MR. CATH PENDING",  # a valve finding, no "Mr."
+    "CVP 12. CO/CI 4.1/2.2 by Swan. Tues mtg w/ team",  # shorthand
+]
+
+
+@pytest.mark.parametrize("text", FIFTH_PASS_KEPT)
+def test_hard_set_shorthand_is_kept(deid: TextDeidentifier, text: str) -> None:
+    assert _found(deid, text) == []
+
+
+def test_a_title_after_a_valve_grade_only_is_no_title(deid: TextDeidentifier) -> None:
+    assert _found(deid, "mild MR, seen by Mr. Okafor") == [("Mr. Okafor", "PERSON")]
