@@ -167,7 +167,35 @@ def list_runs(settings: Settings, dag_id: str | None = None) -> list[DagRun]:
 
 _TASK_EVENT = re.compile(r"\[DAG TEST\] (starting|end) task(?:_id=| task_id=)(\w+)")
 _LOG_LINE = re.compile(r"^\d{4}-\d{2}-\d{2}T|^\[|^\x1b")
-_FAILURE = re.compile(r"^(?!airflow\.)[\w.]+(Error|Exception|Failed|Imbalance|NotFound): ")
+_FAILURE = re.compile(r"^[\w.]+(Error|Exception|Failed|Imbalance|NotFound): ")
+
+
+class FailureLines:
+    """The lines of a run's output that say why it failed: each exception line and up to six
+    lines of its message below it. Airflow's own exceptions (``airflow.…``) mostly wrap the
+    task's, so they are kept apart and only reported when nothing else was raised (e.g. an
+    asset Airflow refused)."""
+
+    def __init__(self) -> None:
+        self._ours: list[str] = []
+        self._airflow: list[str] = []
+        self._into: list[str] | None = None
+        self._follow = 0
+
+    def see(self, text: str) -> None:
+        if _FAILURE.search(text):
+            self._into = self._airflow if text.startswith("airflow.") else self._ours
+            self._into.append(text)
+            self._follow = 6
+        elif self._follow and self._into is not None and text and not _LOG_LINE.match(text):
+            self._into.append(text)
+            self._follow -= 1
+        else:
+            self._follow = 0
+
+    def reasons(self, last: int = 14) -> list[str]:
+        """The last ``last`` distinct lines: the task's own, else Airflow's."""
+        return list(dict.fromkeys((self._ours or self._airflow)[-last:]))
 
 
 def run_pipeline(
@@ -217,8 +245,7 @@ def _run_inline(
     log_dir = settings.airflow.home.resolve() / "run-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}.log"
-    failures: list[str] = []
-    follow = 0  # lines of an exception message that continue below it
+    failures = FailureLines()
     exe = Path(sys.executable).with_name("airflow")
     with log_path.open("w") as log, subprocess.Popen(
         [str(exe), "dags", "test", settings.airflow.pipeline_dag_id, "--conf", conf],
@@ -233,15 +260,7 @@ def _run_inline(
             event = _TASK_EVENT.search(line)
             if event and progress:
                 progress(f"{'started ' if event.group(1) == 'starting' else 'finished'} {event.group(2)}")
-            text = line.strip()
-            if _FAILURE.search(text):
-                failures.append(text)
-                follow = 6
-            elif follow and text and not _LOG_LINE.match(text):
-                failures.append(text)
-                follow -= 1
-            else:
-                follow = 0
+            failures.see(line.strip())
         returncode = proc.wait()
     new = [r for r in list_runs(settings) if r.run_id not in before]
     if not new:
@@ -250,7 +269,7 @@ def _run_inline(
         )
     run = new[0]
     if run.state != "success" or returncode != 0:
-        detail = "\n  ".join(dict.fromkeys(failures[-14:]))
+        detail = "\n  ".join(failures.reasons())
         raise PipelineFailed(f"DAG run {run.run_id} ended {run.state} (exit {returncode}):\n  {detail}\nlog: {log_path}")
     return run
 
