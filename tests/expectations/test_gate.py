@@ -836,3 +836,56 @@ def test_the_gate_keeps_validated_rows_on_disk_sealed_and_leaves_no_scratch(tmp_
     assert refused["record_hash"] == "rh-bad" and refused["raw_record"]  # read back opened
     assert results[0].validated == 4 and results[0].split.good.num_rows == 0  # counts, not rows
     assert not (lake.root / "_scratch" / "run-1" / "gate").exists()
+
+
+# --- validated a chunk at a time ---------------------------------------------------------------
+
+
+def test_a_suite_of_column_rules_validated_in_chunks_gives_the_whole_tables_results() -> None:
+    rows = observations(*MIXED, *(obs(f"more-{i}", value=300.0 + i % 3) for i in range(7)))
+    whole = validate(rows, SUITE, table_name=OBS)
+    chunked = validate(rows, SUITE, table_name=OBS, chunk_rows=3)  # five chunks, one of 3 or fewer
+
+    assert chunked.rules == whole.rules  # positions, values, counts, shares and words alike
+    assert chunked.split.good.to_pylist() == whole.split.good.to_pylist()
+    assert chunked.split.quarantined.drop(["quarantined_at"]).to_pylist() == (
+        whole.split.quarantined.drop(["quarantined_at"]).to_pylist()
+    )
+    assert whole.rule("heart_rate_range").unexpected_rows == (0, 6, 7, 9, 10)  # 900, then 301s and 302s
+
+
+def test_a_share_is_added_up_over_chunks_not_judged_per_chunk() -> None:
+    # the first chunk has no person at all: alone it fails "person_key for at least 50% of rows";
+    # over the table three of five rows have one, which holds
+    rows = observations(
+        obs("a", person_key=None), obs("b", person_key=None), obs("c"), obs("d"), obs("e")
+    )
+    suite = {
+        "name": "share",
+        "expectations": [
+            {
+                "type": "expect_column_values_to_not_be_null",
+                "kwargs": {"column": "person_key", "mostly": 0.5},
+                "meta": {"rule": "person_key_mostly_present"},
+            }
+        ],
+    }
+    assert not validate(rows.slice(0, 2), suite, table_name=OBS).promotable
+    chunked = validate(rows, suite, table_name=OBS, chunk_rows=2)
+    assert chunked.promotable
+    share = chunked.rule("person_key_mostly_present")
+    assert (share.element_count, share.unexpected_count, share.row_level) == (5, 2, False)
+    refused = validate(rows.slice(0, 3), suite, table_name=OBS, chunk_rows=2)  # one of three
+    assert refused.table_failures[0].message.startswith("66.7% of rows fail (2 of 3)")
+
+
+def test_a_suite_with_a_rule_over_the_whole_table_is_not_chunked() -> None:
+    from medlake.expectations.gate import by_chunks, load_suite
+
+    unique = load_suite(suite_path("silver.imaging_instances"))
+    assert not by_chunks(unique)  # uniqueness needs every row at once
+    assert by_chunks(load_suite(SUITE))
+    for name in SILVER_TABLES:  # every silver suite but one is validated in chunks
+        path = suite_path(name)
+        if path.exists() and name != "silver.imaging_instances":
+            assert by_chunks(load_suite(path)), name
