@@ -291,7 +291,7 @@ def mrn_recognizer() -> PatternRecognizer:
                 # (a letter other than a plural's "s" or a "by" between numbers: "140s-180s",
                 # "100-120S", "500x14", "4x3x1" are readings, settings and sizes)
                 (
-                    r"(?<![\w/.@#-])(?=[A-Z0-9-]{6,20}(?![\w@/]|[.-]\w))"
+                    r"\b(?<![\w/.@#-])(?=[A-Z-]{0,6}\d)(?=[A-Z0-9-]{6,20}(?![\w@/]|[.-]\w))"
                     r"(?=[A-Z0-9-]*?(?:[A-RT-WYZ]|(?<!\d)[SX]|X(?!\d)))"
                     r"(?=(?:[A-Z-]*\d){5})[A-Z0-9]+(?:-[A-Z0-9]+)*(?![\w@/]|[.-]\w)"
                     rf"(?<!\d(?i:{_DOSE_UNIT}|cc|min|iu|copies)){not_a_value}"
@@ -359,6 +359,8 @@ def date_recognizer() -> PatternRecognizer:
                 0.6,
             ),
             ("'yy", r"(?<![\w'’])['’]\d{2}\b(?!['’\w])", 0.6),
+            # day, month and year glued, as order and lab systems print them: "17APR28", "3jan2024"
+            ("dMONy", rf"\b\d{{1,2}}{_MONTH}(?:\d{{4}}|\d{{2}})\b", 0.7),
         ],
         context=["dob", "born", "date", "seen", "on", "since", "admitted", "discharged"],
     )
@@ -381,11 +383,21 @@ def phone_recognizer() -> PatternRecognizer:
             ("+1 nnn nnn nnnn", r"\+1[\s.-]?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]?\d{4}\b", 0.85),
             ("international", r"\+\d{1,3}[\s.-]?(?:\(0\))?\d{2,5}(?:[\s.-]\d{2,5}){1,4}\b", 0.7),
             ("(nn) nnn-nnn", r"\(\d{2,4}\)\s*\d{3}-\d{3,4}\b", 0.7),
-            ("digit groups", r"(?<![\d-])\b\d{2,5}(?:[ .]\d{2,4}){2,4}\b(?![-/]\d)", 0.45),
+            ("digit groups", rf"(?<![\d-])\b\d{{2,5}}(?:[ .]\d{{2,4}}){{2,4}}\b(?![-/]\d|{dose})", 0.45),
             ("two groups (weak)", r"(?<![\d-])\b\d{2,5}[ .]\d{6,8}\b", 0.3),
             ("local nnn nnnn (weak)", r"(?<![\d/.-])\b\d{3,4}[ .-]\d{4}\b(?![-/.]\d)", 0.3),
             ("(nn) nnnn nnnn", r"\(\d{2,4}\)\s*\d{3,4}[ .-]?\d{4}\b", 0.7),
             ("ten digits (weak)", r"(?<![\d-])\b\d{10}\b", 0.3),
+            # area code, exchange and line, whatever the separators ("617 - 555 0148",
+            # "617/555-0148", "(617)555 0148"): both first digits 2-9 as the numbering plan has them
+            (
+                "3-3-4, any separators",
+                (
+                    r"(?=[(2-9])(?<![\w/.,:-])\(?[2-9]\d{2}\)?(?:[ \t]*[-./][ \t]*|[ \t]{1,2})[2-9]\d{2}"
+                    r"(?:[ \t]*[-.][ \t]*|[ \t]{1,2})\d{4}\b(?![-/.,:]\d)"
+                ),
+                0.6,
+            ),
             # a national trunk prefix, area code and number, as Europe writes them: 0961-7596216
             ("0area-number", r"(?<![\d-])\b0\d{2,4}[-/]\d{6,8}\b(?![-/]\d)", 0.5),
             # a pager or an extension after its cue: "pager 47321", "pgr #4-5321", "x54321"
@@ -400,9 +412,11 @@ def phone_recognizer() -> PatternRecognizer:
             (
                 "pager list",
                 (
+                    # (the cheap checks first: the value's shape, the comma before it)
+                    r"(?=(?:\d-?\d{3,4}|\d{5})\b)(?<=[,;:][^\n\d,;:./]{1,30})"
                     r"(?<=(?i:\b(?:pagers?|pgrs?|beepers?|ext(?:ension)?s?)\b)(?:[^\n./]|\.(?![ \t]))"
                     r"{0,120})"
-                    rf"(?<=[,;:][^\n\d,;:./]{{1,30}})(?<!(?i:\b(?:{clock})[ \t]*))"
+                    rf"(?<!(?i:\b(?:{clock})[ \t]*))"
                     rf"(?P<value>\d-?\d{{3,4}}|\d{{5}})\b(?![-/.:]\d|{dose})"
                 ),
                 0.6,
@@ -450,6 +464,7 @@ def age_over_89_recognizer() -> PatternRecognizer:
             ("n-year-old", rf"\b{age}(?=[-\s]?(?:year|yr)s?[-\s]?old\b)", 0.9),
             ("aged n", rf"\b(?:aged?|age:)\s*{value}\b", 0.9),
             ("n y/o", rf"\b{age}(?=\s*(?:y/?o|yo|y|years? of age)\b)", 0.9),
+            ("n y.o.", rf"\b{age}(?=\s*y\.\s?o\b)", 0.9),
             (
                 "turned n",
                 rf"\b(?:turned|turns|turning|age of|was|is)\s+{value}(?=\s+(?:years?|yrs?)\b)",
@@ -827,6 +842,9 @@ INVERTED_NAME_SCORE = 0.86
 _CUED_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
 
+#: A cheap test before the slower search for a site's acronym before "ED"/"ER".
+_MAY_NAME_ED = re.compile(r"[ \t](?:ed|er|ew|eu)\b", re.IGNORECASE)
+
 #: Name cues that are titles: never before a nickname in quotes or brackets ("Dr 'Smith'").
 _TITLE_CUES = frozenset({"dr", "doctor", "mr", "mrs", "ms", "miss", "prof", "md"})
 
@@ -866,10 +884,14 @@ class ClinicalCueRecognizer(EntityRecognizer):
         )
         # a nickname in quotes right after a kin cue, whatever the word ("roommate 'buddy'"), or
         # a known first name in brackets a few words after it ("wife of 60 yrs (Mae)")
+        # (the quoted or bracketed word found first, then the cue before it: faster)
         kin = _alternation(self.name_cues - _TITLE_CUES)
         self._nickname = regex.compile(
-            rf"\b(?:{kin})[ \t]*[\"'“‘](?P<w>{word})[\"'”’]"
-            rf"|\b(?:{kin})\b(?:[ \t]+[^\W\d_][\w'’/-]*|[ \t]+\d+){{1,4}}[ \t]*\((?P<b>{word})\)",
+            r"(?:(?P<q>[\"'“‘])|\()(?P<w>[^\W\d_][\w-]*)(?(q)[\"'”’]|\))"
+        )
+        self._kin_before_quote = regex.compile(rf"\b(?:{kin})[ \t]*$", regex.IGNORECASE)
+        self._kin_before_bracket = regex.compile(
+            rf"\b(?:{kin})\b(?:[ \t]+[^\W\d_][\w'’/-]*|[ \t]+\d+){{1,4}}[ \t]*$",
             regex.IGNORECASE,
         )
         # more names after a cued one: "sons dale and wade", "dtr jo & son al", "kids amy, ben"
@@ -879,6 +901,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
             rf"(?:{_alternation(rules['credentials'])})\b",
             regex.IGNORECASE,
         )
+        # one first name before a credential: "per Bev RN", "d/w kim np"
+        # (the credential found first, then the word before it: a word-by-word scan is slower)
+        self._credential = regex.compile(
+            rf"(?<=[^\W\d_]),?[ \t]+(?:{_alternation(rules['credentials'] - {'do', 'pa', 'md'})})\b(?![-/])",
+            regex.IGNORECASE,
+        )
+        self._one_credentialed = regex.compile(rf"(?<![\w'’.-])(?P<w1>{word})$")
         self._acronym = regex.compile(
             rf"\b(?i:{_alternation(rules['site_cues'])})[ \t]+(?:(?i:the)[ \t]+)?(?P<v>[A-Z]{{2,6}})\b"
         )
@@ -974,19 +1003,36 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 out.append(RecognizerResult("PERSON", more.end(), after, 0.6))
                 end = after
         for m in self._nickname.finditer(text):
-            if m.group("w"):
-                key = m.group("w").casefold().rstrip("'’")
+            key, before = m.group("w").casefold(), max(0, m.start() - 60)
+            if m.group("q"):
                 if (
                     len(key) > 1
                     and not self._plain(key)
                     and key not in self.name_cues
                     and (key in self.first or zipf(key) < 4.0)
+                    and self._kin_before_quote.search(text, before, m.start())
                 ):
                     out.append(RecognizerResult("PERSON", m.start("w"), m.end("w"), 0.6))
-            elif m.group("b").casefold() in self.first and (
-                self._name_like(m.group("b")) or m.group("b").istitle()  # "(Mae)", not "(mae)"
+            elif (
+                key in self.first
+                and (self._name_like(m.group("w")) or m.group("w").istitle())  # "(Mae)"
+                and self._kin_before_bracket.search(text, before, m.start())
             ):
-                out.append(RecognizerResult("PERSON", m.start("b"), m.end("b"), 0.6))
+                out.append(RecognizerResult("PERSON", m.start("w"), m.end("w"), 0.6))
+        for credential in self._credential.finditer(text):
+            m = self._one_credentialed.search(
+                text, max(0, credential.start() - 30), credential.start()
+            )
+            if m is None:
+                continue
+            key = m.group("w1").casefold()
+            if (
+                key in self.first
+                and not self._plain(key)
+                and key not in self.name_cues
+                and (zipf(key) < 4.0 or m.group("w1").istitle())
+            ):
+                out.append(RecognizerResult("PERSON", m.start("w1"), m.end("w1"), 0.5))
         for m in self._credentialed.finditer(text, overlapped=True):  # "teofila tillman rn"
             w1, w2 = m.group("w1").casefold(), m.group("w2").casefold()
             if self._plain(w1) or self._plain(w2) or w1 in self.name_cues:
@@ -1094,7 +1140,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
         )
         out.extend(
             RecognizerResult(HOSPITAL, m.start("v"), m.end("v"), 0.5)
-            for m in self._acronym_ed.finditer(text)
+            for m in (self._acronym_ed.finditer(text) if _MAY_NAME_ED.search(text) else ())
             if self._rare_site_word(m.group("v")) and zipf(m.group("v").casefold()) < 2.5
         )
         out.extend(

@@ -1050,6 +1050,25 @@ SIXTH_PASS_FOUND = [
     ("dob 1/2/29 (95y)", [("1/2/29", "DATE_TIME"), ("95", "AGE_OVER_89")]),
 ]
 
+# shapes neither hand-written set has, of the same classes
+SIXTH_PASS_GENERAL = [
+    # area code, exchange and line whatever the separators
+    ("son's cell 413 - 555 0172 after 5", [("413 - 555 0172", "PHONE_NUMBER")]),
+    # a day, month and year glued; an age written "y.o."
+    ("collected 03MAR24, 97 y.o. man", [("03MAR24", "DATE_TIME"), ("97", "AGE_OVER_89")]),
+    # post-acute care named by common words
+    ("dc'd to Whittier Senior Living", [("Whittier Senior Living", "HOSPITAL")]),
+    # one first name before a credential
+    ("d/w bev rn re: plan", [("bev", "PERSON")]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SIXTH_PASS_GENERAL)
+def test_new_shapes_of_hard_2_classes_are_found(
+    deid: TextDeidentifier, text: str, expected: list[tuple[str, str]]
+) -> None:
+    assert _found(deid, text) == expected
+
 
 @pytest.mark.parametrize(("text", "expected"), SIXTH_PASS_FOUND)
 def test_hard_2_classes_are_found(
@@ -1067,6 +1086,8 @@ SIXTH_PASS_KEPT = [
     "husband (deceased); son (HCP) aware; wife 'concerned' re cost",  # no nickname
     "rx 500 mg amoxicillin; acc 120 at 0600; order 1000 ml NS",  # marked cues with no mark
     "gave report to oncoming RN, report to night shift",  # handoff, no name
+    "d/c to inpatient rehab, then cardiac rehab; charge RN aware",  # care settings, a role
+    "BP 120 140 1600 ml",  # readings and a volume, no phone
 ]
 
 
