@@ -1088,6 +1088,9 @@ SIXTH_PASS_KEPT = [
     "gave report to oncoming RN, report to night shift",  # handoff, no name
     "d/c to inpatient rehab, then cardiac rehab; charge RN aware",  # care settings, a role
     "BP 120 140 1600 ml",  # readings and a volume, no phone
+    # the new cues in a shouted note: the word after them is no name
+    "SPANISH INTERPRETER USED FOR CONSENT. CHAPLAIN SUPPORT OFFERED. ROOMMATE CALLED.",
+    "INTERPRETER SERVICES CALLED, PASTOR VISIT REQUESTED, LANDLORD NOTIFIED RE HOUSING.",
 ]
 
 
