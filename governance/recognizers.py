@@ -258,8 +258,17 @@ def mrn_recognizer() -> PatternRecognizer:
     """Medical record numbers: ``MRN-0012345``, ``MRN: 12345678``, ``MRN#1234567``; any format
     after a record cue (``Unit No: 123-45-67``, ``acct # W80-3459``, ``MR# ABC1234567``,
     ``deid_words/clinical_rules.toml``); letters before five or more digits (``AB-1234567``)."""
-    cue = _alternation(clinical_rules()["record_cues"])
-    value = r"(?=[A-Z0-9-]*\d)[A-Z]{0,4}[-#]?\d[\dA-Z-]{2,16}"
+    rules = clinical_rules()
+    cue = _alternation(rules["record_cues"])
+    marked = _alternation(rules["record_cues_marked"])
+    # one token ("W80-3459"), or digit groups split by spaces, with capitals before them
+    # ("RAD 2291 4478", "ZGP 40018 2271", "4456 221 09"): five digits or more in all
+    spaced = (
+        r"(?=[A-Z \t]*(?:\d[ \t-]?){5})(?:(?-i:[A-Z]{1,4})[ \t])?\d{2,}(?:[ \t]\d{3,}){1,3}"
+        r"|(?-i:[A-Z]{1,4})[ \t]\d{5,}"
+    )
+    value = rf"(?:{spaced}|(?=[A-Z0-9-]*\d)[A-Z]{{0,4}}[-#]?\d[\dA-Z-]{{2,16}})"
+    not_a_value = rf"(?![/.:]\d|[ \t]*(?i:{_DOSE_UNIT}|%|copies|cells)\b)"
     return _recognizer(
         MRN,
         "MrnRecognizer",
@@ -269,6 +278,32 @@ def mrn_recognizer() -> PatternRecognizer:
                 "after a record cue",
                 rf"\b(?:{cue})\.?[ \t]*(?:#|no\.?|number|:)?[ \t]*[:#]?[ \t]*(?P<value>{value})\b(?!/)",
                 0.85,
+            ),
+            (
+                "after a marked record cue",
+                rf"\b(?:{marked})\.?[ \t]*(?:#|no\.|no\b|number|:)[ \t]*[:#]?[ \t]*(?P<value>{value})\b(?!/)",
+                0.85,
+            ),
+            # no cue: one token of capitals, digits and hyphens with five digits or more and a
+            # letter ("OP-23-04418", "XKM882104417", "99A-334471"); not a unit after it
+            (
+                "letters and five digits",
+                # (a letter other than a plural's "s" or a "by" between numbers: "140s-180s",
+                # "100-120S", "500x14", "4x3x1" are readings, settings and sizes)
+                (
+                    r"\b(?<![\w/.@#-])(?=[A-Z-]{0,6}\d)(?=[A-Z0-9-]{6,20}(?![\w@/]|[.-]\w))"
+                    r"(?=[A-Z0-9-]*?(?:[A-RT-WYZ]|(?<!\d)[SX]|X(?!\d)))"
+                    r"(?=(?:[A-Z-]*\d){5})[A-Z0-9]+(?:-[A-Z0-9]+)*(?![\w@/]|[.-]\w)"
+                    rf"(?<!\d(?i:{_DOSE_UNIT}|cc|min|iu|copies)){not_a_value}"
+                ),
+                0.5,
+            ),
+            # no cue: seven to nine digits or eleven or twelve, no unit after them ("acc
+            # 55018823"): too long for a reading, a dose or a count written without commas
+            (
+                "long digits",
+                rf"(?<![\w/.,:$#-])(?:\d{{7,9}}|\d{{11,12}})\b{not_a_value}(?![.,-]\d)",
+                0.45,
             ),
             ("letters and digits", r"\b[A-Z]{1,3}-?\d{5,10}\b", 0.5),
             ("letters digits - digits", r"\b[A-Z]{1,3}\d{1,4}-\d{3,6}\b", 0.5),
@@ -320,10 +355,12 @@ def date_recognizer() -> PatternRecognizer:
             # "11-May": "may" after a day and a hyphen is the month
             (
                 "d month, no year",
-                rf"\b{day}(?:st|nd|rd|th)?(?:(?:\s+|-)(?:of\s+)?{month_any_case}|-(?i:may))\b\.?",
+                rf"\b{day}(?:st|nd|rd|th)?(?:(?:\s+|-)(?:of\s+)?{month_any_case}|-(?i:may)|(?:st|nd|rd|th)\s+of\s+(?i:may))\b\.?",
                 0.6,
             ),
             ("'yy", r"(?<![\w'’])['’]\d{2}\b(?!['’\w])", 0.6),
+            # day, month and year glued, as order and lab systems print them: "17APR28", "3jan2024"
+            ("dMONy", rf"\b\d{{1,2}}{_MONTH}(?:\d{{4}}|\d{{2}})\b", 0.7),
         ],
         context=["dob", "born", "date", "seen", "on", "since", "admitted", "discharged"],
     )
@@ -336,6 +373,7 @@ def phone_recognizer() -> PatternRecognizer:
     pager = _alternation(clinical_rules()["pager_cues"] - {"x"}) + r"|x(?=[ \t]?\d)"
     # a dose after the number ("x 1000 ml") makes no extension; "pgr 22070 Unit No:" still is
     dose = rf"[ \t]*(?i:{_DOSE_UNIT})\b(?![ \t]*(?i:no\b|#|number|:))"
+    clock = _alternation(clinical_rules()["clock_cues"])
     return _recognizer(
         "PHONE_NUMBER",
         "ClinicalPhoneRecognizer",
@@ -345,19 +383,46 @@ def phone_recognizer() -> PatternRecognizer:
             ("+1 nnn nnn nnnn", r"\+1[\s.-]?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]?\d{4}\b", 0.85),
             ("international", r"\+\d{1,3}[\s.-]?(?:\(0\))?\d{2,5}(?:[\s.-]\d{2,5}){1,4}\b", 0.7),
             ("(nn) nnn-nnn", r"\(\d{2,4}\)\s*\d{3}-\d{3,4}\b", 0.7),
-            ("digit groups", r"(?<![\d-])\b\d{2,5}(?:[ .]\d{2,4}){2,4}\b(?![-/]\d)", 0.45),
+            ("digit groups", rf"(?<![\d-])\b\d{{2,5}}(?:[ .]\d{{2,4}}){{2,4}}\b(?![-/]\d|{dose})", 0.45),
             ("two groups (weak)", r"(?<![\d-])\b\d{2,5}[ .]\d{6,8}\b", 0.3),
             ("local nnn nnnn (weak)", r"(?<![\d/.-])\b\d{3,4}[ .-]\d{4}\b(?![-/.]\d)", 0.3),
             ("(nn) nnnn nnnn", r"\(\d{2,4}\)\s*\d{3,4}[ .-]?\d{4}\b", 0.7),
             ("ten digits (weak)", r"(?<![\d-])\b\d{10}\b", 0.3),
+            # area code, exchange and line, whatever the separators ("617 - 555 0148",
+            # "617/555-0148", "(617)555 0148"): both first digits 2-9 as the numbering plan has them
+            (
+                "3-3-4, any separators",
+                (
+                    r"(?=[(2-9])(?<![\w/.,:-])\(?[2-9]\d{2}\)?(?:[ \t]*[-./][ \t]*|[ \t]{1,2})[2-9]\d{2}"
+                    r"(?:[ \t]*[-.][ \t]*|[ \t]{1,2})\d{4}\b(?![-/.,:]\d)"
+                ),
+                0.6,
+            ),
             # a national trunk prefix, area code and number, as Europe writes them: 0961-7596216
             ("0area-number", r"(?<![\d-])\b0\d{2,4}[-/]\d{6,8}\b(?![-/]\d)", 0.5),
             # a pager or an extension after its cue: "pager 47321", "pgr #4-5321", "x54321"
             (
                 "pager or extension",
-                rf"\b(?:{pager})\.?[ \t]*(?:#|no\.?|number|:)?[ \t]*(?P<value>\d(?:-?\d){{3,6}})\b(?![/.]\d|{dose})",
+                rf"\b(?:{pager})\.?[ \t]*(?:#|no\.?|number|:)?[ \t]*(?P<value>\d{{1,3}}[ \t]\d{{4,5}}|\d(?:-?\d){{3,6}})\b(?![/.]\d|{dose})",
                 0.7,
             ),
+            # a list after a pager cue, on its line: "Pager #s: ortho 2-6610, gen surg 2-6645,
+            # ICU fellow 88145" (each number after a comma or a colon, words between; no clock
+            # time: "pager 4812, seen at 1900")
+            (
+                "pager list",
+                (
+                    # (the cheap checks first: the value's shape, the comma before it)
+                    r"(?=(?:\d-?\d{3,4}|\d{5})\b)(?<=[,;:][^\n\d,;:./]{1,30})"
+                    r"(?<=(?i:\b(?:pagers?|pgrs?|beepers?|ext(?:ension)?s?)\b)(?:[^\n./]|\.(?![ \t]))"
+                    r"{0,120})"
+                    rf"(?<!(?i:\b(?:{clock})[ \t]*))"
+                    rf"(?P<value>\d-?\d{{3,4}}|\d{{5}})\b(?![-/.:]\d|{dose})"
+                ),
+                0.6,
+            ),
+            # a hospital extension "2-6610" ("call 2-6645"): weak alone, a phone cue raises it
+            ("n-nnnn (weak)", rf"(?<![\w/.,:-])\d-\d{{4}}\b(?![-/.:]\d|{dose})", 0.3),
             ("nnn-nnnn", r"(?<![\d/.-])\b\d{3}-\d{4}\b(?![-/.]\d)", 0.5),
             # "page Dr. Valdez at 4627", "please page me @ #38987": a number to page ("paged
             # him at 1800" is a clock time)
@@ -398,7 +463,8 @@ def age_over_89_recognizer() -> PatternRecognizer:
         [
             ("n-year-old", rf"\b{age}(?=[-\s]?(?:year|yr)s?[-\s]?old\b)", 0.9),
             ("aged n", rf"\b(?:aged?|age:)\s*{value}\b", 0.9),
-            ("n y/o", rf"\b{age}(?=\s*(?:y/?o|yo|years? of age)\b)", 0.9),
+            ("n y/o", rf"\b{age}(?=\s*(?:y/?o|yo|y|years? of age)\b)", 0.9),
+            ("n y.o.", rf"\b{age}(?=\s*y\.\s?o\b)", 0.9),
             (
                 "turned n",
                 rf"\b(?:turned|turns|turning|age of|was|is)\s+{value}(?=\s+(?:years?|yrs?)\b)",
@@ -428,6 +494,13 @@ def hospital_recognizer() -> PatternRecognizer:
                 0.85,
             ),
             ("numbered ward", r"(?-i:\b(?:Ward|Unit|Bed|Room)\s+\d{1,3}[A-Z]?\b)", 0.6),
+            # a saint's possessive alone, in any case, is a care site: "from St. Luke's", "at st
+            # elizabeth's" (not the herb, "St. John's wort")
+            (
+                "saint's",
+                r"\b(?:st\.?|saint)[ \t]+[^\W\d_]{2,}['’]s\b(?![ \t]+(?i:wort|dance|day)\b)",
+                0.9,
+            ),
         ],
     )
 
@@ -769,6 +842,13 @@ INVERTED_NAME_SCORE = 0.86
 _CUED_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
 
+#: A cheap test before the slower search for a site's acronym before "ED"/"ER".
+_MAY_NAME_ED = re.compile(r"[ \t](?:ed|er|ew|eu)\b", re.IGNORECASE)
+
+#: Name cues that are titles: never before a nickname in quotes or brackets ("Dr 'Smith'").
+_TITLE_CUES = frozenset({"dr", "doctor", "mr", "mrs", "ms", "miss", "prof", "md"})
+
+
 class ClinicalCueRecognizer(EntityRecognizer):
     """What a clinical note's cue words say, in any case (``deid_words/clinical_rules.toml``):
     the one or two words after a name cue are a person ("dr smith", "son bill called", "RN
@@ -782,7 +862,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
         self, clinical: frozenset[str] = frozenset(), stop_words: frozenset[str] = frozenset()
     ) -> None:
         super().__init__(
-            supported_entities=["PERSON", HOSPITAL, LOCATION],
+            supported_entities=["PERSON", HOSPITAL, LOCATION, STREET_ADDRESS],
             name="ClinicalCueRecognizer",
             supported_language=LANGUAGE,
         )
@@ -798,8 +878,20 @@ class ClinicalCueRecognizer(EntityRecognizer):
         word = r"[^\W\d_][\w'’-]*"
         # the name may stand in brackets or after a comma: "son (rusty)", "wife, summer, states"
         self._named = regex.compile(
-            rf"\b(?:{_alternation(self.name_cues)})(?:[.:]?[ \t]+\(?|,[ \t]+|[ \t]*\()"
+            rf"\b(?:{_alternation(self.name_cues)})(?:[.:]?[ \t]+[(\"'“‘]?|,[ \t]+|[ \t]*[(\"“‘])"
             rf"(?P<initial>[^\W\d_]\.[ \t]*)?(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
+            regex.IGNORECASE,
+        )
+        # a nickname in quotes right after a kin cue, whatever the word ("roommate 'buddy'"), or
+        # a known first name in brackets a few words after it ("wife of 60 yrs (Mae)")
+        # (the quoted or bracketed word found first, then the cue before it: faster)
+        kin = _alternation(self.name_cues - _TITLE_CUES)
+        self._nickname = regex.compile(
+            r"(?:(?P<q>[\"'“‘])|\()(?P<w>[^\W\d_][\w-]*)(?(q)[\"'”’]|\))"
+        )
+        self._kin_before_quote = regex.compile(rf"\b(?:{kin})[ \t]*$", regex.IGNORECASE)
+        self._kin_before_bracket = regex.compile(
+            rf"\b(?:{kin})\b(?:[ \t]+[^\W\d_][\w'’/-]*|[ \t]+\d+){{1,4}}[ \t]*$",
             regex.IGNORECASE,
         )
         # more names after a cued one: "sons dale and wade", "dtr jo & son al", "kids amy, ben"
@@ -809,6 +901,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
             rf"(?:{_alternation(rules['credentials'])})\b",
             regex.IGNORECASE,
         )
+        # one first name before a credential: "per Bev RN", "d/w kim np"
+        # (the credential found first, then the word before it: a word-by-word scan is slower)
+        self._credential = regex.compile(
+            rf"(?<=[^\W\d_]),?[ \t]+(?:{_alternation(rules['credentials'] - {'do', 'pa', 'md'})})\b(?![-/])",
+            regex.IGNORECASE,
+        )
+        self._one_credentialed = regex.compile(rf"(?<![\w'’.-])(?P<w1>{word})$")
         self._acronym = regex.compile(
             rf"\b(?i:{_alternation(rules['site_cues'])})[ \t]+(?:(?i:the)[ \t]+)?(?P<v>[A-Z]{{2,6}})\b"
         )
@@ -827,6 +926,27 @@ class ClinicalCueRecognizer(EntityRecognizer):
         # an acronym before a record word: "(MGH MRN 3348-118-2)", "BWH records"
         self._acronym_record = regex.compile(
             r"\b(?P<v>[A-Z]{2,6})[ \t]+(?i:mrn|mr#|records?|chart)\b"
+        )
+        # no cue: a word English does not use before the emergency department ("prev seen in
+        # mgh ed 8/8", "BMC ER"); the cue-less form of the pattern above
+        self._acronym_ed = regex.compile(
+            r"\b(?P<v>[^\W\d_]{2,5})[ \t]+(?:ed|er|ew|eu)\b(?![-'’/])", regex.IGNORECASE
+        )
+        # no vowel: an acronym, not a word, after a site cue ("seen at bmc", "from nwh")
+        self._vowelless = regex.compile(
+            rf"\b(?:{_alternation(rules['site_cues'] - {'to', 'via'})})[ \t]+"
+            r"(?P<v>(?i:[b-df-hj-np-tv-xz]{2,5}))\b(?![-'’/])",
+            regex.IGNORECASE,
+        )
+        # "in" and a known town ("coffee shop in revere", "office in leominster")
+        self._in = regex.compile(r"\b(?:in|near|outside)[ \t]+", regex.IGNORECASE)
+        # a street in any case after "on" ("on hancock st", "on elm st"), a town may follow
+        self._street_on = regex.compile(
+            rf"\bon[ \t]+(?P<v>(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?[ \t]+"
+            r"(?:st|street|ave|avenue|rd|road|blvd|boulevard|lane|ln|terrace|pkwy|parkway|hwy|highway)\b\.?)"
+            r"(?![ \t]+(?i:changes?|elevations?|depressions?|segments?|waves?|abn\w*)\b)"
+            rf"(?:(?:,[ \t]*|[ \t]+in[ \t]+)(?P<town>{word}))?",
+            regex.IGNORECASE,
         )
         self._kind = regex.compile(
             rf"\b(?:{_alternation(rules['site_kinds'])})\b", regex.IGNORECASE
@@ -850,6 +970,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
             *self._site_acronyms(text),
             *self._named_sites(text),
             *self._cued_places(text),
+            *self._towns_in(text),
         ]
 
     def _plain(self, key: str) -> bool:
@@ -881,6 +1002,37 @@ class ClinicalCueRecognizer(EntityRecognizer):
                     break
                 out.append(RecognizerResult("PERSON", more.end(), after, 0.6))
                 end = after
+        for m in self._nickname.finditer(text):
+            key, before = m.group("w").casefold(), max(0, m.start() - 60)
+            if m.group("q"):
+                if (
+                    len(key) > 1
+                    and not self._plain(key)
+                    and key not in self.name_cues
+                    and (key in self.first or zipf(key) < 4.0)
+                    and self._kin_before_quote.search(text, before, m.start())
+                ):
+                    out.append(RecognizerResult("PERSON", m.start("w"), m.end("w"), 0.6))
+            elif (
+                key in self.first
+                and (self._name_like(m.group("w")) or m.group("w").istitle())  # "(Mae)"
+                and self._kin_before_bracket.search(text, before, m.start())
+            ):
+                out.append(RecognizerResult("PERSON", m.start("w"), m.end("w"), 0.6))
+        for credential in self._credential.finditer(text):
+            m = self._one_credentialed.search(
+                text, max(0, credential.start() - 30), credential.start()
+            )
+            if m is None:
+                continue
+            key = m.group("w1").casefold()
+            if (
+                key in self.first
+                and not self._plain(key)
+                and key not in self.name_cues
+                and (zipf(key) < 4.0 or m.group("w1").istitle())
+            ):
+                out.append(RecognizerResult("PERSON", m.start("w1"), m.end("w1"), 0.5))
         for m in self._credentialed.finditer(text, overlapped=True):  # "teofila tillman rn"
             w1, w2 = m.group("w1").casefold(), m.group("w2").casefold()
             if self._plain(w1) or self._plain(w2) or w1 in self.name_cues:
@@ -986,6 +1138,18 @@ class ClinicalCueRecognizer(EntityRecognizer):
             for m in [*self._rare_site.finditer(text), *self._acronym_record.finditer(text)]
             if self._rare_site_word(m.group("v"))
         )
+        out.extend(
+            RecognizerResult(HOSPITAL, m.start("v"), m.end("v"), 0.5)
+            for m in (self._acronym_ed.finditer(text) if _MAY_NAME_ED.search(text) else ())
+            if self._rare_site_word(m.group("v")) and zipf(m.group("v").casefold()) < 2.5
+        )
+        out.extend(
+            RecognizerResult(HOSPITAL, m.start("v"), m.end("v"), 0.5)
+            for m in self._vowelless.finditer(text)
+            if not self._plain(m.group("v").casefold())
+            and m.group("v").casefold() not in self.name_cues
+            and zipf(m.group("v").casefold()) < 3.5
+        )
         return out
 
     def _rare_site_word(self, word: str) -> bool:
@@ -1083,6 +1247,39 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 ):
                     out.append(RecognizerResult(LOCATION, run[0].start(), run[-1].end(), 0.5))
                     break
+        return out
+
+    def _towns_in(self, text: str) -> list[RecognizerResult]:
+        """A known town after "in", "near", "outside", in any case, when English uses it little
+        ("coffee shop in revere", "office in leominster"; "in reading", "in bed" stay); a street
+        after "on" in any case and the town after it ("on hancock st, quincy", "on elm st")."""
+        out: list[RecognizerResult] = []
+        for cue in self._in.finditer(text):
+            words = list(_WORD.finditer(text, cue.end(), min(len(text), cue.end() + 40)))[:2]
+            for n in range(len(words), 0, -1):
+                run = words[:n]
+                if run[0].start() != cue.end() or any(
+                    text[a.end() : b.start()] != " " for a, b in pairwise(run)
+                ):
+                    continue
+                key = " ".join(m.group().casefold() for m in run)
+                if (
+                    key in self.places
+                    and not any(self._plain(m.group().casefold()) for m in run)
+                    and key not in self.name_cues
+                    and zipf(key) < (4.0 if n > 1 else 3.5)
+                    and not self._kind.match(text, run[-1].end() + 1)  # "in Paola clinic"
+                ):
+                    out.append(RecognizerResult(LOCATION, run[0].start(), run[-1].end(), 0.5))
+                    break
+        for m in self._street_on.finditer(text):
+            names = [m.group("w1"), *([m.group("w2")] if m.group("w2") else [])]
+            if any(self._plain(w.casefold()) or zipf(w.casefold()) >= 4.5 for w in names):
+                continue
+            out.append(RecognizerResult(STREET_ADDRESS, m.start("v"), m.end("v"), 0.5))
+            town = m.group("town")
+            if town and town.casefold() in self.places and not self._plain(town.casefold()):
+                out.append(RecognizerResult(LOCATION, m.start("town"), m.end("town"), 0.5))
         return out
 
     def _town_word(self, word: str) -> bool:

@@ -873,7 +873,9 @@ _DATE_SHAPE = re.compile(
     r"|thu(?:rs(?:day)?)?|fri(?:day)?|sat(?:urday)?|sun(?:day)?)\b"
     r"|(?<![\d-])\b(?:1[89]|20)\d{2}\b(?!-\d)|\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{1,2}(?:st|nd|rd|th)\b|\b\d{1,2}:\d{2}\b"
     # Safe Harbor's dates without a year: "7/22", "12-25", "'92"
-    r"|^(?:0?[1-9]|1[0-2])[/-](?:0?[1-9]|[12]\d|3[01])$|^['’]\d{2}$",
+    r"|^(?:0?[1-9]|1[0-2])[/-](?:0?[1-9]|[12]\d|3[01])$|^['’]\d{2}$"
+    # day, month and year glued: "17APR28"
+    r"|^\d{1,2}(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\d{2,4}$",
     re.IGNORECASE,
 )
 #: A 4-digit number that reads as a year (1900-2039) unless a clock cue precedes it.
