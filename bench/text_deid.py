@@ -37,6 +37,11 @@ The labelled sets, printed separately and never pooled:
   instructions, pathology and radiology addenda, social work; 151 planted PHI, 20 lines with
   none. Written and committed before it was first run; run before and after the fifth pass,
   then tuned on (the sixth pass read its misses: in-sample since).
+- ``hard_3``: 95 lines written blind by another writer (``bench/data/hard_notes_3.jsonl``): it
+  read neither the rules nor the other sets' misses; ICU flowsheets, SBAR handoffs, ED triage,
+  case management, pharmacy, OR, telephone and portal messages, discharge, therapy, psychiatry,
+  chaplain, home health, lab call-backs; 206 planted PHI, 27 lines with none. Held out: run
+  once on the rules before the sixth pass and once after, never tuned on.
 - ``synthea_notes`` (speed only, unlabelled): 400 of the corpus' Synthea DocumentReference
   notes, decoded as the pipeline decodes them (long, structured: the data plane's notes step).
 - ``meddocan``: the 50 MEDDOCAN test documents (Spanish clinical cases, BRAT), types mapped to
@@ -156,6 +161,7 @@ def load_kinds(split: str, limit: int | None) -> tuple[list[str], list[list[Gold
 
 HARD = ROOT / "bench" / "data" / "hard_icu_lines.jsonl"
 HARD_2 = ROOT / "bench" / "data" / "hard_notes_2.jsonl"
+HARD_3 = ROOT / "bench" / "data" / "hard_notes_3.jsonl"
 
 
 def load_hand_written(path: Path, limit: int | None) -> tuple[list[str], list[list[Gold]]]:
@@ -188,6 +194,12 @@ def load_hard(limit: int | None) -> tuple[list[str], list[list[Gold]]]:
 def load_hard_2(limit: int | None) -> tuple[list[str], list[list[Gold]]]:
     """The 95 handwritten lines of other note kinds of ``bench/data/hard_notes_2.jsonl``."""
     return load_hand_written(HARD_2, limit)
+
+
+def load_hard_3(limit: int | None) -> tuple[list[str], list[list[Gold]]]:
+    """The 95 lines of ``bench/data/hard_notes_3.jsonl``, written blind (its writer read neither
+    the rules nor the other sets' misses)."""
+    return load_hand_written(HARD_3, limit)
 
 
 #: MEDDOCAN's 20 types mapped to this benchmark's: who they identify, not how Spanish names them.
@@ -261,6 +273,10 @@ SETS: dict[str, tuple[str, Callable[[int | None], tuple[list[str], list[list[Gol
     "hard_2": (
         "handwritten lines of other note kinds, HARD 2 (run held out twice, then tuned on: IN-SAMPLE since the sixth pass)",
         load_hard_2,
+    ),
+    "hard_3": (
+        "handwritten lines written blind, HARD 3 (HELD-OUT: run once before and once after the sixth pass)",
+        load_hard_3,
     ),
     "meddocan": ("MEDDOCAN Spanish clinical cases, HELD-OUT", load_meddocan),
 }
