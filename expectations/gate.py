@@ -524,34 +524,38 @@ def _run_gx(
     chunk_rows: int | None = None,
 ) -> list[dict[str, Any]]:
     """GX validation results of the suite on the rows, by rule id: one mapping per chunk of
-    ``chunk_rows`` rows (one for the whole table without)."""
+    ``chunk_rows`` rows (one for the whole table without), each chunk a suite and validation of
+    its own (``<suite> rows a-b``), its referential rules' value sets cut to the values the
+    chunk holds (:func:`_within`)."""
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
 
     context = context or _gx_context()
-    suite = context.suites.add(gx.ExpectationSuite(**suite_data))
-    batch_definition = (
-        context.data_sources.add_pandas(f"rows_{suite.name}")
-        .add_dataframe_asset("rows")
-        .add_batch_definition_whole_dataframe("all_rows")
-    )
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"gate_{suite.name}", data=batch_definition, suite=suite)
-    )
     step = chunk_rows or max(rows.num_rows, 1)
     starts = range(0, rows.num_rows, step) if rows.num_rows else range(1)
+    references = _reference_keys(suite_data)
     chunks: list[dict[str, Any]] = []
     for start in starts:
+        chunk = rows.slice(start, step)
+        label = "" if len(starts) == 1 else f" rows {start + 1}-{start + chunk.num_rows}"
+        suite = context.suites.add(
+            gx.ExpectationSuite(**_within(suite_data, chunk, references, name=suite_data["name"] + label))
+        )
+        batch_definition = (
+            context.data_sources.add_pandas(f"rows_{suite.name}")
+            .add_dataframe_asset("rows")
+            .add_batch_definition_whole_dataframe("all_rows")
+        )
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"gate_{suite.name}", data=batch_definition, suite=suite)
+        )
         # A fresh RangeIndex: GX reports row-level failures as index labels, i.e. positions
         # in the chunk.
-        frame = rows.slice(start, step).to_pandas()
-        name = run_name
-        if run_name and len(starts) > 1:
-            name = f"{run_name} rows {start + 1}-{min(start + step, rows.num_rows)}"
+        frame = chunk.to_pandas()
         outcome = definition.run(
             batch_parameters={"dataframe": frame},
             result_format=_RESULT_FORMAT,
-            run_id=RunIdentifier(run_name=name) if name else None,
+            run_id=RunIdentifier(run_name=run_name + label) if run_name else None,
         )
         del frame
         by_rule: dict[str, Any] = {}
@@ -561,6 +565,48 @@ def _run_gx(
                 by_rule[config.meta["rule"]] = r
         chunks.append(by_rule)
     return chunks
+
+
+def _reference_keys(suite_data: Mapping[str, Any]) -> dict[str, pa.Array]:
+    """The key set of each referential rule (filled by :func:`resolve_references`), by rule."""
+    return {
+        exp["meta"]["rule"]: pa.array(exp.get("kwargs", {}).get("value_set") or [])
+        for exp in suite_data.get("expectations", [])
+        if (exp.get("meta") or {}).get("references")
+    }
+
+
+def _within(
+    suite_data: Mapping[str, Any], rows: pa.Table, references: Mapping[str, pa.Array], *, name: str
+) -> dict[str, Any]:
+    """The suite for these rows, named ``name``: each referential rule's value set cut to the
+    keys among the rows' own values. A value is in the cut set exactly when it is in the whole
+    one, so the results are the same; GX copies an expectation's value set many times per
+    validation, and a whole table's keys (every encounter of the lake) made that cost grow with
+    the lake for every chunk."""
+    template = {
+        **suite_data,
+        "name": name,
+        "expectations": [
+            {**exp, "kwargs": {**exp.get("kwargs", {}), "value_set": []}}
+            if exp["meta"]["rule"] in references
+            else exp
+            for exp in suite_data.get("expectations", [])
+        ],
+    }
+    data: dict[str, Any] = json.loads(json.dumps(template))  # a deep copy GX may not mutate
+    for exp in data.get("expectations", []):
+        keys = references.get(exp["meta"]["rule"])
+        column = exp.get("kwargs", {}).get("column")
+        if keys is None or column not in rows.column_names:
+            continue
+        values = pc.unique(rows.column(column).drop_null())
+        if len(keys):
+            values = values.cast(keys.type) if values.type != keys.type else values
+            exp["kwargs"]["value_set"] = values.filter(pc.is_in(values, value_set=keys)).to_pylist()
+        else:
+            exp["kwargs"]["value_set"] = []
+    return data
 
 
 def by_chunks(suite_data: Mapping[str, Any]) -> bool:

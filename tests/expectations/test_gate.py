@@ -889,3 +889,30 @@ def test_a_suite_with_a_rule_over_the_whole_table_is_not_chunked() -> None:
         path = suite_path(name)
         if path.exists() and name != "silver.imaging_instances":
             assert by_chunks(load_suite(path)), name
+
+
+def test_referential_rules_in_chunks_judge_each_row_against_every_key_of_the_lake(
+    tmp_path: Path,
+) -> None:
+    from medlake.expectations.gate import _reference_keys, _within, resolve_references
+
+    lake = Lake(tmp_path / "lake")
+    known = observations(*(obs(f"k{i}") for i in range(6)))  # pk-k0 ... pk-k5 are patients
+    stage(lake, SILVER_OBSERVATIONS, known)
+    rows = observations(
+        obs("k0"), obs("orphan-1"), obs("k5"), obs("k2"), obs("orphan-2"), obs("k0", value=900.0)
+    )
+    whole = validate(rows, SUITE, table_name=OBS, lake=lake)
+    chunked = validate(rows, SUITE, table_name=OBS, lake=lake, chunk_rows=2)
+
+    assert chunked.rules == whole.rules
+    assert whole.rule("person_key_known").unexpected_rows == (1, 4)
+    assert chunked.split.quarantined.column("rule_id").to_pylist() == [
+        "gate.person_key_known", "gate.person_key_known", "gate.heart_rate_range"
+    ]
+    # a chunk's suite names only the keys its rows hold that the lake knows: not every patient
+    suite = resolve_references(load_suite(SUITE), lake)
+    cut = _within(suite, rows.slice(0, 2), _reference_keys(suite), name="chunk")
+    (rule,) = [e for e in cut["expectations"] if e["meta"]["rule"] == "person_key_known"]
+    assert rule["kwargs"]["value_set"] == ["pk-k0"]
+    assert len(next(e for e in suite["expectations"] if e["meta"]["rule"] == "person_key_known")["kwargs"]["value_set"]) == 6
