@@ -120,6 +120,8 @@ class RuleResult:
     message: str = ""
     #: rows whose value was missing, which a share (``mostly``) leaves out (GX's count)
     missing_count: int | None = None
+    #: False when GX raised evaluating the rule (``message`` says what)
+    evaluated: bool = True
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,7 @@ def validate(
     expectations: list[dict[str, Any]] = suite_data.get("expectations", [])
     order = {exp["meta"]["rule"]: i for i, exp in enumerate(expectations)}
     step = chunk_rows if chunk_rows and by_chunks(suite_data) else max(rows.num_rows, 1)
-    chunks = _run_gx(rows, suite_data, context=context, run_name=run_name, chunk_rows=step)
+    chunks = _run_gx(rows, suite_data, step=step, context=context, run_name=run_name)
 
     rules: list[RuleResult] = []
     for exp in expectations:
@@ -519,19 +521,18 @@ def _run_gx(
     rows: pa.Table,
     suite_data: dict[str, Any],
     *,
+    step: int,
     context: Any = None,
     run_name: str | None = None,
-    chunk_rows: int | None = None,
 ) -> list[dict[str, Any]]:
     """GX validation results of the suite on the rows, by rule id: one mapping per chunk of
-    ``chunk_rows`` rows (one for the whole table without), each chunk a suite and validation of
+    ``step`` rows (one for the whole table when ``step`` covers it), each chunk a suite and validation of
     its own (``<suite> rows a-b``), its referential rules' value sets cut to the values the
     chunk holds (:func:`_within`)."""
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
 
     context = context or _gx_context()
-    step = chunk_rows or max(rows.num_rows, 1)
     starts = range(0, rows.num_rows, step) if rows.num_rows else range(1)
     references = _reference_keys(suite_data)
     chunks: list[dict[str, Any]] = []
@@ -625,7 +626,7 @@ def _added_up(exp: Mapping[str, Any], parts: Sequence[tuple[int, RuleResult]]) -
     from the sums as GX computes it (a rule that could not be evaluated on a chunk fails)."""
     results = [r for _, r in parts]
     first = results[0]
-    broken = next((r for r in results if not r.success and not r.row_level and r.message.startswith("could not")), None)
+    broken = next((r for r in results if not r.evaluated), None)
     if broken is not None:
         return broken
     element = sum(r.element_count or 0 for r in results)
@@ -689,6 +690,7 @@ def _rule_result(exp: Mapping[str, Any], gx_result: Any) -> RuleResult:
         expected=expected,
         message=message,
         missing_count=result.get("missing_count"),
+        evaluated=error is None,
     )
 
 
