@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
+from medlake.engines import DeltaSource, Engine, Target
 from medlake.errors import BadDataError
 from medlake.expectations import data_docs, volume
 from medlake.expectations.volume import Finding, VolumePolicy, by_source
@@ -66,6 +67,8 @@ _MAX_SHOWN = 60  # characters of an observed text value quoted in a reason
 #: rows Great Expectations validates at once: it works on pandas, several times the rows' Arrow
 #: size (a million-resource run's 611,000 staged observations took the gate to 3.3 GB whole)
 CHUNK_ROWS = 100_000
+#: rows of a record batch read from a staging table (chunks are built of them)
+_READ_ROWS = 20_000
 
 #: column-map expectations: each row is judged on its own, so a suite made only of them gives
 #: the same results validated a chunk of rows at a time (positions offset, counts added up)
@@ -238,36 +241,93 @@ def validate(
     the whole table's (row positions offset, counts and shares added up).
     """
     suite_data = resolve_references(load_suite(suite), lake)
-    expectations: list[dict[str, Any]] = suite_data.get("expectations", [])
-    order = {exp["meta"]["rule"]: i for i, exp in enumerate(expectations)}
     step = chunk_rows if chunk_rows and by_chunks(suite_data) else max(rows.num_rows, 1)
-    chunks = _run_gx(rows, suite_data, step=step, context=context, run_name=run_name)
+    check = _Validation(
+        suite_data, table_name=table_name, rows=rows.num_rows, step=step, context=context,
+        run_name=run_name,
+    )
+    starts = range(0, rows.num_rows, step) if rows.num_rows else range(1)
+    checked = [check.chunk(rows.slice(start, step)) for start in starts]
+    split = Split(
+        pa.concat_tables([c.split.good for c in checked]),
+        pa.concat_tables([c.split.quarantined for c in checked]),
+    )
+    return GateResult(table_name=table_name, split=split, rules=check.rules())
 
-    rules: list[RuleResult] = []
-    for exp in expectations:
-        rule = exp["meta"]["rule"]
-        if any(rule not in raw for raw in chunks):
-            raise RuntimeError(
-                f"{table_name}: Great Expectations returned no result for rule {rule!r}"
-            )
-        parts = [(i * step, _rule_result(exp, raw[rule])) for i, raw in enumerate(chunks)]
-        rules.append(parts[0][1] if len(parts) == 1 else _added_up(exp, parts))
 
-    failing: dict[int, list[RuleResult]] = {}
-    for r in sorted(rules, key=lambda r: order[r.rule]):
-        if r.row_level:
-            for i in r.unexpected_rows:
-                failing.setdefault(i, []).append(r)
+@dataclass(frozen=True)
+class _Checked:
+    """One chunk validated: its split, and the positions (in the chunk) of its failing rows."""
 
-    key = _key_columns(table_name, rows.schema)
-    good = rows.filter(pa.array([i not in failing for i in range(rows.num_rows)], pa.bool_()))
-    quarantined = _quarantine(rows, failing, table_name=table_name, key=key)
-    if good.num_rows + quarantined.num_rows != rows.num_rows:
-        raise RuntimeError(
-            f"{table_name}: gate lost rows ({rows.num_rows} in, {good.num_rows} good, "
-            f"{quarantined.num_rows} quarantined)"
+    split: Split
+    failing: tuple[int, ...]
+
+
+class _Validation:
+    """A suite validated over a table one chunk at a time, in order: each chunk's rows split as
+    they come (a row fails on its own rules), the rules' results added up at the end."""
+
+    def __init__(
+        self,
+        suite_data: dict[str, Any],
+        *,
+        table_name: str,
+        rows: int,
+        step: int,
+        context: Any = None,
+        run_name: str | None = None,
+    ) -> None:
+        self.suite_data = suite_data
+        self.table_name = table_name
+        self.rows = rows
+        self.step = step
+        self.context = context or _gx_context()
+        self.run_name = run_name
+        self.expectations: list[dict[str, Any]] = suite_data.get("expectations", [])
+        self.order = {exp["meta"]["rule"]: i for i, exp in enumerate(self.expectations)}
+        self.references = _reference_keys(suite_data)
+        self.parts: dict[str, list[tuple[int, RuleResult]]] = {rule: [] for rule in self.order}
+        self.start = 0
+
+    def chunk(self, rows: pa.Table) -> _Checked:
+        """Validate the next chunk (every chunk but the last ``step`` rows; one empty chunk
+        for an empty table)."""
+        start = self.start
+        label = "" if self.rows <= self.step else f" rows {start + 1}-{start + rows.num_rows}"
+        raw = _run_gx(
+            rows, self.suite_data, self.references, label=label, context=self.context,
+            run_name=self.run_name,
         )
-    return GateResult(table_name=table_name, split=Split(good, quarantined), rules=tuple(rules))
+        failing: dict[int, list[RuleResult]] = {}
+        for exp in self.expectations:
+            rule = exp["meta"]["rule"]
+            if rule not in raw:
+                raise RuntimeError(
+                    f"{self.table_name}: Great Expectations returned no result for rule {rule!r}"
+                )
+            result = _rule_result(exp, raw[rule])
+            self.parts[rule].append((start, result))
+            if result.row_level:
+                for i in result.unexpected_rows:
+                    failing.setdefault(i, []).append(result)
+        key = _key_columns(self.table_name, rows.schema)
+        good = rows.filter(pa.array([i not in failing for i in range(rows.num_rows)], pa.bool_()))
+        quarantined = _quarantine(rows, failing, table_name=self.table_name, key=key, start=start)
+        if good.num_rows + quarantined.num_rows != rows.num_rows:
+            raise RuntimeError(
+                f"{self.table_name}: gate lost rows ({rows.num_rows} in, {good.num_rows} good, "
+                f"{quarantined.num_rows} quarantined)"
+            )
+        self.start += rows.num_rows
+        return _Checked(Split(good, quarantined), tuple(sorted(failing)))
+
+    def rules(self) -> tuple[RuleResult, ...]:
+        """Each rule's result over every chunk validated, in suite order."""
+        out = []
+        for exp in self.expectations:
+            parts = self.parts[exp["meta"]["rule"]]
+            out.append(parts[0][1] if len(parts) == 1 else _added_up(exp, parts))
+        return tuple(out)
 
 
 def run_gate(
@@ -280,22 +340,32 @@ def run_gate(
     volume_policy: VolumePolicy | None = None,
     now: datetime | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    engine: Engine | None = None,
 ) -> list[Entry]:
     """Validate each silver table's staging rows, then promote the good ones and quarantine the rest.
 
     Every table is validated before anything is promoted: if a table-level rule fails anywhere,
-    :class:`GateFailed` is raised and no table is touched. Promotion is a MERGE on the silver key
-    and an insert of quarantine rows not there yet, so a re-run gives the same tables. The caller
-    records the returned ledger entries (``in = out + quarantined + merged``, where ``merged``
-    counts rows of this run repeating a key already promoted or quarantined in it).
-    ``results``, when given, receives each validated table's :class:`GateResult` as it is
-    validated, also when :class:`GateFailed` is raised (the lineage's data-quality facets).
+    :class:`GateFailed` is raised and no table is touched. The caller records the returned
+    ledger entries (``in = out + quarantined + merged``, where ``merged`` counts rows of this run
+    repeating a key already promoted or quarantined in it, or a quarantine row an earlier run
+    holds). ``results``, when given, receives each validated table's :class:`GateResult` (its
+    rules and counts, not its rows) as it is validated, also when :class:`GateFailed` is raised
+    (the lineage's data-quality facets).
+
+    Memory stays bounded by ``chunk_rows``, not the run: a table's staged rows are read, validated
+    and split ``chunk_rows`` at a time (a suite :func:`by_chunks` cannot split, imaging's, whole),
+    each chunk's split appended to the run's scratch as it comes. Promotion is the ``engine``'s
+    set-based insert (:meth:`~medlake.engines.Engine.insert_new`, default the embedded engine):
+    the first row of each key, in staging order, upserted into silver (a key silver holds is
+    updated) and inserted into the quarantine where its id is new; a re-run gives the same tables.
 
     Each source's delivery into each table is checked against its volume band
     (:mod:`medlake.expectations.volume`, ``volume_policy``, default: warn everywhere); an
     out-of-band delivery is logged and kept in the ledger entry's details, and fails the table
     (rule ``volume_in_band``) only where the policy blocks it.
     """
+    from medlake.engines.embedded import EmbeddedEngine
+
     policy = volume_policy or VolumePolicy()
     stamp = now or datetime.now(UTC)
     staged: list[_Staged] = []
@@ -306,141 +376,192 @@ def run_gate(
         spec = registered(name)
         if spec.layer != "silver":
             raise ValueError(f"the gate promotes silver tables only, not {name}")
-        rows = _read_staging(lake, name)
-        delivered = by_source(rows)
-        findings = volume.check(lake, name, delivered, run_id=run_id, now=stamp, policy=policy)
-        for finding in findings:
-            if finding.out_of_band:
-                log.warning("gate: delivery volume: %s", finding.explain())
+        source = _staging(lake, name)
+        total = _row_count(source)
         path = suite_path(name, suites_dir=suites_dir)
-        result: GateResult | None = None
+        check: _Validation | None = None
+        step = chunk_rows
         if path.exists():
             context = context or _gx_context(data_docs.site_dir(lake))
-            result = validate(
-                rows,
-                path,
-                table_name=name,
-                context=context,
-                run_name=run_id,
-                lake=lake,
-                chunk_rows=chunk_rows,
+            suite_data = resolve_references(load_suite(path), lake)
+            step = chunk_rows if by_chunks(suite_data) else max(total, 1)
+            check = _Validation(
+                suite_data, table_name=name, rows=total, step=step, context=context, run_name=run_id
             )
-            split = result.split
-        else:
-            split = Split(rows, QUARANTINE_SCHEMA.empty_table())
-        blocking = [f for f in findings if f.out_of_band and policy.blocks(name)]
+        kept = _Staged(spec, run_id)
+        for chunk in _chunks(source, step):
+            kept.delivered = _summed(kept.delivered, by_source(chunk))
+            checked = check.chunk(chunk) if check is not None else _Checked(
+                Split(chunk, QUARANTINE_SCHEMA.empty_table()), ()
+            )
+            kept.add(lake, checked, rows=chunk.num_rows)
+            del chunk, checked
+        if kept.records_in != total:
+            raise RuntimeError(f"{name}: the gate read {kept.records_in} staged rows of {total}")
+        kept.findings = volume.check(lake, name, kept.delivered, run_id=run_id, now=stamp, policy=policy)
+        for finding in kept.findings:
+            if finding.out_of_band:
+                log.warning("gate: delivery volume: %s", finding.explain())
+        result: GateResult | None = None
+        empty = Split(spec.schema.empty_table(), QUARANTINE_SCHEMA.empty_table())
+        if check is not None:
+            result = GateResult(table_name=name, split=empty, rules=check.rules(), rows_validated=total)
+        blocking = [f for f in kept.findings if f.out_of_band and policy.blocks(name)]
         if blocking:
-            result = result or GateResult(table_name=name, split=split)
+            result = result or GateResult(table_name=name, split=empty, rows_validated=total)
             result = dataclasses.replace(result, rules=(*result.rules, _volume_rule(blocking)))
         if result is not None:
             if not result.promotable:
                 refused.append(result)
-            if results is not None:  # the rules and counts, not the rows (they go to disk)
-                results.append(result if not result.promotable else _without_rows(result))
-        staged.append(_Staged.keep(lake, run_id, spec, split, rows.num_rows, delivered, findings))
-        del rows, split, result
+            if results is not None:
+                results.append(result)
+        staged.append(kept)
     if context is not None:  # once per gate task, before a refusal, so the docs show why
         data_docs.build(context, data_docs.site_dir(lake))
     if refused:
         lake.drop_scratch_table(_Staged.FOLDER, run_id=run_id)
         raise GateFailed(refused)
 
-    entries: list[Entry] = []
-    for kept in staged:
-        spec, records_in, delivered, findings = (
-            kept.spec,
-            kept.records_in,
-            kept.delivered,
-            kept.findings,
-        )
-        split = kept.read(lake)
-        good, repeated_good = _first_per_key(conform(split.good, spec.schema), spec.key)
-        bad, repeated_bad = _first_per_key(stamp_run(split.quarantined, run_id), QUARANTINE.key)
-        lake.insert_new(QUARANTINE.name, bad)
-        lake.upsert(spec.name, good)
-        merged = repeated_good + repeated_bad
-        entries.append(
-            Entry(
-                stage=STAGE,
-                table_name=spec.name,
-                records_in=records_in,
-                records_out=good.num_rows,
-                quarantined=bad.num_rows,
-                merged=merged,
-                details=json.dumps(
-                    {"volume": delivered, "volume_findings": [f.as_json() for f in findings]}
-                ),
-            )
-        )
-        del split, good, bad
+    runner = engine or EmbeddedEngine()
+    entries = [kept.promote(lake, runner) for kept in staged]
     lake.drop_scratch_table(_Staged.FOLDER, run_id=run_id)
     return entries
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Staged:
-    """A validated table's split, kept in the run's scratch (sealed like the tables it goes to)
-    until every table is validated: the gate holds one table's rows at a time, not the run's."""
+    """A table's validated rows in the run's scratch (sealed like the tables they go to), its
+    good rows and its quarantine rows each numbered by their place among the staged rows
+    (``_gate_row``), until every table is validated: the gate holds one chunk of rows at a time."""
 
     spec: TableSpec
-    records_in: int
-    delivered: dict[str, int]
-    findings: list[Finding]
     run_id: str
+    records_in: int = 0
+    delivered: dict[str, int] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
 
     #: the run's scratch folder of the gate's tables
     FOLDER: ClassVar[str] = "gate"
+    #: the staged row's place, which orders the first of each key
+    ROW: ClassVar[str] = "_gate_row"
 
-    @staticmethod
-    def keep(
-        lake: Lake,
-        run_id: str,
-        spec: TableSpec,
-        split: Split,
-        records_in: int,
-        delivered: dict[str, int],
-        findings: list[Finding],
-    ) -> _Staged:
-        kept = _Staged(spec, records_in, delivered, findings, run_id)
-        for part, rows, name, schema in kept._parts(split):
-            sealed = conform(rows, schema)
+    def add(self, lake: Lake, checked: _Checked, *, rows: int) -> None:
+        """Append a chunk's split (the chunk's ``rows`` rows, from staged row ``records_in`` on)."""
+        start = self.records_in
+        failing = set(checked.failing)
+        places = {
+            "good": [start + i for i in range(rows) if i not in failing],
+            "quarantined": [start + i for i in checked.failing],
+        }
+        split = checked.split
+        good = conform(split.good, self.spec.schema)
+        bad = conform(stamp_run(split.quarantined, self.run_id), QUARANTINE_SCHEMA)
+        for side, data, name in (("good", good, self.spec.name), ("quarantined", bad, QUARANTINE.name)):
             encode = lake.encoder(name)
-            if encode is not None and sealed.num_rows:
-                sealed = encode(sealed)
+            if encode is not None and data.num_rows:
+                data = encode(data)
+            data = data.append_column(self.ROW, pa.array(places[side], pa.int64()))
             write_deltalake(
-                lake.scratch_uri(part, run_id=run_id),
-                sealed,
-                mode="overwrite",
-                schema_mode="overwrite",
+                lake.scratch_uri(self._part(side), run_id=self.run_id),
+                data,
+                mode="overwrite" if start == 0 else "append",
+                schema_mode="overwrite" if start == 0 else None,
                 writer_properties=writer_properties(),
             )
-        return kept
+        self.records_in += rows
 
-    def _parts(self, split: Split | None = None) -> list[tuple[str, pa.Table, str, pa.Schema]]:
-        good = split.good if split is not None else pa.table({})
-        bad = split.quarantined if split is not None else pa.table({})
-        return [
-            (f"{self.FOLDER}/{self.spec.name}/good", good, self.spec.name, self.spec.schema),
-            (f"{self.FOLDER}/{self.spec.name}/quarantined", bad, QUARANTINE.name, QUARANTINE_SCHEMA),
-        ]
+    def _part(self, side: str) -> str:
+        return f"{self.FOLDER}/{self.spec.name}/{side}"
 
-    def read(self, lake: Lake) -> Split:
-        tables = []
-        for part, _, name, schema in self._parts():
-            rows = DeltaTable(lake.scratch_uri(part, run_id=self.run_id)).to_pyarrow_table()
-            decode = lake.decoder(name)
-            tables.append(conform(decode(rows) if decode is not None and rows.num_rows else rows, schema))
-        return Split(tables[0], tables[1])
+    def promote(self, lake: Lake, engine: Engine) -> Entry:
+        """The first row of each key into silver (upserted) and into the quarantine (where its
+        id is new), by the engine's set-based insert; the ledger entry, every count counted."""
+        def scratch(side: str) -> DeltaSource:
+            return DeltaSource(lake.scratch_uri(self._part(side), run_id=self.run_id))
+
+        bad = engine.insert_new(
+            source=scratch("quarantined"),
+            target=Target(
+                lake.uri(QUARANTINE.name), QUARANTINE_SCHEMA, mode="append",
+                partition_by=QUARANTINE.partition_by, run_column="run_id",
+            ),
+            key=QUARANTINE.key,
+            order=(self.ROW,),
+            run_id=self.run_id,
+        )
+        good = engine.insert_new(
+            source=scratch("good"),
+            target=Target(lake.uri(self.spec.name), self.spec.schema, mode="append",
+                          partition_by=self.spec.partition_by),
+            key=self.spec.key,
+            order=(self.ROW,),
+            run_id=self.run_id,
+            update=True,
+        )
+        return Entry(
+            stage=STAGE,
+            table_name=self.spec.name,
+            records_in=self.records_in,
+            records_out=good.kept,
+            quarantined=bad.kept,
+            merged=good.duplicates + bad.duplicates,
+            details=json.dumps(
+                {"volume": self.delivered, "volume_findings": [f.as_json() for f in self.findings]}
+            ),
+        )
 
 
+def _staging(lake: Lake, silver_name: str) -> DeltaSource:
+    """The run's staged rows of a silver table, opened (decoded) as they are read."""
+    name = staging_name(silver_name)
+    if not lake.exists(name):
+        raise TableNotFound(
+            f"no staging table {name} at {lake.path(name)}: the clean stage has not written "
+            f"{silver_name}'s rows for this run"
+        )
+    return DeltaSource(lake.uri(name), version=lake.version(name), decode=lake.decoder(name))
 
-def _without_rows(result: GateResult) -> GateResult:
-    """The result with its rules and counts but not its rows."""
-    return dataclasses.replace(
-        result,
-        split=Split(result.split.good.slice(0, 0), result.split.quarantined.slice(0, 0)),
-        rows_validated=result.validated,
-    )
+
+def _row_count(source: DeltaSource) -> int:
+    table = DeltaTable(source.uri)
+    if source.version is not None:
+        table.load_as_version(source.version)
+    return int(table.to_pyarrow_dataset().count_rows(use_threads=False))
+
+
+def _chunks(source: DeltaSource, rows: int) -> Iterator[pa.Table]:
+    """The source's rows as tables of ``rows`` rows (the last fewer; one empty table when there
+    are none, so an empty table is validated too), read a record batch at a time."""
+    from medlake.engines.embedded import read_batches
+
+    held: list[pa.Table] = []
+    count = 0
+    given = False
+    for batch in read_batches(source, batch_rows=min(rows, _READ_ROWS)):
+        held.append(pa.Table.from_batches([batch]))
+        count += batch.num_rows
+        while count >= rows:
+            whole = pa.concat_tables(held, promote_options="permissive").combine_chunks()
+            rest = whole.slice(rows)
+            held, count = ([rest] if rest.num_rows else []), rest.num_rows
+            given = True
+            yield whole.slice(0, rows)
+    if count:
+        yield pa.concat_tables(held, promote_options="permissive").combine_chunks()
+    elif not given:
+        yield _empty(source)
+
+
+def _empty(source: DeltaSource) -> pa.Table:
+    """No rows, with the source's columns (view types plain, as :func:`read_batches` gives them)."""
+    from medlake.engines.embedded import plain
+
+    schema = DeltaTable(source.uri).to_pyarrow_dataset().schema
+    return pa.Table.from_batches([plain(pa.RecordBatch.from_pylist([], schema=schema))])
+
+
+def _summed(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in sorted({*a, *b})}
 
 
 def _volume_rule(findings: Sequence[Finding]) -> RuleResult:
@@ -520,52 +641,44 @@ def _gx_context(docs_dir: Path | None = None) -> Any:
 def _run_gx(
     rows: pa.Table,
     suite_data: dict[str, Any],
+    references: Mapping[str, pa.Array],
     *,
-    step: int,
+    label: str = "",
     context: Any = None,
     run_name: str | None = None,
-) -> list[dict[str, Any]]:
-    """GX validation results of the suite on the rows, by rule id: one mapping per chunk of
-    ``step`` rows (one for the whole table when ``step`` covers it), each chunk a suite and validation of
-    its own (``<suite> rows a-b``), its referential rules' value sets cut to the values the
-    chunk holds (:func:`_within`)."""
+) -> dict[str, Any]:
+    """GX validation results of the suite on the rows, by rule id: a suite and validation of
+    their own (``<suite><label>``, e.g. ``silver_observations rows 1-100000``), the referential
+    rules' value sets cut to the values the rows hold (:func:`_within`)."""
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
 
     context = context or _gx_context()
-    starts = range(0, rows.num_rows, step) if rows.num_rows else range(1)
-    references = _reference_keys(suite_data)
-    chunks: list[dict[str, Any]] = []
-    for start in starts:
-        chunk = rows.slice(start, step)
-        label = "" if len(starts) == 1 else f" rows {start + 1}-{start + chunk.num_rows}"
-        suite = context.suites.add(
-            gx.ExpectationSuite(**_within(suite_data, chunk, references, name=suite_data["name"] + label))
-        )
-        batch_definition = (
-            context.data_sources.add_pandas(f"rows_{suite.name}")
-            .add_dataframe_asset("rows")
-            .add_batch_definition_whole_dataframe("all_rows")
-        )
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"gate_{suite.name}", data=batch_definition, suite=suite)
-        )
-        # A fresh RangeIndex: GX reports row-level failures as index labels, i.e. positions
-        # in the chunk.
-        frame = chunk.to_pandas()
-        outcome = definition.run(
-            batch_parameters={"dataframe": frame},
-            result_format=_RESULT_FORMAT,
-            run_id=RunIdentifier(run_name=run_name + label) if run_name else None,
-        )
-        del frame
-        by_rule: dict[str, Any] = {}
-        for r in outcome.results:
-            config = r.expectation_config
-            if config is not None:
-                by_rule[config.meta["rule"]] = r
-        chunks.append(by_rule)
-    return chunks
+    suite = context.suites.add(
+        gx.ExpectationSuite(**_within(suite_data, rows, references, name=suite_data["name"] + label))
+    )
+    batch_definition = (
+        context.data_sources.add_pandas(f"rows_{suite.name}")
+        .add_dataframe_asset("rows")
+        .add_batch_definition_whole_dataframe("all_rows")
+    )
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"gate_{suite.name}", data=batch_definition, suite=suite)
+    )
+    # A fresh RangeIndex: GX reports row-level failures as index labels, i.e. positions in the rows.
+    frame = rows.to_pandas()
+    outcome = definition.run(
+        batch_parameters={"dataframe": frame},
+        result_format=_RESULT_FORMAT,
+        run_id=RunIdentifier(run_name=run_name + label) if run_name else None,
+    )
+    del frame
+    by_rule: dict[str, Any] = {}
+    for r in outcome.results:
+        config = r.expectation_config
+        if config is not None:
+            by_rule[config.meta["rule"]] = r
+    return by_rule
 
 
 def _reference_keys(suite_data: Mapping[str, Any]) -> dict[str, pa.Array]:
@@ -858,15 +971,17 @@ def _quarantine(
     *,
     table_name: str,
     key: Sequence[str],
+    start: int = 0,
 ) -> pa.Table:
-    """One quarantine row per failing record: first failing rule as rule id, all of them in the reason."""
+    """One quarantine row per failing record: first failing rule as rule id, all of them in the
+    reason. ``failing`` holds positions in ``rows``, which start at row ``start`` of the table."""
     if not failing:
         return QUARANTINE_SCHEMA.empty_table()
     positions = sorted(failing)
     picked = rows.take(pa.array(positions, pa.int64())).to_pylist()
     reasons = []
     for pos, row in zip(positions, picked, strict=True):
-        located = f"{', '.join(f'{k} {_value(row.get(k))}' for k in key)}" if key else f"row {pos}"
+        located = f"{', '.join(f'{k} {_value(row.get(k))}' for k in key)}" if key else f"row {start + pos}"
         reasons.append("; ".join(_row_reason(r, row) for r in failing[pos]) + f" ({located})")
     return silver_rejects(
         picked,
@@ -875,26 +990,3 @@ def _quarantine(
         table_name=table_name,
         key=key,
     )
-
-
-def _first_per_key(table: pa.Table, key: Sequence[str]) -> tuple[pa.Table, int]:
-    """The first row of each key, in the original order, and the rows that repeated a key earlier
-    in the table (counted as the rows left out, not derived from the totals)."""
-    if table.num_rows == 0 or not key:
-        return table, 0
-    index = "__gate_row"
-    numbered = table.append_column(index, pa.array(range(table.num_rows), pa.int64()))
-    firsts = numbered.group_by(list(key), use_threads=False).aggregate([(index, "min")])
-    first = pc.is_in(numbered.column(index), value_set=firsts.column(f"{index}_min"))
-    repeated = pc.sum(pc.invert(first)).as_py() or 0
-    return table.filter(first), int(repeated)
-
-
-def _read_staging(lake: Lake, silver_name: str) -> pa.Table:
-    name = staging_name(silver_name)
-    if not lake.exists(name):
-        raise TableNotFound(
-            f"no staging table {name} at {lake.path(name)}: the clean stage has not written "
-            f"{silver_name}'s rows for this run"
-        )
-    return lake.read(name)

@@ -955,8 +955,9 @@ def volume_policy(settings: Settings) -> VolumePolicy:
 
 def task_gate(lake: str, *, run_id: str, engine: str | None = None) -> dict[str, object]:
     """``engine``: the run's choice, else ``MEDLAKE__ENGINE``. The suites run in this process
-    (Great Expectations over one table's rows at a time); what the gate writes (silver, the
-    quarantine, the ledger) commits on the engine."""
+    (Great Expectations over a chunk of one table's rows at a time); what the gate writes
+    (silver and the quarantine by the engine's set-based insert, the ledger) commits on the
+    engine."""
     from medlake.expectations import data_docs
     from medlake.expectations.gate import GateResult, run_gate
 
@@ -985,6 +986,7 @@ def task_gate(lake: str, *, run_id: str, engine: str | None = None) -> dict[str,
                     tables=tables,
                     results=results,
                     volume_policy=volume_policy(settings),
+                    engine=runner,
                 ),
             )
             pending.mark_curated(target, run_id=run_id)  # promoted: its batches are past bronze

@@ -89,6 +89,8 @@ class Target:
     mode: Mode = "overwrite"
     partition_by: Sequence[str] = ()
     encode: Encode | None = None
+    #: the column naming the run that wrote a row (a retried step's own rows are not "before")
+    run_column: str = "_run_id"
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,14 @@ class Engine(Protocol):
         key: Sequence[str],
         order: Sequence[str],
         run_id: str | None = None,
-    ) -> Inserted: ...
+        update: bool = False,
+    ) -> Inserted:
+        """The first row (by ``order``) of each key of ``source`` into ``target``: appended when
+        the key is new; when the target holds the key from another run, left out, or with
+        ``update`` written over the row held (an upsert, as the gate promotes silver). The rows
+        go as they are stored (``source`` not decoded): the source holds them sealed as the
+        target does."""
+        ...
 
     def version(self, uri: str) -> int | None: ...
 
@@ -172,14 +181,17 @@ class Inserted:
     """A set-based insert of the rows whose key is new: each count counted, none derived."""
 
     rows_in: int
-    #: rows whose key is new to the target (the first of each key); on a retry, some may be
-    #: in the target already from the attempt that crashed
+    #: rows whose key is new to the target (the first of each key; with ``update``, the first
+    #: of every key); on a retry, some may be in the target already from the attempt that crashed
     kept: int
-    #: rows of the source not kept: a later copy of a key, or a key the target held before
+    #: rows of the source not kept: a later copy of a key, or (without ``update``) a key the
+    #: target held before
     duplicates: int
     #: rows this call appended
     appended: int
     target_version: int
+    #: rows written over a row the target held with the same key (``update``)
+    updated: int = 0
 
 
 def engine_for(settings: Settings, *, kind: str | None = None) -> Engine:

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 
 #: DuckDB's memory for set-based steps; beyond it, it spills to a temporary folder
 DUCKDB_MEMORY = "1GB"
+#: rows a MERGE of :meth:`EmbeddedEngine.insert_new` writes over at most in one commit
+MERGE_ROWS = 200_000
 
 
 @dataclass
@@ -205,13 +207,17 @@ class EmbeddedEngine:
         key: Sequence[str],
         order: Sequence[str],
         run_id: str | None = None,
+        update: bool = False,
     ) -> Inserted:
         """Insert into ``target`` the first row (by ``order``) of each key of ``source`` whose key
         the target does not hold yet, except under ``run_id``'s own rows (a retried step; default:
-        the run ``source`` is filtered on).
+        the run ``source`` is filtered on). With ``update``, the first row of every key: a key
+        the target holds has its row written over (delta-rs MERGE, :data:`MERGE_ROWS` rows a
+        commit; the new keys are appended in one commit first).
 
         Counted, not derived: rows read, rows kept (new keys, first of each), duplicates (rows of
-        the source not kept), and the rows this call appended (fewer than kept on a retry).
+        the source not kept), the rows this call appended (fewer than kept on a retry) and the
+        rows it wrote over.
 
         Memory and time stay linear in the source's size: DuckDB decides on the key and order
         columns only, each row numbered by its place in one ordered scan of the source (a table
@@ -228,22 +234,25 @@ class EmbeddedEngine:
             rows_in = _numbered_into(con, "rows", replace(source, columns=narrow), self.batch_rows)
             keys = _columns(key)
             position = ", ".join([*(f'"{c}" := "{c}"' for c in order), "_row := _row"])
-            earlier = absent = ""
+            earlier = absent = held = ""
             if DeltaTable.is_deltatable(target.uri):
-                held = DeltaTable(target.uri).to_pyarrow_dataset()
-                held_columns = [*key, *(["_run_id"] if "_run_id" in held.schema.names else [])]
-                con.register("held", held)
+                stored = DeltaTable(target.uri).to_pyarrow_dataset()
+                run = target.run_column
+                held_columns = [*key, *([run] if run in stored.schema.names else [])]
+                con.register("stored", stored)
                 con.execute(
-                    f"CREATE TEMP TABLE tgt AS SELECT DISTINCT {_columns(held_columns)} FROM held"
+                    f"CREATE TEMP TABLE tgt AS SELECT DISTINCT {_columns(held_columns)} FROM stored"
                 )
-                con.unregister("held")
+                con.unregister("stored")
                 other_run = (
-                    f"AND coalesce(CAST(t._run_id AS VARCHAR), '') <> '{_quoted(run_id)}'"
-                    if run_id and "_run_id" in held_columns
+                    f"AND coalesce(CAST(t.\"{run}\" AS VARCHAR), '') <> '{_quoted(run_id)}'"
+                    if run_id and run in held_columns
                     else ""
                 )
-                earlier = f"WHERE NOT EXISTS (SELECT 1 FROM tgt t WHERE {_on(key, 't', 'f')} {other_run})"
+                if not update:
+                    earlier = f"WHERE NOT EXISTS (SELECT 1 FROM tgt t WHERE {_on(key, 't', 'f')} {other_run})"
                 absent = f"WHERE NOT EXISTS (SELECT 1 FROM tgt t WHERE {_on(key, 't', 'k')})"
+                held = f"WHERE EXISTS (SELECT 1 FROM tgt t WHERE {_on(key, 't', 'k')})"
             # the first row of each key by ``order`` (its number breaks a tie), unless an earlier
             # run put the key in the target
             con.execute(
@@ -254,17 +263,29 @@ class EmbeddedEngine:
             kept = _scalar(con, "SELECT count(*) FROM keep")
             duplicates = _scalar(con, "SELECT count(*) FROM rows s ANTI JOIN keep k USING (_row)")
             fresh = con.execute(f"SELECT _row FROM keep k {absent} ORDER BY _row").fetchnumpy()["_row"]
+            over = (
+                con.execute(f"SELECT _row FROM keep k {held} ORDER BY _row").fetchnumpy()["_row"]
+                if update and held
+                else np.empty(0, np.int64)
+            )
             con.close()
         counts = _Counts()
         append = Target(target.uri, target.schema, mode="append", partition_by=target.partition_by)
         whole = read_batches(replace(source, columns=None), batch_rows=self.batch_rows)
         _write(append, _counted(_rows_numbered(whole, np.asarray(fresh, np.int64), target.schema), counts))
+        updated = 0
+        if len(over):
+            again = read_batches(replace(source, columns=None), batch_rows=self.batch_rows)
+            for part in _tables_of(_rows_numbered(again, np.asarray(over, np.int64), target.schema), MERGE_ROWS):
+                _, written = DELTA_RS.merge(target.uri, part, key=key, update=True)
+                updated += written
         return Inserted(
             rows_in=rows_in,
             kept=kept,
             duplicates=duplicates,
             appended=counts.rows_in,
             target_version=DeltaTable(target.uri).version(),
+            updated=updated,
         )
 
     def version(self, uri: str) -> int | None:
@@ -566,7 +587,8 @@ def _write(target: Target, tables: Iterable[pa.Table]) -> None:
         reader,
         mode=target.mode,
         partition_by=list(target.partition_by) or None,
-        schema_mode="overwrite" if target.mode == "overwrite" else None,
+        # an append may bring a column the registry gained after the table was created
+        schema_mode="overwrite" if target.mode == "overwrite" else "merge",
         writer_properties=writer_properties(),
     )
 
@@ -756,6 +778,20 @@ def _rows_numbered(
         if hi > lo:
             yield conform_batch(batch.take(pa.array(wanted[lo:hi] - start)), schema)
         start = end
+
+
+def _tables_of(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """The tables' rows regrouped into tables of about ``rows`` (the last one fewer)."""
+    held: list[pa.Table] = []
+    count = 0
+    for table in tables:
+        held.append(table)
+        count += table.num_rows
+        if count >= rows:
+            yield pa.concat_tables(held)
+            held, count = [], 0
+    if count:
+        yield pa.concat_tables(held)
 
 
 def _columns(names: Sequence[str]) -> str:

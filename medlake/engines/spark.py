@@ -315,6 +315,7 @@ class SparkEngine:
         key: Sequence[str],
         order: Sequence[str],
         run_id: str | None = None,
+        update: bool = False,
     ) -> Inserted:
         """As :meth:`EmbeddedEngine.insert_new`, with DataFrames and one ``MERGE INTO``."""
         runs = [run_id] if run_id else list(source.where.get("_run_id") or [])
@@ -324,11 +325,14 @@ class SparkEngine:
         columns = [c for c in target.schema.names if c in src.columns]
         position = F.struct(*[F.col(c) for c in order])
         firsts = src.groupBy(*key).agg(F.min(position).alias("_pos"))
-        if self.exists(target.uri):
+        if update:
+            if not self.exists(target.uri):
+                self._create(target.uri, spark_schema(target.schema), partition_by=target.partition_by)
+        elif self.exists(target.uri):
             earlier = self.spark.read.format("delta").load(target.uri)
             if runs:
                 earlier = earlier.where(
-                    F.coalesce(F.col("_run_id").cast("string"), F.lit("")) != runs[0]
+                    F.coalesce(F.col(target.run_column).cast("string"), F.lit("")) != runs[0]
                 )
             firsts = firsts.join(earlier.select(*key), on=list(key), how="left_anti")
         else:
@@ -340,7 +344,7 @@ class SparkEngine:
             rows_in = src.count()
             kept = keep.count()
             duplicates = marked.join(keep, on=[*key, "_pos"], how="left_anti").count()
-            appended, _ = _merge_frame(self.spark, kept_rows, target.uri, key=key, update=False)
+            appended, updated = _merge_frame(self.spark, kept_rows, target.uri, key=key, update=update)
         finally:
             keep.unpersist()
         return Inserted(
@@ -349,6 +353,7 @@ class SparkEngine:
             duplicates=duplicates,
             appended=appended,
             target_version=self.version(target.uri) or 0,
+            updated=updated,
         )
 
     def close(self) -> None:

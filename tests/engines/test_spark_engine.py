@@ -440,3 +440,50 @@ def test_a_lake_on_the_spark_engine_commits_its_writes_through_delta_spark(
         assert set(committed_by(embedded.uri(name))) == {"delta-rs"}, name
     assert on_spark.read(LEDGER.name).to_pylist()[0]["records_out"] == 4
     assert on_spark.read("gold.test_overwrite").to_pylist() == [{"n": 3, "m": "x"}]
+
+
+KEYED_ROWS = pa.schema(
+    [pa.field("k", pa.string(), nullable=False), pa.field("v", pa.string()), pa.field("_run_id", pa.string())]
+)
+
+
+@pytest.mark.parametrize("update", [False, True], ids=["insert", "upsert"])
+def test_the_set_based_insert_keeps_the_first_of_each_key_alike_on_both_engines(
+    spark: SparkSession, tmp_path: Path, update: bool
+) -> None:
+    """The first row of each key by ``order``: a key an earlier run holds is left out, or with
+    ``update`` written over; a retry of the same run counts the same and writes nothing new."""
+    source = tmp_path / "source"
+    write_deltalake(
+        source,
+        pa.table(
+            {
+                "k": ["c", "b", "c", "d", "b"],
+                "v": ["c-late", "b-new", "c-first", "d", "b-late"],
+                "_run_id": ["r1"] * 5,
+                "n": [5, 1, 2, 3, 4],
+            }
+        ),
+    )
+    held = pa.table({"k": ["a", "b"], "v": ["a-old", "b-old"], "_run_id": ["r0", "r0"]}, schema=KEYED_ROWS)
+    engines: dict[str, Engine] = {"embedded": EmbeddedEngine(batch_rows=2), "spark": SparkEngine(spark)}
+    for name, engine in engines.items():
+        target = Target(str(tmp_path / name), KEYED_ROWS, mode="append")
+        write_deltalake(target.uri, held)
+        for attempt in ("first", "retry"):
+            done = engine.insert_new(
+                source=DeltaSource(str(source)), target=target, key=["k"], order=["n"], run_id="r1",
+                update=update,
+            )
+            counts = (done.rows_in, done.kept, done.duplicates, done.appended, done.updated)
+            if update:  # b, c, d kept; b written over (all three on the retry)
+                assert counts == ((5, 3, 2, 2, 1) if attempt == "first" else (5, 3, 2, 0, 3)), (name, attempt)
+            else:  # c and d kept; b is the earlier run's
+                assert counts == ((5, 2, 3, 2, 0) if attempt == "first" else (5, 2, 3, 0, 0)), (name, attempt)
+            rows = sorted(DeltaTable(target.uri).to_pyarrow_table().to_pylist(), key=lambda r: r["k"])
+            assert [(r["k"], r["v"]) for r in rows] == [
+                ("a", "a-old"),
+                ("b", "b-new" if update else "b-old"),
+                ("c", "c-first"),
+                ("d", "d"),
+            ], (name, attempt)

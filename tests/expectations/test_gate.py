@@ -838,6 +838,31 @@ def test_the_gate_keeps_validated_rows_on_disk_sealed_and_leaves_no_scratch(tmp_
     assert not (lake.root / "_scratch" / "run-1" / "gate").exists()
 
 
+def test_the_gate_streams_a_chunk_at_a_time_and_promotes_the_first_of_each_key(tmp_path: Path) -> None:
+    """Chunks of two rows: a key repeated in a later chunk is merged (its first copy promoted), a
+    key silver held from an earlier run is written over, a row refused twice is quarantined once;
+    a retried gate counts the same and changes nothing."""
+    lake = Lake(tmp_path / "lake")
+    earlier = observations(obs("a2", value=60.0, _run_id="run-0"), obs("z", _run_id="run-0"))
+    lake.write(OBS, earlier, mode="append")
+    bad = obs("bad", value=900.0)
+    stage(
+        lake,
+        SILVER_OBSERVATIONS,
+        observations(obs("a0"), obs("a1"), bad, obs("a2"), obs("a1", value=80.0), bad),
+    )
+
+    for attempt in ("first", "retry"):
+        (entry,) = run_gate(lake, run_id="run-1", tables=[OBS], chunk_rows=2, now=MONDAY)
+
+        assert (entry.records_in, entry.records_out, entry.quarantined, entry.merged) == (6, 3, 1, 2), attempt
+        silver = {r["observation_key"]: r["value_num"] for r in lake.read(OBS).to_pylist()}
+        assert silver == {"a0": 72.0, "a1": 72.0, "a2": 72.0, "z": 72.0}, attempt
+        refused = [q["record_id"] for q in lake.read("quarantine").to_pylist()]
+        assert refused == ["bad"], attempt
+    assert not (lake.root / "_scratch" / "run-1" / "gate").exists()
+
+
 # --- validated a chunk at a time ---------------------------------------------------------------
 
 
