@@ -86,6 +86,7 @@ from medlake.governance.recognizers import (
     MEDICAL_ENDING,
     NAME_PARTICLES,
     TITLE,
+    VOUCHED,
     ClinicalCueRecognizer,
     NameGazetteerRecognizer,
     PlaceGazetteerRecognizer,
@@ -711,7 +712,9 @@ class TextDeidentifier:
             ]
         )
         results += self._capitalised_after_cue(original or text)
-        names = propagate_names(text, results, self._stop_words)
+        names = propagate_names(
+            text, results, self._stop_words, self.nlp_engine.common_words, self._plain
+        )
         organisations = contact_block_organisations(text, results + names, self._clinical)
         return merge_spans(text, results + names + organisations, self._plain)
 
@@ -875,9 +878,13 @@ _DATE_SHAPE = re.compile(
     # Safe Harbor's dates without a year: "7/22", "12-25", "'92"
     r"|^(?:0?[1-9]|1[0-2])[/-](?:0?[1-9]|[12]\d|3[01])$|^['’]\d{2}$"
     # day, month and year glued: "17APR28"
-    r"|^\d{1,2}(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\d{2,4}$",
+    r"|^\d{1,2}(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\d{2,4}$"
+    # a holiday ("since thanksgiving")
+    rf"|\b(?:{alternation(clinical_rules()['holidays'])})\b",
     re.IGNORECASE,
 )
+#: A time of day alone ("1:15 PM", "9:40 am", "14:30"): Safe Harbor keeps it, and it is no date.
+_CLOCK_ONLY = re.compile(r"(?:at[ \t]+|@[ \t]*)?\d{1,2}(?::\d{2}){1,2}(?:[ \t]*[ap]\.?m\.?)?|\d{1,2}[ \t]*[ap]\.?m\.?", re.IGNORECASE)
 #: A 4-digit number that reads as a year (1900-2039) unless a clock cue precedes it.
 _FOUR_DIGITS = re.compile(r"\d{4}(?:\s*(?:h|hr|hrs|hours))?")
 _TIME_AFTER = re.compile(r"\s*(?:-|–|to)\s*\d{4}\b|\s*(?:h|hr|hrs|hours)\b", re.IGNORECASE)
@@ -941,7 +948,12 @@ def trim_shorthand(
     ("RN Holly" is Holly, "VIHC ed w/" is VIHC), or None when nothing else is left; but a
     capitalised surname (of ``names``, the first and last names known) after a known first name
     stays, shorthand or not ("Clemmie Richmond", "Mary Foley")."""
-    if result.entity_type not in _TRIMMED or result.score >= 1 or _titled(text, result):
+    if (
+        result.entity_type not in _TRIMMED
+        or result.score >= 1
+        or _vouched(result)
+        or _titled(text, result)
+    ):
         return result
     words = list(_NAME_WORD.finditer(text, result.start, result.end))
     keep = [
@@ -956,6 +968,8 @@ def trim_shorthand(
         )
         and not _COUNT.fullmatch(m.group())
         and not _DIGIT.search(m.group())  # "Y-257878 / Reichel": a record number, no name
+        # a verb after a name ("brother danny telling him")
+        and not (i > 0 and m.group().islower() and m.group().endswith("ing") and zipf(m.group()) >= 4.0)
     ]
     if not words or len(keep) == len(words):
         return result
@@ -1008,7 +1022,11 @@ def is_identifying(
     names, places or organisations made of clinical words only ("Started Metformin Extended",
     "Cardiology"): the small model takes capitalised drug names for people; and eponyms."""
     value = text[result.start : result.end]
+    if _vouched(result):
+        return True  # a cue rule's own reading ("wife MAE at bedside")
     if result.entity_type == "DATE_TIME":
+        if _CLOCK_ONLY.fullmatch(value.strip()):
+            return False  # a time of day, no date
         if _READING_AFTER.match(text, result.end) or _READING_BEFORE.search(
             text, max(0, result.start - 2), result.start
         ):
@@ -1016,10 +1034,16 @@ def is_identifying(
         return bool(_DATE_SHAPE.search(value.strip())) and not clock_time(
             text, result.start, result.end
         )
-    if result.entity_type == STREET and result.score < 1:
+    if result.entity_type == STREET and result.score < 1 and not _UNIT.fullmatch(value):
         words = [w.casefold() for w in _NAME_WORD.findall(value)]
         if words and all(w in clinical or _COUNT.fullmatch(w) for w in words):
             return False  # "5 FiO2 40", "40 IV BID": a setting or a dose, no street
+        if words and all(len(w) <= 2 or w in stop_words for w in words) and not _ZIP.search(value):
+            return False  # "T 98.4 P 76", "84 R 16", "40 AM. Call 617": vital signs, no street
+    if result.entity_type == "PERSON" and all(
+        _TITLE_ONLY.fullmatch(w) for w in _NAME_WORD.findall(value)
+    ):
+        return False  # "mod MR. Cr": a title and shorthand, no name
     if result.entity_type in _NAMED and result.score < 1 and not _titled(text, result):
         words = [_POSSESSIVE.sub("", w.casefold()) for w in _NAME_WORD.findall(value)]
         if all(
@@ -1041,6 +1065,18 @@ def is_identifying(
             return True  # "ESPOO": a place written in capitals, not an acronym
         return not _ACRONYM.fullmatch(value.strip())
     return True
+
+
+#: A unit designator alone ("Unit 212", "Apt 3B"): part of an address, never a setting.
+_UNIT = re.compile(r"(?i:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[a-z]?", re.IGNORECASE)
+
+
+_ZIP = re.compile(r"\b\d{5}\b")
+
+
+def _vouched(result: RecognizerResult) -> bool:
+    """Whether a cue rule vouches for ``result`` (no keep-list or trimming undoes it)."""
+    return bool((result.recognition_metadata or {}).get(VOUCHED))
 
 
 #: Named things a detection can be made of clinical words only ("Cardiology Clinic").
@@ -1129,7 +1165,16 @@ def _eponym(text: str, end: int) -> bool:
     """Whether the name ending at ``end`` names a disease, sign or device ("Parkinson's disease",
     "Parkinson and Alzheimer disease", "Foley catheter")."""
     pair = _AND_NAME.match(text, end)
-    return bool(EPONYM_AFTER.match(text, end) or (pair and EPONYM_AFTER.match(text, pair.end())))
+    return bool(
+        EPONYM_AFTER.match(text, end)
+        or (pair and EPONYM_AFTER.match(text, pair.end()))
+        or _SCORE_AFTER.match(text, end)
+    )
+
+
+#: A score out of its maximum after a name that is no date ("Berg 38/56", "Tinetti 18/28"):
+#: the name is the scale's.
+_SCORE_AFTER = re.compile(r"[ \t]+(?:(?:1[3-9]|[2-9]\d|\d{3})/\d{1,3}|\d{1,3}/(?:3[2-9]|[4-9]\d|\d{3}))\b(?![/.]\d)")
 
 
 _AND_NAME = re.compile(r"\s+(?:and|or|&)\s+[^\W\d_][\w'’-]*")
@@ -1157,7 +1202,11 @@ def relabel_record_hits(results: list[RecognizerResult]) -> list[RecognizerResul
 
 
 def propagate_names(
-    text: str, results: list[RecognizerResult], stop_words: frozenset[str]
+    text: str,
+    results: list[RecognizerResult],
+    stop_words: frozenset[str],
+    common: frozenset[str] = frozenset(),
+    plain: frozenset[str] = frozenset(),
 ) -> list[RecognizerResult]:
     """Names found once are names everywhere in the note: every other whole-word occurrence of a
     detected name's words ("... starring Borkowski"), and the other members of a list or pair
@@ -1171,13 +1220,27 @@ def propagate_names(
         w.casefold()
         for r in names
         for w in _NAME_WORD.findall(text, r.start, r.end)
-        if len(w) >= 3 and w.casefold() not in stop_words and not _TITLE_ONLY.fullmatch(w)
+        if len(w) >= 3
+        and w.casefold() not in stop_words
+        and not _TITLE_ONLY.fullmatch(w)
+        # a cue vouched for a word that is shorthand elsewhere: "wife MAE ... A&Ox3, MAE"
+        and not (_vouched(r) and w.casefold() in plain)
+    }
+    # a common English word found capitalised ("frank b. Case") is no name where it is
+    # written in lower case ("case # OR-24-118832")
+    lower = {
+        w
+        for r in names
+        for w in _NAME_WORD.findall(text, r.start, r.end)
+        if w.islower()
     }
     if words:  # every whole-word occurrence, also as a part of "Smith-Jones" or "Smith's"
         spans = {
             m.span()
             for m in chain(_NAME_WORD.finditer(text), _LETTERS.finditer(text))
-            if m.group().casefold() in words and not _eponym(text, m.end())
+            if m.group().casefold() in words
+            and not _eponym(text, m.end())
+            and not (m.group().islower() and m.group() in common and m.group() not in lower)
         }
         extra.extend(RecognizerResult("PERSON", start, end, 0.45) for start, end in sorted(spans))
     for listed in _LIST.finditer(text):
