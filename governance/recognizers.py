@@ -161,12 +161,16 @@ class LeanPatternRecognizer(PatternRecognizer):
     ) -> list[RecognizerResult]:
         """Every pattern's non-empty, not invalidated matches, duplicates removed."""
         flags: int = regex_flags or self.global_regex_flags or 0
+        hint = self.__dict__.get("hint")
+        if hint is not None and not hint.search(text):
+            return []  # a shape every pattern needs is not in the text
         name: str = self.name  # type: ignore[has-type]
-        patterns: list[Pattern] = self.patterns  # type: ignore[has-type]
         results: list[RecognizerResult] = []
-        for pattern in patterns:
-            compiled = _compiled(pattern.regex, flags)
-            group = "value" if "value" in compiled.groupindex else 0
+        # a text without a digit: only the patterns that match without one
+        digitless = self.digitless if self.digitless is not None and not _DIGIT.search(text) else None
+        for pattern, compiled, group in self._compiled_patterns(flags):
+            if digitless is not None and pattern.name not in digitless:
+                continue
             for match in compiled.finditer(text):
                 start, end = match.span(group)
                 if start == end:
@@ -202,7 +206,32 @@ class LeanPatternRecognizer(PatternRecognizer):
                         },
                     )
                 )
+        if len(results) < 2:
+            return results
         return EntityRecognizer.remove_duplicates(results)
+
+    #: The names of the patterns that can match a text with no digit, when the others cannot
+    #: (``None``: every pattern runs on every text).
+    digitless: frozenset[str] | None = None
+
+    def _compiled_patterns(self, flags: int) -> list[tuple[Pattern, Any, str | int]]:
+        """Each pattern, compiled, and the group it reports: built once per flags (``regex``
+        builds a new group index at every read)."""
+        built: dict[int, list[tuple[Pattern, Any, str | int]]] = self.__dict__.setdefault(
+            "_built", {}
+        )
+        if flags not in built:
+            patterns: list[Pattern] = self.patterns  # type: ignore[has-type]
+            built[flags] = []
+            for pattern in patterns:
+                compiled = _compiled(pattern.regex, flags)
+                built[flags].append(
+                    (pattern, compiled, "value" if "value" in compiled.groupindex else 0)
+                )
+        return built[flags]
+
+
+_DIGIT = re.compile(r"\d")
 
 
 def make_lean(recognizer: EntityRecognizer) -> EntityRecognizer:
@@ -242,7 +271,7 @@ def _recognizer(
     patterns: list[tuple[str, str, float]],
     *,
     context: list[str] | None = None,
-) -> PatternRecognizer:
+) -> LeanPatternRecognizer:
     return LeanPatternRecognizer(
         supported_entity=entity,
         name=name,
@@ -334,7 +363,7 @@ def date_recognizer() -> PatternRecognizer:
     month_any_case = (
         rf"(?:may(?=\s+{day}\b(?!\s*(?i:{_DOSE_UNIT}|to|or|-)\b))|(?!(?i:may)\b){_MONTH})"
     )
-    return _recognizer(
+    recognizer = _recognizer(
         "DATE_TIME",
         "ClinicalDateRecognizer",
         [
@@ -375,6 +404,8 @@ def date_recognizer() -> PatternRecognizer:
         ],
         context=["dob", "born", "date", "seen", "on", "since", "admitted", "discharged"],
     )
+    recognizer.digitless = frozenset({"holiday"})  # every other pattern has a digit in it
+    return recognizer
 
 
 def phone_recognizer() -> PatternRecognizer:
@@ -610,7 +641,7 @@ def street_address_recognizer() -> PatternRecognizer:
     lower_unit = (
         rf"{lower}[ \t]+{number}(?=[ \t]*,?[ \t]*(?i:apt|apartment|suite|ste)\.?[ \t]*#?\d)"
     )
-    return _recognizer(
+    recognizer = _recognizer(
         STREET_ADDRESS,
         "StreetAddressRecognizer",
         [
@@ -691,6 +722,9 @@ def street_address_recognizer() -> PatternRecognizer:
             "postal",
         ],
     )
+    # every other pattern has a digit in it
+    recognizer.digitless = frozenset({"street corner", "after zip"})
+    return recognizer
 
 
 def titled_name_recognizer() -> PatternRecognizer:
@@ -1938,6 +1972,15 @@ class NameGazetteerRecognizer(EntityRecognizer):
         return key in self.lone_first or key in self.lone_last
 
     def _is_name(self, word: str) -> bool:
+        known: dict[str, bool] = self.__dict__.setdefault("_known", {})
+        found = known.get(word)
+        if found is None:
+            found = self._is_name_uncached(word)
+            if len(known) < 200_000:
+                known[word] = found
+        return found
+
+    def _is_name_uncached(self, word: str) -> bool:
         key = word.casefold()
         if key in self.stop_words or len(key) < 2:
             return False
