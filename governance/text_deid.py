@@ -524,7 +524,7 @@ _DOMAIN_HINT = re.compile(r"[\w-]\.[^\W\d_]{2}")
 
 class QuickIbanRecognizer(IbanRecognizer):
     """Presidio's IBAN recognizer (which compiles its pattern at every call) run only on texts
-    with an IBAN's start in them: a country's two capitals and two check digits."""
+    with an IBAN's start in them: a country's two letters and two check digits."""
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: Any = None, regex_flags: Any = None
@@ -534,7 +534,7 @@ class QuickIbanRecognizer(IbanRecognizer):
         return list(super().analyze(text, entities, nlp_artifacts, regex_flags) or [])
 
 
-_IBAN_HINT = re.compile(r"[A-Z]{2}[0-9]{2}")
+_IBAN_HINT = re.compile(r"[A-Z]{2}[0-9]{2}", re.IGNORECASE)  # (its pattern ignores case)
 
 #: Shapes every pattern of a Presidio recognizer needs (its patterns match case-insensitively):
 #: a text without one is not searched by it.
@@ -646,7 +646,11 @@ class TextDeidentifier:
         registry.remove_recognizer("PhoneRecognizer")
         registry.remove_recognizer("UrlRecognizer")
         registry.remove_recognizer("IbanRecognizer")
-        registry.add_recognizer(QuickIbanRecognizer(supported_language=LANGUAGE))
+        registry.add_recognizer(  # (with the flags the registry gives Presidio's own)
+            QuickIbanRecognizer(
+                supported_language=LANGUAGE, regex_flags=re.DOTALL | re.MULTILINE | re.IGNORECASE
+            )
+        )
         # The clinical date recognizer has Presidio's date patterns but its weak mm/yy and dd-MMM
         # (mostly readings: "pain 5/10"); one date recognizer is enough.
         registry.remove_recognizer("DateRecognizer")
@@ -828,23 +832,30 @@ class TextDeidentifier:
                 out.append(DeidText(text=text, language=language))
                 continue
             person_key = person_keys[index] if person_keys is not None else ""
-            operators = {
-                entity: self._operator(entity, surrogate_key=surrogate_key, person_key=person_key)
-                for entity in {s.entity_type for s in spans}
-            }
-            results = [Replacement(s.entity_type, s.start, s.end, s.score) for s in spans]
-            anonymized = self.anonymizer.anonymize(
-                text=text, analyzer_results=results, operators=operators
-            )
             out.append(
                 DeidText(
-                    text=anonymized.text,
+                    text=replace_spans(text, spans, surrogate_key, person_key),
                     entities=dict(Counter(s.entity_type for s in spans)),
                     spans=tuple(spans),
                     language=language,
                 )
             )
         return out
+
+    def anonymize(
+        self, text: str, spans: Sequence[Span], surrogate_key: bytes, person_key: str
+    ) -> str:
+        """``text`` with ``spans`` replaced by Presidio's anonymizer and :meth:`_operator`'s
+        operators: what :func:`replace_spans` does without Presidio's per-note overheads (kept
+        to check that they agree)."""
+        operators = {
+            entity: self._operator(entity, surrogate_key=surrogate_key, person_key=person_key)
+            for entity in {s.entity_type for s in spans}
+        }
+        results = [Replacement(s.entity_type, s.start, s.end, s.score) for s in spans]
+        return str(
+            self.anonymizer.anonymize(text=text, analyzer_results=results, operators=operators).text
+        )
 
     @staticmethod
     def _operator(entity: str, *, surrogate_key: bytes, person_key: str) -> OperatorConfig:
@@ -890,6 +901,23 @@ def note_language(text: str) -> str:
     return str(LANGUAGE)
 
 
+def replace_spans(text: str, spans: Sequence[Span], surrogate_key: bytes, person_key: str) -> str:
+    """``text`` with each of its (non-overlapping) ``spans`` replaced: dates and ages by their
+    fixed token, anything else by its keyed :func:`surrogate` (a record name as a PERSON)."""
+    pieces: list[str] = []
+    at = 0
+    for span in sorted(spans, key=lambda s: s.start):
+        pieces.append(text[at : span.start])
+        token = FIXED_TOKENS.get(span.entity_type)
+        if token is None:
+            label = "PERSON" if span.entity_type == RECORD_NAME else span.entity_type
+            token = surrogate(surrogate_key, person_key, label, text[span.start : span.end])
+        pieces.append(token)
+        at = span.end
+    pieces.append(text[at:])
+    return "".join(pieces)
+
+
 def surrogate(key: bytes, person_key: str, entity: str, value: str) -> str:
     """``[ENTITY-xxxxxx]``: the same value in the same patient's notes always gets the same one."""
     normalized = " ".join(value.casefold().split())
@@ -915,7 +943,10 @@ _DATE_SHAPE = re.compile(
     re.IGNORECASE,
 )
 #: A time of day alone ("1:15 PM", "9:40 am", "14:30"): Safe Harbor keeps it, and it is no date.
-_CLOCK_ONLY = re.compile(r"(?:at[ \t]+|@[ \t]*)?\d{1,2}(?::\d{2}){1,2}(?:[ \t]*[ap]\.?m\.?)?|\d{1,2}[ \t]*[ap]\.?m\.?", re.IGNORECASE)
+_CLOCK_ONLY = re.compile(
+    r"(?:at[ \t]+|@[ \t]*)?\d{1,2}(?::\d{2}){1,2}(?:[ \t]*[ap]\.?m\.?)?|\d{1,2}[ \t]*[ap]\.?m\.?",
+    re.IGNORECASE,
+)
 #: A 4-digit number that reads as a year (1900-2039) unless a clock cue precedes it.
 _FOUR_DIGITS = re.compile(r"\d{4}(?:\s*(?:h|hr|hrs|hours))?")
 _TIME_AFTER = re.compile(r"\s*(?:-|–|to)\s*\d{4}\b|\s*(?:h|hr|hrs|hours)\b", re.IGNORECASE)
@@ -999,8 +1030,8 @@ def trim_shorthand(
         )
         and not _COUNT.fullmatch(m.group())
         and not _DIGIT.search(m.group())  # "Y-257878 / Reichel": a record number, no name
-        # a verb after a name ("brother danny telling him")
-        and not (i > 0 and m.group().islower() and m.group().endswith("ing") and zipf(m.group()) >= 4.0)
+        # a verb after a name ("brother danny telling him"; "joe king" stays)
+        and not (i > 0 and _verb_ing(m.group(), names))
     ]
     if not words or len(keep) == len(words):
         return result
@@ -1010,6 +1041,18 @@ def trim_shorthand(
     end = max(result.end, keep[-1].end()) if keep[-1] is words[-1] else keep[-1].end()
     result.start, result.end = start, end
     return result
+
+
+def _verb_ing(word: str, names: tuple[frozenset[str], frozenset[str]]) -> bool:
+    """Whether ``word`` is a common English verb in "-ing" written in lower case and no known
+    name ("telling", "yelling"; not "king", "fleming")."""
+    return (
+        word.islower()
+        and word.endswith("ing")
+        and word not in names[0]
+        and word not in names[1]
+        and zipf(word) >= 4.0
+    )
 
 
 def _surname_after_first_name(
@@ -1087,6 +1130,8 @@ def is_identifying(
             return False
         if _eponym(text, result.end):
             return False  # "Parkinson's disease", "Foley catheter", spaCy's "Addison" organisation
+        if _POSSESSIVE_ALONE.fullmatch(value) and _CLAUSE_END.match(text, result.end):
+            return False  # "Hx Parkinson's, resting tremor": a disease; "Smith's daughter" stays
         tokens = [t.strip(".,;:()[]").casefold() for t in value.split()]
         if all(t in clinical or t in stop_words or not _LETTERS.search(t) for t in tokens):
             return False  # "CO/CI 4.1/2.2", "LVEF 25-30%": shorthand joined by a slash, readings
@@ -1205,11 +1250,16 @@ def _eponym(text: str, end: int) -> bool:
 
 #: A score out of its maximum after a name that is no date ("Berg 38/56", "Tinetti 18/28"):
 #: the name is the scale's.
-_SCORE_AFTER = re.compile(r"[ \t]+(?:(?:1[3-9]|[2-9]\d|\d{3})/\d{1,3}|\d{1,3}/(?:3[2-9]|[4-9]\d|\d{3}))\b(?![/.]\d)")
+_SCORE_AFTER = re.compile(
+    r"[ \t]+(?:(?:1[3-9]|[2-9]\d|\d{3})/\d{1,3}|\d{1,3}/(?:3[2-9]|[4-9]\d|\d{3}))\b(?![/.]\d)"
+)
 
 
 _AND_NAME = re.compile(r"\s+(?:and|or|&)\s+[^\W\d_][\w'’-]*")
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]*")
+#: One capitalised word in the possessive, and what ends a clause or list item after it.
+_POSSESSIVE_ALONE = re.compile(r"[A-Z][^\W\d_]+['’]s")
+_CLAUSE_END = re.compile(r"[ \t]*(?:[,;:)\n]|\.(?:\s|$)|$)")
 _POSSESSIVE = re.compile(r"['’]s$")
 _LETTERS = re.compile(r"[^\W\d_]+")
 
