@@ -167,7 +167,9 @@ class LeanPatternRecognizer(PatternRecognizer):
         name: str = self.name  # type: ignore[has-type]
         results: list[RecognizerResult] = []
         # a text without a digit: only the patterns that match without one
-        digitless = self.digitless if self.digitless is not None and not _DIGIT.search(text) else None
+        digitless = None
+        if self.digitless is not None and not _DIGIT.search(text):
+            digitless = self.digitless
         for pattern, compiled, group in self._compiled_patterns(flags):
             if digitless is not None and pattern.name not in digitless:
                 continue
@@ -358,7 +360,10 @@ def date_recognizer() -> PatternRecognizer:
     md_slash = rf"(?<![\w/.,-]){month_number}/{day}\b(?![/.,]?\d|\s*(?:mm|cm|%)|{counted})"
     md_dash = rf"(?<![\d/.,:-]){month_number}-{day}\b(?![-/.,:]?\d|[a-z%]|\s*(?i:[a-z]*/|mm|cm|mg|ml|cc|s\b|min|hr|hours?|days?|weeks?|yo|years?|%|mcg|units?|bpm|x\b)|{counted})"
     holiday = _alternation(rules["holidays"]).replace(r"\ ", r"[ \t]+")
-    time_word = r"(?:since|around|over|after|before|by|until|till|til|through|during|on|at|for|last|this|next)"
+    time_word = (
+        r"(?:since|around|over|after|before|by|until|till|til|through|during|on|at|for|last|this"
+        r"|next)"
+    )
     # "may" is a month before a day that is no dose ("may 3", not "may 2 tabs")
     month_any_case = (
         rf"(?:may(?=\s+{day}\b(?!\s*(?i:{_DOSE_UNIT}|to|or|-)\b))|(?!(?i:may)\b){_MONTH})"
@@ -1248,7 +1253,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
             key = word.group().casefold().rstrip("'’")
             if EPONYM_AFTER.match(text, word.end()):
                 break
-            if i > 0 and key.endswith("ing") and zipf(key) >= 4.0:
+            if (
+                i > 0
+                and key.endswith("ing")
+                and key not in self.first
+                and key not in self.last
+                and zipf(key) >= 4.0
+            ):
                 break  # a verb after the name ("brother danny telling him")
             if key in NAME_PARTICLES and i + 1 < len(words):
                 continue  # "ten", "van der": kept only when a name follows
@@ -1281,6 +1292,8 @@ class ClinicalCueRecognizer(EntityRecognizer):
             lower = m.group().islower()  # "jacobs, ernesto": both must be known names
             if any(self._plain(k) for k in (last, first)):
                 continue
+            if any(k.endswith(("'s", "’s")) for k in (m.group(1).casefold(), first)):
+                continue  # "Parkinson's, Hashimoto's": possessives, no "Last, First"
             if m.group().isupper():  # "PUGH, ELINA" in a line of ordinary case: one known name
                 # and the other known or a word English hardly uses ("CP, SOB" is no name); or
                 # any surname before a first name English does not use ("CASH, JARRED")
@@ -1325,7 +1338,9 @@ class ClinicalCueRecognizer(EntityRecognizer):
             and zipf(m.group("v").casefold()) < (4.5 if len(m.group("v")) <= 6 else 3.5)
         )
         out.extend(
-            RecognizerResult(HOSPITAL, m.start("v"), m.end("v"), 0.55, recognition_metadata={VOUCHED: True})
+            RecognizerResult(
+                HOSPITAL, m.start("v"), m.end("v"), 0.55, recognition_metadata={VOUCHED: True}
+            )
             for m in self._general.finditer(text)
             if m.group("w").casefold() not in self.stop_words
             and m.group("w").casefold() not in self.name_cues
@@ -1409,7 +1424,8 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 if place:
                     end = place
             named = len(_WORD.findall(text[start : kind.start()]))
-            if proper or (named >= 2 and not crossed):  # "Good Samaritan Hospital": two of a site's own words
+            # "Good Samaritan Hospital": two of a site's own words
+            if proper or (named >= 2 and not crossed):
                 out.append(RecognizerResult(HOSPITAL, start, end, 0.6))
         return out
 
