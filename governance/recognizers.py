@@ -1165,11 +1165,10 @@ class ClinicalCueRecognizer(EntityRecognizer):
         return out
 
     def _kin_names(self, text: str) -> list[RecognizerResult]:
-        """A known first name after a kin cue that the cue rules leave as a word: clinical
-        shorthand or a stop word ("wife MAE at bedside", "husband will (wheelchair user)"); a
-        modal "will" before a verb stays ("wife will call"). Initials after a name cue ("tech
-        K.M."); a nickname in brackets or quotes between two names ("Robert (Bobby) Lee").
-        Vouched for: no keep-list undoes them."""
+        """Initials after a name cue ("tech K.M."), vouched for (no keep-list or trimming
+        undoes them); a nickname in brackets or quotes between a first and a last name
+        ("robert (bobby) lee"). (A first name after a kin cue that is shorthand or a stop word
+        is :meth:`_kin_name`'s, read with the other cues in :meth:`_cued_names`.)"""
         out: list[RecognizerResult] = []
         for m in self._initials.finditer(text):
             if self._cue_before_initials.search(text, max(0, m.start() - 30), m.start()):
