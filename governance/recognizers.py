@@ -161,12 +161,18 @@ class LeanPatternRecognizer(PatternRecognizer):
     ) -> list[RecognizerResult]:
         """Every pattern's non-empty, not invalidated matches, duplicates removed."""
         flags: int = regex_flags or self.global_regex_flags or 0
+        hint = self.__dict__.get("hint")
+        if hint is not None and not hint.search(text):
+            return []  # a shape every pattern needs is not in the text
         name: str = self.name  # type: ignore[has-type]
-        patterns: list[Pattern] = self.patterns  # type: ignore[has-type]
         results: list[RecognizerResult] = []
-        for pattern in patterns:
-            compiled = _compiled(pattern.regex, flags)
-            group = "value" if "value" in compiled.groupindex else 0
+        # a text without a digit: only the patterns that match without one
+        digitless = None
+        if self.digitless is not None and not _DIGIT.search(text):
+            digitless = self.digitless
+        for pattern, compiled, group in self._compiled_patterns(flags):
+            if digitless is not None and pattern.name not in digitless:
+                continue
             for match in compiled.finditer(text):
                 start, end = match.span(group)
                 if start == end:
@@ -202,7 +208,32 @@ class LeanPatternRecognizer(PatternRecognizer):
                         },
                     )
                 )
+        if len(results) < 2:
+            return results
         return EntityRecognizer.remove_duplicates(results)
+
+    #: The names of the patterns that can match a text with no digit, when the others cannot
+    #: (``None``: every pattern runs on every text).
+    digitless: frozenset[str] | None = None
+
+    def _compiled_patterns(self, flags: int) -> list[tuple[Pattern, Any, str | int]]:
+        """Each pattern, compiled, and the group it reports: built once per flags (``regex``
+        builds a new group index at every read)."""
+        built: dict[int, list[tuple[Pattern, Any, str | int]]] = self.__dict__.setdefault(
+            "_built", {}
+        )
+        if flags not in built:
+            patterns: list[Pattern] = self.patterns  # type: ignore[has-type]
+            built[flags] = []
+            for pattern in patterns:
+                compiled = _compiled(pattern.regex, flags)
+                built[flags].append(
+                    (pattern, compiled, "value" if "value" in compiled.groupindex else 0)
+                )
+        return built[flags]
+
+
+_DIGIT = re.compile(r"\d")
 
 
 def make_lean(recognizer: EntityRecognizer) -> EntityRecognizer:
@@ -242,7 +273,7 @@ def _recognizer(
     patterns: list[tuple[str, str, float]],
     *,
     context: list[str] | None = None,
-) -> PatternRecognizer:
+) -> LeanPatternRecognizer:
     return LeanPatternRecognizer(
         supported_entity=entity,
         name=name,
@@ -321,17 +352,23 @@ def date_recognizer() -> PatternRecognizer:
     a month only capitalised."""
     day = r"(?:0?[1-9]|[12]\d|3[01])"
     month_number = r"(?:0?[1-9]|1[0-2])"
-    not_reading = (
-        rf"(?<!(?i:\b(?:{_alternation(clinical_rules()['not_a_date_before'])}))[\s:=]{{0,3}})"
-    )
+    rules = clinical_rules()
+    not_reading = rf"(?<!(?i:\b(?:{_alternation(rules['not_a_date_before'])}))[\s:=]{{0,3}})"
     # not inside a longer number group ("7.38/40/90", "120/70/12", "40-60cc", "0700-1900")
-    md_slash = rf"(?<![\w/.,-]){month_number}/{day}\b(?![/.,]?\d|\s*(?:mm|cm|%))"
-    md_dash = rf"(?<![\d/.,:-]){month_number}-{day}\b(?![-/.,:]?\d|[a-z%]|\s*(?i:[a-z]*/|mm|cm|mg|ml|cc|s\b|min|hr|hours?|days?|weeks?|yo|years?|%|mcg|units?|bpm|x\b))"
+    # a counted thing after the numbers: a count or a range ("2/2 bottles", "2-3 times")
+    counted = rf"[ \t]*(?i:{_alternation(rules['not_a_date_after'])})\b"
+    md_slash = rf"(?<![\w/.,-]){month_number}/{day}\b(?![/.,]?\d|\s*(?:mm|cm|%)|{counted})"
+    md_dash = rf"(?<![\d/.,:-]){month_number}-{day}\b(?![-/.,:]?\d|[a-z%]|\s*(?i:[a-z]*/|mm|cm|mg|ml|cc|s\b|min|hr|hours?|days?|weeks?|yo|years?|%|mcg|units?|bpm|x\b)|{counted})"
+    holiday = _alternation(rules["holidays"]).replace(r"\ ", r"[ \t]+")
+    time_word = (
+        r"(?:since|around|over|after|before|by|until|till|til|through|during|on|at|for|last|this"
+        r"|next)"
+    )
     # "may" is a month before a day that is no dose ("may 3", not "may 2 tabs")
     month_any_case = (
         rf"(?:may(?=\s+{day}\b(?!\s*(?i:{_DOSE_UNIT}|to|or|-)\b))|(?!(?i:may)\b){_MONTH})"
     )
-    return _recognizer(
+    recognizer = _recognizer(
         "DATE_TIME",
         "ClinicalDateRecognizer",
         [
@@ -359,11 +396,21 @@ def date_recognizer() -> PatternRecognizer:
                 0.6,
             ),
             ("'yy", r"(?<![\w'’])['’]\d{2}\b(?!['’\w])", 0.6),
+            ("month 'yy", rf"\b{_MONTH}\.?[ \t]*['’]\d{{2}}\b(?!['’\w])", 0.85),
+            # a holiday, with its year or after a word of time ("thanksgiving 2019", "since xmas")
+            ("holiday year", rf"(?i:\b(?:{holiday})[ \t]+(?:19|20)\d{{2}}\b)", 0.85),
+            (
+                "holiday",
+                rf"(?i:\b{time_word}[ \t]+(?:the[ \t]+)?(?P<value>(?:{holiday}))\b(?![ \t]+(?:tree|card|gift|party|dinner|music)s?\b))",
+                0.6,
+            ),
             # day, month and year glued, as order and lab systems print them: "17APR28", "3jan2024"
             ("dMONy", rf"\b\d{{1,2}}{_MONTH}(?:\d{{4}}|\d{{2}})\b", 0.7),
         ],
         context=["dob", "born", "date", "seen", "on", "since", "admitted", "discharged"],
     )
+    recognizer.digitless = frozenset({"holiday"})  # every other pattern has a digit in it
+    return recognizer
 
 
 def phone_recognizer() -> PatternRecognizer:
@@ -378,7 +425,11 @@ def phone_recognizer() -> PatternRecognizer:
         "PHONE_NUMBER",
         "ClinicalPhoneRecognizer",
         [
-            ("(nnn) nnn-nnnn", r"\(\d{3}\)\s*\d{3}[-.\s]\d{4}\b", 0.85),
+            (
+                "(nnn) nnn-nnnn",
+                r"\(\d{3}\)\s*\d{3}[-.\s]\d{4}\b(?:[ \t]*(?:x|ext\.?|extension)[ \t]*\d{1,6}\b)?",
+                0.85,
+            ),
             ("nnn-nnn-nnnn", r"\b\d{3}[-.]\d{3}[-.]\d{4}(?:\s*(?:x|ext\.?)\s*\d{1,5})?\b", 0.8),
             ("+1 nnn nnn nnnn", r"\+1[\s.-]?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]?\d{4}\b", 0.85),
             ("international", r"\+\d{1,3}[\s.-]?(?:\(0\))?\d{2,5}(?:[\s.-]\d{2,5}){1,4}\b", 0.7),
@@ -404,6 +455,13 @@ def phone_recognizer() -> PatternRecognizer:
             (
                 "pager or extension",
                 rf"\b(?:{pager})\.?[ \t]*(?:#|no\.?|number|:)?[ \t]*(?P<value>\d{{1,3}}[ \t]\d{{4,5}}|\d(?:-?\d){{3,6}})\b(?![/.]\d|{dose})",
+                0.7,
+            ),
+            # an extension with its label, the label inside the span ("ext. 4471", "extension
+            # 33", "x4471"): what is left of it would still point at one line
+            (
+                "labelled extension",
+                rf"\b(?:ext(?:ension)?\.?[ \t]*(?:#|no\.?|:)?[ \t]*\d{{2,6}}|x[ \t]?\d(?:-?\d){{3,6}})\b(?![/.]\d|\+|{dose})",
                 0.7,
             ),
             # a list after a pager cue, on its line: "Pager #s: ortho 2-6610, gen surg 2-6645,
@@ -527,7 +585,8 @@ def street_address_recognizer() -> PatternRecognizer:
     # house number(s) before the street: "846 31 Rue ..." is one address line
     lead = r"(?:\d{1,6}[ \t]+){1,2}"
     # "12", "12b", "18." (not the "70s", nor "2" of "Via Foley 2 L": a dose or volume)
-    number = rf"\d{{1,5}}(?:[A-Za-z](?<!\ds))?\b(?![ \t]+(?i:{_DOSE_UNIT})\b)\.?"
+    # (but "Route 9 Unit 212": a unit with its number after it is the address's)
+    number = rf"\d{{1,5}}(?:[A-Za-z](?<!\ds))?\b(?![ \t]+(?i:{_DOSE_UNIT})\b(?![ \t]*#?[ \t]*\d))\.?"
     unit = r"(?:\s*,?\s*(?i:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[A-Za-z]?\b){0,2}"
     town = rf"(?:,[ \t]*{name}(?:[ \t]+{word}){{0,3}}|[ \t]*\n[ \t]*{name}(?:[ \t]+{word}){{0,3}}(?=,))"
     zip_code = r"(?:,?[ \t]+(?:[A-Z]{2}[ \t]+)?\d{4,5}(?:-\d{4})?)?"
@@ -587,7 +646,7 @@ def street_address_recognizer() -> PatternRecognizer:
     lower_unit = (
         rf"{lower}[ \t]+{number}(?=[ \t]*,?[ \t]*(?i:apt|apartment|suite|ste)\.?[ \t]*#?\d)"
     )
-    return _recognizer(
+    recognizer = _recognizer(
         STREET_ADDRESS,
         "StreetAddressRecognizer",
         [
@@ -668,6 +727,9 @@ def street_address_recognizer() -> PatternRecognizer:
             "postal",
         ],
     )
+    # every other pattern has a digit in it
+    recognizer.digitless = frozenset({"street corner", "after zip"})
+    return recognizer
 
 
 def titled_name_recognizer() -> PatternRecognizer:
@@ -845,6 +907,19 @@ _CUED_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 #: A cheap test before the slower search for a site's acronym before "ED"/"ER".
 _MAY_NAME_ED = re.compile(r"[ \t](?:ed|er|ew|eu)\b", re.IGNORECASE)
 
+#: After a care-site word, an insurer's: "Tufts Health Plan", "Harvard Pilgrim Health Care plan".
+_INSURER = regex.compile(r"[ \t]+(?i:plans?|insurance|insurer)\b")
+
+#: Name cues before which a bracket holds no name ("contact (MRSA)": contact isolation).
+_NO_BRACKET_CUES = frozenset({"contact", "tech", "technician"})
+
+_BRACKET_OR_QUOTE = regex.compile(r"[(\"“‘']")
+_LAST_WORD = regex.compile(r"(?<![\w'’-])([^\W\d_][\w'’-]*)[ \t]+$")
+_FIVE_DIGITS = regex.compile(r"\d{5}")
+
+#: Metadata key of a detection a cue vouches for: no keep-list or trimming undoes it.
+VOUCHED = "vouched"
+
 #: Name cues that are titles: never before a nickname in quotes or brackets ("Dr 'Smith'").
 _TITLE_CUES = frozenset({"dr", "doctor", "mr", "mrs", "ms", "miss", "prof", "md"})
 
@@ -878,8 +953,32 @@ class ClinicalCueRecognizer(EntityRecognizer):
         word = r"[^\W\d_][\w'’-]*"
         # the name may stand in brackets or after a comma: "son (rusty)", "wife, summer, states"
         self._named = regex.compile(
-            rf"\b(?:{_alternation(self.name_cues)})(?:[.:]?[ \t]+[(\"'“‘]?|,[ \t]+|[ \t]*[(\"“‘])"
+            rf"\b(?P<cue>{_alternation(self.name_cues)})(?:[.:]?[ \t]+[(\"'“‘]?|,[ \t]+|[ \t]*[(\"“‘])"
             rf"(?P<initial>[^\W\d_]\.[ \t]*)?(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
+            regex.IGNORECASE,
+        )
+        # a known first name after a kin cue even when it is clinical shorthand or an English
+        # word ("WIFE MAE AT BEDSIDE", "husband will (wheelchair user)")
+        self.kin_cues = rules["kin_cues"]
+        self.not_modal = rules["name_not_modal_after"]
+        self._next_word = regex.compile(r"[ \t]*(?P<w>[^\W\d_][\w'’]*|@)?")
+        # initials after a name cue ("by tech K.M.", "RN J. D.")
+        # (the initials found first, then the cue before them: faster)
+        self._initials = regex.compile(r"(?<=[ \t])[A-Z]\.[ \t]?[A-Z]\.(?:[ \t]?[A-Z]\.)?(?!\w)")
+        self._cue_before_initials = regex.compile(
+            rf"\b(?:{_alternation(self.name_cues)})\.?:?[ \t]+$", regex.IGNORECASE
+        )
+        # a nickname in brackets or quotes between a first and a last name ("Robert (Bobby)
+        # Lee", "robert 'bobby' lee")
+        # (the bracket or quote found first, then the name before it: faster)
+        self._between_names = regex.compile(
+            rf"(?<=[^\W\d_][ \t]+)(?:\((?P<n1>{word})\)|[\"“‘'](?P<n2>{word})[\"”’'])"
+            rf"[ \t]+(?P<b>{word})(?![\w'’-])"
+        )
+        # a town, its state's code and a ZIP code in any case ("new bedford ma 02740")
+        self._state_zip = regex.compile(
+            rf"(?<=[^\W\d_],?[ \t]+)(?P<st>{_alternation(rules['us_state_codes'])})\.?,?[ \t]+"
+            r"(?P<zip>\d{5}(?:-\d{4})?)\b(?![-.]\d)",
             regex.IGNORECASE,
         )
         # a nickname in quotes right after a kin cue, whatever the word ("roommate 'buddy'"), or
@@ -913,7 +1012,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
         )
         # any case before a care unit: "from gsh ed", "FROM MUCK ED", "at ucc er"
         self._acronym_unit = regex.compile(
-            rf"\b(?:{_alternation(rules['site_cues'])})[ \t]+(?P<v>[^\W\d_]{{2,6}})[ \t]+"
+            rf"\b(?:{_alternation(rules['site_cues'])})[ \t]+(?:the[ \t]+)?(?P<v>[^\W\d_]{{2,12}})[ \t]+"
             rf"(?:{_alternation(rules['care_units'])})\b",
             regex.IGNORECASE,
         )
@@ -921,6 +1020,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
         # not "to"/"via" ("switched to", "via PIV")
         self._rare_site = regex.compile(
             rf"\b(?:{_alternation(rules['site_cues'] - {'to', 'via'})})[ \t]+(?P<v>[^\W\d_]{{3,12}})\b(?![-'’])",
+            regex.IGNORECASE,
+        )
+        # a place's short name and "general" after a site cue ("transfer to mass general",
+        # "from Salem General"): a general hospital's name, not "general surgery"
+        self._general = regex.compile(
+            rf"\b(?:{_alternation(rules['site_cues'] - {'via'})})[ \t]+(?:the[ \t]+)?"
+            rf"(?P<v>(?P<w>[^\W\d_]{{2,12}})[ \t]+general)\b(?![-'’])(?:[ \t]+(?P<after>{word}))?",
             regex.IGNORECASE,
         )
         # an acronym before a record word: "(MGH MRN 3348-118-2)", "BWH records"
@@ -966,11 +1072,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
         """Names after cues, site acronyms after transfer cues, named care sites."""
         return [
             *self._cued_names(text),
+            *self._kin_names(text),
             *self._inverted_names(text),
             *self._site_acronyms(text),
             *self._named_sites(text),
             *self._cued_places(text),
             *self._towns_in(text),
+            *self._zip_codes(text),
         ]
 
     def _plain(self, key: str) -> bool:
@@ -985,6 +1093,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
     def _cued_names(self, text: str) -> list[RecognizerResult]:
         out: list[RecognizerResult] = []
         for m in self._named.finditer(text, overlapped=True):
+            cue = m.group("cue").casefold()
+            if cue in self.kin_cues and not m.group("initial"):
+                kin = self._kin_name(text, m)
+                if kin is not None:
+                    out.append(kin)
+            if cue in _NO_BRACKET_CUES and "(" in text[m.end("cue") : m.start("w1")]:
+                continue  # "ISOLATION: CONTACT (MRSA)"
             end = self._name_after_cue(text, m.start("w1"))
             if end is None:
                 continue
@@ -1018,7 +1133,13 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 and (self._name_like(m.group("w")) or m.group("w").istitle())  # "(Mae)"
                 and self._kin_before_bracket.search(text, before, m.start())
             ):
-                out.append(RecognizerResult("PERSON", m.start("w"), m.end("w"), 0.6))
+                # capitalised, the writer says it is a name even when it is shorthand too
+                vouched = {VOUCHED: True} if m.group("w").istitle() else {}
+                out.append(
+                    RecognizerResult(
+                        "PERSON", m.start("w"), m.end("w"), 0.6, recognition_metadata=vouched
+                    )
+                )
         for credential in self._credential.finditer(text):
             m = self._one_credentialed.search(
                 text, max(0, credential.start() - 30), credential.start()
@@ -1043,6 +1164,76 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 out.append(RecognizerResult("PERSON", m.start("w1"), m.end("w2"), 0.6))
         return out
 
+    def _kin_names(self, text: str) -> list[RecognizerResult]:
+        """Initials after a name cue ("tech K.M."), vouched for (no keep-list or trimming
+        undoes them); a nickname in brackets or quotes between a first and a last name
+        ("robert (bobby) lee"). (A first name after a kin cue that is shorthand or a stop word
+        is :meth:`_kin_name`'s, read with the other cues in :meth:`_cued_names`.)"""
+        out: list[RecognizerResult] = []
+        for m in self._initials.finditer(text):
+            if self._cue_before_initials.search(text, max(0, m.start() - 30), m.start()):
+                out.append(
+                    RecognizerResult(
+                        "PERSON", m.start(), m.end(), 0.6, recognition_metadata={VOUCHED: True}
+                    )
+                )
+        for m in self._between_names.finditer(text) if _BRACKET_OR_QUOTE.search(text) else ():
+            before = _LAST_WORD.search(text, max(0, m.start() - 40), m.start())
+            if before is None:
+                continue
+            a, b = before.group(1).casefold(), m.group("b").casefold()
+            nick = (m.group("n1") or m.group("n2")).casefold()
+            if (
+                a in self.first
+                and (b in self.last or zipf(b) < UNSEEN_NAME_ZIPF)
+                and not any(self._plain(k) for k in (a, b))
+                and (nick in self.first or zipf(nick) < 3.0)
+            ):
+                out.append(RecognizerResult("PERSON", before.start(1), m.end(), 0.6))
+        return out
+
+    def _kin_name(self, text: str, m: Any) -> RecognizerResult | None:
+        """The first name after a kin cue (a :attr:`_named` match) that the cue rules leave as
+        a word, vouched for: clinical shorthand or a stop word ("wife MAE at bedside"), a
+        modal's "will" when no verb follows it ("husband will (wheelchair user)")."""
+        word = m.group("w1")
+        key = word.casefold()
+        if key not in self.first or not (self._plain(key) or key in self.stop_words):
+            return None  # a name the cue rules read, or no first name
+        if key in self.name_cues or key in _TITLE_CUES or len(key) < 2:
+            return None
+        if key in self.stop_words or key in self.not_names:
+            # "will", "may": a name when no verb follows the modal ("husband will (in a
+            # wheelchair)", "son will is HCP"), not before one ("wife will call")
+            after = self._next_word.match(text, m.end("w1"))
+            following = (after.group("w") or "").casefold() if after else ""
+            if following and following not in self.not_modal:
+                return None
+        return RecognizerResult(
+            "PERSON", m.start("w1"), m.end("w1"), 0.6, recognition_metadata={VOUCHED: True}
+        )
+
+    def _zip_codes(self, text: str) -> list[RecognizerResult]:
+        """A ZIP code after a state's code, and the known town before them, in any case ("new
+        bedford ma 02740", "Quincy, MA 02169")."""
+        out: list[RecognizerResult] = []
+        for m in self._state_zip.finditer(text) if _FIVE_DIGITS.search(text) else ():
+            before = list(_WORD.finditer(text, max(0, m.start() - 40), m.start()))[-3:]
+            town = None
+            for n in range(len(before), 0, -1):
+                run = before[-n:]
+                gaps = [text[a.end() : b.start()] for a, b in pairwise(run)]
+                key = " ".join(w.group().casefold() for w in run)
+                if all(g == " " for g in gaps) and key in self.places:
+                    town = run
+                    break
+            if town is None and not m.group("st").isupper():
+                continue  # "ok 12345": no town, no capitals
+            if town is not None:
+                out.append(RecognizerResult(LOCATION, town[0].start(), town[-1].end(), 0.6))
+            out.append(RecognizerResult(STREET_ADDRESS, m.start("st"), m.end("zip"), 0.6))
+        return out
+
     def _name_after_cue(self, text: str, start: int) -> int | None:
         """The end of the name that starts at ``start``, after a name cue: up to three name-like
         words on the line, family-name particles between them ("elona ten drentel", "mira van
@@ -1061,6 +1252,14 @@ class ClinicalCueRecognizer(EntityRecognizer):
             key = word.group().casefold().rstrip("'’")
             if EPONYM_AFTER.match(text, word.end()):
                 break
+            if (
+                i > 0
+                and key.endswith("ing")
+                and key not in self.first
+                and key not in self.last
+                and zipf(key) >= 4.0
+            ):
+                break  # a verb after the name ("brother danny telling him")
             if key in NAME_PARTICLES and i + 1 < len(words):
                 continue  # "ten", "van der": kept only when a name follows
             if self._name_like(word.group()):
@@ -1092,6 +1291,8 @@ class ClinicalCueRecognizer(EntityRecognizer):
             lower = m.group().islower()  # "jacobs, ernesto": both must be known names
             if any(self._plain(k) for k in (last, first)):
                 continue
+            if any(k.endswith(("'s", "’s")) for k in (m.group(1).casefold(), first)):
+                continue  # "Parkinson's, Hashimoto's": possessives, no "Last, First"
             if m.group().isupper():  # "PUGH, ELINA" in a line of ordinary case: one known name
                 # and the other known or a word English hardly uses ("CP, SOB" is no name); or
                 # any surname before a first name English does not use ("CASH, JARRED")
@@ -1131,7 +1332,24 @@ class ClinicalCueRecognizer(EntityRecognizer):
         out.extend(
             RecognizerResult(HOSPITAL, m.start("v"), m.end("v"), 0.55)
             for m in self._acronym_unit.finditer(text)
-            if not self._plain(m.group("v").casefold()) and zipf(m.group("v").casefold()) < 4.5
+            if not self._plain(m.group("v").casefold())
+            and m.group("v").casefold() not in self.name_cues
+            and zipf(m.group("v").casefold()) < (4.5 if len(m.group("v")) <= 6 else 3.5)
+        )
+        out.extend(
+            RecognizerResult(
+                HOSPITAL, m.start("v"), m.end("v"), 0.55, recognition_metadata={VOUCHED: True}
+            )
+            for m in self._general.finditer(text)
+            if m.group("w").casefold() not in self.stop_words
+            and m.group("w").casefold() not in self.name_cues
+            and m.group("w").casefold() not in clinical_abbreviations()
+            and zipf(m.group("w").casefold()) < 5.5
+            and not (
+                m.group("after")
+                and m.group("after").casefold() in self.clinical
+                and m.group("after").casefold() not in self.stop_words
+            )
         )
         out.extend(
             RecognizerResult(HOSPITAL, m.start("v"), m.end("v"), 0.5)
@@ -1168,16 +1386,30 @@ class ClinicalCueRecognizer(EntityRecognizer):
     def _named_sites(self, text: str) -> list[RecognizerResult]:
         out: list[RecognizerResult] = []
         for kind in self._kind.finditer(text):
-            start, proper = kind.start(), 0
+            if _INSURER.match(text, kind.end()):
+                continue  # "Tufts Health Plan": an insurer, no care site
+            start, proper, crossed = kind.start(), 0, 0
+            cursor = start  # where the next word before is looked for
             for _ in range(5):
-                before = self._word_before.search(text, max(0, start - 40), start)
+                before = self._word_before.search(text, max(0, cursor - 40), cursor)
                 if not before:
                     break
+                cursor = before.start(1)
                 key = before.group(1).rstrip(".").casefold()
                 if key in self.site_words:
                     start = before.start(1)
                     continue
                 frequency = zipf(key)
+                if (
+                    self._plain(key)
+                    and before.group(1)[:1].isupper()
+                    and not before.group(1).isupper()
+                    and key not in self.stop_words
+                    and key not in self.name_cues
+                    and frequency < 5.0
+                ):
+                    crossed += 1  # "Maple Crest Assisted Living": a capitalised word of a name
+                    continue
                 if self._plain(key) or key in self.name_cues or frequency >= 5.0:
                     break
                 start = before.start(1)
@@ -1191,7 +1423,8 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 if place:
                     end = place
             named = len(_WORD.findall(text[start : kind.start()]))
-            if proper or named >= 2:  # "Good Samaritan Hospital": two of a site's own words
+            # "Good Samaritan Hospital": two of a site's own words
+            if proper or (named >= 2 and not crossed):
                 out.append(RecognizerResult(HOSPITAL, start, end, 0.6))
         return out
 
@@ -1242,7 +1475,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 if (
                     key in self.places
                     and key not in self.clinical
-                    and not any(self._plain(m.group().casefold()) for m in run)
+                    and self._place_words(run)
                     and (n > 1 or zipf(key) < 4.0)
                 ):
                     out.append(RecognizerResult(LOCATION, run[0].start(), run[-1].end(), 0.5))
@@ -1265,9 +1498,9 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 key = " ".join(m.group().casefold() for m in run)
                 if (
                     key in self.places
-                    and not any(self._plain(m.group().casefold()) for m in run)
+                    and self._place_words(run)
                     and key not in self.name_cues
-                    and zipf(key) < (4.0 if n > 1 else 3.5)
+                    and zipf(key) < (5.0 if n > 1 else 3.5)
                     and not self._kind.match(text, run[-1].end() + 1)  # "in Paola clinic"
                 ):
                     out.append(RecognizerResult(LOCATION, run[0].start(), run[-1].end(), 0.5))
@@ -1281,6 +1514,15 @@ class ClinicalCueRecognizer(EntityRecognizer):
             if town and town.casefold() in self.places and not self._plain(town.casefold()):
                 out.append(RecognizerResult(LOCATION, m.start("town"), m.end("town"), 0.5))
         return out
+
+    def _place_words(self, run: list[re.Match[str]]) -> bool:
+        """Whether the words of a known place's name may name it after a cue: none clinical
+        or a stop word; in a name of two words or more only the first must be neither ("in
+        fall river": "river" is a clinical word)."""
+        keys = [m.group().casefold() for m in run]
+        if len(keys) == 1:
+            return not self._plain(keys[0])
+        return not self._plain(keys[0]) and not any(k in self.stop_words for k in keys)
 
     def _town_word(self, word: str) -> bool:
         key = word.casefold()
@@ -1745,6 +1987,15 @@ class NameGazetteerRecognizer(EntityRecognizer):
         return key in self.lone_first or key in self.lone_last
 
     def _is_name(self, word: str) -> bool:
+        known: dict[str, bool] = self.__dict__.setdefault("_known", {})
+        found = known.get(word)
+        if found is None:
+            found = self._is_name_uncached(word)
+            if len(known) < 200_000:
+                known[word] = found
+        return found
+
+    def _is_name_uncached(self, word: str) -> bool:
         key = word.casefold()
         if key in self.stop_words or len(key) < 2:
             return False

@@ -68,7 +68,7 @@ from presidio_analyzer import (
 )
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
-from presidio_analyzer.predefined_recognizers import PhoneRecognizer, UrlRecognizer
+from presidio_analyzer.predefined_recognizers import IbanRecognizer, PhoneRecognizer, UrlRecognizer
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
 from presidio_anonymizer.entities import RecognizerResult as Replacement
@@ -86,6 +86,7 @@ from medlake.governance.recognizers import (
     MEDICAL_ENDING,
     NAME_PARTICLES,
     TITLE,
+    VOUCHED,
     ClinicalCueRecognizer,
     NameGazetteerRecognizer,
     PlaceGazetteerRecognizer,
@@ -521,6 +522,31 @@ class QuickUrlRecognizer(UrlRecognizer):
 _DOMAIN_HINT = re.compile(r"[\w-]\.[^\W\d_]{2}")
 
 
+class QuickIbanRecognizer(IbanRecognizer):
+    """Presidio's IBAN recognizer (which compiles its pattern at every call) run only on texts
+    with an IBAN's start in them: a country's two letters and two check digits."""
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: Any = None, regex_flags: Any = None
+    ) -> list[RecognizerResult]:
+        if not _IBAN_HINT.search(text):
+            return []
+        return list(super().analyze(text, entities, nlp_artifacts, regex_flags) or [])
+
+
+_IBAN_HINT = re.compile(r"[A-Z]{2}[0-9]{2}", re.IGNORECASE)  # (its pattern ignores case)
+
+#: Shapes every pattern of a Presidio recognizer needs (its patterns match case-insensitively):
+#: a text without one is not searched by it.
+RECOGNIZER_HINTS = {
+    "IpRecognizer": re.compile(r"\d\.\d{1,3}\.\d|::|(?:[0-9a-f]{1,4}:){2}", re.IGNORECASE),
+    "MacAddressRecognizer": re.compile(
+        r"[0-9a-f]{2}[:-][0-9a-f]{2}[:-]|[0-9a-f]{4}\.[0-9a-f]{4}\.", re.IGNORECASE
+    ),
+    "UuidRecognizer": re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-", re.IGNORECASE),
+}
+
+
 @dataclass(frozen=True)
 class Span:
     """A detected PHI span (character offsets into the analysed text)."""
@@ -565,7 +591,7 @@ class TextDeidentifier:
         self,
         *,
         score_threshold: float = SCORE_THRESHOLD,
-        batch_size: int = 128,
+        batch_size: int = 1024,
         n_process: int = 1,
         phones: Literal["patterns", "libphonenumber"] = "patterns",
         ages: AgePolicy = "over_89",
@@ -619,6 +645,12 @@ class TextDeidentifier:
         # patterns find every phone of the labelled corpus. "libphonenumber" keeps it, US only.
         registry.remove_recognizer("PhoneRecognizer")
         registry.remove_recognizer("UrlRecognizer")
+        registry.remove_recognizer("IbanRecognizer")
+        registry.add_recognizer(  # (with the flags the registry gives Presidio's own)
+            QuickIbanRecognizer(
+                supported_language=LANGUAGE, regex_flags=re.DOTALL | re.MULTILINE | re.IGNORECASE
+            )
+        )
         # The clinical date recognizer has Presidio's date patterns but its weak mm/yy and dd-MMM
         # (mostly readings: "pain 5/10"); one date recognizer is enough.
         registry.remove_recognizer("DateRecognizer")
@@ -628,6 +660,10 @@ class TextDeidentifier:
                 PhoneRecognizer(supported_regions=("US",), supported_language=LANGUAGE)
             )
         registry.recognizers = [make_lean(r) for r in registry.recognizers]
+        for recognizer in registry.recognizers:
+            hint = RECOGNIZER_HINTS.get(str(getattr(recognizer, "name", "")))
+            if hint is not None:
+                recognizer.hint = hint  # type: ignore[attr-defined]
         for recognizer in medical_recognizers():
             registry.add_recognizer(recognizer)
         registry.add_recognizer(NameGazetteerRecognizer(self._stop_words))
@@ -711,7 +747,9 @@ class TextDeidentifier:
             ]
         )
         results += self._capitalised_after_cue(original or text)
-        names = propagate_names(text, results, self._stop_words)
+        names = propagate_names(
+            text, results, self._stop_words, self.nlp_engine.common_words, self._plain
+        )
         organisations = contact_block_organisations(text, results + names, self._clinical)
         return merge_spans(text, results + names + organisations, self._plain)
 
@@ -794,23 +832,30 @@ class TextDeidentifier:
                 out.append(DeidText(text=text, language=language))
                 continue
             person_key = person_keys[index] if person_keys is not None else ""
-            operators = {
-                entity: self._operator(entity, surrogate_key=surrogate_key, person_key=person_key)
-                for entity in {s.entity_type for s in spans}
-            }
-            results = [Replacement(s.entity_type, s.start, s.end, s.score) for s in spans]
-            anonymized = self.anonymizer.anonymize(
-                text=text, analyzer_results=results, operators=operators
-            )
             out.append(
                 DeidText(
-                    text=anonymized.text,
+                    text=replace_spans(text, spans, surrogate_key, person_key),
                     entities=dict(Counter(s.entity_type for s in spans)),
                     spans=tuple(spans),
                     language=language,
                 )
             )
         return out
+
+    def anonymize(
+        self, text: str, spans: Sequence[Span], surrogate_key: bytes, person_key: str
+    ) -> str:
+        """``text`` with ``spans`` replaced by Presidio's anonymizer and :meth:`_operator`'s
+        operators: what :func:`replace_spans` does without Presidio's per-note overheads (kept
+        to check that they agree)."""
+        operators = {
+            entity: self._operator(entity, surrogate_key=surrogate_key, person_key=person_key)
+            for entity in {s.entity_type for s in spans}
+        }
+        results = [Replacement(s.entity_type, s.start, s.end, s.score) for s in spans]
+        return str(
+            self.anonymizer.anonymize(text=text, analyzer_results=results, operators=operators).text
+        )
 
     @staticmethod
     def _operator(entity: str, *, surrogate_key: bytes, person_key: str) -> OperatorConfig:
@@ -856,6 +901,23 @@ def note_language(text: str) -> str:
     return str(LANGUAGE)
 
 
+def replace_spans(text: str, spans: Sequence[Span], surrogate_key: bytes, person_key: str) -> str:
+    """``text`` with each of its (non-overlapping) ``spans`` replaced: dates and ages by their
+    fixed token, anything else by its keyed :func:`surrogate` (a record name as a PERSON)."""
+    pieces: list[str] = []
+    at = 0
+    for span in sorted(spans, key=lambda s: s.start):
+        pieces.append(text[at : span.start])
+        token = FIXED_TOKENS.get(span.entity_type)
+        if token is None:
+            label = "PERSON" if span.entity_type == RECORD_NAME else span.entity_type
+            token = surrogate(surrogate_key, person_key, label, text[span.start : span.end])
+        pieces.append(token)
+        at = span.end
+    pieces.append(text[at:])
+    return "".join(pieces)
+
+
 def surrogate(key: bytes, person_key: str, entity: str, value: str) -> str:
     """``[ENTITY-xxxxxx]``: the same value in the same patient's notes always gets the same one."""
     normalized = " ".join(value.casefold().split())
@@ -875,7 +937,14 @@ _DATE_SHAPE = re.compile(
     # Safe Harbor's dates without a year: "7/22", "12-25", "'92"
     r"|^(?:0?[1-9]|1[0-2])[/-](?:0?[1-9]|[12]\d|3[01])$|^['’]\d{2}$"
     # day, month and year glued: "17APR28"
-    r"|^\d{1,2}(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\d{2,4}$",
+    r"|^\d{1,2}(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\d{2,4}$"
+    # a holiday ("since thanksgiving")
+    rf"|\b(?:{alternation(clinical_rules()['holidays'])})\b",
+    re.IGNORECASE,
+)
+#: A time of day alone ("1:15 PM", "9:40 am", "14:30"): Safe Harbor keeps it, and it is no date.
+_CLOCK_ONLY = re.compile(
+    r"(?:at[ \t]+|@[ \t]*)?\d{1,2}(?::\d{2}){1,2}(?:[ \t]*[ap]\.?m\.?)?|\d{1,2}[ \t]*[ap]\.?m\.?",
     re.IGNORECASE,
 )
 #: A 4-digit number that reads as a year (1900-2039) unless a clock cue precedes it.
@@ -941,7 +1010,12 @@ def trim_shorthand(
     ("RN Holly" is Holly, "VIHC ed w/" is VIHC), or None when nothing else is left; but a
     capitalised surname (of ``names``, the first and last names known) after a known first name
     stays, shorthand or not ("Clemmie Richmond", "Mary Foley")."""
-    if result.entity_type not in _TRIMMED or result.score >= 1 or _titled(text, result):
+    if (
+        result.entity_type not in _TRIMMED
+        or result.score >= 1
+        or _vouched(result)
+        or _titled(text, result)
+    ):
         return result
     words = list(_NAME_WORD.finditer(text, result.start, result.end))
     keep = [
@@ -956,6 +1030,8 @@ def trim_shorthand(
         )
         and not _COUNT.fullmatch(m.group())
         and not _DIGIT.search(m.group())  # "Y-257878 / Reichel": a record number, no name
+        # a verb after a name ("brother danny telling him"; "joe king" stays)
+        and not (i > 0 and _verb_ing(m.group(), names))
     ]
     if not words or len(keep) == len(words):
         return result
@@ -965,6 +1041,18 @@ def trim_shorthand(
     end = max(result.end, keep[-1].end()) if keep[-1] is words[-1] else keep[-1].end()
     result.start, result.end = start, end
     return result
+
+
+def _verb_ing(word: str, names: tuple[frozenset[str], frozenset[str]]) -> bool:
+    """Whether ``word`` is a common English verb in "-ing" written in lower case and no known
+    name ("telling", "yelling"; not "king", "fleming")."""
+    return (
+        word.islower()
+        and word.endswith("ing")
+        and word not in names[0]
+        and word not in names[1]
+        and zipf(word) >= 4.0
+    )
 
 
 def _surname_after_first_name(
@@ -1008,7 +1096,11 @@ def is_identifying(
     names, places or organisations made of clinical words only ("Started Metformin Extended",
     "Cardiology"): the small model takes capitalised drug names for people; and eponyms."""
     value = text[result.start : result.end]
+    if _vouched(result):
+        return True  # a cue rule's own reading ("wife MAE at bedside")
     if result.entity_type == "DATE_TIME":
+        if _CLOCK_ONLY.fullmatch(value.strip()):
+            return False  # a time of day, no date
         if _READING_AFTER.match(text, result.end) or _READING_BEFORE.search(
             text, max(0, result.start - 2), result.start
         ):
@@ -1016,10 +1108,16 @@ def is_identifying(
         return bool(_DATE_SHAPE.search(value.strip())) and not clock_time(
             text, result.start, result.end
         )
-    if result.entity_type == STREET and result.score < 1:
+    if result.entity_type == STREET and result.score < 1 and not _UNIT.fullmatch(value):
         words = [w.casefold() for w in _NAME_WORD.findall(value)]
         if words and all(w in clinical or _COUNT.fullmatch(w) for w in words):
             return False  # "5 FiO2 40", "40 IV BID": a setting or a dose, no street
+        if words and all(len(w) <= 2 or w in stop_words for w in words) and not _ZIP.search(value):
+            return False  # "T 98.4 P 76", "84 R 16", "40 AM. Call 617": vital signs, no street
+    if result.entity_type == "PERSON" and all(
+        _TITLE_ONLY.fullmatch(w) for w in _NAME_WORD.findall(value)
+    ):
+        return False  # "mod MR. Cr": a title and shorthand, no name
     if result.entity_type in _NAMED and result.score < 1 and not _titled(text, result):
         words = [_POSSESSIVE.sub("", w.casefold()) for w in _NAME_WORD.findall(value)]
         if all(
@@ -1032,6 +1130,8 @@ def is_identifying(
             return False
         if _eponym(text, result.end):
             return False  # "Parkinson's disease", "Foley catheter", spaCy's "Addison" organisation
+        if _POSSESSIVE_ALONE.fullmatch(value) and _CLAUSE_END.match(text, result.end):
+            return False  # "Hx Parkinson's, resting tremor": a disease; "Smith's daughter" stays
         tokens = [t.strip(".,;:()[]").casefold() for t in value.split()]
         if all(t in clinical or t in stop_words or not _LETTERS.search(t) for t in tokens):
             return False  # "CO/CI 4.1/2.2", "LVEF 25-30%": shorthand joined by a slash, readings
@@ -1041,6 +1141,18 @@ def is_identifying(
             return True  # "ESPOO": a place written in capitals, not an acronym
         return not _ACRONYM.fullmatch(value.strip())
     return True
+
+
+#: A unit designator alone ("Unit 212", "Apt 3B"): part of an address, never a setting.
+_UNIT = re.compile(r"(?i:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[a-z]?", re.IGNORECASE)
+
+
+_ZIP = re.compile(r"\b\d{5}\b")
+
+
+def _vouched(result: RecognizerResult) -> bool:
+    """Whether a cue rule vouches for ``result`` (no keep-list or trimming undoes it)."""
+    return bool((result.recognition_metadata or {}).get(VOUCHED))
 
 
 #: Named things a detection can be made of clinical words only ("Cardiology Clinic").
@@ -1129,11 +1241,25 @@ def _eponym(text: str, end: int) -> bool:
     """Whether the name ending at ``end`` names a disease, sign or device ("Parkinson's disease",
     "Parkinson and Alzheimer disease", "Foley catheter")."""
     pair = _AND_NAME.match(text, end)
-    return bool(EPONYM_AFTER.match(text, end) or (pair and EPONYM_AFTER.match(text, pair.end())))
+    return bool(
+        EPONYM_AFTER.match(text, end)
+        or (pair and EPONYM_AFTER.match(text, pair.end()))
+        or _SCORE_AFTER.match(text, end)
+    )
+
+
+#: A score out of its maximum after a name that is no date ("Berg 38/56", "Tinetti 18/28"):
+#: the name is the scale's.
+_SCORE_AFTER = re.compile(
+    r"[ \t]+(?:(?:1[3-9]|[2-9]\d|\d{3})/\d{1,3}|\d{1,3}/(?:3[2-9]|[4-9]\d|\d{3}))\b(?![/.]\d)"
+)
 
 
 _AND_NAME = re.compile(r"\s+(?:and|or|&)\s+[^\W\d_][\w'’-]*")
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]*")
+#: One capitalised word in the possessive, and what ends a clause or list item after it.
+_POSSESSIVE_ALONE = re.compile(r"[A-Z][^\W\d_]+['’]s")
+_CLAUSE_END = re.compile(r"[ \t]*(?:[,;:)\n]|\.(?:\s|$)|$)")
 _POSSESSIVE = re.compile(r"['’]s$")
 _LETTERS = re.compile(r"[^\W\d_]+")
 
@@ -1157,7 +1283,11 @@ def relabel_record_hits(results: list[RecognizerResult]) -> list[RecognizerResul
 
 
 def propagate_names(
-    text: str, results: list[RecognizerResult], stop_words: frozenset[str]
+    text: str,
+    results: list[RecognizerResult],
+    stop_words: frozenset[str],
+    common: frozenset[str] = frozenset(),
+    plain: frozenset[str] = frozenset(),
 ) -> list[RecognizerResult]:
     """Names found once are names everywhere in the note: every other whole-word occurrence of a
     detected name's words ("... starring Borkowski"), and the other members of a list or pair
@@ -1171,13 +1301,27 @@ def propagate_names(
         w.casefold()
         for r in names
         for w in _NAME_WORD.findall(text, r.start, r.end)
-        if len(w) >= 3 and w.casefold() not in stop_words and not _TITLE_ONLY.fullmatch(w)
+        if len(w) >= 3
+        and w.casefold() not in stop_words
+        and not _TITLE_ONLY.fullmatch(w)
+        # a cue vouched for a word that is shorthand elsewhere: "wife MAE ... A&Ox3, MAE"
+        and not (_vouched(r) and w.casefold() in plain)
+    }
+    # a common English word found capitalised ("frank b. Case") is no name where it is
+    # written in lower case ("case # OR-24-118832")
+    lower = {
+        w
+        for r in names
+        for w in _NAME_WORD.findall(text, r.start, r.end)
+        if w.islower()
     }
     if words:  # every whole-word occurrence, also as a part of "Smith-Jones" or "Smith's"
         spans = {
             m.span()
             for m in chain(_NAME_WORD.finditer(text), _LETTERS.finditer(text))
-            if m.group().casefold() in words and not _eponym(text, m.end())
+            if m.group().casefold() in words
+            and not _eponym(text, m.end())
+            and not (m.group().islower() and m.group() in common and m.group() not in lower)
         }
         extra.extend(RecognizerResult("PERSON", start, end, 0.45) for start, end in sorted(spans))
     for listed in _LIST.finditer(text):

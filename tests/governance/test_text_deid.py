@@ -970,7 +970,7 @@ FIFTH_PASS_FOUND = [
     # plural kin before a list of first names
     ("family mtg w/ daughters dale and wade", [("dale", "PERSON"), ("wade", "PERSON")]),
     # extensions and pagers with a space or after "page"
-    ("pharmacy called x 5-3370 re: dosing", [("5-3370", "PHONE_NUMBER")]),
+    ("pharmacy called x 5-3370 re: dosing", [("x 5-3370", "PHONE_NUMBER")]),  # label kept with it
     ("if questions page 2-4417 overnight", [("2-4417", "PHONE_NUMBER")]),
     # (guard: the dose check after a pager's number spares "Unit No")
     ("pgr 40711 Unit No: AB-55012", [("40711", "PHONE_NUMBER"), ("AB-55012", "MEDICAL_RECORD_NUMBER")]),
@@ -1097,3 +1097,85 @@ SIXTH_PASS_KEPT = [
 @pytest.mark.parametrize("text", SIXTH_PASS_KEPT)
 def test_hard_2_rules_leave_clinical_text(deid: TextDeidentifier, text: str) -> None:
     assert _found(deid, text) == []
+
+
+# -- seventh pass: classes of miss and false positive of `hard_3` (bench/data/hard_notes_3.jsonl)
+# and the known gaps, in shapes of their own (no line of the set is a test) -------------------
+
+SEVENTH_PASS_FOUND = [
+    # an extension with its label: the label goes with the number, alone or after a phone
+    ("LVM to call clinic at ext. 33 after 2pm", [("ext. 33", "PHONE_NUMBER")]),
+    ("work phone (339) 555 0128 ext 12, confused", [("(339) 555 0128 ext 12", "PHONE_NUMBER")]),
+    # a holiday (with its year or after a word of time), a month and a two-digit year
+    ("fell around christmas; MI in Jun '04", [("christmas", "DATE_TIME"), ("Jun '04", "DATE_TIME")]),
+    ("last flu shot thanksgiving 2021", [("thanksgiving 2021", "DATE_TIME")]),
+    # a known first name after a kin cue, even when it is shorthand (MAE) or a modal (will)
+    ("DAUGHTER MAE AT BEDSIDE. NEURO: A&OX3, MAE.", [("MAE", "PERSON")]),
+    ("son will (lives upstairs) helps w/ meds", [("will", "PERSON")]),
+    ("son will is HCP", [("will", "PERSON")]),
+    # a nickname in quotes or brackets between a first and a last name, in lower case
+    ('brother james "jimmy" okafor called', [('james "jimmy" okafor', "PERSON")]),
+    ("pt's husband robert (bobby) lee at bedside", [("robert (bobby) lee", "PERSON")]),
+    # initials, a clergy title, a contact person after their cue
+    ("specimen drawn by tech J.R. at bedside", [("J.R", "PERSON")]),
+    ("Rev. Okonkwo visited", [("Okonkwo", "PERSON")]),
+    ("contact Grace at ext. 2210 w/ questions", [("Grace", "PERSON"), ("ext. 2210", "PHONE_NUMBER")]),
+    # a name ends before a verb
+    ("brother danny telling him to leave", [("danny", "PERSON")]),
+    # a town of two words with a clinical one in it; a town, state and ZIP code in lower case
+    ("warehouse in grand rapids", [("grand rapids", "LOCATION")]),
+    ("lives in springfield ma 01103 w/ son", [("springfield ma 01103", STREET)]),
+    # a care site's name before the ED after "the"; a place's "general"
+    ("pt seen at the lahey ED last wk", [("lahey", "HOSPITAL")]),
+    ("xfer to lawrence general tomorrow", [("lawrence general", "HOSPITAL")]),
+    # a street with its unit ("Route 6 Unit 4")
+    ("resides at 12 Route 6 Unit 4, Hyannis.", [("12 Route 6 Unit 4, Hyannis", STREET)]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SEVENTH_PASS_FOUND)
+def test_hard_3_classes_and_known_gaps_are_found(
+    deid: TextDeidentifier, text: str, expected: list[tuple[str, str]]
+) -> None:
+    assert _found(deid, text) == expected
+
+
+SEVENTH_PASS_KEPT = [
+    "NEURO: A&Ox3. EXT: 2+ PULSES, 1+ BLE EDEMA.",  # a section header, no extension
+    "takes it 2-3 times a day for 3-4 days; INR goal 2-3; 1-2 drinks/wk",  # counts and ranges
+    "takes 2-3 per day, 1-2 a week",
+    "blood cx 2/2 bottles GNR, urine cx 1/3 sets",  # counts of bottles and sets
+    "wife will call back after 1500",  # a modal, no name
+    "VS: T 99.1 P 88 BP 110/70 R 18 SpO2 96% RA.",  # vital signs, no street
+    "PT: Berg 41/56, TUG 14 sec. Gait w/ RW, CGA.",  # a balance scale and therapy shorthand
+    "Hx Parkinson's, Hashimoto's on levothyroxine.",  # diseases by their eponym alone
+    "Mepilex to sacrum, waffle boot R heel.",  # dressing and device brands
+    "trach 8.0 Shiley cuffless, HME on, Passy-Muir valve.",
+    "mod MR. Cr 1.2",  # a valve finding: a title alone is no name
+    "ISOLATION: CONTACT (MRSA). contact precautions",  # contact isolation, no contact person
+]
+
+
+@pytest.mark.parametrize("text", SEVENTH_PASS_KEPT)
+def test_hard_3_rules_leave_clinical_text(deid: TextDeidentifier, text: str) -> None:
+    assert _found(deid, text) == []
+
+
+def test_a_time_of_day_is_no_date_but_its_day_is(deid: TextDeidentifier) -> None:
+    assert _found(deid, "f/u 11/2 at 10:30 AM in clinic") == [("11/2", "DATE_TIME")]
+
+
+def test_spans_are_replaced_as_presidios_anonymizer_replaces_them(deid: TextDeidentifier) -> None:
+    """The engine splices surrogates in itself (Presidio's anonymizer cost a few per cent per
+    note): the text is the one Presidio's anonymizer makes with the same operators."""
+    notes = [
+        "Dr. Yolanda Price-Whitfield saw pt 12/30; call 617-555-0155 ext. 22. MRN 4471-0923.",
+        "WIFE MAE AT BEDSIDE, 94 YO, FROM BRIGHTVIEW MANOR NURSING HOME.",
+        "no phi here: vent PS 10/5, MAE, A&Ox3",
+    ]
+    for index, out in enumerate(
+        deid.deidentify_batch(notes, surrogate_key=KEY, person_keys=["p1", "p2", "p3"])
+    ):
+        expected = deid.anonymize(notes[index], out.spans, KEY, f"p{index + 1}")
+        assert out.text == (expected if out.spans else notes[index])
+        assert "[DATE]" in out.text or index != 0
