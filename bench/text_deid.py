@@ -44,6 +44,12 @@ The labelled sets, printed separately and never pooled:
   twice (once on the rules before the sixth pass, once after), then tuned on: the seventh pass
   read its misses and false positives (in-sample since). A new blind set is the held-out
   figure from then on.
+- ``hard_4``: 106 lines written blind by another writer (``bench/data/hard_notes_4.jsonl``),
+  who read neither the rules, their tests nor any set's misses, and committed it before any
+  de-identifier ran on it: discharge and operative notes, ED and EMS, dialysis, infusion, L&D,
+  NICU, dental, ophthalmology, wound care, hospice, infection control, radiology and pathology,
+  blood bank, prior-auth and referral letters, interpreter and consent notes; 331 planted PHI
+  (335 gold spans), 43 lines with none. Held out: first run on the seventh pass's rules.
 - ``synthea_notes`` (speed only, unlabelled): 400 of the corpus' Synthea DocumentReference
   notes, decoded as the pipeline decodes them (long, structured: the data plane's notes step).
 - ``meddocan``: the 50 MEDDOCAN test documents (Spanish clinical cases, BRAT), types mapped to
@@ -164,6 +170,7 @@ def load_kinds(split: str, limit: int | None) -> tuple[list[str], list[list[Gold
 HARD = ROOT / "bench" / "data" / "hard_icu_lines.jsonl"
 HARD_2 = ROOT / "bench" / "data" / "hard_notes_2.jsonl"
 HARD_3 = ROOT / "bench" / "data" / "hard_notes_3.jsonl"
+HARD_4 = ROOT / "bench" / "data" / "hard_notes_4.jsonl"
 
 
 def load_hand_written(path: Path, limit: int | None) -> tuple[list[str], list[list[Gold]]]:
@@ -202,6 +209,12 @@ def load_hard_3(limit: int | None) -> tuple[list[str], list[list[Gold]]]:
     """The 95 lines of ``bench/data/hard_notes_3.jsonl``, written blind (its writer read neither
     the rules nor the other sets' misses)."""
     return load_hand_written(HARD_3, limit)
+
+
+def load_hard_4(limit: int | None) -> tuple[list[str], list[list[Gold]]]:
+    """The 106 lines of ``bench/data/hard_notes_4.jsonl``, written blind (its writer read neither
+    the rules nor any set's misses)."""
+    return load_hand_written(HARD_4, limit)
 
 
 #: MEDDOCAN's 20 types mapped to this benchmark's: who they identify, not how Spanish names them.
@@ -279,6 +292,10 @@ SETS: dict[str, tuple[str, Callable[[int | None], tuple[list[str], list[list[Gol
     "hard_3": (
         "handwritten lines written blind, HARD 3 (run held out twice, then tuned on: IN-SAMPLE since the seventh pass)",
         load_hard_3,
+    ),
+    "hard_4": (
+        "handwritten lines written blind, HARD 4 (HELD-OUT: first run on the seventh pass's rules)",
+        load_hard_4,
     ),
     "meddocan": ("MEDDOCAN Spanish clinical cases, HELD-OUT", load_meddocan),
 }
