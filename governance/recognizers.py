@@ -537,6 +537,45 @@ def age_over_89_recognizer() -> PatternRecognizer:
     )
 
 
+def email_recognizer() -> PatternRecognizer:
+    """E-mail addresses whatever their top-level domain (``jo@clinic.test``, ``a.b@ward.internal``,
+    ``x@y.health``): Presidio's checks the domain against the public list and drops fictional,
+    internal and new ones, which are still identifiers."""
+    recognizer = _recognizer(
+        "EMAIL_ADDRESS",
+        "AnyDomainEmailRecognizer",
+        [
+            (
+                "address",
+                r"(?<![\w.+%-])[\w.+%-]*\w@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}(?![\w@-])",
+                0.9,
+            )
+        ],
+    )
+    recognizer.hint = re.compile("@")  # type: ignore[attr-defined]
+    return recognizer
+
+
+def url_recognizer() -> PatternRecognizer:
+    """Web addresses whatever their top-level domain: a scheme (``https://portal.clinic.test/x``)
+    or ``www.`` before a host; the path runs to a space, less a sentence's closing mark."""
+    tail = r"(?:[^\s<>\"'()\[\]]*[^\s<>\"'()\[\].,;:!?])?"
+    recognizer = _recognizer(
+        "URL",
+        "AnyDomainUrlRecognizer",
+        [
+            (
+                "scheme",
+                rf"\b(?:https?|ftp|sftp)://[\w-]+(?:\.[\w-]+)*(?::\d{{1,5}})?(?:/{tail})?",
+                0.95,
+            ),
+            ("www", rf"\bwww\.[\w-]+(?:\.[\w-]+)+(?::\d{{1,5}})?(?:/{tail})?", 0.95),
+        ],
+    )
+    recognizer.hint = re.compile(r"://|www\.", re.IGNORECASE)  # type: ignore[attr-defined]
+    return recognizer
+
+
 def hospital_recognizer() -> PatternRecognizer:
     """Care sites: ``St. Mary's Hospital``, ``Riverside Medical Center``, ``Ward 7B``."""
     word = r"(?:St\.|[A-Z][\w'’.&-]*)"
@@ -1538,6 +1577,8 @@ def medical_recognizers() -> list[EntityRecognizer]:
         date_recognizer(),
         phone_recognizer(),
         age_over_89_recognizer(),
+        email_recognizer(),
+        url_recognizer(),
         hospital_recognizer(),
         ssn_recognizer(),
         account_number_recognizer(),
