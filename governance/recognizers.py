@@ -515,6 +515,8 @@ def age_over_89_recognizer() -> PatternRecognizer:
     identify no one."""
     age = r"(?:9\d|1[0-2]\d)"
     value = rf"(?P<value>{age})"
+    rules = clinical_rules()
+    subjects = _alternation(rules["age_subjects"] | rules["kin_cues"])
     return _recognizer(
         AGE_OVER_89,
         "AgeOver89Recognizer",
@@ -522,6 +524,19 @@ def age_over_89_recognizer() -> PatternRecognizer:
             ("n-year-old", rf"\b{age}(?=[-\s]?(?:year|yr)s?[-\s]?old\b)", 0.9),
             ("aged n", rf"\b(?:aged?|age:)\s*{value}\b", 0.9),
             ("n y/o", rf"\b{age}(?=\s*(?:y/?o|yo|y|years? of age)\b)", 0.9),
+            # the sex glued to the unit: "91 YOF", "94yom", "90 y/o m"
+            ("n yo + sex", rf"\b{age}(?=[ \t]*(?:y/?o|yo)[ \t]?[mf]\b)", 0.9),
+            ("nth birthday", rf"\b{age}(?=(?:st|nd|rd|th)[ \t]+birthday\b)", 0.9),
+            # a number set off after a person, in brackets or commas: "wife Ada (91)", "pt, 102,
+            # died", "mother, 96, lives alone"
+            (
+                "person (n)",
+                (
+                    rf"\b(?:{subjects})(?:[ \t]+[^\W\d_][\w'’-]*){{0,2}}[ \t]*"
+                    rf"(?:\([ \t]*{value}[ \t]*\)|,[ \t]*{value}[ \t]*,)"
+                ),
+                0.8,
+            ),
             ("n y.o.", rf"\b{age}(?=\s*y\.\s?o\b)", 0.9),
             (
                 "turned n",
