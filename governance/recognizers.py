@@ -273,8 +273,9 @@ def _recognizer(
     patterns: list[tuple[str, str, float]],
     *,
     context: list[str] | None = None,
+    kind: type[LeanPatternRecognizer] = LeanPatternRecognizer,
 ) -> LeanPatternRecognizer:
-    return LeanPatternRecognizer(
+    return kind(
         supported_entity=entity,
         name=name,
         supported_language=LANGUAGE,
@@ -627,6 +628,22 @@ def ssn_recognizer() -> PatternRecognizer:
     )
 
 
+class _StreetRecognizer(LeanPatternRecognizer):
+    """Street lines; one that ends in "ct" after an imaging word or clinical shorthand is a scan
+    ("2 views chest ct", "3 vessel ct", "s/p 2 abd ct"), no court ("12 maple ct")."""
+
+    def invalidate_result(self, pattern_text: str) -> bool:
+        scan = _CT_STREET.match(pattern_text)
+        if scan is None:
+            return False
+        imaging = clinical_rules()["imaging_words"]
+        words = [w.casefold().rstrip(".") for w in scan.group(1).split()]
+        return any(w in imaging or w in clinical_abbreviations() for w in words)
+
+
+_CT_STREET = re.compile(r"\d{1,6}[ \t]+((?:[^\W\d_][\w'’.-]*[ \t]+){1,3})ct\b", re.IGNORECASE)
+
+
 def street_address_recognizer() -> PatternRecognizer:
     """Street lines (``24 Clarke Avenue``, ``6750 Koskikatu 25 Apt. 864``, ``ul. Długa 5``,
     ``Rákóczi út 13.``), with the unit and the town/state/ZIP lines or comma parts that follow
@@ -700,6 +717,14 @@ def street_address_recognizer() -> PatternRecognizer:
     lower_unit = (
         rf"{lower}[ \t]+{number}(?=[ \t]*,?[ \t]*(?i:apt|apartment|suite|ste)\.?[ \t]*#?\d)"
     )
+    # a truecased or lower-case line: a street type in any case that ends the street, before a
+    # comma, a unit, "at"/"in" or the line's end ("41 larkspur LN, fox hollow", "77 birch
+    # hollow rd unit 2 at 0515"); not "st" or "dr" (a segment, a doctor)
+    lower_suffix = (
+        rf"(?<![\d/.:,-]){lower}[ \t]+(?i:rd|ln|ct|ave|blvd|pkwy|hwy|ter|cir|road|lane|drive"
+        rf"|court|avenue|street|boulevard|terrace|circle|parkway|highway)\b\.?"
+        rf"(?=[ \t]*(?:[,;\n]|$|\.(?:\s|$)|[ \t](?i:unit|apt|apartment|suite|ste|at|in)\b))"
+    )
     recognizer = _recognizer(
         STREET_ADDRESS,
         "StreetAddressRecognizer",
@@ -714,6 +739,9 @@ def street_address_recognizer() -> PatternRecognizer:
                 0.86,
             ),
             ("lower case", rf"(?-i:\b(?:{lower_street}|{lower_unit}){unit}{follow_any})", 0.7),
+            # (only a capitalised town after it: the line may be a truecased shout, whose
+            # lower-case words are mostly clinical ones: "58 QUARRY LN, PT AMBULATORY")
+            ("abbreviated type at a boundary", rf"(?-i:\b{lower_suffix}{unit}{follow})", 0.7),
             (
                 "name number (weak)",
                 rf"(?-i:\b{not_month}{name}(?:\s+{word}){{0,2}}\s+\d{{1,5}}[a-z]?\b)",
@@ -780,6 +808,7 @@ def street_address_recognizer() -> PatternRecognizer:
             "zip",
             "postal",
         ],
+        kind=_StreetRecognizer,
     )
     # every other pattern has a digit in it
     recognizer.digitless = frozenset({"street corner", "after zip"})
