@@ -483,6 +483,9 @@ def phone_recognizer() -> PatternRecognizer:
             # a hospital extension "2-6610" ("call 2-6645"): weak alone, a phone cue raises it
             ("n-nnnn (weak)", rf"(?<![\w/.,:-])\d-\d{{4}}\b(?![-/.:]\d|{dose})", 0.3),
             ("nnn-nnnn", r"(?<![\d/.-])\b\d{3}-\d{4}\b(?![-/.]\d)", 0.5),
+            # a local number with a dot ("Dr. Ruzicka, 555.0146"): no reading has 4 decimals
+            # after 3 digits from 200
+            ("nnn.nnnn", r"(?<![\d/.,-])\b[2-9]\d{2}\.\d{4}\b(?![-/.]?\d)", 0.5),
             # "page Dr. Valdez at 4627", "please page me @ #38987": a number to page ("paged
             # him at 1800" is a clock time)
             (
@@ -613,6 +616,16 @@ def hospital_recognizer() -> PatternRecognizer:
                 "saint's",
                 r"\b(?:st\.?|saint)[ \t]+[^\W\d_]{2,}['’]s\b(?![ \t]+(?i:wort|dance|day)\b)",
                 0.9,
+            ),
+            # a saint's name before a care unit, in any case: "arrived st. ignatius trauma bay",
+            # "Saint Agnes ED" (the dot or "saint": "ST elevation" is a segment)
+            (
+                "saint's unit",
+                (
+                    r"\b(?:st\.|saint)[ \t]+[^\W\d_]{3,}(?=[ \t]+(?:ed|er|icu|nicu|picu|micu|sicu"
+                    r"|ccu|pacu|or|trauma|emergency|campus|ward|floor|clinic|cath|l&d|labor)\b)"
+                ),
+                0.85,
             ),
         ],
     )
@@ -1479,6 +1492,8 @@ class ClinicalCueRecognizer(EntityRecognizer):
                     break
                 cursor = before.start(1)
                 key = before.group(1).rstrip(".").casefold()
+                if before.group(1).endswith(".") and key not in self.site_words:
+                    break  # a sentence's end ("snf tmrw. Valley Home Care"), not "St."
                 if key in self.site_words:
                     start = before.start(1)
                     continue
