@@ -273,8 +273,9 @@ def _recognizer(
     patterns: list[tuple[str, str, float]],
     *,
     context: list[str] | None = None,
+    kind: type[LeanPatternRecognizer] = LeanPatternRecognizer,
 ) -> LeanPatternRecognizer:
-    return LeanPatternRecognizer(
+    return kind(
         supported_entity=entity,
         name=name,
         supported_language=LANGUAGE,
@@ -482,6 +483,9 @@ def phone_recognizer() -> PatternRecognizer:
             # a hospital extension "2-6610" ("call 2-6645"): weak alone, a phone cue raises it
             ("n-nnnn (weak)", rf"(?<![\w/.,:-])\d-\d{{4}}\b(?![-/.:]\d|{dose})", 0.3),
             ("nnn-nnnn", r"(?<![\d/.-])\b\d{3}-\d{4}\b(?![-/.]\d)", 0.5),
+            # a local number with a dot ("Dr. Ruzicka, 555.0146"): no reading has 4 decimals
+            # after 3 digits from 200
+            ("nnn.nnnn", r"(?<![\d/.,-])\b[2-9]\d{2}\.\d{4}\b(?![-/.]?\d)", 0.5),
             # "page Dr. Valdez at 4627", "please page me @ #38987": a number to page ("paged
             # him at 1800" is a clock time)
             (
@@ -515,6 +519,8 @@ def age_over_89_recognizer() -> PatternRecognizer:
     identify no one."""
     age = r"(?:9\d|1[0-2]\d)"
     value = rf"(?P<value>{age})"
+    rules = clinical_rules()
+    subjects = _alternation(rules["age_subjects"] | rules["kin_cues"])
     return _recognizer(
         AGE_OVER_89,
         "AgeOver89Recognizer",
@@ -522,6 +528,19 @@ def age_over_89_recognizer() -> PatternRecognizer:
             ("n-year-old", rf"\b{age}(?=[-\s]?(?:year|yr)s?[-\s]?old\b)", 0.9),
             ("aged n", rf"\b(?:aged?|age:)\s*{value}\b", 0.9),
             ("n y/o", rf"\b{age}(?=\s*(?:y/?o|yo|y|years? of age)\b)", 0.9),
+            # the sex glued to the unit: "91 YOF", "94yom", "90 y/o m"
+            ("n yo + sex", rf"\b{age}(?=[ \t]*(?:y/?o|yo)[ \t]?[mf]\b)", 0.9),
+            ("nth birthday", rf"\b{age}(?=(?:st|nd|rd|th)[ \t]+birthday\b)", 0.9),
+            # a number set off after a person, in brackets or commas: "wife Ada (91)", "pt, 102,
+            # died", "mother, 96, lives alone"
+            (
+                "person (n)",
+                (
+                    rf"\b(?:{subjects})(?:[ \t]+[^\W\d_][\w'’-]*){{0,2}}[ \t]*"
+                    rf"(?:\([ \t]*{value}[ \t]*\)|,[ \t]*{value}[ \t]*,)"
+                ),
+                0.8,
+            ),
             ("n y.o.", rf"\b{age}(?=\s*y\.\s?o\b)", 0.9),
             (
                 "turned n",
@@ -535,6 +554,45 @@ def age_over_89_recognizer() -> PatternRecognizer:
             ),
         ],
     )
+
+
+def email_recognizer() -> PatternRecognizer:
+    """E-mail addresses whatever their top-level domain (``jo@clinic.test``, ``a.b@ward.internal``,
+    ``x@y.health``): Presidio's checks the domain against the public list and drops fictional,
+    internal and new ones, which are still identifiers."""
+    recognizer = _recognizer(
+        "EMAIL_ADDRESS",
+        "AnyDomainEmailRecognizer",
+        [
+            (
+                "address",
+                r"(?<![\w.+%-])[\w.+%-]*\w@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}(?![\w@-])",
+                0.9,
+            )
+        ],
+    )
+    recognizer.hint = re.compile("@")  # type: ignore[attr-defined]
+    return recognizer
+
+
+def url_recognizer() -> PatternRecognizer:
+    """Web addresses whatever their top-level domain: a scheme (``https://portal.clinic.test/x``)
+    or ``www.`` before a host; the path runs to a space, less a sentence's closing mark."""
+    tail = r"(?:[^\s<>\"'()\[\]]*[^\s<>\"'()\[\].,;:!?])?"
+    recognizer = _recognizer(
+        "URL",
+        "AnyDomainUrlRecognizer",
+        [
+            (
+                "scheme",
+                rf"\b(?:https?|ftp|sftp)://[\w-]+(?:\.[\w-]+)*(?::\d{{1,5}})?(?:/{tail})?",
+                0.95,
+            ),
+            ("www", rf"\bwww\.[\w-]+(?:\.[\w-]+)+(?::\d{{1,5}})?(?:/{tail})?", 0.95),
+        ],
+    )
+    recognizer.hint = re.compile(r"://|www\.", re.IGNORECASE)  # type: ignore[attr-defined]
+    return recognizer
 
 
 def hospital_recognizer() -> PatternRecognizer:
@@ -559,6 +617,16 @@ def hospital_recognizer() -> PatternRecognizer:
                 r"\b(?:st\.?|saint)[ \t]+[^\W\d_]{2,}['’]s\b(?![ \t]+(?i:wort|dance|day)\b)",
                 0.9,
             ),
+            # a saint's name before a care unit, in any case: "arrived st. ignatius trauma bay",
+            # "Saint Agnes ED" (the dot or "saint": "ST elevation" is a segment)
+            (
+                "saint's unit",
+                (
+                    r"\b(?:st\.|saint)[ \t]+[^\W\d_]{3,}(?=[ \t]+(?:ed|er|icu|nicu|picu|micu|sicu"
+                    r"|ccu|pacu|or|trauma|emergency|campus|ward|floor|clinic|cath|l&d|labor)\b)"
+                ),
+                0.85,
+            ),
         ],
     )
 
@@ -571,6 +639,22 @@ def ssn_recognizer() -> PatternRecognizer:
         [("nnn-nn-nnnn", r"\b\d{3}-\d{2}-\d{4}\b", 0.6)],
         context=["ssn", "social security", "ss#"],
     )
+
+
+class _StreetRecognizer(LeanPatternRecognizer):
+    """Street lines; one that ends in "ct" after an imaging word or clinical shorthand is a scan
+    ("2 views chest ct", "3 vessel ct", "s/p 2 abd ct"), no court ("12 maple ct")."""
+
+    def invalidate_result(self, pattern_text: str) -> bool:
+        scan = _CT_STREET.match(pattern_text)
+        if scan is None:
+            return False
+        imaging = clinical_rules()["imaging_words"]
+        words = [w.casefold().rstrip(".") for w in scan.group(1).split()]
+        return any(w in imaging or w in clinical_abbreviations() for w in words)
+
+
+_CT_STREET = re.compile(r"\d{1,6}[ \t]+((?:[^\W\d_][\w'’.-]*[ \t]+){1,3})ct\b", re.IGNORECASE)
 
 
 def street_address_recognizer() -> PatternRecognizer:
@@ -646,6 +730,14 @@ def street_address_recognizer() -> PatternRecognizer:
     lower_unit = (
         rf"{lower}[ \t]+{number}(?=[ \t]*,?[ \t]*(?i:apt|apartment|suite|ste)\.?[ \t]*#?\d)"
     )
+    # a truecased or lower-case line: a street type in any case that ends the street, before a
+    # comma, a unit, "at"/"in" or the line's end ("41 larkspur LN, fox hollow", "77 birch
+    # hollow rd unit 2 at 0515"); not "st" or "dr" (a segment, a doctor)
+    lower_suffix = (
+        rf"(?<![\d/.:,-]){lower}[ \t]+(?i:rd|ln|ct|ave|blvd|pkwy|hwy|ter|cir|road|lane|drive"
+        rf"|court|avenue|street|boulevard|terrace|circle|parkway|highway)\b\.?"
+        rf"(?=[ \t]*(?:[,;\n]|$|\.(?:\s|$)|[ \t](?i:unit|apt|apartment|suite|ste|at|in)\b))"
+    )
     recognizer = _recognizer(
         STREET_ADDRESS,
         "StreetAddressRecognizer",
@@ -660,6 +752,9 @@ def street_address_recognizer() -> PatternRecognizer:
                 0.86,
             ),
             ("lower case", rf"(?-i:\b(?:{lower_street}|{lower_unit}){unit}{follow_any})", 0.7),
+            # (only a capitalised town after it: the line may be a truecased shout, whose
+            # lower-case words are mostly clinical ones: "58 QUARRY LN, PT AMBULATORY")
+            ("abbreviated type at a boundary", rf"(?-i:\b{lower_suffix}{unit}{follow})", 0.7),
             (
                 "name number (weak)",
                 rf"(?-i:\b{not_month}{name}(?:\s+{word}){{0,2}}\s+\d{{1,5}}[a-z]?\b)",
@@ -726,6 +821,7 @@ def street_address_recognizer() -> PatternRecognizer:
             "zip",
             "postal",
         ],
+        kind=_StreetRecognizer,
     )
     # every other pattern has a digit in it
     recognizer.digitless = frozenset({"street corner", "after zip"})
@@ -1396,6 +1492,8 @@ class ClinicalCueRecognizer(EntityRecognizer):
                     break
                 cursor = before.start(1)
                 key = before.group(1).rstrip(".").casefold()
+                if before.group(1).endswith(".") and key not in self.site_words:
+                    break  # a sentence's end ("snf tmrw. Valley Home Care"), not "St."
                 if key in self.site_words:
                     start = before.start(1)
                     continue
@@ -1538,6 +1636,8 @@ def medical_recognizers() -> list[EntityRecognizer]:
         date_recognizer(),
         phone_recognizer(),
         age_over_89_recognizer(),
+        email_recognizer(),
+        url_recognizer(),
         hospital_recognizer(),
         ssn_recognizer(),
         account_number_recognizer(),
