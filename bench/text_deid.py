@@ -52,6 +52,14 @@ The labelled sets, printed separately and never pooled:
   (335 gold spans), 43 lines with none. Run held out once, on the seventh pass's rules, then
   tuned on: the eighth pass read its misses and false positives (in-sample since). A new blind
   set is the held-out figure from then on.
+- ``hard_5``: 108 lines written blind by a third writer (``bench/data/hard_notes_5.jsonl``), who
+  read neither the rules, their tests, the other sets nor any set's misses, and committed it
+  before any de-identifier ran on it: SOAP and H&P notes, cardiology, endoscopy, sleep, PFT,
+  EEG/EMG, psychiatry and addiction medicine, palliative care, rehab and SNF transfers,
+  pharmacy, anticoagulation, diabetes education, transplant, genetics, occupational health,
+  physicals, patients' e-mails, coding and billing, guardianship and holds, police and EMS
+  hand-offs, death and autopsy notes, chart corrections; 274 planted PHI (275 gold spans), 44
+  lines with none. Held out: first run on the eighth pass's rules.
 - ``synthea_notes`` (speed only, unlabelled): 400 of the corpus' Synthea DocumentReference
   notes, decoded as the pipeline decodes them (long, structured: the data plane's notes step).
 - ``meddocan``: the 50 MEDDOCAN test documents (Spanish clinical cases, BRAT), types mapped to
@@ -173,6 +181,7 @@ HARD = ROOT / "bench" / "data" / "hard_icu_lines.jsonl"
 HARD_2 = ROOT / "bench" / "data" / "hard_notes_2.jsonl"
 HARD_3 = ROOT / "bench" / "data" / "hard_notes_3.jsonl"
 HARD_4 = ROOT / "bench" / "data" / "hard_notes_4.jsonl"
+HARD_5 = ROOT / "bench" / "data" / "hard_notes_5.jsonl"
 
 
 def load_hand_written(path: Path, limit: int | None) -> tuple[list[str], list[list[Gold]]]:
@@ -217,6 +226,12 @@ def load_hard_4(limit: int | None) -> tuple[list[str], list[list[Gold]]]:
     """The 106 lines of ``bench/data/hard_notes_4.jsonl``, written blind (its writer read neither
     the rules nor any set's misses); in-sample since the eighth pass."""
     return load_hand_written(HARD_4, limit)
+
+
+def load_hard_5(limit: int | None) -> tuple[list[str], list[list[Gold]]]:
+    """The 108 lines of ``bench/data/hard_notes_5.jsonl``, written blind (its writer read neither
+    the rules, the other sets nor any set's misses)."""
+    return load_hand_written(HARD_5, limit)
 
 
 #: MEDDOCAN's 20 types mapped to this benchmark's: who they identify, not how Spanish names them.
@@ -298,6 +313,10 @@ SETS: dict[str, tuple[str, Callable[[int | None], tuple[list[str], list[list[Gol
     "hard_4": (
         "handwritten lines written blind, HARD 4 (run held out once, then tuned on: IN-SAMPLE since the eighth pass)",
         load_hard_4,
+    ),
+    "hard_5": (
+        "handwritten lines written blind, HARD 5 (HELD-OUT: first run on the eighth pass's rules)",
+        load_hard_5,
     ),
     "meddocan": ("MEDDOCAN Spanish clinical cases, HELD-OUT", load_meddocan),
 }
