@@ -673,6 +673,9 @@ def _run_gx(
         run_id=RunIdentifier(run_name=run_name + label) if run_name else None,
     )
     del frame
+    # the data source holds on to the chunk's frame (about 60 MB a 100,000-row chunk of
+    # observations): without it, the context keeps only the suite and its results (Data Docs)
+    context.data_sources.delete(f"rows_{suite.name}")
     by_rule: dict[str, Any] = {}
     for r in outcome.results:
         config = r.expectation_config

@@ -879,6 +879,20 @@ def test_a_suite_of_column_rules_validated_in_chunks_gives_the_whole_tables_resu
     assert whole.rule("heart_rate_range").unexpected_rows == (0, 6, 7, 9, 10)  # 900, then 301s and 302s
 
 
+def test_a_validated_chunk_leaves_no_frame_in_the_context() -> None:
+    """GX's data source holds the chunk's pandas frame: the gate drops it after each chunk, so a
+    gate task's context grows by suites and results only, not by every chunk's rows."""
+    from medlake.expectations.gate import _gx_context
+
+    context = _gx_context()
+    rows = observations(*MIXED, *(obs(f"more-{i}") for i in range(7)))
+
+    validate(rows, SUITE, table_name=OBS, context=context, chunk_rows=3)
+
+    assert len(context.suites.all()) == 4  # a suite a chunk, kept for the Data Docs
+    assert list(context.data_sources.all()) == []
+
+
 def test_a_share_is_added_up_over_chunks_not_judged_per_chunk() -> None:
     # the first chunk has no person at all: alone it fails "person_key for at least 50% of rows";
     # over the table three of five rows have one, which holds
