@@ -42,6 +42,8 @@ RULE_INCOMPATIBLE = "units.incompatible"
 #: decimals kept after a conversion: drops binary noise (36.99999999999999) but no precision any
 #: instrument has; the canonical units hold values far above 1e-9 (no mol/L, no g/L of traces)
 CONVERTED_DECIMALS = 9
+#: values below this size are rounded to CONVERTED_DECIMALS after a conversion
+_ROUNDABLE = 1e15
 
 
 @dataclass(frozen=True)
@@ -291,8 +293,12 @@ def normalize_units(
     value = obs.column("value_num")
 
     def apply(column: pa.ChunkedArray) -> pa.Array:
-        new = pc.round(pc.add(pc.multiply(column, scale), offset), CONVERTED_DECIMALS)
-        return pc.if_else(converted, new, column)
+        raw = pc.add(pc.multiply(column, scale), offset)
+        # rounding a value past 1e15 to decimals overflows in Arrow (and means nothing): such a
+        # value is kept unrounded, for the plausibility rules to judge, not an error for the step
+        small = pc.fill_null(pc.less(pc.abs(raw), _ROUNDABLE), False)
+        rounded = pc.round(pc.if_else(small, raw, 0.0), CONVERTED_DECIMALS)
+        return pc.if_else(converted, pc.if_else(small, rounded, raw), column)
 
     out = replace(
         obs, "_unit_converted_from", pc.if_else(converted, obs.column("value_unit"), None)

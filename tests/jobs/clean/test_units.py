@@ -104,6 +104,19 @@ def test_converted_rows_keep_what_they_were() -> None:
     assert rows["bp"]["value_num"] == 120.0
 
 
+def test_a_huge_value_is_converted_unrounded_not_an_error_for_the_batch() -> None:
+    """Rounding 3e299 degrees C to nine decimals overflows in Arrow: the value is converted and kept
+    unrounded (the plausibility rules judge it), and the rest of the batch is rounded as before."""
+    table = obs(
+        {"observation_key": "huge", "code": "8310-5", "value_num": 5e299, "value_unit": "[degF]"},
+        {"observation_key": "temp", "code": "8310-5", "value_num": 98.6, "value_unit": "[degF]"},
+    )
+    split = units.normalize_units(table)
+    rows = {r["observation_key"]: r for r in split.good.to_pylist()}
+    assert rows["huge"]["value_num"] == pytest.approx((5e299 - 32) * 5 / 9)
+    assert rows["temp"]["value_num"] == 37.0
+
+
 @pytest.mark.parametrize(
     ("code", "unit", "rule", "words"),
     [
