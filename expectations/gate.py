@@ -37,9 +37,10 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
+from deltalake import write_deltalake
 
 from medlake.engines import DeltaSource, Engine, Target
+from medlake.engines.embedded import read_batches, row_count, source_schema
 from medlake.errors import BadDataError
 from medlake.expectations import data_docs, volume
 from medlake.expectations.volume import Finding, VolumePolicy, by_source
@@ -377,7 +378,7 @@ def run_gate(
         if spec.layer != "silver":
             raise ValueError(f"the gate promotes silver tables only, not {name}")
         source = _staging(lake, name)
-        total = _row_count(source)
+        total = row_count(source)
         path = suite_path(name, suites_dir=suites_dir)
         check: _Validation | None = None
         step = chunk_rows
@@ -522,18 +523,9 @@ def _staging(lake: Lake, silver_name: str) -> DeltaSource:
     return DeltaSource(lake.uri(name), version=lake.version(name), decode=lake.decoder(name))
 
 
-def _row_count(source: DeltaSource) -> int:
-    table = DeltaTable(source.uri)
-    if source.version is not None:
-        table.load_as_version(source.version)
-    return int(table.to_pyarrow_dataset().count_rows(use_threads=False))
-
-
 def _chunks(source: DeltaSource, rows: int) -> Iterator[pa.Table]:
     """The source's rows as tables of ``rows`` rows (the last fewer; one empty table when there
     are none, so an empty table is validated too), read a record batch at a time."""
-    from medlake.engines.embedded import read_batches
-
     held: list[pa.Table] = []
     count = 0
     given = False
@@ -553,11 +545,8 @@ def _chunks(source: DeltaSource, rows: int) -> Iterator[pa.Table]:
 
 
 def _empty(source: DeltaSource) -> pa.Table:
-    """No rows, with the source's columns (view types plain, as :func:`read_batches` gives them)."""
-    from medlake.engines.embedded import plain
-
-    schema = DeltaTable(source.uri).to_pyarrow_dataset().schema
-    return pa.Table.from_batches([plain(pa.RecordBatch.from_pylist([], schema=schema))])
+    """No rows, with the source's columns at its version, as :func:`read_batches` gives them."""
+    return source_schema(source).empty_table()
 
 
 def _summed(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:

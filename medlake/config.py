@@ -336,6 +336,11 @@ class EmbeddedSettings(BaseModel):
     buckets: int = Field(
         default=16, ge=1, description="Hash buckets of a keyed step: one bucket in memory at a time."
     )
+    bucket_rows: int = Field(
+        default=250_000,
+        ge=1,
+        description="Rows per hash bucket a keyed step aims at: a larger source gets more buckets than `buckets`.",
+    )
 
     def worker_count(self) -> int:
         """The worker processes to use: the setting, or one per core."""

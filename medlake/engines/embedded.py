@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import math
 import os
 import tempfile
 import threading
@@ -68,6 +69,7 @@ class EmbeddedEngine:
     workers: int = 1
     parallel_min_rows: int = 50_000
     buckets: int = 16
+    bucket_rows: int = 250_000
     name: str = "embedded"
     #: commits the stage's own table writes (ledger, quarantine, staging): delta-rs, here
     writer: TableWriter = field(default=DELTA_RS, repr=False, compare=False)
@@ -94,6 +96,7 @@ class EmbeddedEngine:
             workers=settings.worker_count(),
             parallel_min_rows=settings.parallel_min_rows,
             buckets=settings.buckets,
+            bucket_rows=settings.bucket_rows,
         )
 
     # -- batch-local -------------------------------------------------------------------------
@@ -137,7 +140,7 @@ class EmbeddedEngine:
         if isinstance(source, FileSource):
             size = sum(os.path.getsize(path) for path, _ in source.files if os.path.exists(path))
             return size >= least * 1_000  # about a kilobyte a record
-        return _row_count(source) >= least
+        return row_count(source) >= least
 
     def _read(self, source: Source) -> Iterator[pa.RecordBatch]:
         if isinstance(source, FileSource):
@@ -173,7 +176,7 @@ class EmbeddedEngine:
             paths = _bucketed(
                 _counted(read_batches(source, batch_rows=self.batch_rows), counts),
                 keys=list(keys),
-                buckets=self.buckets,
+                buckets=self.buckets_for(source),
                 folder=Path(scratch),
             )
             with _Spool(quarantine) as spool:
@@ -196,6 +199,12 @@ class EmbeddedEngine:
             target_version=DeltaTable(target.uri).version(),
             counters=counts.counters,
         )
+
+    def buckets_for(self, source: DeltaSource) -> int:
+        """The hash buckets of a keyed step over ``source``: at least :attr:`buckets`, and enough
+        that a bucket holds about :attr:`bucket_rows` rows, so its memory does not grow with the
+        input."""
+        return max(self.buckets, math.ceil(row_count(source) / self.bucket_rows))
 
     # -- set-based ---------------------------------------------------------------------------
 
@@ -329,6 +338,14 @@ def _scan(source: DeltaSource, dataset: ds.Dataset, batch_rows: int) -> Iterator
             yield batch
 
 
+def source_schema(source: DeltaSource) -> pa.Schema:
+    """The columns the source reads, at its version, view types plain."""
+    schema = _dataset(source).schema
+    if source.columns is not None:
+        schema = pa.schema([schema.field(c) for c in source.columns])
+    return plain(pa.RecordBatch.from_pylist([], schema=schema)).schema
+
+
 def _dataset(source: DeltaSource) -> ds.Dataset:
     table = DeltaTable(source.uri)
     if source.version is not None:
@@ -347,7 +364,8 @@ def _filter(source: DeltaSource) -> pc.Expression | None:
     return condition
 
 
-def _row_count(source: DeltaSource) -> int:
+def row_count(source: DeltaSource) -> int:
+    """How many rows the source reads (its version, its filters), from the files' metadata."""
     return int(_dataset(source).count_rows(filter=_filter(source), use_threads=False))
 
 

@@ -33,3 +33,10 @@ def sealed_in_a_worker(rows: pa.Table) -> pa.Table:
     if os.environ.get(MAIN_PID) == str(os.getpid()):
         raise AssertionError("sealed in the main process")
     return rows
+
+
+def per_key(key: tuple[object, ...], rows: pa.Table) -> Split:
+    """A keyed step: one row per key with how many rows it saw (all of them: a key's rows arrive
+    together, whatever bucket holds them)."""
+    out = pa.table({"k": [str(key[0])], "n": [rows.num_rows]})
+    return Split(out, QUARANTINE_SCHEMA.empty_table(), {f"pid:{os.getpid()}": 1})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
 from medlake.config import load_settings
 from medlake.engines import DeltaSource, QuarantineSink, Target
@@ -125,3 +125,31 @@ def test_side_outputs_are_sealed_in_the_workers(
         engine.close()
     assert applied.sides["copy"] == ROWS
     assert DeltaTable(str(tmp_path / "side")).to_pyarrow_dataset().count_rows() == ROWS
+
+
+def test_a_keyed_step_cuts_a_larger_source_into_more_buckets_with_the_same_result(tmp_path: Path) -> None:
+    """A bucket holds about ``bucket_rows`` rows: the bucket count grows with the source, not
+    the memory of one bucket; every key's rows still arrive in one call."""
+    from engine_probe import per_key
+
+    keys = [f"k{i % 37}" for i in range(1_000)]
+    write_deltalake(str(tmp_path / "src"), pa.table({"k": keys, "v": list(range(1_000))}))
+    schema = pa.schema([pa.field("k", pa.string()), pa.field("n", pa.int64())])
+    source = DeltaSource(str(tmp_path / "src"))
+    written = {}
+    for bucket_rows in (10_000, 50):
+        engine = EmbeddedEngine(batch_rows=64, buckets=4, bucket_rows=bucket_rows)
+        written[bucket_rows] = engine.buckets_for(source)
+        engine.keyed(
+            per_key,
+            source=source,
+            keys=("k",),
+            target=Target(str(tmp_path / f"out-{bucket_rows}"), schema),
+            quarantine=QuarantineSink(str(tmp_path / f"q-{bucket_rows}"), run_id="r"),
+        )
+    assert written == {10_000: 4, 50: 20}  # at least ``buckets``; else rows / bucket_rows
+    few, many = (
+        sorted(DeltaTable(str(tmp_path / f"out-{b}")).to_pyarrow_table().to_pylist(), key=str)
+        for b in (10_000, 50)
+    )
+    assert many == few and len(few) == 37 and sum(r["n"] for r in few) == 1_000
