@@ -37,14 +37,13 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import write_deltalake
 
 from medlake.engines import DeltaSource, Engine, Target
 from medlake.engines.embedded import read_batches, row_count, source_schema
 from medlake.errors import BadDataError
 from medlake.expectations import data_docs, volume
 from medlake.expectations.volume import Finding, VolumePolicy, by_source
-from medlake.lake import Lake, TableNotFound, conform, writer_properties
+from medlake.lake import Lake, TableNotFound, conform
 from medlake.ledger import Entry
 from medlake.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from medlake.quarantine import Split, silver_rejects, stamp_run
@@ -458,16 +457,12 @@ class _Staged:
         good = conform(split.good, self.spec.schema)
         bad = conform(stamp_run(split.quarantined, self.run_id), QUARANTINE_SCHEMA)
         for side, data, name in (("good", good, self.spec.name), ("quarantined", bad, QUARANTINE.name)):
-            encode = lake.encoder(name)
-            if encode is not None and data.num_rows:
-                data = encode(data)
-            data = data.append_column(self.ROW, pa.array(places[side], pa.int64()))
-            write_deltalake(
-                lake.scratch_uri(self._part(side), run_id=self.run_id),
-                data,
-                mode="overwrite" if start == 0 else "append",
-                schema_mode="overwrite" if start == 0 else None,
-                writer_properties=writer_properties(),
+            lake.write_scratch(
+                self._part(side),
+                data.append_column(self.ROW, pa.array(places[side], pa.int64())),
+                run_id=self.run_id,
+                sealed_as=name,
+                append=start > 0,
             )
         self.records_in += rows
 

@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-from deltalake import write_deltalake
 
-from medlake.lake import Lake, conform, writer_properties
+from medlake.lake import Lake, conform
 from medlake.ledger import Entry
 from medlake.quarantine import Split, stamp_run
 from medlake.registry import QUARANTINE, TableSpec
@@ -170,13 +169,8 @@ def write_bronze(
     from medlake.engines.embedded import EmbeddedEngine
 
     lake.insert_new(QUARANTINE.name, stamp_run(split.quarantined, run_id))
-    scratch = lake.scratch_uri(spec.name, run_id=run_id)
-    write_deltalake(
-        scratch,
-        conform(_encoded(lake, spec.name, split.good), spec.schema),
-        mode="overwrite",
-        schema_mode="overwrite",
-        writer_properties=writer_properties(),
+    scratch = lake.write_scratch(
+        spec.name, conform(split.good, spec.schema), run_id=run_id, sealed_as=spec.name
     )
     new = _promote(lake, engine or EmbeddedEngine(), spec, DeltaSource(scratch), run_id=run_id)
     return Entry(
@@ -204,8 +198,3 @@ def _promote(lake: Lake, engine: Engine, spec: TableSpec, scratch: DeltaSource, 
     )
     lake.drop_scratch_table(spec.name, run_id=run_id)
     return new
-
-
-def _encoded(lake: Lake, name: str, rows: pa.Table) -> pa.Table:
-    encode = lake.encoder(name)
-    return encode(rows) if encode is not None and rows.num_rows else rows

@@ -197,6 +197,25 @@ class Lake:
         step stages before a set-based write, so runs and retries never share it."""
         return str(self._at(f"_scratch/{_safe(run_id)}/{name}"))
 
+    def write_scratch(
+        self, name: str, rows: pa.Table, *, run_id: str, sealed_as: str, append: bool = False
+    ) -> str:
+        """Write ``rows`` to the run's scratch table ``name`` (see :meth:`scratch_uri`), sealed as
+        table ``sealed_as`` seals them, a new table unless ``append``; its URI. Scratch tables are
+        the writing process's own (delta-rs, whatever the engine), read back by the engine."""
+        encode = self.encoder(sealed_as)
+        if encode is not None and rows.num_rows:
+            rows = encode(rows)
+        uri = self.scratch_uri(name, run_id=run_id)
+        write_deltalake(
+            uri,
+            rows,
+            mode="append" if append else "overwrite",
+            schema_mode=None if append else "overwrite",
+            writer_properties=writer_properties(),
+        )
+        return uri
+
     def drop_scratch(self, *, run_id: str) -> None:
         """Remove a run's scratch tables (they hold sealed PHI: nothing keeps them once used)."""
         self._drop(str(self._at(f"_scratch/{_safe(run_id)}")))
