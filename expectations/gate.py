@@ -25,11 +25,12 @@ with this module (DAG files import this module when Airflow parses them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,15 +237,16 @@ def validate(
     table; a fresh one when not given); ``run_name`` names the validation there. ``lake`` holds
     the tables referential-integrity rules refer to (:func:`resolve_references`).
 
-    With ``chunk_rows``, a suite of column-map rules only (:func:`by_chunks`) is validated that
-    many rows at a time, each chunk a validation of its own in the Data Docs; the results are
-    the whole table's (row positions offset, counts and shares added up).
+    With ``chunk_rows``, the rows are validated that many at a time, each chunk a validation of
+    its own in the Data Docs; the results are the whole table's (row positions offset, counts and
+    shares added up). A rule that needs every row at once (uniqueness, a table's row count) is
+    validated once, on the table's columns it reads (see :class:`_Validation`).
     """
     suite_data = resolve_references(load_suite(suite), lake)
-    step = chunk_rows if chunk_rows and by_chunks(suite_data) else max(rows.num_rows, 1)
+    step = chunk_rows or max(rows.num_rows, 1)
     check = _Validation(
         suite_data, table_name=table_name, rows=rows.num_rows, step=step, context=context,
-        run_name=run_name,
+        run_name=run_name, columns=rows.select,
     )
     starts = range(0, rows.num_rows, step) if rows.num_rows else range(1)
     checked = [check.chunk(rows.slice(start, step)) for start in starts]
@@ -276,6 +278,7 @@ class _Validation:
         step: int,
         context: Any = None,
         run_name: str | None = None,
+        columns: Callable[[list[str]], pa.Table] | None = None,
     ) -> None:
         self.suite_data = suite_data
         self.table_name = table_name
@@ -288,28 +291,66 @@ class _Validation:
         self.references = _reference_keys(suite_data)
         self.parts: dict[str, list[tuple[int, RuleResult]]] = {rule: [] for rule in self.order}
         self.start = 0
+        #: in chunks, the rules that judge each row alone; the others once, on their columns
+        chunked = rows > step
+        self.by_rows = [e for e in self.expectations if not chunked or _by_rows(e)]
+        self.at_once = [e for e in self.expectations if chunked and not _by_rows(e)]
+        self.columns = columns
+        self.whole: dict[int, list[RuleResult]] | None = None
 
-    def chunk(self, rows: pa.Table) -> _Checked:
-        """Validate the next chunk (every chunk but the last ``step`` rows; one empty chunk
-        for an empty table)."""
-        start = self.start
-        label = "" if self.rows <= self.step else f" rows {start + 1}-{start + rows.num_rows}"
+    def _table_rules(self, schema: pa.Schema) -> dict[int, list[RuleResult]]:
+        """The rules over every row (uniqueness, row counts), validated once on the columns
+        they read (and the key): their failing rows, by position in the table."""
+        if self.columns is None:
+            raise RuntimeError(f"{self.table_name}: rules over the whole table need its columns")
+        key = _key_columns(self.table_name, schema)
+        wanted = [c for c in schema.names if c in {*key, *(c for e in self.at_once for c in _read_by(e))}]
+        rows = self.columns(wanted or list(schema.names[:1]))
         raw = _run_gx(
-            rows, self.suite_data, self.references, label=label, context=self.context,
-            run_name=self.run_name,
+            rows, {**self.suite_data, "expectations": self.at_once}, self.references,
+            label=" rules over every row", context=self.context, run_name=self.run_name,
         )
         failing: dict[int, list[RuleResult]] = {}
-        for exp in self.expectations:
+        for exp, result in self._results(self.at_once, raw):
+            self.parts[exp["meta"]["rule"]].append((0, result))
+            for i in result.unexpected_rows if result.row_level else ():
+                failing.setdefault(i, []).append(result)
+        return failing
+
+    def _results(
+        self, expectations: Sequence[dict[str, Any]], raw: Mapping[str, Any]
+    ) -> Iterator[tuple[dict[str, Any], RuleResult]]:
+        for exp in expectations:
             rule = exp["meta"]["rule"]
             if rule not in raw:
                 raise RuntimeError(
                     f"{self.table_name}: Great Expectations returned no result for rule {rule!r}"
                 )
-            result = _rule_result(exp, raw[rule])
-            self.parts[rule].append((start, result))
-            if result.row_level:
-                for i in result.unexpected_rows:
+            yield exp, _rule_result(exp, raw[rule])
+
+    def chunk(self, rows: pa.Table) -> _Checked:
+        """Validate the next chunk (every chunk but the last ``step`` rows; one empty chunk
+        for an empty table)."""
+        start = self.start
+        if self.at_once and self.whole is None:
+            self.whole = self._table_rules(rows.schema)
+        failing: dict[int, list[RuleResult]] = {
+            i - start: list(found)
+            for i, found in (self.whole or {}).items()
+            if start <= i < start + rows.num_rows
+        }
+        if self.by_rows:
+            label = "" if self.rows <= self.step else f" rows {start + 1}-{start + rows.num_rows}"
+            raw = _run_gx(
+                rows, {**self.suite_data, "expectations": self.by_rows}, self.references,
+                label=label, context=self.context, run_name=self.run_name,
+            )
+            for exp, result in self._results(self.by_rows, raw):
+                self.parts[exp["meta"]["rule"]].append((start, result))
+                for i in result.unexpected_rows if result.row_level else ():
                     failing.setdefault(i, []).append(result)
+        for found in failing.values():  # a row's first failing rule in suite order
+            found.sort(key=lambda r: self.order[r.rule])
         key = _key_columns(self.table_name, rows.schema)
         good = rows.filter(pa.array([i not in failing for i in range(rows.num_rows)], pa.bool_()))
         quarantined = _quarantine(rows, failing, table_name=self.table_name, key=key, start=start)
@@ -353,8 +394,8 @@ def run_gate(
     (the lineage's data-quality facets).
 
     Memory stays bounded by ``chunk_rows``, not the run: a table's staged rows are read, validated
-    and split ``chunk_rows`` at a time (a suite :func:`by_chunks` cannot split, imaging's, whole),
-    each chunk's split appended to the run's scratch as it comes. Promotion is the ``engine``'s
+    and split ``chunk_rows`` at a time (a rule over every row, imaging's uniqueness, is validated
+    once on the columns it reads), each chunk's split appended to the run's scratch as it comes. Promotion is the ``engine``'s
     set-based insert (:meth:`~medlake.engines.Engine.insert_new`, default the embedded engine):
     the first row of each key, in staging order, upserted into silver (a key silver holds is
     updated) and inserted into the quarantine where its id is new; a re-run gives the same tables.
@@ -380,16 +421,15 @@ def run_gate(
         total = row_count(source)
         path = suite_path(name, suites_dir=suites_dir)
         check: _Validation | None = None
-        step = chunk_rows
         if path.exists():
             context = context or _gx_context(data_docs.site_dir(lake))
             suite_data = resolve_references(load_suite(path), lake)
-            step = chunk_rows if by_chunks(suite_data) else max(total, 1)
             check = _Validation(
-                suite_data, table_name=name, rows=total, step=step, context=context, run_name=run_id
+                suite_data, table_name=name, rows=total, step=chunk_rows, context=context,
+                run_name=run_id, columns=functools.partial(_columns, source),
             )
         kept = _Staged(spec, run_id)
-        for chunk in _chunks(source, step):
+        for chunk in _chunks(source, chunk_rows):
             kept.delivered = _summed(kept.delivered, by_source(chunk))
             checked = check.chunk(chunk) if check is not None else _Checked(
                 Split(chunk, QUARANTINE_SCHEMA.empty_table()), ()
@@ -539,6 +579,15 @@ def _chunks(source: DeltaSource, rows: int) -> Iterator[pa.Table]:
         yield _empty(source)
 
 
+def _columns(source: DeltaSource, names: list[str]) -> pa.Table:
+    """Only these columns of every row of the source, in its order (a whole-table rule's)."""
+    table = pa.Table.from_batches(
+        read_batches(dataclasses.replace(source, columns=tuple(names)), batch_rows=_READ_ROWS),
+        schema=source_schema(dataclasses.replace(source, columns=tuple(names))),
+    )
+    return table.combine_chunks()
+
+
 def _empty(source: DeltaSource) -> pa.Table:
     """No rows, with the source's columns at its version, as :func:`read_batches` gives them."""
     return source_schema(source).empty_table()
@@ -577,7 +626,9 @@ def validate_gold(
 
     Gold is not split row-wise: a failing row means the mart's SQL is wrong, so every failed rule,
     row-level or not, stops the task. Tables without a suite are not checked. The results go to
-    the Data Docs site ``<lake>/_quality/data_docs/gold/``. ``data`` holds the marts' rows before
+    the Data Docs site ``<lake>/_quality/data_docs/gold/``. A mart is validated :data:`CHUNK_ROWS`
+    rows at a time (GX's pandas frame of a whole mart is several times its Arrow size), its rules
+    over every row (a key's uniqueness) once on the columns they read. ``data`` holds the marts' rows before
     they are written (the gold build validates first, so a failing mart never reaches gold);
     without it the tables are read from the lake.
     """
@@ -597,7 +648,9 @@ def validate_gold(
         else:
             raise TableNotFound(f"no gold table {name} at {lake.path(name)}: dbt has not built it")
         context = context or _gx_context(folder)
-        result = validate(rows, path, table_name=name, context=context, run_name=run_id)
+        result = validate(
+            rows, path, table_name=name, context=context, run_name=run_id, chunk_rows=CHUNK_ROWS
+        )
         results.append(dataclasses.replace(result, split_rows=False))
     if context is not None:
         data_docs.build(context, folder)
@@ -712,12 +765,23 @@ def _within(
 
 def by_chunks(suite_data: Mapping[str, Any]) -> bool:
     """Whether the suite gives the same results validated a chunk of rows at a time: every rule
-    judges each row on its own, and every share (``mostly``) is one the gate can add up."""
-    return all(
-        exp["type"] in _ROW_BY_ROW
-        and (exp.get("kwargs", {}).get("mostly", 1) == 1 or exp["type"] in _SHARE_ADDS_UP)
-        for exp in suite_data.get("expectations", [])
+    judges each row on its own, and every share (``mostly``) is one the gate can add up. (A
+    suite with other rules is still chunked: those are validated once, on their columns.)"""
+    return all(_by_rows(exp) for exp in suite_data.get("expectations", []))
+
+
+def _by_rows(exp: Mapping[str, Any]) -> bool:
+    """Whether a rule judges each row on its own, with a share the gate can add up over chunks."""
+    return exp["type"] in _ROW_BY_ROW and (
+        exp.get("kwargs", {}).get("mostly", 1) == 1 or exp["type"] in _SHARE_ADDS_UP
     )
+
+
+def _read_by(exp: Mapping[str, Any]) -> list[str]:
+    """The columns a rule reads (none: a rule on the table's row count)."""
+    kwargs = exp.get("kwargs", {})
+    named = [kwargs.get(k) for k in ("column", "column_A", "column_B")]
+    return [c for c in (*named, *(kwargs.get("column_list") or ())) if isinstance(c, str)]
 
 
 def _added_up(exp: Mapping[str, Any], parts: Sequence[tuple[int, RuleResult]]) -> RuleResult:

@@ -674,6 +674,32 @@ def test_a_wrong_gold_row_stops_the_gold_task(
     assert f"{FEATURES}: {rule} — " in str(refused.value) and words in str(refused.value)
 
 
+def test_a_gold_mart_is_validated_in_chunks_its_key_over_every_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of two rows: a person twice, three chunks apart, still stops the build."""
+    from medlake.expectations import gate
+
+    monkeypatch.setattr(gate, "CHUNK_ROWS", 2)
+    frames: list[tuple[int, int]] = []
+    run_gx = gate._run_gx
+    monkeypatch.setattr(
+        gate, "_run_gx", lambda rows, *a, **k: frames.append(rows.shape) or run_gx(rows, *a, **k)
+    )
+    lake = Lake(tmp_path / "lake")
+    write_features(lake, *(feature_row(f"p{i}") for i in range(6)), feature_row("p0"))
+
+    with pytest.raises(GateFailed, match="person_key_unique — 2 rows fail") as refused:
+        validate_gold(lake, run_id="run-1", tables=[FEATURES])
+
+    columns = len(feature_row("p").keys())
+    assert frames == [(7, 1), (2, columns), (2, columns), (2, columns), (1, columns)]  # the key, then chunks
+
+    (result,) = refused.value.results
+    assert result.rule("person_key_unique").unexpected_rows == (0, 6)
+    assert result.rule("age_band_in_dbt_bands").element_count == 7  # added up over four chunks
+
+
 def test_gold_lab_bounds_are_silvers_physiological_bounds() -> None:
     from medlake.jobs.clean.ranges import impossible_ranges
 
@@ -918,16 +944,84 @@ def test_a_share_is_added_up_over_chunks_not_judged_per_chunk() -> None:
     assert refused.table_failures[0].message.startswith("66.7% of rows fail (2 of 3)")
 
 
-def test_a_suite_with_a_rule_over_the_whole_table_is_not_chunked() -> None:
+def test_which_suites_hold_a_rule_over_every_row() -> None:
     from medlake.expectations.gate import by_chunks, load_suite
 
     unique = load_suite(suite_path("silver.imaging_instances"))
     assert not by_chunks(unique)  # uniqueness needs every row at once
     assert by_chunks(load_suite(SUITE))
-    for name in SILVER_TABLES:  # every silver suite but one is validated in chunks
+    for name in SILVER_TABLES:  # every silver suite but one judges each row on its own
         path = suite_path(name)
         if path.exists() and name != "silver.imaging_instances":
             assert by_chunks(load_suite(path)), name
+
+
+#: column rules and two rules over every row: a key's uniqueness and the table's row count
+MIXED_SUITE = {
+    "name": "mixed",
+    "expectations": [
+        {
+            "type": "expect_column_values_to_be_unique",
+            "kwargs": {"column": "observation_key"},
+            "meta": {"rule": "observation_key_unique"},
+        },
+        {
+            "type": "expect_column_values_to_be_between",
+            "kwargs": {"column": "value_num", "min_value": 0, "max_value": 300},
+            "meta": {"rule": "value_in_range"},
+        },
+        {
+            "type": "expect_table_row_count_to_be_between",
+            "kwargs": {"min_value": 1, "max_value": 100},
+            "meta": {"rule": "row_count_in_band"},
+        },
+    ],
+}
+
+
+def test_rules_over_every_row_hold_across_chunks() -> None:
+    """Chunks of two rows: a key repeated three chunks apart is still found twice (uniqueness is
+    validated once, on the table's key column), a row failing both kinds of rule is quarantined
+    once under its first rule in suite order, and the results are the whole table's."""
+    rows = observations(
+        obs("a"), obs("b"), obs("dup", value=900.0), obs("c"), obs("d"), obs("e"), obs("dup")
+    )
+    whole = validate(rows, MIXED_SUITE, table_name=OBS)
+    chunked = validate(rows, MIXED_SUITE, table_name=OBS, chunk_rows=2)
+
+    assert chunked.rules == whole.rules
+    assert chunked.rule("observation_key_unique").unexpected_rows == (2, 6)
+    assert chunked.rule("row_count_in_band").success
+    assert chunked.split.quarantined.drop(["quarantined_at"]).to_pylist() == (
+        whole.split.quarantined.drop(["quarantined_at"]).to_pylist()
+    )
+    assert chunked.split.quarantined.column("rule_id").to_pylist() == [
+        "gate.observation_key_unique", "gate.observation_key_unique"
+    ]
+    assert chunked.split.good.num_rows == 5
+
+
+def test_the_gate_validates_a_rule_over_every_row_on_its_columns_and_chunks_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate never holds a whole table for a uniqueness rule: it reads only the columns the
+    rule needs (and the key), once, and streams every row's columns a chunk at a time."""
+    from medlake.expectations import gate
+
+    read: list[list[str]] = []
+    whole_read = gate._columns
+    monkeypatch.setattr(gate, "_columns", lambda source, names: read.append(names) or whole_read(source, names))
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "silver_observations.json").write_text(json.dumps(MIXED_SUITE))
+    lake = Lake(tmp_path / "lake")
+    stage(lake, SILVER_OBSERVATIONS, observations(obs("a"), obs("b"), obs("c"), obs("a"), obs("d")))
+
+    (entry,) = run_gate(lake, run_id="run-1", tables=[OBS], chunk_rows=2, suites_dir=suites)
+
+    assert read == [["observation_key"]]
+    assert (entry.records_in, entry.records_out, entry.quarantined, entry.merged) == (5, 3, 1, 1)
+    assert sorted(r["observation_key"] for r in lake.read(OBS).to_pylist()) == ["b", "c", "d"]
 
 
 def test_referential_rules_in_chunks_judge_each_row_against_every_key_of_the_lake(
