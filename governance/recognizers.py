@@ -30,7 +30,7 @@ import importlib
 import pkgutil
 import re
 import tomllib
-from functools import cache
+from functools import cache, lru_cache
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -262,7 +262,12 @@ _DOSE_UNIT = (
 )
 
 
-@cache
+#: compiled patterns kept: the recognizers' own (about a hundred) stay; a note's deny list (two
+#: patterns a note, ~5 KB each) is compiled again when it has fallen out
+COMPILED_KEPT = 4096
+
+
+@lru_cache(maxsize=COMPILED_KEPT)
 def _compiled(pattern: str, flags: int) -> regex.Pattern[str]:
     return regex.compile(pattern, flags=flags)
 
