@@ -552,7 +552,7 @@ SILVER_PATIENT_LINKS = TableSpec(
         _f("person_key", nullable=False),
         _f("match_probability", pa.float64(), nullable=False),
         _f("match_weight", pa.float64()),  # null for deterministic links
-        _f("rule", nullable=False),  # 'prelink' (same MRN and authority) | 'splink'
+        _f("rule", nullable=False),  # 'prelink' (same MRN and authority) | 'identical' | 'splink'
     ),
     key=("source_key_l", "source_key_r"),
     description=(

@@ -164,7 +164,7 @@ LINKS = pa.schema(
         pa.field("source_key_r", pa.string(), nullable=False),
         pa.field("match_probability", pa.float64(), nullable=False),
         pa.field("match_weight", pa.float64()),  # null for deterministic links
-        pa.field("rule", pa.string(), nullable=False),  # 'prelink' (same MRN) | 'splink'
+        pa.field("rule", pa.string(), nullable=False),  # 'prelink' (same MRN) | 'identical' | 'splink'
     ]
 )
 
@@ -831,6 +831,48 @@ def _prelink_pairs(records: pa.Table) -> pa.Table:
     )
 
 
+#: the features a record must hold for an identical one to be the same person unscored
+IDENTICAL_NEEDS = ("given", "family", "birth_date")
+#: what "identical" compares: every identifying feature (not the keys or the sending system)
+_COMPARED = tuple(c for c in FEATURES.names if c not in ("source_key", "prelink_key", "source_system"))
+
+
+def _identical(records: pa.Table, *, keep: Collection[str]) -> tuple[pa.Table, pa.Table]:
+    """Records identical in every identifying feature (name, birth date, sex, address, phone,
+    SSN, e-mail alike; name and birth date present) linked to the first of their kind, a star
+    like :func:`_prelink_pairs` (rule ``identical``, probability 1, no pair when they share a
+    prelink key: that link is made already); and the records left to score, one of each kind.
+
+    Splink scores every pair a blocking rule yields, and n identical records are n²/2 pairs, each
+    a certain match: a feed repeating one patient 770 times gave Splink ~300,000 pairs, its
+    pairs' table and clustering gigabytes. ``keep``: records never folded (anchors of earlier
+    runs, records of a steward's decision)."""
+    first: dict[tuple[Any, ...], dict[str, Any]] = {}
+    pairs: list[tuple[str, str]] = []
+    scored: list[bool] = []
+    for row in records.select(["source_key", "prelink_key", *_COMPARED]).to_pylist():
+        kind = tuple(row[c] for c in _COMPARED)
+        if row["source_key"] in keep or any(row[c] is None for c in IDENTICAL_NEEDS):
+            scored.append(True)
+            continue
+        anchor = first.setdefault(kind, row)
+        scored.append(anchor is row)
+        if anchor is not row and anchor["prelink_key"] != row["prelink_key"]:
+            a, b = anchor["source_key"], row["source_key"]
+            pairs.append((min(a, b), max(a, b)))
+    links = pa.table(
+        {
+            "source_key_l": [p[0] for p in pairs],
+            "source_key_r": [p[1] for p in pairs],
+            "match_probability": [1.0] * len(pairs),
+            "match_weight": pa.nulls(len(pairs), pa.float64()),
+            "rule": ["identical"] * len(pairs),
+        },
+        schema=LINKS,
+    )
+    return links, records.filter(pa.array(scored, pa.bool_()))
+
+
 def _anchored(links: pa.Table, anchors: set[str]) -> pa.Table:
     """The links with at least one record of this run, an anchor (earlier run) on the left."""
     left = links.column("source_key_l").to_pylist()
@@ -974,12 +1016,15 @@ def link(
     Spark backend instead of DuckDB.
     """
     rows = {r["source_key"]: r for r in records.to_pylist()}
+    identical, scored = _identical(records, keep={*anchors, *(k for pair in apart for k in pair)})
     splink, model = (
-        _splink_pairs(records, options, spark)
-        if records.num_rows >= 2
-        else (LINKS.empty_table(), model_description(records.num_rows, options))
+        _splink_pairs(scored, options, spark)
+        if scored.num_rows >= 2
+        else (LINKS.empty_table(), model_description(scored.num_rows, options))
     )
-    prelinked = _prelink_pairs(records)
+    if identical.num_rows:
+        model += f"; {identical.num_rows} records identical to another of the run linked before scoring"
+    prelinked = pa.concat_tables([_prelink_pairs(records), identical])
     if anchors:
         splink, prelinked = (_anchored(t, set(anchors)) for t in (splink, prelinked))
     same = [

@@ -193,6 +193,36 @@ def test_records_sharing_a_prelink_key_are_one_person_even_when_they_disagree() 
     assert len(pairs) == len(set(pairs))  # a prelinked pair is not repeated by Splink
 
 
+def test_identical_records_are_one_person_without_scoring_their_pairs() -> None:
+    """A feed repeating one patient: 400 records identical in every feature are linked to the
+    first of them (a star of 399 links), and Splink scores one of them with the rest, not the
+    80,000 pairs among them. An anchor of an earlier run and a record without a birth date are
+    never folded; copies sharing the first's MRN need no second link."""
+    copies = [
+        identity(f"copy{i:03d}", ["Amara"], "Okafor", "1971-02-03", "617-555-0142")
+        for i in range(400)
+    ]
+    same_mrn = identity("mrn-twin", ["Amara"], "Okafor", "1971-02-03", "617-555-0142", prelink="copy000")
+    undated = [identity(f"undated{i}", ["Amara"], "Okafor", "", "617-555-0142") for i in range(2)]
+    records = dedup.features([*town(), *copies, same_mrn, *undated])
+    identical, scored = dedup._identical(records, keep={"copy399"})
+
+    assert set(scored.column("source_key").to_pylist()) == {
+        *(f"town{i}" for i in range(len(TOWN))), "copy000", "copy399", "undated0", "undated1"
+    }
+    assert identical.num_rows == 398  # copy001-copy398; mrn-twin shares copy000's MRN
+    assert set(identical.column("source_key_l").to_pylist()) == {"copy000"}
+    assert set(identical.column("rule").to_pylist()) == {"identical"}
+
+    linkage = dedup.link(records, anchors={"copy399"})
+    clusters = {r["source_key"]: r["cluster"] for r in linkage.clusters.to_pylist()}
+    assert len({clusters[f"copy{i:03d}"] for i in range(400)} | {clusters["mrn-twin"]}) == 1
+    assert clusters["town0"] != clusters["copy000"]
+    assert "398 records identical to another of the run linked before scoring" in linkage.model
+    splink_pairs = [r for r in linkage.links.to_pylist() if r["rule"] == "splink"]
+    assert len(splink_pairs) < 20  # not n²/2
+
+
 # -- the crosswalk across runs ------------------------------------------------------------------
 
 
@@ -546,7 +576,7 @@ def test_the_ledger_counts_merges_and_the_links_hold_no_phi(hospital) -> None:
     assert entry["balanced"] and entry["merged"] >= len(truth["duplicates"]) * 0.9
     assert entry["records_in"] == entry["records_out"] + entry["merged"]
     links = lake.read(staging_name("silver.patient_links"))
-    assert set(links.column("rule").to_pylist()) == {"prelink", "splink"}
+    assert {"prelink", "splink"} <= set(links.column("rule").to_pylist()) <= {"prelink", "identical", "splink"}
     patients = lake.read(staging_name(SILVER_PATIENTS.name)).to_pylist()
     hashes = {r["source_key"]: r["_record_hash"] for r in patients}
     for link in links.to_pylist():  # lineage: the right-hand record's bronze record
