@@ -293,6 +293,7 @@ def mrn_recognizer() -> PatternRecognizer:
     rules = clinical_rules()
     cue = _alternation(rules["record_cues"])
     marked = _alternation(rules["record_cues_marked"])
+    officer = _alternation(rules["officer_cues"])
     # one token ("W80-3459"), or digit groups split by spaces, with capitals before them
     # ("RAD 2291 4478", "ZGP 40018 2271", "4456 221 09"): five digits or more in all
     spaced = (
@@ -336,6 +337,17 @@ def mrn_recognizer() -> PatternRecognizer:
                 "long digits",
                 rf"(?<![\w/.,:$#-])(?:\d{{7,9}}|\d{{11,12}})\b{not_a_value}(?![.,-]\d)",
                 0.45,
+            ),
+            # a number after an officer's name is a badge number ("Trooper Vance #C-227", "Ofc.
+            # Ruiz, #4471", "Deputy Ann Cole badge 3318")
+            (
+                "officer's number",
+                (
+                    rf"\b(?i:{officer})\.?(?:[ \t]+[^\W\d_][\w'’.-]*){{1,3}},?[ \t]*"
+                    r"(?:#|(?i:badge|shield)[ \t]*(?:#|no\.?|number)?)[ \t]*"
+                    r"(?P<value>(?=[A-Z0-9-]*\d)[A-Z]{0,3}-?\d[\dA-Z-]{1,12})\b"
+                ),
+                0.85,
             ),
             ("letters and digits", r"\b[A-Z]{1,3}-?\d{5,10}\b", 0.5),
             ("letters digits - digits", r"\b[A-Z]{1,3}\d{1,4}-\d{3,6}\b", 0.5),
@@ -396,6 +408,23 @@ def date_recognizer() -> PatternRecognizer:
                 rf"\b{day}(?:st|nd|rd|th)?(?:(?:\s+|-)(?:of\s+)?{month_any_case}|-(?i:may)|(?:st|nd|rd|th)\s+of\s+(?i:may))\b\.?",
                 0.6,
             ),
+            # a range whose end has the year: "8/14-8/19/2024", "3/11 - 3/15/23"
+            (
+                "m/d-m/d/y",
+                r"(?<![\w/.-])\d{1,2}/\d{1,2}[ \t]*[-–][ \t]*\d{1,2}/\d{1,2}/(?:\d{4}|\d{2})\b",
+                0.9,
+            ),
+            # a day of the month alone after "on the" ("on the 3rd and still", "since the 21st,"):
+            # a date when nothing counted follows ("on the 3rd floor", "the 2nd dose")
+            (
+                "on the nth",
+                (
+                    r"(?i:\b(?:on|since|from|until|till|by|before|after)[ \t]+the[ \t]+)"
+                    r"(?P<value>(?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th))\b"
+                    r"(?=[ \t]*(?:[,.;:!?)]|$|(?i:and|or|at|when|but|so|i|we|he|she|they)\b))"
+                ),
+                0.6,
+            ),
             ("'yy", r"(?<![\w'’])['’]\d{2}\b(?!['’\w])", 0.6),
             ("month 'yy", rf"\b{_MONTH}\.?[ \t]*['’]\d{{2}}\b(?!['’\w])", 0.85),
             # a holiday, with its year or after a word of time ("thanksgiving 2019", "since xmas")
@@ -422,6 +451,8 @@ def phone_recognizer() -> PatternRecognizer:
     # a dose after the number ("x 1000 ml") makes no extension; "pgr 22070 Unit No:" still is
     dose = rf"[ \t]*(?i:{_DOSE_UNIT})\b(?![ \t]*(?i:no\b|#|number|:))"
     clock = _alternation(clinical_rules()["clock_cues"])
+    # a unit after a range makes it a measurement ("500-4000 Hz", "250-1000 mL", "100-1200 ms")
+    measure = rf"[ \t]*(?i:{_DOSE_UNIT}|hz|khz|ms|msec|m|km|ft|in|%|ng|pg|iu/l|u/l)\b"
     return _recognizer(
         "PHONE_NUMBER",
         "ClinicalPhoneRecognizer",
@@ -437,7 +468,7 @@ def phone_recognizer() -> PatternRecognizer:
             ("(nn) nnn-nnn", r"\(\d{2,4}\)\s*\d{3}-\d{3,4}\b", 0.7),
             ("digit groups", rf"(?<![\d-])\b\d{{2,5}}(?:[ .]\d{{2,4}}){{2,4}}\b(?![-/]\d|{dose})", 0.45),
             ("two groups (weak)", r"(?<![\d-])\b\d{2,5}[ .]\d{6,8}\b", 0.3),
-            ("local nnn nnnn (weak)", r"(?<![\d/.-])\b\d{3,4}[ .-]\d{4}\b(?![-/.]\d)", 0.3),
+            ("local nnn nnnn (weak)", rf"(?<![\d/.-])\b\d{{3,4}}[ .-]\d{{4}}\b(?![-/.]\d|{measure})", 0.3),
             ("(nn) nnnn nnnn", r"\(\d{2,4}\)\s*\d{3,4}[ .-]?\d{4}\b", 0.7),
             ("ten digits (weak)", r"(?<![\d-])\b\d{10}\b", 0.3),
             # area code, exchange and line, whatever the separators ("617 - 555 0148",
@@ -482,7 +513,7 @@ def phone_recognizer() -> PatternRecognizer:
             ),
             # a hospital extension "2-6610" ("call 2-6645"): weak alone, a phone cue raises it
             ("n-nnnn (weak)", rf"(?<![\w/.,:-])\d-\d{{4}}\b(?![-/.:]\d|{dose})", 0.3),
-            ("nnn-nnnn", r"(?<![\d/.-])\b\d{3}-\d{4}\b(?![-/.]\d)", 0.5),
+            ("nnn-nnnn", rf"(?<![\d/.-])\b\d{{3}}-\d{{4}}\b(?![-/.]\d|{measure})", 0.5),
             # a local number with a dot ("Dr. Ruzicka, 555.0146"): no reading has 4 decimals
             # after 3 digits from 200
             ("nnn.nnnn", r"(?<![\d/.,-])\b[2-9]\d{2}\.\d{4}\b(?![-/.]?\d)", 0.5),
@@ -517,7 +548,14 @@ def age_over_89_recognizer() -> PatternRecognizer:
     ``95 y/o``, ``turned 94``, ``at the age of 91``. Younger ages stay: Safe Harbor keeps them
     and a note needs them. The span is the number alone ("[AGE] yo F"): the unit and the cue
     identify no one."""
-    age = r"(?:9\d|1[0-2]\d)"
+    # in figures or in words ("ninety-six", "one hundred and two")
+    units = r"(?:one|two|three|four|five|six|seven|eight|nine)"
+    teens = r"(?:ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen)"
+    words = (
+        rf"(?i:ninety(?:[- ]{units})?|(?:one|a)[ \t]+hundred(?:[ \t]+(?:and[ \t]+)?"
+        rf"(?:{units}|{teens}|twenty(?:[- ]{units})?))?)"
+    )
+    age = rf"(?:9\d|1[0-2]\d|{words})"
     value = rf"(?P<value>{age})"
     rules = clinical_rules()
     subjects = _alternation(rules["age_subjects"] | rules["kin_cues"])
@@ -546,6 +584,16 @@ def age_over_89_recognizer() -> PatternRecognizer:
                 "turned n",
                 rf"\b(?:turned|turns|turning|age of|was|is)\s+{value}(?=\s+(?:years?|yrs?)\b)",
                 0.9,
+            ),
+            # "pt is 94 and ...", "PT IS NINETY-SIX.": a person's age after "is"/"was", no unit
+            # or reading after it ("pt is 95% on RA", "pt is 98.6")
+            (
+                "subject is n",
+                (
+                    rf"\b(?:{subjects})[ \t]+(?i:is|was|now)[ \t]+{value}\b"
+                    rf"(?![ \t]*(?:[%°]|[./-]\d|(?i:{_DOSE_UNIT}|degrees?|f|c|percent|on|lbs?|kg|cm|in|feet|ft|min|seconds?)\b))"
+                ),
+                0.85,
             ),
             (
                 "turned n (alone)",
@@ -1049,7 +1097,9 @@ class ClinicalCueRecognizer(EntityRecognizer):
         word = r"[^\W\d_][\w'’-]*"
         # the name may stand in brackets or after a comma: "son (rusty)", "wife, summer, states"
         self._named = regex.compile(
-            rf"\b(?P<cue>{_alternation(self.name_cues)})(?:[.:]?[ \t]+[(\"'“‘]?|,[ \t]+|[ \t]*[(\"“‘])"
+            # (an aside in brackets may stand between: "INTERPRETER (CANTONESE) MEI-LIN WU")
+            rf"\b(?P<cue>{_alternation(self.name_cues)})(?:[ \t]*\([^()\n\d]{{2,25}}\)(?=[ \t]+[^\W\d_]))?"
+            r"(?:[.:]?[ \t]+[(\"'“‘]?|,[ \t]+|[ \t]*[(\"“‘])"
             rf"(?P<initial>[^\W\d_]\.[ \t]*)?(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
             regex.IGNORECASE,
         )
@@ -1268,9 +1318,10 @@ class ClinicalCueRecognizer(EntityRecognizer):
         out: list[RecognizerResult] = []
         for m in self._initials.finditer(text):
             if self._cue_before_initials.search(text, max(0, m.start() - 30), m.start()):
+                # (above spaCy's 0.85: a same-span duplicate of it would drop the voucher)
                 out.append(
                     RecognizerResult(
-                        "PERSON", m.start(), m.end(), 0.6, recognition_metadata={VOUCHED: True}
+                        "PERSON", m.start(), m.end(), 0.86, recognition_metadata={VOUCHED: True}
                     )
                 )
         for m in self._between_names.finditer(text) if _BRACKET_OR_QUOTE.search(text) else ():
@@ -1696,7 +1747,11 @@ EPONYM_AFTER = re.compile(
     r"(?:['’]s)?[ \t]+(?:disease|syndrome|sign|test|palsy|reflex|score|scale|criteria|classification"
     r"|procedure|operation|catheter|tube|maneuver|manoeuvre|phenomenon|fracture|tumou?r|lymphoma"
     r"|ulcer|node|triad|law|position|disorder|anomaly|deformity|contracture|esophagus|oesophagus"
-    r"|thyroiditis|encephalopathy|ataxia|dystrophy|stain|solution|formula|equation|method|rules?)\b",
+    r"|thyroiditis|encephalopathy|ataxia|dystrophy|stain|solution|formula|equation|method|rules?"
+    # protocols, measurements, lesions and devices named after people ("Bruce protocol", "Simpson
+    # biplane", "Barrett segment", "Mallory-Weiss tear", "Duke treadmill score", "Unna boot")
+    r"|protocol|biplane|segment|tear|treadmill|bowel|prep|sleepiness|dyspnea|dyspnoea|index"
+    r"|staging|grading|technique|incision|boot|pouch|forceps|retractor|cannula|splint|drain)\b",
     re.IGNORECASE,
 )
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")

@@ -185,6 +185,10 @@ NEED_A_DIGIT = frozenset(
     }
 )
 _DIGIT = re.compile(r"\d")
+#: What a pet's name can be read as (``TextDeidentifier._pet_name``).
+_PETS_NAMED = frozenset({"PERSON", "ORGANIZATION", "NRP", "LOCATION"})
+#: An age over 89 written in words: the one form of a digit-type that has no digit.
+_AGE_IN_WORDS = re.compile(r"ninety|hundred", re.IGNORECASE)
 
 
 class LeanSpacyNlpEngine(SpacyNlpEngine):
@@ -516,7 +520,11 @@ class QuickUrlRecognizer(UrlRecognizer):
     ) -> list[RecognizerResult]:
         if not _DOMAIN_HINT.search(text):
             return []
-        return list(super().analyze(text, entities, nlp_artifacts, regex_flags) or [])
+        return [
+            r
+            for r in super().analyze(text, entities, nlp_artifacts, regex_flags) or []
+            if not text[r.end : r.end + 1].isalnum()  # "p.Se" of "p.Ser1982Argfs": a variant
+        ]
 
 
 _DOMAIN_HINT = re.compile(r"[\w-]\.[^\W\d_]{2}")
@@ -633,6 +641,11 @@ class TextDeidentifier:
         self._names = (first, last)
         rules = clinical_rules()
         self._cue_words = rules["name_cues"] | rules["credentials"]
+        # (the end of the text before a pet's name: the animal, a "named", a comma or a quote)
+        self._animal_before = re.compile(
+            rf"(?i:\b(?:{alternation(rules['animal_words'])}))"
+            r"(?:[ \t]*\([^()\n]{1,30}\))?(?:[ \t]+(?:named|called)|[ \t]*,)?[ \t]*[(\"“‘']?$"
+        )
         # (a dot only after a title: "HCP. Vent:" is a sentence's end, then a section)
         self._cue_capitalised = re.compile(
             rf"(?i:\b(?:{TITLE}\.?|(?:{alternation(rules['name_cues'])}):?))(?:[ \t]+\(?|[ \t]*\()"
@@ -747,11 +760,22 @@ class TextDeidentifier:
             ]
         )
         results += self._capitalised_after_cue(original or text)
+        results = [r for r in results if not self._pet_name(text, r)]
         names = propagate_names(
             text, results, self._stop_words, self.nlp_engine.common_words, self._plain
         )
         organisations = contact_block_organisations(text, results + names, self._clinical)
         return merge_spans(text, results + names + organisations, self._plain)
+
+    def _pet_name(self, text: str, result: RecognizerResult) -> bool:
+        """Whether ``result`` is a name right after an animal word ("dog Rex", "parrot named
+        Napoleon", "a beagle, Daisy", "retriever, 'Captain'"; ``animal_words``): a pet's."""
+        if result.entity_type not in _PETS_NAMED:
+            return False
+        starts = [result.start] + [
+            result.start + w.start() for w in _NAME_WORD.finditer(text[result.start : result.end])
+        ][1:3]  # (spaCy's "beagle, Daisy": the animal inside the span)
+        return any(self._animal_before.search(text, max(0, at - 40), at) for at in starts)
 
     def _capitalised_after_cue(self, text: str) -> list[RecognizerResult]:
         """One or two words its writer capitalised after a name cue, in a note written in
@@ -789,6 +813,8 @@ class TextDeidentifier:
         skip: set[str] = set()
         if not _DIGIT.search(text):
             skip |= NEED_A_DIGIT
+            if _AGE_IN_WORDS.search(text):
+                skip.discard("AGE_OVER_89")  # "PT IS NINETY-SIX"
         if "@" not in text:
             skip.add("EMAIL_ADDRESS")
         return [e for e in sorted({*self._entities, *record}) if e not in skip]
@@ -940,6 +966,14 @@ _DATE_SHAPE = re.compile(
     r"|^\d{1,2}(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\d{2,4}$"
     # a holiday ("since thanksgiving")
     rf"|\b(?:{alternation(clinical_rules()['holidays'])})\b",
+    re.IGNORECASE,
+)
+#: A day of the week alone ("saturday", "this Friday", "Sunday night"): no date element Safe
+#: Harbor removes (a weekday with a day of the month keeps its digits and stays a date).
+_WEEKDAY_ONLY = re.compile(
+    r"(?:(?:on|this|next|last|every|by|until|since|the|past|coming)[ \t]+)*"
+    r"(?:mon|tues?|wed(?:nes)?|thu(?:rs?)?|fri|sat(?:ur)?|sun)(?:day)?s?\.?"
+    r"(?:[ \t]+(?:morning|afternoon|evening|night|am|pm))?",
     re.IGNORECASE,
 )
 #: A time of day alone ("1:15 PM", "9:40 am", "14:30"): Safe Harbor keeps it, and it is no date.
@@ -1101,6 +1135,8 @@ def is_identifying(
     if result.entity_type == "DATE_TIME":
         if _CLOCK_ONLY.fullmatch(value.strip()):
             return False  # a time of day, no date
+        if _WEEKDAY_ONLY.fullmatch(value.strip()):
+            return False  # "on saturday", "Friday night": a day of the week names no date
         if _READING_AFTER.match(text, result.end) or _READING_BEFORE.search(
             text, max(0, result.start - 2), result.start
         ):
@@ -1110,8 +1146,12 @@ def is_identifying(
         )
     if result.entity_type == STREET and result.score < 1 and not _UNIT.fullmatch(value):
         words = [w.casefold() for w in _NAME_WORD.findall(value)]
-        if words and all(w in clinical or _COUNT.fullmatch(w) for w in words):
-            return False  # "5 FiO2 40", "40 IV BID": a setting or a dose, no street
+        if (
+            words
+            and all(w in clinical or _COUNT.fullmatch(w) for w in words)
+            and not _STATE_ZIP.fullmatch(value)
+        ):
+            return False  # "5 FiO2 40", "40 IV BID": a setting or a dose, no street ("VT 05401" is)
         if words and all(len(w) <= 2 or w in stop_words for w in words) and not _ZIP.search(value):
             return False  # "T 98.4 P 76", "84 R 16", "40 AM. Call 617": vital signs, no street
     if result.entity_type == "PERSON" and all(
@@ -1148,6 +1188,8 @@ _UNIT = re.compile(r"(?i:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[a-z]?",
 
 
 _ZIP = re.compile(r"\b\d{5}\b")
+#: A state's code and a ZIP code ("VT 05401", "PA 18372-1102"), whose code may be shorthand too.
+_STATE_ZIP = re.compile(r"[A-Za-z]{2}\.?,?[ \t]+\d{5}(?:-\d{4})?")
 
 
 def _vouched(result: RecognizerResult) -> bool:
@@ -1241,9 +1283,12 @@ def _eponym(text: str, end: int) -> bool:
     """Whether the name ending at ``end`` names a disease, sign or device ("Parkinson's disease",
     "Parkinson and Alzheimer disease", "Foley catheter")."""
     pair = _AND_NAME.match(text, end)
+    # (the other eponym may be two words: "Cullen or Grey Turner sign")
+    pair_2 = pair and _NEXT_NAME_WORD.match(text, pair.end())
     return bool(
         EPONYM_AFTER.match(text, end)
         or (pair and EPONYM_AFTER.match(text, pair.end()))
+        or (pair_2 and EPONYM_AFTER.match(text, pair_2.end()))
         or _SCORE_AFTER.match(text, end)
     )
 
@@ -1256,6 +1301,7 @@ _SCORE_AFTER = re.compile(
 
 
 _AND_NAME = re.compile(r"\s+(?:and|or|&)\s+[^\W\d_][\w'’-]*")
+_NEXT_NAME_WORD = re.compile(r"[ \t]+[A-Z][\w'’-]*")
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 #: One capitalised word in the possessive, and what ends a clause or list item after it.
 _POSSESSIVE_ALONE = re.compile(r"[A-Z][^\W\d_]+['’]s")
