@@ -185,6 +185,18 @@ NEED_A_DIGIT = frozenset(
     }
 )
 _DIGIT = re.compile(r"\d")
+#: One word, capitalised or not ("Gross", "spoke").
+_ONE_WORD = re.compile(r"[^\W\d_]{3,}")
+#: Zipf frequency from which a word opening a sentence is common English, not a name to keep.
+OPENING_WORD_ZIPF = 4.0
+
+
+def _sentence_opening(text: str, start: int) -> bool:
+    """Whether ``start`` opens the text, a line or a sentence (list marks aside)."""
+    before = text[max(0, start - 6) : start].rstrip(" \t>*-•\"“")
+    return not before or before.endswith(("\n", ".", "!", "?", ";"))
+
+
 #: What a pet's name can be read as (``TextDeidentifier._pet_name``).
 _PETS_NAMED = frozenset({"PERSON", "ORGANIZATION", "NRP", "LOCATION"})
 #: An age over 89 written in words: the one form of a digit-type that has no digit.
@@ -644,7 +656,8 @@ class TextDeidentifier:
         # (the end of the text before a pet's name: the animal, a "named", a comma or a quote)
         self._animal_before = re.compile(
             rf"(?i:\b(?:{alternation(rules['animal_words'])}))"
-            r"(?:[ \t]*\([^()\n]{1,30}\))?(?:[ \t]+(?:named|called)|[ \t]*,)?[ \t]*[(\"“‘']?$"
+            r"(?:[ \t]*\([^()\n]{1,30}\))?(?:[ \t]+(?:named|called)|[ \t]*,)?[ \t]*[(\"“‘']?"
+            r"(?:[A-Z][\w'’-]*[\"”’']?(?:,[ \t]*|[ \t]+(?:and|&|or)[ \t]+)[\"“‘']?)?$"
         )
         # (a dot only after a title: "HCP. Vent:" is a sentence's end, then a section)
         self._cue_capitalised = re.compile(
@@ -760,12 +773,33 @@ class TextDeidentifier:
             ]
         )
         results += self._capitalised_after_cue(original or text)
-        results = [r for r in results if not self._pet_name(text, r)]
+        results = [
+            r
+            for r in results
+            if not self._pet_name(text, r) and not self._opening_word(original or text, r)
+        ]
         names = propagate_names(
             text, results, self._stop_words, self.nlp_engine.common_words, self._plain
         )
         organisations = contact_block_organisations(text, results + names, self._clinical)
         return merge_spans(text, results + names + organisations, self._plain)
+
+    def _opening_word(self, text: str, result: RecognizerResult) -> bool:
+        """Whether ``result`` is one common English word opening a sentence or a line that is
+        no name: a header before its colon ("Gross: lungs 780 g", "Held: Januvia") unless it is
+        a first name (a speaker: "Maria: ..."), or a word neither name list holds ("Spoke w/
+        wife", "Copy scanned", "Original note struck")."""
+        if result.entity_type not in _PETS_NAMED or _vouched(result):
+            return False
+        value = text[result.start : result.end]
+        if not _ONE_WORD.fullmatch(value) or not _sentence_opening(text, result.start):
+            return False
+        key = value.casefold()
+        if zipf(key) < OPENING_WORD_ZIPF or key in self._first_names:
+            return False
+        if text[result.end : result.end + 1] == ":":
+            return True
+        return key not in self._lone_names and key not in self._names[1]
 
     def _pet_name(self, text: str, result: RecognizerResult) -> bool:
         """Whether ``result`` is a name right after an animal word ("dog Rex", "parrot named
@@ -954,7 +988,9 @@ def surrogate(key: bytes, person_key: str, entity: str, value: str) -> str:
 _TITLE_ONLY = re.compile(TITLE, re.IGNORECASE)
 _TITLE_BEFORE = re.compile(rf"\b{TITLE}\.?\s+$", re.IGNORECASE)
 _TITLE_START = re.compile(rf"{TITLE}\.?\s+\S", re.IGNORECASE)
-_ACRONYM = re.compile(r"[A-Z]{2,5}")
+#: Shorthand in capitals, alone or joined by a slash, a hyphen or a space, a lower-case letter
+#: at an edge ("SSN", "NCS/EMG", "LIMA-LAD", "CMV PCR", "aVF", "METs"): no organisation or place.
+_ACRONYM = re.compile(r"[a-z]?[A-Z]{2,6}[a-z]?(?:[/ -][a-z]?[A-Z]{1,6}[a-z]?)*")
 _DATE_SHAPE = re.compile(
     r"\b(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sept?(?:ember)?"
     r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?|mon(?:day)?|tue(?:s(?:day)?)?|wed(?:nesday)?"
@@ -1172,6 +1208,8 @@ def is_identifying(
             return False  # "Parkinson's disease", "Foley catheter", spaCy's "Addison" organisation
         if _POSSESSIVE_ALONE.fullmatch(value) and _CLAUSE_END.match(text, result.end):
             return False  # "Hx Parkinson's, resting tremor": a disease; "Smith's daughter" stays
+        if _spacy_reading(value, result):
+            return False  # "Pplat 24", "CIWA-Ar 14", "Vision 20/25 OU": a reading, no name
         tokens = [t.strip(".,;:()[]").casefold() for t in value.split()]
         if all(t in clinical or t in stop_words or not _LETTERS.search(t) for t in tokens):
             return False  # "CO/CI 4.1/2.2", "LVEF 25-30%": shorthand joined by a slash, readings
@@ -1181,6 +1219,24 @@ def is_identifying(
             return True  # "ESPOO": a place written in capitals, not an acronym
         return not _ACRONYM.fullmatch(value.strip())
     return True
+
+
+def _spacy_reading(value: str, result: RecognizerResult) -> bool:
+    """Whether spaCy's named span ``value`` holds a number that is a reading or a count, no
+    date ("QTC 468", "Epworth Sleepiness Scale 16/24", "Modifier -25"; "TAH-BSO 11/97" stays)."""
+    if not _DIGIT.search(value):
+        return False
+    named = result.recognition_metadata or {}
+    if named.get(RecognizerResult.RECOGNIZER_NAME_KEY) != "SpacyRecognizer":
+        return False
+    tokens = value.split()
+    return any(_READING_TOKEN.fullmatch(t) for t in tokens) and not any(
+        _MONTH_YEAR.fullmatch(t.strip(".,;:()")) or _DATE_SHAPE.search(t) for t in tokens
+    )
+
+
+_READING_TOKEN = re.compile(r"[(<>~≤≥=+-]*\d[\d.,/:%x-]*(?:[a-z%]{1,3})?[),.;:]?", re.IGNORECASE)
+_MONTH_YEAR = re.compile(r"(?:0?[1-9]|1[0-2])[/-](?:\d{2}|\d{4})")
 
 
 #: A unit designator alone ("Unit 212", "Apt 3B"): part of an address, never a setting.
