@@ -31,7 +31,7 @@ import pkgutil
 import re
 import tomllib
 from functools import cache
-from itertools import pairwise
+from itertools import chain, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -1097,9 +1097,14 @@ class ClinicalCueRecognizer(EntityRecognizer):
         word = r"[^\W\d_][\w'’-]*"
         # the name may stand in brackets or after a comma: "son (rusty)", "wife, summer, states"
         self._named = regex.compile(
-            # (an aside in brackets may stand between: "INTERPRETER (CANTONESE) MEI-LIN WU")
-            rf"\b(?P<cue>{_alternation(self.name_cues)})(?:[ \t]*\([^()\n\d]{{2,25}}\)(?=[ \t]+[^\W\d_]))?"
-            r"(?:[.:]?[ \t]+[(\"'“‘]?|,[ \t]+|[ \t]*[(\"“‘])"
+            rf"\b(?P<cue>{_alternation(self.name_cues)})(?:[.:]?[ \t]+[(\"'“‘]?|,[ \t]+|[ \t]*[(\"“‘])"
+            rf"(?P<initial>[^\W\d_]\.[ \t]*)?(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
+            regex.IGNORECASE,
+        )
+        # an aside in brackets between the cue and the name ("INTERPRETER (CANTONESE) MEI-LIN
+        # WU", "daughter (HCP) Ana Ruiz"); read besides :attr:`_named` ("son (rusty)")
+        self._named_aside = regex.compile(
+            rf"\b(?P<cue>{_alternation(self.name_cues)})[ \t]*\([^()\n\d]{{2,25}}\)[ \t]+"
             rf"(?P<initial>[^\W\d_]\.[ \t]*)?(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
             regex.IGNORECASE,
         )
@@ -1238,7 +1243,8 @@ class ClinicalCueRecognizer(EntityRecognizer):
 
     def _cued_names(self, text: str) -> list[RecognizerResult]:
         out: list[RecognizerResult] = []
-        for m in self._named.finditer(text, overlapped=True):
+        asides = self._named_aside.finditer(text) if "(" in text else ()
+        for m in chain(self._named.finditer(text, overlapped=True), asides):
             cue = m.group("cue").casefold()
             if cue in self.kin_cues and not m.group("initial"):
                 kin = self._kin_name(text, m)

@@ -1004,14 +1004,6 @@ _DATE_SHAPE = re.compile(
     rf"|\b(?:{alternation(clinical_rules()['holidays'])})\b",
     re.IGNORECASE,
 )
-#: A day of the week alone ("saturday", "this Friday", "Sunday night"): no date element Safe
-#: Harbor removes (a weekday with a day of the month keeps its digits and stays a date).
-_WEEKDAY_ONLY = re.compile(
-    r"(?:(?:on|this|next|last|every|by|until|since|the|past|coming)[ \t]+)*"
-    r"(?:mon|tues?|wed(?:nes)?|thu(?:rs?)?|fri|sat(?:ur)?|sun)(?:day)?s?\.?"
-    r"(?:[ \t]+(?:morning|afternoon|evening|night|am|pm))?",
-    re.IGNORECASE,
-)
 #: A time of day alone ("1:15 PM", "9:40 am", "14:30"): Safe Harbor keeps it, and it is no date.
 _CLOCK_ONLY = re.compile(
     r"(?:at[ \t]+|@[ \t]*)?\d{1,2}(?::\d{2}){1,2}(?:[ \t]*[ap]\.?m\.?)?|\d{1,2}[ \t]*[ap]\.?m\.?",
@@ -1171,8 +1163,6 @@ def is_identifying(
     if result.entity_type == "DATE_TIME":
         if _CLOCK_ONLY.fullmatch(value.strip()):
             return False  # a time of day, no date
-        if _WEEKDAY_ONLY.fullmatch(value.strip()):
-            return False  # "on saturday", "Friday night": a day of the week names no date
         if _READING_AFTER.match(text, result.end) or _READING_BEFORE.search(
             text, max(0, result.start - 2), result.start
         ):
