@@ -30,6 +30,7 @@ import importlib
 import pkgutil
 import re
 import tomllib
+from collections.abc import Iterator
 from functools import cache
 from itertools import chain, pairwise
 from pathlib import Path
@@ -234,6 +235,10 @@ class LeanPatternRecognizer(PatternRecognizer):
 
 
 _DIGIT = re.compile(r"\d")
+#: How far before a credential a credentialed name ("teofila ten drentel, rn") may start.
+_CREDENTIALED_REACH = 120
+#: A run of letters (a word, or a part of one between hyphens and apostrophes).
+_LETTER_RUN = re.compile(r"[^\W\d_]+")
 
 
 def make_lean(recognizer: EntityRecognizer) -> EntityRecognizer:
@@ -1093,6 +1098,8 @@ class ClinicalCueRecognizer(EntityRecognizer):
         self.first, self.last = name_lists()
         self.not_names = rules["not_names_after_cue"]
         self.name_cues = rules["name_cues"] | rules["plural_name_cues"]
+        # (the first run of letters of each cue: "sister" of "sister-in-law", "pa" of "pa-c")
+        self._cue_firsts = frozenset(_LETTER_RUN.match(c).group() for c in self.name_cues)
         self.site_words = rules["site_name_words"]
         word = r"[^\W\d_][\w'’-]*"
         # the name may stand in brackets or after a comma: "son (rusty)", "wife, summer, states"
@@ -1156,6 +1163,10 @@ class ClinicalCueRecognizer(EntityRecognizer):
         self._credential = regex.compile(
             rf"(?<=[^\W\d_]),?[ \t]+(?:{_alternation(rules['credentials'] - {'do', 'pa', 'md'})})\b(?![-/])",
             regex.IGNORECASE,
+        )
+        # (a blank before a credential: where a credentialed name can end)
+        self._any_credential = regex.compile(
+            rf"[ \t](?:{_alternation(rules['credentials'])})\b", regex.IGNORECASE
         )
         self._one_credentialed = regex.compile(rf"(?<![\w'’.-])(?P<w1>{word})$")
         self._acronym = regex.compile(
@@ -1241,10 +1252,22 @@ class ClinicalCueRecognizer(EntityRecognizer):
             return False
         return key in self.first or key in self.last or zipf(key) < 3.0
 
+    def _cue_matches(self, text: str, pattern: Any) -> Iterator[Any]:
+        """What ``pattern.finditer(text, overlapped=True)`` yields for a pattern that opens with
+        a name cue, read only where a word opens that a name cue opens with (a cue starts a run
+        of letters): the alternation of some hundred cues tried at every word boundary of a long
+        note was most of its time."""
+        firsts = self._cue_firsts
+        for word in _LETTER_RUN.finditer(text):
+            if word.group().casefold() in firsts:
+                m = pattern.match(text, word.start())
+                if m is not None:
+                    yield m
+
     def _cued_names(self, text: str) -> list[RecognizerResult]:
         out: list[RecognizerResult] = []
-        asides = self._named_aside.finditer(text) if "(" in text else ()
-        for m in chain(self._named.finditer(text, overlapped=True), asides):
+        asides = self._cue_matches(text, self._named_aside) if "(" in text else ()
+        for m in chain(self._cue_matches(text, self._named), asides):
             cue = m.group("cue").casefold()
             if cue in self.kin_cues and not m.group("initial"):
                 kin = self._kin_name(text, m)
@@ -1306,7 +1329,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 and (zipf(key) < 4.0 or m.group("w1").istitle())
             ):
                 out.append(RecognizerResult("PERSON", m.start("w1"), m.end("w1"), 0.5))
-        for m in self._credentialed.finditer(text, overlapped=True):  # "teofila tillman rn"
+        for m in self._credentialed_matches(text):  # "teofila tillman rn"
             w1, w2 = m.group("w1").casefold(), m.group("w2").casefold()
             if self._plain(w1) or self._plain(w2) or w1 in self.name_cues:
                 continue
@@ -1315,6 +1338,17 @@ class ClinicalCueRecognizer(EntityRecognizer):
             if (known or unseen) and self._name_like(w1) and self._name_like(w2):
                 out.append(RecognizerResult("PERSON", m.start("w1"), m.end("w2"), 0.6))
         return out
+
+    def _credentialed_matches(self, text: str) -> list[Any]:
+        """What ``self._credentialed.finditer(text, overlapped=True)`` yields, read only in the
+        stretch before each credential (two words, particles and blanks: at most
+        :data:`_CREDENTIALED_REACH` characters) instead of at every word of the note."""
+        found: dict[tuple[int, int], Any] = {}
+        for credential in self._any_credential.finditer(text):
+            start = max(0, credential.start() - _CREDENTIALED_REACH)
+            for m in self._credentialed.finditer(text, start, credential.end(), overlapped=True):
+                found.setdefault(m.span(), m)
+        return [found[span] for span in sorted(found)]
 
     def _kin_names(self, text: str) -> list[RecognizerResult]:
         """Initials after a name cue ("tech K.M."), vouched for (no keep-list or trimming

@@ -197,6 +197,8 @@ def _sentence_opening(text: str, start: int) -> bool:
     return not before or before.endswith(("\n", ".", "!", "?", ";"))
 
 
+#: A run of letters (a word, or a part of one between hyphens and apostrophes).
+_LETTER_RUN = re.compile(r"[^\W\d_]+")
 #: What a pet's name can be read as (``TextDeidentifier._pet_name``).
 _PETS_NAMED = frozenset({"PERSON", "ORGANIZATION", "NRP", "LOCATION"})
 #: An age over 89 written in words: the one form of a digit-type that has no digit.
@@ -325,6 +327,8 @@ _ALWAYS_READ_WORDS = """
 _ALWAYS_READ = frozenset(_ALWAYS_READ_WORDS.split())
 _YEAR_OR_ORDINAL = re.compile(r"(?:1[89]|20)\d\d|['’]\d\d|\d{1,2}(?:st|nd|rd|th)")
 _WORD_PARTS = re.compile(r"[-'’/&.]")
+#: Two to five capitals (a plural "s" after them): shorthand the NER need not read for itself.
+_SHORTHAND_CAPITALS = re.compile(r"[A-Z]{2,5}s?")
 #: Distinct words whose :func:`_needs_ner` answer an engine remembers.
 _NEEDS_CACHED = 200_000
 
@@ -340,6 +344,10 @@ def _needs_ner(word: str, plain: frozenset[str], common: frozenset[str]) -> bool
         return True
     if _DIGIT.search(key):
         return False  # a reading, dose, count or identifier: the pattern recognizers' part
+    if _SHORTHAND_CAPITALS.fullmatch(word):
+        # "TTE", "LVEF", "PRBCs": shorthand in a note in ordinary case (a shouted line is
+        # truecased first); a name beside a flagged word is still read in its window
+        return False
     lower = word.islower()
     for part in _WORD_PARTS.split(key):
         if len(part) < 2 or part in plain or (lower and part in common):
@@ -544,7 +552,7 @@ _DOMAIN_HINT = re.compile(r"[\w-]\.[^\W\d_]{2}")
 
 class QuickIbanRecognizer(IbanRecognizer):
     """Presidio's IBAN recognizer (which compiles its pattern at every call) run only on texts
-    with an IBAN's start in them: a country's two letters and two check digits."""
+    with an IBAN's start in them: a country's two letters, two check digits, two groups of four."""
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: Any = None, regex_flags: Any = None
@@ -554,7 +562,9 @@ class QuickIbanRecognizer(IbanRecognizer):
         return list(super().analyze(text, entities, nlp_artifacts, regex_flags) or [])
 
 
-_IBAN_HINT = re.compile(r"[A-Z]{2}[0-9]{2}", re.IGNORECASE)  # (its pattern ignores case)
+#: (its pattern ignores case; and needs two groups of four after the check digits: a short
+#: code such as "Hb12" or "O2 sat" is no IBAN's start)
+_IBAN_HINT = re.compile(r"[A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]{4}){2}", re.IGNORECASE)
 
 #: Shapes every pattern of a Presidio recognizer needs (its patterns match case-insensitively):
 #: a text without one is not searched by it.
@@ -653,9 +663,12 @@ class TextDeidentifier:
         self._names = (first, last)
         rules = clinical_rules()
         self._cue_words = rules["name_cues"] | rules["credentials"]
+        self._animal_opens = re.compile(
+            rf"(?i:(?:{alternation(rules['animal_words'])})s?)(?:[ \t]+(?:named|called)|,)[ \t]+\S"
+        )
         # (the end of the text before a pet's name: the animal, a "named", a comma or a quote)
         self._animal_before = re.compile(
-            rf"(?i:\b(?:{alternation(rules['animal_words'])}))"
+            rf"(?i:\b(?:{alternation(rules['animal_words'])})s?\b)"
             r"(?:[ \t]*\([^()\n]{1,30}\))?(?:[ \t]+(?:named|called)|[ \t]*,)?[ \t]*[(\"“‘']?"
             r"(?:[A-Z][\w'’-]*[\"”’']?(?:,[ \t]*|[ \t]+(?:and|&|or)[ \t]+)[\"“‘']?)?$"
         )
@@ -663,6 +676,10 @@ class TextDeidentifier:
         self._cue_capitalised = re.compile(
             rf"(?i:\b(?:{TITLE}\.?|(?:{alternation(rules['name_cues'])}):?))(?:[ \t]+\(?|[ \t]*\()"
             r"(?P<w1>[A-Z][a-z'’-]+)(?:[ \t]+(?P<w2>[A-Z][a-z'’-]+))?"
+        )
+        self._cue_capitalised_firsts = frozenset(
+            _LETTER_RUN.match(w).group()  # type: ignore[union-attr]
+            for w in (*TITLE[3:-1].split("|"), *rules["name_cues"])
         )
         registry = CachedRecognizerRegistry(supported_languages=[LANGUAGE])
         registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=self.nlp_engine)
@@ -799,17 +816,32 @@ class TextDeidentifier:
             return False
         if text[result.end : result.end + 1] == ":":
             return True
-        return key not in self._lone_names and key not in self._names[1]
+        return (
+            key not in self._lone_names
+            and key not in self._names[1]
+            and key not in self._lexicon.places  # "Canada was super fun"
+        )
 
     def _pet_name(self, text: str, result: RecognizerResult) -> bool:
         """Whether ``result`` is a name right after an animal word ("dog Rex", "parrot named
         Napoleon", "a beagle, Daisy", "retriever, 'Captain'"; ``animal_words``): a pet's."""
         if result.entity_type not in _PETS_NAMED:
             return False
-        starts = [result.start] + [
-            result.start + w.start() for w in _NAME_WORD.finditer(text[result.start : result.end])
-        ][1:3]  # (spaCy's "beagle, Daisy": the animal inside the span)
-        return any(self._animal_before.search(text, max(0, at - 40), at) for at in starts)
+        if self._animal_before.search(text, max(0, result.start - 40), result.start):
+            return True
+        # spaCy's "beagle, Daisy": the animal opens the span, a comma or "named" after it
+        return bool(self._animal_opens.match(text, result.start, result.end))
+
+    def _cue_capitalised_matches(self, text: str) -> Iterator[re.Match[str]]:
+        """What ``self._cue_capitalised.finditer(text)`` yields, tried only where a word opens
+        that a title or a name cue opens with (not the alternation at every word boundary)."""
+        firsts, pattern, after = self._cue_capitalised_firsts, self._cue_capitalised, 0
+        for word in _LETTER_RUN.finditer(text):
+            if word.start() >= after and word.group().casefold() in firsts:
+                m = pattern.match(text, word.start())
+                if m is not None:
+                    after = m.end()
+                    yield m
 
     def _capitalised_after_cue(self, text: str) -> list[RecognizerResult]:
         """One or two words its writer capitalised after a name cue, in a note written in
@@ -817,7 +849,7 @@ class TextDeidentifier:
         Green"): a name even when it is also an English word, unless it is clinical, a stop
         word that is no first name, or an eponym ("Dr. Foley" aside, :func:`_titled`)."""
         out: list[RecognizerResult] = []
-        for m in self._cue_capitalised.finditer(text):
+        for m in self._cue_capitalised_matches(text):
             first = m.group("w1").casefold()
             if (
                 first in self._clinical
@@ -1198,7 +1230,7 @@ def is_identifying(
             return False  # "Parkinson's disease", "Foley catheter", spaCy's "Addison" organisation
         if _POSSESSIVE_ALONE.fullmatch(value) and _CLAUSE_END.match(text, result.end):
             return False  # "Hx Parkinson's, resting tremor": a disease; "Smith's daughter" stays
-        if _spacy_reading(value, result):
+        if _spacy_reading(value, result, clinical):
             return False  # "Pplat 24", "CIWA-Ar 14", "Vision 20/25 OU": a reading, no name
         tokens = [t.strip(".,;:()[]").casefold() for t in value.split()]
         if all(t in clinical or t in stop_words or not _LETTERS.search(t) for t in tokens):
@@ -1211,7 +1243,7 @@ def is_identifying(
     return True
 
 
-def _spacy_reading(value: str, result: RecognizerResult) -> bool:
+def _spacy_reading(value: str, result: RecognizerResult, clinical: frozenset[str]) -> bool:
     """Whether spaCy's named span ``value`` holds a number that is a reading or a count, no
     date ("QTC 468", "Epworth Sleepiness Scale 16/24", "Modifier -25"; "TAH-BSO 11/97" stays)."""
     if not _DIGIT.search(value):
@@ -1220,11 +1252,20 @@ def _spacy_reading(value: str, result: RecognizerResult) -> bool:
     if named.get(RecognizerResult.RECOGNIZER_NAME_KEY) != "SpacyRecognizer":
         return False
     tokens = value.split()
-    return any(_READING_TOKEN.fullmatch(t) for t in tokens) and not any(
-        _MONTH_YEAR.fullmatch(t.strip(".,;:()")) or _DATE_SHAPE.search(t) for t in tokens
+    return (
+        any(_READING_TOKEN.fullmatch(t) for t in tokens)
+        and not any(
+            _MONTH_YEAR.fullmatch(t.strip(".,;:()")) or _DATE_SHAPE.search(t) for t in tokens
+        )
+        # a measurement's name: shorthand in capitals or a clinical word ("Hoge Wei 32", a
+        # street and its number, stays)
+        and any(
+            _CAPITALS_IN.search(w) or w.casefold() in clinical for w in _NAME_WORD.findall(value)
+        )
     )
 
 
+_CAPITALS_IN = re.compile(r"[A-Z]{2}")
 _READING_TOKEN = re.compile(r"[(<>~≤≥=+-]*\d[\d.,/:%x-]*(?:[a-z%]{1,3})?[),.;:]?", re.IGNORECASE)
 _MONTH_YEAR = re.compile(r"(?:0?[1-9]|1[0-2])[/-](?:\d{2}|\d{4})")
 

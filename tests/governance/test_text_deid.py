@@ -1264,7 +1264,7 @@ NINTH_PASS_FOUND = [
     # a bracketed aside between a cue and a name
     (
         "INTERPRETER (VIETNAMESE) THANH-HUONG VO VIA PHONE.",  # ("VO": too short to read)
-        [("VIETNAMESE", "NRP"), ("THANH-HUONG", "PERSON")],
+        [("THANH-HUONG", "PERSON")],
     ),
 ]
 
