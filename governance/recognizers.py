@@ -30,8 +30,9 @@ import importlib
 import pkgutil
 import re
 import tomllib
+from collections.abc import Iterator
 from functools import cache, lru_cache
-from itertools import pairwise
+from itertools import chain, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,10 @@ class LeanPatternRecognizer(PatternRecognizer):
 
 
 _DIGIT = re.compile(r"\d")
+#: How far before a credential a credentialed name ("teofila ten drentel, rn") may start.
+_CREDENTIALED_REACH = 120
+#: A run of letters (a word, or a part of one between hyphens and apostrophes).
+_LETTER_RUN = re.compile(r"[^\W\d_]+")
 
 
 def make_lean(recognizer: EntityRecognizer) -> EntityRecognizer:
@@ -298,6 +303,7 @@ def mrn_recognizer() -> PatternRecognizer:
     rules = clinical_rules()
     cue = _alternation(rules["record_cues"])
     marked = _alternation(rules["record_cues_marked"])
+    officer = _alternation(rules["officer_cues"])
     # one token ("W80-3459"), or digit groups split by spaces, with capitals before them
     # ("RAD 2291 4478", "ZGP 40018 2271", "4456 221 09"): five digits or more in all
     spaced = (
@@ -341,6 +347,17 @@ def mrn_recognizer() -> PatternRecognizer:
                 "long digits",
                 rf"(?<![\w/.,:$#-])(?:\d{{7,9}}|\d{{11,12}})\b{not_a_value}(?![.,-]\d)",
                 0.45,
+            ),
+            # a number after an officer's name is a badge number ("Trooper Vance #C-227", "Ofc.
+            # Ruiz, #4471", "Deputy Ann Cole badge 3318")
+            (
+                "officer's number",
+                (
+                    rf"\b(?i:{officer})\.?(?:[ \t]+[^\W\d_][\w'’.-]*){{1,3}},?[ \t]*"
+                    r"(?:#|(?i:badge|shield)[ \t]*(?:#|no\.?|number)?)[ \t]*"
+                    r"(?P<value>(?=[A-Z0-9-]*\d)[A-Z]{0,3}-?\d[\dA-Z-]{1,12})\b"
+                ),
+                0.85,
             ),
             ("letters and digits", r"\b[A-Z]{1,3}-?\d{5,10}\b", 0.5),
             ("letters digits - digits", r"\b[A-Z]{1,3}\d{1,4}-\d{3,6}\b", 0.5),
@@ -401,6 +418,23 @@ def date_recognizer() -> PatternRecognizer:
                 rf"\b{day}(?:st|nd|rd|th)?(?:(?:\s+|-)(?:of\s+)?{month_any_case}|-(?i:may)|(?:st|nd|rd|th)\s+of\s+(?i:may))\b\.?",
                 0.6,
             ),
+            # a range whose end has the year: "8/14-8/19/2024", "3/11 - 3/15/23"
+            (
+                "m/d-m/d/y",
+                r"(?<![\w/.-])\d{1,2}/\d{1,2}[ \t]*[-–][ \t]*\d{1,2}/\d{1,2}/(?:\d{4}|\d{2})\b",
+                0.9,
+            ),
+            # a day of the month alone after "on the" ("on the 3rd and still", "since the 21st,"):
+            # a date when nothing counted follows ("on the 3rd floor", "the 2nd dose")
+            (
+                "on the nth",
+                (
+                    r"(?i:\b(?:on|since|from|until|till|by|before|after)[ \t]+the[ \t]+)"
+                    r"(?P<value>(?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th))\b"
+                    r"(?=[ \t]*(?:[,.;:!?)]|$|(?i:and|or|at|when|but|so|i|we|he|she|they)\b))"
+                ),
+                0.6,
+            ),
             ("'yy", r"(?<![\w'’])['’]\d{2}\b(?!['’\w])", 0.6),
             ("month 'yy", rf"\b{_MONTH}\.?[ \t]*['’]\d{{2}}\b(?!['’\w])", 0.85),
             # a holiday, with its year or after a word of time ("thanksgiving 2019", "since xmas")
@@ -427,6 +461,8 @@ def phone_recognizer() -> PatternRecognizer:
     # a dose after the number ("x 1000 ml") makes no extension; "pgr 22070 Unit No:" still is
     dose = rf"[ \t]*(?i:{_DOSE_UNIT})\b(?![ \t]*(?i:no\b|#|number|:))"
     clock = _alternation(clinical_rules()["clock_cues"])
+    # a unit after a range makes it a measurement ("500-4000 Hz", "250-1000 mL", "100-1200 ms")
+    measure = rf"[ \t]*(?i:{_DOSE_UNIT}|hz|khz|ms|msec|m|km|ft|in|%|ng|pg|iu/l|u/l)\b"
     return _recognizer(
         "PHONE_NUMBER",
         "ClinicalPhoneRecognizer",
@@ -442,7 +478,7 @@ def phone_recognizer() -> PatternRecognizer:
             ("(nn) nnn-nnn", r"\(\d{2,4}\)\s*\d{3}-\d{3,4}\b", 0.7),
             ("digit groups", rf"(?<![\d-])\b\d{{2,5}}(?:[ .]\d{{2,4}}){{2,4}}\b(?![-/]\d|{dose})", 0.45),
             ("two groups (weak)", r"(?<![\d-])\b\d{2,5}[ .]\d{6,8}\b", 0.3),
-            ("local nnn nnnn (weak)", r"(?<![\d/.-])\b\d{3,4}[ .-]\d{4}\b(?![-/.]\d)", 0.3),
+            ("local nnn nnnn (weak)", rf"(?<![\d/.-])\b\d{{3,4}}[ .-]\d{{4}}\b(?![-/.]\d|{measure})", 0.3),
             ("(nn) nnnn nnnn", r"\(\d{2,4}\)\s*\d{3,4}[ .-]?\d{4}\b", 0.7),
             ("ten digits (weak)", r"(?<![\d-])\b\d{10}\b", 0.3),
             # area code, exchange and line, whatever the separators ("617 - 555 0148",
@@ -487,7 +523,7 @@ def phone_recognizer() -> PatternRecognizer:
             ),
             # a hospital extension "2-6610" ("call 2-6645"): weak alone, a phone cue raises it
             ("n-nnnn (weak)", rf"(?<![\w/.,:-])\d-\d{{4}}\b(?![-/.:]\d|{dose})", 0.3),
-            ("nnn-nnnn", r"(?<![\d/.-])\b\d{3}-\d{4}\b(?![-/.]\d)", 0.5),
+            ("nnn-nnnn", rf"(?<![\d/.-])\b\d{{3}}-\d{{4}}\b(?![-/.]\d|{measure})", 0.5),
             # a local number with a dot ("Dr. Ruzicka, 555.0146"): no reading has 4 decimals
             # after 3 digits from 200
             ("nnn.nnnn", r"(?<![\d/.,-])\b[2-9]\d{2}\.\d{4}\b(?![-/.]?\d)", 0.5),
@@ -522,7 +558,14 @@ def age_over_89_recognizer() -> PatternRecognizer:
     ``95 y/o``, ``turned 94``, ``at the age of 91``. Younger ages stay: Safe Harbor keeps them
     and a note needs them. The span is the number alone ("[AGE] yo F"): the unit and the cue
     identify no one."""
-    age = r"(?:9\d|1[0-2]\d)"
+    # in figures or in words ("ninety-six", "one hundred and two")
+    units = r"(?:one|two|three|four|five|six|seven|eight|nine)"
+    teens = r"(?:ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen)"
+    words = (
+        rf"(?i:ninety(?:[- ]{units})?|(?:one|a)[ \t]+hundred(?:[ \t]+(?:and[ \t]+)?"
+        rf"(?:{units}|{teens}|twenty(?:[- ]{units})?))?)"
+    )
+    age = rf"(?:9\d|1[0-2]\d|{words})"
     value = rf"(?P<value>{age})"
     rules = clinical_rules()
     subjects = _alternation(rules["age_subjects"] | rules["kin_cues"])
@@ -551,6 +594,16 @@ def age_over_89_recognizer() -> PatternRecognizer:
                 "turned n",
                 rf"\b(?:turned|turns|turning|age of|was|is)\s+{value}(?=\s+(?:years?|yrs?)\b)",
                 0.9,
+            ),
+            # "pt is 94 and ...", "PT IS NINETY-SIX.": a person's age after "is"/"was", no unit
+            # or reading after it ("pt is 95% on RA", "pt is 98.6")
+            (
+                "subject is n",
+                (
+                    rf"\b(?:{subjects})[ \t]+(?i:is|was|now)[ \t]+{value}\b"
+                    rf"(?![ \t]*(?:[%°]|[./-]\d|(?i:{_DOSE_UNIT}|degrees?|f|c|percent|on|lbs?|kg|cm|in|feet|ft|min|seconds?)\b))"
+                ),
+                0.85,
             ),
             (
                 "turned n (alone)",
@@ -1050,11 +1103,20 @@ class ClinicalCueRecognizer(EntityRecognizer):
         self.first, self.last = name_lists()
         self.not_names = rules["not_names_after_cue"]
         self.name_cues = rules["name_cues"] | rules["plural_name_cues"]
+        # (the first run of letters of each cue: "sister" of "sister-in-law", "pa" of "pa-c")
+        self._cue_firsts = frozenset(_LETTER_RUN.match(c).group() for c in self.name_cues)
         self.site_words = rules["site_name_words"]
         word = r"[^\W\d_][\w'’-]*"
         # the name may stand in brackets or after a comma: "son (rusty)", "wife, summer, states"
         self._named = regex.compile(
             rf"\b(?P<cue>{_alternation(self.name_cues)})(?:[.:]?[ \t]+[(\"'“‘]?|,[ \t]+|[ \t]*[(\"“‘])"
+            rf"(?P<initial>[^\W\d_]\.[ \t]*)?(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
+            regex.IGNORECASE,
+        )
+        # an aside in brackets between the cue and the name ("INTERPRETER (CANTONESE) MEI-LIN
+        # WU", "daughter (HCP) Ana Ruiz"); read besides :attr:`_named` ("son (rusty)")
+        self._named_aside = regex.compile(
+            rf"\b(?P<cue>{_alternation(self.name_cues)})[ \t]*\([^()\n\d]{{2,25}}\)[ \t]+"
             rf"(?P<initial>[^\W\d_]\.[ \t]*)?(?P<w1>{word})(?:[ \t]+(?P<w2>{word}))?",
             regex.IGNORECASE,
         )
@@ -1106,6 +1168,10 @@ class ClinicalCueRecognizer(EntityRecognizer):
         self._credential = regex.compile(
             rf"(?<=[^\W\d_]),?[ \t]+(?:{_alternation(rules['credentials'] - {'do', 'pa', 'md'})})\b(?![-/])",
             regex.IGNORECASE,
+        )
+        # (a blank before a credential: where a credentialed name can end)
+        self._any_credential = regex.compile(
+            rf"[ \t](?:{_alternation(rules['credentials'])})\b", regex.IGNORECASE
         )
         self._one_credentialed = regex.compile(rf"(?<![\w'’.-])(?P<w1>{word})$")
         self._acronym = regex.compile(
@@ -1191,9 +1257,22 @@ class ClinicalCueRecognizer(EntityRecognizer):
             return False
         return key in self.first or key in self.last or zipf(key) < 3.0
 
+    def _cue_matches(self, text: str, pattern: Any) -> Iterator[Any]:
+        """What ``pattern.finditer(text, overlapped=True)`` yields for a pattern that opens with
+        a name cue, read only where a word opens that a name cue opens with (a cue starts a run
+        of letters): the alternation of some hundred cues tried at every word boundary of a long
+        note was most of its time."""
+        firsts = self._cue_firsts
+        for word in _LETTER_RUN.finditer(text):
+            if word.group().casefold() in firsts:
+                m = pattern.match(text, word.start())
+                if m is not None:
+                    yield m
+
     def _cued_names(self, text: str) -> list[RecognizerResult]:
         out: list[RecognizerResult] = []
-        for m in self._named.finditer(text, overlapped=True):
+        asides = self._cue_matches(text, self._named_aside) if "(" in text else ()
+        for m in chain(self._cue_matches(text, self._named), asides):
             cue = m.group("cue").casefold()
             if cue in self.kin_cues and not m.group("initial"):
                 kin = self._kin_name(text, m)
@@ -1255,7 +1334,7 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 and (zipf(key) < 4.0 or m.group("w1").istitle())
             ):
                 out.append(RecognizerResult("PERSON", m.start("w1"), m.end("w1"), 0.5))
-        for m in self._credentialed.finditer(text, overlapped=True):  # "teofila tillman rn"
+        for m in self._credentialed_matches(text):  # "teofila tillman rn"
             w1, w2 = m.group("w1").casefold(), m.group("w2").casefold()
             if self._plain(w1) or self._plain(w2) or w1 in self.name_cues:
                 continue
@@ -1265,6 +1344,17 @@ class ClinicalCueRecognizer(EntityRecognizer):
                 out.append(RecognizerResult("PERSON", m.start("w1"), m.end("w2"), 0.6))
         return out
 
+    def _credentialed_matches(self, text: str) -> list[Any]:
+        """What ``self._credentialed.finditer(text, overlapped=True)`` yields, read only in the
+        stretch before each credential (two words, particles and blanks: at most
+        :data:`_CREDENTIALED_REACH` characters) instead of at every word of the note."""
+        found: dict[tuple[int, int], Any] = {}
+        for credential in self._any_credential.finditer(text):
+            start = max(0, credential.start() - _CREDENTIALED_REACH)
+            for m in self._credentialed.finditer(text, start, credential.end(), overlapped=True):
+                found.setdefault(m.span(), m)
+        return [found[span] for span in sorted(found)]
+
     def _kin_names(self, text: str) -> list[RecognizerResult]:
         """Initials after a name cue ("tech K.M."), vouched for (no keep-list or trimming
         undoes them); a nickname in brackets or quotes between a first and a last name
@@ -1273,9 +1363,10 @@ class ClinicalCueRecognizer(EntityRecognizer):
         out: list[RecognizerResult] = []
         for m in self._initials.finditer(text):
             if self._cue_before_initials.search(text, max(0, m.start() - 30), m.start()):
+                # (above spaCy's 0.85: a same-span duplicate of it would drop the voucher)
                 out.append(
                     RecognizerResult(
-                        "PERSON", m.start(), m.end(), 0.6, recognition_metadata={VOUCHED: True}
+                        "PERSON", m.start(), m.end(), 0.86, recognition_metadata={VOUCHED: True}
                     )
                 )
         for m in self._between_names.finditer(text) if _BRACKET_OR_QUOTE.search(text) else ():
@@ -1701,7 +1792,11 @@ EPONYM_AFTER = re.compile(
     r"(?:['’]s)?[ \t]+(?:disease|syndrome|sign|test|palsy|reflex|score|scale|criteria|classification"
     r"|procedure|operation|catheter|tube|maneuver|manoeuvre|phenomenon|fracture|tumou?r|lymphoma"
     r"|ulcer|node|triad|law|position|disorder|anomaly|deformity|contracture|esophagus|oesophagus"
-    r"|thyroiditis|encephalopathy|ataxia|dystrophy|stain|solution|formula|equation|method|rules?)\b",
+    r"|thyroiditis|encephalopathy|ataxia|dystrophy|stain|solution|formula|equation|method|rules?"
+    # protocols, measurements, lesions and devices named after people ("Bruce protocol", "Simpson
+    # biplane", "Barrett segment", "Mallory-Weiss tear", "Duke treadmill score", "Unna boot")
+    r"|protocol|biplane|segment|tear|treadmill|bowel|prep|sleepiness|dyspnea|dyspnoea|index"
+    r"|staging|grading|technique|incision|boot|pouch|forceps|retractor|cannula|splint|drain)\b",
     re.IGNORECASE,
 )
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")

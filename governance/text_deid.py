@@ -185,6 +185,24 @@ NEED_A_DIGIT = frozenset(
     }
 )
 _DIGIT = re.compile(r"\d")
+#: One word, capitalised or not ("Gross", "spoke").
+_ONE_WORD = re.compile(r"[^\W\d_]{3,}")
+#: Zipf frequency from which a word opening a sentence is common English, not a name to keep.
+OPENING_WORD_ZIPF = 4.0
+
+
+def _sentence_opening(text: str, start: int) -> bool:
+    """Whether ``start`` opens the text, a line or a sentence (list marks aside)."""
+    before = text[max(0, start - 6) : start].rstrip(" \t>*-•\"“")
+    return not before or before.endswith(("\n", ".", "!", "?", ";"))
+
+
+#: A run of letters (a word, or a part of one between hyphens and apostrophes).
+_LETTER_RUN = re.compile(r"[^\W\d_]+")
+#: What a pet's name can be read as (``TextDeidentifier._pet_name``).
+_PETS_NAMED = frozenset({"PERSON", "ORGANIZATION", "NRP", "LOCATION"})
+#: An age over 89 written in words: the one form of a digit-type that has no digit.
+_AGE_IN_WORDS = re.compile(r"ninety|hundred", re.IGNORECASE)
 
 
 class LeanSpacyNlpEngine(SpacyNlpEngine):
@@ -309,6 +327,8 @@ _ALWAYS_READ_WORDS = """
 _ALWAYS_READ = frozenset(_ALWAYS_READ_WORDS.split())
 _YEAR_OR_ORDINAL = re.compile(r"(?:1[89]|20)\d\d|['’]\d\d|\d{1,2}(?:st|nd|rd|th)")
 _WORD_PARTS = re.compile(r"[-'’/&.]")
+#: Two to five capitals (a plural "s" after them): shorthand the NER need not read for itself.
+_SHORTHAND_CAPITALS = re.compile(r"[A-Z]{2,5}s?")
 #: Distinct words whose :func:`_needs_ner` answer an engine remembers.
 _NEEDS_CACHED = 200_000
 
@@ -324,6 +344,10 @@ def _needs_ner(word: str, plain: frozenset[str], common: frozenset[str]) -> bool
         return True
     if _DIGIT.search(key):
         return False  # a reading, dose, count or identifier: the pattern recognizers' part
+    if _SHORTHAND_CAPITALS.fullmatch(word):
+        # "TTE", "LVEF", "PRBCs": shorthand in a note in ordinary case (a shouted line is
+        # truecased first); a name beside a flagged word is still read in its window
+        return False
     lower = word.islower()
     for part in _WORD_PARTS.split(key):
         if len(part) < 2 or part in plain or (lower and part in common):
@@ -516,7 +540,11 @@ class QuickUrlRecognizer(UrlRecognizer):
     ) -> list[RecognizerResult]:
         if not _DOMAIN_HINT.search(text):
             return []
-        return list(super().analyze(text, entities, nlp_artifacts, regex_flags) or [])
+        return [
+            r
+            for r in super().analyze(text, entities, nlp_artifacts, regex_flags) or []
+            if not text[r.end : r.end + 1].isalnum()  # "p.Se" of "p.Ser1982Argfs": a variant
+        ]
 
 
 _DOMAIN_HINT = re.compile(r"[\w-]\.[^\W\d_]{2}")
@@ -524,7 +552,7 @@ _DOMAIN_HINT = re.compile(r"[\w-]\.[^\W\d_]{2}")
 
 class QuickIbanRecognizer(IbanRecognizer):
     """Presidio's IBAN recognizer (which compiles its pattern at every call) run only on texts
-    with an IBAN's start in them: a country's two letters and two check digits."""
+    with an IBAN's start in them: a country's two letters, two check digits, two groups of four."""
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: Any = None, regex_flags: Any = None
@@ -534,7 +562,9 @@ class QuickIbanRecognizer(IbanRecognizer):
         return list(super().analyze(text, entities, nlp_artifacts, regex_flags) or [])
 
 
-_IBAN_HINT = re.compile(r"[A-Z]{2}[0-9]{2}", re.IGNORECASE)  # (its pattern ignores case)
+#: (its pattern ignores case; and needs two groups of four after the check digits: a short
+#: code such as "Hb12" or "O2 sat" is no IBAN's start)
+_IBAN_HINT = re.compile(r"[A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]{4}){2}", re.IGNORECASE)
 
 #: Shapes every pattern of a Presidio recognizer needs (its patterns match case-insensitively):
 #: a text without one is not searched by it.
@@ -633,10 +663,23 @@ class TextDeidentifier:
         self._names = (first, last)
         rules = clinical_rules()
         self._cue_words = rules["name_cues"] | rules["credentials"]
+        self._animal_opens = re.compile(
+            rf"(?i:(?:{alternation(rules['animal_words'])})s?)(?:[ \t]+(?:named|called)|,)[ \t]+\S"
+        )
+        # (the end of the text before a pet's name: the animal, a "named", a comma or a quote)
+        self._animal_before = re.compile(
+            rf"(?i:\b(?:{alternation(rules['animal_words'])})s?\b)"
+            r"(?:[ \t]*\([^()\n]{1,30}\))?(?:[ \t]+(?:named|called)|[ \t]*,)?[ \t]*[(\"“‘']?"
+            r"(?:[A-Z][\w'’-]*[\"”’']?(?:,[ \t]*|[ \t]+(?:and|&|or)[ \t]+)[\"“‘']?)?$"
+        )
         # (a dot only after a title: "HCP. Vent:" is a sentence's end, then a section)
         self._cue_capitalised = re.compile(
             rf"(?i:\b(?:{TITLE}\.?|(?:{alternation(rules['name_cues'])}):?))(?:[ \t]+\(?|[ \t]*\()"
             r"(?P<w1>[A-Z][a-z'’-]+)(?:[ \t]+(?P<w2>[A-Z][a-z'’-]+))?"
+        )
+        self._cue_capitalised_firsts = frozenset(
+            _LETTER_RUN.match(w).group()  # type: ignore[union-attr]
+            for w in (*TITLE[3:-1].split("|"), *rules["name_cues"])
         )
         registry = CachedRecognizerRegistry(supported_languages=[LANGUAGE])
         registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=self.nlp_engine)
@@ -747,11 +790,58 @@ class TextDeidentifier:
             ]
         )
         results += self._capitalised_after_cue(original or text)
+        results = [
+            r
+            for r in results
+            if not self._pet_name(text, r) and not self._opening_word(original or text, r)
+        ]
         names = propagate_names(
             text, results, self._stop_words, self.nlp_engine.common_words, self._plain
         )
         organisations = contact_block_organisations(text, results + names, self._clinical)
         return merge_spans(text, results + names + organisations, self._plain)
+
+    def _opening_word(self, text: str, result: RecognizerResult) -> bool:
+        """Whether ``result`` is one common English word opening a sentence or a line that is
+        no name: a header before its colon ("Gross: lungs 780 g", "Held: Januvia") unless it is
+        a first name (a speaker: "Maria: ..."), or a word neither name list holds ("Spoke w/
+        wife", "Copy scanned", "Original note struck")."""
+        if result.entity_type not in _PETS_NAMED or _vouched(result):
+            return False
+        value = text[result.start : result.end]
+        if not _ONE_WORD.fullmatch(value) or not _sentence_opening(text, result.start):
+            return False
+        key = value.casefold()
+        if zipf(key) < OPENING_WORD_ZIPF or key in self._first_names:
+            return False
+        if text[result.end : result.end + 1] == ":":
+            return True
+        return (
+            key not in self._lone_names
+            and key not in self._names[1]
+            and key not in self._lexicon.places  # "Canada was super fun"
+        )
+
+    def _pet_name(self, text: str, result: RecognizerResult) -> bool:
+        """Whether ``result`` is a name right after an animal word ("dog Rex", "parrot named
+        Napoleon", "a beagle, Daisy", "retriever, 'Captain'"; ``animal_words``): a pet's."""
+        if result.entity_type not in _PETS_NAMED:
+            return False
+        if self._animal_before.search(text, max(0, result.start - 40), result.start):
+            return True
+        # spaCy's "beagle, Daisy": the animal opens the span, a comma or "named" after it
+        return bool(self._animal_opens.match(text, result.start, result.end))
+
+    def _cue_capitalised_matches(self, text: str) -> Iterator[re.Match[str]]:
+        """What ``self._cue_capitalised.finditer(text)`` yields, tried only where a word opens
+        that a title or a name cue opens with (not the alternation at every word boundary)."""
+        firsts, pattern, after = self._cue_capitalised_firsts, self._cue_capitalised, 0
+        for word in _LETTER_RUN.finditer(text):
+            if word.start() >= after and word.group().casefold() in firsts:
+                m = pattern.match(text, word.start())
+                if m is not None:
+                    after = m.end()
+                    yield m
 
     def _capitalised_after_cue(self, text: str) -> list[RecognizerResult]:
         """One or two words its writer capitalised after a name cue, in a note written in
@@ -759,7 +849,7 @@ class TextDeidentifier:
         Green"): a name even when it is also an English word, unless it is clinical, a stop
         word that is no first name, or an eponym ("Dr. Foley" aside, :func:`_titled`)."""
         out: list[RecognizerResult] = []
-        for m in self._cue_capitalised.finditer(text):
+        for m in self._cue_capitalised_matches(text):
             first = m.group("w1").casefold()
             if (
                 first in self._clinical
@@ -789,6 +879,8 @@ class TextDeidentifier:
         skip: set[str] = set()
         if not _DIGIT.search(text):
             skip |= NEED_A_DIGIT
+            if _AGE_IN_WORDS.search(text):
+                skip.discard("AGE_OVER_89")  # "PT IS NINETY-SIX"
         if "@" not in text:
             skip.add("EMAIL_ADDRESS")
         return [e for e in sorted({*self._entities, *record}) if e not in skip]
@@ -928,7 +1020,9 @@ def surrogate(key: bytes, person_key: str, entity: str, value: str) -> str:
 _TITLE_ONLY = re.compile(TITLE, re.IGNORECASE)
 _TITLE_BEFORE = re.compile(rf"\b{TITLE}\.?\s+$", re.IGNORECASE)
 _TITLE_START = re.compile(rf"{TITLE}\.?\s+\S", re.IGNORECASE)
-_ACRONYM = re.compile(r"[A-Z]{2,5}")
+#: Shorthand in capitals, alone or joined by a slash, a hyphen or a space, a lower-case letter
+#: at an edge ("SSN", "NCS/EMG", "LIMA-LAD", "CMV PCR", "aVF", "METs"): no organisation or place.
+_ACRONYM = re.compile(r"[a-z]?[A-Z]{2,6}[a-z]?(?:[/ -][a-z]?[A-Z]{1,6}[a-z]?)*")
 _DATE_SHAPE = re.compile(
     r"\b(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sept?(?:ember)?"
     r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?|mon(?:day)?|tue(?:s(?:day)?)?|wed(?:nesday)?"
@@ -1110,8 +1204,12 @@ def is_identifying(
         )
     if result.entity_type == STREET and result.score < 1 and not _UNIT.fullmatch(value):
         words = [w.casefold() for w in _NAME_WORD.findall(value)]
-        if words and all(w in clinical or _COUNT.fullmatch(w) for w in words):
-            return False  # "5 FiO2 40", "40 IV BID": a setting or a dose, no street
+        if (
+            words
+            and all(w in clinical or _COUNT.fullmatch(w) for w in words)
+            and not _STATE_ZIP.fullmatch(value)
+        ):
+            return False  # "5 FiO2 40", "40 IV BID": a setting or a dose, no street ("VT 05401" is)
         if words and all(len(w) <= 2 or w in stop_words for w in words) and not _ZIP.search(value):
             return False  # "T 98.4 P 76", "84 R 16", "40 AM. Call 617": vital signs, no street
     if result.entity_type == "PERSON" and all(
@@ -1132,6 +1230,8 @@ def is_identifying(
             return False  # "Parkinson's disease", "Foley catheter", spaCy's "Addison" organisation
         if _POSSESSIVE_ALONE.fullmatch(value) and _CLAUSE_END.match(text, result.end):
             return False  # "Hx Parkinson's, resting tremor": a disease; "Smith's daughter" stays
+        if _spacy_reading(value, result, clinical):
+            return False  # "Pplat 24", "CIWA-Ar 14", "Vision 20/25 OU": a reading, no name
         tokens = [t.strip(".,;:()[]").casefold() for t in value.split()]
         if all(t in clinical or t in stop_words or not _LETTERS.search(t) for t in tokens):
             return False  # "CO/CI 4.1/2.2", "LVEF 25-30%": shorthand joined by a slash, readings
@@ -1143,11 +1243,40 @@ def is_identifying(
     return True
 
 
+def _spacy_reading(value: str, result: RecognizerResult, clinical: frozenset[str]) -> bool:
+    """Whether spaCy's named span ``value`` holds a number that is a reading or a count, no
+    date ("QTC 468", "Epworth Sleepiness Scale 16/24", "Modifier -25"; "TAH-BSO 11/97" stays)."""
+    if not _DIGIT.search(value):
+        return False
+    named = result.recognition_metadata or {}
+    if named.get(RecognizerResult.RECOGNIZER_NAME_KEY) != "SpacyRecognizer":
+        return False
+    tokens = value.split()
+    return (
+        any(_READING_TOKEN.fullmatch(t) for t in tokens)
+        and not any(
+            _MONTH_YEAR.fullmatch(t.strip(".,;:()")) or _DATE_SHAPE.search(t) for t in tokens
+        )
+        # a measurement's name: shorthand in capitals or a clinical word ("Hoge Wei 32", a
+        # street and its number, stays)
+        and any(
+            _CAPITALS_IN.search(w) or w.casefold() in clinical for w in _NAME_WORD.findall(value)
+        )
+    )
+
+
+_CAPITALS_IN = re.compile(r"[A-Z]{2}")
+_READING_TOKEN = re.compile(r"[(<>~≤≥=+-]*\d[\d.,/:%x-]*(?:[a-z%]{1,3})?[),.;:]?", re.IGNORECASE)
+_MONTH_YEAR = re.compile(r"(?:0?[1-9]|1[0-2])[/-](?:\d{2}|\d{4})")
+
+
 #: A unit designator alone ("Unit 212", "Apt 3B"): part of an address, never a setting.
 _UNIT = re.compile(r"(?i:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[a-z]?", re.IGNORECASE)
 
 
 _ZIP = re.compile(r"\b\d{5}\b")
+#: A state's code and a ZIP code ("VT 05401", "PA 18372-1102"), whose code may be shorthand too.
+_STATE_ZIP = re.compile(r"[A-Za-z]{2}\.?,?[ \t]+\d{5}(?:-\d{4})?")
 
 
 def _vouched(result: RecognizerResult) -> bool:
@@ -1241,9 +1370,12 @@ def _eponym(text: str, end: int) -> bool:
     """Whether the name ending at ``end`` names a disease, sign or device ("Parkinson's disease",
     "Parkinson and Alzheimer disease", "Foley catheter")."""
     pair = _AND_NAME.match(text, end)
+    # (the other eponym may be two words: "Cullen or Grey Turner sign")
+    pair_2 = pair and _NEXT_NAME_WORD.match(text, pair.end())
     return bool(
         EPONYM_AFTER.match(text, end)
         or (pair and EPONYM_AFTER.match(text, pair.end()))
+        or (pair_2 and EPONYM_AFTER.match(text, pair_2.end()))
         or _SCORE_AFTER.match(text, end)
     )
 
@@ -1256,6 +1388,7 @@ _SCORE_AFTER = re.compile(
 
 
 _AND_NAME = re.compile(r"\s+(?:and|or|&)\s+[^\W\d_][\w'’-]*")
+_NEXT_NAME_WORD = re.compile(r"[ \t]+[A-Z][\w'’-]*")
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 #: One capitalised word in the possessive, and what ends a clause or list item after it.
 _POSSESSIVE_ALONE = re.compile(r"[A-Z][^\W\d_]+['’]s")
