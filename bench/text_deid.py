@@ -62,6 +62,10 @@ The labelled sets, printed separately and never pooled:
   lines with none. Run held out once, on the eighth pass's rules, then tuned on: the ninth pass
   read its misses and false positives (in-sample since). A new blind set is the held-out figure
   from then on.
+- ``hard_6``: 109 lines written blind by a fourth writer (``bench/data/hard_notes_6.jsonl``), who
+  read neither the rules, their tests, the other sets nor any set's misses, and committed it
+  before any de-identifier ran on it; 329 planted PHI (331 gold spans), 45 lines with none.
+  Held out: run on the ninth pass's rules, its misses not read.
 - ``synthea_notes`` (speed only, unlabelled): 400 of the corpus' Synthea DocumentReference
   notes, decoded as the pipeline decodes them (long, structured: the data plane's notes step).
 - ``meddocan``: the 50 MEDDOCAN test documents (Spanish clinical cases, BRAT), types mapped to
@@ -184,6 +188,7 @@ HARD_2 = ROOT / "bench" / "data" / "hard_notes_2.jsonl"
 HARD_3 = ROOT / "bench" / "data" / "hard_notes_3.jsonl"
 HARD_4 = ROOT / "bench" / "data" / "hard_notes_4.jsonl"
 HARD_5 = ROOT / "bench" / "data" / "hard_notes_5.jsonl"
+HARD_6 = ROOT / "bench" / "data" / "hard_notes_6.jsonl"
 
 
 def load_hand_written(path: Path, limit: int | None) -> tuple[list[str], list[list[Gold]]]:
@@ -234,6 +239,12 @@ def load_hard_5(limit: int | None) -> tuple[list[str], list[list[Gold]]]:
     """The 108 lines of ``bench/data/hard_notes_5.jsonl``, written blind (its writer read neither
     the rules, the other sets nor any set's misses)."""
     return load_hand_written(HARD_5, limit)
+
+
+def load_hard_6(limit: int | None) -> tuple[list[str], list[list[Gold]]]:
+    """The 109 lines of ``bench/data/hard_notes_6.jsonl``, written blind (its writer read neither
+    the rules, their tests, the other sets nor any set's misses): the held-out set."""
+    return load_hand_written(HARD_6, limit)
 
 
 #: MEDDOCAN's 20 types mapped to this benchmark's: who they identify, not how Spanish names them.
@@ -320,6 +331,7 @@ SETS: dict[str, tuple[str, Callable[[int | None], tuple[list[str], list[list[Gol
         "handwritten lines written blind, HARD 5 (run held out once, then tuned on: IN-SAMPLE since the ninth pass)",
         load_hard_5,
     ),
+    "hard_6": ("handwritten lines written blind, HARD 6, HELD-OUT (its misses not read)", load_hard_6),
     "meddocan": ("MEDDOCAN Spanish clinical cases, HELD-OUT", load_meddocan),
 }
 

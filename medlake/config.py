@@ -311,6 +311,10 @@ class SparkSettings(BaseModel):
         default=None,
         description="Spark Connect URL (sc://host:15002); when set it wins over the master.",
     )
+    driver_memory: str = Field(
+        default="4g",
+        description="Heap of the Spark driver JVM medlake starts (local mode: its executors' too); Spark's default is 1g.",
+    )
     jars_dir: Path = Field(default=default_jars_dir(), description="delta-spark jars fetched at install (a wheel: <sys.prefix>/jars).")
 
 

@@ -102,6 +102,12 @@ def spark_session(
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
+        # the JVM medlake starts: in local mode its heap holds the executors' tasks too (Spark's
+        # default 1g ran out caching 1M resources' bronze rows); ignored by a running JVM
+        "spark.driver.memory": settings.driver_memory,
+        # rows per batch of a cached (persisted) frame: bronze rows carry whole resources, notes
+        # of tens of kilobytes, and 10,000 of them made one batch's column buffers
+        "spark.sql.inMemoryColumnarStorage.batchSize": str(CACHED_BATCH_ROWS),
         "spark.ui.showConsoleProgress": "false",
         # Parquet timestamps as delta-rs writes them (not INT96), for byte-level parity
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
@@ -123,6 +129,10 @@ def spark_session(
     spark = builder.getOrCreate()
     require_delta(spark)
     return spark
+
+
+#: rows per in-memory columnar batch of a persisted frame (Spark's default: 10,000)
+CACHED_BATCH_ROWS = 1_000
 
 
 def splink_jars() -> list[str]:

@@ -25,6 +25,7 @@ from deltalake import DeltaTable, write_deltalake
 from pyspark import cloudpickle
 from pyspark.sql import SparkSession
 
+from medlake.config import SparkSettings
 from medlake.engines import Applied, BatchTransform, DeltaSource, Engine, QuarantineSink, Target
 from medlake.engines.embedded import EmbeddedEngine
 from medlake.engines.spark import SparkEngine, delta_jars, spark_schema
@@ -487,3 +488,13 @@ def test_the_set_based_insert_keeps_the_first_of_each_key_alike_on_both_engines(
                 ("c", "c-first"),
                 ("d", "d"),
             ], (name, attempt)
+
+
+def test_the_session_medlake_starts_has_room_for_a_hospitals_rows(spark: SparkSession) -> None:
+    """Spark's 1g default heap ran out caching the bronze rows of 1M resources in local mode:
+    the JVM medlake starts takes ``MEDLAKE__SPARK__DRIVER_MEMORY`` (4g), and a persisted frame
+    is cut into batches of 1,000 rows (not 10,000 whole resources)."""
+    from medlake.engines.spark import CACHED_BATCH_ROWS
+
+    assert spark.conf.get("spark.driver.memory") == SparkSettings().driver_memory == "4g"
+    assert spark.conf.get("spark.sql.inMemoryColumnarStorage.batchSize") == str(CACHED_BATCH_ROWS)
