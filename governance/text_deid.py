@@ -793,7 +793,8 @@ class TextDeidentifier:
         results = [
             r
             for r in results
-            if not self._pet_name(text, r) and not self._opening_word(original or text, r)
+            if _from_record(r)  # the patient's own names: no keep-list undoes them
+            or (not self._pet_name(text, r) and not self._opening_word(original or text, r))
         ]
         names = propagate_names(
             text, results, self._stop_words, self.nlp_engine.common_words, self._plain
@@ -1277,6 +1278,13 @@ _UNIT = re.compile(r"(?i:apt|apartment|suite|ste|unit)\.?\s*#?\s*\d{1,5}[a-z]?",
 _ZIP = re.compile(r"\b\d{5}\b")
 #: A state's code and a ZIP code ("VT 05401", "PA 18372-1102"), whose code may be shorthand too.
 _STATE_ZIP = re.compile(r"[A-Za-z]{2}\.?,?[ \t]+\d{5}(?:-\d{4})?")
+
+
+def _from_record(result: RecognizerResult) -> bool:
+    """Whether ``result`` is a hit of the note's own deny list (the patient's names and
+    identifiers, :func:`~medlake.governance.recognizers.record_recognizer`)."""
+    named = (result.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_NAME_KEY)
+    return str(named or "").startswith("RecordDenyList")
 
 
 def _vouched(result: RecognizerResult) -> bool:
