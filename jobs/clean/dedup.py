@@ -819,13 +819,18 @@ def _prelink_pairs(records: pa.Table) -> pa.Table:
         anchor = first.setdefault(prelink, source)
         if anchor != source:
             pairs.append((min(anchor, source), max(anchor, source)))
+    return _certain_links(pairs, rule="prelink")
+
+
+def _certain_links(pairs: Sequence[tuple[str, str]], *, rule: str) -> pa.Table:
+    """:data:`LINKS` rows of deterministic links (probability 1, no match weight)."""
     return pa.table(
         {
             "source_key_l": [p[0] for p in pairs],
             "source_key_r": [p[1] for p in pairs],
             "match_probability": [1.0] * len(pairs),
             "match_weight": pa.nulls(len(pairs), pa.float64()),
-            "rule": ["prelink"] * len(pairs),
+            "rule": [rule] * len(pairs),
         },
         schema=LINKS,
     )
@@ -860,17 +865,7 @@ def _identical(records: pa.Table, *, keep: Collection[str]) -> tuple[pa.Table, p
         if anchor is not row and anchor["prelink_key"] != row["prelink_key"]:
             a, b = anchor["source_key"], row["source_key"]
             pairs.append((min(a, b), max(a, b)))
-    links = pa.table(
-        {
-            "source_key_l": [p[0] for p in pairs],
-            "source_key_r": [p[1] for p in pairs],
-            "match_probability": [1.0] * len(pairs),
-            "match_weight": pa.nulls(len(pairs), pa.float64()),
-            "rule": ["identical"] * len(pairs),
-        },
-        schema=LINKS,
-    )
-    return links, records.filter(pa.array(scored, pa.bool_()))
+    return _certain_links(pairs, rule="identical"), records.filter(pa.array(scored, pa.bool_()))
 
 
 def _anchored(links: pa.Table, anchors: set[str]) -> pa.Table:
